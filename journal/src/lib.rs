@@ -1,1 +1,361 @@
-//! placeholder
+//! An append-only, hash-chained event journal on sled: Flotilla's single source of truth.
+//!
+//! Every event is a [`Record`] with a global sequence number, a place in its object's stream, and
+//! a blake3 hash chained over the record before it. Appends are atomic, checked against the
+//! stream's expected version, and acknowledged only once durable; concurrent appends share one
+//! flush (group commit, see `writer`).
+//!
+//! # Layout
+//! - `record`: the record type and its byte layout on disk.
+//! - `layout`: the keys records, the stream index and the head are stored under.
+//! - `writer`: the single writer thread that batches appends into one durable flush.
+//! - `verify`: walking the chain and naming the first break.
+//! - `export`: JSON-lines export, verification of an export, and import.
+//! - `error`: the journal's error type.
+
+mod error;
+pub mod export;
+pub mod layout;
+mod record;
+pub mod verify;
+mod writer;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use error::{Error, Result};
+pub use record::{hex, parse_hex, Hash, NewEvent, Record, GENESIS, MAX_NAME_LEN};
+pub use verify::{Break, BreakKind};
+
+use record::check_name;
+use writer::Request;
+
+/// What an appender expects of the stream it appends to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version.
+    Any,
+    /// The stream must have no events yet.
+    NoStream,
+    /// The stream's last event must have exactly this version.
+    Exact(u64),
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => write!(f, "any"),
+            ExpectedVersion::NoStream => write!(f, "no stream"),
+            ExpectedVersion::Exact(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+impl ExpectedVersion {
+    fn admits(self, actual: u64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exact(v) => actual == v,
+        }
+    }
+}
+
+/// The last record of the journal: its sequence number and hash (seq 0 and [`GENESIS`] when
+/// empty).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: Hash,
+}
+
+impl Head {
+    pub const EMPTY: Head = Head {
+        seq: 0,
+        hash: GENESIS,
+    };
+}
+
+/// Where an acknowledged append landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// Sequence number of the first appended record (the head's + 1 when no events were given).
+    pub first_seq: u64,
+    /// Sequence number of the last appended record.
+    pub last_seq: u64,
+    /// The stream's version after the append.
+    pub version: u64,
+}
+
+/// An object's state saved at a version of its stream, so a rebuild replays only what follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub version: u64,
+    pub state: Vec<u8>,
+}
+
+/// How to open a journal.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Bytes of sled's page cache.
+    pub cache_capacity: u64,
+    /// Most appends committed together in one flush.
+    pub max_batch: usize,
+    /// Appends waiting for the writer before appenders are made to wait (backpressure).
+    pub queue_depth: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cache_capacity: 256 << 20,
+            max_batch: 1024,
+            queue_depth: 4096,
+        }
+    }
+}
+
+/// A handle on an open journal. Cloning is cheap; all clones share one writer.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    tree: sled::Tree,
+    snapshots: sled::Tree,
+    requests: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue stops the writer once it has committed what it holds.
+        self.requests.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in directory `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Journal> {
+        Self::open_with(path, Config::default())
+    }
+
+    pub fn open_with(path: impl AsRef<Path>, config: Config) -> Result<Journal> {
+        let db = sled::Config::new()
+            .path(path.as_ref())
+            .cache_capacity(config.cache_capacity)
+            .open()?;
+        let tree = db.open_tree(layout::TREE)?;
+        let snapshots = db.open_tree(layout::SNAPSHOTS)?;
+        let (requests, receiver) = mpsc::channel(config.queue_depth.max(1));
+        let writer = writer::Writer::start(db.clone(), tree.clone(), config.max_batch.max(1))?;
+        let handle = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer.run(receiver))?;
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                db,
+                tree,
+                snapshots,
+                requests: Some(requests),
+                writer: Some(handle),
+            }),
+        })
+    }
+
+    /// Appends `events` to `stream` if it is at the `expected` version: all of them or none.
+    /// Returns once they are durable on disk. Blocks the calling thread: from async code use
+    /// [`Journal::append_async`].
+    pub fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended> {
+        let (request, reply) = self.request(stream, expected, events)?;
+        self.sender()?
+            .blocking_send(request)
+            .map_err(|_| Error::Closed)?;
+        reply.blocking_recv().map_err(|_| Error::Closed)?
+    }
+
+    /// [`Journal::append`] for async callers: waits without blocking a runtime thread.
+    pub async fn append_async(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended> {
+        let (request, reply) = self.request(stream, expected, events)?;
+        self.sender()?
+            .send(request)
+            .await
+            .map_err(|_| Error::Closed)?;
+        reply.await.map_err(|_| Error::Closed)?
+    }
+
+    fn request(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<(Request, oneshot::Receiver<Result<Appended>>)> {
+        check_name("stream id", stream).map_err(Error::InvalidStream)?;
+        let (reply, receiver) = oneshot::channel();
+        let request = Request::Append {
+            stream: stream.to_owned(),
+            expected,
+            events,
+            reply,
+        };
+        Ok((request, receiver))
+    }
+
+    fn sender(&self) -> Result<&mpsc::Sender<Request>> {
+        self.inner.requests.as_ref().ok_or(Error::Closed)
+    }
+
+    /// The journal's last record (seq 0 when empty).
+    pub fn head(&self) -> Result<Head> {
+        layout::read_head(&self.inner.tree)
+    }
+
+    /// The version of `stream`'s last event (0 when it has none).
+    pub fn stream_version(&self, stream: &str) -> Result<u64> {
+        layout::stream_version(&self.inner.tree, stream)
+    }
+
+    /// The events of `stream` from version `from` (inclusive), in order.
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+    ) -> impl Iterator<Item = Result<Record>> + '_ {
+        let tree = &self.inner.tree;
+        let range = layout::index_key(stream, from.max(1))..=layout::index_key(stream, u64::MAX);
+        tree.range(range).map(move |entry| {
+            let (key, seq) = entry?;
+            let seq = layout::decode_seq(&seq).ok_or_else(|| Error::Corrupt {
+                seq: 0,
+                reason: format!("stream index entry {key:?} is malformed"),
+            })?;
+            self.record(seq)?.ok_or(Error::Corrupt {
+                seq,
+                reason: "the stream index names a record that is absent".into(),
+            })
+        })
+    }
+
+    /// Every record from sequence number `from` (inclusive), in order.
+    pub fn read_all(&self, from: u64) -> impl Iterator<Item = Result<Record>> + '_ {
+        self.raw_records(from)
+            .map(|entry| entry.and_then(|(seq, bytes)| Record::decode_stored(seq, &bytes)))
+    }
+
+    /// Records as stored, without decoding: (sequence number from the key, bytes).
+    fn raw_records(&self, from: u64) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + '_ {
+        let range = layout::record_key(from)..=layout::record_key(u64::MAX);
+        self.inner.tree.range(range).map(|entry| {
+            let (key, value) = entry?;
+            let seq = layout::decode_record_key(&key).ok_or_else(|| Error::Corrupt {
+                seq: 0,
+                reason: format!("record key {key:?} is malformed"),
+            })?;
+            Ok((seq, value))
+        })
+    }
+
+    /// The record at `seq`, if any.
+    pub fn record(&self, seq: u64) -> Result<Option<Record>> {
+        match self.inner.tree.get(layout::record_key(seq))? {
+            Some(bytes) => Ok(Some(Record::decode_stored(seq, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Saves `state` as `stream`'s state at `version`. Snapshots are a cache: losing one costs
+    /// a longer replay, never data, so they are not flushed on their own.
+    pub fn save_snapshot(&self, stream: &str, version: u64, state: &[u8]) -> Result<()> {
+        let anchor = self.anchor(stream, version)?.ok_or_else(|| {
+            Error::InvalidEvent(format!("stream {stream} has no version {version}"))
+        })?;
+        let value = layout::encode_snapshot(version, &anchor, state);
+        self.inner.snapshots.insert(stream.as_bytes(), value)?;
+        Ok(())
+    }
+
+    /// The latest snapshot of `stream`, if there is one and it still matches the journal (a
+    /// snapshot whose record was replaced, say by an import, is ignored).
+    pub fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
+        let Some(value) = self.inner.snapshots.get(stream.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some((version, anchor, state)) = layout::decode_snapshot(&value) else {
+            tracing::warn!(stream, "ignoring a malformed snapshot");
+            return Ok(None);
+        };
+        if self.anchor(stream, version)? != Some(anchor) {
+            tracing::warn!(
+                stream,
+                version,
+                "ignoring a snapshot that no longer matches the journal"
+            );
+            return Ok(None);
+        }
+        Ok(Some(Snapshot {
+            version,
+            state: state.to_vec(),
+        }))
+    }
+
+    /// The hash of `stream`'s record at `version`, which a snapshot is anchored to.
+    fn anchor(&self, stream: &str, version: u64) -> Result<Option<Hash>> {
+        let Some(seq) = self.inner.tree.get(layout::index_key(stream, version))? else {
+            return Ok(None);
+        };
+        let Some(seq) = layout::decode_seq(&seq) else {
+            return Ok(None);
+        };
+        Ok(self.record(seq)?.map(|r| r.hash))
+    }
+
+    /// Walks the whole chain. Returns the verified head, or [`Error::BrokenChain`] naming the
+    /// first break by sequence number.
+    pub fn verify(&self) -> Result<Head> {
+        let mut verifier = verify::Verifier::default();
+        for entry in self.raw_records(1) {
+            let (seq, bytes) = entry?;
+            let record = Record::decode_stored(seq, &bytes).map_err(|e| e.to_string());
+            verifier.check(seq, record).map_err(Error::BrokenChain)?;
+        }
+        verifier.finish(self.head()?).map_err(Error::BrokenChain)
+    }
+
+    /// Flushes everything to disk (appends are already durable when acknowledged).
+    pub fn flush(&self) -> Result<()> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// Appends already-sealed records (an import) through the writer, so they chain after the
+    /// current head exactly as they were.
+    fn append_sealed(&self, records: Vec<Record>) -> Result<Head> {
+        let (reply, receiver) = oneshot::channel();
+        self.sender()?
+            .blocking_send(Request::Sealed { records, reply })
+            .map_err(|_| Error::Closed)?;
+        receiver.blocking_recv().map_err(|_| Error::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,273 @@
+//! The single writer: group commit.
+//!
+//! All appends go through one thread. It takes every request waiting in its queue (up to
+//! `max_batch`), checks each against its stream's version, chains the records, writes them and the
+//! new head in one atomic sled batch, flushes once, and only then answers every appender. A failed
+//! request (a version conflict) is answered at once and leaves the others untouched; a failed write
+//! or flush answers all of the batch with the error and nothing is acknowledged.
+//!
+//! Being the only writer is what makes "never overwrite a key" and the chain simple: the next
+//! sequence number and previous hash are this thread's own state.
+
+use std::collections::HashMap;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::layout;
+use crate::record::Record;
+use crate::verify::{Break, BreakKind};
+use crate::{Appended, Error, ExpectedVersion, Head, NewEvent, Result};
+
+pub(crate) enum Request {
+    Append {
+        stream: String,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<Appended>>,
+    },
+    /// Records sealed elsewhere (an import), to be stored exactly as they are.
+    Sealed {
+        records: Vec<Record>,
+        reply: oneshot::Sender<Result<Head>>,
+    },
+}
+
+pub(crate) struct Writer {
+    db: sled::Db,
+    tree: sled::Tree,
+    max_batch: usize,
+    head: Head,
+    /// Stream versions seen so far; a stream not here is read from the index once.
+    versions: HashMap<String, u64>,
+    /// Set when the stored records end elsewhere than the head: appending would build on a
+    /// broken chain, so every append is refused until the journal is repaired.
+    broken: Option<Break>,
+}
+
+/// What one request of a batch will be answered once the batch is durable.
+enum Pending {
+    Append(oneshot::Sender<Result<Appended>>, Appended),
+    Sealed(oneshot::Sender<Result<Head>>, Head),
+}
+
+impl Writer {
+    pub(crate) fn start(db: sled::Db, tree: sled::Tree, max_batch: usize) -> Result<Writer> {
+        let mut writer = Writer {
+            db,
+            tree,
+            max_batch,
+            head: Head::EMPTY,
+            versions: HashMap::new(),
+            broken: None,
+        };
+        writer.reload()?;
+        Ok(writer)
+    }
+
+    /// Reads the head back from disk, after opening or after a failed write.
+    fn reload(&mut self) -> Result<()> {
+        self.versions.clear();
+        self.head = layout::read_head(&self.tree)?;
+        let last = layout::last_record_seq(&self.tree)?;
+        self.broken = (last != self.head.seq).then(|| Break {
+            seq: last.min(self.head.seq) + 1,
+            kind: if last < self.head.seq {
+                BreakKind::Truncated {
+                    head_seq: self.head.seq,
+                }
+            } else {
+                BreakKind::HeadMismatch {
+                    head_seq: self.head.seq,
+                    head_hash: crate::hex(&self.head.hash),
+                }
+            },
+        });
+        if let Some(broken) = &self.broken {
+            tracing::error!(%broken, "journal head and records disagree; appends are refused");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn run(mut self, mut requests: mpsc::Receiver<Request>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Some(first) = requests.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match requests.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch.drain(..));
+        }
+        if let Err(error) = self.db.flush() {
+            tracing::error!(%error, "final journal flush failed");
+        }
+    }
+
+    fn commit(&mut self, requests: impl Iterator<Item = Request>) {
+        let mut writes = sled::Batch::default();
+        let mut pending = Vec::new();
+        let mut head = self.head;
+        for request in requests {
+            match request {
+                Request::Append {
+                    stream,
+                    expected,
+                    events,
+                    reply,
+                } => match self.stage(&stream, expected, events, &mut head, &mut writes) {
+                    Ok(appended) => pending.push(Pending::Append(reply, appended)),
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                },
+                Request::Sealed { records, reply } => {
+                    match self.stage_sealed(records, &mut head, &mut writes) {
+                        Ok(()) => pending.push(Pending::Sealed(reply, head)),
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        writes.insert(layout::HEAD_KEY, &layout::encode_head(&head)[..]);
+        let written = self
+            .tree
+            .apply_batch(writes)
+            .and_then(|()| self.db.flush().map(drop));
+        match written {
+            Ok(()) => {
+                self.head = head;
+                for p in pending {
+                    match p {
+                        Pending::Append(reply, appended) => drop(reply.send(Ok(appended))),
+                        Pending::Sealed(reply, head) => drop(reply.send(Ok(head))),
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "journal write failed; nothing of this batch is acknowledged");
+                if let Err(error) = self.reload() {
+                    tracing::error!(%error, "journal head could not be read back");
+                }
+                for p in pending {
+                    match p {
+                        Pending::Append(reply, _) => drop(reply.send(Err(error.clone().into()))),
+                        Pending::Sealed(reply, _) => drop(reply.send(Err(error.clone().into()))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks one append and adds its records to `writes`, advancing `head`.
+    fn stage(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        head: &mut Head,
+        writes: &mut sled::Batch,
+    ) -> Result<Appended> {
+        if let Some(broken) = &self.broken {
+            return Err(Error::BrokenChain(broken.clone()));
+        }
+        let actual = self.version(stream)?;
+        if !expected.admits(actual) {
+            return Err(Error::Conflict {
+                stream: stream.to_owned(),
+                expected,
+                actual,
+            });
+        }
+        let first_seq = head.seq + 1;
+        let mut version = actual;
+        for event in events {
+            version += 1;
+            let record = Record::seal(head.seq + 1, stream, version, event, head.hash);
+            writes.insert(&layout::record_key(record.seq), record.encode());
+            writes.insert(
+                layout::index_key(stream, version),
+                &record.seq.to_be_bytes(),
+            );
+            *head = Head {
+                seq: record.seq,
+                hash: record.hash,
+            };
+        }
+        self.versions.insert(stream.to_owned(), version);
+        Ok(Appended {
+            first_seq,
+            last_seq: head.seq,
+            version,
+        })
+    }
+
+    /// Adds records sealed elsewhere, refusing all of them if any would not chain onto `head`.
+    fn stage_sealed(
+        &mut self,
+        records: Vec<Record>,
+        head: &mut Head,
+        writes: &mut sled::Batch,
+    ) -> Result<()> {
+        if let Some(broken) = &self.broken {
+            return Err(Error::BrokenChain(broken.clone()));
+        }
+        let mut staged_head = *head;
+        let mut staged_versions = HashMap::new();
+        for record in &records {
+            let version = match staged_versions.get(&record.stream) {
+                Some(version) => *version,
+                None => self.version(&record.stream)?,
+            };
+            let kind = if record.seq != staged_head.seq + 1 {
+                Some(BreakKind::OutOfPlace { found: record.seq })
+            } else if record.prev_hash != staged_head.hash {
+                Some(BreakKind::PreviousHashMismatch)
+            } else if record.compute_hash() != record.hash {
+                Some(BreakKind::HashMismatch)
+            } else if record.version != version + 1 {
+                Some(BreakKind::StreamVersionGap {
+                    stream: record.stream.clone(),
+                    expected: version + 1,
+                    found: record.version,
+                })
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                let seq = staged_head.seq + 1;
+                return Err(Error::BrokenChain(Break { seq, kind }));
+            }
+            staged_versions.insert(record.stream.clone(), record.version);
+            staged_head = Head {
+                seq: record.seq,
+                hash: record.hash,
+            };
+        }
+        for record in records {
+            writes.insert(&layout::record_key(record.seq), record.encode());
+            writes.insert(
+                layout::index_key(&record.stream, record.version),
+                &record.seq.to_be_bytes(),
+            );
+        }
+        self.versions.extend(staged_versions);
+        *head = staged_head;
+        Ok(())
+    }
+
+    fn version(&mut self, stream: &str) -> Result<u64> {
+        if let Some(version) = self.versions.get(stream) {
+            return Ok(*version);
+        }
+        let version = layout::stream_version(&self.tree, stream)?;
+        self.versions.insert(stream.to_owned(), version);
+        Ok(version)
+    }
+}
