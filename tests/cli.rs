@@ -1,0 +1,181 @@
+//! The journal and audit commands, run as the real binary on a temporary data directory.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use flotilla_journal::{layout, ExpectedVersion, Journal, NewEvent};
+
+fn flotilla(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// Ten events over two objects, one a second from 2026-11-25T00:00:00Z.
+fn seed(dir: &Path) {
+    let journal = Journal::open(dir).unwrap();
+    let start = 1_795_564_800_000i64;
+    for n in 0..10i64 {
+        let stream = if n % 2 == 0 { "group-a" } else { "group-b" };
+        let event = NewEvent::json("thing_happened", 1, start + n * 1000, &n).unwrap();
+        journal
+            .append(stream, ExpectedVersion::Any, vec![event])
+            .unwrap();
+    }
+}
+
+fn arg(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn audit_verify_passes_a_sound_journal_and_names_the_first_break() {
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path());
+    let ok = flotilla(&["audit", "verify", "--data-dir", arg(dir.path())]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(stdout(&ok).starts_with("ok: 10 records"), "{}", stdout(&ok));
+
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree(layout::TREE).unwrap();
+        let mut bytes = tree.get(layout::record_key(7)).unwrap().unwrap().to_vec();
+        let last = bytes.len() - 65;
+        bytes[last] ^= 1; // a payload byte
+        tree.insert(layout::record_key(7), bytes).unwrap();
+        db.flush().unwrap();
+    }
+    let broken = flotilla(&["audit", "verify", "--data-dir", arg(dir.path())]);
+    assert_eq!(broken.status.code(), Some(1), "{broken:?}");
+    assert!(stdout(&broken).contains("at seq 7"), "{}", stdout(&broken));
+}
+
+#[test]
+fn export_verifies_on_its_own_and_imports_only_into_an_empty_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path());
+    let file = dir.path().join("journal.jsonl");
+    let out = flotilla(&[
+        "journal",
+        "export",
+        "--data-dir",
+        arg(dir.path()),
+        "--out",
+        arg(&file),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let verified = flotilla(&["audit", "verify", "--export", arg(&file)]);
+    assert!(verified.status.success(), "{verified:?}");
+
+    let target = tempfile::tempdir().unwrap();
+    let imported = flotilla(&[
+        "journal",
+        "import",
+        "--data-dir",
+        arg(target.path()),
+        "--in",
+        arg(&file),
+    ]);
+    assert!(imported.status.success(), "{imported:?}");
+    let again = flotilla(&[
+        "journal",
+        "import",
+        "--data-dir",
+        arg(target.path()),
+        "--in",
+        arg(&file),
+    ]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+
+    // A tampered export is reported by verify and refused by import.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let tampered = dir.path().join("tampered.jsonl");
+    std::fs::write(
+        &tampered,
+        text.replacen("\"payload\":4", "\"payload\":5", 1),
+    )
+    .unwrap();
+    let verify = flotilla(&["audit", "verify", "--export", arg(&tampered)]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(stdout(&verify).contains("at seq 5"), "{}", stdout(&verify));
+    let fresh = tempfile::tempdir().unwrap();
+    let refused = flotilla(&[
+        "journal",
+        "import",
+        "--data-dir",
+        arg(fresh.path()),
+        "--in",
+        arg(&tampered),
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    let empty = Journal::open(fresh.path()).unwrap();
+    assert_eq!(empty.head().unwrap().seq, 0);
+}
+
+#[test]
+fn audit_log_prints_json_lines_filtered_by_object_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path());
+    let all = flotilla(&["audit", "log", "--data-dir", arg(dir.path())]);
+    assert!(all.status.success(), "{all:?}");
+    let lines: Vec<serde_json::Value> = stdout(&all)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 10);
+    assert_eq!(lines[3]["seq"], 4);
+    assert_eq!(lines[3]["payload"], 3);
+    assert_eq!(lines[0]["time"], "2026-11-25T00:00:00.000Z");
+
+    let b = flotilla(&[
+        "audit",
+        "log",
+        "--data-dir",
+        arg(dir.path()),
+        "--object",
+        "group-b",
+        "--since",
+        "2026-11-25T00:00:03Z",
+        "--until",
+        "1795564807",
+    ]);
+    let payloads: Vec<i64> = stdout(&b)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(payloads, vec![3, 5, 7]);
+}
+
+#[test]
+fn bad_arguments_are_clear_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = flotilla(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        arg(&dir.path().join("nope")),
+    ]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no journal"));
+    let bad_time = flotilla(&[
+        "audit",
+        "log",
+        "--data-dir",
+        arg(dir.path()),
+        "--since",
+        "yesterday",
+    ]);
+    assert_eq!(bad_time.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_time.stderr).contains("RFC 3339"));
+}
