@@ -340,6 +340,13 @@ impl Journal {
         verifier.finish(self.head()?).map_err(Error::BrokenChain)
     }
 
+    /// The sled tree holding records, index and head (see `layout`), for benches that compare
+    /// with raw sled and tests that tamper. Writing to it bypasses every guarantee.
+    #[doc(hidden)]
+    pub fn raw_tree(&self) -> sled::Tree {
+        self.inner.tree.clone()
+    }
+
     /// Flushes everything to disk (appends are already durable when acknowledged).
     pub fn flush(&self) -> Result<()> {
         self.inner.db.flush()?;
