@@ -11,7 +11,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub mod group;
+pub mod policy;
 pub mod scaling;
+pub mod tenant;
 
 /// Defines a string id newtype with a prefix and a random constructor.
 macro_rules! string_id {
