@@ -11,9 +11,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub mod group;
+pub mod nonce_window;
 pub mod policy;
 pub mod scaling;
 pub mod tenant;
+pub mod webhook;
 
 /// Defines a string id newtype with a prefix and a random constructor.
 macro_rules! string_id {
