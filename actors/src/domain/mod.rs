@@ -10,6 +10,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub mod alarm;
 pub mod group;
 pub mod nonce_window;
 pub mod policy;
