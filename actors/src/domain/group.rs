@@ -1005,7 +1005,7 @@ mod tests {
                 1 => Just(GroupCommand::Pause),
                 1 => Just(GroupCommand::Resume),
                 1 => Just(GroupCommand::Delete),
-                8 => (adjustment(), proptest::option::of(0u32..4), cause()).prop_map(|(adjustment, cooldown_seconds, cause)| {
+                16 => (adjustment(), proptest::option::of(0u32..4), cause()).prop_map(|(adjustment, cooldown_seconds, cause)| {
                     GroupCommand::ExecutePolicy { policy_id: PolicyId::new("pol_1"), adjustment, cooldown_seconds, cause }
                 }),
             ]
@@ -1013,14 +1013,18 @@ mod tests {
 
         proptest! {
             #[test]
-            fn live_state_equals_the_replay_of_its_events_and_of_their_json(
-                steps in proptest::collection::vec((0i64..3_000, command()), 1..60)
+            fn live_state_equals_the_replay_of_its_events_across_restarts_and_json(
+                steps in proptest::collection::vec((0i64..3_000, proptest::bool::weighted(0.1), command()), 1..60)
             ) {
                 let mut now = T0;
                 let mut live: GroupState = None;
                 let mut journal: Vec<GroupEvent> = Vec::new();
-                for (advance, cmd) in steps {
+                for (advance, restart, cmd) in steps {
                     now = now.plus_millis(advance);
+                    if restart {
+                        // A restart rebuilds the state from the journal alone.
+                        live = replay(&journal);
+                    }
                     let Ok(events) = decide(&live, &cmd, now) else { continue };
                     for event in events {
                         live = apply(live, &event);

@@ -152,6 +152,13 @@ pub enum Rejection {
         /// The kind of object.
         object: &'static str,
     },
+    /// 409 `conflict`: the object's current state forbids the request (e.g. deleting a group
+    /// that still has servers, without `force`).
+    #[error("conflict: {reason}")]
+    Conflict {
+        /// What stands in the way, in lowercase prose.
+        reason: String,
+    },
     /// 401 `timestamp_out_of_window`: a signed request's timestamp is too far from now.
     #[error("timestamp is {skew_seconds} s away from now, beyond the tolerance of {tolerance_seconds} s")]
     TimestampOutOfWindow {
@@ -197,6 +204,7 @@ impl Rejection {
             Rejection::Invalid { .. } => "invalid_input",
             Rejection::NotFound { .. } => "not_found",
             Rejection::AlreadyExists { .. } => "already_exists",
+            Rejection::Conflict { .. } => "conflict",
             Rejection::TimestampOutOfWindow { .. } => "timestamp_out_of_window",
             Rejection::Replayed => "replayed",
             Rejection::NonceWindowFull { .. } => "nonce_window_full",
@@ -209,7 +217,9 @@ impl Rejection {
             Rejection::Invalid { .. } => 400,
             Rejection::TimestampOutOfWindow { .. } => 401,
             Rejection::NotFound { .. } => 404,
-            Rejection::AlreadyExists { .. } | Rejection::Replayed => 409,
+            Rejection::AlreadyExists { .. } | Rejection::Conflict { .. } | Rejection::Replayed => {
+                409
+            }
             Rejection::NonceWindowFull { .. } => 429,
         }
     }
@@ -336,6 +346,7 @@ mod tests {
                 "timestamp_out_of_window",
                 401,
             ),
+            (Rejection::Conflict { reason: "x".into() }, "conflict", 409),
             (Rejection::Replayed, "replayed", 409),
             (
                 Rejection::NonceWindowFull {
