@@ -229,7 +229,8 @@ pub enum GroupEvent {
         /// What came of it.
         #[serde(flatten)]
         outcome: Outcome,
-        /// How the capacity was computed.
+        /// How the capacity was computed; computed even when paused or cooling down, to show
+        /// what the execution would have done.
         computation: Computation,
         /// When.
         at: Timestamp,
@@ -334,7 +335,7 @@ fn execution_outcome(
     if group.paused {
         return Outcome::Paused;
     }
-    if let Some(until) = group.cooldown_until.filter(|_| group.in_cooldown(now)) {
+    if let Some(until) = group.cooldown_until.filter(|until| now < *until) {
         return Outcome::Cooldown {
             retry_after_seconds: millis_to_secs_rounded_up(until.saturating_sub(now)),
         };

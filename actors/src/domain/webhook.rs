@@ -168,7 +168,8 @@ pub enum WebhookCommand {
         /// Its first secret.
         secret: Secret,
     },
-    /// Replace the secret; the old one stays valid for the grace.
+    /// Replace the secret; the old one stays valid for the grace. Only one previous secret is
+    /// kept: a second rotation within the grace ends the first old secret at once.
     Rotate {
         /// The new secret.
         new_secret: Secret,
@@ -181,7 +182,7 @@ pub enum WebhookCommand {
     AcceptNonce {
         /// The request's `webhook-id`.
         nonce: String,
-        /// The request's `webhook-timestamp`.
+        /// The request's `webhook-timestamp` (Unix seconds, via [`Timestamp::from_secs`]).
         timestamp: Timestamp,
         /// The allowed skew between the timestamp and now.
         tolerance_seconds: u32,
