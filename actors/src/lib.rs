@@ -1,1 +1,22 @@
-//! placeholder
+//! Flotilla's domain and, later, the actix actors that host it.
+//!
+//! The domain is pure: each object has a state, commands, past-tense events, a `decide` holding
+//! every rule and an `apply` holding none. Time is passed in; replays use the `at` of each event.
+//!
+//! # Layout
+//!
+//! - [`clock`]: [`clock::Timestamp`] (Unix milliseconds), the [`clock::Clock`] trait, the system and manual clocks.
+//! - [`domain`]: ids, [`domain::Rejection`], [`domain::Cause`] and the [`domain::DomainEvent`] trait.
+//! - [`domain::tenant`]: a tenant: its name and token hash.
+//! - [`domain::group`]: a group: bounds, capacity, cooldown, pause, and policy executions.
+//! - [`domain::scaling`]: the pinned scaling arithmetic (change, percent, exact, step, clamp).
+//! - [`domain::policy`]: a scaling policy's definition.
+//! - [`domain::webhook`]: a signed webhook: secrets, rotation grace, revocation, accepted nonces.
+//! - [`domain::nonce_window`]: the bounded window of nonces a webhook remembers.
+//! - [`domain::alarm`]: an alarm's definition and state.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod domain;

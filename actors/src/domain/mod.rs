@@ -1,0 +1,395 @@
+//! The pure domain of Flotilla: for each object, a state, its commands, its past-tense events,
+//! `decide` (every rule: returns what happened, or why not) and `apply` (no rules: records what an
+//! event says). Nothing here knows of actors, HTTP, sled or the system clock; "now" is passed in.
+//!
+//! This module holds what the objects share: ids, [`Rejection`], [`Cause`], [`DomainEvent`] and
+//! the name rule.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub mod alarm;
+pub mod group;
+pub mod nonce_window;
+pub mod policy;
+pub mod scaling;
+pub mod tenant;
+pub mod webhook;
+
+/// Defines a string id newtype with a prefix and a random constructor.
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The prefix of every generated id of this kind.
+            pub const PREFIX: &'static str = $prefix;
+
+            /// Wraps an existing id (one read from a path or a journal).
+            pub fn new(id: impl Into<String>) -> Self {
+                $name(id.into())
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(id: &str) -> Self {
+                $name(id.to_owned())
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A tenant's id, `ten_` followed by a v4 uuid.
+    TenantId,
+    "ten_"
+);
+string_id!(
+    /// A group's id, `grp_` followed by a v4 uuid.
+    GroupId,
+    "grp_"
+);
+string_id!(
+    /// A policy's id, `pol_` followed by a v4 uuid.
+    PolicyId,
+    "pol_"
+);
+string_id!(
+    /// An alarm's id, `alm_` followed by a v4 uuid.
+    AlarmId,
+    "alm_"
+);
+string_id!(
+    /// A webhook's id. It is part of a capability URL, so it is unguessable: `whk_` followed by
+    /// two v4 uuids (244 random bits).
+    WebhookId,
+    "whk_"
+);
+
+fn random_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl TenantId {
+    /// A fresh random id.
+    pub fn generate() -> Self {
+        TenantId(format!("{}{}", Self::PREFIX, random_suffix()))
+    }
+}
+
+impl GroupId {
+    /// A fresh random id.
+    pub fn generate() -> Self {
+        GroupId(format!("{}{}", Self::PREFIX, random_suffix()))
+    }
+}
+
+impl PolicyId {
+    /// A fresh random id.
+    pub fn generate() -> Self {
+        PolicyId(format!("{}{}", Self::PREFIX, random_suffix()))
+    }
+}
+
+impl AlarmId {
+    /// A fresh random id.
+    pub fn generate() -> Self {
+        AlarmId(format!("{}{}", Self::PREFIX, random_suffix()))
+    }
+}
+
+impl WebhookId {
+    /// A fresh unguessable id (two v4 uuids, 244 random bits).
+    pub fn generate() -> Self {
+        WebhookId(format!(
+            "{}{}{}",
+            Self::PREFIX,
+            random_suffix(),
+            random_suffix()
+        ))
+    }
+}
+
+/// Why a command was refused. Each variant has a stable snake_case [`code`](Rejection::code) and
+/// the HTTP [`status`](Rejection::status) it maps to, written beside it.
+///
+/// A rejection is a normal answer, not a fault: faults of storage live in another error type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// 400 `invalid_input`: a field's value breaks a rule. The message names the field.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The field, as named in the API (`min_size`, `launch.provider`, ...).
+        field: &'static str,
+        /// What is wrong with it, in lowercase prose.
+        reason: String,
+    },
+    /// 404 `not_found`: the object does not exist, was deleted, or (webhooks) was revoked.
+    #[error("{object} not found")]
+    NotFound {
+        /// The kind of object: `group`, `policy`, ...
+        object: &'static str,
+    },
+    /// 409 `already_exists`: a create for an id that already has a history.
+    #[error("{object} already exists")]
+    AlreadyExists {
+        /// The kind of object.
+        object: &'static str,
+    },
+    /// 409 `conflict`: the object's current state forbids the request (e.g. deleting a group
+    /// that still has servers, without `force`).
+    #[error("conflict: {reason}")]
+    Conflict {
+        /// What stands in the way, in lowercase prose.
+        reason: String,
+    },
+    /// 401 `timestamp_out_of_window`: a signed request's timestamp is too far from now.
+    #[error("timestamp is {skew_seconds} s away from now, beyond the tolerance of {tolerance_seconds} s")]
+    TimestampOutOfWindow {
+        /// |now − timestamp|, rounded up to whole seconds.
+        skew_seconds: u64,
+        /// The allowed skew.
+        tolerance_seconds: u32,
+    },
+    /// 409 `replayed`: this nonce was already accepted for this webhook and is still remembered.
+    #[error("nonce already used")]
+    Replayed,
+    /// 429 `nonce_window_full`: the webhook remembers as many nonces as it may; none expires
+    /// early, so the caller must wait `retry_after_seconds` (the `Retry-After` header).
+    #[error("too many recent calls to this webhook; retry after {retry_after_seconds} s")]
+    NonceWindowFull {
+        /// Seconds until the earliest remembered nonce is forgotten.
+        retry_after_seconds: u64,
+    },
+}
+
+impl Rejection {
+    /// A 400 naming `field`.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Rejection::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// A 404 for a kind of object.
+    pub fn not_found(object: &'static str) -> Self {
+        Rejection::NotFound { object }
+    }
+
+    /// A 409 for a create over an existing history.
+    pub fn already_exists(object: &'static str) -> Self {
+        Rejection::AlreadyExists { object }
+    }
+
+    /// The stable snake_case code of the API's error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::Invalid { .. } => "invalid_input",
+            Rejection::NotFound { .. } => "not_found",
+            Rejection::AlreadyExists { .. } => "already_exists",
+            Rejection::Conflict { .. } => "conflict",
+            Rejection::TimestampOutOfWindow { .. } => "timestamp_out_of_window",
+            Rejection::Replayed => "replayed",
+            Rejection::NonceWindowFull { .. } => "nonce_window_full",
+        }
+    }
+
+    /// The HTTP status this rejection answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Rejection::Invalid { .. } => 400,
+            Rejection::TimestampOutOfWindow { .. } => 401,
+            Rejection::NotFound { .. } => 404,
+            Rejection::AlreadyExists { .. } | Rejection::Conflict { .. } | Rejection::Replayed => {
+                409
+            }
+            Rejection::NonceWindowFull { .. } => 429,
+        }
+    }
+
+    /// Seconds to put in a `Retry-After` header, for the rejections that have one.
+    pub fn retry_after_seconds(&self) -> Option<u64> {
+        match self {
+            Rejection::NonceWindowFull {
+                retry_after_seconds,
+            } => Some(*retry_after_seconds),
+            _ => None,
+        }
+    }
+}
+
+/// What set a scaling in motion; recorded with every capacity change and policy execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Cause {
+    /// A tenant's direct request (`.../execute`, or setting the capacity).
+    Direct,
+    /// A signed webhook call.
+    Webhook {
+        /// The webhook that was called.
+        webhook_id: WebhookId,
+    },
+    /// An alarm's action.
+    Alarm {
+        /// The alarm whose state caused it.
+        alarm_id: AlarmId,
+        /// The alarm's reason: the datapoints that decided it.
+        reason: String,
+    },
+    /// A scheduled action.
+    Schedule,
+    /// A change of the group's bounds that forced its capacity into range.
+    Bounds,
+}
+
+/// Implemented by every event enum: what the journal needs to store and name an event.
+pub trait DomainEvent: Serialize + DeserializeOwned {
+    /// The version of this enum's serialized shape; bumped on an incompatible change.
+    const SCHEMA: u16;
+
+    /// The snake_case name of the event, the same as its serialized `type` (`policy_executed`).
+    fn kind(&self) -> &'static str;
+}
+
+/// The longest name, in characters, of any object.
+pub const MAX_NAME_CHARS: usize = 255;
+
+/// The longest allowed cooldown or rotation grace: one week, in seconds.
+pub const MAX_COOLDOWN_SECONDS: u32 = 86_400 * 7;
+
+/// A name is not blank and has at most [`MAX_NAME_CHARS`] characters.
+pub(crate) fn validate_name(field: &'static str, name: &str) -> Result<(), Rejection> {
+    if name.trim().is_empty() {
+        return Err(Rejection::invalid(field, "must not be empty"));
+    }
+    let chars = name.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return Err(Rejection::invalid(
+            field,
+            format!("must have at most {MAX_NAME_CHARS} characters, has {chars}"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Rejection::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A cooldown (or grace) is at most [`MAX_COOLDOWN_SECONDS`].
+pub(crate) fn validate_cooldown(field: &'static str, seconds: u32) -> Result<(), Rejection> {
+    if seconds > MAX_COOLDOWN_SECONDS {
+        return Err(Rejection::invalid(
+            field,
+            format!("must be at most {MAX_COOLDOWN_SECONDS} seconds (one week), is {seconds}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_carry_their_prefix_and_differ() {
+        let a = GroupId::generate();
+        let b = GroupId::generate();
+        assert!(a.as_str().starts_with("grp_"));
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 4 + 32);
+    }
+
+    #[test]
+    fn webhook_ids_hold_two_uuids_of_randomness() {
+        let id = WebhookId::generate();
+        assert!(id.as_str().starts_with("whk_"));
+        assert_eq!(id.as_str().len(), 4 + 64);
+    }
+
+    #[test]
+    fn ids_serialize_as_plain_strings() {
+        let json = serde_json::to_string(&PolicyId::new("pol_1")).unwrap();
+        assert_eq!(json, "\"pol_1\"");
+    }
+
+    #[test]
+    fn each_rejection_maps_to_its_code_and_status() {
+        let cases = [
+            (Rejection::invalid("name", "x"), "invalid_input", 400),
+            (Rejection::not_found("group"), "not_found", 404),
+            (Rejection::already_exists("group"), "already_exists", 409),
+            (
+                Rejection::TimestampOutOfWindow {
+                    skew_seconds: 1,
+                    tolerance_seconds: 0,
+                },
+                "timestamp_out_of_window",
+                401,
+            ),
+            (Rejection::Conflict { reason: "x".into() }, "conflict", 409),
+            (Rejection::Replayed, "replayed", 409),
+            (
+                Rejection::NonceWindowFull {
+                    retry_after_seconds: 3,
+                },
+                "nonce_window_full",
+                429,
+            ),
+        ];
+        for (rejection, code, status) in cases {
+            assert_eq!(rejection.code(), code);
+            assert_eq!(rejection.status(), status);
+        }
+    }
+
+    #[test]
+    fn an_invalid_input_message_names_the_field() {
+        let rejection = Rejection::invalid("min_size", "must be at most max_size (3), is 5");
+        assert_eq!(
+            rejection.to_string(),
+            "invalid min_size: must be at most max_size (3), is 5"
+        );
+    }
+
+    #[test]
+    fn a_cause_serializes_with_its_type() {
+        let cause = Cause::Alarm {
+            alarm_id: AlarmId::new("alm_1"),
+            reason: "3 of 3 datapoints breached".into(),
+        };
+        let json = serde_json::to_value(&cause).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "alarm", "alarm_id": "alm_1", "reason": "3 of 3 datapoints breached"})
+        );
+    }
+
+    #[test]
+    fn names_must_be_non_blank_and_short() {
+        assert!(validate_name("name", "web").is_ok());
+        assert!(validate_name("name", "  ").is_err());
+        assert!(validate_name("name", &"x".repeat(255)).is_ok());
+        assert!(validate_name("name", &"x".repeat(256)).is_err());
+        assert!(validate_name("name", "a\nb").is_err());
+    }
+}
