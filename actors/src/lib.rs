@@ -1,4 +1,4 @@
-//! Flotilla's domain and, later, the actix actors that host it.
+//! Flotilla's domain and the actix actors that host it.
 //!
 //! The domain is pure: each object has a state, commands, past-tense events, a `decide` holding
 //! every rule and an `apply` holding none. Time is passed in; replays use the `at` of each event.
@@ -14,9 +14,20 @@
 //! - [`domain::webhook`]: a signed webhook: secrets, rotation grace, revocation, accepted nonces.
 //! - [`domain::nonce_window`]: the bounded window of nonces a webhook remembers.
 //! - [`domain::alarm`]: an alarm's definition and state.
+//! - [`aggregate`]: the [`aggregate::Aggregate`] trait over the domain's objects.
+//! - [`store`]: loading an object from its snapshot and events, appending its new events.
+//! - [`object`]: the actor hosting one object: decide, append, apply, reply.
+//! - [`supervisor`]: starts actors on demand, restarts failed ones, routes webhook calls and
+//!   policy executions across objects.
+//! - [`error`]: what a message answers when it does not go through.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod aggregate;
 pub mod clock;
 pub mod domain;
+pub mod error;
+pub mod object;
+pub mod store;
+pub mod supervisor;

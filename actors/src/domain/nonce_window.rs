@@ -13,7 +13,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
+
 use crate::clock::Timestamp;
+
+impl From<BTreeMap<String, Timestamp>> for NonceWindow {
+    fn from(by_nonce: BTreeMap<String, Timestamp>) -> Self {
+        let by_expiry = by_nonce.iter().map(|(n, t)| (*t, n.clone())).collect();
+        NonceWindow {
+            by_nonce,
+            by_expiry,
+        }
+    }
+}
+
+impl From<NonceWindow> for BTreeMap<String, Timestamp> {
+    fn from(window: NonceWindow) -> Self {
+        window.by_nonce
+    }
+}
 
 /// How many unexpired nonces a webhook remembers by default.
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -31,8 +49,13 @@ pub enum Refusal {
     },
 }
 
-/// Nonce → expiry, with an index by expiry for pruning and for the earliest expiry.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Nonce → expiry, with an index by expiry for pruning and for the earliest expiry. Serialized
+/// (into snapshots) as the map alone; the index is rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(
+    from = "BTreeMap<String, Timestamp>",
+    into = "BTreeMap<String, Timestamp>"
+)]
 pub struct NonceWindow {
     by_nonce: BTreeMap<String, Timestamp>,
     by_expiry: BTreeSet<(Timestamp, String)>,

@@ -101,7 +101,7 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// The secret replaced by the last rotation, valid while `now < valid_until`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreviousSecret {
     /// The old secret.
     pub secret: Secret,
@@ -109,8 +109,8 @@ pub struct PreviousSecret {
     pub valid_until: Timestamp,
 }
 
-/// A webhook as its events built it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A webhook as its events built it (serialized only into snapshots, never into a response).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Webhook {
     /// Its id, part of its URL.
     pub id: WebhookId,

@@ -1,0 +1,87 @@
+//! One trait over the domain's objects, so that one store and one actor serve them all.
+
+use std::fmt::Debug;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::clock::Timestamp;
+use crate::domain::{alarm, group, policy, tenant, webhook, DomainEvent, Rejection};
+
+/// A kind of object whose state is a fold of its events.
+pub trait Aggregate: Send + Unpin + 'static {
+    /// The kind's name, as logs and `replay` show it (`group`, `policy`, ...).
+    const KIND: &'static str;
+    /// The prefix of its ids, which are also its journal stream ids.
+    const PREFIX: &'static str;
+    /// Its state: `Default` is "not created".
+    type State: Default + Clone + Debug + PartialEq + Serialize + DeserializeOwned + Send + Unpin;
+    /// What can be asked of it.
+    type Command: Clone + Debug + Send + Unpin;
+    /// What happened to it.
+    type Event: DomainEvent + Clone + Debug + Send + Unpin;
+
+    /// Every rule: what `command` does to `state` at `now`.
+    fn decide(
+        state: &Self::State,
+        command: &Self::Command,
+        now: Timestamp,
+    ) -> Result<Vec<Self::Event>, Rejection>;
+
+    /// No rules: what `event` makes of `state`.
+    fn apply(state: Self::State, event: &Self::Event) -> Self::State;
+}
+
+macro_rules! aggregate {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $module:ident, $id:ty, $state:ty, $command:ty, $event:ty) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name;
+
+        impl Aggregate for $name {
+            const KIND: &'static str = $kind;
+            const PREFIX: &'static str = <$id>::PREFIX;
+            type State = $state;
+            type Command = $command;
+            type Event = $event;
+
+            fn decide(
+                state: &Self::State,
+                command: &Self::Command,
+                now: Timestamp,
+            ) -> Result<Vec<Self::Event>, Rejection> {
+                $module::decide(state, command, now)
+            }
+
+            fn apply(state: Self::State, event: &Self::Event) -> Self::State {
+                $module::apply(state, event)
+            }
+        }
+    };
+}
+
+aggregate!(
+    /// Tenants.
+    Tenants, "tenant", tenant, crate::domain::TenantId,
+    tenant::TenantState, tenant::TenantCommand, tenant::TenantEvent
+);
+aggregate!(
+    /// Groups.
+    Groups, "group", group, crate::domain::GroupId,
+    group::GroupState, group::GroupCommand, group::GroupEvent
+);
+aggregate!(
+    /// Policies.
+    Policies, "policy", policy, crate::domain::PolicyId,
+    policy::PolicyState, policy::PolicyCommand, policy::PolicyEvent
+);
+aggregate!(
+    /// Webhooks.
+    Webhooks, "webhook", webhook, crate::domain::WebhookId,
+    webhook::WebhookState, webhook::WebhookCommand, webhook::WebhookEvent
+);
+aggregate!(
+    /// Alarms.
+    Alarms, "alarm", alarm, crate::domain::AlarmId,
+    Option<alarm::Alarm>, alarm::AlarmCommand, alarm::AlarmEvent
+);

@@ -1,0 +1,43 @@
+//! What the actors answer when a command does not go through.
+
+use crate::domain::Rejection;
+
+/// Why a message to an object did not succeed: a rejection by the domain (the caller's doing),
+/// or a fault of the service (storage, a stopped actor).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 4xx: the domain refused the command; see [`Rejection::status`].
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// 401 `invalid_signature`: no valid secret of the webhook signed the request.
+    #[error("invalid signature")]
+    InvalidSignature,
+    /// 503 `unavailable`: the object's actor is restarting or its mailbox is closed.
+    #[error("the object is unavailable, try again")]
+    Unavailable,
+    /// 500 `journal`: the journal failed; nothing was acknowledged.
+    #[error("journal: {0}")]
+    Journal(#[from] flotilla_journal::Error),
+}
+
+impl Error {
+    /// The stable snake_case code of the API's error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Rejected(rejection) => rejection.code(),
+            Error::InvalidSignature => "invalid_signature",
+            Error::Unavailable => "unavailable",
+            Error::Journal(_) => "journal",
+        }
+    }
+
+    /// The HTTP status it answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::Rejected(rejection) => rejection.status(),
+            Error::InvalidSignature => 401,
+            Error::Unavailable => 503,
+            Error::Journal(_) => 500,
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The bridge between the domain and the journal: an object's state is its snapshot (if any)
+//! plus the events that follow it, folded with the domain's `apply`.
+
+use flotilla_journal::{Appended, ExpectedVersion, Journal, NewEvent};
+
+use crate::aggregate::Aggregate;
+use crate::clock::Timestamp;
+use crate::domain::DomainEvent;
+use crate::error::Error;
+
+/// Save a snapshot once this many events follow the last one.
+pub const SNAPSHOT_EVERY: u64 = 64;
+
+/// An object's state and the stream version it reflects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<S> {
+    /// The state.
+    pub state: S,
+    /// The version of the stream's last event folded into it (0: none).
+    pub version: u64,
+    /// The version of the snapshot it started from (0: none).
+    pub snapshot_version: u64,
+}
+
+/// Rebuilds object `id`'s state from its latest snapshot and the events after it.
+pub fn load<A: Aggregate>(journal: &Journal, id: &str) -> Result<Loaded<A::State>, Error> {
+    let mut loaded = Loaded {
+        state: A::State::default(),
+        version: 0,
+        snapshot_version: 0,
+    };
+    if let Some(snapshot) = journal.load_snapshot(id)? {
+        match serde_json::from_slice(&snapshot.state) {
+            Ok(state) => {
+                loaded.state = state;
+                loaded.version = snapshot.version;
+                loaded.snapshot_version = snapshot.version;
+            }
+            Err(error) => {
+                tracing::warn!(object = id, %error, "ignoring a snapshot that does not decode");
+            }
+        }
+    }
+    for record in journal.read_stream(id, loaded.version + 1) {
+        let record = record?;
+        let event: A::Event = record.decode(A::Event::SCHEMA)?;
+        loaded.state = A::apply(std::mem::take(&mut loaded.state), &event);
+        loaded.version = record.version;
+    }
+    Ok(loaded)
+}
+
+/// The journal records for `events`, decided at `now`.
+pub fn records<A: Aggregate>(events: &[A::Event], now: Timestamp) -> Result<Vec<NewEvent>, Error> {
+    events
+        .iter()
+        .map(|event| {
+            NewEvent::json(event.kind(), A::Event::SCHEMA, now.as_millis(), event)
+                .map_err(Error::from)
+        })
+        .collect()
+}
+
+/// Appends `events` to object `id`'s stream, expected at `version`; returns once durable.
+pub async fn append<A: Aggregate>(
+    journal: &Journal,
+    id: &str,
+    version: u64,
+    events: &[A::Event],
+    now: Timestamp,
+) -> Result<Appended, Error> {
+    let records = records::<A>(events, now)?;
+    let expected = match version {
+        0 => ExpectedVersion::NoStream,
+        v => ExpectedVersion::Exact(v),
+    };
+    Ok(journal.append_async(id, expected, records).await?)
+}
+
+/// Saves `state` as object `id`'s snapshot at `version` (a cache: failure only costs replay).
+pub fn snapshot<A: Aggregate>(journal: &Journal, id: &str, version: u64, state: &A::State) {
+    let saved = serde_json::to_vec(state)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            journal
+                .save_snapshot(id, version, &bytes)
+                .map_err(|e| e.to_string())
+        });
+    if let Err(error) = saved {
+        tracing::warn!(object = id, %error, "snapshot not saved");
+    }
+}

@@ -1,0 +1,289 @@
+//! The supervisor: starts each object's actor on demand (spread over a few arbiter threads),
+//! restarts one that fails with its state replayed, and routes the messages that cross objects:
+//! a policy execution (policy → group) and a signed webhook call (webhook's nonce window →
+//! policy → group's cooldown).
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use flotilla_journal::Journal;
+
+use crate::aggregate::{Aggregate, Alarms, Groups, Policies, Tenants, Webhooks};
+use crate::clock::{Clock, Timestamp};
+use crate::domain::group::{Group, GroupCommand, GroupEvent, Outcome};
+use crate::domain::policy::Policy;
+use crate::domain::{nonce_window, Cause, PolicyId, Rejection, WebhookId};
+use crate::error::Error;
+use crate::object::{AcceptSigned, Execute, Executed, Get, ObjectActor, Observed, SignatureCheck};
+
+/// How the supervisor runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Allowed skew between a webhook call's timestamp and now (SPEC 4: 300 s by default).
+    pub webhook_tolerance_seconds: u32,
+    /// Most unexpired nonces one webhook remembers.
+    pub nonce_window_capacity: usize,
+    /// Arbiter threads hosting the actors.
+    pub workers: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            webhook_tolerance_seconds: 300,
+            nonce_window_capacity: nonce_window::DEFAULT_CAPACITY,
+            workers: 2,
+        }
+    }
+}
+
+/// What a policy execution came to, with the group as it stands after it.
+#[derive(Debug, Clone)]
+pub struct PolicyExecution {
+    /// The executed policy.
+    pub policy: Policy,
+    /// The outcome (executed, no change, cooldown, paused).
+    pub outcome: Outcome,
+    /// The group after the execution.
+    pub group: Group,
+    /// The recorded event, with its computation.
+    pub event: GroupEvent,
+}
+
+/// Hands out actor addresses and routes cross-object messages. Cloning is cheap.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    journal: Journal,
+    clock: Arc<dyn Clock>,
+    config: Config,
+    arbiters: Vec<Arbiter>,
+    /// Object id → `Addr<ObjectActor<A>>` of its kind (ids carry their kind's prefix).
+    actors: Mutex<HashMap<String, Box<dyn Any + Send>>>,
+}
+
+impl Drop for Inner {
+    /// Stops the arbiters and waits for them, so every actor (and its journal handle) is gone
+    /// when the last handle on the supervisor is.
+    fn drop(&mut self) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+        for arbiter in self.arbiters.drain(..) {
+            let _ = arbiter.join();
+        }
+    }
+}
+
+impl Supervisor {
+    /// Starts the supervisor's arbiters. Must be called inside an actix system.
+    pub fn start(journal: Journal, clock: Arc<dyn Clock>, config: Config) -> Supervisor {
+        let arbiters = (0..config.workers.max(1)).map(|_| Arbiter::new()).collect();
+        Supervisor {
+            inner: Arc::new(Inner {
+                journal,
+                clock,
+                config,
+                arbiters,
+                actors: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The journal every actor appends to.
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+
+    /// The clock every decision is made with.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// How many object actors are resident.
+    pub fn resident(&self) -> usize {
+        self.registry().len()
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<String, Box<dyn Any + Send>>> {
+        // A panic while holding this lock cannot leave the map half-updated (single inserts and
+        // removes), so a poisoned lock is still sound to use.
+        self.inner
+            .actors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The address of object `id`'s actor, started (and its state replayed) if it is not
+    /// resident.
+    pub fn address<A: Aggregate>(&self, id: &str) -> Result<Addr<ObjectActor<A>>, Error> {
+        let printable = id.bytes().all(|b| (0x21..=0x7e).contains(&b));
+        if !id.starts_with(A::PREFIX) || !printable || flotilla_journal::MAX_NAME_LEN < id.len() {
+            return Err(Rejection::not_found(A::KIND).into());
+        }
+        let mut actors = self.registry();
+        if let Some(addr) = actors
+            .get(id)
+            .and_then(|any| any.downcast_ref::<Addr<ObjectActor<A>>>())
+            .filter(|addr| addr.connected())
+        {
+            return Ok(addr.clone());
+        }
+        let arbiter = &self.inner.arbiters[self.worker_of(id)];
+        let (journal, clock, owned) = (
+            self.inner.journal.clone(),
+            self.inner.clock.clone(),
+            id.to_owned(),
+        );
+        let addr = actix::Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+            ObjectActor::<A>::new(owned, journal, clock)
+        });
+        actors.insert(id.to_owned(), Box::new(addr.clone()));
+        Ok(addr)
+    }
+
+    fn worker_of(&self, id: &str) -> usize {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut hasher);
+        (hasher.finish() % self.inner.arbiters.len() as u64) as usize
+    }
+
+    /// Sends `message` to object `id`'s actor; if that actor is gone for good, starts it again
+    /// (replaying its state) and sends once more.
+    async fn ask<A, M>(&self, id: &str, message: impl Fn() -> M) -> Result<M::Result, Error>
+    where
+        A: Aggregate,
+        M: Message + Send + 'static,
+        M::Result: Send,
+        ObjectActor<A>: Handler<M>,
+        <ObjectActor<A> as Actor>::Context: actix::dev::ToEnvelope<ObjectActor<A>, M>,
+    {
+        for _ in 0..2 {
+            let addr = self.address::<A>(id)?;
+            match addr.send(message()).await {
+                Ok(result) => return Ok(result),
+                Err(MailboxError::Closed) | Err(MailboxError::Timeout) => {
+                    tracing::warn!(kind = A::KIND, object = id, "actor gone; starting it again");
+                    self.registry().remove(id);
+                }
+            }
+        }
+        Err(Error::Unavailable)
+    }
+
+    /// Runs `command` against object `id`.
+    pub async fn execute<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+    ) -> Result<Executed<A>, Error> {
+        self.ask::<A, _>(id, || Execute::<A>(command.clone()))
+            .await?
+    }
+
+    /// Object `id`'s current state.
+    pub async fn get<A: Aggregate>(&self, id: &str) -> Result<Observed<A>, Error> {
+        self.ask::<A, _>(id, Get::<A>::default).await?
+    }
+
+    /// Executes a policy against its group: the group's actor decides (bounds, cooldown, pause)
+    /// and records the outcome, whatever it is.
+    pub async fn execute_policy(
+        &self,
+        policy_id: &PolicyId,
+        cause: Cause,
+    ) -> Result<PolicyExecution, Error> {
+        let policy = self
+            .get::<Policies>(policy_id.as_str())
+            .await?
+            .state
+            .filter(|policy| !policy.deleted)
+            .ok_or_else(|| Rejection::not_found("policy"))?;
+        let command = GroupCommand::ExecutePolicy {
+            policy_id: policy.id.clone(),
+            adjustment: policy.adjustment(),
+            cooldown_seconds: policy.definition.cooldown_seconds,
+            cause,
+        };
+        let executed = self
+            .execute::<Groups>(policy.group_id.as_str(), command)
+            .await?;
+        let group = executed
+            .state
+            .ok_or_else(|| Rejection::not_found("group"))?;
+        let event = executed
+            .events
+            .into_iter()
+            .find(|event| matches!(event, GroupEvent::PolicyExecuted { .. }))
+            .ok_or_else(|| Rejection::not_found("group"))?;
+        let GroupEvent::PolicyExecuted { outcome, .. } = &event else {
+            unreachable!("found above");
+        };
+        Ok(PolicyExecution {
+            outcome: outcome.clone(),
+            policy,
+            group,
+            event,
+        })
+    }
+
+    /// A signed webhook call: the webhook's actor checks the signature against its valid
+    /// secrets, then the timestamp and nonce windows (recording the nonce); only then is its
+    /// policy executed, with the webhook as cause.
+    pub async fn deliver_webhook(
+        &self,
+        webhook_id: &WebhookId,
+        nonce: String,
+        timestamp: Timestamp,
+        check: SignatureCheck,
+    ) -> Result<PolicyExecution, Error> {
+        let addr = self.address::<Webhooks>(webhook_id.as_str())?;
+        let call = AcceptSigned {
+            nonce,
+            timestamp,
+            tolerance_seconds: self.inner.config.webhook_tolerance_seconds,
+            window_capacity: self.inner.config.nonce_window_capacity,
+            check,
+        };
+        let accepted = addr.send(call).await.map_err(|_| Error::Unavailable)??;
+        let webhook = accepted
+            .state
+            .ok_or_else(|| Rejection::not_found("webhook"))?;
+        let cause = Cause::Webhook {
+            webhook_id: webhook.id.clone(),
+        };
+        self.execute_policy(&webhook.policy_id, cause).await
+    }
+
+    /// Starts the actor of every object of kind `A` the journal knows (used at startup so that
+    /// every object is resident and its state replayed before the service reports ready).
+    pub fn start_all<A: Aggregate>(&self, ids: impl IntoIterator<Item = String>) -> usize {
+        let mut started = 0;
+        for id in ids {
+            if self.address::<A>(&id).is_ok() {
+                started += 1;
+            }
+        }
+        started
+    }
+}
+
+/// Kinds the supervisor hosts, for callers that dispatch on an id's prefix.
+pub fn kind_of(id: &str) -> Option<&'static str> {
+    [
+        (Tenants::PREFIX, Tenants::KIND),
+        (Groups::PREFIX, Groups::KIND),
+        (Policies::PREFIX, Policies::KIND),
+        (Webhooks::PREFIX, Webhooks::KIND),
+        (Alarms::PREFIX, Alarms::KIND),
+    ]
+    .into_iter()
+    .find(|(prefix, _)| id.starts_with(prefix))
+    .map(|(_, kind)| kind)
+}

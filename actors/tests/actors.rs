@@ -1,0 +1,327 @@
+//! The actors on a real journal (sled in a temporary directory) with a manual clock: state comes
+//! back by replay, concurrent calls are serialized, failures restart an actor in place.
+
+use std::sync::Arc;
+
+use flotilla_actors::aggregate::{Groups, Policies, Webhooks};
+use flotilla_actors::clock::{ManualClock, Timestamp};
+use flotilla_actors::domain::group::{GroupCommand, GroupEvent, NewGroup, Outcome};
+use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition};
+use flotilla_actors::domain::scaling::AdjustmentType;
+use flotilla_actors::domain::webhook::{Secret, WebhookCommand};
+use flotilla_actors::domain::{Cause, GroupId, PolicyId, TenantId, WebhookId};
+use flotilla_actors::error::Error;
+use flotilla_actors::store;
+use flotilla_actors::supervisor::{Config, Supervisor};
+use flotilla_journal::{ExpectedVersion, Journal, NewEvent};
+use futures::future::join_all;
+
+const START: i64 = 1_795_564_800_000;
+const KEY: [u8; 32] = [7; 32];
+
+struct World {
+    supervisor: Supervisor,
+    journal: Journal,
+}
+
+fn world(journal: Journal, clock: ManualClock) -> World {
+    let supervisor = Supervisor::start(journal.clone(), Arc::new(clock.clone()), Config::default());
+    World {
+        supervisor,
+        journal,
+    }
+}
+
+async fn group(w: &World, min: u32, max: u32, desired: u32, cooldown: u32) -> GroupId {
+    let id = GroupId::generate();
+    let command = GroupCommand::Create(NewGroup {
+        id: id.clone(),
+        tenant_id: TenantId::new("ten_test"),
+        name: "web".into(),
+        min_size: min,
+        max_size: max,
+        desired_capacity: Some(desired),
+        cooldown_seconds: Some(cooldown),
+        launch: serde_json::json!({"provider": "simulated"}),
+        metadata: None,
+    });
+    w.supervisor
+        .execute::<Groups>(id.as_str(), command)
+        .await
+        .unwrap();
+    id
+}
+
+async fn policy(w: &World, group: &GroupId, adjustment: i64, cooldown: Option<u32>) -> PolicyId {
+    let id = PolicyId::generate();
+    let command = PolicyCommand::Create {
+        id: id.clone(),
+        group_id: group.clone(),
+        tenant_id: TenantId::new("ten_test"),
+        definition: PolicyDefinition {
+            name: "up".into(),
+            adjustment_type: AdjustmentType::Change,
+            adjustment,
+            min_adjustment_step: None,
+            cooldown_seconds: cooldown,
+        },
+    };
+    w.supervisor
+        .execute::<Policies>(id.as_str(), command)
+        .await
+        .unwrap();
+    id
+}
+
+async fn webhook(w: &World, policy: &PolicyId, group: &GroupId) -> WebhookId {
+    let id = WebhookId::generate();
+    let command = WebhookCommand::Create {
+        id: id.clone(),
+        policy_id: policy.clone(),
+        group_id: group.clone(),
+        tenant_id: TenantId::new("ten_test"),
+        name: "alarm".into(),
+        secret: Secret::from_bytes(KEY),
+    };
+    w.supervisor
+        .execute::<Webhooks>(id.as_str(), command)
+        .await
+        .unwrap();
+    id
+}
+
+async fn capacity(w: &World, group: &GroupId) -> u32 {
+    let observed = w.supervisor.get::<Groups>(group.as_str()).await.unwrap();
+    observed.state.unwrap().desired_capacity
+}
+
+fn signed_with(key: [u8; 32]) -> flotilla_actors::object::SignatureCheck {
+    Box::new(move |secrets: &[Secret]| secrets.iter().any(|s| s.key() == &key))
+}
+
+#[actix::test]
+async fn a_policy_execution_survives_a_restart_of_the_whole_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp::from_millis(START));
+    let (group_id, policy_id) = {
+        let w = world(Journal::open(dir.path()).unwrap(), clock.clone());
+        let g = group(&w, 1, 10, 2, 60).await;
+        let p = policy(&w, &g, 3, None).await;
+        let run = w
+            .supervisor
+            .execute_policy(&p, Cause::Direct)
+            .await
+            .unwrap();
+        assert!(matches!(
+            run.outcome,
+            Outcome::Executed { from: 2, to: 5, .. }
+        ));
+        (g, p)
+    };
+    let w = world(Journal::open(dir.path()).unwrap(), clock.clone());
+    assert_eq!(capacity(&w, &group_id).await, 5);
+    // The cooldown came back from the event's timestamp, not from a clock read on replay.
+    clock.advance_secs(59);
+    let run = w
+        .supervisor
+        .execute_policy(&policy_id, Cause::Direct)
+        .await
+        .unwrap();
+    assert_eq!(
+        run.outcome,
+        Outcome::Cooldown {
+            retry_after_seconds: 1
+        }
+    );
+    clock.advance_secs(1);
+    let run = w
+        .supervisor
+        .execute_policy(&policy_id, Cause::Direct)
+        .await
+        .unwrap();
+    assert!(matches!(
+        run.outcome,
+        Outcome::Executed { from: 5, to: 8, .. }
+    ));
+}
+
+#[actix::test]
+async fn thirty_two_concurrent_deliveries_of_one_nonce_accept_exactly_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp::from_millis(START));
+    let w = world(Journal::open(dir.path()).unwrap(), clock);
+    let g = group(&w, 0, 100, 0, 0).await;
+    let p = policy(&w, &g, 1, Some(0)).await;
+    let h = webhook(&w, &p, &g).await;
+    let timestamp = Timestamp::from_millis(START);
+    let calls = (0..32).map(|_| {
+        let supervisor = w.supervisor.clone();
+        let h = h.clone();
+        async move {
+            supervisor
+                .deliver_webhook(&h, "msg_once".into(), timestamp, signed_with(KEY))
+                .await
+        }
+    });
+    let results = join_all(calls).await;
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    let replayed = results
+        .iter()
+        .filter(|r| matches!(r, Err(e) if e.code() == "replayed"))
+        .count();
+    assert_eq!((accepted, replayed), (1, 31));
+    assert_eq!(capacity(&w, &g).await, 1);
+}
+
+#[actix::test]
+async fn a_bad_signature_never_records_the_nonce() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp::from_millis(START));
+    let w = world(Journal::open(dir.path()).unwrap(), clock);
+    let g = group(&w, 0, 100, 0, 0).await;
+    let p = policy(&w, &g, 1, Some(0)).await;
+    let h = webhook(&w, &p, &g).await;
+    let now = Timestamp::from_millis(START);
+    let forged = w
+        .supervisor
+        .deliver_webhook(&h, "msg_1".into(), now, signed_with([8; 32]))
+        .await;
+    assert!(matches!(forged, Err(Error::InvalidSignature)));
+    let genuine = w
+        .supervisor
+        .deliver_webhook(&h, "msg_1".into(), now, signed_with(KEY))
+        .await
+        .unwrap();
+    assert!(matches!(
+        genuine.outcome,
+        Outcome::Executed { from: 0, to: 1, .. }
+    ));
+    assert!(matches!(
+        genuine.event,
+        GroupEvent::PolicyExecuted {
+            cause: Cause::Webhook { .. },
+            ..
+        }
+    ));
+}
+
+#[actix::test]
+async fn two_policies_hitting_one_group_concurrently_lose_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp::from_millis(START));
+    let w = world(Journal::open(dir.path()).unwrap(), clock);
+    let g = group(&w, 0, 1000, 0, 0).await;
+    let up = policy(&w, &g, 2, Some(0)).await;
+    let down = policy(&w, &g, -1, Some(0)).await;
+    let calls = (0..100).map(|i| {
+        let supervisor = w.supervisor.clone();
+        let p = if i % 2 == 0 { up.clone() } else { down.clone() };
+        async move { supervisor.execute_policy(&p, Cause::Direct).await }
+    });
+    let results = join_all(calls).await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    // 50 × +2 and 50 × −1, in whatever order, never below 0: each saw the one before it.
+    let final_capacity = capacity(&w, &g).await;
+    let executed: Vec<(u32, u32)> = results
+        .iter()
+        .filter_map(|r| match r.as_ref().unwrap().outcome {
+            Outcome::Executed { from, to, .. } => Some((from, to)),
+            _ => None,
+        })
+        .collect();
+    let net: i64 = executed.iter().map(|(f, t)| *t as i64 - *f as i64).sum();
+    assert_eq!(net, final_capacity as i64);
+    // And the journal agrees with the live actor.
+    let rebuilt = store::load::<Groups>(&w.journal, g.as_str()).unwrap();
+    assert_eq!(rebuilt.state.unwrap().desired_capacity, final_capacity);
+}
+
+#[actix::test]
+async fn an_actor_whose_stream_moved_under_it_restarts_with_its_state_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp::from_millis(START));
+    let w = world(Journal::open(dir.path()).unwrap(), clock);
+    let g = group(&w, 0, 10, 1, 0).await;
+    // Someone else appends to the group's stream (as an import or a second writer would).
+    let version = w.journal.stream_version(g.as_str()).unwrap();
+    let paused = GroupEvent::Paused {
+        at: Timestamp::from_millis(START),
+    };
+    let record = NewEvent::json("paused", 1, START, &paused).unwrap();
+    w.journal
+        .append_async(g.as_str(), ExpectedVersion::Exact(version), vec![record])
+        .await
+        .unwrap();
+    // The actor's next append conflicts: it is refused, the actor restarts and replays.
+    let stale = w
+        .supervisor
+        .execute::<Groups>(
+            g.as_str(),
+            GroupCommand::SetDesired {
+                desired_capacity: 3,
+            },
+        )
+        .await;
+    assert!(matches!(stale, Err(Error::Journal(_))), "{stale:?}");
+    let observed = w.supervisor.get::<Groups>(g.as_str()).await.unwrap();
+    assert_eq!(observed.restarts, 1);
+    assert!(observed.state.as_ref().unwrap().paused);
+    let retried = w
+        .supervisor
+        .execute::<Groups>(
+            g.as_str(),
+            GroupCommand::SetDesired {
+                desired_capacity: 3,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(retried.state.unwrap().desired_capacity, 3);
+}
+
+#[actix::test]
+async fn a_paused_group_records_the_execution_but_does_not_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp::from_millis(START));
+    let w = world(Journal::open(dir.path()).unwrap(), clock);
+    let g = group(&w, 0, 10, 1, 0).await;
+    let p = policy(&w, &g, 1, None).await;
+    w.supervisor
+        .execute::<Groups>(g.as_str(), GroupCommand::Pause)
+        .await
+        .unwrap();
+    let run = w
+        .supervisor
+        .execute_policy(&p, Cause::Direct)
+        .await
+        .unwrap();
+    assert_eq!(run.outcome, Outcome::Paused);
+    assert_eq!(capacity(&w, &g).await, 1);
+    let last = w
+        .journal
+        .read_stream(g.as_str(), 1)
+        .last()
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.event_type, "policy_executed");
+}
+
+#[actix::test]
+async fn unknown_and_malformed_ids_are_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world(
+        Journal::open(dir.path()).unwrap(),
+        ManualClock::new(Timestamp::from_millis(START)),
+    );
+    let missing = w
+        .supervisor
+        .execute_policy(&PolicyId::new("pol_nope"), Cause::Direct)
+        .await;
+    assert_eq!(missing.unwrap_err().status(), 404);
+    let wrong_kind = w.supervisor.get::<Groups>("pol_123").await;
+    assert_eq!(wrong_kind.unwrap_err().status(), 404);
+    let spaces = w.supervisor.get::<Groups>("grp_ has spaces").await;
+    assert_eq!(spaces.unwrap_err().status(), 404);
+    let unknown = w.supervisor.get::<Groups>("grp_unknown").await.unwrap();
+    assert!(unknown.state.is_none());
+}
