@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use flotilla_actors::replay::{self, Until};
 use flotilla_journal::{export, hex, Error as JournalError, Journal};
 
 use crate::audit::{self, LogFilter, TimeBound};
@@ -32,6 +33,24 @@ enum Command {
     /// Move the journal in and out as JSON lines.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Print every object's state as of a point in the journal (JSON).
+    Replay {
+        #[command(flatten)]
+        data: DataDir,
+        /// A sequence number, or an RFC 3339 time; the whole journal when absent.
+        #[arg(long, value_parser = parse_until)]
+        until: Option<Until>,
+    },
+}
+
+fn parse_until(text: &str) -> Result<Until, String> {
+    if let Ok(seq) = text.parse::<u64>() {
+        return Ok(Until::Seq(seq));
+    }
+    let at: TimeBound = humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("{text:?} is neither a sequence number nor RFC 3339: {e}"))
+        .and_then(|_| text.parse())?;
+    Ok(Until::Time(at.millis))
 }
 
 #[derive(Args, Debug)]
@@ -159,6 +178,14 @@ impl Command {
                 };
                 let stdout = std::io::stdout().lock();
                 audit::log(&journal, &filter, &mut BufWriter::new(stdout))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Replay { data, until } => {
+                let journal = open_existing(&data.data_dir)?;
+                let world = replay::replay(&journal, until.unwrap_or(Until::End))?;
+                let mut stdout = std::io::stdout().lock();
+                serde_json::to_writer_pretty(&mut stdout, &world)?;
+                writeln!(stdout)?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Journal(JournalCommand::Export { data, out }) => {

@@ -179,3 +179,61 @@ fn bad_arguments_are_clear_errors_not_panics() {
     assert_eq!(bad_time.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad_time.stderr).contains("RFC 3339"));
 }
+
+#[test]
+fn replay_prints_each_object_as_of_a_seq_or_a_time() {
+    use flotilla_actors::aggregate::Groups;
+    use flotilla_actors::clock::Timestamp;
+    use flotilla_actors::domain::group::{self, GroupCommand, NewGroup};
+    use flotilla_actors::domain::{GroupId, TenantId};
+    use flotilla_actors::store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let start = 1_795_564_800_000i64;
+    let id = GroupId::new("grp_replayed");
+    let commands = [
+        GroupCommand::Create(NewGroup {
+            id: id.clone(),
+            tenant_id: TenantId::new("ten_1"),
+            name: "web".into(),
+            min_size: 1,
+            max_size: 10,
+            desired_capacity: Some(2),
+            cooldown_seconds: None,
+            launch: serde_json::json!({"provider": "simulated"}),
+            metadata: None,
+        }),
+        GroupCommand::SetDesired {
+            desired_capacity: 5,
+        },
+        GroupCommand::SetDesired {
+            desired_capacity: 7,
+        },
+    ];
+    let mut state = None;
+    for (i, command) in commands.iter().enumerate() {
+        let now = Timestamp::from_millis(start + i as i64 * 60_000);
+        let events = group::decide(&state, command, now).unwrap();
+        let records = store::records::<Groups>(&events, now).unwrap();
+        journal
+            .append(id.as_str(), ExpectedVersion::Any, records)
+            .unwrap();
+        state = events.iter().fold(state, group::apply);
+    }
+    drop(journal);
+
+    let desired = |until: &str| {
+        let out = flotilla(&["replay", "--data-dir", arg(dir.path()), "--until", until]);
+        assert!(out.status.success(), "{out:?}");
+        let world: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        world["groups"]["grp_replayed"]["desired_capacity"].as_u64()
+    };
+    assert_eq!(desired("1"), Some(2));
+    assert_eq!(desired("2"), Some(5));
+    assert_eq!(desired("3"), Some(7));
+    assert_eq!(desired("2026-11-25T00:01:30Z"), Some(5));
+    assert_eq!(desired("2026-11-24T23:00:00Z"), None);
+    let bad = flotilla(&["replay", "--data-dir", arg(dir.path()), "--until", "soon"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -19,6 +19,7 @@
 //! - [`object`]: the actor hosting one object: decide, append, apply, reply.
 //! - [`supervisor`]: starts actors on demand, restarts failed ones, routes webhook calls and
 //!   policy executions across objects.
+//! - [`replay`]: every object's state as of a sequence number or a time, for audits.
 //! - [`error`]: what a message answers when it does not go through.
 
 #![forbid(unsafe_code)]
@@ -29,5 +30,6 @@ pub mod clock;
 pub mod domain;
 pub mod error;
 pub mod object;
+pub mod replay;
 pub mod store;
 pub mod supervisor;
