@@ -10,7 +10,13 @@ use clap::{Args, Parser, Subcommand};
 use flotilla_actors::replay::{self, Until};
 use flotilla_journal::{export, hex, Error as JournalError, Journal};
 
+use std::sync::Arc;
+
+use flotilla_actors::clock::{Clock, SystemClock};
+
 use crate::audit::{self, LogFilter, TimeBound};
+use crate::service;
+use crate::settings::{ServeArgs, Settings};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,15 +57,6 @@ fn parse_until(text: &str) -> Result<Until, String> {
         .map_err(|e| format!("{text:?} is neither a sequence number nor RFC 3339: {e}"))
         .and_then(|_| text.parse())?;
     Ok(Until::Time(at.millis))
-}
-
-#[derive(Args, Debug)]
-struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080", env = "FLOTILLA_LISTEN")]
-    listen: String,
-    #[command(flatten)]
-    data: DataDir,
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +131,7 @@ fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -237,19 +235,16 @@ fn open(dir: &Path) -> anyhow::Result<Journal> {
     })
 }
 
-/// Until the HTTP issue lands, `serve` opens the journal, reports its head and waits.
+/// Serves until interrupted (SIGINT/SIGTERM stop it gracefully; acknowledged work is already
+/// durable, so even SIGKILL loses nothing acknowledged).
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&args.data.data_dir)?;
-    let journal = open(&args.data.data_dir)?;
-    let head = journal.head()?;
-    tracing::info!(
-        data_dir = %args.data.data_dir.display(),
-        head_seq = head.seq,
-        listen = %args.listen,
-        "journal open; the HTTP API is not served yet"
-    );
-    let _ = std::io::stderr().flush();
-    loop {
-        std::thread::park();
-    }
+    let settings = Settings::resolve(&args)?;
+    let system = actix_web::rt::System::new();
+    system.block_on(async move {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let service = service::start(settings, clock)?;
+        service.server.await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -3,9 +3,23 @@
 //! # Layout
 //! - `cli`: the `flotilla` command line (clap), one function per subcommand.
 //! - `audit`: `audit verify` and `audit log` over a journal or an export.
+//! - `settings`: `serve`'s settings from flags, environment and a TOML file.
+//! - `service`: starting the service: journal, operator token, supervisor, HTTP, readiness.
+//! - `api`: the HTTP API (SPEC 3) on actix-web: one module per resource, one error mapping.
+//! - `index`: the read model: owners, tokens and lists, rebuilt from the journal at start.
+//! - `signature`: Standard Webhooks signatures: parse, verify in constant time, sign.
+//! - `ratelimit`: per-webhook and per-source token buckets on the injected clock.
+//! - `token`: bearer tokens, webhook secrets and the operator token file.
 //!
 //! The journal lives in the `flotilla-journal` crate (`journal/`), the domain and its actors in
 //! `flotilla-actors` (`actors/`).
 
+pub mod api;
 pub mod audit;
 pub mod cli;
+pub mod index;
+pub mod ratelimit;
+pub mod service;
+pub mod settings;
+pub mod signature;
+pub mod token;

@@ -203,6 +203,7 @@ fn replay_prints_each_object_as_of_a_seq_or_a_time() {
             cooldown_seconds: None,
             launch: serde_json::json!({"provider": "simulated"}),
             metadata: None,
+            metrics_token_hash: String::new(),
         }),
         GroupCommand::SetDesired {
             desired_capacity: 5,

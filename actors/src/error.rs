@@ -12,6 +12,15 @@ pub enum Error {
     /// 401 `invalid_signature`: no valid secret of the webhook signed the request.
     #[error("invalid signature")]
     InvalidSignature,
+    /// 400 with its own `code`: a signed call whose content is malformed (its body lacks a nonce,
+    /// say), found once its signature checked out.
+    #[error("{message}")]
+    Malformed {
+        /// Stable snake_case code.
+        code: &'static str,
+        /// Human text.
+        message: String,
+    },
     /// 503 `unavailable`: the object's actor is restarting or its mailbox is closed.
     #[error("the object is unavailable, try again")]
     Unavailable,
@@ -26,6 +35,7 @@ impl Error {
         match self {
             Error::Rejected(rejection) => rejection.code(),
             Error::InvalidSignature => "invalid_signature",
+            Error::Malformed { code, .. } => code,
             Error::Unavailable => "unavailable",
             Error::Journal(_) => "journal",
         }
@@ -36,6 +46,7 @@ impl Error {
         match self {
             Error::Rejected(rejection) => rejection.status(),
             Error::InvalidSignature => 401,
+            Error::Malformed { .. } => 400,
             Error::Unavailable => 503,
             Error::Journal(_) => 500,
         }

@@ -200,17 +200,24 @@ impl<A: Aggregate> Handler<Get<A>> for ObjectActor<A> {
     }
 }
 
-/// Checks a signature against a webhook's valid secrets; true when one of them signed.
-pub type SignatureCheck = Box<dyn FnOnce(&[Secret]) -> bool + Send>;
+/// Checks a call's signature against the secrets valid now and, only if one of them signed it,
+/// reads the call's nonce and timestamp (which the signature covers). Answers
+/// [`Error::InvalidSignature`] when no secret signed it, or a rejection when it is malformed.
+pub type SignatureCheck = Box<dyn FnOnce(&[Secret]) -> Result<SignedCall, Error> + Send>;
+
+/// What a verified call says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCall {
+    /// Its nonce (`webhook-id`, or the body's `nonce`).
+    pub nonce: String,
+    /// Its timestamp.
+    pub timestamp: Timestamp,
+}
 
 /// A signed webhook call: the signature is checked against the secrets valid now, and only then
 /// is the nonce offered to the window (so a bad signature never records a nonce). Both happen
 /// inside the webhook's actor, so concurrent copies of one request are decided one at a time.
 pub struct AcceptSigned {
-    /// The request's nonce (`webhook-id`).
-    pub nonce: String,
-    /// The request's timestamp.
-    pub timestamp: Timestamp,
     /// The allowed clock skew.
     pub tolerance_seconds: u32,
     /// The most nonces the webhook remembers.
@@ -233,12 +240,13 @@ impl Handler<AcceptSigned> for ObjectActor<Webhooks> {
             _ => return ready(Err(Rejection::not_found("webhook").into())),
         };
         let secrets: Vec<Secret> = webhook.valid_secrets(now).cloned().collect();
-        if !(call.check)(&secrets) {
-            return ready(Err(Error::InvalidSignature));
-        }
+        let signed = match (call.check)(&secrets) {
+            Ok(signed) => signed,
+            Err(error) => return ready(Err(error)),
+        };
         let command = WebhookCommand::AcceptNonce {
-            nonce: call.nonce,
-            timestamp: call.timestamp,
+            nonce: signed.nonce,
+            timestamp: signed.timestamp,
             tolerance_seconds: call.tolerance_seconds,
             window_capacity: call.window_capacity,
         };

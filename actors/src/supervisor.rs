@@ -12,7 +12,7 @@ use actix::prelude::*;
 use flotilla_journal::Journal;
 
 use crate::aggregate::{Aggregate, Alarms, Groups, Policies, Tenants, Webhooks};
-use crate::clock::{Clock, Timestamp};
+use crate::clock::Clock;
 use crate::domain::group::{Group, GroupCommand, GroupEvent, Outcome};
 use crate::domain::policy::Policy;
 use crate::domain::{nonce_window, Cause, PolicyId, Rejection, WebhookId};
@@ -239,14 +239,10 @@ impl Supervisor {
     pub async fn deliver_webhook(
         &self,
         webhook_id: &WebhookId,
-        nonce: String,
-        timestamp: Timestamp,
         check: SignatureCheck,
     ) -> Result<PolicyExecution, Error> {
         let addr = self.address::<Webhooks>(webhook_id.as_str())?;
         let call = AcceptSigned {
-            nonce,
-            timestamp,
             tolerance_seconds: self.inner.config.webhook_tolerance_seconds,
             window_capacity: self.inner.config.nonce_window_capacity,
             check,

@@ -11,6 +11,7 @@ use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::webhook::{Secret, WebhookCommand};
 use flotilla_actors::domain::{Cause, GroupId, PolicyId, TenantId, WebhookId};
 use flotilla_actors::error::Error;
+use flotilla_actors::object::{SignatureCheck, SignedCall};
 use flotilla_actors::store;
 use flotilla_actors::supervisor::{Config, Supervisor};
 use flotilla_journal::{ExpectedVersion, Journal, NewEvent};
@@ -44,6 +45,7 @@ async fn group(w: &World, min: u32, max: u32, desired: u32, cooldown: u32) -> Gr
         cooldown_seconds: Some(cooldown),
         launch: serde_json::json!({"provider": "simulated"}),
         metadata: None,
+        metrics_token_hash: String::new(),
     });
     w.supervisor
         .execute::<Groups>(id.as_str(), command)
@@ -95,8 +97,15 @@ async fn capacity(w: &World, group: &GroupId) -> u32 {
     observed.state.unwrap().desired_capacity
 }
 
-fn signed_with(key: [u8; 32]) -> flotilla_actors::object::SignatureCheck {
-    Box::new(move |secrets: &[Secret]| secrets.iter().any(|s| s.key() == &key))
+/// A call with `nonce` at `timestamp`, "signed" with `key` (the HMAC itself is the service's).
+fn signed_with(key: [u8; 32], nonce: &str, timestamp: Timestamp) -> SignatureCheck {
+    let nonce = nonce.to_owned();
+    Box::new(move |secrets: &[Secret]| {
+        if !secrets.iter().any(|s| s.key() == &key) {
+            return Err(Error::InvalidSignature);
+        }
+        Ok(SignedCall { nonce, timestamp })
+    })
 }
 
 #[actix::test]
@@ -159,7 +168,7 @@ async fn thirty_two_concurrent_deliveries_of_one_nonce_accept_exactly_one() {
         let h = h.clone();
         async move {
             supervisor
-                .deliver_webhook(&h, "msg_once".into(), timestamp, signed_with(KEY))
+                .deliver_webhook(&h, signed_with(KEY, "msg_once", timestamp))
                 .await
         }
     });
@@ -184,12 +193,12 @@ async fn a_bad_signature_never_records_the_nonce() {
     let now = Timestamp::from_millis(START);
     let forged = w
         .supervisor
-        .deliver_webhook(&h, "msg_1".into(), now, signed_with([8; 32]))
+        .deliver_webhook(&h, signed_with([8; 32], "msg_1", now))
         .await;
     assert!(matches!(forged, Err(Error::InvalidSignature)));
     let genuine = w
         .supervisor
-        .deliver_webhook(&h, "msg_1".into(), now, signed_with(KEY))
+        .deliver_webhook(&h, signed_with(KEY, "msg_1", now))
         .await
         .unwrap();
     assert!(matches!(

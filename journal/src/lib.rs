@@ -242,16 +242,33 @@ impl Journal {
     ) -> impl Iterator<Item = Result<Record>> + '_ {
         let tree = &self.inner.tree;
         let range = layout::index_key(stream, from.max(1))..=layout::index_key(stream, u64::MAX);
-        tree.range(range).map(move |entry| {
-            let (key, seq) = entry?;
-            let seq = layout::decode_seq(&seq).ok_or_else(|| Error::Corrupt {
-                seq: 0,
-                reason: format!("stream index entry {key:?} is malformed"),
-            })?;
-            self.record(seq)?.ok_or(Error::Corrupt {
-                seq,
-                reason: "the stream index names a record that is absent".into(),
-            })
+        tree.range(range)
+            .map(move |entry| self.indexed_record(entry))
+    }
+
+    /// The events of `stream` from version `to` (inclusive) back to its first, newest first.
+    pub fn read_stream_back(
+        &self,
+        stream: &str,
+        to: u64,
+    ) -> impl Iterator<Item = Result<Record>> + '_ {
+        let range = layout::index_key(stream, 1)..=layout::index_key(stream, to);
+        self.inner
+            .tree
+            .range(range)
+            .rev()
+            .map(move |entry| self.indexed_record(entry))
+    }
+
+    fn indexed_record(&self, entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Record> {
+        let (key, seq) = entry?;
+        let seq = layout::decode_seq(&seq).ok_or_else(|| Error::Corrupt {
+            seq: 0,
+            reason: format!("stream index entry {key:?} is malformed"),
+        })?;
+        self.record(seq)?.ok_or(Error::Corrupt {
+            seq,
+            reason: "the stream index names a record that is absent".into(),
         })
     }
 

@@ -44,6 +44,11 @@ fn appends_get_consecutive_seqs_and_stream_versions() {
     assert_eq!((a2.first_seq, a2.last_seq, a2.version), (4, 4, 3));
     assert_eq!(payloads(&stream(&journal, "a", 1)), vec![1, 2, 4]);
     assert_eq!(payloads(&stream(&journal, "a", 3)), vec![4]);
+    let back: Vec<Record> = journal
+        .read_stream_back("a", 2)
+        .collect::<Result<_>>()
+        .unwrap();
+    assert_eq!(payloads(&back), vec![2, 1]);
     assert_eq!(journal.stream_version("a").unwrap(), 3);
     assert_eq!(journal.stream_version("nobody").unwrap(), 0);
     let all: Vec<Record> = journal.read_all(2).collect::<Result<_>>().unwrap();

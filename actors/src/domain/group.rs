@@ -53,6 +53,9 @@ pub struct Group {
     pub cooldown_until: Option<Timestamp>,
     /// When it was created.
     pub created_at: Timestamp,
+    /// sha256 (hex) of the write-only token its servers post metric samples with.
+    #[serde(default)]
+    pub metrics_token_hash: String,
 }
 
 impl Group {
@@ -87,6 +90,8 @@ pub struct NewGroup {
     pub launch: Value,
     /// Empty when absent.
     pub metadata: Option<Map<String, Value>>,
+    /// sha256 (hex) of its metrics token (the token itself is shown once, by the service).
+    pub metrics_token_hash: String,
 }
 
 /// A change to a group: each present field replaces the current one.
@@ -189,6 +194,9 @@ pub enum GroupEvent {
         launch: Value,
         /// Its metadata.
         metadata: Map<String, Value>,
+        /// sha256 (hex) of its metrics token.
+        #[serde(default)]
+        metrics_token_hash: String,
         /// When.
         at: Timestamp,
     },
@@ -378,6 +386,7 @@ fn decide_create(
         cooldown_seconds,
         launch: new.launch.clone(),
         metadata: new.metadata.clone().unwrap_or_default(),
+        metrics_token_hash: new.metrics_token_hash.clone(),
         at: now,
     }])
 }
@@ -483,6 +492,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
         cooldown_seconds,
         launch,
         metadata,
+        metrics_token_hash,
         at,
     } = event
     {
@@ -500,6 +510,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             deleted: false,
             cooldown_until: None,
             created_at: *at,
+            metrics_token_hash: metrics_token_hash.clone(),
         });
     }
     let mut group = state?;
@@ -562,6 +573,7 @@ mod tests {
             cooldown_seconds: None,
             launch: json!({"provider": "simulated"}),
             metadata: None,
+            metrics_token_hash: String::new(),
         }
     }
 

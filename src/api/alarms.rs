@@ -1,0 +1,215 @@
+//! `/v1/alarms`: threshold rules over a group's samples (evaluation comes with metrics).
+
+use actix_web::{web, HttpResponse};
+use flotilla_actors::aggregate::Alarms;
+use flotilla_actors::domain::alarm::{
+    Alarm, AlarmCommand, AlarmPatch, Comparison, NewAlarm, Statistic, TreatMissing,
+};
+use flotilla_actors::domain::{AlarmId, PolicyId, TenantId};
+use serde::Deserialize;
+
+use super::auth::Tenant;
+use super::groups::owned as owned_group;
+use super::views::AlarmView;
+use super::{ApiError, AppState, List, ListQuery};
+
+/// The body of an alarm's create.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAlarm {
+    name: String,
+    group_id: String,
+    metric: String,
+    statistic: Statistic,
+    period_seconds: u32,
+    evaluation_periods: u32,
+    datapoints_to_alarm: Option<u32>,
+    comparison: Comparison,
+    threshold: f64,
+    treat_missing: Option<TreatMissing>,
+    #[serde(default)]
+    alarm_actions: Vec<PolicyId>,
+    #[serde(default)]
+    ok_actions: Vec<PolicyId>,
+    #[serde(default)]
+    repeat_actions: bool,
+}
+
+/// The body of an alarm's update.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAlarm {
+    name: Option<String>,
+    metric: Option<String>,
+    statistic: Option<Statistic>,
+    period_seconds: Option<u32>,
+    evaluation_periods: Option<u32>,
+    datapoints_to_alarm: Option<u32>,
+    comparison: Option<Comparison>,
+    threshold: Option<f64>,
+    treat_missing: Option<TreatMissing>,
+    alarm_actions: Option<Vec<PolicyId>>,
+    ok_actions: Option<Vec<PolicyId>>,
+    repeat_actions: Option<bool>,
+}
+
+fn owned(state: &AppState, tenant: &TenantId, id: &str) -> Result<AlarmId, ApiError> {
+    let id = AlarmId::new(id);
+    match state.index.alarm(&id) {
+        Some(owner) if &owner.tenant == tenant => Ok(id),
+        _ => Err(ApiError::not_found("alarm")),
+    }
+}
+
+/// Every action must be a policy of the alarm's group.
+fn check_actions<'a>(
+    state: &AppState,
+    tenant: &TenantId,
+    group: &flotilla_actors::domain::GroupId,
+    actions: impl IntoIterator<Item = &'a PolicyId>,
+) -> Result<(), ApiError> {
+    for policy in actions {
+        match state.index.policy(policy) {
+            Some(owner) if &owner.tenant == tenant && &owner.group == group => {}
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_input",
+                    format!("action {policy} is not a policy of group {group}"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn load(state: &AppState, id: &AlarmId) -> Result<Alarm, ApiError> {
+    let observed = state.supervisor.get::<Alarms>(id.as_str()).await?;
+    observed
+        .state
+        .filter(|a| !a.deleted)
+        .ok_or_else(|| ApiError::not_found("alarm"))
+}
+
+/// `POST /v1/alarms`.
+pub async fn create(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    body: web::Json<CreateAlarm>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let group = owned_group(&state, &tenant, &body.group_id)
+        .map_err(|_| ApiError::bad_request("invalid_input", "group_id names no group of yours"))?;
+    check_actions(
+        &state,
+        &tenant,
+        &group,
+        body.alarm_actions.iter().chain(&body.ok_actions),
+    )?;
+    let id = AlarmId::generate();
+    let command = AlarmCommand::Create(NewAlarm {
+        id: id.clone(),
+        tenant_id: tenant,
+        name: body.name,
+        group_id: group,
+        metric: body.metric,
+        statistic: body.statistic,
+        period_seconds: body.period_seconds,
+        evaluation_periods: body.evaluation_periods,
+        datapoints_to_alarm: body.datapoints_to_alarm,
+        comparison: body.comparison,
+        threshold: body.threshold,
+        treat_missing: body.treat_missing,
+        alarm_actions: body.alarm_actions,
+        ok_actions: body.ok_actions,
+        repeat_actions: body.repeat_actions,
+    });
+    let alarm = state
+        .execute::<Alarms>(id.as_str(), command)
+        .await?
+        .state
+        .ok_or_else(|| ApiError::not_found("alarm"))?;
+    Ok(HttpResponse::Created().json(AlarmView::from(&alarm)))
+}
+
+/// `GET /v1/alarms`.
+pub async fn list(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let cursor = query.cursor.as_deref().map(AlarmId::new);
+    let page = state
+        .index
+        .alarms_of(&tenant, cursor.as_ref(), query.limit()?);
+    let mut items = Vec::with_capacity(page.items.len());
+    for id in &page.items {
+        if let Ok(alarm) = load(&state, id).await {
+            items.push(AlarmView::from(&alarm));
+        }
+    }
+    Ok(HttpResponse::Ok().json(List {
+        items,
+        next_cursor: page.next.map(|id| id.to_string()),
+    }))
+}
+
+/// `GET /v1/alarms/{aid}`: with `state` and `state_reason`.
+pub async fn show(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = owned(&state, &tenant, &path)?;
+    Ok(HttpResponse::Ok().json(AlarmView::from(&load(&state, &id).await?)))
+}
+
+/// `PATCH /v1/alarms/{aid}`.
+pub async fn update(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<String>,
+    body: web::Json<UpdateAlarm>,
+) -> Result<HttpResponse, ApiError> {
+    let id = owned(&state, &tenant, &path)?;
+    let body = body.into_inner();
+    let current = load(&state, &id).await?;
+    let actions = body
+        .alarm_actions
+        .iter()
+        .flatten()
+        .chain(body.ok_actions.iter().flatten());
+    check_actions(&state, &tenant, &current.definition.group_id, actions)?;
+    let patch = AlarmPatch {
+        name: body.name,
+        metric: body.metric,
+        statistic: body.statistic,
+        period_seconds: body.period_seconds,
+        evaluation_periods: body.evaluation_periods,
+        datapoints_to_alarm: body.datapoints_to_alarm,
+        comparison: body.comparison,
+        threshold: body.threshold,
+        treat_missing: body.treat_missing,
+        alarm_actions: body.alarm_actions,
+        ok_actions: body.ok_actions,
+        repeat_actions: body.repeat_actions,
+    };
+    let alarm = state
+        .execute::<Alarms>(id.as_str(), AlarmCommand::Update(patch))
+        .await?
+        .state
+        .ok_or_else(|| ApiError::not_found("alarm"))?;
+    Ok(HttpResponse::Ok().json(AlarmView::from(&alarm)))
+}
+
+/// `DELETE /v1/alarms/{aid}`.
+pub async fn delete(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = owned(&state, &tenant, &path)?;
+    state
+        .execute::<Alarms>(id.as_str(), AlarmCommand::Delete)
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}

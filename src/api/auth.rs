@@ -1,0 +1,73 @@
+//! Bearer tokens: a tenant's token names its tenant; the operator token creates tenants.
+
+use std::future::{ready, Ready};
+
+use actix_web::{web, FromRequest, HttpRequest};
+use flotilla_actors::domain::TenantId;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::token;
+
+/// The tenant a request acts as.
+pub struct Tenant(pub TenantId);
+
+/// A request made with the operator token.
+pub struct Operator;
+
+fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+    let text = header
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    let token = text
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <token>"))?;
+    Ok(token::hash(token))
+}
+
+fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(ApiError::not_ready)?;
+    if !state.is_ready() {
+        return Err(ApiError::not_ready());
+    }
+    Ok(state)
+}
+
+impl FromRequest for Tenant {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(state(req).and_then(|state| {
+            let hash = bearer(req)?;
+            state
+                .index
+                .tenant_of_token(&hash)
+                .map(Tenant)
+                .ok_or_else(|| ApiError::unauthorized("unknown token"))
+        }))
+    }
+}
+
+impl FromRequest for Operator {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(state(req).and_then(|state| {
+            let hash = bearer(req)?;
+            if state.operator_token_hash != hash {
+                return Err(ApiError::unauthorized("the operator token is required"));
+            }
+            Ok(Operator)
+        }))
+    }
+}

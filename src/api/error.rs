@@ -1,0 +1,174 @@
+//! The one mapping from failures to HTTP: `{"error": {"code": "...", "message": "..."}}` with
+//! the fitting status (SPEC section 3).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use flotilla_actors::error::Error as ActorError;
+use serde::Serialize;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: Cow<'static, str>,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    /// An error with `status`, a snake_case `code` and a human `message`.
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError {
+            status,
+            code: code.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 404 for a kind of object.
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    /// 401.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        error.retry_after = Some(retry_after);
+        error
+    }
+
+    /// 503 while the journal is being replayed.
+    pub fn not_ready() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the journal is still being replayed",
+        )
+    }
+
+    /// The code, for metrics.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(seconds) = self.retry_after {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        response.json(Body {
+            error: Detail {
+                code: &self.code,
+                message: &self.message,
+            },
+        })
+    }
+}
+
+impl From<ActorError> for ApiError {
+    fn from(error: ActorError) -> Self {
+        let status =
+            StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            // Faults are logged here, once, with their cause; the client gets no internals.
+            tracing::error!(%error, "request failed");
+            return ApiError::new(status, error.code(), "the service failed; try again");
+        }
+        let retry_after = match &error {
+            ActorError::Rejected(rejection) => rejection.retry_after_seconds(),
+            _ => None,
+        };
+        let mut api = ApiError::new(status, error.code(), error.to_string());
+        api.retry_after = retry_after;
+        api
+    }
+}
+
+impl From<flotilla_journal::Error> for ApiError {
+    fn from(error: flotilla_journal::Error) -> Self {
+        ActorError::Journal(error).into()
+    }
+}
+
+/// The extractor errors of actix-web (bad JSON, bad path, bad query, too large) as API errors.
+pub fn json_error(error: actix_web::error::JsonPayloadError) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError;
+    let api = match &error {
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                error.to_string(),
+            )
+        }
+        JsonPayloadError::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send application/json",
+        ),
+        JsonPayloadError::Deserialize(e) => ApiError::bad_request("invalid_json", e.to_string()),
+        _ => ApiError::bad_request("invalid_json", error.to_string()),
+    };
+    api.into()
+}
+
+/// Bad query strings as API errors.
+pub fn query_error(error: actix_web::error::QueryPayloadError) -> actix_web::Error {
+    ApiError::bad_request("invalid_query", error.to_string()).into()
+}
+
+/// Bad paths as API errors.
+pub fn path_error(error: actix_web::error::PathError) -> actix_web::Error {
+    ApiError::bad_request("invalid_path", error.to_string()).into()
+}

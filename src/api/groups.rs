@@ -1,0 +1,260 @@
+//! `/v1/groups`: create, list, show, change, delete, pause and resume a group; its servers and
+//! its scaling activity.
+
+use actix_web::{web, HttpResponse};
+use flotilla_actors::aggregate::Groups;
+use flotilla_actors::domain::group::{Group, GroupCommand, GroupPatch, NewGroup};
+use flotilla_actors::domain::{GroupId, TenantId};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::auth::Tenant;
+use super::views::GroupView;
+use super::{ApiError, AppState, List, ListQuery};
+use crate::audit::format_millis;
+use crate::token;
+
+/// The body of `POST /v1/groups`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroup {
+    name: String,
+    min_size: u32,
+    max_size: u32,
+    desired_capacity: Option<u32>,
+    cooldown_seconds: Option<u32>,
+    launch: Value,
+    metadata: Option<Map<String, Value>>,
+}
+
+/// The body of `PATCH /v1/groups/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGroup {
+    name: Option<String>,
+    min_size: Option<u32>,
+    max_size: Option<u32>,
+    cooldown_seconds: Option<u32>,
+    metadata: Option<Map<String, Value>>,
+    launch: Option<Value>,
+}
+
+/// `?force=` of a delete.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// The group `id` if `tenant` owns it (another tenant's group is as absent as a missing one).
+pub fn owned(state: &AppState, tenant: &TenantId, id: &str) -> Result<GroupId, ApiError> {
+    let id = GroupId::new(id);
+    if !state.index.owns_group(tenant, &id) {
+        return Err(ApiError::not_found("group"));
+    }
+    Ok(id)
+}
+
+/// The live state of group `id`.
+pub async fn load(state: &AppState, id: &GroupId) -> Result<Group, ApiError> {
+    let observed = state.supervisor.get::<Groups>(id.as_str()).await?;
+    observed
+        .state
+        .filter(|g| !g.deleted)
+        .ok_or_else(|| ApiError::not_found("group"))
+}
+
+/// `POST /v1/groups`: 201 with the group and its metrics token (shown this once).
+pub async fn create(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    body: web::Json<CreateGroup>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let id = GroupId::generate();
+    let metrics_token = token::generate("flo_mt_");
+    let command = GroupCommand::Create(NewGroup {
+        id: id.clone(),
+        tenant_id: tenant,
+        name: body.name,
+        min_size: body.min_size,
+        max_size: body.max_size,
+        desired_capacity: body.desired_capacity,
+        cooldown_seconds: body.cooldown_seconds,
+        launch: body.launch,
+        metadata: body.metadata,
+        metrics_token_hash: token::hash(&metrics_token),
+    });
+    let group = state
+        .execute::<Groups>(id.as_str(), command)
+        .await?
+        .state
+        .ok_or_else(|| ApiError::not_found("group"))?;
+    let mut view = serde_json::to_value(GroupView::from(&group)).unwrap_or_default();
+    view["metrics_token"] = Value::String(metrics_token);
+    Ok(HttpResponse::Created().json(view))
+}
+
+/// `GET /v1/groups`.
+pub async fn list(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let cursor = query.cursor.as_deref().map(GroupId::new);
+    let page = state
+        .index
+        .groups_of(&tenant, cursor.as_ref(), query.limit()?);
+    let mut items = Vec::with_capacity(page.items.len());
+    for id in &page.items {
+        // A group deleted since the page was read is simply left out.
+        if let Ok(group) = load(&state, id).await {
+            items.push(GroupView::from(&group));
+        }
+    }
+    Ok(HttpResponse::Ok().json(List {
+        items,
+        next_cursor: page.next.map(|id| id.to_string()),
+    }))
+}
+
+/// `GET /v1/groups/{id}`.
+pub async fn show(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = owned(&state, &tenant, &path)?;
+    let group = load(&state, &id).await?;
+    Ok(HttpResponse::Ok().json(GroupView::from(&group)))
+}
+
+/// `PATCH /v1/groups/{id}`.
+pub async fn update(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<String>,
+    body: web::Json<UpdateGroup>,
+) -> Result<HttpResponse, ApiError> {
+    let id = owned(&state, &tenant, &path)?;
+    let body = body.into_inner();
+    let patch = GroupPatch {
+        name: body.name,
+        min_size: body.min_size,
+        max_size: body.max_size,
+        cooldown_seconds: body.cooldown_seconds,
+        metadata: body.metadata,
+        launch: body.launch,
+    };
+    respond(&state, &id, GroupCommand::Update(patch)).await
+}
+
+async fn respond(
+    state: &AppState,
+    id: &GroupId,
+    command: GroupCommand,
+) -> Result<HttpResponse, ApiError> {
+    let group = state
+        .execute::<Groups>(id.as_str(), command)
+        .await?
+        .state
+        .ok_or_else(|| ApiError::not_found("group"))?;
+    Ok(HttpResponse::Ok().json(GroupView::from(&group)))
+}
+
+/// `DELETE /v1/groups/{id}[?force=true]`.
+pub async fn delete(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<String>,
+    query: web::Query<DeleteQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = owned(&state, &tenant, &path)?;
+    // Until providers land no group has servers, so `force` has nothing to delete first.
+    let _ = query.force;
+    state
+        .execute::<Groups>(id.as_str(), GroupCommand::Delete)
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /v1/groups/{id}/pause`.
+pub async fn pause(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = owned(&state, &tenant, &path)?;
+    respond(&state, &id, GroupCommand::Pause).await
+}
+
+/// `POST /v1/groups/{id}/resume`.
+pub async fn resume(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = owned(&state, &tenant, &path)?;
+    respond(&state, &id, GroupCommand::Resume).await
+}
+
+/// `GET /v1/groups/{id}/servers`: none until the providers issue brings servers.
+pub async fn servers(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<String>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    owned(&state, &tenant, &path)?;
+    query.limit()?;
+    Ok(HttpResponse::Ok().json(List::<Value> {
+        items: vec![],
+        next_cursor: None,
+    }))
+}
+
+/// The events that are scaling activity.
+const ACTIVITY: [&str; 2] = ["policy_executed", "capacity_changed"];
+
+/// `GET /v1/groups/{id}/activity`: newest first; each item is the recorded event with its
+/// journal sequence number and time. The cursor is a stream version.
+pub async fn activity(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<String>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = owned(&state, &tenant, &path)?;
+    let limit = query.limit()?;
+    let journal = state.supervisor.journal();
+    let to = match query.cursor.as_deref() {
+        Some(cursor) => cursor
+            .parse::<u64>()
+            .ok()
+            .and_then(|v| v.checked_sub(1))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_cursor", "cursor must come from next_cursor")
+            })?,
+        None => journal.stream_version(id.as_str())?,
+    };
+    let mut items = Vec::new();
+    let mut next_cursor = None;
+    for record in journal.read_stream_back(id.as_str(), to) {
+        let record = record?;
+        if !ACTIVITY.contains(&record.event_type.as_str()) {
+            continue;
+        }
+        if items.len() == limit {
+            next_cursor = Some((record.version + 1).to_string());
+            break;
+        }
+        let mut item: Value = serde_json::from_slice(&record.payload).unwrap_or_default();
+        if let Value::Object(map) = &mut item {
+            map.insert("seq".into(), record.seq.into());
+            map.insert("time".into(), format_millis(record.timestamp_ms).into());
+        }
+        items.push(item);
+    }
+    Ok(HttpResponse::Ok().json(List { items, next_cursor }))
+}

@@ -1,0 +1,170 @@
+//! The HTTP API (SPEC section 3) on actix-web, in front of the supervisor.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix_web::web;
+use flotilla_actors::supervisor::Supervisor;
+use serde::{Deserialize, Serialize};
+
+use flotilla_actors::object::Executed;
+
+use crate::index::{Index, Indexed};
+use crate::ratelimit::WebhookLimits;
+use crate::settings::Settings;
+
+pub mod alarms;
+pub mod auth;
+pub mod error;
+pub mod groups;
+pub mod hooks;
+pub mod ops;
+pub mod policies;
+pub mod tenants;
+pub mod views;
+pub mod webhooks;
+
+pub use error::ApiError;
+
+/// What every handler shares.
+pub struct AppState {
+    /// Hosts the objects' actors.
+    pub supervisor: Supervisor,
+    /// Who owns what.
+    pub index: Arc<Index>,
+    /// The service's settings.
+    pub settings: Settings,
+    /// sha256 of the operator token.
+    pub operator_token_hash: String,
+    /// Set once the journal is replayed into the index.
+    pub ready: Arc<AtomicBool>,
+    /// Webhook call limits.
+    pub limits: WebhookLimits,
+}
+
+impl AppState {
+    /// Whether the journal has been replayed.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Runs `command` against object `id` and takes the resulting events into the index.
+    pub async fn execute<A: Indexed>(
+        &self,
+        id: &str,
+        command: A::Command,
+    ) -> Result<Executed<A>, ApiError> {
+        let executed = self.supervisor.execute::<A>(id, command).await?;
+        for event in &executed.events {
+            A::note(&self.index, id, event);
+        }
+        Ok(executed)
+    }
+}
+
+/// `?limit=&cursor=` of every list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// At most this many items (default 100, max 1000).
+    pub limit: Option<usize>,
+    /// Continue after this cursor.
+    pub cursor: Option<String>,
+}
+
+impl ListQuery {
+    /// The page size, checked.
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        match self.limit {
+            None => Ok(100),
+            Some(n @ 1..=1000) => Ok(n),
+            Some(_) => Err(ApiError::bad_request(
+                "invalid_limit",
+                "limit must be 1 to 1000",
+            )),
+        }
+    }
+}
+
+/// `{"items": [...], "next_cursor": ...}`.
+#[derive(Debug, Serialize)]
+pub struct List<T> {
+    /// The page.
+    pub items: Vec<T>,
+    /// Where the next page starts, or null.
+    pub next_cursor: Option<String>,
+}
+
+/// Every route of the API.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::JsonConfig::default().error_handler(|e, _| error::json_error(e)))
+        .app_data(web::QueryConfig::default().error_handler(|e, _| error::query_error(e)))
+        .app_data(web::PathConfig::default().error_handler(|e, _| error::path_error(e)))
+        .route("/healthz", web::get().to(ops::healthz))
+        .route("/readyz", web::get().to(ops::readyz))
+        .route("/metrics", web::get().to(ops::metrics))
+        .service(
+            web::scope("/v1")
+                .route("/tenants", web::post().to(tenants::create))
+                .route("/groups", web::post().to(groups::create))
+                .route("/groups", web::get().to(groups::list))
+                .route("/groups/{id}", web::get().to(groups::show))
+                .route("/groups/{id}", web::patch().to(groups::update))
+                .route("/groups/{id}", web::delete().to(groups::delete))
+                .route("/groups/{id}/pause", web::post().to(groups::pause))
+                .route("/groups/{id}/resume", web::post().to(groups::resume))
+                .route("/groups/{id}/servers", web::get().to(groups::servers))
+                .route("/groups/{id}/activity", web::get().to(groups::activity))
+                .route("/groups/{id}/policies", web::post().to(policies::create))
+                .route("/groups/{id}/policies", web::get().to(policies::list))
+                .route("/groups/{id}/policies/{pid}", web::get().to(policies::show))
+                .route(
+                    "/groups/{id}/policies/{pid}",
+                    web::patch().to(policies::update),
+                )
+                .route(
+                    "/groups/{id}/policies/{pid}",
+                    web::delete().to(policies::delete),
+                )
+                .route(
+                    "/groups/{id}/policies/{pid}/execute",
+                    web::post().to(policies::execute),
+                )
+                .route(
+                    "/groups/{id}/policies/{pid}/webhooks",
+                    web::post().to(webhooks::create),
+                )
+                .route(
+                    "/groups/{id}/policies/{pid}/webhooks",
+                    web::get().to(webhooks::list),
+                )
+                .route(
+                    "/groups/{id}/policies/{pid}/webhooks/{wid}",
+                    web::get().to(webhooks::show),
+                )
+                .route(
+                    "/groups/{id}/policies/{pid}/webhooks/{wid}",
+                    web::delete().to(webhooks::revoke),
+                )
+                .route(
+                    "/groups/{id}/policies/{pid}/webhooks/{wid}/rotate",
+                    web::post().to(webhooks::rotate),
+                )
+                .route("/alarms", web::post().to(alarms::create))
+                .route("/alarms", web::get().to(alarms::list))
+                .route("/alarms/{aid}", web::get().to(alarms::show))
+                .route("/alarms/{aid}", web::patch().to(alarms::update))
+                .route("/alarms/{aid}", web::delete().to(alarms::delete))
+                .route("/hooks/{wid}", web::post().to(hooks::execute)),
+        )
+        .default_service(web::to(ops::not_found));
+}
+
+/// Deserializes a field that may be absent (`None`), null (`Some(None)`) or set.
+pub fn double_option<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}

@@ -1,0 +1,44 @@
+//! `POST /v1/tenants`: the operator creates a tenant and receives its token, once.
+
+use actix_web::{web, HttpResponse};
+use flotilla_actors::aggregate::Tenants;
+use flotilla_actors::domain::tenant::TenantCommand;
+use flotilla_actors::domain::TenantId;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::Operator;
+use super::{ApiError, AppState};
+use crate::token;
+
+/// The body of a tenant's create.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    name: String,
+}
+
+/// 201 `{id, name, token}`; only the token's hash is kept.
+pub async fn create(
+    state: web::Data<AppState>,
+    _: Operator,
+    body: web::Json<CreateTenant>,
+) -> Result<HttpResponse, ApiError> {
+    let id = TenantId::generate();
+    let token = token::generate("flo_t_");
+    let command = TenantCommand::Create {
+        id: id.clone(),
+        name: body.into_inner().name,
+        token_hash: token::hash(&token),
+    };
+    let tenant = state
+        .execute::<Tenants>(id.as_str(), command)
+        .await?
+        .state
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    Ok(HttpResponse::Created().json(json!({
+        "id": tenant.id,
+        "name": tenant.name,
+        "token": token,
+    })))
+}

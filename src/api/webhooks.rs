@@ -1,0 +1,153 @@
+//! `/v1/groups/{id}/policies/{pid}/webhooks`: create, list, show, rotate and revoke a policy's
+//! webhooks. The secret is shown only in the answers to create and rotate.
+
+use actix_web::{web, HttpResponse};
+use flotilla_actors::aggregate::Webhooks;
+use flotilla_actors::domain::webhook::{Webhook, WebhookCommand};
+use flotilla_actors::domain::WebhookId;
+use serde::Deserialize;
+
+use super::auth::Tenant;
+use super::policies::owned as owned_policy;
+use super::views::WebhookView;
+use super::{ApiError, AppState, List, ListQuery};
+use crate::token;
+
+/// The body of a webhook's create.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    name: String,
+}
+
+/// The (optional) body of a rotation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rotate {
+    grace_seconds: Option<u32>,
+}
+
+fn owned(
+    state: &AppState,
+    tenant: &flotilla_actors::domain::TenantId,
+    path: &(String, String, String),
+) -> Result<WebhookId, ApiError> {
+    let (_, policy) = owned_policy(state, tenant, &path.0, &path.1)?;
+    let id = WebhookId::new(path.2.as_str());
+    match state.index.webhook(&id) {
+        Some(owner) if owner.policy.as_ref() == Some(&policy) => Ok(id),
+        _ => Err(ApiError::not_found("webhook")),
+    }
+}
+
+async fn load(state: &AppState, id: &WebhookId) -> Result<Webhook, ApiError> {
+    let observed = state.supervisor.get::<Webhooks>(id.as_str()).await?;
+    observed
+        .state
+        .filter(|w| !w.revoked)
+        .ok_or_else(|| ApiError::not_found("webhook"))
+}
+
+fn view(state: &AppState, webhook: &Webhook, with_secret: bool) -> WebhookView {
+    WebhookView::new(webhook, &state.settings.public_url(), with_secret)
+}
+
+/// `POST .../webhooks`: 201 `{id, name, url, secret}`.
+pub async fn create(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<(String, String)>,
+    body: web::Json<CreateWebhook>,
+) -> Result<HttpResponse, ApiError> {
+    let (group, policy) = owned_policy(&state, &tenant, &path.0, &path.1)?;
+    let id = WebhookId::generate();
+    let command = WebhookCommand::Create {
+        id: id.clone(),
+        policy_id: policy,
+        group_id: group,
+        tenant_id: tenant,
+        name: body.into_inner().name,
+        secret: token::generate_secret(),
+    };
+    let webhook = state
+        .execute::<Webhooks>(id.as_str(), command)
+        .await?
+        .state
+        .ok_or_else(|| ApiError::not_found("webhook"))?;
+    Ok(HttpResponse::Created().json(view(&state, &webhook, true)))
+}
+
+/// `GET .../webhooks`.
+pub async fn list(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<(String, String)>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (_, policy) = owned_policy(&state, &tenant, &path.0, &path.1)?;
+    let cursor = query.cursor.as_deref().map(WebhookId::new);
+    let page = state
+        .index
+        .webhooks_of(&policy, cursor.as_ref(), query.limit()?);
+    let mut items = Vec::with_capacity(page.items.len());
+    for id in &page.items {
+        if let Ok(webhook) = load(&state, id).await {
+            items.push(view(&state, &webhook, false));
+        }
+    }
+    Ok(HttpResponse::Ok().json(List {
+        items,
+        next_cursor: page.next.map(|id| id.to_string()),
+    }))
+}
+
+/// `GET .../webhooks/{wid}`.
+pub async fn show(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let id = owned(&state, &tenant, &path)?;
+    let webhook = load(&state, &id).await?;
+    Ok(HttpResponse::Ok().json(view(&state, &webhook, false)))
+}
+
+/// `POST .../webhooks/{wid}/rotate`: a new secret; the old one stays valid for the grace.
+pub async fn rotate(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<(String, String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id = owned(&state, &tenant, &path)?;
+    let rotate: Rotate = if body.iter().all(u8::is_ascii_whitespace) {
+        Rotate::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+    };
+    let grace_seconds = rotate.grace_seconds;
+    let command = WebhookCommand::Rotate {
+        new_secret: token::generate_secret(),
+        grace_seconds,
+    };
+    let webhook = state
+        .execute::<Webhooks>(id.as_str(), command)
+        .await?
+        .state
+        .ok_or_else(|| ApiError::not_found("webhook"))?;
+    Ok(HttpResponse::Ok().json(view(&state, &webhook, true)))
+}
+
+/// `DELETE .../webhooks/{wid}`: revoke; from then on its URL answers 404.
+pub async fn revoke(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let id = owned(&state, &tenant, &path)?;
+    state
+        .execute::<Webhooks>(id.as_str(), WebhookCommand::Revoke)
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}

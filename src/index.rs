@@ -1,0 +1,401 @@
+//! The service's read model: who owns what, which token is whose, and what to list. It is built
+//! by one pass over the journal at startup (the service is ready once it is done) and kept
+//! current with the events each successful command returns, through the same `note` functions.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::RwLock;
+
+use flotilla_actors::aggregate::{Aggregate, Alarms, Groups, Policies, Tenants, Webhooks};
+use flotilla_actors::domain::alarm::AlarmEvent;
+use flotilla_actors::domain::group::GroupEvent;
+use flotilla_actors::domain::policy::PolicyEvent;
+use flotilla_actors::domain::tenant::TenantEvent;
+use flotilla_actors::domain::webhook::WebhookEvent;
+use flotilla_actors::domain::{AlarmId, DomainEvent, GroupId, PolicyId, TenantId, WebhookId};
+use flotilla_journal::{Journal, Record};
+
+/// Who owns a policy, a webhook or an alarm, and where it hangs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The group it belongs to.
+    pub group: GroupId,
+    /// For a webhook: the policy it executes.
+    pub policy: Option<PolicyId>,
+}
+
+#[derive(Default)]
+struct Data {
+    /// Token hash → tenant.
+    tokens: HashMap<String, TenantId>,
+    /// Metrics token hash → group.
+    metrics_tokens: HashMap<String, GroupId>,
+    groups: HashMap<GroupId, TenantId>,
+    policies: HashMap<PolicyId, Owner>,
+    webhooks: HashMap<WebhookId, Owner>,
+    alarms: HashMap<AlarmId, Owner>,
+    /// (tenant, group) for listing a tenant's groups in id order.
+    tenant_groups: BTreeSet<(TenantId, GroupId)>,
+    /// (group, policy).
+    group_policies: BTreeSet<(GroupId, PolicyId)>,
+    /// (policy, webhook).
+    policy_webhooks: BTreeSet<(PolicyId, WebhookId)>,
+    /// (tenant, alarm).
+    tenant_alarms: BTreeSet<(TenantId, AlarmId)>,
+}
+
+/// The read model. All methods take `&self`; it is shared by every HTTP worker.
+#[derive(Default)]
+pub struct Index {
+    data: RwLock<Data>,
+}
+
+impl Index {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Data> {
+        self.data.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Data> {
+        self.data.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Builds the index from the whole journal. Returns how many records it read.
+    pub fn load(&self, journal: &Journal) -> anyhow::Result<u64> {
+        let mut read = 0;
+        for record in journal.read_all(1) {
+            self.note_record(&record?)?;
+            read += 1;
+        }
+        Ok(read)
+    }
+
+    fn note_record(&self, record: &Record) -> anyhow::Result<()> {
+        fn note<A: Indexed>(index: &Index, record: &Record) -> anyhow::Result<()> {
+            let event: A::Event = record.decode(A::Event::SCHEMA)?;
+            A::note(index, &record.stream, &event);
+            Ok(())
+        }
+        let stream = record.stream.as_str();
+        if stream.starts_with(Tenants::PREFIX) {
+            note::<Tenants>(self, record)
+        } else if stream.starts_with(Groups::PREFIX) {
+            note::<Groups>(self, record)
+        } else if stream.starts_with(Policies::PREFIX) {
+            note::<Policies>(self, record)
+        } else if stream.starts_with(Webhooks::PREFIX) {
+            note::<Webhooks>(self, record)
+        } else if stream.starts_with(Alarms::PREFIX) {
+            note::<Alarms>(self, record)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Takes in a tenant's event.
+    pub fn note_tenant(&self, event: &TenantEvent) {
+        let TenantEvent::Created { id, token_hash, .. } = event;
+        self.write().tokens.insert(token_hash.clone(), id.clone());
+    }
+
+    /// Takes in a group's event.
+    pub fn note_group(&self, id: &GroupId, event: &GroupEvent) {
+        let mut data = self.write();
+        match event {
+            GroupEvent::Created {
+                tenant_id,
+                metrics_token_hash,
+                ..
+            } => {
+                data.groups.insert(id.clone(), tenant_id.clone());
+                data.tenant_groups.insert((tenant_id.clone(), id.clone()));
+                if !metrics_token_hash.is_empty() {
+                    data.metrics_tokens
+                        .insert(metrics_token_hash.clone(), id.clone());
+                }
+            }
+            GroupEvent::Deleted { .. } => {
+                if let Some(tenant) = data.groups.remove(id) {
+                    data.tenant_groups.remove(&(tenant, id.clone()));
+                }
+                data.metrics_tokens.retain(|_, group| group != id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes in a policy's event.
+    pub fn note_policy(&self, id: &PolicyId, event: &PolicyEvent) {
+        let mut data = self.write();
+        match event {
+            PolicyEvent::Created {
+                group_id,
+                tenant_id,
+                ..
+            } => {
+                let owner = Owner {
+                    tenant: tenant_id.clone(),
+                    group: group_id.clone(),
+                    policy: None,
+                };
+                data.policies.insert(id.clone(), owner);
+                data.group_policies.insert((group_id.clone(), id.clone()));
+            }
+            PolicyEvent::Deleted { .. } => {
+                if let Some(owner) = data.policies.remove(id) {
+                    data.group_policies.remove(&(owner.group, id.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes in a webhook's event.
+    pub fn note_webhook(&self, id: &WebhookId, event: &WebhookEvent) {
+        let mut data = self.write();
+        match event {
+            WebhookEvent::Created {
+                policy_id,
+                group_id,
+                tenant_id,
+                ..
+            } => {
+                let owner = Owner {
+                    tenant: tenant_id.clone(),
+                    group: group_id.clone(),
+                    policy: Some(policy_id.clone()),
+                };
+                data.webhooks.insert(id.clone(), owner);
+                data.policy_webhooks.insert((policy_id.clone(), id.clone()));
+            }
+            WebhookEvent::Revoked { .. } => {
+                if let Some(Owner {
+                    policy: Some(policy),
+                    ..
+                }) = data.webhooks.remove(id)
+                {
+                    data.policy_webhooks.remove(&(policy, id.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes in an alarm's event.
+    pub fn note_alarm(&self, id: &AlarmId, event: &AlarmEvent) {
+        let mut data = self.write();
+        match event {
+            AlarmEvent::Created {
+                tenant_id,
+                definition,
+                ..
+            } => {
+                let owner = Owner {
+                    tenant: tenant_id.clone(),
+                    group: definition.group_id.clone(),
+                    policy: None,
+                };
+                data.tenant_alarms
+                    .insert((owner.tenant.clone(), id.clone()));
+                data.alarms.insert(id.clone(), owner);
+            }
+            AlarmEvent::Deleted { .. } => {
+                if let Some(owner) = data.alarms.remove(id) {
+                    data.tenant_alarms.remove(&(owner.tenant, id.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The tenant a token hash belongs to.
+    pub fn tenant_of_token(&self, token_hash: &str) -> Option<TenantId> {
+        self.read().tokens.get(token_hash).cloned()
+    }
+
+    /// The group a metrics token hash belongs to.
+    pub fn group_of_metrics_token(&self, token_hash: &str) -> Option<GroupId> {
+        self.read().metrics_tokens.get(token_hash).cloned()
+    }
+
+    /// Whether `tenant` owns live group `id`.
+    pub fn owns_group(&self, tenant: &TenantId, id: &GroupId) -> bool {
+        self.read().groups.get(id) == Some(tenant)
+    }
+
+    /// The owner of live policy `id`.
+    pub fn policy(&self, id: &PolicyId) -> Option<Owner> {
+        self.read().policies.get(id).cloned()
+    }
+
+    /// The owner of live (unrevoked) webhook `id`.
+    pub fn webhook(&self, id: &WebhookId) -> Option<Owner> {
+        self.read().webhooks.get(id).cloned()
+    }
+
+    /// The owner of live alarm `id`.
+    pub fn alarm(&self, id: &AlarmId) -> Option<Owner> {
+        self.read().alarms.get(id).cloned()
+    }
+
+    /// Up to `limit` of `tenant`'s groups after `cursor`, and whether more follow.
+    pub fn groups_of(
+        &self,
+        tenant: &TenantId,
+        cursor: Option<&GroupId>,
+        limit: usize,
+    ) -> Page<GroupId> {
+        let data = self.read();
+        page(&data.tenant_groups, tenant, cursor, limit)
+    }
+
+    /// Up to `limit` of `group`'s policies after `cursor`.
+    pub fn policies_of(
+        &self,
+        group: &GroupId,
+        cursor: Option<&PolicyId>,
+        limit: usize,
+    ) -> Page<PolicyId> {
+        let data = self.read();
+        page(&data.group_policies, group, cursor, limit)
+    }
+
+    /// Up to `limit` of `policy`'s live webhooks after `cursor`.
+    pub fn webhooks_of(
+        &self,
+        policy: &PolicyId,
+        cursor: Option<&WebhookId>,
+        limit: usize,
+    ) -> Page<WebhookId> {
+        let data = self.read();
+        page(&data.policy_webhooks, policy, cursor, limit)
+    }
+
+    /// Up to `limit` of `tenant`'s alarms after `cursor`.
+    pub fn alarms_of(
+        &self,
+        tenant: &TenantId,
+        cursor: Option<&AlarmId>,
+        limit: usize,
+    ) -> Page<AlarmId> {
+        let data = self.read();
+        page(&data.tenant_alarms, tenant, cursor, limit)
+    }
+
+    /// Every live alarm, for evaluation.
+    pub fn all_alarms(&self) -> Vec<AlarmId> {
+        self.read().alarms.keys().cloned().collect()
+    }
+
+    /// Counts of live objects by kind.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let data = self.read();
+        BTreeMap::from([
+            ("tenants", data.tokens.len()),
+            ("groups", data.groups.len()),
+            ("policies", data.policies.len()),
+            ("webhooks", data.webhooks.len()),
+            ("alarms", data.alarms.len()),
+        ])
+    }
+}
+
+/// An aggregate whose events the index takes in.
+pub trait Indexed: Aggregate {
+    /// Takes in `event` of object `id`.
+    fn note(index: &Index, id: &str, event: &Self::Event);
+}
+
+impl Indexed for Tenants {
+    fn note(index: &Index, _: &str, event: &TenantEvent) {
+        index.note_tenant(event);
+    }
+}
+
+impl Indexed for Groups {
+    fn note(index: &Index, id: &str, event: &GroupEvent) {
+        index.note_group(&GroupId::new(id), event);
+    }
+}
+
+impl Indexed for Policies {
+    fn note(index: &Index, id: &str, event: &PolicyEvent) {
+        index.note_policy(&PolicyId::new(id), event);
+    }
+}
+
+impl Indexed for Webhooks {
+    fn note(index: &Index, id: &str, event: &WebhookEvent) {
+        index.note_webhook(&WebhookId::new(id), event);
+    }
+}
+
+impl Indexed for Alarms {
+    fn note(index: &Index, id: &str, event: &AlarmEvent) {
+        index.note_alarm(&AlarmId::new(id), event);
+    }
+}
+
+/// One page of ids, and the cursor of the next page if there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The ids.
+    pub items: Vec<T>,
+    /// The last id of this page, when more follow.
+    pub next: Option<T>,
+}
+
+fn page<P: Ord + Clone, T: Ord + Clone>(
+    set: &BTreeSet<(P, T)>,
+    parent: &P,
+    cursor: Option<&T>,
+    limit: usize,
+) -> Page<T> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let start = match cursor {
+        Some(after) => Excluded((parent.clone(), after.clone())),
+        None => Unbounded,
+    };
+    let mut items: Vec<T> = set
+        .range((start, Unbounded))
+        .skip_while(|(p, _)| p < parent)
+        .take_while(|(p, _)| p == parent)
+        .take(limit + 1)
+        .map(|(_, id)| id.clone())
+        .collect();
+    let next = (items.len() > limit).then(|| {
+        items.truncate(limit);
+        items.last().cloned()
+    });
+    Page {
+        items,
+        next: next.flatten(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_stay_within_their_parent_and_continue_from_the_cursor() {
+        let set: BTreeSet<(u8, u8)> = [(1, 1), (2, 1), (2, 2), (2, 3), (3, 1)].into();
+        let first = page(&set, &2, None, 2);
+        assert_eq!(
+            first,
+            Page {
+                items: vec![1, 2],
+                next: Some(2)
+            }
+        );
+        let second = page(&set, &2, first.next.as_ref(), 2);
+        assert_eq!(
+            second,
+            Page {
+                items: vec![3],
+                next: None
+            }
+        );
+        assert_eq!(page(&set, &4, None, 10).items, Vec::<u8>::new());
+    }
+}

@@ -1,0 +1,126 @@
+//! Starting the service: the journal, the operator token, the supervisor, the HTTP server, and
+//! the replay of the journal into the index (after which the service is ready).
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use flotilla_actors::clock::Clock;
+use flotilla_actors::supervisor::{self, Supervisor};
+use flotilla_journal::Journal;
+
+use crate::api::{self, AppState};
+use crate::index::Index;
+use crate::ratelimit::{Limit, WebhookLimits};
+use crate::settings::Settings;
+use crate::token;
+
+/// A started service.
+pub struct Service {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The operator token (read from or written to `operator.token`).
+    pub operator_token: String,
+    /// The running server; await it to serve until stopped.
+    pub server: actix_web::dev::Server,
+    /// Set once the journal is replayed.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Starts the service on `settings` with `clock`. Must run inside an actix system.
+pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Service> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
+    let journal = Journal::open(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot open the journal in {} (is another flotilla serving it?)",
+            settings.data_dir.display()
+        )
+    })?;
+    let (operator_token, created) = token::operator_token(&settings.data_dir)?;
+    let token_path = settings.data_dir.join("operator.token");
+    if created {
+        tracing::info!(path = %token_path.display(), "operator token written (mode 0600)");
+    } else {
+        tracing::info!(path = %token_path.display(), "operator token read");
+    }
+
+    let listener = TcpListener::bind(&settings.listen)
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let mut settings = settings;
+    settings.listen = addr.to_string();
+
+    let supervisor = Supervisor::start(
+        journal.clone(),
+        clock.clone(),
+        supervisor::Config {
+            webhook_tolerance_seconds: settings.webhook_tolerance_seconds,
+            ..supervisor::Config::default()
+        },
+    );
+    let index = Arc::new(Index::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = web::Data::new(AppState {
+        supervisor,
+        index: index.clone(),
+        operator_token_hash: token::hash(&operator_token),
+        ready: ready.clone(),
+        limits: WebhookLimits {
+            source: Limit::new(settings.source_rate_limit, clock.clone()),
+            webhook: Limit::new(settings.webhook_rate_limit, clock),
+        },
+        settings: settings.clone(),
+    });
+
+    replay_into_index(journal, index, ready.clone());
+    forget_idle_limits(state.clone());
+
+    let server = HttpServer::new({
+        let state = state.clone();
+        move || App::new().app_data(state.clone()).configure(api::routes)
+    })
+    .workers(settings.http_workers)
+    .listen(listener)?
+    .run();
+    tracing::info!(%addr, data_dir = %settings.data_dir.display(), "serving");
+    Ok(Service {
+        addr,
+        operator_token,
+        server,
+        ready,
+    })
+}
+
+/// Reads the whole journal into the index on a thread of its own, then marks the service ready.
+fn replay_into_index(journal: Journal, index: Arc<Index>, ready: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        match index.load(&journal) {
+            Ok(records) => {
+                ready.store(true, Ordering::Release);
+                tracing::info!(
+                    records,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "journal replayed; ready"
+                );
+            }
+            Err(error) => tracing::error!(%error, "the journal cannot be replayed; not ready"),
+        }
+    });
+}
+
+/// Forgets rate-limit buckets that refilled, once a minute, so the maps stay bounded.
+fn forget_idle_limits(state: web::Data<AppState>) {
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            state.limits.source.forget_idle();
+            state.limits.webhook.forget_idle();
+        }
+    });
+}

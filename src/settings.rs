@@ -1,0 +1,167 @@
+//! The service's settings: flags, `FLOTILLA_<NAME>` environment variables and an optional TOML
+//! file, in that order of precedence, then the defaults.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use serde::Deserialize;
+
+/// `flotilla serve` flags. Each is also a key of the TOML file and an environment variable.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "FLOTILLA_LISTEN")]
+    pub listen: Option<String>,
+    /// Data directory holding the journal (sled) and operator.token [default: ./flotilla-data].
+    #[arg(long, env = "FLOTILLA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML file with any of these settings (keys as the flags, with underscores).
+    #[arg(long, env = "FLOTILLA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Base of the webhook URLs handed out [default: http://<listen address>].
+    #[arg(long, env = "FLOTILLA_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Allowed skew of a webhook call's timestamp, seconds [default: 300].
+    #[arg(long, env = "FLOTILLA_WEBHOOK_TOLERANCE_SECONDS")]
+    pub webhook_tolerance_seconds: Option<u32>,
+    /// Webhook calls a second per webhook, a token bucket of as many; 0 is off [default: 50].
+    #[arg(long, env = "FLOTILLA_WEBHOOK_RATE_LIMIT")]
+    pub webhook_rate_limit: Option<u32>,
+    /// Webhook calls a second per source address; 0 is off [default: 1000].
+    #[arg(long, env = "FLOTILLA_SOURCE_RATE_LIMIT")]
+    pub source_rate_limit: Option<u32>,
+    /// Largest webhook body, bytes [default: 65536].
+    #[arg(long, env = "FLOTILLA_BODY_LIMIT")]
+    pub body_limit: Option<usize>,
+    /// HTTP worker threads [default: 2].
+    #[arg(long, env = "FLOTILLA_HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
+}
+
+/// The TOML file: the same keys, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    public_url: Option<String>,
+    webhook_tolerance_seconds: Option<u32>,
+    webhook_rate_limit: Option<u32>,
+    source_rate_limit: Option<u32>,
+    body_limit: Option<usize>,
+    http_workers: Option<usize>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub public_url: Option<String>,
+    pub webhook_tolerance_seconds: u32,
+    pub webhook_rate_limit: u32,
+    pub source_rate_limit: u32,
+    pub body_limit: usize,
+    pub http_workers: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./flotilla-data"),
+            public_url: None,
+            webhook_tolerance_seconds: 300,
+            webhook_rate_limit: 50,
+            source_rate_limit: 1000,
+            body_limit: 64 * 1024,
+            http_workers: 2,
+        }
+    }
+}
+
+impl Settings {
+    /// Flags and environment over the file over the defaults.
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let d = Settings::default();
+        Ok(Settings {
+            listen: args.listen.clone().or(file.listen).unwrap_or(d.listen),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or(d.data_dir),
+            public_url: args.public_url.clone().or(file.public_url),
+            webhook_tolerance_seconds: args
+                .webhook_tolerance_seconds
+                .or(file.webhook_tolerance_seconds)
+                .unwrap_or(d.webhook_tolerance_seconds),
+            webhook_rate_limit: args
+                .webhook_rate_limit
+                .or(file.webhook_rate_limit)
+                .unwrap_or(d.webhook_rate_limit),
+            source_rate_limit: args
+                .source_rate_limit
+                .or(file.source_rate_limit)
+                .unwrap_or(d.source_rate_limit),
+            body_limit: args.body_limit.or(file.body_limit).unwrap_or(d.body_limit),
+            http_workers: args
+                .http_workers
+                .or(file.http_workers)
+                .unwrap_or(d.http_workers)
+                .max(1),
+        })
+    }
+
+    /// The base of webhook URLs.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileSettings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("flotilla.toml");
+        std::fs::write(&file, "listen = \"0.0.0.0:9000\"\nwebhook_rate_limit = 7\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            webhook_rate_limit: Some(9),
+            ..ServeArgs::default()
+        };
+        let settings = Settings::resolve(&args).unwrap();
+        assert_eq!(settings.listen, "0.0.0.0:9000");
+        assert_eq!(settings.webhook_rate_limit, 9);
+        assert_eq!(settings.source_rate_limit, 1000);
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("flotilla.toml");
+        std::fs::write(&file, "listen_port = 1\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        };
+        let error = Settings::resolve(&args).unwrap_err();
+        assert!(format!("{error:#}").contains("listen_port"), "{error:#}");
+    }
+}
