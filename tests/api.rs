@@ -1,0 +1,501 @@
+//! The HTTP API end to end: authentication, tenant isolation, validation, the group lifecycle,
+//! policies, cooldowns on the manual clock, activity and pagination.
+
+mod common;
+
+use common::{assert_error, Server};
+use serde_json::json;
+
+#[test]
+fn requests_without_or_with_a_bad_token_are_401() {
+    let server = Server::start();
+    let no_token = common::read(server.request("GET", "/v1/groups", None).send().unwrap());
+    assert_error(&no_token, 401, "unauthorized");
+    assert_error(
+        &server.call("GET", "/v1/groups", "nope", None),
+        401,
+        "unauthorized",
+    );
+    let basic = server
+        .request("GET", "/v1/groups", None)
+        .header("authorization", "Basic Zm9vOmJhcg==")
+        .send()
+        .unwrap();
+    assert_error(&common::read(basic), 401, "unauthorized");
+    // Only the operator creates tenants.
+    let tenant = server.tenant("acme");
+    let refused = server.call(
+        "POST",
+        "/v1/tenants",
+        &tenant,
+        Some(json!({"name": "evil"})),
+    );
+    assert_error(&refused, 401, "unauthorized");
+    // And the operator token is no tenant's.
+    assert_error(
+        &server.call("GET", "/v1/groups", &server.operator_token.clone(), None),
+        401,
+        "unauthorized",
+    );
+}
+
+#[test]
+fn the_operator_token_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start();
+    let path = server.dir.path().join("data/operator.token");
+    let mode = std::fs::metadata(path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn another_tenants_objects_answer_404_on_every_endpoint() {
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    let (a, g, p, w) = (&hook.token, &hook.group, &hook.policy, &hook.id);
+    let (status, alarm) = server.call(
+        "POST",
+        "/v1/alarms",
+        a,
+        Some(
+            json!({"name": "cpu", "group_id": g, "metric": "cpu", "statistic": "avg",
+                    "period_seconds": 60, "evaluation_periods": 2, "comparison": "gt",
+                    "threshold": 0.8, "alarm_actions": [p]}),
+        ),
+    );
+    assert_eq!(status, 201, "{alarm}");
+    let alarm = alarm["id"].as_str().unwrap();
+    let b = server.tenant("other");
+    let probes: Vec<(&str, String, Option<serde_json::Value>)> = vec![
+        ("GET", format!("/v1/groups/{g}"), None),
+        (
+            "PATCH",
+            format!("/v1/groups/{g}"),
+            Some(json!({"max_size": 5})),
+        ),
+        ("DELETE", format!("/v1/groups/{g}"), None),
+        ("POST", format!("/v1/groups/{g}/pause"), None),
+        ("POST", format!("/v1/groups/{g}/resume"), None),
+        ("GET", format!("/v1/groups/{g}/servers"), None),
+        ("GET", format!("/v1/groups/{g}/activity"), None),
+        (
+            "POST",
+            format!("/v1/groups/{g}/policies"),
+            Some(json!({"name": "x", "adjustment_type": "change", "adjustment": 1})),
+        ),
+        ("GET", format!("/v1/groups/{g}/policies"), None),
+        ("GET", format!("/v1/groups/{g}/policies/{p}"), None),
+        (
+            "PATCH",
+            format!("/v1/groups/{g}/policies/{p}"),
+            Some(json!({"adjustment": 5})),
+        ),
+        ("DELETE", format!("/v1/groups/{g}/policies/{p}"), None),
+        ("POST", format!("/v1/groups/{g}/policies/{p}/execute"), None),
+        (
+            "POST",
+            format!("/v1/groups/{g}/policies/{p}/webhooks"),
+            Some(json!({"name": "x"})),
+        ),
+        ("GET", format!("/v1/groups/{g}/policies/{p}/webhooks"), None),
+        (
+            "GET",
+            format!("/v1/groups/{g}/policies/{p}/webhooks/{w}"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/v1/groups/{g}/policies/{p}/webhooks/{w}/rotate"),
+            None,
+        ),
+        (
+            "DELETE",
+            format!("/v1/groups/{g}/policies/{p}/webhooks/{w}"),
+            None,
+        ),
+        ("GET", format!("/v1/alarms/{alarm}"), None),
+        (
+            "PATCH",
+            format!("/v1/alarms/{alarm}"),
+            Some(json!({"threshold": 0.5})),
+        ),
+        ("DELETE", format!("/v1/alarms/{alarm}"), None),
+    ];
+    for (method, path, body) in probes {
+        let answer = server.call(method, &path, &b, body);
+        assert_eq!(answer.0, 404, "{method} {path}: {}", answer.1);
+        assert_eq!(answer.1["error"]["code"], "not_found", "{method} {path}");
+    }
+    // Nor do B's lists show A's objects, nor can B aim an alarm at A's group.
+    assert_eq!(
+        server.call("GET", "/v1/groups", &b, None).1["items"],
+        json!([])
+    );
+    assert_eq!(
+        server.call("GET", "/v1/alarms", &b, None).1["items"],
+        json!([])
+    );
+    let aimed = server.call(
+        "POST",
+        "/v1/alarms",
+        &b,
+        Some(json!({"name": "x", "group_id": g, "metric": "cpu", "statistic": "avg",
+                    "period_seconds": 60, "evaluation_periods": 1, "comparison": "gt", "threshold": 1})),
+    );
+    assert_error(&aimed, 400, "invalid_input");
+    // A's objects are untouched.
+    assert_eq!(server.capacity(a, g), 0);
+    assert_eq!(
+        server
+            .call("GET", &format!("/v1/alarms/{alarm}"), a, None)
+            .0,
+        200
+    );
+}
+
+#[test]
+fn bad_input_is_400_with_a_code_never_a_500() {
+    let server = Server::start();
+    let token = server.tenant("acme");
+    let post = |body: &str| {
+        let response = server
+            .request("POST", "/v1/groups", Some(&token))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .unwrap();
+        common::read(response)
+    };
+    let launch = r#""launch":{"provider":"simulated"}"#;
+    assert_error(&post("{not json"), 400, "invalid_json");
+    assert_error(
+        &post(&format!(
+            r#"{{"name":"w","min_size":"1","max_size":2,{launch}}}"#
+        )),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        &post(&format!(
+            r#"{{"name":"w","min_size":-1,"max_size":2,{launch}}}"#
+        )),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        &post(&format!(
+            r#"{{"name":"w","min_size":1,"max_size":99999999999,{launch}}}"#
+        )),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        &post(&format!(
+            r#"{{"name":"w","min_size":1,"max_size":2,"colour":"red",{launch}}}"#
+        )),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        &post(&format!(
+            r#"{{"name":"w","min_size":3,"max_size":2,{launch}}}"#
+        )),
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        &post(&format!(
+            r#"{{"name":"w","min_size":1,"max_size":2,"desired_capacity":5,{launch}}}"#
+        )),
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        &post(r#"{"name":"w","min_size":1,"max_size":2,"launch":{"provider":"mainframe"}}"#),
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        &post(&format!(
+            r#"{{"name":"","min_size":1,"max_size":2,{launch}}}"#
+        )),
+        400,
+        "invalid_input",
+    );
+    assert_error(
+        &post(r#"{"name":"w","min_size":1,"max_size":2}"#),
+        400,
+        "invalid_json",
+    );
+
+    let group = server.group(&token, 0, 10, 1, 0);
+    let bad_policy = server.call(
+        "POST",
+        &format!("/v1/groups/{group}/policies"),
+        &token,
+        Some(json!({"name": "p", "adjustment_type": "change", "adjustment": 1, "min_adjustment_step": 2})),
+    );
+    assert_error(&bad_policy, 400, "invalid_input");
+    let unknown_type = server.call(
+        "POST",
+        &format!("/v1/groups/{group}/policies"),
+        &token,
+        Some(json!({"name": "p", "adjustment_type": "double", "adjustment": 1})),
+    );
+    assert_error(&unknown_type, 400, "invalid_json");
+    assert_error(
+        &server.call("GET", "/v1/groups?limit=0", &token, None),
+        400,
+        "invalid_limit",
+    );
+    assert_error(
+        &server.call("GET", "/v1/groups?limit=1001", &token, None),
+        400,
+        "invalid_limit",
+    );
+    assert_error(
+        &server.call("GET", "/v1/groups?limit=abc", &token, None),
+        400,
+        "invalid_query",
+    );
+    assert_error(
+        &server.call("GET", "/v1/nowhere", &token, None),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &server.call("GET", "/v1/groups/grp_missing", &token, None),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &server.call(
+            "GET",
+            &format!("/v1/groups/{group}/activity?cursor=x"),
+            &token,
+            None,
+        ),
+        400,
+        "invalid_cursor",
+    );
+}
+
+#[test]
+fn a_group_lives_through_create_change_pause_resume_and_delete() {
+    let server = Server::start();
+    let token = server.tenant("acme");
+    let (status, created) = server.call(
+        "POST",
+        "/v1/groups",
+        &token,
+        Some(json!({"name": "web", "min_size": 2, "max_size": 10, "launch": {"provider": "simulated"},
+                    "metadata": {"team": "edge"}})),
+    );
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["desired_capacity"], 2, "defaults to min_size");
+    assert_eq!(created["cooldown_seconds"], 300, "defaults to 300");
+    assert!(created["metrics_token"].as_str().unwrap().len() > 20);
+    let id = created["id"].as_str().unwrap();
+    let (_, shown) = server.call("GET", &format!("/v1/groups/{id}"), &token, None);
+    assert!(
+        shown.get("metrics_token").is_none(),
+        "shown once, at creation"
+    );
+    assert_eq!(shown["metadata"]["team"], "edge");
+
+    // Raising min above the capacity moves it into range without a policy execution.
+    let (status, patched) = server.call(
+        "PATCH",
+        &format!("/v1/groups/{id}"),
+        &token,
+        Some(json!({"min_size": 4})),
+    );
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["desired_capacity"], 4);
+    let (_, activity) = server.call("GET", &format!("/v1/groups/{id}/activity"), &token, None);
+    assert_eq!(activity["items"][0]["type"], "capacity_changed");
+    assert_eq!(activity["items"][0]["cause"]["type"], "bounds");
+    assert!(activity["items"][0]["seq"].as_u64().unwrap() > 1);
+
+    let policy = server.policy(
+        &token,
+        id,
+        json!({"name": "up", "adjustment_type": "change", "adjustment": 2}),
+    );
+    let execute = format!("/v1/groups/{id}/policies/{policy}/execute");
+    assert_eq!(
+        server
+            .call("POST", &format!("/v1/groups/{id}/pause"), &token, None)
+            .1["paused"],
+        true
+    );
+    let (status, outcome) = server.call("POST", &execute, &token, None);
+    assert_eq!((status, outcome["outcome"].as_str()), (202, Some("paused")));
+    assert_eq!(
+        server
+            .call("POST", &format!("/v1/groups/{id}/resume"), &token, None)
+            .1["paused"],
+        false
+    );
+    let (status, outcome) = server.call("POST", &execute, &token, None);
+    assert_eq!(status, 202);
+    assert_eq!(
+        (
+            outcome["outcome"].as_str(),
+            outcome["from"].as_u64(),
+            outcome["to"].as_u64()
+        ),
+        (Some("executed"), Some(4), Some(6))
+    );
+
+    assert_eq!(
+        server
+            .call("DELETE", &format!("/v1/groups/{id}"), &token, None)
+            .0,
+        204
+    );
+    assert_error(
+        &server.call("GET", &format!("/v1/groups/{id}"), &token, None),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &server.call("POST", &execute, &token, None),
+        404,
+        "not_found",
+    );
+}
+
+#[test]
+fn the_group_cooldown_holds_until_exactly_its_end_on_the_services_clock() {
+    let server = Server::start();
+    let token = server.tenant("acme");
+    let group = server.group(&token, 0, 10, 1, 60);
+    let up = server.policy(
+        &token,
+        &group,
+        json!({"name": "up", "adjustment_type": "change", "adjustment": 1}),
+    );
+    let fast = server.policy(&token, &group, json!({"name": "fast", "adjustment_type": "exact", "adjustment": 5, "cooldown_seconds": 10}));
+    let run = |policy: &str| {
+        server
+            .call(
+                "POST",
+                &format!("/v1/groups/{group}/policies/{policy}/execute"),
+                &token,
+                None,
+            )
+            .1
+    };
+    assert_eq!(run(&up)["to"], 2);
+    server.clock.advance_secs(30);
+    let refused = run(&fast);
+    assert_eq!(
+        (
+            refused["outcome"].as_str(),
+            refused["retry_after_seconds"].as_u64()
+        ),
+        (Some("cooldown"), Some(30))
+    );
+    server.clock.advance_secs(30);
+    let done = run(&fast);
+    assert_eq!(
+        (done["outcome"].as_str(), done["to"].as_u64()),
+        (Some("executed"), Some(5))
+    );
+    // The fast policy's own 10 s cooldown now applies to the whole group.
+    server.clock.advance_secs(9);
+    assert_eq!(run(&up)["outcome"], "cooldown");
+    server.clock.advance_secs(1);
+    assert_eq!(run(&up)["to"], 6);
+    // At a bound nothing changes and no cooldown starts.
+    let top = server.policy(
+        &token,
+        &group,
+        json!({"name": "top", "adjustment_type": "exact", "adjustment": 10, "cooldown_seconds": 0}),
+    );
+    server.clock.advance_secs(60);
+    assert_eq!(run(&top)["to"], 10);
+    assert_eq!(run(&top)["outcome"], "no_change");
+    let (_, activity) = server.call(
+        "GET",
+        &format!("/v1/groups/{group}/activity?limit=3"),
+        &token,
+        None,
+    );
+    let outcomes: Vec<&str> = activity["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, vec!["no_change", "executed", "executed"]);
+    let next = activity["next_cursor"].as_str().unwrap();
+    let (_, older) = server.call(
+        "GET",
+        &format!("/v1/groups/{group}/activity?limit=3&cursor={next}"),
+        &token,
+        None,
+    );
+    let outcomes: Vec<&str> = older["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, vec!["cooldown", "executed", "cooldown"]);
+}
+
+#[test]
+fn lists_page_with_a_cursor() {
+    let server = Server::start();
+    let token = server.tenant("acme");
+    let mut ids: Vec<String> = (0..5).map(|_| server.group(&token, 0, 1, 0, 0)).collect();
+    ids.sort();
+    let (_, first) = server.call("GET", "/v1/groups?limit=2", &token, None);
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let (_, second) = server.call(
+        "GET",
+        &format!("/v1/groups?limit=2&cursor={cursor}"),
+        &token,
+        None,
+    );
+    let cursor = second["next_cursor"].as_str().unwrap().to_owned();
+    let (_, third) = server.call(
+        "GET",
+        &format!("/v1/groups?limit=2&cursor={cursor}"),
+        &token,
+        None,
+    );
+    assert!(third["next_cursor"].is_null());
+    let seen: Vec<String> = [first, second, third]
+        .iter()
+        .flat_map(|page| page["items"].as_array().unwrap().clone())
+        .map(|g| g["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen, ids);
+}
+
+#[test]
+fn objects_survive_a_restart_and_the_service_reports_ready_after_replay() {
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    let run = format!("/v1/groups/{}/policies/{}/execute", hook.group, hook.policy);
+    server.call("POST", &run, &hook.token, None);
+    let server = server.restart();
+    assert_eq!(server.capacity(&hook.token, &hook.group), 1);
+    let (status, listed) = server.call(
+        "GET",
+        &format!(
+            "/v1/groups/{}/policies/{}/webhooks",
+            hook.group, hook.policy
+        ),
+        &hook.token,
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(listed["items"][0]["id"], hook.id.as_str());
+    assert!(listed["items"][0].get("secret").is_none());
+    assert_eq!(server.call("GET", "/readyz", &hook.token, None).0, 200);
+    assert_eq!(server.call("GET", "/healthz", &hook.token, None).0, 200);
+}

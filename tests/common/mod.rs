@@ -1,0 +1,300 @@
+//! The real service on a loopback port and a temporary data directory, driven over HTTP, with
+//! a manual clock so time-based rules are tested without sleeping.
+#![allow(dead_code)]
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use flotilla::settings::Settings;
+use flotilla_actors::clock::{ManualClock, Timestamp};
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use serde_json::{json, Value};
+
+/// 2026-11-25T00:00:00Z, in seconds.
+pub const START_SECS: i64 = 1_795_564_800;
+
+pub struct Server {
+    pub base: String,
+    pub operator_token: String,
+    pub clock: ManualClock,
+    pub client: Client,
+    pub dir: tempfile::TempDir,
+    handle: Option<actix_web::dev::ServerHandle>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(adjust: impl FnOnce(&mut Settings)) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings {
+            listen: "127.0.0.1:0".into(),
+            data_dir: dir.path().join("data"),
+            ..Settings::default()
+        };
+        adjust(&mut settings);
+        Self::start_in(dir, settings)
+    }
+
+    fn start_in(dir: tempfile::TempDir, settings: Settings) -> Server {
+        let clock = ManualClock::new(Timestamp::from_secs(START_SECS));
+        let (tx, rx) = mpsc::channel();
+        let service_clock = clock.clone();
+        let thread = std::thread::spawn(move || {
+            let system = actix_web::rt::System::new();
+            system.block_on(async move {
+                // After an in-process stop, the previous server's worker threads may still hold
+                // the journal (sled locks its directory) for a moment: wait for them.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let service = loop {
+                    match flotilla::service::start(
+                        settings.clone(),
+                        Arc::new(service_clock.clone()),
+                    ) {
+                        Ok(service) => break service,
+                        Err(_) if Instant::now() < deadline => {
+                            actix_web::rt::time::sleep(Duration::from_millis(20)).await
+                        }
+                        Err(error) => panic!("{error:#}"),
+                    }
+                };
+                tx.send((
+                    service.addr,
+                    service.operator_token.clone(),
+                    service.server.handle(),
+                ))
+                .unwrap();
+                service.server.await.unwrap();
+            });
+        });
+        let (addr, operator_token, handle) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let server = Server {
+            base: format!("http://{addr}"),
+            operator_token,
+            clock,
+            client: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            dir,
+            handle: Some(handle),
+            thread: Some(thread),
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(response) = self.client.get(self.url("/readyz")).send() {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the service did not become ready");
+    }
+
+    /// Stops the server and starts a new one on the same data directory (a clean restart).
+    pub fn restart(mut self) -> Server {
+        self.stop();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let settings = Settings {
+            listen: "127.0.0.1:0".into(),
+            data_dir: dir.path().join("data"),
+            ..Settings::default()
+        };
+        let clock = self.clock.clone();
+        let server = Self::start_in(dir, settings);
+        server.clock.set(flotilla_actors::clock::Clock::now(&clock));
+        server
+    }
+
+    fn stop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            drop(handle.stop(false));
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Unix seconds on the service's clock.
+    pub fn now_secs(&self) -> i64 {
+        use flotilla_actors::clock::Clock;
+        self.clock.now().as_millis() / 1000
+    }
+
+    pub fn request(&self, method: &str, path: &str, token: Option<&str>) -> RequestBuilder {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let builder = self.client.request(method, self.url(path));
+        match token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    /// Sends JSON (or nothing) and returns the status and the JSON body (Null when empty).
+    pub fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let mut builder = self.request(method, path, Some(token));
+        if let Some(body) = body {
+            builder = builder.json(&body);
+        }
+        read(builder.send().unwrap())
+    }
+
+    pub fn tenant(&self, name: &str) -> String {
+        let (status, body) = self.call(
+            "POST",
+            "/v1/tenants",
+            &self.operator_token,
+            Some(json!({"name": name})),
+        );
+        assert_eq!(status, 201, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub fn group(&self, token: &str, min: u32, max: u32, desired: u32, cooldown: u32) -> String {
+        let (status, body) = self.call(
+            "POST",
+            "/v1/groups",
+            token,
+            Some(
+                json!({"name": "web", "min_size": min, "max_size": max, "desired_capacity": desired,
+                        "cooldown_seconds": cooldown, "launch": {"provider": "simulated"}}),
+            ),
+        );
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn policy(&self, token: &str, group: &str, body: Value) -> String {
+        let (status, body) = self.call(
+            "POST",
+            &format!("/v1/groups/{group}/policies"),
+            token,
+            Some(body),
+        );
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn capacity(&self, token: &str, group: &str) -> u64 {
+        let (status, body) = self.call("GET", &format!("/v1/groups/{group}"), token, None);
+        assert_eq!(status, 200, "{body}");
+        body["desired_capacity"].as_u64().unwrap()
+    }
+
+    /// A tenant, a group (0..100 at 0, no cooldown), a +1 policy and a webhook on it.
+    pub fn webhook_setup(&self) -> Hook {
+        let token = self.tenant("acme");
+        let group = self.group(&token, 0, 100, 0, 0);
+        let policy = self.policy(
+            &token,
+            &group,
+            json!({"name": "up", "adjustment_type": "change", "adjustment": 1}),
+        );
+        let (status, body) = self.call(
+            "POST",
+            &format!("/v1/groups/{group}/policies/{policy}/webhooks"),
+            &token,
+            Some(json!({"name": "cpu-high"})),
+        );
+        assert_eq!(status, 201, "{body}");
+        Hook {
+            token,
+            group,
+            policy,
+            id: body["id"].as_str().unwrap().to_owned(),
+            url: body["url"].as_str().unwrap().to_owned(),
+            secret: body["secret"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Posts `body` to `hook` signed with `secret`, nonce and timestamp in headers.
+    pub fn send_hook(
+        &self,
+        hook: &Hook,
+        secret: &str,
+        nonce: &str,
+        timestamp: i64,
+        body: &[u8],
+    ) -> (u16, Value) {
+        let key = flotilla::signature::key_of(secret).unwrap();
+        let signature = flotilla::signature::sign(&key, nonce, timestamp, body);
+        self.send_raw(
+            hook,
+            nonce,
+            &timestamp.to_string(),
+            &signature,
+            body.to_vec(),
+        )
+    }
+
+    pub fn send_raw(
+        &self,
+        hook: &Hook,
+        nonce: &str,
+        timestamp: &str,
+        signature: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let response = self
+            .client
+            .post(&hook.url)
+            .header("webhook-id", nonce)
+            .header("webhook-timestamp", timestamp)
+            .header("webhook-signature", signature)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        read(response)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn read(response: Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    };
+    (status, body)
+}
+
+/// A webhook and everything around it.
+#[derive(Clone, Debug)]
+pub struct Hook {
+    pub token: String,
+    pub group: String,
+    pub policy: String,
+    pub id: String,
+    pub url: String,
+    pub secret: String,
+}
+
+/// Asserts an error answer: its status and code.
+pub fn assert_error(answer: &(u16, Value), status: u16, code: &str) {
+    assert_eq!(answer.0, status, "{}", answer.1);
+    assert_eq!(answer.1["error"]["code"], code, "{}", answer.1);
+    assert!(answer.1["error"]["message"].is_string(), "{}", answer.1);
+}
