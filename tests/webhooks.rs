@@ -1,0 +1,349 @@
+//! Signed webhooks end to end (SPEC section 4): what is accepted, and every attack refused.
+
+mod common;
+
+use common::{assert_error, Hook, Server};
+use serde_json::json;
+
+const BODY: &[u8] = br#"{"alarm":"cpu-high","value":0.93}"#;
+
+fn accepted(answer: &(u16, serde_json::Value)) {
+    assert_eq!(answer.0, 202, "{}", answer.1);
+    assert_eq!(answer.1["outcome"], "executed", "{}", answer.1);
+}
+
+#[test]
+fn a_request_signed_by_an_independent_implementation_is_accepted() {
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    let signer = standardwebhooks::Webhook::new(&hook.secret).unwrap();
+    let now = server.now_secs();
+    let signature = signer.sign("msg_independent", now, BODY).unwrap();
+    let answer = server.send_raw(
+        &hook,
+        "msg_independent",
+        &now.to_string(),
+        &signature,
+        BODY.to_vec(),
+    );
+    accepted(&answer);
+    assert_eq!(answer.1["to"], 1);
+    assert_eq!(server.capacity(&hook.token, &hook.group), 1);
+    // The activity names the webhook as the cause.
+    let (_, activity) = server.call(
+        "GET",
+        &format!("/v1/groups/{}/activity", hook.group),
+        &hook.token,
+        None,
+    );
+    assert_eq!(activity["items"][0]["cause"]["type"], "webhook");
+    assert_eq!(
+        activity["items"][0]["cause"]["webhook_id"],
+        hook.id.as_str()
+    );
+}
+
+#[test]
+fn a_replay_is_refused_whether_identical_or_with_a_new_timestamp() {
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    let now = server.now_secs();
+    accepted(&server.send_hook(&hook, &hook.secret, "msg_1", now, BODY));
+    assert_error(
+        &server.send_hook(&hook, &hook.secret, "msg_1", now, BODY),
+        409,
+        "replayed",
+    );
+    server.clock.advance_secs(10);
+    let later = server.now_secs();
+    assert_error(
+        &server.send_hook(&hook, &hook.secret, "msg_1", later, BODY),
+        409,
+        "replayed",
+    );
+    assert_eq!(server.capacity(&hook.token, &hook.group), 1);
+}
+
+#[test]
+fn thirty_two_concurrent_copies_of_one_request_are_accepted_once() {
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    let now = server.now_secs();
+    let key = flotilla::signature::key_of(&hook.secret).unwrap();
+    let signature = flotilla::signature::sign(&key, "msg_race", now, BODY);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..32)
+            .map(|_| {
+                let (server, hook, signature) = (&server, &hook, &signature);
+                scope.spawn(move || {
+                    server
+                        .send_raw(hook, "msg_race", &now.to_string(), signature, BODY.to_vec())
+                        .0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        31,
+        "{statuses:?}"
+    );
+    assert_eq!(server.capacity(&hook.token, &hook.group), 1);
+}
+
+#[test]
+fn timestamps_are_accepted_exactly_within_the_tolerance() {
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    let now = server.now_secs();
+    assert_error(
+        &server.send_hook(&hook, &hook.secret, "old", now - 301, BODY),
+        401,
+        "timestamp_out_of_window",
+    );
+    assert_error(
+        &server.send_hook(&hook, &hook.secret, "new", now + 301, BODY),
+        401,
+        "timestamp_out_of_window",
+    );
+    accepted(&server.send_hook(&hook, &hook.secret, "edge-old", now - 300, BODY));
+    accepted(&server.send_hook(&hook, &hook.secret, "edge-new", now + 300, BODY));
+    // An out-of-window call recorded nothing: the same nonce passes once in window.
+    accepted(&server.send_hook(&hook, &hook.secret, "old", now, BODY));
+}
+
+#[test]
+fn malformed_timestamps_are_400() {
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    for timestamp in [
+        "1.5",
+        "1e9",
+        "+1",
+        "",
+        "99999999999999999999",
+        "-5",
+        "12abc",
+    ] {
+        let key = flotilla::signature::key_of(&hook.secret).unwrap();
+        // Signed over the malformed text itself, so only the format is at fault.
+        let mut mac_input = format!("msg_ts.{timestamp}.").into_bytes();
+        mac_input.extend_from_slice(BODY);
+        let signature = flotilla::signature::sign_body(&key, &mac_input);
+        let answer = server.send_raw(&hook, "msg_ts", timestamp, &signature, BODY.to_vec());
+        assert_error(&answer, 400, "invalid_timestamp");
+    }
+}
+
+#[test]
+fn any_change_to_the_signed_bytes_is_401_and_records_nothing() {
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    let now = server.now_secs();
+    let key = flotilla::signature::key_of(&hook.secret).unwrap();
+    let signature = flotilla::signature::sign(&key, "msg_t", now, BODY);
+    let ts = now.to_string();
+    let variants: Vec<Vec<u8>> = vec![
+        br#"{"alarm":"cpu-high","value":0.94}"#.to_vec(),
+        BODY[..BODY.len() - 1].to_vec(),
+        br#"{"alarm": "cpu-high", "value": 0.93}"#.to_vec(),
+        [BODY, b"\n"].concat(),
+        br#"{"value":0.93,"alarm":"cpu-high"}"#.to_vec(),
+    ];
+    for body in variants {
+        let answer = server.send_raw(&hook, "msg_t", &ts, &signature, body);
+        assert_error(&answer, 401, "invalid_signature");
+    }
+    let other = flotilla::signature::sign(&[9u8; 32], "msg_t", now, BODY);
+    for bad in [
+        other.as_str(),
+        "",
+        "v1,",
+        "v1,***not-base64***",
+        "v2,abc",
+        "garbage",
+    ] {
+        assert_error(
+            &server.send_raw(&hook, "msg_t", &ts, bad, BODY.to_vec()),
+            401,
+            "invalid_signature",
+        );
+    }
+    // None of those recorded the nonce: the genuine request still passes.
+    accepted(&server.send_raw(&hook, "msg_t", &ts, &signature, BODY.to_vec()));
+}
+
+#[test]
+fn decoys_beside_a_valid_signature_do_not_hide_it() {
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    let now = server.now_secs();
+    let key = flotilla::signature::key_of(&hook.secret).unwrap();
+    let good = flotilla::signature::sign(&key, "msg_d", now, BODY);
+    let header = format!("v1,AAAA v1a,whatever {good} v1,bm90IGl0");
+    accepted(&server.send_raw(&hook, "msg_d", &now.to_string(), &header, BODY.to_vec()));
+}
+
+#[test]
+fn a_body_over_64_kib_is_413() {
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    let now = server.now_secs();
+    let big = vec![b' '; 64 * 1024 + 1];
+    let answer = server.send_hook(&hook, &hook.secret, "msg_big", now, &big);
+    assert_error(&answer, 413, "too_large");
+    let fits = [br#"{"a":1}"#.as_slice(), &vec![b' '; 64 * 1024 - 7]].concat();
+    accepted(&server.send_hook(&hook, &hook.secret, "msg_fits", now, &fits));
+}
+
+#[test]
+fn unknown_and_revoked_webhooks_are_404() {
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    let now = server.now_secs();
+    let unknown = Hook {
+        url: server.url("/v1/hooks/whk_doesnotexist"),
+        ..hook.clone()
+    };
+    assert_error(
+        &server.send_hook(&unknown, &hook.secret, "n1", now, BODY),
+        404,
+        "not_found",
+    );
+    let path = format!(
+        "/v1/groups/{}/policies/{}/webhooks/{}",
+        hook.group, hook.policy, hook.id
+    );
+    assert_eq!(server.call("DELETE", &path, &hook.token, None).0, 204);
+    assert_error(
+        &server.send_hook(&hook, &hook.secret, "n2", now, BODY),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &server.call("GET", &path, &hook.token, None),
+        404,
+        "not_found",
+    );
+}
+
+#[test]
+fn after_a_rotation_the_old_secret_works_for_the_grace_and_not_a_moment_longer() {
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    let path = format!(
+        "/v1/groups/{}/policies/{}/webhooks/{}/rotate",
+        hook.group, hook.policy, hook.id
+    );
+    let (status, rotated) = server.call(
+        "POST",
+        &path,
+        &hook.token,
+        Some(json!({"grace_seconds": 60})),
+    );
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, hook.secret);
+    let now = server.now_secs();
+    accepted(&server.send_hook(&hook, &hook.secret, "old-1", now, BODY));
+    accepted(&server.send_hook(&hook, &new_secret, "new-1", now, BODY));
+    server.clock.advance_secs(59);
+    accepted(&server.send_hook(&hook, &hook.secret, "old-2", server.now_secs(), BODY));
+    server.clock.advance_secs(1);
+    let now = server.now_secs();
+    assert_error(
+        &server.send_hook(&hook, &hook.secret, "old-3", now, BODY),
+        401,
+        "invalid_signature",
+    );
+    accepted(&server.send_hook(&hook, &new_secret, "new-2", now, BODY));
+    // A rotation with no body takes the default grace of a day.
+    let (status, _) = server.call("POST", &path, &hook.token, None);
+    assert_eq!(status, 200);
+    let bad = server.call("POST", &path, &hook.token, Some(json!({"grace": 5})));
+    assert_error(&bad, 400, "invalid_json");
+}
+
+#[test]
+fn rate_limits_per_webhook_answer_429_with_retry_after_until_refilled() {
+    let server = Server::start_with(|s| s.webhook_rate_limit = 2);
+    let hook = server.webhook_setup();
+    let now = server.now_secs();
+    accepted(&server.send_hook(&hook, &hook.secret, "r1", now, BODY));
+    accepted(&server.send_hook(&hook, &hook.secret, "r2", now, BODY));
+    let key = flotilla::signature::key_of(&hook.secret).unwrap();
+    let response = server
+        .client
+        .post(&hook.url)
+        .header("webhook-id", "r3")
+        .header("webhook-timestamp", now.to_string())
+        .header(
+            "webhook-signature",
+            flotilla::signature::sign(&key, "r3", now, BODY),
+        )
+        .body(BODY.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_error(&common::read(response), 429, "rate_limited");
+    server.clock.advance_secs(1);
+    accepted(&server.send_hook(&hook, &hook.secret, "r3", server.now_secs(), BODY));
+}
+
+#[test]
+fn rate_limits_per_source_address_cover_every_webhook() {
+    let server = Server::start_with(|s| s.source_rate_limit = 1);
+    let hook = server.webhook_setup();
+    let now = server.now_secs();
+    accepted(&server.send_hook(&hook, &hook.secret, "s1", now, BODY));
+    let unknown = Hook {
+        url: server.url("/v1/hooks/whk_other"),
+        ..hook.clone()
+    };
+    assert_error(
+        &server.send_hook(&unknown, &hook.secret, "s2", now, BODY),
+        429,
+        "rate_limited",
+    );
+}
+
+#[test]
+fn the_body_form_carries_nonce_and_timestamp_under_the_signature() {
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    let key = flotilla::signature::key_of(&hook.secret).unwrap();
+    let body = format!(
+        r#"{{"nonce":"b-1","timestamp":{},"reason":"cpu"}}"#,
+        server.now_secs()
+    );
+    let post = |body: &str, signature: &str| {
+        let response = server
+            .client
+            .post(&hook.url)
+            .header("webhook-signature", signature)
+            .body(body.to_owned())
+            .send()
+            .unwrap();
+        common::read(response)
+    };
+    let signature = flotilla::signature::sign_body(&key, body.as_bytes());
+    accepted(&post(&body, &signature));
+    assert_error(&post(&body, &signature), 409, "replayed");
+    let no_nonce = format!(r#"{{"timestamp":{}}}"#, server.now_secs());
+    assert_error(
+        &post(
+            &no_nonce,
+            &flotilla::signature::sign_body(&key, no_nonce.as_bytes()),
+        ),
+        400,
+        "missing_nonce",
+    );
+    assert_error(&post(&body, "v1,AAAA"), 401, "invalid_signature");
+}
