@@ -39,6 +39,9 @@ enum Command {
     /// Move the journal in and out as JSON lines.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Signed webhook calls, for operators and scripts.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Print every object's state as of a point in the journal (JSON).
     Replay {
         #[command(flatten)]
@@ -46,6 +49,28 @@ enum Command {
         /// A sequence number, or an RFC 3339 time; the whole journal when absent.
         #[arg(long, value_parser = parse_until)]
         until: Option<Until>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WebhookCommand {
+    /// Sign a call (Standard Webhooks v1) and print its headers and body, or send it.
+    Sign {
+        /// The webhook's secret (`whsec_...`).
+        #[arg(long, env = "FLOTILLA_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The JSON body.
+        #[arg(long, default_value = "{}")]
+        body: String,
+        /// The nonce (`webhook-id`); random when absent.
+        #[arg(long)]
+        nonce: Option<String>,
+        /// Unix seconds; now when absent.
+        #[arg(long)]
+        timestamp: Option<i64>,
+        /// POST it to this webhook URL and print the answer (exit 1 unless 2xx).
+        #[arg(long)]
+        send: Option<String>,
     },
 }
 
@@ -178,6 +203,13 @@ impl Command {
                 audit::log(&journal, &filter, &mut BufWriter::new(stdout))?;
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Webhook(WebhookCommand::Sign {
+                secret,
+                body,
+                nonce,
+                timestamp,
+                send,
+            }) => sign(&secret, body, nonce, timestamp, send.as_deref()),
             Command::Replay { data, until } => {
                 let journal = open_existing(&data.data_dir)?;
                 let world = replay::replay(&journal, until.unwrap_or(Until::End))?;
@@ -232,6 +264,55 @@ fn open(dir: &Path) -> anyhow::Result<Journal> {
             "cannot open the journal in {} (a running `flotilla serve` holds it locked)",
             dir.display()
         )
+    })
+}
+
+/// `webhook sign`: signs `body` with `secret`; prints the request, or sends it.
+fn sign(
+    secret: &str,
+    body: String,
+    nonce: Option<String>,
+    timestamp: Option<i64>,
+    send: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let key = crate::signature::key_of(secret).context("the secret must be whsec_<base64>")?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&body).context("--body must be JSON")?;
+    let nonce = nonce.unwrap_or_else(|| crate::token::generate("msg_"));
+    let timestamp = timestamp.unwrap_or_else(|| SystemClock.now().as_millis() / 1000);
+    let signature = crate::signature::sign(&key, &nonce, timestamp, body.as_bytes());
+    let headers = [
+        ("webhook-id", nonce),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", signature),
+        ("content-type", "application/json".to_owned()),
+    ];
+    let Some(url) = send else {
+        for (name, value) in &headers {
+            println!("{name}: {value}");
+        }
+        println!();
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let url = url.to_owned();
+    let (status, answer) = actix_web::rt::System::new().block_on(async move {
+        let mut request = awc::Client::new().post(url.as_str());
+        for (name, value) in &headers {
+            request = request.insert_header((*name, value.as_str()));
+        }
+        let mut response = request
+            .send_body(body)
+            .await
+            .map_err(|e| anyhow::anyhow!("sending to {url}: {e}"))?;
+        let answer = response.body().await?;
+        anyhow::Ok((response.status(), answer))
+    })?;
+    println!("{}", status.as_u16());
+    println!("{}", String::from_utf8_lossy(&answer));
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }
 

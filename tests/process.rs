@@ -1,0 +1,336 @@
+//! The real binary as operators run it: SIGKILL after acknowledged webhooks loses nothing, no
+//! secret or signature reaches a log line, and `webhook sign --send` drives a live service.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+/// A `flotilla serve` child process; its stderr is collected.
+struct Flotilla {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<String>>,
+    client: Client,
+}
+
+impl Flotilla {
+    fn start(data_dir: &Path) -> Flotilla {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "trace")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            let mut tx = Some(tx);
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                if let Some(addr) = line
+                    .split("addr=")
+                    .nth(1)
+                    .filter(|_| line.contains("serving"))
+                {
+                    let addr = addr
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+            let mut rest = String::new();
+            let _ = reader.read_to_string(&mut rest);
+            sink.lock().unwrap().push_str(&rest);
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the service did not start");
+        let server = Flotilla {
+            child,
+            base: format!("http://{addr}"),
+            log,
+            client: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server
+            .client
+            .get(server.url("/readyz"))
+            .send()
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "not ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().unwrap_or(Value::Null))
+    }
+
+    fn hook(
+        &self,
+        url: &str,
+        secret: &str,
+        nonce: &str,
+        timestamp: i64,
+        body: &[u8],
+    ) -> (u16, Value) {
+        let key = flotilla::signature::key_of(secret).unwrap();
+        let response = self
+            .client
+            .post(url)
+            .header("webhook-id", nonce)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                flotilla::signature::sign(&key, nonce, timestamp, body),
+            )
+            .body(body.to_vec())
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().unwrap_or(Value::Null))
+    }
+
+    fn kill(mut self) -> String {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100)); // let the reader drain the pipe
+        let log = self.log.lock().unwrap().clone();
+        log
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+struct Setup {
+    token: String,
+    group: String,
+    policy: String,
+    webhook: String,
+    url: String,
+    secret: String,
+}
+
+fn setup(server: &Flotilla, data_dir: &Path) -> Setup {
+    let operator = std::fs::read_to_string(data_dir.join("operator.token")).unwrap();
+    let (_, tenant) = server.call(
+        "POST",
+        "/v1/tenants",
+        operator.trim(),
+        Some(json!({"name": "acme"})),
+    );
+    let token = tenant["token"].as_str().unwrap().to_owned();
+    let (_, group) = server.call(
+        "POST",
+        "/v1/groups",
+        &token,
+        Some(
+            json!({"name": "web", "min_size": 0, "max_size": 50, "cooldown_seconds": 0,
+                    "launch": {"provider": "simulated"}}),
+        ),
+    );
+    let group = group["id"].as_str().unwrap().to_owned();
+    let (_, policy) = server.call(
+        "POST",
+        &format!("/v1/groups/{group}/policies"),
+        &token,
+        Some(json!({"name": "up", "adjustment_type": "change", "adjustment": 1})),
+    );
+    let policy = policy["id"].as_str().unwrap().to_owned();
+    let (_, webhook) = server.call(
+        "POST",
+        &format!("/v1/groups/{group}/policies/{policy}/webhooks"),
+        &token,
+        Some(json!({"name": "cpu"})),
+    );
+    Setup {
+        token,
+        url: webhook["url"].as_str().unwrap().to_owned(),
+        secret: webhook["secret"].as_str().unwrap().to_owned(),
+        webhook: webhook["id"].as_str().unwrap().to_owned(),
+        group,
+        policy,
+    }
+}
+
+#[test]
+fn kill_9_after_acknowledged_webhooks_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Flotilla::start(dir.path());
+    let s = setup(&server, dir.path());
+    let ts = now();
+    for n in 0..3 {
+        let (status, body) = server.hook(&s.url, &s.secret, &format!("msg_{n}"), ts, b"{}");
+        assert_eq!(status, 202, "{body}");
+    }
+    server.kill();
+
+    let server = Flotilla::start(dir.path());
+    let url = server.url(&format!("/v1/hooks/{}", s.webhook)); // a new port
+    let (status, group) = server.call("GET", &format!("/v1/groups/{}", s.group), &s.token, None);
+    assert_eq!(status, 200, "{group}");
+    assert_eq!(group["desired_capacity"], 3);
+    let (_, activity) = server.call(
+        "GET",
+        &format!("/v1/groups/{}/activity", s.group),
+        &s.token,
+        None,
+    );
+    let executed = activity["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["outcome"] == "executed")
+        .count();
+    assert_eq!(executed, 3);
+    // The nonce window came back from the journal: a replay is still refused.
+    let (status, body) = server.hook(&url, &s.secret, "msg_1", ts, b"{}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("replayed"))
+    );
+    let (status, _) = server.hook(&url, &s.secret, "msg_3", ts, b"{}");
+    assert_eq!(status, 202);
+    server.kill();
+}
+
+#[test]
+fn no_secret_token_or_signature_reaches_a_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Flotilla::start(dir.path());
+    let s = setup(&server, dir.path());
+    let rotate = format!(
+        "/v1/groups/{}/policies/{}/webhooks/{}/rotate",
+        s.group, s.policy, s.webhook
+    );
+    let (_, rotated) = server.call("POST", &rotate, &s.token, None);
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    let ts = now();
+    let key = flotilla::signature::key_of(&new_secret).unwrap();
+    let signature = flotilla::signature::sign(&key, "msg_logged", ts, b"{}");
+    assert_eq!(
+        server.hook(&s.url, &new_secret, "msg_logged", ts, b"{}").0,
+        202
+    );
+    assert_eq!(
+        server.hook(&s.url, &new_secret, "msg_logged", ts, b"{}").0,
+        409
+    );
+    let forged = server.hook(
+        &s.url,
+        "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "msg_x",
+        ts,
+        b"{}",
+    );
+    assert_eq!(forged.0, 401);
+    let operator = std::fs::read_to_string(dir.path().join("operator.token")).unwrap();
+    let log = server.kill();
+    assert!(
+        log.contains("operator token written"),
+        "the log says where the token went"
+    );
+    assert!(log.lines().count() > 10, "trace logging was on: {log}");
+    let secrets = [
+        s.secret.as_str(),
+        &s.secret["whsec_".len()..],
+        new_secret.as_str(),
+        &new_secret["whsec_".len()..],
+        &signature,
+        &signature["v1,".len()..],
+        s.token.as_str(),
+        operator.trim(),
+    ];
+    for secret in secrets {
+        assert!(!log.contains(secret), "a secret reached the log: {secret}");
+    }
+}
+
+#[test]
+fn webhook_sign_prints_a_request_and_sends_one_that_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Flotilla::start(dir.path());
+    let s = setup(&server, dir.path());
+    let printed = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "webhook",
+            "sign",
+            "--secret",
+            &s.secret,
+            "--nonce",
+            "msg_cli",
+            "--timestamp",
+            "1700000000",
+            "--body",
+            r#"{"a":1}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let text = String::from_utf8(printed.stdout).unwrap();
+    let key = flotilla::signature::key_of(&s.secret).unwrap();
+    let expected = flotilla::signature::sign(&key, "msg_cli", 1_700_000_000, br#"{"a":1}"#);
+    assert!(
+        text.contains(&format!("webhook-signature: {expected}")),
+        "{text}"
+    );
+
+    let sent = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["webhook", "sign", "--secret", &s.secret, "--send", &s.url])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&sent.stdout);
+    assert!(
+        sent.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert!(out.starts_with("202"), "{out}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["webhook", "sign", "--secret", "not-a-secret"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    server.kill();
+}
