@@ -61,8 +61,17 @@ impl<A: Aggregate> ObjectActor<A> {
     }
 
     /// Decide, append, apply, reply: the one path every command takes.
-    fn run(&mut self, command: A::Command, now: Timestamp) -> Reply<A> {
+    /// Whether the state is usable; a state that could not be rebuilt is tried again first (the
+    /// fault may have been passing).
+    fn usable(&mut self) -> bool {
         if self.broken.is_some() {
+            self.rebuild();
+        }
+        self.broken.is_none()
+    }
+
+    fn run(&mut self, command: A::Command, now: Timestamp) -> Reply<A> {
+        if !self.usable() {
             return ready(Err(Error::Unavailable));
         }
         let events = match A::decide(&self.state, &command, now) {
@@ -189,7 +198,7 @@ impl<A: Aggregate> Handler<Get<A>> for ObjectActor<A> {
     type Result = Result<Observed<A>, Error>;
 
     fn handle(&mut self, _: Get<A>, _: &mut Self::Context) -> Self::Result {
-        if self.broken.is_some() {
+        if !self.usable() {
             return Err(Error::Unavailable);
         }
         Ok(Observed {
@@ -234,6 +243,9 @@ impl Handler<AcceptSigned> for ObjectActor<Webhooks> {
     type Result = Reply<Webhooks>;
 
     fn handle(&mut self, call: AcceptSigned, _: &mut Self::Context) -> Self::Result {
+        if !self.usable() {
+            return ready(Err(Error::Unavailable));
+        }
         let now = self.clock.now();
         let webhook = match &self.state {
             Some(webhook) if !webhook.revoked => webhook,

@@ -170,11 +170,23 @@ impl Supervisor {
                 Ok(result) => return Ok(result),
                 Err(MailboxError::Closed) | Err(MailboxError::Timeout) => {
                     tracing::warn!(kind = A::KIND, object = id, "actor gone; starting it again");
-                    self.registry().remove(id);
+                    self.forget(id, &addr);
                 }
             }
         }
         Err(Error::Unavailable)
+    }
+
+    /// Forgets `addr` as object `id`'s actor, unless another caller has already put a successor
+    /// in its place: forgetting that one would leave two live actors for one object.
+    fn forget<A: Aggregate>(&self, id: &str, addr: &Addr<ObjectActor<A>>) {
+        let mut actors = self.registry();
+        let registered = actors
+            .get(id)
+            .and_then(|any| any.downcast_ref::<Addr<ObjectActor<A>>>());
+        if registered == Some(addr) {
+            actors.remove(id);
+        }
     }
 
     /// Runs `command` against object `id`.

@@ -334,3 +334,47 @@ async fn unknown_and_malformed_ids_are_not_found() {
     let unknown = w.supervisor.get::<Groups>("grp_unknown").await.unwrap();
     assert!(unknown.state.is_none());
 }
+
+#[actix::test]
+async fn a_caller_that_finds_a_dead_actor_does_not_unregister_its_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp::from_millis(START));
+    let w = world(Journal::open(dir.path()).unwrap(), clock);
+    let g = group(&w, 0, 10, 0, 0).await;
+    let p = policy(&w, &g, 1, Some(0)).await;
+    let h = webhook(&w, &p, &g).await;
+    let first = w.supervisor.address::<Webhooks>(h.as_str()).unwrap();
+
+    // The webhook's actor dies (its signature check panics) while a read waits in its mailbox.
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let check: flotilla_actors::object::SignatureCheck = Box::new(move |_| {
+        let _ = wait.recv();
+        panic!("a signature check that panics");
+    });
+    let mut delivery = Box::pin(w.supervisor.deliver_webhook(&h, check));
+    assert!(futures::poll!(delivery.as_mut()).is_pending());
+    let mut read = Box::pin(w.supervisor.get::<Webhooks>(h.as_str()));
+    assert!(futures::poll!(read.as_mut()).is_pending());
+    go.send(()).unwrap();
+    for _ in 0..5_000 {
+        if !first.connected() {
+            break;
+        }
+        actix::clock::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert!(!first.connected(), "the first actor is gone");
+
+    // Another caller starts its successor before the waiting read learns of the death.
+    let successor = w.supervisor.address::<Webhooks>(h.as_str()).unwrap();
+    assert!(matches!(delivery.await, Err(Error::Unavailable)));
+    let observed = read.await.unwrap();
+    assert!(observed.state.is_some());
+
+    // The read retried on the successor; it did not replace it with a second live actor.
+    let now_registered = w.supervisor.address::<Webhooks>(h.as_str()).unwrap();
+    assert!(successor.connected());
+    assert!(
+        now_registered == successor,
+        "two live actors for one object: the registry forgot a healthy one"
+    );
+}
