@@ -8,6 +8,7 @@ use flotilla_journal::export::Line;
 use flotilla_journal::{Journal, Record};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 
 /// An instant given on the command line: RFC 3339 (`2026-11-25T10:00:00Z`) or Unix seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +49,8 @@ pub struct LogFilter {
 
 impl LogFilter {
     fn admits(&self, record: &Record) -> bool {
-        self.since.is_none_or(|t| record.timestamp_ms >= t.millis)
+        self.object.as_ref().is_none_or(|o| *o == record.stream)
+            && self.since.is_none_or(|t| record.timestamp_ms >= t.millis)
             && self.until.is_none_or(|t| record.timestamp_ms <= t.millis)
     }
 }
@@ -64,17 +66,28 @@ struct LogLine<'a> {
     event_type: &'a str,
     schema: u16,
     timestamp_ms: i64,
-    payload: &'a RawValue,
+    payload: Value,
     prev_hash: &'a str,
     hash: &'a str,
 }
 
-/// Prints every event `filter` admits, one JSON object a line, in sequence order.
-pub fn log(journal: &Journal, filter: &LogFilter, out: &mut impl Write) -> anyhow::Result<u64> {
-    let records: Box<dyn Iterator<Item = _>> = match &filter.object {
+/// The records `audit log` reads from a journal: one object's stream when the filter names one.
+pub fn journal_records<'j>(
+    journal: &'j Journal,
+    filter: &LogFilter,
+) -> Box<dyn Iterator<Item = flotilla_journal::Result<Record>> + 'j> {
+    match &filter.object {
         Some(stream) => Box::new(journal.read_stream(stream, 1)),
         None => Box::new(journal.read_all(1)),
-    };
+    }
+}
+
+/// Prints every event of `records` that `filter` admits, one JSON object a line.
+pub fn log(
+    records: impl Iterator<Item = flotilla_journal::Result<Record>>,
+    filter: &LogFilter,
+    out: &mut impl Write,
+) -> anyhow::Result<u64> {
     let mut printed = 0;
     for record in records {
         let record = record?;
@@ -90,7 +103,7 @@ pub fn log(journal: &Journal, filter: &LogFilter, out: &mut impl Write) -> anyho
             event_type: &line.event_type,
             schema: line.schema,
             timestamp_ms: line.timestamp_ms,
-            payload: line.payload,
+            payload: redacted(line.payload),
             prev_hash: &line.prev_hash,
             hash: &line.hash,
         };
@@ -100,6 +113,13 @@ pub fn log(journal: &Journal, filter: &LogFilter, out: &mut impl Write) -> anyho
     }
     out.flush()?;
     Ok(printed)
+}
+
+/// The payload with any secret replaced (webhook events carry theirs, for restarts).
+fn redacted(payload: &RawValue) -> Value {
+    let mut value: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+    flotilla_actors::replay::redact_secrets(&mut value);
+    value
 }
 
 /// RFC 3339 with milliseconds, UTC.

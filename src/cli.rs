@@ -46,6 +46,8 @@ enum Command {
     Replay {
         #[command(flatten)]
         data: DataDir,
+        #[command(flatten)]
+        remote: Remote,
         /// A sequence number, or an RFC 3339 time; the whole journal when absent.
         #[arg(long, value_parser = parse_until)]
         until: Option<Until>,
@@ -91,21 +93,66 @@ struct DataDir {
     data_dir: PathBuf,
 }
 
+/// Reading through a running service instead of its (locked) data directory.
+#[derive(Args, Debug)]
+struct Remote {
+    /// The service's base URL (e.g. http://127.0.0.1:8080); read through it instead of a data
+    /// directory, which a running service holds locked.
+    #[arg(long)]
+    url: Option<String>,
+    /// The operator token, for --url.
+    #[arg(long, env = "FLOTILLA_OPERATOR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Remote {
+    /// The service's journal dump, as a stream of export lines.
+    fn dump(&self) -> anyhow::Result<Option<BufReader<reqwest::blocking::Response>>> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let token = self
+            .token
+            .as_deref()
+            .context("--url needs --token (or FLOTILLA_OPERATOR_TOKEN)")?;
+        let endpoint = format!("{}/v1/journal", url.trim_end_matches('/'));
+        let response = reqwest::blocking::Client::builder()
+            .timeout(None)
+            .build()?
+            .get(&endpoint)
+            .bearer_auth(token)
+            .send()
+            .with_context(|| format!("cannot reach {endpoint}"))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            bail!(
+                "{endpoint} answered {status}: {}",
+                response.text().unwrap_or_default()
+            );
+        }
+        Ok(Some(BufReader::new(response)))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum AuditCommand {
     /// Walk the hash chain; exit 1 on the first break, naming its sequence number.
     Verify {
         /// Verify this journal data directory.
-        #[arg(long, required_unless_present = "export", conflicts_with = "export")]
+        #[arg(long, conflicts_with = "export")]
         data_dir: Option<PathBuf>,
         /// Verify an export file instead.
         #[arg(long)]
         export: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Print events as JSON lines.
     Log {
         #[command(flatten)]
         data: DataDir,
+        #[command(flatten)]
+        remote: Remote,
         /// Only the events of this object (its stream id).
         #[arg(long)]
         object: Option<String>,
@@ -165,15 +212,20 @@ impl Command {
     fn run(self) -> anyhow::Result<ExitCode> {
         match self {
             Command::Serve(args) => serve(args),
-            Command::Audit(AuditCommand::Verify { data_dir, export }) => {
-                let verified = match (data_dir, export) {
-                    (_, Some(file)) => {
+            Command::Audit(AuditCommand::Verify {
+                data_dir,
+                export,
+                remote,
+            }) => {
+                let verified = match (data_dir, export, remote.dump()?) {
+                    (_, _, Some(dump)) => export::verify_export(dump),
+                    (_, Some(file), None) => {
                         let input = File::open(&file)
                             .with_context(|| format!("cannot open {}", file.display()))?;
                         export::verify_export(BufReader::new(input))
                     }
-                    (Some(dir), None) => open_existing(&dir)?.verify(),
-                    (None, None) => bail!("give --data-dir or --export"),
+                    (Some(dir), None, None) => open_existing(&dir)?.verify(),
+                    (None, None, None) => bail!("give --data-dir, --export or --url"),
                 };
                 match verified {
                     Ok(head) => {
@@ -189,18 +241,24 @@ impl Command {
             }
             Command::Audit(AuditCommand::Log {
                 data,
+                remote,
                 object,
                 since,
                 until,
             }) => {
-                let journal = open_existing(&data.data_dir)?;
                 let filter = LogFilter {
                     object,
                     since,
                     until,
                 };
-                let stdout = std::io::stdout().lock();
-                audit::log(&journal, &filter, &mut BufWriter::new(stdout))?;
+                let mut out = BufWriter::new(std::io::stdout().lock());
+                match remote.dump()? {
+                    Some(dump) => audit::log(export::records(dump), &filter, &mut out)?,
+                    None => {
+                        let journal = open_existing(&data.data_dir)?;
+                        audit::log(audit::journal_records(&journal, &filter), &filter, &mut out)?
+                    }
+                };
                 Ok(ExitCode::SUCCESS)
             }
             Command::Webhook(WebhookCommand::Sign {
@@ -210,9 +268,16 @@ impl Command {
                 timestamp,
                 send,
             }) => sign(&secret, body, nonce, timestamp, send.as_deref()),
-            Command::Replay { data, until } => {
-                let journal = open_existing(&data.data_dir)?;
-                let world = replay::replay(&journal, until.unwrap_or(Until::End))?;
+            Command::Replay {
+                data,
+                remote,
+                until,
+            } => {
+                let until = until.unwrap_or(Until::End);
+                let world = match remote.dump()? {
+                    Some(dump) => replay::replay(export::records(dump), until)?,
+                    None => replay::replay(open_existing(&data.data_dir)?.read_all(1), until)?,
+                };
                 let mut stdout = std::io::stdout().lock();
                 serde_json::to_writer_pretty(&mut stdout, &world)?;
                 writeln!(stdout)?;
@@ -294,19 +359,15 @@ fn sign(
         println!("{body}");
         return Ok(ExitCode::SUCCESS);
     };
-    let url = url.to_owned();
-    let (status, answer) = actix_web::rt::System::new().block_on(async move {
-        let mut request = awc::Client::new().post(url.as_str());
-        for (name, value) in &headers {
-            request = request.insert_header((*name, value.as_str()));
-        }
-        let mut response = request
-            .send_body(body)
-            .await
-            .map_err(|e| anyhow::anyhow!("sending to {url}: {e}"))?;
-        let answer = response.body().await?;
-        anyhow::Ok((response.status(), answer))
-    })?;
+    let mut request = reqwest::blocking::Client::new().post(url).body(body);
+    for (name, value) in &headers {
+        request = request.header(*name, value.as_str());
+    }
+    let response = request
+        .send()
+        .with_context(|| format!("sending to {url}"))?;
+    let status = response.status();
+    let answer = response.bytes()?;
     println!("{}", status.as_u16());
     println!("{}", String::from_utf8_lossy(&answer));
     Ok(if status.is_success() {

@@ -334,3 +334,71 @@ fn webhook_sign_prints_a_request_and_sends_one_that_is_accepted() {
     assert_eq!(bad.status.code(), Some(2));
     server.kill();
 }
+
+fn flotilla(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn audit_and_replay_read_through_a_running_service_with_the_same_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Flotilla::start(dir.path());
+    let s = setup(&server, dir.path());
+    let ts = now();
+    assert_eq!(server.hook(&s.url, &s.secret, "msg_a", ts, b"{}").0, 202);
+    let operator = std::fs::read_to_string(dir.path().join("operator.token")).unwrap();
+    let op = operator.trim();
+    let data = dir.path().to_str().unwrap();
+
+    let verify = flotilla(&["audit", "verify", "--url", &server.base, "--token", op]);
+    assert!(verify.status.success(), "{verify:?}");
+    let remote_verify = String::from_utf8(verify.stdout).unwrap();
+    assert!(remote_verify.starts_with("ok: "), "{remote_verify}");
+    let log_remote = flotilla(&[
+        "audit",
+        "log",
+        "--url",
+        &server.base,
+        "--token",
+        op,
+        "--object",
+        &s.group,
+    ]);
+    assert!(log_remote.status.success(), "{log_remote:?}");
+    let replay_remote = flotilla(&["replay", "--url", &server.base, "--token", op]);
+    assert!(replay_remote.status.success(), "{replay_remote:?}");
+    let refused = flotilla(&[
+        "audit",
+        "verify",
+        "--url",
+        &server.base,
+        "--token",
+        &s.token,
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    // The data directory is locked while the service runs.
+    let locked = flotilla(&["audit", "verify", "--data-dir", data]);
+    assert_eq!(locked.status.code(), Some(2));
+    server.kill();
+
+    let verify = flotilla(&["audit", "verify", "--data-dir", data]);
+    assert_eq!(String::from_utf8(verify.stdout).unwrap(), remote_verify);
+    let log_local = flotilla(&["audit", "log", "--data-dir", data, "--object", &s.group]);
+    assert_eq!(log_local.stdout, log_remote.stdout);
+    assert!(String::from_utf8_lossy(&log_local.stdout).contains("policy_executed"));
+    let replay_local = flotilla(&["replay", "--data-dir", data]);
+    assert_eq!(replay_local.stdout, replay_remote.stdout);
+    let world: Value = serde_json::from_slice(&replay_local.stdout).unwrap();
+    assert_eq!(world["groups"][&s.group]["desired_capacity"], 1);
+    assert_eq!(world["webhooks"][&s.webhook]["secret"], "[redacted]");
+    let hook_log = flotilla(&["audit", "log", "--data-dir", data, "--object", &s.webhook]);
+    let hook_log = String::from_utf8(hook_log.stdout).unwrap();
+    assert!(
+        hook_log.contains("[redacted]") && !hook_log.contains(&s.secret),
+        "{hook_log}"
+    );
+}

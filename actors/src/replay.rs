@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_journal::{Journal, Record};
+use flotilla_journal::Record;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -84,11 +84,14 @@ fn render<S: Serialize>(states: BTreeMap<String, S>) -> Result<BTreeMap<String, 
         .collect()
 }
 
-/// Folds the journal from its start up to `until`.
-pub fn replay(journal: &Journal, until: Until) -> Result<World, Error> {
+/// Folds `records` (a journal's, from its start) up to `until`.
+pub fn replay(
+    records: impl Iterator<Item = Result<Record, flotilla_journal::Error>>,
+    until: Until,
+) -> Result<World, Error> {
     let mut states = States::default();
     let mut world = World::default();
-    for record in journal.read_all(1) {
+    for record in records {
         let record = record?;
         if !until.admits(&record) {
             break;
@@ -121,8 +124,9 @@ pub fn replay(journal: &Journal, until: Until) -> Result<World, Error> {
     Ok(world)
 }
 
-/// Replaces every `secret` field (current and previous) with a placeholder.
-fn redact_secrets(value: &mut Value) {
+/// Replaces every `secret` field (current and previous, at any depth) with a placeholder, for
+/// output that people read (replay, audit log); exports keep them, as a restore needs them.
+pub fn redact_secrets(value: &mut Value) {
     match value {
         Value::Object(map) => {
             for (key, field) in map.iter_mut() {

@@ -116,6 +116,35 @@ pub fn export(journal: &Journal, out: &mut impl Write) -> Result<Head> {
             .map_err(Error::BrokenChain)?;
     }
     let head = verifier.finish(head).map_err(Error::BrokenChain)?;
+    write_trailer(out, head)?;
+    Ok(head)
+}
+
+/// Writes every record as stored, then the stored head, without judging the chain: what a
+/// client verifies on its own (`audit verify --url`). A record that does not decode is written
+/// as a line naming it, which a verifier reports as the break it is.
+pub fn dump(journal: &Journal, out: &mut impl Write) -> Result<Head> {
+    let head = journal.head()?;
+    for record in journal.read_all(1) {
+        match record {
+            Ok(record) if record.seq > head.seq => break,
+            Ok(record) => {
+                let line = Line::from_record(&record)?;
+                serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from)?;
+            }
+            Err(Error::Corrupt { seq, reason }) => {
+                let line = serde_json::json!({ "seq": seq, "corrupt": reason });
+                serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from)?;
+            }
+            Err(error) => return Err(error),
+        }
+        out.write_all(b"\n")?;
+    }
+    write_trailer(out, head)?;
+    Ok(head)
+}
+
+fn write_trailer(out: &mut impl Write, head: Head) -> Result<()> {
     let trailer = Trailer {
         head: HeadLine {
             seq: head.seq,
@@ -125,7 +154,32 @@ pub fn export(journal: &Journal, out: &mut impl Write) -> Result<Head> {
     serde_json::to_writer(&mut *out, &trailer).map_err(std::io::Error::from)?;
     out.write_all(b"\n")?;
     out.flush()?;
-    Ok(head)
+    Ok(())
+}
+
+/// The records of an export, in order, unverified (the trailer ends them). For reading an
+/// export or a live service's dump the way `audit log` and `replay` read a journal.
+pub fn records(input: impl BufRead) -> impl Iterator<Item = Result<Record>> {
+    let mut lines = input.lines();
+    let mut next_seq = 1;
+    std::iter::from_fn(move || {
+        let line = match lines.next()? {
+            Ok(line) => line,
+            Err(error) => return Some(Err(error.into())),
+        };
+        if serde_json::from_str::<Trailer>(&line).is_ok() {
+            return None;
+        }
+        let record = serde_json::from_str::<Line>(&line)
+            .map_err(|e| e.to_string())
+            .and_then(|line| line.to_record())
+            .map_err(|reason| Error::Corrupt {
+                seq: next_seq,
+                reason,
+            });
+        next_seq += 1;
+        Some(record)
+    })
 }
 
 /// Verifies an export on its own. Returns its head, or [`Error::BrokenChain`] naming the first

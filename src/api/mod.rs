@@ -18,6 +18,7 @@ pub mod auth;
 pub mod error;
 pub mod groups;
 pub mod hooks;
+pub mod journal;
 pub mod ops;
 pub mod policies;
 pub mod tenants;
@@ -106,6 +107,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/v1")
                 .route("/tenants", web::post().to(tenants::create))
+                .route("/journal", web::get().to(journal::dump))
                 .route("/groups", web::post().to(groups::create))
                 .route("/groups", web::get().to(groups::list))
                 .route("/groups/{id}", web::get().to(groups::show))
