@@ -59,6 +59,7 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
         clock.clone(),
         supervisor::Config {
             webhook_tolerance_seconds: settings.webhook_tolerance_seconds,
+            nonce_window_capacity: settings.webhook_nonce_window,
             ..supervisor::Config::default()
         },
     );

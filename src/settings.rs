@@ -31,6 +31,9 @@ pub struct ServeArgs {
     /// Webhook calls a second per source address; 0 is off [default: 1000].
     #[arg(long, env = "FLOTILLA_SOURCE_RATE_LIMIT")]
     pub source_rate_limit: Option<u32>,
+    /// Most unexpired nonces one webhook remembers; when full, calls get 429 [default: 10000].
+    #[arg(long, env = "FLOTILLA_WEBHOOK_NONCE_WINDOW")]
+    pub webhook_nonce_window: Option<usize>,
     /// Largest webhook body, bytes [default: 65536].
     #[arg(long, env = "FLOTILLA_BODY_LIMIT")]
     pub body_limit: Option<usize>,
@@ -49,6 +52,7 @@ struct FileSettings {
     webhook_tolerance_seconds: Option<u32>,
     webhook_rate_limit: Option<u32>,
     source_rate_limit: Option<u32>,
+    webhook_nonce_window: Option<usize>,
     body_limit: Option<usize>,
     http_workers: Option<usize>,
 }
@@ -62,6 +66,7 @@ pub struct Settings {
     pub webhook_tolerance_seconds: u32,
     pub webhook_rate_limit: u32,
     pub source_rate_limit: u32,
+    pub webhook_nonce_window: usize,
     pub body_limit: usize,
     pub http_workers: usize,
 }
@@ -75,6 +80,7 @@ impl Default for Settings {
             webhook_tolerance_seconds: 300,
             webhook_rate_limit: 50,
             source_rate_limit: 1000,
+            webhook_nonce_window: flotilla_actors::domain::nonce_window::DEFAULT_CAPACITY,
             body_limit: 64 * 1024,
             http_workers: 2,
         }
@@ -109,6 +115,10 @@ impl Settings {
                 .source_rate_limit
                 .or(file.source_rate_limit)
                 .unwrap_or(d.source_rate_limit),
+            webhook_nonce_window: args
+                .webhook_nonce_window
+                .or(file.webhook_nonce_window)
+                .unwrap_or(d.webhook_nonce_window),
             body_limit: args.body_limit.or(file.body_limit).unwrap_or(d.body_limit),
             http_workers: args
                 .http_workers

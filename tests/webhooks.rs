@@ -347,3 +347,44 @@ fn the_body_form_carries_nonce_and_timestamp_under_the_signature() {
     );
     assert_error(&post(&body, "v1,AAAA"), 401, "invalid_signature");
 }
+
+#[test]
+fn a_full_nonce_window_refuses_with_429_and_never_forgets_early() {
+    let server = Server::start_with(|s| s.webhook_nonce_window = 2);
+    let hook = server.webhook_setup();
+    let now = server.now_secs();
+    accepted(&server.send_hook(&hook, &hook.secret, "w1", now, BODY));
+    server.clock.advance_secs(100);
+    accepted(&server.send_hook(&hook, &hook.secret, "w2", server.now_secs(), BODY));
+    let key = flotilla::signature::key_of(&hook.secret).unwrap();
+    let t = server.now_secs();
+    let response = server
+        .client
+        .post(&hook.url)
+        .header("webhook-id", "w3")
+        .header("webhook-timestamp", t.to_string())
+        .header(
+            "webhook-signature",
+            flotilla::signature::sign(&key, "w3", t, BODY),
+        )
+        .body(BODY.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    // w1 is remembered until its timestamp + 300 s, 200 s from now.
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((200..=201).contains(&retry), "{retry}");
+    assert_error(&common::read(response), 429, "nonce_window_full");
+    // The replay of w1 is still refused as a replay, not forgotten to make room.
+    assert_error(
+        &server.send_hook(&hook, &hook.secret, "w1", now, BODY),
+        409,
+        "replayed",
+    );
+    server.clock.advance_secs(201);
+    accepted(&server.send_hook(&hook, &hook.secret, "w3", server.now_secs(), BODY));
+}

@@ -150,10 +150,7 @@ impl Journal {
     }
 
     pub fn open_with(path: impl AsRef<Path>, config: Config) -> Result<Journal> {
-        let db = sled::Config::new()
-            .path(path.as_ref())
-            .cache_capacity(config.cache_capacity)
-            .open()?;
+        let db = open_db(path.as_ref(), config.cache_capacity)?;
         let tree = db.open_tree(layout::TREE)?;
         let snapshots = db.open_tree(layout::SNAPSHOTS)?;
         let (requests, receiver) = mpsc::channel(config.queue_depth.max(1));
@@ -378,6 +375,31 @@ impl Journal {
             .blocking_send(Request::Sealed { records, reply })
             .map_err(|_| Error::Closed)?;
         receiver.blocking_recv().map_err(|_| Error::Closed)?
+    }
+}
+
+/// How long `open` waits for a directory lock that is being let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens sled, waiting a little for its directory lock: after a journal in this process is
+/// dropped, sled's background threads let go of the lock a moment later. A lock held by
+/// another live process is still refused, after the wait.
+fn open_db(path: &Path, cache_capacity: u64) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity)
+            .open()
+        {
+            Err(sled::Error::Io(error))
+                if error.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
     }
 }
 

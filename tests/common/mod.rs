@@ -48,21 +48,7 @@ impl Server {
         let thread = std::thread::spawn(move || {
             let system = actix_web::rt::System::new();
             system.block_on(async move {
-                // After an in-process stop, the previous server's worker threads may still hold
-                // the journal (sled locks its directory) for a moment: wait for them.
-                let deadline = Instant::now() + Duration::from_secs(10);
-                let service = loop {
-                    match flotilla::service::start(
-                        settings.clone(),
-                        Arc::new(service_clock.clone()),
-                    ) {
-                        Ok(service) => break service,
-                        Err(_) if Instant::now() < deadline => {
-                            actix_web::rt::time::sleep(Duration::from_millis(20)).await
-                        }
-                        Err(error) => panic!("{error:#}"),
-                    }
-                };
+                let service = flotilla::service::start(settings, Arc::new(service_clock)).unwrap();
                 tx.send((
                     service.addr,
                     service.operator_token.clone(),
