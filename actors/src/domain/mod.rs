@@ -14,6 +14,7 @@ pub mod alarm;
 pub mod group;
 pub mod nonce_window;
 pub mod policy;
+pub mod samples;
 pub mod scaling;
 pub mod tenant;
 pub mod webhook;
