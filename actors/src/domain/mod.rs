@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub mod alarm;
+pub mod evaluation;
 pub mod group;
 pub mod nonce_window;
 pub mod policy;
