@@ -14,6 +14,8 @@
 //! - [`domain::webhook`]: a signed webhook: secrets, rotation grace, revocation, accepted nonces.
 //! - [`domain::nonce_window`]: the bounded window of nonces a webhook remembers.
 //! - [`domain::alarm`]: an alarm's definition and state.
+//! - [`domain::samples`]: metric samples aggregated into epoch-aligned periods, in bounded memory.
+//! - [`domain::evaluation`]: an alarm's next state from its datapoints, and the actions it runs.
 //! - [`aggregate`]: the [`aggregate::Aggregate`] trait over the domain's objects.
 //! - [`store`]: loading an object from its snapshot and events, appending its new events.
 //! - [`object`]: the actor hosting one object: decide, append, apply, reply.

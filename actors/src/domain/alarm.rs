@@ -1,8 +1,9 @@
 //! An alarm: a threshold rule over a group's metric samples (SPEC sections 1 and 5).
 //!
 //! This module holds the alarm's definition and state and the rules for changing them.
-//! Evaluating samples into a transition comes later; it will send [`AlarmCommand::Transition`]
-//! with the datapoints that decided it as the reason.
+//! Samples are aggregated in [`super::samples`] and evaluated in [`super::evaluation`]; an
+//! evaluation that changes the state sends [`AlarmCommand::Transition`] with the datapoints that
+//! decided it as the reason.
 //!
 //! Limits, beyond the SPEC: `period_seconds` within [1, 86400], `evaluation_periods` within
 //! [1, [`MAX_EVALUATION_PERIODS`]], at most [`MAX_ACTIONS`] policies in each action list, and a

@@ -11,9 +11,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub mod alarm;
+pub mod evaluation;
 pub mod group;
 pub mod nonce_window;
 pub mod policy;
+pub mod samples;
 pub mod scaling;
 pub mod tenant;
 pub mod webhook;
