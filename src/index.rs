@@ -12,7 +12,7 @@ use flotilla_actors::domain::policy::PolicyEvent;
 use flotilla_actors::domain::tenant::TenantEvent;
 use flotilla_actors::domain::webhook::WebhookEvent;
 use flotilla_actors::domain::{AlarmId, DomainEvent, GroupId, PolicyId, TenantId, WebhookId};
-use flotilla_journal::{Journal, Record};
+use flotilla_journal::Record;
 
 /// Who owns a policy, a webhook or an alarm, and where it hangs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,17 +60,8 @@ impl Index {
         self.data.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Builds the index from the whole journal. Returns how many records it read.
-    pub fn load(&self, journal: &Journal) -> anyhow::Result<u64> {
-        let mut read = 0;
-        for record in journal.read_all(1) {
-            self.note_record(&record?)?;
-            read += 1;
-        }
-        Ok(read)
-    }
-
-    fn note_record(&self, record: &Record) -> anyhow::Result<()> {
+    /// Takes in one journaled record (the startup pass over the journal).
+    pub fn note_record(&self, record: &Record) -> anyhow::Result<()> {
         fn note<A: Indexed>(index: &Index, record: &Record) -> anyhow::Result<()> {
             let event: A::Event = record.decode(A::Event::SCHEMA)?;
             A::note(index, &record.stream, &event);

@@ -6,6 +6,7 @@
 //! - `settings`: `serve`'s settings from flags, environment and a TOML file.
 //! - `service`: starting the service: journal, operator token, supervisor, HTTP, readiness.
 //! - `api`: the HTTP API (SPEC 3) on actix-web: one module per resource, one error mapping.
+//! - `alarms`: metric samples into the series store, and alarm evaluation on the clock's ticks.
 //! - `index`: the read model: owners, tokens and lists, rebuilt from the journal at start.
 //! - `signature`: Standard Webhooks signatures: parse, verify in constant time, sign.
 //! - `ratelimit`: per-webhook and per-source token buckets on the injected clock.
@@ -14,6 +15,7 @@
 //! The journal lives in the `flotilla-journal` crate (`journal/`), the domain and its actors in
 //! `flotilla-actors` (`actors/`).
 
+pub mod alarms;
 pub mod api;
 pub mod audit;
 pub mod cli;

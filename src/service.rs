@@ -9,9 +9,11 @@ use std::time::Duration;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use flotilla_actors::clock::Clock;
+use flotilla_actors::domain::AlarmId;
 use flotilla_actors::supervisor::{self, Supervisor};
 use flotilla_journal::Journal;
 
+use crate::alarms::Evaluator;
 use crate::api::{self, AppState};
 use crate::index::Index;
 use crate::ratelimit::{Limit, WebhookLimits};
@@ -64,20 +66,23 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
         },
     );
     let index = Arc::new(Index::default());
+    let evaluator = Arc::new(Evaluator::new(supervisor.clone()));
     let ready = Arc::new(AtomicBool::new(false));
     let state = web::Data::new(AppState {
         supervisor,
         index: index.clone(),
         operator_token_hash: token::hash(&operator_token),
         ready: ready.clone(),
+        evaluator: evaluator.clone(),
         limits: WebhookLimits {
             source: Limit::new(settings.source_rate_limit, clock.clone()),
-            webhook: Limit::new(settings.webhook_rate_limit, clock),
+            webhook: Limit::new(settings.webhook_rate_limit, clock.clone()),
         },
         settings: settings.clone(),
     });
 
-    replay_into_index(journal, index, ready.clone());
+    replay_into_index(journal, index, evaluator.clone(), clock, ready.clone());
+    evaluator.run(Duration::from_millis(settings.alarm_tick_ms));
     forget_idle_limits(state.clone());
 
     let server = HttpServer::new({
@@ -96,11 +101,31 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
     })
 }
 
-/// Reads the whole journal into the index on a thread of its own, then marks the service ready.
-fn replay_into_index(journal: Journal, index: Arc<Index>, ready: Arc<AtomicBool>) {
+/// Reads the whole journal into the index and the alarms' evaluator on a thread of its own,
+/// then marks the service ready.
+fn replay_into_index(
+    journal: Journal,
+    index: Arc<Index>,
+    evaluator: Arc<Evaluator>,
+    clock: Arc<dyn Clock>,
+    ready: Arc<AtomicBool>,
+) {
     std::thread::spawn(move || {
         let started = std::time::Instant::now();
-        match index.load(&journal) {
+        let now = clock.now();
+        let load = || -> anyhow::Result<u64> {
+            let mut read = 0;
+            for record in journal.read_all(1) {
+                let record = record?;
+                index.note_record(&record)?;
+                if record.stream.starts_with(AlarmId::PREFIX) {
+                    evaluator.note_record(&record, now)?;
+                }
+                read += 1;
+            }
+            Ok(read)
+        };
+        match load() {
             Ok(records) => {
                 ready.store(true, Ordering::Release);
                 tracing::info!(

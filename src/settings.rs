@@ -37,6 +37,12 @@ pub struct ServeArgs {
     /// Largest webhook body, bytes [default: 65536].
     #[arg(long, env = "FLOTILLA_BODY_LIMIT")]
     pub body_limit: Option<usize>,
+    /// Largest metrics body, bytes [default: 4194304].
+    #[arg(long, env = "FLOTILLA_METRICS_BODY_LIMIT")]
+    pub metrics_body_limit: Option<usize>,
+    /// How often alarms are evaluated, milliseconds of real time [default: 1000].
+    #[arg(long, env = "FLOTILLA_ALARM_TICK_MS")]
+    pub alarm_tick_ms: Option<u64>,
     /// HTTP worker threads [default: 2].
     #[arg(long, env = "FLOTILLA_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
@@ -54,6 +60,8 @@ struct FileSettings {
     source_rate_limit: Option<u32>,
     webhook_nonce_window: Option<usize>,
     body_limit: Option<usize>,
+    metrics_body_limit: Option<usize>,
+    alarm_tick_ms: Option<u64>,
     http_workers: Option<usize>,
 }
 
@@ -68,6 +76,8 @@ pub struct Settings {
     pub source_rate_limit: u32,
     pub webhook_nonce_window: usize,
     pub body_limit: usize,
+    pub metrics_body_limit: usize,
+    pub alarm_tick_ms: u64,
     pub http_workers: usize,
 }
 
@@ -82,6 +92,8 @@ impl Default for Settings {
             source_rate_limit: 1000,
             webhook_nonce_window: flotilla_actors::domain::nonce_window::DEFAULT_CAPACITY,
             body_limit: 64 * 1024,
+            metrics_body_limit: 4 << 20,
+            alarm_tick_ms: 1000,
             http_workers: 2,
         }
     }
@@ -120,6 +132,15 @@ impl Settings {
                 .or(file.webhook_nonce_window)
                 .unwrap_or(d.webhook_nonce_window),
             body_limit: args.body_limit.or(file.body_limit).unwrap_or(d.body_limit),
+            metrics_body_limit: args
+                .metrics_body_limit
+                .or(file.metrics_body_limit)
+                .unwrap_or(d.metrics_body_limit),
+            alarm_tick_ms: args
+                .alarm_tick_ms
+                .or(file.alarm_tick_ms)
+                .unwrap_or(d.alarm_tick_ms)
+                .max(10),
             http_workers: args
                 .http_workers
                 .or(file.http_workers)

@@ -82,6 +82,16 @@ fn check_actions<'a>(
     Ok(())
 }
 
+/// Runs `command` and hands the resulting events to the evaluator too.
+async fn watch(state: &AppState, id: &AlarmId, command: AlarmCommand) -> Result<Alarm, ApiError> {
+    let executed = state.execute::<Alarms>(id.as_str(), command).await?;
+    let now = state.supervisor.clock().now();
+    for event in &executed.events {
+        state.evaluator.note(id, event, now);
+    }
+    executed.state.ok_or_else(|| ApiError::not_found("alarm"))
+}
+
 async fn load(state: &AppState, id: &AlarmId) -> Result<Alarm, ApiError> {
     let observed = state.supervisor.get::<Alarms>(id.as_str()).await?;
     observed
@@ -123,11 +133,7 @@ pub async fn create(
         ok_actions: body.ok_actions,
         repeat_actions: body.repeat_actions,
     });
-    let alarm = state
-        .execute::<Alarms>(id.as_str(), command)
-        .await?
-        .state
-        .ok_or_else(|| ApiError::not_found("alarm"))?;
+    let alarm = watch(&state, &id, command).await?;
     Ok(HttpResponse::Created().json(AlarmView::from(&alarm)))
 }
 
@@ -193,11 +199,7 @@ pub async fn update(
         ok_actions: body.ok_actions,
         repeat_actions: body.repeat_actions,
     };
-    let alarm = state
-        .execute::<Alarms>(id.as_str(), AlarmCommand::Update(patch))
-        .await?
-        .state
-        .ok_or_else(|| ApiError::not_found("alarm"))?;
+    let alarm = watch(&state, &id, AlarmCommand::Update(patch)).await?;
     Ok(HttpResponse::Ok().json(AlarmView::from(&alarm)))
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use flotilla_actors::object::Executed;
 
+use crate::alarms::Evaluator;
 use crate::index::{Index, Indexed};
 use crate::ratelimit::WebhookLimits;
 use crate::settings::Settings;
@@ -21,6 +22,7 @@ pub mod hooks;
 pub mod journal;
 pub mod ops;
 pub mod policies;
+pub mod samples;
 pub mod tenants;
 pub mod views;
 pub mod webhooks;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Webhook call limits.
     pub limits: WebhookLimits,
+    /// Metric samples and the alarms' evaluation.
+    pub evaluator: Arc<Evaluator>,
 }
 
 impl AppState {
@@ -157,7 +161,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/alarms/{aid}", web::get().to(alarms::show))
                 .route("/alarms/{aid}", web::patch().to(alarms::update))
                 .route("/alarms/{aid}", web::delete().to(alarms::delete))
-                .route("/hooks/{wid}", web::post().to(hooks::execute)),
+                .route("/hooks/{wid}", web::post().to(hooks::execute))
+                .route("/metrics", web::post().to(samples::ingest)),
         )
         .default_service(web::to(ops::not_found));
 }

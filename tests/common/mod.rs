@@ -21,6 +21,7 @@ pub struct Server {
     pub clock: ManualClock,
     pub client: Client,
     pub dir: tempfile::TempDir,
+    settings: Settings,
     handle: Option<actix_web::dev::ServerHandle>,
     thread: Option<JoinHandle<()>>,
 }
@@ -43,6 +44,7 @@ impl Server {
 
     fn start_in(dir: tempfile::TempDir, settings: Settings) -> Server {
         let clock = ManualClock::new(Timestamp::from_secs(START_SECS));
+        let kept = settings.clone();
         let (tx, rx) = mpsc::channel();
         let service_clock = clock.clone();
         let thread = std::thread::spawn(move || {
@@ -68,6 +70,7 @@ impl Server {
                 .build()
                 .unwrap(),
             dir,
+            settings: kept,
             handle: Some(handle),
             thread: Some(thread),
         };
@@ -94,8 +97,7 @@ impl Server {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let settings = Settings {
             listen: "127.0.0.1:0".into(),
-            data_dir: dir.path().join("data"),
-            ..Settings::default()
+            ..self.settings.clone()
         };
         let clock = self.clock.clone();
         let server = Self::start_in(dir, settings);

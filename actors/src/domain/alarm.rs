@@ -223,6 +223,13 @@ pub enum AlarmCommand {
     Update(AlarmPatch),
     /// Delete it.
     Delete,
+    /// Evaluate it over the last N closed periods' datapoints (oldest first, `None` for a
+    /// missing one) by [`super::evaluation::evaluate`]; a change of state is recorded with the
+    /// datapoints that decided it as its reason.
+    Evaluate {
+        /// The datapoints.
+        datapoints: Vec<Option<f64>>,
+    },
     /// Move it to another state; to its current state, a no-op.
     Transition {
         /// The new state.
@@ -338,6 +345,19 @@ pub fn decide(
             }])
         }
         AlarmCommand::Delete => Ok(vec![AlarmEvent::Deleted { at: now }]),
+        AlarmCommand::Evaluate { datapoints } => {
+            let evaluation =
+                super::evaluation::evaluate(&alarm.definition, alarm.state, datapoints);
+            if evaluation.next == alarm.state {
+                return Ok(vec![]);
+            }
+            Ok(vec![AlarmEvent::StateChanged {
+                from: alarm.state,
+                to: evaluation.next,
+                reason: evaluation.reason,
+                at: now,
+            }])
+        }
         AlarmCommand::Transition { to, reason } => {
             if *to == alarm.state {
                 return Ok(vec![]);
@@ -690,5 +710,35 @@ mod tests {
         let json = serde_json::to_value(&changed).unwrap();
         assert_eq!(json["from"], "insufficient_data");
         assert_eq!(changed.kind(), "state_changed");
+    }
+
+    #[test]
+    fn an_evaluation_that_breaches_moves_the_alarm_to_alarm_with_its_datapoints_as_reason() {
+        let alarm = given_alarm();
+        let evaluate = AlarmCommand::Evaluate {
+            datapoints: vec![
+                Some(0.95);
+                alarm.as_ref().unwrap().definition.evaluation_periods as usize
+            ],
+        };
+        let events = decide(&alarm, &evaluate, Timestamp::from_secs(100)).unwrap();
+        match events.as_slice() {
+            [AlarmEvent::StateChanged {
+                from, to, reason, ..
+            }] => {
+                assert_eq!(
+                    (*from, *to),
+                    (AlarmState::InsufficientData, AlarmState::Alarm)
+                );
+                assert!(reason.contains("0.95"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let alarm = events.iter().fold(alarm, apply);
+        // The same datapoints again change nothing.
+        assert_eq!(
+            decide(&alarm, &evaluate, Timestamp::from_secs(160)).unwrap(),
+            vec![]
+        );
     }
 }

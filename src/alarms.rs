@@ -1,0 +1,251 @@
+//! Closing the loop (SPEC 5): metric samples go into the series store; at each tick of the
+//! injected clock every alarm whose period closed is evaluated; a change of state goes through
+//! the alarm's actor (which decides it again and journals it with its datapoints), and its
+//! actions execute their policies through the supervisor with the alarm as cause.
+//!
+//! The evaluator keeps a copy of each alarm's definition and state so that a tick over 100k
+//! alarms costs a pure evaluation each, and a message only for those whose state changes (or
+//! that repeat their actions).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use flotilla_actors::aggregate::Alarms;
+use flotilla_actors::clock::Timestamp;
+use flotilla_actors::domain::alarm::{AlarmCommand, AlarmDefinition, AlarmEvent, AlarmState};
+use flotilla_actors::domain::evaluation::{actions, evaluate};
+use flotilla_actors::domain::samples::{RecordError, Recorded, Sample, SeriesStore};
+use flotilla_actors::domain::{AlarmId, Cause, DomainEvent, GroupId};
+use flotilla_actors::supervisor::Supervisor;
+use flotilla_journal::Record;
+
+/// What the evaluator knows of one alarm.
+#[derive(Debug, Clone)]
+struct Watched {
+    definition: AlarmDefinition,
+    state: AlarmState,
+    /// The end of the next period to close: the next evaluation is due then.
+    next_due: Timestamp,
+}
+
+/// Counts of what an ingestion did with its samples.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Ingested {
+    /// Stored into at least one alarm's window.
+    pub accepted: usize,
+    /// No alarm watches their metric.
+    pub unwatched: usize,
+    /// Older than any alarm can read.
+    pub too_old: usize,
+    /// More than a period ahead of now.
+    pub too_new: usize,
+}
+
+/// The series store and the alarms' evaluation.
+pub struct Evaluator {
+    store: Mutex<SeriesStore>,
+    alarms: Mutex<HashMap<AlarmId, Watched>>,
+    supervisor: Supervisor,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The end of the period holding `at`: when that period closes.
+fn period_end(at: Timestamp, period_seconds: u32) -> Timestamp {
+    let period = i64::from(period_seconds.max(1)) * 1000;
+    Timestamp::from_millis(at.as_millis().div_euclid(period) * period + period)
+}
+
+impl Evaluator {
+    /// An evaluator executing through `supervisor`.
+    pub fn new(supervisor: Supervisor) -> Evaluator {
+        Evaluator {
+            store: Mutex::new(SeriesStore::new()),
+            alarms: Mutex::new(HashMap::new()),
+            supervisor,
+        }
+    }
+
+    /// Takes in a journaled alarm record (at startup).
+    pub fn note_record(&self, record: &Record, now: Timestamp) -> anyhow::Result<()> {
+        let event: AlarmEvent = record.decode(AlarmEvent::SCHEMA)?;
+        self.note(&AlarmId::new(record.stream.as_str()), &event, now);
+        Ok(())
+    }
+
+    /// Takes in an alarm's event: its definition, its state, or its deletion.
+    pub fn note(&self, id: &AlarmId, event: &AlarmEvent, now: Timestamp) {
+        let mut alarms = lock(&self.alarms);
+        let mut store = lock(&self.store);
+        match event {
+            AlarmEvent::Created { definition, .. } => {
+                store.watch_alarm(definition);
+                let watched = Watched {
+                    definition: definition.clone(),
+                    state: AlarmState::InsufficientData,
+                    next_due: period_end(now, definition.period_seconds),
+                };
+                alarms.insert(id.clone(), watched);
+            }
+            AlarmEvent::Updated { definition, .. } => {
+                if let Some(watched) = alarms.get_mut(id) {
+                    store.unwatch_alarm(&watched.definition);
+                    store.watch_alarm(definition);
+                    watched.definition = definition.clone();
+                    watched.next_due = period_end(now, definition.period_seconds);
+                }
+            }
+            AlarmEvent::Deleted { .. } => {
+                if let Some(watched) = alarms.remove(id) {
+                    store.unwatch_alarm(&watched.definition);
+                }
+            }
+            AlarmEvent::StateChanged { to, .. } => {
+                if let Some(watched) = alarms.get_mut(id) {
+                    watched.state = *to;
+                }
+            }
+        }
+    }
+
+    /// Records `samples` of `group` at `now`. Refuses the whole batch, changing nothing it had
+    /// not already stored, only when the store's series cap is reached.
+    pub fn ingest(
+        &self,
+        group: &GroupId,
+        samples: &[Sample],
+        now: Timestamp,
+    ) -> Result<Ingested, RecordError> {
+        let mut store = lock(&self.store);
+        let mut ingested = Ingested::default();
+        for sample in samples {
+            match store.record(group, sample, now)? {
+                Recorded::Stored => ingested.accepted += 1,
+                Recorded::Unwatched => ingested.unwatched += 1,
+                Recorded::TooOld => ingested.too_old += 1,
+                Recorded::TooNew => ingested.too_new += 1,
+            }
+        }
+        Ok(ingested)
+    }
+
+    /// How many alarms are watched.
+    pub fn len(&self) -> usize {
+        lock(&self.alarms).len()
+    }
+
+    /// Whether no alarm is watched.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Evaluates every alarm whose period closed by `now`; returns how many were evaluated.
+    pub async fn tick(&self, now: Timestamp) -> usize {
+        let due = self.due(now);
+        let evaluated = due.len();
+        for (id, definition, from, datapoints) in due {
+            let evaluation = evaluate(&definition, from, &datapoints);
+            if evaluation.next != from {
+                self.transition(&id, datapoints).await;
+            } else if from == AlarmState::Alarm {
+                let reason = format!("still in alarm: {}", evaluation.reason);
+                self.act(&id, &definition, from, from, &reason).await;
+            }
+        }
+        lock(&self.store).prune(now);
+        evaluated
+    }
+
+    /// The alarms due at `now`, with their datapoints; their next evaluation is set.
+    #[allow(clippy::type_complexity)]
+    fn due(&self, now: Timestamp) -> Vec<(AlarmId, AlarmDefinition, AlarmState, Vec<Option<f64>>)> {
+        let mut alarms = lock(&self.alarms);
+        let store = lock(&self.store);
+        let mut due = Vec::new();
+        for (id, watched) in alarms.iter_mut() {
+            if now < watched.next_due {
+                continue;
+            }
+            watched.next_due = period_end(now, watched.definition.period_seconds);
+            let d = &watched.definition;
+            let datapoints = store.datapoints(
+                &d.group_id,
+                &d.metric,
+                d.period_seconds,
+                d.statistic,
+                d.evaluation_periods,
+                now,
+            );
+            due.push((id.clone(), d.clone(), watched.state, datapoints));
+        }
+        due
+    }
+
+    /// Sends the evaluation to the alarm's actor, which decides and journals the change; then
+    /// runs the actions of the transition it recorded.
+    async fn transition(&self, id: &AlarmId, datapoints: Vec<Option<f64>>) {
+        let command = AlarmCommand::Evaluate { datapoints };
+        let executed = match self
+            .supervisor
+            .execute::<Alarms>(id.as_str(), command)
+            .await
+        {
+            Ok(executed) => executed,
+            Err(error) => {
+                tracing::warn!(alarm = %id, %error, "alarm evaluation not recorded");
+                return;
+            }
+        };
+        for event in &executed.events {
+            let now = self.supervisor.clock().now();
+            self.note(id, event, now);
+            if let (
+                AlarmEvent::StateChanged {
+                    from, to, reason, ..
+                },
+                Some(alarm),
+            ) = (event, &executed.state)
+            {
+                tracing::info!(alarm = %id, from = ?from, to = ?to, "alarm changed state");
+                self.act(id, &alarm.definition, *from, *to, reason).await;
+            }
+        }
+    }
+
+    /// Executes the policies a state change (or a repeat in ALARM) calls for.
+    async fn act(
+        &self,
+        id: &AlarmId,
+        definition: &AlarmDefinition,
+        from: AlarmState,
+        to: AlarmState,
+        reason: &str,
+    ) {
+        for policy in actions(definition, from, to, true) {
+            let cause = Cause::Alarm {
+                alarm_id: id.clone(),
+                reason: reason.to_owned(),
+            };
+            if let Err(error) = self.supervisor.execute_policy(&policy, cause).await {
+                tracing::warn!(alarm = %id, policy = %policy, %error, "alarm action failed");
+            }
+        }
+    }
+
+    /// Ticks every `interval` of real time, evaluating at the injected clock's now.
+    pub fn run(self: Arc<Self>, interval: Duration) {
+        actix_web::rt::spawn(async move {
+            let mut ticks = actix_web::rt::time::interval(interval);
+            loop {
+                ticks.tick().await;
+                let now = self.supervisor.clock().now();
+                self.tick(now).await;
+            }
+        });
+    }
+}

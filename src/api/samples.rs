@@ -1,0 +1,153 @@
+//! `POST /v1/metrics`: servers post samples (SPEC 5) with their group's metrics token, or a
+//! tenant posts them with its token and a `group_id` on each. Samples are not journaled; they
+//! feed the alarms' windows.
+
+use std::collections::HashMap;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use flotilla_actors::domain::samples::{validate_sample, Sample};
+use flotilla_actors::domain::GroupId;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{ApiError, AppState};
+use crate::alarms::Ingested;
+use crate::token;
+
+/// Most samples one request may carry.
+pub const MAX_SAMPLES: usize = 10_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch<'a> {
+    #[serde(borrow)]
+    samples: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSample {
+    metric: String,
+    value: f64,
+    timestamp: f64,
+    /// The server that measured it (informational).
+    #[serde(default)]
+    #[allow(dead_code)]
+    server: Option<String>,
+    /// Required with a tenant's token; with a group's metrics token, absent or that group.
+    #[serde(default)]
+    group_id: Option<String>,
+}
+
+/// Who posts: one group's servers, or a tenant for any of its groups.
+enum Poster {
+    Group(GroupId),
+    Tenant(flotilla_actors::domain::TenantId),
+}
+
+fn poster(state: &AppState, req: &HttpRequest) -> Result<Poster, ApiError> {
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <token>"))?;
+    let hash = token::hash(header);
+    if let Some(group) = state.index.group_of_metrics_token(&hash) {
+        return Ok(Poster::Group(group));
+    }
+    state
+        .index
+        .tenant_of_token(&hash)
+        .map(Poster::Tenant)
+        .ok_or_else(|| ApiError::unauthorized("unknown token"))
+}
+
+fn bad_sample(index: usize, why: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("invalid_sample", format!("samples[{index}]: {why}"))
+}
+
+/// 202 with what became of the samples.
+pub async fn ingest(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    if !state.is_ready() {
+        return Err(ApiError::not_ready());
+    }
+    let poster = poster(&state, &req)?;
+    let limit = state.settings.metrics_body_limit;
+    let body = payload
+        .to_bytes_limited(limit)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is over {limit} bytes"),
+            )
+        })?
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let batch: Batch = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+    if batch.samples.len() > MAX_SAMPLES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_samples",
+            format!(
+                "at most {MAX_SAMPLES} samples a request, got {}",
+                batch.samples.len()
+            ),
+        ));
+    }
+    let mut by_group: HashMap<GroupId, Vec<Sample>> = HashMap::new();
+    for (index, raw) in batch.samples.iter().enumerate() {
+        let sample: RawSample =
+            serde_json::from_str(raw.get()).map_err(|e| bad_sample(index, e))?;
+        let group = match (&poster, sample.group_id) {
+            (Poster::Group(group), None) => group.clone(),
+            (Poster::Group(group), Some(named)) if named == group.as_str() => group.clone(),
+            (Poster::Group(_), Some(_)) => {
+                return Err(bad_sample(
+                    index,
+                    "a metrics token posts for its own group only",
+                ))
+            }
+            (Poster::Tenant(_), None) => {
+                return Err(bad_sample(
+                    index,
+                    "group_id is required with a tenant's token",
+                ))
+            }
+            (Poster::Tenant(tenant), Some(named)) => {
+                let group = GroupId::new(named);
+                if !state.index.owns_group(tenant, &group) {
+                    return Err(ApiError::not_found(&format!("samples[{index}]: group")));
+                }
+                group
+            }
+        };
+        let sample = validate_sample(&sample.metric, sample.value, sample.timestamp)
+            .map_err(|why| bad_sample(index, why))?;
+        by_group.entry(group).or_default().push(sample);
+    }
+    let now = state.supervisor.clock().now();
+    let mut total = Ingested::default();
+    for (group, samples) in &by_group {
+        let ingested = state.evaluator.ingest(group, samples, now).map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "series_limit",
+                e.to_string(),
+            )
+        })?;
+        total.accepted += ingested.accepted;
+        total.unwatched += ingested.unwatched;
+        total.too_old += ingested.too_old;
+        total.too_new += ingested.too_new;
+    }
+    Ok(HttpResponse::Accepted().json(total))
+}

@@ -1,0 +1,269 @@
+//! Closing the loop over HTTP (SPEC 5): samples above a threshold bring an alarm to ALARM, its
+//! action scales the group up; samples below bring it to OK, its OK action scales it down; the
+//! activity names the alarm. Time is the service's manual clock; ticks run every few ms.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_error, Server};
+use serde_json::{json, Value};
+
+fn server() -> Server {
+    Server::start_with(|s| s.alarm_tick_ms = 10)
+}
+
+/// Waits (in real time, for the evaluator's tick) until `check` holds.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct Loop {
+    token: String,
+    metrics_token: String,
+    group: String,
+    up: String,
+    alarm: String,
+}
+
+fn setup(server: &Server, extra: Value) -> Loop {
+    let token = server.tenant("acme");
+    let (status, group) = server.call(
+        "POST",
+        "/v1/groups",
+        &token,
+        Some(
+            json!({"name": "web", "min_size": 1, "max_size": 10, "cooldown_seconds": 0,
+                    "launch": {"provider": "simulated"}}),
+        ),
+    );
+    assert_eq!(status, 201);
+    let metrics_token = group["metrics_token"].as_str().unwrap().to_owned();
+    let group = group["id"].as_str().unwrap().to_owned();
+    let up = server.policy(
+        &token,
+        &group,
+        json!({"name": "up", "adjustment_type": "change", "adjustment": 2}),
+    );
+    let down = server.policy(
+        &token,
+        &group,
+        json!({"name": "down", "adjustment_type": "change", "adjustment": -1}),
+    );
+    let mut alarm = json!({"name": "cpu-high", "group_id": group, "metric": "cpu", "statistic": "avg",
+        "period_seconds": 60, "evaluation_periods": 2, "comparison": "gt", "threshold": 0.8,
+        "alarm_actions": [up], "ok_actions": [down]});
+    for (k, v) in extra.as_object().unwrap() {
+        alarm[k] = v.clone();
+    }
+    let (status, alarm) = server.call("POST", "/v1/alarms", &token, Some(alarm));
+    assert_eq!(status, 201, "{alarm}");
+    assert_eq!(alarm["state"], "insufficient_data");
+    Loop {
+        token,
+        metrics_token,
+        group,
+        up,
+        alarm: alarm["id"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// Posts `values` for the current minute, with the group's metrics token.
+fn post(server: &Server, l: &Loop, values: &[f64]) -> Value {
+    let t = server.now_secs() as f64;
+    let samples: Vec<Value> = values
+        .iter()
+        .map(|v| json!({"metric": "cpu", "value": v, "timestamp": t, "server": "srv-1"}))
+        .collect();
+    let (status, body) = server.call(
+        "POST",
+        "/v1/metrics",
+        &l.metrics_token,
+        Some(json!({"samples": samples})),
+    );
+    assert_eq!(status, 202, "{body}");
+    body
+}
+
+fn alarm_state(server: &Server, l: &Loop) -> Value {
+    server
+        .call("GET", &format!("/v1/alarms/{}", l.alarm), &l.token, None)
+        .1
+}
+
+#[test]
+fn samples_above_the_threshold_scale_up_and_below_it_scale_down_with_the_alarm_as_cause() {
+    let server = server();
+    let l = setup(&server, json!({}));
+    assert_eq!(server.capacity(&l.token, &l.group), 1);
+    // Two minutes of high CPU.
+    for _ in 0..2 {
+        let ingested = post(&server, &l, &[0.9, 0.95]);
+        assert_eq!(ingested["accepted"], 2);
+        server.clock.advance_secs(60);
+    }
+    eventually("the alarm to fire", || {
+        alarm_state(&server, &l)["state"] == "alarm"
+    });
+    let alarm = alarm_state(&server, &l);
+    assert!(
+        alarm["state_reason"].as_str().unwrap().contains("0.925"),
+        "{alarm}"
+    );
+    eventually("the scale-up", || server.capacity(&l.token, &l.group) == 3);
+
+    // Two minutes of low CPU.
+    for _ in 0..2 {
+        post(&server, &l, &[0.2]);
+        server.clock.advance_secs(60);
+    }
+    eventually("the alarm to clear", || {
+        alarm_state(&server, &l)["state"] == "ok"
+    });
+    eventually("the scale-down", || {
+        server.capacity(&l.token, &l.group) == 2
+    });
+
+    let (_, activity) = server.call(
+        "GET",
+        &format!("/v1/groups/{}/activity", l.group),
+        &l.token,
+        None,
+    );
+    let items = activity["items"].as_array().unwrap();
+    assert_eq!(items[0]["cause"]["type"], "alarm");
+    assert_eq!(items[0]["cause"]["alarm_id"], l.alarm.as_str());
+    assert_eq!(
+        (items[0]["from"].as_u64(), items[0]["to"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(items[1]["cause"]["alarm_id"], l.alarm.as_str());
+    assert_eq!(items[1]["policy_id"], l.up.as_str());
+    assert!(
+        items[1]["cause"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("greater than"),
+        "{}",
+        items[1]
+    );
+}
+
+#[test]
+fn an_alarm_restarted_in_alarm_does_not_fire_twice_for_one_transition() {
+    let server = server();
+    let l = setup(&server, json!({"treat_missing": "ignore"}));
+    for _ in 0..2 {
+        post(&server, &l, &[0.9]);
+        server.clock.advance_secs(60);
+    }
+    eventually("the scale-up", || server.capacity(&l.token, &l.group) == 3);
+    let server = server.restart();
+    assert_eq!(
+        alarm_state(&server, &l)["state"],
+        "alarm",
+        "the state came back from the journal"
+    );
+    // Samples are not journaled: after the restart the windows are empty; with `ignore` the
+    // alarm stays in ALARM, and breaching again is no new transition: no second scale-up.
+    for _ in 0..2 {
+        post(&server, &l, &[0.9]);
+        server.clock.advance_secs(60);
+    }
+    for _ in 0..2 {
+        post(&server, &l, &[0.1]);
+        server.clock.advance_secs(60);
+    }
+    // The evaluator ran all along: the OK action took the group from 3 (not 5) down to 2.
+    eventually("the alarm to clear", || {
+        alarm_state(&server, &l)["state"] == "ok"
+    });
+    eventually("the scale-down", || {
+        server.capacity(&l.token, &l.group) == 2
+    });
+}
+
+#[test]
+fn repeat_actions_keep_executing_while_in_alarm_within_the_cooldown() {
+    let server = server();
+    let l = setup(
+        &server,
+        json!({"repeat_actions": true, "evaluation_periods": 1}),
+    );
+    for expected in [3, 5, 7] {
+        post(&server, &l, &[0.99]);
+        server.clock.advance_secs(60);
+        eventually("a repeated scale-up", || {
+            server.capacity(&l.token, &l.group) == expected
+        });
+    }
+}
+
+#[test]
+fn bad_samples_are_refused_naming_their_index() {
+    let server = server();
+    let l = setup(&server, json!({}));
+    let t = server.now_secs();
+    let samples = json!({"samples": [
+        {"metric": "cpu", "value": 0.5, "timestamp": t},
+        {"metric": "cpu", "value": "high", "timestamp": t},
+    ]});
+    let answer = server.call("POST", "/v1/metrics", &l.metrics_token, Some(samples));
+    assert_error(&answer, 400, "invalid_sample");
+    assert!(
+        answer.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("samples[1]"),
+        "{}",
+        answer.1
+    );
+    let bad_metric = json!({"samples": [{"metric": "", "value": 1, "timestamp": t}]});
+    assert_error(
+        &server.call("POST", "/v1/metrics", &l.metrics_token, Some(bad_metric)),
+        400,
+        "invalid_sample",
+    );
+    let too_many: Vec<Value> = (0..10_001)
+        .map(|_| json!({"metric": "m", "value": 1, "timestamp": t}))
+        .collect();
+    assert_error(
+        &server.call(
+            "POST",
+            "/v1/metrics",
+            &l.metrics_token,
+            Some(json!({"samples": too_many})),
+        ),
+        413,
+        "too_many_samples",
+    );
+    assert_error(
+        &server.call("POST", "/v1/metrics", "nope", Some(json!({"samples": []}))),
+        401,
+        "unauthorized",
+    );
+    // With the tenant's token each sample names its group; an unknown one is 404.
+    let tenant = json!({"samples": [{"metric": "cpu", "value": 1, "timestamp": t, "group_id": "grp_unknown"}]});
+    assert_error(
+        &server.call("POST", "/v1/metrics", &l.token, Some(tenant)),
+        404,
+        "not_found",
+    );
+    let tenant =
+        json!({"samples": [{"metric": "cpu", "value": 1, "timestamp": t, "group_id": l.group}]});
+    let (status, body) = server.call("POST", "/v1/metrics", &l.token, Some(tenant));
+    assert_eq!((status, body["accepted"].as_u64()), (202, Some(1)));
+    // Another tenant cannot post into this group.
+    let other = server.tenant("other");
+    let stranger =
+        json!({"samples": [{"metric": "cpu", "value": 1, "timestamp": t, "group_id": l.group}]});
+    assert_error(
+        &server.call("POST", "/v1/metrics", &other, Some(stranger)),
+        404,
+        "not_found",
+    );
+}
