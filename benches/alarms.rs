@@ -1,0 +1,144 @@
+//! Alarm evaluation per tick: N alarms (100k by default; `FLOTILLA_ALARMS_N` to change) over N
+//! groups, each with a sample in every period, all due at once, none changing state (the steady
+//! state of a fleet): the cost of one tick, beside the bare evaluation of the same windows with
+//! the pure `evaluate` (the baseline), so the figure is also a ratio. A tick per period of 60 s
+//! costs tick_time / 60 s of a core.
+//!
+//! `cargo bench --bench alarms`
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use flotilla::alarms::Evaluator;
+use flotilla_actors::aggregate::Alarms;
+use flotilla_actors::clock::{ManualClock, Timestamp};
+use flotilla_actors::domain::alarm::{AlarmCommand, AlarmState, Comparison, NewAlarm, Statistic};
+use flotilla_actors::domain::evaluation::evaluate;
+use flotilla_actors::domain::samples::Sample;
+use flotilla_actors::domain::{AlarmId, GroupId, TenantId};
+use flotilla_actors::supervisor::{Config, Supervisor};
+use flotilla_journal::Journal;
+use futures::stream::{self, StreamExt};
+
+const PERIOD: i64 = 60;
+const START: i64 = 1_795_564_800;
+
+fn alarms() -> usize {
+    std::env::var("FLOTILLA_ALARMS_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000)
+}
+
+fn sample(at_secs: i64) -> Sample {
+    Sample {
+        metric: "cpu".into(),
+        value: 0.2,
+        timestamp: Timestamp::from_secs(at_secs),
+    }
+}
+
+fn tick(c: &mut Criterion) {
+    let n = alarms();
+    let dir = tempfile::tempdir().unwrap();
+    let system = actix::System::new();
+    let clock = ManualClock::new(Timestamp::from_secs(START));
+    let (evaluator, groups, definitions) = system.block_on(async {
+        let journal = Journal::open(dir.path()).unwrap();
+        let supervisor = Supervisor::start(journal, Arc::new(clock.clone()), Config::default());
+        let evaluator = Evaluator::new(supervisor.clone());
+        let groups: Vec<GroupId> = (0..n).map(|i| GroupId::new(format!("grp_bench{i}"))).collect();
+        let created: Vec<_> = stream::iter(groups.iter().cloned())
+            .map(|group| {
+                let supervisor = supervisor.clone();
+                async move {
+                    let id = AlarmId::generate();
+                    let command = AlarmCommand::Create(NewAlarm {
+                        id: id.clone(),
+                        tenant_id: TenantId::new("ten_bench"),
+                        name: "cpu".into(),
+                        group_id: group,
+                        metric: "cpu".into(),
+                        statistic: Statistic::Avg,
+                        period_seconds: PERIOD as u32,
+                        evaluation_periods: 3,
+                        datapoints_to_alarm: None,
+                        comparison: Comparison::Gt,
+                        threshold: 0.8,
+                        treat_missing: None,
+                        alarm_actions: vec![],
+                        ok_actions: vec![],
+                        repeat_actions: false,
+                    });
+                    let executed = supervisor.execute::<Alarms>(id.as_str(), command).await.unwrap();
+                    (id, executed.events, executed.state.unwrap().definition)
+                }
+            })
+            .buffer_unordered(256)
+            .collect()
+            .await;
+        let now = Timestamp::from_secs(START);
+        let mut definitions = Vec::with_capacity(n);
+        for (id, events, definition) in created {
+            for event in &events {
+                evaluator.note(&id, event, now);
+            }
+            definitions.push(definition);
+        }
+        // Three periods of samples, then the first tick: every alarm goes to OK (journaled).
+        for p in 0..3 {
+            for group in &groups {
+                evaluator
+                    .ingest(group, &[sample(START + p * PERIOD)], Timestamp::from_secs(START + p * PERIOD))
+                    .unwrap();
+            }
+        }
+        let first = Instant::now();
+        let evaluated = evaluator.tick(Timestamp::from_secs(START + 3 * PERIOD)).await;
+        eprintln!("first tick: {evaluated} alarms to OK in {:?}", first.elapsed());
+        (evaluator, groups, definitions)
+    });
+
+    let mut group = c.benchmark_group("alarm_tick");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Elements(n as u64));
+    let mut period = 3;
+    group.bench_function(format!("evaluator_{n}_alarms"), |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                // A sample for every group in this period (not timed), then the tick at its end.
+                let at = START + period * PERIOD;
+                for g in &groups {
+                    evaluator.ingest(g, &[sample(at)], Timestamp::from_secs(at)).unwrap();
+                }
+                period += 1;
+                let now = Timestamp::from_secs(START + period * PERIOD);
+                let started = Instant::now();
+                let evaluated = system.block_on(evaluator.tick(now));
+                spent += started.elapsed();
+                assert_eq!(evaluated, n);
+            }
+            spent
+        })
+    });
+    let windows: Vec<Vec<Option<f64>>> = (0..n).map(|_| vec![Some(0.2); 3]).collect();
+    group.bench_function(format!("bare_evaluate_{n}_alarms"), |b| {
+        b.iter(|| {
+            let mut ok = 0;
+            for (definition, window) in definitions.iter().zip(&windows) {
+                if black_box(evaluate(definition, AlarmState::Ok, window)).next == AlarmState::Ok {
+                    ok += 1;
+                }
+            }
+            ok
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, tick);
+criterion_main!(benches);
