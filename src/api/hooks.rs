@@ -10,8 +10,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use flotilla_actors::domain::WebhookId;
 use flotilla_actors::error::Error as ActorError;
 use flotilla_actors::object::{SignatureCheck, SignedCall};
+use flotilla_actors::supervisor::PolicyExecution;
 
-use super::policies::execution_body;
+use super::policies::{execution_body, outcome_name};
 use super::{ApiError, AppState};
 use crate::signature::{Call, Refusal};
 
@@ -33,13 +34,28 @@ fn refused(refusal: Refusal) -> ActorError {
     }
 }
 
-/// 202 with the execution's outcome.
+/// 202 with the execution's outcome. Every call counts in `flotilla_webhooks_total`, by its
+/// outcome or its rejection's code.
 pub async fn execute(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let delivered = deliver(&state, &req, path.into_inner(), payload).await;
+    match &delivered {
+        Ok(run) => state.telemetry.webhook(outcome_name(&run.outcome)),
+        Err(error) => state.telemetry.webhook(error.code()),
+    }
+    Ok(HttpResponse::Accepted().json(execution_body(&delivered?)))
+}
+
+async fn deliver(
+    state: &AppState,
+    req: &HttpRequest,
+    id: String,
+    payload: web::Payload,
+) -> Result<PolicyExecution, ApiError> {
     if !state.is_ready() {
         return Err(ApiError::not_ready());
     }
@@ -48,7 +64,7 @@ pub async fn execute(
             ApiError::rate_limited("too many webhook calls from this address", retry)
         })?;
     }
-    let id = WebhookId::new(path.into_inner());
+    let id = WebhookId::new(id);
     if state.index.webhook(&id).is_none() {
         return Err(ApiError::not_found("webhook"));
     }
@@ -70,9 +86,9 @@ pub async fn execute(
         })?
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let call = Call::parse(
-        header(&req, "webhook-id")?,
-        header(&req, "webhook-timestamp")?,
-        header(&req, "webhook-signature")?,
+        header(req, "webhook-id")?,
+        header(req, "webhook-timestamp")?,
+        header(req, "webhook-signature")?,
     )
     .map_err(refused)?;
     let check: SignatureCheck = Box::new(move |secrets| {
@@ -80,6 +96,5 @@ pub async fn execute(
         let (nonce, timestamp) = call.verify(keys, &body).map_err(refused)?;
         Ok(SignedCall { nonce, timestamp })
     });
-    let run = state.supervisor.deliver_webhook(&id, check).await?;
-    Ok(HttpResponse::Accepted().json(execution_body(&run)))
+    Ok(state.supervisor.deliver_webhook(&id, check).await?)
 }

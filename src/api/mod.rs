@@ -12,6 +12,7 @@ use flotilla_actors::object::Executed;
 use crate::index::{Index, Indexed};
 use crate::ratelimit::WebhookLimits;
 use crate::settings::Settings;
+use crate::telemetry::Telemetry;
 
 pub mod alarms;
 pub mod auth;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Webhook call limits.
     pub limits: WebhookLimits,
+    /// The service's own metrics.
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl AppState {

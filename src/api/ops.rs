@@ -19,21 +19,19 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// `GET /metrics`: Prometheus text exposition.
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let mut text = String::new();
-    text.push_str("# HELP flotilla_objects Live objects by kind.\n# TYPE flotilla_objects gauge\n");
-    for (kind, count) in state.index.counts() {
-        text.push_str(&format!("flotilla_objects{{kind=\"{kind}\"}} {count}\n"));
-    }
-    text.push_str("# HELP flotilla_actors_resident Object actors in memory.\n# TYPE flotilla_actors_resident gauge\n");
-    text.push_str(&format!(
-        "flotilla_actors_resident {}\n",
-        state.supervisor.resident()
-    ));
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(text)
+/// `GET /metrics`: Prometheus text exposition (format 0.0.4).
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let text = state.telemetry.encode().map_err(|_| {
+        tracing::error!("the metrics cannot be encoded");
+        ApiError::new(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics",
+            "the service failed; try again",
+        )
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type(crate::telemetry::CONTENT_TYPE)
+        .body(text))
 }
 
 /// Any other path.

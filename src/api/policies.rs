@@ -2,6 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use flotilla_actors::aggregate::Policies;
+use flotilla_actors::domain::group::Outcome;
 use flotilla_actors::domain::policy::{Policy, PolicyCommand, PolicyDefinition, PolicyPatch};
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::{Cause, GroupId, PolicyId, TenantId};
@@ -161,6 +162,16 @@ pub async fn delete(
         .execute::<Policies>(policy.as_str(), PolicyCommand::Delete)
         .await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// The `outcome` of an execution, as the API and the metrics name it.
+pub fn outcome_name(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Executed { .. } => "executed",
+        Outcome::NoChange { .. } => "no_change",
+        Outcome::Cooldown { .. } => "cooldown",
+        Outcome::Paused => "paused",
+    }
 }
 
 /// The 202 body of an execution: the outcome (SPEC 3) with the group's capacity after it.
