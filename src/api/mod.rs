@@ -6,6 +6,7 @@ use std::sync::Arc;
 use actix_web::web;
 use flotilla_actors::supervisor::Supervisor;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use flotilla_actors::object::Executed;
 
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod error;
 pub mod groups;
 pub mod hooks;
+pub mod openapi;
 pub mod ops;
 pub mod policies;
 pub mod tenants;
@@ -66,7 +68,8 @@ impl AppState {
 }
 
 /// `?limit=&cursor=` of every list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// At most this many items (default 100, max 1000).
@@ -90,7 +93,7 @@ impl ListQuery {
 }
 
 /// `{"items": [...], "next_cursor": ...}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct List<T> {
     /// The page.
     pub items: Vec<T>,
@@ -106,6 +109,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
         .route("/metrics", web::get().to(ops::metrics))
+        .route("/openapi.json", web::get().to(openapi::document))
         .service(
             web::scope("/v1")
                 .route("/tenants", web::post().to(tenants::create))
