@@ -49,7 +49,9 @@ fn tick(c: &mut Criterion) {
         let journal = Journal::open(dir.path()).unwrap();
         let supervisor = Supervisor::start(journal, Arc::new(clock.clone()), Config::default());
         let evaluator = Evaluator::new(supervisor.clone());
-        let groups: Vec<GroupId> = (0..n).map(|i| GroupId::new(format!("grp_bench{i}"))).collect();
+        let groups: Vec<GroupId> = (0..n)
+            .map(|i| GroupId::new(format!("grp_bench{i}")))
+            .collect();
         let created: Vec<_> = stream::iter(groups.iter().cloned())
             .map(|group| {
                 let supervisor = supervisor.clone();
@@ -72,7 +74,10 @@ fn tick(c: &mut Criterion) {
                         ok_actions: vec![],
                         repeat_actions: false,
                     });
-                    let executed = supervisor.execute::<Alarms>(id.as_str(), command).await.unwrap();
+                    let executed = supervisor
+                        .execute::<Alarms>(id.as_str(), command)
+                        .await
+                        .unwrap();
                     (id, executed.events, executed.state.unwrap().definition)
                 }
             })
@@ -91,13 +96,22 @@ fn tick(c: &mut Criterion) {
         for p in 0..3 {
             for group in &groups {
                 evaluator
-                    .ingest(group, &[sample(START + p * PERIOD)], Timestamp::from_secs(START + p * PERIOD))
+                    .ingest(
+                        group,
+                        &[sample(START + p * PERIOD)],
+                        Timestamp::from_secs(START + p * PERIOD),
+                    )
                     .unwrap();
             }
         }
         let first = Instant::now();
-        let evaluated = evaluator.tick(Timestamp::from_secs(START + 3 * PERIOD)).await;
-        eprintln!("first tick: {evaluated} alarms to OK in {:?}", first.elapsed());
+        let evaluated = evaluator
+            .tick(Timestamp::from_secs(START + 3 * PERIOD))
+            .await;
+        eprintln!(
+            "first tick: {evaluated} alarms to OK in {:?}",
+            first.elapsed()
+        );
         (evaluator, groups, definitions)
     });
 
@@ -113,7 +127,9 @@ fn tick(c: &mut Criterion) {
                 // A sample for every group in this period (not timed), then the tick at its end.
                 let at = START + period * PERIOD;
                 for g in &groups {
-                    evaluator.ingest(g, &[sample(at)], Timestamp::from_secs(at)).unwrap();
+                    evaluator
+                        .ingest(g, &[sample(at)], Timestamp::from_secs(at))
+                        .unwrap();
                 }
                 period += 1;
                 let now = Timestamp::from_secs(START + period * PERIOD);

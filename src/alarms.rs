@@ -30,7 +30,7 @@ struct Watched {
 }
 
 /// Counts of what an ingestion did with its samples.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Ingested {
     /// Stored into at least one alarm's window.
     pub accepted: usize,

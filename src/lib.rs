@@ -11,6 +11,7 @@
 //! - `signature`: Standard Webhooks signatures: parse, verify in constant time, sign.
 //! - `ratelimit`: per-webhook and per-source token buckets on the injected clock.
 //! - `token`: bearer tokens, webhook secrets and the operator token file.
+//! - `telemetry`: the service's own metrics (`GET /metrics`) and the middleware's recording.
 //!
 //! The journal lives in the `flotilla-journal` crate (`journal/`), the domain and its actors in
 //! `flotilla-actors` (`actors/`).
@@ -24,4 +25,5 @@ pub mod ratelimit;
 pub mod service;
 pub mod settings;
 pub mod signature;
+pub mod telemetry;
 pub mod token;

@@ -4,8 +4,9 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use actix_web::dev::Service as _;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use flotilla_actors::clock::Clock;
@@ -18,6 +19,7 @@ use crate::api::{self, AppState};
 use crate::index::Index;
 use crate::ratelimit::{Limit, WebhookLimits};
 use crate::settings::Settings;
+use crate::telemetry::Telemetry;
 use crate::token;
 
 /// A started service.
@@ -67,6 +69,7 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
     );
     let index = Arc::new(Index::default());
     let evaluator = Arc::new(Evaluator::new(supervisor.clone()));
+    let telemetry = Arc::new(Telemetry::new(supervisor.clone(), index.clone()));
     let ready = Arc::new(AtomicBool::new(false));
     let state = web::Data::new(AppState {
         supervisor,
@@ -79,6 +82,7 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
             webhook: Limit::new(settings.webhook_rate_limit, clock.clone()),
         },
         settings: settings.clone(),
+        telemetry: telemetry.clone(),
     });
 
     replay_into_index(journal, index, evaluator.clone(), clock, ready.clone());
@@ -87,7 +91,23 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
 
     let server = HttpServer::new({
         let state = state.clone();
-        move || App::new().app_data(state.clone()).configure(api::routes)
+        move || {
+            let telemetry = telemetry.clone();
+            App::new()
+                .app_data(state.clone())
+                .configure(api::routes)
+                .wrap_fn(move |req, srv| {
+                    // Every answer, errors included, is recorded by its matched route pattern.
+                    let started = Instant::now();
+                    let telemetry = telemetry.clone();
+                    let answer = srv.call(req);
+                    async move {
+                        let answer = answer.await?;
+                        telemetry.answered(answer.request(), answer.response(), started.elapsed());
+                        Ok(answer)
+                    }
+                })
+        }
     })
     .workers(settings.http_workers)
     .listen(listener)?

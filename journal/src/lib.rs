@@ -22,6 +22,7 @@ mod writer;
 
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -131,6 +132,8 @@ struct Inner {
     snapshots: sled::Tree,
     requests: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
+    /// Appends acknowledged (durable) through this handle's writer since it was opened.
+    appends: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -165,6 +168,7 @@ impl Journal {
                 snapshots,
                 requests: Some(requests),
                 writer: Some(handle),
+                appends: AtomicU64::new(0),
             }),
         })
     }
@@ -182,7 +186,9 @@ impl Journal {
         self.sender()?
             .blocking_send(request)
             .map_err(|_| Error::Closed)?;
-        reply.blocking_recv().map_err(|_| Error::Closed)?
+        let appended = reply.blocking_recv().map_err(|_| Error::Closed)??;
+        self.inner.appends.fetch_add(1, Ordering::Relaxed);
+        Ok(appended)
     }
 
     /// [`Journal::append`] for async callers: waits without blocking a runtime thread.
@@ -197,7 +203,15 @@ impl Journal {
             .send(request)
             .await
             .map_err(|_| Error::Closed)?;
-        reply.await.map_err(|_| Error::Closed)?
+        let appended = reply.await.map_err(|_| Error::Closed)??;
+        self.inner.appends.fetch_add(1, Ordering::Relaxed);
+        Ok(appended)
+    }
+
+    /// How many appends were acknowledged since the journal was opened (an import's sealed
+    /// records are not appends). For the service's metrics.
+    pub fn appends(&self) -> u64 {
+        self.inner.appends.load(Ordering::Relaxed)
     }
 
     fn request(

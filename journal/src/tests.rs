@@ -55,6 +55,7 @@ fn appends_get_consecutive_seqs_and_stream_versions() {
     assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
     assert_eq!(journal.head().unwrap().hash, all[2].hash);
     assert_eq!(journal.verify().unwrap().seq, 4);
+    assert_eq!(journal.appends(), 3);
 }
 
 #[test]
@@ -85,6 +86,7 @@ fn a_wrong_expected_version_is_a_typed_conflict_and_writes_nothing() {
     assert!(matches!(err, Error::Conflict { actual: 1, .. }));
     assert_eq!(journal.head().unwrap().seq, 1);
     assert_eq!(payloads(&stream(&journal, "a", 1)), vec![1]);
+    assert_eq!(journal.appends(), 1, "refused appends are not counted");
 }
 
 #[test]

@@ -7,48 +7,67 @@ use flotilla_actors::domain::alarm::{
 };
 use flotilla_actors::domain::{AlarmId, PolicyId, TenantId};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::auth::Tenant;
+use super::error::ErrorBody;
 use super::groups::owned as owned_group;
+use super::openapi::mirror;
 use super::views::AlarmView;
 use super::{ApiError, AppState, List, ListQuery};
 
 /// The body of an alarm's create.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAlarm {
     name: String,
     group_id: String,
     metric: String,
+    #[schema(value_type = mirror::Statistic)]
     statistic: Statistic,
+    /// At least 1.
     period_seconds: u32,
+    /// N.
     evaluation_periods: u32,
+    /// M <= N, default N.
     datapoints_to_alarm: Option<u32>,
+    #[schema(value_type = mirror::Comparison)]
     comparison: Comparison,
     threshold: f64,
+    /// Default `missing`.
+    #[schema(value_type = Option<mirror::TreatMissing>)]
     treat_missing: Option<TreatMissing>,
+    /// Policy ids of the alarm's group, executed on a transition into ALARM.
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     alarm_actions: Vec<PolicyId>,
+    /// Policy ids of the alarm's group, executed on a transition into OK.
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     ok_actions: Vec<PolicyId>,
     #[serde(default)]
     repeat_actions: bool,
 }
 
 /// The body of an alarm's update.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAlarm {
     name: Option<String>,
     metric: Option<String>,
+    #[schema(value_type = Option<mirror::Statistic>)]
     statistic: Option<Statistic>,
     period_seconds: Option<u32>,
     evaluation_periods: Option<u32>,
     datapoints_to_alarm: Option<u32>,
+    #[schema(value_type = Option<mirror::Comparison>)]
     comparison: Option<Comparison>,
     threshold: Option<f64>,
+    #[schema(value_type = Option<mirror::TreatMissing>)]
     treat_missing: Option<TreatMissing>,
+    #[schema(value_type = Option<Vec<String>>)]
     alarm_actions: Option<Vec<PolicyId>>,
+    #[schema(value_type = Option<Vec<String>>)]
     ok_actions: Option<Vec<PolicyId>>,
     repeat_actions: Option<bool>,
 }
@@ -101,6 +120,23 @@ async fn load(state: &AppState, id: &AlarmId) -> Result<Alarm, ApiError> {
 }
 
 /// `POST /v1/alarms`.
+#[utoipa::path(
+    post,
+    path = "/v1/alarms",
+    tag = "alarms",
+    request_body = CreateAlarm,
+    responses(
+        (status = 201, description = "the alarm, in insufficient_data", body = AlarmView),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 409, description = "conflict with the object's state", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 415, description = "not application/json", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -138,6 +174,20 @@ pub async fn create(
 }
 
 /// `GET /v1/alarms`.
+#[utoipa::path(
+    get,
+    path = "/v1/alarms",
+    tag = "alarms",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "a page of alarms", body = List<AlarmView>),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -160,6 +210,21 @@ pub async fn list(
 }
 
 /// `GET /v1/alarms/{aid}`: with `state` and `state_reason`.
+#[utoipa::path(
+    get,
+    path = "/v1/alarms/{aid}",
+    tag = "alarms",
+    params(("aid" = String, Path, description = "alarm id")),
+    responses(
+        (status = 200, description = "the alarm with its state and reason", body = AlarmView),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn show(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -170,6 +235,25 @@ pub async fn show(
 }
 
 /// `PATCH /v1/alarms/{aid}`.
+#[utoipa::path(
+    patch,
+    path = "/v1/alarms/{aid}",
+    tag = "alarms",
+    params(("aid" = String, Path, description = "alarm id")),
+    request_body = UpdateAlarm,
+    responses(
+        (status = 200, description = "the alarm after the change", body = AlarmView),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 409, description = "conflict with the object's state", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 415, description = "not application/json", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn update(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -204,6 +288,21 @@ pub async fn update(
 }
 
 /// `DELETE /v1/alarms/{aid}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/alarms/{aid}",
+    tag = "alarms",
+    params(("aid" = String, Path, description = "alarm id")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,

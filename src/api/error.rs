@@ -8,6 +8,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use flotilla_actors::error::Error as ActorError;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// An error answer.
 #[derive(Debug)]
@@ -18,15 +19,19 @@ pub struct ApiError {
     retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// The body of every error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'a str,
-    message: &'a str,
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code (`invalid_input`, `not_found`, `replayed`, ...).
+    pub code: String,
+    /// Human text.
+    pub message: String,
 }
 
 impl ApiError {
@@ -107,10 +112,10 @@ impl ResponseError for ApiError {
         if let Some(seconds) = self.retry_after {
             response.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
-        response.json(Body {
-            error: Detail {
-                code: &self.code,
-                message: &self.message,
+        response.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message.clone(),
             },
         })
     }

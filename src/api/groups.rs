@@ -7,42 +7,53 @@ use flotilla_actors::domain::group::{Group, GroupCommand, GroupPatch, NewGroup};
 use flotilla_actors::domain::{GroupId, TenantId};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Tenant;
-use super::views::GroupView;
+use super::error::ErrorBody;
+use super::views::{GroupCreated, GroupView};
 use super::{ApiError, AppState, List, ListQuery};
 use crate::audit::format_millis;
 use crate::token;
 
 /// The body of `POST /v1/groups`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroup {
     name: String,
     min_size: u32,
     max_size: u32,
+    /// Default `min_size`.
     desired_capacity: Option<u32>,
+    /// Default 300.
     cooldown_seconds: Option<u32>,
+    /// `{"provider": "process" | "http" | "simulated", ...}`.
+    #[schema(value_type = Object)]
     launch: Value,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Map<String, Value>>,
 }
 
 /// The body of `PATCH /v1/groups/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateGroup {
     name: Option<String>,
     min_size: Option<u32>,
     max_size: Option<u32>,
     cooldown_seconds: Option<u32>,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Map<String, Value>>,
+    #[schema(value_type = Option<Object>)]
     launch: Option<Value>,
 }
 
 /// `?force=` of a delete.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
+    /// Delete the group's servers first.
     #[serde(default)]
     force: bool,
 }
@@ -66,6 +77,23 @@ pub async fn load(state: &AppState, id: &GroupId) -> Result<Group, ApiError> {
 }
 
 /// `POST /v1/groups`: 201 with the group and its metrics token (shown this once).
+#[utoipa::path(
+    post,
+    path = "/v1/groups",
+    tag = "groups",
+    request_body = CreateGroup,
+    responses(
+        (status = 201, description = "the group and its metrics token (shown once)", body = GroupCreated),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 409, description = "conflict with the object's state", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 415, description = "not application/json", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -91,12 +119,27 @@ pub async fn create(
         .await?
         .state
         .ok_or_else(|| ApiError::not_found("group"))?;
-    let mut view = serde_json::to_value(GroupView::from(&group)).unwrap_or_default();
-    view["metrics_token"] = Value::String(metrics_token);
-    Ok(HttpResponse::Created().json(view))
+    Ok(HttpResponse::Created().json(GroupCreated {
+        group: GroupView::from(&group),
+        metrics_token,
+    }))
 }
 
 /// `GET /v1/groups`.
+#[utoipa::path(
+    get,
+    path = "/v1/groups",
+    tag = "groups",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "a page of groups", body = List<GroupView>),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -120,6 +163,21 @@ pub async fn list(
 }
 
 /// `GET /v1/groups/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{id}",
+    tag = "groups",
+    params(("id" = String, Path, description = "group id")),
+    responses(
+        (status = 200, description = "the group", body = GroupView),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn show(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -131,6 +189,25 @@ pub async fn show(
 }
 
 /// `PATCH /v1/groups/{id}`.
+#[utoipa::path(
+    patch,
+    path = "/v1/groups/{id}",
+    tag = "groups",
+    params(("id" = String, Path, description = "group id")),
+    request_body = UpdateGroup,
+    responses(
+        (status = 200, description = "the group after the change", body = GroupView),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 409, description = "conflict with the object's state", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 415, description = "not application/json", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn update(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -164,6 +241,22 @@ async fn respond(
 }
 
 /// `DELETE /v1/groups/{id}[?force=true]`.
+#[utoipa::path(
+    delete,
+    path = "/v1/groups/{id}",
+    tag = "groups",
+    params(("id" = String, Path, description = "group id"), DeleteQuery),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 409, description = "conflict with the object's state", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -180,6 +273,21 @@ pub async fn delete(
 }
 
 /// `POST /v1/groups/{id}/pause`.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{id}/pause",
+    tag = "groups",
+    params(("id" = String, Path, description = "group id")),
+    responses(
+        (status = 200, description = "the paused group", body = GroupView),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn pause(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -190,6 +298,21 @@ pub async fn pause(
 }
 
 /// `POST /v1/groups/{id}/resume`.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{id}/resume",
+    tag = "groups",
+    params(("id" = String, Path, description = "group id")),
+    responses(
+        (status = 200, description = "the resumed group", body = GroupView),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn resume(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -200,6 +323,21 @@ pub async fn resume(
 }
 
 /// `GET /v1/groups/{id}/servers`: none until the providers issue brings servers.
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{id}/servers",
+    tag = "groups",
+    params(("id" = String, Path, description = "group id"), ListQuery),
+    responses(
+        (status = 200, description = "a page of the group's servers", body = List<Value>),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn servers(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -219,6 +357,21 @@ const ACTIVITY: [&str; 2] = ["policy_executed", "capacity_changed"];
 
 /// `GET /v1/groups/{id}/activity`: newest first; each item is the recorded event with its
 /// journal sequence number and time. The cursor is a stream version.
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{id}/activity",
+    tag = "groups",
+    params(("id" = String, Path, description = "group id"), ListQuery),
+    responses(
+        (status = 200, description = "scaling activity, newest first: each recorded event with its `seq` and `time`", body = List<Value>),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn activity(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,

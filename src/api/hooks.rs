@@ -10,8 +10,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use flotilla_actors::domain::WebhookId;
 use flotilla_actors::error::Error as ActorError;
 use flotilla_actors::object::{SignatureCheck, SignedCall};
+use flotilla_actors::supervisor::PolicyExecution;
 
-use super::policies::execution_body;
+use super::error::ErrorBody;
+use super::views::{ExecutionView, OutcomeKind};
 use super::{ApiError, AppState};
 use crate::signature::{Call, Refusal};
 
@@ -33,13 +35,49 @@ fn refused(refusal: Refusal) -> ActorError {
     }
 }
 
-/// 202 with the execution's outcome.
+/// 202 with the execution's outcome. Every call counts in `flotilla_webhooks_total`, by its
+/// outcome or its rejection's code.
+#[utoipa::path(
+    post,
+    path = "/v1/hooks/{wid}",
+    tag = "hooks",
+    params(("wid" = String, Path, description = "webhook id"), ("webhook-id" = Option<String>, Header, description = "the nonce, 1-128 printable ASCII characters (header form)"), ("webhook-timestamp" = Option<i64>, Header, description = "Unix seconds (header form)"), ("webhook-signature" = String, Header, description = "space-separated `v1,<base64 HMAC-SHA256>`")),
+    request_body(content = Object, content_type = "application/json", description = "any JSON; in the body form it carries top-level `nonce` and `timestamp`"),
+    responses(
+        (status = 202, description = "accepted: the execution's outcome", body = ExecutionView),
+        (status = 400, description = "malformed headers or body", body = ErrorBody),
+        (status = 401, description = "`invalid_signature`, or `timestamp_out_of_window`", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 409, description = "`replayed`: this nonce was already accepted", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    description = "Standard Webhooks v1 signature over the raw body (SPEC 4). 401 `invalid_signature` or `timestamp_out_of_window`, 409 `replayed`.",
+)]
 pub async fn execute(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let delivered = deliver(&state, &req, path.into_inner(), payload).await;
+    match &delivered {
+        Ok(run) => state
+            .telemetry
+            .webhook(OutcomeKind::from(&run.outcome).as_str()),
+        Err(error) => state.telemetry.webhook(error.code()),
+    }
+    Ok(HttpResponse::Accepted().json(ExecutionView::from(&delivered?)))
+}
+
+async fn deliver(
+    state: &AppState,
+    req: &HttpRequest,
+    id: String,
+    payload: web::Payload,
+) -> Result<PolicyExecution, ApiError> {
     if !state.is_ready() {
         return Err(ApiError::not_ready());
     }
@@ -48,7 +86,7 @@ pub async fn execute(
             ApiError::rate_limited("too many webhook calls from this address", retry)
         })?;
     }
-    let id = WebhookId::new(path.into_inner());
+    let id = WebhookId::new(id);
     if state.index.webhook(&id).is_none() {
         return Err(ApiError::not_found("webhook"));
     }
@@ -70,9 +108,9 @@ pub async fn execute(
         })?
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let call = Call::parse(
-        header(&req, "webhook-id")?,
-        header(&req, "webhook-timestamp")?,
-        header(&req, "webhook-signature")?,
+        header(req, "webhook-id")?,
+        header(req, "webhook-timestamp")?,
+        header(req, "webhook-signature")?,
     )
     .map_err(refused)?;
     let check: SignatureCheck = Box::new(move |secrets| {
@@ -80,6 +118,5 @@ pub async fn execute(
         let (nonce, timestamp) = call.verify(keys, &body).map_err(refused)?;
         Ok(SignedCall { nonce, timestamp })
     });
-    let run = state.supervisor.deliver_webhook(&id, check).await?;
-    Ok(HttpResponse::Accepted().json(execution_body(&run)))
+    Ok(state.supervisor.deliver_webhook(&id, check).await?)
 }

@@ -10,6 +10,7 @@ use flotilla_journal::export;
 use tokio::sync::mpsc;
 
 use super::auth::Operator;
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 
 /// Chunks in flight between the reading thread and the response.
@@ -32,6 +33,18 @@ impl Write for Chunks {
 }
 
 /// Streams every record, then the head.
+#[utoipa::path(
+    get,
+    path = "/v1/journal",
+    tag = "journal",
+    responses(
+        (status = 200, description = "JSON lines: one record each (seq, stream, version, type, schema, timestamp_ms, payload, prev_hash, hash), then `{\"head\": {seq, hash}}`", content_type = "application/x-ndjson", body = String),
+        (status = 401, description = "the operator token is required", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+    description = "Requires the operator token. What `audit verify|log --url` and `replay --url` read.",
+)]
 pub async fn dump(state: web::Data<AppState>, _: Operator) -> Result<HttpResponse, ApiError> {
     let journal = state.supervisor.journal().clone();
     let (tx, rx) = mpsc::channel(CHUNKS);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use actix_web::web;
 use flotilla_actors::supervisor::Supervisor;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use flotilla_actors::object::Executed;
 
@@ -13,6 +14,7 @@ use crate::alarms::Evaluator;
 use crate::index::{Index, Indexed};
 use crate::ratelimit::WebhookLimits;
 use crate::settings::Settings;
+use crate::telemetry::Telemetry;
 
 pub mod alarms;
 pub mod auth;
@@ -20,6 +22,7 @@ pub mod error;
 pub mod groups;
 pub mod hooks;
 pub mod journal;
+pub mod openapi;
 pub mod ops;
 pub mod policies;
 pub mod samples;
@@ -45,6 +48,8 @@ pub struct AppState {
     pub limits: WebhookLimits,
     /// Metric samples and the alarms' evaluation.
     pub evaluator: Arc<Evaluator>,
+    /// The service's own metrics.
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl AppState {
@@ -68,7 +73,8 @@ impl AppState {
 }
 
 /// `?limit=&cursor=` of every list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// At most this many items (default 100, max 1000).
@@ -92,7 +98,7 @@ impl ListQuery {
 }
 
 /// `{"items": [...], "next_cursor": ...}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct List<T> {
     /// The page.
     pub items: Vec<T>,
@@ -108,6 +114,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
         .route("/metrics", web::get().to(ops::metrics))
+        .route("/openapi.json", web::get().to(openapi::document))
         .service(
             web::scope("/v1")
                 .route("/tenants", web::post().to(tenants::create))

@@ -1,39 +1,70 @@
 //! Liveness, readiness, metrics and the JSON 404.
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
+use super::error::ErrorBody;
+use super::views::Status;
 use super::{ApiError, AppState};
 
+fn status(status: &str) -> Status {
+    Status {
+        status: status.to_owned(),
+    }
+}
+
 /// `GET /healthz`: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    responses(
+        (status = 200, description = "the process answers", body = Status),
+    ),
+)]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    HttpResponse::Ok().json(status("ok"))
 }
 
 /// `GET /readyz`: 200 once the journal is replayed, 503 before.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    responses(
+        (status = 200, description = "the journal is replayed", body = Status),
+        (status = 503, description = "still replaying", body = Status),
+    ),
+)]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.is_ready() {
-        HttpResponse::Ok().json(json!({"status": "ready"}))
+        HttpResponse::Ok().json(status("ready"))
     } else {
-        HttpResponse::ServiceUnavailable().json(json!({"status": "replaying"}))
+        HttpResponse::ServiceUnavailable().json(status("replaying"))
     }
 }
 
-/// `GET /metrics`: Prometheus text exposition.
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let mut text = String::new();
-    text.push_str("# HELP flotilla_objects Live objects by kind.\n# TYPE flotilla_objects gauge\n");
-    for (kind, count) in state.index.counts() {
-        text.push_str(&format!("flotilla_objects{{kind=\"{kind}\"}} {count}\n"));
-    }
-    text.push_str("# HELP flotilla_actors_resident Object actors in memory.\n# TYPE flotilla_actors_resident gauge\n");
-    text.push_str(&format!(
-        "flotilla_actors_resident {}\n",
-        state.supervisor.resident()
-    ));
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(text)
+/// `GET /metrics`: Prometheus text exposition (format 0.0.4).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    responses(
+        (status = 200, description = "Prometheus text exposition (0.0.4)", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+    ),
+)]
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let text = state.telemetry.encode().map_err(|_| {
+        tracing::error!("the metrics cannot be encoded");
+        ApiError::new(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics",
+            "the service failed; try again",
+        )
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type(crate::telemetry::CONTENT_TYPE)
+        .body(text))
 }
 
 /// Any other path.

@@ -5,36 +5,46 @@ use flotilla_actors::aggregate::Policies;
 use flotilla_actors::domain::policy::{Policy, PolicyCommand, PolicyDefinition, PolicyPatch};
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::{Cause, GroupId, PolicyId, TenantId};
-use flotilla_actors::supervisor::PolicyExecution;
 use serde::Deserialize;
-use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::auth::Tenant;
+use super::error::ErrorBody;
 use super::groups::owned as owned_group;
-use super::views::PolicyView;
+use super::openapi::mirror;
+use super::views::{ExecutionView, PolicyView};
 use super::{double_option, ApiError, AppState, List, ListQuery};
 
 /// The body of a policy's create.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePolicy {
     name: String,
+    #[schema(value_type = mirror::AdjustmentType)]
     adjustment_type: AdjustmentType,
+    /// May be negative for `change` and `percent`.
     adjustment: i64,
+    /// For `percent` only: the smallest magnitude of a non-zero change.
     min_adjustment_step: Option<u32>,
+    /// The cooldown this policy's executions start; the group's when absent.
     cooldown_seconds: Option<u32>,
 }
 
 /// The body of a policy's update; `null` clears the optional fields.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePolicy {
     name: Option<String>,
+    #[schema(value_type = Option<mirror::AdjustmentType>)]
     adjustment_type: Option<AdjustmentType>,
     adjustment: Option<i64>,
+    /// `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<u32>)]
     min_adjustment_step: Option<Option<u32>>,
+    /// `null` clears it (the group's cooldown applies).
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<u32>)]
     cooldown_seconds: Option<Option<u32>>,
 }
 
@@ -62,6 +72,25 @@ async fn load(state: &AppState, id: &PolicyId) -> Result<Policy, ApiError> {
 }
 
 /// `POST /v1/groups/{id}/policies`.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{id}/policies",
+    tag = "policies",
+    params(("id" = String, Path, description = "group id")),
+    request_body = CreatePolicy,
+    responses(
+        (status = 201, description = "the policy", body = PolicyView),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 409, description = "conflict with the object's state", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 415, description = "not application/json", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -93,6 +122,21 @@ pub async fn create(
 }
 
 /// `GET /v1/groups/{id}/policies`.
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{id}/policies",
+    tag = "policies",
+    params(("id" = String, Path, description = "group id"), ListQuery),
+    responses(
+        (status = 200, description = "a page of policies", body = List<PolicyView>),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -117,6 +161,21 @@ pub async fn list(
 }
 
 /// `GET /v1/groups/{id}/policies/{pid}`.
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{id}/policies/{pid}",
+    tag = "policies",
+    params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id")),
+    responses(
+        (status = 200, description = "the policy", body = PolicyView),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn show(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -127,6 +186,25 @@ pub async fn show(
 }
 
 /// `PATCH /v1/groups/{id}/policies/{pid}`.
+#[utoipa::path(
+    patch,
+    path = "/v1/groups/{id}/policies/{pid}",
+    tag = "policies",
+    params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id")),
+    request_body = UpdatePolicy,
+    responses(
+        (status = 200, description = "the policy after the change", body = PolicyView),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 409, description = "conflict with the object's state", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 415, description = "not application/json", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn update(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -151,6 +229,22 @@ pub async fn update(
 }
 
 /// `DELETE /v1/groups/{id}/policies/{pid}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/groups/{id}/policies/{pid}",
+    tag = "policies",
+    params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 409, description = "conflict with the object's state", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -163,19 +257,21 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// The 202 body of an execution: the outcome (SPEC 3) with the group's capacity after it.
-pub fn execution_body(run: &PolicyExecution) -> Value {
-    let mut body = serde_json::to_value(&run.outcome).unwrap_or_default();
-    if let Value::Object(map) = &mut body {
-        map.remove("cooldown_until");
-        map.insert("policy_id".into(), run.policy.id.to_string().into());
-        map.insert("group_id".into(), run.group.id.to_string().into());
-        map.insert("desired_capacity".into(), run.group.desired_capacity.into());
-    }
-    body
-}
-
-/// `POST /v1/groups/{id}/policies/{pid}/execute`: 202 with the outcome.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{id}/policies/{pid}/execute",
+    tag = "policies",
+    params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id")),
+    responses(
+        (status = 202, description = "the outcome: executed, no_change, cooldown or paused", body = ExecutionView),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn execute(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -186,5 +282,5 @@ pub async fn execute(
         .supervisor
         .execute_policy(&policy, Cause::Direct)
         .await?;
-    Ok(HttpResponse::Accepted().json(execution_body(&run)))
+    Ok(HttpResponse::Accepted().json(ExecutionView::from(&run)))
 }

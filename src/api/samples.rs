@@ -11,6 +11,7 @@ use flotilla_actors::domain::GroupId;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::alarms::Ingested;
 use crate::token;
@@ -69,7 +70,48 @@ fn bad_sample(index: usize, why: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request("invalid_sample", format!("samples[{index}]: {why}"))
 }
 
+/// The body of `POST /v1/metrics` (documentation; the handler reads it sample by sample, to
+/// name the index of a bad one).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct MetricsBody {
+    /// Up to 10,000 samples.
+    samples: Vec<SampleBody>,
+}
+
+/// One sample.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SampleBody {
+    /// The metric's name, 1-255 printable ASCII characters.
+    metric: String,
+    /// A finite number.
+    value: f64,
+    /// Unix seconds (fractions allowed).
+    timestamp: f64,
+    /// The server that measured it.
+    server: Option<String>,
+    /// The group, required with a tenant's token.
+    group_id: Option<String>,
+}
+
 /// 202 with what became of the samples.
+#[utoipa::path(
+    post,
+    path = "/v1/metrics",
+    tag = "metrics",
+    request_body = MetricsBody,
+    responses(
+        (status = 202, description = "ingested: how many samples were kept, and why others were not", body = Ingested),
+        (status = 400, description = "malformed, or a bad sample (its index named)", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "a sample names a group that is not the tenant's", body = ErrorBody),
+        (status = 413, description = "over 10,000 samples, or the body over its limit", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the series limit is reached", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+    description = "Bearer: the group's metrics token, or the tenant's token with `group_id` on each sample (SPEC 5).",
+)]
 pub async fn ingest(
     state: web::Data<AppState>,
     req: HttpRequest,

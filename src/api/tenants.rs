@@ -5,20 +5,40 @@ use flotilla_actors::aggregate::Tenants;
 use flotilla_actors::domain::tenant::TenantCommand;
 use flotilla_actors::domain::TenantId;
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::ToSchema;
 
 use super::auth::Operator;
+use super::error::ErrorBody;
+use super::views::TenantCreated;
 use super::{ApiError, AppState};
 use crate::token;
 
 /// The body of a tenant's create.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     name: String,
 }
 
 /// 201 `{id, name, token}`; only the token's hash is kept.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants",
+    tag = "tenants",
+    request_body = CreateTenant,
+    responses(
+        (status = 201, description = "the tenant and its token (shown once)", body = TenantCreated),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 409, description = "conflict with the object's state", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 415, description = "not application/json", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+    description = "Requires the operator token.",
+)]
 pub async fn create(
     state: web::Data<AppState>,
     _: Operator,
@@ -36,9 +56,9 @@ pub async fn create(
         .await?
         .state
         .ok_or_else(|| ApiError::not_found("tenant"))?;
-    Ok(HttpResponse::Created().json(json!({
-        "id": tenant.id,
-        "name": tenant.name,
-        "token": token,
-    })))
+    Ok(HttpResponse::Created().json(TenantCreated {
+        id: tenant.id.to_string(),
+        name: tenant.name,
+        token,
+    }))
 }

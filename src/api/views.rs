@@ -1,13 +1,17 @@
 //! What the API shows of each object (never a secret or a token hash).
 
 use flotilla_actors::clock::Timestamp;
-use flotilla_actors::domain::alarm::Alarm;
-use flotilla_actors::domain::group::Group;
+use flotilla_actors::domain::alarm::{Alarm, AlarmState, Comparison, Statistic, TreatMissing};
+use flotilla_actors::domain::group::{Group, Outcome};
 use flotilla_actors::domain::policy::Policy;
+use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::webhook::Webhook;
+use flotilla_actors::supervisor::PolicyExecution;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
+use super::openapi::mirror;
 use crate::audit::format_millis;
 
 fn time(at: Timestamp) -> String {
@@ -15,7 +19,7 @@ fn time(at: Timestamp) -> String {
 }
 
 /// A group.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct GroupView {
     pub id: String,
     pub name: String,
@@ -23,15 +27,38 @@ pub struct GroupView {
     pub max_size: u32,
     pub desired_capacity: u32,
     pub cooldown_seconds: u32,
+    /// The launch configuration: `provider` (`process`, `http`, `simulated`) and its fields.
+    #[schema(value_type = Object)]
     pub launch: Value,
+    #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     pub paused: bool,
     /// Servers running (the converger lands with the providers issue; until then 0).
     pub active: u32,
     /// Servers starting.
     pub pending: u32,
+    /// When the running cooldown ends (RFC 3339), if one runs.
     pub cooldown_until: Option<String>,
+    /// RFC 3339.
     pub created_at: String,
+}
+
+/// The answer to a group's create: the group and its metrics token, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupCreated {
+    #[serde(flatten)]
+    pub group: GroupView,
+    /// The write-only token for `POST /v1/metrics`; only its hash is kept.
+    pub metrics_token: String,
+}
+
+/// The answer to a tenant's create: its token, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantCreated {
+    pub id: String,
+    pub name: String,
+    /// The tenant's bearer token; only its hash is kept.
+    pub token: String,
 }
 
 impl From<&Group> for GroupView {
@@ -55,12 +82,13 @@ impl From<&Group> for GroupView {
 }
 
 /// A policy.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PolicyView {
     pub id: String,
     pub group_id: String,
     pub name: String,
-    pub adjustment_type: Value,
+    #[schema(value_type = mirror::AdjustmentType)]
+    pub adjustment_type: AdjustmentType,
     pub adjustment: i64,
     pub min_adjustment_step: Option<u32>,
     pub cooldown_seconds: Option<u32>,
@@ -73,8 +101,7 @@ impl From<&Policy> for PolicyView {
             id: p.id.to_string(),
             group_id: p.group_id.to_string(),
             name: p.definition.name.clone(),
-            adjustment_type: serde_json::to_value(p.definition.adjustment_type)
-                .unwrap_or(Value::Null),
+            adjustment_type: p.definition.adjustment_type,
             adjustment: p.definition.adjustment,
             min_adjustment_step: p.definition.min_adjustment_step,
             cooldown_seconds: p.definition.cooldown_seconds,
@@ -84,13 +111,14 @@ impl From<&Policy> for PolicyView {
 }
 
 /// A webhook; `secret` only in the answers to create and rotate.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookView {
     pub id: String,
     pub name: String,
     pub url: String,
     pub policy_id: String,
     pub group_id: String,
+    /// `whsec_<base64>`: only in the answers to create and rotate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// When the previous secret stops being valid, during a rotation's grace.
@@ -115,27 +143,205 @@ impl WebhookView {
 }
 
 /// An alarm: its definition, state and reason.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AlarmView {
-    #[serde(flatten)]
-    pub alarm: Value,
+    pub id: String,
+    pub name: String,
+    pub group_id: String,
+    pub metric: String,
+    #[schema(value_type = mirror::Statistic)]
+    pub statistic: Statistic,
+    pub period_seconds: u32,
+    pub evaluation_periods: u32,
+    pub datapoints_to_alarm: u32,
+    #[schema(value_type = mirror::Comparison)]
+    pub comparison: Comparison,
+    pub threshold: f64,
+    #[schema(value_type = mirror::TreatMissing)]
+    pub treat_missing: TreatMissing,
+    /// Policy ids executed on a transition into ALARM.
+    pub alarm_actions: Vec<String>,
+    /// Policy ids executed on a transition into OK.
+    pub ok_actions: Vec<String>,
+    pub repeat_actions: bool,
+    #[schema(value_type = mirror::AlarmState)]
+    pub state: AlarmState,
+    /// Why it is in that state (the datapoints that decided it).
+    pub state_reason: String,
+    /// RFC 3339.
     pub state_changed_at: String,
+    /// RFC 3339.
     pub created_at: String,
 }
 
 impl From<&Alarm> for AlarmView {
     fn from(a: &Alarm) -> Self {
-        let mut alarm = serde_json::to_value(a).unwrap_or(Value::Null);
-        if let Value::Object(map) = &mut alarm {
-            map.remove("deleted");
-            map.remove("tenant_id");
-            map.remove("state_changed_at");
-            map.remove("created_at");
-        }
+        let d = &a.definition;
         AlarmView {
-            alarm,
+            id: a.id.to_string(),
+            name: d.name.clone(),
+            group_id: d.group_id.to_string(),
+            metric: d.metric.clone(),
+            statistic: d.statistic,
+            period_seconds: d.period_seconds,
+            evaluation_periods: d.evaluation_periods,
+            datapoints_to_alarm: d.datapoints_to_alarm,
+            comparison: d.comparison,
+            threshold: d.threshold,
+            treat_missing: d.treat_missing,
+            alarm_actions: d.alarm_actions.iter().map(ToString::to_string).collect(),
+            ok_actions: d.ok_actions.iter().map(ToString::to_string).collect(),
+            repeat_actions: d.repeat_actions,
+            state: a.state,
+            state_reason: a.state_reason.clone(),
             state_changed_at: time(a.state_changed_at),
             created_at: time(a.created_at),
         }
+    }
+}
+
+/// What a policy execution did, as its `outcome` field names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// Capacity changed `from` → `to`; a cooldown started.
+    Executed,
+    /// The computed capacity is the current one (`capacity`); no cooldown.
+    NoChange,
+    /// The group is cooling down; retry after `retry_after_seconds`.
+    Cooldown,
+    /// The group is paused.
+    Paused,
+}
+
+impl OutcomeKind {
+    /// The snake_case name, as in the body and the metrics' labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Executed => "executed",
+            OutcomeKind::NoChange => "no_change",
+            OutcomeKind::Cooldown => "cooldown",
+            OutcomeKind::Paused => "paused",
+        }
+    }
+}
+
+impl From<&Outcome> for OutcomeKind {
+    fn from(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Executed { .. } => OutcomeKind::Executed,
+            Outcome::NoChange { .. } => OutcomeKind::NoChange,
+            Outcome::Cooldown { .. } => OutcomeKind::Cooldown,
+            Outcome::Paused => OutcomeKind::Paused,
+        }
+    }
+}
+
+/// The 202 body of a policy execution (direct or by webhook): the outcome (SPEC 3) with the
+/// group's capacity after it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecutionView {
+    pub outcome: OutcomeKind,
+    /// With `executed`: the capacity before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<u32>,
+    /// With `executed`: the capacity after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<u32>,
+    /// With `no_change`: the unchanged capacity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+    /// With `cooldown`: seconds until the cooldown ends, rounded up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
+    pub policy_id: String,
+    pub group_id: String,
+    /// The group's desired capacity after the execution.
+    pub desired_capacity: u32,
+}
+
+impl From<&PolicyExecution> for ExecutionView {
+    fn from(run: &PolicyExecution) -> Self {
+        let (mut from, mut to, mut capacity, mut retry_after_seconds) = (None, None, None, None);
+        match &run.outcome {
+            Outcome::Executed {
+                from: before,
+                to: after,
+                cooldown_until: _,
+            } => (from, to) = (Some(*before), Some(*after)),
+            Outcome::NoChange { capacity: c } => capacity = Some(*c),
+            Outcome::Cooldown {
+                retry_after_seconds: seconds,
+            } => retry_after_seconds = Some(*seconds),
+            Outcome::Paused => {}
+        }
+        ExecutionView {
+            outcome: OutcomeKind::from(&run.outcome),
+            from,
+            to,
+            capacity,
+            retry_after_seconds,
+            policy_id: run.policy.id.to_string(),
+            group_id: run.group.id.to_string(),
+            desired_capacity: run.group.desired_capacity,
+        }
+    }
+}
+
+/// `{"status": ...}` of the health endpoints.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    /// `ok`, `ready` or `replaying`.
+    pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_actors::domain::alarm::{AlarmDefinition, AlarmState};
+    use flotilla_actors::domain::{AlarmId, GroupId, PolicyId, TenantId};
+
+    use super::*;
+
+    #[test]
+    fn an_alarm_shows_its_definition_state_and_times_without_owner_or_deletion() {
+        let alarm = Alarm {
+            id: AlarmId::new("alm_1"),
+            tenant_id: TenantId::new("ten_1"),
+            definition: AlarmDefinition {
+                name: "cpu high".into(),
+                group_id: GroupId::new("grp_1"),
+                metric: "cpu".into(),
+                statistic: Statistic::Avg,
+                period_seconds: 60,
+                evaluation_periods: 3,
+                datapoints_to_alarm: 2,
+                comparison: Comparison::Gt,
+                threshold: 0.8,
+                treat_missing: TreatMissing::NotBreaching,
+                alarm_actions: vec![PolicyId::new("pol_1")],
+                ok_actions: vec![],
+                repeat_actions: true,
+            },
+            state: AlarmState::InsufficientData,
+            state_reason: "unchecked".into(),
+            state_changed_at: Timestamp::from_secs(1),
+            deleted: false,
+            created_at: Timestamp::EPOCH,
+        };
+        // The alarm's own serialization, less the owner and the deletion flag, with times as
+        // RFC 3339: what the API showed before the view had explicit fields.
+        let mut expected = serde_json::to_value(&alarm).unwrap();
+        let map = expected.as_object_mut().unwrap();
+        map.remove("tenant_id");
+        map.remove("deleted");
+        map.insert(
+            "state_changed_at".into(),
+            time(alarm.state_changed_at).into(),
+        );
+        map.insert("created_at".into(), time(alarm.created_at).into());
+        assert_eq!(
+            serde_json::to_value(AlarmView::from(&alarm)).unwrap(),
+            expected
+        );
     }
 }

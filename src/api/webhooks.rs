@@ -6,24 +6,27 @@ use flotilla_actors::aggregate::Webhooks;
 use flotilla_actors::domain::webhook::{Webhook, WebhookCommand};
 use flotilla_actors::domain::WebhookId;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::auth::Tenant;
+use super::error::ErrorBody;
 use super::policies::owned as owned_policy;
 use super::views::WebhookView;
 use super::{ApiError, AppState, List, ListQuery};
 use crate::token;
 
 /// The body of a webhook's create.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
     name: String,
 }
 
 /// The (optional) body of a rotation.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rotate {
+    /// How long the previous secret stays valid (default 86400).
     grace_seconds: Option<u32>,
 }
 
@@ -53,6 +56,25 @@ fn view(state: &AppState, webhook: &Webhook, with_secret: bool) -> WebhookView {
 }
 
 /// `POST .../webhooks`: 201 `{id, name, url, secret}`.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{id}/policies/{pid}/webhooks",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id")),
+    request_body = CreateWebhook,
+    responses(
+        (status = 201, description = "the webhook with its secret (shown once)", body = WebhookView),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 409, description = "conflict with the object's state", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 415, description = "not application/json", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -78,6 +100,21 @@ pub async fn create(
 }
 
 /// `GET .../webhooks`.
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{id}/policies/{pid}/webhooks",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id"), ListQuery),
+    responses(
+        (status = 200, description = "a page of webhooks, without secrets", body = List<WebhookView>),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -102,6 +139,21 @@ pub async fn list(
 }
 
 /// `GET .../webhooks/{wid}`.
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{id}/policies/{pid}/webhooks/{wid}",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id"), ("wid" = String, Path, description = "webhook id")),
+    responses(
+        (status = 200, description = "the webhook, without its secret", body = WebhookView),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn show(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -113,6 +165,22 @@ pub async fn show(
 }
 
 /// `POST .../webhooks/{wid}/rotate`: a new secret; the old one stays valid for the grace.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{id}/policies/{pid}/webhooks/{wid}/rotate",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id"), ("wid" = String, Path, description = "webhook id")),
+    request_body = Option<Rotate>,
+    responses(
+        (status = 200, description = "the webhook with its new secret (shown once)", body = WebhookView),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn rotate(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
@@ -140,6 +208,21 @@ pub async fn rotate(
 }
 
 /// `DELETE .../webhooks/{wid}`: revoke; from then on its URL answers 404.
+#[utoipa::path(
+    delete,
+    path = "/v1/groups/{id}/policies/{pid}/webhooks/{wid}",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id"), ("wid" = String, Path, description = "webhook id")),
+    responses(
+        (status = 204, description = "revoked: its URL answers 404 from now on"),
+        (status = 400, description = "malformed or invalid", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
+        (status = 500, description = "a fault of the service", body = ErrorBody),
+        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn revoke(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,

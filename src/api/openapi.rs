@@ -1,0 +1,261 @@
+//! `GET /openapi.json`: the OpenAPI document, generated from the handlers' `#[utoipa::path]`
+//! annotations and the bodies' types, so it cannot drift from the code.
+
+use actix_web::HttpResponse;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{alarms, groups, hooks, journal, ops, policies, samples, tenants, webhooks};
+
+/// The API's document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Flotilla",
+        description = "An event-sourced autoscaling service (SPEC section 3). Errors are \
+                       `{\"error\": {\"code\", \"message\"}}`; lists are `{items, next_cursor}`."
+    ),
+    paths(
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+        document,
+        tenants::create,
+        groups::create,
+        groups::list,
+        groups::show,
+        groups::update,
+        groups::delete,
+        groups::pause,
+        groups::resume,
+        groups::servers,
+        groups::activity,
+        policies::create,
+        policies::list,
+        policies::show,
+        policies::update,
+        policies::delete,
+        policies::execute,
+        webhooks::create,
+        webhooks::list,
+        webhooks::show,
+        webhooks::rotate,
+        webhooks::revoke,
+        alarms::create,
+        alarms::list,
+        alarms::show,
+        alarms::update,
+        alarms::delete,
+        hooks::execute,
+        samples::ingest,
+        journal::dump,
+    ),
+    modifiers(&Bearer),
+    tags(
+        (name = "ops", description = "health, readiness, metrics and this document"),
+        (name = "tenants", description = "the operator creates tenants"),
+        (name = "groups", description = "groups of servers kept between their bounds"),
+        (name = "policies", description = "rules that change a group's size"),
+        (name = "webhooks", description = "revocable, signed capabilities to execute a policy"),
+        (name = "alarms", description = "threshold rules over a group's metric samples"),
+        (name = "hooks", description = "signed webhook calls (SPEC section 4)"),
+        (name = "metrics", description = "metric samples from servers (SPEC section 5)"),
+        (name = "journal", description = "the journal as stored, for audits through the service"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The `bearer` security scheme the authenticated operations name.
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+    }
+}
+
+/// `GET /openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "ops",
+    responses((status = 200, description = "this document", body = Object)),
+)]
+pub async fn document() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+/// Schema mirrors of the domain enums that appear in bodies: the actors crate knows nothing of
+/// utoipa. Each serializes exactly as its domain enum (a test holds them together, and the
+/// `From` impls are exhaustive, so a new domain variant does not compile until mirrored).
+pub mod mirror {
+    use flotilla_actors::domain::{alarm, scaling};
+    use serde::Serialize;
+    use utoipa::ToSchema;
+
+    /// How a policy's `adjustment` is read.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum AdjustmentType {
+        Change,
+        Percent,
+        Exact,
+    }
+
+    /// How a period's samples are reduced to its datapoint.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Statistic {
+        Avg,
+        Min,
+        Max,
+        Sum,
+        Count,
+    }
+
+    /// A datapoint breaches when `value <comparison> threshold`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Comparison {
+        Gt,
+        Ge,
+        Lt,
+        Le,
+    }
+
+    /// How periods without samples count.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum TreatMissing {
+        Missing,
+        Breaching,
+        NotBreaching,
+        Ignore,
+    }
+
+    /// An alarm's state.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum AlarmState {
+        InsufficientData,
+        Ok,
+        Alarm,
+    }
+
+    impl From<scaling::AdjustmentType> for AdjustmentType {
+        fn from(value: scaling::AdjustmentType) -> Self {
+            use scaling::AdjustmentType as D;
+            match value {
+                D::Change => Self::Change,
+                D::Percent => Self::Percent,
+                D::Exact => Self::Exact,
+            }
+        }
+    }
+
+    impl From<alarm::Statistic> for Statistic {
+        fn from(value: alarm::Statistic) -> Self {
+            use alarm::Statistic as D;
+            match value {
+                D::Avg => Self::Avg,
+                D::Min => Self::Min,
+                D::Max => Self::Max,
+                D::Sum => Self::Sum,
+                D::Count => Self::Count,
+            }
+        }
+    }
+
+    impl From<alarm::Comparison> for Comparison {
+        fn from(value: alarm::Comparison) -> Self {
+            use alarm::Comparison as D;
+            match value {
+                D::Gt => Self::Gt,
+                D::Ge => Self::Ge,
+                D::Lt => Self::Lt,
+                D::Le => Self::Le,
+            }
+        }
+    }
+
+    impl From<alarm::TreatMissing> for TreatMissing {
+        fn from(value: alarm::TreatMissing) -> Self {
+            use alarm::TreatMissing as D;
+            match value {
+                D::Missing => Self::Missing,
+                D::Breaching => Self::Breaching,
+                D::NotBreaching => Self::NotBreaching,
+                D::Ignore => Self::Ignore,
+            }
+        }
+    }
+
+    impl From<alarm::AlarmState> for AlarmState {
+        fn from(value: alarm::AlarmState) -> Self {
+            use alarm::AlarmState as D;
+            match value {
+                D::InsufficientData => Self::InsufficientData,
+                D::Ok => Self::Ok,
+                D::Alarm => Self::Alarm,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_actors::domain::alarm::{AlarmState, Comparison, Statistic, TreatMissing};
+    use flotilla_actors::domain::scaling::AdjustmentType;
+    use serde::Serialize;
+    use serde_json::{json, Value};
+    use utoipa::PartialSchema;
+
+    use super::*;
+
+    /// The mirror serializes as the domain value, and its schema lists every value.
+    fn same<D, M>(values: &[D])
+    where
+        D: Serialize + Copy,
+        M: Serialize + From<D> + PartialSchema,
+    {
+        let schema = serde_json::to_value(M::schema()).unwrap();
+        let listed = schema["enum"].as_array().cloned().unwrap_or_default();
+        assert_eq!(listed.len(), values.len(), "{schema}");
+        for &value in values {
+            let domain = serde_json::to_value(value).unwrap();
+            assert_eq!(domain, serde_json::to_value(M::from(value)).unwrap());
+            assert!(listed.contains(&domain), "{domain} is not in {schema}");
+        }
+    }
+
+    #[test]
+    fn the_mirrors_serialize_and_list_exactly_the_domain_values() {
+        use AdjustmentType as A;
+        same::<_, mirror::AdjustmentType>(&[A::Change, A::Percent, A::Exact]);
+        use Statistic as S;
+        same::<_, mirror::Statistic>(&[S::Avg, S::Min, S::Max, S::Sum, S::Count]);
+        use Comparison as C;
+        same::<_, mirror::Comparison>(&[C::Gt, C::Ge, C::Lt, C::Le]);
+        use TreatMissing as T;
+        same::<_, mirror::TreatMissing>(&[T::Missing, T::Breaching, T::NotBreaching, T::Ignore]);
+        use AlarmState as L;
+        same::<_, mirror::AlarmState>(&[L::InsufficientData, L::Ok, L::Alarm]);
+    }
+
+    #[test]
+    fn the_document_names_the_bearer_scheme_and_the_error_body() {
+        let doc: Value = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"],
+            json!({"type": "http", "scheme": "bearer"})
+        );
+        let error = &doc["components"]["schemas"]["ErrorBody"];
+        assert_eq!(error["required"], json!(["error"]), "{error}");
+    }
+}

@@ -1,0 +1,220 @@
+//! The service's own metrics, served by `GET /metrics` in the Prometheus text format (0.0.4).
+//!
+//! Counted as they happen: HTTP requests and their latency per matched route pattern (never the
+//! raw path, whose ids would explode the series), webhook calls per outcome, and API errors per
+//! code. Read at scrape time: journal appends, resident actors and live objects.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse};
+use flotilla_actors::supervisor::Supervisor;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeLabelSet, EncodeMetric,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::api::ApiError;
+use crate::index::Index;
+
+/// The `Content-Type` of `GET /metrics`.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// The route label of a request that matched no route.
+pub const UNMATCHED: &str = "unmatched";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: String,
+}
+
+type Latency = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// The registry and the metrics recorded into it. Shared by the handlers and the middleware.
+pub struct Telemetry {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Latency,
+    webhooks: Family<OutcomeLabels, Counter>,
+    rejections: Family<CodeLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to 16 s, doubling.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Telemetry {
+    /// Metrics of a service whose objects live in `supervisor` and `index`.
+    pub fn new(supervisor: Supervisor, index: Arc<Index>) -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "flotilla_http_requests",
+            "HTTP requests answered, by method, matched route pattern and status",
+            requests.clone(),
+        );
+        let latency: Latency = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "flotilla_http_request_duration_seconds",
+            "Time to answer an HTTP request, by method and matched route pattern",
+            latency.clone(),
+        );
+        let webhooks = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "flotilla_webhooks",
+            "Webhook calls, by outcome: the execution's outcome or the rejection's code",
+            webhooks.clone(),
+        );
+        let rejections = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "flotilla_rejections",
+            "API errors answered, by error code",
+            rejections.clone(),
+        );
+        registry.register_collector(Box::new(Live { supervisor, index }));
+        Telemetry {
+            registry,
+            requests,
+            latency,
+            webhooks,
+            rejections,
+        }
+    }
+
+    /// Records an answered request; `route` is the matched pattern ([`UNMATCHED`] for none).
+    pub fn request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records an API error answered with `code`.
+    pub fn rejection(&self, code: &str) {
+        self.rejections
+            .get_or_create(&CodeLabels {
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records a webhook call's outcome (`executed`, ...) or rejection code (`replayed`, ...).
+    pub fn webhook(&self, outcome: &str) {
+        self.webhooks
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The exposition of every metric, as of now.
+    pub fn encode(&self) -> Result<String, fmt::Error> {
+        let mut text = String::new();
+        prometheus_text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// The values read at scrape time.
+struct Live {
+    supervisor: Supervisor,
+    index: Arc<Index>,
+}
+
+impl fmt::Debug for Live {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Live").finish_non_exhaustive()
+    }
+}
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let appends = ConstCounter::new(self.supervisor.journal().appends());
+        appends.encode(encoder.encode_descriptor(
+            "flotilla_journal_appends",
+            "Appends acknowledged by the journal since the service started",
+            None,
+            appends.metric_type(),
+        )?)?;
+
+        let resident = ConstGauge::new(self.supervisor.resident() as i64);
+        resident.encode(encoder.encode_descriptor(
+            "flotilla_actors_resident",
+            "Object actors in memory",
+            None,
+            resident.metric_type(),
+        )?)?;
+
+        let mut objects = encoder.encode_descriptor(
+            "flotilla_objects",
+            "Live objects, by kind",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (kind, count) in self.index.counts() {
+            let labels = [("kind", kind)];
+            ConstGauge::new(count as i64).encode(objects.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Telemetry {
+    /// Records the answer to `request`: its route's counter and latency, and the error's code
+    /// when it is an error. Called by the middleware that wraps the app (see `service::start`).
+    ///
+    /// The code is read from the error the answer carries (actix-web keeps it on the response),
+    /// so every error of the API is counted here, once, whichever handler or extractor raised it.
+    pub fn answered<B>(
+        &self,
+        request: &HttpRequest,
+        response: &HttpResponse<B>,
+        elapsed: Duration,
+    ) {
+        let status = response.status();
+        let route = request.match_pattern();
+        let route = route.as_deref().unwrap_or(UNMATCHED);
+        self.request(request.method().as_str(), route, status.as_u16(), elapsed);
+        if let Some(error) = response.error() {
+            match error.as_error::<ApiError>() {
+                Some(api) => self.rejection(api.code()),
+                None => self.rejection(&format!("http_{}", status.as_u16())),
+            }
+        }
+    }
+}
