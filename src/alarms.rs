@@ -14,7 +14,7 @@ use std::time::Duration;
 use flotilla_actors::aggregate::Alarms;
 use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmDefinition, AlarmEvent, AlarmState};
-use flotilla_actors::domain::evaluation::{actions, evaluate};
+use flotilla_actors::domain::evaluation::{actions, evaluate, next_state};
 use flotilla_actors::domain::samples::{RecordError, Recorded, Sample, SeriesStore};
 use flotilla_actors::domain::{AlarmId, Cause, DomainEvent, GroupId};
 use flotilla_actors::supervisor::Supervisor;
@@ -147,8 +147,8 @@ impl Evaluator {
     /// Evaluates every alarm whose period closed by `now`; returns how many were evaluated.
     pub async fn tick(&self, now: Timestamp) -> usize {
         let due = self.due(now);
-        let evaluated = due.len();
-        for (id, definition, from, datapoints) in due {
+        let (evaluated, work) = due;
+        for (id, definition, from, datapoints) in work {
             let evaluation = evaluate(&definition, from, &datapoints);
             if evaluation.next != from {
                 self.transition(&id, datapoints).await;
@@ -161,16 +161,25 @@ impl Evaluator {
         evaluated
     }
 
-    /// The alarms due at `now`, with their datapoints; their next evaluation is set.
+    /// Evaluates the alarms due at `now` (setting their next evaluation) and returns how many,
+    /// with those that change state or repeat their actions, and their datapoints.
     #[allow(clippy::type_complexity)]
-    fn due(&self, now: Timestamp) -> Vec<(AlarmId, AlarmDefinition, AlarmState, Vec<Option<f64>>)> {
+    fn due(
+        &self,
+        now: Timestamp,
+    ) -> (
+        usize,
+        Vec<(AlarmId, AlarmDefinition, AlarmState, Vec<Option<f64>>)>,
+    ) {
         let mut alarms = lock(&self.alarms);
         let store = lock(&self.store);
+        let mut evaluated = 0;
         let mut due = Vec::new();
         for (id, watched) in alarms.iter_mut() {
             if now < watched.next_due {
                 continue;
             }
+            evaluated += 1;
             watched.next_due = period_end(now, watched.definition.period_seconds);
             let d = &watched.definition;
             let datapoints = store.datapoints(
@@ -181,9 +190,13 @@ impl Evaluator {
                 d.evaluation_periods,
                 now,
             );
-            due.push((id.clone(), d.clone(), watched.state, datapoints));
+            let next = next_state(d, watched.state, &datapoints);
+            let repeats = watched.state == AlarmState::Alarm && d.repeat_actions;
+            if next != watched.state || repeats {
+                due.push((id.clone(), d.clone(), watched.state, datapoints));
+            }
         }
-        due
+        (evaluated, due)
     }
 
     /// Sends the evaluation to the alarm's actor, which decides and journals the change; then

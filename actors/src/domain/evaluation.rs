@@ -58,28 +58,17 @@ pub fn evaluate(
     current: AlarmState,
     datapoints: &[Option<f64>],
 ) -> Evaluation {
-    let n = definition.evaluation_periods as usize;
-    let m = definition.datapoints_to_alarm as usize;
+    let Counts {
+        n,
+        m,
+        missing,
+        breaching,
+        skipped,
+    } = counts(definition, datapoints);
     let given = &datapoints[datapoints.len().saturating_sub(n)..];
     let window: Vec<Option<f64>> = std::iter::repeat_n(None, n - given.len())
         .chain(given.iter().copied())
         .collect();
-
-    let missing = window.iter().filter(|point| point.is_none()).count();
-    let present_breaching = window
-        .iter()
-        .flatten()
-        .filter(|value| {
-            definition
-                .comparison
-                .breaches(**value, definition.threshold)
-        })
-        .count();
-    let (breaching, skipped) = match definition.treat_missing {
-        TreatMissing::Breaching => (present_breaching + missing, 0),
-        TreatMissing::NotBreaching => (present_breaching, 0),
-        TreatMissing::Missing | TreatMissing::Ignore => (present_breaching, missing),
-    };
     let considered = n - skipped;
 
     let measured = format!(
@@ -95,18 +84,12 @@ pub fn evaluate(
         (k, TreatMissing::Missing | TreatMissing::Ignore) => format!("; {k} missing, skipped"),
     };
 
-    let (next, reason) = if breaching >= m {
-        (AlarmState::Alarm, format!("{measured}{missing_note}"))
+    let next = next_of(definition, current, breaching, skipped, m);
+    let reason = if breaching >= m {
+        format!("{measured}{missing_note}")
     } else if breaching + skipped < m {
-        (
-            AlarmState::Ok,
-            format!("{measured}, fewer than the {m} needed{missing_note}"),
-        )
+        format!("{measured}, fewer than the {m} needed{missing_note}")
     } else {
-        let next = match definition.treat_missing {
-            TreatMissing::Ignore => current,
-            _ => AlarmState::InsufficientData,
-        };
         let mut reason = if missing == n {
             format!("the last {n} datapoints were all missing")
         } else {
@@ -115,13 +98,87 @@ pub fn evaluate(
         if definition.treat_missing == TreatMissing::Ignore {
             let _ = write!(reason, "; the state stays {}", name(current));
         }
-        (next, reason)
+        reason
     };
     Evaluation {
         next,
         reason,
         breaching,
         considered,
+    }
+}
+
+/// The state [`evaluate`] would move to, without composing its reason (no allocation): what an
+/// evaluator checks for every alarm at every period, composing reasons only for changes.
+pub fn next_state(
+    definition: &AlarmDefinition,
+    current: AlarmState,
+    datapoints: &[Option<f64>],
+) -> AlarmState {
+    let counts = counts(definition, datapoints);
+    next_of(
+        definition,
+        current,
+        counts.breaching,
+        counts.skipped,
+        counts.m,
+    )
+}
+
+/// What a window of datapoints counts to.
+struct Counts {
+    n: usize,
+    m: usize,
+    missing: usize,
+    breaching: usize,
+    skipped: usize,
+}
+
+/// Counts the last N datapoints (absent older ones are missing) by the alarm's rules.
+fn counts(definition: &AlarmDefinition, datapoints: &[Option<f64>]) -> Counts {
+    let n = definition.evaluation_periods as usize;
+    let m = definition.datapoints_to_alarm as usize;
+    let given = &datapoints[datapoints.len().saturating_sub(n)..];
+    let missing = n - given.len() + given.iter().filter(|point| point.is_none()).count();
+    let present_breaching = given
+        .iter()
+        .flatten()
+        .filter(|value| {
+            definition
+                .comparison
+                .breaches(**value, definition.threshold)
+        })
+        .count();
+    let (breaching, skipped) = match definition.treat_missing {
+        TreatMissing::Breaching => (present_breaching + missing, 0),
+        TreatMissing::NotBreaching => (present_breaching, 0),
+        TreatMissing::Missing | TreatMissing::Ignore => (present_breaching, missing),
+    };
+    Counts {
+        n,
+        m,
+        missing,
+        breaching,
+        skipped,
+    }
+}
+
+/// The rule: at least M breaching → ALARM; M breaches impossible → OK; otherwise undecided.
+fn next_of(
+    definition: &AlarmDefinition,
+    current: AlarmState,
+    breaching: usize,
+    skipped: usize,
+    m: usize,
+) -> AlarmState {
+    if breaching >= m {
+        AlarmState::Alarm
+    } else if breaching + skipped < m {
+        AlarmState::Ok
+    } else if definition.treat_missing == TreatMissing::Ignore {
+        current
+    } else {
+        AlarmState::InsufficientData
     }
 }
 
@@ -432,6 +489,42 @@ mod tests {
                 expected,
                 "repeat_actions {repeat_actions}, {from:?} → {to:?}, repeat due {repeat}"
             );
+        }
+    }
+
+    #[test]
+    fn next_state_always_agrees_with_evaluate() {
+        let values = [None, Some(0.5), Some(0.8), Some(0.9)];
+        let modes = [
+            TreatMissing::Missing,
+            TreatMissing::Breaching,
+            TreatMissing::NotBreaching,
+            TreatMissing::Ignore,
+        ];
+        let states = [
+            AlarmState::InsufficientData,
+            AlarmState::Ok,
+            AlarmState::Alarm,
+        ];
+        for mode in modes {
+            for m in 1..=3 {
+                let definition = given_alarm(m, 3, mode);
+                for a in values {
+                    for b in values {
+                        for c in values {
+                            for window in [vec![a, b, c], vec![b, c], vec![]] {
+                                for current in states {
+                                    assert_eq!(
+                                        next_state(&definition, current, &window),
+                                        evaluate(&definition, current, &window).next,
+                                        "{mode:?} m={m} {window:?} from {current:?}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -1,0 +1,615 @@
+//! The load harness: the real service on loopback with a temporary data directory, driven over
+//! HTTP, each figure beside a baseline measured in the same run.
+//!
+//! - webhooks: signed calls with distinct nonces across many groups at a chosen concurrency;
+//!   throughput and p50/p99/p999 latency, beside a bare actix-web handler receiving the same
+//!   requests;
+//! - ingestion: metric samples in batches of 1,000, beside a bare POST of the same bytes;
+//! - recovery: time from start to ready with a journal of N events.
+//!
+//! `cargo bench --bench load` prints a table and writes `target/load-report.json`. Settings by
+//! environment: `LOAD_SECONDS` (per scenario, default 10), `LOAD_CONNECTIONS` (32),
+//! `LOAD_GROUPS` (1000), `LOAD_RECOVERY_EVENTS` (comma-separated, default 1000000).
+//!
+//! The load generator is a small HTTP/1.1 keep-alive client over `TcpStream`, one thread per
+//! connection, with requests signed before the clock starts: on a 2-core machine the client
+//! shares the cores with the server, so it must cost as little as possible (and costs the same
+//! against the baseline).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use flotilla::settings::Settings;
+use flotilla_actors::clock::SystemClock;
+use flotilla_journal::{ExpectedVersion, Journal, NewEvent};
+use serde_json::{json, Value};
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A server running on its own thread, stopped on drop.
+struct Running {
+    addr: SocketAddr,
+    operator_token: String,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        drop(self.handle.stop(false));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn start_flotilla(data_dir: &std::path::Path) -> (Running, Duration) {
+    let settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data_dir.to_owned(),
+        webhook_rate_limit: 0,
+        source_rate_limit: 0,
+        ..Settings::default()
+    };
+    let (tx, rx) = mpsc::channel();
+    let started = Instant::now();
+    let thread = std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let service = flotilla::service::start(settings, Arc::new(SystemClock)).unwrap();
+            let ready = service.ready.clone();
+            tx.send((
+                service.addr,
+                service.operator_token.clone(),
+                service.server.handle(),
+                ready,
+            ))
+            .unwrap();
+            service.server.await.unwrap();
+        })
+    });
+    let (addr, operator_token, handle, ready) = rx.recv().unwrap();
+    while !ready.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let to_ready = started.elapsed();
+    let running = Running {
+        addr,
+        operator_token,
+        handle,
+        thread: Some(thread),
+    };
+    (running, to_ready)
+}
+
+/// A bare actix-web server answering every POST with 202 and a small JSON body, reading the
+/// body as the real one does: the baseline.
+fn start_bare() -> Running {
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let server = HttpServer::new(|| {
+                App::new()
+                    .app_data(web::PayloadConfig::new(8 << 20))
+                    .default_service(web::to(|body: web::Bytes| async move {
+                        HttpResponse::Accepted()
+                            .json(json!({"outcome": "executed", "bytes": body.len()}))
+                    }))
+            })
+            .workers(2)
+            .bind("127.0.0.1:0")
+            .unwrap();
+            let addr = server.addrs()[0];
+            let server = server.run();
+            tx.send((addr, server.handle())).unwrap();
+            server.await.unwrap();
+        })
+    });
+    let (addr, handle) = rx.recv().unwrap();
+    Running {
+        addr,
+        operator_token: String::new(),
+        handle,
+        thread: Some(thread),
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection.
+struct Connection {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Connection {
+    fn open(addr: SocketAddr) -> Connection {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Connection {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::with_capacity(64 * 1024, stream),
+        }
+    }
+
+    /// Sends one request and reads its answer; returns the status.
+    fn round_trip(&mut self, request: &[u8]) -> u16 {
+        self.writer.write_all(request).unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).unwrap();
+        status
+    }
+}
+
+fn request(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// The figures of one run of one scenario.
+#[derive(Debug, Clone)]
+struct Run {
+    requests: u64,
+    seconds: f64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    statuses: std::collections::BTreeMap<u16, u64>,
+}
+
+impl Run {
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+}
+
+/// Drives `addr` with `connections` threads for `seconds`; connection `c` sends
+/// `requests(c, i)` as its `i`-th request.
+fn drive(
+    addr: SocketAddr,
+    connections: usize,
+    seconds: f64,
+    requests: Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync>,
+) -> Run {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..connections)
+        .map(|c| {
+            let (stop, requests) = (stop.clone(), requests.clone());
+            std::thread::spawn(move || {
+                let mut connection = Connection::open(addr);
+                let mut latencies = Vec::with_capacity(100_000);
+                let mut statuses = std::collections::BTreeMap::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let request = requests(c, i);
+                    let sent = Instant::now();
+                    let status = connection.round_trip(&request);
+                    latencies.push(sent.elapsed().as_micros() as u64);
+                    *statuses.entry(status).or_insert(0) += 1;
+                    i += 1;
+                }
+                (latencies, statuses)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut statuses = std::collections::BTreeMap::new();
+    for thread in threads {
+        let (l, s) = thread.join().unwrap();
+        latencies.extend(l);
+        for (status, n) in s {
+            *statuses.entry(status).or_insert(0) += n;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    Run {
+        requests: latencies.len() as u64,
+        seconds: elapsed,
+        p50_us: at(0.5),
+        p99_us: at(0.99),
+        p999_us: at(0.999),
+        statuses,
+    }
+}
+
+/// A small blocking JSON client for setting the service up.
+fn call(addr: SocketAddr, method: &str, path: &str, token: &str, body: Value) -> Value {
+    let mut connection = Connection::open(addr);
+    let body = serde_json::to_vec(&body).unwrap();
+    let request = request(
+        method,
+        addr,
+        path,
+        &[
+            ("authorization", format!("Bearer {token}")),
+            ("content-type", "application/json".into()),
+        ],
+        &body,
+    );
+    connection.writer.write_all(&request).unwrap();
+    let mut line = String::new();
+    connection.reader.read_line(&mut line).unwrap();
+    let mut length = 0;
+    loop {
+        let mut header = String::new();
+        connection.reader.read_line(&mut header).unwrap();
+        if header == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    connection.reader.read_exact(&mut body).unwrap();
+    serde_json::from_slice(&body).unwrap_or(Value::Null)
+}
+
+struct Fleet {
+    hooks: Vec<(String, Vec<u8>)>,
+    metrics_tokens: Vec<String>,
+}
+
+/// A tenant and `groups` groups, each with a policy (cooldown 0), a webhook and an alarm.
+fn fleet(service: &Running, groups: usize) -> Fleet {
+    let addr = service.addr;
+    let tenant = call(
+        addr,
+        "POST",
+        "/v1/tenants",
+        &service.operator_token,
+        json!({"name": "load"}),
+    );
+    let token = tenant["token"].as_str().unwrap().to_owned();
+    let mut hooks = Vec::new();
+    let mut metrics_tokens = Vec::new();
+    for _ in 0..groups {
+        let group = call(
+            addr,
+            "POST",
+            "/v1/groups",
+            &token,
+            json!({"name": "g", "min_size": 0, "max_size": 10000,
+            "cooldown_seconds": 0, "launch": {"provider": "simulated"}}),
+        );
+        let gid = group["id"].as_str().unwrap().to_owned();
+        metrics_tokens.push(group["metrics_token"].as_str().unwrap().to_owned());
+        let policy = call(
+            addr,
+            "POST",
+            &format!("/v1/groups/{gid}/policies"),
+            &token,
+            json!({"name": "up", "adjustment_type": "change", "adjustment": 1}),
+        );
+        let pid = policy["id"].as_str().unwrap().to_owned();
+        let hook = call(
+            addr,
+            "POST",
+            &format!("/v1/groups/{gid}/policies/{pid}/webhooks"),
+            &token,
+            json!({"name": "h"}),
+        );
+        let key = flotilla::signature::key_of(hook["secret"].as_str().unwrap()).unwrap();
+        hooks.push((format!("/v1/hooks/{}", hook["id"].as_str().unwrap()), key));
+        call(
+            addr,
+            "POST",
+            "/v1/alarms",
+            &token,
+            json!({"name": "cpu", "group_id": gid, "metric": "cpu",
+            "statistic": "avg", "period_seconds": 60, "evaluation_periods": 3, "comparison": "gt", "threshold": 0.8,
+            "alarm_actions": [pid]}),
+        );
+    }
+    Fleet {
+        hooks,
+        metrics_tokens,
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Signed webhook requests, distinct nonces, round-robin over the webhooks.
+fn webhook_requests(
+    addr: SocketAddr,
+    fleet: &Fleet,
+    connections: usize,
+    per_connection: usize,
+) -> Arc<Vec<Vec<Vec<u8>>>> {
+    let body = br#"{"alarm":"cpu-high","value":0.93}"#;
+    let now = unix_now();
+    let all = (0..connections)
+        .map(|c| {
+            (0..per_connection)
+                .map(|i| {
+                    let (path, key) = &fleet.hooks[(c * per_connection + i) % fleet.hooks.len()];
+                    let nonce = format!("msg_{c}_{i}");
+                    let signature = flotilla::signature::sign(key, &nonce, now, body);
+                    request(
+                        "POST",
+                        addr,
+                        path,
+                        &[
+                            ("webhook-id", nonce),
+                            ("webhook-timestamp", now.to_string()),
+                            ("webhook-signature", signature),
+                            ("content-type", "application/json".into()),
+                        ],
+                        body,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    Arc::new(all)
+}
+
+fn readdress(
+    requests: &[Vec<Vec<u8>>],
+    from: SocketAddr,
+    to: SocketAddr,
+) -> Arc<Vec<Vec<Vec<u8>>>> {
+    let (from, to) = (format!("host: {from}"), format!("host: {to}"));
+    Arc::new(
+        requests
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .map(|r| {
+                        let text = String::from_utf8_lossy(r).replacen(&from, &to, 1);
+                        text.into_bytes()
+                    })
+                    .collect()
+            })
+            .collect(),
+    )
+}
+
+fn samples_body(now: i64) -> Vec<u8> {
+    let samples: Vec<Value> = (0..1000)
+        .map(|i| json!({"metric": "cpu", "value": 0.1 + (i % 50) as f64 / 100.0, "timestamp": now as f64 + (i % 10) as f64 / 10.0, "server": "srv-1"}))
+        .collect();
+    serde_json::to_vec(&json!({ "samples": samples })).unwrap()
+}
+
+/// A journal of `events` events over 10k streams, written directly (as the service would have).
+fn journal_of(dir: &std::path::Path, events: u64) {
+    let journal = Journal::open(dir).unwrap();
+    let payload = json!({"type": "policy_executed", "policy_id": "pol_x", "cause": {"type": "direct"},
+        "outcome": "no_change", "capacity": 3, "computation": {"current": 3, "adjustment": {"kind": "change", "value": 0},
+        "raw": 3, "constraints": [], "result": 3}, "at": 0});
+    let mut written = 0;
+    let mut n = 0;
+    while written < events {
+        let batch = 1000.min(events - written);
+        let records = (0..batch)
+            .map(|_| NewEvent::json("policy_executed", 1, 0, &payload).unwrap())
+            .collect();
+        journal
+            .append(
+                &format!("grp_r{}", n % 10_000),
+                ExpectedVersion::Any,
+                records,
+            )
+            .unwrap();
+        written += batch;
+        n += 1;
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is taken from the command line.
+    let seconds: f64 = env("LOAD_SECONDS", 10.0);
+    let connections: usize = env("LOAD_CONNECTIONS", 32);
+    let groups: usize = env("LOAD_GROUPS", 1000);
+    let recovery: String = env("LOAD_RECOVERY_EVENTS", "1000000".to_owned());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut report = serde_json::Map::new();
+    report.insert("cores".into(), cores.into());
+    report.insert("connections".into(), connections.into());
+    println!(
+        "flotilla load harness: {cores} cores, {connections} connections, {seconds} s a scenario"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (service, _) = start_flotilla(&dir.path().join("data"));
+    let bare = start_bare();
+    eprintln!("setting up {groups} groups with a policy, a webhook and an alarm each...");
+    let fleet = fleet(&service, groups);
+
+    // Webhooks: enough distinct requests that no nonce repeats within the run.
+    let per_connection = 200_000;
+    let requests = webhook_requests(service.addr, &fleet, connections, per_connection);
+    let bare_requests = readdress(&requests, service.addr, bare.addr);
+    let pick =
+        |requests: Arc<Vec<Vec<Vec<u8>>>>| -> Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync> {
+            Arc::new(move |c, i| requests[c][i % per_connection].clone())
+        };
+    let base = drive(bare.addr, connections, seconds, pick(bare_requests));
+    let hooks = drive(service.addr, connections, seconds, pick(requests));
+
+    // Ingestion: batches of 1,000 samples with each group's metrics token.
+    let body = Arc::new(samples_body(unix_now()));
+    let ingest_requests = |addr: SocketAddr| -> Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync> {
+        let tokens = fleet.metrics_tokens.clone();
+        let body = body.clone();
+        Arc::new(move |c, i| {
+            let token = &tokens[(c + i) % tokens.len()];
+            request(
+                "POST",
+                addr,
+                "/v1/metrics",
+                &[
+                    ("authorization", format!("Bearer {token}")),
+                    ("content-type", "application/json".into()),
+                ],
+                &body,
+            )
+        })
+    };
+    let bare_ingest = drive(
+        bare.addr,
+        connections.min(8),
+        seconds,
+        ingest_requests(bare.addr),
+    );
+    let ingest = drive(
+        service.addr,
+        connections.min(8),
+        seconds,
+        ingest_requests(service.addr),
+    );
+    drop(service);
+    drop(bare);
+
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}x", a / b)
+        } else {
+            "-".into()
+        }
+    };
+    rows.push((
+        "webhooks/s (signed, journaled)".into(),
+        format!("{:.0}", hooks.per_second()),
+        format!("{:.0} (bare handler)", base.per_second()),
+        ratio(hooks.per_second(), base.per_second()),
+    ));
+    rows.push((
+        "webhook p50 / p99 / p999".into(),
+        format!(
+            "{:.2} / {:.2} / {:.2} ms",
+            hooks.p50_us as f64 / 1e3,
+            hooks.p99_us as f64 / 1e3,
+            hooks.p999_us as f64 / 1e3
+        ),
+        format!(
+            "{:.2} / {:.2} / {:.2} ms",
+            base.p50_us as f64 / 1e3,
+            base.p99_us as f64 / 1e3,
+            base.p999_us as f64 / 1e3
+        ),
+        ratio(hooks.p99_us as f64, base.p99_us as f64),
+    ));
+    rows.push((
+        "samples/s (batches of 1,000)".into(),
+        format!("{:.0}", ingest.per_second() * 1000.0),
+        format!("{:.0} (bare POST)", bare_ingest.per_second() * 1000.0),
+        ratio(ingest.per_second(), bare_ingest.per_second()),
+    ));
+    report.insert("webhooks".into(), json!({"per_second": hooks.per_second(), "p50_us": hooks.p50_us, "p99_us": hooks.p99_us, "p999_us": hooks.p999_us,
+        "statuses": format!("{:?}", hooks.statuses), "baseline_per_second": base.per_second(), "baseline_p99_us": base.p99_us}));
+    report.insert("ingestion".into(), json!({"samples_per_second": ingest.per_second() * 1000.0, "statuses": format!("{:?}", ingest.statuses),
+        "baseline_samples_per_second": bare_ingest.per_second() * 1000.0}));
+    eprintln!(
+        "webhook statuses {:?}, ingestion statuses {:?}",
+        hooks.statuses, ingest.statuses
+    );
+
+    // Recovery: time to ready on a journal of N events (the raw journal scan as baseline).
+    let mut recoveries = Vec::new();
+    for events in recovery
+        .split(',')
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        eprintln!("writing a journal of {events} events...");
+        journal_of(&data, events);
+        let scan = {
+            let journal = Journal::open(&data).unwrap();
+            let started = Instant::now();
+            let n = journal.read_all(1).count();
+            assert_eq!(n as u64, events);
+            started.elapsed()
+        };
+        let (service, to_ready) = start_flotilla(&data);
+        drop(service);
+        rows.push((
+            format!("ready with {events} events"),
+            format!(
+                "{:.2} s ({:.2} M events/s)",
+                to_ready.as_secs_f64(),
+                events as f64 / to_ready.as_secs_f64() / 1e6
+            ),
+            format!("{:.2} s (journal scan)", scan.as_secs_f64()),
+            ratio(scan.as_secs_f64(), to_ready.as_secs_f64()),
+        ));
+        recoveries.push(json!({"events": events, "ready_seconds": to_ready.as_secs_f64(), "scan_seconds": scan.as_secs_f64()}));
+    }
+    report.insert("recovery".into(), recoveries.into());
+
+    println!("\n| figure | flotilla | baseline | ratio |\n| --- | --- | --- | --- |");
+    for (name, value, baseline, r) in &rows {
+        println!("| {name} | {value} | {baseline} | {r} |");
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/load-report.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&Value::Object(report)).unwrap(),
+    )
+    .unwrap();
+    println!("\nwritten to {}", path.display());
+}
