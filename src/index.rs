@@ -14,6 +14,9 @@ use flotilla_actors::domain::webhook::WebhookEvent;
 use flotilla_actors::domain::{AlarmId, DomainEvent, GroupId, PolicyId, TenantId, WebhookId};
 use flotilla_journal::Record;
 
+/// The event types (`DomainEvent::kind`) the index takes in.
+const INDEXED_EVENTS: [&str; 3] = ["created", "deleted", "revoked"];
+
 /// Who owns a policy, a webhook or an alarm, and where it hangs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -62,6 +65,11 @@ impl Index {
 
     /// Takes in one journaled record (the startup pass over the journal).
     pub fn note_record(&self, record: &Record) -> anyhow::Result<()> {
+        // Only creations, deletions and revocations change the index; the rest of a journal
+        // (policy executions, accepted nonces) is skipped without decoding its payload.
+        if !INDEXED_EVENTS.contains(&record.event_type.as_str()) {
+            return Ok(());
+        }
         fn note<A: Indexed>(index: &Index, record: &Record) -> anyhow::Result<()> {
             let event: A::Event = record.decode(A::Event::SCHEMA)?;
             A::note(index, &record.stream, &event);

@@ -482,7 +482,24 @@ fn objects_survive_a_restart_and_the_service_reports_ready_after_replay() {
     let hook = server.webhook_setup();
     let run = format!("/v1/groups/{}/policies/{}/execute", hook.group, hook.policy);
     server.call("POST", &run, &hook.token, None);
+    let hooks = format!(
+        "/v1/groups/{}/policies/{}/webhooks",
+        hook.group, hook.policy
+    );
+    let (_, revoked) = server.call("POST", &hooks, &hook.token, Some(json!({"name": "old"})));
+    let revoked = revoked["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        server
+            .call("DELETE", &format!("{hooks}/{revoked}"), &hook.token, None)
+            .0,
+        204
+    );
     let server = server.restart();
+    assert_error(
+        &server.call("GET", &format!("{hooks}/{revoked}"), &hook.token, None),
+        404,
+        "not_found",
+    );
     assert_eq!(server.capacity(&hook.token, &hook.group), 1);
     let (status, listed) = server.call(
         "GET",
