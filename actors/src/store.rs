@@ -1,7 +1,7 @@
 //! The bridge between the domain and the journal: an object's state is its snapshot (if any)
 //! plus the events that follow it, folded with the domain's `apply`.
 
-use flotilla_journal::{Appended, ExpectedVersion, Journal, NewEvent};
+use flotilla_journal::{Appended, Durability, ExpectedVersion, Journal, NewEvent};
 
 use crate::aggregate::Aggregate;
 use crate::clock::Timestamp;
@@ -61,20 +61,24 @@ pub fn records<A: Aggregate>(events: &[A::Event], now: Timestamp) -> Result<Vec<
         .collect()
 }
 
-/// Appends `events` to object `id`'s stream, expected at `version`; returns once durable.
+/// Appends `events` to object `id`'s stream, expected at `version`; returns once `durability`
+/// holds.
 pub async fn append<A: Aggregate>(
     journal: &Journal,
     id: &str,
     version: u64,
     events: &[A::Event],
     now: Timestamp,
+    durability: Durability,
 ) -> Result<Appended, Error> {
     let records = records::<A>(events, now)?;
     let expected = match version {
         0 => ExpectedVersion::NoStream,
         v => ExpectedVersion::Exact(v),
     };
-    Ok(journal.append_async(id, expected, records).await?)
+    Ok(journal
+        .append_async_with(id, expected, records, durability)
+        .await?)
 }
 
 /// Saves `state` as object `id`'s snapshot at `version` (a cache: failure only costs replay).

@@ -246,8 +246,9 @@ impl Supervisor {
     }
 
     /// A signed webhook call: the webhook's actor checks the signature against its valid
-    /// secrets, then the timestamp and nonce windows (recording the nonce); only then is its
-    /// policy executed, with the webhook as cause.
+    /// secrets, then the timestamp and nonce windows (recording the nonce, durable with the
+    /// execution's flush); only then is its policy executed, with the webhook as cause. The
+    /// caller acknowledges the call only once this returns, when both are on disk.
     pub async fn deliver_webhook(
         &self,
         webhook_id: &WebhookId,

@@ -66,6 +66,19 @@ impl ExpectedVersion {
     }
 }
 
+/// When an append is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Once it is on disk (flushed, with every append of its batch). The default.
+    Flushed,
+    /// Once it is written and visible to reads, before it is on disk: it becomes durable with
+    /// the next flushed append (whatever its stream) or sled's own periodic flush. For a step
+    /// whose outcome is acknowledged to no one until a later flushed append that covers it (the
+    /// nonce of a webhook call, acknowledged with the policy execution it leads to). A crash can
+    /// lose it only together with everything after it, as the chain is written in order.
+    Deferred,
+}
+
 /// The last record of the journal: its sequence number and hash (seq 0 and [`GENESIS`] when
 /// empty).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,7 +195,18 @@ impl Journal {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended> {
-        let (request, reply) = self.request(stream, expected, events)?;
+        self.append_with(stream, expected, events, Durability::Flushed)
+    }
+
+    /// [`Journal::append`] with a choice of [`Durability`].
+    pub fn append_with(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        durability: Durability,
+    ) -> Result<Appended> {
+        let (request, reply) = self.request(stream, expected, events, durability)?;
         self.sender()?
             .blocking_send(request)
             .map_err(|_| Error::Closed)?;
@@ -198,7 +222,19 @@ impl Journal {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended> {
-        let (request, reply) = self.request(stream, expected, events)?;
+        self.append_async_with(stream, expected, events, Durability::Flushed)
+            .await
+    }
+
+    /// [`Journal::append_async`] with a choice of [`Durability`].
+    pub async fn append_async_with(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        durability: Durability,
+    ) -> Result<Appended> {
+        let (request, reply) = self.request(stream, expected, events, durability)?;
         self.sender()?
             .send(request)
             .await
@@ -219,6 +255,7 @@ impl Journal {
         stream: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        durability: Durability,
     ) -> Result<(Request, oneshot::Receiver<Result<Appended>>)> {
         check_name("stream id", stream).map_err(Error::InvalidStream)?;
         let (reply, receiver) = oneshot::channel();
@@ -226,6 +263,7 @@ impl Journal {
             stream: stream.to_owned(),
             expected,
             events,
+            durability,
             reply,
         };
         Ok((request, receiver))

@@ -2,7 +2,8 @@
 //!
 //! All appends go through one thread. It takes every request waiting in its queue (up to
 //! `max_batch`), checks each against its stream's version, chains the records, writes them and the
-//! new head in one atomic sled batch, flushes once, and only then answers every appender. A failed
+//! new head in one atomic sled batch, flushes once (unless every append of the batch is
+//! [`Durability::Deferred`]), and only then answers every appender. A failed
 //! request (a version conflict) is answered at once and leaves the others untouched; a failed write
 //! or flush answers all of the batch with the error and nothing is acknowledged.
 //!
@@ -16,13 +17,14 @@ use tokio::sync::{mpsc, oneshot};
 use crate::layout;
 use crate::record::Record;
 use crate::verify::{Break, BreakKind};
-use crate::{Appended, Error, ExpectedVersion, Head, NewEvent, Result};
+use crate::{Appended, Durability, Error, ExpectedVersion, Head, NewEvent, Result};
 
 pub(crate) enum Request {
     Append {
         stream: String,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        durability: Durability,
         reply: oneshot::Sender<Result<Appended>>,
     },
     /// Records sealed elsewhere (an import), to be stored exactly as they are.
@@ -109,22 +111,30 @@ impl Writer {
         let mut writes = sled::Batch::default();
         let mut pending = Vec::new();
         let mut head = self.head;
+        let mut flush = false;
         for request in requests {
             match request {
                 Request::Append {
                     stream,
                     expected,
                     events,
+                    durability,
                     reply,
                 } => match self.stage(&stream, expected, events, &mut head, &mut writes) {
-                    Ok(appended) => pending.push(Pending::Append(reply, appended)),
+                    Ok(appended) => {
+                        flush |= durability == Durability::Flushed;
+                        pending.push(Pending::Append(reply, appended));
+                    }
                     Err(error) => {
                         let _ = reply.send(Err(error));
                     }
                 },
                 Request::Sealed { records, reply } => {
                     match self.stage_sealed(records, &mut head, &mut writes) {
-                        Ok(()) => pending.push(Pending::Sealed(reply, head)),
+                        Ok(()) => {
+                            flush = true;
+                            pending.push(Pending::Sealed(reply, head));
+                        }
                         Err(error) => {
                             let _ = reply.send(Err(error));
                         }
@@ -136,10 +146,12 @@ impl Writer {
             return;
         }
         writes.insert(layout::HEAD_KEY, &layout::encode_head(&head)[..]);
-        let written = self
-            .tree
-            .apply_batch(writes)
-            .and_then(|()| self.db.flush().map(drop));
+        let written = self.tree.apply_batch(writes).and_then(|()| {
+            if flush {
+                self.db.flush()?;
+            }
+            Ok(())
+        });
         match written {
             Ok(()) => {
                 self.head = head;

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use flotilla_journal::{ExpectedVersion, Journal, NewEvent};
+use flotilla_journal::{Durability, ExpectedVersion, Journal, NewEvent};
 
 const CHILD_ENV: &str = "CRASH_CHILD_DIR";
 const WRITERS: usize = 4;
@@ -133,12 +133,32 @@ fn child_appends_until_killed() {
                     let payloads: Vec<String> = (0..count)
                         .map(|i| format!("r{round}w{w}n{n}e{i}"))
                         .collect();
-                    let events = payloads
+                    let events: Vec<NewEvent> = payloads
                         .iter()
                         .map(|p| NewEvent::json("tick", 1, n as i64, p).unwrap())
                         .collect();
+                    // Every other round: a deferred append first, acknowledged only with the
+                    // flushed append after it, which must carry it to disk.
+                    let mut expected = version;
+                    if n % 2 == 1 {
+                        let deferred = NewEvent::json("tick", 1, n as i64, &payloads[0]).unwrap();
+                        let first = journal
+                            .append_with(
+                                &stream,
+                                ExpectedVersion::Exact(expected),
+                                vec![deferred],
+                                Durability::Deferred,
+                            )
+                            .unwrap();
+                        expected = first.version;
+                    }
+                    let events: Vec<NewEvent> = if n % 2 == 1 {
+                        events.into_iter().skip(1).collect()
+                    } else {
+                        events
+                    };
                     let appended = journal
-                        .append(&stream, ExpectedVersion::Exact(version), events)
+                        .append(&stream, ExpectedVersion::Exact(expected), events)
                         .unwrap();
                     println!("ack {stream} {} {}", version + 1, payloads.join(" "));
                     version = appended.version;
