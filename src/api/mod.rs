@@ -45,6 +45,8 @@ pub struct AppState {
     pub limits: WebhookLimits,
     /// Metric samples and the alarms' evaluation.
     pub evaluator: Arc<Evaluator>,
+    /// Converges groups to their capacity through their providers.
+    pub converger: Arc<crate::converger::Converger>,
 }
 
 impl AppState {
