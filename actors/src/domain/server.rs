@@ -118,13 +118,17 @@ pub fn plan(servers: &BTreeMap<String, Server>, target: u32, now: Timestamp) -> 
     let slots = servers.values().filter(|s| s.is_slot()).count() as u32;
     let excess = slots.saturating_sub(target) as usize;
     plan.launch_new = target.saturating_sub(slots);
-    plan.remove = termination_order(servers.values())
-        .into_iter()
-        .take(excess)
-        .map(|s| s.id.clone())
-        .collect();
+    if excess > 0 {
+        plan.remove = termination_order(servers.values())
+            .into_iter()
+            .take(excess)
+            .map(|s| s.id.clone())
+            .collect();
+    }
+    let removed: std::collections::BTreeSet<&str> =
+        plan.remove.iter().map(String::as_str).collect();
     for server in servers.values() {
-        if plan.remove.contains(&server.id) {
+        if removed.contains(server.id.as_str()) {
             continue;
         }
         match server.state {
