@@ -34,6 +34,8 @@ struct Data {
     tokens: HashMap<String, TenantId>,
     /// Metrics token hash → group.
     metrics_tokens: HashMap<String, GroupId>,
+    /// (group, server) → the hash of the metrics token minted for that server's launch.
+    server_tokens: HashMap<(GroupId, String), String>,
     groups: HashMap<GroupId, TenantId>,
     policies: HashMap<PolicyId, Owner>,
     webhooks: HashMap<WebhookId, Owner>,
@@ -118,9 +120,38 @@ impl Index {
                     data.tenant_groups.remove(&(tenant, id.clone()));
                 }
                 data.metrics_tokens.retain(|_, group| group != id);
+                data.server_tokens.retain(|(group, _), _| group != id);
+            }
+            GroupEvent::ServerLaunchRequested {
+                server_id,
+                metrics_token_hash,
+                ..
+            } => {
+                let key = (id.clone(), server_id.clone());
+                if let Some(old) = data.server_tokens.remove(&key) {
+                    data.metrics_tokens.remove(&old);
+                }
+                if !metrics_token_hash.is_empty() {
+                    data.metrics_tokens
+                        .insert(metrics_token_hash.clone(), id.clone());
+                    data.server_tokens.insert(key, metrics_token_hash.clone());
+                }
+            }
+            GroupEvent::ServerDeleted { server_id, .. } => {
+                if let Some(old) = data.server_tokens.remove(&(id.clone(), server_id.clone())) {
+                    data.metrics_tokens.remove(&old);
+                }
             }
             _ => {}
         }
+    }
+
+    /// Every group, in id order (the converger's round).
+    pub fn all_groups(&self) -> Vec<GroupId> {
+        let data = self.read();
+        let mut groups: Vec<GroupId> = data.groups.keys().cloned().collect();
+        groups.sort();
+        groups
     }
 
     /// Takes in a policy's event.

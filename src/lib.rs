@@ -7,6 +7,8 @@
 //! - `service`: starting the service: journal, operator token, supervisor, HTTP, readiness.
 //! - `api`: the HTTP API (SPEC 3) on actix-web: one module per resource, one error mapping.
 //! - `alarms`: metric samples into the series store, and alarm evaluation on the clock's ticks.
+//! - `converger`: on each tick, every group's servers reconciled with its desired capacity.
+//! - `providers`: the `process`, `http` and `simulated` providers that start and delete servers.
 //! - `index`: the read model: owners, tokens and lists, rebuilt from the journal at start.
 //! - `signature`: Standard Webhooks signatures: parse, verify in constant time, sign.
 //! - `ratelimit`: per-webhook and per-source token buckets on the injected clock.
@@ -20,7 +22,9 @@ pub mod alarms;
 pub mod api;
 pub mod audit;
 pub mod cli;
+pub mod converger;
 pub mod index;
+pub mod providers;
 pub mod ratelimit;
 pub mod service;
 pub mod settings;

@@ -16,7 +16,9 @@ use flotilla_journal::Journal;
 
 use crate::alarms::Evaluator;
 use crate::api::{self, AppState};
+use crate::converger::Converger;
 use crate::index::Index;
+use crate::providers::Providers;
 use crate::ratelimit::{Limit, WebhookLimits};
 use crate::settings::Settings;
 use crate::telemetry::Telemetry;
@@ -71,12 +73,23 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
     let evaluator = Arc::new(Evaluator::new(supervisor.clone()));
     let telemetry = Arc::new(Telemetry::new(supervisor.clone(), index.clone()));
     let ready = Arc::new(AtomicBool::new(false));
+    let providers = Arc::new(Providers::new(
+        clock.clone(),
+        settings.provider_http_secret.clone(),
+    ));
+    let converger = Arc::new(Converger::new(
+        supervisor.clone(),
+        index.clone(),
+        providers,
+        format!("{}/v1/metrics", settings.public_url().trim_end_matches('/')),
+    ));
     let state = web::Data::new(AppState {
         supervisor,
         index: index.clone(),
         operator_token_hash: token::hash(&operator_token),
         ready: ready.clone(),
         evaluator: evaluator.clone(),
+        converger: converger.clone(),
         limits: WebhookLimits {
             source: Limit::new(settings.source_rate_limit, clock.clone()),
             webhook: Limit::new(settings.webhook_rate_limit, clock.clone()),
@@ -87,6 +100,10 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
 
     replay_into_index(journal, index, evaluator.clone(), clock, ready.clone());
     evaluator.run(Duration::from_millis(settings.alarm_tick_ms));
+    converger.run(
+        Duration::from_millis(settings.converge_tick_ms),
+        ready.clone(),
+    );
     forget_idle_limits(state.clone());
 
     let server = HttpServer::new({

@@ -46,6 +46,14 @@ pub struct ServeArgs {
     /// HTTP worker threads [default: 2].
     #[arg(long, env = "FLOTILLA_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
+    /// How often groups are converged to their capacity, milliseconds of real time
+    /// [default: 1000].
+    #[arg(long, env = "FLOTILLA_CONVERGE_TICK_MS")]
+    pub converge_tick_ms: Option<u64>,
+    /// The `whsec_` secret signing requests to `http` orchestrators whose launch configuration
+    /// has no `secret`.
+    #[arg(long, env = "FLOTILLA_PROVIDER_HTTP_SECRET")]
+    pub provider_http_secret: Option<String>,
 }
 
 /// The TOML file: the same keys, all optional.
@@ -63,6 +71,8 @@ struct FileSettings {
     metrics_body_limit: Option<usize>,
     alarm_tick_ms: Option<u64>,
     http_workers: Option<usize>,
+    converge_tick_ms: Option<u64>,
+    provider_http_secret: Option<String>,
 }
 
 /// Resolved settings.
@@ -79,6 +89,8 @@ pub struct Settings {
     pub metrics_body_limit: usize,
     pub alarm_tick_ms: u64,
     pub http_workers: usize,
+    pub converge_tick_ms: u64,
+    pub provider_http_secret: Option<String>,
 }
 
 impl Default for Settings {
@@ -95,6 +107,8 @@ impl Default for Settings {
             metrics_body_limit: 4 << 20,
             alarm_tick_ms: 1000,
             http_workers: 2,
+            converge_tick_ms: 1000,
+            provider_http_secret: None,
         }
     }
 }
@@ -146,6 +160,15 @@ impl Settings {
                 .or(file.http_workers)
                 .unwrap_or(d.http_workers)
                 .max(1),
+            converge_tick_ms: args
+                .converge_tick_ms
+                .or(file.converge_tick_ms)
+                .unwrap_or(d.converge_tick_ms)
+                .max(10),
+            provider_http_secret: args
+                .provider_http_secret
+                .clone()
+                .or(file.provider_http_secret),
         })
     }
 

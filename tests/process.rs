@@ -350,6 +350,17 @@ fn audit_and_replay_read_through_a_running_service_with_the_same_output() {
     let s = setup(&server, dir.path());
     let ts = now();
     assert_eq!(server.hook(&s.url, &s.secret, "msg_a", ts, b"{}").0, 202);
+    // Let the converger launch the group's one (simulated) server, so the journal stops moving
+    // between the remote and the local reads.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, group) = server.call("GET", &format!("/v1/groups/{}", s.group), &s.token, None);
+        if group["active"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server never became active");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let operator = std::fs::read_to_string(dir.path().join("operator.token")).unwrap();
     let op = operator.trim();
     let data = dir.path().to_str().unwrap();

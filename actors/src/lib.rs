@@ -9,6 +9,7 @@
 //! - [`domain`]: ids, [`domain::Rejection`], [`domain::Cause`] and the [`domain::DomainEvent`] trait.
 //! - [`domain::tenant`]: a tenant: its name and token hash.
 //! - [`domain::group`]: a group: bounds, capacity, cooldown, pause, and policy executions.
+//! - [`domain::server`]: a group's servers: states, termination order, backoff, the converger's plan.
 //! - [`domain::scaling`]: the pinned scaling arithmetic (change, percent, exact, step, clamp).
 //! - [`domain::policy`]: a scaling policy's definition.
 //! - [`domain::webhook`]: a signed webhook: secrets, rotation grace, revocation, accepted nonces.

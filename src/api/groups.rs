@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Tenant;
 use super::error::ErrorBody;
-use super::views::{GroupCreated, GroupView};
+use super::views::{GroupCreated, GroupView, ServerView};
 use super::{ApiError, AppState, List, ListQuery};
 use crate::audit::format_millis;
 use crate::token;
@@ -264,12 +264,39 @@ pub async fn delete(
     query: web::Query<DeleteQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path)?;
-    // Until providers land no group has servers, so `force` has nothing to delete first.
-    let _ = query.force;
+    if query.force {
+        drain(&state, &id).await?;
+    }
     state
         .execute::<Groups>(id.as_str(), GroupCommand::Delete)
         .await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// How long a forced deletion waits for its servers to be deleted.
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Stops launching for group `id` and deletes its servers through the converger, waiting for
+/// them to be gone (409 if they are not by [`DRAIN_DEADLINE`]; the drain goes on).
+async fn drain(state: &AppState, id: &GroupId) -> Result<(), ApiError> {
+    state
+        .execute::<Groups>(id.as_str(), GroupCommand::Drain)
+        .await?;
+    let deadline = std::time::Instant::now() + DRAIN_DEADLINE;
+    loop {
+        state.converger.reconcile(id).await?;
+        if load(state, id).await?.servers.is_empty() {
+            return Ok(());
+        }
+        if deadline < std::time::Instant::now() {
+            return Err(ApiError::from(flotilla_actors::error::Error::from(
+                flotilla_actors::domain::Rejection::Conflict {
+                    reason: "servers are still being deleted; try again".into(),
+                },
+            )));
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// `POST /v1/groups/{id}/pause`.
@@ -322,7 +349,7 @@ pub async fn resume(
     respond(&state, &id, GroupCommand::Resume).await
 }
 
-/// `GET /v1/groups/{id}/servers`: none until the providers issue brings servers.
+/// `GET /v1/groups/{id}/servers`: in id order; the cursor is the last id of the page.
 #[utoipa::path(
     get,
     path = "/v1/groups/{id}/servers",
@@ -344,16 +371,37 @@ pub async fn servers(
     path: web::Path<String>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    owned(&state, &tenant, &path)?;
-    query.limit()?;
-    Ok(HttpResponse::Ok().json(List::<Value> {
-        items: vec![],
-        next_cursor: None,
-    }))
+    let id = owned(&state, &tenant, &path)?;
+    let limit = query.limit()?;
+    let group = load(&state, &id).await?;
+    let after = query.cursor.clone().unwrap_or_default();
+    let mut page = group
+        .servers
+        .range::<String, _>((
+            std::ops::Bound::Excluded(&after),
+            std::ops::Bound::Unbounded,
+        ))
+        .map(|(_, server)| ServerView::new(&group, server));
+    let items: Vec<ServerView> = page.by_ref().take(limit).collect();
+    let next_cursor = match page.next() {
+        Some(_) => items.last().map(|s| s.id.clone()),
+        None => None,
+    };
+    Ok(HttpResponse::Ok().json(List { items, next_cursor }))
 }
 
-/// The events that are scaling activity.
-const ACTIVITY: [&str; 2] = ["policy_executed", "capacity_changed"];
+/// The events that are scaling activity, and the steps of convergence.
+const ACTIVITY: [&str; 9] = [
+    "policy_executed",
+    "capacity_changed",
+    "draining",
+    "server_launch_requested",
+    "server_launched",
+    "server_active",
+    "server_failed",
+    "server_delete_requested",
+    "server_deleted",
+];
 
 /// `GET /v1/groups/{id}/activity`: newest first; each item is the recorded event with its
 /// journal sequence number and time. The cursor is a stream version.

@@ -50,6 +50,8 @@ pub struct AppState {
     pub evaluator: Arc<Evaluator>,
     /// The service's own metrics.
     pub telemetry: Arc<Telemetry>,
+    /// Converges groups to their capacity through their providers.
+    pub converger: Arc<crate::converger::Converger>,
 }
 
 impl AppState {

@@ -5,6 +5,7 @@ use flotilla_actors::domain::alarm::{Alarm, AlarmState, Comparison, Statistic, T
 use flotilla_actors::domain::group::{Group, Outcome};
 use flotilla_actors::domain::policy::Policy;
 use flotilla_actors::domain::scaling::AdjustmentType;
+use flotilla_actors::domain::server::{Server, ServerState};
 use flotilla_actors::domain::webhook::Webhook;
 use flotilla_actors::supervisor::PolicyExecution;
 use serde::Serialize;
@@ -33,7 +34,7 @@ pub struct GroupView {
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     pub paused: bool,
-    /// Servers running (the converger lands with the providers issue; until then 0).
+    /// Servers running.
     pub active: u32,
     /// Servers starting.
     pub pending: u32,
@@ -73,10 +74,42 @@ impl From<&Group> for GroupView {
             launch: g.launch.clone(),
             metadata: g.metadata.clone(),
             paused: g.paused,
-            active: 0,
-            pending: 0,
+            active: g.count(ServerState::Active),
+            pending: g.count(ServerState::Pending),
             cooldown_until: g.cooldown_until.map(time),
             created_at: time(g.created_at),
+        }
+    }
+}
+
+/// A server of a group.
+#[derive(Debug, Serialize)]
+pub struct ServerView {
+    pub id: String,
+    pub group_id: String,
+    pub state: ServerState,
+    /// The provider's handle (`{"pid": .., "start_time": ..}` for `process`); null until launched.
+    pub provider: Value,
+    pub launched_at: String,
+    /// How many times this server's slot failed.
+    pub failures: u32,
+    /// Why it failed last.
+    pub last_failure: Option<String>,
+    pub last_failure_at: Option<String>,
+}
+
+impl ServerView {
+    /// The view of server `s` of `group`.
+    pub fn new(group: &Group, s: &Server) -> Self {
+        ServerView {
+            id: s.id.clone(),
+            group_id: group.id.to_string(),
+            state: s.state,
+            provider: s.provider.clone(),
+            launched_at: time(s.launched_at),
+            failures: s.failures,
+            last_failure: s.last_failure.as_ref().map(|(why, _)| why.clone()),
+            last_failure_at: s.last_failure.as_ref().map(|(_, at)| time(*at)),
         }
     }
 }

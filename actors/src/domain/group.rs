@@ -6,10 +6,13 @@
 //! end is stored in the [`Outcome::Executed`] that started it (the event's `at` plus the policy's
 //! or the group's cooldown), so a replay never needs a clock.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::scaling::{self, Adjustment, Computation};
+use super::server::{Server, ServerState};
 use super::{
     validate_cooldown, validate_name, Cause, DomainEvent, GroupId, PolicyId, Rejection, TenantId,
 };
@@ -56,9 +59,30 @@ pub struct Group {
     /// sha256 (hex) of the write-only token its servers post metric samples with.
     #[serde(default)]
     pub metrics_token_hash: String,
+    /// Its servers by id (SPEC 6): the group's own stream records them, so one actor
+    /// serializes its capacity and its servers.
+    #[serde(default)]
+    pub servers: BTreeMap<String, Server>,
+    /// Whether a forced deletion is removing its servers: nothing is launched any more.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl Group {
+    /// How many servers are in `state`.
+    pub fn count(&self, state: ServerState) -> u32 {
+        self.servers.values().filter(|s| s.state == state).count() as u32
+    }
+
+    /// How many slots the converger keeps: `desired_capacity`, or none while draining.
+    pub fn target(&self) -> u32 {
+        if self.draining {
+            0
+        } else {
+            self.desired_capacity
+        }
+    }
+
     /// Whether a policy execution at `now` falls in the cooldown. The cooldown ends at
     /// `cooldown_until` exactly: at that instant an execution is allowed again.
     pub fn in_cooldown(&self, now: Timestamp) -> bool {
@@ -128,8 +152,18 @@ pub enum GroupCommand {
     Pause,
     /// Execute policies again.
     Resume,
-    /// Delete it. Whether it still has servers is checked by the caller.
+    /// Delete it; refused while it has servers (drain it first).
     Delete,
+    /// Start a forced deletion: stop launching and remove every server.
+    Drain,
+    /// Ask the provider for servers: new slots, or failed slots whose backoff ran out. Requests
+    /// that are no longer needed or allowed are left out of the answer's events, not refused.
+    LaunchServers(Vec<LaunchRequest>),
+    /// What the provider said about servers. Stale reports (an unknown server, a state already
+    /// left) record nothing.
+    ReportServers(Vec<ServerReport>),
+    /// Remove these servers (scale-in, in the termination order the caller applied).
+    DeleteServers(Vec<String>),
     /// Execute a policy: its adjustment and cooldown come from the policy.
     ExecutePolicy {
         /// The executing policy.
@@ -140,6 +174,44 @@ pub enum GroupCommand {
         cooldown_seconds: Option<u32>,
         /// What set it in motion.
         cause: Cause,
+    },
+}
+
+/// One server to launch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchRequest {
+    /// A new server id, or a failed slot's.
+    pub server_id: String,
+    /// sha256 (hex) of the metrics token this launch will hand the server.
+    pub metrics_token_hash: String,
+}
+
+/// What a provider said about one server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerReport {
+    /// It was started; this is its handle.
+    Launched {
+        /// The server.
+        server_id: String,
+        /// The provider's handle.
+        provider: Value,
+    },
+    /// It runs.
+    Active {
+        /// The server.
+        server_id: String,
+    },
+    /// Its launch failed, or it exited.
+    Failed {
+        /// The server.
+        server_id: String,
+        /// Why, in lowercase prose.
+        reason: String,
+    },
+    /// The provider deleted it.
+    Deleted {
+        /// The server.
+        server_id: String,
     },
 }
 
@@ -258,6 +330,59 @@ pub enum GroupEvent {
         /// When.
         at: Timestamp,
     },
+    /// A forced deletion started: its servers are removed, none launched.
+    Draining {
+        /// When.
+        at: Timestamp,
+    },
+    /// A server's launch was asked of the provider (a new slot, or a failed one again).
+    ServerLaunchRequested {
+        /// The server.
+        server_id: String,
+        /// sha256 (hex) of the metrics token handed to it.
+        metrics_token_hash: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// The provider started a server; its handle.
+    ServerLaunched {
+        /// The server.
+        server_id: String,
+        /// The provider's handle.
+        provider: Value,
+        /// When.
+        at: Timestamp,
+    },
+    /// A server runs.
+    ServerActive {
+        /// The server.
+        server_id: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// A server's launch failed or it exited.
+    ServerFailed {
+        /// The server.
+        server_id: String,
+        /// Why.
+        reason: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// A server is to be deleted.
+    ServerDeleteRequested {
+        /// The server.
+        server_id: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// The provider deleted a server.
+    ServerDeleted {
+        /// The server.
+        server_id: String,
+        /// When.
+        at: Timestamp,
+    },
 }
 
 impl DomainEvent for GroupEvent {
@@ -272,6 +397,13 @@ impl DomainEvent for GroupEvent {
             GroupEvent::Paused { .. } => "paused",
             GroupEvent::Resumed { .. } => "resumed",
             GroupEvent::Deleted { .. } => "deleted",
+            GroupEvent::Draining { .. } => "draining",
+            GroupEvent::ServerLaunchRequested { .. } => "server_launch_requested",
+            GroupEvent::ServerLaunched { .. } => "server_launched",
+            GroupEvent::ServerActive { .. } => "server_active",
+            GroupEvent::ServerFailed { .. } => "server_failed",
+            GroupEvent::ServerDeleteRequested { .. } => "server_delete_requested",
+            GroupEvent::ServerDeleted { .. } => "server_deleted",
         }
     }
 }
@@ -308,7 +440,25 @@ pub fn decide(
         GroupCommand::Pause => Ok(vec![GroupEvent::Paused { at: now }]),
         GroupCommand::Resume if !group.paused => Ok(vec![]),
         GroupCommand::Resume => Ok(vec![GroupEvent::Resumed { at: now }]),
+        GroupCommand::Delete if !group.servers.is_empty() => Err(Rejection::Conflict {
+            reason: format!(
+                "the group has {} servers; delete it with force=true to remove them first",
+                group.servers.len()
+            ),
+        }),
         GroupCommand::Delete => Ok(vec![GroupEvent::Deleted { at: now }]),
+        GroupCommand::Drain if group.draining => Ok(vec![]),
+        GroupCommand::Drain => Ok(vec![GroupEvent::Draining { at: now }]),
+        GroupCommand::LaunchServers(requests) => Ok(decide_launches(group, requests, now)),
+        GroupCommand::ReportServers(reports) => Ok(decide_reports(group, reports, now)),
+        GroupCommand::DeleteServers(ids) => Ok(ids
+            .iter()
+            .filter(|id| group.servers.get(*id).is_some_and(Server::is_slot))
+            .map(|id| GroupEvent::ServerDeleteRequested {
+                server_id: id.clone(),
+                at: now,
+            })
+            .collect()),
         GroupCommand::ExecutePolicy {
             policy_id,
             adjustment,
@@ -331,6 +481,74 @@ pub fn decide(
             }])
         }
     }
+}
+
+/// A launch is allowed for a failed slot whose backoff ran out, or for a new slot while the
+/// group has fewer slots than its target (never while draining).
+fn decide_launches(group: &Group, requests: &[LaunchRequest], now: Timestamp) -> Vec<GroupEvent> {
+    let mut slots = group.servers.values().filter(|s| s.is_slot()).count() as u32;
+    let mut events = Vec::new();
+    for request in requests {
+        let allowed = match group.servers.get(&request.server_id) {
+            Some(server) => server.retry_at().is_some_and(|at| at <= now),
+            None if slots < group.target() => {
+                slots += 1;
+                true
+            }
+            None => false,
+        };
+        if allowed && !group.draining {
+            events.push(GroupEvent::ServerLaunchRequested {
+                server_id: request.server_id.clone(),
+                metrics_token_hash: request.metrics_token_hash.clone(),
+                at: now,
+            });
+        }
+    }
+    events
+}
+
+/// Each report applies to a server in the state it speaks of; a stale one records nothing.
+/// Reports are taken in order, each seeing what the earlier ones recorded.
+fn decide_reports(group: &Group, reports: &[ServerReport], now: Timestamp) -> Vec<GroupEvent> {
+    use ServerState::*;
+    let mut events = Vec::new();
+    let mut scratch = Some(group.clone());
+    for report in reports {
+        let Some(group) = scratch.as_ref() else {
+            break;
+        };
+        let (ServerReport::Launched { server_id, .. }
+        | ServerReport::Active { server_id }
+        | ServerReport::Failed { server_id, .. }
+        | ServerReport::Deleted { server_id }) = report;
+        let Some(server) = group.servers.get(server_id) else {
+            continue;
+        };
+        let server_id = server_id.clone();
+        let event = match (report, server.state) {
+            (ServerReport::Launched { provider, .. }, Pending) => GroupEvent::ServerLaunched {
+                server_id,
+                provider: provider.clone(),
+                at: now,
+            },
+            (ServerReport::Active { .. }, Pending) if !server.provider.is_null() => {
+                GroupEvent::ServerActive { server_id, at: now }
+            }
+            (ServerReport::Failed { reason, .. }, Pending | Active) => GroupEvent::ServerFailed {
+                server_id,
+                reason: reason.clone(),
+                at: now,
+            },
+            (ServerReport::Deleted { .. }, Deleting) => {
+                GroupEvent::ServerDeleted { server_id, at: now }
+            }
+            _ => continue,
+        };
+        scratch = apply(scratch, &event);
+        events.push(event);
+    }
+    events
 }
 
 /// Pause first, then cooldown, then whether the capacity moves.
@@ -511,6 +729,8 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             cooldown_until: None,
             created_at: *at,
             metrics_token_hash: metrics_token_hash.clone(),
+            servers: BTreeMap::new(),
+            draining: false,
         });
     }
     let mut group = state?;
@@ -545,6 +765,62 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
         GroupEvent::Paused { .. } => group.paused = true,
         GroupEvent::Resumed { .. } => group.paused = false,
         GroupEvent::Deleted { .. } => group.deleted = true,
+        GroupEvent::Draining { .. } => group.draining = true,
+        GroupEvent::ServerLaunchRequested {
+            server_id,
+            metrics_token_hash,
+            at,
+        } => {
+            let server = group
+                .servers
+                .entry(server_id.clone())
+                .or_insert_with(|| Server {
+                    id: server_id.clone(),
+                    state: ServerState::Pending,
+                    provider: Value::Null,
+                    launched_at: *at,
+                    failures: 0,
+                    last_failure: None,
+                    metrics_token_hash: String::new(),
+                });
+            server.state = ServerState::Pending;
+            server.provider = Value::Null;
+            server.launched_at = *at;
+            server.metrics_token_hash = metrics_token_hash.clone();
+        }
+        GroupEvent::ServerLaunched {
+            server_id,
+            provider,
+            ..
+        } => {
+            if let Some(server) = group.servers.get_mut(server_id) {
+                server.provider = provider.clone();
+            }
+        }
+        GroupEvent::ServerActive { server_id, .. } => {
+            if let Some(server) = group.servers.get_mut(server_id) {
+                server.state = ServerState::Active;
+            }
+        }
+        GroupEvent::ServerFailed {
+            server_id,
+            reason,
+            at,
+        } => {
+            if let Some(server) = group.servers.get_mut(server_id) {
+                server.state = ServerState::Failed;
+                server.failures = server.failures.saturating_add(1);
+                server.last_failure = Some((reason.clone(), *at));
+            }
+        }
+        GroupEvent::ServerDeleteRequested { server_id, .. } => {
+            if let Some(server) = group.servers.get_mut(server_id) {
+                server.state = ServerState::Deleting;
+            }
+        }
+        GroupEvent::ServerDeleted { server_id, .. } => {
+            group.servers.remove(server_id);
+        }
     }
     Some(group)
 }
@@ -1055,5 +1331,126 @@ mod tests {
                 prop_assert_eq!(replay(&decoded), live);
             }
         }
+    }
+
+    fn launch(ids: &[&str]) -> GroupCommand {
+        GroupCommand::LaunchServers(
+            ids.iter()
+                .map(|id| LaunchRequest {
+                    server_id: (*id).into(),
+                    metrics_token_hash: format!("hash-{id}"),
+                })
+                .collect(),
+        )
+    }
+
+    fn report(reports: Vec<ServerReport>) -> GroupCommand {
+        GroupCommand::ReportServers(reports)
+    }
+
+    fn launched(id: &str) -> ServerReport {
+        ServerReport::Launched {
+            server_id: id.into(),
+            provider: json!({"pid": 7}),
+        }
+    }
+
+    fn server_state(state: &GroupState, id: &str) -> Option<ServerState> {
+        state.as_ref().unwrap().servers.get(id).map(|s| s.state)
+    }
+
+    #[test]
+    fn launches_beyond_the_desired_capacity_record_nothing() {
+        let (state, events) = when(given_group(0, 5, 2), launch(&["a", "b", "c"]), T0);
+        assert_eq!(events.len(), 2);
+        assert_eq!(server_state(&state, "a"), Some(ServerState::Pending));
+        assert_eq!(server_state(&state, "c"), None);
+    }
+
+    #[test]
+    fn a_launched_server_becomes_active_only_once_it_has_a_handle() {
+        let (state, _) = when(given_group(0, 5, 1), launch(&["a"]), T0);
+        let active = ServerReport::Active {
+            server_id: "a".into(),
+        };
+        let (state, events) = when(state, report(vec![active.clone()]), T0);
+        assert!(events.is_empty(), "no handle yet: {events:?}");
+        let (state, _) = when(state, report(vec![launched("a"), active]), T0);
+        let server = &state.as_ref().unwrap().servers["a"];
+        assert_eq!(server.state, ServerState::Active);
+        assert_eq!(server.provider, json!({"pid": 7}));
+        assert_eq!(state.unwrap().count(ServerState::Active), 1);
+    }
+
+    #[test]
+    fn a_failed_slot_is_launched_again_only_after_its_backoff() {
+        let (state, _) = when(given_group(0, 5, 1), launch(&["a"]), T0);
+        let failed = ServerReport::Failed {
+            server_id: "a".into(),
+            reason: "no such file".into(),
+        };
+        let (state, _) = when(state, report(vec![failed.clone()]), T0);
+        assert_eq!(server_state(&state, "a"), Some(ServerState::Failed));
+        let (state, events) = when(state, launch(&["a"]), T0.plus_millis(999));
+        assert!(events.is_empty());
+        let (state, events) = when(state, launch(&["a"]), T0.plus_secs(1u32));
+        assert_eq!(events.len(), 1);
+        let (state, _) = when(state, report(vec![failed]), T0.plus_secs(1u32));
+        let (_, events) = when(state, launch(&["a"]), T0.plus_secs(2u32));
+        assert!(events.is_empty(), "the second failure waits 2 s");
+    }
+
+    #[test]
+    fn failures_never_lower_the_desired_capacity_below_min_size() {
+        let (state, _) = when(given_group(2, 5, 2), launch(&["a", "b"]), T0);
+        let failed = |id: &str| ServerReport::Failed {
+            server_id: id.into(),
+            reason: "exited".into(),
+        };
+        let (state, _) = when(state, report(vec![failed("a"), failed("b")]), T0);
+        assert_eq!(capacity(&state), 2);
+        let plan =
+            crate::domain::server::plan(&state.as_ref().unwrap().servers, 2, T0.plus_secs(1u32));
+        assert_eq!(plan.relaunch, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn a_group_with_servers_is_deleted_only_after_draining_them() {
+        let (state, _) = when(given_group(0, 5, 1), launch(&["a"]), T0);
+        assert_eq!(
+            decide(&state, &GroupCommand::Delete, T0)
+                .unwrap_err()
+                .status(),
+            409
+        );
+        let (state, _) = when(state, GroupCommand::Drain, T0);
+        let (state, events) = when(state, launch(&["b"]), T0);
+        assert!(events.is_empty(), "nothing launches while draining");
+        let (state, _) = when(state, GroupCommand::DeleteServers(vec!["a".into()]), T0);
+        assert_eq!(server_state(&state, "a"), Some(ServerState::Deleting));
+        let deleted = ServerReport::Deleted {
+            server_id: "a".into(),
+        };
+        let (state, _) = when(state, report(vec![deleted]), T0);
+        let (state, _) = when(state, GroupCommand::Delete, T0);
+        assert!(state.unwrap().deleted);
+    }
+
+    #[test]
+    fn server_events_replay_to_the_same_state_and_old_snapshots_still_decode() {
+        let mut events =
+            decide(&None, &GroupCommand::Create(new_group(0, 3, Some(2))), T0).unwrap();
+        let mut state = replay(&events);
+        for cmd in [launch(&["a", "b"]), report(vec![launched("a")])] {
+            let more = decide(&state, &cmd, T0).unwrap();
+            state = more.iter().fold(state, apply);
+            events.extend(more);
+        }
+        assert_eq!(replay(&events), state);
+        let mut old = serde_json::to_value(given_group(0, 3, 1)).unwrap();
+        old.as_object_mut().unwrap().remove("servers");
+        old.as_object_mut().unwrap().remove("draining");
+        let decoded: GroupState = serde_json::from_value(old).unwrap();
+        assert!(decoded.unwrap().servers.is_empty());
     }
 }

@@ -17,6 +17,7 @@ pub mod nonce_window;
 pub mod policy;
 pub mod samples;
 pub mod scaling;
+pub mod server;
 pub mod tenant;
 pub mod webhook;
 

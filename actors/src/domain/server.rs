@@ -1,0 +1,225 @@
+//! A group's servers as its events record them: each a slot with a state, the provider's handle
+//! and a count of failures; the termination order of a scale-in; the backoff between launch
+//! attempts; and [`plan`], which tells a converger what a group needs next.
+//!
+//! A server id names a slot. A failed slot is retried under the same id, after a backoff that
+//! doubles with each failure of that slot (1 s, 2 s, 4 s ... at most [`MAX_BACKOFF_SECONDS`]);
+//! its failures are never reset, so a command that crashes as soon as it starts cannot loop.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clock::Timestamp;
+
+/// The longest wait before a failed slot is launched again.
+pub const MAX_BACKOFF_SECONDS: u64 = 60;
+
+/// A server's state (SPEC 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    /// Asked of the provider; not yet running.
+    Pending,
+    /// Running.
+    Active,
+    /// Its launch failed or it exited; waiting for its backoff to be launched again.
+    Failed,
+    /// Being deleted by the provider.
+    Deleting,
+}
+
+/// One server of a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Server {
+    /// Its id (`srv_...`), also its slot.
+    pub id: String,
+    /// Its state.
+    pub state: ServerState,
+    /// The provider's handle (e.g. `{"pid": 4242, "start_time": 123}`); `null` until launched.
+    #[serde(default)]
+    pub provider: Value,
+    /// When its latest launch was requested.
+    pub launched_at: Timestamp,
+    /// How many times this slot failed.
+    #[serde(default)]
+    pub failures: u32,
+    /// Why it failed last, and when.
+    #[serde(default)]
+    pub last_failure: Option<(String, Timestamp)>,
+    /// sha256 (hex) of the metrics token handed to its current launch.
+    #[serde(default)]
+    pub metrics_token_hash: String,
+}
+
+impl Server {
+    /// Whether it counts toward the group's capacity: every slot not being deleted.
+    pub fn is_slot(&self) -> bool {
+        self.state != ServerState::Deleting
+    }
+
+    /// When a failed slot may be launched again.
+    pub fn retry_at(&self) -> Option<Timestamp> {
+        match (&self.state, &self.last_failure) {
+            (ServerState::Failed, Some((_, at))) => {
+                Some(at.plus_secs(backoff_seconds(self.failures)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The wait after the `failures`-th failure of a slot: 1 s doubling, at most a minute.
+pub fn backoff_seconds(failures: u32) -> u64 {
+    if failures == 0 {
+        return 0;
+    }
+    1u64.checked_shl(failures - 1)
+        .unwrap_or(u64::MAX)
+        .min(MAX_BACKOFF_SECONDS)
+}
+
+/// The termination order of a scale-in, first removed first: failed slots (they serve
+/// nothing), then pending before active, then the oldest launch first, then by id.
+pub fn termination_order<'a>(servers: impl IntoIterator<Item = &'a Server>) -> Vec<&'a Server> {
+    let rank = |s: &Server| match s.state {
+        ServerState::Failed => 0,
+        ServerState::Pending => 1,
+        ServerState::Active => 2,
+        ServerState::Deleting => 3,
+    };
+    let mut slots: Vec<&Server> = servers.into_iter().filter(|s| s.is_slot()).collect();
+    slots.sort_by(|a, b| (rank(a), a.launched_at, &a.id).cmp(&(rank(b), b.launched_at, &b.id)));
+    slots
+}
+
+/// What a group needs next, as [`plan`] sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Slots to add (new server ids are the converger's to mint).
+    pub launch_new: u32,
+    /// Failed slots whose backoff ran out: launch them again.
+    pub relaunch: Vec<String>,
+    /// Pending slots with no handle: their launch was asked but never recorded (a restart came
+    /// between); launch them again (the provider cleans up what it may have started).
+    pub resume: Vec<String>,
+    /// Slots to remove, in termination order.
+    pub remove: Vec<String>,
+    /// Servers being deleted: (id, handle) for the provider.
+    pub delete: Vec<(String, Value)>,
+    /// Pending or active servers with a handle, to ask the provider about.
+    pub watch: Vec<(String, ServerState, Value)>,
+}
+
+/// What `servers` need to reach `target` slots at `now`.
+pub fn plan(servers: &BTreeMap<String, Server>, target: u32, now: Timestamp) -> Plan {
+    let mut plan = Plan::default();
+    let slots = servers.values().filter(|s| s.is_slot()).count() as u32;
+    let excess = slots.saturating_sub(target) as usize;
+    plan.launch_new = target.saturating_sub(slots);
+    if excess > 0 {
+        plan.remove = termination_order(servers.values())
+            .into_iter()
+            .take(excess)
+            .map(|s| s.id.clone())
+            .collect();
+    }
+    let removed: std::collections::BTreeSet<&str> =
+        plan.remove.iter().map(String::as_str).collect();
+    for server in servers.values() {
+        if removed.contains(server.id.as_str()) {
+            continue;
+        }
+        match server.state {
+            ServerState::Deleting => plan
+                .delete
+                .push((server.id.clone(), server.provider.clone())),
+            ServerState::Failed if server.retry_at().is_some_and(|at| at <= now) => {
+                plan.relaunch.push(server.id.clone())
+            }
+            ServerState::Failed => {}
+            ServerState::Pending if server.provider.is_null() => {
+                plan.resume.push(server.id.clone())
+            }
+            ServerState::Pending | ServerState::Active => {
+                plan.watch
+                    .push((server.id.clone(), server.state, server.provider.clone()))
+            }
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
+
+    fn server(id: &str, state: ServerState, launched: i64) -> Server {
+        Server {
+            id: id.into(),
+            state,
+            provider: json!({"pid": 1}),
+            launched_at: T0.plus_millis(launched * 1000),
+            failures: 0,
+            last_failure: None,
+            metrics_token_hash: String::new(),
+        }
+    }
+
+    fn map(servers: Vec<Server>) -> BTreeMap<String, Server> {
+        servers.into_iter().map(|s| (s.id.clone(), s)).collect()
+    }
+
+    #[test]
+    fn the_backoff_doubles_from_one_second_up_to_a_minute() {
+        let waits: Vec<u64> = (0..9).map(backoff_seconds).collect();
+        assert_eq!(waits, vec![0, 1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(backoff_seconds(u32::MAX), 60);
+    }
+
+    #[test]
+    fn scale_in_removes_failed_then_pending_then_the_oldest_active_first() {
+        let servers = map(vec![
+            server("a", ServerState::Active, 5),
+            server("b", ServerState::Active, 1),
+            server("c", ServerState::Pending, 9),
+            server("d", ServerState::Failed, 10),
+            server("e", ServerState::Deleting, 0),
+        ]);
+        let order: Vec<&str> = termination_order(servers.values())
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect();
+        assert_eq!(order, vec!["d", "c", "b", "a"]);
+        let plan = plan(&servers, 2, T0);
+        assert_eq!(plan.remove, vec!["d", "c"]);
+        assert_eq!(plan.launch_new, 0);
+        assert_eq!(plan.delete, vec![("e".to_string(), json!({"pid": 1}))]);
+    }
+
+    #[test]
+    fn a_failed_slot_is_relaunched_only_once_its_backoff_ran_out_and_still_counts() {
+        let mut failed = server("a", ServerState::Failed, 0);
+        failed.failures = 3;
+        failed.last_failure = Some(("exited".into(), T0));
+        let servers = map(vec![failed]);
+        let early = plan(&servers, 1, T0.plus_secs(3u32));
+        assert_eq!((early.launch_new, early.relaunch.len()), (0, 0));
+        let due = plan(&servers, 1, T0.plus_secs(4u32));
+        assert_eq!(due.relaunch, vec!["a"]);
+    }
+
+    #[test]
+    fn missing_slots_are_launched_and_pending_ones_without_a_handle_resumed() {
+        let mut lost = server("a", ServerState::Pending, 0);
+        lost.provider = Value::Null;
+        let plan = plan(&map(vec![lost, server("b", ServerState::Active, 0)]), 4, T0);
+        assert_eq!(plan.launch_new, 2);
+        assert_eq!(plan.resume, vec!["a"]);
+        assert_eq!(plan.watch.len(), 1);
+    }
+}

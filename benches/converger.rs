@@ -1,0 +1,117 @@
+//! The converger's cost on `simulated` servers (no provider latency), beside a baseline:
+//! - `converge_1000`: a group created at 1,000 and reconciled until all 1,000 are active (one
+//!   pass launches them all: two batched appends; a second marks them active);
+//! - `pass_over_converged_1000`: one reconcile pass over a converged group of 1,000 (a read of
+//!   the group, the plan, 1,000 status calls, no append);
+//! - `plan_1000`: the pure plan over the same 1,000 servers, the pass's floor.
+//!
+//! `cargo bench --bench converger`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use flotilla::converger::Converger;
+use flotilla::index::Index;
+use flotilla::providers::Providers;
+use flotilla_actors::aggregate::Groups;
+use flotilla_actors::clock::{Clock, SystemClock};
+use flotilla_actors::domain::group::{GroupCommand, NewGroup};
+use flotilla_actors::domain::server::plan;
+use flotilla_actors::domain::{GroupId, TenantId};
+use flotilla_actors::supervisor::{Config, Supervisor};
+use flotilla_journal::Journal;
+
+fn new_group(id: &GroupId, desired: u32) -> NewGroup {
+    NewGroup {
+        id: id.clone(),
+        tenant_id: TenantId::new("ten_bench"),
+        name: "web".into(),
+        min_size: 0,
+        max_size: 10_000,
+        desired_capacity: Some(desired),
+        cooldown_seconds: Some(0),
+        launch: serde_json::json!({"provider": "simulated"}),
+        metadata: None,
+        metrics_token_hash: String::new(),
+    }
+}
+
+fn converger(c: &mut Criterion) {
+    let system = actix::System::new();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (supervisor, converger) = system.block_on(async {
+        let supervisor = Supervisor::start(journal, clock.clone(), Config::default());
+        let providers = Arc::new(Providers::new(clock, None));
+        let converger = Converger::new(
+            supervisor.clone(),
+            Arc::new(Index::default()),
+            providers,
+            "http://127.0.0.1:0/v1/metrics".into(),
+        );
+        (supervisor, converger)
+    });
+    let mut group = c.benchmark_group("converger");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+
+    group.bench_function("converge_1000", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let id = GroupId::generate();
+                system.block_on(async {
+                    supervisor
+                        .execute::<Groups>(id.as_str(), GroupCommand::Create(new_group(&id, 1000)))
+                        .await
+                        .unwrap();
+                    let started = Instant::now();
+                    loop {
+                        converger.reconcile(&id).await.unwrap();
+                        let state = supervisor
+                            .get::<Groups>(id.as_str())
+                            .await
+                            .unwrap()
+                            .state
+                            .unwrap();
+                        if state.count(flotilla_actors::domain::server::ServerState::Active) == 1000
+                        {
+                            break;
+                        }
+                    }
+                    total += started.elapsed();
+                });
+            }
+            total
+        })
+    });
+
+    let id = GroupId::generate();
+    system.block_on(async {
+        supervisor
+            .execute::<Groups>(id.as_str(), GroupCommand::Create(new_group(&id, 1000)))
+            .await
+            .unwrap();
+        converger.reconcile(&id).await.unwrap();
+        converger.reconcile(&id).await.unwrap();
+    });
+    group.bench_function("pass_over_converged_1000", |b| {
+        b.iter(|| system.block_on(converger.reconcile(&id)).unwrap())
+    });
+    let state = system
+        .block_on(supervisor.get::<Groups>(id.as_str()))
+        .unwrap()
+        .state
+        .unwrap();
+    let now = supervisor.clock().now();
+    group.bench_function("plan_1000", |b| {
+        b.iter(|| plan(&state.servers, state.target(), now))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, converger);
+criterion_main!(benches);

@@ -1,0 +1,167 @@
+//! `http`: an external orchestrator creates and deletes servers, the way Heat's engine adjusts
+//! a group.
+//!
+//! Launch configuration: `{"provider": "http", "url": "https://orchestrator/servers",
+//! "secret": "whsec_...", "timeout_ms": 5000, "retries": 2}`; without `secret`, the operator's
+//! `--provider-http-secret` signs. Every request is a `POST` to `url` with a JSON body, signed
+//! with Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`), so the
+//! orchestrator verifies it with any library of that standard:
+//!
+//! - create: `{"action": "create", "group_id", "server_id", "launch": <launch configuration>,
+//!   "env": {"FLOTILLA_GROUP_ID", "FLOTILLA_SERVER_ID", "FLOTILLA_METRICS_URL",
+//!   "FLOTILLA_METRICS_TOKEN"}}`, answered 2xx with a JSON object holding at least `"id"`; that
+//!   object is the server's handle.
+//! - delete: `{"action": "delete", "handle": <handle>}`, answered 2xx (404: already gone).
+//! - status: `{"action": "status", "handle": <handle>}`, answered 2xx with `{"status":
+//!   "running" | "exited" | anything else (unknown)}`.
+//!
+//! A request that times out, cannot connect or is answered 5xx is retried `retries` times (100
+//! ms, 200 ms, ...); a 4xx is not. An error answer's text becomes the failure's reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_actors::clock::Clock;
+use serde_json::{json, Value};
+
+use super::{Launch, Provider, ProviderError, Status};
+use crate::{signature, token};
+
+/// The default time a request may take.
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+/// The default number of retries after a first failed attempt.
+pub const DEFAULT_RETRIES: u64 = 2;
+
+/// The http provider.
+pub struct HttpProvider {
+    clock: Arc<dyn Clock>,
+    secret: Option<String>,
+}
+
+impl HttpProvider {
+    /// Signs with `secret` when a launch configuration has none, timestamps with `clock`.
+    pub fn new(clock: Arc<dyn Clock>, secret: Option<String>) -> HttpProvider {
+        HttpProvider { clock, secret }
+    }
+
+    /// Sends `body` to the configuration's URL; answers the JSON of a 2xx (Null when empty),
+    /// or `Ok(None)` on a 404.
+    fn send(&self, config: &Value, body: &Value) -> Result<Option<Value>, ProviderError> {
+        let url = config["url"]
+            .as_str()
+            .ok_or_else(|| ProviderError("launch.url is required for the http provider".into()))?;
+        let secret = config["secret"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| self.secret.clone())
+            .ok_or_else(|| {
+                ProviderError(
+                    "no secret to sign with: set launch.secret or --provider-http-secret".into(),
+                )
+            })?;
+        let key = signature::key_of(&secret).ok_or_else(|| {
+            ProviderError("the http provider's secret is not a whsec_ secret".into())
+        })?;
+        let timeout =
+            Duration::from_millis(config["timeout_ms"].as_u64().unwrap_or(DEFAULT_TIMEOUT_MS));
+        let retries = config["retries"]
+            .as_u64()
+            .unwrap_or(DEFAULT_RETRIES)
+            .min(10);
+        let client = reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| ProviderError(format!("cannot build an http client: {e}")))?;
+        let payload = serde_json::to_vec(body).unwrap_or_default();
+        let mut last = String::new();
+        for attempt in 0..=retries {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(100 << (attempt - 1).min(6)));
+            }
+            let id = token::generate("msg_");
+            let timestamp = self.clock.now().as_secs();
+            let answer = client
+                .post(url)
+                .header("content-type", "application/json")
+                .header("webhook-id", &id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header(
+                    "webhook-signature",
+                    signature::sign(&key, &id, timestamp, &payload),
+                )
+                .body(payload.clone())
+                .send();
+            match answer {
+                Ok(response) if response.status().is_success() => {
+                    let text = response.text().unwrap_or_default();
+                    if text.trim().is_empty() {
+                        return Ok(Some(Value::Null));
+                    }
+                    return serde_json::from_str(&text).map(Some).map_err(|e| {
+                        ProviderError(format!("the orchestrator's answer is not JSON: {e}"))
+                    });
+                }
+                Ok(response) if response.status().as_u16() == 404 => return Ok(None),
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let text: String = response
+                        .text()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(300)
+                        .collect();
+                    last = format!("orchestrator answered {status}: {text}");
+                    if status < 500 {
+                        break;
+                    }
+                }
+                Err(error) if error.is_timeout() => {
+                    last = format!("orchestrator timed out after {} ms", timeout.as_millis())
+                }
+                Err(error) => last = format!("orchestrator unreachable: {error}"),
+            }
+            tracing::warn!(attempt, reason = %last, "orchestrator request failed");
+        }
+        Err(ProviderError(last))
+    }
+}
+
+impl Provider for HttpProvider {
+    fn launch(&self, launch: &Launch) -> Result<Value, ProviderError> {
+        let env: serde_json::Map<String, Value> = launch
+            .flotilla_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Value::String(v)))
+            .collect();
+        let body = json!({
+            "action": "create",
+            "group_id": launch.group_id,
+            "server_id": launch.server_id,
+            "launch": launch.config,
+            "env": env,
+        });
+        match self.send(&launch.config, &body)? {
+            Some(handle) if handle.get("id").is_some() => Ok(handle),
+            _ => Err(ProviderError(
+                "the orchestrator's answer to create has no \"id\"".into(),
+            )),
+        }
+    }
+
+    fn delete(&self, config: &Value, handle: &Value) -> Result<(), ProviderError> {
+        self.send(config, &json!({"action": "delete", "handle": handle}))
+            .map(|_| ())
+    }
+
+    fn status(&self, config: &Value, handle: &Value) -> Status {
+        match self.send(config, &json!({"action": "status", "handle": handle})) {
+            Ok(None) => Status::Exited,
+            Ok(Some(answer)) => match answer["status"].as_str() {
+                Some("running") => Status::Running,
+                Some("exited") => Status::Exited,
+                _ => Status::Unknown,
+            },
+            Err(_) => Status::Unknown,
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! Convergence through real providers (SPEC 6): `process` groups of real `sleep` processes,
+//! an `http` orchestrator on loopback that verifies Flotilla's signatures, and a `simulated`
+//! group of 1,000 servers. Ticks run every 10 ms of real time; backoffs and start latencies run
+//! on the service's manual clock.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{assert_error, Server};
+use serde_json::{json, Value};
+
+fn server() -> Server {
+    Server::start_with(|s| {
+        s.alarm_tick_ms = 10;
+        s.converge_tick_ms = 10;
+    })
+}
+
+/// Waits (in real time, for the converger's ticks) until `check` holds.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn create(server: &Server, token: &str, desired: u32, launch: Value) -> String {
+    let (status, body) = server.call(
+        "POST",
+        "/v1/groups",
+        token,
+        Some(
+            json!({"name": "web", "min_size": 0, "max_size": 1000, "desired_capacity": desired,
+                    "cooldown_seconds": 0, "launch": launch}),
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+fn servers(server: &Server, token: &str, group: &str) -> Vec<Value> {
+    let (status, body) = server.call(
+        "GET",
+        &format!("/v1/groups/{group}/servers?limit=1000"),
+        token,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    body["items"].as_array().unwrap().clone()
+}
+
+fn active(server: &Server, token: &str, group: &str) -> Vec<Value> {
+    servers(server, token, group)
+        .into_iter()
+        .filter(|s| s["state"] == "active")
+        .collect()
+}
+
+fn set_desired(server: &Server, token: &str, group: &str, to: i64) {
+    let policy = server.policy(
+        token,
+        group,
+        json!({"name": format!("to-{to}"), "adjustment_type": "exact", "adjustment": to}),
+    );
+    let (status, body) = server.call(
+        "POST",
+        &format!("/v1/groups/{group}/policies/{policy}/execute"),
+        token,
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+}
+
+fn pid_of(server: &Value) -> u32 {
+    server["provider"]["pid"].as_u64().unwrap() as u32
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
+            state != 'Z' && state != 'X'
+        }
+        Err(_) => false,
+    }
+}
+
+/// The pids of running processes with `FLOTILLA_GROUP_ID=<group>` in their environment.
+fn processes_of(group: &str) -> Vec<u32> {
+    let needle = format!("FLOTILLA_GROUP_ID={group}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            alive(*pid)
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .collect()
+}
+
+fn kill(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn sleep_launch() -> Value {
+    json!({"provider": "process", "command": ["sleep", "1000"], "env": {"ROLE": "web"}, "grace_seconds": 5})
+}
+
+#[test]
+fn a_process_group_reaches_capacity_replaces_a_killed_process_and_scales_to_zero_cleanly() {
+    let server = server();
+    let token = server.tenant("acme");
+    let group = create(&server, &token, 3, sleep_launch());
+    eventually("3 active", || active(&server, &token, &group).len() == 3);
+    let (_, view) = server.call("GET", &format!("/v1/groups/{group}"), &token, None);
+    assert_eq!(
+        (view["active"].as_u64(), view["pending"].as_u64()),
+        (Some(3), Some(0))
+    );
+    let first = active(&server, &token, &group);
+    for s in &first {
+        assert!(alive(pid_of(s)), "{s}");
+        assert!(s["provider"]["start_time"].as_u64().is_some(), "{s}");
+    }
+    assert_eq!(processes_of(&group).len(), 3);
+    let env = std::fs::read(format!("/proc/{}/environ", pid_of(&first[0]))).unwrap();
+    let env = String::from_utf8_lossy(&env);
+    for var in [
+        "FLOTILLA_SERVER_ID=",
+        "FLOTILLA_METRICS_URL=http://",
+        "FLOTILLA_METRICS_TOKEN=flo_mt_",
+        "ROLE=web",
+    ] {
+        assert!(env.contains(var), "{var} missing");
+    }
+    // The per-server metrics token is accepted by POST /v1/metrics for its group.
+    let metrics_token = env
+        .split('\0')
+        .find_map(|v| v.strip_prefix("FLOTILLA_METRICS_TOKEN="))
+        .unwrap()
+        .to_owned();
+    let (status, body) = server.call(
+        "POST",
+        "/v1/metrics",
+        &metrics_token,
+        Some(json!({"samples": [{"metric": "cpu", "value": 0.5, "timestamp": server.now_secs() as f64}]})),
+    );
+    assert_eq!(status, 202, "{body}");
+
+    // A killed process is a failed server, replaced after its backoff (1 s of the clock).
+    let victim = first[0].clone();
+    kill(pid_of(&victim));
+    eventually("the failure recorded", || {
+        servers(&server, &token, &group)
+            .iter()
+            .any(|s| s["id"] == victim["id"] && s["state"] == "failed")
+    });
+    server.clock.advance_secs(1);
+    eventually("3 active again", || {
+        let now = active(&server, &token, &group);
+        now.len() == 3 && now.iter().all(|s| pid_of(s) != pid_of(&victim))
+    });
+    assert_eq!(processes_of(&group).len(), 3);
+
+    // Scaling to zero leaves no process behind.
+    let pids: Vec<u32> = active(&server, &token, &group).iter().map(pid_of).collect();
+    set_desired(&server, &token, &group, 0);
+    eventually("no servers", || servers(&server, &token, &group).is_empty());
+    eventually("no processes", || pids.iter().all(|p| !alive(*p)));
+    assert!(processes_of(&group).is_empty());
+
+    // The activity shows each step.
+    let (_, activity) = server.call(
+        "GET",
+        &format!("/v1/groups/{group}/activity?limit=1000"),
+        &token,
+        None,
+    );
+    let types: Vec<&str> = activity["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["type"].as_str())
+        .collect();
+    for kind in [
+        "server_launch_requested",
+        "server_launched",
+        "server_active",
+        "server_failed",
+        "server_delete_requested",
+        "server_deleted",
+    ] {
+        assert!(types.contains(&kind), "{kind} missing from {types:?}");
+    }
+}
+
+#[test]
+fn a_restart_of_flotilla_adopts_its_running_processes_without_duplicating_them() {
+    let server = server();
+    let token = server.tenant("acme");
+    let group = create(&server, &token, 2, sleep_launch());
+    eventually("2 active", || active(&server, &token, &group).len() == 2);
+    let before: Vec<u32> = active(&server, &token, &group).iter().map(pid_of).collect();
+    let server = server.restart();
+    // Many passes of the converger after the restart.
+    std::thread::sleep(Duration::from_millis(500));
+    let after: Vec<u32> = active(&server, &token, &group).iter().map(pid_of).collect();
+    assert_eq!(after, before);
+    let mut running = processes_of(&group);
+    running.sort();
+    let mut expected = before.clone();
+    expected.sort();
+    assert_eq!(running, expected, "no duplicate, no orphan");
+    // Forced deletion removes them.
+    let (status, body) = server.call(
+        "DELETE",
+        &format!("/v1/groups/{group}?force=true"),
+        &token,
+        None,
+    );
+    assert_eq!(status, 204, "{body}");
+    eventually("no processes", || processes_of(&group).is_empty());
+}
+
+#[test]
+fn a_command_that_cannot_start_is_retried_with_backoff_and_its_failures_reported() {
+    let server = server();
+    let token = server.tenant("acme");
+    let group = create(
+        &server,
+        &token,
+        1,
+        json!({"provider": "process", "command": ["/nonexistent"]}),
+    );
+    let failures = |server: &Server| -> u64 {
+        servers(server, &token, &group)
+            .first()
+            .and_then(|s| s["failures"].as_u64())
+            .unwrap_or(0)
+    };
+    eventually("a first failure", || failures(&server) == 1);
+    let only = servers(&server, &token, &group)[0].clone();
+    assert_eq!(only["state"], "failed");
+    assert!(
+        only["last_failure"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent"),
+        "{only}"
+    );
+    // Without a clock advance nothing is retried, however many ticks pass.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(failures(&server), 1);
+    // Backoffs 1, 2, 4, 8 s: over 15 s of the clock there are 4 more attempts, not hundreds.
+    for _ in 0..15 {
+        server.clock.advance_secs(1);
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    eventually("5 failures", || failures(&server) == 5);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(failures(&server), 5);
+    let (_, activity) = server.call(
+        "GET",
+        &format!("/v1/groups/{group}/activity?limit=1000"),
+        &token,
+        None,
+    );
+    let failed: Vec<&Value> = activity["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "server_failed")
+        .collect();
+    assert_eq!(failed.len(), 5);
+    assert!(
+        failed[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot start"),
+        "{}",
+        failed[0]
+    );
+}
+
+#[test]
+fn a_group_with_servers_is_deleted_only_with_force() {
+    let server = server();
+    let token = server.tenant("acme");
+    let group = create(&server, &token, 2, json!({"provider": "simulated"}));
+    eventually("2 active", || active(&server, &token, &group).len() == 2);
+    let answer = server.call("DELETE", &format!("/v1/groups/{group}"), &token, None);
+    assert_error(&answer, 409, "conflict");
+    let (status, _) = server.call(
+        "DELETE",
+        &format!("/v1/groups/{group}?force=true"),
+        &token,
+        None,
+    );
+    assert_eq!(status, 204);
+    let (status, _) = server.call("GET", &format!("/v1/groups/{group}"), &token, None);
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn a_simulated_group_of_1000_servers_converges_after_its_start_latency() {
+    let server = server();
+    let token = server.tenant("acme");
+    let group = create(
+        &server,
+        &token,
+        1000,
+        json!({"provider": "simulated", "start_seconds": 30}),
+    );
+    eventually("1000 pending", || {
+        let (_, view) = server.call("GET", &format!("/v1/groups/{group}"), &token, None);
+        view["pending"] == 1000
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let (_, view) = server.call("GET", &format!("/v1/groups/{group}"), &token, None);
+    assert_eq!(view["active"], 0, "not before start_seconds of the clock");
+    server.clock.advance_secs(30);
+    eventually("1000 active", || {
+        let (_, view) = server.call("GET", &format!("/v1/groups/{group}"), &token, None);
+        view["active"] == 1000
+    });
+    // Scale-in removes pending before active, then the oldest first: here all are active.
+    set_desired(&server, &token, &group, 10);
+    eventually("10 left", || servers(&server, &token, &group).len() == 10);
+}
+
+#[test]
+fn a_simulated_failure_rate_fails_some_launches_and_they_are_replaced() {
+    let server = server();
+    let token = server.tenant("acme");
+    let group = create(
+        &server,
+        &token,
+        50,
+        json!({"provider": "simulated", "failure_rate": 0.3, "seed": 7}),
+    );
+    eventually("some failed", || {
+        servers(&server, &token, &group)
+            .iter()
+            .any(|s| s["state"] == "failed")
+    });
+    for _ in 0..40 {
+        server.clock.advance_secs(10);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    eventually("50 active", || active(&server, &token, &group).len() == 50);
+}
+
+/// A tiny orchestrator: verifies each request's Standard Webhooks signature, answers creates
+/// with an id (or, from `fail_from`, a 500 / a stall), deletes with 204, statuses with running.
+struct Orchestrator {
+    url: String,
+    requests: Arc<Mutex<Vec<Value>>>,
+    bad_signatures: Arc<AtomicUsize>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Ok,
+    Error,
+    Stall,
+}
+
+fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/servers", listener.local_addr().unwrap());
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let bad_signatures = Arc::new(AtomicUsize::new(0));
+    let key = flotilla::signature::key_of(secret).unwrap();
+    let (seen, bad) = (requests.clone(), bad_signatures.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (key, seen, bad, mode) = (key.clone(), seen.clone(), bad.clone(), mode.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut headers = std::collections::HashMap::new();
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    let (k, v) = line.split_once(':').unwrap();
+                    headers.insert(k.trim().to_lowercase(), v.trim().to_owned());
+                }
+                let length: usize = headers["content-length"].parse().unwrap();
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let expected = flotilla::signature::sign(
+                    &key,
+                    &headers["webhook-id"],
+                    headers["webhook-timestamp"].parse().unwrap(),
+                    &body,
+                );
+                if headers["webhook-signature"] != expected {
+                    bad.fetch_add(1, Ordering::SeqCst);
+                }
+                let request: Value = serde_json::from_slice(&body).unwrap();
+                seen.lock().unwrap().push(request.clone());
+                let mode = *mode.lock().unwrap();
+                let (status, answer) = match (request["action"].as_str().unwrap(), mode) {
+                    ("create", Mode::Error) => (
+                        "500 Internal Server Error",
+                        json!({"error": "quota exceeded"}),
+                    ),
+                    ("create", Mode::Stall) => {
+                        std::thread::sleep(Duration::from_secs(2));
+                        ("200 OK", json!({"id": "late"}))
+                    }
+                    ("create", _) => (
+                        "201 Created",
+                        json!({"id": format!("vm-{}", request["server_id"].as_str().unwrap())}),
+                    ),
+                    ("delete", _) => ("200 OK", json!({})),
+                    _ => ("200 OK", json!({"status": "running"})),
+                };
+                let answer = answer.to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            });
+        }
+    });
+    Orchestrator {
+        url,
+        requests,
+        bad_signatures,
+    }
+}
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[test]
+fn the_http_provider_sends_signed_requests_and_surfaces_errors_and_timeouts_as_failed_launches() {
+    let mode = Arc::new(Mutex::new(Mode::Ok));
+    let orchestrator = orchestrator(SECRET, mode.clone());
+    let server = server();
+    let token = server.tenant("acme");
+    let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET, "timeout_ms": 300, "retries": 2});
+    let group = create(&server, &token, 2, launch);
+    eventually("2 active", || active(&server, &token, &group).len() == 2);
+    let handles: Vec<Value> = active(&server, &token, &group)
+        .iter()
+        .map(|s| s["provider"].clone())
+        .collect();
+    assert!(
+        handles
+            .iter()
+            .all(|h| h["id"].as_str().unwrap().starts_with("vm-srv_")),
+        "{handles:?}"
+    );
+    {
+        let requests = orchestrator.requests.lock().unwrap();
+        let create = requests.iter().find(|r| r["action"] == "create").unwrap();
+        assert_eq!(create["group_id"], group.as_str());
+        assert!(create["env"]["FLOTILLA_METRICS_TOKEN"]
+            .as_str()
+            .unwrap()
+            .starts_with("flo_mt_"));
+    }
+
+    // An orchestrator error: retried (1 + 2 attempts), then a failed launch with its reason.
+    *mode.lock().unwrap() = Mode::Error;
+    set_desired(&server, &token, &group, 3);
+    eventually("a failed launch", || {
+        servers(&server, &token, &group)
+            .iter()
+            .any(|s| s["state"] == "failed")
+    });
+    let failed = servers(&server, &token, &group)
+        .into_iter()
+        .find(|s| s["state"] == "failed")
+        .unwrap();
+    let reason = failed["last_failure"].as_str().unwrap();
+    assert!(
+        reason.contains("500") && reason.contains("quota exceeded"),
+        "{reason}"
+    );
+    let creates = orchestrator
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "create")
+        .count();
+    assert_eq!(creates, 2 + 3);
+
+    // A stalled orchestrator: each attempt times out; the failure says so.
+    *mode.lock().unwrap() = Mode::Stall;
+    server.clock.advance_secs(1);
+    eventually("a timeout", || {
+        servers(&server, &token, &group).iter().any(|s| {
+            s["last_failure"]
+                .as_str()
+                .is_some_and(|r| r.contains("timed out"))
+        })
+    });
+
+    // Recovery, then scale-in deletes through the orchestrator.
+    *mode.lock().unwrap() = Mode::Ok;
+    server.clock.advance_secs(2);
+    eventually("3 active", || active(&server, &token, &group).len() == 3);
+    set_desired(&server, &token, &group, 0);
+    eventually("none", || servers(&server, &token, &group).is_empty());
+    let deletes = orchestrator
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "delete")
+        .count();
+    assert!(deletes >= 3, "{deletes}");
+    assert_eq!(orchestrator.bad_signatures.load(Ordering::SeqCst), 0);
+}
