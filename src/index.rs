@@ -14,8 +14,15 @@ use flotilla_actors::domain::webhook::WebhookEvent;
 use flotilla_actors::domain::{AlarmId, DomainEvent, GroupId, PolicyId, TenantId, WebhookId};
 use flotilla_journal::Record;
 
-/// The event types (`DomainEvent::kind`) the index takes in.
-const INDEXED_EVENTS: [&str; 3] = ["created", "deleted", "revoked"];
+/// The event types (`DomainEvent::kind`) the index takes in: what creates, deletes or revokes
+/// an object, and what mints or retires a server's metrics token.
+const INDEXED_EVENTS: [&str; 5] = [
+    "created",
+    "deleted",
+    "revoked",
+    "server_launch_requested",
+    "server_deleted",
+];
 
 /// Who owns a policy, a webhook or an alarm, and where it hangs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -52,8 +52,12 @@ pub struct ServeArgs {
     pub converge_tick_ms: Option<u64>,
     /// The `whsec_` secret signing requests to `http` orchestrators whose launch configuration
     /// has no `secret`.
-    #[arg(long, env = "FLOTILLA_PROVIDER_HTTP_SECRET")]
+    #[arg(long, env = "FLOTILLA_PROVIDER_HTTP_SECRET", hide_env_values = true)]
     pub provider_http_secret: Option<String>,
+    /// Let tenants use the `process` provider, which runs their commands on this host as the
+    /// service's user [default: off].
+    #[arg(long, env = "FLOTILLA_ALLOW_PROCESS_PROVIDER")]
+    pub allow_process_provider: bool,
 }
 
 /// The TOML file: the same keys, all optional.
@@ -73,6 +77,7 @@ struct FileSettings {
     http_workers: Option<usize>,
     converge_tick_ms: Option<u64>,
     provider_http_secret: Option<String>,
+    allow_process_provider: Option<bool>,
 }
 
 /// Resolved settings.
@@ -91,6 +96,7 @@ pub struct Settings {
     pub http_workers: usize,
     pub converge_tick_ms: u64,
     pub provider_http_secret: Option<String>,
+    pub allow_process_provider: bool,
 }
 
 impl Default for Settings {
@@ -109,6 +115,7 @@ impl Default for Settings {
             http_workers: 2,
             converge_tick_ms: 1000,
             provider_http_secret: None,
+            allow_process_provider: false,
         }
     }
 }
@@ -169,6 +176,8 @@ impl Settings {
                 .provider_http_secret
                 .clone()
                 .or(file.provider_http_secret),
+            allow_process_provider: args.allow_process_provider
+                || file.allow_process_provider.unwrap_or(false),
         })
     }
 

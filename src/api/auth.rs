@@ -64,10 +64,15 @@ impl FromRequest for Operator {
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         ready(state(req).and_then(|state| {
             let hash = bearer(req)?;
-            if state.operator_token_hash != hash {
+            if !constant_time_eq(state.operator_token_hash.as_bytes(), hash.as_bytes()) {
                 return Err(ApiError::unauthorized("the operator token is required"));
             }
             Ok(Operator)
         }))
     }
+}
+
+/// Whether `a` and `b` are equal, in time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -58,6 +58,23 @@ pub struct DeleteQuery {
     force: bool,
 }
 
+/// Refuses the `process` provider unless the operator allowed it: it runs a tenant's command on
+/// this host, as the service's user.
+fn check_provider(state: &AppState, launch: Option<&Value>) -> Result<(), ApiError> {
+    let process = launch
+        .and_then(|l| l.get("provider"))
+        .and_then(Value::as_str)
+        == Some("process");
+    if process && !state.settings.allow_process_provider {
+        return Err(ApiError::bad_request(
+            "provider_disabled",
+            "the process provider runs commands on the service's host; the operator enables it \
+             with --allow-process-provider",
+        ));
+    }
+    Ok(())
+}
+
 /// The group `id` if `tenant` owns it (another tenant's group is as absent as a missing one).
 pub fn owned(state: &AppState, tenant: &TenantId, id: &str) -> Result<GroupId, ApiError> {
     let id = GroupId::new(id);
@@ -100,6 +117,7 @@ pub async fn create(
     body: web::Json<CreateGroup>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    check_provider(&state, Some(&body.launch))?;
     let id = GroupId::generate();
     let metrics_token = token::generate("flo_mt_");
     let command = GroupCommand::Create(NewGroup {
@@ -216,6 +234,7 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path)?;
     let body = body.into_inner();
+    check_provider(&state, body.launch.as_ref())?;
     let patch = GroupPatch {
         name: body.name,
         min_size: body.min_size,

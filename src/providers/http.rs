@@ -62,8 +62,12 @@ impl HttpProvider {
         let key = signature::key_of(&secret).ok_or_else(|| {
             ProviderError("the http provider's secret is not a whsec_ secret".into())
         })?;
-        let timeout =
-            Duration::from_millis(config["timeout_ms"].as_u64().unwrap_or(DEFAULT_TIMEOUT_MS));
+        let timeout = Duration::from_millis(
+            config["timeout_ms"]
+                .as_u64()
+                .unwrap_or(DEFAULT_TIMEOUT_MS)
+                .min(60_000),
+        );
         let retries = config["retries"]
             .as_u64()
             .unwrap_or(DEFAULT_RETRIES)
@@ -103,14 +107,10 @@ impl HttpProvider {
                 }
                 Ok(response) if response.status().as_u16() == 404 => return Ok(None),
                 Ok(response) => {
+                    // The answer's body is not kept: an orchestrator may echo the request,
+                    // which carries the server's metrics token.
                     let status = response.status().as_u16();
-                    let text: String = response
-                        .text()
-                        .unwrap_or_default()
-                        .chars()
-                        .take(300)
-                        .collect();
-                    last = format!("orchestrator answered {status}: {text}");
+                    last = format!("orchestrator answered {status}");
                     if status < 500 {
                         break;
                     }

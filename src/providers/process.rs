@@ -27,6 +27,9 @@ use super::{Launch, Provider, ProviderError, Status};
 /// The default wait between SIGTERM and SIGKILL.
 pub const DEFAULT_GRACE_SECONDS: u64 = 10;
 
+/// The longest grace a deletion waits for (a larger `grace_seconds` is cut to it).
+const MAX_GRACE_SECONDS: u64 = 3600;
+
 /// The process provider: it keeps the `Child` of each process it started, to reap it.
 #[derive(Default)]
 pub struct ProcessProvider {
@@ -151,6 +154,13 @@ impl Provider for ProcessProvider {
             }
         }
         let mut cmd = Command::new(program);
+        // A server sees only its own configuration, never the service's environment (which
+        // may hold the operator's secrets).
+        cmd.env_clear();
+        cmd.env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        );
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -181,7 +191,8 @@ impl Provider for ProcessProvider {
         };
         let grace = config["grace_seconds"]
             .as_u64()
-            .unwrap_or(DEFAULT_GRACE_SECONDS);
+            .unwrap_or(DEFAULT_GRACE_SECONDS)
+            .min(MAX_GRACE_SECONDS);
         self.end(pid, start_time, Duration::from_secs(grace));
         if self.status_of(pid, start_time) == Status::Running {
             return Err(ProviderError(format!("pid {pid} survived SIGKILL")));
