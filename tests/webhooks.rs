@@ -388,3 +388,25 @@ fn a_full_nonce_window_refuses_with_429_and_never_forgets_early() {
     server.clock.advance_secs(201);
     accepted(&server.send_hook(&hook, &hook.secret, "w3", server.now_secs(), BODY));
 }
+
+#[test]
+fn a_webhook_whose_policy_was_deleted_is_404_and_records_nothing() {
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    let policy = format!("/v1/groups/{}/policies/{}", hook.group, hook.policy);
+    assert_eq!(server.call("DELETE", &policy, &hook.token, None).0, 204);
+    let now = server.now_secs();
+    assert_error(
+        &server.send_hook(&hook, &hook.secret, "after-delete", now, BODY),
+        404,
+        "not_found",
+    );
+    let journal = server
+        .request("GET", "/v1/journal", Some(&server.operator_token))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(journal.contains("nonce_accepted") || journal.contains("\"type\":\"created\""));
+    assert!(!journal.contains("after-delete"), "the nonce was recorded");
+}

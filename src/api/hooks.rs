@@ -87,7 +87,13 @@ async fn deliver(
         })?;
     }
     let id = WebhookId::new(id);
-    if state.index.webhook(&id).is_none() {
+    // A webhook whose policy or group was deleted is as gone as a revoked one: refused before
+    // its nonce is recorded.
+    let live = state.index.webhook(&id).filter(|owner| {
+        let policy = owner.policy.as_ref().and_then(|p| state.index.policy(p));
+        policy.is_some() && state.index.owns_group(&owner.tenant, &owner.group)
+    });
+    if live.is_none() {
         return Err(ApiError::not_found("webhook"));
     }
     state

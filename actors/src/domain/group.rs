@@ -624,6 +624,14 @@ fn decide_update(
     validate_bounds(min_size, max_size)?;
     validate_cooldown("cooldown_seconds", cooldown_seconds)?;
     validate_launch(launch)?;
+    if launch["provider"] != group.launch["provider"] && !group.servers.is_empty() {
+        // Its servers' handles belong to the old provider, which alone can delete them.
+        return Err(Rejection::Conflict {
+            reason: "the provider cannot change while the group has servers; scale to zero \
+                     first"
+                .into(),
+        });
+    }
 
     let unchanged = *name == group.name
         && min_size == group.min_size
@@ -1333,6 +1341,11 @@ mod tests {
         }
     }
 
+    fn when_ok(state: GroupState, command: GroupCommand) -> GroupState {
+        let events = decide(&state, &command, T0).unwrap();
+        events.iter().fold(state, apply)
+    }
+
     fn launch(ids: &[&str]) -> GroupCommand {
         GroupCommand::LaunchServers(
             ids.iter()
@@ -1452,5 +1465,22 @@ mod tests {
         old.as_object_mut().unwrap().remove("draining");
         let decoded: GroupState = serde_json::from_value(old).unwrap();
         assert!(decoded.unwrap().servers.is_empty());
+    }
+
+    #[test]
+    fn a_group_with_servers_cannot_change_its_provider() {
+        let mut group = given_group(0, 5, 1);
+        group = when_ok(group, launch(&["srv_1"]));
+        let patch = GroupPatch {
+            launch: Some(serde_json::json!({"provider": "http", "url": "http://127.0.0.1:1"})),
+            ..GroupPatch::default()
+        };
+        let refused = decide(&group, &GroupCommand::Update(patch.clone()), T0);
+        assert!(
+            matches!(refused, Err(Rejection::Conflict { .. })),
+            "{refused:?}"
+        );
+        group.as_mut().unwrap().servers.clear();
+        assert!(decide(&group, &GroupCommand::Update(patch), T0).is_ok());
     }
 }
