@@ -71,6 +71,32 @@ impl Evaluator {
         }
     }
 
+    /// The alarms' definitions and states, for a checkpoint.
+    pub fn save(&self) -> Vec<(AlarmId, AlarmDefinition, AlarmState)> {
+        lock(&self.alarms)
+            .iter()
+            .map(|(id, w)| (id.clone(), w.definition.clone(), w.state))
+            .collect()
+    }
+
+    /// Takes in a checkpoint's alarms, due at the end of the period holding `now`.
+    pub fn restore(&self, saved: Vec<(AlarmId, AlarmDefinition, AlarmState)>, now: Timestamp) {
+        let mut alarms = lock(&self.alarms);
+        let mut store = lock(&self.store);
+        for (id, definition, state) in saved {
+            store.watch_alarm(&definition);
+            let next_due = period_end(now, definition.period_seconds);
+            alarms.insert(
+                id,
+                Watched {
+                    definition,
+                    state,
+                    next_due,
+                },
+            );
+        }
+    }
+
     /// Takes in a journaled alarm record (at startup).
     pub fn note_record(&self, record: &Record, now: Timestamp) -> anyhow::Result<()> {
         let event: AlarmEvent = record.decode(AlarmEvent::SCHEMA)?;
@@ -251,11 +277,15 @@ impl Evaluator {
     }
 
     /// Ticks every `interval` of real time, evaluating at the injected clock's now.
-    pub fn run(self: Arc<Self>, interval: Duration) {
+    pub fn run(self: Arc<Self>, interval: Duration, ready: Arc<std::sync::atomic::AtomicBool>) {
         actix_web::rt::spawn(async move {
             let mut ticks = actix_web::rt::time::interval(interval);
             loop {
                 ticks.tick().await;
+                // Nothing is evaluated (or journaled) before the startup replay is done.
+                if !ready.load(std::sync::atomic::Ordering::Acquire) {
+                    continue;
+                }
                 let now = self.supervisor.clock().now();
                 self.tick(now).await;
             }

@@ -25,7 +25,7 @@ const INDEXED_EVENTS: [&str; 5] = [
 ];
 
 /// Who owns a policy, a webhook or an alarm, and where it hangs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
     /// The tenant.
     pub tenant: TenantId,
@@ -57,6 +57,18 @@ struct Data {
     tenant_alarms: BTreeSet<(TenantId, AlarmId)>,
 }
 
+/// The index as a checkpoint holds it: the maps; the listing sets are derived from them.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    tokens: Vec<(String, TenantId)>,
+    metrics_tokens: Vec<(String, GroupId)>,
+    server_tokens: Vec<((GroupId, String), String)>,
+    groups: Vec<(GroupId, TenantId)>,
+    policies: Vec<(PolicyId, Owner)>,
+    webhooks: Vec<(WebhookId, Owner)>,
+    alarms: Vec<(AlarmId, Owner)>,
+}
+
 /// The read model. All methods take `&self`; it is shared by every HTTP worker.
 #[derive(Default)]
 pub struct Index {
@@ -70,6 +82,56 @@ impl Index {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Data> {
         self.data.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The index, for a checkpoint.
+    pub fn save(&self) -> Saved {
+        let data = self.read();
+        fn pairs<K: Clone, V: Clone>(map: &HashMap<K, V>) -> Vec<(K, V)> {
+            map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        }
+        Saved {
+            tokens: pairs(&data.tokens),
+            metrics_tokens: pairs(&data.metrics_tokens),
+            server_tokens: pairs(&data.server_tokens),
+            groups: pairs(&data.groups),
+            policies: pairs(&data.policies),
+            webhooks: pairs(&data.webhooks),
+            alarms: pairs(&data.alarms),
+        }
+    }
+
+    /// Replaces the index with a checkpoint's.
+    pub fn restore(&self, saved: Saved) {
+        let mut data = self.write();
+        *data = Data::default();
+        data.tenant_groups = saved
+            .groups
+            .iter()
+            .map(|(g, t)| (t.clone(), g.clone()))
+            .collect();
+        data.group_policies = saved
+            .policies
+            .iter()
+            .map(|(p, o)| (o.group.clone(), p.clone()))
+            .collect();
+        data.policy_webhooks = saved
+            .webhooks
+            .iter()
+            .filter_map(|(w, o)| Some((o.policy.clone()?, w.clone())))
+            .collect();
+        data.tenant_alarms = saved
+            .alarms
+            .iter()
+            .map(|(a, o)| (o.tenant.clone(), a.clone()))
+            .collect();
+        data.tokens = saved.tokens.into_iter().collect();
+        data.metrics_tokens = saved.metrics_tokens.into_iter().collect();
+        data.server_tokens = saved.server_tokens.into_iter().collect();
+        data.groups = saved.groups.into_iter().collect();
+        data.policies = saved.policies.into_iter().collect();
+        data.webhooks = saved.webhooks.into_iter().collect();
+        data.alarms = saved.alarms.into_iter().collect();
     }
 
     /// Takes in one journaled record (the startup pass over the journal).

@@ -99,7 +99,7 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
     });
 
     replay_into_index(journal, index, evaluator.clone(), clock, ready.clone());
-    evaluator.run(Duration::from_millis(settings.alarm_tick_ms));
+    evaluator.run(Duration::from_millis(settings.alarm_tick_ms), ready.clone());
     converger.run(
         Duration::from_millis(settings.converge_tick_ms),
         ready.clone(),
@@ -138,8 +138,24 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
     })
 }
 
-/// Reads the whole journal into the index and the alarms' evaluator on a thread of its own,
-/// then marks the service ready.
+/// The name of the service's checkpoint in the journal.
+const CHECKPOINT: &str = "service";
+
+/// What a checkpoint holds: the index and the alarms, as of its head.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Checkpoint {
+    index: crate::index::Saved,
+    alarms: Vec<(
+        AlarmId,
+        flotilla_actors::domain::alarm::AlarmDefinition,
+        flotilla_actors::domain::alarm::AlarmState,
+    )>,
+}
+
+/// Builds the index and the alarms' evaluator on a thread of its own: from the last checkpoint
+/// (if it still matches the journal) and the records after it, or from the whole journal; then
+/// saves a checkpoint at the head and marks the service ready. Nothing appends before ready
+/// (the API, the evaluator and the converger wait for it), so the checkpoint is exact.
 fn replay_into_index(
     journal: Journal,
     index: Arc<Index>,
@@ -150,9 +166,22 @@ fn replay_into_index(
     std::thread::spawn(move || {
         let started = std::time::Instant::now();
         let now = clock.now();
-        let load = || -> anyhow::Result<u64> {
+        let load = || -> anyhow::Result<(u64, u64)> {
+            let mut from = 1;
+            if let Some((head, bytes)) = journal.load_checkpoint(CHECKPOINT)? {
+                match serde_json::from_slice::<Checkpoint>(&bytes) {
+                    Ok(checkpoint) => {
+                        index.restore(checkpoint.index);
+                        evaluator.restore(checkpoint.alarms, now);
+                        from = head.seq + 1;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "ignoring a checkpoint that does not decode")
+                    }
+                }
+            }
             let mut read = 0;
-            for record in journal.read_all(1) {
+            for record in journal.read_all(from) {
                 let record = record?;
                 index.note_record(&record)?;
                 if record.stream.starts_with(AlarmId::PREFIX) {
@@ -160,12 +189,22 @@ fn replay_into_index(
                 }
                 read += 1;
             }
-            Ok(read)
+            let checkpoint = Checkpoint {
+                index: index.save(),
+                alarms: evaluator.save(),
+            };
+            journal.save_checkpoint(
+                CHECKPOINT,
+                journal.head()?,
+                &serde_json::to_vec(&checkpoint)?,
+            )?;
+            Ok((from - 1, read))
         };
         match load() {
-            Ok(records) => {
+            Ok((checkpoint_seq, records)) => {
                 ready.store(true, Ordering::Release);
                 tracing::info!(
+                    checkpoint_seq,
                     records,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "journal replayed; ready"

@@ -515,4 +515,35 @@ fn objects_survive_a_restart_and_the_service_reports_ready_after_replay() {
     assert!(listed["items"][0].get("secret").is_none());
     assert_eq!(server.call("GET", "/readyz", &hook.token, None).0, 200);
     assert_eq!(server.call("GET", "/healthz", &hook.token, None).0, 200);
+
+    // The second start began from the checkpoint the first one saved: what changed since is
+    // replayed on top of it, deletions included.
+    let second = server.group(&hook.token, 0, 3, 1, 0);
+    assert_eq!(
+        server
+            .call(
+                "DELETE",
+                &format!("/v1/groups/{}?force=true", hook.group),
+                &hook.token,
+                None
+            )
+            .0,
+        204
+    );
+    let server = server.restart();
+    assert_error(
+        &server.call(
+            "GET",
+            &format!("/v1/groups/{}", hook.group),
+            &hook.token,
+            None,
+        ),
+        404,
+        "not_found",
+    );
+    assert_eq!(server.capacity(&hook.token, &second), 1);
+    let (_, listed) = server.call("GET", "/v1/groups", &hook.token, None);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    let another = server.tenant("other");
+    assert_eq!(server.call("GET", "/v1/groups", &another, None).0, 200);
 }

@@ -12,12 +12,14 @@
 //!
 //! A stream id is printable ASCII, so it never contains the 0x00 separator.
 //! Snapshots live apart, in [`SNAPSHOTS`]: stream-id → version(8) anchor-hash(32) state.
+//! Checkpoints of whole-journal readers, in [`CHECKPOINTS`]: name → seq(8) hash(32) state.
 
 use crate::record::Hash;
 use crate::{Error, Head, Result};
 
 pub const TREE: &str = "journal";
 pub const SNAPSHOTS: &str = "snapshots";
+pub const CHECKPOINTS: &str = "checkpoints";
 
 const RECORD: u8 = b'r';
 const INDEX: u8 = b's';
@@ -116,4 +118,17 @@ pub fn decode_snapshot(value: &[u8]) -> Option<(u64, Hash, &[u8])> {
     let version = decode_seq(value.get(..8)?)?;
     let anchor = Hash::try_from(value.get(8..40)?).ok()?;
     Some((version, anchor, &value[40..]))
+}
+
+pub fn encode_checkpoint(head: &Head, state: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(40 + state.len());
+    value.extend_from_slice(&encode_head(head));
+    value.extend_from_slice(state);
+    value
+}
+
+pub fn decode_checkpoint(value: &[u8]) -> Option<(Head, &[u8])> {
+    let seq = decode_seq(value.get(..8)?)?;
+    let hash = Hash::try_from(value.get(8..40)?).ok()?;
+    Some((Head { seq, hash }, &value[40..]))
 }

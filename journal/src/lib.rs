@@ -143,6 +143,7 @@ struct Inner {
     db: sled::Db,
     tree: sled::Tree,
     snapshots: sled::Tree,
+    checkpoints: sled::Tree,
     requests: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
     /// Appends acknowledged (durable) through this handle's writer since it was opened.
@@ -169,6 +170,7 @@ impl Journal {
         let db = open_db(path.as_ref(), config.cache_capacity)?;
         let tree = db.open_tree(layout::TREE)?;
         let snapshots = db.open_tree(layout::SNAPSHOTS)?;
+        let checkpoints = db.open_tree(layout::CHECKPOINTS)?;
         let (requests, receiver) = mpsc::channel(config.queue_depth.max(1));
         let writer = writer::Writer::start(db.clone(), tree.clone(), config.max_batch.max(1))?;
         let handle = std::thread::Builder::new()
@@ -179,6 +181,7 @@ impl Journal {
                 db,
                 tree,
                 snapshots,
+                checkpoints,
                 requests: Some(requests),
                 writer: Some(handle),
                 appends: AtomicU64::new(0),
@@ -381,6 +384,40 @@ impl Journal {
             version,
             state: state.to_vec(),
         }))
+    }
+
+    /// Saves `state`, a reader's view of the whole journal up to `head` (the service's index,
+    /// say), under `name`, so a restart replays only what follows `head`. Like snapshots, a
+    /// cache: it is flushed with the next append, and losing it costs a longer replay.
+    pub fn save_checkpoint(&self, name: &str, head: Head, state: &[u8]) -> Result<()> {
+        let value = layout::encode_checkpoint(&head, state);
+        self.inner.checkpoints.insert(name.as_bytes(), value)?;
+        Ok(())
+    }
+
+    /// The checkpoint saved under `name`, if there is one and its head is still a record of
+    /// this journal (a checkpoint of a journal since replaced, by an import, is ignored).
+    pub fn load_checkpoint(&self, name: &str) -> Result<Option<(Head, Vec<u8>)>> {
+        let Some(value) = self.inner.checkpoints.get(name.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some((head, state)) = layout::decode_checkpoint(&value) else {
+            tracing::warn!(name, "ignoring a malformed checkpoint");
+            return Ok(None);
+        };
+        let anchored = match head.seq {
+            0 => true,
+            seq => self.record(seq)?.is_some_and(|r| r.hash == head.hash),
+        };
+        if !anchored {
+            tracing::warn!(
+                name,
+                seq = head.seq,
+                "ignoring a checkpoint that no longer matches the journal"
+            );
+            return Ok(None);
+        }
+        Ok(Some((head, state.to_vec())))
     }
 
     /// The hash of `stream`'s record at `version`, which a snapshot is anchored to.

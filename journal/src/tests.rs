@@ -170,6 +170,31 @@ fn a_snapshot_is_loaded_only_while_it_matches_the_journal() {
 }
 
 #[test]
+fn a_checkpoint_is_loaded_only_while_its_head_is_in_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    assert_eq!(journal.load_checkpoint("index").unwrap(), None);
+    journal
+        .append("a", ExpectedVersion::Any, vec![event(1), event(2)])
+        .unwrap();
+    let head = journal.head().unwrap();
+    journal.save_checkpoint("index", head, b"view@2").unwrap();
+    assert_eq!(
+        journal.load_checkpoint("index").unwrap(),
+        Some((head, b"view@2".to_vec()))
+    );
+    // The record it is anchored to changed: it is ignored rather than trusted.
+    let mut record = journal.record(2).unwrap().unwrap();
+    record.payload = b"99".to_vec();
+    record.hash = record.compute_hash();
+    journal
+        .raw_tree()
+        .insert(layout::record_key(2), record.encode())
+        .unwrap();
+    assert_eq!(journal.load_checkpoint("index").unwrap(), None);
+}
+
+#[test]
 fn records_and_snapshots_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
