@@ -14,7 +14,7 @@ use super::error::ErrorBody;
 use super::groups::owned as owned_group;
 use super::openapi::mirror;
 use super::views::AlarmView;
-use super::{ApiError, AppState, List, ListQuery};
+use super::{respond_page, ApiError, AppState, List, ListQuery};
 
 /// The body of an alarm's create.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -197,16 +197,13 @@ pub async fn list(
     let page = state
         .index
         .alarms_of(&tenant, cursor.as_ref(), query.limit()?);
-    let mut items = Vec::with_capacity(page.items.len());
-    for id in &page.items {
-        if let Ok(alarm) = load(&state, id).await {
-            items.push(AlarmView::from(&alarm));
-        }
-    }
-    Ok(HttpResponse::Ok().json(List {
-        items,
-        next_cursor: page.next.map(|id| id.to_string()),
-    }))
+    let view = async |id: &_| {
+        load(&state, id)
+            .await
+            .ok()
+            .map(|alarm| AlarmView::from(&alarm))
+    };
+    Ok(respond_page(page, view).await)
 }
 
 /// `GET /v1/alarms/{aid}`: with `state` and `state_reason`.

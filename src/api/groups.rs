@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Tenant;
 use super::error::ErrorBody;
 use super::views::{GroupCreated, GroupView, ServerView};
-use super::{ApiError, AppState, List, ListQuery};
+use super::{respond_page, ApiError, AppState, List, ListQuery};
 use crate::audit::format_millis;
 use crate::token;
 
@@ -167,17 +167,13 @@ pub async fn list(
     let page = state
         .index
         .groups_of(&tenant, cursor.as_ref(), query.limit()?);
-    let mut items = Vec::with_capacity(page.items.len());
-    for id in &page.items {
-        // A group deleted since the page was read is simply left out.
-        if let Ok(group) = load(&state, id).await {
-            items.push(GroupView::from(&group));
-        }
-    }
-    Ok(HttpResponse::Ok().json(List {
-        items,
-        next_cursor: page.next.map(|id| id.to_string()),
-    }))
+    let view = async |id: &_| {
+        load(&state, id)
+            .await
+            .ok()
+            .map(|group| GroupView::from(&group))
+    };
+    Ok(respond_page(page, view).await)
 }
 
 /// `GET /v1/groups/{id}`.

@@ -13,7 +13,7 @@ use super::error::ErrorBody;
 use super::groups::owned as owned_group;
 use super::openapi::mirror;
 use super::views::{ExecutionView, PolicyView};
-use super::{double_option, ApiError, AppState, List, ListQuery};
+use super::{double_option, respond_page, ApiError, AppState, List, ListQuery};
 
 /// The body of a policy's create.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -148,16 +148,13 @@ pub async fn list(
     let page = state
         .index
         .policies_of(&group, cursor.as_ref(), query.limit()?);
-    let mut items = Vec::with_capacity(page.items.len());
-    for id in &page.items {
-        if let Ok(policy) = load(&state, id).await {
-            items.push(PolicyView::from(&policy));
-        }
-    }
-    Ok(HttpResponse::Ok().json(List {
-        items,
-        next_cursor: page.next.map(|id| id.to_string()),
-    }))
+    let view = async |id: &_| {
+        load(&state, id)
+            .await
+            .ok()
+            .map(|policy| PolicyView::from(&policy))
+    };
+    Ok(respond_page(page, view).await)
 }
 
 /// `GET /v1/groups/{id}/policies/{pid}`.

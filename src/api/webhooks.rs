@@ -12,7 +12,7 @@ use super::auth::Tenant;
 use super::error::ErrorBody;
 use super::policies::owned as owned_policy;
 use super::views::WebhookView;
-use super::{ApiError, AppState, List, ListQuery};
+use super::{respond_page, ApiError, AppState, List, ListQuery};
 use crate::token;
 
 /// The body of a webhook's create.
@@ -126,16 +126,13 @@ pub async fn list(
     let page = state
         .index
         .webhooks_of(&policy, cursor.as_ref(), query.limit()?);
-    let mut items = Vec::with_capacity(page.items.len());
-    for id in &page.items {
-        if let Ok(webhook) = load(&state, id).await {
-            items.push(view(&state, &webhook, false));
-        }
-    }
-    Ok(HttpResponse::Ok().json(List {
-        items,
-        next_cursor: page.next.map(|id| id.to_string()),
-    }))
+    let view = async |id: &_| {
+        load(&state, id)
+            .await
+            .ok()
+            .map(|webhook| view(&state, &webhook, false))
+    };
+    Ok(respond_page(page, view).await)
 }
 
 /// `GET .../webhooks/{wid}`.
