@@ -10,7 +10,7 @@ use flotilla_journal::{Durability, Journal};
 use crate::aggregate::{Aggregate, Webhooks};
 use crate::clock::{Clock, Timestamp};
 use crate::domain::webhook::{Secret, WebhookCommand};
-use crate::domain::Rejection;
+use crate::domain::{PolicyId, Rejection, WebhookId};
 use crate::error::Error;
 use crate::store::{self, SNAPSHOT_EVERY};
 
@@ -71,6 +71,18 @@ impl<A: Aggregate> ObjectActor<A> {
     }
 
     fn run(&mut self, command: A::Command, now: Timestamp, durability: Durability) -> Reply<A> {
+        self.run_answering(command, now, durability, Self::executed)
+    }
+
+    /// [`Self::run`], answering with `answer(self, events)` once they are applied: a caller that
+    /// needs less than a copy of the whole state says so.
+    fn run_answering<R: 'static>(
+        &mut self,
+        command: A::Command,
+        now: Timestamp,
+        durability: Durability,
+        answer: impl FnOnce(&Self, Vec<A::Event>) -> R + 'static,
+    ) -> AtomicResponse<Self, Result<R, Error>> {
         if !self.usable() {
             return ready(Err(Error::Unavailable));
         }
@@ -79,7 +91,7 @@ impl<A: Aggregate> ObjectActor<A> {
             Err(rejection) => return ready(Err(rejection.into())),
         };
         if events.is_empty() {
-            return ready(Ok(self.executed(events)));
+            return ready(Ok(answer(self, events)));
         }
         let (journal, id, version) = (self.journal.clone(), self.id.clone(), self.version);
         let append = {
@@ -97,7 +109,7 @@ impl<A: Aggregate> ObjectActor<A> {
                         store::snapshot::<A>(&actor.journal, &actor.id, actor.version, &actor.state);
                         actor.snapshot_version = actor.version;
                     }
-                    Ok(actor.executed(events))
+                    Ok(answer(actor, events))
                 }
                 Err(error) => {
                     // The journal's outcome is unknown (or the stream moved under us): stop, and
@@ -121,7 +133,9 @@ impl<A: Aggregate> ObjectActor<A> {
 
 type Reply<A> = AtomicResponse<ObjectActor<A>, Result<Executed<A>, Error>>;
 
-fn ready<A: Aggregate>(result: Result<Executed<A>, Error>) -> Reply<A> {
+fn ready<A: Aggregate, R: 'static>(
+    result: Result<R, Error>,
+) -> AtomicResponse<ObjectActor<A>, Result<R, Error>> {
     AtomicResponse::new(Box::pin(fut::ready(result)))
 }
 
@@ -235,12 +249,24 @@ pub struct AcceptSigned {
     pub check: SignatureCheck,
 }
 
+/// An accepted call: its nonce is recorded; what remains is to execute the webhook's policy.
+/// (Not the webhook's whole state: that holds its nonce window, too large to copy per call.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The webhook.
+    pub webhook_id: WebhookId,
+    /// The policy it executes.
+    pub policy_id: PolicyId,
+    /// The webhook's stream version after the nonce.
+    pub version: u64,
+}
+
 impl Message for AcceptSigned {
-    type Result = Result<Executed<Webhooks>, Error>;
+    type Result = Result<Accepted, Error>;
 }
 
 impl Handler<AcceptSigned> for ObjectActor<Webhooks> {
-    type Result = Reply<Webhooks>;
+    type Result = AtomicResponse<Self, Result<Accepted, Error>>;
 
     fn handle(&mut self, call: AcceptSigned, _: &mut Self::Context) -> Self::Result {
         if !self.usable() {
@@ -252,6 +278,7 @@ impl Handler<AcceptSigned> for ObjectActor<Webhooks> {
             _ => return ready(Err(Rejection::not_found("webhook").into())),
         };
         let secrets: Vec<Secret> = webhook.valid_secrets(now).cloned().collect();
+        let (webhook_id, policy_id) = (webhook.id.clone(), webhook.policy_id.clone());
         let signed = match (call.check)(&secrets) {
             Ok(signed) => signed,
             Err(error) => return ready(Err(error)),
@@ -264,6 +291,12 @@ impl Handler<AcceptSigned> for ObjectActor<Webhooks> {
         };
         // The call is acknowledged only after its policy execution's flushed append, which
         // flushes the nonce with it: one flush per call instead of two.
-        self.run(command, now, Durability::Deferred)
+        self.run_answering(command, now, Durability::Deferred, move |actor, _| {
+            Accepted {
+                webhook_id,
+                policy_id,
+                version: actor.version,
+            }
+        })
     }
 }

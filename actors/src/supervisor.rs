@@ -261,13 +261,10 @@ impl Supervisor {
             check,
         };
         let accepted = addr.send(call).await.map_err(|_| Error::Unavailable)??;
-        let webhook = accepted
-            .state
-            .ok_or_else(|| Rejection::not_found("webhook"))?;
         let cause = Cause::Webhook {
-            webhook_id: webhook.id.clone(),
+            webhook_id: accepted.webhook_id,
         };
-        self.execute_policy(&webhook.policy_id, cause).await
+        self.execute_policy(&accepted.policy_id, cause).await
     }
 
     /// Starts the actor of every object of kind `A` the journal knows (used at startup so that
