@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::clock::Timestamp;
 use crate::domain::{alarm, group, policy, tenant, webhook, DomainEvent, Rejection};
+use crate::store::SNAPSHOT_EVERY;
 
 /// A kind of object whose state is a fold of its events.
 pub trait Aggregate: Send + Unpin + 'static {
@@ -30,10 +31,17 @@ pub trait Aggregate: Send + Unpin + 'static {
 
     /// No rules: what `event` makes of `state`.
     fn apply(state: Self::State, event: &Self::Event) -> Self::State;
+
+    /// How many events may follow the last snapshot before the next is saved. A snapshot costs
+    /// about the state's size, so a state that grows with its events (a webhook's nonce window)
+    /// is snapshotted once per as many events as it holds: a constant cost per event.
+    fn snapshot_every(_state: &Self::State) -> u64 {
+        SNAPSHOT_EVERY
+    }
 }
 
 macro_rules! aggregate {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $module:ident, $id:ty, $state:ty, $command:ty, $event:ty) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $module:ident, $id:ty, $state:ty, $command:ty, $event:ty $(, snapshot_every = $every:expr)?) => {
         $(#[$doc])*
         #[derive(Debug)]
         pub struct $name;
@@ -56,6 +64,12 @@ macro_rules! aggregate {
             fn apply(state: Self::State, event: &Self::Event) -> Self::State {
                 $module::apply(state, event)
             }
+
+            $(
+                fn snapshot_every(state: &Self::State) -> u64 {
+                    $every(state)
+                }
+            )?
         }
     };
 }
@@ -78,7 +92,11 @@ aggregate!(
 aggregate!(
     /// Webhooks.
     Webhooks, "webhook", webhook, crate::domain::WebhookId,
-    webhook::WebhookState, webhook::WebhookCommand, webhook::WebhookEvent
+    webhook::WebhookState, webhook::WebhookCommand, webhook::WebhookEvent,
+    snapshot_every = |state: &webhook::WebhookState| {
+        let nonces = state.as_ref().map_or(0, |webhook| webhook.nonces.len());
+        SNAPSHOT_EVERY.max(nonces as u64)
+    }
 );
 aggregate!(
     /// Alarms.

@@ -12,7 +12,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::domain::webhook::{Secret, WebhookCommand};
 use crate::domain::{PolicyId, Rejection, WebhookId};
 use crate::error::Error;
-use crate::store::{self, SNAPSHOT_EVERY};
+use crate::store;
 
 /// Messages waiting for one object before senders are made to wait (backpressure).
 pub const MAILBOX_CAPACITY: usize = 64;
@@ -105,7 +105,7 @@ impl<A: Aggregate> ObjectActor<A> {
                         actor.state = A::apply(std::mem::take(&mut actor.state), event);
                     }
                     actor.version = appended.version;
-                    if actor.version - actor.snapshot_version >= SNAPSHOT_EVERY {
+                    if actor.version - actor.snapshot_version >= A::snapshot_every(&actor.state) {
                         store::snapshot::<A>(&actor.journal, &actor.id, actor.version, &actor.state);
                         actor.snapshot_version = actor.version;
                     }

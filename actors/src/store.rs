@@ -8,7 +8,8 @@ use crate::clock::Timestamp;
 use crate::domain::DomainEvent;
 use crate::error::Error;
 
-/// Save a snapshot once this many events follow the last one.
+/// Save a snapshot once this many events follow the last one (for most kinds: see
+/// [`Aggregate::snapshot_every`]).
 pub const SNAPSHOT_EVERY: u64 = 64;
 
 /// An object's state and the stream version it reflects.
