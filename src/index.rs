@@ -134,11 +134,16 @@ impl Index {
         data.alarms = saved.alarms.into_iter().collect();
     }
 
+    /// Whether `record` can change the index: only creations, deletions, revocations and
+    /// servers do; the rest of a journal (policy executions, accepted nonces) is skipped
+    /// without decoding its payload.
+    pub fn wants(record: &Record) -> bool {
+        INDEXED_EVENTS.contains(&record.event_type.as_str())
+    }
+
     /// Takes in one journaled record (the startup pass over the journal).
     pub fn note_record(&self, record: &Record) -> anyhow::Result<()> {
-        // Only creations, deletions and revocations change the index; the rest of a journal
-        // (policy executions, accepted nonces) is skipped without decoding its payload.
-        if !INDEXED_EVENTS.contains(&record.event_type.as_str()) {
+        if !Self::wants(record) {
             return Ok(());
         }
         fn note<A: Indexed>(index: &Index, record: &Record) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use anyhow::Context;
 use flotilla_actors::clock::Clock;
 use flotilla_actors::domain::AlarmId;
 use flotilla_actors::supervisor::{self, Supervisor};
-use flotilla_journal::Journal;
+use flotilla_journal::{Journal, Record};
 
 use crate::alarms::Evaluator;
 use crate::api::{self, AppState};
@@ -180,15 +180,22 @@ fn replay_into_index(
                     }
                 }
             }
-            let mut read = 0;
-            for record in journal.read_all(from) {
-                let record = record?;
-                index.note_record(&record)?;
-                if record.stream.starts_with(AlarmId::PREFIX) {
-                    evaluator.note_record(&record, now)?;
-                }
-                read += 1;
-            }
+            // Reading and decoding dominate, and are spread over the cores; the few records
+            // that matter are applied here, in order.
+            let is_alarm = |record: &Record| record.stream.starts_with(AlarmId::PREFIX);
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let read = journal.scan(
+                from,
+                workers,
+                |record| Index::wants(record) || is_alarm(record),
+                |record| -> anyhow::Result<()> {
+                    index.note_record(&record)?;
+                    if is_alarm(&record) {
+                        evaluator.note_record(&record, now)?;
+                    }
+                    Ok(())
+                },
+            )?;
             let checkpoint = Checkpoint {
                 index: index.save(),
                 alarms: evaluator.save(),

@@ -9,6 +9,7 @@
 //! - `record`: the record type and its byte layout on disk.
 //! - `layout`: the keys records, the stream index and the head are stored under.
 //! - `writer`: the single writer thread that batches appends into one durable flush.
+//! - `scan`: replaying the journal on several threads, in order.
 //! - `verify`: walking the chain and naming the first break.
 //! - `export`: JSON-lines export, verification of an export, and import.
 //! - `error`: the journal's error type.
@@ -17,6 +18,7 @@ mod error;
 pub mod export;
 pub mod layout;
 mod record;
+mod scan;
 pub mod verify;
 mod writer;
 

@@ -584,3 +584,64 @@ proptest! {
 fn stream_of(journal: &Journal, name: &str, from: u64) -> Vec<Record> {
     stream(journal, name, from)
 }
+
+#[test]
+fn a_parallel_scan_hands_over_the_kept_records_in_order_across_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    // 40,000 records over three streams: more than two chunks of 16,384.
+    for batch in 0..40u64 {
+        let events = (0..1000).map(|i| event(batch * 1000 + i)).collect();
+        let stream = format!("grp_{}", batch % 3);
+        journal
+            .append(&stream, ExpectedVersion::Any, events)
+            .unwrap();
+    }
+    let everything: Vec<Record> = journal.read_all(1).map(|r| r.unwrap()).collect();
+    for workers in [1, 2, 3] {
+        for from in [0, 1, 16_384, 16_385, 39_999, 40_000, 40_001] {
+            let keep = |r: &Record| r.stream != "grp_1" && !r.seq.is_multiple_of(7);
+            let mut kept = Vec::new();
+            let read = journal
+                .scan(from, workers, keep, |r| -> Result<(), Error> {
+                    kept.push(r);
+                    Ok(())
+                })
+                .unwrap();
+            let expected: Vec<&Record> = everything
+                .iter()
+                .filter(|r| r.seq >= from && keep(r))
+                .collect();
+            let after = everything.iter().filter(|r| r.seq >= from).count();
+            assert_eq!(read, after as u64, "from {from}");
+            assert_eq!(kept.iter().collect::<Vec<_>>(), expected, "from {from}");
+        }
+    }
+}
+
+#[test]
+fn a_parallel_scan_stops_at_the_first_error_of_its_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    for batch in 0..40u64 {
+        let events = (0..1000).map(|i| event(batch * 1000 + i)).collect();
+        journal
+            .append("grp_a", ExpectedVersion::Any, events)
+            .unwrap();
+    }
+    let mut applied = 0;
+    let outcome = journal.scan(
+        1,
+        2,
+        |_| true,
+        |record| {
+            applied += 1;
+            if record.seq == 20_000 {
+                return Err(Error::InvalidEvent("stop here".into()));
+            }
+            Ok(())
+        },
+    );
+    assert!(matches!(outcome, Err(Error::InvalidEvent(_))));
+    assert_eq!(applied, 20_000);
+}
