@@ -6,11 +6,14 @@
 //!   requests;
 //! - ingestion: metric samples in batches of 1,000, beside a bare POST of the same bytes;
 //! - recovery: time from start to ready with a journal of N events, replaying it all, and again
-//!   from the checkpoint that first start saved.
+//!   from the checkpoint that first start saved;
+//! - memory: the resident set of the `flotilla` binary itself (a child process) with N groups, N
+//!   policies and N alarms created over HTTP, beside the same binary empty.
 //!
 //! `cargo bench --bench load` prints a table and writes `target/load-report.json`. Settings by
 //! environment: `LOAD_SECONDS` (per scenario, default 10), `LOAD_CONNECTIONS` (32),
-//! `LOAD_GROUPS` (1000), `LOAD_RECOVERY_EVENTS` (comma-separated, default 1000000).
+//! `LOAD_GROUPS` (1000), `LOAD_RECOVERY_EVENTS` (comma-separated, default 1000000),
+//! `LOAD_RESIDENT_OBJECTS` (100000 of each kind; 0 skips it).
 //!
 //! The load generator is a small HTTP/1.1 keep-alive client over `TcpStream`, one thread per
 //! connection, with requests signed before the clock starts: on a 2-core machine the client
@@ -28,6 +31,10 @@ use flotilla::settings::Settings;
 use flotilla_actors::clock::SystemClock;
 use flotilla_journal::{ExpectedVersion, Journal, NewEvent};
 use serde_json::{json, Value};
+
+/// The allocator the `flotilla` binary uses, so the service measured here is the one deployed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -141,6 +148,11 @@ impl Connection {
 
     /// Sends one request and reads its answer; returns the status.
     fn round_trip(&mut self, request: &[u8]) -> u16 {
+        self.exchange(request).0
+    }
+
+    /// Sends one request and reads its answer: the status and the body.
+    fn exchange(&mut self, request: &[u8]) -> (u16, Vec<u8>) {
         self.writer.write_all(request).unwrap();
         let mut line = String::new();
         self.reader.read_line(&mut line).unwrap();
@@ -164,7 +176,36 @@ impl Connection {
         }
         let mut body = vec![0; length];
         self.reader.read_exact(&mut body).unwrap();
-        status
+        (status, body)
+    }
+
+    /// A JSON call on this connection; panics unless it answers 2xx.
+    fn call(
+        &mut self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> Value {
+        let body = serde_json::to_vec(&body).unwrap();
+        let request = request(
+            method,
+            addr,
+            path,
+            &[
+                ("authorization", format!("Bearer {token}")),
+                ("content-type", "application/json".into()),
+            ],
+            &body,
+        );
+        let (status, answer) = self.exchange(&request);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {}",
+            String::from_utf8_lossy(&answer)
+        );
+        serde_json::from_slice(&answer).unwrap_or(Value::Null)
     }
 }
 
@@ -266,37 +307,7 @@ fn drive(
 
 /// A small blocking JSON client for setting the service up.
 fn call(addr: SocketAddr, method: &str, path: &str, token: &str, body: Value) -> Value {
-    let mut connection = Connection::open(addr);
-    let body = serde_json::to_vec(&body).unwrap();
-    let request = request(
-        method,
-        addr,
-        path,
-        &[
-            ("authorization", format!("Bearer {token}")),
-            ("content-type", "application/json".into()),
-        ],
-        &body,
-    );
-    connection.writer.write_all(&request).unwrap();
-    let mut line = String::new();
-    connection.reader.read_line(&mut line).unwrap();
-    let mut length = 0;
-    loop {
-        let mut header = String::new();
-        connection.reader.read_line(&mut header).unwrap();
-        if header == "\r\n" {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().unwrap();
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    connection.reader.read_exact(&mut body).unwrap();
-    serde_json::from_slice(&body).unwrap_or(Value::Null)
+    Connection::open(addr).call(addr, method, path, token, body)
 }
 
 struct Fleet {
@@ -458,12 +469,123 @@ fn journal_of(dir: &std::path::Path, events: u64) {
     }
 }
 
+/// The real `flotilla` binary serving a fresh data directory, killed on drop.
+struct Child {
+    process: std::process::Child,
+    addr: SocketAddr,
+    operator_token: String,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+impl Child {
+    fn start(data_dir: &std::path::Path) -> Child {
+        // A free port: bound, read, let go, handed to the child.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let process = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let token_file = data_dir.join("operator.token");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "flotilla did not get ready");
+            std::thread::sleep(Duration::from_millis(20));
+            let ready = TcpStream::connect(addr).is_ok_and(|_| {
+                let mut connection = Connection::open(addr);
+                let probe = request("GET", addr, "/readyz", &[], b"");
+                connection.exchange(&probe).0 == 200
+            });
+            if ready {
+                break;
+            }
+        }
+        let operator_token = std::fs::read_to_string(token_file)
+            .unwrap()
+            .trim()
+            .to_owned();
+        Child {
+            process,
+            addr,
+            operator_token,
+        }
+    }
+
+    /// Its resident set size in bytes, from `/proc/<pid>/status`.
+    fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.id())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+}
+
+/// Memory: the `flotilla` binary with `n` groups, `n` policies and `n` alarms, all created over
+/// HTTP by `connections` keep-alive clients (every object's actor stays resident). Answers its
+/// RSS empty (ready, nothing created), its RSS full, and how long the creation took.
+fn resident(n: usize, connections: usize) -> (u64, u64, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Child::start(&dir.path().join("data"));
+    let empty = child.rss_bytes();
+    let addr = child.addr;
+    let tenant = call(
+        addr,
+        "POST",
+        "/v1/tenants",
+        &child.operator_token,
+        json!({"name": "resident"}),
+    );
+    let token = tenant["token"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let threads: Vec<_> = (0..connections)
+        .map(|c| {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                let mut connection = Connection::open(addr);
+                for _ in (c..n).step_by(connections) {
+                    let group = connection.call(addr, "POST", "/v1/groups", &token,
+                        json!({"name": "g", "min_size": 0, "max_size": 10, "launch": {"provider": "simulated"}}));
+                    let gid = group["id"].as_str().unwrap().to_owned();
+                    let policy = connection.call(addr, "POST", &format!("/v1/groups/{gid}/policies"), &token,
+                        json!({"name": "up", "adjustment_type": "change", "adjustment": 1}));
+                    let pid = policy["id"].as_str().unwrap().to_owned();
+                    connection.call(addr, "POST", "/v1/alarms", &token,
+                        json!({"name": "cpu", "group_id": gid, "metric": "cpu", "statistic": "avg",
+                        "period_seconds": 60, "evaluation_periods": 3, "comparison": "gt", "threshold": 0.8,
+                        "alarm_actions": [pid]}));
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let took = started.elapsed();
+    (empty, child.rss_bytes(), took)
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is taken from the command line.
     let seconds: f64 = env("LOAD_SECONDS", 10.0);
     let connections: usize = env("LOAD_CONNECTIONS", 32);
     let groups: usize = env("LOAD_GROUPS", 1000);
     let recovery: String = env("LOAD_RECOVERY_EVENTS", "1000000".to_owned());
+    let objects: usize = env("LOAD_RESIDENT_OBJECTS", 100_000);
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -614,6 +736,26 @@ fn main() {
             "ready_from_checkpoint_seconds": from_checkpoint.as_secs_f64(), "scan_seconds": scan.as_secs_f64()}));
     }
     report.insert("recovery".into(), recoveries.into());
+
+    if objects > 0 {
+        eprintln!("creating {objects} groups, {objects} policies and {objects} alarms...");
+        let (empty, full, took) = resident(objects, connections);
+        let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+        rows.push((
+            format!("RSS with {objects} groups + policies + alarms"),
+            format!("{:.0} MiB", mib(full)),
+            format!("{:.0} MiB (the same binary, empty)", mib(empty)),
+            format!(
+                "{:.2} KiB per object",
+                (full - empty.min(full)) as f64 / 1024.0 / (3 * objects) as f64
+            ),
+        ));
+        report.insert(
+            "memory".into(),
+            json!({"objects_each": objects, "rss_bytes": full,
+            "empty_rss_bytes": empty, "created_in_seconds": took.as_secs_f64()}),
+        );
+    }
 
     println!("\n| figure | flotilla | baseline | ratio |\n| --- | --- | --- | --- |");
     for (name, value, baseline, r) in &rows {

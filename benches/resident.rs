@@ -5,7 +5,7 @@
 //! `cargo bench --bench resident` (N = 100000); `FLOTILLA_RESIDENT_N=10000` for a quick run;
 //! `FLOTILLA_RESIDENT_CACHE_MB` sets the journal's sled page cache (default: the journal's).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,31 +24,32 @@ use futures::stream::{self, StreamExt};
 
 const IN_FLIGHT: usize = 256;
 
-/// The system allocator, counting the bytes and blocks live on the heap, so that the RSS can be
-/// told apart into what is allocated and what the allocator keeps (fragmentation, free lists).
+/// The `flotilla` binary's allocator (mimalloc), counting the bytes and blocks live on the heap,
+/// so that the RSS can be told apart into what is allocated and what the allocator keeps
+/// (fragmentation, free lists).
 struct Counting;
 
 static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
 static LIVE_BLOCKS: AtomicUsize = AtomicUsize::new(0);
 
-// SAFETY: defers every call to the system allocator unchanged; only counts.
+// SAFETY: defers every call to mimalloc unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
         LIVE_BLOCKS.fetch_add(1, Ordering::Relaxed);
-        System.alloc(layout)
+        mimalloc::MiMalloc.alloc(layout)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
         LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
-        System.dealloc(ptr, layout)
+        mimalloc::MiMalloc.dealloc(ptr, layout)
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
         LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-        System.realloc(ptr, layout, new_size)
+        mimalloc::MiMalloc.realloc(ptr, layout, new_size)
     }
 }
 
