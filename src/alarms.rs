@@ -71,6 +71,11 @@ impl Evaluator {
         }
     }
 
+    /// The supervisor it executes through.
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
     /// The alarms' definitions and states, for a checkpoint.
     pub fn save(&self) -> Vec<(AlarmId, AlarmDefinition, AlarmState)> {
         lock(&self.alarms)

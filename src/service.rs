@@ -3,16 +3,17 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Service as _;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use flotilla_actors::clock::Clock;
+use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::AlarmId;
 use flotilla_actors::supervisor::{self, Supervisor};
-use flotilla_journal::{Journal, Record};
+use flotilla_journal::{Head, Journal, Record};
 
 use crate::alarms::Evaluator;
 use crate::api::{self, AppState};
@@ -21,7 +22,7 @@ use crate::index::Index;
 use crate::providers::Providers;
 use crate::ratelimit::{Limit, WebhookLimits};
 use crate::settings::Settings;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Recovery, Telemetry};
 use crate::token;
 
 /// A started service.
@@ -71,7 +72,12 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
     );
     let index = Arc::new(Index::default());
     let evaluator = Arc::new(Evaluator::new(supervisor.clone()));
-    let telemetry = Arc::new(Telemetry::new(supervisor.clone(), index.clone()));
+    let recovery = Arc::new(Recovery::default());
+    let telemetry = Arc::new(Telemetry::new(
+        supervisor.clone(),
+        index.clone(),
+        recovery.clone(),
+    ));
     let ready = Arc::new(AtomicBool::new(false));
     let providers = Arc::new(Providers::new(
         clock.clone(),
@@ -98,7 +104,21 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
         telemetry: telemetry.clone(),
     });
 
-    replay_into_index(journal, index, evaluator.clone(), clock, ready.clone());
+    let checkpointer = Arc::new(Mutex::new(None));
+    replay_into_index(
+        journal,
+        index,
+        evaluator.clone(),
+        clock,
+        checkpointer.clone(),
+        recovery.clone(),
+        ready.clone(),
+    );
+    run_checkpointer(
+        checkpointer,
+        Duration::from_millis(settings.checkpoint_interval_ms),
+        recovery,
+    );
     evaluator.run(Duration::from_millis(settings.alarm_tick_ms), ready.clone());
     converger.run(
         Duration::from_millis(settings.converge_tick_ms),
@@ -152,15 +172,61 @@ struct Checkpoint {
     )>,
 }
 
+/// Takes records `from..=to` into `index` and `alarms`: what a start replays, and what the
+/// checkpointer catches up on. Reading and decoding dominate and are spread over `workers`
+/// threads; the few records that matter are applied on the calling one, in order.
+fn replay(
+    journal: &Journal,
+    from: u64,
+    to: u64,
+    workers: usize,
+    index: &Index,
+    alarms: &Evaluator,
+    now: Timestamp,
+) -> anyhow::Result<u64> {
+    let is_alarm = |record: &Record| record.stream.starts_with(AlarmId::PREFIX);
+    journal.scan(
+        from,
+        to,
+        workers,
+        |record| Index::wants(record) || is_alarm(record),
+        |record| -> anyhow::Result<()> {
+            index.note_record(&record)?;
+            if is_alarm(&record) {
+                alarms.note_record(&record, now)?;
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Saves `index` and `alarms` as the checkpoint at `head` (which they must reflect exactly).
+fn save_checkpoint(
+    journal: &Journal,
+    head: Head,
+    index: &Index,
+    alarms: &Evaluator,
+) -> anyhow::Result<()> {
+    let checkpoint = Checkpoint {
+        index: index.save(),
+        alarms: alarms.save(),
+    };
+    journal.save_checkpoint(CHECKPOINT, head, &serde_json::to_vec(&checkpoint)?)?;
+    Ok(())
+}
+
 /// Builds the index and the alarms' evaluator on a thread of its own: from the last checkpoint
 /// (if it still matches the journal) and the records after it, or from the whole journal; then
-/// saves a checkpoint at the head and marks the service ready. Nothing appends before ready
-/// (the API, the evaluator and the converger wait for it), so the checkpoint is exact.
+/// saves a checkpoint at the head, hands the checkpointer its copies, and marks the service
+/// ready. Nothing appends before ready (the API, the evaluator and the converger wait for it),
+/// so that checkpoint, and the copies, are exact.
 fn replay_into_index(
     journal: Journal,
     index: Arc<Index>,
     evaluator: Arc<Evaluator>,
     clock: Arc<dyn Clock>,
+    checkpointer: Arc<Mutex<Option<Checkpointer>>>,
+    recovery: Arc<Recovery>,
     ready: Arc<AtomicBool>,
 ) {
     std::thread::spawn(move || {
@@ -180,31 +246,14 @@ fn replay_into_index(
                     }
                 }
             }
-            // Reading and decoding dominate, and are spread over the cores; the few records
-            // that matter are applied here, in order.
-            let is_alarm = |record: &Record| record.stream.starts_with(AlarmId::PREFIX);
+            let head = journal.head()?;
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let read = journal.scan(
-                from,
-                workers,
-                |record| Index::wants(record) || is_alarm(record),
-                |record| -> anyhow::Result<()> {
-                    index.note_record(&record)?;
-                    if is_alarm(&record) {
-                        evaluator.note_record(&record, now)?;
-                    }
-                    Ok(())
-                },
-            )?;
-            let checkpoint = Checkpoint {
-                index: index.save(),
-                alarms: evaluator.save(),
-            };
-            journal.save_checkpoint(
-                CHECKPOINT,
-                journal.head()?,
-                &serde_json::to_vec(&checkpoint)?,
-            )?;
+            let read = replay(&journal, from, head.seq, workers, &index, &evaluator, now)?;
+            save_checkpoint(&journal, head, &index, &evaluator)?;
+            let copy = Checkpointer::new(journal.clone(), head, &index, &evaluator, clock.clone());
+            *lock(&checkpointer) = Some(copy);
+            recovery.replayed_at_start.store(read, Ordering::Relaxed);
+            recovery.checkpoint_seq.store(head.seq, Ordering::Relaxed);
             Ok((from - 1, read))
         };
         match load() {
@@ -218,6 +267,105 @@ fn replay_into_index(
                 );
             }
             Err(error) => tracing::error!(%error, "the journal cannot be replayed; not ready"),
+        }
+    });
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Keeps the checkpoint close to the journal's head while the service runs, so that a start
+/// replays minutes of records, not everything since the last start.
+///
+/// It holds its own copy of the index and of the alarms, fed only from the journal, exactly as
+/// a start replays it: the copy is exact at the sequence number it stopped at, whatever the
+/// handlers are doing meanwhile (the live index is updated by them after their appends, so it
+/// is never exactly at one sequence number while the service runs).
+struct Checkpointer {
+    journal: Journal,
+    at: Head,
+    index: Index,
+    alarms: Evaluator,
+    clock: Arc<dyn Clock>,
+}
+
+impl Checkpointer {
+    /// A copy of `index` and `alarms`, which reflect the journal exactly up to `at`.
+    fn new(
+        journal: Journal,
+        at: Head,
+        index: &Index,
+        alarms: &Evaluator,
+        clock: Arc<dyn Clock>,
+    ) -> Checkpointer {
+        let copy = Checkpointer {
+            at,
+            index: Index::default(),
+            alarms: Evaluator::new(alarms.supervisor().clone()),
+            journal,
+            clock,
+        };
+        copy.index.restore(index.save());
+        copy.alarms.restore(alarms.save(), copy.clock.now());
+        copy
+    }
+
+    /// Takes in the records after the last checkpoint, on one thread (the service is serving),
+    /// and saves the checkpoint at the head it reached. Answers that head.
+    fn catch_up(&mut self) -> anyhow::Result<Head> {
+        let head = self.journal.head()?;
+        if head.seq > self.at.seq {
+            let now = self.clock.now();
+            replay(
+                &self.journal,
+                self.at.seq + 1,
+                head.seq,
+                1,
+                &self.index,
+                &self.alarms,
+                now,
+            )?;
+            save_checkpoint(&self.journal, head, &self.index, &self.alarms)?;
+            self.at = head;
+        }
+        Ok(self.at)
+    }
+}
+
+/// Every `interval`, once the start's replay has handed over the copies, catches the checkpoint
+/// up on a blocking thread, and publishes where the checkpoint is. Stops with the
+/// actix system; the copies (and their journal handle) go with it.
+fn run_checkpointer(
+    checkpointer: Arc<Mutex<Option<Checkpointer>>>,
+    interval: Duration,
+    recovery: Arc<Recovery>,
+) {
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(mut copy) = lock(&checkpointer).take() else {
+                continue;
+            };
+            let caught_up = actix_web::rt::task::spawn_blocking(move || {
+                let head = copy.catch_up();
+                (copy, head)
+            })
+            .await;
+            match caught_up {
+                Ok((copy, head)) => {
+                    match head {
+                        Ok(head) => recovery.checkpoint_seq.store(head.seq, Ordering::Relaxed),
+                        Err(error) => tracing::warn!(%error, "checkpoint not saved"),
+                    }
+                    *lock(&checkpointer) = Some(copy);
+                }
+                Err(error) => tracing::error!(%error, "the checkpointer failed; checkpoints stop"),
+            }
         }
     });
 }

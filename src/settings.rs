@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// [default: 1000].
     #[arg(long, env = "FLOTILLA_CONVERGE_TICK_MS")]
     pub converge_tick_ms: Option<u64>,
+    /// How often the checkpoint of the index and the alarms catches up with the journal's head,
+    /// milliseconds of real time; a start replays only what follows it [default: 60000].
+    #[arg(long, env = "FLOTILLA_CHECKPOINT_INTERVAL_MS")]
+    pub checkpoint_interval_ms: Option<u64>,
     /// The `whsec_` secret signing requests to `http` orchestrators whose launch configuration
     /// has no `secret`.
     #[arg(long, env = "FLOTILLA_PROVIDER_HTTP_SECRET", hide_env_values = true)]
@@ -76,6 +80,7 @@ struct FileSettings {
     alarm_tick_ms: Option<u64>,
     http_workers: Option<usize>,
     converge_tick_ms: Option<u64>,
+    checkpoint_interval_ms: Option<u64>,
     provider_http_secret: Option<String>,
     allow_process_provider: Option<bool>,
 }
@@ -95,6 +100,7 @@ pub struct Settings {
     pub alarm_tick_ms: u64,
     pub http_workers: usize,
     pub converge_tick_ms: u64,
+    pub checkpoint_interval_ms: u64,
     pub provider_http_secret: Option<String>,
     pub allow_process_provider: bool,
 }
@@ -114,6 +120,7 @@ impl Default for Settings {
             alarm_tick_ms: 1000,
             http_workers: 2,
             converge_tick_ms: 1000,
+            checkpoint_interval_ms: 60_000,
             provider_http_secret: None,
             allow_process_provider: false,
         }
@@ -171,6 +178,11 @@ impl Settings {
                 .converge_tick_ms
                 .or(file.converge_tick_ms)
                 .unwrap_or(d.converge_tick_ms)
+                .max(10),
+            checkpoint_interval_ms: args
+                .checkpoint_interval_ms
+                .or(file.checkpoint_interval_ms)
+                .unwrap_or(d.checkpoint_interval_ms)
                 .max(10),
             provider_http_secret: args
                 .provider_http_secret

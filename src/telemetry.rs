@@ -5,6 +5,7 @@
 //! code. Read at scrape time: journal appends, resident actors and live objects.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,16 @@ struct CodeLabels {
 
 type Latency = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
+/// Where the service's recovery stands: what its last start replayed, and where its checkpoint
+/// is now (see `service::Checkpointer`).
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Records the last start replayed after its checkpoint.
+    pub replayed_at_start: AtomicU64,
+    /// The sequence number of the latest checkpoint saved.
+    pub checkpoint_seq: AtomicU64,
+}
+
 /// The registry and the metrics recorded into it. Shared by the handlers and the middleware.
 pub struct Telemetry {
     registry: Registry,
@@ -71,7 +82,7 @@ fn latency_histogram() -> Histogram {
 
 impl Telemetry {
     /// Metrics of a service whose objects live in `supervisor` and `index`.
-    pub fn new(supervisor: Supervisor, index: Arc<Index>) -> Self {
+    pub fn new(supervisor: Supervisor, index: Arc<Index>, recovery: Arc<Recovery>) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -97,7 +108,11 @@ impl Telemetry {
             "API errors answered, by error code",
             rejections.clone(),
         );
-        registry.register_collector(Box::new(Live { supervisor, index }));
+        registry.register_collector(Box::new(Live {
+            supervisor,
+            index,
+            recovery,
+        }));
         Telemetry {
             registry,
             requests,
@@ -154,6 +169,7 @@ impl Telemetry {
 struct Live {
     supervisor: Supervisor,
     index: Arc<Index>,
+    recovery: Arc<Recovery>,
 }
 
 impl fmt::Debug for Live {
@@ -170,6 +186,23 @@ impl Collector for Live {
             "Appends acknowledged by the journal since the service started",
             None,
             appends.metric_type(),
+        )?)?;
+
+        let checkpoint =
+            ConstGauge::new(self.recovery.checkpoint_seq.load(Ordering::Relaxed) as i64);
+        checkpoint.encode(encoder.encode_descriptor(
+            "flotilla_checkpoint_seq",
+            "Sequence number of the latest checkpoint of the index and the alarms",
+            None,
+            checkpoint.metric_type(),
+        )?)?;
+        let replayed =
+            ConstGauge::new(self.recovery.replayed_at_start.load(Ordering::Relaxed) as i64);
+        replayed.encode(encoder.encode_descriptor(
+            "flotilla_start_replayed_records",
+            "Records the last start replayed after its checkpoint",
+            None,
+            replayed.metric_type(),
         )?)?;
 
         let resident = ConstGauge::new(self.supervisor.resident() as i64);

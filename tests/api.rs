@@ -547,3 +547,80 @@ fn objects_survive_a_restart_and_the_service_reports_ready_after_replay() {
     let another = server.tenant("other");
     assert_eq!(server.call("GET", "/v1/groups", &another, None).0, 200);
 }
+
+/// The journal's head, read through `GET /v1/journal` (its trailer line).
+fn journal_head(server: &Server) -> u64 {
+    let export = server
+        .request("GET", "/v1/journal", Some(&server.operator_token))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let trailer: serde_json::Value = serde_json::from_str(export.lines().last().unwrap()).unwrap();
+    trailer["head"]["seq"].as_u64().unwrap()
+}
+
+/// A gauge's value in `/metrics`.
+fn gauge(server: &Server, name: &str) -> u64 {
+    let text = server
+        .request("GET", "/metrics", None)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+#[test]
+fn the_checkpoint_follows_the_journal_while_serving_so_a_start_replays_nothing_before_it() {
+    let server = Server::start_with(|s| s.checkpoint_interval_ms = 10);
+    let token = server.tenant("acme");
+    let group = server.group(&token, 0, 5, 1, 0);
+    let policy = server.policy(
+        &token,
+        &group,
+        json!({"name": "up", "adjustment_type": "change", "adjustment": 2}),
+    );
+    let deleted = server.group(&token, 0, 3, 0, 0);
+    assert_eq!(
+        server
+            .call("DELETE", &format!("/v1/groups/{deleted}"), &token, None)
+            .0,
+        204
+    );
+    let (status, _) = server.call(
+        "POST",
+        &format!("/v1/groups/{group}/policies/{policy}/execute"),
+        &token,
+        None,
+    );
+    assert_eq!(status, 202);
+    // Wait (a bounded poll, not a timed assertion) for the checkpointer to reach the head.
+    let head = journal_head(&server);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while gauge(&server, "flotilla_checkpoint_seq") < head {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the checkpoint never caught up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(gauge(&server, "flotilla_checkpoint_seq"), head);
+
+    let server = server.restart();
+    // Everything up to the head came from the checkpoint, and it is all there.
+    assert_eq!(gauge(&server, "flotilla_start_replayed_records"), 0);
+    assert_eq!(gauge(&server, "flotilla_checkpoint_seq"), head);
+    assert_eq!(server.capacity(&token, &group), 3);
+    assert_error(
+        &server.call("GET", &format!("/v1/groups/{deleted}"), &token, None),
+        404,
+        "not_found",
+    );
+    let (status, listed) = server.call("GET", "/v1/groups", &token, None);
+    assert_eq!(status, 200);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+}

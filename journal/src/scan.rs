@@ -24,21 +24,20 @@ const CHUNK: u64 = 16_384;
 type Chunk = Result<(u64, Vec<Record>)>;
 
 impl Journal {
-    /// Every record from `from` to the head, in order, that `keep` selects, handed to `apply`
-    /// on the calling thread; reading and decoding is spread over `workers` threads. Answers how
-    /// many records were read (kept or not). Stops at the first error, a storage one or
-    /// `apply`'s own.
-    ///
-    /// Records appended while it runs may be left out: it reads up to the head it found first.
+    /// Every record from `from` to `to` (inclusive; the head when it is past it), in order,
+    /// that `keep` selects, handed to `apply` on the calling thread; reading and decoding is
+    /// spread over `workers` threads. Answers how many records were read (kept or not). Stops
+    /// at the first error, a storage one or `apply`'s own.
     pub fn scan<E: From<Error>>(
         &self,
         from: u64,
+        to: u64,
         workers: usize,
         keep: impl Fn(&Record) -> bool + Sync,
         mut apply: impl FnMut(Record) -> std::result::Result<(), E>,
     ) -> std::result::Result<u64, E> {
         let from = from.max(1);
-        let head = self.head()?.seq;
+        let head = self.head()?.seq.min(to);
         if head < from {
             return Ok(0);
         }

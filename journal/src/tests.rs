@@ -603,7 +603,7 @@ fn a_parallel_scan_hands_over_the_kept_records_in_order_across_chunks() {
             let keep = |r: &Record| r.stream != "grp_1" && !r.seq.is_multiple_of(7);
             let mut kept = Vec::new();
             let read = journal
-                .scan(from, workers, keep, |r| -> Result<(), Error> {
+                .scan(from, u64::MAX, workers, keep, |r| -> Result<(), Error> {
                     kept.push(r);
                     Ok(())
                 })
@@ -632,6 +632,7 @@ fn a_parallel_scan_stops_at_the_first_error_of_its_caller() {
     let mut applied = 0;
     let outcome = journal.scan(
         1,
+        u64::MAX,
         2,
         |_| true,
         |record| {
@@ -644,4 +645,33 @@ fn a_parallel_scan_stops_at_the_first_error_of_its_caller() {
     );
     assert!(matches!(outcome, Err(Error::InvalidEvent(_))));
     assert_eq!(applied, 20_000);
+}
+
+#[test]
+fn a_parallel_scan_stops_at_its_upper_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    for batch in 0..40u64 {
+        let events = (0..1000).map(|i| event(batch * 1000 + i)).collect();
+        journal
+            .append("grp_a", ExpectedVersion::Any, events)
+            .unwrap();
+    }
+    for (from, to, expected) in [(1, 20_000, 20_000), (16_384, 16_385, 2), (7, 6, 0)] {
+        let mut seqs = Vec::new();
+        let read = journal
+            .scan(
+                from,
+                to,
+                2,
+                |_| true,
+                |r| -> Result<(), Error> {
+                    seqs.push(r.seq);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(read, expected);
+        assert_eq!(seqs, (from..=to).collect::<Vec<_>>());
+    }
 }
