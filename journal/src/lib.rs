@@ -107,6 +107,17 @@ pub struct Appended {
     pub version: u64,
 }
 
+/// One stream's part of [`Journal::append_all_async`].
+#[derive(Debug)]
+pub struct StreamAppend {
+    /// The stream.
+    pub stream: String,
+    /// The version it must be at.
+    pub expected: ExpectedVersion,
+    /// What to append to it.
+    pub events: Vec<NewEvent>,
+}
+
 /// An object's state saved at a version of its stream, so a rebuild replays only what follows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
@@ -245,6 +256,24 @@ impl Journal {
             .await
             .map_err(|_| Error::Closed)?;
         let appended = reply.await.map_err(|_| Error::Closed)??;
+        self.inner.appends.fetch_add(1, Ordering::Relaxed);
+        Ok(appended)
+    }
+
+    /// Appends to several streams at once: every part is checked against its expected version,
+    /// then either all of them are written (consecutively, in the order given) and flushed, or
+    /// none is. Answers each part's [`Appended`], in order. For a step that spans objects and
+    /// must not be half done after a crash (a webhook's nonce and the execution it leads to).
+    pub async fn append_all_async(&self, parts: Vec<StreamAppend>) -> Result<Vec<Appended>> {
+        for part in &parts {
+            check_name("stream id", &part.stream).map_err(Error::InvalidStream)?;
+        }
+        let (reply, receiver) = oneshot::channel();
+        self.sender()?
+            .send(Request::AppendAll { parts, reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        let appended = receiver.await.map_err(|_| Error::Closed)??;
         self.inner.appends.fetch_add(1, Ordering::Relaxed);
         Ok(appended)
     }

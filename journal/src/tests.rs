@@ -675,3 +675,57 @@ fn a_parallel_scan_stops_at_its_upper_bound() {
         assert_eq!(seqs, (from..=to).collect::<Vec<_>>());
     }
 }
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+fn part(stream: &str, expected: ExpectedVersion, events: &[u64]) -> StreamAppend {
+    StreamAppend {
+        stream: stream.into(),
+        expected,
+        events: events.iter().map(|n| event(*n)).collect(),
+    }
+}
+
+#[test]
+fn an_append_across_streams_writes_every_part_consecutively_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    journal
+        .append("grp_a", ExpectedVersion::Any, vec![event(1)])
+        .unwrap();
+    let appended = block_on(journal.append_all_async(vec![
+        part("whk_b", ExpectedVersion::NoStream, &[2]),
+        part("grp_a", ExpectedVersion::Exact(1), &[3, 4]),
+        part("whk_b", ExpectedVersion::Exact(1), &[5]),
+    ]))
+    .unwrap();
+    let seqs: Vec<_> = appended
+        .iter()
+        .map(|a| (a.first_seq, a.last_seq, a.version))
+        .collect();
+    assert_eq!(seqs, [(2, 2, 1), (3, 4, 3), (5, 5, 2)]);
+    assert_eq!(payloads(&stream(&journal, "whk_b", 1)), [2, 5]);
+    assert_eq!(payloads(&stream(&journal, "grp_a", 1)), [1, 3, 4]);
+
+    // A conflict in the last part refuses the whole: nothing of the first is written.
+    let refused = block_on(journal.append_all_async(vec![
+        part("grp_a", ExpectedVersion::Exact(3), &[6]),
+        part("whk_b", ExpectedVersion::Exact(1), &[7]),
+    ]));
+    assert!(matches!(
+        refused,
+        Err(Error::Conflict { ref stream, actual: 2, .. }) if stream == "whk_b"
+    ));
+    assert_eq!(journal.head().unwrap().seq, 5);
+    assert_eq!(journal.stream_version("grp_a").unwrap(), 3);
+    // ...and the writer's own bookkeeping was not moved by the refused part either.
+    journal
+        .append("grp_a", ExpectedVersion::Exact(3), vec![event(8)])
+        .unwrap();
+    assert_eq!(journal.verify().unwrap().seq, 6);
+}

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::layout;
 use crate::record::Record;
 use crate::verify::{Break, BreakKind};
-use crate::{Appended, Durability, Error, ExpectedVersion, Head, NewEvent, Result};
+use crate::{Appended, Durability, Error, ExpectedVersion, Head, NewEvent, Result, StreamAppend};
 
 pub(crate) enum Request {
     Append {
@@ -34,6 +34,11 @@ pub(crate) enum Request {
         events: Vec<NewEvent>,
         durability: Durability,
         reply: oneshot::Sender<Result<Appended>>,
+    },
+    /// Appends to several streams, all of them or none (see [`crate::Journal::append_all_async`]).
+    AppendAll {
+        parts: Vec<StreamAppend>,
+        reply: oneshot::Sender<Result<Vec<Appended>>>,
     },
     /// Records sealed elsewhere (an import), to be stored exactly as they are.
     Sealed {
@@ -57,6 +62,7 @@ pub(crate) struct Writer {
 /// What one request of a batch will be answered once the batch is written (deferred) or durable.
 enum Pending {
     Append(oneshot::Sender<Result<Appended>>, Appended),
+    AppendAll(oneshot::Sender<Result<Vec<Appended>>>, Vec<Appended>),
     Sealed(oneshot::Sender<Result<Head>>, Head),
 }
 
@@ -64,6 +70,7 @@ impl Pending {
     fn answer(self) {
         match self {
             Pending::Append(reply, appended) => drop(reply.send(Ok(appended))),
+            Pending::AppendAll(reply, appended) => drop(reply.send(Ok(appended))),
             Pending::Sealed(reply, head) => drop(reply.send(Ok(head))),
         }
     }
@@ -71,6 +78,7 @@ impl Pending {
     fn fail(self, error: &sled::Error) {
         match self {
             Pending::Append(reply, _) => drop(reply.send(Err(error.clone().into()))),
+            Pending::AppendAll(reply, _) => drop(reply.send(Err(error.clone().into()))),
             Pending::Sealed(reply, _) => drop(reply.send(Err(error.clone().into()))),
         }
     }
@@ -159,6 +167,14 @@ impl Writer {
                         let _ = reply.send(Err(error));
                     }
                 },
+                Request::AppendAll { parts, reply } => {
+                    match self.stage_all(parts, &mut head, &mut writes) {
+                        Ok(appended) => durable.push(Pending::AppendAll(reply, appended)),
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
                 Request::Sealed { records, reply } => {
                     match self.stage_sealed(records, &mut head, &mut writes) {
                         Ok(()) => durable.push(Pending::Sealed(reply, head)),
@@ -232,6 +248,38 @@ impl Writer {
             last_seq: head.seq,
             version,
         })
+    }
+
+    /// Checks every part of an append across streams, then adds them all, in order; a conflict
+    /// in any part refuses the whole and leaves `writes` untouched.
+    fn stage_all(
+        &mut self,
+        parts: Vec<StreamAppend>,
+        head: &mut Head,
+        writes: &mut sled::Batch,
+    ) -> Result<Vec<Appended>> {
+        if let Some(broken) = &self.broken {
+            return Err(Error::BrokenChain(broken.clone()));
+        }
+        let mut after: HashMap<String, u64> = HashMap::new();
+        for part in &parts {
+            let actual = match after.get(&part.stream) {
+                Some(version) => *version,
+                None => self.version(&part.stream)?,
+            };
+            if !part.expected.admits(actual) {
+                return Err(Error::Conflict {
+                    stream: part.stream.clone(),
+                    expected: part.expected,
+                    actual,
+                });
+            }
+            after.insert(part.stream.clone(), actual + part.events.len() as u64);
+        }
+        parts
+            .into_iter()
+            .map(|part| self.stage(&part.stream, part.expected, part.events, head, writes))
+            .collect()
     }
 
     /// Adds records sealed elsewhere, refusing all of them if any would not chain onto `head`.
