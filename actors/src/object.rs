@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use flotilla_journal::{Durability, Journal};
+use flotilla_journal::{Journal, StreamAppend};
 
 use crate::aggregate::{Aggregate, Webhooks};
 use crate::clock::{Clock, Timestamp};
@@ -13,6 +13,7 @@ use crate::domain::webhook::{Secret, WebhookCommand};
 use crate::domain::{PolicyId, Rejection, WebhookId};
 use crate::error::Error;
 use crate::store;
+use crate::supervisor::PolicyExecution;
 
 /// Messages waiting for one object before senders are made to wait (backpressure).
 pub const MAILBOX_CAPACITY: usize = 64;
@@ -60,7 +61,6 @@ impl<A: Aggregate> ObjectActor<A> {
         }
     }
 
-    /// Decide, append, apply, reply: the one path every command takes.
     /// Whether the state is usable; a state that could not be rebuilt is tried again first (the
     /// fault may have been passing).
     fn usable(&mut self) -> bool {
@@ -70,19 +70,14 @@ impl<A: Aggregate> ObjectActor<A> {
         self.broken.is_none()
     }
 
-    fn run(&mut self, command: A::Command, now: Timestamp, durability: Durability) -> Reply<A> {
-        self.run_answering(command, now, durability, Self::executed)
-    }
-
-    /// [`Self::run`], answering with `answer(self, events)` once they are applied: a caller that
-    /// needs less than a copy of the whole state says so.
-    fn run_answering<R: 'static>(
+    /// Decide, append (with `along`, another stream's part, all or none), apply, reply: the one
+    /// path every command takes.
+    fn run(
         &mut self,
         command: A::Command,
         now: Timestamp,
-        durability: Durability,
-        answer: impl FnOnce(&Self, Vec<A::Event>) -> R + 'static,
-    ) -> AtomicResponse<Self, Result<R, Error>> {
+        along: Option<StreamAppend>,
+    ) -> Reply<A> {
         if !self.usable() {
             return ready(Err(Error::Unavailable));
         }
@@ -90,13 +85,13 @@ impl<A: Aggregate> ObjectActor<A> {
             Ok(events) => events,
             Err(rejection) => return ready(Err(rejection.into())),
         };
-        if events.is_empty() {
-            return ready(Ok(answer(self, events)));
+        if events.is_empty() && along.is_none() {
+            return ready(Ok(self.executed(events)));
         }
         let (journal, id, version) = (self.journal.clone(), self.id.clone(), self.version);
         let append = {
             let events = events.clone();
-            async move { store::append::<A>(&journal, &id, version, &events, now, durability).await }
+            async move { store::append::<A>(&journal, &id, version, &events, now, along).await }
         };
         AtomicResponse::new(Box::pin(append.into_actor(self).map(
             move |appended, actor, ctx| match appended {
@@ -105,11 +100,8 @@ impl<A: Aggregate> ObjectActor<A> {
                         actor.state = A::apply(std::mem::take(&mut actor.state), event);
                     }
                     actor.version = appended.version;
-                    if actor.version - actor.snapshot_version >= A::snapshot_every(&actor.state) {
-                        store::snapshot::<A>(&actor.journal, &actor.id, actor.version, &actor.state);
-                        actor.snapshot_version = actor.version;
-                    }
-                    Ok(answer(actor, events))
+                    actor.snapshot_if_due();
+                    Ok(actor.executed(events))
                 }
                 Err(error) => {
                     // The journal's outcome is unknown (or the stream moved under us): stop, and
@@ -120,6 +112,13 @@ impl<A: Aggregate> ObjectActor<A> {
                 }
             },
         )))
+    }
+
+    fn snapshot_if_due(&mut self) {
+        if self.version - self.snapshot_version >= A::snapshot_every(&self.state) {
+            store::snapshot::<A>(&self.journal, &self.id, self.version, &self.state);
+            self.snapshot_version = self.version;
+        }
     }
 
     fn executed(&self, events: Vec<A::Event>) -> Executed<A> {
@@ -179,7 +178,25 @@ impl<A: Aggregate> Handler<Execute<A>> for ObjectActor<A> {
 
     fn handle(&mut self, Execute(command): Execute<A>, _: &mut Self::Context) -> Self::Result {
         let now = self.clock.now();
-        self.run(command, now, Durability::Flushed)
+        self.run(command, now, None)
+    }
+}
+
+/// Run a command, appending its events and `1`'s (another stream's part) together: all of them
+/// or none.
+#[derive(Debug)]
+pub struct ExecuteAlong<A: Aggregate>(pub A::Command, pub StreamAppend);
+
+impl<A: Aggregate> Message for ExecuteAlong<A> {
+    type Result = Result<Executed<A>, Error>;
+}
+
+impl<A: Aggregate> Handler<ExecuteAlong<A>> for ObjectActor<A> {
+    type Result = Reply<A>;
+
+    fn handle(&mut self, message: ExecuteAlong<A>, _: &mut Self::Context) -> Self::Result {
+        let now = self.clock.now();
+        self.run(message.0, now, Some(message.1))
     }
 }
 
@@ -237,9 +254,19 @@ pub struct SignedCall {
     pub timestamp: Timestamp,
 }
 
+/// What a webhook call goes on to once its nonce is accepted: the policy's execution, which must
+/// append the webhook's `StreamAppend` (its nonce) together with its own events, all or none.
+pub type Proceed = Box<dyn FnOnce(Accepted, StreamAppend) -> Execution + Send>;
+
+/// A policy execution under way.
+pub type Execution =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<PolicyExecution, Error>> + Send>>;
+
 /// A signed webhook call: the signature is checked against the secrets valid now, and only then
-/// is the nonce offered to the window (so a bad signature never records a nonce). Both happen
-/// inside the webhook's actor, so concurrent copies of one request are decided one at a time.
+/// is the nonce offered to the window (so a bad signature never records a nonce). Then the call
+/// proceeds to its policy's execution, whose append carries the nonce: both are on disk, or
+/// neither is. The webhook's actor takes no other message until then, so concurrent copies of
+/// one request are decided one at a time.
 pub struct AcceptSigned {
     /// The allowed clock skew.
     pub tolerance_seconds: u32,
@@ -247,26 +274,25 @@ pub struct AcceptSigned {
     pub window_capacity: usize,
     /// The signature check, run against the secrets valid now.
     pub check: SignatureCheck,
+    /// What the call proceeds to.
+    pub proceed: Proceed,
 }
 
-/// An accepted call: its nonce is recorded; what remains is to execute the webhook's policy.
-/// (Not the webhook's whole state: that holds its nonce window, too large to copy per call.)
+/// An accepted call, before its nonce is recorded: what its execution needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     /// The webhook.
     pub webhook_id: WebhookId,
     /// The policy it executes.
     pub policy_id: PolicyId,
-    /// The webhook's stream version after the nonce.
-    pub version: u64,
 }
 
 impl Message for AcceptSigned {
-    type Result = Result<Accepted, Error>;
+    type Result = Result<PolicyExecution, Error>;
 }
 
 impl Handler<AcceptSigned> for ObjectActor<Webhooks> {
-    type Result = AtomicResponse<Self, Result<Accepted, Error>>;
+    type Result = AtomicResponse<Self, Result<PolicyExecution, Error>>;
 
     fn handle(&mut self, call: AcceptSigned, _: &mut Self::Context) -> Self::Result {
         if !self.usable() {
@@ -278,7 +304,10 @@ impl Handler<AcceptSigned> for ObjectActor<Webhooks> {
             _ => return ready(Err(Rejection::not_found("webhook").into())),
         };
         let secrets: Vec<Secret> = webhook.valid_secrets(now).cloned().collect();
-        let (webhook_id, policy_id) = (webhook.id.clone(), webhook.policy_id.clone());
+        let accepted = Accepted {
+            webhook_id: webhook.id.clone(),
+            policy_id: webhook.policy_id.clone(),
+        };
         let signed = match (call.check)(&secrets) {
             Ok(signed) => signed,
             Err(error) => return ready(Err(error)),
@@ -289,14 +318,40 @@ impl Handler<AcceptSigned> for ObjectActor<Webhooks> {
             tolerance_seconds: call.tolerance_seconds,
             window_capacity: call.window_capacity,
         };
-        // The call is acknowledged only after its policy execution's flushed append, which
-        // flushes the nonce with it: one flush per call instead of two.
-        self.run_answering(command, now, Durability::Deferred, move |actor, _| {
-            Accepted {
-                webhook_id,
-                policy_id,
-                version: actor.version,
-            }
-        })
+        let events = match Webhooks::decide(&self.state, &command, now) {
+            Ok(events) => events,
+            Err(rejection) => return ready(Err(rejection.into())),
+        };
+        let nonce = match store::records::<Webhooks>(&events, now) {
+            Ok(records) => StreamAppend {
+                stream: self.id.clone(),
+                expected: store::expected(self.version),
+                events: records,
+            },
+            Err(error) => return ready(Err(error)),
+        };
+        let proceed = (call.proceed)(accepted, nonce);
+        AtomicResponse::new(Box::pin(proceed.into_actor(self).map(
+            move |executed, actor, _| {
+                match &executed {
+                    Ok(_) => {
+                        for event in &events {
+                            actor.state = Webhooks::apply(std::mem::take(&mut actor.state), event);
+                        }
+                        actor.version += events.len() as u64;
+                        actor.snapshot_if_due();
+                    }
+                    // Refused before the append (no such policy, a deleted group) the nonce is
+                    // not on disk; after a fault it may be. The journal tells which.
+                    Err(_) => {
+                        let on_disk = actor.journal.stream_version(&actor.id);
+                        if on_disk.map_or(true, |version| version != actor.version) {
+                            actor.rebuild();
+                        }
+                    }
+                }
+                executed
+            },
+        )))
     }
 }

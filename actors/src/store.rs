@@ -1,7 +1,7 @@
 //! The bridge between the domain and the journal: an object's state is its snapshot (if any)
 //! plus the events that follow it, folded with the domain's `apply`.
 
-use flotilla_journal::{Appended, Durability, ExpectedVersion, Journal, NewEvent};
+use flotilla_journal::{Appended, ExpectedVersion, Journal, NewEvent, StreamAppend};
 
 use crate::aggregate::Aggregate;
 use crate::clock::Timestamp;
@@ -62,24 +62,35 @@ pub fn records<A: Aggregate>(events: &[A::Event], now: Timestamp) -> Result<Vec<
         .collect()
 }
 
-/// Appends `events` to object `id`'s stream, expected at `version`; returns once `durability`
-/// holds.
+/// The version an append to a stream now at `version` expects.
+pub fn expected(version: u64) -> ExpectedVersion {
+    match version {
+        0 => ExpectedVersion::NoStream,
+        v => ExpectedVersion::Exact(v),
+    }
+}
+
+/// Appends `events` to object `id`'s stream, expected at `version`, and with them `along`
+/// (another stream's part, all or none) when given; returns once they are durable.
 pub async fn append<A: Aggregate>(
     journal: &Journal,
     id: &str,
     version: u64,
     events: &[A::Event],
     now: Timestamp,
-    durability: Durability,
+    along: Option<StreamAppend>,
 ) -> Result<Appended, Error> {
     let records = records::<A>(events, now)?;
-    let expected = match version {
-        0 => ExpectedVersion::NoStream,
-        v => ExpectedVersion::Exact(v),
+    let Some(along) = along else {
+        return Ok(journal.append_async(id, expected(version), records).await?);
     };
-    Ok(journal
-        .append_async_with(id, expected, records, durability)
-        .await?)
+    let own = StreamAppend {
+        stream: id.to_owned(),
+        expected: expected(version),
+        events: records,
+    };
+    let mut appended = journal.append_all_async(vec![own, along]).await?;
+    Ok(appended.swap_remove(0))
 }
 
 /// Saves `state` as object `id`'s snapshot at `version` (a cache: failure only costs replay).

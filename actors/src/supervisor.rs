@@ -9,7 +9,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
-use flotilla_journal::Journal;
+use flotilla_journal::{Journal, StreamAppend};
 
 use crate::aggregate::{Aggregate, Alarms, Groups, Policies, Tenants, Webhooks};
 use crate::clock::Clock;
@@ -17,7 +17,10 @@ use crate::domain::group::{Group, GroupCommand, GroupEvent, Outcome};
 use crate::domain::policy::Policy;
 use crate::domain::{nonce_window, Cause, PolicyId, Rejection, WebhookId};
 use crate::error::Error;
-use crate::object::{AcceptSigned, Execute, Executed, Get, ObjectActor, Observed, SignatureCheck};
+use crate::object::{
+    AcceptSigned, Accepted, Execute, ExecuteAlong, Executed, Get, ObjectActor, Observed, Proceed,
+    SignatureCheck,
+};
 
 /// How the supervisor runs.
 #[derive(Debug, Clone)]
@@ -213,16 +216,18 @@ impl Supervisor {
     ) -> Result<PolicyExecution, Error> {
         let id = policy_id.clone();
         self.on_arbiter_of(policy_id.as_str(), move |this| async move {
-            this.execute_policy_here(&id, cause).await
+            this.execute_policy_here(&id, cause, None).await
         })
         .await
     }
 
-    /// [`Self::execute_policy`], on the calling thread.
+    /// [`Self::execute_policy`], on the calling thread; with `along` (a webhook's nonce) the
+    /// group's append carries it too, all or none.
     async fn execute_policy_here(
         &self,
         policy_id: &PolicyId,
         cause: Cause,
+        along: Option<StreamAppend>,
     ) -> Result<PolicyExecution, Error> {
         let policy = self
             .get::<Policies>(policy_id.as_str())
@@ -236,9 +241,14 @@ impl Supervisor {
             cooldown_seconds: policy.definition.cooldown_seconds,
             cause,
         };
-        let executed = self
-            .execute::<Groups>(policy.group_id.as_str(), command)
-            .await?;
+        let group = policy.group_id.as_str();
+        let executed = match along {
+            None => self.execute::<Groups>(group, command).await?,
+            Some(along) => {
+                self.ask::<Groups, _>(group, || ExecuteAlong(command.clone(), along.clone()))
+                    .await??
+            }
+        };
         let group = executed
             .state
             .ok_or_else(|| Rejection::not_found("group"))?;
@@ -259,9 +269,9 @@ impl Supervisor {
     }
 
     /// A signed webhook call: the webhook's actor checks the signature against its valid
-    /// secrets, then the timestamp and nonce windows (recording the nonce, durable with the
-    /// execution's flush); only then is its policy executed, with the webhook as cause. The
-    /// caller acknowledges the call only once this returns, when both are on disk.
+    /// secrets, then the timestamp and nonce windows; then its policy is executed, with the
+    /// webhook as cause, and the group's append carries the nonce: both are durable when this
+    /// returns, or neither is.
     pub async fn deliver_webhook(
         &self,
         webhook_id: &WebhookId,
@@ -281,16 +291,23 @@ impl Supervisor {
         check: SignatureCheck,
     ) -> Result<PolicyExecution, Error> {
         let addr = self.address::<Webhooks>(webhook_id.as_str())?;
+        let this = self.clone();
+        let proceed: Proceed = Box::new(move |accepted: Accepted, nonce: StreamAppend| {
+            Box::pin(async move {
+                let cause = Cause::Webhook {
+                    webhook_id: accepted.webhook_id,
+                };
+                this.execute_policy_here(&accepted.policy_id, cause, Some(nonce))
+                    .await
+            })
+        });
         let call = AcceptSigned {
             tolerance_seconds: self.inner.config.webhook_tolerance_seconds,
             window_capacity: self.inner.config.nonce_window_capacity,
             check,
+            proceed,
         };
-        let accepted = addr.send(call).await.map_err(|_| Error::Unavailable)??;
-        let cause = Cause::Webhook {
-            webhook_id: accepted.webhook_id,
-        };
-        self.execute_policy_here(&accepted.policy_id, cause).await
+        addr.send(call).await.map_err(|_| Error::Unavailable)?
     }
 
     /// Runs `work` on the arbiter that hosts object `id`'s actor and answers its outcome. A

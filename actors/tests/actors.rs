@@ -408,3 +408,52 @@ async fn a_webhook_with_a_full_nonce_window_is_snapshotted_once_per_window_of_ca
     assert_eq!(loaded.version, 201);
     assert_eq!(loaded.state.unwrap().nonces.len(), 200);
 }
+
+#[actix::test]
+async fn a_nonce_is_recorded_in_the_same_append_as_its_execution_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp::from_millis(START));
+    let w = world(Journal::open(dir.path()).unwrap(), clock);
+    let g = group(&w, 0, 5, 0, 0).await;
+    let p = policy(&w, &g, 1, Some(0)).await;
+    let h = webhook(&w, &p, &g).await;
+    let now = Timestamp::from_millis(START);
+
+    w.supervisor
+        .deliver_webhook(&h, signed_with(KEY, "msg_1", now))
+        .await
+        .unwrap();
+    let records: Vec<_> = w.journal.read_all(1).map(|r| r.unwrap()).collect();
+    let executed = records
+        .iter()
+        .find(|r| r.event_type == "policy_executed")
+        .unwrap();
+    let nonce = records
+        .iter()
+        .find(|r| r.event_type == "nonce_accepted")
+        .unwrap();
+    // One append: the group's record, then the nonce's, nothing between them.
+    assert_eq!(nonce.seq, executed.seq + 1);
+    assert_eq!(nonce.stream, h.as_str());
+
+    // The group is gone: the execution is refused, and the nonce was never written, so the
+    // webhook's stream did not move.
+    let before = w.journal.stream_version(h.as_str()).unwrap();
+    w.supervisor
+        .execute::<Groups>(g.as_str(), GroupCommand::Delete)
+        .await
+        .unwrap();
+    let refused = w
+        .supervisor
+        .deliver_webhook(&h, signed_with(KEY, "msg_2", now))
+        .await;
+    assert!(
+        matches!(refused, Err(ref e) if e.code() == "not_found"),
+        "{refused:?}"
+    );
+    assert_eq!(w.journal.stream_version(h.as_str()).unwrap(), before);
+    // ...and the webhook's actor did not remember it either.
+    let observed = w.supervisor.get::<Webhooks>(h.as_str()).await.unwrap();
+    assert_eq!(observed.version, before);
+    assert_eq!(observed.state.unwrap().nonces.len(), 1);
+}

@@ -68,19 +68,6 @@ impl ExpectedVersion {
     }
 }
 
-/// When an append is acknowledged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// Once it is on disk (flushed, with every append of its batch). The default.
-    Flushed,
-    /// Once it is written and visible to reads, before it is on disk: it becomes durable with
-    /// the next flushed append (whatever its stream) or sled's own periodic flush. For a step
-    /// whose outcome is acknowledged to no one until a later flushed append that covers it (the
-    /// nonce of a webhook call, acknowledged with the policy execution it leads to). A crash can
-    /// lose it only together with everything after it, as the chain is written in order.
-    Deferred,
-}
-
 /// The last record of the journal: its sequence number and hash (seq 0 and [`GENESIS`] when
 /// empty).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +95,7 @@ pub struct Appended {
 }
 
 /// One stream's part of [`Journal::append_all_async`].
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct StreamAppend {
     /// The stream.
     pub stream: String,
@@ -211,18 +198,7 @@ impl Journal {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended> {
-        self.append_with(stream, expected, events, Durability::Flushed)
-    }
-
-    /// [`Journal::append`] with a choice of [`Durability`].
-    pub fn append_with(
-        &self,
-        stream: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-        durability: Durability,
-    ) -> Result<Appended> {
-        let (request, reply) = self.request(stream, expected, events, durability)?;
+        let (request, reply) = self.request(stream, expected, events)?;
         self.sender()?
             .blocking_send(request)
             .map_err(|_| Error::Closed)?;
@@ -238,19 +214,7 @@ impl Journal {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended> {
-        self.append_async_with(stream, expected, events, Durability::Flushed)
-            .await
-    }
-
-    /// [`Journal::append_async`] with a choice of [`Durability`].
-    pub async fn append_async_with(
-        &self,
-        stream: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-        durability: Durability,
-    ) -> Result<Appended> {
-        let (request, reply) = self.request(stream, expected, events, durability)?;
+        let (request, reply) = self.request(stream, expected, events)?;
         self.sender()?
             .send(request)
             .await
@@ -289,7 +253,6 @@ impl Journal {
         stream: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
-        durability: Durability,
     ) -> Result<(Request, oneshot::Receiver<Result<Appended>>)> {
         check_name("stream id", stream).map_err(Error::InvalidStream)?;
         let (reply, receiver) = oneshot::channel();
@@ -297,7 +260,6 @@ impl Journal {
             stream: stream.to_owned(),
             expected,
             events,
-            durability,
             reply,
         };
         Ok((request, receiver))

@@ -5,11 +5,10 @@
 //! the new head in one atomic sled batch. A failed request (a version conflict) is answered at
 //! once and leaves the others untouched; a failed write answers all of the batch with the error.
 //!
-//! Once a batch is written its [`Durability::Deferred`] appends are answered at once (they become
-//! durable with the next flush, which covers everything written before it), and if any append of
-//! it asked to be durable the writer flushes and only then answers those; a failed flush answers
-//! them with the error and acknowledges nothing. (A webhook's nonce is deferred: answering it
-//! before the flush spares each call a second wait for the disk.)
+//! Once a batch is written the writer flushes and only then answers its appenders. A failed
+//! flush answers them with the error; what it was flushing may or may not be on disk (sled may
+//! have written part of it, and a later flush may carry it), so an appender that got an error
+//! must read the journal to know. The head stays where the batch put it.
 //!
 //! A flusher on a second thread, overlapping the next batch's write with this one's flush, was
 //! tried and measured: it flushed more often for no more throughput, as sled's flush wakes its
@@ -25,14 +24,13 @@ use tokio::sync::{mpsc, oneshot};
 use crate::layout;
 use crate::record::Record;
 use crate::verify::{Break, BreakKind};
-use crate::{Appended, Durability, Error, ExpectedVersion, Head, NewEvent, Result, StreamAppend};
+use crate::{Appended, Error, ExpectedVersion, Head, NewEvent, Result, StreamAppend};
 
 pub(crate) enum Request {
     Append {
         stream: String,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
-        durability: Durability,
         reply: oneshot::Sender<Result<Appended>>,
     },
     /// Appends to several streams, all of them or none (see [`crate::Journal::append_all_async`]).
@@ -59,7 +57,7 @@ pub(crate) struct Writer {
     broken: Option<Break>,
 }
 
-/// What one request of a batch will be answered once the batch is written (deferred) or durable.
+/// What one request of a batch will be answered once the batch is durable.
 enum Pending {
     Append(oneshot::Sender<Result<Appended>>, Appended),
     AppendAll(oneshot::Sender<Result<Vec<Appended>>>, Vec<Appended>),
@@ -133,9 +131,9 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let durable = self.commit(batch.drain(..));
-            if !durable.is_empty() {
-                flush_and_answer(&self.db, durable);
+            let pending = self.commit(batch.drain(..));
+            if !pending.is_empty() {
+                flush_and_answer(&self.db, pending);
             }
         }
         if let Err(error) = self.db.flush() {
@@ -143,12 +141,11 @@ impl Writer {
         }
     }
 
-    /// Stages and writes one batch. Answers its failed requests and its deferred appends, and
-    /// returns the durable ones, still to be flushed and answered.
+    /// Stages and writes one batch. Answers its failed requests, and returns the others, still
+    /// to be flushed and answered.
     fn commit(&mut self, requests: impl Iterator<Item = Request>) -> Vec<Pending> {
         let mut writes = sled::Batch::default();
-        let mut deferred = Vec::new();
-        let mut durable = Vec::new();
+        let mut pending = Vec::new();
         let mut head = self.head;
         for request in requests {
             match request {
@@ -156,20 +153,16 @@ impl Writer {
                     stream,
                     expected,
                     events,
-                    durability,
                     reply,
                 } => match self.stage(&stream, expected, events, &mut head, &mut writes) {
-                    Ok(appended) => match durability {
-                        Durability::Flushed => durable.push(Pending::Append(reply, appended)),
-                        Durability::Deferred => deferred.push(Pending::Append(reply, appended)),
-                    },
+                    Ok(appended) => pending.push(Pending::Append(reply, appended)),
                     Err(error) => {
                         let _ = reply.send(Err(error));
                     }
                 },
                 Request::AppendAll { parts, reply } => {
                     match self.stage_all(parts, &mut head, &mut writes) {
-                        Ok(appended) => durable.push(Pending::AppendAll(reply, appended)),
+                        Ok(appended) => pending.push(Pending::AppendAll(reply, appended)),
                         Err(error) => {
                             let _ = reply.send(Err(error));
                         }
@@ -177,7 +170,7 @@ impl Writer {
                 }
                 Request::Sealed { records, reply } => {
                     match self.stage_sealed(records, &mut head, &mut writes) {
-                        Ok(()) => durable.push(Pending::Sealed(reply, head)),
+                        Ok(()) => pending.push(Pending::Sealed(reply, head)),
                         Err(error) => {
                             let _ = reply.send(Err(error));
                         }
@@ -185,23 +178,21 @@ impl Writer {
                 }
             }
         }
-        if deferred.is_empty() && durable.is_empty() {
-            return durable;
+        if pending.is_empty() {
+            return pending;
         }
         writes.insert(layout::HEAD_KEY, &layout::encode_head(&head)[..]);
         match self.tree.apply_batch(writes) {
             Ok(()) => {
                 self.head = head;
-                deferred.into_iter().for_each(Pending::answer);
-                durable
+                pending
             }
             Err(error) => {
                 tracing::error!(%error, "journal write failed; nothing of this batch is acknowledged");
                 if let Err(error) = self.reload() {
                     tracing::error!(%error, "journal head could not be read back");
                 }
-                deferred.into_iter().for_each(|p| p.fail(&error));
-                durable.into_iter().for_each(|p| p.fail(&error));
+                pending.into_iter().for_each(|p| p.fail(&error));
                 Vec::new()
             }
         }
@@ -346,13 +337,13 @@ impl Writer {
     }
 }
 
-/// Flushes, then answers `durable`: with success only once the flush has succeeded.
-fn flush_and_answer(db: &sled::Db, durable: Vec<Pending>) {
+/// Flushes, then answers `pending`: with success only once the flush has succeeded.
+fn flush_and_answer(db: &sled::Db, pending: Vec<Pending>) {
     match db.flush() {
-        Ok(_) => durable.into_iter().for_each(Pending::answer),
+        Ok(_) => pending.into_iter().for_each(Pending::answer),
         Err(error) => {
             tracing::error!(%error, "journal flush failed; nothing it covered is acknowledged");
-            durable.into_iter().for_each(|p| p.fail(&error));
+            pending.into_iter().for_each(|p| p.fail(&error));
         }
     }
 }

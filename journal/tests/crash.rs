@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use flotilla_journal::{Durability, ExpectedVersion, Journal, NewEvent};
+use flotilla_journal::{ExpectedVersion, Journal, NewEvent, StreamAppend};
 
 const CHILD_ENV: &str = "CRASH_CHILD_DIR";
 const WRITERS: usize = 4;
@@ -126,6 +126,9 @@ fn child_appends_until_killed() {
             let journal = journal.clone();
             let round = round.clone();
             std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
                 let stream = format!("writer-{w}");
                 let mut version = journal.stream_version(&stream).unwrap();
                 for n in 0u64.. {
@@ -137,29 +140,31 @@ fn child_appends_until_killed() {
                         .iter()
                         .map(|p| NewEvent::json("tick", 1, n as i64, p).unwrap())
                         .collect();
-                    // Every other round: a deferred append first, acknowledged only with the
-                    // flushed append after it, which must carry it to disk.
-                    let mut expected = version;
-                    if n % 2 == 1 {
-                        let deferred = NewEvent::json("tick", 1, n as i64, &payloads[0]).unwrap();
-                        let first = journal
-                            .append_with(
-                                &stream,
-                                ExpectedVersion::Exact(expected),
-                                vec![deferred],
-                                Durability::Deferred,
-                            )
-                            .unwrap();
-                        expected = first.version;
-                    }
-                    let events: Vec<NewEvent> = if n % 2 == 1 {
-                        events.into_iter().skip(1).collect()
+                    // Every other round: the same events as an append of two parts (the first
+                    // event, then the rest), which must reach the disk together.
+                    let appended = if n % 2 == 1 {
+                        let mut rest = events;
+                        let first = rest.remove(0);
+                        let parts = vec![
+                            StreamAppend {
+                                stream: stream.clone(),
+                                expected: ExpectedVersion::Exact(version),
+                                events: vec![first],
+                            },
+                            StreamAppend {
+                                stream: stream.clone(),
+                                expected: ExpectedVersion::Exact(version + 1),
+                                events: rest,
+                            },
+                        ];
+                        let mut appended =
+                            runtime.block_on(journal.append_all_async(parts)).unwrap();
+                        appended.pop().unwrap()
                     } else {
-                        events
+                        journal
+                            .append(&stream, ExpectedVersion::Exact(version), events)
+                            .unwrap()
                     };
-                    let appended = journal
-                        .append(&stream, ExpectedVersion::Exact(expected), events)
-                        .unwrap();
                     println!("ack {stream} {} {}", version + 1, payloads.join(" "));
                     version = appended.version;
                 }
