@@ -495,10 +495,14 @@ impl Child {
             .arg(data_dir)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let token_file = data_dir.join("operator.token");
+        // Killed on drop from here on, if it never gets ready too.
+        let mut child = Child {
+            process,
+            addr,
+            operator_token: String::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             assert!(Instant::now() < deadline, "flotilla did not get ready");
@@ -512,15 +516,11 @@ impl Child {
                 break;
             }
         }
-        let operator_token = std::fs::read_to_string(token_file)
+        child.operator_token = std::fs::read_to_string(data_dir.join("operator.token"))
             .unwrap()
             .trim()
             .to_owned();
-        Child {
-            process,
-            addr,
-            operator_token,
-        }
+        child
     }
 
     /// Its resident set size in bytes, from `/proc/<pid>/status`.

@@ -323,9 +323,24 @@ impl Journal {
             .map(|entry| entry.and_then(|(seq, bytes)| Record::decode_stored(seq, &bytes)))
     }
 
+    /// The records `first..=last` (those that exist), in order.
+    fn read_range(&self, first: u64, last: u64) -> impl Iterator<Item = Result<Record>> + '_ {
+        self.raw_range(first, last)
+            .map(|entry| entry.and_then(|(seq, bytes)| Record::decode_stored(seq, &bytes)))
+    }
+
     /// Records as stored, without decoding: (sequence number from the key, bytes).
     fn raw_records(&self, from: u64) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + '_ {
-        let range = layout::record_key(from)..=layout::record_key(u64::MAX);
+        self.raw_range(from, u64::MAX)
+    }
+
+    /// [`Self::raw_records`] from `first` to `last`, inclusive.
+    fn raw_range(
+        &self,
+        first: u64,
+        last: u64,
+    ) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + '_ {
+        let range = layout::record_key(first)..=layout::record_key(last);
         self.inner.tree.range(range).map(|entry| {
             let (key, value) = entry?;
             let seq = layout::decode_record_key(&key).ok_or_else(|| Error::Corrupt {

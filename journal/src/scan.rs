@@ -8,8 +8,9 @@
 //! each chunk to the caller strictly in sequence order, waiting for a chunk that is still being
 //! read while later ones finish.
 //!
-//! Workers take chunks in order and at the same pace, so at most a few chunks wait to be handed
-//! over; what waits is only the kept records.
+//! Finished chunks wait in a channel bounded at one per worker, so a worker that runs ahead of
+//! the hand-over waits for it: at most about two chunks per worker are held at once, and only
+//! their kept records. A panic in `keep` or `apply` propagates to the caller.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,11 +43,12 @@ impl Journal {
             return Ok(0);
         }
         let chunks = (head - from) / CHUNK + 1;
+        let workers = workers.clamp(1, chunks.try_into().unwrap_or(usize::MAX));
         let next = AtomicU64::new(0);
         let stop = AtomicBool::new(false);
-        let (done, finished) = mpsc::channel::<(u64, Chunk)>();
+        let (done, finished) = mpsc::sync_channel::<(u64, Chunk)>(workers);
         std::thread::scope(|scope| {
-            for _ in 0..workers.max(1) {
+            for _ in 0..workers {
                 let (done, next, stop, keep) = (done.clone(), &next, &stop, &keep);
                 scope.spawn(move || loop {
                     let chunk = next.fetch_add(1, Ordering::Relaxed);
@@ -74,11 +76,8 @@ impl Journal {
     fn read_chunk(&self, first: u64, last: u64, keep: &impl Fn(&Record) -> bool) -> Chunk {
         let mut read = 0;
         let mut kept = Vec::new();
-        for record in self.read_all(first) {
+        for record in self.read_range(first, last) {
             let record = record?;
-            if last < record.seq {
-                break;
-            }
             read += 1;
             if keep(&record) {
                 kept.push(record);
@@ -101,13 +100,10 @@ fn hand_over<E: From<Error>>(
             if let Some(chunk) = waiting.remove(&expected) {
                 break chunk;
             }
+            // Every worker gone without this chunk means one of them panicked, and the scope
+            // carries that panic to the caller once this returns.
             let Ok((number, chunk)) = finished.recv() else {
-                // Every worker is gone without this chunk: one of them panicked.
-                return Err(Error::Corrupt {
-                    seq: 0,
-                    reason: "a journal reader thread failed".into(),
-                }
-                .into());
+                return Err(Error::Closed.into());
             };
             waiting.insert(number, chunk);
         };
