@@ -16,7 +16,7 @@
 //! capacity and its servers, and each step is an event of its stream. A group's passes never
 //! overlap (a lock per group; a tick skips a group whose pass is still running).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,6 +52,16 @@ pub struct Converger {
     providers: Arc<Providers>,
     metrics_url: String,
     locks: Mutex<HashMap<GroupId, Arc<tokio::sync::Mutex<()>>>>,
+    quiet: Mutex<Quiet>,
+}
+
+/// Groups a tick can skip: with no servers and a target of 0 (or deleted), a group has nothing
+/// to converge until its stream grows. Groups changed since their pass began are kept apart, so
+/// a change that lands during a pass is never lost to it.
+#[derive(Default)]
+struct Quiet {
+    idle: HashSet<GroupId>,
+    changed: HashSet<GroupId>,
 }
 
 impl Converger {
@@ -68,7 +78,28 @@ impl Converger {
             providers,
             metrics_url,
             locks: Mutex::new(HashMap::new()),
+            quiet: Mutex::new(Quiet::default()),
         }
+    }
+
+    fn quiet(&self) -> std::sync::MutexGuard<'_, Quiet> {
+        self.quiet.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes in that object `id`'s stream grew (wired to the supervisor's change hook): a group
+    /// that was idle is passed over again on the next tick.
+    pub fn changed(&self, id: &str) {
+        if id.starts_with(GroupId::PREFIX) {
+            let id = GroupId::new(id);
+            let mut quiet = self.quiet();
+            quiet.idle.remove(&id);
+            quiet.changed.insert(id);
+        }
+    }
+
+    /// How many groups ticks now skip.
+    pub fn idle(&self) -> usize {
+        self.quiet().idle.len()
     }
 
     fn lock_of(&self, id: &GroupId) -> Arc<tokio::sync::Mutex<()>> {
@@ -100,10 +131,15 @@ impl Converger {
 
     async fn pass(&self, id: &GroupId) -> Result<Pass, Error> {
         let mut pass = Pass::default();
+        self.quiet().changed.remove(id);
         let Some(group) = self.supervisor.get::<Groups>(id.as_str()).await?.state else {
             return Ok(pass);
         };
-        if group.deleted {
+        if group.deleted || (group.servers.is_empty() && group.target() == 0) {
+            let mut quiet = self.quiet();
+            if !quiet.changed.contains(id) {
+                quiet.idle.insert(id.clone());
+            }
             return Ok(pass);
         }
         let config = group.launch.clone();
@@ -288,6 +324,9 @@ impl Converger {
                     continue;
                 }
                 for id in self.index.all_groups() {
+                    if self.quiet().idle.contains(&id) {
+                        continue;
+                    }
                     let lock = self.lock_of(&id);
                     let Ok(held) = lock.try_lock_owned() else {
                         continue;

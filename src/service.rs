@@ -72,12 +72,6 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
     );
     let index = Arc::new(Index::default());
     let evaluator = Arc::new(Evaluator::new(supervisor.clone()));
-    let recovery = Arc::new(Recovery::default());
-    let telemetry = Arc::new(Telemetry::new(
-        supervisor.clone(),
-        index.clone(),
-        recovery.clone(),
-    ));
     let ready = Arc::new(AtomicBool::new(false));
     let providers = Arc::new(Providers::new(
         clock.clone(),
@@ -88,6 +82,20 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
         index.clone(),
         providers,
         format!("{}/v1/metrics", settings.public_url().trim_end_matches('/')),
+    ));
+    // A weak handle: the converger holds the supervisor, which must not hold it back.
+    let watching = Arc::downgrade(&converger);
+    supervisor.on_change(move |id| {
+        if let Some(converger) = watching.upgrade() {
+            converger.changed(id);
+        }
+    });
+    let recovery = Arc::new(Recovery::default());
+    let telemetry = Arc::new(Telemetry::new(
+        supervisor.clone(),
+        index.clone(),
+        recovery.clone(),
+        converger.clone(),
     ));
     let state = web::Data::new(AppState {
         supervisor,

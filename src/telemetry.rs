@@ -23,6 +23,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::api::ApiError;
+use crate::converger::Converger;
 use crate::index::Index;
 
 /// The `Content-Type` of `GET /metrics`.
@@ -82,7 +83,12 @@ fn latency_histogram() -> Histogram {
 
 impl Telemetry {
     /// Metrics of a service whose objects live in `supervisor` and `index`.
-    pub fn new(supervisor: Supervisor, index: Arc<Index>, recovery: Arc<Recovery>) -> Self {
+    pub fn new(
+        supervisor: Supervisor,
+        index: Arc<Index>,
+        recovery: Arc<Recovery>,
+        converger: Arc<Converger>,
+    ) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -112,6 +118,7 @@ impl Telemetry {
             supervisor,
             index,
             recovery,
+            converger,
         }));
         Telemetry {
             registry,
@@ -170,6 +177,7 @@ struct Live {
     supervisor: Supervisor,
     index: Arc<Index>,
     recovery: Arc<Recovery>,
+    converger: Arc<Converger>,
 }
 
 impl fmt::Debug for Live {
@@ -203,6 +211,14 @@ impl Collector for Live {
             "Records the last start replayed after its checkpoint",
             None,
             replayed.metric_type(),
+        )?)?;
+
+        let idle = ConstGauge::new(self.converger.idle() as i64);
+        idle.encode(encoder.encode_descriptor(
+            "flotilla_converger_idle_groups",
+            "Groups the converger skips until they change (no servers, a target of 0)",
+            None,
+            idle.metric_type(),
         )?)?;
 
         let resident = ConstGauge::new(self.supervisor.resident() as i64);

@@ -560,20 +560,6 @@ fn journal_head(server: &Server) -> u64 {
     trailer["head"]["seq"].as_u64().unwrap()
 }
 
-/// A gauge's value in `/metrics`.
-fn gauge(server: &Server, name: &str) -> u64 {
-    let text = server
-        .request("GET", "/metrics", None)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-}
-
 #[test]
 fn the_checkpoint_follows_the_journal_while_serving_so_a_start_replays_nothing_before_it() {
     let server = Server::start_with(|s| s.checkpoint_interval_ms = 10);
@@ -601,19 +587,19 @@ fn the_checkpoint_follows_the_journal_while_serving_so_a_start_replays_nothing_b
     // Wait (a bounded poll, not a timed assertion) for the checkpointer to reach the head.
     let head = journal_head(&server);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while gauge(&server, "flotilla_checkpoint_seq") < head {
+    while server.gauge("flotilla_checkpoint_seq") < head {
         assert!(
             std::time::Instant::now() < deadline,
             "the checkpoint never caught up"
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    assert_eq!(gauge(&server, "flotilla_checkpoint_seq"), head);
+    assert_eq!(server.gauge("flotilla_checkpoint_seq"), head);
 
     let server = server.restart();
     // Everything up to the head came from the checkpoint, and it is all there.
-    assert_eq!(gauge(&server, "flotilla_start_replayed_records"), 0);
-    assert_eq!(gauge(&server, "flotilla_checkpoint_seq"), head);
+    assert_eq!(server.gauge("flotilla_start_replayed_records"), 0);
+    assert_eq!(server.gauge("flotilla_checkpoint_seq"), head);
     assert_eq!(server.capacity(&token, &group), 3);
     assert_error(
         &server.call("GET", &format!("/v1/groups/{deleted}"), &token, None),

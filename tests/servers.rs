@@ -546,3 +546,26 @@ fn the_http_provider_sends_signed_requests_and_surfaces_errors_and_timeouts_as_f
     assert!(deletes >= 3, "{deletes}");
     assert_eq!(orchestrator.bad_signatures.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn a_group_with_nothing_to_converge_is_skipped_until_it_changes() {
+    let server = server();
+    let token = server.tenant("acme");
+    let group = create(&server, &token, 0, json!({"provider": "simulated"}));
+    // No servers and a target of 0: after one pass the ticks skip it.
+    eventually("the group to be idle", || {
+        server.gauge("flotilla_converger_idle_groups") == 1
+    });
+    // A change (a policy execution) brings it back, and it converges.
+    set_desired(&server, &token, &group, 3);
+    eventually("3 active servers", || {
+        active(&server, &token, &group).len() == 3
+    });
+    assert_eq!(server.gauge("flotilla_converger_idle_groups"), 0);
+    // Scaled back to 0 and its servers gone, it is skipped again.
+    set_desired(&server, &token, &group, 0);
+    eventually("no servers, and idle again", || {
+        servers(&server, &token, &group).is_empty()
+            && server.gauge("flotilla_converger_idle_groups") == 1
+    });
+}

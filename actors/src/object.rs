@@ -29,7 +29,12 @@ pub struct ObjectActor<A: Aggregate> {
     /// Why the state could not be rebuilt, if it could not: every message is then refused.
     broken: Option<String>,
     restarts: u64,
+    /// Told the object's id after each append.
+    changed: Option<Changed>,
 }
+
+/// Told an object's id each time its stream grows (see [`crate::supervisor::Supervisor::on_change`]).
+pub type Changed = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl<A: Aggregate> ObjectActor<A> {
     /// An actor for object `id`; its state is loaded when it starts.
@@ -43,6 +48,19 @@ impl<A: Aggregate> ObjectActor<A> {
             snapshot_version: 0,
             broken: None,
             restarts: 0,
+            changed: None,
+        }
+    }
+
+    /// The actor, telling `changed` after each append.
+    pub fn telling(mut self, changed: Option<Changed>) -> Self {
+        self.changed = changed;
+        self
+    }
+
+    fn tell_changed(&self) {
+        if let Some(changed) = &self.changed {
+            changed(&self.id);
         }
     }
 
@@ -101,6 +119,7 @@ impl<A: Aggregate> ObjectActor<A> {
                     }
                     actor.version = appended.version;
                     actor.snapshot_if_due();
+                    actor.tell_changed();
                     Ok(actor.executed(events))
                 }
                 Err(error) => {
@@ -340,6 +359,7 @@ impl Handler<AcceptSigned> for ObjectActor<Webhooks> {
                         }
                         actor.version += events.len() as u64;
                         actor.snapshot_if_due();
+                        actor.tell_changed();
                     }
                     // Refused before the append (no such policy, a deleted group) the nonce is
                     // not on disk; after a fault it may be. The journal tells which.

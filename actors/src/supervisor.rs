@@ -18,8 +18,8 @@ use crate::domain::policy::Policy;
 use crate::domain::{nonce_window, Cause, PolicyId, Rejection, WebhookId};
 use crate::error::Error;
 use crate::object::{
-    AcceptSigned, Accepted, Execute, ExecuteAlong, Executed, Get, ObjectActor, Observed, Proceed,
-    SignatureCheck,
+    AcceptSigned, Accepted, Changed, Execute, ExecuteAlong, Executed, Get, ObjectActor, Observed,
+    Proceed, SignatureCheck,
 };
 
 /// How the supervisor runs.
@@ -70,6 +70,8 @@ struct Inner {
     arbiters: Vec<(Arbiter, Option<std::thread::ThreadId>)>,
     /// Object id → `Addr<ObjectActor<A>>` of its kind (ids carry their kind's prefix).
     actors: Mutex<HashMap<String, Box<dyn Any + Send>>>,
+    /// Told every object id whose stream grows.
+    changed: std::sync::OnceLock<Changed>,
 }
 
 impl Drop for Inner {
@@ -110,8 +112,16 @@ impl Supervisor {
                 config,
                 arbiters,
                 actors: Mutex::new(HashMap::new()),
+                changed: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Has `changed` told the id of every object whose stream grows from now on (after the
+    /// append, on the object's arbiter: it must be quick). Set once, before actors start; a
+    /// second call is ignored.
+    pub fn on_change(&self, changed: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.inner.changed.set(Arc::new(changed));
     }
 
     /// The journal every actor appends to.
@@ -159,8 +169,9 @@ impl Supervisor {
             self.inner.clock.clone(),
             id.to_owned(),
         );
+        let changed = self.inner.changed.get().cloned();
         let addr = actix::Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-            ObjectActor::<A>::new(owned, journal, clock)
+            ObjectActor::<A>::new(owned, journal, clock).telling(changed)
         });
         actors.insert(id.to_owned(), Box::new(addr.clone()));
         Ok(addr)

@@ -124,6 +124,20 @@ impl Server {
         self.clock.now().as_millis() / 1000
     }
 
+    /// A gauge's value in `/metrics`.
+    pub fn gauge(&self, name: &str) -> u64 {
+        let text = self
+            .request("GET", "/metrics", None)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    }
+
     pub fn request(&self, method: &str, path: &str, token: Option<&str>) -> RequestBuilder {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let builder = self.client.request(method, self.url(path));
