@@ -41,7 +41,11 @@ pub struct Service {
 pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Service> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
-    let journal = Journal::open(&settings.data_dir).with_context(|| {
+    let config = flotilla_journal::Config {
+        cache_capacity: settings.journal_cache_mb << 20,
+        ..flotilla_journal::Config::default()
+    };
+    let journal = Journal::open_with(&settings.data_dir, config).with_context(|| {
         format!(
             "cannot open the journal in {} (is another flotilla serving it?)",
             settings.data_dir.display()
@@ -208,6 +212,30 @@ fn replay(
     )
 }
 
+/// Restores the last checkpoint into `index` and `alarms`, if there is one that still matches the
+/// journal and decodes; answers the first sequence number it does not cover.
+fn restore_checkpoint(
+    journal: &Journal,
+    index: &Index,
+    alarms: &Evaluator,
+    now: Timestamp,
+) -> anyhow::Result<u64> {
+    let Some((head, bytes)) = journal.load_checkpoint(CHECKPOINT)? else {
+        return Ok(1);
+    };
+    match serde_json::from_slice::<Checkpoint>(&bytes) {
+        Ok(checkpoint) => {
+            index.restore(checkpoint.index);
+            alarms.restore(checkpoint.alarms, now);
+            Ok(head.seq + 1)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "ignoring a checkpoint that does not decode");
+            Ok(1)
+        }
+    }
+}
+
 /// Saves `index` and `alarms` as the checkpoint at `head` (which they must reflect exactly).
 fn save_checkpoint(
     journal: &Journal,
@@ -225,9 +253,9 @@ fn save_checkpoint(
 
 /// Builds the index and the alarms' evaluator on a thread of its own: from the last checkpoint
 /// (if it still matches the journal) and the records after it, or from the whole journal; then
-/// saves a checkpoint at the head, hands the checkpointer its copies, and marks the service
-/// ready. Nothing appends before ready (the API, the evaluator and the converger wait for it),
-/// so that checkpoint, and the copies, are exact.
+/// saves a checkpoint at the head, starts the checkpointer there, and marks the service ready.
+/// Nothing appends before ready (the API, the evaluator and the converger wait for it), so that
+/// checkpoint is exact.
 fn replay_into_index(
     journal: Journal,
     index: Arc<Index>,
@@ -241,25 +269,17 @@ fn replay_into_index(
         let started = std::time::Instant::now();
         let now = clock.now();
         let load = || -> anyhow::Result<(u64, u64)> {
-            let mut from = 1;
-            if let Some((head, bytes)) = journal.load_checkpoint(CHECKPOINT)? {
-                match serde_json::from_slice::<Checkpoint>(&bytes) {
-                    Ok(checkpoint) => {
-                        index.restore(checkpoint.index);
-                        evaluator.restore(checkpoint.alarms, now);
-                        from = head.seq + 1;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "ignoring a checkpoint that does not decode")
-                    }
-                }
-            }
+            let from = restore_checkpoint(&journal, &index, &evaluator, now)?;
             let head = journal.head()?;
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
             let read = replay(&journal, from, head.seq, workers, &index, &evaluator, now)?;
             save_checkpoint(&journal, head, &index, &evaluator)?;
-            let copy = Checkpointer::new(journal.clone(), head, &index, &evaluator, clock.clone());
-            *lock(&checkpointer) = Some(copy);
+            *lock(&checkpointer) = Some(Checkpointer {
+                journal: journal.clone(),
+                at: head,
+                supervisor: evaluator.supervisor().clone(),
+                clock: clock.clone(),
+            });
             recovery.replayed_at_start.store(read, Ordering::Relaxed);
             recovery.checkpoint_seq.store(head.seq, Ordering::Relaxed);
             Ok((from - 1, read))
@@ -288,64 +308,41 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Keeps the checkpoint close to the journal's head while the service runs, so that a start
 /// replays minutes of records, not everything since the last start.
 ///
-/// It holds its own copy of the index and of the alarms, fed only from the journal, exactly as
-/// a start replays it: the copy is exact at the sequence number it stopped at, whatever the
-/// handlers are doing meanwhile (the live index is updated by them after their appends, so it
-/// is never exactly at one sequence number while the service runs).
+/// The live index cannot be saved as it stands: handlers update it after their appends, so it is
+/// never exactly at one sequence number while the service runs. Each catch-up instead restores
+/// the last checkpoint into a copy of the index and of the alarms, takes in the records after
+/// it, exactly as a start replays them, and saves the copy at the head it reached. The copy
+/// lives only while catching up: holding one for good would cost as much memory again as the
+/// index and the alarms.
 struct Checkpointer {
     journal: Journal,
     at: Head,
-    index: Index,
-    alarms: Evaluator,
+    supervisor: Supervisor,
     clock: Arc<dyn Clock>,
 }
 
 impl Checkpointer {
-    /// A copy of `index` and `alarms`, which reflect the journal exactly up to `at`.
-    fn new(
-        journal: Journal,
-        at: Head,
-        index: &Index,
-        alarms: &Evaluator,
-        clock: Arc<dyn Clock>,
-    ) -> Checkpointer {
-        let copy = Checkpointer {
-            at,
-            index: Index::default(),
-            alarms: Evaluator::new(alarms.supervisor().clone()),
-            journal,
-            clock,
-        };
-        copy.index.restore(index.save());
-        copy.alarms.restore(alarms.save(), copy.clock.now());
-        copy
-    }
-
     /// Takes in the records after the last checkpoint, on one thread (the service is serving),
     /// and saves the checkpoint at the head it reached. Answers that head.
     fn catch_up(&mut self) -> anyhow::Result<Head> {
         let head = self.journal.head()?;
-        if head.seq > self.at.seq {
-            let now = self.clock.now();
-            replay(
-                &self.journal,
-                self.at.seq + 1,
-                head.seq,
-                1,
-                &self.index,
-                &self.alarms,
-                now,
-            )?;
-            save_checkpoint(&self.journal, head, &self.index, &self.alarms)?;
-            self.at = head;
+        if head.seq == self.at.seq {
+            return Ok(self.at);
         }
-        Ok(self.at)
+        let now = self.clock.now();
+        let index = Index::default();
+        let alarms = Evaluator::new(self.supervisor.clone());
+        let from = restore_checkpoint(&self.journal, &index, &alarms, now)?;
+        replay(&self.journal, from, head.seq, 1, &index, &alarms, now)?;
+        save_checkpoint(&self.journal, head, &index, &alarms)?;
+        self.at = head;
+        Ok(head)
     }
 }
 
-/// Every `interval`, once the start's replay has handed over the copies, catches the checkpoint
-/// up on a blocking thread, and publishes where the checkpoint is. Stops with the
-/// actix system; the copies (and their journal handle) go with it.
+/// Every `interval`, once the start's replay has started the checkpointer, catches the
+/// checkpoint up on a blocking thread, and publishes where it is. Stops with the actix system;
+/// the checkpointer (and its journal handle) goes with it.
 fn run_checkpointer(
     checkpointer: Arc<Mutex<Option<Checkpointer>>>,
     interval: Duration,
@@ -356,21 +353,21 @@ fn run_checkpointer(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(mut copy) = lock(&checkpointer).take() else {
+            let Some(mut keeper) = lock(&checkpointer).take() else {
                 continue;
             };
             let caught_up = actix_web::rt::task::spawn_blocking(move || {
-                let head = copy.catch_up();
-                (copy, head)
+                let head = keeper.catch_up();
+                (keeper, head)
             })
             .await;
             match caught_up {
-                Ok((copy, head)) => {
+                Ok((keeper, head)) => {
                     match head {
                         Ok(head) => recovery.checkpoint_seq.store(head.seq, Ordering::Relaxed),
                         Err(error) => tracing::warn!(%error, "checkpoint not saved"),
                     }
-                    *lock(&checkpointer) = Some(copy);
+                    *lock(&checkpointer) = Some(keeper);
                 }
                 Err(error) => tracing::error!(%error, "the checkpointer failed; checkpoints stop"),
             }

@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// [default: 1000].
     #[arg(long, env = "FLOTILLA_CONVERGE_TICK_MS")]
     pub converge_tick_ms: Option<u64>,
+    /// Memory for sled's page cache, MiB [default: 64]. The journal is mostly appended to and
+    /// read in order, so a small cache serves it; more speeds up actors rebuilt on a large journal.
+    #[arg(long, env = "FLOTILLA_JOURNAL_CACHE_MB")]
+    pub journal_cache_mb: Option<u64>,
     /// How often the checkpoint of the index and the alarms catches up with the journal's head,
     /// milliseconds of real time; a start replays only what follows it [default: 60000].
     #[arg(long, env = "FLOTILLA_CHECKPOINT_INTERVAL_MS")]
@@ -81,6 +85,7 @@ struct FileSettings {
     http_workers: Option<usize>,
     converge_tick_ms: Option<u64>,
     checkpoint_interval_ms: Option<u64>,
+    journal_cache_mb: Option<u64>,
     provider_http_secret: Option<String>,
     allow_process_provider: Option<bool>,
 }
@@ -101,6 +106,7 @@ pub struct Settings {
     pub http_workers: usize,
     pub converge_tick_ms: u64,
     pub checkpoint_interval_ms: u64,
+    pub journal_cache_mb: u64,
     pub provider_http_secret: Option<String>,
     pub allow_process_provider: bool,
 }
@@ -121,6 +127,7 @@ impl Default for Settings {
             http_workers: 2,
             converge_tick_ms: 1000,
             checkpoint_interval_ms: 60_000,
+            journal_cache_mb: 64,
             provider_http_secret: None,
             allow_process_provider: false,
         }
@@ -184,6 +191,11 @@ impl Settings {
                 .or(file.checkpoint_interval_ms)
                 .unwrap_or(d.checkpoint_interval_ms)
                 .max(10),
+            journal_cache_mb: args
+                .journal_cache_mb
+                .or(file.journal_cache_mb)
+                .unwrap_or(d.journal_cache_mb)
+                .max(1),
             provider_http_secret: args
                 .provider_http_secret
                 .clone()
