@@ -126,7 +126,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            cache_capacity: 256 << 20,
+            cache_capacity: 64 << 20,
             max_batch: 1024,
             queue_depth: 4096,
         }
