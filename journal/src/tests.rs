@@ -619,16 +619,22 @@ fn a_parallel_scan_hands_over_the_kept_records_in_order_across_chunks() {
     }
 }
 
-#[test]
-fn a_parallel_scan_stops_at_the_first_error_of_its_caller() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
+/// A journal of 40,000 records on one stream: more than two chunks of a scan.
+fn forty_thousand(dir: &Path) -> Journal {
+    let journal = Journal::open(dir).unwrap();
     for batch in 0..40u64 {
         let events = (0..1000).map(|i| event(batch * 1000 + i)).collect();
         journal
             .append("grp_a", ExpectedVersion::Any, events)
             .unwrap();
     }
+    journal
+}
+
+#[test]
+fn a_parallel_scan_stops_at_the_first_error_of_its_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = forty_thousand(dir.path());
     let mut applied = 0;
     let outcome = journal.scan(
         1,
@@ -650,13 +656,7 @@ fn a_parallel_scan_stops_at_the_first_error_of_its_caller() {
 #[test]
 fn a_parallel_scan_stops_at_its_upper_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
-    for batch in 0..40u64 {
-        let events = (0..1000).map(|i| event(batch * 1000 + i)).collect();
-        journal
-            .append("grp_a", ExpectedVersion::Any, events)
-            .unwrap();
-    }
+    let journal = forty_thousand(dir.path());
     for (from, to, expected) in [(1, 20_000, 20_000), (16_384, 16_385, 2), (7, 6, 0)] {
         let mut seqs = Vec::new();
         let read = journal
