@@ -71,6 +71,8 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
         supervisor::Config {
             webhook_tolerance_seconds: settings.webhook_tolerance_seconds,
             nonce_window_capacity: settings.webhook_nonce_window,
+            idle_after_seconds: (settings.actor_idle_seconds > 0)
+                .then_some(settings.actor_idle_seconds),
             ..supervisor::Config::default()
         },
     );

@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// [default: 1000].
     #[arg(long, env = "FLOTILLA_CONVERGE_TICK_MS")]
     pub converge_tick_ms: Option<u64>,
+    /// Seconds of the service clock an object's actor stays in memory without a message; its
+    /// state comes back from the journal on the next one. 0 keeps every actor [default: 600].
+    #[arg(long, env = "FLOTILLA_ACTOR_IDLE_SECONDS")]
+    pub actor_idle_seconds: Option<u32>,
     /// Memory for sled's page cache, MiB [default: 64]. The journal is mostly appended to and
     /// read in order, so a small cache serves it; more speeds up actors rebuilt on a large journal.
     #[arg(long, env = "FLOTILLA_JOURNAL_CACHE_MB")]
@@ -86,6 +90,7 @@ struct FileSettings {
     converge_tick_ms: Option<u64>,
     checkpoint_interval_ms: Option<u64>,
     journal_cache_mb: Option<u64>,
+    actor_idle_seconds: Option<u32>,
     provider_http_secret: Option<String>,
     allow_process_provider: Option<bool>,
 }
@@ -107,6 +112,7 @@ pub struct Settings {
     pub converge_tick_ms: u64,
     pub checkpoint_interval_ms: u64,
     pub journal_cache_mb: u64,
+    pub actor_idle_seconds: u32,
     pub provider_http_secret: Option<String>,
     pub allow_process_provider: bool,
 }
@@ -128,6 +134,7 @@ impl Default for Settings {
             converge_tick_ms: 1000,
             checkpoint_interval_ms: 60_000,
             journal_cache_mb: 64,
+            actor_idle_seconds: 600,
             provider_http_secret: None,
             allow_process_provider: false,
         }
@@ -196,6 +203,10 @@ impl Settings {
                 .or(file.journal_cache_mb)
                 .unwrap_or(d.journal_cache_mb)
                 .max(1),
+            actor_idle_seconds: args
+                .actor_idle_seconds
+                .or(file.actor_idle_seconds)
+                .unwrap_or(d.actor_idle_seconds),
             provider_http_secret: args
                 .provider_http_secret
                 .clone()

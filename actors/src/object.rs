@@ -31,7 +31,27 @@ pub struct ObjectActor<A: Aggregate> {
     restarts: u64,
     /// Told the object's id after each append.
     changed: Option<Changed>,
+    /// When it last handled a message, on the service clock.
+    last_used: Timestamp,
+    /// Stops itself once idle this long (see [`Idle`]).
+    idle: Option<Idle<A>>,
 }
+
+/// How an idle actor lets itself go: every `check` of real time it looks whether it has handled
+/// nothing for `after_ms` of the service clock; if so it is forgotten by its supervisor and
+/// stops, and its state comes back from its snapshot and journal on its next message. Memory
+/// then follows the objects in use, not all of them.
+pub struct Idle<A: Aggregate> {
+    /// Clock milliseconds without a message before it stops.
+    pub after_ms: i64,
+    /// How often it looks, in real time.
+    pub check: std::time::Duration,
+    /// Forgets this actor's address in the supervisor's registry (if it is still the one there).
+    pub forget: Forget<A>,
+}
+
+/// See [`Idle::forget`].
+pub type Forget<A> = Arc<dyn Fn(&str, &Addr<ObjectActor<A>>) + Send + Sync>;
 
 /// Told an object's id each time its stream grows (see [`crate::supervisor::Supervisor::on_change`]).
 pub type Changed = Arc<dyn Fn(&str) + Send + Sync>;
@@ -49,7 +69,32 @@ impl<A: Aggregate> ObjectActor<A> {
             broken: None,
             restarts: 0,
             changed: None,
+            last_used: Timestamp::EPOCH,
+            idle: None,
         }
+    }
+
+    /// The actor, stopping itself once idle as `idle` says.
+    pub fn idling(mut self, idle: Option<Idle<A>>) -> Self {
+        self.idle = idle;
+        self
+    }
+
+    /// Notes that a message is being handled now.
+    fn touch(&mut self) {
+        self.last_used = self.clock.now();
+    }
+
+    /// Stops the actor if it has been idle long enough and is not in the middle of a command.
+    fn let_go_if_idle(&mut self, ctx: &mut Context<Self>) {
+        let Some(idle) = &self.idle else { return };
+        let idle_for = self.clock.now().saturating_sub(self.last_used);
+        if idle_for < idle.after_ms || ctx.waiting() {
+            return;
+        }
+        (idle.forget)(&self.id, &ctx.address());
+        tracing::debug!(kind = A::KIND, object = %self.id, "idle; stopping");
+        ctx.stop();
     }
 
     /// The actor, telling `changed` after each append.
@@ -163,6 +208,10 @@ impl<A: Aggregate> Actor for ObjectActor<A> {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         self.rebuild();
+        self.touch();
+        if let Some(idle) = &self.idle {
+            ctx.run_interval(idle.check, |actor, ctx| actor.let_go_if_idle(ctx));
+        }
     }
 }
 
@@ -196,6 +245,7 @@ impl<A: Aggregate> Handler<Execute<A>> for ObjectActor<A> {
     type Result = Reply<A>;
 
     fn handle(&mut self, Execute(command): Execute<A>, _: &mut Self::Context) -> Self::Result {
+        self.touch();
         let now = self.clock.now();
         self.run(command, now, None)
     }
@@ -214,6 +264,7 @@ impl<A: Aggregate> Handler<ExecuteAlong<A>> for ObjectActor<A> {
     type Result = Reply<A>;
 
     fn handle(&mut self, message: ExecuteAlong<A>, _: &mut Self::Context) -> Self::Result {
+        self.touch();
         let now = self.clock.now();
         self.run(message.0, now, Some(message.1))
     }
@@ -248,6 +299,7 @@ impl<A: Aggregate> Handler<Get<A>> for ObjectActor<A> {
     type Result = Result<Observed<A>, Error>;
 
     fn handle(&mut self, _: Get<A>, _: &mut Self::Context) -> Self::Result {
+        self.touch();
         if !self.usable() {
             return Err(Error::Unavailable);
         }
@@ -314,6 +366,7 @@ impl Handler<AcceptSigned> for ObjectActor<Webhooks> {
     type Result = AtomicResponse<Self, Result<PolicyExecution, Error>>;
 
     fn handle(&mut self, call: AcceptSigned, _: &mut Self::Context) -> Self::Result {
+        self.touch();
         if !self.usable() {
             return ready(Err(Error::Unavailable));
         }

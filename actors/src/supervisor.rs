@@ -18,8 +18,8 @@ use crate::domain::policy::Policy;
 use crate::domain::{nonce_window, Cause, PolicyId, Rejection, WebhookId};
 use crate::error::Error;
 use crate::object::{
-    AcceptSigned, Accepted, Changed, Execute, ExecuteAlong, Executed, Get, ObjectActor, Observed,
-    Proceed, SignatureCheck,
+    AcceptSigned, Accepted, Changed, Execute, ExecuteAlong, Executed, Get, Idle, ObjectActor,
+    Observed, Proceed, SignatureCheck,
 };
 
 /// How the supervisor runs.
@@ -31,6 +31,11 @@ pub struct Config {
     pub nonce_window_capacity: usize,
     /// Arbiter threads hosting the actors.
     pub workers: usize,
+    /// Seconds of the service clock without a message after which an actor stops (its state
+    /// comes back from the journal on its next message); `None` keeps every actor resident.
+    pub idle_after_seconds: Option<u32>,
+    /// How often actors look whether they are idle, in real time.
+    pub idle_check: std::time::Duration,
 }
 
 impl Default for Config {
@@ -39,6 +44,8 @@ impl Default for Config {
             webhook_tolerance_seconds: 300,
             nonce_window_capacity: nonce_window::DEFAULT_CAPACITY,
             workers: 2,
+            idle_after_seconds: Some(600),
+            idle_check: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -170,8 +177,23 @@ impl Supervisor {
             id.to_owned(),
         );
         let changed = self.inner.changed.get().cloned();
+        let idle = self.inner.config.idle_after_seconds.map(|seconds| {
+            // A weak handle: an actor must not keep its supervisor alive.
+            let registry = Arc::downgrade(&self.inner);
+            Idle {
+                after_ms: i64::from(seconds) * 1000,
+                check: self.inner.config.idle_check,
+                forget: Arc::new(move |id: &str, addr: &Addr<ObjectActor<A>>| {
+                    if let Some(inner) = registry.upgrade() {
+                        Supervisor { inner }.forget(id, addr);
+                    }
+                }),
+            }
+        });
         let addr = actix::Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-            ObjectActor::<A>::new(owned, journal, clock).telling(changed)
+            ObjectActor::<A>::new(owned, journal, clock)
+                .telling(changed)
+                .idling(idle)
         });
         actors.insert(id.to_owned(), Box::new(addr.clone()));
         Ok(addr)

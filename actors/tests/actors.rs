@@ -457,3 +457,66 @@ async fn a_nonce_is_recorded_in_the_same_append_as_its_execution_or_not_at_all()
     assert_eq!(observed.version, before);
     assert_eq!(observed.state.unwrap().nonces.len(), 1);
 }
+
+#[actix::test]
+async fn an_idle_actor_stops_and_its_object_comes_back_whole_on_the_next_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp::from_millis(START));
+    let config = Config {
+        idle_after_seconds: Some(60),
+        idle_check: std::time::Duration::from_millis(5),
+        ..Config::default()
+    };
+    let supervisor = Supervisor::start(
+        Journal::open(dir.path()).unwrap(),
+        Arc::new(clock.clone()),
+        config,
+    );
+    let w = World {
+        journal: supervisor.journal().clone(),
+        supervisor,
+    };
+    let g = group(&w, 1, 10, 2, 600).await;
+    let p = policy(&w, &g, 3, None).await;
+    let run = w
+        .supervisor
+        .execute_policy(&p, Cause::Direct)
+        .await
+        .unwrap();
+    assert!(matches!(
+        run.outcome,
+        Outcome::Executed { from: 2, to: 5, .. }
+    ));
+    assert_eq!(w.supervisor.resident(), 2);
+
+    // 59 s of the service clock: still resident. (The actors look every 5 ms of real time;
+    // this waits a few of those looks, and asserts that none of them let go.)
+    clock.advance_secs(59);
+    actix::clock::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(w.supervisor.resident(), 2);
+
+    // 60 s: both stop (a bounded wait for their next look).
+    clock.advance_secs(1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while w.supervisor.resident() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle actors never stopped"
+        );
+        actix::clock::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    // The next message brings the group back, its 600 s cooldown included (from the journal).
+    assert_eq!(capacity(&w, &g).await, 5);
+    assert_eq!(w.supervisor.resident(), 1);
+    let run = w
+        .supervisor
+        .execute_policy(&p, Cause::Direct)
+        .await
+        .unwrap();
+    assert!(
+        matches!(run.outcome, Outcome::Cooldown { .. }),
+        "{:?}",
+        run.outcome
+    );
+}

@@ -146,6 +146,7 @@ impl World {
                 webhook_tolerance_seconds: TOLERANCE_SECONDS,
                 nonce_window_capacity: 3,
                 workers: 2,
+                ..Config::default()
             },
         );
         World {
