@@ -484,7 +484,7 @@ impl Drop for Child {
 }
 
 impl Child {
-    fn start(data_dir: &std::path::Path) -> Child {
+    fn start(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Child {
         // A free port: bound, read, let go, handed to the child.
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -494,6 +494,7 @@ impl Child {
             .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -536,11 +537,17 @@ impl Child {
 }
 
 /// Memory: the `flotilla` binary with `n` groups, `n` policies and `n` alarms, all created over
-/// HTTP by `connections` keep-alive clients (every object's actor stays resident). Answers its
-/// RSS empty (ready, nothing created), its RSS full, and how long the creation took.
-fn resident(n: usize, connections: usize) -> (u64, u64, Duration) {
+/// HTTP by `connections` keep-alive clients. With `idle_seconds`, its actors stop once idle that
+/// long, and the RSS is read once they all have; without, every actor is still resident when
+/// it is read. Answers its RSS empty (ready, nothing created), its RSS full, and how long the
+/// creation took.
+fn resident(n: usize, connections: usize, idle_seconds: Option<u32>) -> (u64, u64, Duration) {
     let dir = tempfile::tempdir().unwrap();
-    let child = Child::start(&dir.path().join("data"));
+    let idle = idle_seconds.map_or("0".to_owned(), |s| s.to_string());
+    let child = Child::start(
+        &dir.path().join("data"),
+        &[("FLOTILLA_ACTOR_IDLE_SECONDS", idle.as_str())],
+    );
     let empty = child.rss_bytes();
     let addr = child.addr;
     let tenant = call(
@@ -576,7 +583,25 @@ fn resident(n: usize, connections: usize) -> (u64, u64, Duration) {
         thread.join().unwrap();
     }
     let took = started.elapsed();
+    if idle_seconds.is_some() {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while gauge(&child, "flotilla_actors_resident") > 0 {
+            assert!(Instant::now() < deadline, "the idle actors never stopped");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
     (empty, child.rss_bytes(), took)
+}
+
+/// A gauge's value in `child`'s `/metrics`.
+fn gauge(child: &Child, name: &str) -> u64 {
+    let mut connection = Connection::open(child.addr);
+    let (_, body) = connection.exchange(&request("GET", child.addr, "/metrics", &[], b""));
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn main() {
@@ -738,23 +763,30 @@ fn main() {
     report.insert("recovery".into(), recoveries.into());
 
     if objects > 0 {
-        eprintln!("creating {objects} groups, {objects} policies and {objects} alarms...");
-        let (empty, full, took) = resident(objects, connections);
         let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
-        rows.push((
-            format!("RSS with {objects} groups + policies + alarms"),
-            format!("{:.0} MiB", mib(full)),
-            format!("{:.0} MiB (the same binary, empty)", mib(empty)),
-            format!(
-                "{:.2} KiB per object",
-                (full - empty.min(full)) as f64 / 1024.0 / (3 * objects) as f64
-            ),
-        ));
-        report.insert(
-            "memory".into(),
-            json!({"objects_each": objects, "rss_bytes": full,
-            "empty_rss_bytes": empty, "created_in_seconds": took.as_secs_f64()}),
-        );
+        let mut memory = Vec::new();
+        for idle in [None, Some(5)] {
+            eprintln!("creating {objects} groups, {objects} policies and {objects} alarms...");
+            let (empty, full, took) = resident(objects, connections, idle);
+            let when = match idle {
+                None => "every actor resident".to_owned(),
+                Some(s) => format!("after the idle actors stopped ({s} s)"),
+            };
+            rows.push((
+                format!("RSS with {objects} groups + policies + alarms, {when}"),
+                format!("{:.0} MiB", mib(full)),
+                format!("{:.0} MiB (the same binary, empty)", mib(empty)),
+                format!(
+                    "{:.2} KiB per object",
+                    (full - empty.min(full)) as f64 / 1024.0 / (3 * objects) as f64
+                ),
+            ));
+            memory.push(
+                json!({"objects_each": objects, "actor_idle_seconds": idle, "rss_bytes": full,
+                "empty_rss_bytes": empty, "created_in_seconds": took.as_secs_f64()}),
+            );
+        }
+        report.insert("memory".into(), memory.into());
     }
 
     println!("\n| figure | flotilla | baseline | ratio |\n| --- | --- | --- | --- |");
