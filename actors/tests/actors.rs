@@ -26,7 +26,11 @@ struct World {
 }
 
 fn world(journal: Journal, clock: ManualClock) -> World {
-    let supervisor = Supervisor::start(journal.clone(), Arc::new(clock.clone()), Config::default());
+    world_with(journal, clock, Config::default())
+}
+
+fn world_with(journal: Journal, clock: ManualClock, config: Config) -> World {
+    let supervisor = Supervisor::start(journal.clone(), Arc::new(clock.clone()), config);
     World {
         supervisor,
         journal,
@@ -467,15 +471,7 @@ async fn an_idle_actor_stops_and_its_object_comes_back_whole_on_the_next_message
         idle_check: std::time::Duration::from_millis(5),
         ..Config::default()
     };
-    let supervisor = Supervisor::start(
-        Journal::open(dir.path()).unwrap(),
-        Arc::new(clock.clone()),
-        config,
-    );
-    let w = World {
-        journal: supervisor.journal().clone(),
-        supervisor,
-    };
+    let w = world_with(Journal::open(dir.path()).unwrap(), clock.clone(), config);
     let g = group(&w, 1, 10, 2, 600).await;
     let p = policy(&w, &g, 3, None).await;
     let run = w
