@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::Tenant;
-use super::error::ErrorBody;
+use super::error::{CommonErrors, ErrorBody};
 use super::groups::owned as owned_group;
 use super::openapi::mirror;
 use super::views::AlarmView;
@@ -128,12 +128,10 @@ async fn load(state: &AppState, id: &AlarmId) -> Result<Alarm, ApiError> {
     responses(
         (status = 201, description = "the alarm, in insufficient_data", body = AlarmView),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 409, description = "conflict with the object's state", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
         (status = 415, description = "not application/json", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -182,9 +180,7 @@ pub async fn create(
     responses(
         (status = 200, description = "a page of alarms", body = List<AlarmView>),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -215,10 +211,8 @@ pub async fn list(
     responses(
         (status = 200, description = "the alarm with its state and reason", body = AlarmView),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -241,13 +235,11 @@ pub async fn show(
     responses(
         (status = 200, description = "the alarm after the change", body = AlarmView),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
         (status = 409, description = "conflict with the object's state", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
         (status = 415, description = "not application/json", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -293,10 +285,8 @@ pub async fn update(
     responses(
         (status = 204, description = "deleted"),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]

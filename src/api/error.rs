@@ -19,6 +19,25 @@ pub struct ApiError {
     retry_after: Option<u64>,
 }
 
+/// The errors every endpoint behind a bearer token can answer, listed once for the OpenAPI
+/// document (`responses(..., CommonErrors)`); never built.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum CommonErrors {
+    /// No token, or one the service does not know.
+    #[response(status = 401, description = "missing or unknown bearer token")]
+    Unauthorized(ErrorBody),
+    /// A fault of the service.
+    #[response(status = 500, description = "a fault of the service")]
+    Fault(ErrorBody),
+    /// Not ready, or the object's actor is restarting.
+    #[response(
+        status = 503,
+        description = "the journal is still being replayed, or the object is restarting"
+    )]
+    Unavailable(ErrorBody),
+}
+
 /// The body of every error answer: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {

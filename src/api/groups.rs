@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Tenant;
-use super::error::ErrorBody;
+use super::error::{CommonErrors, ErrorBody};
 use super::views::{GroupCreated, GroupView, ServerView};
 use super::{respond_page, ApiError, AppState, List, ListQuery};
 use crate::audit::format_millis;
@@ -102,12 +102,10 @@ pub async fn load(state: &AppState, id: &GroupId) -> Result<Group, ApiError> {
     responses(
         (status = 201, description = "the group and its metrics token (shown once)", body = GroupCreated),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 409, description = "conflict with the object's state", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
         (status = 415, description = "not application/json", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -152,9 +150,7 @@ pub async fn create(
     responses(
         (status = 200, description = "a page of groups", body = List<GroupView>),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -185,10 +181,8 @@ pub async fn list(
     responses(
         (status = 200, description = "the group", body = GroupView),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -212,13 +206,11 @@ pub async fn show(
     responses(
         (status = 200, description = "the group after the change", body = GroupView),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
         (status = 409, description = "conflict with the object's state", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
         (status = 415, description = "not application/json", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -264,11 +256,9 @@ async fn respond(
     responses(
         (status = 204, description = "deleted"),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
         (status = 409, description = "conflict with the object's state", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -323,10 +313,8 @@ async fn drain(state: &AppState, id: &GroupId) -> Result<(), ApiError> {
     responses(
         (status = 200, description = "the paused group", body = GroupView),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -348,10 +336,8 @@ pub async fn pause(
     responses(
         (status = 200, description = "the resumed group", body = GroupView),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -373,10 +359,8 @@ pub async fn resume(
     responses(
         (status = 200, description = "a page of the group's servers", body = List<Value>),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -428,10 +412,8 @@ const ACTIVITY: [&str; 9] = [
     responses(
         (status = 200, description = "scaling activity, newest first: each recorded event with its `seq` and `time`", body = List<Value>),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]

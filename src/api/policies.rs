@@ -9,7 +9,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::Tenant;
-use super::error::ErrorBody;
+use super::error::{CommonErrors, ErrorBody};
 use super::groups::owned as owned_group;
 use super::openapi::mirror;
 use super::views::{ExecutionView, PolicyView};
@@ -81,13 +81,11 @@ async fn load(state: &AppState, id: &PolicyId) -> Result<Policy, ApiError> {
     responses(
         (status = 201, description = "the policy", body = PolicyView),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
         (status = 409, description = "conflict with the object's state", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
         (status = 415, description = "not application/json", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -130,10 +128,8 @@ pub async fn create(
     responses(
         (status = 200, description = "a page of policies", body = List<PolicyView>),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -166,10 +162,8 @@ pub async fn list(
     responses(
         (status = 200, description = "the policy", body = PolicyView),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -192,13 +186,11 @@ pub async fn show(
     responses(
         (status = 200, description = "the policy after the change", body = PolicyView),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
         (status = 409, description = "conflict with the object's state", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
         (status = 415, description = "not application/json", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -234,11 +226,9 @@ pub async fn update(
     responses(
         (status = 204, description = "deleted"),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
         (status = 409, description = "conflict with the object's state", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -262,10 +252,8 @@ pub async fn delete(
     responses(
         (status = 202, description = "the outcome: executed, no_change, cooldown or paused", body = ExecutionView),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::Operator;
-use super::error::ErrorBody;
+use super::error::{CommonErrors, ErrorBody};
 use super::views::TenantCreated;
 use super::{ApiError, AppState};
 use crate::token;
@@ -29,12 +29,10 @@ pub struct CreateTenant {
     responses(
         (status = 201, description = "the tenant and its token (shown once)", body = TenantCreated),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 409, description = "conflict with the object's state", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
         (status = 415, description = "not application/json", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
     description = "Requires the operator token.",

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::Tenant;
-use super::error::ErrorBody;
+use super::error::{CommonErrors, ErrorBody};
 use super::policies::owned as owned_policy;
 use super::views::WebhookView;
 use super::{respond_page, ApiError, AppState, List, ListQuery};
@@ -65,13 +65,11 @@ fn view(state: &AppState, webhook: &Webhook, with_secret: bool) -> WebhookView {
     responses(
         (status = 201, description = "the webhook with its secret (shown once)", body = WebhookView),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
         (status = 409, description = "conflict with the object's state", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
         (status = 415, description = "not application/json", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -108,10 +106,8 @@ pub async fn create(
     responses(
         (status = 200, description = "a page of webhooks, without secrets", body = List<WebhookView>),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -144,10 +140,8 @@ pub async fn list(
     responses(
         (status = 200, description = "the webhook, without its secret", body = WebhookView),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -171,10 +165,8 @@ pub async fn show(
     responses(
         (status = 200, description = "the webhook with its new secret (shown once)", body = WebhookView),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -213,10 +205,8 @@ pub async fn rotate(
     responses(
         (status = 204, description = "revoked: its URL answers 404 from now on"),
         (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 500, description = "a fault of the service", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
+        CommonErrors,
     ),
     security(("bearer" = [])),
 )]
