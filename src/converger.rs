@@ -323,10 +323,13 @@ impl Converger {
                 if !ready.load(Ordering::Acquire) {
                     continue;
                 }
-                for id in self.index.all_groups() {
-                    if self.quiet().idle.contains(&id) {
-                        continue;
-                    }
+                let due: Vec<GroupId> = {
+                    let quiet = self.quiet();
+                    let mut groups = self.index.all_groups();
+                    groups.retain(|id| !quiet.idle.contains(id));
+                    groups
+                };
+                for id in due {
                     let lock = self.lock_of(&id);
                     let Ok(held) = lock.try_lock_owned() else {
                         continue;

@@ -103,12 +103,6 @@ impl<A: Aggregate> ObjectActor<A> {
         self
     }
 
-    fn tell_changed(&self) {
-        if let Some(changed) = &self.changed {
-            changed(&self.id);
-        }
-    }
-
     fn rebuild(&mut self) {
         match store::load::<A>(&self.journal, &self.id) {
             Ok(loaded) => {
@@ -159,12 +153,7 @@ impl<A: Aggregate> ObjectActor<A> {
         AtomicResponse::new(Box::pin(append.into_actor(self).map(
             move |appended, actor, ctx| match appended {
                 Ok(appended) => {
-                    for event in &events {
-                        actor.state = A::apply(std::mem::take(&mut actor.state), event);
-                    }
-                    actor.version = appended.version;
-                    actor.snapshot_if_due();
-                    actor.tell_changed();
+                    actor.appended(&events, appended.version);
                     Ok(actor.executed(events))
                 }
                 Err(error) => {
@@ -178,10 +167,19 @@ impl<A: Aggregate> ObjectActor<A> {
         )))
     }
 
-    fn snapshot_if_due(&mut self) {
+    /// Takes in `events`, now durable with its stream at `version`: applies them, saves a
+    /// snapshot when one is due, and tells whoever watches changes.
+    fn appended(&mut self, events: &[A::Event], version: u64) {
+        for event in events {
+            self.state = A::apply(std::mem::take(&mut self.state), event);
+        }
+        self.version = version;
         if self.version - self.snapshot_version >= A::snapshot_every(&self.state) {
             store::snapshot::<A>(&self.journal, &self.id, self.version, &self.state);
             self.snapshot_version = self.version;
+        }
+        if let Some(changed) = &self.changed {
+            changed(&self.id);
         }
     }
 
@@ -407,12 +405,8 @@ impl Handler<AcceptSigned> for ObjectActor<Webhooks> {
             move |executed, actor, _| {
                 match &executed {
                     Ok(_) => {
-                        for event in &events {
-                            actor.state = Webhooks::apply(std::mem::take(&mut actor.state), event);
-                        }
-                        actor.version += events.len() as u64;
-                        actor.snapshot_if_due();
-                        actor.tell_changed();
+                        let version = actor.version + events.len() as u64;
+                        actor.appended(&events, version);
                     }
                     // Refused before the append (no such policy, a deleted group) the nonce is
                     // not on disk; after a fault it may be. The journal tells which.
