@@ -35,6 +35,9 @@ pub enum Error {
     NotEmpty(u64),
     #[error("the journal is closed")]
     Closed,
+    /// The follower (see `Journal::follow`) panicked while taking in records; it is dropped.
+    #[error("the journal's follower failed")]
+    FollowerFailed,
     #[error("storage: {0}")]
     Storage(#[from] sled::Error),
     #[error("i/o: {0}")]

@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use error::{Error, Result};
 pub use record::{hex, parse_hex, Hash, NewEvent, Record, GENESIS, MAX_NAME_LEN};
 pub use verify::{Break, BreakKind};
+pub use writer::Follower;
 
 use record::check_name;
 use writer::Request;
@@ -240,6 +241,31 @@ impl Journal {
         let appended = receiver.await.map_err(|_| Error::Closed)??;
         self.inner.appends.fetch_add(1, Ordering::Relaxed);
         Ok(appended)
+    }
+
+    /// Has `follower` told every record after sequence number `after`, in order and without a
+    /// gap: at once those already in the journal, then each batch as it becomes durable, before
+    /// its appends are answered. So whatever `follower` builds (the service's read models)
+    /// holds an append by the time its appender hears of it, and is built from the journal's
+    /// records alone: another process following the same journal builds the same thing.
+    ///
+    /// It runs on the writer's thread and must be quick. One follower per journal: a second
+    /// call replaces the first. A follower that panics is dropped (and logged). Answers the
+    /// last sequence number told. Blocks: call it from outside an async runtime.
+    pub fn follow(
+        &self,
+        after: u64,
+        follower: impl FnMut(&[Record]) + Send + 'static,
+    ) -> Result<u64> {
+        let (reply, receiver) = oneshot::channel();
+        self.sender()?
+            .blocking_send(Request::Follow {
+                after,
+                follower: Box::new(follower),
+                reply,
+            })
+            .map_err(|_| Error::Closed)?;
+        receiver.blocking_recv().map_err(|_| Error::Closed)?
     }
 
     /// How many appends were acknowledged since the journal was opened (an import's sealed

@@ -729,3 +729,74 @@ fn an_append_across_streams_writes_every_part_consecutively_or_nothing() {
         .unwrap();
     assert_eq!(journal.verify().unwrap().seq, 6);
 }
+
+/// The sequence numbers a follower was told.
+type Told = std::sync::Arc<std::sync::Mutex<Vec<u64>>>;
+
+/// A follower that keeps the sequence numbers it was told.
+fn recording() -> (Told, impl FnMut(&[Record]) + Send + 'static) {
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = told.clone();
+    let follower = move |records: &[Record]| {
+        keep.lock().unwrap().extend(records.iter().map(|r| r.seq));
+    };
+    (told, follower)
+}
+
+#[test]
+fn a_follower_is_told_what_was_written_after_its_start_then_every_append_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    for n in 1..=5 {
+        journal
+            .append("grp_a", ExpectedVersion::Any, vec![event(n)])
+            .unwrap();
+    }
+    let (told, follower) = recording();
+    assert_eq!(journal.follow(2, follower).unwrap(), 5);
+    assert_eq!(*told.lock().unwrap(), [3, 4, 5]);
+
+    // Concurrent appenders: each is answered only once its records were told, and the follower
+    // sees one gapless sequence.
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let journal = journal.clone();
+            let told = told.clone();
+            std::thread::spawn(move || {
+                for n in 0..20 {
+                    let stream = format!("grp_{t}");
+                    let appended = journal
+                        .append(&stream, ExpectedVersion::Any, vec![event(n), event(n)])
+                        .unwrap();
+                    let seen = told.lock().unwrap();
+                    assert!(seen.contains(&appended.last_seq), "answered before told");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let seen = told.lock().unwrap().clone();
+    assert_eq!(seen, (3..=5 + 8 * 20 * 2).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_follower_that_panics_is_dropped_and_appends_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    journal
+        .follow(0, |_: &[Record]| panic!("a bug in a read model"))
+        .unwrap();
+    journal
+        .append("grp_a", ExpectedVersion::Any, vec![event(1)])
+        .unwrap();
+    journal
+        .append("grp_a", ExpectedVersion::Any, vec![event(2)])
+        .unwrap();
+    assert_eq!(journal.verify().unwrap().seq, 2);
+    // A new follower from the start catches up on both.
+    let (told, follower) = recording();
+    journal.follow(0, follower).unwrap();
+    assert_eq!(*told.lock().unwrap(), [1, 2]);
+}

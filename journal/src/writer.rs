@@ -43,7 +43,17 @@ pub(crate) enum Request {
         records: Vec<Record>,
         reply: oneshot::Sender<Result<Head>>,
     },
+    /// Installs the follower (see [`crate::Journal::follow`]), told every record after `after`.
+    Follow {
+        after: u64,
+        follower: Follower,
+        reply: oneshot::Sender<Result<u64>>,
+    },
 }
+
+/// Told the journal's records in sequence order, without a gap, once they are durable (see
+/// [`crate::Journal::follow`]).
+pub type Follower = Box<dyn FnMut(&[Record]) + Send>;
 
 pub(crate) struct Writer {
     db: sled::Db,
@@ -55,6 +65,8 @@ pub(crate) struct Writer {
     /// Set when the stored records end elsewhere than the head: appending would build on a
     /// broken chain, so every append is refused until the journal is repaired.
     broken: Option<Break>,
+    /// Told every record once durable, and the last sequence number it was told.
+    follower: Option<(Follower, u64)>,
 }
 
 /// What one request of a batch will be answered once the batch is durable.
@@ -91,6 +103,7 @@ impl Writer {
             head: Head::EMPTY,
             versions: HashMap::new(),
             broken: None,
+            follower: None,
         };
         writer.reload()?;
         Ok(writer)
@@ -131,9 +144,10 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let pending = self.commit(batch.drain(..));
+            let mut staged = Vec::new();
+            let pending = self.commit(batch.drain(..), &mut staged);
             if !pending.is_empty() {
-                flush_and_answer(&self.db, pending);
+                self.flush_and_answer(pending, staged);
             }
         }
         if let Err(error) = self.db.flush() {
@@ -143,7 +157,12 @@ impl Writer {
 
     /// Stages and writes one batch. Answers its failed requests, and returns the others, still
     /// to be flushed and answered.
-    fn commit(&mut self, requests: impl Iterator<Item = Request>) -> Vec<Pending> {
+    /// The records written are left in `staged`, for the follower.
+    fn commit(
+        &mut self,
+        requests: impl Iterator<Item = Request>,
+        staged: &mut Vec<Record>,
+    ) -> Vec<Pending> {
         let mut writes = sled::Batch::default();
         let mut pending = Vec::new();
         let mut head = self.head;
@@ -154,14 +173,14 @@ impl Writer {
                     expected,
                     events,
                     reply,
-                } => match self.stage(&stream, expected, events, &mut head, &mut writes) {
+                } => match self.stage(&stream, expected, events, &mut head, &mut writes, staged) {
                     Ok(appended) => pending.push(Pending::Append(reply, appended)),
                     Err(error) => {
                         let _ = reply.send(Err(error));
                     }
                 },
                 Request::AppendAll { parts, reply } => {
-                    match self.stage_all(parts, &mut head, &mut writes) {
+                    match self.stage_all(parts, &mut head, &mut writes, staged) {
                         Ok(appended) => pending.push(Pending::AppendAll(reply, appended)),
                         Err(error) => {
                             let _ = reply.send(Err(error));
@@ -169,12 +188,21 @@ impl Writer {
                     }
                 }
                 Request::Sealed { records, reply } => {
-                    match self.stage_sealed(records, &mut head, &mut writes) {
+                    match self.stage_sealed(records, &mut head, &mut writes, staged) {
                         Ok(()) => pending.push(Pending::Sealed(reply, head)),
                         Err(error) => {
                             let _ = reply.send(Err(error));
                         }
                     }
+                }
+                Request::Follow {
+                    after,
+                    follower,
+                    reply,
+                } => {
+                    // The records already written are told now; this batch's, once flushed.
+                    self.follower = Some((follower, after));
+                    let _ = reply.send(self.tell(&[]));
                 }
             }
         }
@@ -193,9 +221,57 @@ impl Writer {
                     tracing::error!(%error, "journal head could not be read back");
                 }
                 pending.into_iter().for_each(|p| p.fail(&error));
+                staged.clear();
                 Vec::new()
             }
         }
+    }
+
+    /// Flushes, then tells the follower what was staged, then answers `pending`: with success
+    /// only once the flush has succeeded, and only once the follower has taken in its records.
+    fn flush_and_answer(&mut self, pending: Vec<Pending>, staged: Vec<Record>) {
+        match self.db.flush() {
+            Ok(_) => {
+                if let Err(error) = self.tell(&staged) {
+                    tracing::error!(%error, "the journal's follower could not be told; it stops");
+                    self.follower = None;
+                }
+                pending.into_iter().for_each(Pending::answer);
+            }
+            Err(error) => {
+                tracing::error!(%error, "journal flush failed; nothing it covered is acknowledged");
+                pending.into_iter().for_each(|p| p.fail(&error));
+            }
+        }
+    }
+
+    /// Tells the follower the records after the last it was told, up to the head: those it
+    /// missed (already written, or a batch whose flush failed) read back from the tree, then
+    /// `staged`. Answers the last sequence number it was told.
+    fn tell(&mut self, staged: &[Record]) -> Result<u64> {
+        let Some((follower, told)) = &mut self.follower else {
+            return Ok(0);
+        };
+        let first_staged = staged.first().map_or(self.head.seq + 1, |r| r.seq);
+        if *told + 1 < first_staged {
+            let range = layout::record_key(*told + 1)..=layout::record_key(first_staged - 1);
+            let mut missed = Vec::new();
+            for entry in self.tree.range(range) {
+                let (key, bytes) = entry?;
+                let seq = layout::decode_record_key(&key).ok_or_else(|| Error::Corrupt {
+                    seq: 0,
+                    reason: format!("record key {key:?} is malformed"),
+                })?;
+                missed.push(Record::decode_stored(seq, &bytes)?);
+                if missed.len() == 1024 {
+                    *told = deliver(follower, &missed, *told)?;
+                    missed.clear();
+                }
+            }
+            *told = deliver(follower, &missed, *told)?;
+        }
+        *told = deliver(follower, staged, *told)?;
+        Ok(*told)
     }
 
     /// Checks one append and adds its records to `writes`, advancing `head`.
@@ -206,6 +282,7 @@ impl Writer {
         events: Vec<NewEvent>,
         head: &mut Head,
         writes: &mut sled::Batch,
+        staged: &mut Vec<Record>,
     ) -> Result<Appended> {
         if let Some(broken) = &self.broken {
             return Err(Error::BrokenChain(broken.clone()));
@@ -232,6 +309,7 @@ impl Writer {
                 seq: record.seq,
                 hash: record.hash,
             };
+            staged.push(record);
         }
         self.versions.insert(stream.to_owned(), version);
         Ok(Appended {
@@ -248,6 +326,7 @@ impl Writer {
         parts: Vec<StreamAppend>,
         head: &mut Head,
         writes: &mut sled::Batch,
+        staged: &mut Vec<Record>,
     ) -> Result<Vec<Appended>> {
         if let Some(broken) = &self.broken {
             return Err(Error::BrokenChain(broken.clone()));
@@ -269,7 +348,16 @@ impl Writer {
         }
         parts
             .into_iter()
-            .map(|part| self.stage(&part.stream, part.expected, part.events, head, writes))
+            .map(|part| {
+                self.stage(
+                    &part.stream,
+                    part.expected,
+                    part.events,
+                    head,
+                    writes,
+                    staged,
+                )
+            })
             .collect()
     }
 
@@ -279,6 +367,7 @@ impl Writer {
         records: Vec<Record>,
         head: &mut Head,
         writes: &mut sled::Batch,
+        staged: &mut Vec<Record>,
     ) -> Result<()> {
         if let Some(broken) = &self.broken {
             return Err(Error::BrokenChain(broken.clone()));
@@ -321,6 +410,7 @@ impl Writer {
                 layout::index_key(&record.stream, record.version),
                 &record.seq.to_be_bytes(),
             );
+            staged.push(record);
         }
         self.versions.extend(staged_versions);
         *head = staged_head;
@@ -337,13 +427,15 @@ impl Writer {
     }
 }
 
-/// Flushes, then answers `pending`: with success only once the flush has succeeded.
-fn flush_and_answer(db: &sled::Db, pending: Vec<Pending>) {
-    match db.flush() {
-        Ok(_) => pending.into_iter().for_each(Pending::answer),
-        Err(error) => {
-            tracing::error!(%error, "journal flush failed; nothing it covered is acknowledged");
-            pending.into_iter().for_each(|p| p.fail(&error));
-        }
-    }
+/// Tells `follower` the records of `records` after `told`, guarded: a follower that panics is
+/// a fault of the follower, not of the journal, and never takes the writer down with it.
+fn deliver(follower: &mut Follower, records: &[Record], told: u64) -> Result<u64> {
+    let start = records.partition_point(|r| r.seq <= told);
+    let fresh = &records[start..];
+    let Some(last) = fresh.last() else {
+        return Ok(told);
+    };
+    let told_now = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| follower(fresh)));
+    told_now.map_err(|_| Error::FollowerFailed)?;
+    Ok(last.seq)
 }
