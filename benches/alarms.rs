@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use flotilla::alarms::Evaluator;
+use flotilla::alarms::{AlarmTable, Evaluator};
+use flotilla::projector::Projector;
 use flotilla_actors::aggregate::Alarms;
 use flotilla_actors::clock::{ManualClock, Timestamp};
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmState, Comparison, NewAlarm, Statistic};
@@ -45,10 +46,16 @@ fn tick(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let system = actix::System::new();
     let clock = ManualClock::new(Timestamp::from_secs(START));
+    let journal = Journal::open(dir.path()).unwrap();
+    // The alarm table is fed by the projector, following the journal, as in the service.
+    let table = Arc::new(AlarmTable::default());
+    let projector = Projector::new(Arc::default(), table.clone());
+    journal
+        .follow(0, move |records| projector.take_live(records))
+        .unwrap();
     let (evaluator, groups, definitions) = system.block_on(async {
-        let journal = Journal::open(dir.path()).unwrap();
         let supervisor = Supervisor::start(journal, Arc::new(clock.clone()), Config::default());
-        let evaluator = Evaluator::new(supervisor.clone());
+        let evaluator = Evaluator::new(table, supervisor.clone());
         let groups: Vec<GroupId> = (0..n)
             .map(|i| GroupId::new(format!("grp_bench{i}")))
             .collect();
@@ -84,18 +91,12 @@ fn tick(c: &mut Criterion) {
             .buffer_unordered(256)
             .collect()
             .await;
-        let now = Timestamp::from_secs(START);
-        let mut definitions = Vec::with_capacity(n);
-        for (id, events, definition) in created {
-            for event in &events {
-                evaluator.note(&id, event, now);
-            }
-            definitions.push(definition);
-        }
+        let definitions: Vec<_> = created.into_iter().map(|(_, _, d)| d).collect();
         // Three periods of samples, then the first tick: every alarm goes to OK (journaled).
         for p in 0..3 {
             for group in &groups {
                 evaluator
+                    .table()
                     .ingest(
                         group,
                         &[sample(START + p * PERIOD)],
@@ -128,6 +129,7 @@ fn tick(c: &mut Criterion) {
                 let at = START + period * PERIOD;
                 for g in &groups {
                     evaluator
+                        .table()
                         .ingest(g, &[sample(at)], Timestamp::from_secs(at))
                         .unwrap();
                 }

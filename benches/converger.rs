@@ -50,6 +50,7 @@ fn converger(c: &mut Criterion) {
             Arc::new(Index::default()),
             providers,
             "http://127.0.0.1:0/v1/metrics".into(),
+            Arc::default(),
         );
         (supervisor, converger)
     });

@@ -3,9 +3,9 @@
 //! the alarm's actor (which decides it again and journals it with its datapoints), and its
 //! actions execute their policies through the supervisor with the alarm as cause.
 //!
-//! The evaluator keeps a copy of each alarm's definition and state so that a tick over 100k
-//! alarms costs a pure evaluation each, and a message only for those whose state changes (or
-//! that repeat their actions).
+//! The [`AlarmTable`] is a read model of each alarm's definition and state, fed by the projector
+//! from the journal, so that a tick over 100k alarms costs a pure evaluation each, and a message
+//! only for those whose state changes (or that repeat their actions).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,9 +16,8 @@ use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmDefinition, AlarmEvent, AlarmState};
 use flotilla_actors::domain::evaluation::{actions, evaluate, next_state};
 use flotilla_actors::domain::samples::{RecordError, Recorded, Sample, SeriesStore};
-use flotilla_actors::domain::{AlarmId, Cause, DomainEvent, GroupId};
+use flotilla_actors::domain::{AlarmId, Cause, GroupId};
 use flotilla_actors::supervisor::Supervisor;
-use flotilla_journal::Record;
 
 /// What the evaluator knows of one alarm.
 #[derive(Debug, Clone)]
@@ -42,12 +41,22 @@ pub struct Ingested {
     pub too_new: usize,
 }
 
-/// The series store and the alarms' evaluation.
-pub struct Evaluator {
+/// The alarms as the journal tells them, and the series their metrics feed: a read model fed
+/// by the projector (see [`crate::projector`]) alone.
+///
+/// The projector runs on the journal's writer thread and must never wait long, while a tick
+/// holds the table for a pass over every alarm. So the projector only drops events into an
+/// inbox, and whoever reads the table next (a tick, an ingestion, a checkpoint) takes the
+/// inbox in first, in order.
+#[derive(Default)]
+pub struct AlarmTable {
+    inbox: Mutex<Vec<(AlarmId, AlarmEvent, Timestamp)>>,
     store: Mutex<SeriesStore>,
     alarms: Mutex<HashMap<AlarmId, Watched>>,
-    supervisor: Supervisor,
 }
+
+/// An alarm as a checkpoint keeps it.
+pub type SavedAlarm = (AlarmId, AlarmDefinition, AlarmState);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -61,86 +70,65 @@ fn period_end(at: Timestamp, period_seconds: u32) -> Timestamp {
     Timestamp::from_millis(at.as_millis().div_euclid(period) * period + period)
 }
 
-impl Evaluator {
-    /// An evaluator executing through `supervisor`.
-    pub fn new(supervisor: Supervisor) -> Evaluator {
-        Evaluator {
-            store: Mutex::new(SeriesStore::new()),
-            alarms: Mutex::new(HashMap::new()),
-            supervisor,
-        }
+impl AlarmTable {
+    /// Takes in an alarm's journaled event, decided at `at` (the projector's only entry).
+    pub fn feed(&self, id: AlarmId, event: AlarmEvent, at: Timestamp) {
+        lock(&self.inbox).push((id, event, at));
     }
 
-    /// The supervisor it executes through.
-    pub fn supervisor(&self) -> &Supervisor {
-        &self.supervisor
-    }
-
-    /// The alarms' definitions and states, for a checkpoint.
-    pub fn save(&self) -> Vec<(AlarmId, AlarmDefinition, AlarmState)> {
-        lock(&self.alarms)
-            .iter()
-            .map(|(id, w)| (id.clone(), w.definition.clone(), w.state))
-            .collect()
-    }
-
-    /// Takes in a checkpoint's alarms, due at the end of the period holding `now`.
-    pub fn restore(&self, saved: Vec<(AlarmId, AlarmDefinition, AlarmState)>, now: Timestamp) {
+    /// The table and the store, with the inbox taken in.
+    fn open(
+        &self,
+    ) -> (
+        MutexGuard<'_, HashMap<AlarmId, Watched>>,
+        MutexGuard<'_, SeriesStore>,
+    ) {
         let mut alarms = lock(&self.alarms);
         let mut store = lock(&self.store);
+        let inbox = std::mem::take(&mut *lock(&self.inbox));
+        for (id, event, at) in inbox {
+            apply(&mut alarms, &mut store, id, event, at);
+        }
+        (alarms, store)
+    }
+
+    /// The alarms' definitions and states, in id order, for a checkpoint.
+    pub fn save(&self) -> Vec<SavedAlarm> {
+        let (alarms, store) = self.open();
+        drop(store);
+        let mut saved: Vec<SavedAlarm> = alarms
+            .iter()
+            .map(|(id, w)| (id.clone(), w.definition.clone(), w.state))
+            .collect();
+        saved.sort_by(|a, b| a.0.cmp(&b.0));
+        saved
+    }
+
+    /// Takes in a checkpoint's alarms (into an empty table).
+    pub fn restore(&self, saved: Vec<SavedAlarm>) {
+        let (mut alarms, mut store) = self.open();
         for (id, definition, state) in saved {
             store.watch_alarm(&definition);
-            let next_due = period_end(now, definition.period_seconds);
             alarms.insert(
                 id,
                 Watched {
                     definition,
                     state,
-                    next_due,
+                    next_due: Timestamp::EPOCH,
                 },
             );
         }
     }
 
-    /// Takes in a journaled alarm record (at startup).
-    pub fn note_record(&self, record: &Record, now: Timestamp) -> anyhow::Result<()> {
-        let event: AlarmEvent = record.decode(AlarmEvent::SCHEMA)?;
-        self.note(&AlarmId::new(record.stream.as_str()), &event, now);
-        Ok(())
-    }
-
-    /// Takes in an alarm's event: its definition, its state, or its deletion.
-    pub fn note(&self, id: &AlarmId, event: &AlarmEvent, now: Timestamp) {
-        let mut alarms = lock(&self.alarms);
-        let mut store = lock(&self.store);
-        match event {
-            AlarmEvent::Created { definition, .. } => {
-                store.watch_alarm(definition);
-                let watched = Watched {
-                    definition: definition.clone(),
-                    state: AlarmState::InsufficientData,
-                    next_due: period_end(now, definition.period_seconds),
-                };
-                alarms.insert(id.clone(), watched);
-            }
-            AlarmEvent::Updated { definition, .. } => {
-                if let Some(watched) = alarms.get_mut(id) {
-                    store.unwatch_alarm(&watched.definition);
-                    store.watch_alarm(definition);
-                    watched.definition = definition.clone();
-                    watched.next_due = period_end(now, definition.period_seconds);
-                }
-            }
-            AlarmEvent::Deleted { .. } => {
-                if let Some(watched) = alarms.remove(id) {
-                    store.unwatch_alarm(&watched.definition);
-                }
-            }
-            AlarmEvent::StateChanged { to, .. } => {
-                if let Some(watched) = alarms.get_mut(id) {
-                    watched.state = *to;
-                }
-            }
+    /// Evaluates no alarm before the end of the period holding `now` (at start: the samples of
+    /// before are gone, so the period under way is the first with any).
+    pub fn start_at(&self, now: Timestamp) {
+        let (mut alarms, store) = self.open();
+        drop(store);
+        for watched in alarms.values_mut() {
+            watched.next_due = watched
+                .next_due
+                .max(period_end(now, watched.definition.period_seconds));
         }
     }
 
@@ -152,7 +140,8 @@ impl Evaluator {
         samples: &[Sample],
         now: Timestamp,
     ) -> Result<Ingested, RecordError> {
-        let mut store = lock(&self.store);
+        let (alarms, mut store) = self.open();
+        drop(alarms);
         let mut ingested = Ingested::default();
         for sample in samples {
             match store.record(group, sample, now)? {
@@ -167,7 +156,7 @@ impl Evaluator {
 
     /// How many alarms are watched.
     pub fn len(&self) -> usize {
-        lock(&self.alarms).len()
+        self.open().0.len()
     }
 
     /// Whether no alarm is watched.
@@ -175,35 +164,17 @@ impl Evaluator {
         self.len() == 0
     }
 
-    /// Evaluates every alarm whose period closed by `now`; returns how many were evaluated.
-    pub async fn tick(&self, now: Timestamp) -> usize {
-        let due = self.due(now);
-        let (evaluated, work) = due;
-        for (id, definition, from, datapoints) in work {
-            let evaluation = evaluate(&definition, from, &datapoints);
-            if evaluation.next != from {
-                self.transition(&id, datapoints).await;
-            } else if from == AlarmState::Alarm {
-                let reason = format!("still in alarm: {}", evaluation.reason);
-                self.act(&id, &definition, from, from, &reason).await;
-            }
-        }
-        lock(&self.store).prune(now);
-        evaluated
-    }
-
     /// Evaluates the alarms due at `now` (setting their next evaluation) and returns how many,
     /// with those that change state or repeat their actions, and their datapoints.
     #[allow(clippy::type_complexity)]
-    fn due(
+    pub fn due(
         &self,
         now: Timestamp,
     ) -> (
         usize,
         Vec<(AlarmId, AlarmDefinition, AlarmState, Vec<Option<f64>>)>,
     ) {
-        let mut alarms = lock(&self.alarms);
-        let store = lock(&self.store);
+        let (mut alarms, store) = self.open();
         let mut evaluated = 0;
         let mut due = Vec::new();
         for (id, watched) in alarms.iter_mut() {
@@ -230,6 +201,87 @@ impl Evaluator {
         (evaluated, due)
     }
 
+    /// Forgets samples no alarm can read any more.
+    pub fn prune(&self, now: Timestamp) {
+        self.open().1.prune(now);
+    }
+}
+
+/// What `event` of alarm `id`, decided at `at`, makes of the table and of the store's watch.
+fn apply(
+    alarms: &mut HashMap<AlarmId, Watched>,
+    store: &mut SeriesStore,
+    id: AlarmId,
+    event: AlarmEvent,
+    at: Timestamp,
+) {
+    match event {
+        AlarmEvent::Created { definition, .. } => {
+            store.watch_alarm(&definition);
+            let next_due = period_end(at, definition.period_seconds);
+            let watched = Watched {
+                definition,
+                state: AlarmState::InsufficientData,
+                next_due,
+            };
+            alarms.insert(id, watched);
+        }
+        AlarmEvent::Updated { definition, .. } => {
+            if let Some(watched) = alarms.get_mut(&id) {
+                store.unwatch_alarm(&watched.definition);
+                store.watch_alarm(&definition);
+                watched.next_due = period_end(at, definition.period_seconds);
+                watched.definition = definition;
+            }
+        }
+        AlarmEvent::Deleted { .. } => {
+            if let Some(watched) = alarms.remove(&id) {
+                store.unwatch_alarm(&watched.definition);
+            }
+        }
+        AlarmEvent::StateChanged { to, .. } => {
+            if let Some(watched) = alarms.get_mut(&id) {
+                watched.state = to;
+            }
+        }
+    }
+}
+
+/// Evaluates the alarms of an [`AlarmTable`] at each tick, and has their actor record each
+/// change of state and execute its actions.
+pub struct Evaluator {
+    table: Arc<AlarmTable>,
+    supervisor: Supervisor,
+}
+
+impl Evaluator {
+    /// An evaluator of `table`'s alarms, executing through `supervisor`.
+    pub fn new(table: Arc<AlarmTable>, supervisor: Supervisor) -> Evaluator {
+        Evaluator { table, supervisor }
+    }
+
+    /// The alarms it evaluates.
+    pub fn table(&self) -> &Arc<AlarmTable> {
+        &self.table
+    }
+
+    /// Evaluates every alarm whose period closed by `now`; returns how many were evaluated.
+    pub async fn tick(&self, now: Timestamp) -> usize {
+        let due = self.table.due(now);
+        let (evaluated, work) = due;
+        for (id, definition, from, datapoints) in work {
+            let evaluation = evaluate(&definition, from, &datapoints);
+            if evaluation.next != from {
+                self.transition(&id, datapoints).await;
+            } else if from == AlarmState::Alarm {
+                let reason = format!("still in alarm: {}", evaluation.reason);
+                self.act(&id, &definition, from, from, &reason).await;
+            }
+        }
+        self.table.prune(now);
+        evaluated
+    }
+
     /// Sends the evaluation to the alarm's actor, which decides and journals the change; then
     /// runs the actions of the transition it recorded.
     async fn transition(&self, id: &AlarmId, datapoints: Vec<Option<f64>>) {
@@ -246,8 +298,6 @@ impl Evaluator {
             }
         };
         for event in &executed.events {
-            let now = self.supervisor.clock().now();
-            self.note(id, event, now);
             if let (
                 AlarmEvent::StateChanged {
                     from, to, reason, ..

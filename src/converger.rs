@@ -52,16 +52,43 @@ pub struct Converger {
     providers: Arc<Providers>,
     metrics_url: String,
     locks: Mutex<HashMap<GroupId, Arc<tokio::sync::Mutex<()>>>>,
-    quiet: Mutex<Quiet>,
+    quiet: Arc<Quiet>,
 }
 
 /// Groups a tick can skip: with no servers and a target of 0 (or deleted), a group has nothing
-/// to converge until its stream grows. Groups changed since their pass began are kept apart, so
-/// a change that lands during a pass is never lost to it.
+/// to converge until its stream grows. The converger marks a group idle after a pass; the
+/// projector, told every record of the journal, marks it changed when its stream grows. Groups
+/// changed since their pass began are kept apart, so a change that lands during a pass is never
+/// lost to it.
 #[derive(Default)]
-struct Quiet {
+pub struct Quiet {
+    sets: Mutex<QuietSets>,
+}
+
+#[derive(Default)]
+struct QuietSets {
     idle: HashSet<GroupId>,
     changed: HashSet<GroupId>,
+}
+
+impl Quiet {
+    fn sets(&self) -> std::sync::MutexGuard<'_, QuietSets> {
+        self.sets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes in that group `id`'s stream grew (the projector's entry): a group that was idle is
+    /// passed over again on the next tick.
+    pub fn changed(&self, id: &str) {
+        let id = GroupId::new(id);
+        let mut sets = self.sets();
+        sets.idle.remove(&id);
+        sets.changed.insert(id);
+    }
+
+    /// How many groups ticks now skip.
+    pub fn idle(&self) -> usize {
+        self.sets().idle.len()
+    }
 }
 
 impl Converger {
@@ -71,6 +98,7 @@ impl Converger {
         index: Arc<Index>,
         providers: Arc<Providers>,
         metrics_url: String,
+        quiet: Arc<Quiet>,
     ) -> Converger {
         Converger {
             supervisor,
@@ -78,28 +106,17 @@ impl Converger {
             providers,
             metrics_url,
             locks: Mutex::new(HashMap::new()),
-            quiet: Mutex::new(Quiet::default()),
+            quiet,
         }
     }
 
-    fn quiet(&self) -> std::sync::MutexGuard<'_, Quiet> {
-        self.quiet.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes in that object `id`'s stream grew (wired to the supervisor's change hook): a group
-    /// that was idle is passed over again on the next tick.
-    pub fn changed(&self, id: &str) {
-        if id.starts_with(GroupId::PREFIX) {
-            let id = GroupId::new(id);
-            let mut quiet = self.quiet();
-            quiet.idle.remove(&id);
-            quiet.changed.insert(id);
-        }
+    fn quiet(&self) -> std::sync::MutexGuard<'_, QuietSets> {
+        self.quiet.sets()
     }
 
     /// How many groups ticks now skip.
     pub fn idle(&self) -> usize {
-        self.quiet().idle.len()
+        self.quiet.idle()
     }
 
     fn lock_of(&self, id: &GroupId) -> Arc<tokio::sync::Mutex<()>> {
@@ -112,14 +129,9 @@ impl Converger {
         id: &GroupId,
         command: GroupCommand,
     ) -> Result<Executed<Groups>, Error> {
-        let executed = self
-            .supervisor
+        self.supervisor
             .execute::<Groups>(id.as_str(), command)
-            .await?;
-        for event in &executed.events {
-            self.index.note_group(id, event);
-        }
-        Ok(executed)
+            .await
     }
 
     /// One pass over group `id`, waiting for a running one to end first.
@@ -316,7 +328,9 @@ impl Converger {
     /// previous pass has ended.
     pub fn run(self: Arc<Self>, interval: Duration, ready: Arc<AtomicBool>) {
         actix_web::rt::spawn(async move {
-            let mut ticks = actix_web::rt::time::interval(interval);
+            // The first pass comes one interval after the start, not at once.
+            let first = tokio::time::Instant::now() + interval;
+            let mut ticks = actix_web::rt::time::interval_at(first, interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;

@@ -1,17 +1,16 @@
-//! The service's read model: who owns what, which token is whose, and what to list. It is built
-//! by one pass over the journal at startup (the service is ready once it is done) and kept
-//! current with the events each successful command returns, through the same `note` functions.
+//! The service's read model: who owns what, which token is whose, and what to list. It is fed
+//! by the projector alone (see [`crate::projector`]): records taken in sequence order, from a
+//! checkpoint and the journal at start, then each append as it becomes durable.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::RwLock;
 
-use flotilla_actors::aggregate::{Aggregate, Alarms, Groups, Policies, Tenants, Webhooks};
 use flotilla_actors::domain::alarm::AlarmEvent;
 use flotilla_actors::domain::group::GroupEvent;
 use flotilla_actors::domain::policy::PolicyEvent;
 use flotilla_actors::domain::tenant::TenantEvent;
 use flotilla_actors::domain::webhook::WebhookEvent;
-use flotilla_actors::domain::{AlarmId, DomainEvent, GroupId, PolicyId, TenantId, WebhookId};
+use flotilla_actors::domain::{AlarmId, DomainEvent, GroupId, Kind, PolicyId, TenantId, WebhookId};
 use flotilla_journal::Record;
 
 /// The event types (`DomainEvent::kind`) the index takes in: what creates, deletes or revokes
@@ -57,8 +56,9 @@ struct Data {
     tenant_alarms: BTreeSet<(TenantId, AlarmId)>,
 }
 
-/// The index as a checkpoint holds it: the maps; the listing sets are derived from them.
-#[derive(serde::Serialize, serde::Deserialize)]
+/// The index as a checkpoint holds it: the maps, each sorted; the listing sets are derived from
+/// them. Two indexes that hold the same are saved the same.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Saved {
     tokens: Vec<(String, TenantId)>,
     metrics_tokens: Vec<(String, GroupId)>,
@@ -67,6 +67,13 @@ pub struct Saved {
     policies: Vec<(PolicyId, Owner)>,
     webhooks: Vec<(WebhookId, Owner)>,
     alarms: Vec<(AlarmId, Owner)>,
+}
+
+impl Saved {
+    /// Whether it holds nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty() && self.groups.is_empty()
+    }
 }
 
 /// The read model. All methods take `&self`; it is shared by every HTTP worker.
@@ -87,8 +94,10 @@ impl Index {
     /// The index, for a checkpoint.
     pub fn save(&self) -> Saved {
         let data = self.read();
-        fn pairs<K: Clone, V: Clone>(map: &HashMap<K, V>) -> Vec<(K, V)> {
-            map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        fn pairs<K: Clone + Ord, V: Clone>(map: &HashMap<K, V>) -> Vec<(K, V)> {
+            let mut pairs: Vec<(K, V)> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+            pairs
         }
         Saved {
             tokens: pairs(&data.tokens),
@@ -141,40 +150,41 @@ impl Index {
         INDEXED_EVENTS.contains(&record.event_type.as_str())
     }
 
-    /// Takes in one journaled record (the startup pass over the journal).
-    pub fn note_record(&self, record: &Record) -> anyhow::Result<()> {
+    /// Takes in one journaled record: the index's only entry, called by the projector in
+    /// sequence order.
+    pub fn take(&self, record: &Record) -> anyhow::Result<()> {
         if !Self::wants(record) {
             return Ok(());
         }
-        fn note<A: Indexed>(index: &Index, record: &Record) -> anyhow::Result<()> {
-            let event: A::Event = record.decode(A::Event::SCHEMA)?;
-            A::note(index, &record.stream, &event);
-            Ok(())
-        }
         let stream = record.stream.as_str();
-        if stream.starts_with(Tenants::PREFIX) {
-            note::<Tenants>(self, record)
-        } else if stream.starts_with(Groups::PREFIX) {
-            note::<Groups>(self, record)
-        } else if stream.starts_with(Policies::PREFIX) {
-            note::<Policies>(self, record)
-        } else if stream.starts_with(Webhooks::PREFIX) {
-            note::<Webhooks>(self, record)
-        } else if stream.starts_with(Alarms::PREFIX) {
-            note::<Alarms>(self, record)
-        } else {
-            Ok(())
+        match Kind::of(stream) {
+            Some(Kind::Tenant) => self.tenant_event(&record.decode(TenantEvent::SCHEMA)?),
+            Some(Kind::Group) => {
+                self.group_event(&GroupId::new(stream), &record.decode(GroupEvent::SCHEMA)?)
+            }
+            Some(Kind::Policy) => {
+                self.policy_event(&PolicyId::new(stream), &record.decode(PolicyEvent::SCHEMA)?)
+            }
+            Some(Kind::Webhook) => self.webhook_event(
+                &WebhookId::new(stream),
+                &record.decode(WebhookEvent::SCHEMA)?,
+            ),
+            Some(Kind::Alarm) => {
+                self.alarm_event(&AlarmId::new(stream), &record.decode(AlarmEvent::SCHEMA)?)
+            }
+            None => {}
         }
+        Ok(())
     }
 
     /// Takes in a tenant's event.
-    pub fn note_tenant(&self, event: &TenantEvent) {
+    fn tenant_event(&self, event: &TenantEvent) {
         let TenantEvent::Created { id, token_hash, .. } = event;
         self.write().tokens.insert(token_hash.clone(), id.clone());
     }
 
     /// Takes in a group's event.
-    pub fn note_group(&self, id: &GroupId, event: &GroupEvent) {
+    fn group_event(&self, id: &GroupId, event: &GroupEvent) {
         let mut data = self.write();
         match event {
             GroupEvent::Created {
@@ -229,7 +239,7 @@ impl Index {
     }
 
     /// Takes in a policy's event.
-    pub fn note_policy(&self, id: &PolicyId, event: &PolicyEvent) {
+    fn policy_event(&self, id: &PolicyId, event: &PolicyEvent) {
         let mut data = self.write();
         match event {
             PolicyEvent::Created {
@@ -255,7 +265,7 @@ impl Index {
     }
 
     /// Takes in a webhook's event.
-    pub fn note_webhook(&self, id: &WebhookId, event: &WebhookEvent) {
+    fn webhook_event(&self, id: &WebhookId, event: &WebhookEvent) {
         let mut data = self.write();
         match event {
             WebhookEvent::Created {
@@ -286,7 +296,7 @@ impl Index {
     }
 
     /// Takes in an alarm's event.
-    pub fn note_alarm(&self, id: &AlarmId, event: &AlarmEvent) {
+    fn alarm_event(&self, id: &AlarmId, event: &AlarmEvent) {
         let mut data = self.write();
         match event {
             AlarmEvent::Created {
@@ -386,11 +396,6 @@ impl Index {
         page(&data.tenant_alarms, tenant, cursor, limit)
     }
 
-    /// Every live alarm, for evaluation.
-    pub fn all_alarms(&self) -> Vec<AlarmId> {
-        self.read().alarms.keys().cloned().collect()
-    }
-
     /// Counts of live objects by kind.
     pub fn counts(&self) -> BTreeMap<&'static str, usize> {
         let data = self.read();
@@ -401,42 +406,6 @@ impl Index {
             ("webhooks", data.webhooks.len()),
             ("alarms", data.alarms.len()),
         ])
-    }
-}
-
-/// An aggregate whose events the index takes in.
-pub trait Indexed: Aggregate {
-    /// Takes in `event` of object `id`.
-    fn note(index: &Index, id: &str, event: &Self::Event);
-}
-
-impl Indexed for Tenants {
-    fn note(index: &Index, _: &str, event: &TenantEvent) {
-        index.note_tenant(event);
-    }
-}
-
-impl Indexed for Groups {
-    fn note(index: &Index, id: &str, event: &GroupEvent) {
-        index.note_group(&GroupId::new(id), event);
-    }
-}
-
-impl Indexed for Policies {
-    fn note(index: &Index, id: &str, event: &PolicyEvent) {
-        index.note_policy(&PolicyId::new(id), event);
-    }
-}
-
-impl Indexed for Webhooks {
-    fn note(index: &Index, id: &str, event: &WebhookEvent) {
-        index.note_webhook(&WebhookId::new(id), event);
-    }
-}
-
-impl Indexed for Alarms {
-    fn note(index: &Index, id: &str, event: &AlarmEvent) {
-        index.note_alarm(&AlarmId::new(id), event);
     }
 }
 

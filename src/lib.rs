@@ -9,7 +9,9 @@
 //! - `alarms`: metric samples into the series store, and alarm evaluation on the clock's ticks.
 //! - `converger`: on each tick, every group's servers reconciled with its desired capacity.
 //! - `providers`: the `process`, `http` and `simulated` providers that start and delete servers.
-//! - `index`: the read model: owners, tokens and lists, rebuilt from the journal at start.
+//! - `projector`: the one place read models are fed: the journal's records, in sequence order;
+//!   checkpoints of the read models at an exact sequence number.
+//! - `index`: the read model of owners, tokens and lists.
 //! - `signature`: Standard Webhooks signatures: parse, verify in constant time, sign.
 //! - `ratelimit`: per-webhook and per-source token buckets on the injected clock.
 //! - `token`: bearer tokens, webhook secrets and the operator token file.
@@ -24,6 +26,7 @@ pub mod audit;
 pub mod cli;
 pub mod converger;
 pub mod index;
+pub mod projector;
 pub mod providers;
 pub mod ratelimit;
 pub mod service;

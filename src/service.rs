@@ -1,5 +1,5 @@
 //! Starting the service: the journal, the operator token, the supervisor, the HTTP server, and
-//! the replay of the journal into the index (after which the service is ready).
+//! the projector's catching up on the journal (after which the service is ready).
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,19 +10,18 @@ use actix_web::dev::Service as _;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use flotilla_actors::clock::Clock;
-use flotilla_actors::clock::Timestamp;
-use flotilla_actors::domain::AlarmId;
 use flotilla_actors::supervisor::{self, Supervisor};
-use flotilla_journal::{Head, Journal, Record};
+use flotilla_journal::{Head, Journal};
 
-use crate::alarms::Evaluator;
+use crate::alarms::{AlarmTable, Evaluator};
 use crate::api::{self, AppState};
-use crate::converger::Converger;
+use crate::converger::{Converger, Quiet};
 use crate::index::Index;
+use crate::projector::{self, Projector};
 use crate::providers::Providers;
 use crate::ratelimit::{Limit, WebhookLimits};
 use crate::settings::Settings;
-use crate::telemetry::{Recovery, Telemetry};
+use crate::telemetry::{EventCounts, Recovery, Telemetry};
 use crate::token;
 
 /// A started service.
@@ -77,7 +76,12 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
         },
     );
     let index = Arc::new(Index::default());
-    let evaluator = Arc::new(Evaluator::new(supervisor.clone()));
+    let alarms = Arc::new(AlarmTable::default());
+    let quiet = Arc::new(Quiet::default());
+    let events = Arc::new(EventCounts::default());
+    let projector =
+        Arc::new(Projector::new(index.clone(), alarms.clone()).live(quiet.clone(), events.clone()));
+    let evaluator = Arc::new(Evaluator::new(alarms, supervisor.clone()));
     let ready = Arc::new(AtomicBool::new(false));
     let providers = Arc::new(Providers::new(
         clock.clone(),
@@ -88,20 +92,15 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
         index.clone(),
         providers,
         format!("{}/v1/metrics", settings.public_url().trim_end_matches('/')),
+        quiet,
     ));
-    // A weak handle: the converger holds the supervisor, which must not hold it back.
-    let watching = Arc::downgrade(&converger);
-    supervisor.on_change(move |id| {
-        if let Some(converger) = watching.upgrade() {
-            converger.changed(id);
-        }
-    });
     let recovery = Arc::new(Recovery::default());
     let telemetry = Arc::new(Telemetry::new(
         supervisor.clone(),
         index.clone(),
         recovery.clone(),
         converger.clone(),
+        events,
     ));
     let state = web::Data::new(AppState {
         supervisor,
@@ -119,10 +118,9 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
     });
 
     let checkpointer = Arc::new(Mutex::new(None));
-    replay_into_index(
+    project(
         journal,
-        index,
-        evaluator.clone(),
+        projector,
         clock,
         checkpointer.clone(),
         recovery.clone(),
@@ -172,96 +170,15 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
     })
 }
 
-/// The name of the service's checkpoint in the journal.
-const CHECKPOINT: &str = "service";
-
-/// What a checkpoint holds: the index and the alarms, as of its head.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Checkpoint {
-    index: crate::index::Saved,
-    alarms: Vec<(
-        AlarmId,
-        flotilla_actors::domain::alarm::AlarmDefinition,
-        flotilla_actors::domain::alarm::AlarmState,
-    )>,
-}
-
-/// Takes records `from..=to` into `index` and `alarms`: what a start replays, and what the
-/// checkpointer catches up on. Reading and decoding dominate and are spread over `workers`
-/// threads; the few records that matter are applied on the calling one, in order.
-fn replay(
-    journal: &Journal,
-    from: u64,
-    to: u64,
-    workers: usize,
-    index: &Index,
-    alarms: &Evaluator,
-    now: Timestamp,
-) -> anyhow::Result<u64> {
-    let is_alarm = |record: &Record| record.stream.starts_with(AlarmId::PREFIX);
-    journal.scan(
-        from,
-        to,
-        workers,
-        |record| Index::wants(record) || is_alarm(record),
-        |record| -> anyhow::Result<()> {
-            index.note_record(&record)?;
-            if is_alarm(&record) {
-                alarms.note_record(&record, now)?;
-            }
-            Ok(())
-        },
-    )
-}
-
-/// Restores the last checkpoint into `index` and `alarms`, if there is one that still matches the
-/// journal and decodes; answers the first sequence number it does not cover.
-fn restore_checkpoint(
-    journal: &Journal,
-    index: &Index,
-    alarms: &Evaluator,
-    now: Timestamp,
-) -> anyhow::Result<u64> {
-    let Some((head, bytes)) = journal.load_checkpoint(CHECKPOINT)? else {
-        return Ok(1);
-    };
-    match serde_json::from_slice::<Checkpoint>(&bytes) {
-        Ok(checkpoint) => {
-            index.restore(checkpoint.index);
-            alarms.restore(checkpoint.alarms, now);
-            Ok(head.seq + 1)
-        }
-        Err(error) => {
-            tracing::warn!(%error, "ignoring a checkpoint that does not decode");
-            Ok(1)
-        }
-    }
-}
-
-/// Saves `index` and `alarms` as the checkpoint at `head` (which they must reflect exactly).
-fn save_checkpoint(
-    journal: &Journal,
-    head: Head,
-    index: &Index,
-    alarms: &Evaluator,
-) -> anyhow::Result<()> {
-    let checkpoint = Checkpoint {
-        index: index.save(),
-        alarms: alarms.save(),
-    };
-    journal.save_checkpoint(CHECKPOINT, head, &serde_json::to_vec(&checkpoint)?)?;
-    Ok(())
-}
-
-/// Builds the index and the alarms' evaluator on a thread of its own: from the last checkpoint
-/// (if it still matches the journal) and the records after it, or from the whole journal; then
-/// saves a checkpoint at the head, starts the checkpointer there, and marks the service ready.
-/// Nothing appends before ready (the API, the evaluator and the converger wait for it), so that
-/// checkpoint is exact.
-fn replay_into_index(
+/// Builds the read models on a thread of its own: from the last checkpoint (if it still matches
+/// the journal) and the records after it, or from the whole journal; saves a checkpoint at the
+/// head; has the journal tell the projector every append from there on; and marks the service
+/// ready. Nothing appends before ready (the API, the evaluator and the converger wait for it),
+/// so that checkpoint is exact; and the journal's follower takes in anything after the head all
+/// the same.
+fn project(
     journal: Journal,
-    index: Arc<Index>,
-    evaluator: Arc<Evaluator>,
+    projector: Arc<Projector>,
     clock: Arc<dyn Clock>,
     checkpointer: Arc<Mutex<Option<Checkpointer>>>,
     recovery: Arc<Recovery>,
@@ -269,22 +186,21 @@ fn replay_into_index(
 ) {
     std::thread::spawn(move || {
         let started = std::time::Instant::now();
-        let now = clock.now();
         let load = || -> anyhow::Result<(u64, u64)> {
-            let from = restore_checkpoint(&journal, &index, &evaluator, now)?;
+            let from = projector.restore(&journal)?;
             let head = journal.head()?;
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let read = replay(&journal, from, head.seq, workers, &index, &evaluator, now)?;
-            save_checkpoint(&journal, head, &index, &evaluator)?;
+            let read = projector.replay(&journal, head.seq, workers)?;
+            projector.checkpoint(&journal, head)?;
+            projector.alarms().start_at(clock.now());
+            let live = projector.clone();
+            journal.follow(head.seq, move |records| live.take_live(records))?;
             *lock(&checkpointer) = Some(Checkpointer {
                 journal: journal.clone(),
-                at: head,
-                supervisor: evaluator.supervisor().clone(),
-                clock: clock.clone(),
             });
             recovery.replayed_at_start.store(read, Ordering::Relaxed);
             recovery.checkpoint_seq.store(head.seq, Ordering::Relaxed);
-            Ok((from - 1, read))
+            Ok((from, read))
         };
         match load() {
             Ok((checkpoint_seq, records)) => {
@@ -308,37 +224,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Keeps the checkpoint close to the journal's head while the service runs, so that a start
-/// replays minutes of records, not everything since the last start.
-///
-/// The live index cannot be saved as it stands: handlers update it after their appends, so it is
-/// never exactly at one sequence number while the service runs. Each catch-up instead restores
-/// the last checkpoint into a copy of the index and of the alarms, takes in the records after
-/// it, exactly as a start replays them, and saves the copy at the head it reached. The copy
-/// lives only while catching up: holding one for good would cost as much memory again as the
-/// index and the alarms.
+/// replays minutes of records, not everything since the last start (see
+/// [`projector::catch_up`]).
 struct Checkpointer {
     journal: Journal,
-    at: Head,
-    supervisor: Supervisor,
-    clock: Arc<dyn Clock>,
 }
 
 impl Checkpointer {
-    /// Takes in the records after the last checkpoint, on one thread (the service is serving),
-    /// and saves the checkpoint at the head it reached. Answers that head.
+    /// Moves the checkpoint to the head; answers it.
     fn catch_up(&mut self) -> anyhow::Result<Head> {
-        let head = self.journal.head()?;
-        if head.seq == self.at.seq {
-            return Ok(self.at);
-        }
-        let now = self.clock.now();
-        let index = Index::default();
-        let alarms = Evaluator::new(self.supervisor.clone());
-        let from = restore_checkpoint(&self.journal, &index, &alarms, now)?;
-        replay(&self.journal, from, head.seq, 1, &index, &alarms, now)?;
-        save_checkpoint(&self.journal, head, &index, &alarms)?;
-        self.at = head;
-        Ok(head)
+        projector::catch_up(&self.journal)
     }
 }
 

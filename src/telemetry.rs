@@ -67,6 +67,31 @@ pub struct Recovery {
     pub checkpoint_seq: AtomicU64,
 }
 
+/// Journal records by event type, as the projector sees them appended (from this start on).
+#[derive(Debug, Default)]
+pub struct EventCounts {
+    counts: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl EventCounts {
+    /// Counts one record of `event_type` (the projector's entry).
+    pub fn count(&self, event_type: &str) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        match counts.get_mut(event_type) {
+            Some(count) => *count += 1,
+            None => {
+                counts.insert(event_type.to_owned(), 1);
+            }
+        }
+    }
+
+    /// Every type counted, with its count.
+    pub fn all(&self) -> Vec<(String, u64)> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
 /// The registry and the metrics recorded into it. Shared by the handlers and the middleware.
 pub struct Telemetry {
     registry: Registry,
@@ -88,6 +113,7 @@ impl Telemetry {
         index: Arc<Index>,
         recovery: Arc<Recovery>,
         converger: Arc<Converger>,
+        events: Arc<EventCounts>,
     ) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
@@ -119,6 +145,7 @@ impl Telemetry {
             index,
             recovery,
             converger,
+            events,
         }));
         Telemetry {
             registry,
@@ -178,6 +205,7 @@ struct Live {
     index: Arc<Index>,
     recovery: Arc<Recovery>,
     converger: Arc<Converger>,
+    events: Arc<EventCounts>,
 }
 
 impl fmt::Debug for Live {
@@ -195,6 +223,17 @@ impl Collector for Live {
             None,
             appends.metric_type(),
         )?)?;
+
+        let mut events = encoder.encode_descriptor(
+            "flotilla_journal_events",
+            "Records appended to the journal since the service started, by event type",
+            None,
+            MetricType::Counter,
+        )?;
+        for (event_type, count) in self.events.all() {
+            let labels = [("type", event_type.as_str())];
+            ConstCounter::new(count).encode(events.encode_family(&labels)?)?;
+        }
 
         let checkpoint =
             ConstGauge::new(self.recovery.checkpoint_seq.load(Ordering::Relaxed) as i64);

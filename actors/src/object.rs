@@ -29,8 +29,6 @@ pub struct ObjectActor<A: Aggregate> {
     /// Why the state could not be rebuilt, if it could not: every message is then refused.
     broken: Option<String>,
     restarts: u64,
-    /// Told the object's id after each append.
-    changed: Option<Changed>,
     /// When it last handled a message, on the service clock.
     last_used: Timestamp,
     /// Stops itself once idle this long (see [`Idle`]).
@@ -53,9 +51,6 @@ pub struct Idle<A: Aggregate> {
 /// See [`Idle::forget`].
 pub type Forget<A> = Arc<dyn Fn(&str, &Addr<ObjectActor<A>>) + Send + Sync>;
 
-/// Told an object's id each time its stream grows (see [`crate::supervisor::Supervisor::on_change`]).
-pub type Changed = Arc<dyn Fn(&str) + Send + Sync>;
-
 impl<A: Aggregate> ObjectActor<A> {
     /// An actor for object `id`; its state is loaded when it starts.
     pub fn new(id: String, journal: Journal, clock: Arc<dyn Clock>) -> Self {
@@ -68,7 +63,6 @@ impl<A: Aggregate> ObjectActor<A> {
             snapshot_version: 0,
             broken: None,
             restarts: 0,
-            changed: None,
             last_used: Timestamp::EPOCH,
             idle: None,
         }
@@ -95,12 +89,6 @@ impl<A: Aggregate> ObjectActor<A> {
         (idle.forget)(&self.id, &ctx.address());
         tracing::debug!(kind = A::KIND, object = %self.id, "idle; stopping");
         ctx.stop();
-    }
-
-    /// The actor, telling `changed` after each append.
-    pub fn telling(mut self, changed: Option<Changed>) -> Self {
-        self.changed = changed;
-        self
     }
 
     fn rebuild(&mut self) {
@@ -167,8 +155,8 @@ impl<A: Aggregate> ObjectActor<A> {
         )))
     }
 
-    /// Takes in `events`, now durable with its stream at `version`: applies them, saves a
-    /// snapshot when one is due, and tells whoever watches changes.
+    /// Takes in `events`, now durable with its stream at `version`: applies them, and saves a
+    /// snapshot when one is due.
     fn appended(&mut self, events: &[A::Event], version: u64) {
         for event in events {
             self.state = A::apply(std::mem::take(&mut self.state), event);
@@ -177,9 +165,6 @@ impl<A: Aggregate> ObjectActor<A> {
         if self.version - self.snapshot_version >= A::snapshot_every(&self.state) {
             store::snapshot::<A>(&self.journal, &self.id, self.version, &self.state);
             self.snapshot_version = self.version;
-        }
-        if let Some(changed) = &self.changed {
-            changed(&self.id);
         }
     }
 

@@ -11,15 +11,15 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use flotilla_journal::{Journal, StreamAppend};
 
-use crate::aggregate::{Aggregate, Alarms, Groups, Policies, Tenants, Webhooks};
+use crate::aggregate::{Aggregate, Groups, Policies, Webhooks};
 use crate::clock::Clock;
 use crate::domain::group::{Group, GroupCommand, GroupEvent, Outcome};
 use crate::domain::policy::Policy;
 use crate::domain::{nonce_window, Cause, PolicyId, Rejection, WebhookId};
 use crate::error::Error;
 use crate::object::{
-    AcceptSigned, Accepted, Changed, Execute, ExecuteAlong, Executed, Get, Idle, ObjectActor,
-    Observed, Proceed, SignatureCheck,
+    AcceptSigned, Accepted, Execute, ExecuteAlong, Executed, Get, Idle, ObjectActor, Observed,
+    Proceed, SignatureCheck,
 };
 
 /// How the supervisor runs.
@@ -77,8 +77,6 @@ struct Inner {
     arbiters: Vec<(Arbiter, Option<std::thread::ThreadId>)>,
     /// Object id → `Addr<ObjectActor<A>>` of its kind (ids carry their kind's prefix).
     actors: Mutex<HashMap<String, Box<dyn Any + Send>>>,
-    /// Told every object id whose stream grows.
-    changed: std::sync::OnceLock<Changed>,
 }
 
 impl Drop for Inner {
@@ -119,16 +117,8 @@ impl Supervisor {
                 config,
                 arbiters,
                 actors: Mutex::new(HashMap::new()),
-                changed: std::sync::OnceLock::new(),
             }),
         }
-    }
-
-    /// Has `changed` told the id of every object whose stream grows from now on (after the
-    /// append, on the object's arbiter: it must be quick). Set once, before actors start; a
-    /// second call is ignored.
-    pub fn on_change(&self, changed: impl Fn(&str) + Send + Sync + 'static) {
-        let _ = self.inner.changed.set(Arc::new(changed));
     }
 
     /// The journal every actor appends to.
@@ -176,7 +166,6 @@ impl Supervisor {
             self.inner.clock.clone(),
             id.to_owned(),
         );
-        let changed = self.inner.changed.get().cloned();
         let idle = self.inner.config.idle_after_seconds.map(|seconds| {
             // A weak handle: an actor must not keep its supervisor alive.
             let registry = Arc::downgrade(&self.inner);
@@ -191,9 +180,7 @@ impl Supervisor {
             }
         });
         let addr = actix::Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-            ObjectActor::<A>::new(owned, journal, clock)
-                .telling(changed)
-                .idling(idle)
+            ObjectActor::<A>::new(owned, journal, clock).idling(idle)
         });
         actors.insert(id.to_owned(), Box::new(addr.clone()));
         Ok(addr)
@@ -379,30 +366,4 @@ impl Supervisor {
         });
         answered.await.map_err(|_| Error::Unavailable)?
     }
-
-    /// Starts the actor of every object of kind `A` the journal knows (used at startup so that
-    /// every object is resident and its state replayed before the service reports ready).
-    pub fn start_all<A: Aggregate>(&self, ids: impl IntoIterator<Item = String>) -> usize {
-        let mut started = 0;
-        for id in ids {
-            if self.address::<A>(&id).is_ok() {
-                started += 1;
-            }
-        }
-        started
-    }
-}
-
-/// Kinds the supervisor hosts, for callers that dispatch on an id's prefix.
-pub fn kind_of(id: &str) -> Option<&'static str> {
-    [
-        (Tenants::PREFIX, Tenants::KIND),
-        (Groups::PREFIX, Groups::KIND),
-        (Policies::PREFIX, Policies::KIND),
-        (Webhooks::PREFIX, Webhooks::KIND),
-        (Alarms::PREFIX, Alarms::KIND),
-    ]
-    .into_iter()
-    .find(|(prefix, _)| id.starts_with(prefix))
-    .map(|(_, kind)| kind)
 }

@@ -101,13 +101,9 @@ fn check_actions<'a>(
     Ok(())
 }
 
-/// Runs `command` and hands the resulting events to the evaluator too.
+/// Runs `command`; answers the alarm after it.
 async fn watch(state: &AppState, id: &AlarmId, command: AlarmCommand) -> Result<Alarm, ApiError> {
     let executed = state.execute::<Alarms>(id.as_str(), command).await?;
-    let now = state.supervisor.clock().now();
-    for event in &executed.events {
-        state.evaluator.note(id, event, now);
-    }
     executed.state.ok_or_else(|| ApiError::not_found("alarm"))
 }
 

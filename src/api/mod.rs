@@ -8,10 +8,11 @@ use flotilla_actors::supervisor::Supervisor;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use flotilla_actors::aggregate::Aggregate;
 use flotilla_actors::object::Executed;
 
 use crate::alarms::Evaluator;
-use crate::index::{Index, Indexed, Page};
+use crate::index::{Index, Page};
 use crate::ratelimit::WebhookLimits;
 use crate::settings::Settings;
 use crate::telemetry::Telemetry;
@@ -60,17 +61,14 @@ impl AppState {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Runs `command` against object `id` and takes the resulting events into the index.
-    pub async fn execute<A: Indexed>(
+    /// Runs `command` against object `id`. The read models hold its events by the time it
+    /// answers: the projector took them in before the journal acknowledged them.
+    pub async fn execute<A: Aggregate>(
         &self,
         id: &str,
         command: A::Command,
     ) -> Result<Executed<A>, ApiError> {
-        let executed = self.supervisor.execute::<A>(id, command).await?;
-        for event in &executed.events {
-            A::note(&self.index, id, event);
-        }
-        Ok(executed)
+        Ok(self.supervisor.execute::<A>(id, command).await?)
     }
 }
 

@@ -179,13 +179,17 @@ pub async fn ingest(
     let now = state.supervisor.clock().now();
     let mut total = Ingested::default();
     for (group, samples) in &by_group {
-        let ingested = state.evaluator.ingest(group, samples, now).map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "series_limit",
-                e.to_string(),
-            )
-        })?;
+        let ingested = state
+            .evaluator
+            .table()
+            .ingest(group, samples, now)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "series_limit",
+                    e.to_string(),
+                )
+            })?;
         total.accepted += ingested.accepted;
         total.unwatched += ingested.unwatched;
         total.too_old += ingested.too_old;

@@ -85,6 +85,61 @@ string_id!(
     "whk_"
 );
 
+/// The kinds of object, each with the prefix of its ids (which are also its journal stream ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// A tenant (`ten_`).
+    Tenant,
+    /// A group (`grp_`).
+    Group,
+    /// A policy (`pol_`).
+    Policy,
+    /// A webhook (`whk_`).
+    Webhook,
+    /// An alarm (`alm_`).
+    Alarm,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 5] = [
+        Kind::Tenant,
+        Kind::Group,
+        Kind::Policy,
+        Kind::Webhook,
+        Kind::Alarm,
+    ];
+
+    /// The kind of the object (or stream) `id`, from its prefix.
+    pub fn of(id: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|kind| id.starts_with(kind.prefix()))
+    }
+
+    /// The prefix of its ids.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            Kind::Tenant => TenantId::PREFIX,
+            Kind::Group => GroupId::PREFIX,
+            Kind::Policy => PolicyId::PREFIX,
+            Kind::Webhook => WebhookId::PREFIX,
+            Kind::Alarm => AlarmId::PREFIX,
+        }
+    }
+
+    /// Its name, as logs, errors and `replay` show it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::Tenant => "tenant",
+            Kind::Group => "group",
+            Kind::Policy => "policy",
+            Kind::Webhook => "webhook",
+            Kind::Alarm => "alarm",
+        }
+    }
+}
+
 fn random_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
@@ -327,6 +382,22 @@ mod tests {
         let id = WebhookId::generate();
         assert!(id.as_str().starts_with("whk_"));
         assert_eq!(id.as_str().len(), 4 + 64);
+    }
+
+    #[test]
+    fn a_kind_is_read_from_an_id_prefix() {
+        assert_eq!(Kind::of(GroupId::generate().as_str()), Some(Kind::Group));
+        assert_eq!(
+            Kind::of(WebhookId::generate().as_str()),
+            Some(Kind::Webhook)
+        );
+        assert_eq!(Kind::of("ten_1"), Some(Kind::Tenant));
+        assert_eq!(Kind::of("pol_1"), Some(Kind::Policy));
+        assert_eq!(Kind::of("alm_1"), Some(Kind::Alarm));
+        assert_eq!(Kind::of("srv_1"), None);
+        for kind in Kind::ALL {
+            assert_eq!(Kind::of(kind.prefix()), Some(kind));
+        }
     }
 
     #[test]

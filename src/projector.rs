@@ -1,0 +1,193 @@
+//! The projector: the one place the service's read models are fed. It takes the journal's
+//! records in sequence order and hands each to the read models that want it:
+//!
+//! - the [`Index`] (owners, tokens, lists), and the [`AlarmTable`] (definitions and states):
+//!   what a checkpoint holds, built the same by anyone who follows the same journal;
+//! - the converger's [`Quiet`] set (a group whose stream grows is converged again) and the
+//!   count of events by type in `/metrics`: what this process does with the records it sees
+//!   live, from its start on.
+//!
+//! At start the projector is restored from the last checkpoint and catches up on the records
+//! after it ([`Projector::replay`]); then the journal tells it every append once durable and
+//! before the appender hears of it ([`flotilla_journal::Journal::follow`]), so a handler reads
+//! its own writes. No handler, actor or loop updates a read model itself.
+//!
+//! A checkpoint is the projector's read models at an exact sequence number. The service keeps
+//! one close to the head with a second projector that follows the journal from the last
+//! checkpoint ([`catch_up`]): the same code a start runs, and what a second process following
+//! the journal would run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use flotilla_actors::clock::Timestamp;
+use flotilla_actors::domain::alarm::AlarmEvent;
+use flotilla_actors::domain::{AlarmId, DomainEvent, Kind};
+use flotilla_journal::{Head, Journal, Record};
+
+use crate::alarms::{AlarmTable, SavedAlarm};
+use crate::converger::Quiet;
+use crate::index::{self, Index};
+use crate::telemetry::EventCounts;
+
+/// The name of the service's checkpoint in the journal.
+pub const CHECKPOINT: &str = "service";
+
+/// What a checkpoint holds: the index and the alarms, as of its head.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// The index.
+    pub index: index::Saved,
+    /// The alarms, in id order.
+    pub alarms: Vec<SavedAlarm>,
+}
+
+/// Feeds the read models from the journal's records, in sequence order.
+pub struct Projector {
+    index: Arc<Index>,
+    alarms: Arc<AlarmTable>,
+    live: Option<Live>,
+    /// The last sequence number taken in.
+    seq: AtomicU64,
+}
+
+/// The read models only a live process keeps.
+struct Live {
+    quiet: Arc<Quiet>,
+    events: Arc<EventCounts>,
+}
+
+impl Projector {
+    /// A projector feeding `index` and `alarms` (both empty), at sequence number 0.
+    pub fn new(index: Arc<Index>, alarms: Arc<AlarmTable>) -> Projector {
+        Projector {
+            index,
+            alarms,
+            live: None,
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    /// The projector, also feeding what the service does with the records it sees live.
+    pub fn live(mut self, quiet: Arc<Quiet>, events: Arc<EventCounts>) -> Projector {
+        self.live = Some(Live { quiet, events });
+        self
+    }
+
+    /// The index it feeds.
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
+    /// The alarm table it feeds.
+    pub fn alarms(&self) -> &Arc<AlarmTable> {
+        &self.alarms
+    }
+
+    /// The last sequence number taken in.
+    pub fn seq(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    /// Whether `record` can change a checkpointed read model (a replay decodes only those).
+    pub fn wants(record: &Record) -> bool {
+        Index::wants(record) || Kind::of(&record.stream) == Some(Kind::Alarm)
+    }
+
+    /// Takes in one record into the checkpointed read models.
+    fn take(&self, record: &Record) -> anyhow::Result<()> {
+        self.index.take(record)?;
+        if Kind::of(&record.stream) == Some(Kind::Alarm) {
+            let event: AlarmEvent = record.decode(AlarmEvent::SCHEMA)?;
+            let at = Timestamp::from_millis(record.timestamp_ms);
+            self.alarms
+                .feed(AlarmId::new(record.stream.as_str()), event, at);
+        }
+        Ok(())
+    }
+
+    /// Takes in records told by the journal as they become durable (the follower of
+    /// [`Journal::follow`]): every read model, live ones included. A record that does not
+    /// decode is logged and skipped; the journal's own checks keep that from happening.
+    pub fn take_live(&self, records: &[Record]) {
+        for record in records {
+            if let Err(error) = self.take(record) {
+                tracing::error!(seq = record.seq, %error, "a record could not be projected");
+            }
+            if let Some(live) = &self.live {
+                live.events.count(&record.event_type);
+                if Kind::of(&record.stream) == Some(Kind::Group) {
+                    live.quiet.changed(&record.stream);
+                }
+            }
+            self.seq.store(record.seq, Ordering::Release);
+        }
+    }
+
+    /// Takes in the records after the last one taken in, up to `to`, reading and decoding on
+    /// `workers` threads. Answers how many records were read.
+    pub fn replay(&self, journal: &Journal, to: u64, workers: usize) -> anyhow::Result<u64> {
+        let from = self.seq() + 1;
+        if to < from {
+            return Ok(0);
+        }
+        let read = journal.scan(from, to, workers, Self::wants, |record| self.take(&record))?;
+        self.seq.store(to.max(self.seq()), Ordering::Release);
+        Ok(read)
+    }
+
+    /// The checkpointed read models as they stand.
+    pub fn save(&self) -> Checkpoint {
+        Checkpoint {
+            index: self.index.save(),
+            alarms: self.alarms.save(),
+        }
+    }
+
+    /// Restores the last checkpoint of `journal`, if there is one that still matches it and
+    /// decodes (into empty read models). Answers the sequence number it is at.
+    pub fn restore(&self, journal: &Journal) -> anyhow::Result<u64> {
+        let Some((head, bytes)) = journal.load_checkpoint(CHECKPOINT)? else {
+            return Ok(0);
+        };
+        match serde_json::from_slice::<Checkpoint>(&bytes) {
+            Ok(checkpoint) => {
+                self.index.restore(checkpoint.index);
+                self.alarms.restore(checkpoint.alarms);
+                self.seq.store(head.seq, Ordering::Release);
+                Ok(head.seq)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "ignoring a checkpoint that does not decode");
+                Ok(0)
+            }
+        }
+    }
+
+    /// Saves the read models as the checkpoint at `head`, which must be where they are.
+    pub fn checkpoint(&self, journal: &Journal, head: Head) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            head.seq == self.seq(),
+            "the read models are at {}, not at {}",
+            self.seq(),
+            head.seq
+        );
+        journal.save_checkpoint(CHECKPOINT, head, &serde_json::to_vec(&self.save())?)?;
+        Ok(())
+    }
+}
+
+/// Moves the checkpoint to the journal's head: a fresh projector restores the last checkpoint,
+/// follows the journal from there to the head on one thread (the service is serving), and saves
+/// what it built. It lives only while catching up: holding one for good would cost as much
+/// memory again as the read models. Answers the head reached.
+pub fn catch_up(journal: &Journal) -> anyhow::Result<Head> {
+    let head = journal.head()?;
+    let projector = Projector::new(Arc::default(), Arc::default());
+    if projector.restore(journal)? == head.seq {
+        return Ok(head);
+    }
+    projector.replay(journal, head.seq, 1)?;
+    projector.checkpoint(journal, head)?;
+    Ok(head)
+}
