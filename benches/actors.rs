@@ -15,8 +15,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use flotilla_actors::aggregate::{Groups, Policies};
 use flotilla_actors::clock::{Clock, SystemClock, Timestamp};
 use flotilla_actors::domain::group::{self, GroupCommand, NewGroup, Outcome};
-use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition};
-use flotilla_actors::domain::scaling::{Adjustment, AdjustmentType};
+use flotilla_actors::domain::policy::{Policy, PolicyCommand, PolicyDefinition};
+use flotilla_actors::domain::route::Route;
+use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::{Cause, GroupId, PolicyId, TenantId};
 use flotilla_actors::store;
 use flotilla_actors::supervisor::{Config, Supervisor};
@@ -54,14 +55,16 @@ fn executed_record() -> NewEvent {
     let id = GroupId::generate();
     let created = group::decide(&None, &GroupCommand::Create(new_group(&id)), now).unwrap();
     let state = created.iter().fold(None, group::apply);
+    let policy = Policy {
+        id: PolicyId::generate(),
+        group_id: id.clone(),
+        tenant_id: TenantId::new("ten_bench"),
+        definition: definition(1),
+        deleted: false,
+        created_at: now,
+    };
     let command = GroupCommand::ExecutePolicy {
-        policy_id: PolicyId::generate(),
-        adjustment: Adjustment {
-            kind: AdjustmentType::Change,
-            value: 1,
-            min_adjustment_step: None,
-        },
-        cooldown_seconds: Some(0),
+        route: Route::direct(policy),
         cause: Cause::Direct,
     };
     let events = group::decide(&state, &command, now).unwrap();

@@ -16,6 +16,8 @@ use flotilla::signature::{sign, Call};
 use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::group::{self, GroupCommand, NewGroup};
 use flotilla_actors::domain::nonce_window::NonceWindow;
+use flotilla_actors::domain::policy::{Policy, PolicyDefinition};
+use flotilla_actors::domain::route::Route;
 use flotilla_actors::domain::scaling::{compute, Adjustment, AdjustmentType};
 use flotilla_actors::domain::{Cause, GroupId, PolicyId, TenantId};
 use hmac::{Hmac, KeyInit, Mac};
@@ -105,10 +107,22 @@ fn decide_apply(c: &mut Criterion) {
         value: 25,
         min_adjustment_step: Some(2),
     };
+    let policy = Policy {
+        id: PolicyId::new("pol_bench"),
+        group_id: state.as_ref().unwrap().id.clone(),
+        tenant_id: TenantId::new("ten_bench"),
+        definition: PolicyDefinition {
+            name: "up".into(),
+            adjustment_type: adjustment.kind,
+            adjustment: adjustment.value,
+            min_adjustment_step: adjustment.min_adjustment_step,
+            cooldown_seconds: Some(0),
+        },
+        deleted: false,
+        created_at: now,
+    };
     let execute = GroupCommand::ExecutePolicy {
-        policy_id: PolicyId::new("pol_bench"),
-        adjustment,
-        cooldown_seconds: Some(0),
+        route: Route::direct(policy),
         cause: Cause::Direct,
     };
     group.bench_function("policy_execution", |b| {

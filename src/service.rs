@@ -109,10 +109,10 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
         ready: ready.clone(),
         evaluator: evaluator.clone(),
         converger: converger.clone(),
-        limits: WebhookLimits {
+        limits: Arc::new(WebhookLimits {
             source: Limit::new(settings.source_rate_limit, clock.clone()),
             webhook: Limit::new(settings.webhook_rate_limit, clock.clone()),
-        },
+        }),
         settings: settings.clone(),
         telemetry: telemetry.clone(),
     });

@@ -298,6 +298,32 @@ fn rate_limits_per_webhook_answer_429_with_retry_after_until_refilled() {
 }
 
 #[test]
+fn unsigned_calls_never_spend_the_signed_callers_rate_limit() {
+    let server = Server::start_with(|s| s.webhook_rate_limit = 2);
+    let hook = server.webhook_setup();
+    let now = server.now_secs();
+    // Anyone who knows the URL: a flood of calls with a wrong signature, all 401.
+    for n in 0..20 {
+        let forged = server.send_raw(
+            &hook,
+            &format!("forged{n}"),
+            &now.to_string(),
+            "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            BODY.to_vec(),
+        );
+        assert_error(&forged, 401, "invalid_signature");
+    }
+    // The signed caller still has its whole bucket, and only then is limited.
+    accepted(&server.send_hook(&hook, &hook.secret, "s1", now, BODY));
+    accepted(&server.send_hook(&hook, &hook.secret, "s2", now, BODY));
+    let limited = server.send_hook(&hook, &hook.secret, "s3", now, BODY);
+    assert_error(&limited, 429, "rate_limited");
+    // The refused call's nonce was not recorded: it goes through once the bucket refills.
+    server.clock.advance_secs(1);
+    accepted(&server.send_hook(&hook, &hook.secret, "s3", server.now_secs(), BODY));
+}
+
+#[test]
 fn rate_limits_per_source_address_cover_every_webhook() {
     let server = Server::start_with(|s| s.source_rate_limit = 1);
     let hook = server.webhook_setup();

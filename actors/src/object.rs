@@ -7,13 +7,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 use flotilla_journal::{Journal, StreamAppend};
 
-use crate::aggregate::{Aggregate, Webhooks};
+use crate::aggregate::Aggregate;
 use crate::clock::{Clock, Timestamp};
-use crate::domain::webhook::{Secret, WebhookCommand};
-use crate::domain::{PolicyId, Rejection, WebhookId};
+use crate::domain::webhook::Secret;
 use crate::error::Error;
 use crate::store;
-use crate::supervisor::PolicyExecution;
 
 /// Messages waiting for one object before senders are made to wait (backpressure).
 pub const MAILBOX_CAPACITY: usize = 64;
@@ -131,7 +129,7 @@ impl<A: Aggregate> ObjectActor<A> {
             Err(rejection) => return ready(Err(rejection.into())),
         };
         if events.is_empty() && along.is_none() {
-            return ready(Ok(self.executed(events)));
+            return ready(Ok(self.executed(events, None)));
         }
         let (journal, id, version) = (self.journal.clone(), self.id.clone(), self.version);
         let append = {
@@ -140,9 +138,9 @@ impl<A: Aggregate> ObjectActor<A> {
         };
         AtomicResponse::new(Box::pin(append.into_actor(self).map(
             move |appended, actor, ctx| match appended {
-                Ok(appended) => {
+                Ok((appended, along)) => {
                     actor.appended(&events, appended.version);
-                    Ok(actor.executed(events))
+                    Ok(actor.executed(events, along.map(|a| a.version)))
                 }
                 Err(error) => {
                     // The journal's outcome is unknown (or the stream moved under us): stop, and
@@ -168,11 +166,12 @@ impl<A: Aggregate> ObjectActor<A> {
         }
     }
 
-    fn executed(&self, events: Vec<A::Event>) -> Executed<A> {
+    fn executed(&self, events: Vec<A::Event>, along_version: Option<u64>) -> Executed<A> {
         Executed {
             events,
             state: self.state.clone(),
             version: self.version,
+            along_version,
         }
     }
 }
@@ -218,6 +217,8 @@ pub struct Executed<A: Aggregate> {
     pub state: A::State,
     /// The stream version after them.
     pub version: u64,
+    /// For [`ExecuteAlong`]: the other stream's version after the append.
+    pub along_version: Option<u64>,
 }
 
 impl<A: Aggregate> Message for Execute<A> {
@@ -296,8 +297,10 @@ impl<A: Aggregate> Handler<Get<A>> for ObjectActor<A> {
 
 /// Checks a call's signature against the secrets valid now and, only if one of them signed it,
 /// reads the call's nonce and timestamp (which the signature covers). Answers
-/// [`Error::InvalidSignature`] when no secret signed it, or a rejection when it is malformed.
-pub type SignatureCheck = Box<dyn FnOnce(&[Secret]) -> Result<SignedCall, Error> + Send>;
+/// [`Error::InvalidSignature`] when no secret signed it, or a rejection when it is malformed (or
+/// the caller's rate limit, which counts only signed calls, is spent). A `Fn`, so that a delivery
+/// that meets a stopping actor is sent again.
+pub type SignatureCheck = Arc<dyn Fn(&[Secret]) -> Result<SignedCall, Error> + Send + Sync>;
 
 /// What a verified call says of itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,101 +311,82 @@ pub struct SignedCall {
     pub timestamp: Timestamp,
 }
 
-/// What a webhook call goes on to once its nonce is accepted: the policy's execution, which must
-/// append the webhook's `StreamAppend` (its nonce) together with its own events, all or none.
-pub type Proceed = Box<dyn FnOnce(Accepted, StreamAppend) -> Execution + Send>;
+/// A future answered by the next step of an [`Along`].
+pub type Next<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Error>> + Send>>;
 
-/// A policy execution under way.
-pub type Execution =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<PolicyExecution, Error>> + Send>>;
-
-/// A signed webhook call: the signature is checked against the secrets valid now, and only then
-/// is the nonce offered to the window (so a bad signature never records a nonce). Then the call
-/// proceeds to its policy's execution, whose append carries the nonce: both are on disk, or
-/// neither is. The webhook's actor takes no other message until then, so concurrent copies of
-/// one request are decided one at a time.
-pub struct AcceptSigned {
-    /// The allowed clock skew.
-    pub tolerance_seconds: u32,
-    /// The most nonces the webhook remembers.
-    pub window_capacity: usize,
-    /// The signature check, run against the secrets valid now.
-    pub check: SignatureCheck,
-    /// What the call proceeds to.
-    pub proceed: Proceed,
+/// Decides a command built from the object's state, then hands its events, as one part of an
+/// append (a [`StreamAppend`] built by the store, like every command's), to the next step, which
+/// appends them together with its own: all of them or none. The actor takes no other message
+/// until the next step answers, and applies its events only once they are durable, at the
+/// stream version the append reports. A webhook's nonce rides with its policy execution this
+/// way, and an alarm's record of an action with the action's execution.
+///
+/// Both steps are `Fn`s, so that a delivery that meets a stopping actor is sent again.
+pub struct Along<A: Aggregate, C, T> {
+    /// The command, and what the next step must know, from the state at `now`.
+    pub command: CommandOf<A, C>,
+    /// Appends the part with its own events; answers its outcome and this stream's version
+    /// after the append.
+    pub then: Then<C, T>,
 }
 
-/// An accepted call, before its nonce is recorded: what its execution needs to know.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
-    /// The webhook.
-    pub webhook_id: WebhookId,
-    /// The policy it executes.
-    pub policy_id: PolicyId,
+/// See [`Along::command`].
+pub type CommandOf<A, C> = Arc<
+    dyn Fn(&<A as Aggregate>::State, Timestamp) -> Result<(<A as Aggregate>::Command, C), Error>
+        + Send
+        + Sync,
+>;
+
+/// See [`Along::then`].
+pub type Then<C, T> = Arc<dyn Fn(C, StreamAppend) -> Next<(T, u64)> + Send + Sync>;
+
+impl<A: Aggregate, C, T> Clone for Along<A, C, T> {
+    fn clone(&self) -> Self {
+        Along {
+            command: self.command.clone(),
+            then: self.then.clone(),
+        }
+    }
 }
 
-impl Message for AcceptSigned {
-    type Result = Result<PolicyExecution, Error>;
+impl<A: Aggregate, C: 'static, T: 'static> Message for Along<A, C, T> {
+    type Result = Result<T, Error>;
 }
 
-impl Handler<AcceptSigned> for ObjectActor<Webhooks> {
-    type Result = AtomicResponse<Self, Result<PolicyExecution, Error>>;
+impl<A: Aggregate, C: 'static, T: 'static> Handler<Along<A, C, T>> for ObjectActor<A> {
+    type Result = AtomicResponse<Self, Result<T, Error>>;
 
-    fn handle(&mut self, call: AcceptSigned, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, along: Along<A, C, T>, _: &mut Self::Context) -> Self::Result {
         self.touch();
         if !self.usable() {
             return ready(Err(Error::Unavailable));
         }
         let now = self.clock.now();
-        let webhook = match &self.state {
-            Some(webhook) if !webhook.revoked => webhook,
-            _ => return ready(Err(Rejection::not_found("webhook").into())),
-        };
-        let secrets: Vec<Secret> = webhook.valid_secrets(now).cloned().collect();
-        let accepted = Accepted {
-            webhook_id: webhook.id.clone(),
-            policy_id: webhook.policy_id.clone(),
-        };
-        let signed = match (call.check)(&secrets) {
-            Ok(signed) => signed,
+        let decided = (along.command)(&self.state, now).and_then(|(command, context)| {
+            let events = A::decide(&self.state, &command, now)?;
+            let part = store::part::<A>(&self.id, self.version, &events, now)?;
+            Ok((events, context, part))
+        });
+        let (events, context, part) = match decided {
+            Ok(decided) => decided,
             Err(error) => return ready(Err(error)),
         };
-        let command = WebhookCommand::AcceptNonce {
-            nonce: signed.nonce,
-            timestamp: signed.timestamp,
-            tolerance_seconds: call.tolerance_seconds,
-            window_capacity: call.window_capacity,
-        };
-        let events = match Webhooks::decide(&self.state, &command, now) {
-            Ok(events) => events,
-            Err(rejection) => return ready(Err(rejection.into())),
-        };
-        let nonce = match store::records::<Webhooks>(&events, now) {
-            Ok(records) => StreamAppend {
-                stream: self.id.clone(),
-                expected: store::expected(self.version),
-                events: records,
-            },
-            Err(error) => return ready(Err(error)),
-        };
-        let proceed = (call.proceed)(accepted, nonce);
-        AtomicResponse::new(Box::pin(proceed.into_actor(self).map(
-            move |executed, actor, _| {
-                match &executed {
-                    Ok(_) => {
-                        let version = actor.version + events.len() as u64;
-                        actor.appended(&events, version);
-                    }
-                    // Refused before the append (no such policy, a deleted group) the nonce is
-                    // not on disk; after a fault it may be. The journal tells which.
-                    Err(_) => {
-                        let on_disk = actor.journal.stream_version(&actor.id);
-                        if on_disk.map_or(true, |version| version != actor.version) {
-                            actor.rebuild();
-                        }
-                    }
+        let next = (along.then)(context, part);
+        AtomicResponse::new(Box::pin(next.into_actor(self).map(
+            move |done, actor, _| match done {
+                Ok((value, version)) => {
+                    actor.appended(&events, version);
+                    Ok(value)
                 }
-                executed
+                Err(error) => {
+                    // Refused before the append (a dead route, a cooldown's record refused) the
+                    // part is not on disk; after a fault it may be. The journal tells which.
+                    let on_disk = actor.journal.stream_version(&actor.id);
+                    if on_disk.map_or(true, |version| version != actor.version) {
+                        actor.rebuild();
+                    }
+                    Err(error)
+                }
             },
         )))
     }

@@ -62,8 +62,22 @@ pub fn records<A: Aggregate>(events: &[A::Event], now: Timestamp) -> Result<Vec<
         .collect()
 }
 
+/// Object `id`'s part of an append: `events`, decided at `now`, expected at `version`.
+pub fn part<A: Aggregate>(
+    id: &str,
+    version: u64,
+    events: &[A::Event],
+    now: Timestamp,
+) -> Result<StreamAppend, Error> {
+    Ok(StreamAppend {
+        stream: id.to_owned(),
+        expected: expected(version),
+        events: records::<A>(events, now)?,
+    })
+}
+
 /// The version an append to a stream now at `version` expects.
-pub fn expected(version: u64) -> ExpectedVersion {
+fn expected(version: u64) -> ExpectedVersion {
     match version {
         0 => ExpectedVersion::NoStream,
         v => ExpectedVersion::Exact(v),
@@ -71,7 +85,8 @@ pub fn expected(version: u64) -> ExpectedVersion {
 }
 
 /// Appends `events` to object `id`'s stream, expected at `version`, and with them `along`
-/// (another stream's part, all or none) when given; returns once they are durable.
+/// (another stream's part, all or none) when given; returns once they are durable, with where
+/// each part landed.
 pub async fn append<A: Aggregate>(
     journal: &Journal,
     id: &str,
@@ -79,18 +94,20 @@ pub async fn append<A: Aggregate>(
     events: &[A::Event],
     now: Timestamp,
     along: Option<StreamAppend>,
-) -> Result<Appended, Error> {
-    let records = records::<A>(events, now)?;
+) -> Result<(Appended, Option<Appended>), Error> {
+    let own = part::<A>(id, version, events, now)?;
     let Some(along) = along else {
-        return Ok(journal.append_async(id, expected(version), records).await?);
+        let appended = journal.append_async(id, own.expected, own.events).await?;
+        return Ok((appended, None));
     };
-    let own = StreamAppend {
-        stream: id.to_owned(),
-        expected: expected(version),
-        events: records,
-    };
-    let mut appended = journal.append_all_async(vec![own, along]).await?;
-    Ok(appended.swap_remove(0))
+    let mut appended = journal
+        .append_all_async(vec![own, along])
+        .await?
+        .into_iter();
+    match (appended.next(), appended.next()) {
+        (Some(own), Some(along)) => Ok((own, Some(along))),
+        _ => Err(flotilla_journal::Error::InvalidEvent("an append lost a part".into()).into()),
+    }
 }
 
 /// Saves `state` as object `id`'s snapshot at `version` (a cache: failure only costs replay).

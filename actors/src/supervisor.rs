@@ -1,7 +1,8 @@
 //! The supervisor: starts each object's actor on demand (spread over a few arbiter threads),
 //! restarts one that fails with its state replayed, and routes the messages that cross objects:
-//! a policy execution (policy → group) and a signed webhook call (webhook's nonce window →
-//! policy → group's cooldown).
+//! a policy execution (policy → group) and a signed webhook call (webhook's signature and nonce
+//! window → policy → group, which decides the whole route's liveness, its outcome, and records
+//! both with the nonce in one append).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -15,11 +16,12 @@ use crate::aggregate::{Aggregate, Groups, Policies, Webhooks};
 use crate::clock::Clock;
 use crate::domain::group::{Group, GroupCommand, GroupEvent, Outcome};
 use crate::domain::policy::Policy;
+use crate::domain::route::{self, Route, Via};
+use crate::domain::webhook::{Secret, WebhookCommand, WebhookState};
 use crate::domain::{nonce_window, Cause, PolicyId, Rejection, WebhookId};
 use crate::error::Error;
 use crate::object::{
-    AcceptSigned, Accepted, Execute, ExecuteAlong, Executed, Get, Idle, ObjectActor, Observed,
-    Proceed, SignatureCheck,
+    Along, Execute, ExecuteAlong, Executed, Get, Idle, Next, ObjectActor, Observed, SignatureCheck,
 };
 
 /// How the supervisor runs.
@@ -61,6 +63,8 @@ pub struct PolicyExecution {
     pub group: Group,
     /// The recorded event, with its computation.
     pub event: GroupEvent,
+    /// The version of the stream whose part rode along (a webhook's nonce), if one did.
+    pub along_version: Option<u64>,
 }
 
 /// Hands out actor addresses and routes cross-object messages. Cloning is cheap.
@@ -242,8 +246,8 @@ impl Supervisor {
         self.ask::<A, _>(id, Get::<A>::default).await?
     }
 
-    /// Executes a policy against its group: the group's actor decides (bounds, cooldown, pause)
-    /// and records the outcome, whatever it is.
+    /// Executes a policy against its group: the group's actor decides (the route's liveness,
+    /// bounds, cooldown, pause) and records the outcome, whatever it is.
     pub async fn execute_policy(
         &self,
         policy_id: &PolicyId,
@@ -251,31 +255,34 @@ impl Supervisor {
     ) -> Result<PolicyExecution, Error> {
         let id = policy_id.clone();
         self.on_arbiter_of(policy_id.as_str(), move |this| async move {
-            this.execute_policy_here(&id, cause, None).await
+            this.execute_policy_here(&id, cause, None, None).await
         })
         .await
     }
 
-    /// [`Self::execute_policy`], on the calling thread; with `along` (a webhook's nonce) the
-    /// group's append carries it too, all or none.
+    /// [`Self::execute_policy`], on the calling thread, for a call that came through `via`;
+    /// with `along` (a webhook's nonce, an alarm's record of its action) the group's append
+    /// carries it too, all or none.
     async fn execute_policy_here(
         &self,
         policy_id: &PolicyId,
         cause: Cause,
+        via: Option<Via>,
         along: Option<StreamAppend>,
     ) -> Result<PolicyExecution, Error> {
-        let policy = self
-            .get::<Policies>(policy_id.as_str())
-            .await?
-            .state
-            .filter(|policy| !policy.deleted)
-            .ok_or_else(|| Rejection::not_found("policy"))?;
-        let command = GroupCommand::ExecutePolicy {
-            policy_id: policy.id.clone(),
-            adjustment: policy.adjustment(),
-            cooldown_seconds: policy.definition.cooldown_seconds,
-            cause,
+        let route = Route {
+            policy_id: policy_id.clone(),
+            policy: self.get::<Policies>(policy_id.as_str()).await?.state,
+            via,
         };
+        let Some(policy) = route.policy.clone() else {
+            // No policy, no group to ask: the domain names the dead link all the same.
+            let dead = route::check(&route, &None).err();
+            return Err(dead
+                .unwrap_or_else(|| Rejection::not_found("policy"))
+                .into());
+        };
+        let command = GroupCommand::ExecutePolicy { route, cause };
         let group = policy.group_id.as_str();
         let executed = match along {
             None => self.execute::<Groups>(group, command).await?,
@@ -287,26 +294,23 @@ impl Supervisor {
         let group = executed
             .state
             .ok_or_else(|| Rejection::not_found("group"))?;
-        let event = executed
-            .events
-            .into_iter()
-            .find(|event| matches!(event, GroupEvent::PolicyExecuted { .. }))
-            .ok_or_else(|| Rejection::not_found("group"))?;
-        let GroupEvent::PolicyExecuted { outcome, .. } = &event else {
-            unreachable!("found above");
+        let Some(GroupEvent::PolicyExecuted { outcome, .. }) = executed.events.first() else {
+            return Err(Rejection::not_found("group").into());
         };
         Ok(PolicyExecution {
             outcome: outcome.clone(),
             policy,
+            event: executed.events[0].clone(),
             group,
-            event,
+            along_version: executed.along_version,
         })
     }
 
     /// A signed webhook call: the webhook's actor checks the signature against its valid
-    /// secrets, then the timestamp and nonce windows; then its policy is executed, with the
-    /// webhook as cause, and the group's append carries the nonce: both are durable when this
-    /// returns, or neither is.
+    /// secrets (and `check` the caller's rate limit), then the timestamp and nonce windows;
+    /// then its policy is executed, with the webhook as cause, and the group's append carries
+    /// the nonce: both are durable when this returns, or neither is. A delivery that meets a
+    /// stopping actor is sent again, like any other message.
     pub async fn deliver_webhook(
         &self,
         webhook_id: &WebhookId,
@@ -325,24 +329,50 @@ impl Supervisor {
         webhook_id: &WebhookId,
         check: SignatureCheck,
     ) -> Result<PolicyExecution, Error> {
-        let addr = self.address::<Webhooks>(webhook_id.as_str())?;
+        let (tolerance_seconds, window_capacity) = (
+            self.inner.config.webhook_tolerance_seconds,
+            self.inner.config.nonce_window_capacity,
+        );
+        let command = Arc::new(move |state: &WebhookState, now| {
+            // An unknown webhook has no secret a signature could be checked against.
+            let webhook = state
+                .as_ref()
+                .ok_or_else(|| Rejection::not_found("webhook"))?;
+            let secrets: Vec<Secret> = webhook.valid_secrets(now).cloned().collect();
+            let signed = check(&secrets)?;
+            let via = Via {
+                webhook_id: webhook.id.clone(),
+                policy_id: webhook.policy_id.clone(),
+                revoked: webhook.revoked,
+            };
+            let accept = WebhookCommand::AcceptNonce {
+                nonce: signed.nonce,
+                timestamp: signed.timestamp,
+                tolerance_seconds,
+                window_capacity,
+            };
+            Ok((accept, via))
+        });
         let this = self.clone();
-        let proceed: Proceed = Box::new(move |accepted: Accepted, nonce: StreamAppend| {
+        let then = Arc::new(move |via: Via, nonce: StreamAppend| -> Next<_> {
+            let this = this.clone();
             Box::pin(async move {
                 let cause = Cause::Webhook {
-                    webhook_id: accepted.webhook_id,
+                    webhook_id: via.webhook_id.clone(),
                 };
-                this.execute_policy_here(&accepted.policy_id, cause, Some(nonce))
-                    .await
+                let policy_id = via.policy_id.clone();
+                let execution = this
+                    .execute_policy_here(&policy_id, cause, Some(via), Some(nonce))
+                    .await?;
+                let version = execution
+                    .along_version
+                    .ok_or_else(|| Rejection::not_found("webhook"))?;
+                Ok((execution, version))
             })
         });
-        let call = AcceptSigned {
-            tolerance_seconds: self.inner.config.webhook_tolerance_seconds,
-            window_capacity: self.inner.config.nonce_window_capacity,
-            check,
-            proceed,
-        };
-        addr.send(call).await.map_err(|_| Error::Unavailable)?
+        let along: Along<Webhooks, Via, PolicyExecution> = Along { command, then };
+        self.ask::<Webhooks, _>(webhook_id.as_str(), || along.clone())
+            .await?
     }
 
     /// Runs `work` on the arbiter that hosts object `id`'s actor and answers its outcome. A

@@ -104,11 +104,14 @@ async fn capacity(w: &World, group: &GroupId) -> u32 {
 /// A call with `nonce` at `timestamp`, "signed" with `key` (the HMAC itself is the service's).
 fn signed_with(key: [u8; 32], nonce: &str, timestamp: Timestamp) -> SignatureCheck {
     let nonce = nonce.to_owned();
-    Box::new(move |secrets: &[Secret]| {
+    std::sync::Arc::new(move |secrets: &[Secret]| {
         if !secrets.iter().any(|s| s.key() == &key) {
             return Err(Error::InvalidSignature);
         }
-        Ok(SignedCall { nonce, timestamp })
+        Ok(SignedCall {
+            nonce: nonce.clone(),
+            timestamp,
+        })
     })
 }
 
@@ -349,11 +352,17 @@ async fn a_caller_that_finds_a_dead_actor_does_not_unregister_its_successor() {
     let h = webhook(&w, &p, &g).await;
     let first = w.supervisor.address::<Webhooks>(h.as_str()).unwrap();
 
-    // The webhook's actor dies (its signature check panics) while a read waits in its mailbox.
+    // The webhook's actor dies (its signature check panics, once) while a read waits in its
+    // mailbox.
     let (go, wait) = std::sync::mpsc::channel::<()>();
-    let check: flotilla_actors::object::SignatureCheck = Box::new(move |_| {
-        let _ = wait.recv();
-        panic!("a signature check that panics");
+    let wait = std::sync::Mutex::new(Some(wait));
+    let check: flotilla_actors::object::SignatureCheck = std::sync::Arc::new(move |_| {
+        let first_call = wait.lock().unwrap().take();
+        if let Some(wait) = first_call {
+            let _ = wait.recv();
+            panic!("a signature check that panics");
+        }
+        Err(Error::InvalidSignature)
     });
     let mut delivery = Box::pin(w.supervisor.deliver_webhook(&h, check));
     assert!(futures::poll!(delivery.as_mut()).is_pending());
@@ -370,7 +379,8 @@ async fn a_caller_that_finds_a_dead_actor_does_not_unregister_its_successor() {
 
     // Another caller starts its successor before the waiting read learns of the death.
     let successor = w.supervisor.address::<Webhooks>(h.as_str()).unwrap();
-    assert!(matches!(delivery.await, Err(Error::Unavailable)));
+    // The delivery was sent again, to the successor, and answered there: never a 503.
+    assert!(matches!(delivery.await, Err(Error::InvalidSignature)));
     let observed = read.await.unwrap();
     assert!(observed.state.is_some());
 

@@ -179,11 +179,14 @@ fn key(n: u8) -> [u8; 32] {
 /// A call "signed" with `key` (the HMAC itself is the service's), carrying `nonce` and
 /// `timestamp`.
 fn signed_with(key: [u8; 32], nonce: String, timestamp: Timestamp) -> SignatureCheck {
-    Box::new(move |secrets: &[Secret]| {
+    std::sync::Arc::new(move |secrets: &[Secret]| {
         if !secrets.iter().any(|s| s.key() == &key) {
             return Err(Error::InvalidSignature);
         }
-        Ok(SignedCall { nonce, timestamp })
+        Ok(SignedCall {
+            nonce: nonce.clone(),
+            timestamp,
+        })
     })
 }
 

@@ -1,13 +1,17 @@
 //! `POST /v1/hooks/{webhook_id}`: a signed webhook call (SPEC section 4).
 //!
-//! In order: the source address's rate limit, the webhook's existence (404), its rate limit, the
-//! 64 KiB body limit, the headers' form; then, inside the webhook's actor, the signature over
-//! the raw bytes against the secrets valid now (constant time), the timestamp window and the
-//! nonce window (recording the nonce); then the policy's execution. Neither the secret nor the
-//! signature is ever logged.
+//! In order: the source address's rate limit (every call counts), a known webhook id (so a flood
+//! of made-up ids starts no actor), the 64 KiB body limit, the headers' form; then, inside the
+//! webhook's actor, the signature over the raw bytes against the secrets valid now (constant
+//! time), and only for a call it signed, the webhook's rate limit (so knowing the URL is not
+//! enough to starve its signed caller), the timestamp window and the nonce window; then the
+//! group decides the whole route's liveness and the execution, and records it with the nonce in
+//! one append. Neither the secret nor the signature is ever logged.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use flotilla_actors::domain::WebhookId;
+use std::sync::Arc;
+
+use flotilla_actors::domain::{Rejection, WebhookId};
 use flotilla_actors::error::Error as ActorError;
 use flotilla_actors::object::{SignatureCheck, SignedCall};
 use flotilla_actors::supervisor::PolicyExecution;
@@ -87,20 +91,11 @@ async fn deliver(
         })?;
     }
     let id = WebhookId::new(id);
-    // A webhook whose policy or group was deleted is as gone as a revoked one: refused before
-    // its nonce is recorded.
-    let live = state.index.webhook(&id).filter(|owner| {
-        let policy = owner.policy.as_ref().and_then(|p| state.index.policy(p));
-        policy.is_some() && state.index.owns_group(&owner.tenant, &owner.group)
-    });
-    if live.is_none() {
+    // Only whether the id is known (and unrevoked): whether the webhook, its policy and its
+    // group are all live is the domain's to decide, with the execution (`route::check`).
+    if state.index.webhook(&id).is_none() {
         return Err(ApiError::not_found("webhook"));
     }
-    state
-        .limits
-        .webhook
-        .check(&id.to_string())
-        .map_err(|retry| ApiError::rate_limited("too many calls to this webhook", retry))?;
     let limit = state.settings.body_limit;
     let body = payload
         .to_bytes_limited(limit)
@@ -119,9 +114,18 @@ async fn deliver(
         header(req, "webhook-signature")?,
     )
     .map_err(refused)?;
-    let check: SignatureCheck = Box::new(move |secrets| {
+    let limits = state.limits.clone();
+    let key = id.to_string();
+    let check: SignatureCheck = Arc::new(move |secrets| {
         let keys = secrets.iter().map(|secret| secret.key().as_slice());
         let (nonce, timestamp) = call.verify(keys, &body).map_err(refused)?;
+        limits
+            .webhook
+            .check(&key)
+            .map_err(|retry_after_seconds| Rejection::RateLimited {
+                what: "too many calls to this webhook",
+                retry_after_seconds,
+            })?;
         Ok(SignedCall { nonce, timestamp })
     });
     Ok(state.supervisor.deliver_webhook(&id, check).await?)

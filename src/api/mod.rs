@@ -46,7 +46,7 @@ pub struct AppState {
     /// Set once the journal is replayed into the index.
     pub ready: Arc<AtomicBool>,
     /// Webhook call limits.
-    pub limits: WebhookLimits,
+    pub limits: Arc<WebhookLimits>,
     /// Metric samples and the alarms' evaluation.
     pub evaluator: Arc<Evaluator>,
     /// The service's own metrics.

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::scaling::{self, Adjustment, Computation};
+use super::route::{self, Route};
+use super::scaling::{self, Computation};
 use super::server::{Server, ServerState};
 use super::{
     validate_cooldown, validate_name, Cause, DomainEvent, GroupId, PolicyId, Rejection, TenantId,
@@ -164,14 +165,11 @@ pub enum GroupCommand {
     ReportServers(Vec<ServerReport>),
     /// Remove these servers (scale-in, in the termination order the caller applied).
     DeleteServers(Vec<String>),
-    /// Execute a policy: its adjustment and cooldown come from the policy.
+    /// Execute a policy: its adjustment and cooldown come from the policy, which must be live
+    /// with everything the execution passed through (see [`route::check`]).
     ExecutePolicy {
-        /// The executing policy.
-        policy_id: PolicyId,
-        /// The policy's adjustment.
-        adjustment: Adjustment,
-        /// The policy's cooldown; the group's when absent.
-        cooldown_seconds: Option<u32>,
+        /// The policy, and the webhook the call came through if one did.
+        route: Route,
         /// What set it in motion.
         cause: Cause,
     },
@@ -417,6 +415,24 @@ pub fn decide(
     if let GroupCommand::Create(new) = cmd {
         return decide_create(state, new, now);
     }
+    if let GroupCommand::ExecutePolicy { route, cause } = cmd {
+        let (group, policy) = route::check(route, state)?;
+        let computation = scaling::compute(
+            group.desired_capacity,
+            policy.adjustment(),
+            group.min_size,
+            group.max_size,
+        );
+        let cooldown_seconds = policy.definition.cooldown_seconds;
+        let outcome = execution_outcome(group, &computation, cooldown_seconds, now);
+        return Ok(vec![GroupEvent::PolicyExecuted {
+            policy_id: policy.id.clone(),
+            cause: cause.clone(),
+            outcome,
+            computation,
+            at: now,
+        }]);
+    }
     let group = match state {
         Some(group) if !group.deleted => group,
         _ => return Err(Rejection::not_found("group")),
@@ -459,27 +475,7 @@ pub fn decide(
                 at: now,
             })
             .collect()),
-        GroupCommand::ExecutePolicy {
-            policy_id,
-            adjustment,
-            cooldown_seconds,
-            cause,
-        } => {
-            let computation = scaling::compute(
-                group.desired_capacity,
-                *adjustment,
-                group.min_size,
-                group.max_size,
-            );
-            let outcome = execution_outcome(group, &computation, *cooldown_seconds, now);
-            Ok(vec![GroupEvent::PolicyExecuted {
-                policy_id: policy_id.clone(),
-                cause: cause.clone(),
-                outcome,
-                computation,
-                at: now,
-            }])
-        }
+        GroupCommand::ExecutePolicy { .. } => unreachable!("decided above"),
     }
 }
 
@@ -841,7 +837,9 @@ pub fn replay<'a>(events: impl IntoIterator<Item = &'a GroupEvent>) -> GroupStat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::scaling::{AdjustmentType, Constraint};
+    use crate::domain::policy::{Policy, PolicyDefinition};
+    use crate::domain::route::Route;
+    use crate::domain::scaling::{Adjustment, AdjustmentType, Constraint};
     use serde_json::json;
 
     const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
@@ -879,17 +877,39 @@ mod tests {
         (state, events)
     }
 
-    fn change(value: i64, cooldown_seconds: Option<u32>) -> GroupCommand {
-        GroupCommand::ExecutePolicy {
-            policy_id: PolicyId::new("pol_1"),
-            adjustment: Adjustment {
-                kind: AdjustmentType::Change,
-                value,
-                min_adjustment_step: None,
+    /// An execution of policy `pol_1` of `grp_1` with `adjustment`.
+    fn execute(
+        adjustment: Adjustment,
+        cooldown_seconds: Option<u32>,
+        cause: Cause,
+    ) -> GroupCommand {
+        let policy = Policy {
+            id: PolicyId::new("pol_1"),
+            group_id: GroupId::new("grp_1"),
+            tenant_id: TenantId::new("ten_1"),
+            definition: PolicyDefinition {
+                name: "p".into(),
+                adjustment_type: adjustment.kind,
+                adjustment: adjustment.value,
+                min_adjustment_step: adjustment.min_adjustment_step,
+                cooldown_seconds,
             },
-            cooldown_seconds,
-            cause: Cause::Direct,
+            deleted: false,
+            created_at: T0,
+        };
+        GroupCommand::ExecutePolicy {
+            route: Route::direct(policy),
+            cause,
         }
+    }
+
+    fn change(value: i64, cooldown_seconds: Option<u32>) -> GroupCommand {
+        let adjustment = Adjustment {
+            kind: AdjustmentType::Change,
+            value,
+            min_adjustment_step: None,
+        };
+        execute(adjustment, cooldown_seconds, Cause::Direct)
     }
 
     fn outcome_of(events: &[GroupEvent]) -> &Outcome {
@@ -1303,7 +1323,7 @@ mod tests {
                 1 => Just(GroupCommand::Resume),
                 1 => Just(GroupCommand::Delete),
                 16 => (adjustment(), proptest::option::of(0u32..4), cause()).prop_map(|(adjustment, cooldown_seconds, cause)| {
-                    GroupCommand::ExecutePolicy { policy_id: PolicyId::new("pol_1"), adjustment, cooldown_seconds, cause }
+                    execute(adjustment, cooldown_seconds, cause)
                 }),
             ]
         }

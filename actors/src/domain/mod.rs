@@ -15,6 +15,7 @@ pub mod evaluation;
 pub mod group;
 pub mod nonce_window;
 pub mod policy;
+pub mod route;
 pub mod samples;
 pub mod scaling;
 pub mod server;
@@ -228,6 +229,15 @@ pub enum Rejection {
     /// 409 `replayed`: this nonce was already accepted for this webhook and is still remembered.
     #[error("nonce already used")]
     Replayed,
+    /// 429 `rate_limited`: the caller spent its rate limit; it may try again after
+    /// `retry_after_seconds` (the `Retry-After` header).
+    #[error("{what}; retry after {retry_after_seconds} s")]
+    RateLimited {
+        /// Whose limit, in lowercase prose.
+        what: &'static str,
+        /// Seconds until a call is allowed again.
+        retry_after_seconds: u64,
+    },
     /// 429 `nonce_window_full`: the webhook remembers as many nonces as it may; none expires
     /// early, so the caller must wait `retry_after_seconds` (the `Retry-After` header).
     #[error("too many recent calls to this webhook; retry after {retry_after_seconds} s")]
@@ -266,6 +276,7 @@ impl Rejection {
             Rejection::TimestampOutOfWindow { .. } => "timestamp_out_of_window",
             Rejection::Replayed => "replayed",
             Rejection::NonceWindowFull { .. } => "nonce_window_full",
+            Rejection::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -278,7 +289,7 @@ impl Rejection {
             Rejection::AlreadyExists { .. } | Rejection::Conflict { .. } | Rejection::Replayed => {
                 409
             }
-            Rejection::NonceWindowFull { .. } => 429,
+            Rejection::NonceWindowFull { .. } | Rejection::RateLimited { .. } => 429,
         }
     }
 
@@ -287,6 +298,10 @@ impl Rejection {
         match self {
             Rejection::NonceWindowFull {
                 retry_after_seconds,
+            }
+            | Rejection::RateLimited {
+                retry_after_seconds,
+                ..
             } => Some(*retry_after_seconds),
             _ => None,
         }
