@@ -16,7 +16,8 @@ use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmDefinition, AlarmEvent, AlarmState};
 use flotilla_actors::domain::evaluation::{actions, evaluate, next_state};
 use flotilla_actors::domain::samples::{RecordError, Recorded, Sample, SeriesStore};
-use flotilla_actors::domain::{AlarmId, Cause, GroupId};
+use flotilla_actors::domain::{AlarmId, Cause, GroupId, PolicyId, Rejection};
+use flotilla_actors::error::Error as ActorError;
 use flotilla_actors::supervisor::Supervisor;
 
 /// What the evaluator knows of one alarm.
@@ -24,6 +25,9 @@ use flotilla_actors::supervisor::Supervisor;
 struct Watched {
     definition: AlarmDefinition,
     state: AlarmState,
+    /// The number of its latest transition, and that transition's actions not yet taken.
+    transition: u64,
+    pending: Vec<PolicyId>,
     /// The end of the next period to close: the next evaluation is due then.
     next_due: Timestamp,
 }
@@ -56,7 +60,19 @@ pub struct AlarmTable {
 }
 
 /// An alarm as a checkpoint keeps it.
-pub type SavedAlarm = (AlarmId, AlarmDefinition, AlarmState);
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedAlarm {
+    /// Its id.
+    pub id: AlarmId,
+    /// Its definition.
+    pub definition: AlarmDefinition,
+    /// Its state.
+    pub state: AlarmState,
+    /// The number of its latest transition.
+    pub transition: u64,
+    /// That transition's actions not yet taken.
+    pub pending: Vec<PolicyId>,
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -98,25 +114,31 @@ impl AlarmTable {
         drop(store);
         let mut saved: Vec<SavedAlarm> = alarms
             .iter()
-            .map(|(id, w)| (id.clone(), w.definition.clone(), w.state))
+            .map(|(id, w)| SavedAlarm {
+                id: id.clone(),
+                definition: w.definition.clone(),
+                state: w.state,
+                transition: w.transition,
+                pending: w.pending.clone(),
+            })
             .collect();
-        saved.sort_by(|a, b| a.0.cmp(&b.0));
+        saved.sort_by(|a, b| a.id.cmp(&b.id));
         saved
     }
 
     /// Takes in a checkpoint's alarms (into an empty table).
     pub fn restore(&self, saved: Vec<SavedAlarm>) {
         let (mut alarms, mut store) = self.open();
-        for (id, definition, state) in saved {
-            store.watch_alarm(&definition);
-            alarms.insert(
-                id,
-                Watched {
-                    definition,
-                    state,
-                    next_due: Timestamp::EPOCH,
-                },
-            );
+        for saved in saved {
+            store.watch_alarm(&saved.definition);
+            let watched = Watched {
+                definition: saved.definition,
+                state: saved.state,
+                transition: saved.transition,
+                pending: saved.pending,
+                next_due: Timestamp::EPOCH,
+            };
+            alarms.insert(saved.id, watched);
         }
     }
 
@@ -152,6 +174,17 @@ impl AlarmTable {
             }
         }
         Ok(ingested)
+    }
+
+    /// The transitions whose actions are not all taken: alarm, transition number, actions left.
+    pub fn pending(&self) -> Vec<(AlarmId, u64, Vec<PolicyId>)> {
+        let (alarms, store) = self.open();
+        drop(store);
+        alarms
+            .iter()
+            .filter(|(_, w)| !w.pending.is_empty())
+            .map(|(id, w)| (id.clone(), w.transition, w.pending.clone()))
+            .collect()
     }
 
     /// How many alarms are watched.
@@ -222,6 +255,8 @@ fn apply(
             let watched = Watched {
                 definition,
                 state: AlarmState::InsufficientData,
+                transition: 0,
+                pending: vec![],
                 next_due,
             };
             alarms.insert(id, watched);
@@ -239,9 +274,16 @@ fn apply(
                 store.unwatch_alarm(&watched.definition);
             }
         }
-        AlarmEvent::StateChanged { to, .. } => {
+        AlarmEvent::StateChanged { to, actions, .. } => {
             if let Some(watched) = alarms.get_mut(&id) {
                 watched.state = to;
+                watched.transition += 1;
+                watched.pending = actions;
+            }
+        }
+        AlarmEvent::ActionTaken { policy_id, .. } => {
+            if let Some(watched) = alarms.get_mut(&id) {
+                watched.pending.retain(|pending| *pending != policy_id);
             }
         }
     }
@@ -266,24 +308,33 @@ impl Evaluator {
     }
 
     /// Evaluates every alarm whose period closed by `now`; returns how many were evaluated.
+    /// First it completes the transitions whose actions were not all taken (a crash, or a
+    /// fault, came between): each action is taken exactly once (SPEC 5).
     pub async fn tick(&self, now: Timestamp) -> usize {
-        let due = self.table.due(now);
-        let (evaluated, work) = due;
+        self.complete().await;
+        let (evaluated, work) = self.table.due(now);
         for (id, definition, from, datapoints) in work {
             let evaluation = evaluate(&definition, from, &datapoints);
             if evaluation.next != from {
                 self.transition(&id, datapoints).await;
             } else if from == AlarmState::Alarm {
                 let reason = format!("still in alarm: {}", evaluation.reason);
-                self.act(&id, &definition, from, from, &reason).await;
+                self.repeat(&id, &definition, &reason).await;
             }
         }
         self.table.prune(now);
         evaluated
     }
 
-    /// Sends the evaluation to the alarm's actor, which decides and journals the change; then
-    /// runs the actions of the transition it recorded.
+    /// Takes every action of a transition not yet taken.
+    pub async fn complete(&self) {
+        for (id, transition, policies) in self.table.pending() {
+            self.take(&id, transition, &policies).await;
+        }
+    }
+
+    /// Sends the evaluation to the alarm's actor, which decides and journals the change with
+    /// the actions it calls for; then takes them.
     async fn transition(&self, id: &AlarmId, datapoints: Vec<Option<f64>>) {
         let command = AlarmCommand::Evaluate { datapoints };
         let executed = match self
@@ -297,30 +348,37 @@ impl Evaluator {
                 return;
             }
         };
-        for event in &executed.events {
-            if let (
-                AlarmEvent::StateChanged {
-                    from, to, reason, ..
-                },
-                Some(alarm),
-            ) = (event, &executed.state)
-            {
-                tracing::info!(alarm = %id, from = ?from, to = ?to, "alarm changed state");
-                self.act(id, &alarm.definition, *from, *to, reason).await;
+        let (Some(AlarmEvent::StateChanged { from, to, .. }), Some(alarm)) =
+            (executed.events.first(), &executed.state)
+        else {
+            return;
+        };
+        tracing::info!(alarm = %id, from = ?from, to = ?to, "alarm changed state");
+        self.take(id, alarm.transitions, &alarm.pending_actions)
+            .await;
+    }
+
+    /// Takes `policies`, actions of `id`'s transition number `transition`, each exactly once.
+    async fn take(&self, id: &AlarmId, transition: u64, policies: &[PolicyId]) {
+        for policy in policies {
+            let taken = self
+                .supervisor
+                .take_alarm_action(id, transition, policy)
+                .await;
+            match taken {
+                Ok(_) | Err(ActorError::Rejected(Rejection::Replayed)) => {}
+                Err(error) => {
+                    tracing::warn!(alarm = %id, policy = %policy, %error, "alarm action failed")
+                }
             }
         }
     }
 
-    /// Executes the policies a state change (or a repeat in ALARM) calls for.
-    async fn act(
-        &self,
-        id: &AlarmId,
-        definition: &AlarmDefinition,
-        from: AlarmState,
-        to: AlarmState,
-        reason: &str,
-    ) {
-        for policy in actions(definition, from, to, true) {
+    /// Executes the alarm actions of an alarm that stays in ALARM with `repeat_actions` (as
+    /// Auto Scaling keeps invoking a policy; the policy's cooldown still applies).
+    async fn repeat(&self, id: &AlarmId, definition: &AlarmDefinition, reason: &str) {
+        let repeated = actions(definition, AlarmState::Alarm, AlarmState::Alarm, true);
+        for policy in repeated {
             let cause = Cause::Alarm {
                 alarm_id: id.clone(),
                 reason: reason.to_owned(),

@@ -3,11 +3,13 @@
 //! built (told each append by the journal) equal those a fresh projector rebuilds from the
 //! journal alone, as a second process following it would.
 
+mod common;
+
 use std::sync::Arc;
 
-use flotilla::alarms::AlarmTable;
-use flotilla::projector::{self, Checkpoint, Projector};
-use flotilla_actors::aggregate::{Aggregate, Alarms, Groups, Policies, Tenants, Webhooks};
+use common::world::World;
+use flotilla::projector::{Checkpoint, Projector};
+use flotilla_actors::aggregate::{Alarms, Groups, Policies, Tenants, Webhooks};
 use flotilla_actors::clock::{ManualClock, Timestamp};
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmPatch, Comparison, NewAlarm, Statistic};
 use flotilla_actors::domain::group::{GroupCommand, LaunchRequest, NewGroup, ServerReport};
@@ -16,8 +18,6 @@ use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::tenant::TenantCommand;
 use flotilla_actors::domain::webhook::WebhookCommand;
 use flotilla_actors::domain::{AlarmId, GroupId, PolicyId, TenantId, WebhookId};
-use flotilla_actors::supervisor::{Config, Supervisor};
-use flotilla_journal::Journal;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -61,93 +61,13 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The service's parts that matter here: the journal, the actors, and the live projector.
-struct World {
-    dir: tempfile::TempDir,
-    clock: ManualClock,
-    system: actix::SystemRunner,
-    supervisor: Option<Supervisor>,
-    projector: Arc<Projector>,
-}
-
-impl World {
-    /// Opens the journal in `dir`, restores the projector from its checkpoint, catches it up
-    /// and has the journal tell it every append, as the service's start does.
-    fn open(dir: tempfile::TempDir, clock: ManualClock) -> World {
-        let journal = Journal::open(dir.path()).unwrap();
-        let projector = Arc::new(Projector::new(
-            Arc::default(),
-            Arc::new(AlarmTable::default()),
-        ));
-        projector.restore(&journal).unwrap();
-        let head = journal.head().unwrap();
-        projector.replay(&journal, head.seq, 2).unwrap();
-        let live = projector.clone();
-        journal
-            .follow(head.seq, move |records| live.take_live(records))
-            .unwrap();
-        let system = actix::System::new();
-        let supervisor = system.block_on(async {
-            Supervisor::start(journal, Arc::new(clock.clone()), Config::default())
-        });
-        World {
-            dir,
-            clock,
-            system,
-            supervisor: Some(supervisor),
-            projector,
-        }
-    }
-
-    fn supervisor(&self) -> &Supervisor {
-        self.supervisor.as_ref().unwrap()
-    }
-
-    fn journal(&self) -> &Journal {
-        self.supervisor().journal()
-    }
-
-    fn restart(mut self, checkpoint: bool) -> World {
-        if checkpoint {
-            projector::catch_up(self.journal()).unwrap();
-        }
-        // The last handle on the supervisor stops its arbiters and lets the journal go.
-        drop(self.supervisor.take());
-        let World { dir, clock, .. } = self;
-        World::open(dir, clock)
-    }
-
-    /// Runs `command` against `id`; a refusal is an answer like any other here.
-    fn run<A: Aggregate>(&self, id: &str, command: A::Command) -> bool {
-        let supervisor = self.supervisor().clone();
-        let id = id.to_owned();
-        self.system
-            .block_on(async move { supervisor.execute::<A>(&id, command).await })
-            .is_ok()
-    }
-
-    fn group_servers(&self, id: &GroupId) -> Vec<String> {
-        let supervisor = self.supervisor().clone();
-        let id = id.clone();
-        self.system.block_on(async move {
-            supervisor
-                .get::<Groups>(id.as_str())
-                .await
-                .unwrap()
-                .state
-                .map(|g| g.servers.keys().cloned().collect())
-                .unwrap_or_default()
-        })
-    }
-
-    /// The read models as live, and as rebuilt from the journal alone.
-    fn both(&self) -> (Checkpoint, Checkpoint) {
-        let rebuilt = Projector::new(Arc::default(), Arc::default());
-        let head = self.journal().head().unwrap();
-        rebuilt.replay(self.journal(), head.seq, 2).unwrap();
-        assert_eq!(self.projector.seq(), head.seq, "the live projector lags");
-        (self.projector.save(), rebuilt.save())
-    }
+/// The read models as live, and as rebuilt from the journal alone.
+fn both(w: &World) -> (Checkpoint, Checkpoint) {
+    let rebuilt = Projector::new(Arc::default(), Arc::default());
+    let head = w.journal().head().unwrap();
+    rebuilt.replay(w.journal(), head.seq, 2).unwrap();
+    assert_eq!(w.projector.seq(), head.seq, "the live projector lags");
+    (w.projector.save(), rebuilt.save())
 }
 
 /// Ids created so far, by kind (deleted ones stay: commands on them are refused).
@@ -348,11 +268,11 @@ fn run_case(ops: Vec<Op>) {
             Op::Restart(checkpoint) => w = w.restart(*checkpoint),
             op => step(&w, &mut ids, op),
         }
-        let (live, rebuilt) = w.both();
+        let (live, rebuilt) = both(&w);
         assert_eq!(live, rebuilt, "after {op:?}");
     }
     // The commands did build something, or the property says little.
-    let (live, _) = w.both();
+    let (live, _) = both(&w);
     if ids.groups.len() > 1 {
         assert!(!live.index.is_empty(), "nothing was indexed");
     }

@@ -12,13 +12,14 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use flotilla_journal::{Journal, StreamAppend};
 
-use crate::aggregate::{Aggregate, Groups, Policies, Webhooks};
+use crate::aggregate::{Aggregate, Alarms, Groups, Policies, Webhooks};
 use crate::clock::Clock;
+use crate::domain::alarm::{Alarm, AlarmCommand};
 use crate::domain::group::{Group, GroupCommand, GroupEvent, Outcome};
 use crate::domain::policy::Policy;
 use crate::domain::route::{self, Route, Via};
 use crate::domain::webhook::{Secret, WebhookCommand, WebhookState};
-use crate::domain::{nonce_window, Cause, PolicyId, Rejection, WebhookId};
+use crate::domain::{nonce_window, AlarmId, Cause, PolicyId, Rejection, WebhookId};
 use crate::error::Error;
 use crate::object::{
     Along, Execute, ExecuteAlong, Executed, Get, Idle, Next, ObjectActor, Observed, SignatureCheck,
@@ -373,6 +374,74 @@ impl Supervisor {
         let along: Along<Webhooks, Via, PolicyExecution> = Along { command, then };
         self.ask::<Webhooks, _>(webhook_id.as_str(), || along.clone())
             .await?
+    }
+
+    /// Takes action `policy_id` of alarm `alarm_id`'s transition number `transition` (SPEC 5,
+    /// exactly once): the alarm records the action taken as its nonce, in the same append as the
+    /// policy's execution, so a crash leaves both or neither, and a second attempt is refused
+    /// ([`Rejection::Replayed`]) by the alarm. An action whose route is dead (its policy
+    /// deleted, say) is recorded as taken alone, so it is not tried for ever.
+    pub async fn take_alarm_action(
+        &self,
+        alarm_id: &AlarmId,
+        transition: u64,
+        policy_id: &PolicyId,
+    ) -> Result<PolicyExecution, Error> {
+        let (alarm, policy) = (alarm_id.clone(), policy_id.clone());
+        self.on_arbiter_of(alarm_id.as_str(), move |this| async move {
+            this.take_alarm_action_here(&alarm, transition, &policy)
+                .await
+        })
+        .await
+    }
+
+    /// [`Self::take_alarm_action`], on the calling thread.
+    async fn take_alarm_action_here(
+        &self,
+        alarm_id: &AlarmId,
+        transition: u64,
+        policy_id: &PolicyId,
+    ) -> Result<PolicyExecution, Error> {
+        let take = AlarmCommand::TakeAction {
+            transition,
+            policy_id: policy_id.clone(),
+        };
+        let command = {
+            let take = take.clone();
+            Arc::new(move |state: &Option<Alarm>, _| {
+                let reason = state.as_ref().map(|a| a.state_reason.clone());
+                Ok((take.clone(), reason.unwrap_or_default()))
+            })
+        };
+        let this = self.clone();
+        let (alarm, policy) = (alarm_id.clone(), policy_id.clone());
+        let then = Arc::new(move |reason: String, taken: StreamAppend| -> Next<_> {
+            let (this, alarm, policy) = (this.clone(), alarm.clone(), policy.clone());
+            Box::pin(async move {
+                let cause = Cause::Alarm {
+                    alarm_id: alarm,
+                    reason,
+                };
+                let execution = this
+                    .execute_policy_here(&policy, cause, None, Some(taken))
+                    .await?;
+                let version = execution
+                    .along_version
+                    .ok_or_else(|| Rejection::not_found("alarm"))?;
+                Ok((execution, version))
+            })
+        });
+        let along: Along<Alarms, String, PolicyExecution> = Along { command, then };
+        let taken = self
+            .ask::<Alarms, _>(alarm_id.as_str(), || along.clone())
+            .await?;
+        if let Err(Error::Rejected(Rejection::NotFound { object })) = &taken {
+            if *object != "alarm" {
+                // Nothing to execute: the action is done with.
+                self.execute::<Alarms>(alarm_id.as_str(), take).await?;
+            }
+        }
+        taken
     }
 
     /// Runs `work` on the arbiter that hosts object `id`'s actor and answers its outcome. A

@@ -2,6 +2,8 @@
 //! a manual clock so time-based rules are tested without sleeping.
 #![allow(dead_code)]
 
+pub mod world;
+
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;

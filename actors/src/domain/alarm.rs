@@ -212,6 +212,12 @@ pub struct Alarm {
     pub deleted: bool,
     /// When it was created.
     pub created_at: Timestamp,
+    /// How many times it changed state: the number of its latest transition.
+    #[serde(default)]
+    pub transitions: u64,
+    /// The latest transition's actions not yet recorded as taken (SPEC 5: exactly once).
+    #[serde(default)]
+    pub pending_actions: Vec<PolicyId>,
 }
 
 /// What can be asked of an alarm.
@@ -236,6 +242,15 @@ pub enum AlarmCommand {
         to: AlarmState,
         /// Why: the datapoints that decided it.
         reason: String,
+    },
+    /// Record that transition number `transition` took its action `policy_id` (the alarm's
+    /// nonce for that action: recorded with the policy's execution, all or none). An action
+    /// already taken, or of an earlier transition, is [`Rejection::Replayed`].
+    TakeAction {
+        /// The transition's number ([`Alarm::transitions`] once it happened).
+        transition: u64,
+        /// The policy executed.
+        policy_id: PolicyId,
     },
 }
 
@@ -278,6 +293,18 @@ pub enum AlarmEvent {
         reason: String,
         /// When.
         at: Timestamp,
+        /// The policies this transition executes, each once.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        actions: Vec<PolicyId>,
+    },
+    /// One action of a transition was taken: its policy's execution was recorded with this.
+    ActionTaken {
+        /// The transition's number.
+        transition: u64,
+        /// The policy executed.
+        policy_id: PolicyId,
+        /// When.
+        at: Timestamp,
     },
 }
 
@@ -290,6 +317,7 @@ impl DomainEvent for AlarmEvent {
             AlarmEvent::Updated { .. } => "updated",
             AlarmEvent::Deleted { .. } => "deleted",
             AlarmEvent::StateChanged { .. } => "state_changed",
+            AlarmEvent::ActionTaken { .. } => "action_taken",
         }
     }
 }
@@ -348,28 +376,39 @@ pub fn decide(
         AlarmCommand::Evaluate { datapoints } => {
             let evaluation =
                 super::evaluation::evaluate(&alarm.definition, alarm.state, datapoints);
-            if evaluation.next == alarm.state {
-                return Ok(vec![]);
-            }
-            Ok(vec![AlarmEvent::StateChanged {
-                from: alarm.state,
-                to: evaluation.next,
-                reason: evaluation.reason,
-                at: now,
-            }])
+            Ok(transition(alarm, evaluation.next, evaluation.reason, now))
         }
-        AlarmCommand::Transition { to, reason } => {
-            if *to == alarm.state {
-                return Ok(vec![]);
+        AlarmCommand::Transition { to, reason } => Ok(transition(alarm, *to, reason.clone(), now)),
+        AlarmCommand::TakeAction {
+            transition,
+            policy_id,
+        } => {
+            let pending =
+                *transition == alarm.transitions && alarm.pending_actions.contains(policy_id);
+            if !pending {
+                return Err(Rejection::Replayed);
             }
-            Ok(vec![AlarmEvent::StateChanged {
-                from: alarm.state,
-                to: *to,
-                reason: reason.clone(),
+            Ok(vec![AlarmEvent::ActionTaken {
+                transition: *transition,
+                policy_id: policy_id.clone(),
                 at: now,
             }])
         }
     }
+}
+
+/// A move of `alarm` to `to` (none if it is there already), with the actions it executes.
+fn transition(alarm: &Alarm, to: AlarmState, reason: String, now: Timestamp) -> Vec<AlarmEvent> {
+    if to == alarm.state {
+        return vec![];
+    }
+    vec![AlarmEvent::StateChanged {
+        from: alarm.state,
+        to,
+        reason,
+        at: now,
+        actions: super::evaluation::actions(&alarm.definition, alarm.state, to, false),
+    }]
 }
 
 fn patched(current: &AlarmDefinition, patch: &AlarmPatch) -> AlarmDefinition {
@@ -469,6 +508,8 @@ pub fn apply(state: Option<Alarm>, event: &AlarmEvent) -> Option<Alarm> {
             state_changed_at: *at,
             deleted: false,
             created_at: *at,
+            transitions: 0,
+            pending_actions: vec![],
         });
     }
     let mut alarm = state?;
@@ -476,10 +517,21 @@ pub fn apply(state: Option<Alarm>, event: &AlarmEvent) -> Option<Alarm> {
         AlarmEvent::Created { .. } => {}
         AlarmEvent::Updated { definition, .. } => alarm.definition = definition.clone(),
         AlarmEvent::Deleted { .. } => alarm.deleted = true,
-        AlarmEvent::StateChanged { to, reason, at, .. } => {
+        AlarmEvent::StateChanged {
+            to,
+            reason,
+            at,
+            actions,
+            ..
+        } => {
             alarm.state = *to;
             alarm.state_reason = reason.clone();
             alarm.state_changed_at = *at;
+            alarm.transitions += 1;
+            alarm.pending_actions = actions.clone();
+        }
+        AlarmEvent::ActionTaken { policy_id, .. } => {
+            alarm.pending_actions.retain(|pending| pending != policy_id);
         }
     }
     Some(alarm)
@@ -612,6 +664,7 @@ mod tests {
                 to: AlarmState::Alarm,
                 reason: reason.clone(),
                 at: T0.plus_secs(180u32),
+                actions: given_alarm().unwrap().definition.alarm_actions,
             }]
         );
         let state = events.iter().fold(given_alarm(), apply);
@@ -621,6 +674,59 @@ mod tests {
             (AlarmState::Alarm, reason.as_str())
         );
         assert_eq!(decide(&state, &transition, T0), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_transition_into_alarm_records_its_actions_and_each_is_taken_exactly_once() {
+        let mut new = new_alarm();
+        new.alarm_actions = vec![PolicyId::new("pol_1"), PolicyId::new("pol_2")];
+        let alarm = when(None, AlarmCommand::Create(new), T0);
+        let breach = AlarmCommand::Transition {
+            to: AlarmState::Alarm,
+            reason: "3 of 3".into(),
+        };
+        let alarm = when(alarm, breach, T0);
+        let current = alarm.as_ref().unwrap();
+        assert_eq!(current.transitions, 1);
+        assert_eq!(current.pending_actions.len(), 2);
+
+        let take = |policy: &str, transition| AlarmCommand::TakeAction {
+            transition,
+            policy_id: PolicyId::new(policy),
+        };
+        let alarm = when(alarm, take("pol_1", 1), T0);
+        // Again: the nonce of that action is spent.
+        assert_eq!(
+            decide(&alarm, &take("pol_1", 1), T0),
+            Err(Rejection::Replayed)
+        );
+        // An action of an earlier or later transition, or one it does not have, is no action.
+        assert_eq!(
+            decide(&alarm, &take("pol_2", 0), T0),
+            Err(Rejection::Replayed)
+        );
+        assert_eq!(
+            decide(&alarm, &take("pol_9", 1), T0),
+            Err(Rejection::Replayed)
+        );
+        let alarm = when(alarm, take("pol_2", 1), T0);
+        assert!(alarm.as_ref().unwrap().pending_actions.is_empty());
+
+        // The next transition (into OK) brings its own actions.
+        let recover = AlarmCommand::Transition {
+            to: AlarmState::Ok,
+            reason: "0 of 3".into(),
+        };
+        let alarm = when(alarm, recover, T0).unwrap();
+        assert_eq!(alarm.transitions, 2);
+        assert_eq!(alarm.pending_actions, alarm.definition.ok_actions);
+        // Into INSUFFICIENT_DATA: none, and none left of the one before.
+        let unknown = AlarmCommand::Transition {
+            to: AlarmState::InsufficientData,
+            reason: "no data".into(),
+        };
+        let alarm = when(Some(alarm), unknown, T0).unwrap();
+        assert!(alarm.pending_actions.is_empty());
     }
 
     #[test]
@@ -706,6 +812,7 @@ mod tests {
             to: AlarmState::Alarm,
             reason: "r".into(),
             at: T0,
+            actions: vec![],
         };
         let json = serde_json::to_value(&changed).unwrap();
         assert_eq!(json["from"], "insufficient_data");
