@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use flotilla_actors::aggregate::Alarms;
 use flotilla_actors::clock::Timestamp;
@@ -19,6 +18,8 @@ use flotilla_actors::domain::samples::{RecordError, Recorded, Sample, SeriesStor
 use flotilla_actors::domain::{AlarmId, Cause, GroupId, PolicyId, Rejection};
 use flotilla_actors::error::Error as ActorError;
 use flotilla_actors::supervisor::Supervisor;
+
+use crate::ticks::Ticker;
 
 /// What the evaluator knows of one alarm.
 #[derive(Debug, Clone)]
@@ -389,12 +390,10 @@ impl Evaluator {
         }
     }
 
-    /// Ticks every `interval` of real time, evaluating at the injected clock's now.
-    pub fn run(self: Arc<Self>, interval: Duration, ready: Arc<std::sync::atomic::AtomicBool>) {
+    /// Evaluates at each of `ticker`'s ticks, at the injected clock's now, once `ready` is set.
+    pub fn run(self: Arc<Self>, mut ticker: Ticker, ready: Arc<std::sync::atomic::AtomicBool>) {
         actix_web::rt::spawn(async move {
-            let mut ticks = actix_web::rt::time::interval(interval);
-            loop {
-                ticks.tick().await;
+            while let Some(_tick) = ticker.next().await {
                 // Nothing is evaluated (or journaled) before the startup replay is done.
                 if !ready.load(std::sync::atomic::Ordering::Acquire) {
                     continue;

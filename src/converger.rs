@@ -1,6 +1,6 @@
-//! The converger (SPEC 6): at each tick of real time, every group's servers are reconciled with
-//! its desired capacity, at the injected clock's now, so backoffs and start latencies are
-//! tested with a manual clock.
+//! The converger (SPEC 6): at each tick (see [`crate::ticks`]), every group's servers are
+//! reconciled with its desired capacity, at the injected clock's now, so backoffs and start
+//! latencies are tested with a manual clock and manual ticks.
 //!
 //! One pass over a group:
 //! 1. [`plan`] (pure, in the domain) says what the group needs;
@@ -19,7 +19,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use flotilla_actors::aggregate::Groups;
 use flotilla_actors::domain::group::{GroupCommand, GroupEvent, LaunchRequest, ServerReport};
@@ -32,6 +31,7 @@ use serde_json::Value;
 
 use crate::index::Index;
 use crate::providers::{Launch, Providers, Status};
+use crate::ticks::Ticker;
 use crate::token;
 
 /// What one pass did, for tests and benches.
@@ -324,16 +324,13 @@ impl Converger {
         }
     }
 
-    /// Ticks every `interval` of real time once `ready` is set: a pass over every group whose
-    /// previous pass has ended.
-    pub fn run(self: Arc<Self>, interval: Duration, ready: Arc<AtomicBool>) {
+    /// At each of `ticker`'s ticks once `ready` is set, starts a pass over every group whose
+    /// previous pass has ended; the tick lasts until those passes end (for a test's manual
+    /// tick), while the next real tick does not wait for them: a slow provider delays no other
+    /// group.
+    pub fn run(self: Arc<Self>, mut ticker: Ticker, ready: Arc<AtomicBool>) {
         actix_web::rt::spawn(async move {
-            // The first pass comes one interval after the start, not at once.
-            let first = tokio::time::Instant::now() + interval;
-            let mut ticks = actix_web::rt::time::interval_at(first, interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
+            while let Some(tick) = ticker.next().await {
                 if !ready.load(Ordering::Acquire) {
                     continue;
                 }
@@ -348,12 +345,13 @@ impl Converger {
                     let Ok(held) = lock.try_lock_owned() else {
                         continue;
                     };
-                    let converger = self.clone();
+                    let (converger, tick) = (self.clone(), tick.clone());
                     actix_web::rt::spawn(async move {
                         if let Err(error) = converger.pass(&id).await {
                             tracing::warn!(group = %id, %error, "convergence pass failed");
                         }
                         drop(held);
+                        drop(tick);
                     });
                 }
             }

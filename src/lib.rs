@@ -15,6 +15,7 @@
 //! - `signature`: Standard Webhooks signatures: parse, verify in constant time, sign.
 //! - `ratelimit`: per-webhook and per-source token buckets on the injected clock.
 //! - `token`: bearer tokens, webhook secrets and the operator token file.
+//! - `ticks`: the tick source of every background loop: real time, or manual ticks in tests.
 //! - `telemetry`: the service's own metrics (`GET /metrics`) and the middleware's recording.
 //!
 //! The journal lives in the `flotilla-journal` crate (`journal/`), the domain and its actors in
@@ -33,4 +34,5 @@ pub mod service;
 pub mod settings;
 pub mod signature;
 pub mod telemetry;
+pub mod ticks;
 pub mod token;

@@ -22,6 +22,7 @@ use crate::providers::Providers;
 use crate::ratelimit::{Limit, WebhookLimits};
 use crate::settings::Settings;
 use crate::telemetry::{EventCounts, Recovery, Telemetry};
+use crate::ticks::{Ticker, Ticks};
 use crate::token;
 
 /// A started service.
@@ -36,8 +37,18 @@ pub struct Service {
     pub ready: Arc<AtomicBool>,
 }
 
-/// Starts the service on `settings` with `clock`. Must run inside an actix system.
+/// Starts the service on `settings` with `clock`, its loops ticking in real time. Must run
+/// inside an actix system.
 pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Service> {
+    start_with(settings, clock, Ticks::Real)
+}
+
+/// [`start`], with every background loop ticking from `ticks` (manual ticks in tests).
+pub fn start_with(
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+    ticks: Ticks,
+) -> anyhow::Result<Service> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
     let config = flotilla_journal::Config {
@@ -126,17 +137,29 @@ pub fn start(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Servic
         recovery.clone(),
         ready.clone(),
     );
-    run_checkpointer(
-        checkpointer,
-        Duration::from_millis(settings.checkpoint_interval_ms),
-        recovery,
-    );
-    evaluator.run(Duration::from_millis(settings.alarm_tick_ms), ready.clone());
-    converger.run(
-        Duration::from_millis(settings.converge_tick_ms),
+    // Manual ticks run the loops in this order: alarms act, then servers converge.
+    let every = Duration::from_millis;
+    evaluator.run(
+        ticks.ticker("alarms", every(settings.alarm_tick_ms)),
         ready.clone(),
     );
-    forget_idle_limits(state.clone());
+    converger.run(
+        ticks.ticker("converger", every(settings.converge_tick_ms)),
+        ready.clone(),
+    );
+    run_checkpointer(
+        checkpointer,
+        ticks.ticker("checkpoint", every(settings.checkpoint_interval_ms)),
+        recovery,
+    );
+    let_go_of_idle_actors(
+        state.supervisor.clone(),
+        ticks.ticker("idle actors", IDLE_CHECK),
+    );
+    forget_idle_limits(
+        state.clone(),
+        ticks.ticker("rate limits", Duration::from_secs(60)),
+    );
 
     let server = HttpServer::new({
         let state = state.clone();
@@ -237,19 +260,16 @@ impl Checkpointer {
     }
 }
 
-/// Every `interval`, once the start's replay has started the checkpointer, catches the
-/// checkpoint up on a blocking thread, and publishes where it is. Stops with the actix system;
-/// the checkpointer (and its journal handle) goes with it.
+/// At each tick, once the start's replay has started the checkpointer, catches the checkpoint up
+/// on a blocking thread, and publishes where it is. Stops with the actix system; the
+/// checkpointer (and its journal handle) goes with it.
 fn run_checkpointer(
     checkpointer: Arc<Mutex<Option<Checkpointer>>>,
-    interval: Duration,
+    mut ticker: Ticker,
     recovery: Arc<Recovery>,
 ) {
     actix_web::rt::spawn(async move {
-        let mut tick = actix_web::rt::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
+        while let Some(_tick) = ticker.next().await {
             let Some(mut keeper) = lock(&checkpointer).take() else {
                 continue;
             };
@@ -272,12 +292,23 @@ fn run_checkpointer(
     });
 }
 
-/// Forgets rate-limit buckets that refilled, once a minute, so the maps stay bounded.
-fn forget_idle_limits(state: web::Data<AppState>) {
+/// How often resident actors are asked whether they are idle, in real time.
+const IDLE_CHECK: Duration = Duration::from_secs(10);
+
+/// At each tick, has every resident actor idle for `--actor-idle-seconds` of the service clock
+/// let itself go.
+fn let_go_of_idle_actors(supervisor: Supervisor, mut ticker: Ticker) {
     actix_web::rt::spawn(async move {
-        let mut tick = actix_web::rt::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
+        while let Some(_tick) = ticker.next().await {
+            supervisor.let_go_of_idle().await;
+        }
+    });
+}
+
+/// Forgets rate-limit buckets that refilled, at each tick (a minute), so the maps stay bounded.
+fn forget_idle_limits(state: web::Data<AppState>, mut ticker: Ticker) {
+    actix_web::rt::spawn(async move {
+        while let Some(_tick) = ticker.next().await {
             state.limits.source.forget_idle();
             state.limits.webhook.forget_idle();
         }

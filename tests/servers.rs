@@ -1,7 +1,7 @@
 //! Convergence through real providers (SPEC 6): `process` groups of real `sleep` processes,
 //! an `http` orchestrator on loopback that verifies Flotilla's signatures, and a `simulated`
-//! group of 1,000 servers. Ticks run every 10 ms of real time; backoffs and start latencies run
-//! on the service's manual clock.
+//! group of 1,000 servers. The converger ticks when a test says so; backoffs and start latencies
+//! run on the service's manual clock.
 
 mod common;
 
@@ -15,19 +15,27 @@ use common::{assert_error, Server};
 use serde_json::{json, Value};
 
 fn server() -> Server {
-    Server::start_with(|s| {
-        s.alarm_tick_ms = 10;
-        s.converge_tick_ms = 10;
-        s.allow_process_provider = true;
-    })
+    Server::start_with(|s| s.allow_process_provider = true)
 }
 
-/// Waits (in real time, for the converger's ticks) until `check` holds.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+/// Ticks until `check` holds. Between ticks it gives the operating system a moment (a real
+/// process starting or dying, the loopback orchestrator answering), which no tick can hasten; at
+/// most 30 s of that.
+fn converge_until(server: &Server, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
+        server.tick();
+        if !check() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// `n` ticks of every loop, the clock standing still.
+fn ticks(server: &Server, n: usize) {
+    for _ in 0..n {
+        server.tick();
     }
 }
 
@@ -124,7 +132,9 @@ fn a_process_group_reaches_capacity_replaces_a_killed_process_and_scales_to_zero
     let server = server();
     let token = server.tenant("acme");
     let group = create(&server, &token, 3, sleep_launch());
-    eventually("3 active", || active(&server, &token, &group).len() == 3);
+    converge_until(&server, "3 active", || {
+        active(&server, &token, &group).len() == 3
+    });
     let (_, view) = server.call("GET", &format!("/v1/groups/{group}"), &token, None);
     assert_eq!(
         (view["active"].as_u64(), view["pending"].as_u64()),
@@ -163,13 +173,13 @@ fn a_process_group_reaches_capacity_replaces_a_killed_process_and_scales_to_zero
     // A killed process is a failed server, replaced after its backoff (1 s of the clock).
     let victim = first[0].clone();
     kill(pid_of(&victim));
-    eventually("the failure recorded", || {
+    converge_until(&server, "the failure recorded", || {
         servers(&server, &token, &group)
             .iter()
             .any(|s| s["id"] == victim["id"] && s["state"] == "failed")
     });
     server.clock.advance_secs(1);
-    eventually("3 active again", || {
+    converge_until(&server, "3 active again", || {
         let now = active(&server, &token, &group);
         now.len() == 3 && now.iter().all(|s| pid_of(s) != pid_of(&victim))
     });
@@ -178,8 +188,10 @@ fn a_process_group_reaches_capacity_replaces_a_killed_process_and_scales_to_zero
     // Scaling to zero leaves no process behind.
     let pids: Vec<u32> = active(&server, &token, &group).iter().map(pid_of).collect();
     set_desired(&server, &token, &group, 0);
-    eventually("no servers", || servers(&server, &token, &group).is_empty());
-    eventually("no processes", || pids.iter().all(|p| !alive(*p)));
+    converge_until(&server, "no servers", || {
+        servers(&server, &token, &group).is_empty()
+    });
+    converge_until(&server, "no processes", || pids.iter().all(|p| !alive(*p)));
     assert!(processes_of(&group).is_empty());
 
     // The activity shows each step.
@@ -212,11 +224,13 @@ fn a_restart_of_flotilla_adopts_its_running_processes_without_duplicating_them()
     let server = server();
     let token = server.tenant("acme");
     let group = create(&server, &token, 2, sleep_launch());
-    eventually("2 active", || active(&server, &token, &group).len() == 2);
+    converge_until(&server, "2 active", || {
+        active(&server, &token, &group).len() == 2
+    });
     let before: Vec<u32> = active(&server, &token, &group).iter().map(pid_of).collect();
     let server = server.restart();
     // Many passes of the converger after the restart.
-    std::thread::sleep(Duration::from_millis(500));
+    ticks(&server, 20);
     let after: Vec<u32> = active(&server, &token, &group).iter().map(pid_of).collect();
     assert_eq!(after, before);
     let mut running = processes_of(&group);
@@ -243,7 +257,7 @@ fn a_restart_of_flotilla_adopts_its_running_processes_without_duplicating_them()
         None,
     );
     assert_eq!(status, 204, "{body}");
-    eventually("no processes", || processes_of(&group).is_empty());
+    converge_until(&server, "no processes", || processes_of(&group).is_empty());
 }
 
 #[test]
@@ -262,7 +276,7 @@ fn a_command_that_cannot_start_is_retried_with_backoff_and_its_failures_reported
             .and_then(|s| s["failures"].as_u64())
             .unwrap_or(0)
     };
-    eventually("a first failure", || failures(&server) == 1);
+    converge_until(&server, "a first failure", || failures(&server) == 1);
     let only = servers(&server, &token, &group)[0].clone();
     assert_eq!(only["state"], "failed");
     assert!(
@@ -273,15 +287,15 @@ fn a_command_that_cannot_start_is_retried_with_backoff_and_its_failures_reported
         "{only}"
     );
     // Without a clock advance nothing is retried, however many ticks pass.
-    std::thread::sleep(Duration::from_millis(300));
+    ticks(&server, 20);
     assert_eq!(failures(&server), 1);
     // Backoffs 1, 2, 4, 8 s: over 15 s of the clock there are 4 more attempts, not hundreds.
     for _ in 0..15 {
         server.clock.advance_secs(1);
-        std::thread::sleep(Duration::from_millis(60));
+        server.tick();
     }
-    eventually("5 failures", || failures(&server) == 5);
-    std::thread::sleep(Duration::from_millis(200));
+    converge_until(&server, "5 failures", || failures(&server) == 5);
+    ticks(&server, 10);
     assert_eq!(failures(&server), 5);
     let (_, activity) = server.call(
         "GET",
@@ -311,7 +325,9 @@ fn a_group_with_servers_is_deleted_only_with_force() {
     let server = server();
     let token = server.tenant("acme");
     let group = create(&server, &token, 2, json!({"provider": "simulated"}));
-    eventually("2 active", || active(&server, &token, &group).len() == 2);
+    converge_until(&server, "2 active", || {
+        active(&server, &token, &group).len() == 2
+    });
     let answer = server.call("DELETE", &format!("/v1/groups/{group}"), &token, None);
     assert_error(&answer, 409, "conflict");
     let (status, _) = server.call(
@@ -335,21 +351,23 @@ fn a_simulated_group_of_1000_servers_converges_after_its_start_latency() {
         1000,
         json!({"provider": "simulated", "start_seconds": 30}),
     );
-    eventually("1000 pending", || {
+    converge_until(&server, "1000 pending", || {
         let (_, view) = server.call("GET", &format!("/v1/groups/{group}"), &token, None);
         view["pending"] == 1000
     });
-    std::thread::sleep(Duration::from_millis(100));
+    ticks(&server, 3);
     let (_, view) = server.call("GET", &format!("/v1/groups/{group}"), &token, None);
     assert_eq!(view["active"], 0, "not before start_seconds of the clock");
     server.clock.advance_secs(30);
-    eventually("1000 active", || {
+    converge_until(&server, "1000 active", || {
         let (_, view) = server.call("GET", &format!("/v1/groups/{group}"), &token, None);
         view["active"] == 1000
     });
     // Scale-in removes pending before active, then the oldest first: here all are active.
     set_desired(&server, &token, &group, 10);
-    eventually("10 left", || servers(&server, &token, &group).len() == 10);
+    converge_until(&server, "10 left", || {
+        servers(&server, &token, &group).len() == 10
+    });
 }
 
 #[test]
@@ -362,16 +380,18 @@ fn a_simulated_failure_rate_fails_some_launches_and_they_are_replaced() {
         50,
         json!({"provider": "simulated", "failure_rate": 0.3, "seed": 7}),
     );
-    eventually("some failed", || {
+    converge_until(&server, "some failed", || {
         servers(&server, &token, &group)
             .iter()
             .any(|s| s["state"] == "failed")
     });
     for _ in 0..40 {
         server.clock.advance_secs(10);
-        std::thread::sleep(Duration::from_millis(30));
+        server.tick();
     }
-    eventually("50 active", || active(&server, &token, &group).len() == 50);
+    converge_until(&server, "50 active", || {
+        active(&server, &token, &group).len() == 50
+    });
 }
 
 /// A tiny orchestrator: verifies each request's Standard Webhooks signature, answers creates
@@ -471,7 +491,9 @@ fn the_http_provider_sends_signed_requests_and_surfaces_errors_and_timeouts_as_f
     let token = server.tenant("acme");
     let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET, "timeout_ms": 300, "retries": 2});
     let group = create(&server, &token, 2, launch);
-    eventually("2 active", || active(&server, &token, &group).len() == 2);
+    converge_until(&server, "2 active", || {
+        active(&server, &token, &group).len() == 2
+    });
     let handles: Vec<Value> = active(&server, &token, &group)
         .iter()
         .map(|s| s["provider"].clone())
@@ -495,7 +517,7 @@ fn the_http_provider_sends_signed_requests_and_surfaces_errors_and_timeouts_as_f
     // An orchestrator error: retried (1 + 2 attempts), then a failed launch with its reason.
     *mode.lock().unwrap() = Mode::Error;
     set_desired(&server, &token, &group, 3);
-    eventually("a failed launch", || {
+    converge_until(&server, "a failed launch", || {
         servers(&server, &token, &group)
             .iter()
             .any(|s| s["state"] == "failed")
@@ -522,7 +544,7 @@ fn the_http_provider_sends_signed_requests_and_surfaces_errors_and_timeouts_as_f
     // A stalled orchestrator: each attempt times out; the failure says so.
     *mode.lock().unwrap() = Mode::Stall;
     server.clock.advance_secs(1);
-    eventually("a timeout", || {
+    converge_until(&server, "a timeout", || {
         servers(&server, &token, &group).iter().any(|s| {
             s["last_failure"]
                 .as_str()
@@ -533,9 +555,13 @@ fn the_http_provider_sends_signed_requests_and_surfaces_errors_and_timeouts_as_f
     // Recovery, then scale-in deletes through the orchestrator.
     *mode.lock().unwrap() = Mode::Ok;
     server.clock.advance_secs(2);
-    eventually("3 active", || active(&server, &token, &group).len() == 3);
+    converge_until(&server, "3 active", || {
+        active(&server, &token, &group).len() == 3
+    });
     set_desired(&server, &token, &group, 0);
-    eventually("none", || servers(&server, &token, &group).is_empty());
+    converge_until(&server, "none", || {
+        servers(&server, &token, &group).is_empty()
+    });
     let deletes = orchestrator
         .requests
         .lock()
@@ -553,18 +579,18 @@ fn a_group_with_nothing_to_converge_is_skipped_until_it_changes() {
     let token = server.tenant("acme");
     let group = create(&server, &token, 0, json!({"provider": "simulated"}));
     // No servers and a target of 0: after one pass the ticks skip it.
-    eventually("the group to be idle", || {
+    converge_until(&server, "the group to be idle", || {
         server.gauge("flotilla_converger_idle_groups") == 1
     });
     // A change (a policy execution) brings it back, and it converges.
     set_desired(&server, &token, &group, 3);
-    eventually("3 active servers", || {
+    converge_until(&server, "3 active servers", || {
         active(&server, &token, &group).len() == 3
     });
     assert_eq!(server.gauge("flotilla_converger_idle_groups"), 0);
     // Scaled back to 0 and its servers gone, it is skipped again.
     set_desired(&server, &token, &group, 0);
-    eventually("no servers, and idle again", || {
+    converge_until(&server, "no servers, and idle again", || {
         servers(&server, &token, &group).is_empty()
             && server.gauge("flotilla_converger_idle_groups") == 1
     });

@@ -33,15 +33,13 @@ pub struct ObjectActor<A: Aggregate> {
     idle: Option<Idle<A>>,
 }
 
-/// How an idle actor lets itself go: every `check` of real time it looks whether it has handled
-/// nothing for `after_ms` of the service clock; if so it is forgotten by its supervisor and
-/// stops, and its state comes back from its snapshot and journal on its next message. Memory
-/// then follows the objects in use, not all of them.
+/// How an idle actor lets itself go: asked ([`LetGoIfIdle`], at each tick of the service's idle
+/// sweep), it looks whether it has handled nothing for `after_ms` of the service clock; if so it
+/// is forgotten by its supervisor and stops, and its state comes back from its snapshot and
+/// journal on its next message. Memory then follows the objects in use, not all of them.
 pub struct Idle<A: Aggregate> {
     /// Clock milliseconds without a message before it stops.
     pub after_ms: i64,
-    /// How often it looks, in real time.
-    pub check: std::time::Duration,
     /// Forgets this actor's address in the supervisor's registry (if it is still the one there).
     pub forget: Forget<A>,
 }
@@ -191,9 +189,6 @@ impl<A: Aggregate> Actor for ObjectActor<A> {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         self.rebuild();
         self.touch();
-        if let Some(idle) = &self.idle {
-            ctx.run_interval(idle.check, |actor, ctx| actor.let_go_if_idle(ctx));
-        }
     }
 }
 
@@ -201,6 +196,19 @@ impl<A: Aggregate> Supervised for ObjectActor<A> {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         self.restarts += 1;
         tracing::warn!(kind = A::KIND, object = %self.id, restarts = self.restarts, "restarting");
+    }
+}
+
+/// Stop if idle long enough (see [`Idle`]); asking does not count as use.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct LetGoIfIdle;
+
+impl<A: Aggregate> Handler<LetGoIfIdle> for ObjectActor<A> {
+    type Result = ();
+
+    fn handle(&mut self, _: LetGoIfIdle, ctx: &mut Self::Context) {
+        self.let_go_if_idle(ctx);
     }
 }
 

@@ -22,7 +22,8 @@ use crate::domain::webhook::{Secret, WebhookCommand, WebhookState};
 use crate::domain::{nonce_window, AlarmId, Cause, PolicyId, Rejection, WebhookId};
 use crate::error::Error;
 use crate::object::{
-    Along, Execute, ExecuteAlong, Executed, Get, Idle, Next, ObjectActor, Observed, SignatureCheck,
+    Along, Execute, ExecuteAlong, Executed, Get, Idle, LetGoIfIdle, Next, ObjectActor, Observed,
+    SignatureCheck,
 };
 
 /// How the supervisor runs.
@@ -34,11 +35,10 @@ pub struct Config {
     pub nonce_window_capacity: usize,
     /// Arbiter threads hosting the actors.
     pub workers: usize,
-    /// Seconds of the service clock without a message after which an actor stops (its state
+    /// Seconds of the service clock without a message after which an actor stops when asked
+    /// ([`Supervisor::let_go_of_idle`], at each tick of the service's idle sweep; its state
     /// comes back from the journal on its next message); `None` keeps every actor resident.
     pub idle_after_seconds: Option<u32>,
-    /// How often actors look whether they are idle, in real time.
-    pub idle_check: std::time::Duration,
 }
 
 impl Default for Config {
@@ -48,7 +48,6 @@ impl Default for Config {
             nonce_window_capacity: nonce_window::DEFAULT_CAPACITY,
             workers: 2,
             idle_after_seconds: Some(600),
-            idle_check: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -80,8 +79,15 @@ struct Inner {
     config: Config,
     /// The arbiters and their threads' ids.
     arbiters: Vec<(Arbiter, Option<std::thread::ThreadId>)>,
-    /// Object id → `Addr<ObjectActor<A>>` of its kind (ids carry their kind's prefix).
-    actors: Mutex<HashMap<String, Box<dyn Any + Send>>>,
+    /// Object id → its actor.
+    actors: Mutex<HashMap<String, Resident>>,
+}
+
+/// A resident actor: its `Addr<ObjectActor<A>>` (of its id's kind), and a way to ask it, whatever
+/// its kind, whether it is idle.
+struct Resident {
+    addr: Box<dyn Any + Send>,
+    look: Box<dyn Fn() -> Next<()> + Send>,
 }
 
 impl Drop for Inner {
@@ -136,12 +142,24 @@ impl Supervisor {
         &self.inner.clock
     }
 
+    /// Asks every resident actor whether it has been idle long enough (on the service clock)
+    /// to let itself go, and waits for their answers (one tick of the service's idle sweep).
+    /// Answers how many were asked.
+    pub async fn let_go_of_idle(&self) -> usize {
+        let looks: Vec<Next<()>> = self.registry().values().map(|r| (r.look)()).collect();
+        let asked = looks.len();
+        for look in looks {
+            let _ = look.await;
+        }
+        asked
+    }
+
     /// How many object actors are resident.
     pub fn resident(&self) -> usize {
         self.registry().len()
     }
 
-    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<String, Box<dyn Any + Send>>> {
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<String, Resident>> {
         // A panic while holding this lock cannot leave the map half-updated (single inserts and
         // removes), so a poisoned lock is still sound to use.
         self.inner
@@ -160,7 +178,7 @@ impl Supervisor {
         let mut actors = self.registry();
         if let Some(addr) = actors
             .get(id)
-            .and_then(|any| any.downcast_ref::<Addr<ObjectActor<A>>>())
+            .and_then(|resident| resident.addr.downcast_ref::<Addr<ObjectActor<A>>>())
             .filter(|addr| addr.connected())
         {
             return Ok(addr.clone());
@@ -176,7 +194,6 @@ impl Supervisor {
             let registry = Arc::downgrade(&self.inner);
             Idle {
                 after_ms: i64::from(seconds) * 1000,
-                check: self.inner.config.idle_check,
                 forget: Arc::new(move |id: &str, addr: &Addr<ObjectActor<A>>| {
                     if let Some(inner) = registry.upgrade() {
                         Supervisor { inner }.forget(id, addr);
@@ -187,7 +204,19 @@ impl Supervisor {
         let addr = actix::Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
             ObjectActor::<A>::new(owned, journal, clock).idling(idle)
         });
-        actors.insert(id.to_owned(), Box::new(addr.clone()));
+        let asked = addr.clone();
+        let look = Box::new(move || -> Next<()> {
+            let asked = asked.send(LetGoIfIdle);
+            Box::pin(async move {
+                let _ = asked.await;
+                Ok(())
+            })
+        });
+        let resident = Resident {
+            addr: Box::new(addr.clone()),
+            look,
+        };
+        actors.insert(id.to_owned(), resident);
         Ok(addr)
     }
 
@@ -226,7 +255,7 @@ impl Supervisor {
         let mut actors = self.registry();
         let registered = actors
             .get(id)
-            .and_then(|any| any.downcast_ref::<Addr<ObjectActor<A>>>());
+            .and_then(|resident| resident.addr.downcast_ref::<Addr<ObjectActor<A>>>());
         if registered == Some(addr) {
             actors.remove(id);
         }

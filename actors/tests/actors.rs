@@ -478,7 +478,6 @@ async fn an_idle_actor_stops_and_its_object_comes_back_whole_on_the_next_message
     let clock = ManualClock::new(Timestamp::from_millis(START));
     let config = Config {
         idle_after_seconds: Some(60),
-        idle_check: std::time::Duration::from_millis(5),
         ..Config::default()
     };
     let w = world_with(Journal::open(dir.path()).unwrap(), clock.clone(), config);
@@ -495,22 +494,15 @@ async fn an_idle_actor_stops_and_its_object_comes_back_whole_on_the_next_message
     ));
     assert_eq!(w.supervisor.resident(), 2);
 
-    // 59 s of the service clock: still resident. (The actors look every 5 ms of real time;
-    // this waits a few of those looks, and asserts that none of them let go.)
+    // 59 s of the service clock: a sweep (one tick of the service's idle loop) lets none go.
     clock.advance_secs(59);
-    actix::clock::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(w.supervisor.let_go_of_idle().await, 2);
     assert_eq!(w.supervisor.resident(), 2);
 
-    // 60 s: both stop (a bounded wait for their next look).
+    // 60 s: the next sweep stops both.
     clock.advance_secs(1);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while w.supervisor.resident() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the idle actors never stopped"
-        );
-        actix::clock::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    w.supervisor.let_go_of_idle().await;
+    assert_eq!(w.supervisor.resident(), 0);
 
     // The next message brings the group back, its 600 s cooldown included (from the journal).
     assert_eq!(capacity(&w, &g).await, 5);

@@ -278,30 +278,28 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// How long a forced deletion waits for its servers to be deleted.
-const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Passes a forced deletion makes over the group's servers before it answers 409.
+const DRAIN_PASSES: usize = 3;
 
-/// Stops launching for group `id` and deletes its servers through the converger, waiting for
-/// them to be gone (409 if they are not by [`DRAIN_DEADLINE`]; the drain goes on).
+/// Stops launching for group `id` and deletes its servers through the converger: a few passes,
+/// each waited for (a provider's delete is a blocking call), never a sleep. Servers still there
+/// after them (a provider that failed to delete) get a 409; the group stays draining, and the
+/// converger's ticks go on deleting them.
 async fn drain(state: &AppState, id: &GroupId) -> Result<(), ApiError> {
     state
         .execute::<Groups>(id.as_str(), GroupCommand::Drain)
         .await?;
-    let deadline = std::time::Instant::now() + DRAIN_DEADLINE;
-    loop {
+    for _ in 0..DRAIN_PASSES {
         state.converger.reconcile(id).await?;
         if load(state, id).await?.servers.is_empty() {
             return Ok(());
         }
-        if deadline < std::time::Instant::now() {
-            return Err(ApiError::from(flotilla_actors::error::Error::from(
-                flotilla_actors::domain::Rejection::Conflict {
-                    reason: "servers are still being deleted; try again".into(),
-                },
-            )));
-        }
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    Err(ApiError::from(flotilla_actors::error::Error::from(
+        flotilla_actors::domain::Rejection::Conflict {
+            reason: "servers are still being deleted; try again".into(),
+        },
+    )))
 }
 
 /// `POST /v1/groups/{id}/pause`.

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use flotilla::settings::Settings;
+use flotilla::ticks::{ManualTicks, Ticks};
 use flotilla_actors::clock::{ManualClock, Timestamp};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::{json, Value};
@@ -21,6 +22,8 @@ pub struct Server {
     pub base: String,
     pub operator_token: String,
     pub clock: ManualClock,
+    /// The background loops' ticks: nothing ticks until the test says so.
+    pub ticks: ManualTicks,
     pub client: Client,
     pub dir: tempfile::TempDir,
     settings: Settings,
@@ -46,13 +49,16 @@ impl Server {
 
     fn start_in(dir: tempfile::TempDir, settings: Settings) -> Server {
         let clock = ManualClock::new(Timestamp::from_secs(START_SECS));
+        let ticks = ManualTicks::new();
         let kept = settings.clone();
         let (tx, rx) = mpsc::channel();
-        let service_clock = clock.clone();
+        let (service_clock, service_ticks) = (clock.clone(), Ticks::Manual(ticks.clone()));
         let thread = std::thread::spawn(move || {
             let system = actix_web::rt::System::new();
             system.block_on(async move {
-                let service = flotilla::service::start(settings, Arc::new(service_clock)).unwrap();
+                let service =
+                    flotilla::service::start_with(settings, Arc::new(service_clock), service_ticks)
+                        .unwrap();
                 tx.send((
                     service.addr,
                     service.operator_token.clone(),
@@ -67,6 +73,7 @@ impl Server {
             base: format!("http://{addr}"),
             operator_token,
             clock,
+            ticks,
             client: Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -114,6 +121,23 @@ impl Server {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+
+    /// One tick of every background loop (alarms, converger, checkpoint, idle actors, rate
+    /// limits), each finished when this returns.
+    pub fn tick(&self) {
+        self.ticks.tick();
+    }
+
+    /// Ticks until `check` holds, at most `ticks` times; the clock does not move.
+    pub fn tick_until(&self, what: &str, ticks: usize, mut check: impl FnMut() -> bool) {
+        for _ in 0..ticks {
+            if check() {
+                return;
+            }
+            self.tick();
+        }
+        assert!(check(), "{what}: not after {ticks} ticks");
     }
 
     pub fn url(&self, path: &str) -> String {
