@@ -6,10 +6,15 @@
 //! # Layout
 //!
 //! - [`clock`]: [`clock::Timestamp`] (Unix milliseconds), the [`clock::Clock`] trait, the system and manual clocks.
-//! - [`domain`]: ids, [`domain::Rejection`], [`domain::Cause`] and the [`domain::DomainEvent`] trait.
+//! - [`domain`]: ids and their [`domain::Kind`], [`domain::Rejection`], [`domain::Cause`] and the
+//!   [`domain::DomainEvent`] trait.
 //! - [`domain::tenant`]: a tenant: its name and token hash.
-//! - [`domain::group`]: a group: bounds, capacity, cooldown, pause, and policy executions.
-//! - [`domain::server`]: a group's servers: states, termination order, backoff, the converger's plan.
+//! - [`domain::group`]: a group: its state, commands, events and `apply`; `config` (bounds,
+//!   cooldown, launch configuration) and `execution` (a policy's execution and its outcome).
+//! - [`domain::server`]: a group's servers: states, termination order, backoff, the converger's
+//!   plan, and the group's decisions about its slots (launches, reports).
+//! - [`domain::route`]: whether a policy execution may go ahead: the webhook, the policy and
+//!   the group all live, decided once.
 //! - [`domain::scaling`]: the pinned scaling arithmetic (change, percent, exact, step, clamp).
 //! - [`domain::policy`]: a scaling policy's definition.
 //! - [`domain::webhook`]: a signed webhook: secrets, rotation grace, revocation, accepted nonces.
@@ -19,9 +24,10 @@
 //! - [`domain::evaluation`]: an alarm's next state from its datapoints, and the actions it runs.
 //! - [`aggregate`]: the [`aggregate::Aggregate`] trait over the domain's objects.
 //! - [`store`]: loading an object from its snapshot and events, appending its new events.
-//! - [`object`]: the actor hosting one object: decide, append, apply, reply.
-//! - [`supervisor`]: starts actors on demand, restarts failed ones, routes webhook calls and
-//!   policy executions across objects.
+//! - [`object`]: the actor hosting one object: decide, append, apply, reply; and `Along`, a
+//!   command whose events ride in another object's append (a webhook's nonce, an alarm's action).
+//! - [`supervisor`]: starts actors on demand, restarts failed ones, lets idle ones go when asked,
+//!   and routes across objects: policy executions, webhook calls, alarm actions.
 //! - [`replay`]: every object's state as of a sequence number or a time, for audits.
 //! - [`error`]: what a message answers when it does not go through.
 

@@ -5,12 +5,16 @@
 //! A server id names a slot. A failed slot is retried under the same id, after a backoff that
 //! doubles with each failure of that slot (1 s, 2 s, 4 s ... at most [`MAX_BACKOFF_SECONDS`]);
 //! its failures are never reset, so a command that crashes as soon as it starts cannot loop.
+//!
+//! The group's decisions about its slots live here too: which launches it allows
+//! ([`LaunchRequest`]) and what a provider's reports ([`ServerReport`]) record.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::group::{Group, GroupEvent};
 use crate::clock::Timestamp;
 
 /// The longest wait before a failed slot is launched again.
@@ -149,6 +153,120 @@ pub fn plan(servers: &BTreeMap<String, Server>, target: u32, now: Timestamp) -> 
         }
     }
     plan
+}
+
+/// One server to launch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchRequest {
+    /// A new server id, or a failed slot's.
+    pub server_id: String,
+    /// sha256 (hex) of the metrics token this launch will hand the server.
+    pub metrics_token_hash: String,
+}
+
+/// What a provider said about one server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerReport {
+    /// It was started; this is its handle.
+    Launched {
+        /// The server.
+        server_id: String,
+        /// The provider's handle.
+        provider: Value,
+    },
+    /// It runs.
+    Active {
+        /// The server.
+        server_id: String,
+    },
+    /// Its launch failed, or it exited.
+    Failed {
+        /// The server.
+        server_id: String,
+        /// Why, in lowercase prose.
+        reason: String,
+    },
+    /// The provider deleted it.
+    Deleted {
+        /// The server.
+        server_id: String,
+    },
+}
+
+/// A launch is allowed for a failed slot whose backoff ran out, or for a new slot while the
+/// group has fewer slots than its target (never while draining).
+pub(crate) fn decide_launches(
+    group: &Group,
+    requests: &[LaunchRequest],
+    now: Timestamp,
+) -> Vec<GroupEvent> {
+    let mut slots = group.servers.values().filter(|s| s.is_slot()).count() as u32;
+    let mut events = Vec::new();
+    for request in requests {
+        let allowed = match group.servers.get(&request.server_id) {
+            Some(server) => server.retry_at().is_some_and(|at| at <= now),
+            None if slots < group.target() => {
+                slots += 1;
+                true
+            }
+            None => false,
+        };
+        if allowed && !group.draining {
+            events.push(GroupEvent::ServerLaunchRequested {
+                server_id: request.server_id.clone(),
+                metrics_token_hash: request.metrics_token_hash.clone(),
+                at: now,
+            });
+        }
+    }
+    events
+}
+
+/// Each report applies to a server in the state it speaks of; a stale one records nothing.
+/// Reports are taken in order, each seeing what the earlier ones recorded.
+pub(crate) fn decide_reports(
+    group: &Group,
+    reports: &[ServerReport],
+    now: Timestamp,
+) -> Vec<GroupEvent> {
+    use ServerState::*;
+    let mut events = Vec::new();
+    let mut scratch = Some(group.clone());
+    for report in reports {
+        let Some(group) = scratch.as_ref() else {
+            break;
+        };
+        let (ServerReport::Launched { server_id, .. }
+        | ServerReport::Active { server_id }
+        | ServerReport::Failed { server_id, .. }
+        | ServerReport::Deleted { server_id }) = report;
+        let Some(server) = group.servers.get(server_id) else {
+            continue;
+        };
+        let server_id = server_id.clone();
+        let event = match (report, server.state) {
+            (ServerReport::Launched { provider, .. }, Pending) => GroupEvent::ServerLaunched {
+                server_id,
+                provider: provider.clone(),
+                at: now,
+            },
+            (ServerReport::Active { .. }, Pending) if !server.provider.is_null() => {
+                GroupEvent::ServerActive { server_id, at: now }
+            }
+            (ServerReport::Failed { reason, .. }, Pending | Active) => GroupEvent::ServerFailed {
+                server_id,
+                reason: reason.clone(),
+                at: now,
+            },
+            (ServerReport::Deleted { .. }, Deleting) => {
+                GroupEvent::ServerDeleted { server_id, at: now }
+            }
+            _ => continue,
+        };
+        scratch = super::group::apply(scratch, &event);
+        events.push(event);
+    }
+    events
 }
 
 #[cfg(test)]

@@ -1,0 +1,91 @@
+//! A policy's execution on its group: the route's liveness (decided by [`route::check`]), the
+//! pinned arithmetic ([`scaling::compute`]), then pause, cooldown and whether capacity moves.
+//! Whatever the outcome, it is recorded as one [`GroupEvent::PolicyExecuted`].
+
+use serde::{Deserialize, Serialize};
+
+use super::{Group, GroupEvent, GroupState};
+use crate::clock::{millis_to_secs_rounded_up, Timestamp};
+use crate::domain::route::{self, Route};
+use crate::domain::scaling::{self, Computation};
+use crate::domain::{Cause, Rejection};
+
+/// The outcome of a policy execution, as the API shows it in its `outcome` field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Capacity changed from `from` to `to`; a cooldown runs until `cooldown_until`.
+    Executed {
+        /// The capacity before.
+        from: u32,
+        /// The capacity after.
+        to: u32,
+        /// When the cooldown this execution started ends.
+        cooldown_until: Timestamp,
+    },
+    /// The computed capacity equals the current one (e.g. already at a bound); no cooldown.
+    NoChange {
+        /// The unchanged capacity.
+        capacity: u32,
+    },
+    /// The group is cooling down from an earlier execution.
+    Cooldown {
+        /// Seconds until the cooldown ends, rounded up.
+        retry_after_seconds: u64,
+    },
+    /// The group is paused.
+    Paused,
+}
+
+/// Executes the route's policy on the group `state`, if the whole route is live.
+pub(super) fn decide_execution(
+    state: &GroupState,
+    route: &Route,
+    cause: &Cause,
+    now: Timestamp,
+) -> Result<Vec<GroupEvent>, Rejection> {
+    let (group, policy) = route::check(route, state)?;
+    let computation = scaling::compute(
+        group.desired_capacity,
+        policy.adjustment(),
+        group.min_size,
+        group.max_size,
+    );
+    let cooldown_seconds = policy.definition.cooldown_seconds;
+    let outcome = execution_outcome(group, &computation, cooldown_seconds, now);
+    Ok(vec![GroupEvent::PolicyExecuted {
+        policy_id: policy.id.clone(),
+        cause: cause.clone(),
+        outcome,
+        computation,
+        at: now,
+    }])
+}
+
+/// Pause first, then cooldown, then whether the capacity moves.
+fn execution_outcome(
+    group: &Group,
+    computation: &Computation,
+    cooldown_seconds: Option<u32>,
+    now: Timestamp,
+) -> Outcome {
+    if group.paused {
+        return Outcome::Paused;
+    }
+    if let Some(until) = group.cooldown_until.filter(|until| now < *until) {
+        return Outcome::Cooldown {
+            retry_after_seconds: millis_to_secs_rounded_up(until.saturating_sub(now)),
+        };
+    }
+    if computation.result == group.desired_capacity {
+        return Outcome::NoChange {
+            capacity: group.desired_capacity,
+        };
+    }
+    let cooldown = cooldown_seconds.unwrap_or(group.cooldown_seconds);
+    Outcome::Executed {
+        from: group.desired_capacity,
+        to: computation.result,
+        cooldown_until: now.plus_secs(cooldown),
+    }
+}

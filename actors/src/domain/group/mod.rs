@@ -1,0 +1,497 @@
+//! A group: a set of servers kept between `min_size` and `max_size` at `desired_capacity`, with
+//! a cooldown after each policy execution that changes its capacity, and a pause switch.
+//!
+//! Every policy execution, whatever its outcome, is recorded as one
+//! [`GroupEvent::PolicyExecuted`] carrying the [`Computation`] that
+//! explains it. The cooldown's end is stored in the [`Outcome::Executed`] that started it (the
+//! event's `at` plus the policy's or the group's cooldown), so a replay never needs a clock.
+//!
+//! By subject:
+//! - this module: the state, its commands and events, `decide` (which hands each command to its
+//!   subject) and `apply`;
+//! - `config`: creating and changing a group (bounds, cooldown, launch configuration);
+//! - `execution`: a policy's execution and its outcome;
+//! - the server slots (launches, reports, deletions) live beside the servers, in
+//!   [`super::server`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::route::Route;
+use super::scaling::Computation;
+use super::server::{self, Server, ServerState};
+use super::{Cause, DomainEvent, GroupId, PolicyId, Rejection, TenantId};
+use crate::clock::Timestamp;
+
+mod config;
+mod execution;
+
+pub use config::{GroupPatch, NewGroup, DEFAULT_COOLDOWN_SECONDS, MAX_GROUP_SIZE, PROVIDERS};
+pub use execution::Outcome;
+pub use server::{LaunchRequest, ServerReport};
+
+/// A group as its events built it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    /// Its id.
+    pub id: GroupId,
+    /// Its owner.
+    pub tenant_id: TenantId,
+    /// Its name.
+    pub name: String,
+    /// The fewest servers it keeps.
+    pub min_size: u32,
+    /// The most servers it keeps.
+    pub max_size: u32,
+    /// How many servers it should have; always within `[min_size, max_size]`.
+    pub desired_capacity: u32,
+    /// The cooldown after a policy execution that changed capacity, unless the policy has its own.
+    pub cooldown_seconds: u32,
+    /// The launch configuration: a JSON object with a `provider` among [`PROVIDERS`].
+    pub launch: Value,
+    /// Free-form metadata.
+    pub metadata: Map<String, Value>,
+    /// Whether policy executions are suspended.
+    pub paused: bool,
+    /// Whether it was deleted.
+    pub deleted: bool,
+    /// When the cooldown of the last capacity-changing execution ends, if one was started.
+    pub cooldown_until: Option<Timestamp>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// sha256 (hex) of the write-only token its servers post metric samples with.
+    #[serde(default)]
+    pub metrics_token_hash: String,
+    /// Its servers by id (SPEC 6): the group's own stream records them, so one actor
+    /// serializes its capacity and its servers.
+    #[serde(default)]
+    pub servers: BTreeMap<String, Server>,
+    /// Whether a forced deletion is removing its servers: nothing is launched any more.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+impl Group {
+    /// How many servers are in `state`.
+    pub fn count(&self, state: ServerState) -> u32 {
+        self.servers.values().filter(|s| s.state == state).count() as u32
+    }
+
+    /// How many slots the converger keeps: `desired_capacity`, or none while draining.
+    pub fn target(&self) -> u32 {
+        if self.draining {
+            0
+        } else {
+            self.desired_capacity
+        }
+    }
+
+    /// Whether a policy execution at `now` falls in the cooldown. The cooldown ends at
+    /// `cooldown_until` exactly: at that instant an execution is allowed again.
+    pub fn in_cooldown(&self, now: Timestamp) -> bool {
+        self.cooldown_until.is_some_and(|until| now < until)
+    }
+}
+
+/// A group's state: `None` until its `Created` event.
+pub type GroupState = Option<Group>;
+
+/// What can be asked of a group.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroupCommand {
+    /// Create it.
+    Create(NewGroup),
+    /// Change its configuration; a bounds change that leaves the capacity out of range moves it
+    /// into range (cause `bounds`, no cooldown).
+    Update(GroupPatch),
+    /// Set the desired capacity directly (cause `direct`, no cooldown); must lie within bounds.
+    SetDesired {
+        /// The new desired capacity.
+        desired_capacity: u32,
+    },
+    /// Stop executing policies.
+    Pause,
+    /// Execute policies again.
+    Resume,
+    /// Delete it; refused while it has servers (drain it first).
+    Delete,
+    /// Start a forced deletion: stop launching and remove every server.
+    Drain,
+    /// Ask the provider for servers: new slots, or failed slots whose backoff ran out. Requests
+    /// that are no longer needed or allowed are left out of the answer's events, not refused.
+    LaunchServers(Vec<LaunchRequest>),
+    /// What the provider said about servers. Stale reports (an unknown server, a state already
+    /// left) record nothing.
+    ReportServers(Vec<ServerReport>),
+    /// Remove these servers (scale-in, in the termination order the caller applied).
+    DeleteServers(Vec<String>),
+    /// Execute a policy: its adjustment and cooldown come from the policy, which must be live
+    /// with everything the execution passed through (see [`super::route::check`]).
+    ExecutePolicy {
+        /// The policy, and the webhook the call came through if one did.
+        route: Route,
+        /// What set it in motion.
+        cause: Cause,
+    },
+}
+
+/// What happened to a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GroupEvent {
+    /// It was created.
+    Created {
+        /// Its id.
+        id: GroupId,
+        /// Its owner.
+        tenant_id: TenantId,
+        /// Its name.
+        name: String,
+        /// Its lower bound.
+        min_size: u32,
+        /// Its upper bound.
+        max_size: u32,
+        /// Its initial desired capacity.
+        desired_capacity: u32,
+        /// Its cooldown.
+        cooldown_seconds: u32,
+        /// Its launch configuration.
+        launch: Value,
+        /// Its metadata.
+        metadata: Map<String, Value>,
+        /// sha256 (hex) of its metrics token.
+        #[serde(default)]
+        metrics_token_hash: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// Its configuration changed; every field is the new value.
+    Updated {
+        /// The name.
+        name: String,
+        /// The lower bound.
+        min_size: u32,
+        /// The upper bound.
+        max_size: u32,
+        /// The cooldown.
+        cooldown_seconds: u32,
+        /// The launch configuration.
+        launch: Value,
+        /// The metadata.
+        metadata: Map<String, Value>,
+        /// When.
+        at: Timestamp,
+    },
+    /// Its desired capacity changed outside a policy execution; starts no cooldown.
+    CapacityChanged {
+        /// Before.
+        from: u32,
+        /// After.
+        to: u32,
+        /// `bounds` or `direct`.
+        cause: Cause,
+        /// When.
+        at: Timestamp,
+    },
+    /// A policy was executed against it, whatever came of it.
+    PolicyExecuted {
+        /// The policy.
+        policy_id: PolicyId,
+        /// What set it in motion.
+        cause: Cause,
+        /// What came of it.
+        #[serde(flatten)]
+        outcome: Outcome,
+        /// How the capacity was computed; computed even when paused or cooling down, to show
+        /// what the execution would have done.
+        computation: Computation,
+        /// When.
+        at: Timestamp,
+    },
+    /// It was paused.
+    Paused {
+        /// When.
+        at: Timestamp,
+    },
+    /// It was resumed.
+    Resumed {
+        /// When.
+        at: Timestamp,
+    },
+    /// It was deleted.
+    Deleted {
+        /// When.
+        at: Timestamp,
+    },
+    /// A forced deletion started: its servers are removed, none launched.
+    Draining {
+        /// When.
+        at: Timestamp,
+    },
+    /// A server's launch was asked of the provider (a new slot, or a failed one again).
+    ServerLaunchRequested {
+        /// The server.
+        server_id: String,
+        /// sha256 (hex) of the metrics token handed to it.
+        metrics_token_hash: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// The provider started a server; its handle.
+    ServerLaunched {
+        /// The server.
+        server_id: String,
+        /// The provider's handle.
+        provider: Value,
+        /// When.
+        at: Timestamp,
+    },
+    /// A server runs.
+    ServerActive {
+        /// The server.
+        server_id: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// A server's launch failed or it exited.
+    ServerFailed {
+        /// The server.
+        server_id: String,
+        /// Why.
+        reason: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// A server is to be deleted.
+    ServerDeleteRequested {
+        /// The server.
+        server_id: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// The provider deleted a server.
+    ServerDeleted {
+        /// The server.
+        server_id: String,
+        /// When.
+        at: Timestamp,
+    },
+}
+
+impl DomainEvent for GroupEvent {
+    const SCHEMA: u16 = 1;
+
+    fn kind(&self) -> &'static str {
+        match self {
+            GroupEvent::Created { .. } => "created",
+            GroupEvent::Updated { .. } => "updated",
+            GroupEvent::CapacityChanged { .. } => "capacity_changed",
+            GroupEvent::PolicyExecuted { .. } => "policy_executed",
+            GroupEvent::Paused { .. } => "paused",
+            GroupEvent::Resumed { .. } => "resumed",
+            GroupEvent::Deleted { .. } => "deleted",
+            GroupEvent::Draining { .. } => "draining",
+            GroupEvent::ServerLaunchRequested { .. } => "server_launch_requested",
+            GroupEvent::ServerLaunched { .. } => "server_launched",
+            GroupEvent::ServerActive { .. } => "server_active",
+            GroupEvent::ServerFailed { .. } => "server_failed",
+            GroupEvent::ServerDeleteRequested { .. } => "server_delete_requested",
+            GroupEvent::ServerDeleted { .. } => "server_deleted",
+        }
+    }
+}
+
+/// Decides what a command does to a group at `now`. Holds every rule.
+pub fn decide(
+    state: &GroupState,
+    cmd: &GroupCommand,
+    now: Timestamp,
+) -> Result<Vec<GroupEvent>, Rejection> {
+    if let GroupCommand::Create(new) = cmd {
+        return config::decide_create(state, new, now);
+    }
+    if let GroupCommand::ExecutePolicy { route, cause } = cmd {
+        return execution::decide_execution(state, route, cause, now);
+    }
+    let group = match state {
+        Some(group) if !group.deleted => group,
+        _ => return Err(Rejection::not_found("group")),
+    };
+    match cmd {
+        GroupCommand::Create(_) => Err(Rejection::already_exists("group")),
+        GroupCommand::Update(patch) => config::decide_update(group, patch, now),
+        GroupCommand::SetDesired { desired_capacity } => {
+            config::validate_desired(*desired_capacity, group.min_size, group.max_size)?;
+            if *desired_capacity == group.desired_capacity {
+                return Ok(vec![]);
+            }
+            Ok(vec![GroupEvent::CapacityChanged {
+                from: group.desired_capacity,
+                to: *desired_capacity,
+                cause: Cause::Direct,
+                at: now,
+            }])
+        }
+        GroupCommand::Pause if group.paused => Ok(vec![]),
+        GroupCommand::Pause => Ok(vec![GroupEvent::Paused { at: now }]),
+        GroupCommand::Resume if !group.paused => Ok(vec![]),
+        GroupCommand::Resume => Ok(vec![GroupEvent::Resumed { at: now }]),
+        GroupCommand::Delete if !group.servers.is_empty() => Err(Rejection::Conflict {
+            reason: format!(
+                "the group has {} servers; delete it with force=true to remove them first",
+                group.servers.len()
+            ),
+        }),
+        GroupCommand::Delete => Ok(vec![GroupEvent::Deleted { at: now }]),
+        GroupCommand::Drain if group.draining => Ok(vec![]),
+        GroupCommand::Drain => Ok(vec![GroupEvent::Draining { at: now }]),
+        GroupCommand::LaunchServers(requests) => Ok(server::decide_launches(group, requests, now)),
+        GroupCommand::ReportServers(reports) => Ok(server::decide_reports(group, reports, now)),
+        GroupCommand::DeleteServers(ids) => Ok(ids
+            .iter()
+            .filter(|id| group.servers.get(*id).is_some_and(Server::is_slot))
+            .map(|id| GroupEvent::ServerDeleteRequested {
+                server_id: id.clone(),
+                at: now,
+            })
+            .collect()),
+        GroupCommand::ExecutePolicy { .. } => unreachable!("decided above"),
+    }
+}
+
+/// Records what an event says. Holds no rules.
+pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
+    if let GroupEvent::Created {
+        id,
+        tenant_id,
+        name,
+        min_size,
+        max_size,
+        desired_capacity,
+        cooldown_seconds,
+        launch,
+        metadata,
+        metrics_token_hash,
+        at,
+    } = event
+    {
+        return Some(Group {
+            id: id.clone(),
+            tenant_id: tenant_id.clone(),
+            name: name.clone(),
+            min_size: *min_size,
+            max_size: *max_size,
+            desired_capacity: *desired_capacity,
+            cooldown_seconds: *cooldown_seconds,
+            launch: launch.clone(),
+            metadata: metadata.clone(),
+            paused: false,
+            deleted: false,
+            cooldown_until: None,
+            created_at: *at,
+            metrics_token_hash: metrics_token_hash.clone(),
+            servers: BTreeMap::new(),
+            draining: false,
+        });
+    }
+    let mut group = state?;
+    match event {
+        GroupEvent::Created { .. } => {}
+        GroupEvent::Updated {
+            name,
+            min_size,
+            max_size,
+            cooldown_seconds,
+            launch,
+            metadata,
+            at: _,
+        } => {
+            group.name = name.clone();
+            group.min_size = *min_size;
+            group.max_size = *max_size;
+            group.cooldown_seconds = *cooldown_seconds;
+            group.launch = launch.clone();
+            group.metadata = metadata.clone();
+        }
+        GroupEvent::CapacityChanged { to, .. } => group.desired_capacity = *to,
+        GroupEvent::PolicyExecuted { outcome, .. } => {
+            if let Outcome::Executed {
+                to, cooldown_until, ..
+            } = outcome
+            {
+                group.desired_capacity = *to;
+                group.cooldown_until = Some(*cooldown_until);
+            }
+        }
+        GroupEvent::Paused { .. } => group.paused = true,
+        GroupEvent::Resumed { .. } => group.paused = false,
+        GroupEvent::Deleted { .. } => group.deleted = true,
+        GroupEvent::Draining { .. } => group.draining = true,
+        GroupEvent::ServerLaunchRequested {
+            server_id,
+            metrics_token_hash,
+            at,
+        } => {
+            let server = group
+                .servers
+                .entry(server_id.clone())
+                .or_insert_with(|| Server {
+                    id: server_id.clone(),
+                    state: ServerState::Pending,
+                    provider: Value::Null,
+                    launched_at: *at,
+                    failures: 0,
+                    last_failure: None,
+                    metrics_token_hash: String::new(),
+                });
+            server.state = ServerState::Pending;
+            server.provider = Value::Null;
+            server.launched_at = *at;
+            server.metrics_token_hash = metrics_token_hash.clone();
+        }
+        GroupEvent::ServerLaunched {
+            server_id,
+            provider,
+            ..
+        } => {
+            if let Some(server) = group.servers.get_mut(server_id) {
+                server.provider = provider.clone();
+            }
+        }
+        GroupEvent::ServerActive { server_id, .. } => {
+            if let Some(server) = group.servers.get_mut(server_id) {
+                server.state = ServerState::Active;
+            }
+        }
+        GroupEvent::ServerFailed {
+            server_id,
+            reason,
+            at,
+        } => {
+            if let Some(server) = group.servers.get_mut(server_id) {
+                server.state = ServerState::Failed;
+                server.failures = server.failures.saturating_add(1);
+                server.last_failure = Some((reason.clone(), *at));
+            }
+        }
+        GroupEvent::ServerDeleteRequested { server_id, .. } => {
+            if let Some(server) = group.servers.get_mut(server_id) {
+                server.state = ServerState::Deleting;
+            }
+        }
+        GroupEvent::ServerDeleted { server_id, .. } => {
+            group.servers.remove(server_id);
+        }
+    }
+    Some(group)
+}
+
+/// Rebuilds a group from its events, oldest first.
+pub fn replay<'a>(events: impl IntoIterator<Item = &'a GroupEvent>) -> GroupState {
+    events.into_iter().fold(None, apply)
+}
+
+#[cfg(test)]
+mod tests;

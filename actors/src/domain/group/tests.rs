@@ -1,0 +1,659 @@
+
+use super::*;
+use crate::domain::policy::{Policy, PolicyDefinition};
+use crate::domain::route::Route;
+use crate::domain::scaling::{Adjustment, AdjustmentType, Constraint};
+use serde_json::json;
+
+const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
+
+fn new_group(min_size: u32, max_size: u32, desired: Option<u32>) -> NewGroup {
+    NewGroup {
+        id: GroupId::new("grp_1"),
+        tenant_id: TenantId::new("ten_1"),
+        name: "web".into(),
+        min_size,
+        max_size,
+        desired_capacity: desired,
+        cooldown_seconds: None,
+        launch: json!({"provider": "simulated"}),
+        metadata: None,
+        metrics_token_hash: String::new(),
+    }
+}
+
+/// Given the events of a group created with these bounds at `T0`.
+fn given_group(min_size: u32, max_size: u32, desired: u32) -> GroupState {
+    let events = decide(
+        &None,
+        &GroupCommand::Create(new_group(min_size, max_size, Some(desired))),
+        T0,
+    )
+    .unwrap();
+    replay(&events)
+}
+
+/// Decides then applies, returning the new state and the events.
+fn when(state: GroupState, cmd: GroupCommand, now: Timestamp) -> (GroupState, Vec<GroupEvent>) {
+    let events = decide(&state, &cmd, now).unwrap();
+    let state = events.iter().fold(state, apply);
+    (state, events)
+}
+
+/// An execution of policy `pol_1` of `grp_1` with `adjustment`.
+fn execute(adjustment: Adjustment, cooldown_seconds: Option<u32>, cause: Cause) -> GroupCommand {
+    let policy = Policy {
+        id: PolicyId::new("pol_1"),
+        group_id: GroupId::new("grp_1"),
+        tenant_id: TenantId::new("ten_1"),
+        definition: PolicyDefinition {
+            name: "p".into(),
+            adjustment_type: adjustment.kind,
+            adjustment: adjustment.value,
+            min_adjustment_step: adjustment.min_adjustment_step,
+            cooldown_seconds,
+        },
+        deleted: false,
+        created_at: T0,
+    };
+    GroupCommand::ExecutePolicy {
+        route: Route::direct(policy),
+        cause,
+    }
+}
+
+fn change(value: i64, cooldown_seconds: Option<u32>) -> GroupCommand {
+    let adjustment = Adjustment {
+        kind: AdjustmentType::Change,
+        value,
+        min_adjustment_step: None,
+    };
+    execute(adjustment, cooldown_seconds, Cause::Direct)
+}
+
+fn outcome_of(events: &[GroupEvent]) -> &Outcome {
+    match events {
+        [GroupEvent::PolicyExecuted { outcome, .. }] => outcome,
+        other => panic!("expected one policy_executed, got {other:?}"),
+    }
+}
+
+fn capacity(state: &GroupState) -> u32 {
+    state.as_ref().map(|g| g.desired_capacity).unwrap()
+}
+
+#[test]
+fn a_new_group_starts_at_min_size_with_the_default_cooldown() {
+    let events = decide(&None, &GroupCommand::Create(new_group(2, 5, None)), T0).unwrap();
+    let group = replay(&events).unwrap();
+    assert_eq!(group.desired_capacity, 2);
+    assert_eq!(group.cooldown_seconds, DEFAULT_COOLDOWN_SECONDS);
+    assert!(!group.paused);
+    assert_eq!(group.cooldown_until, None);
+}
+
+#[test]
+fn creating_a_group_twice_is_a_conflict() {
+    let state = given_group(1, 3, 1);
+    let rejection = decide(&state, &GroupCommand::Create(new_group(1, 3, None)), T0).unwrap_err();
+    assert_eq!(rejection.status(), 409);
+}
+
+#[test]
+fn invalid_groups_are_refused_naming_the_field() {
+    let cases: Vec<(NewGroup, &str)> = vec![
+        (
+            NewGroup {
+                name: "".into(),
+                ..new_group(0, 1, None)
+            },
+            "name",
+        ),
+        (
+            NewGroup {
+                name: "x".repeat(256),
+                ..new_group(0, 1, None)
+            },
+            "name",
+        ),
+        (new_group(3, 2, None), "min_size"),
+        (new_group(0, MAX_GROUP_SIZE + 1, None), "max_size"),
+        (new_group(1, 3, Some(4)), "desired_capacity"),
+        (new_group(1, 3, Some(0)), "desired_capacity"),
+        (
+            NewGroup {
+                cooldown_seconds: Some(86_400 * 7 + 1),
+                ..new_group(0, 1, None)
+            },
+            "cooldown_seconds",
+        ),
+        (
+            NewGroup {
+                launch: json!({"provider": "ec2"}),
+                ..new_group(0, 1, None)
+            },
+            "launch.provider",
+        ),
+        (
+            NewGroup {
+                launch: json!({"command": ["x"]}),
+                ..new_group(0, 1, None)
+            },
+            "launch.provider",
+        ),
+        (
+            NewGroup {
+                launch: json!("process"),
+                ..new_group(0, 1, None)
+            },
+            "launch",
+        ),
+    ];
+    for (new, field) in cases {
+        match decide(&None, &GroupCommand::Create(new.clone()), T0) {
+            Err(Rejection::Invalid { field: got, .. }) => assert_eq!(got, field, "{new:?}"),
+            other => panic!("expected invalid {field}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_largest_group_and_longest_cooldown_are_allowed() {
+    let new = NewGroup {
+        cooldown_seconds: Some(86_400 * 7),
+        ..new_group(0, MAX_GROUP_SIZE, Some(MAX_GROUP_SIZE))
+    };
+    assert!(decide(&None, &GroupCommand::Create(new), T0).is_ok());
+}
+
+#[test]
+fn commands_on_a_missing_or_deleted_group_are_not_found() {
+    assert_eq!(
+        decide(&None, &GroupCommand::Pause, T0)
+            .unwrap_err()
+            .status(),
+        404
+    );
+    let (deleted, _) = when(given_group(1, 3, 1), GroupCommand::Delete, T0);
+    for cmd in [GroupCommand::Pause, GroupCommand::Delete, change(1, None)] {
+        assert_eq!(decide(&deleted, &cmd, T0).unwrap_err().status(), 404);
+    }
+}
+
+#[test]
+fn an_execution_that_changes_capacity_starts_the_policy_cooldown() {
+    let (state, events) = when(given_group(1, 10, 2), change(3, Some(60)), T0);
+    assert_eq!(
+        outcome_of(&events),
+        &Outcome::Executed {
+            from: 2,
+            to: 5,
+            cooldown_until: T0.plus_secs(60u32)
+        }
+    );
+    assert_eq!(capacity(&state), 5);
+    assert_eq!(state.unwrap().cooldown_until, Some(T0.plus_secs(60u32)));
+}
+
+#[test]
+fn without_a_policy_cooldown_the_group_cooldown_applies() {
+    let (state, _) = when(given_group(1, 10, 2), change(1, None), T0);
+    assert_eq!(state.unwrap().cooldown_until, Some(T0.plus_secs(300u32)));
+}
+
+#[test]
+fn one_millisecond_before_the_cooldown_ends_the_outcome_is_cooldown_with_retry_after_1() {
+    let (state, _) = when(given_group(1, 10, 2), change(1, Some(60)), T0);
+    let before_end = T0.plus_secs(60u32).plus_millis(-1);
+    let (after, events) = when(state.clone(), change(1, Some(60)), before_end);
+    assert_eq!(
+        outcome_of(&events),
+        &Outcome::Cooldown {
+            retry_after_seconds: 1
+        }
+    );
+    assert_eq!(after, state, "a cooldown outcome changes nothing");
+}
+
+#[test]
+fn a_cooldown_retry_after_is_rounded_up_to_whole_seconds() {
+    let (state, _) = when(given_group(1, 10, 2), change(1, Some(60)), T0);
+    let (_, events) = when(state, change(1, None), T0.plus_millis(500));
+    assert_eq!(
+        outcome_of(&events),
+        &Outcome::Cooldown {
+            retry_after_seconds: 60
+        }
+    );
+}
+
+#[test]
+fn exactly_when_the_cooldown_ends_a_policy_executes() {
+    let (state, _) = when(given_group(1, 10, 2), change(1, Some(60)), T0);
+    let (state, events) = when(state, change(1, Some(60)), T0.plus_secs(60u32));
+    assert!(matches!(
+        outcome_of(&events),
+        Outcome::Executed { from: 3, to: 4, .. }
+    ));
+    assert_eq!(capacity(&state), 4);
+}
+
+#[test]
+fn an_execution_at_a_bound_is_no_change_and_starts_no_cooldown() {
+    let (state, events) = when(given_group(1, 3, 3), change(2, Some(60)), T0);
+    assert_eq!(outcome_of(&events), &Outcome::NoChange { capacity: 3 });
+    assert_eq!(state.as_ref().unwrap().cooldown_until, None);
+    let (_, events) = when(state, change(-1, Some(60)), T0.plus_millis(1));
+    assert!(matches!(
+        outcome_of(&events),
+        Outcome::Executed { from: 3, to: 2, .. }
+    ));
+}
+
+#[test]
+fn a_paused_group_executes_nothing_until_resumed() {
+    let (paused, _) = when(given_group(1, 10, 2), GroupCommand::Pause, T0);
+    let (after, events) = when(paused.clone(), change(3, None), T0);
+    assert_eq!(outcome_of(&events), &Outcome::Paused);
+    assert_eq!(after, paused);
+    let (resumed, _) = when(after, GroupCommand::Resume, T0);
+    let (state, _) = when(resumed, change(3, None), T0);
+    assert_eq!(capacity(&state), 5);
+}
+
+#[test]
+fn pausing_a_paused_group_records_nothing() {
+    let (paused, _) = when(given_group(1, 10, 2), GroupCommand::Pause, T0);
+    assert_eq!(decide(&paused, &GroupCommand::Pause, T0), Ok(vec![]));
+    assert_eq!(
+        decide(&given_group(1, 10, 2), &GroupCommand::Resume, T0),
+        Ok(vec![])
+    );
+}
+
+#[test]
+fn the_computation_explains_a_clamped_execution() {
+    let (_, events) = when(given_group(1, 4, 3), change(5, None), T0);
+    let GroupEvent::PolicyExecuted { computation, .. } = &events[0] else {
+        panic!("expected policy_executed");
+    };
+    assert_eq!(computation.raw, 8);
+    assert_eq!(
+        computation.constraints,
+        vec![Constraint::ClampedToMax { max_size: 4 }]
+    );
+}
+
+#[test]
+fn lowering_max_size_below_capacity_clamps_it_without_cooldown() {
+    let patch = GroupPatch {
+        max_size: Some(3),
+        ..GroupPatch::default()
+    };
+    let (state, events) = when(given_group(1, 10, 6), GroupCommand::Update(patch), T0);
+    assert_eq!(events.len(), 2);
+    assert!(matches!(
+        &events[1],
+        GroupEvent::CapacityChanged {
+            from: 6,
+            to: 3,
+            cause: Cause::Bounds,
+            ..
+        }
+    ));
+    let group = state.unwrap();
+    assert_eq!((group.max_size, group.desired_capacity), (3, 3));
+    assert_eq!(group.cooldown_until, None);
+}
+
+#[test]
+fn raising_min_size_above_capacity_raises_it_and_a_policy_may_run_at_once() {
+    let patch = GroupPatch {
+        min_size: Some(4),
+        ..GroupPatch::default()
+    };
+    let (state, _) = when(given_group(1, 10, 2), GroupCommand::Update(patch), T0);
+    assert_eq!(capacity(&state), 4);
+    let (state, _) = when(state, change(1, None), T0);
+    assert_eq!(capacity(&state), 5);
+}
+
+#[test]
+fn an_update_that_changes_nothing_records_nothing() {
+    let patch = GroupPatch {
+        min_size: Some(1),
+        ..GroupPatch::default()
+    };
+    assert_eq!(
+        decide(&given_group(1, 10, 2), &GroupCommand::Update(patch), T0),
+        Ok(vec![])
+    );
+}
+
+#[test]
+fn an_update_is_validated_against_the_merged_configuration() {
+    let patch = GroupPatch {
+        min_size: Some(11),
+        ..GroupPatch::default()
+    };
+    let rejection = decide(&given_group(1, 10, 2), &GroupCommand::Update(patch), T0).unwrap_err();
+    assert!(matches!(
+        rejection,
+        Rejection::Invalid {
+            field: "min_size",
+            ..
+        }
+    ));
+    let patch = GroupPatch {
+        launch: Some(json!({"provider": "nope"})),
+        ..GroupPatch::default()
+    };
+    let rejection = decide(&given_group(1, 10, 2), &GroupCommand::Update(patch), T0).unwrap_err();
+    assert!(matches!(
+        rejection,
+        Rejection::Invalid {
+            field: "launch.provider",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn setting_the_desired_capacity_must_stay_within_bounds_and_starts_no_cooldown() {
+    let state = given_group(1, 10, 2);
+    let rejection = decide(
+        &state,
+        &GroupCommand::SetDesired {
+            desired_capacity: 11,
+        },
+        T0,
+    )
+    .unwrap_err();
+    assert!(matches!(
+        rejection,
+        Rejection::Invalid {
+            field: "desired_capacity",
+            ..
+        }
+    ));
+    let (state, _) = when(
+        state,
+        GroupCommand::SetDesired {
+            desired_capacity: 7,
+        },
+        T0,
+    );
+    let group = state.unwrap();
+    assert_eq!((group.desired_capacity, group.cooldown_until), (7, None));
+}
+
+#[test]
+fn a_policy_executed_event_serializes_with_its_outcome_inline() {
+    let (_, events) = when(given_group(1, 10, 2), change(1, Some(60)), T0);
+    let json = serde_json::to_value(&events[0]).unwrap();
+    assert_eq!(json["type"], "policy_executed");
+    assert_eq!(json["outcome"], "executed");
+    assert_eq!(json["from"], 2);
+    assert_eq!(json["to"], 3);
+    assert_eq!(json["cause"], json!({"type": "direct"}));
+    assert_eq!(json["at"], T0.as_millis());
+    assert_eq!(events[0].kind(), "policy_executed");
+    let back: GroupEvent = serde_json::from_value(json).unwrap();
+    assert_eq!(back, events[0]);
+}
+
+#[test]
+fn a_cooldown_outcome_serializes_its_retry_after() {
+    let outcome = Outcome::Cooldown {
+        retry_after_seconds: 7,
+    };
+    assert_eq!(
+        serde_json::to_value(outcome).unwrap(),
+        json!({"outcome": "cooldown", "retry_after_seconds": 7})
+    );
+    assert_eq!(
+        serde_json::to_value(Outcome::Paused).unwrap(),
+        json!({"outcome": "paused"})
+    );
+    assert_eq!(
+        serde_json::to_value(Outcome::NoChange { capacity: 3 }).unwrap(),
+        json!({"outcome": "no_change", "capacity": 3})
+    );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn launch() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!({"provider": "simulated"})),
+            Just(json!({"provider": "process", "command": ["sleep", "60"]})),
+            Just(json!({"provider": "teleport"})),
+        ]
+    }
+
+    fn adjustment() -> impl Strategy<Value = Adjustment> {
+        (
+            prop_oneof![
+                Just(AdjustmentType::Change),
+                Just(AdjustmentType::Percent),
+                Just(AdjustmentType::Exact)
+            ],
+            -150i64..150,
+            proptest::option::of(1u32..4),
+        )
+            .prop_map(|(kind, value, min_adjustment_step)| Adjustment {
+                kind,
+                value,
+                min_adjustment_step,
+            })
+    }
+
+    fn cause() -> impl Strategy<Value = Cause> {
+        prop_oneof![
+            Just(Cause::Direct),
+            Just(Cause::Schedule),
+            Just(Cause::Webhook {
+                webhook_id: "whk_1".into()
+            }),
+            Just(Cause::Alarm {
+                alarm_id: "alm_1".into(),
+                reason: "cpu > 0.8".into()
+            }),
+        ]
+    }
+
+    fn command() -> impl Strategy<Value = GroupCommand> {
+        prop_oneof![
+            1 => (0u32..6, 0u32..12, proptest::option::of(0u32..12), proptest::option::of(0u32..5), launch())
+                .prop_map(|(min_size, max_size, desired, cooldown, launch)| {
+                    GroupCommand::Create(NewGroup { cooldown_seconds: cooldown, launch, ..new_group(min_size, max_size, desired) })
+                }),
+            2 => (proptest::option::of(0u32..6), proptest::option::of(0u32..12), proptest::option::of(0u32..5), proptest::option::of(launch()))
+                .prop_map(|(min_size, max_size, cooldown_seconds, launch)| {
+                    GroupCommand::Update(GroupPatch { min_size, max_size, cooldown_seconds, launch, ..GroupPatch::default() })
+                }),
+            1 => (0u32..12).prop_map(|desired_capacity| GroupCommand::SetDesired { desired_capacity }),
+            1 => Just(GroupCommand::Pause),
+            1 => Just(GroupCommand::Resume),
+            1 => Just(GroupCommand::Delete),
+            16 => (adjustment(), proptest::option::of(0u32..4), cause()).prop_map(|(adjustment, cooldown_seconds, cause)| {
+                execute(adjustment, cooldown_seconds, cause)
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn live_state_equals_the_replay_of_its_events_across_restarts_and_json(
+            steps in proptest::collection::vec((0i64..3_000, proptest::bool::weighted(0.1), command()), 1..60)
+        ) {
+            let mut now = T0;
+            let mut live: GroupState = None;
+            let mut journal: Vec<GroupEvent> = Vec::new();
+            for (advance, restart, cmd) in steps {
+                now = now.plus_millis(advance);
+                if restart {
+                    // A restart rebuilds the state from the journal alone.
+                    live = replay(&journal);
+                }
+                let Ok(events) = decide(&live, &cmd, now) else { continue };
+                for event in events {
+                    live = apply(live, &event);
+                    journal.push(event);
+                }
+                if let Some(group) = live.as_ref().filter(|g| !g.deleted) {
+                    prop_assert!(group.min_size <= group.desired_capacity);
+                    prop_assert!(group.desired_capacity <= group.max_size);
+                }
+            }
+            prop_assert_eq!(&replay(&journal), &live);
+            let lines: Vec<String> = journal.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
+            let decoded: Vec<GroupEvent> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+            prop_assert_eq!(&decoded, &journal);
+            prop_assert_eq!(replay(&decoded), live);
+        }
+    }
+}
+
+fn when_ok(state: GroupState, command: GroupCommand) -> GroupState {
+    let events = decide(&state, &command, T0).unwrap();
+    events.iter().fold(state, apply)
+}
+
+fn launch(ids: &[&str]) -> GroupCommand {
+    GroupCommand::LaunchServers(
+        ids.iter()
+            .map(|id| LaunchRequest {
+                server_id: (*id).into(),
+                metrics_token_hash: format!("hash-{id}"),
+            })
+            .collect(),
+    )
+}
+
+fn report(reports: Vec<ServerReport>) -> GroupCommand {
+    GroupCommand::ReportServers(reports)
+}
+
+fn launched(id: &str) -> ServerReport {
+    ServerReport::Launched {
+        server_id: id.into(),
+        provider: json!({"pid": 7}),
+    }
+}
+
+fn server_state(state: &GroupState, id: &str) -> Option<ServerState> {
+    state.as_ref().unwrap().servers.get(id).map(|s| s.state)
+}
+
+#[test]
+fn launches_beyond_the_desired_capacity_record_nothing() {
+    let (state, events) = when(given_group(0, 5, 2), launch(&["a", "b", "c"]), T0);
+    assert_eq!(events.len(), 2);
+    assert_eq!(server_state(&state, "a"), Some(ServerState::Pending));
+    assert_eq!(server_state(&state, "c"), None);
+}
+
+#[test]
+fn a_launched_server_becomes_active_only_once_it_has_a_handle() {
+    let (state, _) = when(given_group(0, 5, 1), launch(&["a"]), T0);
+    let active = ServerReport::Active {
+        server_id: "a".into(),
+    };
+    let (state, events) = when(state, report(vec![active.clone()]), T0);
+    assert!(events.is_empty(), "no handle yet: {events:?}");
+    let (state, _) = when(state, report(vec![launched("a"), active]), T0);
+    let server = &state.as_ref().unwrap().servers["a"];
+    assert_eq!(server.state, ServerState::Active);
+    assert_eq!(server.provider, json!({"pid": 7}));
+    assert_eq!(state.unwrap().count(ServerState::Active), 1);
+}
+
+#[test]
+fn a_failed_slot_is_launched_again_only_after_its_backoff() {
+    let (state, _) = when(given_group(0, 5, 1), launch(&["a"]), T0);
+    let failed = ServerReport::Failed {
+        server_id: "a".into(),
+        reason: "no such file".into(),
+    };
+    let (state, _) = when(state, report(vec![failed.clone()]), T0);
+    assert_eq!(server_state(&state, "a"), Some(ServerState::Failed));
+    let (state, events) = when(state, launch(&["a"]), T0.plus_millis(999));
+    assert!(events.is_empty());
+    let (state, events) = when(state, launch(&["a"]), T0.plus_secs(1u32));
+    assert_eq!(events.len(), 1);
+    let (state, _) = when(state, report(vec![failed]), T0.plus_secs(1u32));
+    let (_, events) = when(state, launch(&["a"]), T0.plus_secs(2u32));
+    assert!(events.is_empty(), "the second failure waits 2 s");
+}
+
+#[test]
+fn failures_never_lower_the_desired_capacity_below_min_size() {
+    let (state, _) = when(given_group(2, 5, 2), launch(&["a", "b"]), T0);
+    let failed = |id: &str| ServerReport::Failed {
+        server_id: id.into(),
+        reason: "exited".into(),
+    };
+    let (state, _) = when(state, report(vec![failed("a"), failed("b")]), T0);
+    assert_eq!(capacity(&state), 2);
+    let plan = crate::domain::server::plan(&state.as_ref().unwrap().servers, 2, T0.plus_secs(1u32));
+    assert_eq!(plan.relaunch, vec!["a", "b"]);
+}
+
+#[test]
+fn a_group_with_servers_is_deleted_only_after_draining_them() {
+    let (state, _) = when(given_group(0, 5, 1), launch(&["a"]), T0);
+    assert_eq!(
+        decide(&state, &GroupCommand::Delete, T0)
+            .unwrap_err()
+            .status(),
+        409
+    );
+    let (state, _) = when(state, GroupCommand::Drain, T0);
+    let (state, events) = when(state, launch(&["b"]), T0);
+    assert!(events.is_empty(), "nothing launches while draining");
+    let (state, _) = when(state, GroupCommand::DeleteServers(vec!["a".into()]), T0);
+    assert_eq!(server_state(&state, "a"), Some(ServerState::Deleting));
+    let deleted = ServerReport::Deleted {
+        server_id: "a".into(),
+    };
+    let (state, _) = when(state, report(vec![deleted]), T0);
+    let (state, _) = when(state, GroupCommand::Delete, T0);
+    assert!(state.unwrap().deleted);
+}
+
+#[test]
+fn server_events_replay_to_the_same_state_and_old_snapshots_still_decode() {
+    let mut events = decide(&None, &GroupCommand::Create(new_group(0, 3, Some(2))), T0).unwrap();
+    let mut state = replay(&events);
+    for cmd in [launch(&["a", "b"]), report(vec![launched("a")])] {
+        let more = decide(&state, &cmd, T0).unwrap();
+        state = more.iter().fold(state, apply);
+        events.extend(more);
+    }
+    assert_eq!(replay(&events), state);
+    let mut old = serde_json::to_value(given_group(0, 3, 1)).unwrap();
+    old.as_object_mut().unwrap().remove("servers");
+    old.as_object_mut().unwrap().remove("draining");
+    let decoded: GroupState = serde_json::from_value(old).unwrap();
+    assert!(decoded.unwrap().servers.is_empty());
+}
+
+#[test]
+fn a_group_with_servers_cannot_change_its_provider() {
+    let mut group = given_group(0, 5, 1);
+    group = when_ok(group, launch(&["srv_1"]));
+    let patch = GroupPatch {
+        launch: Some(serde_json::json!({"provider": "http", "url": "http://127.0.0.1:1"})),
+        ..GroupPatch::default()
+    };
+    let refused = decide(&group, &GroupCommand::Update(patch.clone()), T0);
+    assert!(
+        matches!(refused, Err(Rejection::Conflict { .. })),
+        "{refused:?}"
+    );
+    group.as_mut().unwrap().servers.clear();
+    assert!(decide(&group, &GroupCommand::Update(patch), T0).is_ok());
+}
