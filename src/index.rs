@@ -322,6 +322,27 @@ impl Index {
         }
     }
 
+    /// Who owns live object `id` of `kind`, and where it hangs (a group hangs from itself);
+    /// `None` for a tenant, or an object that is not live.
+    pub fn owner(&self, kind: Kind, id: &str) -> Option<Owner> {
+        let data = self.read();
+        match kind {
+            Kind::Group => {
+                let group = GroupId::new(id);
+                let tenant = data.groups.get(&group)?.clone();
+                Some(Owner {
+                    tenant,
+                    group,
+                    policy: None,
+                })
+            }
+            Kind::Policy => data.policies.get(&PolicyId::new(id)).cloned(),
+            Kind::Webhook => data.webhooks.get(&WebhookId::new(id)).cloned(),
+            Kind::Alarm => data.alarms.get(&AlarmId::new(id)).cloned(),
+            Kind::Tenant => None,
+        }
+    }
+
     /// The tenant a token hash belongs to.
     pub fn tenant_of_token(&self, token_hash: &str) -> Option<TenantId> {
         self.read().tokens.get(token_hash).cloned()

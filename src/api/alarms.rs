@@ -1,7 +1,7 @@
 //! `/v1/alarms`: threshold rules over a group's samples (evaluation comes with metrics).
 
 use actix_web::{web, HttpResponse};
-use flotilla_actors::aggregate::Alarms;
+use flotilla_actors::aggregate::{Alarms, Policies};
 use flotilla_actors::domain::alarm::{
     Alarm, AlarmCommand, AlarmPatch, Comparison, NewAlarm, Statistic, TreatMissing,
 };
@@ -10,11 +10,12 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::Tenant;
-use super::error::{CommonErrors, ErrorBody};
+use super::error::{CreateErrors, ListErrors, ReadErrors, WriteErrors};
 use super::groups::owned as owned_group;
 use super::openapi::mirror;
+use super::resource;
 use super::views::AlarmView;
-use super::{respond_page, ApiError, AppState, List, ListQuery};
+use super::{ApiError, AppState, List, ListQuery};
 
 /// The body of an alarm's create.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -72,14 +73,6 @@ pub struct UpdateAlarm {
     repeat_actions: Option<bool>,
 }
 
-fn owned(state: &AppState, tenant: &TenantId, id: &str) -> Result<AlarmId, ApiError> {
-    let id = AlarmId::new(id);
-    match state.index.alarm(&id) {
-        Some(owner) if &owner.tenant == tenant => Ok(id),
-        _ => Err(ApiError::not_found("alarm")),
-    }
-}
-
 /// Every action must be a policy of the alarm's group.
 fn check_actions<'a>(
     state: &AppState,
@@ -88,9 +81,9 @@ fn check_actions<'a>(
     actions: impl IntoIterator<Item = &'a PolicyId>,
 ) -> Result<(), ApiError> {
     for policy in actions {
-        match state.index.policy(policy) {
-            Some(owner) if &owner.tenant == tenant && &owner.group == group => {}
-            _ => {
+        match resource::owned::<Policies>(state, tenant, policy.as_str(), Some(group.as_str())) {
+            Ok(_) => {}
+            Err(_) => {
                 return Err(ApiError::bad_request(
                     "invalid_input",
                     format!("action {policy} is not a policy of group {group}"),
@@ -107,14 +100,6 @@ async fn watch(state: &AppState, id: &AlarmId, command: AlarmCommand) -> Result<
     executed.state.ok_or_else(|| ApiError::not_found("alarm"))
 }
 
-async fn load(state: &AppState, id: &AlarmId) -> Result<Alarm, ApiError> {
-    let observed = state.supervisor.get::<Alarms>(id.as_str()).await?;
-    observed
-        .state
-        .filter(|a| !a.deleted)
-        .ok_or_else(|| ApiError::not_found("alarm"))
-}
-
 /// `POST /v1/alarms`.
 #[utoipa::path(
     post,
@@ -123,11 +108,7 @@ async fn load(state: &AppState, id: &AlarmId) -> Result<Alarm, ApiError> {
     request_body = CreateAlarm,
     responses(
         (status = 201, description = "the alarm, in insufficient_data", body = AlarmView),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 409, description = "conflict with the object's state", body = ErrorBody),
-        (status = 413, description = "body over the limit", body = ErrorBody),
-        (status = 415, description = "not application/json", body = ErrorBody),
-        CommonErrors,
+        CreateErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -175,8 +156,7 @@ pub async fn create(
     params(ListQuery),
     responses(
         (status = 200, description = "a page of alarms", body = List<AlarmView>),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        CommonErrors,
+        ListErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -189,13 +169,7 @@ pub async fn list(
     let page = state
         .index
         .alarms_of(&tenant, cursor.as_ref(), query.limit()?);
-    let view = async |id: &_| {
-        load(&state, id)
-            .await
-            .ok()
-            .map(|alarm| AlarmView::from(&alarm))
-    };
-    Ok(respond_page(page, view).await)
+    Ok(resource::page::<Alarms, _>(&state, page, |a| AlarmView::from(a)).await)
 }
 
 /// `GET /v1/alarms/{aid}`: with `state` and `state_reason`.
@@ -206,9 +180,7 @@ pub async fn list(
     params(("aid" = String, Path, description = "alarm id")),
     responses(
         (status = 200, description = "the alarm with its state and reason", body = AlarmView),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        CommonErrors,
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -217,8 +189,10 @@ pub async fn show(
     Tenant(tenant): Tenant,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path)?;
-    Ok(HttpResponse::Ok().json(AlarmView::from(&load(&state, &id).await?)))
+    let id = resource::owned::<Alarms>(&state, &tenant, &path, None)?;
+    Ok(HttpResponse::Ok().json(AlarmView::from(
+        &resource::load::<Alarms>(&state, &id).await?,
+    )))
 }
 
 /// `PATCH /v1/alarms/{aid}`.
@@ -230,12 +204,7 @@ pub async fn show(
     request_body = UpdateAlarm,
     responses(
         (status = 200, description = "the alarm after the change", body = AlarmView),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 409, description = "conflict with the object's state", body = ErrorBody),
-        (status = 413, description = "body over the limit", body = ErrorBody),
-        (status = 415, description = "not application/json", body = ErrorBody),
-        CommonErrors,
+        WriteErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -245,9 +214,9 @@ pub async fn update(
     path: web::Path<String>,
     body: web::Json<UpdateAlarm>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path)?;
+    let id = resource::owned::<Alarms>(&state, &tenant, &path, None)?;
     let body = body.into_inner();
-    let current = load(&state, &id).await?;
+    let current = resource::load::<Alarms>(&state, &id).await?;
     let actions = body
         .alarm_actions
         .iter()
@@ -280,9 +249,7 @@ pub async fn update(
     params(("aid" = String, Path, description = "alarm id")),
     responses(
         (status = 204, description = "deleted"),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        CommonErrors,
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -291,7 +258,7 @@ pub async fn delete(
     Tenant(tenant): Tenant,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path)?;
+    let id = resource::owned::<Alarms>(&state, &tenant, &path, None)?;
     state
         .execute::<Alarms>(id.as_str(), AlarmCommand::Delete)
         .await?;

@@ -19,24 +19,100 @@ pub struct ApiError {
     retry_after: Option<u64>,
 }
 
-/// The errors every endpoint behind a bearer token can answer, listed once for the OpenAPI
-/// document (`responses(..., CommonErrors)`); never built.
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)]
-pub enum CommonErrors {
-    /// No token, or one the service does not know.
-    #[response(status = 401, description = "missing or unknown bearer token")]
-    Unauthorized(ErrorBody),
-    /// A fault of the service.
-    #[response(status = 500, description = "a fault of the service")]
-    Fault(ErrorBody),
-    /// Not ready, or the object's actor is restarting.
-    #[response(
-        status = 503,
-        description = "the journal is still being replayed, or the object is restarting"
-    )]
-    Unavailable(ErrorBody),
+/// Declares a set of error answers for the OpenAPI document (`responses(..., ReadErrors)`),
+/// each status with the one description every endpoint gives it; every set includes the answers
+/// of any endpoint behind a bearer token (401, 500, 503). Never built.
+macro_rules! error_set {
+    ($(#[$doc:meta])* $name:ident = $($status:tt)*) => {
+        error_set!(@munch [$(#[$doc])*] $name [] $($status)* 401 500 503);
+    };
+    (@munch [$($doc:tt)*] $name:ident [$($done:tt)*]) => {
+        $($doc)*
+        #[derive(utoipa::IntoResponses)]
+        #[allow(dead_code)]
+        pub enum $name { $($done)* }
+    };
+    (@munch $doc:tt $name:ident [$($done:tt)*] 400 $($rest:tt)*) => {
+        error_set!(@munch $doc $name [$($done)*
+            /// Malformed or invalid.
+            #[response(status = 400, description = "malformed or invalid")]
+            Invalid(ErrorBody),
+        ] $($rest)*);
+    };
+    (@munch $doc:tt $name:ident [$($done:tt)*] 401 $($rest:tt)*) => {
+        error_set!(@munch $doc $name [$($done)*
+            /// No token, or one the service does not know.
+            #[response(status = 401, description = "missing or unknown bearer token")]
+            Unauthorized(ErrorBody),
+        ] $($rest)*);
+    };
+    (@munch $doc:tt $name:ident [$($done:tt)*] 404 $($rest:tt)*) => {
+        error_set!(@munch $doc $name [$($done)*
+            /// No such object, or another tenant's.
+            #[response(status = 404, description = "no such object (another tenant's included)")]
+            NotFound(ErrorBody),
+        ] $($rest)*);
+    };
+    (@munch $doc:tt $name:ident [$($done:tt)*] 409 $($rest:tt)*) => {
+        error_set!(@munch $doc $name [$($done)*
+            /// The object's state forbids it.
+            #[response(status = 409, description = "conflict with the object's state")]
+            Conflict(ErrorBody),
+        ] $($rest)*);
+    };
+    (@munch $doc:tt $name:ident [$($done:tt)*] 413 $($rest:tt)*) => {
+        error_set!(@munch $doc $name [$($done)*
+            /// The body is too large.
+            #[response(status = 413, description = "body over the limit")]
+            TooLarge(ErrorBody),
+        ] $($rest)*);
+    };
+    (@munch $doc:tt $name:ident [$($done:tt)*] 415 $($rest:tt)*) => {
+        error_set!(@munch $doc $name [$($done)*
+            /// Not JSON.
+            #[response(status = 415, description = "not application/json")]
+            UnsupportedMediaType(ErrorBody),
+        ] $($rest)*);
+    };
+    (@munch $doc:tt $name:ident [$($done:tt)*] 500 $($rest:tt)*) => {
+        error_set!(@munch $doc $name [$($done)*
+            /// A fault of the service.
+            #[response(status = 500, description = "a fault of the service")]
+            Fault(ErrorBody),
+        ] $($rest)*);
+    };
+    (@munch $doc:tt $name:ident [$($done:tt)*] 503 $($rest:tt)*) => {
+        error_set!(@munch $doc $name [$($done)*
+            /// Not ready, or the object's actor is restarting.
+            #[response(
+                status = 503,
+                description = "the journal is still being replayed, or the object is restarting"
+            )]
+            Unavailable(ErrorBody),
+        ] $($rest)*);
+    };
 }
+
+error_set!(
+    /// A list of a tenant's objects.
+    ListErrors = 400
+);
+error_set!(
+    /// Reading (or acting on) one object, or listing those under one.
+    ReadErrors = 400 404
+);
+error_set!(
+    /// Deleting one object.
+    RemoveErrors = 400 404 409
+);
+error_set!(
+    /// Creating an object with a JSON body.
+    CreateErrors = 400 409 413 415
+);
+error_set!(
+    /// Changing an object with a JSON body, or creating one under another.
+    WriteErrors = 400 404 409 413 415
+);
 
 /// The body of every error answer: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Serialize, ToSchema)]

@@ -3,16 +3,17 @@
 
 use actix_web::{web, HttpResponse};
 use flotilla_actors::aggregate::Groups;
-use flotilla_actors::domain::group::{Group, GroupCommand, GroupPatch, NewGroup};
+use flotilla_actors::domain::group::{GroupCommand, GroupPatch, NewGroup};
 use flotilla_actors::domain::{GroupId, TenantId};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Tenant;
-use super::error::{CommonErrors, ErrorBody};
+use super::error::{CreateErrors, ListErrors, ReadErrors, RemoveErrors, WriteErrors};
+use super::resource;
 use super::views::{GroupCreated, GroupView, ServerView};
-use super::{respond_page, ApiError, AppState, List, ListQuery};
+use super::{ApiError, AppState, List, ListQuery};
 use crate::audit::format_millis;
 use crate::token;
 
@@ -75,22 +76,9 @@ fn check_provider(state: &AppState, launch: Option<&Value>) -> Result<(), ApiErr
     Ok(())
 }
 
-/// The group `id` if `tenant` owns it (another tenant's group is as absent as a missing one).
+/// Group `id`, if `tenant` owns it.
 pub fn owned(state: &AppState, tenant: &TenantId, id: &str) -> Result<GroupId, ApiError> {
-    let id = GroupId::new(id);
-    if !state.index.owns_group(tenant, &id) {
-        return Err(ApiError::not_found("group"));
-    }
-    Ok(id)
-}
-
-/// The live state of group `id`.
-pub async fn load(state: &AppState, id: &GroupId) -> Result<Group, ApiError> {
-    let observed = state.supervisor.get::<Groups>(id.as_str()).await?;
-    observed
-        .state
-        .filter(|g| !g.deleted)
-        .ok_or_else(|| ApiError::not_found("group"))
+    resource::owned::<Groups>(state, tenant, id, None)
 }
 
 /// `POST /v1/groups`: 201 with the group and its metrics token (shown this once).
@@ -101,11 +89,7 @@ pub async fn load(state: &AppState, id: &GroupId) -> Result<Group, ApiError> {
     request_body = CreateGroup,
     responses(
         (status = 201, description = "the group and its metrics token (shown once)", body = GroupCreated),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 409, description = "conflict with the object's state", body = ErrorBody),
-        (status = 413, description = "body over the limit", body = ErrorBody),
-        (status = 415, description = "not application/json", body = ErrorBody),
-        CommonErrors,
+        CreateErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -149,8 +133,7 @@ pub async fn create(
     params(ListQuery),
     responses(
         (status = 200, description = "a page of groups", body = List<GroupView>),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        CommonErrors,
+        ListErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -163,13 +146,7 @@ pub async fn list(
     let page = state
         .index
         .groups_of(&tenant, cursor.as_ref(), query.limit()?);
-    let view = async |id: &_| {
-        load(&state, id)
-            .await
-            .ok()
-            .map(|group| GroupView::from(&group))
-    };
-    Ok(respond_page(page, view).await)
+    Ok(resource::page::<Groups, _>(&state, page, |g| GroupView::from(g)).await)
 }
 
 /// `GET /v1/groups/{id}`.
@@ -180,9 +157,7 @@ pub async fn list(
     params(("id" = String, Path, description = "group id")),
     responses(
         (status = 200, description = "the group", body = GroupView),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        CommonErrors,
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -192,7 +167,7 @@ pub async fn show(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path)?;
-    let group = load(&state, &id).await?;
+    let group = resource::load::<Groups>(&state, &id).await?;
     Ok(HttpResponse::Ok().json(GroupView::from(&group)))
 }
 
@@ -205,12 +180,7 @@ pub async fn show(
     request_body = UpdateGroup,
     responses(
         (status = 200, description = "the group after the change", body = GroupView),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 409, description = "conflict with the object's state", body = ErrorBody),
-        (status = 413, description = "body over the limit", body = ErrorBody),
-        (status = 415, description = "not application/json", body = ErrorBody),
-        CommonErrors,
+        WriteErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -255,10 +225,7 @@ async fn respond(
     params(("id" = String, Path, description = "group id"), DeleteQuery),
     responses(
         (status = 204, description = "deleted"),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 409, description = "conflict with the object's state", body = ErrorBody),
-        CommonErrors,
+        RemoveErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -291,7 +258,11 @@ async fn drain(state: &AppState, id: &GroupId) -> Result<(), ApiError> {
         .await?;
     for _ in 0..DRAIN_PASSES {
         state.converger.reconcile(id).await?;
-        if load(state, id).await?.servers.is_empty() {
+        if resource::load::<Groups>(state, id)
+            .await?
+            .servers
+            .is_empty()
+        {
             return Ok(());
         }
     }
@@ -310,9 +281,7 @@ async fn drain(state: &AppState, id: &GroupId) -> Result<(), ApiError> {
     params(("id" = String, Path, description = "group id")),
     responses(
         (status = 200, description = "the paused group", body = GroupView),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        CommonErrors,
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -333,9 +302,7 @@ pub async fn pause(
     params(("id" = String, Path, description = "group id")),
     responses(
         (status = 200, description = "the resumed group", body = GroupView),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        CommonErrors,
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -356,9 +323,7 @@ pub async fn resume(
     params(("id" = String, Path, description = "group id"), ListQuery),
     responses(
         (status = 200, description = "a page of the group's servers", body = List<Value>),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        CommonErrors,
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -370,7 +335,7 @@ pub async fn servers(
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path)?;
     let limit = query.limit()?;
-    let group = load(&state, &id).await?;
+    let group = resource::load::<Groups>(&state, &id).await?;
     let after = query.cursor.clone().unwrap_or_default();
     let mut page = group
         .servers
@@ -409,9 +374,7 @@ const ACTIVITY: [&str; 9] = [
     params(("id" = String, Path, description = "group id"), ListQuery),
     responses(
         (status = 200, description = "scaling activity, newest first: each recorded event with its `seq` and `time`", body = List<Value>),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        CommonErrors,
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]

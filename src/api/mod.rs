@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use actix_web::{web, HttpResponse};
+use actix_web::web;
 use flotilla_actors::supervisor::Supervisor;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -12,7 +12,7 @@ use flotilla_actors::aggregate::Aggregate;
 use flotilla_actors::object::Executed;
 
 use crate::alarms::Evaluator;
-use crate::index::{Index, Page};
+use crate::index::Index;
 use crate::ratelimit::WebhookLimits;
 use crate::settings::Settings;
 use crate::telemetry::Telemetry;
@@ -26,6 +26,7 @@ pub mod journal;
 pub mod openapi;
 pub mod ops;
 pub mod policies;
+pub mod resource;
 pub mod samples;
 pub mod tenants;
 pub mod views;
@@ -104,24 +105,6 @@ pub struct List<T> {
     pub items: Vec<T>,
     /// Where the next page starts, or null.
     pub next_cursor: Option<String>,
-}
-
-/// A page of ids answered as a [`List`] of the views of those still live (one deleted since the
-/// page was read is left out), continued after the page's last id.
-pub async fn respond_page<I: std::fmt::Display, V: Serialize>(
-    page: Page<I>,
-    mut view: impl AsyncFnMut(&I) -> Option<V>,
-) -> HttpResponse {
-    let mut items = Vec::with_capacity(page.items.len());
-    for id in &page.items {
-        if let Some(item) = view(id).await {
-            items.push(item);
-        }
-    }
-    HttpResponse::Ok().json(List {
-        items,
-        next_cursor: page.next.map(|id| id.to_string()),
-    })
 }
 
 /// Every route of the API.

@@ -1,19 +1,20 @@
 //! `/v1/groups/{id}/policies`: a group's scaling policies, and executing one directly.
 
 use actix_web::{web, HttpResponse};
-use flotilla_actors::aggregate::Policies;
-use flotilla_actors::domain::policy::{Policy, PolicyCommand, PolicyDefinition, PolicyPatch};
+use flotilla_actors::aggregate::{Groups, Policies};
+use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition, PolicyPatch};
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::{Cause, GroupId, PolicyId, TenantId};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::Tenant;
-use super::error::{CommonErrors, ErrorBody};
+use super::error::{ReadErrors, RemoveErrors, WriteErrors};
 use super::groups::owned as owned_group;
 use super::openapi::mirror;
+use super::resource;
 use super::views::{ExecutionView, PolicyView};
-use super::{double_option, respond_page, ApiError, AppState, List, ListQuery};
+use super::{double_option, ApiError, AppState, List, ListQuery};
 
 /// The body of a policy's create.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -56,19 +57,8 @@ pub fn owned(
     pid: &str,
 ) -> Result<(GroupId, PolicyId), ApiError> {
     let group = owned_group(state, tenant, id)?;
-    let policy = PolicyId::new(pid);
-    match state.index.policy(&policy) {
-        Some(owner) if owner.group == group && &owner.tenant == tenant => Ok((group, policy)),
-        _ => Err(ApiError::not_found("policy")),
-    }
-}
-
-async fn load(state: &AppState, id: &PolicyId) -> Result<Policy, ApiError> {
-    let observed = state.supervisor.get::<Policies>(id.as_str()).await?;
-    observed
-        .state
-        .filter(|p| !p.deleted)
-        .ok_or_else(|| ApiError::not_found("policy"))
+    let policy = resource::owned::<Policies>(state, tenant, pid, Some(group.as_str()))?;
+    Ok((group, policy))
 }
 
 /// `POST /v1/groups/{id}/policies`.
@@ -80,12 +70,7 @@ async fn load(state: &AppState, id: &PolicyId) -> Result<Policy, ApiError> {
     request_body = CreatePolicy,
     responses(
         (status = 201, description = "the policy", body = PolicyView),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 409, description = "conflict with the object's state", body = ErrorBody),
-        (status = 413, description = "body over the limit", body = ErrorBody),
-        (status = 415, description = "not application/json", body = ErrorBody),
-        CommonErrors,
+        WriteErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -96,7 +81,7 @@ pub async fn create(
     body: web::Json<CreatePolicy>,
 ) -> Result<HttpResponse, ApiError> {
     let group = owned_group(&state, &tenant, &path)?;
-    super::groups::load(&state, &group).await?;
+    resource::load::<Groups>(&state, &group).await?;
     let body = body.into_inner();
     let id = PolicyId::generate();
     let command = PolicyCommand::Create {
@@ -127,9 +112,7 @@ pub async fn create(
     params(("id" = String, Path, description = "group id"), ListQuery),
     responses(
         (status = 200, description = "a page of policies", body = List<PolicyView>),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        CommonErrors,
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -144,13 +127,7 @@ pub async fn list(
     let page = state
         .index
         .policies_of(&group, cursor.as_ref(), query.limit()?);
-    let view = async |id: &_| {
-        load(&state, id)
-            .await
-            .ok()
-            .map(|policy| PolicyView::from(&policy))
-    };
-    Ok(respond_page(page, view).await)
+    Ok(resource::page::<Policies, _>(&state, page, |p| PolicyView::from(p)).await)
 }
 
 /// `GET /v1/groups/{id}/policies/{pid}`.
@@ -161,9 +138,7 @@ pub async fn list(
     params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id")),
     responses(
         (status = 200, description = "the policy", body = PolicyView),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        CommonErrors,
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -173,7 +148,9 @@ pub async fn show(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (_, policy) = owned(&state, &tenant, &path.0, &path.1)?;
-    Ok(HttpResponse::Ok().json(PolicyView::from(&load(&state, &policy).await?)))
+    Ok(HttpResponse::Ok().json(PolicyView::from(
+        &resource::load::<Policies>(&state, &policy).await?,
+    )))
 }
 
 /// `PATCH /v1/groups/{id}/policies/{pid}`.
@@ -185,12 +162,7 @@ pub async fn show(
     request_body = UpdatePolicy,
     responses(
         (status = 200, description = "the policy after the change", body = PolicyView),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 409, description = "conflict with the object's state", body = ErrorBody),
-        (status = 413, description = "body over the limit", body = ErrorBody),
-        (status = 415, description = "not application/json", body = ErrorBody),
-        CommonErrors,
+        WriteErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -225,10 +197,7 @@ pub async fn update(
     params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id")),
     responses(
         (status = 204, description = "deleted"),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 409, description = "conflict with the object's state", body = ErrorBody),
-        CommonErrors,
+        RemoveErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -251,9 +220,7 @@ pub async fn delete(
     params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id")),
     responses(
         (status = 202, description = "the outcome: executed, no_change, cooldown or paused", body = ExecutionView),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        CommonErrors,
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]

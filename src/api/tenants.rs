@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::Operator;
-use super::error::{CommonErrors, ErrorBody};
+use super::error::CreateErrors;
 use super::views::TenantCreated;
 use super::{ApiError, AppState};
 use crate::token;
@@ -28,11 +28,7 @@ pub struct CreateTenant {
     request_body = CreateTenant,
     responses(
         (status = 201, description = "the tenant and its token (shown once)", body = TenantCreated),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 409, description = "conflict with the object's state", body = ErrorBody),
-        (status = 413, description = "body over the limit", body = ErrorBody),
-        (status = 415, description = "not application/json", body = ErrorBody),
-        CommonErrors,
+        CreateErrors,
     ),
     security(("bearer" = [])),
     description = "Requires the operator token.",

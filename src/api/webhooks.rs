@@ -9,10 +9,11 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::Tenant;
-use super::error::{CommonErrors, ErrorBody};
+use super::error::{ReadErrors, WriteErrors};
 use super::policies::owned as owned_policy;
+use super::resource;
 use super::views::WebhookView;
-use super::{respond_page, ApiError, AppState, List, ListQuery};
+use super::{ApiError, AppState, List, ListQuery};
 use crate::token;
 
 /// The body of a webhook's create.
@@ -30,25 +31,14 @@ pub struct Rotate {
     grace_seconds: Option<u32>,
 }
 
+/// Webhook `wid` of policy `pid` of group `id`, if `tenant` owns them all.
 fn owned(
     state: &AppState,
     tenant: &flotilla_actors::domain::TenantId,
     path: &(String, String, String),
 ) -> Result<WebhookId, ApiError> {
     let (_, policy) = owned_policy(state, tenant, &path.0, &path.1)?;
-    let id = WebhookId::new(path.2.as_str());
-    match state.index.webhook(&id) {
-        Some(owner) if owner.policy.as_ref() == Some(&policy) => Ok(id),
-        _ => Err(ApiError::not_found("webhook")),
-    }
-}
-
-async fn load(state: &AppState, id: &WebhookId) -> Result<Webhook, ApiError> {
-    let observed = state.supervisor.get::<Webhooks>(id.as_str()).await?;
-    observed
-        .state
-        .filter(|w| !w.revoked)
-        .ok_or_else(|| ApiError::not_found("webhook"))
+    resource::owned::<Webhooks>(state, tenant, &path.2, Some(policy.as_str()))
 }
 
 fn view(state: &AppState, webhook: &Webhook, with_secret: bool) -> WebhookView {
@@ -64,12 +54,7 @@ fn view(state: &AppState, webhook: &Webhook, with_secret: bool) -> WebhookView {
     request_body = CreateWebhook,
     responses(
         (status = 201, description = "the webhook with its secret (shown once)", body = WebhookView),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 409, description = "conflict with the object's state", body = ErrorBody),
-        (status = 413, description = "body over the limit", body = ErrorBody),
-        (status = 415, description = "not application/json", body = ErrorBody),
-        CommonErrors,
+        WriteErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -105,9 +90,7 @@ pub async fn create(
     params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id"), ListQuery),
     responses(
         (status = 200, description = "a page of webhooks, without secrets", body = List<WebhookView>),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        CommonErrors,
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -122,13 +105,8 @@ pub async fn list(
     let page = state
         .index
         .webhooks_of(&policy, cursor.as_ref(), query.limit()?);
-    let view = async |id: &_| {
-        load(&state, id)
-            .await
-            .ok()
-            .map(|webhook| view(&state, &webhook, false))
-    };
-    Ok(respond_page(page, view).await)
+    let view = |webhook: &Webhook| view(&state, webhook, false);
+    Ok(resource::page::<Webhooks, _>(&state, page, view).await)
 }
 
 /// `GET .../webhooks/{wid}`.
@@ -139,9 +117,7 @@ pub async fn list(
     params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id"), ("wid" = String, Path, description = "webhook id")),
     responses(
         (status = 200, description = "the webhook, without its secret", body = WebhookView),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        CommonErrors,
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -151,7 +127,7 @@ pub async fn show(
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path)?;
-    let webhook = load(&state, &id).await?;
+    let webhook = resource::load::<Webhooks>(&state, &id).await?;
     Ok(HttpResponse::Ok().json(view(&state, &webhook, false)))
 }
 
@@ -164,9 +140,7 @@ pub async fn show(
     request_body = Option<Rotate>,
     responses(
         (status = 200, description = "the webhook with its new secret (shown once)", body = WebhookView),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        CommonErrors,
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -204,9 +178,7 @@ pub async fn rotate(
     params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id"), ("wid" = String, Path, description = "webhook id")),
     responses(
         (status = 204, description = "revoked: its URL answers 404 from now on"),
-        (status = 400, description = "malformed or invalid", body = ErrorBody),
-        (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        CommonErrors,
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]

@@ -56,6 +56,12 @@ macro_rules! string_id {
                 $name(id.to_owned())
             }
         }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
     };
 }
 

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::domain::policy::{Policy, PolicyDefinition};
 use crate::domain::route::Route;
