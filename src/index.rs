@@ -13,16 +13,6 @@ use flotilla_actors::domain::webhook::WebhookEvent;
 use flotilla_actors::domain::{AlarmId, DomainEvent, GroupId, Kind, PolicyId, TenantId, WebhookId};
 use flotilla_journal::Record;
 
-/// The event types (`DomainEvent::kind`) the index takes in: what creates, deletes or revokes
-/// an object, and what mints or retires a server's metrics token.
-const INDEXED_EVENTS: [&str; 5] = [
-    "created",
-    "deleted",
-    "revoked",
-    "server_launch_requested",
-    "server_deleted",
-];
-
 /// Who owns a policy, a webhook or an alarm, and where it hangs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
@@ -147,7 +137,7 @@ impl Index {
     /// servers do; the rest of a journal (policy executions, accepted nonces) is skipped
     /// without decoding its payload.
     pub fn wants(record: &Record) -> bool {
-        INDEXED_EVENTS.contains(&record.event_type.as_str())
+        Kind::of(&record.stream).is_some_and(|kind| kind.changes_ownership(&record.event_type))
     }
 
     /// Takes in one journaled record: the index's only entry, called by the projector in

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::aggregate::{Aggregate, Alarms, Groups, Policies, Tenants, Webhooks};
-use crate::domain::DomainEvent;
+use crate::domain::{DomainEvent, Kind};
 use crate::error::Error;
 
 /// Where a replay stops.
@@ -97,18 +97,13 @@ pub fn replay(
             break;
         }
         let stream = record.stream.as_str();
-        if stream.starts_with(Groups::PREFIX) {
-            fold::<Groups>(&mut states.groups, &record)?;
-        } else if stream.starts_with(Policies::PREFIX) {
-            fold::<Policies>(&mut states.policies, &record)?;
-        } else if stream.starts_with(Webhooks::PREFIX) {
-            fold::<Webhooks>(&mut states.webhooks, &record)?;
-        } else if stream.starts_with(Alarms::PREFIX) {
-            fold::<Alarms>(&mut states.alarms, &record)?;
-        } else if stream.starts_with(Tenants::PREFIX) {
-            fold::<Tenants>(&mut states.tenants, &record)?;
-        } else {
-            tracing::debug!(seq = record.seq, stream, "not an object stream; skipped");
+        match Kind::of(stream) {
+            Some(Kind::Group) => fold::<Groups>(&mut states.groups, &record)?,
+            Some(Kind::Policy) => fold::<Policies>(&mut states.policies, &record)?,
+            Some(Kind::Webhook) => fold::<Webhooks>(&mut states.webhooks, &record)?,
+            Some(Kind::Alarm) => fold::<Alarms>(&mut states.alarms, &record)?,
+            Some(Kind::Tenant) => fold::<Tenants>(&mut states.tenants, &record)?,
+            None => tracing::debug!(seq = record.seq, stream, "not an object stream; skipped"),
         }
         world.seq = record.seq;
         world.timestamp_ms = Some(record.timestamp_ms);

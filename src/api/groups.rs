@@ -3,8 +3,8 @@
 
 use actix_web::{web, HttpResponse};
 use flotilla_actors::aggregate::Groups;
-use flotilla_actors::domain::group::{GroupCommand, GroupPatch, NewGroup};
-use flotilla_actors::domain::{GroupId, TenantId};
+use flotilla_actors::domain::group::{GroupCommand, GroupEvent, GroupPatch, NewGroup};
+use flotilla_actors::domain::{DomainEvent, GroupId, TenantId};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -352,19 +352,6 @@ pub async fn servers(
     Ok(HttpResponse::Ok().json(List { items, next_cursor }))
 }
 
-/// The events that are scaling activity, and the steps of convergence.
-const ACTIVITY: [&str; 9] = [
-    "policy_executed",
-    "capacity_changed",
-    "draining",
-    "server_launch_requested",
-    "server_launched",
-    "server_active",
-    "server_failed",
-    "server_delete_requested",
-    "server_deleted",
-];
-
 /// `GET /v1/groups/{id}/activity`: newest first; each item is the recorded event with its
 /// journal sequence number and time. The cursor is a stream version.
 #[utoipa::path(
@@ -401,7 +388,8 @@ pub async fn activity(
     let mut next_cursor = None;
     for record in journal.read_stream_back(id.as_str(), to) {
         let record = record?;
-        if !ACTIVITY.contains(&record.event_type.as_str()) {
+        let event: GroupEvent = record.decode(GroupEvent::SCHEMA)?;
+        if !event.is_activity() {
             continue;
         }
         if items.len() == limit {

@@ -135,6 +135,23 @@ impl Kind {
         }
     }
 
+    /// Whether an event of type `event_type` in a stream of this kind can change who owns what,
+    /// or which token is whose: a creation, a deletion or revocation, a server's launch or
+    /// deletion (each mints or retires a metrics token). A reader of ownership (the service's
+    /// index) decodes only those; the test below ties each name to its event.
+    pub fn changes_ownership(self, event_type: &str) -> bool {
+        match self {
+            Kind::Tenant | Kind::Policy | Kind::Alarm => {
+                matches!(event_type, "created" | "deleted")
+            }
+            Kind::Webhook => matches!(event_type, "created" | "revoked"),
+            Kind::Group => matches!(
+                event_type,
+                "created" | "deleted" | "server_launch_requested" | "server_deleted"
+            ),
+        }
+    }
+
     /// Its name, as logs, errors and `replay` show it.
     pub const fn name(self) -> &'static str {
         match self {
@@ -419,6 +436,32 @@ mod tests {
         for kind in Kind::ALL {
             assert_eq!(Kind::of(kind.prefix()), Some(kind));
         }
+    }
+
+    #[test]
+    fn the_events_that_change_ownership_are_named_by_their_own_kinds() {
+        use crate::clock::Timestamp;
+        let at = Timestamp::EPOCH;
+        let named = [
+            (Kind::Group, group::GroupEvent::Deleted { at }.kind()),
+            (
+                Kind::Group,
+                group::GroupEvent::ServerDeleted {
+                    server_id: "srv_1".into(),
+                    at,
+                }
+                .kind(),
+            ),
+            (Kind::Policy, policy::PolicyEvent::Deleted { at }.kind()),
+            (Kind::Webhook, webhook::WebhookEvent::Revoked { at }.kind()),
+            (Kind::Alarm, alarm::AlarmEvent::Deleted { at }.kind()),
+        ];
+        for (kind, event_type) in named {
+            assert!(kind.changes_ownership(event_type), "{kind:?} {event_type}");
+        }
+        assert!(!Kind::Group.changes_ownership("policy_executed"));
+        assert!(!Kind::Webhook.changes_ownership("nonce_accepted"));
+        assert!(!Kind::Alarm.changes_ownership("state_changed"));
     }
 
     #[test]

@@ -303,6 +303,29 @@ impl DomainEvent for GroupEvent {
     }
 }
 
+impl GroupEvent {
+    /// Whether it is scaling activity (`GET .../activity`): a capacity's change or a policy's
+    /// execution, and each step of convergence it led to.
+    pub fn is_activity(&self) -> bool {
+        match self {
+            GroupEvent::PolicyExecuted { .. }
+            | GroupEvent::CapacityChanged { .. }
+            | GroupEvent::Draining { .. }
+            | GroupEvent::ServerLaunchRequested { .. }
+            | GroupEvent::ServerLaunched { .. }
+            | GroupEvent::ServerActive { .. }
+            | GroupEvent::ServerFailed { .. }
+            | GroupEvent::ServerDeleteRequested { .. }
+            | GroupEvent::ServerDeleted { .. } => true,
+            GroupEvent::Created { .. }
+            | GroupEvent::Updated { .. }
+            | GroupEvent::Paused { .. }
+            | GroupEvent::Resumed { .. }
+            | GroupEvent::Deleted { .. } => false,
+        }
+    }
+}
+
 /// Decides what a command does to a group at `now`. Holds every rule.
 pub fn decide(
     state: &GroupState,
