@@ -149,7 +149,7 @@ fn policy_execution(c: &mut Criterion) {
                                     .unwrap();
                             }
                         }))
-                    })
+                    });
                 },
             );
         }
@@ -181,7 +181,7 @@ fn policy_execution(c: &mut Criterion) {
                                 assert!(matches!(run.outcome, Outcome::Executed { .. }));
                             }
                         }))
-                    })
+                    });
                 },
             );
             drop(supervisor);

@@ -141,7 +141,7 @@ fn tick(c: &mut Criterion) {
                 assert_eq!(evaluated, n);
             }
             spent
-        })
+        });
     });
     let windows: Vec<Vec<Option<f64>>> = (0..n).map(|_| vec![Some(0.2); 3]).collect();
     group.bench_function(format!("bare_evaluate_{n}_alarms"), |b| {
@@ -153,7 +153,7 @@ fn tick(c: &mut Criterion) {
                 }
             }
             ok
-        })
+        });
     });
     group.finish();
 }

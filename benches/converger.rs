@@ -87,7 +87,7 @@ fn converger(c: &mut Criterion) {
                 });
             }
             total
-        })
+        });
     });
 
     let id = GroupId::generate();
@@ -100,7 +100,7 @@ fn converger(c: &mut Criterion) {
         converger.reconcile(&id).await.unwrap();
     });
     group.bench_function("pass_over_converged_1000", |b| {
-        b.iter(|| system.block_on(converger.reconcile(&id)).unwrap())
+        b.iter(|| system.block_on(converger.reconcile(&id)).unwrap());
     });
     let state = system
         .block_on(supervisor.get::<Groups>(id.as_str()))
@@ -109,7 +109,7 @@ fn converger(c: &mut Criterion) {
         .unwrap();
     let now = supervisor.clock().now();
     group.bench_function("plan_1000", |b| {
-        b.iter(|| plan(&state.servers, state.target(), now))
+        b.iter(|| plan(&state.servers, state.target(), now));
     });
     group.finish();
 }

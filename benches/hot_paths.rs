@@ -39,7 +39,7 @@ fn signatures(c: &mut Criterion) {
             )
             .unwrap();
             black_box(call.verify([KEY.as_slice()], black_box(BODY)).unwrap())
-        })
+        });
     });
     group.bench_function("bare_hmac", |b| {
         b.iter(|| {
@@ -47,7 +47,7 @@ fn signatures(c: &mut Criterion) {
             mac.update(b"msg_p5jXN8AQM9LWM0D4loKWxJek.1795564800.");
             mac.update(black_box(BODY));
             black_box(mac.finalize().into_bytes())
-        })
+        });
     });
     group.finish();
 }
@@ -65,7 +65,7 @@ fn nonces(c: &mut Criterion) {
             let now = Timestamp::from_millis(i);
             window.check(&nonce, now, 10_000).unwrap();
             window.remember(&nonce, Timestamp::from_millis(i + 1000), now);
-        })
+        });
     });
     group.bench_function("bare_hashset_insert", |b| {
         let mut set = HashSet::new();
@@ -77,7 +77,7 @@ fn nonces(c: &mut Criterion) {
             if set.len() > 1000 {
                 set.clear();
             }
-        })
+        });
     });
     group.finish();
 }
@@ -133,10 +133,10 @@ fn decide_apply(c: &mut Criterion) {
                 events.iter().fold(state, group::apply)
             },
             BatchSize::SmallInput,
-        )
+        );
     });
     group.bench_function("bare_scaling_arithmetic", |b| {
-        b.iter(|| black_box(compute(black_box(10), adjustment, 0, 1000)))
+        b.iter(|| black_box(compute(black_box(10), adjustment, 0, 1000)));
     });
     group.finish();
 }

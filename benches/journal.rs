@@ -76,7 +76,7 @@ fn durable_append(c: &mut Criterion) {
                                 .unwrap();
                         }),
                     )
-                })
+                });
             },
         );
 
@@ -102,7 +102,7 @@ fn durable_append(c: &mut Criterion) {
                             raw.flush().unwrap();
                         }),
                     )
-                })
+                });
             },
         );
     }
@@ -133,7 +133,7 @@ fn replay(c: &mut Criterion) {
                 n += black_box(record.unwrap()).version;
             }
             n
-        })
+        });
     });
     group.bench_function("journal_verify", |b| b.iter(|| journal.verify().unwrap()));
     let records = journal.raw_tree();
@@ -144,7 +144,7 @@ fn replay(c: &mut Criterion) {
                 n += black_box(entry.unwrap()).1.len();
             }
             n
-        })
+        });
     });
     group.finish();
 }

@@ -19,6 +19,7 @@ use flotilla_actors::domain::{AlarmId, Cause, GroupId, PolicyId, Rejection};
 use flotilla_actors::error::Error as ActorError;
 use flotilla_actors::supervisor::Supervisor;
 
+use crate::service::Readiness;
 use crate::ticks::Ticker;
 
 /// What the evaluator knows of one alarm.
@@ -78,7 +79,7 @@ pub struct SavedAlarm {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The end of the period holding `at`: when that period closes.
@@ -369,7 +370,7 @@ impl Evaluator {
             match taken {
                 Ok(_) | Err(ActorError::Rejected(Rejection::Replayed)) => {}
                 Err(error) => {
-                    tracing::warn!(alarm = %id, policy = %policy, %error, "alarm action failed")
+                    tracing::warn!(alarm = %id, policy = %policy, %error, "alarm action failed");
                 }
             }
         }
@@ -391,11 +392,11 @@ impl Evaluator {
     }
 
     /// Evaluates at each of `ticker`'s ticks, at the injected clock's now, once `ready` is set.
-    pub fn run(self: Arc<Self>, mut ticker: Ticker, ready: Arc<std::sync::atomic::AtomicBool>) {
+    pub fn run(self: Arc<Self>, mut ticker: Ticker, ready: Arc<Readiness>) {
         actix_web::rt::spawn(async move {
             while let Some(_tick) = ticker.next().await {
                 // Nothing is evaluated (or journaled) before the startup replay is done.
-                if !ready.load(std::sync::atomic::Ordering::Acquire) {
+                if !ready.is_ready() {
                     continue;
                 }
                 let now = self.supervisor.clock().now();

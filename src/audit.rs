@@ -43,7 +43,9 @@ impl FromStr for TimeBound {
 pub struct LogFilter {
     /// Only this stream (one object's events).
     pub object: Option<String>,
+    /// Only events at or after this time (inclusive).
     pub since: Option<TimeBound>,
+    /// Only events at or before this time (inclusive).
     pub until: Option<TimeBound>,
 }
 

@@ -18,6 +18,8 @@ use crate::audit::{self, LogFilter, TimeBound};
 use crate::service;
 use crate::settings::{ServeArgs, Settings};
 
+// No doc comment: clap would turn it into the `--help` text, which `about` already sets.
+#[allow(missing_docs)]
 #[derive(Parser, Debug)]
 #[command(
     name = "flotilla",
@@ -186,6 +188,7 @@ enum JournalCommand {
 }
 
 impl Cli {
+    /// Runs the command: its own exit code, or 2 after printing the error it failed with.
     pub fn run(self) -> ExitCode {
         init_tracing();
         match self.command.run() {

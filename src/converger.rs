@@ -17,7 +17,6 @@
 //! overlap (a lock per group; a tick skips a group whose pass is still running).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use flotilla_actors::aggregate::Groups;
@@ -31,6 +30,7 @@ use serde_json::Value;
 
 use crate::index::Index;
 use crate::providers::{Launch, Providers, Status};
+use crate::service::Readiness;
 use crate::ticks::Ticker;
 use crate::token;
 
@@ -73,7 +73,9 @@ struct QuietSets {
 
 impl Quiet {
     fn sets(&self) -> std::sync::MutexGuard<'_, QuietSets> {
-        self.sets.lock().unwrap_or_else(|p| p.into_inner())
+        self.sets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Takes in that group `id`'s stream grew (the projector's entry): a group that was idle is
@@ -120,7 +122,10 @@ impl Converger {
     }
 
     fn lock_of(&self, id: &GroupId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         locks.entry(id.clone()).or_default().clone()
     }
 
@@ -155,7 +160,11 @@ impl Converger {
             return Ok(pass);
         }
         let config = group.launch.clone();
-        let Some(blocking) = self.providers.of(&config).map(|p| p.blocks()) else {
+        let Some(blocking) = self
+            .providers
+            .of(&config)
+            .map(super::providers::Provider::blocks)
+        else {
             return Ok(pass);
         };
         let now = self.supervisor.clock().now();
@@ -207,7 +216,7 @@ impl Converger {
                         Status::Running
                             if state == flotilla_actors::domain::server::ServerState::Pending =>
                         {
-                            reports.push(ServerReport::Active { server_id })
+                            reports.push(ServerReport::Active { server_id });
                         }
                         Status::Exited => reports.push(ServerReport::Failed {
                             server_id,
@@ -328,10 +337,10 @@ impl Converger {
     /// previous pass has ended; the tick lasts until those passes end (for a test's manual
     /// tick), while the next real tick does not wait for them: a slow provider delays no other
     /// group.
-    pub fn run(self: Arc<Self>, mut ticker: Ticker, ready: Arc<AtomicBool>) {
+    pub fn run(self: Arc<Self>, mut ticker: Ticker, ready: Arc<Readiness>) {
         actix_web::rt::spawn(async move {
             while let Some(tick) = ticker.next().await {
-                if !ready.load(Ordering::Acquire) {
+                if !ready.is_ready() {
                     continue;
                 }
                 let due: Vec<GroupId> = {

@@ -74,11 +74,15 @@ pub struct Index {
 
 impl Index {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Data> {
-        self.data.read().unwrap_or_else(|p| p.into_inner())
+        self.data
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Data> {
-        self.data.write().unwrap_or_else(|p| p.into_inner())
+        self.data
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The index, for a checkpoint.
@@ -150,17 +154,17 @@ impl Index {
         match Kind::of(stream) {
             Some(Kind::Tenant) => self.tenant_event(&record.decode(TenantEvent::SCHEMA)?),
             Some(Kind::Group) => {
-                self.group_event(&GroupId::new(stream), &record.decode(GroupEvent::SCHEMA)?)
+                self.group_event(&GroupId::new(stream), &record.decode(GroupEvent::SCHEMA)?);
             }
             Some(Kind::Policy) => {
-                self.policy_event(&PolicyId::new(stream), &record.decode(PolicyEvent::SCHEMA)?)
+                self.policy_event(&PolicyId::new(stream), &record.decode(PolicyEvent::SCHEMA)?);
             }
             Some(Kind::Webhook) => self.webhook_event(
                 &WebhookId::new(stream),
                 &record.decode(WebhookEvent::SCHEMA)?,
             ),
             Some(Kind::Alarm) => {
-                self.alarm_event(&AlarmId::new(stream), &record.decode(AlarmEvent::SCHEMA)?)
+                self.alarm_event(&AlarmId::new(stream), &record.decode(AlarmEvent::SCHEMA)?);
             }
             None => {}
         }

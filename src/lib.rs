@@ -5,9 +5,11 @@
 //! - `audit`: `audit verify` and `audit log` over a journal or an export.
 //! - `settings`: `serve`'s settings from flags, environment and a TOML file.
 //! - `service`: starting the service: journal, operator token, supervisor, HTTP, readiness.
-//! - `api`: the HTTP API (SPEC 3) on actix-web: one module per resource, one error mapping.
-//! - `alarms`: metric samples into the series store, and alarm evaluation on the clock's ticks.
-//! - `converger`: on each tick, every group's servers reconciled with its desired capacity.
+//! - `api`: the HTTP API (SPEC 3) on actix-web: one module per resource, one lookup and pager
+//!   for them all (`api::resource`), one error mapping (`api::error`).
+//! - `alarms`: the alarm table (a read model), metric samples into the series store, and alarm
+//!   evaluation at each tick, each transition's actions taken exactly once.
+//! - `converger`: at each tick, every group's servers reconciled with its desired capacity.
 //! - `providers`: the `process`, `http` and `simulated` providers that start and delete servers.
 //! - `projector`: the one place read models are fed: the journal's records, in sequence order;
 //!   checkpoints of the read models at an exact sequence number.

@@ -1,3 +1,5 @@
+//! The `flotilla` binary: parses the command line and runs it (see `flotilla::cli`).
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Service as _;
@@ -25,6 +25,39 @@ use crate::telemetry::{EventCounts, Recovery, Telemetry};
 use crate::ticks::{Ticker, Ticks};
 use crate::token;
 
+/// Whether the service is ready: its read models have caught up on the journal, so it answers
+/// and its loops act. Set once; `wait` blocks a thread until then.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    ready: AtomicBool,
+    lock: Mutex<()>,
+    set: Condvar,
+}
+
+impl Readiness {
+    /// Whether it is set.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Sets it, and wakes whoever waits.
+    fn set(&self) {
+        let _held = lock(&self.lock);
+        self.ready.store(true, Ordering::Release);
+        self.set.notify_all();
+    }
+
+    /// Waits (blocking the thread) until it is set, at most `timeout`; answers whether it is.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let held = lock(&self.lock);
+        let waited = self
+            .set
+            .wait_timeout_while(held, timeout, |_| !self.is_ready());
+        drop(waited);
+        self.is_ready()
+    }
+}
+
 /// A started service.
 pub struct Service {
     /// The address it listens on.
@@ -34,7 +67,7 @@ pub struct Service {
     /// The running server; await it to serve until stopped.
     pub server: actix_web::dev::Server,
     /// Set once the journal is replayed.
-    pub ready: Arc<AtomicBool>,
+    pub ready: Arc<Readiness>,
 }
 
 /// Starts the service on `settings` with `clock`, its loops ticking in real time. Must run
@@ -93,7 +126,7 @@ pub fn start_with(
     let projector =
         Arc::new(Projector::new(index.clone(), alarms.clone()).live(quiet.clone(), events.clone()));
     let evaluator = Arc::new(Evaluator::new(alarms, supervisor.clone()));
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(Readiness::default());
     let providers = Arc::new(Providers::new(
         clock.clone(),
         settings.provider_http_secret.clone(),
@@ -205,14 +238,14 @@ fn project(
     clock: Arc<dyn Clock>,
     checkpointer: Arc<Mutex<Option<Checkpointer>>>,
     recovery: Arc<Recovery>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
 ) {
     std::thread::spawn(move || {
         let started = std::time::Instant::now();
         let load = || -> anyhow::Result<(u64, u64)> {
             let from = projector.restore(&journal)?;
             let head = journal.head()?;
-            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
             let read = projector.replay(&journal, head.seq, workers)?;
             projector.checkpoint(&journal, head)?;
             projector.alarms().start_at(clock.now());
@@ -227,7 +260,7 @@ fn project(
         };
         match load() {
             Ok((checkpoint_seq, records)) => {
-                ready.store(true, Ordering::Release);
+                ready.set();
                 tracing::info!(
                     checkpoint_seq,
                     records,
@@ -243,7 +276,7 @@ fn project(
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Keeps the checkpoint close to the journal's head while the service runs, so that a start

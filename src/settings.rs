@@ -98,22 +98,41 @@ struct FileSettings {
 /// Resolved settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
+    /// Address to listen on (default `127.0.0.1:8080`).
     pub listen: String,
+    /// Data directory holding the journal and `operator.token` (default `./flotilla-data`).
     pub data_dir: PathBuf,
+    /// Base of the webhook URLs handed out, if set; see [`Settings::public_url`].
     pub public_url: Option<String>,
+    /// Seconds of the service clock a webhook's timestamp may be off by (default 300).
     pub webhook_tolerance_seconds: u32,
+    /// Webhook calls a second per webhook, with a burst of as many; 0 is off (default 50).
     pub webhook_rate_limit: u32,
+    /// Webhook calls a second per source address; 0 is off (default 1000).
     pub source_rate_limit: u32,
+    /// Most unexpired nonces one webhook remembers (default 10000).
     pub webhook_nonce_window: usize,
+    /// Largest webhook body, bytes (default 65536).
     pub body_limit: usize,
+    /// Largest metrics body, bytes (default 4194304).
     pub metrics_body_limit: usize,
+    /// Milliseconds of real time between alarm evaluations; at least 10 (default 1000).
     pub alarm_tick_ms: u64,
+    /// HTTP worker threads; at least 1 (default 2).
     pub http_workers: usize,
+    /// Milliseconds of real time between convergence passes; at least 10 (default 1000).
     pub converge_tick_ms: u64,
+    /// Milliseconds of real time between checkpoints; at least 10 (default 60000).
     pub checkpoint_interval_ms: u64,
+    /// Sled's page cache, MiB; at least 1 (default 64).
     pub journal_cache_mb: u64,
+    /// Seconds of the service clock an idle actor stays in memory; 0 keeps every actor
+    /// (default 600).
     pub actor_idle_seconds: u32,
+    /// The `whsec_` secret signing requests to `http` orchestrators whose launch configuration
+    /// has none.
     pub provider_http_secret: Option<String>,
+    /// Whether tenants may use the `process` provider (default false).
     pub allow_process_provider: bool,
 }
 

@@ -171,7 +171,7 @@ fn nonce_and_timestamp_of(body: &[u8]) -> Result<(String, Timestamp), Refusal> {
         .ok_or_else(|| malformed("missing_nonce", "the body must carry a string \"nonce\""))?;
     let seconds = value
         .get("timestamp")
-        .and_then(|t| t.as_i64())
+        .and_then(serde_json::Value::as_i64)
         .filter(|t| (0..=999_999_999_999).contains(t))
         .ok_or_else(|| {
             malformed(

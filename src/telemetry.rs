@@ -76,7 +76,10 @@ pub struct EventCounts {
 impl EventCounts {
     /// Counts one record of `event_type` (the projector's entry).
     pub fn count(&self, event_type: &str) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match counts.get_mut(event_type) {
             Some(count) => *count += 1,
             None => {
@@ -87,7 +90,10 @@ impl EventCounts {
 
     /// Every type counted, with its count.
     pub fn all(&self) -> Vec<(String, u64)> {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 }

@@ -36,7 +36,10 @@ impl Ticks {
             }
             Ticks::Manual(manual) => {
                 let (send, receive) = mpsc::unbounded_channel();
-                let mut loops = manual.loops.lock().unwrap_or_else(|p| p.into_inner());
+                let mut loops = manual
+                    .loops
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 loops.push((name, send));
                 Ticker::Manual(receive)
             }
@@ -123,7 +126,10 @@ impl ManualTicks {
 
     /// The names of the loops that take ticks.
     pub fn loops(&self) -> Vec<&'static str> {
-        let loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+        let loops = self
+            .loops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         loops.iter().map(|(name, _)| *name).collect()
     }
 
@@ -131,7 +137,10 @@ impl ManualTicks {
     /// previous one's answer is awaited, so the loops run one after the other.
     fn send(&self, only: Option<&str>) -> impl Iterator<Item = oneshot::Receiver<()>> {
         let loops: Vec<_> = {
-            let loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+            let loops = self
+                .loops
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             loops
                 .iter()
                 .filter(|(name, _)| only.is_none_or(|only| only == *name))

@@ -84,8 +84,7 @@ impl Flotilla {
             .client
             .get(server.url("/readyz"))
             .send()
-            .map(|r| r.status() != 200)
-            .unwrap_or(true)
+            .map_or(true, |r| r.status() != 200)
         {
             assert!(Instant::now() < deadline, "not ready");
             std::thread::sleep(Duration::from_millis(20));

@@ -165,7 +165,7 @@ impl Supervisor {
         self.inner
             .actors
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The address of object `id`'s actor, started (and its state replayed) if it is not
@@ -240,7 +240,7 @@ impl Supervisor {
             let addr = self.address::<A>(id)?;
             match addr.send(message()).await {
                 Ok(result) => return Ok(result),
-                Err(MailboxError::Closed) | Err(MailboxError::Timeout) => {
+                Err(MailboxError::Closed | MailboxError::Timeout) => {
                     tracing::warn!(kind = A::KIND, object = id, "actor gone; starting it again");
                     self.forget(id, &addr);
                 }

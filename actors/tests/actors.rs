@@ -235,7 +235,7 @@ async fn two_policies_hitting_one_group_concurrently_lose_no_update() {
         async move { supervisor.execute_policy(&p, Cause::Direct).await }
     });
     let results = join_all(calls).await;
-    assert!(results.iter().all(|r| r.is_ok()));
+    assert!(results.iter().all(std::result::Result::is_ok));
     // 50 × +2 and 50 × −1, in whatever order, never below 0: each saw the one before it.
     let final_capacity = capacity(&w, &g).await;
     let executed: Vec<(u32, u32)> = results
@@ -245,8 +245,11 @@ async fn two_policies_hitting_one_group_concurrently_lose_no_update() {
             _ => None,
         })
         .collect();
-    let net: i64 = executed.iter().map(|(f, t)| *t as i64 - *f as i64).sum();
-    assert_eq!(net, final_capacity as i64);
+    let net: i64 = executed
+        .iter()
+        .map(|(f, t)| i64::from(*t) - i64::from(*f))
+        .sum();
+    assert_eq!(net, i64::from(final_capacity));
     // And the journal agrees with the live actor.
     let rebuilt = store::load::<Groups>(&w.journal, g.as_str()).unwrap();
     assert_eq!(rebuilt.state.unwrap().desired_capacity, final_capacity);

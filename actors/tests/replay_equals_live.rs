@@ -193,7 +193,7 @@ fn signed_with(key: [u8; 32], nonce: String, timestamp: Timestamp) -> SignatureC
 /// A rejection or a bad signature is an answer; anything else is a fault of the service.
 fn answered<T>(result: Result<T, Error>, step: &Op) {
     match result {
-        Ok(_) | Err(Error::Rejected(_)) | Err(Error::InvalidSignature) => {}
+        Ok(_) | Err(Error::Rejected(_) | Error::InvalidSignature) => {}
         Err(fault) => panic!("{step:?} failed with a fault: {fault}"),
     }
 }

@@ -2,44 +2,67 @@
 
 use crate::ExpectedVersion;
 
+/// The journal's result: [`Error`] unless told otherwise.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Why a journal operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Optimistic concurrency: the stream was not at the version the appender expected.
     #[error("stream {stream} is at version {actual}, expected {expected}")]
     Conflict {
+        /// The stream appended to.
         stream: String,
+        /// The version the appender expected.
         expected: ExpectedVersion,
+        /// The version the stream is at.
         actual: u64,
     },
+    /// A stream id that is empty, too long or not printable ASCII; says why.
     #[error("invalid stream id: {0}")]
     InvalidStream(String),
+    /// An event that cannot be appended (bad type, payload not one line of JSON, too large); says
+    /// why.
     #[error("invalid event: {0}")]
     InvalidEvent(String),
     /// A stored record (or an exported line) that does not decode.
     #[error("record {seq} is corrupt: {reason}")]
-    Corrupt { seq: u64, reason: String },
+    Corrupt {
+        /// The record's sequence number (0 for the head).
+        seq: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A record whose payload has a schema version the reader does not know.
     #[error(
         "record {seq} ({event_type}) has schema version {schema}; this build reads {supported}"
     )]
     UnknownSchema {
+        /// The record's sequence number.
         seq: u64,
+        /// The record's event type.
         event_type: String,
+        /// The schema version the record carries.
         schema: u16,
+        /// The schema version the reader asked for.
         supported: u16,
     },
+    /// The hash chain does not hold: where and how it first breaks.
     #[error("the journal's chain is broken: {0}")]
     BrokenChain(crate::verify::Break),
+    /// An import into a journal that already has records; carries its head's sequence number.
     #[error("the target journal is not empty (head at seq {0})")]
     NotEmpty(u64),
+    /// The journal's writer has stopped, so nothing more can be appended.
     #[error("the journal is closed")]
     Closed,
     /// The follower (see `Journal::follow`) panicked while taking in records; it is dropped.
     #[error("the journal's follower failed")]
     FollowerFailed,
+    /// sled failed.
     #[error("storage: {0}")]
     Storage(#[from] sled::Error),
+    /// Reading or writing a file (or an export) failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -24,16 +24,25 @@ use crate::{Error, Head, Journal, Result};
 /// One record as a JSON line (also what `audit log` prints).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Line<'a> {
+    /// Global sequence number, from 1.
     pub seq: u64,
+    /// The stream the event belongs to.
     pub stream: String,
+    /// The event's version within its stream, from 1.
     pub version: u64,
+    /// The event type, written as `type`.
     #[serde(rename = "type")]
     pub event_type: String,
+    /// Schema version of the payload.
     pub schema: u16,
+    /// When the event happened, Unix milliseconds.
     pub timestamp_ms: i64,
+    /// The event's JSON text, byte for byte as stored.
     #[serde(borrow)]
     pub payload: &'a RawValue,
+    /// Hash of the record before, in lowercase hex.
     pub prev_hash: String,
+    /// The record's hash, in lowercase hex.
     pub hash: String,
 }
 

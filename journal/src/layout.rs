@@ -17,20 +17,26 @@
 use crate::record::Hash;
 use crate::{Error, Head, Result};
 
+/// The tree holding records, the stream index and the head.
 pub const TREE: &str = "journal";
+/// The tree holding each stream's latest snapshot, by stream id.
 pub const SNAPSHOTS: &str = "snapshots";
+/// The tree holding whole-journal readers' checkpoints, by name.
 pub const CHECKPOINTS: &str = "checkpoints";
 
 const RECORD: u8 = b'r';
 const INDEX: u8 = b's';
+/// The key of the head in [`TREE`].
 pub const HEAD_KEY: &[u8] = b"h";
 
+/// The key of the record at `seq`.
 pub fn record_key(seq: u64) -> [u8; 9] {
     let mut key = [RECORD; 9];
     key[1..].copy_from_slice(&seq.to_be_bytes());
     key
 }
 
+/// The sequence number in a record key, or `None` if `key` is not one.
 pub fn decode_record_key(key: &[u8]) -> Option<u64> {
     match key {
         [RECORD, rest @ ..] => rest.try_into().ok().map(u64::from_be_bytes),
@@ -38,6 +44,7 @@ pub fn decode_record_key(key: &[u8]) -> Option<u64> {
     }
 }
 
+/// The prefix shared by every stream index key of `stream`.
 pub fn index_prefix(stream: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(stream.len() + 10);
     key.push(INDEX);
@@ -46,16 +53,19 @@ pub fn index_prefix(stream: &str) -> Vec<u8> {
     key
 }
 
+/// The stream index key of `stream` at `version`.
 pub fn index_key(stream: &str, version: u64) -> Vec<u8> {
     let mut key = index_prefix(stream);
     key.extend_from_slice(&version.to_be_bytes());
     key
 }
 
+/// A big-endian `u64` from exactly 8 bytes, or `None` for any other length.
 pub fn decode_seq(value: &[u8]) -> Option<u64> {
     value.try_into().ok().map(u64::from_be_bytes)
 }
 
+/// The stored form of `head`: seq(8) hash(32).
 pub fn encode_head(head: &Head) -> [u8; 40] {
     let mut value = [0; 40];
     value[..8].copy_from_slice(&head.seq.to_be_bytes());
@@ -63,6 +73,7 @@ pub fn encode_head(head: &Head) -> [u8; 40] {
     value
 }
 
+/// The stored head ([`Head::EMPTY`] when there is none); a malformed one is [`Error::Corrupt`].
 pub fn read_head(tree: &sled::Tree) -> Result<Head> {
     let Some(value) = tree.get(HEAD_KEY)? else {
         return Ok(Head::EMPTY);
@@ -90,6 +101,7 @@ pub fn last_record_seq(tree: &sled::Tree) -> Result<u64> {
         .unwrap_or(0))
 }
 
+/// The version of `stream`'s last event, from the stream index (0 when it has none).
 pub fn stream_version(tree: &sled::Tree, stream: &str) -> Result<u64> {
     let last = tree
         .scan_prefix(index_prefix(stream))
@@ -106,6 +118,7 @@ pub fn stream_version(tree: &sled::Tree, stream: &str) -> Result<u64> {
         })
 }
 
+/// The stored form of a snapshot: version(8) anchor-hash(32) state.
 pub fn encode_snapshot(version: u64, anchor: &Hash, state: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(40 + state.len());
     value.extend_from_slice(&version.to_be_bytes());
@@ -114,12 +127,14 @@ pub fn encode_snapshot(version: u64, anchor: &Hash, state: &[u8]) -> Vec<u8> {
     value
 }
 
+/// A stored snapshot's version, anchor hash and state, or `None` if it is too short.
 pub fn decode_snapshot(value: &[u8]) -> Option<(u64, Hash, &[u8])> {
     let version = decode_seq(value.get(..8)?)?;
     let anchor = Hash::try_from(value.get(8..40)?).ok()?;
     Some((version, anchor, &value[40..]))
 }
 
+/// The stored form of a checkpoint: seq(8) hash(32) of its head, then state.
 pub fn encode_checkpoint(head: &Head, state: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(40 + state.len());
     value.extend_from_slice(&encode_head(head));
@@ -127,6 +142,7 @@ pub fn encode_checkpoint(head: &Head, state: &[u8]) -> Vec<u8> {
     value
 }
 
+/// A stored checkpoint's head and state, or `None` if it is too short.
 pub fn decode_checkpoint(value: &[u8]) -> Option<(Head, &[u8])> {
     let seq = decode_seq(value.get(..8)?)?;
     let hash = Hash::try_from(value.get(8..40)?).ok()?;

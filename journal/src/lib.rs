@@ -73,11 +73,14 @@ impl ExpectedVersion {
 /// empty).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Head {
+    /// Sequence number of the last record.
     pub seq: u64,
+    /// Hash of the last record.
     pub hash: Hash,
 }
 
 impl Head {
+    /// The head of an empty journal.
     pub const EMPTY: Head = Head {
         seq: 0,
         hash: GENESIS,
@@ -109,7 +112,9 @@ pub struct StreamAppend {
 /// An object's state saved at a version of its stream, so a rebuild replays only what follows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
+    /// The stream version the state is as of.
     pub version: u64,
+    /// The saved state, as its owner encoded it.
     pub state: Vec<u8>,
 }
 
@@ -167,6 +172,7 @@ impl Journal {
         Self::open_with(path, Config::default())
     }
 
+    /// Opens (creating if needed) the journal in directory `path`, tuned by `config`.
     pub fn open_with(path: impl AsRef<Path>, config: Config) -> Result<Journal> {
         let db = open_db(path.as_ref(), config.cache_capacity)?;
         let tree = db.open_tree(layout::TREE)?;

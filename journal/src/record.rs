@@ -56,6 +56,7 @@ impl NewEvent {
         })
     }
 
+    /// Its event type.
     pub fn event_type(&self) -> &str {
         &self.event_type
     }
@@ -71,6 +72,7 @@ pub struct Record {
     pub stream: String,
     /// The event's version within its stream, from 1, without gaps.
     pub version: u64,
+    /// What happened, as a name (`group_created`, say).
     pub event_type: String,
     /// Schema version of the payload, so readers can refuse what they do not know.
     pub schema: u16,

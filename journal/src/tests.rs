@@ -458,7 +458,7 @@ fn every_tamper_of_an_export_is_detected() {
     let bytes = export_bytes(&journal);
 
     let edited = edit_lines(&bytes, |l| {
-        l[3] = l[3].replace("\"payload\":4", "\"payload\":44")
+        l[3] = l[3].replace("\"payload\":4", "\"payload\":44");
     });
     assert_eq!(export_break(&edited).seq, 4);
     assert_eq!(export_break(&edited).kind, BreakKind::HashMismatch);
@@ -531,14 +531,14 @@ proptest! {
                     let version = streams.get(&name).map_or(0, |v| v.len() as u64);
                     let expected = if stale { ExpectedVersion::Exact(version + 1) } else { ExpectedVersion::Exact(version) };
                     let batch: Vec<NewEvent> = (0..events).map(|_| { n += 1; event(n) }).collect();
-                    let values: Vec<u64> = (n + 1 - events as u64..=n).collect();
+                    let values: Vec<u64> = (n + 1 - u64::from(events)..=n).collect();
                     let result = journal.append(&name, expected, batch);
                     if stale {
                         let is_conflict = matches!(result, Err(Error::Conflict { .. }));
                         prop_assert!(is_conflict);
                     } else {
                         let appended = result.unwrap();
-                        prop_assert_eq!(appended.version, version + events as u64);
+                        prop_assert_eq!(appended.version, version + u64::from(events));
                         for value in values {
                             all.push((name.clone(), value));
                             streams.entry(name.clone()).or_default().push(value);

@@ -13,32 +13,51 @@ use crate::Head;
 pub struct Break {
     /// The sequence number where the break is seen.
     pub seq: u64,
+    /// What is wrong there.
     pub kind: BreakKind,
 }
 
+/// How the chain breaks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BreakKind {
     /// The record does not decode.
-    Undecodable { reason: String },
+    Undecodable {
+        /// Why it does not decode.
+        reason: String,
+    },
     /// The record with this sequence number is absent (deleted).
     Missing,
     /// A record carries another sequence number than its place (reordered or moved).
-    OutOfPlace { found: u64 },
+    OutOfPlace {
+        /// The sequence number the record carries.
+        found: u64,
+    },
     /// The record does not chain from the one before it.
     PreviousHashMismatch,
     /// The record's content does not match its hash (edited).
     HashMismatch,
     /// A stream skips or repeats a version.
     StreamVersionGap {
+        /// The stream.
         stream: String,
+        /// The version due: one past the stream's last.
         expected: u64,
+        /// The version the record carries.
         found: u64,
     },
     /// The head says the journal goes further than its records do (tail truncated).
-    Truncated { head_seq: u64 },
+    Truncated {
+        /// The head's sequence number.
+        head_seq: u64,
+    },
     /// Records follow the head, or the head's hash is not the last record's.
-    HeadMismatch { head_seq: u64, head_hash: String },
+    HeadMismatch {
+        /// The head's sequence number.
+        head_seq: u64,
+        /// The head's hash, in lowercase hex.
+        head_hash: String,
+    },
 }
 
 impl fmt::Display for Break {

@@ -117,6 +117,7 @@ error_set!(
 /// The body of every error answer: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
+    /// The error's code and message.
     pub error: ErrorDetail,
 }
 

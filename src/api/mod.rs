@@ -1,6 +1,5 @@
 //! The HTTP API (SPEC section 3) on actix-web, in front of the supervisor.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix_web::web;
@@ -45,7 +44,7 @@ pub struct AppState {
     /// sha256 of the operator token.
     pub operator_token_hash: String,
     /// Set once the journal is replayed into the index.
-    pub ready: Arc<AtomicBool>,
+    pub ready: Arc<crate::service::Readiness>,
     /// Webhook call limits.
     pub limits: Arc<WebhookLimits>,
     /// Metric samples and the alarms' evaluation.
@@ -59,7 +58,7 @@ pub struct AppState {
 impl AppState {
     /// Whether the journal has been replayed.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.is_ready()
     }
 
     /// Runs `command` against object `id`. The read models hold its events by the time it

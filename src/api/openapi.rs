@@ -103,8 +103,11 @@ pub mod mirror {
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
     #[serde(rename_all = "snake_case")]
     pub enum AdjustmentType {
+        /// Add `adjustment` to the capacity.
         Change,
+        /// Add `adjustment` percent of the current capacity.
         Percent,
+        /// Set the capacity to `adjustment`.
         Exact,
     }
 
@@ -112,10 +115,15 @@ pub mod mirror {
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
     #[serde(rename_all = "snake_case")]
     pub enum Statistic {
+        /// The mean.
         Avg,
+        /// The smallest sample.
         Min,
+        /// The largest sample.
         Max,
+        /// The sum.
         Sum,
+        /// The number of samples.
         Count,
     }
 
@@ -123,9 +131,13 @@ pub mod mirror {
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
     #[serde(rename_all = "snake_case")]
     pub enum Comparison {
+        /// `>`
         Gt,
+        /// `>=`
         Ge,
+        /// `<`
         Lt,
+        /// `<=`
         Le,
     }
 
@@ -133,9 +145,13 @@ pub mod mirror {
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
     #[serde(rename_all = "snake_case")]
     pub enum TreatMissing {
+        /// Skipped; all missing gives `insufficient_data`.
         Missing,
+        /// Counted as breaching.
         Breaching,
+        /// Counted as not breaching.
         NotBreaching,
+        /// The state stays as it was.
         Ignore,
     }
 
@@ -143,8 +159,11 @@ pub mod mirror {
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
     #[serde(rename_all = "snake_case")]
     pub enum AlarmState {
+        /// Not enough data to decide; where every alarm starts.
         InsufficientData,
+        /// Not breaching.
         Ok,
+        /// Breaching.
         Alarm,
     }
 

@@ -213,6 +213,7 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// `POST /v1/groups/{id}/policies/{pid}/execute`: runs the policy now; 202 with its outcome.
 #[utoipa::path(
     post,
     path = "/v1/groups/{id}/policies/{pid}/execute",

@@ -22,17 +22,26 @@ fn time(at: Timestamp) -> String {
 /// A group.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GroupView {
+    /// The group's id (`grp_...`).
     pub id: String,
+    /// The group's name, 1 to 255 characters.
     pub name: String,
+    /// The fewest servers the group keeps.
     pub min_size: u32,
+    /// The most servers the group keeps, at most 10000.
     pub max_size: u32,
+    /// The capacity the group converges to, within `min_size`..`max_size`.
     pub desired_capacity: u32,
+    /// Seconds after a policy execution that changed capacity during which further executions
+    /// answer `cooldown`, unless the policy has its own.
     pub cooldown_seconds: u32,
     /// The launch configuration: `provider` (`process`, `http`, `simulated`) and its fields.
     #[schema(value_type = Object)]
     pub launch: Value,
+    /// Free-form JSON object, kept as given.
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
+    /// Whether policy executions are suspended (they answer `paused`).
     pub paused: bool,
     /// Servers running.
     pub active: u32,
@@ -47,6 +56,7 @@ pub struct GroupView {
 /// The answer to a group's create: the group and its metrics token, shown this once.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GroupCreated {
+    /// The group created; its fields sit beside `metrics_token`.
     #[serde(flatten)]
     pub group: GroupView,
     /// The write-only token for `POST /v1/metrics`; only its hash is kept.
@@ -56,7 +66,9 @@ pub struct GroupCreated {
 /// The answer to a tenant's create: its token, shown this once.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TenantCreated {
+    /// The tenant's id (`ten_...`).
     pub id: String,
+    /// The tenant's name.
     pub name: String,
     /// The tenant's bearer token; only its hash is kept.
     pub token: String,
@@ -85,16 +97,21 @@ impl From<&Group> for GroupView {
 /// A server of a group.
 #[derive(Debug, Serialize)]
 pub struct ServerView {
+    /// The server's id (`srv_...`).
     pub id: String,
+    /// The id of the group it belongs to.
     pub group_id: String,
+    /// `pending`, `active`, `failed` or `deleting`.
     pub state: ServerState,
     /// The provider's handle (`{"pid": .., "start_time": ..}` for `process`); null until launched.
     pub provider: Value,
+    /// When its latest launch was requested (RFC 3339).
     pub launched_at: String,
     /// How many times this server's slot failed.
     pub failures: u32,
     /// Why it failed last.
     pub last_failure: Option<String>,
+    /// When it failed last (RFC 3339).
     pub last_failure_at: Option<String>,
 }
 
@@ -117,14 +134,22 @@ impl ServerView {
 /// A policy.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PolicyView {
+    /// The policy's id (`pol_...`).
     pub id: String,
+    /// The id of the group it resizes.
     pub group_id: String,
+    /// The policy's name, 1 to 255 characters.
     pub name: String,
+    /// How `adjustment` is read.
     #[schema(value_type = mirror::AdjustmentType)]
     pub adjustment_type: AdjustmentType,
+    /// The adjustment; may be negative for `change` and `percent`.
     pub adjustment: i64,
+    /// For `percent` only: the smallest magnitude of a non-zero change (at least 1).
     pub min_adjustment_step: Option<u32>,
+    /// Seconds of cooldown after this policy changes capacity; the group's when null.
     pub cooldown_seconds: Option<u32>,
+    /// When the policy was created (RFC 3339).
     pub created_at: String,
 }
 
@@ -146,16 +171,22 @@ impl From<&Policy> for PolicyView {
 /// A webhook; `secret` only in the answers to create and rotate.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookView {
+    /// The webhook's id, unguessable.
     pub id: String,
+    /// The webhook's name.
     pub name: String,
+    /// Where to POST signed calls: `<public URL>/v1/hooks/<id>`.
     pub url: String,
+    /// The id of the policy a call executes.
     pub policy_id: String,
+    /// The id of that policy's group.
     pub group_id: String,
     /// `whsec_<base64>`: only in the answers to create and rotate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// When the previous secret stops being valid, during a rotation's grace.
     pub previous_secret_valid_until: Option<String>,
+    /// When the webhook was created (RFC 3339).
     pub created_at: String,
 }
 
@@ -178,25 +209,38 @@ impl WebhookView {
 /// An alarm: its definition, state and reason.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AlarmView {
+    /// The alarm's id (`alm_...`).
     pub id: String,
+    /// The alarm's name, 1 to 255 characters.
     pub name: String,
+    /// The id of the group whose metric samples it watches.
     pub group_id: String,
+    /// The name of the metric it watches.
     pub metric: String,
+    /// How a period's samples reduce to its datapoint.
     #[schema(value_type = mirror::Statistic)]
     pub statistic: Statistic,
+    /// The length of a period, seconds.
     pub period_seconds: u32,
+    /// N: how many of the last closed periods are evaluated.
     pub evaluation_periods: u32,
+    /// M: how many of those N must breach for ALARM (1 <= M <= N).
     pub datapoints_to_alarm: u32,
+    /// How a datapoint is compared with `threshold`.
     #[schema(value_type = mirror::Comparison)]
     pub comparison: Comparison,
+    /// The value a datapoint is compared with.
     pub threshold: f64,
+    /// How periods without samples count.
     #[schema(value_type = mirror::TreatMissing)]
     pub treat_missing: TreatMissing,
     /// Policy ids executed on a transition into ALARM.
     pub alarm_actions: Vec<String>,
     /// Policy ids executed on a transition into OK.
     pub ok_actions: Vec<String>,
+    /// Whether `alarm_actions` run again at every evaluation while in ALARM.
     pub repeat_actions: bool,
+    /// The alarm's current state.
     #[schema(value_type = mirror::AlarmState)]
     pub state: AlarmState,
     /// Why it is in that state (the datapoints that decided it).
@@ -274,6 +318,7 @@ impl From<&Outcome> for OutcomeKind {
 /// group's capacity after it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ExecutionView {
+    /// What the execution did; says which of the fields below are present.
     pub outcome: OutcomeKind,
     /// With `executed`: the capacity before.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -287,7 +332,9 @@ pub struct ExecutionView {
     /// With `cooldown`: seconds until the cooldown ends, rounded up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u64>,
+    /// The id of the policy executed.
     pub policy_id: String,
+    /// The id of its group.
     pub group_id: String,
     /// The group's desired capacity after the execution.
     pub desired_capacity: u32,

@@ -116,7 +116,7 @@ impl HttpProvider {
                     }
                 }
                 Err(error) if error.is_timeout() => {
-                    last = format!("orchestrator timed out after {} ms", timeout.as_millis())
+                    last = format!("orchestrator timed out after {} ms", timeout.as_millis());
                 }
                 Err(error) => last = format!("orchestrator unreachable: {error}"),
             }

@@ -52,6 +52,7 @@ fn handle_of(handle: &Value) -> Option<(u32, u64)> {
     Some((pid, handle["start_time"].as_u64()?))
 }
 
+#[allow(unsafe_code)] // kill(2), by pid only
 fn signal(pid: u32, signal: i32) {
     let pid = pid as libc::pid_t;
     // SAFETY: kill(2) has no memory effects; the pid was checked against its start time.
@@ -64,6 +65,7 @@ fn signal(pid: u32, signal: i32) {
 
 /// Reaps `pid` if it is a zombie child of this process (one started by an earlier service in
 /// the same process, whose `Child` is gone); a no-op otherwise.
+#[allow(unsafe_code)] // waitpid(2), by pid only
 fn reap(pid: u32) {
     let mut status = 0;
     // SAFETY: waitpid(2) with WNOHANG writes only to `status`.
@@ -110,7 +112,9 @@ impl ProcessProvider {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Child>> {
-        self.children.lock().unwrap_or_else(|p| p.into_inner())
+        self.children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Ends `pid`: SIGTERM, up to `grace` for it to exit, then SIGKILL.
@@ -180,7 +184,7 @@ impl Provider for ProcessProvider {
             .spawn()
             .map_err(|error| ProviderError(format!("cannot start {program:?}: {error}")))?;
         let pid = child.id();
-        let start_time = stat(pid).map(|(_, t)| t).unwrap_or(0);
+        let start_time = stat(pid).map_or(0, |(_, t)| t);
         self.lock().insert(pid, child);
         Ok(json!({"pid": pid, "start_time": start_time}))
     }

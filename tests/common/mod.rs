@@ -1,13 +1,13 @@
 //! The real service on a loopback port and a temporary data directory, driven over HTTP, with
-//! a manual clock so time-based rules are tested without sleeping.
+//! a manual clock and manual ticks so time-based rules and background loops are tested without
+//! sleeping.
 #![allow(dead_code)]
 
+pub mod serve;
 pub mod world;
 
-use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flotilla::settings::Settings;
 use flotilla::ticks::{ManualTicks, Ticks};
@@ -27,8 +27,7 @@ pub struct Server {
     pub client: Client,
     pub dir: tempfile::TempDir,
     settings: Settings,
-    handle: Option<actix_web::dev::ServerHandle>,
-    thread: Option<JoinHandle<()>>,
+    running: Option<serve::Running>,
 }
 
 impl Server {
@@ -44,34 +43,23 @@ impl Server {
             ..Settings::default()
         };
         adjust(&mut settings);
-        Self::start_in(dir, settings)
+        let clock = ManualClock::new(Timestamp::from_secs(START_SECS));
+        Self::start_in(dir, settings, clock)
     }
 
-    fn start_in(dir: tempfile::TempDir, settings: Settings) -> Server {
-        let clock = ManualClock::new(Timestamp::from_secs(START_SECS));
+    /// Starts the service in `dir` on `settings`, its clock at `clock`'s now, and waits until it
+    /// is ready.
+    fn start_in(dir: tempfile::TempDir, settings: Settings, clock: ManualClock) -> Server {
         let ticks = ManualTicks::new();
-        let kept = settings.clone();
-        let (tx, rx) = mpsc::channel();
-        let (service_clock, service_ticks) = (clock.clone(), Ticks::Manual(ticks.clone()));
-        let thread = std::thread::spawn(move || {
-            let system = actix_web::rt::System::new();
-            system.block_on(async move {
-                let service =
-                    flotilla::service::start_with(settings, Arc::new(service_clock), service_ticks)
-                        .unwrap();
-                tx.send((
-                    service.addr,
-                    service.operator_token.clone(),
-                    service.server.handle(),
-                ))
-                .unwrap();
-                service.server.await.unwrap();
-            });
-        });
-        let (addr, operator_token, handle) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        let server = Server {
-            base: format!("http://{addr}"),
-            operator_token,
+        let running = serve::Running::start(
+            settings.clone(),
+            Arc::new(clock.clone()),
+            Ticks::Manual(ticks.clone()),
+        );
+        running.wait_ready(Duration::from_secs(30));
+        Server {
+            base: format!("http://{}", running.addr),
+            operator_token: running.operator_token.clone(),
             clock,
             ticks,
             client: Client::builder()
@@ -79,28 +67,13 @@ impl Server {
                 .build()
                 .unwrap(),
             dir,
-            settings: kept,
-            handle: Some(handle),
-            thread: Some(thread),
-        };
-        server.wait_ready();
-        server
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(response) = self.client.get(self.url("/readyz")).send() {
-                if response.status() == 200 {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            settings,
+            running: Some(running),
         }
-        panic!("the service did not become ready");
     }
 
-    /// Stops the server and starts a new one on the same data directory (a clean restart).
+    /// Stops the server and starts a new one on the same data directory (a clean restart), its
+    /// clock where the old one's was.
     pub fn restart(mut self) -> Server {
         self.stop();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
@@ -108,18 +81,13 @@ impl Server {
             listen: "127.0.0.1:0".into(),
             ..self.settings.clone()
         };
-        let clock = self.clock.clone();
-        let server = Self::start_in(dir, settings);
-        server.clock.set(flotilla_actors::clock::Clock::now(&clock));
-        server
+        let clock = ManualClock::new(flotilla_actors::clock::Clock::now(&self.clock));
+        Self::start_in(dir, settings, clock)
     }
 
     fn stop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            drop(handle.stop(false));
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(mut running) = self.running.take() {
+            running.stop();
         }
     }
 

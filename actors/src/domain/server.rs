@@ -140,15 +140,15 @@ pub fn plan(servers: &BTreeMap<String, Server>, target: u32, now: Timestamp) -> 
                 .delete
                 .push((server.id.clone(), server.provider.clone())),
             ServerState::Failed if server.retry_at().is_some_and(|at| at <= now) => {
-                plan.relaunch.push(server.id.clone())
+                plan.relaunch.push(server.id.clone());
             }
             ServerState::Failed => {}
             ServerState::Pending if server.provider.is_null() => {
-                plan.resume.push(server.id.clone())
+                plan.resume.push(server.id.clone());
             }
             ServerState::Pending | ServerState::Active => {
                 plan.watch
-                    .push((server.id.clone(), server.state, server.provider.clone()))
+                    .push((server.id.clone(), server.state, server.provider.clone()));
             }
         }
     }

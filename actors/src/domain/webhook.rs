@@ -341,8 +341,9 @@ fn decide_accept_nonce(
         Err(Refusal::Full { earliest_expiry }) => {
             // The earliest nonce is forgotten one millisecond after its expiry.
             let retry_after_seconds = earliest_expiry
-                .map(|expiry| millis_to_secs_rounded_up(expiry.plus_millis(1).saturating_sub(now)))
-                .unwrap_or(u64::from(tolerance_seconds))
+                .map_or(u64::from(tolerance_seconds), |expiry| {
+                    millis_to_secs_rounded_up(expiry.plus_millis(1).saturating_sub(now))
+                })
                 .max(1);
             return Err(Rejection::NonceWindowFull {
                 retry_after_seconds,
@@ -588,7 +589,7 @@ mod tests {
     fn a_timestamp_exactly_tolerance_away_is_in_window_and_one_millisecond_more_is_not() {
         let state = given_webhook();
         let now = T0.plus_secs(1_000u32);
-        let edge = TOLERANCE as i64 * 1_000;
+        let edge = i64::from(TOLERANCE) * 1_000;
         for ts in [now.plus_millis(-edge), now.plus_millis(edge)] {
             assert!(decide(&state, &accept("n1", ts, 10), now).is_ok());
         }

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use flotilla::settings::Settings;
+use flotilla::ticks::Ticks;
 use flotilla_actors::clock::SystemClock;
 use flotilla_journal::{ExpectedVersion, Journal, NewEvent};
 use serde_json::{json, Value};
@@ -43,15 +44,19 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// A server running on its own thread, stopped on drop.
-struct Running {
+#[path = "../../tests/common/serve.rs"]
+mod serve;
+
+use serve::Running;
+
+/// The bare baseline server, on its own thread, stopped on drop.
+struct Bare {
     addr: SocketAddr,
-    operator_token: String,
     handle: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for Running {
+impl Drop for Bare {
     fn drop(&mut self) {
         drop(self.handle.stop(false));
         if let Some(thread) = self.thread.take() {
@@ -60,6 +65,8 @@ impl Drop for Running {
     }
 }
 
+/// The service on `data_dir` (no rate limits), started as the tests start it, in real time;
+/// answers it once ready, and how long that took.
 fn start_flotilla(data_dir: &std::path::Path) -> (Running, Duration) {
     let settings = Settings {
         listen: "127.0.0.1:0".into(),
@@ -68,39 +75,15 @@ fn start_flotilla(data_dir: &std::path::Path) -> (Running, Duration) {
         source_rate_limit: 0,
         ..Settings::default()
     };
-    let (tx, rx) = mpsc::channel();
     let started = Instant::now();
-    let thread = std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let service = flotilla::service::start(settings, Arc::new(SystemClock)).unwrap();
-            let ready = service.ready.clone();
-            tx.send((
-                service.addr,
-                service.operator_token.clone(),
-                service.server.handle(),
-                ready,
-            ))
-            .unwrap();
-            service.server.await.unwrap();
-        })
-    });
-    let (addr, operator_token, handle, ready) = rx.recv().unwrap();
-    while !ready.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let to_ready = started.elapsed();
-    let running = Running {
-        addr,
-        operator_token,
-        handle,
-        thread: Some(thread),
-    };
-    (running, to_ready)
+    let running = Running::start(settings, Arc::new(SystemClock), Ticks::Real);
+    running.wait_ready(Duration::from_secs(3600));
+    (running, started.elapsed())
 }
 
 /// A bare actix-web server answering every POST with 202 and a small JSON body, reading the
 /// body as the real one does: the baseline.
-fn start_bare() -> Running {
+fn start_bare() -> Bare {
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
@@ -119,12 +102,11 @@ fn start_bare() -> Running {
             let server = server.run();
             tx.send((addr, server.handle())).unwrap();
             server.await.unwrap();
-        })
+        });
     });
     let (addr, handle) = rx.recv().unwrap();
-    Running {
+    Bare {
         addr,
-        operator_token: String::new(),
         handle,
         thread: Some(thread),
     }
@@ -439,7 +421,7 @@ fn readdress(
 
 fn samples_body(now: i64) -> Vec<u8> {
     let samples: Vec<Value> = (0..1000)
-        .map(|i| json!({"metric": "cpu", "value": 0.1 + (i % 50) as f64 / 100.0, "timestamp": now as f64 + (i % 10) as f64 / 10.0, "server": "srv-1"}))
+        .map(|i| json!({"metric": "cpu", "value": 0.1 + f64::from(i % 50) / 100.0, "timestamp": now as f64 + f64::from(i % 10) / 10.0, "server": "srv-1"}))
         .collect();
     serde_json::to_vec(&json!({ "samples": samples })).unwrap()
 }
@@ -611,9 +593,7 @@ fn main() {
     let groups: usize = env("LOAD_GROUPS", 1000);
     let recovery: String = env("LOAD_RECOVERY_EVENTS", "1000000".to_owned());
     let objects: usize = env("LOAD_RESIDENT_OBJECTS", 100_000);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let mut report = serde_json::Map::new();
     report.insert("cores".into(), cores.into());
     report.insert("connections".into(), connections.into());
@@ -763,7 +743,7 @@ fn main() {
     report.insert("recovery".into(), recoveries.into());
 
     if objects > 0 {
-        let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
         let mut memory = Vec::new();
         for idle in [None, Some(5)] {
             eprintln!("creating {objects} groups, {objects} policies and {objects} alarms...");
