@@ -302,6 +302,15 @@ fn metrics_count_webhook_outcomes_rejections_and_latency_by_route_pattern() {
         Some(1.0)
     );
     assert!(value_of(&samples, "flotilla_actors_resident", &[]).unwrap() >= 1.0);
+    // Events by type, as the projector saw them appended: one accepted call, one execution,
+    // nothing of the forged one.
+    let events = |kind| value_of(&samples, "flotilla_journal_events_total", &[("type", kind)]);
+    assert_eq!(events("nonce_accepted"), Some(1.0));
+    assert_eq!(events("policy_executed"), Some(1.0));
+    assert!(
+        events("created").unwrap() >= 4.0,
+        "tenant, group, policy, webhook"
+    );
 }
 
 #[test]
