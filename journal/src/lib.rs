@@ -8,7 +8,8 @@
 //! # Layout
 //! - `record`: the record type and its byte layout on disk.
 //! - `layout`: the keys records, the stream index and the head are stored under.
-//! - `writer`: the single writer thread that batches appends into one durable flush.
+//! - `writer`: the single writer thread that batches appends into one durable flush, and tells
+//!   the follower ([`Journal::follow`]) every durable record in order.
 //! - `scan`: replaying the journal on several threads, in order.
 //! - `verify`: walking the chain and naming the first break.
 //! - `export`: JSON-lines export, verification of an export, and import.
