@@ -107,12 +107,16 @@ impl Projector {
     }
 
     /// Takes in records told by the journal as they become durable (the follower of
-    /// [`Journal::follow`]): every read model, live ones included. A record that does not
-    /// decode is logged and skipped; the journal's own checks keep that from happening.
-    pub fn take_live(&self, records: &[Record]) {
+    /// [`Journal::follow`]): every read model, live ones included. A record that cannot be
+    /// taken in (it does not decode) fails it, as it fails a replay: the journal then refuses
+    /// appends, since the read models no longer follow it.
+    pub fn take_live(&self, records: &[Record]) -> Result<(), String> {
         for record in records {
             if let Err(error) = self.take(record) {
-                tracing::error!(seq = record.seq, %error, "a record could not be projected");
+                return Err(format!(
+                    "record {} cannot be projected: {error}",
+                    record.seq
+                ));
             }
             if let Some(live) = &self.live {
                 live.events.count(&record.event_type);
@@ -122,6 +126,7 @@ impl Projector {
             }
             self.seq.store(record.seq, Ordering::Release);
         }
+        Ok(())
     }
 
     /// Takes in the records after the last one taken in, up to `to`, reading and decoding on

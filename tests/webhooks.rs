@@ -298,7 +298,7 @@ fn rate_limits_per_webhook_answer_429_with_retry_after_until_refilled() {
 }
 
 #[test]
-fn unsigned_calls_never_spend_the_signed_callers_rate_limit() {
+fn neither_forged_nor_replayed_calls_spend_the_signed_callers_rate_limit() {
     let server = Server::start_with(|s| s.webhook_rate_limit = 2);
     let hook = server.webhook_setup();
     let now = server.now_secs();
@@ -313,8 +313,13 @@ fn unsigned_calls_never_spend_the_signed_callers_rate_limit() {
         );
         assert_error(&forged, 401, "invalid_signature");
     }
-    // The signed caller still has its whole bucket, and only then is limited.
+    // The signed caller still has its whole bucket, and only then is limited; replays of a
+    // captured call (409) spend none of it either.
     accepted(&server.send_hook(&hook, &hook.secret, "s1", now, BODY));
+    for _ in 0..10 {
+        let replayed = server.send_hook(&hook, &hook.secret, "s1", now, BODY);
+        assert_error(&replayed, 409, "replayed");
+    }
     accepted(&server.send_hook(&hook, &hook.secret, "s2", now, BODY));
     let limited = server.send_hook(&hook, &hook.secret, "s3", now, BODY);
     assert_error(&limited, 429, "rate_limited");

@@ -30,6 +30,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// The stream an append was refused on because it had moved, for a conflict.
+    pub fn conflict_on(&self) -> Option<&str> {
+        match self {
+            Error::Journal(flotilla_journal::Error::Conflict { stream, .. }) => Some(stream),
+            _ => None,
+        }
+    }
+
     /// The stable snake_case code of the API's error body.
     pub fn code(&self) -> &'static str {
         match self {

@@ -111,14 +111,9 @@ impl<A: Aggregate> ObjectActor<A> {
         self.broken.is_none()
     }
 
-    /// Decide, append (with `along`, another stream's part, all or none), apply, reply: the one
+    /// Decide, append (with `along`, other streams' parts, all or none), apply, reply: the one
     /// path every command takes.
-    fn run(
-        &mut self,
-        command: A::Command,
-        now: Timestamp,
-        along: Option<StreamAppend>,
-    ) -> Reply<A> {
+    fn run(&mut self, command: A::Command, now: Timestamp, along: Vec<StreamAppend>) -> Reply<A> {
         if !self.usable() {
             return ready(Err(Error::Unavailable));
         }
@@ -126,7 +121,7 @@ impl<A: Aggregate> ObjectActor<A> {
             Ok(events) => events,
             Err(rejection) => return ready(Err(rejection.into())),
         };
-        if events.is_empty() && along.is_none() {
+        if events.is_empty() && along.is_empty() {
             return ready(Ok(self.executed(events, None)));
         }
         let (journal, id, version) = (self.journal.clone(), self.id.clone(), self.version);
@@ -138,7 +133,12 @@ impl<A: Aggregate> ObjectActor<A> {
             move |appended, actor, ctx| match appended {
                 Ok((appended, along)) => {
                     actor.appended(&events, appended.version);
-                    Ok(actor.executed(events, along.map(|a| a.version)))
+                    Ok(actor.executed(events, along.first().map(|a| a.version)))
+                }
+                // Another part's stream moved: nothing was written, and this object's state is
+                // as it was. The caller decides again.
+                Err(error) if error.conflict_on().is_some_and(|stream| stream != actor.id) => {
+                    Err(error)
                 }
                 Err(error) => {
                     // The journal's outcome is unknown (or the stream moved under us): stop, and
@@ -225,7 +225,7 @@ pub struct Executed<A: Aggregate> {
     pub state: A::State,
     /// The stream version after them.
     pub version: u64,
-    /// For [`ExecuteAlong`]: the other stream's version after the append.
+    /// For [`ExecuteAlong`]: the version of the first other stream after the append.
     pub along_version: Option<u64>,
 }
 
@@ -239,14 +239,15 @@ impl<A: Aggregate> Handler<Execute<A>> for ObjectActor<A> {
     fn handle(&mut self, Execute(command): Execute<A>, _: &mut Self::Context) -> Self::Result {
         self.touch();
         let now = self.clock.now();
-        self.run(command, now, None)
+        self.run(command, now, Vec::new())
     }
 }
 
-/// Run a command, appending its events and `1`'s (another stream's part) together: all of them
-/// or none.
+/// Run a command, appending its events and `1`'s parts (other streams') together: all of them
+/// or none. A part may add nothing and only hold the append to its stream's version
+/// ([`store::unchanged`]).
 #[derive(Debug)]
-pub struct ExecuteAlong<A: Aggregate>(pub A::Command, pub StreamAppend);
+pub struct ExecuteAlong<A: Aggregate>(pub A::Command, pub Vec<StreamAppend>);
 
 impl<A: Aggregate> Message for ExecuteAlong<A> {
     type Result = Result<Executed<A>, Error>;
@@ -258,7 +259,7 @@ impl<A: Aggregate> Handler<ExecuteAlong<A>> for ObjectActor<A> {
     fn handle(&mut self, message: ExecuteAlong<A>, _: &mut Self::Context) -> Self::Result {
         self.touch();
         let now = self.clock.now();
-        self.run(message.0, now, Some(message.1))
+        self.run(message.0, now, message.1)
     }
 }
 
@@ -305,10 +306,13 @@ impl<A: Aggregate> Handler<Get<A>> for ObjectActor<A> {
 
 /// Checks a call's signature against the secrets valid now and, only if one of them signed it,
 /// reads the call's nonce and timestamp (which the signature covers). Answers
-/// [`Error::InvalidSignature`] when no secret signed it, or a rejection when it is malformed (or
-/// the caller's rate limit, which counts only signed calls, is spent). A `Fn`, so that a delivery
-/// that meets a stopping actor is sent again.
+/// [`Error::InvalidSignature`] when no secret signed it, or a rejection when it is malformed. A
+/// `Fn`, so that a delivery that meets a stopping actor is sent again.
 pub type SignatureCheck = Arc<dyn Fn(&[Secret]) -> Result<SignedCall, Error> + Send + Sync>;
+
+/// Whether a verified call whose nonce is fresh may go ahead now: the caller's rate limit,
+/// asked only for such calls, so that neither a forged call nor a replayed one spends it.
+pub type Admission = Arc<dyn Fn() -> Result<(), Error> + Send + Sync>;
 
 /// What a verified call says of itself.
 #[derive(Debug, Clone, PartialEq, Eq)]

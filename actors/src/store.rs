@@ -76,6 +76,16 @@ pub fn part<A: Aggregate>(
     })
 }
 
+/// A part that adds nothing to stream `id` and holds the append it rides in to the stream's
+/// `version`: if the stream moved since it was read, the whole append is refused.
+pub fn unchanged(id: &str, version: u64) -> StreamAppend {
+    StreamAppend {
+        stream: id.to_owned(),
+        expected: expected(version),
+        events: Vec::new(),
+    }
+}
+
 /// The version an append to a stream now at `version` expects.
 fn expected(version: u64) -> ExpectedVersion {
     match version {
@@ -85,29 +95,29 @@ fn expected(version: u64) -> ExpectedVersion {
 }
 
 /// Appends `events` to object `id`'s stream, expected at `version`, and with them `along`
-/// (another stream's part, all or none) when given; returns once they are durable, with where
-/// each part landed.
+/// (other streams' parts, all or none); returns once they are durable, with where each part
+/// landed.
 pub async fn append<A: Aggregate>(
     journal: &Journal,
     id: &str,
     version: u64,
     events: &[A::Event],
     now: Timestamp,
-    along: Option<StreamAppend>,
-) -> Result<(Appended, Option<Appended>), Error> {
+    along: Vec<StreamAppend>,
+) -> Result<(Appended, Vec<Appended>), Error> {
     let own = part::<A>(id, version, events, now)?;
-    let Some(along) = along else {
+    if along.is_empty() {
         let appended = journal.append_async(id, own.expected, own.events).await?;
-        return Ok((appended, None));
-    };
-    let mut appended = journal
-        .append_all_async(vec![own, along])
-        .await?
-        .into_iter();
-    match (appended.next(), appended.next()) {
-        (Some(own), Some(along)) => Ok((own, Some(along))),
-        _ => Err(flotilla_journal::Error::InvalidEvent("an append lost a part".into()).into()),
+        return Ok((appended, Vec::new()));
     }
+    let mut parts = vec![own];
+    parts.extend(along);
+    let mut appended = journal.append_all_async(parts).await?;
+    if appended.is_empty() {
+        return Err(flotilla_journal::Error::InvalidEvent("an append lost a part".into()).into());
+    }
+    let own = appended.remove(0);
+    Ok((own, appended))
 }
 
 /// Saves `state` as object `id`'s snapshot at `version` (a cache: failure only costs replay).

@@ -22,9 +22,10 @@ use crate::domain::webhook::{Secret, WebhookCommand, WebhookState};
 use crate::domain::{nonce_window, AlarmId, Cause, PolicyId, Rejection, WebhookId};
 use crate::error::Error;
 use crate::object::{
-    Along, Execute, ExecuteAlong, Executed, Get, Idle, LetGoIfIdle, Next, ObjectActor, Observed,
-    SignatureCheck,
+    Admission, Along, Execute, ExecuteAlong, Executed, Get, Idle, LetGoIfIdle, Next, ObjectActor,
+    Observed, SignatureCheck,
 };
+use crate::store;
 
 /// How the supervisor runs.
 #[derive(Debug, Clone)]
@@ -293,6 +294,10 @@ impl Supervisor {
     /// [`Self::execute_policy`], on the calling thread, for a call that came through `via`;
     /// with `along` (a webhook's nonce, an alarm's record of its action) the group's append
     /// carries it too, all or none.
+    ///
+    /// The group decides with the policy as it was read, so the append also holds the policy's
+    /// stream to the version read ([`store::unchanged`]): a policy deleted or changed in
+    /// between refuses it, and the execution is decided again with the policy as it now is.
     async fn execute_policy_here(
         &self,
         policy_id: &PolicyId,
@@ -300,55 +305,68 @@ impl Supervisor {
         via: Option<Via>,
         along: Option<StreamAppend>,
     ) -> Result<PolicyExecution, Error> {
-        let route = Route {
-            policy_id: policy_id.clone(),
-            policy: self.get::<Policies>(policy_id.as_str()).await?.state,
-            via,
-        };
-        let Some(policy) = route.policy.clone() else {
-            // No policy, no group to ask: the domain names the dead link all the same.
-            let dead = route::check(&route, &None).err();
-            return Err(dead
-                .unwrap_or_else(|| Rejection::not_found("policy"))
-                .into());
-        };
-        let command = GroupCommand::ExecutePolicy { route, cause };
-        let group = policy.group_id.as_str();
-        let executed = match along {
-            None => self.execute::<Groups>(group, command).await?,
-            Some(along) => {
-                self.ask::<Groups, _>(group, || ExecuteAlong(command.clone(), along.clone()))
-                    .await??
-            }
-        };
-        let group = executed
-            .state
-            .ok_or_else(|| Rejection::not_found("group"))?;
-        let Some(GroupEvent::PolicyExecuted { outcome, .. }) = executed.events.first() else {
-            return Err(Rejection::not_found("group").into());
-        };
-        Ok(PolicyExecution {
-            outcome: outcome.clone(),
-            policy,
-            event: executed.events[0].clone(),
-            group,
-            along_version: executed.along_version,
-        })
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let observed = self.get::<Policies>(policy_id.as_str()).await?;
+            let route = Route {
+                policy_id: policy_id.clone(),
+                policy: observed.state,
+                via: via.clone(),
+            };
+            let Some(policy) = route.policy.clone() else {
+                // No policy, no group to ask: the domain names the dead link all the same.
+                let dead = route::check(&route, &None).err();
+                return Err(dead
+                    .unwrap_or_else(|| Rejection::not_found("policy"))
+                    .into());
+            };
+            let mut parts: Vec<StreamAppend> = along.iter().cloned().collect();
+            parts.push(store::unchanged(policy_id.as_str(), observed.version));
+            let command = GroupCommand::ExecutePolicy {
+                route,
+                cause: cause.clone(),
+            };
+            let group = policy.group_id.as_str();
+            let executed = self
+                .ask::<Groups, _>(group, || ExecuteAlong(command.clone(), parts.clone()))
+                .await?;
+            let executed = match executed {
+                Err(error) if error.conflict_on() == Some(policy_id.as_str()) && attempts < 3 => {
+                    continue;
+                }
+                executed => executed?,
+            };
+            let group = executed
+                .state
+                .ok_or_else(|| Rejection::not_found("group"))?;
+            let Some(GroupEvent::PolicyExecuted { outcome, .. }) = executed.events.first() else {
+                return Err(Rejection::not_found("group").into());
+            };
+            return Ok(PolicyExecution {
+                outcome: outcome.clone(),
+                policy,
+                event: executed.events[0].clone(),
+                group,
+                along_version: along.as_ref().and(executed.along_version),
+            });
+        }
     }
 
     /// A signed webhook call: the webhook's actor checks the signature against its valid
-    /// secrets (and `check` the caller's rate limit), then the timestamp and nonce windows;
-    /// then its policy is executed, with the webhook as cause, and the group's append carries
-    /// the nonce: both are durable when this returns, or neither is. A delivery that meets a
-    /// stopping actor is sent again, like any other message.
+    /// secrets, then the timestamp and nonce windows; a call that passed them all is then
+    /// `admit`ted (the per-webhook rate limit); then its policy is executed, with the webhook as
+    /// cause, and the group's append carries the nonce: both are durable when this returns, or
+    /// neither is. A delivery that meets a stopping actor is sent again, like any other message.
     pub async fn deliver_webhook(
         &self,
         webhook_id: &WebhookId,
         check: SignatureCheck,
+        admit: Option<Admission>,
     ) -> Result<PolicyExecution, Error> {
         let id = webhook_id.clone();
         self.on_arbiter_of(webhook_id.as_str(), move |this| async move {
-            this.deliver_webhook_here(&id, check).await
+            this.deliver_webhook_here(&id, check, admit).await
         })
         .await
     }
@@ -358,6 +376,7 @@ impl Supervisor {
         &self,
         webhook_id: &WebhookId,
         check: SignatureCheck,
+        admit: Option<Admission>,
     ) -> Result<PolicyExecution, Error> {
         let (tolerance_seconds, window_capacity) = (
             self.inner.config.webhook_tolerance_seconds,
@@ -385,8 +404,11 @@ impl Supervisor {
         });
         let this = self.clone();
         let then = Arc::new(move |via: Via, nonce: StreamAppend| -> Next<_> {
-            let this = this.clone();
+            let (this, admit) = (this.clone(), admit.clone());
             Box::pin(async move {
+                if let Some(admit) = admit {
+                    admit()?;
+                }
                 let cause = Cause::Webhook {
                     webhook_id: via.webhook_id.clone(),
                 };

@@ -175,7 +175,7 @@ async fn thirty_two_concurrent_deliveries_of_one_nonce_accept_exactly_one() {
         let h = h.clone();
         async move {
             supervisor
-                .deliver_webhook(&h, signed_with(KEY, "msg_once", timestamp))
+                .deliver_webhook(&h, signed_with(KEY, "msg_once", timestamp), None)
                 .await
         }
     });
@@ -200,12 +200,12 @@ async fn a_bad_signature_never_records_the_nonce() {
     let now = Timestamp::from_millis(START);
     let forged = w
         .supervisor
-        .deliver_webhook(&h, signed_with([8; 32], "msg_1", now))
+        .deliver_webhook(&h, signed_with([8; 32], "msg_1", now), None)
         .await;
     assert!(matches!(forged, Err(Error::InvalidSignature)));
     let genuine = w
         .supervisor
-        .deliver_webhook(&h, signed_with(KEY, "msg_1", now))
+        .deliver_webhook(&h, signed_with(KEY, "msg_1", now), None)
         .await
         .unwrap();
     assert!(matches!(
@@ -367,7 +367,7 @@ async fn a_caller_that_finds_a_dead_actor_does_not_unregister_its_successor() {
         }
         Err(Error::InvalidSignature)
     });
-    let mut delivery = Box::pin(w.supervisor.deliver_webhook(&h, check));
+    let mut delivery = Box::pin(w.supervisor.deliver_webhook(&h, check, None));
     assert!(futures::poll!(delivery.as_mut()).is_pending());
     let mut read = Box::pin(w.supervisor.get::<Webhooks>(h.as_str()));
     assert!(futures::poll!(read.as_mut()).is_pending());
@@ -408,7 +408,7 @@ async fn a_webhook_with_a_large_nonce_window_is_snapshotted_less_often() {
     // The webhook's stream: its creation, then one nonce per call, none expiring.
     for call in 1..=2000 {
         w.supervisor
-            .deliver_webhook(&h, signed_with(KEY, &format!("msg_{call}"), now))
+            .deliver_webhook(&h, signed_with(KEY, &format!("msg_{call}"), now), None)
             .await
             .unwrap();
     }
@@ -437,7 +437,7 @@ async fn a_nonce_is_recorded_in_the_same_append_as_its_execution_or_not_at_all()
     let now = Timestamp::from_millis(START);
 
     w.supervisor
-        .deliver_webhook(&h, signed_with(KEY, "msg_1", now))
+        .deliver_webhook(&h, signed_with(KEY, "msg_1", now), None)
         .await
         .unwrap();
     let records: Vec<_> = w.journal.read_all(1).map(|r| r.unwrap()).collect();
@@ -462,7 +462,7 @@ async fn a_nonce_is_recorded_in_the_same_append_as_its_execution_or_not_at_all()
         .unwrap();
     let refused = w
         .supervisor
-        .deliver_webhook(&h, signed_with(KEY, "msg_2", now))
+        .deliver_webhook(&h, signed_with(KEY, "msg_2", now), None)
         .await;
     assert!(
         matches!(refused, Err(ref e) if e.code() == "not_found"),
@@ -520,4 +520,49 @@ async fn an_idle_actor_stops_and_its_object_comes_back_whole_on_the_next_message
         "{:?}",
         run.outcome
     );
+}
+
+#[actix::test]
+async fn an_execution_decided_with_a_policy_since_deleted_is_refused_whole_and_decided_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp::from_millis(START));
+    let w = world(Journal::open(dir.path()).unwrap(), clock);
+    let g = group(&w, 0, 10, 0, 0).await;
+    let p = policy(&w, &g, 1, Some(0)).await;
+    let read = w.supervisor.get::<Policies>(p.as_str()).await.unwrap();
+
+    // The policy is deleted after the execution read it, before the group records it.
+    w.supervisor
+        .execute::<Policies>(p.as_str(), PolicyCommand::Delete)
+        .await
+        .unwrap();
+    let stale = GroupCommand::ExecutePolicy {
+        route: flotilla_actors::domain::route::Route::direct(read.state.clone().unwrap()),
+        cause: Cause::Direct,
+    };
+    let guard = store::unchanged(p.as_str(), read.version);
+    let head = w.journal.head().unwrap().seq;
+    let addr = w.supervisor.address::<Groups>(g.as_str()).unwrap();
+    let refused = addr
+        .send(flotilla_actors::object::ExecuteAlong(stale, vec![guard]))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused
+            .err()
+            .and_then(|e| e.conflict_on().map(str::to_owned)),
+        Some(p.to_string()),
+        "the append is refused on the policy's stream"
+    );
+    assert_eq!(w.journal.head().unwrap().seq, head, "nothing was written");
+    let group_now = w.supervisor.get::<Groups>(g.as_str()).await.unwrap();
+    assert_eq!(
+        group_now.restarts, 0,
+        "the group's own state was never in doubt"
+    );
+
+    // Through the supervisor, the execution is decided again with the policy as it now is.
+    let run = w.supervisor.execute_policy(&p, Cause::Direct).await;
+    assert_eq!(run.err().map(|e| e.code()), Some("not_found"));
+    assert_eq!(group_now.state.unwrap().desired_capacity, 0);
 }

@@ -367,7 +367,7 @@ async fn run_case(definitions: [PolicyDefinition; 2], desired: u32, ops: Vec<Op>
                 let timestamp = w.clock.now_plus_secs(*skew_seconds);
                 let result = w
                     .supervisor
-                    .deliver_webhook(&ids.webhook, signed_with(key, nonce, timestamp))
+                    .deliver_webhook(&ids.webhook, signed_with(key, nonce, timestamp), None)
                     .await;
                 answered(result, step);
             }

@@ -56,8 +56,9 @@ pub enum Error {
     /// The journal's writer has stopped, so nothing more can be appended.
     #[error("the journal is closed")]
     Closed,
-    /// The follower (see `Journal::follow`) panicked while taking in records; it is dropped.
-    #[error("the journal's follower failed")]
+    /// The follower (see `Journal::follow`) failed to take in records: it is dropped, and
+    /// appends are refused until a follower is set again.
+    #[error("the journal's follower failed; appends are refused until it is set again")]
     FollowerFailed,
     /// sled failed.
     #[error("storage: {0}")]

@@ -257,12 +257,15 @@ impl Journal {
     /// records alone: another process following the same journal builds the same thing.
     ///
     /// It runs on the writer's thread and must be quick. One follower per journal: a second
-    /// call replaces the first. A follower that panics is dropped (and logged). Answers the
-    /// last sequence number told. Blocks: call it from outside an async runtime.
+    /// call replaces the first. A follower that fails (answers an error, or panics) is dropped,
+    /// and from then on appends are refused ([`Error::FollowerFailed`]) until a follower is set
+    /// again: what it builds no longer follows the journal, and a write nobody can read back is
+    /// worse than none. Answers the last sequence number told. Blocks: call it from outside an
+    /// async runtime.
     pub fn follow(
         &self,
         after: u64,
-        follower: impl FnMut(&[Record]) + Send + 'static,
+        follower: impl FnMut(&[Record]) -> std::result::Result<(), String> + Send + 'static,
     ) -> Result<u64> {
         let (reply, receiver) = oneshot::channel();
         self.sender()?

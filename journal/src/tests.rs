@@ -734,11 +734,15 @@ fn an_append_across_streams_writes_every_part_consecutively_or_nothing() {
 type Told = std::sync::Arc<std::sync::Mutex<Vec<u64>>>;
 
 /// A follower that keeps the sequence numbers it was told.
-fn recording() -> (Told, impl FnMut(&[Record]) + Send + 'static) {
+fn recording() -> (
+    Told,
+    impl FnMut(&[Record]) -> Result<(), String> + Send + 'static,
+) {
     let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let keep = told.clone();
     let follower = move |records: &[Record]| {
         keep.lock().unwrap().extend(records.iter().map(|r| r.seq));
+        Ok(())
     };
     (told, follower)
 }
@@ -782,21 +786,34 @@ fn a_follower_is_told_what_was_written_after_its_start_then_every_append_in_orde
 }
 
 #[test]
-fn a_follower_that_panics_is_dropped_and_appends_go_on() {
+fn a_follower_that_fails_stops_the_appends_until_another_is_set() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path()).unwrap();
     journal
         .follow(0, |_: &[Record]| panic!("a bug in a read model"))
         .unwrap();
+    // Durable, so acknowledged; but the follower failed on it, so nothing more is taken.
     journal
         .append("grp_a", ExpectedVersion::Any, vec![event(1)])
         .unwrap();
+    let refused = journal.append("grp_a", ExpectedVersion::Any, vec![event(2)]);
+    assert!(matches!(refused, Err(Error::FollowerFailed)), "{refused:?}");
+
+    // A follower that answers an error fails the same way.
+    let failing = |_: &[Record]| Err("undecodable".to_owned());
+    assert!(matches!(
+        journal.follow(0, failing),
+        Err(Error::FollowerFailed)
+    ));
+    let refused = journal.append("grp_a", ExpectedVersion::Any, vec![event(2)]);
+    assert!(matches!(refused, Err(Error::FollowerFailed)), "{refused:?}");
+
+    // A new follower from the start catches up, and appends go on.
+    let (told, follower) = recording();
+    journal.follow(0, follower).unwrap();
     journal
         .append("grp_a", ExpectedVersion::Any, vec![event(2)])
         .unwrap();
-    assert_eq!(journal.verify().unwrap().seq, 2);
-    // A new follower from the start catches up on both.
-    let (told, follower) = recording();
-    journal.follow(0, follower).unwrap();
     assert_eq!(*told.lock().unwrap(), [1, 2]);
+    assert_eq!(journal.verify().unwrap().seq, 2);
 }

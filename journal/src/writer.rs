@@ -52,8 +52,8 @@ pub(crate) enum Request {
 }
 
 /// Told the journal's records in sequence order, without a gap, once they are durable (see
-/// [`crate::Journal::follow`]).
-pub type Follower = Box<dyn FnMut(&[Record]) + Send>;
+/// [`crate::Journal::follow`]); answers why it could not take them in, if it could not.
+pub type Follower = Box<dyn FnMut(&[Record]) -> std::result::Result<(), String> + Send>;
 
 pub(crate) struct Writer {
     db: sled::Db,
@@ -67,6 +67,9 @@ pub(crate) struct Writer {
     broken: Option<Break>,
     /// Told every record once durable, and the last sequence number it was told.
     follower: Option<(Follower, u64)>,
+    /// Set when the follower failed: what it builds no longer follows the journal, so nothing
+    /// more is acknowledged until a follower is set again (a restart rebuilds it).
+    follower_failed: bool,
 }
 
 /// What one request of a batch will be answered once the batch is durable.
@@ -104,6 +107,7 @@ impl Writer {
             versions: HashMap::new(),
             broken: None,
             follower: None,
+            follower_failed: false,
         };
         writer.reload()?;
         Ok(writer)
@@ -202,7 +206,12 @@ impl Writer {
                 } => {
                     // The records already written are told now; this batch's, once flushed.
                     self.follower = Some((follower, after));
-                    let _ = reply.send(self.tell(&[]));
+                    self.follower_failed = false;
+                    let told = self.tell(&[]);
+                    if told.is_err() {
+                        self.follower_fails();
+                    }
+                    let _ = reply.send(told);
                 }
             }
         }
@@ -232,9 +241,9 @@ impl Writer {
     fn flush_and_answer(&mut self, pending: Vec<Pending>, staged: Vec<Record>) {
         match self.db.flush() {
             Ok(_) => {
-                if let Err(error) = self.tell(&staged) {
-                    tracing::error!(%error, "the journal's follower could not be told; it stops");
-                    self.follower = None;
+                // Durable, so answered as such even if the follower fails on them.
+                if self.tell(&staged).is_err() {
+                    self.follower_fails();
                 }
                 pending.into_iter().for_each(Pending::answer);
             }
@@ -243,6 +252,13 @@ impl Writer {
                 pending.into_iter().for_each(|p| p.fail(&error));
             }
         }
+    }
+
+    /// Drops a follower that failed, and refuses appends until another is set.
+    fn follower_fails(&mut self) {
+        tracing::error!("the journal's follower failed; appends are refused until it is set again");
+        self.follower = None;
+        self.follower_failed = true;
     }
 
     /// Tells the follower the records after the last it was told, up to the head: those it
@@ -284,9 +300,7 @@ impl Writer {
         writes: &mut sled::Batch,
         staged: &mut Vec<Record>,
     ) -> Result<Appended> {
-        if let Some(broken) = &self.broken {
-            return Err(Error::BrokenChain(broken.clone()));
-        }
+        self.writable()?;
         let actual = self.version(stream)?;
         if !expected.admits(actual) {
             return Err(Error::Conflict {
@@ -328,9 +342,7 @@ impl Writer {
         writes: &mut sled::Batch,
         staged: &mut Vec<Record>,
     ) -> Result<Vec<Appended>> {
-        if let Some(broken) = &self.broken {
-            return Err(Error::BrokenChain(broken.clone()));
-        }
+        self.writable()?;
         let mut after: HashMap<String, u64> = HashMap::new();
         for part in &parts {
             let actual = match after.get(&part.stream) {
@@ -369,9 +381,7 @@ impl Writer {
         writes: &mut sled::Batch,
         staged: &mut Vec<Record>,
     ) -> Result<()> {
-        if let Some(broken) = &self.broken {
-            return Err(Error::BrokenChain(broken.clone()));
-        }
+        self.writable()?;
         let mut staged_head = *head;
         let mut staged_versions = HashMap::new();
         for record in &records {
@@ -417,6 +427,17 @@ impl Writer {
         Ok(())
     }
 
+    /// Whether anything may be appended: not on a broken chain, nor while the follower is failed.
+    fn writable(&self) -> Result<()> {
+        if let Some(broken) = &self.broken {
+            return Err(Error::BrokenChain(broken.clone()));
+        }
+        if self.follower_failed {
+            return Err(Error::FollowerFailed);
+        }
+        Ok(())
+    }
+
     fn version(&mut self, stream: &str) -> Result<u64> {
         if let Some(version) = self.versions.get(stream) {
             return Ok(*version);
@@ -427,8 +448,8 @@ impl Writer {
     }
 }
 
-/// Tells `follower` the records of `records` after `told`, guarded: a follower that panics is
-/// a fault of the follower, not of the journal, and never takes the writer down with it.
+/// Tells `follower` the records of `records` after `told`, guarded: a follower that fails or
+/// panics is a fault of the follower, not of the journal, and never takes the writer down.
 fn deliver(follower: &mut Follower, records: &[Record], told: u64) -> Result<u64> {
     let start = records.partition_point(|r| r.seq <= told);
     let fresh = &records[start..];
@@ -436,6 +457,13 @@ fn deliver(follower: &mut Follower, records: &[Record], told: u64) -> Result<u64
         return Ok(told);
     };
     let told_now = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| follower(fresh)));
-    told_now.map_err(|_| Error::FollowerFailed)?;
+    match told_now {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => {
+            tracing::error!(reason, "the journal's follower could not take in a record");
+            return Err(Error::FollowerFailed);
+        }
+        Err(_) => return Err(Error::FollowerFailed),
+    }
     Ok(last.seq)
 }

@@ -388,7 +388,13 @@ pub async fn activity(
     let mut next_cursor = None;
     for record in journal.read_stream_back(id.as_str(), to) {
         let record = record?;
-        let event: GroupEvent = record.decode(GroupEvent::SCHEMA)?;
+        let Ok(event) = record.decode::<GroupEvent>(GroupEvent::SCHEMA) else {
+            tracing::warn!(
+                seq = record.seq,
+                "a group record that does not decode; not shown"
+            );
+            continue;
+        };
         if !event.is_activity() {
             continue;
         }

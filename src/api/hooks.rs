@@ -3,17 +3,17 @@
 //! In order: the source address's rate limit (every call counts), a known webhook id (so a flood
 //! of made-up ids starts no actor), the 64 KiB body limit, the headers' form; then, inside the
 //! webhook's actor, the signature over the raw bytes against the secrets valid now (constant
-//! time), and only for a call it signed, the webhook's rate limit (so knowing the URL is not
-//! enough to starve its signed caller), the timestamp window and the nonce window; then the
-//! group decides the whole route's liveness and the execution, and records it with the nonce in
-//! one append. Neither the secret nor the signature is ever logged.
+//! time), the timestamp window and the nonce window; only for a call that passed them all, the
+//! webhook's rate limit (so neither knowing the URL nor replaying a captured call can starve
+//! its signed caller); then the group decides the whole route's liveness and the execution, and
+//! records it with the nonce in one append. Neither the secret nor the signature is ever logged.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::Arc;
 
 use flotilla_actors::domain::{Rejection, WebhookId};
 use flotilla_actors::error::Error as ActorError;
-use flotilla_actors::object::{SignatureCheck, SignedCall};
+use flotilla_actors::object::{Admission, SignatureCheck, SignedCall};
 use flotilla_actors::supervisor::PolicyExecution;
 
 use super::error::ErrorBody;
@@ -114,19 +114,22 @@ async fn deliver(
         header(req, "webhook-signature")?,
     )
     .map_err(refused)?;
-    let limits = state.limits.clone();
-    let key = id.to_string();
     let check: SignatureCheck = Arc::new(move |secrets| {
         let keys = secrets.iter().map(|secret| secret.key().as_slice());
         let (nonce, timestamp) = call.verify(keys, &body).map_err(refused)?;
-        limits
-            .webhook
-            .check(&key)
-            .map_err(|retry_after_seconds| Rejection::RateLimited {
-                what: "too many calls to this webhook",
-                retry_after_seconds,
-            })?;
         Ok(SignedCall { nonce, timestamp })
     });
-    Ok(state.supervisor.deliver_webhook(&id, check).await?)
+    let (limits, key) = (state.limits.clone(), id.to_string());
+    let admit: Admission = Arc::new(move || {
+        let spent = limits.webhook.check(&key);
+        spent.map_err(|retry_after_seconds| {
+            let limited = Rejection::RateLimited {
+                what: "too many calls to this webhook",
+                retry_after_seconds,
+            };
+            limited.into()
+        })
+    });
+    let delivered = state.supervisor.deliver_webhook(&id, check, Some(admit));
+    Ok(delivered.await?)
 }

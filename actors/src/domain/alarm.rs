@@ -1,9 +1,12 @@
 //! An alarm: a threshold rule over a group's metric samples (SPEC sections 1 and 5).
 //!
 //! This module holds the alarm's definition and state and the rules for changing them.
-//! Samples are aggregated in [`super::samples`] and evaluated in [`super::evaluation`]; an
-//! evaluation that changes the state sends [`AlarmCommand::Transition`] with the datapoints that
-//! decided it as the reason.
+//! Samples are aggregated in [`super::samples`] and evaluated in [`super::evaluation`]; the
+//! evaluator sends [`AlarmCommand::Evaluate`] with the datapoints, and a change of state is
+//! recorded with them as its reason and with the actions it calls for. Each action is then
+//! recorded as taken ([`AlarmCommand::TakeAction`]) in the same append as its policy's
+//! execution: exactly once. A new transition replaces the actions of the one before that were
+//! not taken yet (they answered a state the alarm has left).
 //!
 //! Limits, beyond the SPEC: `period_seconds` within [1, 86400], `evaluation_periods` within
 //! [1, [`MAX_EVALUATION_PERIODS`]], at most [`MAX_ACTIONS`] policies in each action list, and a
@@ -212,11 +215,11 @@ pub struct Alarm {
     pub deleted: bool,
     /// When it was created.
     pub created_at: Timestamp,
-    /// How many times it changed state: the number of its latest transition.
-    #[serde(default)]
+    /// How many times it changed state: the number of its latest transition. Required: a
+    /// snapshot from before it was counted does not decode, and the alarm is rebuilt from its
+    /// stream, so that this count and the alarm table's (counted from the journal) agree.
     pub transitions: u64,
     /// The latest transition's actions not yet recorded as taken (SPEC 5: exactly once).
-    #[serde(default)]
     pub pending_actions: Vec<PolicyId>,
 }
 
@@ -727,6 +730,19 @@ mod tests {
         };
         let alarm = when(Some(alarm), unknown, T0).unwrap();
         assert!(alarm.pending_actions.is_empty());
+    }
+
+    #[test]
+    fn a_state_saved_before_transitions_were_counted_does_not_decode() {
+        // So an old snapshot is ignored and the alarm rebuilt from its stream, where every
+        // transition is counted, as the alarm table counts them.
+        let alarm = given_alarm().unwrap();
+        let mut saved = serde_json::to_value(&alarm).unwrap();
+        saved.as_object_mut().unwrap().remove("transitions");
+        saved.as_object_mut().unwrap().remove("pending_actions");
+        assert!(serde_json::from_value::<Alarm>(saved).is_err());
+        let back: Alarm = serde_json::from_value(serde_json::to_value(&alarm).unwrap()).unwrap();
+        assert_eq!(back, alarm);
     }
 
     #[test]
