@@ -236,6 +236,28 @@ fn bad_input_is_400_with_a_code_never_a_500() {
         Some(json!({"name": "p", "adjustment_type": "change", "adjustment": 1, "min_adjustment_step": 2})),
     );
     assert_error(&bad_policy, 400, "invalid_input");
+    // The most negative i64, whose absolute value overflows, on create and on PATCH.
+    for kind in ["change", "percent", "exact"] {
+        let body = json!({"name": "p", "adjustment_type": kind, "adjustment": i64::MIN});
+        let path = format!("/v1/groups/{group}/policies");
+        assert_error(
+            &server.call("POST", &path, &token, Some(body)),
+            400,
+            "invalid_input",
+        );
+    }
+    let fine = server.policy(
+        &token,
+        &group,
+        json!({"name": "p", "adjustment_type": "percent", "adjustment": 10}),
+    );
+    let patch = json!({"adjustment": i64::MIN});
+    let path = format!("/v1/groups/{group}/policies/{fine}");
+    assert_error(
+        &server.call("PATCH", &path, &token, Some(patch)),
+        400,
+        "invalid_input",
+    );
     let unknown_type = server.call(
         "POST",
         &format!("/v1/groups/{group}/policies"),

@@ -205,8 +205,10 @@ fn validate(definition: &PolicyDefinition) -> Result<(), Rejection> {
     validate_name("name", &definition.name)?;
     let adjustment = definition.adjustment;
     let max_size = i64::from(MAX_GROUP_SIZE);
+    // `unsigned_abs`: `i64::MIN.abs()` overflows (and wraps to a negative in a release build).
+    let magnitude = adjustment.unsigned_abs();
     match definition.adjustment_type {
-        AdjustmentType::Change if adjustment.abs() > max_size => {
+        AdjustmentType::Change if magnitude > u64::from(MAX_GROUP_SIZE) => {
             return Err(Rejection::invalid(
                 "adjustment",
                 format!("a change must lie within [-{max_size}, {max_size}], is {adjustment}"),
@@ -218,7 +220,7 @@ fn validate(definition: &PolicyDefinition) -> Result<(), Rejection> {
                 format!("an exact capacity must lie within [0, {max_size}], is {adjustment}"),
             ));
         }
-        AdjustmentType::Percent if adjustment.abs() > MAX_PERCENT => {
+        AdjustmentType::Percent if magnitude > MAX_PERCENT.unsigned_abs() => {
             return Err(Rejection::invalid(
                 "adjustment",
                 format!(
@@ -286,6 +288,35 @@ mod tests {
     use super::*;
 
     const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
+
+    proptest::proptest! {
+        #[test]
+        fn every_i64_adjustment_is_accepted_exactly_within_its_types_range(
+            adjustment in proptest::prelude::any::<i64>(),
+            kind in 0usize..3,
+        ) {
+            let (adjustment_type, low, high) = [
+                (AdjustmentType::Change, -10_000i128, 10_000i128),
+                (AdjustmentType::Percent, -1_000, 1_000),
+                (AdjustmentType::Exact, 0, 10_000),
+            ][kind];
+            let within = (low..=high).contains(&i128::from(adjustment));
+            let accepted = decide(&None, &create(definition(adjustment_type, adjustment)), T0).is_ok();
+            proptest::prop_assert_eq!(accepted, within, "{:?} {}", adjustment_type, adjustment);
+        }
+    }
+
+    #[test]
+    fn the_most_negative_adjustment_is_refused_not_wrapped() {
+        for kind in [
+            AdjustmentType::Change,
+            AdjustmentType::Percent,
+            AdjustmentType::Exact,
+        ] {
+            let refused = decide(&None, &create(definition(kind, i64::MIN)), T0);
+            assert_eq!(refused.unwrap_err().code(), "invalid_input", "{kind:?}");
+        }
+    }
 
     fn definition(adjustment_type: AdjustmentType, adjustment: i64) -> PolicyDefinition {
         PolicyDefinition {
