@@ -627,3 +627,37 @@ fn the_checkpoint_follows_the_journal_while_serving_so_a_start_replays_nothing_b
     assert_eq!(status, 200);
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn objects_over_their_size_limits_are_413_naming_the_field_never_a_journal_500() {
+    let server = Server::start();
+    let token = server.tenant("acme");
+    let group = server.group(&token, 0, 3, 0, 0);
+    let big = "x".repeat(1_500_000);
+
+    let patch = json!({"metadata": {"notes": big}});
+    let answer = server.call("PATCH", &format!("/v1/groups/{group}"), &token, Some(patch));
+    assert_error(&answer, 413, "too_large");
+    let message = answer.1["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("metadata is"), "{message}");
+
+    let create = json!({"name": "w", "min_size": 0, "max_size": 2,
+                        "launch": {"provider": "simulated", "blob": big}});
+    let answer = server.call("POST", "/v1/groups", &token, Some(create));
+    assert_error(&answer, 413, "too_large");
+    assert!(answer.1["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("launch is"));
+
+    // A body over 2 MiB is refused before it is read whole.
+    let huge = json!({"metadata": {"notes": "x".repeat(3 << 20)}});
+    let answer = server.call("PATCH", &format!("/v1/groups/{group}"), &token, Some(huge));
+    assert_error(&answer, 413, "too_large");
+
+    // Just under the limit is accepted, and journaled.
+    let fits = json!({"metadata": {"notes": "x".repeat(60_000)}});
+    let (status, body) = server.call("PATCH", &format!("/v1/groups/{group}"), &token, Some(fits));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["metadata"]["notes"].as_str().unwrap().len(), 60_000);
+}

@@ -28,9 +28,10 @@ pub struct CreateGroup {
     desired_capacity: Option<u32>,
     /// Default 300.
     cooldown_seconds: Option<u32>,
-    /// `{"provider": "process" | "http" | "simulated", ...}`.
+    /// `{"provider": "process" | "http" | "simulated", ...}`; at most 64 KiB of JSON (413).
     #[schema(value_type = Object)]
     launch: Value,
+    /// Free-form; at most 64 KiB of JSON (413).
     #[schema(value_type = Option<Object>)]
     metadata: Option<Map<String, Value>>,
 }
@@ -43,8 +44,10 @@ pub struct UpdateGroup {
     min_size: Option<u32>,
     max_size: Option<u32>,
     cooldown_seconds: Option<u32>,
+    /// Replaces the metadata whole; at most 64 KiB of JSON (413).
     #[schema(value_type = Option<Object>)]
     metadata: Option<Map<String, Value>>,
+    /// Replaces the launch configuration whole; at most 64 KiB of JSON (413).
     #[schema(value_type = Option<Object>)]
     launch: Option<Value>,
 }

@@ -252,6 +252,17 @@ pub enum Rejection {
     /// 409 `replayed`: this nonce was already accepted for this webhook and is still remembered.
     #[error("nonce already used")]
     Replayed,
+    /// 413 `too_large`: a field's JSON is over its size limit (an object's `metadata` or
+    /// `launch`: 64 KiB), so that no object is accepted that the journal would then refuse.
+    #[error("{field} is {size} bytes of JSON, over the limit of {limit}")]
+    TooLarge {
+        /// The field, as named in the API.
+        field: &'static str,
+        /// Its size, in bytes of compact JSON.
+        size: usize,
+        /// The most it may have.
+        limit: usize,
+    },
     /// 429 `rate_limited`: the caller spent its rate limit; it may try again after
     /// `retry_after_seconds` (the `Retry-After` header).
     #[error("{what}; retry after {retry_after_seconds} s")]
@@ -300,6 +311,7 @@ impl Rejection {
             Rejection::Replayed => "replayed",
             Rejection::NonceWindowFull { .. } => "nonce_window_full",
             Rejection::RateLimited { .. } => "rate_limited",
+            Rejection::TooLarge { .. } => "too_large",
         }
     }
 
@@ -312,6 +324,7 @@ impl Rejection {
             Rejection::AlreadyExists { .. } | Rejection::Conflict { .. } | Rejection::Replayed => {
                 409
             }
+            Rejection::TooLarge { .. } => 413,
             Rejection::NonceWindowFull { .. } | Rejection::RateLimited { .. } => 429,
         }
     }
@@ -369,6 +382,27 @@ pub const MAX_NAME_CHARS: usize = 255;
 
 /// The longest allowed cooldown or rotation grace: one week, in seconds.
 pub const MAX_COOLDOWN_SECONDS: u32 = 86_400 * 7;
+
+/// The most bytes of compact JSON an object's free-form field may hold (a group's `metadata`,
+/// its `launch`): far below the journal's 1 MiB a record, with every field of the object
+/// together.
+pub const MAX_FIELD_JSON_BYTES: usize = 64 * 1024;
+
+/// A free-form field holds at most [`MAX_FIELD_JSON_BYTES`] of compact JSON (413 naming it).
+pub(crate) fn validate_json_size(
+    field: &'static str,
+    value: &impl Serialize,
+) -> Result<(), Rejection> {
+    let size = serde_json::to_vec(value).map_or(usize::MAX, |bytes| bytes.len());
+    if size > MAX_FIELD_JSON_BYTES {
+        return Err(Rejection::TooLarge {
+            field,
+            size,
+            limit: MAX_FIELD_JSON_BYTES,
+        });
+    }
+    Ok(())
+}
 
 /// A name is not blank and has at most [`MAX_NAME_CHARS`] characters.
 pub(crate) fn validate_name(field: &'static str, name: &str) -> Result<(), Rejection> {

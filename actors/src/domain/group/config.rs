@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 
 use super::{Group, GroupEvent, GroupState};
 use crate::clock::Timestamp;
-use crate::domain::{validate_cooldown, validate_name, Cause, GroupId, Rejection, TenantId};
+use crate::domain::{
+    validate_cooldown, validate_json_size, validate_name, Cause, GroupId, Rejection, TenantId,
+};
 
 /// The largest `max_size` of a group: a guard against typos that would launch a fleet.
 pub const MAX_GROUP_SIZE: u32 = 10_000;
@@ -74,6 +76,10 @@ pub(super) fn decide_create(
     validate_desired(desired_capacity, new.min_size, new.max_size)?;
     validate_cooldown("cooldown_seconds", cooldown_seconds)?;
     validate_launch(&new.launch)?;
+    validate_json_size("launch", &new.launch)?;
+    if let Some(metadata) = &new.metadata {
+        validate_json_size("metadata", metadata)?;
+    }
     Ok(vec![GroupEvent::Created {
         id: new.id.clone(),
         tenant_id: new.tenant_id.clone(),
@@ -104,6 +110,8 @@ pub(super) fn decide_update(
     validate_bounds(min_size, max_size)?;
     validate_cooldown("cooldown_seconds", cooldown_seconds)?;
     validate_launch(launch)?;
+    validate_json_size("launch", launch)?;
+    validate_json_size("metadata", metadata)?;
     if launch["provider"] != group.launch["provider"] && !group.servers.is_empty() {
         // Its servers' handles belong to the old provider, which alone can delete them.
         return Err(Rejection::Conflict {

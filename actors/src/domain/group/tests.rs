@@ -656,3 +656,46 @@ fn a_group_with_servers_cannot_change_its_provider() {
     group.as_mut().unwrap().servers.clear();
     assert!(decide(&group, &GroupCommand::Update(patch), T0).is_ok());
 }
+
+#[test]
+fn metadata_or_launch_over_64_kib_of_json_is_413_naming_the_field_on_create_and_update() {
+    use crate::domain::MAX_FIELD_JSON_BYTES;
+    // A string that makes `{"k":"..."}` exactly `bytes` long.
+    let map_of = |bytes: usize| {
+        let mut map = Map::new();
+        map.insert("k".into(), json!("x".repeat(bytes - 8)));
+        map
+    };
+    assert_eq!(
+        serde_json::to_vec(&map_of(MAX_FIELD_JSON_BYTES))
+            .unwrap()
+            .len(),
+        MAX_FIELD_JSON_BYTES
+    );
+    let at_limit = NewGroup {
+        metadata: Some(map_of(MAX_FIELD_JSON_BYTES)),
+        ..new_group(0, 3, None)
+    };
+    assert!(decide(&None, &GroupCommand::Create(at_limit), T0).is_ok());
+    let over = NewGroup {
+        metadata: Some(map_of(MAX_FIELD_JSON_BYTES + 1)),
+        ..new_group(0, 3, None)
+    };
+    let refused = decide(&None, &GroupCommand::Create(over), T0).unwrap_err();
+    assert_eq!((refused.status(), refused.code()), (413, "too_large"));
+    assert!(
+        refused.to_string().starts_with("metadata is 65537 bytes"),
+        "{refused}"
+    );
+
+    let group = given_group(0, 3, 0);
+    let mut launch = json!({"provider": "simulated"});
+    launch["seed"] = json!("x".repeat(MAX_FIELD_JSON_BYTES));
+    let patch = GroupPatch {
+        launch: Some(launch),
+        ..GroupPatch::default()
+    };
+    let refused = decide(&group, &GroupCommand::Update(patch), T0).unwrap_err();
+    assert_eq!(refused.status(), 413);
+    assert!(refused.to_string().starts_with("launch is"), "{refused}");
+}
