@@ -32,11 +32,38 @@ pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 /// The route label of a request that matched no route.
 pub const UNMATCHED: &str = "unmatched";
 
+/// The label of a method or a status outside the closed sets below.
+pub const OTHER: &str = "other";
+
+/// A method's label: one of the standard methods, else [`OTHER`]. Anyone can send any method
+/// name, unauthenticated: each new one must not make new series.
+fn method_label(method: &str) -> &'static str {
+    const METHODS: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    METHODS
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or(OTHER)
+}
+
+/// A status's label: the statuses the service answers with, else [`OTHER`].
+fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
+    const STATUSES: [u16; 17] = [
+        200, 201, 202, 204, 400, 401, 403, 404, 405, 408, 409, 413, 415, 429, 500, 501, 503,
+    ];
+    if STATUSES.contains(&status) {
+        std::borrow::Cow::Owned(status.to_string())
+    } else {
+        std::borrow::Cow::Borrowed(OTHER)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     method: String,
     route: String,
-    status: u16,
+    status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -164,11 +191,12 @@ impl Telemetry {
 
     /// Records an answered request; `route` is the matched pattern ([`UNMATCHED`] for none).
     pub fn request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let (method, status) = (method_label(method), status_label(status));
         self.requests
             .get_or_create(&RequestLabels {
                 method: method.to_owned(),
                 route: route.to_owned(),
-                status,
+                status: status.into_owned(),
             })
             .inc();
         self.latency
@@ -307,7 +335,7 @@ impl Telemetry {
         if let Some(error) = response.error() {
             match error.as_error::<ApiError>() {
                 Some(api) => self.rejection(api.code()),
-                None => self.rejection(&format!("http_{}", status.as_u16())),
+                None => self.rejection(&format!("http_{}", status_label(status.as_u16()))),
             }
         }
     }

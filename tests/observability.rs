@@ -1,13 +1,16 @@
 //! `/metrics` and `/openapi.json`, against the real service on port 0 with a temporary data
-//! directory. The harness is kept here, small, so it stays apart from `tests/common`.
+//! directory. The harness is kept here, small, apart from `tests/common`'s `Server`; it starts
+//! the service with the same start-up.
 
-use std::sync::mpsc;
+#[path = "common/serve.rs"]
+mod serve;
+
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flotilla::settings::Settings;
 use flotilla::signature;
+use flotilla::ticks::{ManualTicks, Ticks};
 use flotilla_actors::clock::{ManualClock, Timestamp};
 use reqwest::blocking::{Client, Response};
 use serde_json::{json, Value};
@@ -19,12 +22,12 @@ struct Service {
     base: String,
     operator_token: String,
     http: Client,
-    server: actix_web::dev::ServerHandle,
-    thread: Option<JoinHandle<()>>,
+    _running: serve::Running,
     _dir: tempfile::TempDir,
 }
 
 impl Service {
+    /// The service (manual clock, manual ticks: no loop moves the journal under a test), ready.
     fn start() -> Service {
         let dir = tempfile::tempdir().unwrap();
         let settings = Settings {
@@ -33,36 +36,16 @@ impl Service {
             ..Settings::default()
         };
         let clock = ManualClock::new(Timestamp::from_secs(START_SECS));
-        let (started, receive) = mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let system = actix_web::rt::System::new();
-            system.block_on(async move {
-                let service = flotilla::service::start(settings, Arc::new(clock)).unwrap();
-                started
-                    .send((
-                        service.addr,
-                        service.operator_token.clone(),
-                        service.server.handle(),
-                    ))
-                    .unwrap();
-                let _ = service.server.await;
-            });
-        });
-        let (addr, operator_token, server) = receive.recv().unwrap();
-        let service = Service {
-            base: format!("http://{addr}"),
-            operator_token,
+        let ticks = Ticks::Manual(ManualTicks::new());
+        let running = serve::Running::start(settings, Arc::new(clock), ticks);
+        running.wait_ready(Duration::from_secs(30));
+        Service {
+            base: format!("http://{}", running.addr),
+            operator_token: running.operator_token.clone(),
             http: Client::new(),
-            server,
-            thread: Some(thread),
+            _running: running,
             _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while service.get("/readyz").status() != 200 {
-            assert!(Instant::now() < deadline, "the service never became ready");
-            std::thread::sleep(Duration::from_millis(20));
         }
-        service
     }
 
     fn get(&self, path: &str) -> Response {
@@ -128,16 +111,6 @@ impl Service {
             .body(body.to_vec())
             .send()
             .unwrap()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        // Sends the stop at once; the thread ends when the server has stopped.
-        drop(self.server.stop(false));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -311,6 +284,37 @@ fn metrics_count_webhook_outcomes_rejections_and_latency_by_route_pattern() {
         events("created").unwrap() >= 4.0,
         "tenant, group, policy, webhook"
     );
+}
+
+#[test]
+fn metric_labels_come_from_closed_sets_whatever_methods_and_paths_are_sent() {
+    let service = Service::start();
+    for n in 0..30 {
+        let method = reqwest::Method::from_bytes(format!("ZZMETH{n}").as_bytes()).unwrap();
+        let url = format!("{}/v1/nowhere/{n}", service.base);
+        let _ = service.http.request(method, url).send().unwrap();
+    }
+    let text = service.get("/metrics").text().unwrap();
+    assert!(!text.contains("ZZMETH"), "a method name became a label");
+    assert!(!text.contains("nowhere"), "a raw path became a label");
+    let samples = parse_exposition(&text);
+    let other = [("method", "other"), ("route", "unmatched")];
+    let counted = value_of(
+        &samples,
+        "flotilla_http_request_duration_seconds_count",
+        &other,
+    );
+    assert_eq!(counted, Some(30.0));
+    // However many methods were tried, the unmatched route has a handful of series.
+    let series = samples
+        .iter()
+        .filter(|s| {
+            s.labels
+                .iter()
+                .any(|(k, v)| k == "route" && v == "unmatched")
+        })
+        .count();
+    assert!(series < 40, "{series} series for unmatched requests");
 }
 
 #[test]
