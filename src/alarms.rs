@@ -89,6 +89,14 @@ fn period_end(at: Timestamp, period_seconds: u32) -> Timestamp {
 }
 
 impl AlarmTable {
+    /// An empty table whose series store holds at most `max_series` series.
+    pub fn with_max_series(max_series: usize) -> AlarmTable {
+        AlarmTable {
+            store: Mutex::new(SeriesStore::with_max_series(max_series)),
+            ..AlarmTable::default()
+        }
+    }
+
     /// Takes in an alarm's journaled event, decided at `at` (the projector's only entry).
     pub fn feed(&self, id: AlarmId, event: AlarmEvent, at: Timestamp) {
         lock(&self.inbox).push((id, event, at));

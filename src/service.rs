@@ -120,7 +120,7 @@ pub fn start_with(
         },
     );
     let index = Arc::new(Index::default());
-    let alarms = Arc::new(AlarmTable::default());
+    let alarms = Arc::new(AlarmTable::with_max_series(settings.max_series));
     let quiet = Arc::new(Quiet::default());
     let events = Arc::new(EventCounts::default());
     let projector =

@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// Most unexpired nonces one webhook remembers; when full, calls get 429 [default: 10000].
     #[arg(long, env = "FLOTILLA_WEBHOOK_NONCE_WINDOW")]
     pub webhook_nonce_window: Option<usize>,
+    /// Most metric series (group and metric) holding samples; past it, new ones get 429
+    /// [default: 1000000].
+    #[arg(long, env = "FLOTILLA_MAX_SERIES")]
+    pub max_series: Option<usize>,
     /// Largest webhook body, bytes [default: 65536].
     #[arg(long, env = "FLOTILLA_BODY_LIMIT")]
     pub body_limit: Option<usize>,
@@ -83,6 +87,7 @@ struct FileSettings {
     webhook_rate_limit: Option<u32>,
     source_rate_limit: Option<u32>,
     webhook_nonce_window: Option<usize>,
+    max_series: Option<usize>,
     body_limit: Option<usize>,
     metrics_body_limit: Option<usize>,
     alarm_tick_ms: Option<u64>,
@@ -112,6 +117,8 @@ pub struct Settings {
     pub source_rate_limit: u32,
     /// Most unexpired nonces one webhook remembers (default 10000).
     pub webhook_nonce_window: usize,
+    /// Most metric series holding samples; past it, new ones get 429 (default 1000000).
+    pub max_series: usize,
     /// Largest webhook body, bytes (default 65536).
     pub body_limit: usize,
     /// Largest metrics body, bytes (default 4194304).
@@ -146,6 +153,7 @@ impl Default for Settings {
             webhook_rate_limit: 50,
             source_rate_limit: 1000,
             webhook_nonce_window: flotilla_actors::domain::nonce_window::DEFAULT_CAPACITY,
+            max_series: flotilla_actors::domain::samples::DEFAULT_MAX_SERIES,
             body_limit: 64 * 1024,
             metrics_body_limit: 4 << 20,
             alarm_tick_ms: 1000,
@@ -192,6 +200,7 @@ impl Settings {
                 .webhook_nonce_window
                 .or(file.webhook_nonce_window)
                 .unwrap_or(d.webhook_nonce_window),
+            max_series: args.max_series.or(file.max_series).unwrap_or(d.max_series),
             body_limit: args.body_limit.or(file.body_limit).unwrap_or(d.body_limit),
             metrics_body_limit: args
                 .metrics_body_limit

@@ -30,7 +30,7 @@ fn requests_without_or_with_a_bad_token_are_401() {
         &tenant,
         Some(json!({"name": "evil"})),
     );
-    assert_error(&refused, 401, "unauthorized");
+    assert_error(&refused, 403, "forbidden");
     // And the operator token is no tenant's.
     assert_error(
         &server.call("GET", "/v1/groups", &server.operator_token.clone(), None),
@@ -660,4 +660,89 @@ fn objects_over_their_size_limits_are_413_naming_the_field_never_a_journal_500()
     let (status, body) = server.call("PATCH", &format!("/v1/groups/{group}"), &token, Some(fits));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["metadata"]["notes"].as_str().unwrap().len(), 60_000);
+}
+
+#[test]
+fn every_list_refuses_a_cursor_that_did_not_come_from_next_cursor() {
+    let server = Server::start();
+    let token = server.tenant("acme");
+    let group = server.group(&token, 0, 3, 0, 0);
+    let policy = server.policy(
+        &token,
+        &group,
+        json!({"name": "up", "adjustment_type": "change", "adjustment": 1}),
+    );
+    let lists = [
+        "/v1/groups".to_owned(),
+        "/v1/alarms".to_owned(),
+        format!("/v1/groups/{group}/policies"),
+        format!("/v1/groups/{group}/policies/{policy}/webhooks"),
+        format!("/v1/groups/{group}/servers"),
+        format!("/v1/groups/{group}/activity"),
+    ];
+    // Empty, of no kind, with a control character, of another kind, or (activity) no version.
+    for list in &lists {
+        for cursor in ["", "zzz", "grp_x%0A", "alm_1", "0"] {
+            let answer = server.call("GET", &format!("{list}?cursor={cursor}"), &token, None);
+            if list == "/v1/alarms" && cursor == "alm_1" {
+                assert_eq!(answer.0, 200, "{list} {cursor}: {}", answer.1);
+                continue;
+            }
+            assert_error(&answer, 400, "invalid_cursor");
+        }
+    }
+}
+
+#[test]
+fn a_tenants_token_where_the_operators_is_needed_is_403() {
+    let server = Server::start();
+    let token = server.tenant("acme");
+    let answer = server.call(
+        "POST",
+        "/v1/tenants",
+        &token,
+        Some(json!({"name": "other"})),
+    );
+    assert_error(&answer, 403, "forbidden");
+    let dump = server
+        .request("GET", "/v1/journal", Some(&token))
+        .send()
+        .unwrap();
+    assert_eq!(dump.status(), 403);
+    // An unknown token is still 401.
+    let answer = server.call(
+        "POST",
+        "/v1/tenants",
+        "nope",
+        Some(json!({"name": "other"})),
+    );
+    assert_error(&answer, 401, "unauthorized");
+}
+
+#[test]
+fn a_full_series_store_is_429_with_retry_after_not_503() {
+    let server = Server::start_with(|s| s.max_series = 1);
+    let token = server.tenant("acme");
+    let groups: Vec<String> = (0..2).map(|_| server.group(&token, 0, 3, 0, 0)).collect();
+    for group in &groups {
+        let alarm = json!({"name": "cpu", "group_id": group, "metric": "cpu", "statistic": "avg",
+                           "period_seconds": 60, "evaluation_periods": 1, "comparison": "gt",
+                           "threshold": 0.5});
+        let (status, body) = server.call("POST", "/v1/alarms", &token, Some(alarm));
+        assert_eq!(status, 201, "{body}");
+    }
+    let now = server.now_secs() as f64;
+    let post = |group: &str| {
+        let sample = json!({"metric": "cpu", "value": 0.7, "timestamp": now, "group_id": group});
+        server
+            .request("POST", "/v1/metrics", Some(&token))
+            .json(&json!({"samples": [sample]}))
+            .send()
+            .unwrap()
+    };
+    assert_eq!(post(&groups[0]).status(), 202);
+    let full = post(&groups[1]);
+    assert_eq!(full.status(), 429);
+    assert_eq!(full.headers()["retry-after"], "60");
+    assert_error(&common::read(full), 429, "series_limit");
 }

@@ -165,7 +165,7 @@ pub async fn list(
     Tenant(tenant): Tenant,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let cursor = query.cursor.as_deref().map(AlarmId::new);
+    let cursor: Option<AlarmId> = query.cursor(AlarmId::PREFIX)?;
     let page = state
         .index
         .alarms_of(&tenant, cursor.as_ref(), query.limit()?);

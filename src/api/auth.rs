@@ -64,10 +64,14 @@ impl FromRequest for Operator {
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         ready(state(req).and_then(|state| {
             let hash = bearer(req)?;
-            if !constant_time_eq(state.operator_token_hash.as_bytes(), hash.as_bytes()) {
-                return Err(ApiError::unauthorized("the operator token is required"));
+            if constant_time_eq(state.operator_token_hash.as_bytes(), hash.as_bytes()) {
+                return Ok(Operator);
             }
-            Ok(Operator)
+            // A tenant's token is a known identity without the right: 403, not 401.
+            if state.index.tenant_of_token(&hash).is_some() {
+                return Err(ApiError::forbidden("only the operator token may do this"));
+            }
+            Err(ApiError::unauthorized("the operator token is required"))
         }))
     }
 }

@@ -145,7 +145,7 @@ pub async fn list(
     Tenant(tenant): Tenant,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let cursor = query.cursor.as_deref().map(GroupId::new);
+    let cursor: Option<GroupId> = query.cursor(GroupId::PREFIX)?;
     let page = state
         .index
         .groups_of(&tenant, cursor.as_ref(), query.limit()?);
@@ -339,7 +339,7 @@ pub async fn servers(
     let id = owned(&state, &tenant, &path)?;
     let limit = query.limit()?;
     let group = resource::load::<Groups>(&state, &id).await?;
-    let after = query.cursor.clone().unwrap_or_default();
+    let after: String = query.cursor("srv_")?.unwrap_or_default();
     let mut page = group
         .servers
         .range::<String, _>((

@@ -40,6 +40,7 @@ impl Write for Chunks {
     responses(
         (status = 200, description = "JSON lines: one record each (seq, stream, version, type, schema, timestamp_ms, payload, prev_hash, hash), then `{\"head\": {seq, hash}}`", content_type = "application/x-ndjson", body = String),
         (status = 401, description = "the operator token is required", body = ErrorBody),
+        (status = 403, description = "a tenant's token: only the operator may read the journal", body = ErrorBody),
         (status = 503, description = "the journal is still being replayed", body = ErrorBody),
     ),
     security(("bearer" = [])),

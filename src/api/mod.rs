@@ -77,13 +77,31 @@ impl AppState {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// At most this many items (default 100, max 1000).
+    /// At most this many items (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
-    /// Continue after this cursor.
+    /// Continue after this cursor: the `next_cursor` of the page before.
     pub cursor: Option<String>,
 }
 
 impl ListQuery {
+    /// The cursor, if one was given, checked to be an id of the listed kind (`prefix`, then up
+    /// to 255 printable ASCII characters): a list's cursor is the last id of the page before,
+    /// so anything else did not come from `next_cursor` (400 `invalid_cursor`).
+    pub fn cursor<I: for<'a> From<&'a str>>(&self, prefix: &str) -> Result<Option<I>, ApiError> {
+        let Some(cursor) = self.cursor.as_deref() else {
+            return Ok(None);
+        };
+        let printable = cursor.bytes().all(|b| (0x21..=0x7e).contains(&b));
+        if !cursor.starts_with(prefix) || !printable || cursor.len() > 255 {
+            return Err(ApiError::bad_request(
+                "invalid_cursor",
+                "cursor must come from next_cursor",
+            ));
+        }
+        Ok(Some(I::from(cursor)))
+    }
+
     /// The page size, checked.
     pub fn limit(&self) -> Result<usize, ApiError> {
         match self.limit {

@@ -123,7 +123,7 @@ pub async fn list(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let group = owned_group(&state, &tenant, &path)?;
-    let cursor = query.cursor.as_deref().map(PolicyId::new);
+    let cursor: Option<PolicyId> = query.cursor(PolicyId::PREFIX)?;
     let page = state
         .index
         .policies_of(&group, cursor.as_ref(), query.limit()?);

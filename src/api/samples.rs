@@ -16,6 +16,9 @@ use super::{ApiError, AppState};
 use crate::alarms::Ingested;
 use crate::token;
 
+/// What a full series store tells a sender to wait, in seconds.
+const SERIES_RETRY_AFTER_SECONDS: u64 = 60;
+
 /// Most samples one request may carry.
 pub const MAX_SAMPLES: usize = 10_000;
 
@@ -107,7 +110,8 @@ pub struct SampleBody {
         (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "a sample names a group that is not the tenant's", body = ErrorBody),
         (status = 413, description = "over 10,000 samples, or the body over its limit", body = ErrorBody),
-        (status = 503, description = "the journal is still being replayed, or the series limit is reached", body = ErrorBody),
+        (status = 429, description = "`series_limit`: the service holds as many series as it may; retry after `Retry-After`", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 503, description = "the journal is still being replayed", body = ErrorBody),
     ),
     security(("bearer" = [])),
     description = "Bearer: the group's metrics token, or the tenant's token with `group_id` on each sample (SPEC 5).",
@@ -184,11 +188,10 @@ pub async fn ingest(
             .table()
             .ingest(group, samples, now)
             .map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "series_limit",
-                    e.to_string(),
-                )
+                // The caller's doing (too many distinct series), not a fault: 429, retried once
+                // old periods are pruned (within a minute).
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "series_limit", e.to_string())
+                    .retry_after(SERIES_RETRY_AFTER_SECONDS)
             })?;
         total.accepted += ingested.accepted;
         total.unwatched += ingested.unwatched;

@@ -28,6 +28,7 @@ pub struct CreateTenant {
     request_body = CreateTenant,
     responses(
         (status = 201, description = "the tenant and its token (shown once)", body = TenantCreated),
+        (status = 403, description = "a tenant's token: only the operator may create tenants", body = super::error::ErrorBody),
         CreateErrors,
     ),
     security(("bearer" = [])),

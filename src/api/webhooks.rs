@@ -101,7 +101,7 @@ pub async fn list(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (_, policy) = owned_policy(&state, &tenant, &path.0, &path.1)?;
-    let cursor = query.cursor.as_deref().map(WebhookId::new);
+    let cursor: Option<WebhookId> = query.cursor(WebhookId::PREFIX)?;
     let page = state
         .index
         .webhooks_of(&policy, cursor.as_ref(), query.limit()?);
