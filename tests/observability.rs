@@ -480,3 +480,41 @@ fn openapi_documents_every_served_route_with_its_method() {
         "bearer"
     );
 }
+
+#[test]
+fn a_served_path_with_another_method_is_405_with_allow_naming_its_documented_methods() {
+    let service = Service::start();
+    let mut paths: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for &(method, path) in ROUTES {
+        paths.entry(path).or_default().push(method.to_uppercase());
+    }
+    for (path, methods) in paths {
+        let other = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+            .into_iter()
+            .find(|m| !methods.iter().any(|known| known == m))
+            .unwrap();
+        let url = format!("{}{}", service.base, path)
+            .replace("{id}", "x")
+            .replace("{pid}", "x")
+            .replace("{wid}", "x")
+            .replace("{aid}", "x");
+        let method = reqwest::Method::from_bytes(other.as_bytes()).unwrap();
+        let response = service.http.request(method, url).send().unwrap();
+        assert_eq!(response.status(), 405, "{other} {path}");
+        let mut allow: Vec<String> = response.headers()["allow"]
+            .to_str()
+            .unwrap()
+            .split(", ")
+            .map(str::to_owned)
+            .collect();
+        allow.sort();
+        let mut expected = methods.clone();
+        expected.sort();
+        assert_eq!(allow, expected, "{path}");
+        let body: Value = response.json().unwrap();
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{path}");
+    }
+    // A path that is not served at all is still 404.
+    let response = service.get("/v1/nowhere");
+    assert_eq!(response.status(), 404);
+}

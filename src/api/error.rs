@@ -17,14 +17,16 @@ pub struct ApiError {
     code: Cow<'static, str>,
     message: String,
     retry_after: Option<u64>,
+    /// For a 405: the methods the path serves.
+    allow: Option<&'static str>,
 }
 
 /// Declares a set of error answers for the OpenAPI document (`responses(..., ReadErrors)`),
 /// each status with the one description every endpoint gives it; every set includes the answers
-/// of any endpoint behind a bearer token (401, 500, 503). Never built.
+/// of any endpoint behind a bearer token (401, 500, 503) and 405. Never built.
 macro_rules! error_set {
     ($(#[$doc:meta])* $name:ident = $($status:tt)*) => {
-        error_set!(@munch [$(#[$doc])*] $name [] $($status)* 401 500 503);
+        error_set!(@munch [$(#[$doc])*] $name [] $($status)* 401 405 500 503);
     };
     (@munch [$($doc:tt)*] $name:ident [$($done:tt)*]) => {
         $($doc)*
@@ -51,6 +53,17 @@ macro_rules! error_set {
             /// No such object, or another tenant's.
             #[response(status = 404, description = "no such object (another tenant's included)")]
             NotFound(ErrorBody),
+        ] $($rest)*);
+    };
+    (@munch $doc:tt $name:ident [$($done:tt)*] 405 $($rest:tt)*) => {
+        error_set!(@munch $doc $name [$($done)*
+            /// Another method than the path serves.
+            #[response(
+                status = 405,
+                description = "`method_not_allowed`: the path is served with the methods `Allow` names",
+                headers(("Allow" = String, description = "the methods the path serves"))
+            )]
+            MethodNotAllowed(ErrorBody),
         ] $($rest)*);
     };
     (@munch $doc:tt $name:ident [$($done:tt)*] 409 $($rest:tt)*) => {
@@ -142,6 +155,7 @@ impl ApiError {
             code: code.into(),
             message: message.into(),
             retry_after: None,
+            allow: None,
         }
     }
 
@@ -168,6 +182,17 @@ impl ApiError {
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
+    }
+
+    /// 405 with `Allow`: the path is served, but not with this method.
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut error = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("this path answers {allow}"),
+        );
+        error.allow = Some(allow);
+        error
     }
 
     /// 403: the token is known, but may not do this.
@@ -218,6 +243,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status);
         if let Some(seconds) = self.retry_after {
             response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        if let Some(allow) = self.allow {
+            response.insert_header((header::ALLOW, allow));
         }
         response.json(ErrorBody {
             error: ErrorDetail {

@@ -55,6 +55,7 @@ fn refused(refusal: Refusal) -> ActorError {
         (status = 409, description = "`replayed`: this nonce was already accepted", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
         (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 405, description = "`method_not_allowed`: the path is served with the methods `Allow` names", body = ErrorBody, headers(("Allow" = String, description = "the methods the path serves"))),
         (status = 500, description = "a fault of the service", body = ErrorBody),
         (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
     ),

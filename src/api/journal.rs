@@ -41,6 +41,7 @@ impl Write for Chunks {
         (status = 200, description = "JSON lines: one record each (seq, stream, version, type, schema, timestamp_ms, payload, prev_hash, hash), then `{\"head\": {seq, hash}}`", content_type = "application/x-ndjson", body = String),
         (status = 401, description = "the operator token is required", body = ErrorBody),
         (status = 403, description = "a tenant's token: only the operator may read the journal", body = ErrorBody),
+        (status = 405, description = "`method_not_allowed`: the path is served with the methods `Allow` names", body = ErrorBody, headers(("Allow" = String, description = "the methods the path serves"))),
         (status = 503, description = "the journal is still being replayed", body = ErrorBody),
     ),
     security(("bearer" = [])),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use actix_web::web;
+use actix_web::{web, HttpResponse};
 use flotilla_actors::supervisor::Supervisor;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -124,70 +124,85 @@ pub struct List<T> {
     pub next_cursor: Option<String>,
 }
 
+/// A path of the API and the methods it serves (`allow`, as the `Allow` header says them): any
+/// other method on it answers 405 with `Allow`, not 404.
+fn resource(path: &'static str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<HttpResponse, _>(ApiError::method_not_allowed(allow))
+    }))
+}
+
 /// Every route of the API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    use web::{delete, get, patch, post};
     cfg.app_data(web::JsonConfig::default().error_handler(|e, _| error::json_error(e)))
         .app_data(web::QueryConfig::default().error_handler(|e, _| error::query_error(e)))
         .app_data(web::PathConfig::default().error_handler(|e, _| error::path_error(e)))
-        .route("/healthz", web::get().to(ops::healthz))
-        .route("/readyz", web::get().to(ops::readyz))
-        .route("/metrics", web::get().to(ops::metrics))
-        .route("/openapi.json", web::get().to(openapi::document))
+        .service(resource("/healthz", "GET").route(get().to(ops::healthz)))
+        .service(resource("/readyz", "GET").route(get().to(ops::readyz)))
+        .service(resource("/metrics", "GET").route(get().to(ops::metrics)))
+        .service(resource("/openapi.json", "GET").route(get().to(openapi::document)))
         .service(
             web::scope("/v1")
-                .route("/tenants", web::post().to(tenants::create))
-                .route("/journal", web::get().to(journal::dump))
-                .route("/groups", web::post().to(groups::create))
-                .route("/groups", web::get().to(groups::list))
-                .route("/groups/{id}", web::get().to(groups::show))
-                .route("/groups/{id}", web::patch().to(groups::update))
-                .route("/groups/{id}", web::delete().to(groups::delete))
-                .route("/groups/{id}/pause", web::post().to(groups::pause))
-                .route("/groups/{id}/resume", web::post().to(groups::resume))
-                .route("/groups/{id}/servers", web::get().to(groups::servers))
-                .route("/groups/{id}/activity", web::get().to(groups::activity))
-                .route("/groups/{id}/policies", web::post().to(policies::create))
-                .route("/groups/{id}/policies", web::get().to(policies::list))
-                .route("/groups/{id}/policies/{pid}", web::get().to(policies::show))
-                .route(
-                    "/groups/{id}/policies/{pid}",
-                    web::patch().to(policies::update),
+                .service(resource("/tenants", "POST").route(post().to(tenants::create)))
+                .service(resource("/journal", "GET").route(get().to(journal::dump)))
+                .service(
+                    resource("/groups", "GET, POST")
+                        .route(post().to(groups::create))
+                        .route(get().to(groups::list)),
                 )
-                .route(
-                    "/groups/{id}/policies/{pid}",
-                    web::delete().to(policies::delete),
+                .service(
+                    resource("/groups/{id}", "GET, PATCH, DELETE")
+                        .route(get().to(groups::show))
+                        .route(patch().to(groups::update))
+                        .route(delete().to(groups::delete)),
                 )
-                .route(
-                    "/groups/{id}/policies/{pid}/execute",
-                    web::post().to(policies::execute),
+                .service(resource("/groups/{id}/pause", "POST").route(post().to(groups::pause)))
+                .service(resource("/groups/{id}/resume", "POST").route(post().to(groups::resume)))
+                .service(resource("/groups/{id}/servers", "GET").route(get().to(groups::servers)))
+                .service(resource("/groups/{id}/activity", "GET").route(get().to(groups::activity)))
+                .service(
+                    resource("/groups/{id}/policies", "GET, POST")
+                        .route(post().to(policies::create))
+                        .route(get().to(policies::list)),
                 )
-                .route(
-                    "/groups/{id}/policies/{pid}/webhooks",
-                    web::post().to(webhooks::create),
+                .service(
+                    resource("/groups/{id}/policies/{pid}", "GET, PATCH, DELETE")
+                        .route(get().to(policies::show))
+                        .route(patch().to(policies::update))
+                        .route(delete().to(policies::delete)),
                 )
-                .route(
-                    "/groups/{id}/policies/{pid}/webhooks",
-                    web::get().to(webhooks::list),
+                .service(
+                    resource("/groups/{id}/policies/{pid}/execute", "POST")
+                        .route(post().to(policies::execute)),
                 )
-                .route(
-                    "/groups/{id}/policies/{pid}/webhooks/{wid}",
-                    web::get().to(webhooks::show),
+                .service(
+                    resource("/groups/{id}/policies/{pid}/webhooks", "GET, POST")
+                        .route(post().to(webhooks::create))
+                        .route(get().to(webhooks::list)),
                 )
-                .route(
-                    "/groups/{id}/policies/{pid}/webhooks/{wid}",
-                    web::delete().to(webhooks::revoke),
+                .service(
+                    resource("/groups/{id}/policies/{pid}/webhooks/{wid}", "GET, DELETE")
+                        .route(get().to(webhooks::show))
+                        .route(delete().to(webhooks::revoke)),
                 )
-                .route(
-                    "/groups/{id}/policies/{pid}/webhooks/{wid}/rotate",
-                    web::post().to(webhooks::rotate),
+                .service(
+                    resource("/groups/{id}/policies/{pid}/webhooks/{wid}/rotate", "POST")
+                        .route(post().to(webhooks::rotate)),
                 )
-                .route("/alarms", web::post().to(alarms::create))
-                .route("/alarms", web::get().to(alarms::list))
-                .route("/alarms/{aid}", web::get().to(alarms::show))
-                .route("/alarms/{aid}", web::patch().to(alarms::update))
-                .route("/alarms/{aid}", web::delete().to(alarms::delete))
-                .route("/hooks/{wid}", web::post().to(hooks::execute))
-                .route("/metrics", web::post().to(samples::ingest)),
+                .service(
+                    resource("/alarms", "GET, POST")
+                        .route(post().to(alarms::create))
+                        .route(get().to(alarms::list)),
+                )
+                .service(
+                    resource("/alarms/{aid}", "GET, PATCH, DELETE")
+                        .route(get().to(alarms::show))
+                        .route(patch().to(alarms::update))
+                        .route(delete().to(alarms::delete)),
+                )
+                .service(resource("/hooks/{wid}", "POST").route(post().to(hooks::execute)))
+                .service(resource("/metrics", "POST").route(post().to(samples::ingest))),
         )
         .default_service(web::to(ops::not_found));
 }

@@ -111,6 +111,7 @@ pub struct SampleBody {
         (status = 404, description = "a sample names a group that is not the tenant's", body = ErrorBody),
         (status = 413, description = "over 10,000 samples, or the body over its limit", body = ErrorBody),
         (status = 429, description = "`series_limit`: the service holds as many series as it may; retry after `Retry-After`", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 405, description = "`method_not_allowed`: the path is served with the methods `Allow` names", body = ErrorBody, headers(("Allow" = String, description = "the methods the path serves"))),
         (status = 503, description = "the journal is still being replayed", body = ErrorBody),
     ),
     security(("bearer" = [])),
