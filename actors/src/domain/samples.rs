@@ -61,13 +61,17 @@ pub struct Sample {
 }
 
 /// The samples of one period, reduced to what every [`Statistic`] needs. Built from at least one
-/// sample, so `count >= 1`.
+/// sample, so `count >= 1`. Every aggregate stays finite whatever finite samples come: the sum
+/// saturates at ±`f64::MAX`, and the mean is kept as a weighted mean (never a sum divided), so
+/// two samples of 1.7e308 average to 1.7e308, not to infinity.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PeriodStats {
     /// How many samples.
     pub count: u64,
-    /// Their sum.
+    /// Their sum, saturated at ±`f64::MAX`.
     pub sum: f64,
+    /// Their mean.
+    pub mean: f64,
     /// The smallest.
     pub min: f64,
     /// The largest.
@@ -80,6 +84,7 @@ impl PeriodStats {
         PeriodStats {
             count: 1,
             sum: value,
+            mean: value,
             min: value,
             max: value,
         }
@@ -88,15 +93,18 @@ impl PeriodStats {
     /// Adds a sample.
     pub fn add(&mut self, value: f64) {
         self.count = self.count.saturating_add(1);
-        self.sum += value;
+        self.sum = (self.sum + value).clamp(-f64::MAX, f64::MAX);
+        // A convex combination of two finite values: finite (the clamp guards the rounding).
+        let weight = 1.0 / self.count as f64;
+        self.mean = (self.mean * (1.0 - weight) + value * weight).clamp(-f64::MAX, f64::MAX);
         self.min = self.min.min(value);
         self.max = self.max.max(value);
     }
 
-    /// The period's datapoint by `statistic`; `avg` is `sum / count`.
+    /// The period's datapoint by `statistic`.
     pub fn value(&self, statistic: Statistic) -> f64 {
         match statistic {
-            Statistic::Avg => self.sum / self.count as f64,
+            Statistic::Avg => self.mean,
             Statistic::Min => self.min,
             Statistic::Max => self.max,
             Statistic::Sum => self.sum,
@@ -853,5 +861,45 @@ mod tests {
             validate_sample(&"x".repeat(256), 1.0, 1.0).unwrap_err(),
             "metric must have at most 255 characters, has 256"
         );
+    }
+}
+
+#[cfg(test)]
+mod finite {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn two_samples_of_1_7e308_average_to_1_7e308_and_sum_to_the_largest_finite() {
+        let mut stats = PeriodStats::of(1.7e308);
+        stats.add(1.7e308);
+        assert_eq!(stats.value(Statistic::Avg), 1.7e308);
+        assert_eq!(stats.value(Statistic::Sum), f64::MAX);
+        let mut low = PeriodStats::of(-f64::MAX);
+        low.add(-f64::MAX);
+        assert_eq!(low.value(Statistic::Sum), -f64::MAX);
+        assert_eq!(low.value(Statistic::Avg), -f64::MAX);
+    }
+
+    proptest! {
+        #[test]
+        fn every_aggregate_of_finite_samples_is_finite_and_the_mean_within_min_and_max(
+            values in proptest::collection::vec(
+                prop_oneof![any::<f64>().prop_filter("finite", |v| v.is_finite()),
+                            Just(f64::MAX), Just(-f64::MAX), Just(1.7e308)],
+                1..50,
+            )
+        ) {
+            let mut stats = PeriodStats::of(values[0]);
+            for value in &values[1..] {
+                stats.add(*value);
+            }
+            for statistic in [Statistic::Avg, Statistic::Min, Statistic::Max, Statistic::Sum, Statistic::Count] {
+                prop_assert!(stats.value(statistic).is_finite(), "{:?} of {:?}", statistic, values);
+            }
+            let mean = stats.value(Statistic::Avg);
+            let spread = (stats.max - stats.min).abs().max(1.0) * 1e-9;
+            prop_assert!(mean >= stats.min - spread && mean <= stats.max + spread, "{} not in [{}, {}]", mean, stats.min, stats.max);
+        }
     }
 }
