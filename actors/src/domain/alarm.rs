@@ -449,7 +449,8 @@ fn patched(current: &AlarmDefinition, patch: &AlarmPatch) -> AlarmDefinition {
 
 fn validate(definition: &AlarmDefinition) -> Result<(), Rejection> {
     validate_name("name", &definition.name)?;
-    validate_name("metric", &definition.metric)?;
+    super::samples::validate_metric(&definition.metric)
+        .map_err(|reason| Rejection::invalid("metric", reason.trim_start_matches("metric ")))?;
     if !(1..=MAX_PERIOD_SECONDS).contains(&definition.period_seconds) {
         return Err(Rejection::invalid(
             "period_seconds",
@@ -730,6 +731,26 @@ mod tests {
         };
         let alarm = when(Some(alarm), unknown, T0).unwrap();
         assert!(alarm.pending_actions.is_empty());
+    }
+
+    #[test]
+    fn an_alarms_metric_follows_the_samples_alphabet() {
+        for metric in ["cpu é", "cpu\tload", " ", &"m".repeat(256)] {
+            let mut new = new_alarm();
+            new.metric = metric.to_owned();
+            let refused = decide(&None, &AlarmCommand::Create(new), T0).unwrap_err();
+            assert!(
+                refused.to_string().starts_with("invalid metric"),
+                "{metric:?}: {refused}"
+            );
+            assert!(
+                crate::domain::samples::validate_metric(metric).is_err(),
+                "a sample with {metric:?} would be refused too"
+            );
+        }
+        let mut new = new_alarm();
+        new.metric = "node_cpu{mode=\"idle\"} 1/s".to_owned();
+        assert!(decide(&None, &AlarmCommand::Create(new), T0).is_ok());
     }
 
     #[test]

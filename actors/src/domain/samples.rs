@@ -435,11 +435,10 @@ fn start_of(at_millis: i64, period: i64) -> i64 {
     at_millis.div_euclid(period) * period
 }
 
-/// Checks one sample as the HTTP layer receives it: `metric` 1 to [`MAX_METRIC_BYTES`] printable
-/// ASCII characters, not blank; `value` finite; `timestamp_secs` (Unix seconds, fractions
-/// allowed) finite, not negative and at most [`MAX_SAMPLE_TIMESTAMP_SECS`], rounded to the
-/// nearest millisecond. The error is a lowercase reason naming the field.
-pub fn validate_sample(metric: &str, value: f64, timestamp_secs: f64) -> Result<Sample, String> {
+/// Checks a metric's name: 1 to [`MAX_METRIC_BYTES`] printable ASCII characters, not blank. The
+/// one alphabet of metric names, for samples and for the alarms that watch them. The error is a
+/// lowercase reason naming the field.
+pub fn validate_metric(metric: &str) -> Result<(), String> {
     if metric.is_empty() {
         return Err("metric must not be empty".to_owned());
     }
@@ -461,6 +460,15 @@ pub fn validate_sample(metric: &str, value: f64, timestamp_secs: f64) -> Result<
     if metric.trim().is_empty() {
         return Err("metric must not be blank".to_owned());
     }
+    Ok(())
+}
+
+/// Checks one sample as the HTTP layer receives it: `metric` 1 to [`MAX_METRIC_BYTES`] printable
+/// ASCII characters, not blank; `value` finite; `timestamp_secs` (Unix seconds, fractions
+/// allowed) finite, not negative and at most [`MAX_SAMPLE_TIMESTAMP_SECS`], rounded to the
+/// nearest millisecond. The error is a lowercase reason naming the field.
+pub fn validate_sample(metric: &str, value: f64, timestamp_secs: f64) -> Result<Sample, String> {
+    validate_metric(metric)?;
     if !value.is_finite() {
         return Err(format!("value must be a finite number, is {value}"));
     }
