@@ -271,6 +271,39 @@ fn after_a_rotation_the_old_secret_works_for_the_grace_and_not_a_moment_longer()
 }
 
 #[test]
+fn rotating_twice_within_the_grace_keeps_both_old_secrets_working() {
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    let path = format!(
+        "/v1/groups/{}/policies/{}/webhooks/{}/rotate",
+        hook.group, hook.policy, hook.id
+    );
+    let rotate = || {
+        let (status, rotated) = server.call(
+            "POST",
+            &path,
+            &hook.token,
+            Some(json!({"grace_seconds": 60})),
+        );
+        assert_eq!(status, 200, "{rotated}");
+        rotated["secret"].as_str().unwrap().to_owned()
+    };
+    let second = rotate();
+    server.clock.advance_secs(10);
+    let third = rotate();
+    let now = server.now_secs();
+    accepted(&server.send_hook(&hook, &hook.secret, "first", now, BODY));
+    accepted(&server.send_hook(&hook, &second, "second", now, BODY));
+    accepted(&server.send_hook(&hook, &third, "third", now, BODY));
+    // Each ends at its own grace: the first 60 s after the first rotation.
+    server.clock.advance_secs(50);
+    let now = server.now_secs();
+    let ended = server.send_hook(&hook, &hook.secret, "first-late", now, BODY);
+    assert_error(&ended, 401, "invalid_signature");
+    accepted(&server.send_hook(&hook, &second, "second-late", now, BODY));
+}
+
+#[test]
 fn rate_limits_per_webhook_answer_429_with_retry_after_until_refilled() {
     let server = Server::start_with(|s| s.webhook_rate_limit = 2);
     let hook = server.webhook_setup();

@@ -184,7 +184,7 @@ pub struct WebhookView {
     /// `whsec_<base64>`: only in the answers to create and rotate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
-    /// When the previous secret stops being valid, during a rotation's grace.
+    /// When the last of the replaced secrets stops being valid, during a rotation's grace.
     pub previous_secret_valid_until: Option<String>,
     /// When the webhook was created (RFC 3339).
     pub created_at: String,
@@ -200,7 +200,7 @@ impl WebhookView {
             policy_id: w.policy_id.to_string(),
             group_id: w.group_id.to_string(),
             secret: with_secret.then(|| w.secret.to_whsec()),
-            previous_secret_valid_until: w.previous.as_ref().map(|p| time(p.valid_until)),
+            previous_secret_valid_until: w.previous.iter().map(|p| p.valid_until).max().map(time),
             created_at: time(w.created_at),
         }
     }

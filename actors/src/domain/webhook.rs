@@ -9,7 +9,8 @@
 //! - a request's timestamp is in window while `|now − timestamp| <= tolerance`;
 //! - a nonce is remembered while `now <= expires_at`, `expires_at = timestamp + tolerance`;
 //! - after a rotation, the previous secret is valid while `now < valid_until`; at `valid_until`
-//!   it no longer is.
+//!   it no longer is. Every secret replaced within the grace of another keeps its own grace (at
+//!   most [`MAX_PREVIOUS_SECRETS`] at once: one more rotation is a 409).
 //!
 //! Secrets travel in the journal's events (a restart must know them) as `whsec_<base64>`, and
 //! never through `Debug`, which prints `Secret(***)`.
@@ -27,6 +28,9 @@ use super::{
     WebhookId,
 };
 use crate::clock::{millis_to_secs_rounded_up, Timestamp};
+
+/// The most replaced secrets that may be within their grace at once.
+pub const MAX_PREVIOUS_SECRETS: usize = 8;
 
 /// How long the previous secret stays valid after a rotation, by default: one day.
 pub const DEFAULT_GRACE_SECONDS: u32 = 86_400;
@@ -100,13 +104,30 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// The secret replaced by the last rotation, valid while `now < valid_until`.
+/// A secret replaced by a rotation, valid while `now < valid_until`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreviousSecret {
     /// The old secret.
     pub secret: Secret,
     /// The first instant it is no longer valid.
     pub valid_until: Timestamp,
+}
+
+/// Reads `previous` as snapshots have held it: none (`null`), one (an object), or a list.
+fn previous_secrets<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<PreviousSecret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Held {
+        Many(Vec<PreviousSecret>),
+        One(PreviousSecret),
+    }
+    Ok(match Option::<Held>::deserialize(deserializer)? {
+        None => Vec::new(),
+        Some(Held::One(previous)) => vec![previous],
+        Some(Held::Many(previous)) => previous,
+    })
 }
 
 /// A webhook as its events built it (serialized only into snapshots, never into a response).
@@ -124,8 +145,10 @@ pub struct Webhook {
     pub name: String,
     /// The current secret.
     pub secret: Secret,
-    /// The secret before the last rotation, during its grace.
-    pub previous: Option<PreviousSecret>,
+    /// The secrets replaced by rotations and still within their grace when the last rotation
+    /// happened, oldest first.
+    #[serde(deserialize_with = "previous_secrets")]
+    pub previous: Vec<PreviousSecret>,
     /// Whether it was revoked (its URL answers 404).
     pub revoked: bool,
     /// The nonces it accepted and still remembers.
@@ -135,13 +158,14 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// The secrets a signature may be made with at `now`: the current one, and the previous one
-    /// while `now < valid_until`.
+    /// The secrets a signature may be made with at `now`: the current one, and each replaced
+    /// one while `now < valid_until`, newest first.
     pub fn valid_secrets(&self, now: Timestamp) -> impl Iterator<Item = &Secret> {
         let previous = self
             .previous
-            .as_ref()
-            .filter(|previous| now < previous.valid_until)
+            .iter()
+            .rev()
+            .filter(move |previous| now < previous.valid_until)
             .map(|previous| &previous.secret);
         std::iter::once(&self.secret).chain(previous)
     }
@@ -168,8 +192,8 @@ pub enum WebhookCommand {
         /// Its first secret.
         secret: Secret,
     },
-    /// Replace the secret; the old one stays valid for the grace. Only one previous secret is
-    /// kept: a second rotation within the grace ends the first old secret at once.
+    /// Replace the secret; the old one stays valid for the grace, and every older one still in
+    /// its own grace stays so (409 past [`MAX_PREVIOUS_SECRETS`] of them).
     Rotate {
         /// The new secret.
         new_secret: Secret,
@@ -295,6 +319,19 @@ pub fn decide(
         } => {
             let grace = grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
             validate_cooldown("grace_seconds", grace)?;
+            let in_grace = webhook
+                .previous
+                .iter()
+                .filter(|previous| now < previous.valid_until)
+                .count();
+            if grace > 0 && in_grace >= MAX_PREVIOUS_SECRETS {
+                return Err(Rejection::Conflict {
+                    reason: format!(
+                        "{in_grace} replaced secrets are still within their grace; wait for one \
+                         to end, or rotate with grace_seconds 0"
+                    ),
+                });
+            }
             Ok(vec![WebhookEvent::Rotated {
                 secret: new_secret.clone(),
                 previous_valid_until: now.plus_secs(grace),
@@ -393,7 +430,7 @@ pub fn apply(state: WebhookState, event: &WebhookEvent) -> WebhookState {
             tenant_id: tenant_id.clone(),
             name: name.clone(),
             secret: secret.clone(),
-            previous: None,
+            previous: Vec::new(),
             revoked: false,
             nonces: NonceWindow::new(),
             created_at: *at,
@@ -405,10 +442,13 @@ pub fn apply(state: WebhookState, event: &WebhookEvent) -> WebhookState {
         WebhookEvent::Rotated {
             secret,
             previous_valid_until,
-            ..
+            at,
         } => {
             let old = std::mem::replace(&mut webhook.secret, secret.clone());
-            webhook.previous = Some(PreviousSecret {
+            webhook
+                .previous
+                .retain(|previous| *at < previous.valid_until);
+            webhook.previous.push(PreviousSecret {
                 secret: old,
                 valid_until: *previous_valid_until,
             });
@@ -522,7 +562,7 @@ mod tests {
             grace_seconds: None,
         };
         let state = when(given_webhook(), &rotate, T0).unwrap().unwrap();
-        assert_eq!(state.previous.unwrap().valid_until, T0.plus_secs(86_400u32));
+        assert_eq!(state.previous[0].valid_until, T0.plus_secs(86_400u32));
         let too_long = WebhookCommand::Rotate {
             new_secret: secret(2),
             grace_seconds: Some(86_400 * 7 + 1),
@@ -537,15 +577,58 @@ mod tests {
     }
 
     #[test]
-    fn a_second_rotation_drops_the_first_secret() {
-        let rotate = |byte| WebhookCommand::Rotate {
+    fn a_second_rotation_within_the_grace_keeps_every_secret_in_its_own_grace() {
+        let rotate = |byte, grace| WebhookCommand::Rotate {
             new_secret: secret(byte),
-            grace_seconds: Some(60),
+            grace_seconds: Some(grace),
         };
-        let state = when(given_webhook(), &rotate(2), T0).unwrap();
-        let state = when(state, &rotate(3), T0).unwrap().unwrap();
-        let valid: Vec<_> = state.valid_secrets(T0).cloned().collect();
-        assert_eq!(valid, vec![secret(3), secret(2)]);
+        let state = when(given_webhook(), &rotate(2, 60), T0).unwrap();
+        let state = when(state, &rotate(3, 600), T0.plus_secs(10u32)).unwrap();
+        let at = |secs: u32| -> Vec<Secret> {
+            let webhook = state.as_ref().unwrap();
+            webhook.valid_secrets(T0.plus_secs(secs)).cloned().collect()
+        };
+        assert_eq!(at(30), vec![secret(3), secret(2), secret(1)]);
+        assert_eq!(
+            at(60),
+            vec![secret(3), secret(2)],
+            "the first ends at its own grace"
+        );
+        assert_eq!(at(610), vec![secret(3)]);
+        // A rotation drops what had already ended by then.
+        let state = when(state, &rotate(4, 60), T0.plus_secs(700u32))
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.previous.len(), 1);
+    }
+
+    #[test]
+    fn past_the_most_secrets_in_grace_a_rotation_is_409_unless_it_grants_none() {
+        let rotate = |byte, grace| WebhookCommand::Rotate {
+            new_secret: secret(byte),
+            grace_seconds: Some(grace),
+        };
+        let mut state = given_webhook();
+        for byte in 0..MAX_PREVIOUS_SECRETS as u8 {
+            state = when(state, &rotate(10 + byte, 600), T0).unwrap();
+        }
+        let refused = decide(&state, &rotate(99, 600), T0).unwrap_err();
+        assert_eq!(refused.status(), 409);
+        assert!(decide(&state, &rotate(99, 0), T0).is_ok());
+        assert!(decide(&state, &rotate(99, 600), T0.plus_secs(600u32)).is_ok());
+    }
+
+    #[test]
+    fn a_snapshot_with_one_previous_secret_or_none_still_decodes() {
+        let webhook = given_webhook().unwrap();
+        let mut saved = serde_json::to_value(&webhook).unwrap();
+        saved["previous"] = serde_json::Value::Null;
+        let none: Webhook = serde_json::from_value(saved.clone()).unwrap();
+        assert!(none.previous.is_empty());
+        saved["previous"] = serde_json::json!({"secret": secret(7).to_whsec(), "valid_until": 5});
+        let one: Webhook = serde_json::from_value(saved).unwrap();
+        assert_eq!(one.previous.len(), 1);
+        assert_eq!(one.previous[0].secret, secret(7));
     }
 
     #[test]
