@@ -197,6 +197,22 @@ impl AlarmTable {
             .collect()
     }
 
+    /// The alarms whose actions name `policy`, in id order.
+    pub fn naming(&self, policy: &PolicyId) -> Vec<AlarmId> {
+        let (alarms, store) = self.open();
+        drop(store);
+        let mut naming: Vec<AlarmId> = alarms
+            .iter()
+            .filter(|(_, w)| {
+                let d = &w.definition;
+                d.alarm_actions.contains(policy) || d.ok_actions.contains(policy)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        naming.sort();
+        naming
+    }
+
     /// How many alarms are watched.
     pub fn len(&self) -> usize {
         self.open().0.len()

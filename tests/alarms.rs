@@ -272,3 +272,26 @@ fn bad_samples_are_refused_naming_their_index() {
         "not_found",
     );
 }
+
+#[test]
+fn a_policy_an_alarm_names_is_deleted_only_with_force_which_removes_it_from_the_actions() {
+    let server = server();
+    let l = setup(&server, json!({}));
+    let path = format!("/v1/groups/{}/policies/{}", l.group, l.up);
+    let refused = server.call("DELETE", &path, &l.token, None);
+    assert_error(&refused, 409, "conflict");
+    let message = refused.1["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&l.alarm), "{message}");
+    assert_eq!(
+        server.call("GET", &path, &l.token, None).0,
+        200,
+        "still there"
+    );
+
+    let (status, _) = server.call("DELETE", &format!("{path}?force=true"), &l.token, None);
+    assert_eq!(status, 204);
+    assert_eq!(server.call("GET", &path, &l.token, None).0, 404);
+    let alarm = alarm_state(&server, &l);
+    assert_eq!(alarm["alarm_actions"], json!([]), "{alarm}");
+    assert_eq!(alarm["ok_actions"].as_array().unwrap().len(), 1, "{alarm}");
+}

@@ -1,12 +1,13 @@
 //! `/v1/groups/{id}/policies`: a group's scaling policies, and executing one directly.
 
 use actix_web::{web, HttpResponse};
-use flotilla_actors::aggregate::{Groups, Policies};
+use flotilla_actors::aggregate::{Alarms, Groups, Policies};
+use flotilla_actors::domain::alarm::{AlarmCommand, AlarmPatch};
 use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition, PolicyPatch};
 use flotilla_actors::domain::scaling::AdjustmentType;
-use flotilla_actors::domain::{Cause, GroupId, PolicyId, TenantId};
+use flotilla_actors::domain::{AlarmId, Cause, GroupId, PolicyId, Rejection, TenantId};
 use serde::Deserialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Tenant;
 use super::error::{ReadErrors, RemoveErrors, WriteErrors};
@@ -194,23 +195,70 @@ pub async fn update(
     delete,
     path = "/v1/groups/{id}/policies/{pid}",
     tag = "policies",
-    params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id")),
+    params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id"), DeletePolicyQuery),
     responses(
         (status = 204, description = "deleted"),
         RemoveErrors,
     ),
     security(("bearer" = [])),
+    description = "409 while an alarm names the policy in its actions (the message names them), unless `force=true`, which removes it from their actions first.",
 )]
 pub async fn delete(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
+    query: web::Query<DeletePolicyQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (_, policy) = owned(&state, &tenant, &path.0, &path.1)?;
+    let naming = state.evaluator.table().naming(&policy);
+    if !naming.is_empty() && !query.force {
+        let names: Vec<&str> = naming.iter().map(AlarmId::as_str).collect();
+        return Err(ApiError::from(flotilla_actors::error::Error::from(
+            Rejection::Conflict {
+                reason: format!(
+                    "alarms {} name this policy in their actions; change or delete them, or \
+                     delete with force=true",
+                    names.join(", ")
+                ),
+            },
+        )));
+    }
+    for alarm in naming {
+        unname(&state, &alarm, &policy).await?;
+    }
     state
         .execute::<Policies>(policy.as_str(), PolicyCommand::Delete)
         .await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `?force=` of a policy's delete.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DeletePolicyQuery {
+    /// Remove the policy from the actions of the alarms that name it, then delete it.
+    #[serde(default)]
+    force: bool,
+}
+
+/// Removes `policy` from alarm `alarm`'s actions.
+async fn unname(state: &AppState, alarm: &AlarmId, policy: &PolicyId) -> Result<(), ApiError> {
+    let Ok(current) = resource::load::<Alarms>(state, alarm).await else {
+        return Ok(());
+    };
+    let without = |actions: &[PolicyId]| -> Vec<PolicyId> {
+        actions.iter().filter(|p| *p != policy).cloned().collect()
+    };
+    let patch = AlarmPatch {
+        alarm_actions: Some(without(&current.definition.alarm_actions)),
+        ok_actions: Some(without(&current.definition.ok_actions)),
+        ..AlarmPatch::default()
+    };
+    state
+        .execute::<Alarms>(alarm.as_str(), AlarmCommand::Update(patch))
+        .await?;
+    Ok(())
 }
 
 /// `POST /v1/groups/{id}/policies/{pid}/execute`: runs the policy now; 202 with its outcome.
