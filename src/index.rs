@@ -30,6 +30,8 @@ struct Data {
     tokens: HashMap<String, TenantId>,
     /// Metrics token hash → group.
     metrics_tokens: HashMap<String, GroupId>,
+    /// Group → the hash of its own metrics token (the one shown at creation or rotation).
+    group_tokens: HashMap<GroupId, String>,
     /// (group, server) → the hash of the metrics token minted for that server's launch.
     server_tokens: HashMap<(GroupId, String), String>,
     groups: HashMap<GroupId, TenantId>,
@@ -52,6 +54,7 @@ struct Data {
 pub struct Saved {
     tokens: Vec<(String, TenantId)>,
     metrics_tokens: Vec<(String, GroupId)>,
+    group_tokens: Vec<(GroupId, String)>,
     server_tokens: Vec<((GroupId, String), String)>,
     groups: Vec<(GroupId, TenantId)>,
     policies: Vec<(PolicyId, Owner)>,
@@ -96,6 +99,7 @@ impl Index {
         Saved {
             tokens: pairs(&data.tokens),
             metrics_tokens: pairs(&data.metrics_tokens),
+            group_tokens: pairs(&data.group_tokens),
             server_tokens: pairs(&data.server_tokens),
             groups: pairs(&data.groups),
             policies: pairs(&data.policies),
@@ -130,6 +134,7 @@ impl Index {
             .collect();
         data.tokens = saved.tokens.into_iter().collect();
         data.metrics_tokens = saved.metrics_tokens.into_iter().collect();
+        data.group_tokens = saved.group_tokens.into_iter().collect();
         data.server_tokens = saved.server_tokens.into_iter().collect();
         data.groups = saved.groups.into_iter().collect();
         data.policies = saved.policies.into_iter().collect();
@@ -152,7 +157,9 @@ impl Index {
         }
         let stream = record.stream.as_str();
         match Kind::of(stream) {
-            Some(Kind::Tenant) => self.tenant_event(&record.decode(TenantEvent::SCHEMA)?),
+            Some(Kind::Tenant) => {
+                self.tenant_event(&TenantId::new(stream), &record.decode(TenantEvent::SCHEMA)?);
+            }
             Some(Kind::Group) => {
                 self.group_event(&GroupId::new(stream), &record.decode(GroupEvent::SCHEMA)?);
             }
@@ -172,9 +179,18 @@ impl Index {
     }
 
     /// Takes in a tenant's event.
-    fn tenant_event(&self, event: &TenantEvent) {
-        let TenantEvent::Created { id, token_hash, .. } = event;
-        self.write().tokens.insert(token_hash.clone(), id.clone());
+    fn tenant_event(&self, id: &TenantId, event: &TenantEvent) {
+        let mut data = self.write();
+        match event {
+            TenantEvent::Created { token_hash, .. } => {
+                data.tokens.insert(token_hash.clone(), id.clone());
+            }
+            TenantEvent::TokenRotated { token_hash, .. } => {
+                // The old token stops working at once.
+                data.tokens.retain(|_, tenant| tenant != id);
+                data.tokens.insert(token_hash.clone(), id.clone());
+            }
+        }
     }
 
     /// Takes in a group's event.
@@ -191,7 +207,21 @@ impl Index {
                 if !metrics_token_hash.is_empty() {
                     data.metrics_tokens
                         .insert(metrics_token_hash.clone(), id.clone());
+                    data.group_tokens
+                        .insert(id.clone(), metrics_token_hash.clone());
                 }
+            }
+            GroupEvent::MetricsTokenRotated {
+                metrics_token_hash, ..
+            } => {
+                // The old token stops working at once; the servers' own tokens are untouched.
+                if let Some(old) = data.group_tokens.remove(id) {
+                    data.metrics_tokens.remove(&old);
+                }
+                data.metrics_tokens
+                    .insert(metrics_token_hash.clone(), id.clone());
+                data.group_tokens
+                    .insert(id.clone(), metrics_token_hash.clone());
             }
             GroupEvent::Deleted { .. } => {
                 if let Some(tenant) = data.groups.remove(id) {
@@ -199,6 +229,7 @@ impl Index {
                 }
                 data.metrics_tokens.retain(|_, group| group != id);
                 data.server_tokens.retain(|(group, _), _| group != id);
+                data.group_tokens.remove(id);
             }
             GroupEvent::ServerLaunchRequested {
                 server_id,

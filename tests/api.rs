@@ -746,3 +746,128 @@ fn a_full_series_store_is_429_with_retry_after_not_503() {
     assert_eq!(full.headers()["retry-after"], "60");
     assert_error(&common::read(full), 429, "series_limit");
 }
+
+#[test]
+fn desired_capacity_is_set_directly_within_the_bounds_with_no_cooldown() {
+    let server = Server::start();
+    let token = server.tenant("acme");
+    let group = server.group(&token, 0, 5, 1, 600);
+    let path = format!("/v1/groups/{group}");
+    let (status, body) = server.call("PATCH", &path, &token, Some(json!({"desired_capacity": 4})));
+    assert_eq!(
+        (status, body["desired_capacity"].as_u64()),
+        (200, Some(4)),
+        "{body}"
+    );
+    let out = server.call("PATCH", &path, &token, Some(json!({"desired_capacity": 6})));
+    assert_error(&out, 400, "invalid_input");
+    // Within new bounds given in the same PATCH.
+    let both = json!({"max_size": 8, "desired_capacity": 7});
+    let (status, body) = server.call("PATCH", &path, &token, Some(both));
+    assert_eq!(
+        (status, body["desired_capacity"].as_u64()),
+        (200, Some(7)),
+        "{body}"
+    );
+
+    let (_, activity) = server.call("GET", &format!("{path}/activity"), &token, None);
+    let changes: Vec<&serde_json::Value> = activity["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| item["type"] == "capacity_changed")
+        .collect();
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0]["cause"]["type"], "direct");
+    assert_eq!(
+        (changes[0]["from"].as_u64(), changes[0]["to"].as_u64()),
+        (Some(4), Some(7))
+    );
+    // No cooldown was started: a policy executes at once.
+    let policy = server.policy(
+        &token,
+        &group,
+        json!({"name": "down", "adjustment_type": "change", "adjustment": -1}),
+    );
+    let (status, run) = server.call(
+        "POST",
+        &format!("/v1/groups/{group}/policies/{policy}/execute"),
+        &token,
+        None,
+    );
+    assert_eq!(
+        (status, &run["outcome"]),
+        (202, &json!("executed")),
+        "{run}"
+    );
+}
+
+#[test]
+fn a_rotated_tenant_or_metrics_token_replaces_the_old_one_at_once_across_a_restart() {
+    let server = Server::start();
+    let (status, tenant) = server.call(
+        "POST",
+        "/v1/tenants",
+        &server.operator_token,
+        Some(json!({"name": "acme"})),
+    );
+    assert_eq!(status, 201);
+    let (id, old) = (
+        tenant["id"].as_str().unwrap(),
+        tenant["token"].as_str().unwrap(),
+    );
+    let group = server.group(old, 0, 3, 0, 0);
+
+    let rotate = format!("/v1/tenants/{id}/token");
+    assert_error(&server.call("POST", &rotate, old, None), 403, "forbidden");
+    let (status, rotated) = server.call("POST", &rotate, &server.operator_token, None);
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["token"].as_str().unwrap().to_owned();
+    assert_error(
+        &server.call("GET", "/v1/groups", old, None),
+        401,
+        "unauthorized",
+    );
+    assert_eq!(server.call("GET", "/v1/groups", &new, None).0, 200);
+    let missing = format!("/v1/tenants/ten_{}/token", "0".repeat(32));
+    let answer = server.call("POST", &missing, &server.operator_token, None);
+    assert_error(&answer, 404, "not_found");
+
+    let sample = |server: &Server, token: &str| {
+        let sample = json!({"metric": "cpu", "value": 0.5, "timestamp": server.now_secs() as f64});
+        server
+            .request("POST", "/v1/metrics", Some(token))
+            .json(&json!({"samples": [sample]}))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let (status, created) = server.call("GET", &format!("/v1/groups/{group}"), &new, None);
+    assert_eq!(status, 200, "{created}");
+    let path = format!("/v1/groups/{group}/metrics-token");
+    let (status, first) = server.call("POST", &path, &new, None);
+    assert_eq!(status, 200, "{first}");
+    let first = first["metrics_token"].as_str().unwrap().to_owned();
+    assert_eq!(sample(&server, &first), 202);
+    let (_, second) = server.call("POST", &path, &new, None);
+    let second = second["metrics_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        sample(&server, &first),
+        401,
+        "the old metrics token stops at once"
+    );
+    assert_eq!(sample(&server, &second), 202);
+
+    let (old, id) = (old.to_owned(), id.to_owned());
+    let _ = id;
+    let server = server.restart();
+    assert_error(
+        &server.call("GET", "/v1/groups", &old, None),
+        401,
+        "unauthorized",
+    );
+    assert_eq!(server.call("GET", "/v1/groups", &new, None).0, 200);
+    assert_eq!(sample(&server, &first), 401);
+    assert_eq!(sample(&server, &second), 202);
+}

@@ -358,6 +358,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("post", "/v1/tenants"),
+    ("post", "/v1/tenants/{id}/token"),
+    ("post", "/v1/groups/{id}/metrics-token"),
     ("post", "/v1/groups"),
     ("get", "/v1/groups"),
     ("get", "/v1/groups/{id}"),

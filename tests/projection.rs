@@ -35,6 +35,8 @@ enum Op {
     DeletePolicy(usize),
     Revoke(usize),
     DeleteAlarm(usize),
+    RotateTenantToken(usize),
+    RotateMetricsToken(usize),
     Advance(u64),
     /// Restart; with `true`, move the checkpoint to the head first.
     Restart(bool),
@@ -56,6 +58,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..6).prop_map(Op::DeletePolicy),
         1 => (0usize..6).prop_map(Op::Revoke),
         1 => (0usize..6).prop_map(Op::DeleteAlarm),
+        1 => (0usize..6).prop_map(Op::RotateTenantToken),
+        1 => (0usize..6).prop_map(Op::RotateMetricsToken),
         1 => (0u64..100).prop_map(Op::Advance),
         1 => any::<bool>().prop_map(Op::Restart),
     ]
@@ -252,6 +256,19 @@ fn step(w: &World, ids: &mut Ids, op: &Op) {
         Op::DeleteAlarm(i) => {
             if let Some(alarm) = pick(&ids.alarms, *i) {
                 w.run::<Alarms>(alarm.as_str(), AlarmCommand::Delete);
+            }
+        }
+        Op::RotateTenantToken(i) => {
+            if let Some(tenant) = pick(&ids.tenants, *i).cloned() {
+                let token_hash = ids.token();
+                w.run::<Tenants>(tenant.as_str(), TenantCommand::RotateToken { token_hash });
+            }
+        }
+        Op::RotateMetricsToken(i) => {
+            if let Some((_, group)) = pick(&ids.groups, *i).cloned() {
+                let metrics_token_hash = ids.token();
+                let rotate = GroupCommand::RotateMetricsToken { metrics_token_hash };
+                w.run::<Groups>(group.as_str(), rotate);
             }
         }
         Op::Advance(secs) => w.clock.advance_secs(*secs),

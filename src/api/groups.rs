@@ -44,6 +44,9 @@ pub struct UpdateGroup {
     min_size: Option<u32>,
     max_size: Option<u32>,
     cooldown_seconds: Option<u32>,
+    /// Within the (new) bounds, else 400; the change's cause is `direct`, and it neither
+    /// honours nor starts a cooldown (SPEC 2.3).
+    desired_capacity: Option<u32>,
     /// Replaces the metadata whole; at most 64 KiB of JSON (413).
     #[schema(value_type = Option<Object>)]
     metadata: Option<Map<String, Value>>,
@@ -201,6 +204,7 @@ pub async fn update(
         min_size: body.min_size,
         max_size: body.max_size,
         cooldown_seconds: body.cooldown_seconds,
+        desired_capacity: body.desired_capacity,
         metadata: body.metadata,
         launch: body.launch,
     };
@@ -274,6 +278,40 @@ async fn drain(state: &AppState, id: &GroupId) -> Result<(), ApiError> {
             reason: "servers are still being deleted; try again".into(),
         },
     )))
+}
+
+/// `POST /v1/groups/{id}/metrics-token`: a new metrics token for the group, shown once; the old
+/// one stops working at once (the tokens its servers were launched with are untouched).
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{id}/metrics-token",
+    tag = "groups",
+    params(("id" = String, Path, description = "group id")),
+    responses(
+        (status = 200, description = "the group and its new metrics token (shown once)", body = GroupCreated),
+        ReadErrors,
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn rotate_metrics_token(
+    state: web::Data<AppState>,
+    Tenant(tenant): Tenant,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = owned(&state, &tenant, &path)?;
+    let metrics_token = token::generate("flo_mt_");
+    let command = GroupCommand::RotateMetricsToken {
+        metrics_token_hash: token::hash(&metrics_token),
+    };
+    let group = state
+        .execute::<Groups>(id.as_str(), command)
+        .await?
+        .state
+        .ok_or_else(|| ApiError::not_found("group"))?;
+    Ok(HttpResponse::Ok().json(GroupCreated {
+        group: GroupView::from(&group),
+        metrics_token,
+    }))
 }
 
 /// `POST /v1/groups/{id}/pause`.

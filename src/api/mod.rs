@@ -145,6 +145,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/v1")
                 .service(resource("/tenants", "POST").route(post().to(tenants::create)))
+                .service(
+                    resource("/tenants/{id}/token", "POST").route(post().to(tenants::rotate_token)),
+                )
                 .service(resource("/journal", "GET").route(get().to(journal::dump)))
                 .service(
                     resource("/groups", "GET, POST")
@@ -156,6 +159,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(get().to(groups::show))
                         .route(patch().to(groups::update))
                         .route(delete().to(groups::delete)),
+                )
+                .service(
+                    resource("/groups/{id}/metrics-token", "POST")
+                        .route(post().to(groups::rotate_metrics_token)),
                 )
                 .service(resource("/groups/{id}/pause", "POST").route(post().to(groups::pause)))
                 .service(resource("/groups/{id}/resume", "POST").route(post().to(groups::resume)))

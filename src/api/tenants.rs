@@ -1,4 +1,5 @@
-//! `POST /v1/tenants`: the operator creates a tenant and receives its token, once.
+//! `POST /v1/tenants`: the operator creates a tenant and receives its token, once; and gives it
+//! a new one (`POST /v1/tenants/{id}/token`), the old one failing at once.
 
 use actix_web::{web, HttpResponse};
 use flotilla_actors::aggregate::Tenants;
@@ -8,7 +9,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::Operator;
-use super::error::CreateErrors;
+use super::error::{CreateErrors, ReadErrors};
 use super::views::TenantCreated;
 use super::{ApiError, AppState};
 use crate::token;
@@ -52,6 +53,46 @@ pub async fn create(
         .state
         .ok_or_else(|| ApiError::not_found("tenant"))?;
     Ok(HttpResponse::Created().json(TenantCreated {
+        id: tenant.id.to_string(),
+        name: tenant.name,
+        token,
+    }))
+}
+
+/// `POST /v1/tenants/{id}/token`: a new token for the tenant, shown once; the old one stops
+/// working at once.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/token",
+    tag = "tenants",
+    params(("id" = String, Path, description = "tenant id")),
+    responses(
+        (status = 200, description = "the tenant and its new token (shown once)", body = TenantCreated),
+        (status = 403, description = "a tenant's token: only the operator may rotate tokens", body = super::error::ErrorBody),
+        ReadErrors,
+    ),
+    security(("bearer" = [])),
+    description = "Requires the operator token.",
+)]
+pub async fn rotate_token(
+    state: web::Data<AppState>,
+    _: Operator,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if !id.starts_with(TenantId::PREFIX) || state.supervisor.journal().stream_version(&id)? == 0 {
+        return Err(ApiError::not_found("tenant"));
+    }
+    let token = token::generate("flo_t_");
+    let command = TenantCommand::RotateToken {
+        token_hash: token::hash(&token),
+    };
+    let tenant = state
+        .execute::<Tenants>(&id, command)
+        .await?
+        .state
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    Ok(HttpResponse::Ok().json(TenantCreated {
         id: tenant.id.to_string(),
         name: tenant.name,
         token,

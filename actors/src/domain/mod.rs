@@ -141,13 +141,16 @@ impl Kind {
     /// index) decodes only those; the test below ties each name to its event.
     pub fn changes_ownership(self, event_type: &str) -> bool {
         match self {
-            Kind::Tenant | Kind::Policy | Kind::Alarm => {
-                matches!(event_type, "created" | "deleted")
-            }
+            Kind::Tenant => matches!(event_type, "created" | "token_rotated"),
+            Kind::Policy | Kind::Alarm => matches!(event_type, "created" | "deleted"),
             Kind::Webhook => matches!(event_type, "created" | "revoked"),
             Kind::Group => matches!(
                 event_type,
-                "created" | "deleted" | "server_launch_requested" | "server_deleted"
+                "created"
+                    | "deleted"
+                    | "metrics_token_rotated"
+                    | "server_launch_requested"
+                    | "server_deleted"
             ),
         }
     }
@@ -487,6 +490,22 @@ mod tests {
                 .kind(),
             ),
             (Kind::Policy, policy::PolicyEvent::Deleted { at }.kind()),
+            (
+                Kind::Group,
+                group::GroupEvent::MetricsTokenRotated {
+                    metrics_token_hash: String::new(),
+                    at,
+                }
+                .kind(),
+            ),
+            (
+                Kind::Tenant,
+                tenant::TenantEvent::TokenRotated {
+                    token_hash: String::new(),
+                    at,
+                }
+                .kind(),
+            ),
             (Kind::Webhook, webhook::WebhookEvent::Revoked { at }.kind()),
             (Kind::Alarm, alarm::AlarmEvent::Deleted { at }.kind()),
         ];

@@ -34,6 +34,11 @@ pub enum TenantCommand {
         /// Lowercase hex of the SHA-256 of its token: 64 hex digits.
         token_hash: String,
     },
+    /// Give it a new token; the old one stops working at once.
+    RotateToken {
+        /// Lowercase hex of the SHA-256 of the new token.
+        token_hash: String,
+    },
 }
 
 /// What happened to a tenant.
@@ -51,6 +56,13 @@ pub enum TenantEvent {
         /// When.
         at: Timestamp,
     },
+    /// Its token was replaced: the old one no longer works.
+    TokenRotated {
+        /// The hash of the new token.
+        token_hash: String,
+        /// When.
+        at: Timestamp,
+    },
 }
 
 impl DomainEvent for TenantEvent {
@@ -59,6 +71,7 @@ impl DomainEvent for TenantEvent {
     fn kind(&self) -> &'static str {
         match self {
             TenantEvent::Created { .. } => "created",
+            TenantEvent::TokenRotated { .. } => "token_rotated",
         }
     }
 }
@@ -79,19 +92,20 @@ pub fn decide(
                 return Err(Rejection::already_exists("tenant"));
             }
             validate_name("name", name)?;
-            let is_sha256_hex = token_hash.len() == 64
-                && token_hash
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-            if !is_sha256_hex {
-                return Err(Rejection::invalid(
-                    "token_hash",
-                    "must be 64 lowercase hex digits (a SHA-256)",
-                ));
-            }
+            validate_token_hash(token_hash)?;
             Ok(vec![TenantEvent::Created {
                 id: id.clone(),
                 name: name.clone(),
+                token_hash: token_hash.clone(),
+                at: now,
+            }])
+        }
+        TenantCommand::RotateToken { token_hash } => {
+            if state.is_none() {
+                return Err(Rejection::not_found("tenant"));
+            }
+            validate_token_hash(token_hash)?;
+            Ok(vec![TenantEvent::TokenRotated {
                 token_hash: token_hash.clone(),
                 at: now,
             }])
@@ -100,8 +114,12 @@ pub fn decide(
 }
 
 /// Records what an event says. Holds no rules.
-pub fn apply(_state: TenantState, event: &TenantEvent) -> TenantState {
+pub fn apply(state: TenantState, event: &TenantEvent) -> TenantState {
     match event {
+        TenantEvent::TokenRotated { token_hash, .. } => state.map(|tenant| Tenant {
+            token_hash: token_hash.clone(),
+            ..tenant
+        }),
         TenantEvent::Created {
             id,
             name,
@@ -114,6 +132,21 @@ pub fn apply(_state: TenantState, event: &TenantEvent) -> TenantState {
             created_at: *at,
         }),
     }
+}
+
+/// A token's hash is 64 lowercase hex digits (a SHA-256).
+fn validate_token_hash(token_hash: &str) -> Result<(), Rejection> {
+    let is_sha256_hex = token_hash.len() == 64
+        && token_hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !is_sha256_hex {
+        return Err(Rejection::invalid(
+            "token_hash",
+            "must be 64 lowercase hex digits (a SHA-256)",
+        ));
+    }
+    Ok(())
 }
 
 /// Rebuilds a tenant from its events, oldest first.

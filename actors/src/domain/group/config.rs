@@ -55,6 +55,8 @@ pub struct GroupPatch {
     pub max_size: Option<u32>,
     /// A new cooldown.
     pub cooldown_seconds: Option<u32>,
+    /// A new desired capacity, within the (new) bounds: cause `direct`, no cooldown (SPEC 2.3).
+    pub desired_capacity: Option<u32>,
     /// New metadata (replaces the old entirely).
     pub metadata: Option<Map<String, Value>>,
     /// A new launch configuration.
@@ -112,6 +114,9 @@ pub(super) fn decide_update(
     validate_launch(launch)?;
     validate_json_size("launch", launch)?;
     validate_json_size("metadata", metadata)?;
+    if let Some(desired) = patch.desired_capacity {
+        validate_desired(desired, min_size, max_size)?;
+    }
     if launch["provider"] != group.launch["provider"] && !group.servers.is_empty() {
         // Its servers' handles belong to the old provider, which alone can delete them.
         return Err(Rejection::Conflict {
@@ -126,25 +131,45 @@ pub(super) fn decide_update(
         && max_size == group.max_size
         && cooldown_seconds == group.cooldown_seconds
         && *launch == group.launch
-        && *metadata == group.metadata;
+        && *metadata == group.metadata
+        && patch
+            .desired_capacity
+            .is_none_or(|desired| desired == group.desired_capacity);
     if unchanged {
         return Ok(vec![]);
     }
-    let mut events = vec![GroupEvent::Updated {
-        name: name.clone(),
-        min_size,
-        max_size,
-        cooldown_seconds,
-        launch: launch.clone(),
-        metadata: metadata.clone(),
-        at: now,
-    }];
-    let in_range = group.desired_capacity.clamp(min_size, max_size);
-    if in_range != group.desired_capacity {
+    let configured = *name != group.name
+        || min_size != group.min_size
+        || max_size != group.max_size
+        || cooldown_seconds != group.cooldown_seconds
+        || *launch != group.launch
+        || *metadata != group.metadata;
+    let mut events = Vec::new();
+    if configured {
+        events.push(GroupEvent::Updated {
+            name: name.clone(),
+            min_size,
+            max_size,
+            cooldown_seconds,
+            launch: launch.clone(),
+            metadata: metadata.clone(),
+            at: now,
+        });
+    }
+    // A desired capacity asked for directly (validated within the new bounds above) is the
+    // operator's; otherwise a change of bounds moves the capacity into range.
+    let (to, cause) = match patch.desired_capacity {
+        Some(desired) => (desired, Cause::Direct),
+        None => (
+            group.desired_capacity.clamp(min_size, max_size),
+            Cause::Bounds,
+        ),
+    };
+    if to != group.desired_capacity {
         events.push(GroupEvent::CapacityChanged {
             from: group.desired_capacity,
-            to: in_range,
-            cause: Cause::Bounds,
+            to,
+            cause,
             at: now,
         });
     }

@@ -106,6 +106,11 @@ pub enum GroupCommand {
     /// Change its configuration; a bounds change that leaves the capacity out of range moves it
     /// into range (cause `bounds`, no cooldown).
     Update(GroupPatch),
+    /// Give it a new metrics token; the old one stops working at once.
+    RotateMetricsToken {
+        /// sha256 (hex) of the new token.
+        metrics_token_hash: String,
+    },
     /// Set the desired capacity directly (cause `direct`, no cooldown); must lie within bounds.
     SetDesired {
         /// The new desired capacity.
@@ -230,6 +235,13 @@ pub enum GroupEvent {
         /// When.
         at: Timestamp,
     },
+    /// Its metrics token was replaced: the old one no longer works.
+    MetricsTokenRotated {
+        /// sha256 (hex) of the new token.
+        metrics_token_hash: String,
+        /// When.
+        at: Timestamp,
+    },
     /// A server's launch was asked of the provider (a new slot, or a failed one again).
     ServerLaunchRequested {
         /// The server.
@@ -293,6 +305,7 @@ impl DomainEvent for GroupEvent {
             GroupEvent::Resumed { .. } => "resumed",
             GroupEvent::Deleted { .. } => "deleted",
             GroupEvent::Draining { .. } => "draining",
+            GroupEvent::MetricsTokenRotated { .. } => "metrics_token_rotated",
             GroupEvent::ServerLaunchRequested { .. } => "server_launch_requested",
             GroupEvent::ServerLaunched { .. } => "server_launched",
             GroupEvent::ServerActive { .. } => "server_active",
@@ -321,6 +334,7 @@ impl GroupEvent {
             | GroupEvent::Updated { .. }
             | GroupEvent::Paused { .. }
             | GroupEvent::Resumed { .. }
+            | GroupEvent::MetricsTokenRotated { .. }
             | GroupEvent::Deleted { .. } => false,
         }
     }
@@ -368,6 +382,12 @@ pub fn decide(
             ),
         }),
         GroupCommand::Delete => Ok(vec![GroupEvent::Deleted { at: now }]),
+        GroupCommand::RotateMetricsToken { metrics_token_hash } => {
+            Ok(vec![GroupEvent::MetricsTokenRotated {
+                metrics_token_hash: metrics_token_hash.clone(),
+                at: now,
+            }])
+        }
         GroupCommand::Drain if group.draining => Ok(vec![]),
         GroupCommand::Drain => Ok(vec![GroupEvent::Draining { at: now }]),
         GroupCommand::LaunchServers(requests) => Ok(server::decide_launches(group, requests, now)),
@@ -452,6 +472,9 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
         GroupEvent::Resumed { .. } => group.paused = false,
         GroupEvent::Deleted { .. } => group.deleted = true,
         GroupEvent::Draining { .. } => group.draining = true,
+        GroupEvent::MetricsTokenRotated {
+            metrics_token_hash, ..
+        } => group.metrics_token_hash = metrics_token_hash.clone(),
         GroupEvent::ServerLaunchRequested {
             server_id,
             metrics_token_hash,
