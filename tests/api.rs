@@ -871,3 +871,54 @@ fn a_rotated_tenant_or_metrics_token_replaces_the_old_one_at_once_across_a_resta
     assert_eq!(sample(&server, &first), 401);
     assert_eq!(sample(&server, &second), 202);
 }
+
+#[test]
+fn launch_configurations_follow_their_providers_schema() {
+    let server = Server::start();
+    let token = server.tenant("acme");
+    let create = |launch: serde_json::Value| {
+        let body = json!({"name": "w", "min_size": 0, "max_size": 2, "launch": launch});
+        server.call("POST", "/v1/groups", &token, Some(body))
+    };
+    let refused = [
+        (
+            json!({"provider": "simulated", "start_seconds": 1e300}),
+            "launch.start_seconds",
+        ),
+        (
+            json!({"provider": "simulated", "failure_rate": 2}),
+            "launch.failure_rate",
+        ),
+        (json!({"provider": "simulated", "colour": "red"}), "launch"),
+        (
+            json!({"provider": "http", "url": "not a url", "secret": "whsec_AAAA"}),
+            "launch.url",
+        ),
+        (
+            json!({"provider": "http", "url": "file:///etc/passwd", "secret": "whsec_AAAA"}),
+            "launch.url",
+        ),
+        (
+            json!({"provider": "http", "url": "https://o.example"}),
+            "launch.secret",
+        ),
+    ];
+    for (launch, field) in refused {
+        let answer = create(launch.clone());
+        assert_error(&answer, 400, "invalid_input");
+        let message = answer.1["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("invalid {field}:")),
+            "{launch}: {message}"
+        );
+    }
+    let fine = json!({"provider": "http", "url": "https://o.example", "secret": "whsec_AAAA"});
+    assert_eq!(create(fine).0, 201);
+
+    // With the operator's secret, an http configuration may go without its own.
+    let server = Server::start_with(|s| s.provider_http_secret = Some("whsec_AAAA".into()));
+    let token = server.tenant("acme");
+    let body = json!({"name": "w", "min_size": 0, "max_size": 2,
+                      "launch": {"provider": "http", "url": "https://o.example"}});
+    assert_eq!(server.call("POST", "/v1/groups", &token, Some(body)).0, 201);
+}

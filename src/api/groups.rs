@@ -65,21 +65,30 @@ pub struct DeleteQuery {
     force: bool,
 }
 
-/// Refuses the `process` provider unless the operator allowed it: it runs a tenant's command on
-/// this host, as the service's user.
+/// What only the service can say of a launch configuration (its schema is the domain's): the
+/// `process` provider runs a tenant's command on this host, as the service's user, so it needs
+/// the operator's leave; an `http` one needs a secret to sign with, its own or the operator's.
 fn check_provider(state: &AppState, launch: Option<&Value>) -> Result<(), ApiError> {
-    let process = launch
-        .and_then(|l| l.get("provider"))
-        .and_then(Value::as_str)
-        == Some("process");
-    if process && !state.settings.allow_process_provider {
-        return Err(ApiError::bad_request(
+    let Some(launch) = launch else {
+        return Ok(());
+    };
+    match launch.get("provider").and_then(Value::as_str) {
+        Some("process") if !state.settings.allow_process_provider => Err(ApiError::bad_request(
             "provider_disabled",
-            "the process provider runs commands on the service's host; the operator enables it \
-             with --allow-process-provider",
-        ));
+            "the process provider runs commands on the service's host; the operator enables \
+                 it with --allow-process-provider",
+        )),
+        Some("http")
+            if launch.get("secret").is_none() && state.settings.provider_http_secret.is_none() =>
+        {
+            Err(ApiError::bad_request(
+                "invalid_input",
+                "invalid launch.secret: is required, as the operator set no \
+                 --provider-http-secret to sign with",
+            ))
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Group `id`, if `tenant` owns it.

@@ -16,9 +16,6 @@ pub const MAX_GROUP_SIZE: u32 = 10_000;
 /// A group's cooldown when none is given.
 pub const DEFAULT_COOLDOWN_SECONDS: u32 = 300;
 
-/// The launch providers a group may name in `launch.provider`.
-pub const PROVIDERS: [&str; 3] = ["process", "http", "simulated"];
-
 /// The fields of a new group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewGroup {
@@ -78,7 +75,6 @@ pub(super) fn decide_create(
     validate_desired(desired_capacity, new.min_size, new.max_size)?;
     validate_cooldown("cooldown_seconds", cooldown_seconds)?;
     validate_launch(&new.launch)?;
-    validate_json_size("launch", &new.launch)?;
     if let Some(metadata) = &new.metadata {
         validate_json_size("metadata", metadata)?;
     }
@@ -112,7 +108,6 @@ pub(super) fn decide_update(
     validate_bounds(min_size, max_size)?;
     validate_cooldown("cooldown_seconds", cooldown_seconds)?;
     validate_launch(launch)?;
-    validate_json_size("launch", launch)?;
     validate_json_size("metadata", metadata)?;
     if let Some(desired) = patch.desired_capacity {
         validate_desired(desired, min_size, max_size)?;
@@ -206,19 +201,9 @@ pub(super) fn validate_desired(
     Ok(())
 }
 
+/// A launch configuration is at most 64 KiB of JSON (413; checked first, whatever it holds), and
+/// follows its provider's schema (400 naming the field).
 fn validate_launch(launch: &Value) -> Result<(), Rejection> {
-    let Some(fields) = launch.as_object() else {
-        return Err(Rejection::invalid("launch", "must be a JSON object"));
-    };
-    match fields.get("provider").and_then(Value::as_str) {
-        Some(provider) if PROVIDERS.contains(&provider) => Ok(()),
-        Some(provider) => Err(Rejection::invalid(
-            "launch.provider",
-            format!("must be one of process, http, simulated; is {provider:?}"),
-        )),
-        None => Err(Rejection::invalid(
-            "launch.provider",
-            "is required and must be one of process, http, simulated",
-        )),
-    }
+    validate_json_size("launch", launch)?;
+    super::launch::validate(launch)
 }

@@ -11,6 +11,7 @@
 //!   subject) and `apply`;
 //! - `config`: creating and changing a group (bounds, cooldown, launch configuration);
 //! - `execution`: a policy's execution and its outcome;
+//! - [`launch`]: each provider's launch configuration schema;
 //! - the server slots (launches, reports, deletions) live beside the servers, in
 //!   [`super::server`].
 
@@ -27,9 +28,11 @@ use crate::clock::Timestamp;
 
 mod config;
 mod execution;
+pub mod launch;
 
-pub use config::{GroupPatch, NewGroup, DEFAULT_COOLDOWN_SECONDS, MAX_GROUP_SIZE, PROVIDERS};
+pub use config::{GroupPatch, NewGroup, DEFAULT_COOLDOWN_SECONDS, MAX_GROUP_SIZE};
 pub use execution::Outcome;
+pub use launch::PROVIDERS;
 pub use server::{LaunchRequest, ServerReport};
 
 /// A group as its events built it.

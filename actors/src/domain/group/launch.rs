@@ -1,0 +1,288 @@
+//! A launch configuration's schema (SPEC 6): each provider's fields, their types and ranges,
+//! checked when the configuration is set, so that a bad one is a 400 naming the field, never a
+//! server that fails for ever.
+//!
+//! - `process`: `command` (1 to 64 non-empty strings, required), `env` (strings by non-empty
+//!   names without `=` or NUL), `grace_seconds` (0 to 3600);
+//! - `http`: `url` (http or https, with a host, required), `secret` (`whsec_` and base64),
+//!   `timeout_ms` (1 to 60000), `retries` (0 to 10);
+//! - `simulated`: `start_seconds` (0 to 86400), `failure_rate` (0 to 1), `seed` (an unsigned
+//!   integer).
+//!
+//! Any other field is refused. Whether an `http` configuration without a `secret` may lean on
+//! the operator's `--provider-http-secret` is the service's to say.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{Map, Value};
+
+use crate::domain::Rejection;
+
+/// The launch providers a group may name in `launch.provider`.
+pub const PROVIDERS: [&str; 3] = ["process", "http", "simulated"];
+
+/// The most seconds a `process` server is given to stop before it is killed.
+pub const MAX_GRACE_SECONDS: u64 = 3600;
+
+/// The longest a `simulated` server takes to start, in seconds.
+pub const MAX_START_SECONDS: f64 = 86_400.0;
+
+/// Checks `launch` against its provider's schema.
+pub(super) fn validate(launch: &Value) -> Result<(), Rejection> {
+    let Some(fields) = launch.as_object() else {
+        return Err(Rejection::invalid("launch", "must be a JSON object"));
+    };
+    let provider = match fields.get("provider").and_then(Value::as_str) {
+        Some(provider) if PROVIDERS.contains(&provider) => provider,
+        Some(provider) => {
+            return Err(Rejection::invalid(
+                "launch.provider",
+                format!("must be one of process, http, simulated; is {provider:?}"),
+            ))
+        }
+        None => {
+            return Err(Rejection::invalid(
+                "launch.provider",
+                "is required and must be one of process, http, simulated",
+            ))
+        }
+    };
+    let allowed: &[&str] = match provider {
+        "process" => &["provider", "command", "env", "grace_seconds"],
+        "http" => &["provider", "url", "secret", "timeout_ms", "retries"],
+        _ => &["provider", "start_seconds", "failure_rate", "seed"],
+    };
+    if let Some(unknown) = fields.keys().find(|key| !allowed.contains(&key.as_str())) {
+        return Err(Rejection::invalid(
+            "launch",
+            format!(
+                "the {provider} provider has no field {unknown:?}; its fields are {}",
+                allowed.join(", ")
+            ),
+        ));
+    }
+    match provider {
+        "process" => process(fields),
+        "http" => http(fields),
+        _ => simulated(fields),
+    }
+}
+
+fn process(fields: &Map<String, Value>) -> Result<(), Rejection> {
+    let Some(command) = fields.get("command").and_then(Value::as_array) else {
+        return Err(Rejection::invalid(
+            "launch.command",
+            "is required: the program and its arguments, as a list of strings",
+        ));
+    };
+    let strings = command
+        .iter()
+        .all(|arg| arg.as_str().is_some_and(|arg| !arg.contains('\0')));
+    if command.is_empty() || command.len() > 64 || !strings {
+        return Err(Rejection::invalid(
+            "launch.command",
+            "must be 1 to 64 strings without NUL",
+        ));
+    }
+    if command[0].as_str() == Some("") {
+        return Err(Rejection::invalid(
+            "launch.command",
+            "the program must not be empty",
+        ));
+    }
+    if let Some(env) = fields.get("env") {
+        let Some(env) = env.as_object() else {
+            return Err(Rejection::invalid(
+                "launch.env",
+                "must be an object of strings",
+            ));
+        };
+        for (name, value) in env {
+            let name_ok = !name.is_empty() && !name.contains(['=', '\0']);
+            let value_ok = value.as_str().is_some_and(|value| !value.contains('\0'));
+            if !name_ok || !value_ok {
+                return Err(Rejection::invalid(
+                    "launch.env",
+                    format!("{name:?} must be a non-empty name without = or NUL, with a string"),
+                ));
+            }
+        }
+    }
+    unsigned(
+        fields,
+        "grace_seconds",
+        "launch.grace_seconds",
+        0,
+        MAX_GRACE_SECONDS,
+    )
+}
+
+fn http(fields: &Map<String, Value>) -> Result<(), Rejection> {
+    let url = fields.get("url").and_then(Value::as_str).ok_or_else(|| {
+        Rejection::invalid("launch.url", "is required: the orchestrator's http(s) URL")
+    })?;
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let host = rest.and_then(|rest| rest.split(['/', '?', '#']).next());
+    let clean = url.len() <= 2048 && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !clean || host.is_none_or(str::is_empty) {
+        return Err(Rejection::invalid(
+            "launch.url",
+            format!("must be an http or https URL with a host, is {url:?}"),
+        ));
+    }
+    if let Some(secret) = fields.get("secret") {
+        let decodes = secret
+            .as_str()
+            .and_then(|secret| secret.strip_prefix("whsec_"))
+            .is_some_and(|key| STANDARD.decode(key).is_ok_and(|key| !key.is_empty()));
+        if !decodes {
+            return Err(Rejection::invalid(
+                "launch.secret",
+                "must be whsec_ followed by base64",
+            ));
+        }
+    }
+    unsigned(fields, "timeout_ms", "launch.timeout_ms", 1, 60_000)?;
+    unsigned(fields, "retries", "launch.retries", 0, 10)
+}
+
+fn simulated(fields: &Map<String, Value>) -> Result<(), Rejection> {
+    if let Some(start) = fields.get("start_seconds") {
+        match start.as_f64() {
+            Some(start) if (0.0..=MAX_START_SECONDS).contains(&start) => {}
+            _ => {
+                return Err(Rejection::invalid(
+                    "launch.start_seconds",
+                    format!("must be a number within [0, {MAX_START_SECONDS}], is {start}"),
+                ))
+            }
+        }
+    }
+    if let Some(rate) = fields.get("failure_rate") {
+        match rate.as_f64() {
+            Some(rate) if (0.0..=1.0).contains(&rate) => {}
+            _ => {
+                return Err(Rejection::invalid(
+                    "launch.failure_rate",
+                    format!("must be a number within [0, 1], is {rate}"),
+                ))
+            }
+        }
+    }
+    unsigned(fields, "seed", "launch.seed", 0, u64::MAX)
+}
+
+/// An optional integer field within `[low, high]`.
+fn unsigned(
+    fields: &Map<String, Value>,
+    key: &str,
+    field: &'static str,
+    low: u64,
+    high: u64,
+) -> Result<(), Rejection> {
+    let Some(value) = fields.get(key) else {
+        return Ok(());
+    };
+    match value.as_u64() {
+        Some(n) if (low..=high).contains(&n) => Ok(()),
+        _ => Err(Rejection::invalid(
+            field,
+            format!("must be an integer within [{low}, {high}], is {value}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn refused_field(launch: Value) -> &'static str {
+        match validate(&launch) {
+            Err(Rejection::Invalid { field, .. }) => field,
+            other => panic!("{launch} was not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_probes_findings_are_each_refused_naming_the_field() {
+        let cases = [
+            (
+                json!({"provider": "simulated", "start_seconds": 1e300}),
+                "launch.start_seconds",
+            ),
+            (
+                json!({"provider": "simulated", "failure_rate": 2}),
+                "launch.failure_rate",
+            ),
+            (
+                json!({"provider": "simulated", "failure_rate": -0.1}),
+                "launch.failure_rate",
+            ),
+            (json!({"provider": "simulated", "seed": -1}), "launch.seed"),
+            (json!({"provider": "simulated", "colour": "red"}), "launch"),
+            (
+                json!({"provider": "http", "url": "not a url"}),
+                "launch.url",
+            ),
+            (
+                json!({"provider": "http", "url": "file:///etc/passwd"}),
+                "launch.url",
+            ),
+            (json!({"provider": "http", "url": "http://"}), "launch.url"),
+            (json!({"provider": "http"}), "launch.url"),
+            (
+                json!({"provider": "http", "url": "https://o.example", "secret": "hunter2"}),
+                "launch.secret",
+            ),
+            (
+                json!({"provider": "http", "url": "https://o.example", "timeout_ms": 0}),
+                "launch.timeout_ms",
+            ),
+            (
+                json!({"provider": "http", "url": "https://o.example", "retries": 11}),
+                "launch.retries",
+            ),
+            (json!({"provider": "process"}), "launch.command"),
+            (
+                json!({"provider": "process", "command": []}),
+                "launch.command",
+            ),
+            (
+                json!({"provider": "process", "command": [1]}),
+                "launch.command",
+            ),
+            (
+                json!({"provider": "process", "command": ["sleep"], "env": {"A=B": "c"}}),
+                "launch.env",
+            ),
+            (
+                json!({"provider": "process", "command": ["sleep"], "grace_seconds": 3601}),
+                "launch.grace_seconds",
+            ),
+            (json!({"provider": "mainframe"}), "launch.provider"),
+            (json!([]), "launch"),
+        ];
+        for (launch, field) in cases {
+            assert_eq!(refused_field(launch.clone()), field, "{launch}");
+        }
+    }
+
+    #[test]
+    fn each_providers_full_configuration_is_accepted() {
+        let good = [
+            json!({"provider": "simulated"}),
+            json!({"provider": "simulated", "start_seconds": 86400, "failure_rate": 1, "seed": 7}),
+            json!({"provider": "http", "url": "https://orchestrator.example:8443/v1/servers",
+                   "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "timeout_ms": 5000, "retries": 2}),
+            json!({"provider": "http", "url": "http://127.0.0.1:9000"}),
+            json!({"provider": "process", "command": ["sleep", "1000"], "env": {"ROLE": "web"},
+                   "grace_seconds": 5}),
+        ];
+        for launch in good {
+            assert!(validate(&launch).is_ok(), "{launch}");
+        }
+    }
+}
