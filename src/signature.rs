@@ -206,6 +206,47 @@ pub fn key_of(secret: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_headers_and_body_give_a_call_or_a_refusal_never_a_panic(
+            id in proptest::option::of(".{0,200}"),
+            timestamp in proptest::option::of(".{0,30}"),
+            signature in proptest::option::of(".{0,300}"),
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            if let Ok(call) = Call::parse(id.as_deref(), timestamp.as_deref(), signature.as_deref()) {
+                let key = key_of(SECRET).unwrap();
+                let _ = call.verify([key.as_slice()], &body);
+            }
+        }
+
+        #[test]
+        fn the_body_form_with_any_body_verifies_only_what_was_signed(
+            nonce in "[!-~]{1,40}",
+            timestamp in any::<i64>(),
+            noise in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let key = key_of(SECRET).unwrap();
+            let body = serde_json::json!({"nonce": nonce, "timestamp": timestamp}).to_string();
+            let mac = sign_body(&key, body.as_bytes());
+            let call = Call::parse(None, None, Some(&mac)).unwrap();
+            let verified = call.verify([key.as_slice()], body.as_bytes());
+            let understood = verified.is_ok() || matches!(verified, Err(Refusal::Malformed { .. }));
+            prop_assert!(understood, "a signed body was refused as unsigned");
+            let mut tampered = body.into_bytes();
+            tampered.extend(&noise);
+            if !noise.is_empty() {
+                prop_assert!(call.verify([key.as_slice()], &tampered).is_err());
+            }
+        }
+
+        #[test]
+        fn any_secret_text_is_a_key_or_none(text in ".{0,80}") {
+            let _ = key_of(&text);
+        }
+    }
 
     /// The Standard Webhooks specification's own test vector.
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

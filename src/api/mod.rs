@@ -222,3 +222,27 @@ where
 {
     Option::<T>::deserialize(deserializer).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_actors::domain::GroupId;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_cursor_is_an_id_of_the_listed_kind_or_a_400(cursor in ".{0,300}", limit in any::<usize>()) {
+            let query = ListQuery { limit: Some(limit), cursor: Some(cursor.clone()) };
+            match query.cursor::<GroupId>(GroupId::PREFIX) {
+                Ok(Some(id)) => {
+                    prop_assert!(id.as_str().starts_with("grp_"));
+                    prop_assert!(id.as_str().bytes().all(|b| (0x21..=0x7e).contains(&b)));
+                }
+                Ok(None) => prop_assert!(false, "a given cursor vanished"),
+                Err(error) => prop_assert_eq!(error.code(), "invalid_cursor"),
+            }
+            let limited = query.limit();
+            prop_assert_eq!(limited.is_ok(), (1..=1000).contains(&limit));
+        }
+    }
+}

@@ -44,6 +44,44 @@ struct RawSample {
     group_id: Option<String>,
 }
 
+/// One sample of a body, checked, with its place and the group it names (if any).
+#[derive(Debug)]
+struct Parsed {
+    index: usize,
+    group_id: Option<String>,
+    sample: Sample,
+}
+
+/// Reads a body's samples, each checked (SPEC 5): any bytes give samples or an error naming
+/// what is wrong (and the index of a bad sample), never a panic.
+fn parse(body: &[u8]) -> Result<Vec<Parsed>, ApiError> {
+    let batch: Batch = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+    if batch.samples.len() > MAX_SAMPLES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_samples",
+            format!(
+                "at most {MAX_SAMPLES} samples a request, got {}",
+                batch.samples.len()
+            ),
+        ));
+    }
+    let mut parsed = Vec::with_capacity(batch.samples.len());
+    for (index, raw) in batch.samples.iter().enumerate() {
+        let sample: RawSample =
+            serde_json::from_str(raw.get()).map_err(|e| bad_sample(index, e))?;
+        let checked = validate_sample(&sample.metric, sample.value, sample.timestamp)
+            .map_err(|why| bad_sample(index, why))?;
+        parsed.push(Parsed {
+            index,
+            group_id: sample.group_id,
+            sample: checked,
+        });
+    }
+    Ok(parsed)
+}
+
 /// Who posts: one group's servers, or a tenant for any of its groups.
 enum Poster {
     Group(GroupId),
@@ -138,23 +176,10 @@ pub async fn ingest(
             )
         })?
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
-    let batch: Batch = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
-    if batch.samples.len() > MAX_SAMPLES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_samples",
-            format!(
-                "at most {MAX_SAMPLES} samples a request, got {}",
-                batch.samples.len()
-            ),
-        ));
-    }
     let mut by_group: HashMap<GroupId, Vec<Sample>> = HashMap::new();
-    for (index, raw) in batch.samples.iter().enumerate() {
-        let sample: RawSample =
-            serde_json::from_str(raw.get()).map_err(|e| bad_sample(index, e))?;
-        let group = match (&poster, sample.group_id) {
+    for parsed in parse(&body)? {
+        let index = parsed.index;
+        let group = match (&poster, parsed.group_id) {
             (Poster::Group(group), None) => group.clone(),
             (Poster::Group(group), Some(named)) if named == group.as_str() => group.clone(),
             (Poster::Group(_), Some(_)) => {
@@ -177,9 +202,7 @@ pub async fn ingest(
                 group
             }
         };
-        let sample = validate_sample(&sample.metric, sample.value, sample.timestamp)
-            .map_err(|why| bad_sample(index, why))?;
-        by_group.entry(group).or_default().push(sample);
+        by_group.entry(group).or_default().push(parsed.sample);
     }
     let now = state.supervisor.clock().now();
     let mut total = Ingested::default();
@@ -200,4 +223,45 @@ pub async fn ingest(
         total.too_new += ingested.too_new;
     }
     Ok(HttpResponse::Accepted().json(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_bytes_give_samples_or_an_error_never_a_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&body);
+        }
+
+        #[test]
+        fn any_json_shaped_text_gives_samples_or_an_error(
+            metric in ".{0,300}",
+            value in any::<f64>(),
+            timestamp in any::<f64>(),
+            extra in "[a-z_]{0,8}",
+        ) {
+            let body = serde_json::json!({"samples": [
+                {"metric": metric, "value": value, "timestamp": timestamp},
+                {"metric": "cpu", "value": 1, "timestamp": 1_700_000_000, extra.clone(): 1},
+            ]});
+            match parse(body.to_string().as_bytes()) {
+                Ok(parsed) => {
+                    prop_assert_eq!(parsed.len(), 2);
+                    prop_assert!(parsed[0].sample.value.is_finite());
+                }
+                Err(error) => prop_assert!(error.code() == "invalid_sample" || error.code() == "invalid_json"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_sample_is_named_by_its_index() {
+        let body = br#"{"samples": [{"metric": "cpu", "value": 1, "timestamp": 1}, {"metric": "", "value": 1, "timestamp": 1}]}"#;
+        let error = parse(body).unwrap_err();
+        assert_eq!(error.code(), "invalid_sample");
+        assert!(error.to_string().contains("samples[1]"), "{error}");
+    }
 }
