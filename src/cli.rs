@@ -24,7 +24,10 @@ use crate::settings::{ServeArgs, Settings};
 #[command(
     name = "flotilla",
     version,
-    about = "An event-sourced autoscaling service"
+    about = "An event-sourced autoscaling service",
+    after_help = "Exit codes: 0 done (or ok); 1 a check did not pass (a broken chain, a webhook \
+                  call answered other than 2xx); 2 an error (bad input, a journal that cannot \
+                  be read, a service that cannot be reached)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -140,8 +143,8 @@ impl Remote {
 enum AuditCommand {
     /// Walk the hash chain; exit 1 on the first break, naming its sequence number.
     Verify {
-        /// Verify this journal data directory.
-        #[arg(long, conflicts_with = "export")]
+        /// Verify this journal data directory [default: ./flotilla-data].
+        #[arg(long, conflicts_with = "export", env = "FLOTILLA_DATA_DIR")]
         data_dir: Option<PathBuf>,
         /// Verify an export file instead.
         #[arg(long)]
@@ -173,6 +176,8 @@ enum JournalCommand {
     Export {
         #[command(flatten)]
         data: DataDir,
+        #[command(flatten)]
+        remote: Remote,
         /// The file to write ("-" for standard output).
         #[arg(long)]
         out: PathBuf,
@@ -193,12 +198,31 @@ impl Cli {
         init_tracing();
         match self.command.run() {
             Ok(code) => code,
+            // A reader that stopped early (`| head`) is not an error of this command.
+            Err(error) if broken_pipe(&error) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error:#}");
                 ExitCode::from(2)
             }
         }
     }
+}
+
+/// Whether `error` comes from writing to a pipe whose reader has gone.
+fn broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind);
+        let journal = cause.downcast_ref::<JournalError>().and_then(|e| match e {
+            JournalError::Io(io) => Some(io.kind()),
+            _ => None,
+        });
+        let json = cause
+            .downcast_ref::<serde_json::Error>()
+            .and_then(serde_json::Error::io_error_kind);
+        io.or(journal).or(json) == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn init_tracing() {
@@ -227,8 +251,10 @@ impl Command {
                             .with_context(|| format!("cannot open {}", file.display()))?;
                         export::verify_export(BufReader::new(input))
                     }
-                    (Some(dir), None, None) => open_existing(&dir)?.verify(),
-                    (None, None, None) => bail!("give --data-dir, --export or --url"),
+                    (dir, None, None) => {
+                        let dir = dir.unwrap_or_else(|| PathBuf::from("./flotilla-data"));
+                        open_existing(&dir)?.verify()
+                    }
                 };
                 match verified {
                     Ok(head) => {
@@ -276,24 +302,45 @@ impl Command {
                 remote,
                 until,
             } => {
+                let asked = until;
                 let until = until.unwrap_or(Until::End);
                 let world = match remote.dump()? {
                     Some(dump) => replay::replay(export::records(dump), until)?,
                     None => replay::replay(open_existing(&data.data_dir)?.read_all(1), until)?,
                 };
+                if let Some(Until::Seq(seq)) = asked {
+                    if seq > world.seq {
+                        eprintln!(
+                            "note: --until {seq} is past the journal's head ({}); this is the \
+                             state at the head",
+                            world.seq
+                        );
+                    }
+                }
                 let mut stdout = std::io::stdout().lock();
                 serde_json::to_writer_pretty(&mut stdout, &world)?;
                 writeln!(stdout)?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Journal(JournalCommand::Export { data, out }) => {
-                let journal = open_existing(&data.data_dir)?;
-                let head = if out == Path::new("-") {
-                    export::export(&journal, &mut BufWriter::new(std::io::stdout().lock()))?
+            Command::Journal(JournalCommand::Export { data, remote, out }) => {
+                let mut sink: Box<dyn Write> = if out == Path::new("-") {
+                    Box::new(BufWriter::new(std::io::stdout().lock()))
                 } else {
                     let file = File::create(&out)
                         .with_context(|| format!("cannot create {}", out.display()))?;
-                    export::export(&journal, &mut BufWriter::new(file))?
+                    Box::new(BufWriter::new(file))
+                };
+                let head = match remote.dump()? {
+                    // The service's dump is an export already: copied as it comes, then its
+                    // chain checked, so a damaged copy is not reported as done.
+                    Some(mut dump) => {
+                        let mut copied = Vec::new();
+                        std::io::copy(&mut dump, &mut copied)?;
+                        sink.write_all(&copied)?;
+                        sink.flush()?;
+                        export::verify_export(copied.as_slice())?
+                    }
+                    None => export::export(&open_existing(&data.data_dir)?, &mut sink)?,
                 };
                 eprintln!(
                     "exported {} records, head hash {}",
@@ -329,7 +376,8 @@ fn open_existing(dir: &Path) -> anyhow::Result<Journal> {
 fn open(dir: &Path) -> anyhow::Result<Journal> {
     Journal::open(dir).with_context(|| {
         format!(
-            "cannot open the journal in {} (a running `flotilla serve` holds it locked)",
+            "cannot open the journal in {}: a running `flotilla serve` holds it locked; read \
+             through the service instead, with --url <its URL> --token <operator token>",
             dir.display()
         )
     })
@@ -343,7 +391,15 @@ fn sign(
     timestamp: Option<i64>,
     send: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let key = crate::signature::key_of(secret).context("the secret must be whsec_<base64>")?;
+    let key = crate::signature::key_of(secret)
+        .filter(|key| !key.is_empty())
+        .context("the secret must be whsec_<base64>")?;
+    if let Some(nonce) = &nonce {
+        let printable = nonce.bytes().all(|b| (0x21..=0x7e).contains(&b));
+        if nonce.is_empty() || nonce.len() > 128 || !printable {
+            bail!("--nonce must be 1 to 128 printable ASCII characters (0x21-0x7E)");
+        }
+    }
     serde_json::from_str::<serde::de::IgnoredAny>(&body).context("--body must be JSON")?;
     let nonce = nonce.unwrap_or_else(|| crate::token::generate("msg_"));
     let timestamp = timestamp.unwrap_or_else(|| SystemClock.now().as_millis() / 1000);

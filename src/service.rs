@@ -168,7 +168,7 @@ pub fn start_with(
         clock,
         checkpointer.clone(),
         recovery.clone(),
-        ready.clone(),
+        (ready.clone(), addr),
     );
     // Manual ticks run the loops in this order: alarms act, then servers converge.
     let every = Duration::from_millis;
@@ -217,7 +217,9 @@ pub fn start_with(
     .workers(settings.http_workers)
     .listen(listener)?
     .run();
-    tracing::info!(%addr, data_dir = %settings.data_dir.display(), "serving");
+    // "serving" is said once the journal is replayed (see `project`): until then every call
+    // but the health endpoints answers 503.
+    tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening; replaying the journal");
     Ok(Service {
         addr,
         operator_token,
@@ -238,7 +240,7 @@ fn project(
     clock: Arc<dyn Clock>,
     checkpointer: Arc<Mutex<Option<Checkpointer>>>,
     recovery: Arc<Recovery>,
-    ready: Arc<Readiness>,
+    (ready, addr): (Arc<Readiness>, SocketAddr),
 ) {
     std::thread::spawn(move || {
         let started = std::time::Instant::now();
@@ -262,10 +264,11 @@ fn project(
             Ok((checkpoint_seq, records)) => {
                 ready.set();
                 tracing::info!(
+                    %addr,
                     checkpoint_seq,
                     records,
                     elapsed_ms = started.elapsed().as_millis() as u64,
-                    "journal replayed; ready"
+                    "journal replayed; serving"
                 );
             }
             Err(error) => tracing::error!(%error, "the journal cannot be replayed; not ready"),

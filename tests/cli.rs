@@ -238,3 +238,86 @@ fn replay_prints_each_object_as_of_a_seq_or_a_time() {
     let bad = flotilla(&["replay", "--data-dir", arg(dir.path()), "--until", "soon"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// `flotilla` run in `dir` (for the defaults relative to the working directory).
+fn flotilla_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("FLOTILLA_DATA_DIR")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_newcomers_edges_defaults_hints_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    seed(&dir.path().join("flotilla-data"));
+
+    // `audit verify` defaults to ./flotilla-data, like its siblings.
+    let ok = flotilla_in(dir.path(), &["audit", "verify"]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(stdout(&ok).starts_with("ok: 10 records"), "{}", stdout(&ok));
+
+    // A locked journal's error says how to read through the service instead.
+    let held = Journal::open(dir.path().join("flotilla-data")).unwrap();
+    let locked = flotilla_in(dir.path(), &["audit", "verify"]);
+    assert_eq!(locked.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&locked.stderr).contains("--url"),
+        "{locked:?}"
+    );
+    drop(held);
+
+    // `replay --until` past the head says so.
+    let past = flotilla_in(dir.path(), &["replay", "--until", "99"]);
+    assert!(past.status.success(), "{past:?}");
+    assert!(String::from_utf8_lossy(&past.stderr).contains("past the journal's head (10)"));
+
+    // `webhook sign` refuses an empty nonce and a malformed secret.
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let empty = flotilla(&["webhook", "sign", "--secret", secret, "--nonce", ""]);
+    assert_eq!(empty.status.code(), Some(2), "{empty:?}");
+    let spaced = flotilla(&["webhook", "sign", "--secret", secret, "--nonce", "a b"]);
+    assert_eq!(spaced.status.code(), Some(2), "{spaced:?}");
+    let malformed = flotilla(&["webhook", "sign", "--secret", "whsec_"]);
+    assert_eq!(malformed.status.code(), Some(2), "{malformed:?}");
+
+    // The exit codes are in --help.
+    let help = flotilla(&["--help"]);
+    assert!(stdout(&help).contains("Exit codes: 0"), "{}", stdout(&help));
+}
+
+#[test]
+fn piping_into_a_reader_that_stops_early_is_not_an_error() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let start = 1_795_564_800_000i64;
+    // Enough output to fill the pipe after the reader has gone.
+    for n in 0..3000i64 {
+        let event = NewEvent::json("thing_happened", 1, start + n, &"x".repeat(200)).unwrap();
+        journal
+            .append("group-a", ExpectedVersion::Any, vec![event])
+            .unwrap();
+    }
+    drop(journal);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["audit", "log", "--data-dir", arg(dir.path())])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The reader (this end of the pipe) is gone now, as `head` would be.
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -379,6 +379,17 @@ fn audit_and_replay_read_through_a_running_service_with_the_same_output() {
     assert!(log_remote.status.success(), "{log_remote:?}");
     let replay_remote = flotilla(&["replay", "--url", &server.base, "--token", op]);
     assert!(replay_remote.status.success(), "{replay_remote:?}");
+    let export_remote = flotilla(&[
+        "journal",
+        "export",
+        "--url",
+        &server.base,
+        "--token",
+        op,
+        "--out",
+        "-",
+    ]);
+    assert!(export_remote.status.success(), "{export_remote:?}");
     let refused = flotilla(&[
         "audit",
         "verify",
@@ -400,6 +411,11 @@ fn audit_and_replay_read_through_a_running_service_with_the_same_output() {
     assert!(String::from_utf8_lossy(&log_local.stdout).contains("policy_executed"));
     let replay_local = flotilla(&["replay", "--data-dir", data]);
     assert_eq!(replay_local.stdout, replay_remote.stdout);
+    let export_local = flotilla(&["journal", "export", "--data-dir", data, "--out", "-"]);
+    assert_eq!(
+        export_local.stdout, export_remote.stdout,
+        "export --url is the same export"
+    );
     let world: Value = serde_json::from_slice(&replay_local.stdout).unwrap();
     assert_eq!(world["groups"][&s.group]["desired_capacity"], 1);
     assert_eq!(world["webhooks"][&s.webhook]["secret"], "[redacted]");
