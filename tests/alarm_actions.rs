@@ -6,12 +6,12 @@
 
 mod common;
 
-use common::world::World;
+use common::world::{self, World};
 use flotilla::alarms::Evaluator;
 use flotilla_actors::aggregate::{Alarms, Groups, Policies, Tenants};
 use flotilla_actors::clock::{ManualClock, Timestamp};
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmState, Comparison, NewAlarm, Statistic};
-use flotilla_actors::domain::group::{GroupCommand, GroupEvent, NewGroup};
+use flotilla_actors::domain::group::GroupEvent;
 use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition};
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::tenant::TenantCommand;
@@ -33,18 +33,7 @@ fn setup(w: &World) -> Ids {
     };
     assert!(w.run::<Tenants>(tenant.as_str(), created));
     let group = GroupId::generate();
-    let created = GroupCommand::Create(NewGroup {
-        id: group.clone(),
-        tenant_id: tenant.clone(),
-        name: "web".into(),
-        min_size: 0,
-        max_size: 10,
-        desired_capacity: None,
-        cooldown_seconds: Some(0),
-        launch: serde_json::json!({"provider": "simulated"}),
-        metadata: None,
-        metrics_token_hash: format!("{:064x}", 2),
-    });
+    let created = world::new_group(&group, &tenant, format!("{:064x}", 2));
     assert!(w.run::<Groups>(group.as_str(), created));
     let policies = [PolicyId::generate(), PolicyId::generate()];
     for policy in &policies {

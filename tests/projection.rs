@@ -7,12 +7,12 @@ mod common;
 
 use std::sync::Arc;
 
-use common::world::World;
+use common::world::{self, World};
 use flotilla::projector::{Checkpoint, Projector};
 use flotilla_actors::aggregate::{Alarms, Groups, Policies, Tenants, Webhooks};
 use flotilla_actors::clock::{ManualClock, Timestamp};
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmPatch, Comparison, NewAlarm, Statistic};
-use flotilla_actors::domain::group::{GroupCommand, LaunchRequest, NewGroup, ServerReport};
+use flotilla_actors::domain::group::{GroupCommand, LaunchRequest, ServerReport};
 use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition};
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::tenant::TenantCommand;
@@ -116,18 +116,7 @@ fn step(w: &World, ids: &mut Ids, op: &Op) {
                 return;
             };
             let id = GroupId::generate();
-            let command = GroupCommand::Create(NewGroup {
-                id: id.clone(),
-                tenant_id: tenant.clone(),
-                name: "web".into(),
-                min_size: 0,
-                max_size: 10,
-                desired_capacity: None,
-                cooldown_seconds: Some(0),
-                launch: serde_json::json!({"provider": "simulated"}),
-                metadata: None,
-                metrics_token_hash: ids.token(),
-            });
+            let command = world::new_group(&id, &tenant, ids.token());
             if w.run::<Groups>(id.as_str(), command) {
                 ids.groups.push((tenant, id));
             }

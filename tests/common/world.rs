@@ -9,7 +9,8 @@ use flotilla::alarms::AlarmTable;
 use flotilla::projector::{self, Projector};
 use flotilla_actors::aggregate::{Aggregate, Groups};
 use flotilla_actors::clock::ManualClock;
-use flotilla_actors::domain::GroupId;
+use flotilla_actors::domain::group::{GroupCommand, NewGroup};
+use flotilla_actors::domain::{GroupId, TenantId};
 use flotilla_actors::supervisor::{Config, Supervisor};
 use flotilla_journal::Journal;
 
@@ -91,4 +92,20 @@ impl World {
                 .unwrap_or_default()
         })
     }
+}
+
+/// The creation of group `id` of `tenant`: 0 to 10 servers, no cooldown, simulated.
+pub fn new_group(id: &GroupId, tenant: &TenantId, metrics_token_hash: String) -> GroupCommand {
+    GroupCommand::Create(NewGroup {
+        id: id.clone(),
+        tenant_id: tenant.clone(),
+        name: "web".into(),
+        min_size: 0,
+        max_size: 10,
+        desired_capacity: None,
+        cooldown_seconds: Some(0),
+        launch: serde_json::json!({"provider": "simulated"}),
+        metadata: None,
+        metrics_token_hash,
+    })
 }
