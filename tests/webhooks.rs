@@ -474,3 +474,76 @@ fn a_webhook_whose_policy_was_deleted_is_404_and_records_nothing() {
     assert!(journal.contains("nonce_accepted") || journal.contains("\"type\":\"created\""));
     assert!(!journal.contains("after-delete"), "the nonce was recorded");
 }
+
+#[test]
+fn a_bad_signature_flood_from_one_address_never_stops_signed_calls_from_another() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let server = Server::start();
+    let hook = server.webhook_setup();
+    let now = server.now_secs();
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let path = hook.url.split(&addr).nth(1).unwrap().to_owned();
+
+    // The flood: 20,000 calls with a bad signature from 127.0.0.1, over 4 kept-alive connections.
+    let refused = std::sync::Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..4)
+        .map(|c| {
+            let (addr, path, refused) = (addr.clone(), path.clone(), refused.clone());
+            std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+                let mut answer = [0u8; 4096];
+                for n in 0..5_000 {
+                    let request = format!(
+                        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nwebhook-id: flood-{c}-{n}\r\n\
+                         webhook-timestamp: {now}\r\nwebhook-signature: v1,AAAA\r\n\
+                         content-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+                    );
+                    // The server may close a connection after a refusal: a new one, and again.
+                    let head = loop {
+                        let sent = stream.write_all(request.as_bytes());
+                        let read = sent.and_then(|()| stream.read(&mut answer));
+                        match read {
+                            Ok(read) if read > 0 => {
+                                break String::from_utf8_lossy(&answer[..read]).into_owned()
+                            }
+                            _ => stream = std::net::TcpStream::connect(&addr).unwrap(),
+                        }
+                    };
+                    if head.starts_with("HTTP/1.1 401") || head.starts_with("HTTP/1.1 429") {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Meanwhile, the signed caller, from 127.0.0.2: every call accepted.
+    let client = reqwest::blocking::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let key = flotilla::signature::key_of(&hook.secret).unwrap();
+    for n in 0..40 {
+        let nonce = format!("signed-{n}");
+        let signature = flotilla::signature::sign(&key, &nonce, now, BODY);
+        let response = client
+            .post(&hook.url)
+            .header("webhook-id", &nonce)
+            .header("webhook-timestamp", now.to_string())
+            .header("webhook-signature", signature)
+            .header("content-type", "application/json")
+            .body(BODY.to_vec())
+            .send()
+            .unwrap();
+        accepted(&common::read(response));
+    }
+    for thread in flood {
+        thread.join().unwrap();
+    }
+    assert_eq!(
+        refused.load(Ordering::Relaxed),
+        20_000,
+        "every forged call refused"
+    );
+}
