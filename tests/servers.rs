@@ -595,3 +595,49 @@ fn a_group_with_nothing_to_converge_is_skipped_until_it_changes() {
             && server.gauge("flotilla_converger_idle_groups") == 1
     });
 }
+
+#[test]
+fn each_launch_and_deletion_names_the_capacity_change_it_answers() {
+    let server = server();
+    let hook = server.webhook_setup();
+    let now = server.now_secs();
+    let (status, run) = server.send_hook(&hook, &hook.secret, "grow", now, b"{}");
+    assert_eq!(status, 202, "{run}");
+    converge_until(&server, "1 active", || {
+        active(&server, &hook.token, &hook.group).len() == 1
+    });
+    let path = format!("/v1/groups/{}", hook.group);
+    let (status, _) = server.call(
+        "PATCH",
+        &path,
+        &hook.token,
+        Some(json!({"desired_capacity": 0})),
+    );
+    assert_eq!(status, 200);
+    converge_until(&server, "none", || {
+        servers(&server, &hook.token, &hook.group).is_empty()
+    });
+
+    let (_, activity) = server.call("GET", &format!("{path}/activity"), &hook.token, None);
+    let items = activity["items"].as_array().unwrap();
+    let of = |kind: &str| {
+        items
+            .iter()
+            .find(|item| item["type"] == kind)
+            .unwrap()
+            .clone()
+    };
+    let launch = of("server_launch_requested");
+    assert_eq!(launch["because"]["cause"]["type"], "webhook", "{launch}");
+    assert_eq!(launch["because"]["cause"]["webhook_id"], hook.id.as_str());
+    assert_eq!(
+        (
+            launch["because"]["from"].as_u64(),
+            launch["because"]["to"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+    let deletion = of("server_delete_requested");
+    assert_eq!(deletion["because"]["cause"]["type"], "direct", "{deletion}");
+    assert_eq!(deletion["because"]["to"], 0);
+}

@@ -203,7 +203,8 @@ pub(crate) fn decide_launches(
     let mut slots = group.servers.values().filter(|s| s.is_slot()).count() as u32;
     let mut events = Vec::new();
     for request in requests {
-        let allowed = match group.servers.get(&request.server_id) {
+        let existing = group.servers.get(&request.server_id);
+        let allowed = match existing {
             Some(server) => server.retry_at().is_some_and(|at| at <= now),
             None if slots < group.target() => {
                 slots += 1;
@@ -216,6 +217,8 @@ pub(crate) fn decide_launches(
                 server_id: request.server_id.clone(),
                 metrics_token_hash: request.metrics_token_hash.clone(),
                 at: now,
+                because: group.last_change.clone(),
+                replacement: existing.is_some(),
             });
         }
     }

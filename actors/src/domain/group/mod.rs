@@ -74,6 +74,23 @@ pub struct Group {
     /// Whether a forced deletion is removing its servers: nothing is launched any more.
     #[serde(default)]
     pub draining: bool,
+    /// The last change of its desired capacity, which its servers' launches and deletions
+    /// answer (SPEC 6: "why is this server here?").
+    #[serde(default)]
+    pub last_change: Option<CapacityChange>,
+}
+
+/// A change of a group's desired capacity, as its servers' launches and deletions name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapacityChange {
+    /// The capacity before.
+    pub from: u32,
+    /// The capacity after.
+    pub to: u32,
+    /// What set it in motion: the alarm, webhook, schedule or operator.
+    pub cause: Cause,
+    /// When.
+    pub at: Timestamp,
 }
 
 impl Group {
@@ -253,6 +270,12 @@ pub enum GroupEvent {
         metrics_token_hash: String,
         /// When.
         at: Timestamp,
+        /// The capacity change it answers (absent in records from before it was named).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        because: Option<CapacityChange>,
+        /// Whether it replaces a failed server in its slot.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        replacement: bool,
     },
     /// The provider started a server; its handle.
     ServerLaunched {
@@ -285,6 +308,9 @@ pub enum GroupEvent {
         server_id: String,
         /// When.
         at: Timestamp,
+        /// The capacity change it answers (absent in records from before it was named).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        because: Option<CapacityChange>,
     },
     /// The provider deleted a server.
     ServerDeleted {
@@ -401,6 +427,7 @@ pub fn decide(
             .map(|id| GroupEvent::ServerDeleteRequested {
                 server_id: id.clone(),
                 at: now,
+                because: group.last_change.clone(),
             })
             .collect()),
         GroupCommand::ExecutePolicy { .. } => unreachable!("decided above"),
@@ -440,6 +467,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             metrics_token_hash: metrics_token_hash.clone(),
             servers: BTreeMap::new(),
             draining: false,
+            last_change: None,
         });
     }
     let mut group = state?;
@@ -461,20 +489,52 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             group.launch = launch.clone();
             group.metadata = metadata.clone();
         }
-        GroupEvent::CapacityChanged { to, .. } => group.desired_capacity = *to,
-        GroupEvent::PolicyExecuted { outcome, .. } => {
+        GroupEvent::CapacityChanged {
+            from,
+            to,
+            cause,
+            at,
+        } => {
+            group.desired_capacity = *to;
+            group.last_change = Some(CapacityChange {
+                from: *from,
+                to: *to,
+                cause: cause.clone(),
+                at: *at,
+            });
+        }
+        GroupEvent::PolicyExecuted {
+            outcome, cause, at, ..
+        } => {
             if let Outcome::Executed {
-                to, cooldown_until, ..
+                from,
+                to,
+                cooldown_until,
             } = outcome
             {
                 group.desired_capacity = *to;
                 group.cooldown_until = Some(*cooldown_until);
+                group.last_change = Some(CapacityChange {
+                    from: *from,
+                    to: *to,
+                    cause: cause.clone(),
+                    at: *at,
+                });
             }
         }
         GroupEvent::Paused { .. } => group.paused = true,
         GroupEvent::Resumed { .. } => group.paused = false,
         GroupEvent::Deleted { .. } => group.deleted = true,
-        GroupEvent::Draining { .. } => group.draining = true,
+        GroupEvent::Draining { at } => {
+            // A forced deletion: the operator takes the group to nothing.
+            group.draining = true;
+            group.last_change = Some(CapacityChange {
+                from: group.desired_capacity,
+                to: 0,
+                cause: Cause::Direct,
+                at: *at,
+            });
+        }
         GroupEvent::MetricsTokenRotated {
             metrics_token_hash, ..
         } => group.metrics_token_hash = metrics_token_hash.clone(),
@@ -482,6 +542,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             server_id,
             metrics_token_hash,
             at,
+            ..
         } => {
             let server = group
                 .servers

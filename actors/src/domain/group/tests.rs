@@ -699,3 +699,53 @@ fn metadata_or_launch_over_64_kib_of_json_is_413_naming_the_field_on_create_and_
     assert_eq!(refused.status(), 413);
     assert!(refused.to_string().starts_with("launch is"), "{refused}");
 }
+
+#[test]
+fn a_launch_names_the_change_it_answers_and_a_relaunch_says_it_replaces() {
+    let group = given_group(0, 5, 0);
+    let (group, _) = when(group, change(2, Some(0)), T0);
+    let launch = |id: &str| LaunchRequest {
+        server_id: id.into(),
+        metrics_token_hash: String::new(),
+    };
+    let (group, events) = when(
+        group,
+        GroupCommand::LaunchServers(vec![launch("srv_a")]),
+        T0,
+    );
+    let [GroupEvent::ServerLaunchRequested {
+        because: Some(because),
+        replacement: false,
+        ..
+    }] = events.as_slice()
+    else {
+        panic!("{events:?}");
+    };
+    assert_eq!(
+        (because.from, because.to, &because.cause),
+        (0, 2, &Cause::Direct)
+    );
+
+    let failed = ServerReport::Failed {
+        server_id: "srv_a".into(),
+        reason: "exited".into(),
+    };
+    let (group, _) = when(group, GroupCommand::ReportServers(vec![failed]), T0);
+    let later = T0.plus_secs(60u32);
+    let (_, events) = when(
+        group,
+        GroupCommand::LaunchServers(vec![launch("srv_a")]),
+        later,
+    );
+    assert!(
+        matches!(
+            events.as_slice(),
+            [GroupEvent::ServerLaunchRequested {
+                replacement: true,
+                because: Some(_),
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+}
