@@ -323,6 +323,13 @@ fn metrics_pass_promtool_when_it_is_installed() {
         .arg("--version")
         .output()
     else {
+        // CI sets FLOTILLA_REQUIRE_EXTERNAL=1 (and installs prometheus): there a missing
+        // promtool fails rather than skips silently.
+        let required = std::env::var("FLOTILLA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "promtool is not installed, and FLOTILLA_REQUIRE_EXTERNAL=1"
+        );
         eprintln!("promtool is not installed; skipped");
         return;
     };
