@@ -11,7 +11,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use flotilla_actors::clock::Clock;
 use flotilla_actors::supervisor::{self, Supervisor};
-use flotilla_journal::{Head, Journal};
+use flotilla_journal::Journal;
 
 use crate::alarms::{AlarmTable, Evaluator};
 use crate::api::{self, AppState};
@@ -238,7 +238,7 @@ fn project(
     journal: Journal,
     projector: Arc<Projector>,
     clock: Arc<dyn Clock>,
-    checkpointer: Arc<Mutex<Option<Checkpointer>>>,
+    checkpointer: Arc<Mutex<Option<Journal>>>,
     recovery: Arc<Recovery>,
     (ready, addr): (Arc<Readiness>, SocketAddr),
 ) {
@@ -253,9 +253,7 @@ fn project(
             projector.alarms().start_at(clock.now());
             let live = projector.clone();
             journal.follow(head.seq, move |records| live.take_live(records))?;
-            *lock(&checkpointer) = Some(Checkpointer {
-                journal: journal.clone(),
-            });
+            *lock(&checkpointer) = Some(journal.clone());
             recovery.replayed_at_start.store(read, Ordering::Relaxed);
             recovery.checkpoint_seq.store(head.seq, Ordering::Relaxed);
             Ok((from, read))
@@ -283,35 +281,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Keeps the checkpoint close to the journal's head while the service runs, so that a start
-/// replays minutes of records, not everything since the last start (see
-/// [`projector::catch_up`]).
-struct Checkpointer {
-    journal: Journal,
-}
-
-impl Checkpointer {
-    /// Moves the checkpoint to the head; answers it.
-    fn catch_up(&mut self) -> anyhow::Result<Head> {
-        projector::catch_up(&self.journal)
-    }
-}
-
-/// At each tick, once the start's replay has started the checkpointer, catches the checkpoint up
-/// on a blocking thread, and publishes where it is. Stops with the actix system; the
-/// checkpointer (and its journal handle) goes with it.
+/// replays minutes of records, not everything since the last start: at each tick, once the
+/// start's replay has handed over the journal, moves the checkpoint to the head on a blocking
+/// thread ([`projector::catch_up`]), and publishes where it is. Stops with the actix system; the
+/// journal handle goes with it.
 fn run_checkpointer(
-    checkpointer: Arc<Mutex<Option<Checkpointer>>>,
+    checkpointer: Arc<Mutex<Option<Journal>>>,
     mut ticker: Ticker,
     recovery: Arc<Recovery>,
 ) {
     actix_web::rt::spawn(async move {
         while let Some(_tick) = ticker.next().await {
-            let Some(mut keeper) = lock(&checkpointer).take() else {
+            let Some(journal) = lock(&checkpointer).take() else {
                 continue;
             };
             let caught_up = actix_web::rt::task::spawn_blocking(move || {
-                let head = keeper.catch_up();
-                (keeper, head)
+                let head = projector::catch_up(&journal);
+                (journal, head)
             })
             .await;
             match caught_up {

@@ -12,8 +12,7 @@ use flotilla_actors::aggregate::{Alarms, Groups, Policies, Tenants};
 use flotilla_actors::clock::{ManualClock, Timestamp};
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmState, Comparison, NewAlarm, Statistic};
 use flotilla_actors::domain::group::GroupEvent;
-use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition};
-use flotilla_actors::domain::scaling::AdjustmentType;
+use flotilla_actors::domain::policy::PolicyCommand;
 use flotilla_actors::domain::tenant::TenantCommand;
 use flotilla_actors::domain::{AlarmId, Cause, DomainEvent, GroupId, PolicyId, TenantId};
 
@@ -37,18 +36,7 @@ fn setup(w: &World) -> Ids {
     assert!(w.run::<Groups>(group.as_str(), created));
     let policies = [PolicyId::generate(), PolicyId::generate()];
     for policy in &policies {
-        let created = PolicyCommand::Create {
-            id: policy.clone(),
-            group_id: group.clone(),
-            tenant_id: tenant.clone(),
-            definition: PolicyDefinition {
-                name: "up".into(),
-                adjustment_type: AdjustmentType::Change,
-                adjustment: 1,
-                min_adjustment_step: None,
-                cooldown_seconds: Some(0),
-            },
-        };
+        let created = world::new_policy(policy, &group, &tenant);
         assert!(w.run::<Policies>(policy.as_str(), created));
     }
     let alarm = AlarmId::generate();

@@ -13,8 +13,7 @@ use flotilla_actors::aggregate::{Alarms, Groups, Policies, Tenants, Webhooks};
 use flotilla_actors::clock::{ManualClock, Timestamp};
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmPatch, Comparison, NewAlarm, Statistic};
 use flotilla_actors::domain::group::{GroupCommand, LaunchRequest, ServerReport};
-use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition};
-use flotilla_actors::domain::scaling::AdjustmentType;
+use flotilla_actors::domain::policy::PolicyCommand;
 use flotilla_actors::domain::tenant::TenantCommand;
 use flotilla_actors::domain::webhook::WebhookCommand;
 use flotilla_actors::domain::{AlarmId, GroupId, PolicyId, TenantId, WebhookId};
@@ -126,18 +125,7 @@ fn step(w: &World, ids: &mut Ids, op: &Op) {
                 return;
             };
             let id = PolicyId::generate();
-            let command = PolicyCommand::Create {
-                id: id.clone(),
-                group_id: group.clone(),
-                tenant_id: tenant.clone(),
-                definition: PolicyDefinition {
-                    name: "up".into(),
-                    adjustment_type: AdjustmentType::Change,
-                    adjustment: 1,
-                    min_adjustment_step: None,
-                    cooldown_seconds: None,
-                },
-            };
+            let command = world::new_policy(&id, &group, &tenant);
             if w.run::<Policies>(id.as_str(), command) {
                 ids.policies.push((tenant, group, id));
             }

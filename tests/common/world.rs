@@ -10,7 +10,9 @@ use flotilla::projector::{self, Projector};
 use flotilla_actors::aggregate::{Aggregate, Groups};
 use flotilla_actors::clock::ManualClock;
 use flotilla_actors::domain::group::{GroupCommand, NewGroup};
-use flotilla_actors::domain::{GroupId, TenantId};
+use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition};
+use flotilla_actors::domain::scaling::AdjustmentType;
+use flotilla_actors::domain::{GroupId, PolicyId, TenantId};
 use flotilla_actors::supervisor::{Config, Supervisor};
 use flotilla_journal::Journal;
 
@@ -108,4 +110,20 @@ pub fn new_group(id: &GroupId, tenant: &TenantId, metrics_token_hash: String) ->
         metadata: None,
         metrics_token_hash,
     })
+}
+
+/// The creation of policy `id` (+1, no cooldown) of `tenant`'s group `group`.
+pub fn new_policy(id: &PolicyId, group: &GroupId, tenant: &TenantId) -> PolicyCommand {
+    PolicyCommand::Create {
+        id: id.clone(),
+        group_id: group.clone(),
+        tenant_id: tenant.clone(),
+        definition: PolicyDefinition {
+            name: "up".into(),
+            adjustment_type: AdjustmentType::Change,
+            adjustment: 1,
+            min_adjustment_step: None,
+            cooldown_seconds: Some(0),
+        },
+    }
 }
