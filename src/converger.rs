@@ -5,10 +5,14 @@
 //! One pass over a group:
 //! 1. [`plan`] (pure, in the domain) says what the group needs;
 //! 2. excess slots are marked for deletion, in the termination order (`delete_servers`);
-//! 3. the provider deletes the servers being deleted, and is asked about the pending and active
-//!    ones; pending servers whose launch was never recorded (a restart came between) fail;
-//!    what it says is recorded (`report_servers`);
-//! 4. new slots, and failed ones whose backoff ran out, are asked of the group
+//! 3. the provider is asked about the pending and active servers; pending servers whose launch
+//!    was never recorded (a restart came between) fail; what it says is recorded
+//!    (`report_servers`);
+//! 4. each server being deleted is deleted off the pass ([`Deletions`]): a provider whose delete
+//!    blocks (a process ignoring SIGTERM for its grace, an orchestrator slow to answer) deletes
+//!    every such server at once, on its own blocking thread, and records each deletion when it
+//!    ends, so a server slow to stop delays neither launches nor other deletions (SPEC 6);
+//! 5. new slots, and failed ones whose backoff ran out, are asked of the group
 //!    (`launch_servers`), which records each it allows; only those are launched, each with a
 //!    fresh metrics token whose hash the launch event records, and their outcome is recorded.
 //!
@@ -39,8 +43,8 @@ use crate::token;
 pub struct Pass {
     /// Launches attempted.
     pub launched: usize,
-    /// Servers deleted by the provider.
-    pub deleted: usize,
+    /// Deletions started (a blocking provider's go on after the pass).
+    pub deleting: usize,
     /// Events recorded.
     pub events: usize,
 }
@@ -53,6 +57,55 @@ pub struct Converger {
     metrics_url: String,
     locks: Mutex<HashMap<GroupId, Arc<tokio::sync::Mutex<()>>>>,
     quiet: Arc<Quiet>,
+    deletions: Arc<Deletions>,
+}
+
+/// The servers whose deletion is under way, per group: a pass starts no second deletion of a
+/// server, and a forced group deletion waits for them to end.
+#[derive(Default)]
+struct Deletions {
+    servers: Mutex<HashMap<GroupId, HashSet<String>>>,
+    ended: tokio::sync::Notify,
+}
+
+impl Deletions {
+    fn servers(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, HashSet<String>>> {
+        self.servers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks `server_id`'s deletion under way; false if it already was.
+    fn start(&self, group: &GroupId, server_id: &str) -> bool {
+        self.servers()
+            .entry(group.clone())
+            .or_default()
+            .insert(server_id.to_owned())
+    }
+
+    fn end(&self, group: &GroupId, server_id: &str) {
+        let mut servers = self.servers();
+        if let Some(set) = servers.get_mut(group) {
+            set.remove(server_id);
+            if set.is_empty() {
+                servers.remove(group);
+            }
+        }
+        drop(servers);
+        self.ended.notify_waiters();
+    }
+
+    /// Waits until no deletion of `group`'s servers is under way.
+    async fn ended(&self, group: &GroupId) {
+        loop {
+            let mut ended = std::pin::pin!(self.ended.notified());
+            ended.as_mut().enable();
+            if !self.servers().contains_key(group) {
+                return;
+            }
+            ended.await;
+        }
+    }
 }
 
 /// Groups a tick can skip: with no servers and a target of 0 (or deleted), a group has nothing
@@ -109,6 +162,7 @@ impl Converger {
             metrics_url,
             locks: Mutex::new(HashMap::new()),
             quiet,
+            deletions: Arc::default(),
         }
     }
 
@@ -144,6 +198,55 @@ impl Converger {
         let lock = self.lock_of(id);
         let _held = lock.lock().await;
         self.pass(id).await
+    }
+
+    /// One pass over group `id` (as [`Converger::reconcile`]), then waits for every deletion of
+    /// its servers under way to end: a forced group deletion waits for its servers this way.
+    pub async fn reconcile_and_delete(&self, id: &GroupId) -> Result<Pass, Error> {
+        let pass = self.reconcile(id).await?;
+        self.deletions.ended(id).await;
+        Ok(pass)
+    }
+
+    /// The deletion of the server behind `handle`, which records it when it ends; `None` if one
+    /// is already under way. A deletion that fails leaves the server `deleting`, and the next
+    /// pass tries again.
+    fn deletion(
+        &self,
+        id: &GroupId,
+        config: &Value,
+        blocking: bool,
+        (server_id, handle): (String, Value),
+    ) -> Option<impl std::future::Future<Output = ()> + 'static> {
+        if !self.deletions.start(id, &server_id) {
+            return None;
+        }
+        let (supervisor, providers, deletions) = (
+            self.supervisor.clone(),
+            self.providers.clone(),
+            self.deletions.clone(),
+        );
+        let (id, config) = (id.clone(), config.clone());
+        Some(async move {
+            let gone = handle.is_null()
+                || call(blocking, move || {
+                    providers
+                        .of(&config)
+                        .is_some_and(|p| p.delete(&config, &handle).is_ok())
+                })
+                .await;
+            if gone {
+                let report = GroupCommand::ReportServers(vec![ServerReport::Deleted {
+                    server_id: server_id.clone(),
+                }]);
+                if let Err(error) = supervisor.execute::<Groups>(id.as_str(), report).await {
+                    tracing::warn!(group = %id, server = %server_id, %error, "recording a deletion failed; retrying next pass");
+                }
+            } else {
+                tracing::warn!(group = %id, server = %server_id, "delete failed; retrying next pass");
+            }
+            deletions.end(&id, &server_id);
+        })
     }
 
     async fn pass(&self, id: &GroupId) -> Result<Pass, Error> {
@@ -186,7 +289,20 @@ impl Converger {
             }
         }
 
-        // The provider: deletes, then statuses, then the remains of failed slots.
+        // Deletions: a blocking provider's each on a task of its own, which the pass does not
+        // wait for; a provider that never blocks deletes at once.
+        for server in delete {
+            if let Some(deletion) = self.deletion(id, &config, blocking, server) {
+                pass.deleting += 1;
+                if blocking {
+                    actix_web::rt::spawn(deletion);
+                } else {
+                    deletion.await;
+                }
+            }
+        }
+
+        // The provider: statuses, then the remains of failed slots.
         let stale: Vec<Value> = plan
             .relaunch
             .iter()
@@ -195,22 +311,12 @@ impl Converger {
             .filter(|h| !h.is_null())
             .collect();
         let watch = plan.watch;
-        let (reports, deleted) = {
+        let reports = {
             let providers = self.providers.clone();
             let config = config.clone();
-            self.call(blocking, move || {
+            call(blocking, move || {
                 let provider = providers.of(&config).expect("checked above");
                 let mut reports = Vec::new();
-                let mut deleted = 0;
-                for (server_id, handle) in delete {
-                    let gone = handle.is_null() || provider.delete(&config, &handle).is_ok();
-                    if gone {
-                        deleted += 1;
-                        reports.push(ServerReport::Deleted { server_id });
-                    } else {
-                        tracing::warn!(server = %server_id, "delete failed; retrying next pass");
-                    }
-                }
                 for (server_id, state, handle) in watch {
                     match provider.status(&config, &handle) {
                         Status::Running
@@ -225,14 +331,24 @@ impl Converger {
                         _ => {}
                     }
                 }
-                for handle in stale {
-                    let _ = provider.delete(&config, &handle);
-                }
-                (reports, deleted)
+                reports
             })
             .await
         };
-        pass.deleted = deleted;
+        if !stale.is_empty() {
+            let (providers, config) = (self.providers.clone(), config.clone());
+            let remains = call(blocking, move || {
+                let provider = providers.of(&config).expect("checked above");
+                for handle in stale {
+                    let _ = provider.delete(&config, &handle);
+                }
+            });
+            if blocking {
+                actix_web::rt::spawn(remains);
+            } else {
+                remains.await;
+            }
+        }
         let mut reports = reports;
         reports.extend(
             plan.resume
@@ -287,8 +403,7 @@ impl Converger {
             .collect();
         pass.launched = launches.len();
         let providers = self.providers.clone();
-        let reports = self
-            .call(blocking, move || {
+        let reports = call(blocking, move || {
                 let provider = providers.of(&config).expect("checked above");
                 launches
                     .into_iter()
@@ -316,21 +431,6 @@ impl Converger {
                 .len();
         }
         Ok(pass)
-    }
-
-    /// Runs provider calls on a blocking thread, unless the group's provider never blocks.
-    async fn call<T: Send + 'static>(
-        &self,
-        blocking: bool,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> T {
-        if !blocking {
-            return work();
-        }
-        match actix_web::rt::task::spawn_blocking(work).await {
-            Ok(value) => value,
-            Err(error) => std::panic::resume_unwind(error.into_panic()),
-        }
     }
 
     /// At each of `ticker`'s ticks once `ready` is set, starts a pass over every group whose
@@ -365,6 +465,17 @@ impl Converger {
                 }
             }
         });
+    }
+}
+
+/// Runs provider calls on a blocking thread, unless the group's provider never blocks.
+async fn call<T: Send + 'static>(blocking: bool, work: impl FnOnce() -> T + Send + 'static) -> T {
+    if !blocking {
+        return work();
+    }
+    match actix_web::rt::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
     }
 }
 

@@ -341,6 +341,87 @@ fn a_group_with_servers_is_deleted_only_with_force() {
     assert_eq!(status, 404);
 }
 
+/// A server that ignores SIGTERM for `grace_seconds`, and leaves a mark in `marks` when it is
+/// asked to stop.
+fn stubborn_launch(marks: &std::path::Path, grace_seconds: u64) -> Value {
+    json!({"provider": "process",
+           "command": ["sh", "-c", "trap 'touch \"$MARKS/$FLOTILLA_SERVER_ID\"' TERM; while :; do sleep 0.05; done"],
+           "env": {"MARKS": marks.to_str().unwrap()}, "grace_seconds": grace_seconds})
+}
+
+/// Waits for the operating system (signals reaching real processes) until `check` holds, at
+/// most 10 s.
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn servers_slow_to_stop_are_deleted_at_once_and_never_delay_launches() {
+    let server = server();
+    let token = server.tenant("acme");
+    let marks = tempfile::tempdir().unwrap();
+    let group = create(&server, &token, 3, stubborn_launch(marks.path(), 30));
+    converge_until(&server, "3 active", || {
+        active(&server, &token, &group).len() == 3
+    });
+    let old = active(&server, &token, &group);
+
+    // One pass asks all three to stop, and ends without waiting for them.
+    set_desired(&server, &token, &group, 0);
+    server.tick();
+    wait_for("every server asked to stop", || {
+        old.iter()
+            .all(|s| marks.path().join(s["id"].as_str().unwrap()).exists())
+    });
+
+    // While they ignore SIGTERM, the group launches again.
+    set_desired(&server, &token, &group, 2);
+    converge_until(&server, "2 new servers active", || {
+        active(&server, &token, &group).len() == 2
+    });
+    let now = servers(&server, &token, &group);
+    for s in &old {
+        let listed = now.iter().find(|n| n["id"] == s["id"]).unwrap();
+        assert_eq!(listed["state"], "deleting", "{listed}");
+    }
+
+    // Each deletion is recorded once its server is gone.
+    for s in &old {
+        kill(pid_of(s));
+    }
+    converge_until(&server, "the old servers deleted", || {
+        servers(&server, &token, &group).len() == 2
+    });
+}
+
+#[test]
+fn a_forced_group_deletion_stops_servers_slow_to_stop_together() {
+    let server = server();
+    let token = server.tenant("acme");
+    let marks = tempfile::tempdir().unwrap();
+    let group = create(&server, &token, 4, stubborn_launch(marks.path(), 1));
+    converge_until(&server, "4 active", || {
+        active(&server, &token, &group).len() == 4
+    });
+    let pids: Vec<u32> = active(&server, &token, &group).iter().map(pid_of).collect();
+    let (status, body) = server.call(
+        "DELETE",
+        &format!("/v1/groups/{group}?force=true"),
+        &token,
+        None,
+    );
+    assert_eq!(status, 204, "{body}");
+    assert!(
+        pids.iter().all(|p| !alive(*p)),
+        "a server outlived its group"
+    );
+    assert_eq!(std::fs::read_dir(marks.path()).unwrap().count(), 4);
+}
+
 #[test]
 fn a_simulated_group_of_1000_servers_converges_after_its_start_latency() {
     let server = server();

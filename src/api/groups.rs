@@ -265,15 +265,16 @@ pub async fn delete(
 const DRAIN_PASSES: usize = 3;
 
 /// Stops launching for group `id` and deletes its servers through the converger: a few passes,
-/// each waited for (a provider's delete is a blocking call), never a sleep. Servers still there
-/// after them (a provider that failed to delete) get a 409; the group stays draining, and the
-/// converger's ticks go on deleting them.
+/// each waited for with the deletions it started (which run at once, so servers slow to stop
+/// cost one grace period, not one each), never a sleep. Servers still there after them (a
+/// provider that failed to delete) get a 409; the group stays draining, and the converger's
+/// ticks go on deleting them.
 async fn drain(state: &AppState, id: &GroupId) -> Result<(), ApiError> {
     state
         .execute::<Groups>(id.as_str(), GroupCommand::Drain)
         .await?;
     for _ in 0..DRAIN_PASSES {
-        state.converger.reconcile(id).await?;
+        state.converger.reconcile_and_delete(id).await?;
         if resource::load::<Groups>(state, id)
             .await?
             .servers
