@@ -37,7 +37,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the service on a data directory.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check and read the journal.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -238,7 +238,7 @@ fn init_tracing() {
 impl Command {
     fn run(self) -> anyhow::Result<ExitCode> {
         match self {
-            Command::Serve(args) => serve(args),
+            Command::Serve(args) => serve(*args),
             Command::Audit(AuditCommand::Verify {
                 data_dir,
                 export,

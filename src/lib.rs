@@ -29,6 +29,7 @@ pub mod audit;
 pub mod cli;
 pub mod converger;
 pub mod index;
+pub mod intake;
 pub mod projector;
 pub mod providers;
 pub mod ratelimit;

@@ -17,6 +17,7 @@ use crate::alarms::{AlarmTable, Evaluator};
 use crate::api::{self, AppState};
 use crate::converger::{Converger, Quiet};
 use crate::index::Index;
+use crate::intake;
 use crate::projector::{self, Projector};
 use crate::providers::Providers;
 use crate::ratelimit::{Limit, WebhookLimits};
@@ -194,6 +195,13 @@ pub fn start_with(
         ticks.ticker("rate limits", Duration::from_secs(60)),
     );
 
+    let bounds = intake::Bounds {
+        body_timeout: Duration::from_millis(settings.body_timeout_ms),
+        max_body: intake::MAX_BODY
+            .max(settings.body_limit)
+            .max(settings.metrics_body_limit),
+    };
+    let sources = intake::Sources::new(settings.max_connections_per_source);
     let server = HttpServer::new({
         let state = state.clone();
         move || {
@@ -201,6 +209,9 @@ pub fn start_with(
             App::new()
                 .app_data(state.clone())
                 .configure(api::routes)
+                .wrap(actix_web::middleware::from_fn(move |req, next| {
+                    intake::bounded(bounds, req, next)
+                }))
                 .wrap_fn(move |req, srv| {
                     // Every answer, errors included, is recorded by its matched route pattern.
                     let started = Instant::now();
@@ -215,6 +226,7 @@ pub fn start_with(
         }
     })
     .workers(settings.http_workers)
+    .on_connect(move |connection, data| sources.connected(connection, data))
     .listen(listener)?
     .run();
     // "serving" is said once the journal is replayed (see `project`): until then every call

@@ -44,6 +44,14 @@ pub struct ServeArgs {
     /// Largest metrics body, bytes [default: 4194304].
     #[arg(long, env = "FLOTILLA_METRICS_BODY_LIMIT")]
     pub metrics_body_limit: Option<usize>,
+    /// Milliseconds of real time a request's body has to arrive once its head has; a slower
+    /// one gets 408 [default: 10000].
+    #[arg(long, env = "FLOTILLA_BODY_TIMEOUT_MS")]
+    pub body_timeout_ms: Option<u64>,
+    /// Connections one source address may hold open at once; more get 429; 0 is no limit
+    /// [default: 256].
+    #[arg(long, env = "FLOTILLA_MAX_CONNECTIONS_PER_SOURCE")]
+    pub max_connections_per_source: Option<usize>,
     /// How often alarms are evaluated, milliseconds of real time [default: 1000].
     #[arg(long, env = "FLOTILLA_ALARM_TICK_MS")]
     pub alarm_tick_ms: Option<u64>,
@@ -90,6 +98,8 @@ struct FileSettings {
     max_series: Option<usize>,
     body_limit: Option<usize>,
     metrics_body_limit: Option<usize>,
+    body_timeout_ms: Option<u64>,
+    max_connections_per_source: Option<usize>,
     alarm_tick_ms: Option<u64>,
     http_workers: Option<usize>,
     converge_tick_ms: Option<u64>,
@@ -123,6 +133,10 @@ pub struct Settings {
     pub body_limit: usize,
     /// Largest metrics body, bytes (default 4194304).
     pub metrics_body_limit: usize,
+    /// Milliseconds of real time a request body has to arrive; at least 1 (default 10000).
+    pub body_timeout_ms: u64,
+    /// Connections one source address may hold open; 0 is no limit (default 256).
+    pub max_connections_per_source: usize,
     /// Milliseconds of real time between alarm evaluations; at least 10 (default 1000).
     pub alarm_tick_ms: u64,
     /// HTTP worker threads; at least 1 (default 2).
@@ -156,6 +170,8 @@ impl Default for Settings {
             max_series: flotilla_actors::domain::samples::DEFAULT_MAX_SERIES,
             body_limit: 64 * 1024,
             metrics_body_limit: 4 << 20,
+            body_timeout_ms: 10_000,
+            max_connections_per_source: 256,
             alarm_tick_ms: 1000,
             http_workers: 2,
             converge_tick_ms: 1000,
@@ -206,6 +222,15 @@ impl Settings {
                 .metrics_body_limit
                 .or(file.metrics_body_limit)
                 .unwrap_or(d.metrics_body_limit),
+            body_timeout_ms: args
+                .body_timeout_ms
+                .or(file.body_timeout_ms)
+                .unwrap_or(d.body_timeout_ms)
+                .max(1),
+            max_connections_per_source: args
+                .max_connections_per_source
+                .or(file.max_connections_per_source)
+                .unwrap_or(d.max_connections_per_source),
             alarm_tick_ms: args
                 .alarm_tick_ms
                 .or(file.alarm_tick_ms)
