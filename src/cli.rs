@@ -447,5 +447,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         service.server.await?;
         anyhow::Ok(())
     })?;
+    // The server has stopped. Provider calls still under way (a launch retrying an unreachable
+    // orchestrator, a server given its grace to stop) are not waited for, as dropping the
+    // runtime would: every acknowledged event is already durable, and the next start
+    // reconciles what they were doing, as after a crash.
+    std::mem::forget(system);
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -142,7 +142,8 @@ fn another_tenants_objects_answer_404_on_every_endpoint() {
         Some(json!({"name": "x", "group_id": g, "metric": "cpu", "statistic": "avg",
                     "period_seconds": 60, "evaluation_periods": 1, "comparison": "gt", "threshold": 1})),
     );
-    assert_error(&aimed, 400, "invalid_input");
+    // A body naming another tenant's group is answered as a missing one.
+    assert_error(&aimed, 404, "not_found");
     // A's objects are untouched.
     assert_eq!(server.capacity(a, g), 0);
     assert_eq!(
@@ -227,6 +228,33 @@ fn bad_input_is_400_with_a_code_never_a_500() {
         400,
         "invalid_json",
     );
+
+    // JSON has one number type: an integer field takes 3.0 as 3 (as the OpenAPI document's
+    // `integer` does), and refuses 3.5.
+    let whole = server.call(
+        "POST",
+        "/v1/groups",
+        &token,
+        Some(
+            json!({"name": "w", "min_size": 1.0, "max_size": 3.0, "desired_capacity": 2.0,
+                    "launch": {"provider": "simulated", "seed": 7.0}}),
+        ),
+    );
+    assert_eq!(whole.0, 201, "{}", whole.1);
+    assert_eq!(
+        (
+            whole.1["min_size"].as_u64(),
+            whole.1["desired_capacity"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    let fraction = server.call(
+        "POST",
+        "/v1/groups",
+        &token,
+        Some(json!({"name": "w", "min_size": 0, "max_size": 3.5, "launch": {"provider": "simulated"}})),
+    );
+    assert_error(&fraction, 400, "invalid_json");
 
     let group = server.group(&token, 0, 10, 1, 0);
     let bad_policy = server.call(

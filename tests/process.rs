@@ -22,14 +22,13 @@ impl Flotilla {
     fn start(data_dir: &Path) -> Flotilla {
         // The converger's first pass comes an hour after the start: the journal moves only by
         // the tests' own calls.
+        Self::start_with(data_dir, &["--converge-tick-ms", "3600000"])
+    }
+
+    fn start_with(data_dir: &Path, args: &[&str]) -> Flotilla {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--converge-tick-ms",
-                "3600000",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "trace")
@@ -133,6 +132,27 @@ impl Flotilla {
             .unwrap();
         let status = response.status().as_u16();
         (status, response.json().unwrap_or(Value::Null))
+    }
+
+    /// SIGTERM, then waits at most `within` for the process to exit; its exit status.
+    fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.child.kill().unwrap();
+                panic!(
+                    "still running {within:?} after SIGTERM; its log:\n{}",
+                    self.log.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20)); // a real process exiting
+        }
     }
 
     fn kill(mut self) -> String {
@@ -425,4 +445,35 @@ fn audit_and_replay_read_through_a_running_service_with_the_same_output() {
         hook_log.contains("[redacted]") && !hook_log.contains(&s.secret),
         "{hook_log}"
     );
+}
+
+#[test]
+fn sigterm_stops_the_service_without_waiting_for_a_provider_call_under_way() {
+    // An orchestrator that takes connections and never answers: each launch waits its full
+    // timeout, and retries.
+    let orchestrator = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/servers", orchestrator.local_addr().unwrap());
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = Flotilla::start_with(data_dir.path(), &["--converge-tick-ms", "10"]);
+    let operator = std::fs::read_to_string(data_dir.path().join("operator.token")).unwrap();
+    let (_, tenant) = server.call(
+        "POST",
+        "/v1/tenants",
+        operator.trim(),
+        Some(json!({"name": "acme"})),
+    );
+    let token = tenant["token"].as_str().unwrap().to_owned();
+    let (status, body) = server.call(
+        "POST",
+        "/v1/groups",
+        &token,
+        Some(json!({"name": "web", "min_size": 1, "max_size": 1,
+                    "launch": {"provider": "http", "url": url, "secret": "whsec_QUFBQQ==",
+                               "timeout_ms": 60000, "retries": 10}})),
+    );
+    assert_eq!(status, 201, "{body}");
+    // The launch is under way once the orchestrator is called.
+    let (_held, _) = orchestrator.accept().unwrap();
+    let status = server.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status}");
 }

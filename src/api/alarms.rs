@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::Tenant;
-use super::error::{CreateErrors, ListErrors, ReadErrors, WriteErrors};
+use super::error::{ListErrors, ReadErrors, WriteErrors};
 use super::groups::owned as owned_group;
 use super::openapi::mirror;
 use super::resource;
@@ -21,16 +21,28 @@ use super::{ApiError, AppState, List, ListQuery};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAlarm {
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
     group_id: String,
+    #[schema(min_length = 1, max_length = 255, pattern = "^[ -~]*[!-~][ -~]*$")]
     metric: String,
     #[schema(value_type = mirror::Statistic)]
     statistic: Statistic,
     /// At least 1.
+    #[serde(deserialize_with = "super::whole::required")]
+    #[schema(minimum = 1, maximum = 86400)]
     period_seconds: u32,
     /// N.
+    #[serde(deserialize_with = "super::whole::required")]
+    #[schema(minimum = 1, maximum = 100)]
     evaluation_periods: u32,
     /// M <= N, default N.
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(minimum = 1, maximum = 100)]
     datapoints_to_alarm: Option<u32>,
     #[schema(value_type = mirror::Comparison)]
     comparison: Comparison,
@@ -40,11 +52,11 @@ pub struct CreateAlarm {
     treat_missing: Option<TreatMissing>,
     /// Policy ids of the alarm's group, executed on a transition into ALARM.
     #[serde(default)]
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<String>, max_items = 10)]
     alarm_actions: Vec<PolicyId>,
     /// Policy ids of the alarm's group, executed on a transition into OK.
     #[serde(default)]
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<String>, max_items = 10)]
     ok_actions: Vec<PolicyId>,
     #[serde(default)]
     repeat_actions: bool,
@@ -54,26 +66,39 @@ pub struct CreateAlarm {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAlarm {
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: Option<String>,
+    #[schema(min_length = 1, max_length = 255, pattern = "^[ -~]*[!-~][ -~]*$")]
     metric: Option<String>,
     #[schema(value_type = Option<mirror::Statistic>)]
     statistic: Option<Statistic>,
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(minimum = 1, maximum = 86400)]
     period_seconds: Option<u32>,
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(minimum = 1, maximum = 100)]
     evaluation_periods: Option<u32>,
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(minimum = 1, maximum = 100)]
     datapoints_to_alarm: Option<u32>,
     #[schema(value_type = Option<mirror::Comparison>)]
     comparison: Option<Comparison>,
     threshold: Option<f64>,
     #[schema(value_type = Option<mirror::TreatMissing>)]
     treat_missing: Option<TreatMissing>,
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<String>>, max_items = 10)]
     alarm_actions: Option<Vec<PolicyId>>,
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<String>>, max_items = 10)]
     ok_actions: Option<Vec<PolicyId>>,
     repeat_actions: Option<bool>,
 }
 
-/// Every action must be a policy of the alarm's group.
+/// Every action must be a policy of the alarm's group: one that is not is a 404, as a body's
+/// reference to an object the tenant cannot see (SPEC 3).
 fn check_actions<'a>(
     state: &AppState,
     tenant: &TenantId,
@@ -84,8 +109,9 @@ fn check_actions<'a>(
         match resource::owned::<Policies>(state, tenant, policy.as_str(), Some(group.as_str())) {
             Ok(_) => {}
             Err(_) => {
-                return Err(ApiError::bad_request(
-                    "invalid_input",
+                return Err(ApiError::new(
+                    actix_web::http::StatusCode::NOT_FOUND,
+                    "not_found",
                     format!("action {policy} is not a policy of group {group}"),
                 ))
             }
@@ -108,7 +134,7 @@ async fn watch(state: &AppState, id: &AlarmId, command: AlarmCommand) -> Result<
     request_body = CreateAlarm,
     responses(
         (status = 201, description = "the alarm, in insufficient_data", body = AlarmView),
-        CreateErrors,
+        WriteErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -118,8 +144,13 @@ pub async fn create(
     body: web::Json<CreateAlarm>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let group = owned_group(&state, &tenant, &body.group_id)
-        .map_err(|_| ApiError::bad_request("invalid_input", "group_id names no group of yours"))?;
+    let group = owned_group(&state, &tenant, &body.group_id).map_err(|_| {
+        ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "group_id names no group of yours",
+        )
+    })?;
     check_actions(
         &state,
         &tenant,
@@ -153,7 +184,7 @@ pub async fn create(
     get,
     path = "/v1/alarms",
     tag = "alarms",
-    params(ListQuery),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "at most this many items (default 100)"), ("cursor" = Option<String>, Query, pattern = "^alm_[!-~]{0,251}$", description = "the `next_cursor` of the page before")),
     responses(
         (status = 200, description = "a page of alarms", body = List<AlarmView>),
         ListErrors,

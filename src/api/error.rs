@@ -23,10 +23,11 @@ pub struct ApiError {
 
 /// Declares a set of error answers for the OpenAPI document (`responses(..., ReadErrors)`),
 /// each status with the one description every endpoint gives it; every set includes the answers
-/// of any endpoint behind a bearer token (401, 500, 503) and 405. Never built.
+/// of any endpoint behind a bearer token (401, 500, 503), 405, and the server's edge (408 and
+/// 429, see `crate::intake`). Never built.
 macro_rules! error_set {
     ($(#[$doc:meta])* $name:ident = $($status:tt)*) => {
-        error_set!(@munch [$(#[$doc])*] $name [] $($status)* 401 405 500 503);
+        error_set!(@munch [$(#[$doc])*] $name [] $($status)* 401 405 408 429 500 503);
     };
     (@munch [$($doc:tt)*] $name:ident [$($done:tt)*]) => {
         $($doc)*
@@ -64,6 +65,24 @@ macro_rules! error_set {
                 headers(("Allow" = String, description = "the methods the path serves"))
             )]
             MethodNotAllowed(ErrorBody),
+        ] $($rest)*);
+    };
+    (@munch $doc:tt $name:ident [$($done:tt)*] 408 $($rest:tt)*) => {
+        error_set!(@munch $doc $name [$($done)*
+            /// The body did not arrive in time.
+            #[response(status = 408, description = "`request_timeout`: the request body did not arrive in time")]
+            Late(ErrorBody),
+        ] $($rest)*);
+    };
+    (@munch $doc:tt $name:ident [$($done:tt)*] 429 $($rest:tt)*) => {
+        error_set!(@munch $doc $name [$($done)*
+            /// Too many connections from one address (or, where an endpoint says so, calls).
+            #[response(
+                status = 429,
+                description = "`too_many_connections` from this address, or an endpoint's own rate limit",
+                headers(("Retry-After" = String, description = "seconds to wait"))
+            )]
+            TooMany(ErrorBody),
         ] $($rest)*);
     };
     (@munch $doc:tt $name:ident [$($done:tt)*] 409 $($rest:tt)*) => {

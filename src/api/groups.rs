@@ -21,12 +21,25 @@ use crate::token;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroup {
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
+    #[serde(deserialize_with = "super::whole::required")]
+    #[schema(maximum = 10000)]
     min_size: u32,
+    #[serde(deserialize_with = "super::whole::required")]
+    #[schema(maximum = 10000)]
     max_size: u32,
     /// Default `min_size`.
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(maximum = 10000)]
     desired_capacity: Option<u32>,
     /// Default 300.
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(maximum = 604800)]
     cooldown_seconds: Option<u32>,
     /// `{"provider": "process" | "http" | "simulated", ...}`; at most 64 KiB of JSON (413).
     #[schema(value_type = Object)]
@@ -40,12 +53,25 @@ pub struct CreateGroup {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateGroup {
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: Option<String>,
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(maximum = 10000)]
     min_size: Option<u32>,
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(maximum = 10000)]
     max_size: Option<u32>,
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(maximum = 604800)]
     cooldown_seconds: Option<u32>,
     /// Within the (new) bounds, else 400; the change's cause is `direct`, and it neither
     /// honours nor starts a cooldown (SPEC 2.3).
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(maximum = 10000)]
     desired_capacity: Option<u32>,
     /// Replaces the metadata whole; at most 64 KiB of JSON (413).
     #[schema(value_type = Option<Object>)]
@@ -145,7 +171,7 @@ pub async fn create(
     get,
     path = "/v1/groups",
     tag = "groups",
-    params(ListQuery),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "at most this many items (default 100)"), ("cursor" = Option<String>, Query, pattern = "^grp_[!-~]{0,251}$", description = "the `next_cursor` of the page before")),
     responses(
         (status = 200, description = "a page of groups", body = List<GroupView>),
         ListErrors,
@@ -371,7 +397,7 @@ pub async fn resume(
     get,
     path = "/v1/groups/{id}/servers",
     tag = "groups",
-    params(("id" = String, Path, description = "group id"), ListQuery),
+    params(("id" = String, Path, description = "group id"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "at most this many items (default 100)"), ("cursor" = Option<String>, Query, pattern = "^srv_[!-~]{0,251}$", description = "the `next_cursor` of the page before")),
     responses(
         (status = 200, description = "a page of the group's servers", body = List<Value>),
         ReadErrors,
@@ -409,7 +435,7 @@ pub async fn servers(
     get,
     path = "/v1/groups/{id}/activity",
     tag = "groups",
-    params(("id" = String, Path, description = "group id"), ListQuery),
+    params(("id" = String, Path, description = "group id"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "at most this many items (default 100)"), ("cursor" = Option<String>, Query, pattern = "^[1-9][0-9]{0,18}$", description = "the `next_cursor` of the page before")),
     responses(
         (status = 200, description = "scaling activity, newest first: each recorded event with its `seq` and `time`", body = List<Value>),
         ReadErrors,

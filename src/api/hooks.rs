@@ -54,6 +54,7 @@ fn refused(refusal: Refusal) -> ActorError {
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
         (status = 409, description = "`replayed`: this nonce was already accepted", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the request body did not arrive in time", body = ErrorBody),
         (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
         (status = 405, description = "`method_not_allowed`: the path is served with the methods `Allow` names", body = ErrorBody, headers(("Allow" = String, description = "the methods the path serves"))),
         (status = 500, description = "a fault of the service", body = ErrorBody),

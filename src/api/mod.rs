@@ -5,7 +5,7 @@ use std::sync::Arc;
 use actix_web::{web, HttpResponse};
 use flotilla_actors::supervisor::Supervisor;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use flotilla_actors::aggregate::Aggregate;
 use flotilla_actors::object::Executed;
@@ -30,6 +30,7 @@ pub mod samples;
 pub mod tenants;
 pub mod views;
 pub mod webhooks;
+pub mod whole;
 
 pub use error::ApiError;
 
@@ -72,13 +73,11 @@ impl AppState {
     }
 }
 
-/// `?limit=&cursor=` of every list.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
+/// `?limit=&cursor=` of every list. Each list documents them itself, with its cursor's pattern.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// At most this many items (default 100).
-    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Continue after this cursor: the `next_cursor` of the page before.
     pub cursor: Option<String>,
@@ -212,15 +211,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource("/metrics", "POST").route(post().to(samples::ingest))),
         )
         .default_service(web::to(ops::not_found));
-}
-
-/// Deserializes a field that may be absent (`None`), null (`Some(None)`) or set.
-pub fn double_option<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    T: Deserialize<'de>,
-    D: serde::Deserializer<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[cfg(test)]

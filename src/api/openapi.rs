@@ -89,8 +89,26 @@ impl Modify for Bearer {
     tag = "ops",
     responses((status = 200, description = "this document", body = Object)),
 )]
-pub async fn document() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+pub async fn document(state: actix_web::web::Data<super::AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(document_for(&state.settings))
+}
+
+/// The document as this service answers it: the launch configurations it accepts depend on the
+/// operator's settings (`--allow-process-provider`, `--provider-http-secret`), so their schema
+/// (the domain's, beside its checks) is set in here rather than derived.
+pub fn document_for(settings: &crate::settings::Settings) -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document is JSON");
+    let launch = flotilla_actors::domain::group::launch::schema(
+        settings.allow_process_provider,
+        settings.provider_http_secret.is_some(),
+    );
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["Launch"] = launch;
+    let reference = serde_json::json!({"$ref": "#/components/schemas/Launch"});
+    schemas["CreateGroup"]["properties"]["launch"] = reference.clone();
+    schemas["UpdateGroup"]["properties"]["launch"] =
+        serde_json::json!({"oneOf": [reference, {"type": "null"}]});
+    doc
 }
 
 /// Schema mirrors of the domain enums that appear in bodies: the actors crate knows nothing of
@@ -278,5 +296,130 @@ mod tests {
         );
         let error = &doc["components"]["schemas"]["ErrorBody"];
         assert_eq!(error["required"], json!(["error"]), "{error}");
+    }
+
+    #[test]
+    fn the_documented_bounds_are_the_domains() {
+        use flotilla_actors::domain::{
+            alarm, group, samples, MAX_COOLDOWN_SECONDS, MAX_NAME_CHARS,
+        };
+        let doc = document_for(&crate::settings::Settings::default());
+        let schemas = &doc["components"]["schemas"];
+        let field = |schema: &str, field: &str| schemas[schema]["properties"][field].clone();
+        for schema in [
+            "CreateGroup",
+            "CreatePolicy",
+            "CreateAlarm",
+            "CreateWebhook",
+            "CreateTenant",
+        ] {
+            assert_eq!(
+                field(schema, "name")["maxLength"],
+                json!(MAX_NAME_CHARS),
+                "{schema}"
+            );
+            assert_eq!(field(schema, "name")["minLength"], json!(1), "{schema}");
+        }
+        let size = json!(group::MAX_GROUP_SIZE);
+        for name in ["min_size", "max_size", "desired_capacity"] {
+            assert_eq!(field("CreateGroup", name)["maximum"], size, "{name}");
+        }
+        assert_eq!(
+            field("CreateGroup", "cooldown_seconds")["maximum"],
+            json!(MAX_COOLDOWN_SECONDS)
+        );
+        assert_eq!(field("CreatePolicy", "adjustment")["maximum"], size);
+        assert_eq!(
+            field("CreateAlarm", "period_seconds")["maximum"],
+            json!(alarm::MAX_PERIOD_SECONDS)
+        );
+        assert_eq!(
+            field("CreateAlarm", "evaluation_periods")["maximum"],
+            json!(alarm::MAX_EVALUATION_PERIODS)
+        );
+        assert_eq!(
+            field("CreateAlarm", "alarm_actions")["maxItems"],
+            json!(alarm::MAX_ACTIONS)
+        );
+        assert_eq!(
+            field("SampleBody", "metric")["maxLength"],
+            json!(samples::MAX_METRIC_BYTES)
+        );
+        assert_eq!(
+            schemas["MetricsBody"]["properties"]["samples"]["maxItems"],
+            json!(crate::api::samples::MAX_SAMPLES)
+        );
+        assert_eq!(schemas["SampleBody"]["additionalProperties"], json!(false));
+    }
+
+    #[test]
+    fn the_launch_schema_follows_the_operators_settings() {
+        let providers = |settings: &crate::settings::Settings| {
+            let doc = document_for(settings);
+            doc["components"]["schemas"]["Launch"]["oneOf"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["properties"]["provider"]["const"].clone(),
+                        p["required"].clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let default = crate::settings::Settings::default();
+        assert_eq!(
+            providers(&default),
+            [
+                (json!("http"), json!(["provider", "url", "secret"])),
+                (json!("simulated"), json!(["provider"])),
+            ]
+        );
+        let open = crate::settings::Settings {
+            allow_process_provider: true,
+            provider_http_secret: Some("whsec_QUFBQQ==".into()),
+            ..default
+        };
+        assert_eq!(
+            providers(&open),
+            [
+                (json!("process"), json!(["provider", "command"])),
+                (json!("http"), json!(["provider", "url"])),
+                (json!("simulated"), json!(["provider"])),
+            ]
+        );
+        let doc = document_for(&open);
+        assert_eq!(
+            doc["components"]["schemas"]["CreateGroup"]["properties"]["launch"],
+            json!({"$ref": "#/components/schemas/Launch"})
+        );
+    }
+
+    #[test]
+    fn each_lists_cursor_pattern_names_the_ids_it_lists() {
+        let doc = document_for(&crate::settings::Settings::default());
+        for (path, prefix) in [
+            ("/v1/groups", "^grp_"),
+            ("/v1/alarms", "^alm_"),
+            ("/v1/groups/{id}/policies", "^pol_"),
+            ("/v1/groups/{id}/policies/{pid}/webhooks", "^whk_"),
+            ("/v1/groups/{id}/servers", "^srv_"),
+            ("/v1/groups/{id}/activity", "^[1-9]"),
+        ] {
+            let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+            let cursor = params.iter().find(|p| p["name"] == "cursor").unwrap();
+            let pattern = cursor["schema"]["pattern"].as_str().unwrap();
+            assert!(pattern.starts_with(prefix), "{path}: {pattern}");
+            let limit = params.iter().find(|p| p["name"] == "limit").unwrap();
+            assert_eq!(
+                (
+                    limit["schema"]["minimum"].clone(),
+                    limit["schema"]["maximum"].clone()
+                ),
+                (json!(1), json!(1000)),
+                "{path}"
+            );
+        }
     }
 }

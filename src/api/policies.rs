@@ -15,20 +15,31 @@ use super::groups::owned as owned_group;
 use super::openapi::mirror;
 use super::resource;
 use super::views::{ExecutionView, PolicyView};
-use super::{double_option, ApiError, AppState, List, ListQuery};
+use super::{ApiError, AppState, List, ListQuery};
 
 /// The body of a policy's create.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePolicy {
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
     #[schema(value_type = mirror::AdjustmentType)]
     adjustment_type: AdjustmentType,
     /// May be negative for `change` and `percent`.
+    #[serde(deserialize_with = "super::whole::required")]
+    #[schema(minimum = -10000, maximum = 10000)]
     adjustment: i64,
     /// For `percent` only: the smallest magnitude of a non-zero change.
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(minimum = 1, maximum = 10000)]
     min_adjustment_step: Option<u32>,
     /// The cooldown this policy's executions start; the group's when absent.
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(maximum = 604800)]
     cooldown_seconds: Option<u32>,
 }
 
@@ -36,17 +47,24 @@ pub struct CreatePolicy {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePolicy {
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: Option<String>,
     #[schema(value_type = Option<mirror::AdjustmentType>)]
     adjustment_type: Option<AdjustmentType>,
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(minimum = -10000, maximum = 10000)]
     adjustment: Option<i64>,
     /// `null` clears it.
-    #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 10000)]
+    #[serde(default, deserialize_with = "super::whole::nullable")]
     min_adjustment_step: Option<Option<u32>>,
     /// `null` clears it (the group's cooldown applies).
-    #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, maximum = 604800)]
+    #[serde(default, deserialize_with = "super::whole::nullable")]
     cooldown_seconds: Option<Option<u32>>,
 }
 
@@ -110,7 +128,7 @@ pub async fn create(
     get,
     path = "/v1/groups/{id}/policies",
     tag = "policies",
-    params(("id" = String, Path, description = "group id"), ListQuery),
+    params(("id" = String, Path, description = "group id"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "at most this many items (default 100)"), ("cursor" = Option<String>, Query, pattern = "^pol_[!-~]{0,251}$", description = "the `next_cursor` of the page before")),
     responses(
         (status = 200, description = "a page of policies", body = List<PolicyView>),
         ReadErrors,

@@ -113,22 +113,27 @@ fn bad_sample(index: usize, why: impl std::fmt::Display) -> ApiError {
 
 /// The body of `POST /v1/metrics` (documentation; the handler reads it sample by sample, to
 /// name the index of a bad one).
-#[derive(utoipa::ToSchema)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct MetricsBody {
     /// Up to 10,000 samples.
+    #[schema(max_items = 10000)]
     samples: Vec<SampleBody>,
 }
 
 /// One sample.
-#[derive(utoipa::ToSchema)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct SampleBody {
     /// The metric's name, 1-255 printable ASCII characters.
+    #[schema(min_length = 1, max_length = 255, pattern = "^[ -~]*[!-~][ -~]*$")]
     metric: String,
     /// A finite number.
     value: f64,
     /// Unix seconds (fractions allowed).
+    #[schema(minimum = 0.0, maximum = 253_402_300_799.0)]
     timestamp: f64,
     /// The server that measured it.
     server: Option<String>,
@@ -148,6 +153,7 @@ pub struct SampleBody {
         (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 404, description = "a sample names a group that is not the tenant's", body = ErrorBody),
         (status = 413, description = "over 10,000 samples, or the body over its limit", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the request body did not arrive in time", body = ErrorBody),
         (status = 429, description = "`series_limit`: the service holds as many series as it may; retry after `Retry-After`", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
         (status = 405, description = "`method_not_allowed`: the path is served with the methods `Allow` names", body = ErrorBody, headers(("Allow" = String, description = "the methods the path serves"))),
         (status = 503, description = "the journal is still being replayed", body = ErrorBody),

@@ -20,6 +20,11 @@ use crate::token;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
 }
 
@@ -28,6 +33,8 @@ pub struct CreateWebhook {
 #[serde(deny_unknown_fields)]
 pub struct Rotate {
     /// How long the previous secret stays valid (default 86400).
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(maximum = 604800)]
     grace_seconds: Option<u32>,
 }
 
@@ -87,7 +94,7 @@ pub async fn create(
     get,
     path = "/v1/groups/{id}/policies/{pid}/webhooks",
     tag = "webhooks",
-    params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id"), ListQuery),
+    params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "at most this many items (default 100)"), ("cursor" = Option<String>, Query, pattern = "^whk_[!-~]{0,251}$", description = "the `next_cursor` of the page before")),
     responses(
         (status = 200, description = "a page of webhooks, without secrets", body = List<WebhookView>),
         ReadErrors,

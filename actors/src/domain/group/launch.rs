@@ -14,7 +14,7 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use crate::domain::Rejection;
 
@@ -26,6 +26,76 @@ pub const MAX_GRACE_SECONDS: u64 = 3600;
 
 /// The longest a `simulated` server takes to start, in seconds.
 pub const MAX_START_SECONDS: f64 = 86_400.0;
+
+/// Bytes that may not appear in a process's arguments, environment or URL (JSON Schema
+/// patterns, as Python's and ECMAScript's `re` read them).
+const NO_NUL: &str = "^[^\\x00]*$";
+
+/// The launch configurations this service accepts, as a JSON Schema (for the OpenAPI document):
+/// [`validate`]'s rules, less the `process` provider unless the operator allows it, and with an
+/// `http` provider's `secret` required unless the operator set one.
+pub fn schema(allow_process: bool, operator_secret: bool) -> Value {
+    let process = json!({
+        "type": "object",
+        "description": "each server a child process of the service",
+        "additionalProperties": false,
+        "required": ["provider", "command"],
+        "properties": {
+            "provider": {"const": "process"},
+            "command": {
+                "type": "array", "minItems": 1, "maxItems": 64,
+                "prefixItems": [{"type": "string", "minLength": 1, "pattern": NO_NUL}],
+                "items": {"type": "string", "pattern": NO_NUL},
+            },
+            "env": {
+                "type": "object",
+                "propertyNames": {"minLength": 1, "pattern": "^[^=\\x00]*$"},
+                "additionalProperties": {"type": "string", "pattern": NO_NUL},
+            },
+            "grace_seconds": {"type": "integer", "minimum": 0, "maximum": MAX_GRACE_SECONDS},
+        },
+    });
+    let mut http = json!({
+        "type": "object",
+        "description": "servers created and deleted by an external orchestrator",
+        "additionalProperties": false,
+        "required": ["provider", "url"],
+        "properties": {
+            "provider": {"const": "http"},
+            "url": {
+                "type": "string", "maxLength": 2048,
+                "pattern": "^https?://[^/?#\\s\\x00-\\x1f\\x7f-\\x9f][^\\s\\x00-\\x1f\\x7f-\\x9f]*$",
+            },
+            "secret": {
+                "type": "string",
+                "description": "whsec_ and standard base64 with its padding",
+                "pattern": "^whsec_(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)$",
+            },
+            "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 60_000},
+            "retries": {"type": "integer", "minimum": 0, "maximum": 10},
+        },
+    });
+    if !operator_secret {
+        http["required"] = json!(["provider", "url", "secret"]);
+    }
+    let simulated = json!({
+        "type": "object",
+        "description": "in-memory servers, for demos and benchmarks",
+        "additionalProperties": false,
+        "required": ["provider"],
+        "properties": {
+            "provider": {"const": "simulated"},
+            "start_seconds": {"type": "number", "minimum": 0, "maximum": MAX_START_SECONDS},
+            "failure_rate": {"type": "number", "minimum": 0, "maximum": 1},
+            "seed": {"type": "integer", "minimum": 0, "maximum": u64::MAX},
+        },
+    });
+    let mut providers = vec![http, simulated];
+    if allow_process {
+        providers.insert(0, process);
+    }
+    json!({"oneOf": providers})
+}
 
 /// Checks `launch` against its provider's schema.
 pub(super) fn validate(launch: &Value) -> Result<(), Rejection> {
@@ -185,7 +255,14 @@ fn unsigned(
     let Some(value) = fields.get(key) else {
         return Ok(());
     };
-    match value.as_u64() {
+    // A number whose fraction is zero is an integer (JSON Schema's reading, and the document's).
+    let whole = value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 18_446_744_073_709_551_616.0)
+            .map(|f| f as u64)
+    });
+    match whole {
         Some(n) if (low..=high).contains(&n) => Ok(()),
         _ => Err(Rejection::invalid(
             field,
@@ -197,7 +274,6 @@ fn unsigned(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn refused_field(launch: Value) -> &'static str {
         match validate(&launch) {
