@@ -295,3 +295,75 @@ fn a_policy_an_alarm_names_is_deleted_only_with_force_which_removes_it_from_the_
     assert_eq!(alarm["alarm_actions"], json!([]), "{alarm}");
     assert_eq!(alarm["ok_actions"].as_array().unwrap().len(), 1, "{alarm}");
 }
+
+#[test]
+fn pausing_scale_in_keeps_an_alarms_scale_out_working() {
+    let server = server();
+    let l = setup(&server, json!({}));
+    let group_path = format!("/v1/groups/{}", l.group);
+    let (status, group) = server.call(
+        "POST",
+        &format!("{group_path}/pause"),
+        &l.token,
+        Some(json!({"scale_in": true})),
+    );
+    assert_eq!(status, 200, "{group}");
+    assert_eq!(group["paused"], true);
+    assert_eq!(
+        group["pause"],
+        json!({"scale_in": true, "scale_out": false})
+    );
+
+    // High CPU: the alarm's scale-out executes.
+    for _ in 0..2 {
+        post(&server, &l, &[0.9, 0.95]);
+        server.clock.advance_secs(60);
+        server.tick();
+    }
+    server.tick_until("the scale-up", 3, || {
+        server.capacity(&l.token, &l.group) == 3
+    });
+    // Low CPU: the alarm's scale-in is paused.
+    for _ in 0..2 {
+        post(&server, &l, &[0.2]);
+        server.clock.advance_secs(60);
+        server.tick();
+    }
+    server.tick_until("the alarm to clear", 3, || {
+        alarm_state(&server, &l)["state"] == "ok"
+    });
+    server.tick();
+    assert_eq!(server.capacity(&l.token, &l.group), 3);
+    let (_, activity) = server.call("GET", &format!("{group_path}/activity"), &l.token, None);
+    let last = activity["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["type"] == "policy_executed")
+        .unwrap()
+        .clone();
+    assert_eq!(last["outcome"], "paused", "{last}");
+
+    // A pause names at least one direction; no body pauses both; resume clears both.
+    let none = server.call(
+        "POST",
+        &format!("{group_path}/pause"),
+        &l.token,
+        Some(json!({})),
+    );
+    common::assert_error(&none, 400, "invalid_input");
+    let typo = server.call(
+        "POST",
+        &format!("{group_path}/pause"),
+        &l.token,
+        Some(json!({"scale_up": true})),
+    );
+    common::assert_error(&typo, 400, "invalid_json");
+    let (_, group) = server.call("POST", &format!("{group_path}/pause"), &l.token, None);
+    assert_eq!(group["pause"], json!({"scale_in": true, "scale_out": true}));
+    let (_, group) = server.call("POST", &format!("{group_path}/resume"), &l.token, None);
+    assert_eq!(
+        (group["paused"].clone(), group["pause"].clone()),
+        (json!(false), json!({"scale_in": false, "scale_out": false}))
+    );
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use flotilla_actors::aggregate::{Groups, Policies, Webhooks};
 use flotilla_actors::clock::{ManualClock, Timestamp};
-use flotilla_actors::domain::group::{GroupCommand, GroupEvent, NewGroup, Outcome};
+use flotilla_actors::domain::group::{GroupCommand, GroupEvent, NewGroup, Outcome, Pause};
 use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition};
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::webhook::{Secret, WebhookCommand};
@@ -264,6 +264,8 @@ async fn an_actor_whose_stream_moved_under_it_restarts_with_its_state_replayed()
     // Someone else appends to the group's stream (as an import or a second writer would).
     let version = w.journal.stream_version(g.as_str()).unwrap();
     let paused = GroupEvent::Paused {
+        scale_in: true,
+        scale_out: true,
         at: Timestamp::from_millis(START),
     };
     let record = NewEvent::json("paused", 1, START, &paused).unwrap();
@@ -284,7 +286,7 @@ async fn an_actor_whose_stream_moved_under_it_restarts_with_its_state_replayed()
     assert!(matches!(stale, Err(Error::Journal(_))), "{stale:?}");
     let observed = w.supervisor.get::<Groups>(g.as_str()).await.unwrap();
     assert_eq!(observed.restarts, 1);
-    assert!(observed.state.as_ref().unwrap().paused);
+    assert!(observed.state.as_ref().unwrap().pause.any());
     let retried = w
         .supervisor
         .execute::<Groups>(
@@ -306,7 +308,7 @@ async fn a_paused_group_records_the_execution_but_does_not_change() {
     let g = group(&w, 0, 10, 1, 0).await;
     let p = policy(&w, &g, 1, None).await;
     w.supervisor
-        .execute::<Groups>(g.as_str(), GroupCommand::Pause)
+        .execute::<Groups>(g.as_str(), GroupCommand::Pause(Pause::BOTH))
         .await
         .unwrap();
     let run = w

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use flotilla_actors::aggregate::{Aggregate, Groups, Policies, Webhooks};
 use flotilla_actors::clock::{ManualClock, Timestamp};
-use flotilla_actors::domain::group::{GroupCommand, GroupPatch, NewGroup};
+use flotilla_actors::domain::group::{GroupCommand, GroupPatch, NewGroup, Pause};
 use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition, PolicyPatch};
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::webhook::{Secret, WebhookCommand};
@@ -317,7 +317,7 @@ async fn run_case(definitions: [PolicyDefinition; 2], desired: u32, ops: Vec<Op>
             }
             Op::Pause | Op::Resume => {
                 let command = match step {
-                    Op::Pause => GroupCommand::Pause,
+                    Op::Pause => GroupCommand::Pause(Pause::BOTH),
                     _ => GroupCommand::Resume,
                 };
                 let result = w

@@ -3,7 +3,7 @@
 
 use actix_web::{web, HttpResponse};
 use flotilla_actors::aggregate::Groups;
-use flotilla_actors::domain::group::{GroupCommand, GroupEvent, GroupPatch, NewGroup};
+use flotilla_actors::domain::group::{GroupCommand, GroupEvent, GroupPatch, NewGroup, Pause};
 use flotilla_actors::domain::{DomainEvent, GroupId, TenantId};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -350,15 +350,29 @@ pub async fn rotate_metrics_token(
     }))
 }
 
+/// The optional body of `POST /v1/groups/{id}/pause` (SPEC 2.3): the directions to pause. An
+/// absent key is false; no body pauses both.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PauseBody {
+    /// Suspend executions that would lower capacity.
+    #[serde(default)]
+    scale_in: bool,
+    /// Suspend executions that would raise capacity.
+    #[serde(default)]
+    scale_out: bool,
+}
+
 /// `POST /v1/groups/{id}/pause`.
 #[utoipa::path(
     post,
     path = "/v1/groups/{id}/pause",
     tag = "groups",
     params(("id" = String, Path, description = "group id")),
+    request_body(content = Option<PauseBody>, description = "the directions to pause; no body pauses both", content_type = "application/json"),
     responses(
         (status = 200, description = "the paused group", body = GroupView),
-        ReadErrors,
+        WriteErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -366,9 +380,20 @@ pub async fn pause(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<String>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path)?;
-    respond(&state, &id, GroupCommand::Pause).await
+    let pause = if body.iter().all(u8::is_ascii_whitespace) {
+        Pause::BOTH
+    } else {
+        let body: PauseBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+        Pause {
+            scale_in: body.scale_in,
+            scale_out: body.scale_out,
+        }
+    };
+    respond(&state, &id, GroupCommand::Pause(pause)).await
 }
 
 /// `POST /v1/groups/{id}/resume`.

@@ -41,8 +41,10 @@ pub struct GroupView {
     /// Free-form JSON object, kept as given.
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
-    /// Whether policy executions are suspended (they answer `paused`).
+    /// Whether policy executions are suspended in either direction (they answer `paused`).
     pub paused: bool,
+    /// The directions suspended.
+    pub pause: PauseView,
     /// Servers running.
     pub active: u32,
     /// Servers starting.
@@ -51,6 +53,15 @@ pub struct GroupView {
     pub cooldown_until: Option<String>,
     /// RFC 3339.
     pub created_at: String,
+}
+
+/// A group's paused directions (SPEC 2.3).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PauseView {
+    /// Executions that would lower capacity answer `paused`.
+    pub scale_in: bool,
+    /// Executions that would raise capacity answer `paused`.
+    pub scale_out: bool,
 }
 
 /// The answer to a group's create: the group and its metrics token, shown this once.
@@ -85,7 +96,11 @@ impl From<&Group> for GroupView {
             cooldown_seconds: g.cooldown_seconds,
             launch: g.launch.clone(),
             metadata: g.metadata.clone(),
-            paused: g.paused,
+            paused: g.pause.any(),
+            pause: PauseView {
+                scale_in: g.pause.scale_in,
+                scale_out: g.pause.scale_out,
+            },
             active: g.count(ServerState::Active),
             pending: g.count(ServerState::Pending),
             cooldown_until: g.cooldown_until.map(time),

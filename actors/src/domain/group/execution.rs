@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Group, GroupEvent, GroupState};
+use super::{Group, GroupEvent, GroupState, Pause};
 use crate::clock::{millis_to_secs_rounded_up, Timestamp};
 use crate::domain::route::{self, Route};
 use crate::domain::scaling::{self, Computation};
@@ -62,14 +62,19 @@ pub(super) fn decide_execution(
     }])
 }
 
-/// Pause first, then cooldown, then whether the capacity moves.
+/// Pause first (of both directions, or of the one the capacity would move in), then cooldown,
+/// then whether the capacity moves.
 fn execution_outcome(
     group: &Group,
     computation: &Computation,
     cooldown_seconds: Option<u32>,
     now: Timestamp,
 ) -> Outcome {
-    if group.paused {
+    if group.pause == Pause::BOTH
+        || group
+            .pause
+            .holds(group.desired_capacity, computation.result)
+    {
         return Outcome::Paused;
     }
     if let Some(until) = group.cooldown_until.filter(|until| now < *until) {

@@ -56,8 +56,9 @@ pub struct Group {
     pub launch: Value,
     /// Free-form metadata.
     pub metadata: Map<String, Value>,
-    /// Whether policy executions are suspended.
-    pub paused: bool,
+    /// Which directions of policy execution are suspended (SPEC 2.3). Required, so that a
+    /// snapshot from before it does not decode and the group is rebuilt from its events.
+    pub pause: Pause,
     /// Whether it was deleted.
     pub deleted: bool,
     /// When the cooldown of the last capacity-changing execution ends, if one was started.
@@ -118,6 +119,39 @@ impl Group {
 /// A group's state: `None` until its `Created` event.
 pub type GroupState = Option<Group>;
 
+/// The directions of policy execution a group has suspended (SPEC 2.3): an execution that
+/// would move capacity in a paused direction has the outcome `paused`; the other direction
+/// still executes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    /// Executions that would lower capacity.
+    pub scale_in: bool,
+    /// Executions that would raise capacity.
+    pub scale_out: bool,
+}
+
+impl Pause {
+    /// Both directions.
+    pub const BOTH: Pause = Pause {
+        scale_in: true,
+        scale_out: true,
+    };
+
+    /// Whether either direction is paused (the API's `paused`).
+    pub fn any(self) -> bool {
+        self.scale_in || self.scale_out
+    }
+
+    /// Whether a move from `from` to `to` is paused.
+    pub fn holds(self, from: u32, to: u32) -> bool {
+        (to > from && self.scale_out) || (to < from && self.scale_in)
+    }
+}
+
+fn both() -> bool {
+    true
+}
+
 /// What can be asked of a group.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GroupCommand {
@@ -136,9 +170,9 @@ pub enum GroupCommand {
         /// The new desired capacity.
         desired_capacity: u32,
     },
-    /// Stop executing policies.
-    Pause,
-    /// Execute policies again.
+    /// Stop executing policies that move capacity in these directions (at least one).
+    Pause(Pause),
+    /// Execute policies again, in both directions.
     Resume,
     /// Delete it; refused while it has servers (drain it first).
     Delete,
@@ -235,8 +269,14 @@ pub enum GroupEvent {
         /// When.
         at: Timestamp,
     },
-    /// It was paused.
+    /// It was paused: the directions now paused (both, in events from before directions).
     Paused {
+        /// Whether executions that would lower capacity are suspended.
+        #[serde(default = "both")]
+        scale_in: bool,
+        /// Whether executions that would raise capacity are suspended.
+        #[serde(default = "both")]
+        scale_out: bool,
         /// When.
         at: Timestamp,
     },
@@ -400,9 +440,17 @@ pub fn decide(
                 at: now,
             }])
         }
-        GroupCommand::Pause if group.paused => Ok(vec![]),
-        GroupCommand::Pause => Ok(vec![GroupEvent::Paused { at: now }]),
-        GroupCommand::Resume if !group.paused => Ok(vec![]),
+        GroupCommand::Pause(pause) if !pause.any() => Err(Rejection::invalid(
+            "pause",
+            "name a direction to pause: scale_in, scale_out or both",
+        )),
+        GroupCommand::Pause(pause) if group.pause == *pause => Ok(vec![]),
+        GroupCommand::Pause(pause) => Ok(vec![GroupEvent::Paused {
+            scale_in: pause.scale_in,
+            scale_out: pause.scale_out,
+            at: now,
+        }]),
+        GroupCommand::Resume if !group.pause.any() => Ok(vec![]),
         GroupCommand::Resume => Ok(vec![GroupEvent::Resumed { at: now }]),
         GroupCommand::Delete if !group.servers.is_empty() => Err(Rejection::Conflict {
             reason: format!(
@@ -460,7 +508,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             cooldown_seconds: *cooldown_seconds,
             launch: launch.clone(),
             metadata: metadata.clone(),
-            paused: false,
+            pause: Pause::default(),
             deleted: false,
             cooldown_until: None,
             created_at: *at,
@@ -522,8 +570,17 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
                 });
             }
         }
-        GroupEvent::Paused { .. } => group.paused = true,
-        GroupEvent::Resumed { .. } => group.paused = false,
+        GroupEvent::Paused {
+            scale_in,
+            scale_out,
+            ..
+        } => {
+            group.pause = Pause {
+                scale_in: *scale_in,
+                scale_out: *scale_out,
+            };
+        }
+        GroupEvent::Resumed { .. } => group.pause = Pause::default(),
         GroupEvent::Deleted { .. } => group.deleted = true,
         GroupEvent::Draining { at } => {
             // A forced deletion: the operator takes the group to nothing.

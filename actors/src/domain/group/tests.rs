@@ -87,7 +87,7 @@ fn a_new_group_starts_at_min_size_with_the_default_cooldown() {
     let group = replay(&events).unwrap();
     assert_eq!(group.desired_capacity, 2);
     assert_eq!(group.cooldown_seconds, DEFAULT_COOLDOWN_SECONDS);
-    assert!(!group.paused);
+    assert!(!group.pause.any());
     assert_eq!(group.cooldown_until, None);
 }
 
@@ -168,13 +168,17 @@ fn the_largest_group_and_longest_cooldown_are_allowed() {
 #[test]
 fn commands_on_a_missing_or_deleted_group_are_not_found() {
     assert_eq!(
-        decide(&None, &GroupCommand::Pause, T0)
+        decide(&None, &GroupCommand::Pause(Pause::BOTH), T0)
             .unwrap_err()
             .status(),
         404
     );
     let (deleted, _) = when(given_group(1, 3, 1), GroupCommand::Delete, T0);
-    for cmd in [GroupCommand::Pause, GroupCommand::Delete, change(1, None)] {
+    for cmd in [
+        GroupCommand::Pause(Pause::BOTH),
+        GroupCommand::Delete,
+        change(1, None),
+    ] {
         assert_eq!(decide(&deleted, &cmd, T0).unwrap_err().status(), 404);
     }
 }
@@ -251,7 +255,7 @@ fn an_execution_at_a_bound_is_no_change_and_starts_no_cooldown() {
 
 #[test]
 fn a_paused_group_executes_nothing_until_resumed() {
-    let (paused, _) = when(given_group(1, 10, 2), GroupCommand::Pause, T0);
+    let (paused, _) = when(given_group(1, 10, 2), GroupCommand::Pause(Pause::BOTH), T0);
     let (after, events) = when(paused.clone(), change(3, None), T0);
     assert_eq!(outcome_of(&events), &Outcome::Paused);
     assert_eq!(after, paused);
@@ -261,9 +265,70 @@ fn a_paused_group_executes_nothing_until_resumed() {
 }
 
 #[test]
+fn a_paused_direction_executes_nothing_while_the_other_still_does() {
+    let scale_in = Pause {
+        scale_in: true,
+        scale_out: false,
+    };
+    let (paused, events) = when(given_group(1, 10, 4), GroupCommand::Pause(scale_in), T0);
+    assert_eq!(
+        events,
+        [GroupEvent::Paused {
+            scale_in: true,
+            scale_out: false,
+            at: T0
+        }]
+    );
+    let (after, events) = when(paused.clone(), change(-2, None), T0);
+    assert_eq!(outcome_of(&events), &Outcome::Paused);
+    assert_eq!(capacity(&after), 4);
+    let (after, events) = when(paused, change(2, None), T0);
+    assert!(matches!(
+        outcome_of(&events),
+        Outcome::Executed { from: 4, to: 6, .. }
+    ));
+    assert_eq!(capacity(&after), 6);
+
+    // The reverse, and an execution that would change nothing is `no_change`, not `paused`.
+    let scale_out = Pause {
+        scale_in: false,
+        scale_out: true,
+    };
+    let (paused, _) = when(given_group(1, 10, 4), GroupCommand::Pause(scale_out), T0);
+    let (_, events) = when(paused.clone(), change(1, None), T0);
+    assert_eq!(outcome_of(&events), &Outcome::Paused);
+    let (_, events) = when(paused.clone(), change(0, None), T0);
+    assert_eq!(outcome_of(&events), &Outcome::NoChange { capacity: 4 });
+    let (after, _) = when(paused, change(-1, None), T0);
+    assert_eq!(capacity(&after), 3);
+}
+
+#[test]
+fn a_pause_names_a_direction_and_an_old_paused_event_means_both() {
+    assert!(decide(
+        &given_group(1, 10, 2),
+        &GroupCommand::Pause(Pause::default()),
+        T0
+    )
+    .is_err());
+    let old: GroupEvent = serde_json::from_value(json!({"type": "paused", "at": T0})).unwrap();
+    assert_eq!(
+        old,
+        GroupEvent::Paused {
+            scale_in: true,
+            scale_out: true,
+            at: T0
+        }
+    );
+}
+
+#[test]
 fn pausing_a_paused_group_records_nothing() {
-    let (paused, _) = when(given_group(1, 10, 2), GroupCommand::Pause, T0);
-    assert_eq!(decide(&paused, &GroupCommand::Pause, T0), Ok(vec![]));
+    let (paused, _) = when(given_group(1, 10, 2), GroupCommand::Pause(Pause::BOTH), T0);
+    assert_eq!(
+        decide(&paused, &GroupCommand::Pause(Pause::BOTH), T0),
+        Ok(vec![])
+    );
     assert_eq!(
         decide(&given_group(1, 10, 2), &GroupCommand::Resume, T0),
         Ok(vec![])
@@ -474,7 +539,7 @@ mod properties {
                     GroupCommand::Update(GroupPatch { min_size, max_size, cooldown_seconds, launch, ..GroupPatch::default() })
                 }),
             1 => (0u32..12).prop_map(|desired_capacity| GroupCommand::SetDesired { desired_capacity }),
-            1 => Just(GroupCommand::Pause),
+            1 => (any::<bool>(), any::<bool>()).prop_map(|(scale_in, scale_out)| GroupCommand::Pause(Pause { scale_in, scale_out })),
             1 => Just(GroupCommand::Resume),
             1 => Just(GroupCommand::Delete),
             16 => (adjustment(), proptest::option::of(0u32..4), cause()).prop_map(|(adjustment, cooldown_seconds, cause)| {
