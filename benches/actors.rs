@@ -42,6 +42,7 @@ fn new_group(id: &GroupId) -> NewGroup {
 fn definition(adjustment: i64) -> PolicyDefinition {
     PolicyDefinition {
         name: "step".into(),
+        mode: flotilla_actors::domain::policy::Mode::Live,
         adjustment_type: AdjustmentType::Change,
         adjustment,
         min_adjustment_step: None,

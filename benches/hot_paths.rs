@@ -113,6 +113,7 @@ fn decide_apply(c: &mut Criterion) {
         tenant_id: TenantId::new("ten_bench"),
         definition: PolicyDefinition {
             name: "up".into(),
+            mode: flotilla_actors::domain::policy::Mode::Live,
             adjustment_type: adjustment.kind,
             adjustment: adjustment.value,
             min_adjustment_step: adjustment.min_adjustment_step,

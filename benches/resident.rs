@@ -161,6 +161,7 @@ fn main() {
                     tenant_id: tenant.clone(),
                     definition: PolicyDefinition {
                         name: "scale-up".into(),
+                        mode: flotilla_actors::domain::policy::Mode::Live,
                         adjustment_type: AdjustmentType::Change,
                         adjustment: 1,
                         min_adjustment_step: None,

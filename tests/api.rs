@@ -950,3 +950,85 @@ fn launch_configurations_follow_their_providers_schema() {
                       "launch": {"provider": "http", "url": "https://o.example"}});
     assert_eq!(server.call("POST", "/v1/groups", &token, Some(body)).0, 201);
 }
+
+#[test]
+fn a_shadow_policy_leaves_capacity_alone_and_shows_what_it_would_have_done() {
+    let server = Server::start();
+    let token = server.tenant("acme");
+    let group = server.group(&token, 1, 10, 2, 60);
+    let policy = server.policy(
+        &token,
+        &group,
+        json!({"name": "try", "mode": "shadow", "adjustment_type": "change", "adjustment": 3}),
+    );
+    let (_, shown) = server.call(
+        "GET",
+        &format!("/v1/groups/{group}/policies/{policy}"),
+        &token,
+        None,
+    );
+    assert_eq!(
+        (shown["mode"].clone(), shown["policy_type"].clone()),
+        (json!("shadow"), json!("simple"))
+    );
+    let execute = format!("/v1/groups/{group}/policies/{policy}/execute");
+    let (status, outcome) = server.call("POST", &execute, &token, None);
+    assert_eq!(status, 202, "{outcome}");
+    assert_eq!(
+        (
+            outcome["outcome"].clone(),
+            outcome["from"].clone(),
+            outcome["to"].clone(),
+            outcome["would"].clone()
+        ),
+        (json!("shadow"), json!(2), json!(5), json!("executed")),
+        "{outcome}"
+    );
+    assert_eq!(server.capacity(&token, &group), 2);
+
+    // A live execution, then the filter finds the shadow one alone.
+    let live = server.policy(
+        &token,
+        &group,
+        json!({"name": "live", "adjustment_type": "change", "adjustment": 1}),
+    );
+    let (status, _) = server.call(
+        "POST",
+        &format!("/v1/groups/{group}/policies/{live}/execute"),
+        &token,
+        None,
+    );
+    assert_eq!(status, 202);
+    let (_, shadows) = server.call(
+        "GET",
+        &format!("/v1/groups/{group}/activity?outcome=shadow"),
+        &token,
+        None,
+    );
+    let items = shadows["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{shadows}");
+    assert_eq!(items[0]["policy_id"], policy.as_str());
+    assert_eq!(items[0]["would"]["outcome"], "executed");
+    let bad = server.call(
+        "GET",
+        &format!("/v1/groups/{group}/activity?outcome=maybe"),
+        &token,
+        None,
+    );
+    assert_error(&bad, 400, "invalid_query");
+
+    // PATCH makes it live: it now waits out the live policy's cooldown, then moves capacity.
+    let (status, patched) = server.call(
+        "PATCH",
+        &format!("/v1/groups/{group}/policies/{policy}"),
+        &token,
+        Some(json!({"mode": "live"})),
+    );
+    assert_eq!((status, patched["mode"].clone()), (200, json!("live")));
+    let (_, outcome) = server.call("POST", &execute, &token, None);
+    assert_eq!(outcome["outcome"], "cooldown", "{outcome}");
+    server.clock.advance_secs(60);
+    let (_, outcome) = server.call("POST", &execute, &token, None);
+    assert_eq!(outcome["outcome"], "executed", "{outcome}");
+    assert_eq!(server.capacity(&token, &group), 6);
+}

@@ -66,6 +66,7 @@ async fn policy(w: &World, group: &GroupId, adjustment: i64, cooldown: Option<u3
         tenant_id: TenantId::new("ten_test"),
         definition: PolicyDefinition {
             name: "up".into(),
+            mode: flotilla_actors::domain::policy::Mode::Live,
             adjustment_type: AdjustmentType::Change,
             adjustment,
             min_adjustment_step: None,

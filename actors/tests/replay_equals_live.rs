@@ -11,7 +11,7 @@ use std::sync::Arc;
 use flotilla_actors::aggregate::{Aggregate, Groups, Policies, Webhooks};
 use flotilla_actors::clock::{ManualClock, Timestamp};
 use flotilla_actors::domain::group::{GroupCommand, GroupPatch, NewGroup, Pause};
-use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition, PolicyPatch};
+use flotilla_actors::domain::policy::{Mode, PolicyCommand, PolicyDefinition, PolicyPatch};
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::webhook::{Secret, WebhookCommand};
 use flotilla_actors::domain::{Cause, DomainEvent, GroupId, PolicyId, TenantId, WebhookId};
@@ -74,15 +74,17 @@ fn definition() -> impl Strategy<Value = PolicyDefinition> {
         )),
         (0i64..=14).prop_map(|a| (AdjustmentType::Exact, a, None)),
     ];
-    (kind, proptest::option::of(0u32..=90)).prop_map(|((adjustment_type, adjustment, step), cd)| {
-        PolicyDefinition {
+    let mode = prop_oneof![3 => Just(Mode::Live), 1 => Just(Mode::Shadow)];
+    (kind, proptest::option::of(0u32..=90), mode).prop_map(
+        |((adjustment_type, adjustment, step), cd, mode)| PolicyDefinition {
             name: "policy".into(),
+            mode,
             adjustment_type,
             adjustment,
             min_adjustment_step: step,
             cooldown_seconds: cd,
-        }
-    })
+        },
+    )
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -336,6 +338,7 @@ async fn run_case(definitions: [PolicyDefinition; 2], desired: u32, ops: Vec<Op>
             Op::Redefine(i, definition) => {
                 let patch = PolicyPatch {
                     name: Some(definition.name.clone()),
+                    mode: Some(definition.mode),
                     adjustment_type: Some(definition.adjustment_type),
                     adjustment: Some(definition.adjustment),
                     min_adjustment_step: Some(definition.min_adjustment_step),

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Tenant;
 use super::error::{CreateErrors, ListErrors, ReadErrors, RemoveErrors, WriteErrors};
 use super::resource;
-use super::views::{GroupCreated, GroupView, ServerView};
+use super::views::{GroupCreated, GroupView, OutcomeKind, ServerView};
 use super::{ApiError, AppState, List, ListQuery};
 use crate::audit::format_millis;
 use crate::token;
@@ -79,6 +79,16 @@ pub struct UpdateGroup {
     /// Replaces the launch configuration whole; at most 64 KiB of JSON (413).
     #[schema(value_type = Option<Object>)]
     launch: Option<Value>,
+}
+
+/// `?limit=&cursor=&outcome=` of a group's activity.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+    /// Only policy executions with this outcome (e.g. `shadow`).
+    outcome: Option<OutcomeKind>,
 }
 
 /// `?force=` of a delete.
@@ -460,7 +470,7 @@ pub async fn servers(
     get,
     path = "/v1/groups/{id}/activity",
     tag = "groups",
-    params(("id" = String, Path, description = "group id"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "at most this many items (default 100)"), ("cursor" = Option<String>, Query, pattern = "^[1-9][0-9]{0,18}$", description = "the `next_cursor` of the page before")),
+    params(("id" = String, Path, description = "group id"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "at most this many items (default 100)"), ("cursor" = Option<String>, Query, pattern = "^[1-9][0-9]{0,18}$", description = "the `next_cursor` of the page before"), ("outcome" = Option<OutcomeKind>, Query, description = "only policy executions with this outcome, e.g. `shadow`")),
     responses(
         (status = 200, description = "scaling activity, newest first: each recorded event with its `seq` and `time`", body = List<Value>),
         ReadErrors,
@@ -471,9 +481,15 @@ pub async fn activity(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<String>,
-    query: web::Query<ListQuery>,
+    query: web::Query<ActivityQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path)?;
+    let query = query.into_inner();
+    let outcome = query.outcome;
+    let query = ListQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    };
     let limit = query.limit()?;
     let journal = state.supervisor.journal();
     let to = match query.cursor.as_deref() {
@@ -499,6 +515,14 @@ pub async fn activity(
         };
         if !event.is_activity() {
             continue;
+        }
+        if let Some(wanted) = outcome {
+            let GroupEvent::PolicyExecuted { outcome, .. } = &event else {
+                continue;
+            };
+            if OutcomeKind::from(outcome) != wanted {
+                continue;
+            }
         }
         if items.len() == limit {
             next_cursor = Some((record.version + 1).to_string());

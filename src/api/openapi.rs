@@ -115,7 +115,7 @@ pub fn document_for(settings: &crate::settings::Settings) -> serde_json::Value {
 /// utoipa. Each serializes exactly as its domain enum (a test holds them together, and the
 /// `From` impls are exhaustive, so a new domain variant does not compile until mirrored).
 pub mod mirror {
-    use flotilla_actors::domain::{alarm, scaling};
+    use flotilla_actors::domain::{alarm, policy, scaling};
     use serde::Serialize;
     use utoipa::ToSchema;
 
@@ -129,6 +129,16 @@ pub mod mirror {
         Percent,
         /// Set the capacity to `adjustment`.
         Exact,
+    }
+
+    /// Whether a policy's executions move capacity.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Mode {
+        /// Its executions change capacity.
+        Live,
+        /// Its executions are recorded with the outcome `shadow`; capacity is left alone.
+        Shadow,
     }
 
     /// How a period's samples are reduced to its datapoint.
@@ -194,6 +204,15 @@ pub mod mirror {
                 D::Change => Self::Change,
                 D::Percent => Self::Percent,
                 D::Exact => Self::Exact,
+            }
+        }
+    }
+
+    impl From<policy::Mode> for Mode {
+        fn from(value: policy::Mode) -> Self {
+            match value {
+                policy::Mode::Live => Self::Live,
+                policy::Mode::Shadow => Self::Shadow,
             }
         }
     }
@@ -277,6 +296,8 @@ mod tests {
     fn the_mirrors_serialize_and_list_exactly_the_domain_values() {
         use AdjustmentType as A;
         same::<_, mirror::AdjustmentType>(&[A::Change, A::Percent, A::Exact]);
+        use flotilla_actors::domain::policy::Mode as M;
+        same::<_, mirror::Mode>(&[M::Live, M::Shadow]);
         use Statistic as S;
         same::<_, mirror::Statistic>(&[S::Avg, S::Min, S::Max, S::Sum, S::Count]);
         use Comparison as C;

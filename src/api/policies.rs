@@ -3,7 +3,7 @@
 use actix_web::{web, HttpResponse};
 use flotilla_actors::aggregate::{Alarms, Groups, Policies};
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmPatch};
-use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition, PolicyPatch};
+use flotilla_actors::domain::policy::{Mode, PolicyCommand, PolicyDefinition, PolicyPatch};
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::{AlarmId, Cause, GroupId, PolicyId, Rejection, TenantId};
 use serde::Deserialize;
@@ -27,6 +27,11 @@ pub struct CreatePolicy {
         pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
     )]
     name: String,
+    /// `live` (the default) or `shadow`: executions recorded with what they would have done,
+    /// capacity untouched.
+    #[serde(default)]
+    #[schema(value_type = Option<mirror::Mode>)]
+    mode: Mode,
     #[schema(value_type = mirror::AdjustmentType)]
     adjustment_type: AdjustmentType,
     /// May be negative for `change` and `percent`.
@@ -53,6 +58,9 @@ pub struct UpdatePolicy {
         pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
     )]
     name: Option<String>,
+    /// Switches the policy between `live` and `shadow`.
+    #[schema(value_type = Option<mirror::Mode>)]
+    mode: Option<Mode>,
     #[schema(value_type = Option<mirror::AdjustmentType>)]
     adjustment_type: Option<AdjustmentType>,
     #[serde(default, deserialize_with = "super::whole::optional")]
@@ -109,6 +117,7 @@ pub async fn create(
         tenant_id: tenant,
         definition: PolicyDefinition {
             name: body.name,
+            mode: body.mode,
             adjustment_type: body.adjustment_type,
             adjustment: body.adjustment,
             min_adjustment_step: body.min_adjustment_step,
@@ -195,6 +204,7 @@ pub async fn update(
     let body = body.into_inner();
     let patch = PolicyPatch {
         name: body.name,
+        mode: body.mode,
         adjustment_type: body.adjustment_type,
         adjustment: body.adjustment,
         min_adjustment_step: body.min_adjustment_step,

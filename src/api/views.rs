@@ -3,12 +3,12 @@
 use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::alarm::{Alarm, AlarmState, Comparison, Statistic, TreatMissing};
 use flotilla_actors::domain::group::{Group, Outcome};
-use flotilla_actors::domain::policy::Policy;
+use flotilla_actors::domain::policy::{Mode, Policy};
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::server::{Server, ServerState};
 use flotilla_actors::domain::webhook::Webhook;
 use flotilla_actors::supervisor::PolicyExecution;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
@@ -155,6 +155,11 @@ pub struct PolicyView {
     pub group_id: String,
     /// The policy's name, 1 to 255 characters.
     pub name: String,
+    /// `simple` (step and target tracking come with SPEC 2.1).
+    pub policy_type: &'static str,
+    /// `live` or `shadow`.
+    #[schema(value_type = mirror::Mode)]
+    pub mode: Mode,
     /// How `adjustment` is read.
     #[schema(value_type = mirror::AdjustmentType)]
     pub adjustment_type: AdjustmentType,
@@ -174,6 +179,8 @@ impl From<&Policy> for PolicyView {
             id: p.id.to_string(),
             group_id: p.group_id.to_string(),
             name: p.definition.name.clone(),
+            policy_type: "simple",
+            mode: p.definition.mode,
             adjustment_type: p.definition.adjustment_type,
             adjustment: p.definition.adjustment,
             min_adjustment_step: p.definition.min_adjustment_step,
@@ -293,7 +300,7 @@ impl From<&Alarm> for AlarmView {
 }
 
 /// What a policy execution did, as its `outcome` field names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeKind {
     /// Capacity changed `from` → `to`; a cooldown started.
@@ -302,8 +309,11 @@ pub enum OutcomeKind {
     NoChange,
     /// The group is cooling down; retry after `retry_after_seconds`.
     Cooldown,
-    /// The group is paused.
+    /// The group is paused (in the direction the capacity would move).
     Paused,
+    /// A shadow policy's execution: capacity stays at `from`; `to` is what it computed and
+    /// `would` what a live execution would have done.
+    Shadow,
 }
 
 impl OutcomeKind {
@@ -314,6 +324,7 @@ impl OutcomeKind {
             OutcomeKind::NoChange => "no_change",
             OutcomeKind::Cooldown => "cooldown",
             OutcomeKind::Paused => "paused",
+            OutcomeKind::Shadow => "shadow",
         }
     }
 }
@@ -325,6 +336,7 @@ impl From<&Outcome> for OutcomeKind {
             Outcome::NoChange { .. } => OutcomeKind::NoChange,
             Outcome::Cooldown { .. } => OutcomeKind::Cooldown,
             Outcome::Paused => OutcomeKind::Paused,
+            Outcome::Shadow { .. } => OutcomeKind::Shadow,
         }
     }
 }
@@ -335,12 +347,15 @@ impl From<&Outcome> for OutcomeKind {
 pub struct ExecutionView {
     /// What the execution did; says which of the fields below are present.
     pub outcome: OutcomeKind,
-    /// With `executed`: the capacity before.
+    /// With `executed` and `shadow`: the capacity before.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<u32>,
-    /// With `executed`: the capacity after.
+    /// With `executed`: the capacity after; with `shadow`, the capacity the policy computed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<u32>,
+    /// With `shadow`: what a live execution would have done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would: Option<OutcomeKind>,
     /// With `no_change`: the unchanged capacity.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u32>,
@@ -358,6 +373,7 @@ pub struct ExecutionView {
 impl From<&PolicyExecution> for ExecutionView {
     fn from(run: &PolicyExecution) -> Self {
         let (mut from, mut to, mut capacity, mut retry_after_seconds) = (None, None, None, None);
+        let mut would = None;
         match &run.outcome {
             Outcome::Executed {
                 from: before,
@@ -369,11 +385,20 @@ impl From<&PolicyExecution> for ExecutionView {
                 retry_after_seconds: seconds,
             } => retry_after_seconds = Some(*seconds),
             Outcome::Paused => {}
+            Outcome::Shadow {
+                from: before,
+                to: after,
+                would: live,
+            } => {
+                (from, to) = (Some(*before), Some(*after));
+                would = Some(OutcomeKind::from(live.as_ref()));
+            }
         }
         ExecutionView {
             outcome: OutcomeKind::from(&run.outcome),
             from,
             to,
+            would,
             capacity,
             retry_after_seconds,
             policy_id: run.policy.id.to_string(),

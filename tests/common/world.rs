@@ -120,6 +120,7 @@ pub fn new_policy(id: &PolicyId, group: &GroupId, tenant: &TenantId) -> PolicyCo
         tenant_id: tenant.clone(),
         definition: PolicyDefinition {
             name: "up".into(),
+            mode: flotilla_actors::domain::policy::Mode::Live,
             adjustment_type: AdjustmentType::Change,
             adjustment: 1,
             min_adjustment_step: None,

@@ -18,11 +18,26 @@ use crate::clock::Timestamp;
 /// The largest magnitude of a `percent` adjustment: ±1000 %.
 pub const MAX_PERCENT: i64 = 1_000;
 
+/// Whether a policy's executions move capacity (SPEC 2.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Its executions change capacity.
+    #[default]
+    Live,
+    /// Its executions are decided exactly as a live one's, and recorded with the outcome
+    /// `shadow` and what they would have done; capacity is left alone.
+    Shadow,
+}
+
 /// A policy's definition, the part a create sets and an update replaces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyDefinition {
     /// 1 to 255 characters.
     pub name: String,
+    /// Live or shadow; live in events from before modes.
+    #[serde(default)]
+    pub mode: Mode,
     /// How `adjustment` is read.
     pub adjustment_type: AdjustmentType,
     /// The adjustment; may be negative for `change` and `percent`.
@@ -71,6 +86,8 @@ pub type PolicyState = Option<Policy>;
 pub struct PolicyPatch {
     /// A new name.
     pub name: Option<String>,
+    /// A new mode.
+    pub mode: Option<Mode>,
     /// A new adjustment type.
     pub adjustment_type: Option<AdjustmentType>,
     /// A new adjustment.
@@ -181,6 +198,7 @@ pub fn decide(
             let current = &policy.definition;
             let definition = PolicyDefinition {
                 name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
+                mode: patch.mode.unwrap_or(current.mode),
                 adjustment_type: patch.adjustment_type.unwrap_or(current.adjustment_type),
                 adjustment: patch.adjustment.unwrap_or(current.adjustment),
                 min_adjustment_step: patch
@@ -321,6 +339,7 @@ mod tests {
     fn definition(adjustment_type: AdjustmentType, adjustment: i64) -> PolicyDefinition {
         PolicyDefinition {
             name: "scale out".into(),
+            mode: Mode::Live,
             adjustment_type,
             adjustment,
             min_adjustment_step: None,
@@ -431,6 +450,7 @@ mod tests {
     fn a_blank_name_and_a_cooldown_over_a_week_are_refused() {
         let blank = PolicyDefinition {
             name: "".into(),
+            mode: Mode::Live,
             ..definition(AdjustmentType::Change, 1)
         };
         assert_eq!(invalid_field(decide(&None, &create(blank), T0)), "name");

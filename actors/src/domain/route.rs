@@ -107,6 +107,7 @@ mod tests {
             tenant_id: TenantId::new("ten_1"),
             definition: PolicyDefinition {
                 name: "up".into(),
+                mode: crate::domain::policy::Mode::Live,
                 adjustment_type: AdjustmentType::Change,
                 adjustment: 1,
                 min_adjustment_step: None,

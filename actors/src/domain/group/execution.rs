@@ -1,11 +1,13 @@
 //! A policy's execution on its group: the route's liveness (decided by [`route::check`]), the
 //! pinned arithmetic ([`scaling::compute`]), then pause, cooldown and whether capacity moves.
-//! Whatever the outcome, it is recorded as one [`GroupEvent::PolicyExecuted`].
+//! Whatever the outcome, it is recorded as one [`GroupEvent::PolicyExecuted`]; a shadow
+//! policy's, as [`Outcome::Shadow`] wrapping what a live one's would have been.
 
 use serde::{Deserialize, Serialize};
 
 use super::{Group, GroupEvent, GroupState, Pause};
 use crate::clock::{millis_to_secs_rounded_up, Timestamp};
+use crate::domain::policy::Mode;
 use crate::domain::route::{self, Route};
 use crate::domain::scaling::{self, Computation};
 use crate::domain::{Cause, Rejection};
@@ -33,8 +35,18 @@ pub enum Outcome {
         /// Seconds until the cooldown ends, rounded up.
         retry_after_seconds: u64,
     },
-    /// The group is paused.
+    /// The group is paused (in the direction the capacity would move).
     Paused,
+    /// A shadow policy's execution (SPEC 2.1): capacity stays at `from`; `would` is the
+    /// outcome a live policy would have had, and `to` the capacity it computed.
+    Shadow {
+        /// The capacity, unchanged.
+        from: u32,
+        /// The capacity the policy computed.
+        to: u32,
+        /// What a live execution would have done.
+        would: Box<Outcome>,
+    },
 }
 
 /// Executes the route's policy on the group `state`, if the whole route is live.
@@ -52,7 +64,14 @@ pub(super) fn decide_execution(
         group.max_size,
     );
     let cooldown_seconds = policy.definition.cooldown_seconds;
-    let outcome = execution_outcome(group, &computation, cooldown_seconds, now);
+    let mut outcome = execution_outcome(group, &computation, cooldown_seconds, now);
+    if policy.definition.mode == Mode::Shadow {
+        outcome = Outcome::Shadow {
+            from: group.desired_capacity,
+            to: computation.result,
+            would: Box::new(outcome),
+        };
+    }
     Ok(vec![GroupEvent::PolicyExecuted {
         policy_id: policy.id.clone(),
         cause: cause.clone(),

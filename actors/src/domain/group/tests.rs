@@ -47,6 +47,7 @@ fn execute(adjustment: Adjustment, cooldown_seconds: Option<u32>, cause: Cause) 
         tenant_id: TenantId::new("ten_1"),
         definition: PolicyDefinition {
             name: "p".into(),
+            mode: crate::domain::policy::Mode::Live,
             adjustment_type: adjustment.kind,
             adjustment: adjustment.value,
             min_adjustment_step: adjustment.min_adjustment_step,
@@ -68,6 +69,15 @@ fn change(value: i64, cooldown_seconds: Option<u32>) -> GroupCommand {
         min_adjustment_step: None,
     };
     execute(adjustment, cooldown_seconds, Cause::Direct)
+}
+
+/// [`change`] by a shadow policy.
+fn shadow_change(value: i64) -> GroupCommand {
+    let mut command = change(value, None);
+    if let GroupCommand::ExecutePolicy { route, .. } = &mut command {
+        route.policy.as_mut().unwrap().definition.mode = crate::domain::policy::Mode::Shadow;
+    }
+    command
 }
 
 fn outcome_of(events: &[GroupEvent]) -> &Outcome {
@@ -319,6 +329,42 @@ fn a_pause_names_a_direction_and_an_old_paused_event_means_both() {
             scale_out: true,
             at: T0
         }
+    );
+}
+
+#[test]
+fn a_shadow_policy_records_what_it_would_have_done_and_leaves_capacity_and_cooldown_alone() {
+    let given = given_group(1, 10, 2);
+    let (after, events) = when(given.clone(), shadow_change(3), T0);
+    assert_eq!(
+        outcome_of(&events),
+        &Outcome::Shadow {
+            from: 2,
+            to: 5,
+            would: Box::new(Outcome::Executed {
+                from: 2,
+                to: 5,
+                cooldown_until: T0.plus_secs(DEFAULT_COOLDOWN_SECONDS)
+            })
+        }
+    );
+    assert_eq!(capacity(&after), 2);
+    assert_eq!(after.as_ref().unwrap().cooldown_until, None);
+    // A live execution right after is not cooling down.
+    let (after, _) = when(after, change(1, None), T0);
+    assert_eq!(capacity(&after), 3);
+    // During the live one's cooldown, the shadow says it would have waited.
+    let (_, events) = when(after.clone(), shadow_change(1), T0);
+    assert!(
+        matches!(outcome_of(&events), Outcome::Shadow { from: 3, to: 4, would } if matches!(**would, Outcome::Cooldown { .. })),
+        "{events:?}"
+    );
+    // Paused, it would have been paused.
+    let (paused, _) = when(after, GroupCommand::Pause(Pause::BOTH), T0);
+    let (_, events) = when(paused, shadow_change(-1), T0);
+    assert!(
+        matches!(outcome_of(&events), Outcome::Shadow { would, .. } if **would == Outcome::Paused),
+        "{events:?}"
     );
 }
 
