@@ -43,6 +43,9 @@ fn definition(adjustment: i64) -> PolicyDefinition {
     PolicyDefinition {
         name: "step".into(),
         mode: flotilla_actors::domain::policy::Mode::Live,
+        policy_type: flotilla_actors::domain::policy::PolicyType::Simple,
+        steps: Vec::new(),
+        warmup_seconds: None,
         adjustment_type: AdjustmentType::Change,
         adjustment,
         min_adjustment_step: None,
@@ -67,6 +70,7 @@ fn executed_record() -> NewEvent {
     let command = GroupCommand::ExecutePolicy {
         route: Route::direct(policy),
         cause: Cause::Direct,
+        breach: None,
     };
     let events = group::decide(&state, &command, now).unwrap();
     store::records::<Groups>(&events, now).unwrap().remove(0)
@@ -176,7 +180,7 @@ fn policy_execution(c: &mut Criterion) {
                                 (&supervisor, &policies[caller][(i % 2) as usize]);
                             async move {
                                 let run = supervisor
-                                    .execute_policy(policy, Cause::Direct)
+                                    .execute_policy(policy, Cause::Direct, None)
                                     .await
                                     .unwrap();
                                 assert!(matches!(run.outcome, Outcome::Executed { .. }));

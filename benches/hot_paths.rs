@@ -114,6 +114,9 @@ fn decide_apply(c: &mut Criterion) {
         definition: PolicyDefinition {
             name: "up".into(),
             mode: flotilla_actors::domain::policy::Mode::Live,
+            policy_type: flotilla_actors::domain::policy::PolicyType::Simple,
+            steps: Vec::new(),
+            warmup_seconds: None,
             adjustment_type: adjustment.kind,
             adjustment: adjustment.value,
             min_adjustment_step: adjustment.min_adjustment_step,
@@ -125,6 +128,7 @@ fn decide_apply(c: &mut Criterion) {
     let execute = GroupCommand::ExecutePolicy {
         route: Route::direct(policy),
         cause: Cause::Direct,
+        breach: None,
     };
     group.bench_function("policy_execution", |b| {
         b.iter_batched(

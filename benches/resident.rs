@@ -162,6 +162,9 @@ fn main() {
                     definition: PolicyDefinition {
                         name: "scale-up".into(),
                         mode: flotilla_actors::domain::policy::Mode::Live,
+                        policy_type: flotilla_actors::domain::policy::PolicyType::Simple,
+                        steps: Vec::new(),
+                        warmup_seconds: None,
                         adjustment_type: AdjustmentType::Change,
                         adjustment: 1,
                         min_adjustment_step: None,

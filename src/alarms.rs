@@ -14,6 +14,7 @@ use flotilla_actors::aggregate::Alarms;
 use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmDefinition, AlarmEvent, AlarmState};
 use flotilla_actors::domain::evaluation::{actions, evaluate, next_state};
+use flotilla_actors::domain::policy::Breach;
 use flotilla_actors::domain::samples::{RecordError, Recorded, Sample, SeriesStore};
 use flotilla_actors::domain::{AlarmId, Cause, GroupId, PolicyId, Rejection};
 use flotilla_actors::error::Error as ActorError;
@@ -345,7 +346,11 @@ impl Evaluator {
                 self.transition(&id, datapoints).await;
             } else if from == AlarmState::Alarm {
                 let reason = format!("still in alarm: {}", evaluation.reason);
-                self.repeat(&id, &definition, &reason).await;
+                let breach = evaluation.value.map(|metric_value| Breach {
+                    metric_value,
+                    breach_threshold: definition.threshold,
+                });
+                self.repeat(&id, &definition, &reason, breach).await;
             }
         }
         self.table.prune(now);
@@ -402,14 +407,20 @@ impl Evaluator {
 
     /// Executes the alarm actions of an alarm that stays in ALARM with `repeat_actions` (as
     /// Auto Scaling keeps invoking a policy; the policy's cooldown still applies).
-    async fn repeat(&self, id: &AlarmId, definition: &AlarmDefinition, reason: &str) {
+    async fn repeat(
+        &self,
+        id: &AlarmId,
+        definition: &AlarmDefinition,
+        reason: &str,
+        breach: Option<Breach>,
+    ) {
         let repeated = actions(definition, AlarmState::Alarm, AlarmState::Alarm, true);
         for policy in repeated {
             let cause = Cause::Alarm {
                 alarm_id: id.clone(),
                 reason: reason.to_owned(),
             };
-            if let Err(error) = self.supervisor.execute_policy(&policy, cause).await {
+            if let Err(error) = self.supervisor.execute_policy(&policy, cause, breach).await {
                 tracing::warn!(alarm = %id, policy = %policy, %error, "alarm action failed");
             }
         }

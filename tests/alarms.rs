@@ -367,3 +367,51 @@ fn pausing_scale_in_keeps_an_alarms_scale_out_working() {
         (json!(false), json!({"scale_in": false, "scale_out": false}))
     );
 }
+
+#[test]
+fn a_step_policy_an_alarm_executes_chooses_its_step_by_the_deciding_datapoint() {
+    let server = server();
+    let l = setup(&server, json!({}));
+    let step = server.policy(
+        &l.token,
+        &l.group,
+        json!({"name": "steps", "policy_type": "step", "adjustment_type": "change",
+               "steps": [{"lower": 0, "upper": 0.1, "adjustment": 1},
+                         {"lower": 0.1, "adjustment": 3}]}),
+    );
+    let (status, alarm) = server.call(
+        "PATCH",
+        &format!("/v1/alarms/{}", l.alarm),
+        &l.token,
+        Some(json!({"alarm_actions": [step]})),
+    );
+    assert_eq!(status, 200, "{alarm}");
+    // The latest datapoint is 0.95: 0.15 above the threshold of 0.8, in the second step.
+    for values in [[0.9, 0.9], [0.9, 1.0]] {
+        post(&server, &l, &values);
+        server.clock.advance_secs(60);
+        server.tick();
+    }
+    server.tick_until("the step scale-out", 3, || {
+        server.capacity(&l.token, &l.group) == 4
+    });
+    let (_, activity) = server.call(
+        "GET",
+        &format!("/v1/groups/{}/activity", l.group),
+        &l.token,
+        None,
+    );
+    let executed = activity["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["type"] == "policy_executed")
+        .unwrap()
+        .clone();
+    assert_eq!(executed["step"], 1, "{executed}");
+    assert_eq!(executed["breach"]["breach_threshold"], 0.8, "{executed}");
+    assert!(
+        (executed["breach"]["metric_value"].as_f64().unwrap() - 0.95).abs() < 1e-9,
+        "{executed}"
+    );
+}

@@ -1032,3 +1032,95 @@ fn a_shadow_policy_leaves_capacity_alone_and_shows_what_it_would_have_done() {
     assert_eq!(outcome["outcome"], "executed", "{outcome}");
     assert_eq!(server.capacity(&token, &group), 6);
 }
+
+#[test]
+fn a_step_policy_executes_the_step_its_breach_falls_in_by_execute_or_webhook() {
+    let server = Server::start();
+    let token = server.tenant("acme");
+    let group = server.group(&token, 0, 20, 10, 300);
+    let (status, policy) = server.call(
+        "POST",
+        &format!("/v1/groups/{group}/policies"),
+        &token,
+        Some(
+            json!({"name": "out", "policy_type": "step", "adjustment_type": "percent",
+                    "steps": [{"lower": 0, "upper": 10, "adjustment": 0},
+                              {"lower": 10, "upper": 20, "adjustment": 10},
+                              {"lower": 20, "adjustment": 30}],
+                    "warmup_seconds": 0}),
+        ),
+    );
+    assert_eq!(status, 201, "{policy}");
+    assert_eq!(policy["policy_type"], "step");
+    assert_eq!(policy["steps"].as_array().unwrap().len(), 3);
+    let id = policy["id"].as_str().unwrap();
+    let execute = format!("/v1/groups/{group}/policies/{id}/execute");
+    let needs = server.call("POST", &execute, &token, None);
+    assert_error(&needs, 400, "metric_value_required");
+    let (status, outcome) = server.call(
+        "POST",
+        &execute,
+        &token,
+        Some(json!({"metric_value": 60, "breach_threshold": 50})),
+    );
+    assert_eq!(status, 202, "{outcome}");
+    assert_eq!(
+        (outcome["from"].clone(), outcome["to"].clone()),
+        (json!(10), json!(11))
+    );
+    // No cooldown: a webhook call at once, whose body names the breach, takes the next step.
+    let (status, hook) = server.call(
+        "POST",
+        &format!("/v1/groups/{group}/policies/{id}/webhooks"),
+        &token,
+        Some(json!({"name": "alertmanager"})),
+    );
+    assert_eq!(status, 201, "{hook}");
+    let hook = common::Hook {
+        token: token.clone(),
+        group: group.clone(),
+        policy: id.to_owned(),
+        id: hook["id"].as_str().unwrap().to_owned(),
+        url: hook["url"].as_str().unwrap().to_owned(),
+        secret: hook["secret"].as_str().unwrap().to_owned(),
+    };
+    let body = json!({"metric_value": 70.0, "breach_threshold": 50.0}).to_string();
+    let now = server.now_secs();
+    let (status, outcome) = server.send_hook(&hook, &hook.secret, "msg_step", now, body.as_bytes());
+    assert_eq!(status, 202, "{outcome}");
+    assert_eq!(server.capacity(&token, &group), 14);
+
+    // A policy's type decides its fields.
+    for (body, field) in [
+        (
+            json!({"name": "s", "policy_type": "step", "adjustment_type": "change", "adjustment": 1,
+                "steps": [{"lower": 0, "adjustment": 1}]}),
+            "adjustment",
+        ),
+        (
+            json!({"name": "s", "policy_type": "step", "adjustment_type": "change",
+                "steps": [{"lower": 0, "upper": 5, "adjustment": 1}, {"lower": 6, "adjustment": 2}]}),
+            "steps",
+        ),
+        (
+            json!({"name": "s", "adjustment_type": "change"}),
+            "adjustment",
+        ),
+    ] {
+        let refused = server.call(
+            "POST",
+            &format!("/v1/groups/{group}/policies"),
+            &token,
+            Some(body),
+        );
+        assert_error(&refused, 400, "invalid_input");
+        assert!(
+            refused.1["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(field),
+            "{}",
+            refused.1
+        );
+    }
+}

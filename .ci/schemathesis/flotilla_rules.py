@@ -26,6 +26,18 @@ RULES = [
     # min_adjustment_step belongs to percent policies only (SPEC 2).
     (r"(POST|PATCH) /v1/groups/\{id\}/policies(/\{pid\})?", "invalid_input",
      r"invalid min_adjustment_step: is only allowed with adjustment_type percent"),
+    # A policy's type decides its fields: a simple one needs an adjustment and has no steps or
+    # warm-up; a step one has steps (ordered, no overlap, no gap) and no adjustment or
+    # cooldown of its own (SPEC 2.1).
+    (r"(POST|PATCH) /v1/groups/\{id\}/policies(/\{pid\})?", "invalid_input",
+     r"invalid adjustment: (a simple policy needs one|belongs to simple policies.*)"),
+    (r"(POST|PATCH) /v1/groups/\{id\}/policies(/\{pid\})?", "invalid_input",
+     r"invalid steps: .*|invalid warmup_seconds: belongs to step policies.*"
+     r"|invalid cooldown_seconds: belongs to simple policies.*"),
+    # A step policy executed without the breach its step is chosen by (SPEC 2.1).
+    (r"POST /v1/groups/\{id\}/policies/\{pid\}/execute", "metric_value_required", r".*"),
+    # A pause names at least one direction (SPEC 2.3).
+    (r"POST /v1/groups/\{id\}/pause", "invalid_input", r"invalid pause: name a direction to pause.*"),
     # datapoints_to_alarm (M) <= evaluation_periods (N) (SPEC 5).
     (r"(POST|PATCH) /v1/alarms(/\{aid\})?", "invalid_input",
      r"invalid datapoints_to_alarm: must lie within \[1, evaluation_periods \(\d+\)\], is \d+"),

@@ -16,7 +16,7 @@ use crate::aggregate::{Aggregate, Alarms, Groups, Policies, Webhooks};
 use crate::clock::Clock;
 use crate::domain::alarm::{Alarm, AlarmCommand};
 use crate::domain::group::{Group, GroupCommand, GroupEvent, Outcome};
-use crate::domain::policy::Policy;
+use crate::domain::policy::{Breach, Policy};
 use crate::domain::route::{self, Route, Via};
 use crate::domain::webhook::{Secret, WebhookCommand, WebhookState};
 use crate::domain::{nonce_window, AlarmId, Cause, PolicyId, Rejection, WebhookId};
@@ -283,10 +283,12 @@ impl Supervisor {
         &self,
         policy_id: &PolicyId,
         cause: Cause,
+        breach: Option<Breach>,
     ) -> Result<PolicyExecution, Error> {
         let id = policy_id.clone();
         self.on_arbiter_of(policy_id.as_str(), move |this| async move {
-            this.execute_policy_here(&id, cause, None, None).await
+            this.execute_policy_here(&id, cause, breach, None, None)
+                .await
         })
         .await
     }
@@ -302,6 +304,7 @@ impl Supervisor {
         &self,
         policy_id: &PolicyId,
         cause: Cause,
+        breach: Option<Breach>,
         via: Option<Via>,
         along: Option<StreamAppend>,
     ) -> Result<PolicyExecution, Error> {
@@ -326,6 +329,7 @@ impl Supervisor {
             let command = GroupCommand::ExecutePolicy {
                 route,
                 cause: cause.clone(),
+                breach,
             };
             let group = policy.group_id.as_str();
             let executed = self
@@ -363,10 +367,11 @@ impl Supervisor {
         webhook_id: &WebhookId,
         check: SignatureCheck,
         admit: Option<Admission>,
+        breach: Option<Breach>,
     ) -> Result<PolicyExecution, Error> {
         let id = webhook_id.clone();
         self.on_arbiter_of(webhook_id.as_str(), move |this| async move {
-            this.deliver_webhook_here(&id, check, admit).await
+            this.deliver_webhook_here(&id, check, admit, breach).await
         })
         .await
     }
@@ -377,6 +382,7 @@ impl Supervisor {
         webhook_id: &WebhookId,
         check: SignatureCheck,
         admit: Option<Admission>,
+        breach: Option<Breach>,
     ) -> Result<PolicyExecution, Error> {
         let (tolerance_seconds, window_capacity) = (
             self.inner.config.webhook_tolerance_seconds,
@@ -414,7 +420,7 @@ impl Supervisor {
                 };
                 let policy_id = via.policy_id.clone();
                 let execution = this
-                    .execute_policy_here(&policy_id, cause, Some(via), Some(nonce))
+                    .execute_policy_here(&policy_id, cause, breach, Some(via), Some(nonce))
                     .await?;
                 let version = execution
                     .along_version
@@ -461,36 +467,51 @@ impl Supervisor {
             let take = take.clone();
             Arc::new(move |state: &Option<Alarm>, _| {
                 let reason = state.as_ref().map(|a| a.state_reason.clone());
-                Ok((take.clone(), reason.unwrap_or_default()))
+                // The deciding datapoint against the threshold: a step policy's breach.
+                let breach = state.as_ref().and_then(|a| {
+                    a.state_value.map(|metric_value| Breach {
+                        metric_value,
+                        breach_threshold: a.definition.threshold,
+                    })
+                });
+                Ok((take.clone(), (reason.unwrap_or_default(), breach)))
             })
         };
         let this = self.clone();
         let (alarm, policy) = (alarm_id.clone(), policy_id.clone());
-        let then = Arc::new(move |reason: String, taken: StreamAppend| -> Next<_> {
-            let (this, alarm, policy) = (this.clone(), alarm.clone(), policy.clone());
-            Box::pin(async move {
-                let cause = Cause::Alarm {
-                    alarm_id: alarm,
-                    reason,
-                };
-                let execution = this
-                    .execute_policy_here(&policy, cause, None, Some(taken))
-                    .await?;
-                let version = execution
-                    .along_version
-                    .ok_or_else(|| Rejection::not_found("alarm"))?;
-                Ok((execution, version))
-            })
-        });
-        let along: Along<Alarms, String, PolicyExecution> = Along { command, then };
+        let then = Arc::new(
+            move |(reason, breach): (String, Option<Breach>), taken: StreamAppend| -> Next<_> {
+                let (this, alarm, policy) = (this.clone(), alarm.clone(), policy.clone());
+                Box::pin(async move {
+                    let cause = Cause::Alarm {
+                        alarm_id: alarm,
+                        reason,
+                    };
+                    let execution = this
+                        .execute_policy_here(&policy, cause, breach, None, Some(taken))
+                        .await?;
+                    let version = execution
+                        .along_version
+                        .ok_or_else(|| Rejection::not_found("alarm"))?;
+                    Ok((execution, version))
+                })
+            },
+        );
+        let along: Along<Alarms, (String, Option<Breach>), PolicyExecution> =
+            Along { command, then };
         let taken = self
             .ask::<Alarms, _>(alarm_id.as_str(), || along.clone())
             .await?;
-        if let Err(Error::Rejected(Rejection::NotFound { object })) = &taken {
-            if *object != "alarm" {
-                // Nothing to execute: the action is done with.
-                self.execute::<Alarms>(alarm_id.as_str(), take).await?;
-            }
+        let done_with = match &taken {
+            // Nothing to execute.
+            Err(Error::Rejected(Rejection::NotFound { object })) => *object != "alarm",
+            // A step policy with no datapoint to choose its step by (a transition without
+            // one): trying again would not give it one.
+            Err(Error::Rejected(Rejection::MetricValueRequired)) => true,
+            _ => false,
+        };
+        if done_with {
+            self.execute::<Alarms>(alarm_id.as_str(), take).await?;
         }
         taken
     }

@@ -67,6 +67,9 @@ async fn policy(w: &World, group: &GroupId, adjustment: i64, cooldown: Option<u3
         definition: PolicyDefinition {
             name: "up".into(),
             mode: flotilla_actors::domain::policy::Mode::Live,
+            policy_type: flotilla_actors::domain::policy::PolicyType::Simple,
+            steps: Vec::new(),
+            warmup_seconds: None,
             adjustment_type: AdjustmentType::Change,
             adjustment,
             min_adjustment_step: None,
@@ -126,7 +129,7 @@ async fn a_policy_execution_survives_a_restart_of_the_whole_system() {
         let p = policy(&w, &g, 3, None).await;
         let run = w
             .supervisor
-            .execute_policy(&p, Cause::Direct)
+            .execute_policy(&p, Cause::Direct, None)
             .await
             .unwrap();
         assert!(matches!(
@@ -141,7 +144,7 @@ async fn a_policy_execution_survives_a_restart_of_the_whole_system() {
     clock.advance_secs(59);
     let run = w
         .supervisor
-        .execute_policy(&policy_id, Cause::Direct)
+        .execute_policy(&policy_id, Cause::Direct, None)
         .await
         .unwrap();
     assert_eq!(
@@ -153,7 +156,7 @@ async fn a_policy_execution_survives_a_restart_of_the_whole_system() {
     clock.advance_secs(1);
     let run = w
         .supervisor
-        .execute_policy(&policy_id, Cause::Direct)
+        .execute_policy(&policy_id, Cause::Direct, None)
         .await
         .unwrap();
     assert!(matches!(
@@ -176,7 +179,7 @@ async fn thirty_two_concurrent_deliveries_of_one_nonce_accept_exactly_one() {
         let h = h.clone();
         async move {
             supervisor
-                .deliver_webhook(&h, signed_with(KEY, "msg_once", timestamp), None)
+                .deliver_webhook(&h, signed_with(KEY, "msg_once", timestamp), None, None)
                 .await
         }
     });
@@ -201,12 +204,12 @@ async fn a_bad_signature_never_records_the_nonce() {
     let now = Timestamp::from_millis(START);
     let forged = w
         .supervisor
-        .deliver_webhook(&h, signed_with([8; 32], "msg_1", now), None)
+        .deliver_webhook(&h, signed_with([8; 32], "msg_1", now), None, None)
         .await;
     assert!(matches!(forged, Err(Error::InvalidSignature)));
     let genuine = w
         .supervisor
-        .deliver_webhook(&h, signed_with(KEY, "msg_1", now), None)
+        .deliver_webhook(&h, signed_with(KEY, "msg_1", now), None, None)
         .await
         .unwrap();
     assert!(matches!(
@@ -233,7 +236,7 @@ async fn two_policies_hitting_one_group_concurrently_lose_no_update() {
     let calls = (0..100).map(|i| {
         let supervisor = w.supervisor.clone();
         let p = if i % 2 == 0 { up.clone() } else { down.clone() };
-        async move { supervisor.execute_policy(&p, Cause::Direct).await }
+        async move { supervisor.execute_policy(&p, Cause::Direct, None).await }
     });
     let results = join_all(calls).await;
     assert!(results.iter().all(std::result::Result::is_ok));
@@ -314,7 +317,7 @@ async fn a_paused_group_records_the_execution_but_does_not_change() {
         .unwrap();
     let run = w
         .supervisor
-        .execute_policy(&p, Cause::Direct)
+        .execute_policy(&p, Cause::Direct, None)
         .await
         .unwrap();
     assert_eq!(run.outcome, Outcome::Paused);
@@ -337,7 +340,7 @@ async fn unknown_and_malformed_ids_are_not_found() {
     );
     let missing = w
         .supervisor
-        .execute_policy(&PolicyId::new("pol_nope"), Cause::Direct)
+        .execute_policy(&PolicyId::new("pol_nope"), Cause::Direct, None)
         .await;
     assert_eq!(missing.unwrap_err().status(), 404);
     let wrong_kind = w.supervisor.get::<Groups>("pol_123").await;
@@ -370,7 +373,7 @@ async fn a_caller_that_finds_a_dead_actor_does_not_unregister_its_successor() {
         }
         Err(Error::InvalidSignature)
     });
-    let mut delivery = Box::pin(w.supervisor.deliver_webhook(&h, check, None));
+    let mut delivery = Box::pin(w.supervisor.deliver_webhook(&h, check, None, None));
     assert!(futures::poll!(delivery.as_mut()).is_pending());
     let mut read = Box::pin(w.supervisor.get::<Webhooks>(h.as_str()));
     assert!(futures::poll!(read.as_mut()).is_pending());
@@ -411,7 +414,12 @@ async fn a_webhook_with_a_large_nonce_window_is_snapshotted_less_often() {
     // The webhook's stream: its creation, then one nonce per call, none expiring.
     for call in 1..=2000 {
         w.supervisor
-            .deliver_webhook(&h, signed_with(KEY, &format!("msg_{call}"), now), None)
+            .deliver_webhook(
+                &h,
+                signed_with(KEY, &format!("msg_{call}"), now),
+                None,
+                None,
+            )
             .await
             .unwrap();
     }
@@ -440,7 +448,7 @@ async fn a_nonce_is_recorded_in_the_same_append_as_its_execution_or_not_at_all()
     let now = Timestamp::from_millis(START);
 
     w.supervisor
-        .deliver_webhook(&h, signed_with(KEY, "msg_1", now), None)
+        .deliver_webhook(&h, signed_with(KEY, "msg_1", now), None, None)
         .await
         .unwrap();
     let records: Vec<_> = w.journal.read_all(1).map(|r| r.unwrap()).collect();
@@ -465,7 +473,7 @@ async fn a_nonce_is_recorded_in_the_same_append_as_its_execution_or_not_at_all()
         .unwrap();
     let refused = w
         .supervisor
-        .deliver_webhook(&h, signed_with(KEY, "msg_2", now), None)
+        .deliver_webhook(&h, signed_with(KEY, "msg_2", now), None, None)
         .await;
     assert!(
         matches!(refused, Err(ref e) if e.code() == "not_found"),
@@ -491,7 +499,7 @@ async fn an_idle_actor_stops_and_its_object_comes_back_whole_on_the_next_message
     let p = policy(&w, &g, 3, None).await;
     let run = w
         .supervisor
-        .execute_policy(&p, Cause::Direct)
+        .execute_policy(&p, Cause::Direct, None)
         .await
         .unwrap();
     assert!(matches!(
@@ -515,7 +523,7 @@ async fn an_idle_actor_stops_and_its_object_comes_back_whole_on_the_next_message
     assert_eq!(w.supervisor.resident(), 1);
     let run = w
         .supervisor
-        .execute_policy(&p, Cause::Direct)
+        .execute_policy(&p, Cause::Direct, None)
         .await
         .unwrap();
     assert!(
@@ -542,6 +550,7 @@ async fn an_execution_decided_with_a_policy_since_deleted_is_refused_whole_and_d
     let stale = GroupCommand::ExecutePolicy {
         route: flotilla_actors::domain::route::Route::direct(read.state.clone().unwrap()),
         cause: Cause::Direct,
+        breach: None,
     };
     let guard = store::unchanged(p.as_str(), read.version);
     let head = w.journal.head().unwrap().seq;
@@ -565,7 +574,7 @@ async fn an_execution_decided_with_a_policy_since_deleted_is_refused_whole_and_d
     );
 
     // Through the supervisor, the execution is decided again with the policy as it now is.
-    let run = w.supervisor.execute_policy(&p, Cause::Direct).await;
+    let run = w.supervisor.execute_policy(&p, Cause::Direct, None).await;
     assert_eq!(run.err().map(|e| e.code()), Some("not_found"));
     assert_eq!(group_now.state.unwrap().desired_capacity, 0);
 }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use flotilla_actors::aggregate::{Aggregate, Groups, Policies, Webhooks};
 use flotilla_actors::clock::{ManualClock, Timestamp};
 use flotilla_actors::domain::group::{GroupCommand, GroupPatch, NewGroup, Pause};
-use flotilla_actors::domain::policy::{Mode, PolicyCommand, PolicyDefinition, PolicyPatch};
+use flotilla_actors::domain::policy::{
+    Breach, Mode, PolicyCommand, PolicyDefinition, PolicyPatch, PolicyType, Step,
+};
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::webhook::{Secret, WebhookCommand};
 use flotilla_actors::domain::{Cause, DomainEvent, GroupId, PolicyId, TenantId, WebhookId};
@@ -47,8 +49,9 @@ enum Op {
     SetDesired(u32),
     Pause,
     Resume,
-    /// Execute policy 0 or 1 directly.
-    Execute(usize),
+    /// Execute policy 0 or 1 directly, with a breach this far from a threshold of 50 (a step
+    /// policy needs one).
+    Execute(usize, Option<f64>),
     /// Replace policy 0's or 1's definition.
     Redefine(usize, PolicyDefinition),
     /// A signed call to the webhook (which executes policy 0). `nonce: None` is a fresh one.
@@ -75,14 +78,61 @@ fn definition() -> impl Strategy<Value = PolicyDefinition> {
         (0i64..=14).prop_map(|a| (AdjustmentType::Exact, a, None)),
     ];
     let mode = prop_oneof![3 => Just(Mode::Live), 1 => Just(Mode::Shadow)];
-    (kind, proptest::option::of(0u32..=90), mode).prop_map(
-        |((adjustment_type, adjustment, step), cd, mode)| PolicyDefinition {
-            name: "policy".into(),
-            mode,
-            adjustment_type,
-            adjustment,
-            min_adjustment_step: step,
-            cooldown_seconds: cd,
+    // A step policy: down one below the threshold, up one within 10 above it, up by the
+    // drawn adjustment beyond; with or without a warm-up.
+    let steps = |up: i64| {
+        vec![
+            Step {
+                lower: None,
+                upper: Some(0.0),
+                adjustment: -1,
+            },
+            Step {
+                lower: Some(0.0),
+                upper: Some(10.0),
+                adjustment: 1,
+            },
+            Step {
+                lower: Some(10.0),
+                upper: None,
+                adjustment: up,
+            },
+        ]
+    };
+    let policy_type = prop_oneof![
+        3 => Just((PolicyType::Simple, None)),
+        1 => proptest::option::of(0u32..=120).prop_map(|w| (PolicyType::Step, w)),
+    ];
+    (kind, proptest::option::of(0u32..=90), mode, policy_type).prop_map(
+        move |((adjustment_type, adjustment, step), cd, mode, (policy_type, warmup))| {
+            let simple = policy_type == PolicyType::Simple;
+            // Exact steps may not be negative.
+            let up = adjustment.max(1);
+            PolicyDefinition {
+                name: "policy".into(),
+                mode,
+                policy_type,
+                steps: if simple {
+                    Vec::new()
+                } else {
+                    steps(up)
+                        .into_iter()
+                        .map(|s| Step {
+                            adjustment: if adjustment_type == AdjustmentType::Exact {
+                                s.adjustment.max(0)
+                            } else {
+                                s.adjustment
+                            },
+                            ..s
+                        })
+                        .collect()
+                },
+                warmup_seconds: warmup,
+                adjustment_type,
+                adjustment: if simple { adjustment } else { 0 },
+                min_adjustment_step: step,
+                cooldown_seconds: if simple { cd } else { None },
+            }
         },
     )
 }
@@ -102,7 +152,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u32..=12).prop_map(Op::SetDesired),
         1 => Just(Op::Pause),
         1 => Just(Op::Resume),
-        6 => (0usize..2).prop_map(Op::Execute),
+        6 => (0usize..2, proptest::option::of(-30.0f64..30.0)).prop_map(|(i, d)| Op::Execute(i, d)),
         1 => ((0usize..2), definition()).prop_map(|(i, d)| Op::Redefine(i, d)),
         5 => (
             proptest::option::of(0u8..4),
@@ -328,10 +378,14 @@ async fn run_case(definitions: [PolicyDefinition; 2], desired: u32, ops: Vec<Op>
                     .await;
                 answered(result, step);
             }
-            Op::Execute(i) => {
+            Op::Execute(i, distance) => {
+                let breach = distance.map(|d| Breach {
+                    metric_value: 50.0 + d,
+                    breach_threshold: 50.0,
+                });
                 let result = w
                     .supervisor
-                    .execute_policy(&ids.policies[*i], Cause::Direct)
+                    .execute_policy(&ids.policies[*i], Cause::Direct, breach)
                     .await;
                 answered(result, step);
             }
@@ -339,6 +393,8 @@ async fn run_case(definitions: [PolicyDefinition; 2], desired: u32, ops: Vec<Op>
                 let patch = PolicyPatch {
                     name: Some(definition.name.clone()),
                     mode: Some(definition.mode),
+                    steps: Some(definition.steps.clone()),
+                    warmup_seconds: Some(definition.warmup_seconds),
                     adjustment_type: Some(definition.adjustment_type),
                     adjustment: Some(definition.adjustment),
                     min_adjustment_step: Some(definition.min_adjustment_step),
@@ -370,7 +426,7 @@ async fn run_case(definitions: [PolicyDefinition; 2], desired: u32, ops: Vec<Op>
                 let timestamp = w.clock.now_plus_secs(*skew_seconds);
                 let result = w
                     .supervisor
-                    .deliver_webhook(&ids.webhook, signed_with(key, nonce, timestamp), None)
+                    .deliver_webhook(&ids.webhook, signed_with(key, nonce, timestamp), None, None)
                     .await;
                 answered(result, step);
             }

@@ -393,16 +393,17 @@ pub async fn pause(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path)?;
-    let pause = if body.iter().all(u8::is_ascii_whitespace) {
-        Pause::BOTH
+    // No body, or null, pauses both directions.
+    let body: Option<PauseBody> = if body.iter().all(u8::is_ascii_whitespace) {
+        None
     } else {
-        let body: PauseBody = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
-        Pause {
-            scale_in: body.scale_in,
-            scale_out: body.scale_out,
-        }
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
     };
+    let pause = body.map_or(Pause::BOTH, |body| Pause {
+        scale_in: body.scale_in,
+        scale_out: body.scale_out,
+    });
     respond(&state, &id, GroupCommand::Pause(pause)).await
 }
 

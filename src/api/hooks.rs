@@ -110,6 +110,11 @@ async fn deliver(
             )
         })?
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    // A step policy's breach, if the (JSON) body names one.
+    let breach = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(json) => super::policies::breach_in(&json)?,
+        Err(_) => None,
+    };
     let call = Call::parse(
         header(req, "webhook-id")?,
         header(req, "webhook-timestamp")?,
@@ -132,6 +137,8 @@ async fn deliver(
             limited.into()
         })
     });
-    let delivered = state.supervisor.deliver_webhook(&id, check, Some(admit));
+    let delivered = state
+        .supervisor
+        .deliver_webhook(&id, check, Some(admit), breach);
     Ok(delivered.await?)
 }

@@ -131,6 +131,16 @@ pub mod mirror {
         Exact,
     }
 
+    /// How a policy decides.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum PolicyType {
+        /// One adjustment, behind the group's cooldown.
+        Simple,
+        /// The adjustment of the step the breach falls in, with a warm-up.
+        Step,
+    }
+
     /// Whether a policy's executions move capacity.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
     #[serde(rename_all = "snake_case")]
@@ -204,6 +214,15 @@ pub mod mirror {
                 D::Change => Self::Change,
                 D::Percent => Self::Percent,
                 D::Exact => Self::Exact,
+            }
+        }
+    }
+
+    impl From<policy::PolicyType> for PolicyType {
+        fn from(value: policy::PolicyType) -> Self {
+            match value {
+                policy::PolicyType::Simple => Self::Simple,
+                policy::PolicyType::Step => Self::Step,
             }
         }
     }
@@ -298,6 +317,8 @@ mod tests {
         same::<_, mirror::AdjustmentType>(&[A::Change, A::Percent, A::Exact]);
         use flotilla_actors::domain::policy::Mode as M;
         same::<_, mirror::Mode>(&[M::Live, M::Shadow]);
+        use flotilla_actors::domain::policy::PolicyType as P;
+        same::<_, mirror::PolicyType>(&[P::Simple, P::Step]);
         use Statistic as S;
         same::<_, mirror::Statistic>(&[S::Avg, S::Min, S::Max, S::Sum, S::Count]);
         use Comparison as C;

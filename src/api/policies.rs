@@ -3,10 +3,13 @@
 use actix_web::{web, HttpResponse};
 use flotilla_actors::aggregate::{Alarms, Groups, Policies};
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmPatch};
-use flotilla_actors::domain::policy::{Mode, PolicyCommand, PolicyDefinition, PolicyPatch};
+use flotilla_actors::domain::policy::{
+    Breach, Mode, PolicyCommand, PolicyDefinition, PolicyPatch, PolicyType, Step,
+};
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::{AlarmId, Cause, GroupId, PolicyId, Rejection, TenantId};
 use serde::Deserialize;
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Tenant;
@@ -29,15 +32,27 @@ pub struct CreatePolicy {
     name: String,
     /// `live` (the default) or `shadow`: executions recorded with what they would have done,
     /// capacity untouched.
-    #[serde(default)]
     #[schema(value_type = Option<mirror::Mode>)]
-    mode: Mode,
+    mode: Option<Mode>,
+    /// `simple` (the default) or `step` (SPEC 2.1).
+    #[schema(value_type = Option<mirror::PolicyType>)]
+    policy_type: Option<PolicyType>,
     #[schema(value_type = mirror::AdjustmentType)]
     adjustment_type: AdjustmentType,
-    /// May be negative for `change` and `percent`.
-    #[serde(deserialize_with = "super::whole::required")]
+    /// A simple policy's adjustment (required for one); may be negative for `change` and
+    /// `percent`.
+    #[serde(default, deserialize_with = "super::whole::optional")]
     #[schema(minimum = -10000, maximum = 10000)]
-    adjustment: i64,
+    adjustment: Option<i64>,
+    /// A step policy's steps, from the lowest: bounds relative to the breach threshold, no
+    /// overlap and no gap.
+    #[serde(default)]
+    #[schema(max_items = 20)]
+    steps: Vec<StepBody>,
+    /// A step policy's warm-up, seconds.
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(maximum = 86400)]
+    warmup_seconds: Option<u32>,
     /// For `percent` only: the smallest magnitude of a non-zero change.
     #[serde(default, deserialize_with = "super::whole::optional")]
     #[schema(minimum = 1, maximum = 10000)]
@@ -46,6 +61,32 @@ pub struct CreatePolicy {
     #[serde(default, deserialize_with = "super::whole::optional")]
     #[schema(maximum = 604800)]
     cooldown_seconds: Option<u32>,
+}
+
+/// One step of a step policy (SPEC 2.1).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepBody {
+    /// The lower bound, relative to the threshold; null (or absent) is unbounded.
+    #[serde(default)]
+    lower: Option<f64>,
+    /// The upper bound, relative to the threshold; null (or absent) is unbounded.
+    #[serde(default)]
+    upper: Option<f64>,
+    /// The adjustment, read by the policy's `adjustment_type`.
+    #[serde(deserialize_with = "super::whole::required")]
+    #[schema(minimum = -10000, maximum = 10000)]
+    adjustment: i64,
+}
+
+impl From<StepBody> for Step {
+    fn from(body: StepBody) -> Step {
+        Step {
+            lower: body.lower,
+            upper: body.upper,
+            adjustment: body.adjustment,
+        }
+    }
 }
 
 /// The body of a policy's update; `null` clears the optional fields.
@@ -66,6 +107,13 @@ pub struct UpdatePolicy {
     #[serde(default, deserialize_with = "super::whole::optional")]
     #[schema(minimum = -10000, maximum = 10000)]
     adjustment: Option<i64>,
+    /// A step policy's new steps.
+    #[schema(max_items = 20)]
+    steps: Option<Vec<StepBody>>,
+    /// A step policy's new warm-up; `null` removes it.
+    #[schema(value_type = Option<u32>, maximum = 86400)]
+    #[serde(default, deserialize_with = "super::whole::nullable")]
+    warmup_seconds: Option<Option<u32>>,
     /// `null` clears it.
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 10000)]
     #[serde(default, deserialize_with = "super::whole::nullable")]
@@ -110,6 +158,16 @@ pub async fn create(
     let group = owned_group(&state, &tenant, &path)?;
     resource::load::<Groups>(&state, &group).await?;
     let body = body.into_inner();
+    let policy_type = body.policy_type.unwrap_or_default();
+    let adjustment = match (policy_type, body.adjustment) {
+        (PolicyType::Simple, None) => {
+            return Err(ApiError::bad_request(
+                "invalid_input",
+                "invalid adjustment: a simple policy needs one",
+            ))
+        }
+        (_, adjustment) => adjustment.unwrap_or(0),
+    };
     let id = PolicyId::generate();
     let command = PolicyCommand::Create {
         id: id.clone(),
@@ -117,9 +175,12 @@ pub async fn create(
         tenant_id: tenant,
         definition: PolicyDefinition {
             name: body.name,
-            mode: body.mode,
+            mode: body.mode.unwrap_or_default(),
+            policy_type,
+            steps: body.steps.into_iter().map(Step::from).collect(),
+            warmup_seconds: body.warmup_seconds,
             adjustment_type: body.adjustment_type,
-            adjustment: body.adjustment,
+            adjustment,
             min_adjustment_step: body.min_adjustment_step,
             cooldown_seconds: body.cooldown_seconds,
         },
@@ -205,6 +266,10 @@ pub async fn update(
     let patch = PolicyPatch {
         name: body.name,
         mode: body.mode,
+        steps: body
+            .steps
+            .map(|steps| steps.into_iter().map(Step::from).collect()),
+        warmup_seconds: body.warmup_seconds,
         adjustment_type: body.adjustment_type,
         adjustment: body.adjustment,
         min_adjustment_step: body.min_adjustment_step,
@@ -289,15 +354,51 @@ async fn unname(state: &AppState, alarm: &AlarmId, policy: &PolicyId) -> Result<
     Ok(())
 }
 
-/// `POST /v1/groups/{id}/policies/{pid}/execute`: runs the policy now; 202 with its outcome.
+/// The optional body of `.../execute`: the breach a step policy chooses its step by.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteBody {
+    /// The metric's value.
+    metric_value: Option<f64>,
+    /// The threshold it breached.
+    breach_threshold: Option<f64>,
+}
+
+/// The breach a webhook call's or an execution's body names with top-level `metric_value` and
+/// `breach_threshold` (SPEC 2.1): none unless both are there; either one not a number is a 400
+/// naming it.
+pub fn breach_in(body: &Value) -> Result<Option<Breach>, ApiError> {
+    let number = |field: &'static str| match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value.as_f64().map(Some).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_input",
+                format!("invalid {field}: must be a number"),
+            )
+        }),
+    };
+    Ok(
+        match (number("metric_value")?, number("breach_threshold")?) {
+            (Some(metric_value), Some(breach_threshold)) => Some(Breach {
+                metric_value,
+                breach_threshold,
+            }),
+            _ => None,
+        },
+    )
+}
+
+/// `POST /v1/groups/{id}/policies/{pid}/execute`: runs the policy now; 202 with its outcome. A
+/// step policy needs the breach in the body.
 #[utoipa::path(
     post,
     path = "/v1/groups/{id}/policies/{pid}/execute",
     tag = "policies",
     params(("id" = String, Path, description = "group id"), ("pid" = String, Path, description = "policy id")),
+    request_body(content = Option<ExecuteBody>, description = "a step policy's breach; no body for the others", content_type = "application/json"),
     responses(
-        (status = 202, description = "the outcome: executed, no_change, cooldown or paused", body = ExecutionView),
-        ReadErrors,
+        (status = 202, description = "the outcome: executed, no_change, cooldown, paused or shadow", body = ExecutionView),
+        WriteErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -305,11 +406,26 @@ pub async fn execute(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (_, policy) = owned(&state, &tenant, &path.0, &path.1)?;
+    let body: Option<ExecuteBody> = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+    };
+    let breach = body.and_then(|body| {
+        body.metric_value
+            .zip(body.breach_threshold)
+            .map(|(metric_value, breach_threshold)| Breach {
+                metric_value,
+                breach_threshold,
+            })
+    });
     let run = state
         .supervisor
-        .execute_policy(&policy, Cause::Direct)
+        .execute_policy(&policy, Cause::Direct, breach)
         .await?;
     Ok(HttpResponse::Accepted().json(ExecutionView::from(&run)))
 }

@@ -3,7 +3,7 @@
 use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::alarm::{Alarm, AlarmState, Comparison, Statistic, TreatMissing};
 use flotilla_actors::domain::group::{Group, Outcome};
-use flotilla_actors::domain::policy::{Mode, Policy};
+use flotilla_actors::domain::policy::{Mode, Policy, PolicyType, Step};
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::server::{Server, ServerState};
 use flotilla_actors::domain::webhook::Webhook;
@@ -155,8 +155,16 @@ pub struct PolicyView {
     pub group_id: String,
     /// The policy's name, 1 to 255 characters.
     pub name: String,
-    /// `simple` (step and target tracking come with SPEC 2.1).
-    pub policy_type: &'static str,
+    /// `simple` or `step`.
+    #[schema(value_type = mirror::PolicyType)]
+    pub policy_type: PolicyType,
+    /// A step policy's steps.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub steps: Vec<Step>,
+    /// A step policy's warm-up, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup_seconds: Option<u32>,
     /// `live` or `shadow`.
     #[schema(value_type = mirror::Mode)]
     pub mode: Mode,
@@ -179,7 +187,9 @@ impl From<&Policy> for PolicyView {
             id: p.id.to_string(),
             group_id: p.group_id.to_string(),
             name: p.definition.name.clone(),
-            policy_type: "simple",
+            policy_type: p.definition.policy_type,
+            steps: p.definition.steps.clone(),
+            warmup_seconds: p.definition.warmup_seconds,
             mode: p.definition.mode,
             adjustment_type: p.definition.adjustment_type,
             adjustment: p.definition.adjustment,
@@ -449,6 +459,7 @@ mod tests {
             created_at: Timestamp::EPOCH,
             transitions: 1,
             pending_actions: vec![],
+            state_value: None,
         };
         // The alarm's own serialization, less the owner, the deletion flag and the bookkeeping of
         // its actions, with times as RFC 3339: what the API showed before the view had explicit

@@ -221,6 +221,9 @@ pub struct Alarm {
     pub transitions: u64,
     /// The latest transition's actions not yet recorded as taken (SPEC 5: exactly once).
     pub pending_actions: Vec<PolicyId>,
+    /// The datapoint that decided the state, if one was present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_value: Option<f64>,
 }
 
 /// What can be asked of an alarm.
@@ -299,6 +302,9 @@ pub enum AlarmEvent {
         /// The policies this transition executes, each once.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         actions: Vec<PolicyId>,
+        /// The deciding datapoint, if one was present (a step policy's breach).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<f64>,
     },
     /// One action of a transition was taken: its policy's execution was recorded with this.
     ActionTaken {
@@ -379,9 +385,17 @@ pub fn decide(
         AlarmCommand::Evaluate { datapoints } => {
             let evaluation =
                 super::evaluation::evaluate(&alarm.definition, alarm.state, datapoints);
-            Ok(transition(alarm, evaluation.next, evaluation.reason, now))
+            Ok(transition(
+                alarm,
+                evaluation.next,
+                evaluation.reason,
+                evaluation.value,
+                now,
+            ))
         }
-        AlarmCommand::Transition { to, reason } => Ok(transition(alarm, *to, reason.clone(), now)),
+        AlarmCommand::Transition { to, reason } => {
+            Ok(transition(alarm, *to, reason.clone(), None, now))
+        }
         AlarmCommand::TakeAction {
             transition,
             policy_id,
@@ -401,7 +415,13 @@ pub fn decide(
 }
 
 /// A move of `alarm` to `to` (none if it is there already), with the actions it executes.
-fn transition(alarm: &Alarm, to: AlarmState, reason: String, now: Timestamp) -> Vec<AlarmEvent> {
+fn transition(
+    alarm: &Alarm,
+    to: AlarmState,
+    reason: String,
+    value: Option<f64>,
+    now: Timestamp,
+) -> Vec<AlarmEvent> {
     if to == alarm.state {
         return vec![];
     }
@@ -411,6 +431,7 @@ fn transition(alarm: &Alarm, to: AlarmState, reason: String, now: Timestamp) -> 
         reason,
         at: now,
         actions: super::evaluation::actions(&alarm.definition, alarm.state, to, false),
+        value,
     }]
 }
 
@@ -514,6 +535,7 @@ pub fn apply(state: Option<Alarm>, event: &AlarmEvent) -> Option<Alarm> {
             created_at: *at,
             transitions: 0,
             pending_actions: vec![],
+            state_value: None,
         });
     }
     let mut alarm = state?;
@@ -526,10 +548,12 @@ pub fn apply(state: Option<Alarm>, event: &AlarmEvent) -> Option<Alarm> {
             reason,
             at,
             actions,
+            value,
             ..
         } => {
             alarm.state = *to;
             alarm.state_reason = reason.clone();
+            alarm.state_value = *value;
             alarm.state_changed_at = *at;
             alarm.transitions += 1;
             alarm.pending_actions = actions.clone();
@@ -668,6 +692,7 @@ mod tests {
                 to: AlarmState::Alarm,
                 reason: reason.clone(),
                 at: T0.plus_secs(180u32),
+                value: None,
                 actions: given_alarm().unwrap().definition.alarm_actions,
             }]
         );
@@ -849,6 +874,7 @@ mod tests {
             to: AlarmState::Alarm,
             reason: "r".into(),
             at: T0,
+            value: None,
             actions: vec![],
         };
         let json = serde_json::to_value(&changed).unwrap();

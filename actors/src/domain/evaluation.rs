@@ -46,6 +46,9 @@ pub struct Evaluation {
     pub breaching: usize,
     /// How many of the N were counted at all (all but the skipped missing ones).
     pub considered: usize,
+    /// The deciding datapoint: the latest present one of the window, which a step policy the
+    /// alarm executes chooses its step by (SPEC 2.1).
+    pub value: Option<f64>,
 }
 
 /// Evaluates an alarm in state `current` over `datapoints`, the last closed periods oldest first
@@ -105,6 +108,7 @@ pub fn evaluate(
         reason,
         breaching,
         considered,
+        value: window.iter().rev().flatten().next().copied(),
     }
 }
 
@@ -280,6 +284,7 @@ mod tests {
                 reason: "3 of the last 3 datapoints [0.91, 0.95, 0.97] were greater than the threshold (0.8)".into(),
                 breaching: 3,
                 considered: 3,
+                value: Some(0.97),
             }
         );
     }

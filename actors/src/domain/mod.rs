@@ -275,6 +275,12 @@ pub enum Rejection {
         /// Seconds until a call is allowed again.
         retry_after_seconds: u64,
     },
+    /// 400 `metric_value_required`: a step policy executed without the breach its step is
+    /// chosen by (`metric_value` and `breach_threshold`).
+    #[error(
+        "a step policy chooses its step by the breach: send metric_value and breach_threshold"
+    )]
+    MetricValueRequired,
     /// 429 `nonce_window_full`: the webhook remembers as many nonces as it may; none expires
     /// early, so the caller must wait `retry_after_seconds` (the `Retry-After` header).
     #[error("too many recent calls to this webhook; retry after {retry_after_seconds} s")]
@@ -315,13 +321,14 @@ impl Rejection {
             Rejection::NonceWindowFull { .. } => "nonce_window_full",
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::TooLarge { .. } => "too_large",
+            Rejection::MetricValueRequired => "metric_value_required",
         }
     }
 
     /// The HTTP status this rejection answers with.
     pub fn status(&self) -> u16 {
         match self {
-            Rejection::Invalid { .. } => 400,
+            Rejection::Invalid { .. } | Rejection::MetricValueRequired => 400,
             Rejection::TimestampOutOfWindow { .. } => 401,
             Rejection::NotFound { .. } => 404,
             Rejection::AlreadyExists { .. } | Rejection::Conflict { .. } | Rejection::Replayed => {

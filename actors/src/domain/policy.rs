@@ -30,14 +30,84 @@ pub enum Mode {
     Shadow,
 }
 
+/// How a policy decides (SPEC 2.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyType {
+    /// One adjustment, behind the group's cooldown (SPEC 2).
+    #[default]
+    Simple,
+    /// The adjustment of the step the breach falls in, with a warm-up (AWS step scaling).
+    Step,
+}
+
+/// One step of a step policy: an adjustment for breaches whose distance from the threshold lies
+/// between `lower` and `upper` (null: unbounded). Above the threshold the lower bound is
+/// inclusive and the upper exclusive; below it, the reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// The step's lower bound, relative to the threshold; null is −∞.
+    pub lower: Option<f64>,
+    /// The step's upper bound, relative to the threshold; null is +∞.
+    pub upper: Option<f64>,
+    /// The adjustment, read by the policy's `adjustment_type`.
+    pub adjustment: i64,
+}
+
+impl Step {
+    /// Whether the breach `distance` (value − threshold) falls in this step.
+    pub fn covers(&self, distance: f64) -> bool {
+        let lower = self.lower.unwrap_or(f64::NEG_INFINITY);
+        let upper = self.upper.unwrap_or(f64::INFINITY);
+        if distance >= 0.0 {
+            lower <= distance && distance < upper
+        } else {
+            lower < distance && distance <= upper
+        }
+    }
+}
+
+/// What a step policy is executed for: the metric's value and the threshold it breached, from
+/// the alarm that fired it, or from the body of a webhook call or of `execute`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Breach {
+    /// The deciding datapoint.
+    pub metric_value: f64,
+    /// The threshold it was compared with.
+    pub breach_threshold: f64,
+}
+
+impl Breach {
+    /// How far past the threshold the value lies.
+    pub fn distance(&self) -> f64 {
+        self.metric_value - self.breach_threshold
+    }
+}
+
+/// The most steps a step policy may have.
+pub const MAX_STEPS: usize = 20;
+
+/// The longest warm-up, in seconds: one day.
+pub const MAX_WARMUP_SECONDS: u32 = 86_400;
+
 /// A policy's definition, the part a create sets and an update replaces.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyDefinition {
     /// 1 to 255 characters.
     pub name: String,
     /// Live or shadow; live in events from before modes.
     #[serde(default)]
     pub mode: Mode,
+    /// Simple or step; simple in events from before types.
+    #[serde(default)]
+    pub policy_type: PolicyType,
+    /// A step policy's steps (none for a simple one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
+    /// A step policy's warm-up: seconds after a scale-out during which the capacity it added
+    /// counts against the next scale-out's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_seconds: Option<u32>,
     /// How `adjustment` is read.
     pub adjustment_type: AdjustmentType,
     /// The adjustment; may be negative for `change` and `percent`.
@@ -49,7 +119,7 @@ pub struct PolicyDefinition {
 }
 
 /// A policy as its events built it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     /// Its id.
     pub id: PolicyId,
@@ -67,13 +137,28 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// What the group is asked to do when this policy executes.
+    /// What the group is asked to do when this (simple) policy executes.
     pub fn adjustment(&self) -> Adjustment {
+        self.adjustment_of(self.definition.adjustment)
+    }
+
+    /// The adjustment `value`, read as this policy reads adjustments.
+    pub fn adjustment_of(&self, value: i64) -> Adjustment {
         Adjustment {
             kind: self.definition.adjustment_type,
-            value: self.definition.adjustment,
+            value,
             min_adjustment_step: self.definition.min_adjustment_step,
         }
+    }
+
+    /// The step a breach falls in, with its index; none if no step covers it.
+    pub fn step_for(&self, breach: Breach) -> Option<(usize, &Step)> {
+        let distance = breach.distance();
+        self.definition
+            .steps
+            .iter()
+            .enumerate()
+            .find(|(_, step)| step.covers(distance))
     }
 }
 
@@ -82,12 +167,16 @@ pub type PolicyState = Option<Policy>;
 
 /// A change to a policy: each present field replaces the current one. For the optional fields,
 /// `Some(None)` clears them.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct PolicyPatch {
     /// A new name.
     pub name: Option<String>,
     /// A new mode.
     pub mode: Option<Mode>,
+    /// New steps (a step policy's).
+    pub steps: Option<Vec<Step>>,
+    /// A new warm-up, or `Some(None)` to remove it.
+    pub warmup_seconds: Option<Option<u32>>,
     /// A new adjustment type.
     pub adjustment_type: Option<AdjustmentType>,
     /// A new adjustment.
@@ -99,7 +188,7 @@ pub struct PolicyPatch {
 }
 
 /// What can be asked of a policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PolicyCommand {
     /// Create it.
     Create {
@@ -119,7 +208,7 @@ pub enum PolicyCommand {
 }
 
 /// What happened to a policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PolicyEvent {
     /// It was created.
@@ -199,6 +288,9 @@ pub fn decide(
             let definition = PolicyDefinition {
                 name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
                 mode: patch.mode.unwrap_or(current.mode),
+                policy_type: current.policy_type,
+                steps: patch.steps.clone().unwrap_or_else(|| current.steps.clone()),
+                warmup_seconds: patch.warmup_seconds.unwrap_or(current.warmup_seconds),
                 adjustment_type: patch.adjustment_type.unwrap_or(current.adjustment_type),
                 adjustment: patch.adjustment.unwrap_or(current.adjustment),
                 min_adjustment_step: patch
@@ -221,26 +313,157 @@ pub fn decide(
 
 fn validate(definition: &PolicyDefinition) -> Result<(), Rejection> {
     validate_name("name", &definition.name)?;
-    let adjustment = definition.adjustment;
+    match definition.policy_type {
+        PolicyType::Simple => {
+            if !definition.steps.is_empty() {
+                return Err(Rejection::invalid("steps", "belong to step policies"));
+            }
+            if definition.warmup_seconds.is_some() {
+                return Err(Rejection::invalid(
+                    "warmup_seconds",
+                    "belongs to step policies; a simple policy has a cooldown",
+                ));
+            }
+            validate_adjustment(
+                "adjustment",
+                definition.adjustment_type,
+                definition.adjustment,
+            )?;
+        }
+        PolicyType::Step => {
+            if definition.adjustment != 0 {
+                return Err(Rejection::invalid(
+                    "adjustment",
+                    "belongs to simple policies; each step carries its own",
+                ));
+            }
+            if definition.cooldown_seconds.is_some() {
+                return Err(Rejection::invalid(
+                    "cooldown_seconds",
+                    "belongs to simple policies; a step policy has warmup_seconds",
+                ));
+            }
+            validate_steps(definition)?;
+            if let Some(warmup) = definition.warmup_seconds {
+                if warmup > MAX_WARMUP_SECONDS {
+                    return Err(Rejection::invalid(
+                        "warmup_seconds",
+                        format!("must be at most {MAX_WARMUP_SECONDS}, is {warmup}"),
+                    ));
+                }
+            }
+        }
+    }
+    validate_rest(definition)
+}
+
+/// Steps (AWS's rules): 1 to [`MAX_STEPS`], listed from the lowest; finite bounds with lower <
+/// upper, never both null; only the first open below and only the last open above, and open so
+/// whenever a bound lies on that side of the threshold; each step's upper bound the next one's
+/// lower (no overlap, no gap); each adjustment within its type's range.
+fn validate_steps(definition: &PolicyDefinition) -> Result<(), Rejection> {
+    let steps = &definition.steps;
+    if steps.is_empty() || steps.len() > MAX_STEPS {
+        return Err(Rejection::invalid(
+            "steps",
+            format!(
+                "a step policy has 1 to {MAX_STEPS} steps, has {}",
+                steps.len()
+            ),
+        ));
+    }
+    if steps.len() == 1 && steps[0].lower.is_none() && steps[0].upper.is_none() {
+        return Err(Rejection::invalid(
+            "steps",
+            "step 0: a step may not leave both bounds null",
+        ));
+    }
+    let below = steps.iter().any(|s| s.lower.is_some_and(|l| l < 0.0));
+    if below && steps[0].lower.is_some() {
+        return Err(Rejection::invalid(
+            "steps",
+            "a step below the threshold needs a first step with no lower bound",
+        ));
+    }
+    let above = steps.iter().any(|s| s.upper.is_some_and(|u| u > 0.0));
+    if above && steps[steps.len() - 1].upper.is_some() {
+        return Err(Rejection::invalid(
+            "steps",
+            "a step above the threshold needs a last step with no upper bound",
+        ));
+    }
+    for (i, step) in steps.iter().enumerate() {
+        let finite = |bound: Option<f64>| bound.is_none_or(f64::is_finite);
+        if !finite(step.lower) || !finite(step.upper) {
+            return Err(Rejection::invalid(
+                "steps",
+                format!("step {i}: bounds must be finite numbers or null"),
+            ));
+        }
+        if let (Some(lower), Some(upper)) = (step.lower, step.upper) {
+            if lower >= upper {
+                return Err(Rejection::invalid(
+                    "steps",
+                    format!("step {i}: lower ({lower}) must be below upper ({upper})"),
+                ));
+            }
+        }
+        if step.lower.is_none() && i != 0 {
+            return Err(Rejection::invalid("steps", format!("step {i}: only the first step may have no lower bound (list the steps from the lowest)")));
+        }
+        if step.upper.is_none() && i + 1 != steps.len() {
+            return Err(Rejection::invalid(
+                "steps",
+                format!("step {i}: only the last step may have no upper bound"),
+            ));
+        }
+        if let Some(next) = steps.get(i + 1) {
+            if step.upper != next.lower {
+                let (upper, lower) = (
+                    step.upper.unwrap_or(f64::INFINITY),
+                    next.lower.unwrap_or(f64::NEG_INFINITY),
+                );
+                let what = if lower < upper {
+                    "overlap"
+                } else {
+                    "leave a gap"
+                };
+                return Err(Rejection::invalid(
+                    "steps",
+                    format!("steps {i} and {} {what}: step {i} ends at {upper}, step {} starts at {lower}", i + 1, i + 1),
+                ));
+            }
+        }
+        validate_adjustment("steps", definition.adjustment_type, step.adjustment)?;
+    }
+    Ok(())
+}
+
+/// An adjustment within its type's range.
+fn validate_adjustment(
+    field: &'static str,
+    adjustment_type: AdjustmentType,
+    adjustment: i64,
+) -> Result<(), Rejection> {
     let max_size = i64::from(MAX_GROUP_SIZE);
     // `unsigned_abs`: `i64::MIN.abs()` overflows (and wraps to a negative in a release build).
     let magnitude = adjustment.unsigned_abs();
-    match definition.adjustment_type {
+    match adjustment_type {
         AdjustmentType::Change if magnitude > u64::from(MAX_GROUP_SIZE) => {
             return Err(Rejection::invalid(
-                "adjustment",
+                field,
                 format!("a change must lie within [-{max_size}, {max_size}], is {adjustment}"),
             ));
         }
         AdjustmentType::Exact if !(0..=max_size).contains(&adjustment) => {
             return Err(Rejection::invalid(
-                "adjustment",
+                field,
                 format!("an exact capacity must lie within [0, {max_size}], is {adjustment}"),
             ));
         }
         AdjustmentType::Percent if magnitude > MAX_PERCENT.unsigned_abs() => {
             return Err(Rejection::invalid(
-                "adjustment",
+                field,
                 format!(
                     "a percent must lie within [-{MAX_PERCENT}, {MAX_PERCENT}], is {adjustment}"
                 ),
@@ -248,6 +471,11 @@ fn validate(definition: &PolicyDefinition) -> Result<(), Rejection> {
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// The fields both types share.
+fn validate_rest(definition: &PolicyDefinition) -> Result<(), Rejection> {
     if let Some(step) = definition.min_adjustment_step {
         if definition.adjustment_type != AdjustmentType::Percent {
             return Err(Rejection::invalid(
@@ -340,6 +568,9 @@ mod tests {
         PolicyDefinition {
             name: "scale out".into(),
             mode: Mode::Live,
+            policy_type: PolicyType::Simple,
+            steps: Vec::new(),
+            warmup_seconds: None,
             adjustment_type,
             adjustment,
             min_adjustment_step: None,
@@ -364,6 +595,107 @@ mod tests {
         match result {
             Err(Rejection::Invalid { field, .. }) => field,
             other => panic!("expected an invalid input, got {other:?}"),
+        }
+    }
+
+    /// A step's (lower, upper, adjustment).
+    type Bounds = (Option<f64>, Option<f64>, i64);
+
+    fn step_definition(steps: &[Bounds]) -> PolicyDefinition {
+        PolicyDefinition {
+            policy_type: PolicyType::Step,
+            steps: steps
+                .iter()
+                .map(|&(lower, upper, adjustment)| Step {
+                    lower,
+                    upper,
+                    adjustment,
+                })
+                .collect(),
+            ..definition(AdjustmentType::Change, 0)
+        }
+    }
+
+    fn created(definition: PolicyDefinition) -> Result<Vec<PolicyEvent>, Rejection> {
+        decide(&None, &create(definition), T0)
+    }
+
+    #[test]
+    fn steps_that_overlap_leave_a_gap_or_are_open_in_the_middle_are_refused_naming_steps() {
+        let fine = [
+            (None, Some(0.0), -1),
+            (Some(0.0), Some(10.0), 1),
+            (Some(10.0), None, 2),
+        ];
+        assert!(created(step_definition(&fine)).is_ok());
+        let refused: [&[Bounds]; 8] = [
+            &[],
+            &[(None, None, 1)],
+            &[(Some(0.0), Some(10.0), 1), (Some(5.0), None, 2)],
+            &[(Some(0.0), Some(10.0), 1), (Some(12.0), None, 2)],
+            &[(Some(0.0), None, 1), (None, Some(0.0), 2)],
+            &[(Some(10.0), Some(0.0), 1), (Some(0.0), None, 1)],
+            &[(Some(-10.0), Some(0.0), -1)],
+            &[(Some(0.0), Some(10.0), 1)],
+        ];
+        for steps in refused {
+            assert_eq!(
+                invalid_field(created(step_definition(steps))),
+                "steps",
+                "{steps:?}"
+            );
+        }
+        let nan = [(Some(f64::NAN), None, 1)];
+        assert_eq!(invalid_field(created(step_definition(&nan))), "steps");
+        let exact_negative = PolicyDefinition {
+            adjustment_type: AdjustmentType::Exact,
+            ..step_definition(&[(Some(0.0), None, -1)])
+        };
+        assert_eq!(invalid_field(created(exact_negative)), "steps");
+    }
+
+    #[test]
+    fn each_type_refuses_the_others_fields() {
+        let up = [(Some(0.0), None, 1)];
+        let cases = [
+            (
+                PolicyDefinition {
+                    adjustment: 3,
+                    ..step_definition(&up)
+                },
+                "adjustment",
+            ),
+            (
+                PolicyDefinition {
+                    cooldown_seconds: Some(60),
+                    ..step_definition(&up)
+                },
+                "cooldown_seconds",
+            ),
+            (
+                PolicyDefinition {
+                    warmup_seconds: Some(86_401),
+                    ..step_definition(&up)
+                },
+                "warmup_seconds",
+            ),
+            (
+                PolicyDefinition {
+                    warmup_seconds: Some(60),
+                    ..definition(AdjustmentType::Change, 1)
+                },
+                "warmup_seconds",
+            ),
+            (
+                PolicyDefinition {
+                    steps: step_definition(&up).steps,
+                    ..definition(AdjustmentType::Change, 1)
+                },
+                "steps",
+            ),
+        ];
+        for (definition, field) in cases {
+            assert_eq!(invalid_field(created(definition)), field);
         }
     }
 
@@ -451,6 +783,9 @@ mod tests {
         let blank = PolicyDefinition {
             name: "".into(),
             mode: Mode::Live,
+            policy_type: PolicyType::Simple,
+            steps: Vec::new(),
+            warmup_seconds: None,
             ..definition(AdjustmentType::Change, 1)
         };
         assert_eq!(invalid_field(decide(&None, &create(blank), T0)), "name");

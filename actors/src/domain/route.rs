@@ -108,6 +108,9 @@ mod tests {
             definition: PolicyDefinition {
                 name: "up".into(),
                 mode: crate::domain::policy::Mode::Live,
+                policy_type: crate::domain::policy::PolicyType::Simple,
+                steps: Vec::new(),
+                warmup_seconds: None,
                 adjustment_type: AdjustmentType::Change,
                 adjustment: 1,
                 min_adjustment_step: None,

@@ -57,6 +57,14 @@ pub enum Constraint {
         /// The delta before the step.
         delta_before: i64,
     },
+    /// A step policy's scale-out during its warm-up added only what exceeds the capacity still
+    /// warming up.
+    WarmingUp {
+        /// The capacity still warming up.
+        warming: u32,
+        /// The delta before.
+        delta_before: i64,
+    },
     /// The capacity was raised to `min_size`.
     ClampedToMin {
         /// The group's `min_size`.
@@ -89,6 +97,18 @@ pub struct Computation {
 ///
 /// `min_size <= max_size` is the group's invariant; if it were broken, `max_size` wins.
 pub fn compute(current: u32, adjustment: Adjustment, min_size: u32, max_size: u32) -> Computation {
+    compute_warming(current, adjustment, 0, min_size, max_size)
+}
+
+/// [`compute`], less `warming` servers of a scale-out (SPEC 2.1's warm-up): a positive delta
+/// adds only what exceeds the capacity still warming up.
+pub fn compute_warming(
+    current: u32,
+    adjustment: Adjustment,
+    warming: u32,
+    min_size: u32,
+    max_size: u32,
+) -> Computation {
     let c = i128::from(current);
     let value = i128::from(adjustment.value);
     let mut constraints = Vec::new();
@@ -119,6 +139,16 @@ pub fn compute(current: u32, adjustment: Adjustment, min_size: u32, max_size: u3
             }
             c + delta
         }
+    };
+    let raw = if warming > 0 && raw > c {
+        let delta = raw - c;
+        constraints.push(Constraint::WarmingUp {
+            warming,
+            delta_before: saturate(delta),
+        });
+        c + (delta - i128::from(warming)).max(0)
+    } else {
+        raw
     };
 
     let result = if raw > i128::from(max_size) {

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::policy::Breach;
 use super::route::Route;
 use super::scaling::Computation;
 use super::server::{self, Server, ServerState};
@@ -79,6 +80,32 @@ pub struct Group {
     /// answer (SPEC 6: "why is this server here?").
     #[serde(default)]
     pub last_change: Option<CapacityChange>,
+    /// Capacity that step policies' scale-outs added and that is still warming up (SPEC 2.1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warming: Vec<Warming>,
+}
+
+/// Capacity a step policy's scale-out added, warming up until `until`: the policy's next
+/// scale-out adds only what exceeds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warming {
+    /// The policy that added it.
+    pub policy_id: PolicyId,
+    /// How many servers it added.
+    pub added: u32,
+    /// When they are warm.
+    pub until: Timestamp,
+}
+
+impl Group {
+    /// The capacity `policy` added that is still warming up at `now`.
+    pub fn warming_up(&self, policy: &PolicyId, now: Timestamp) -> u32 {
+        self.warming
+            .iter()
+            .filter(|w| w.policy_id == *policy && now < w.until)
+            .map(|w| w.added)
+            .fold(0, u32::saturating_add)
+    }
 }
 
 /// A change of a group's desired capacity, as its servers' launches and deletions name it.
@@ -193,6 +220,9 @@ pub enum GroupCommand {
         route: Route,
         /// What set it in motion.
         cause: Cause,
+        /// The breach a step policy chooses its step by (an alarm's datapoint and threshold,
+        /// or a caller's `metric_value` and `breach_threshold`).
+        breach: Option<Breach>,
     },
 }
 
@@ -266,6 +296,15 @@ pub enum GroupEvent {
         /// How the capacity was computed; computed even when paused or cooling down, to show
         /// what the execution would have done.
         computation: Computation,
+        /// A step policy's: the breach its step was chosen by.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        breach: Option<Breach>,
+        /// A step policy's: the index of the step chosen (none if no step covers the breach).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<usize>,
+        /// A step policy's scale-out with a warm-up: until when the capacity it added warms up.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        warmup_until: Option<Timestamp>,
         /// When.
         at: Timestamp,
     },
@@ -418,8 +457,13 @@ pub fn decide(
     if let GroupCommand::Create(new) = cmd {
         return config::decide_create(state, new, now);
     }
-    if let GroupCommand::ExecutePolicy { route, cause } = cmd {
-        return execution::decide_execution(state, route, cause, now);
+    if let GroupCommand::ExecutePolicy {
+        route,
+        cause,
+        breach,
+    } = cmd
+    {
+        return execution::decide_execution(state, route, cause, *breach, now);
     }
     let group = match state {
         Some(group) if !group.deleted => group,
@@ -516,6 +560,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             servers: BTreeMap::new(),
             draining: false,
             last_change: None,
+            warming: Vec::new(),
         });
     }
     let mut group = state?;
@@ -552,8 +597,14 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             });
         }
         GroupEvent::PolicyExecuted {
-            outcome, cause, at, ..
+            policy_id,
+            outcome,
+            cause,
+            warmup_until,
+            at,
+            ..
         } => {
+            group.warming.retain(|w| *at < w.until);
             if let Outcome::Executed {
                 from,
                 to,
@@ -561,7 +612,16 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             } = outcome
             {
                 group.desired_capacity = *to;
-                group.cooldown_until = Some(*cooldown_until);
+                if cooldown_until.is_some() {
+                    group.cooldown_until = *cooldown_until;
+                }
+                if let Some(until) = warmup_until.filter(|_| to > from) {
+                    group.warming.push(Warming {
+                        policy_id: policy_id.clone(),
+                        added: to - from,
+                        until,
+                    });
+                }
                 group.last_change = Some(CapacityChange {
                     from: *from,
                     to: *to,

@@ -48,6 +48,9 @@ fn execute(adjustment: Adjustment, cooldown_seconds: Option<u32>, cause: Cause) 
         definition: PolicyDefinition {
             name: "p".into(),
             mode: crate::domain::policy::Mode::Live,
+            policy_type: crate::domain::policy::PolicyType::Simple,
+            steps: Vec::new(),
+            warmup_seconds: None,
             adjustment_type: adjustment.kind,
             adjustment: adjustment.value,
             min_adjustment_step: adjustment.min_adjustment_step,
@@ -59,6 +62,7 @@ fn execute(adjustment: Adjustment, cooldown_seconds: Option<u32>, cause: Cause) 
     GroupCommand::ExecutePolicy {
         route: Route::direct(policy),
         cause,
+        breach: None,
     }
 }
 
@@ -201,7 +205,7 @@ fn an_execution_that_changes_capacity_starts_the_policy_cooldown() {
         &Outcome::Executed {
             from: 2,
             to: 5,
-            cooldown_until: T0.plus_secs(60u32)
+            cooldown_until: Some(T0.plus_secs(60u32))
         }
     );
     assert_eq!(capacity(&state), 5);
@@ -344,7 +348,7 @@ fn a_shadow_policy_records_what_it_would_have_done_and_leaves_capacity_and_coold
             would: Box::new(Outcome::Executed {
                 from: 2,
                 to: 5,
-                cooldown_until: T0.plus_secs(DEFAULT_COOLDOWN_SECONDS)
+                cooldown_until: Some(T0.plus_secs(DEFAULT_COOLDOWN_SECONDS))
             })
         }
     );
@@ -366,6 +370,165 @@ fn a_shadow_policy_records_what_it_would_have_done_and_leaves_capacity_and_coold
         matches!(outcome_of(&events), Outcome::Shadow { would, .. } if **would == Outcome::Paused),
         "{events:?}"
     );
+}
+
+/// An execution of step policy `pol_1` (`adjustment_type`, `steps`, warm-up) at breach
+/// `value` against a threshold of 50.
+fn step_execution(
+    adjustment_type: AdjustmentType,
+    steps: &[(Option<f64>, Option<f64>, i64)],
+    warmup_seconds: Option<u32>,
+    value: Option<f64>,
+) -> GroupCommand {
+    let mut command = change(0, None);
+    if let GroupCommand::ExecutePolicy { route, breach, .. } = &mut command {
+        let definition = &mut route.policy.as_mut().unwrap().definition;
+        definition.policy_type = crate::domain::policy::PolicyType::Step;
+        definition.adjustment_type = adjustment_type;
+        definition.steps = steps
+            .iter()
+            .map(|&(lower, upper, adjustment)| crate::domain::policy::Step {
+                lower,
+                upper,
+                adjustment,
+            })
+            .collect();
+        definition.warmup_seconds = warmup_seconds;
+        *breach = value.map(|metric_value| crate::domain::policy::Breach {
+            metric_value,
+            breach_threshold: 50.0,
+        });
+    }
+    command
+}
+
+#[test]
+fn step_policies_follow_awss_worked_example_around_a_threshold_of_50() {
+    // ASG user guide: PercentChangeInCapacity, scale-out [0,10)→0, [10,20)→+10, [20,∞)→+30;
+    // scale-in (−10,0]→0, (−20,−10]→−10, (−∞,−20]→−30.
+    let out = [
+        (Some(0.0), Some(10.0), 0),
+        (Some(10.0), Some(20.0), 10),
+        (Some(20.0), None, 30),
+    ];
+    let r#in = [
+        (None, Some(-20.0), -30),
+        (Some(-20.0), Some(-10.0), -10),
+        (Some(-10.0), Some(0.0), 0),
+    ];
+    let percent = AdjustmentType::Percent;
+    let mut state = given_group(0, 100, 10);
+    for (policy, metric, expected) in [
+        (&out[..], 60.0, 11),
+        (&out[..], 70.0, 14),
+        (&r#in[..], 40.0, 13),
+        (&r#in[..], 30.0, 10),
+    ] {
+        let (after, events) = when(
+            state,
+            step_execution(percent, policy, None, Some(metric)),
+            T0,
+        );
+        assert_eq!(capacity(&after), expected, "metric {metric}: {events:?}");
+        // No cooldown: the next one executes at the same instant.
+        assert!(
+            matches!(
+                outcome_of(&events),
+                Outcome::Executed {
+                    cooldown_until: None,
+                    ..
+                }
+            ),
+            "{events:?}"
+        );
+        state = after;
+    }
+    // The bounds' inclusivity: 60 is in [10, 20) above the threshold; 40 in (−20, −10] below.
+    let (_, events) = when(
+        state.clone(),
+        step_execution(percent, &out, None, Some(59.999)),
+        T0,
+    );
+    assert!(
+        matches!(&events[0], GroupEvent::PolicyExecuted { step: Some(0), .. }),
+        "{events:?}"
+    );
+    let (_, events) = when(
+        state.clone(),
+        step_execution(percent, &r#in, None, Some(40.0)),
+        T0,
+    );
+    assert!(
+        matches!(&events[0], GroupEvent::PolicyExecuted { step: Some(1), .. }),
+        "{events:?}"
+    );
+    // A breach no step covers changes nothing, and says so.
+    let (_, events) = when(
+        state.clone(),
+        step_execution(percent, &out, None, Some(45.0)),
+        T0,
+    );
+    assert!(
+        matches!(
+            &events[0],
+            GroupEvent::PolicyExecuted {
+                step: None,
+                outcome: Outcome::NoChange { .. },
+                ..
+            }
+        ),
+        "{events:?}"
+    );
+    // Without a breach there is no step to choose.
+    assert_eq!(
+        decide(&state, &step_execution(percent, &out, None, None), T0),
+        Err(Rejection::MetricValueRequired)
+    );
+}
+
+#[test]
+fn a_step_scale_out_during_its_warm_up_adds_only_what_exceeds_the_capacity_warming_up() {
+    // Application Auto Scaling's example: +2, then within the warm-up a step of +3 adds 1.
+    let steps = [(Some(0.0), Some(10.0), 2), (Some(10.0), None, 3)];
+    let change = AdjustmentType::Change;
+    let (state, _) = when(
+        given_group(0, 100, 4),
+        step_execution(change, &steps, Some(300), Some(55.0)),
+        T0,
+    );
+    assert_eq!(capacity(&state), 6);
+    let later = T0.plus_secs(60u32);
+    let (state, events) = when(
+        state,
+        step_execution(change, &steps, Some(300), Some(65.0)),
+        later,
+    );
+    assert_eq!(capacity(&state), 7);
+    let GroupEvent::PolicyExecuted { computation, .. } = &events[0] else {
+        panic!()
+    };
+    assert!(
+        computation.constraints.contains(&Constraint::WarmingUp {
+            warming: 2,
+            delta_before: 3
+        }),
+        "{computation:?}"
+    );
+    // A breach in the first step again, still warming up: nothing more.
+    let (state, events) = when(
+        state,
+        step_execution(change, &steps, Some(300), Some(55.0)),
+        later,
+    );
+    assert_eq!(outcome_of(&events), &Outcome::NoChange { capacity: 7 });
+    // Once warm, a step adds its whole adjustment.
+    let warm = T0.plus_secs(400u32);
+    let (state, _) = when(
+        state,
+        step_execution(change, &steps, Some(300), Some(55.0)),
+        warm,
+    );
+    assert_eq!(capacity(&state), 9);
 }
 
 #[test]
