@@ -7,6 +7,9 @@
 //! - ingestion: metric samples in batches of 1,000, beside a bare POST of the same bytes;
 //! - recovery: time from start to ready with a journal of N events, replaying it all, and again
 //!   from the checkpoint that first start saved;
+//! - bad-signature flood: a signed caller's latency, paced under the per-webhook limit, alone and
+//!   while four connections from another address send bad signatures to the same webhook as
+//!   fast as they can, with the default rate limits (`LOAD_FLOOD=0` skips it);
 //! - memory: the resident set of the `flotilla` binary itself (a child process) with N groups, N
 //!   policies and N alarms created over HTTP, beside the same binary empty.
 //!
@@ -285,6 +288,94 @@ fn drive(
         p999_us: at(0.999),
         statuses,
     }
+}
+
+/// The latencies (µs, sorted) and the statuses of a signed caller from 127.0.0.2 calling
+/// `path` at 40 calls a second (under the default per-webhook limit of 50) for `seconds`,
+/// nonces numbered from `first`.
+fn paced_signed_calls(
+    addr: SocketAddr,
+    (path, key): &(String, Vec<u8>),
+    first: usize,
+    seconds: f64,
+) -> (Vec<u64>, std::collections::BTreeMap<u16, u64>) {
+    let client = reqwest::blocking::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let body = br#"{"alarm":"cpu-high","value":0.93}"#;
+    let (mut latencies, mut statuses) = (Vec::new(), std::collections::BTreeMap::new());
+    let every = Duration::from_millis(25);
+    let started = Instant::now();
+    let mut next = started;
+    let mut n = first;
+    while started.elapsed().as_secs_f64() < seconds {
+        let (now, nonce) = (unix_now(), format!("msg_signed_{n}"));
+        let signature = flotilla::signature::sign(key, &nonce, now, body);
+        let sent = Instant::now();
+        let response = client
+            .post(format!("http://{addr}{path}"))
+            .header("webhook-id", nonce)
+            .header("webhook-timestamp", now.to_string())
+            .header("webhook-signature", signature)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let _ = response.bytes();
+        latencies.push(sent.elapsed().as_micros() as u64);
+        *statuses.entry(status).or_insert(0) += 1;
+        n += 1;
+        // Pacing the caller, not waiting for the service.
+        next += every;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    latencies.sort_unstable();
+    (latencies, statuses)
+}
+
+/// The flood scenario: on a service with the default rate limits, the signed caller alone,
+/// then beside four connections from 127.0.0.1 sending calls with a bad signature to the same
+/// webhook. Answers the caller's runs (alone, flooded) and the flood's run.
+#[allow(clippy::type_complexity)]
+fn flood(
+    seconds: f64,
+) -> (
+    (Vec<u64>, std::collections::BTreeMap<u16, u64>),
+    (Vec<u64>, std::collections::BTreeMap<u16, u64>),
+    Run,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().join("data"),
+        ..Settings::default()
+    };
+    let service = Running::start(settings, Arc::new(SystemClock), Ticks::Real);
+    service.wait_ready(Duration::from_secs(60));
+    let hook = fleet(&service, 1).hooks[0].clone();
+    let alone = paced_signed_calls(service.addr, &hook, 0, seconds);
+    let body = br#"{"alarm":"cpu-high","value":0.93}"#;
+    let (addr, path) = (service.addr, hook.0.clone());
+    let bad = Arc::new(move |c: usize, i: usize| {
+        request(
+            "POST",
+            addr,
+            &path,
+            &[
+                ("webhook-id", format!("msg_bad_{c}_{i}")),
+                ("webhook-timestamp", unix_now().to_string()),
+                ("webhook-signature", format!("v1,{}", "A".repeat(44))),
+                ("content-type", "application/json".into()),
+            ],
+            body,
+        )
+    });
+    let flooding = std::thread::spawn(move || drive(addr, 4, seconds, bad));
+    let flooded = paced_signed_calls(service.addr, &hook, 1_000_000, seconds);
+    let flood = flooding.join().unwrap();
+    (alone, flooded, flood)
 }
 
 /// A small blocking JSON client for setting the service up.
@@ -696,6 +787,36 @@ fn main() {
         "webhook statuses {:?}, ingestion statuses {:?}",
         hooks.statuses, ingest.statuses
     );
+
+    if env("LOAD_FLOOD", 1) > 0 {
+        eprintln!("the bad-signature flood...");
+        let ((alone, alone_statuses), (flooded, flooded_statuses), flood) = flood(seconds);
+        let at = |latencies: &[u64], q: f64| {
+            latencies
+                .get(((latencies.len() as f64 - 1.0) * q) as usize)
+                .map_or(0.0, |us| *us as f64 / 1e3)
+        };
+        rows.push((
+            "signed caller p50 / p99, under a bad-signature flood".into(),
+            format!("{:.2} / {:.2} ms", at(&flooded, 0.5), at(&flooded, 0.99)),
+            format!(
+                "{:.2} / {:.2} ms (no flood)",
+                at(&alone, 0.5),
+                at(&alone, 0.99)
+            ),
+            ratio(at(&flooded, 0.99), at(&alone, 0.99)),
+        ));
+        rows.push((
+            "bad-signature calls/s in that flood".into(),
+            format!("{:.0}", flood.per_second()),
+            format!("{:?}", flood.statuses),
+            "-".into(),
+        ));
+        eprintln!("signed caller statuses: alone {alone_statuses:?}, flooded {flooded_statuses:?}");
+        report.insert("flood".into(), json!({"signed_p99_ms": at(&flooded, 0.99), "signed_p99_ms_alone": at(&alone, 0.99),
+            "signed_statuses": format!("{flooded_statuses:?}"), "signed_statuses_alone": format!("{alone_statuses:?}"),
+            "flood_per_second": flood.per_second(), "flood_statuses": format!("{:?}", flood.statuses)}));
+    }
 
     // Recovery: time to ready on a journal of N events (the raw journal scan as baseline).
     let mut recoveries = Vec::new();
