@@ -20,6 +20,7 @@ pub mod samples;
 pub mod scaling;
 pub mod server;
 pub mod tenant;
+pub mod tracking;
 pub mod webhook;
 
 /// Defines a string id newtype with a prefix and a random constructor.
