@@ -18,6 +18,7 @@ pub mod policy;
 pub mod route;
 pub mod samples;
 pub mod scaling;
+pub mod schedule;
 pub mod server;
 pub mod tenant;
 pub mod tracking;
