@@ -62,10 +62,40 @@ pub struct Converger {
 
 /// The servers whose deletion is under way, per group: a pass starts no second deletion of a
 /// server, and a forced group deletion waits for them to end.
-#[derive(Default)]
 struct Deletions {
     servers: Mutex<HashMap<GroupId, HashSet<String>>>,
     ended: tokio::sync::Notify,
+    /// Blocking deletions at once: each may hold a blocking thread for a server's whole grace,
+    /// and the runtime's blocking threads (512) also serve launches and status checks, which
+    /// must never wait behind deletions.
+    blocking: tokio::sync::Semaphore,
+}
+
+/// The most deletions that hold a blocking thread at once; the others wait their turn.
+const BLOCKING_DELETIONS: usize = 128;
+
+impl Default for Deletions {
+    fn default() -> Self {
+        Deletions {
+            servers: Mutex::default(),
+            ended: tokio::sync::Notify::new(),
+            blocking: tokio::sync::Semaphore::new(BLOCKING_DELETIONS),
+        }
+    }
+}
+
+/// Ends a deletion when dropped, so that one whose provider panicked is ended too (and tried
+/// again by the next pass) rather than counted as under way for ever.
+struct Ending {
+    deletions: Arc<Deletions>,
+    group: GroupId,
+    server_id: String,
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.deletions.end(&self.group, &self.server_id);
+    }
 }
 
 impl Deletions {
@@ -227,7 +257,18 @@ impl Converger {
             self.deletions.clone(),
         );
         let (id, config) = (id.clone(), config.clone());
+        let ending = Ending {
+            deletions: deletions.clone(),
+            group: id.clone(),
+            server_id: server_id.clone(),
+        };
         Some(async move {
+            let _ending = ending;
+            let _turn = if blocking {
+                deletions.blocking.acquire().await.ok()
+            } else {
+                None
+            };
             let gone = handle.is_null()
                 || call(blocking, move || {
                     providers
@@ -245,7 +286,6 @@ impl Converger {
             } else {
                 tracing::warn!(group = %id, server = %server_id, "delete failed; retrying next pass");
             }
-            deletions.end(&id, &server_id);
         })
     }
 

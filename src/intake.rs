@@ -25,6 +25,9 @@ use crate::api::error::ApiError;
 /// The largest body any route reads (SPEC 3: 2 MiB), unless a route's own limit is larger.
 pub const MAX_BODY: usize = 2 << 20;
 
+/// The most a body's buffer holds before its bytes arrive.
+const INITIAL_BUFFER: usize = 16 * 1024;
+
 /// What the edge enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {
@@ -64,7 +67,8 @@ pub async fn bounded(
     }
     let mut payload = req.take_payload();
     let body = actix_web::rt::time::timeout(bounds.body_timeout, async {
-        let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+        // Grown as bytes arrive: a declared length reserves nothing before it is sent.
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(INITIAL_BUFFER));
         while let Some(chunk) = payload.next().await {
             let chunk =
                 chunk.map_err(|error| ApiError::bad_request("invalid_body", error.to_string()))?;

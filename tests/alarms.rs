@@ -78,6 +78,16 @@ fn post(server: &Server, l: &Loop, values: &[f64]) -> Value {
     body
 }
 
+/// `minutes` minutes of `values`: each posted for the current minute, then the clock moves on a
+/// minute and every loop ticks.
+fn minutes_of(server: &Server, l: &Loop, values: &[f64], minutes: usize) {
+    for _ in 0..minutes {
+        post(server, l, values);
+        server.clock.advance_secs(60);
+        server.tick();
+    }
+}
+
 fn alarm_state(server: &Server, l: &Loop) -> Value {
     server
         .call("GET", &format!("/v1/alarms/{}", l.alarm), &l.token, None)
@@ -109,11 +119,7 @@ fn samples_above_the_threshold_scale_up_and_below_it_scale_down_with_the_alarm_a
     });
 
     // Two minutes of low CPU.
-    for _ in 0..2 {
-        post(&server, &l, &[0.2]);
-        server.clock.advance_secs(60);
-        server.tick();
-    }
+    minutes_of(&server, &l, &[0.2], 2);
     server.tick_until("the alarm to clear", 3, || {
         alarm_state(&server, &l)["state"] == "ok"
     });
@@ -156,11 +162,7 @@ fn samples_above_the_threshold_scale_up_and_below_it_scale_down_with_the_alarm_a
 fn an_alarm_restarted_in_alarm_does_not_fire_twice_for_one_transition() {
     let server = server();
     let l = setup(&server, json!({"treat_missing": "ignore"}));
-    for _ in 0..2 {
-        post(&server, &l, &[0.9]);
-        server.clock.advance_secs(60);
-        server.tick();
-    }
+    minutes_of(&server, &l, &[0.9], 2);
     server.tick_until("the scale-up", 3, || {
         server.capacity(&l.token, &l.group) == 3
     });
@@ -172,16 +174,8 @@ fn an_alarm_restarted_in_alarm_does_not_fire_twice_for_one_transition() {
     );
     // Samples are not journaled: after the restart the windows are empty; with `ignore` the
     // alarm stays in ALARM, and breaching again is no new transition: no second scale-up.
-    for _ in 0..2 {
-        post(&server, &l, &[0.9]);
-        server.clock.advance_secs(60);
-        server.tick();
-    }
-    for _ in 0..2 {
-        post(&server, &l, &[0.1]);
-        server.clock.advance_secs(60);
-        server.tick();
-    }
+    minutes_of(&server, &l, &[0.9], 2);
+    minutes_of(&server, &l, &[0.1], 2);
     // The evaluator ran all along: the OK action took the group from 3 (not 5) down to 2.
     server.tick_until("the alarm to clear", 3, || {
         alarm_state(&server, &l)["state"] == "ok"
@@ -315,20 +309,12 @@ fn pausing_scale_in_keeps_an_alarms_scale_out_working() {
     );
 
     // High CPU: the alarm's scale-out executes.
-    for _ in 0..2 {
-        post(&server, &l, &[0.9, 0.95]);
-        server.clock.advance_secs(60);
-        server.tick();
-    }
+    minutes_of(&server, &l, &[0.9, 0.95], 2);
     server.tick_until("the scale-up", 3, || {
         server.capacity(&l.token, &l.group) == 3
     });
     // Low CPU: the alarm's scale-in is paused.
-    for _ in 0..2 {
-        post(&server, &l, &[0.2]);
-        server.clock.advance_secs(60);
-        server.tick();
-    }
+    minutes_of(&server, &l, &[0.2], 2);
     server.tick_until("the alarm to clear", 3, || {
         alarm_state(&server, &l)["state"] == "ok"
     });
@@ -387,11 +373,8 @@ fn a_step_policy_an_alarm_executes_chooses_its_step_by_the_deciding_datapoint() 
     );
     assert_eq!(status, 200, "{alarm}");
     // The latest datapoint is 0.95: 0.15 above the threshold of 0.8, in the second step.
-    for values in [[0.9, 0.9], [0.9, 1.0]] {
-        post(&server, &l, &values);
-        server.clock.advance_secs(60);
-        server.tick();
-    }
+    minutes_of(&server, &l, &[0.9, 0.9], 1);
+    minutes_of(&server, &l, &[0.9, 1.0], 1);
     server.tick_until("the step scale-out", 3, || {
         server.capacity(&l.token, &l.group) == 4
     });

@@ -180,7 +180,8 @@ struct Setup {
     secret: String,
 }
 
-fn setup(server: &Flotilla, data_dir: &Path) -> Setup {
+/// A tenant's token, created with the operator token `serve` wrote into `data_dir`.
+fn tenant(server: &Flotilla, data_dir: &Path) -> String {
     let operator = std::fs::read_to_string(data_dir.join("operator.token")).unwrap();
     let (_, tenant) = server.call(
         "POST",
@@ -188,7 +189,11 @@ fn setup(server: &Flotilla, data_dir: &Path) -> Setup {
         operator.trim(),
         Some(json!({"name": "acme"})),
     );
-    let token = tenant["token"].as_str().unwrap().to_owned();
+    tenant["token"].as_str().unwrap().to_owned()
+}
+
+fn setup(server: &Flotilla, data_dir: &Path) -> Setup {
+    let token = tenant(server, data_dir);
     let (_, group) = server.call(
         "POST",
         "/v1/groups",
@@ -455,14 +460,7 @@ fn sigterm_stops_the_service_without_waiting_for_a_provider_call_under_way() {
     let url = format!("http://{}/servers", orchestrator.local_addr().unwrap());
     let data_dir = tempfile::tempdir().unwrap();
     let server = Flotilla::start_with(data_dir.path(), &["--converge-tick-ms", "10"]);
-    let operator = std::fs::read_to_string(data_dir.path().join("operator.token")).unwrap();
-    let (_, tenant) = server.call(
-        "POST",
-        "/v1/tenants",
-        operator.trim(),
-        Some(json!({"name": "acme"})),
-    );
-    let token = tenant["token"].as_str().unwrap().to_owned();
+    let token = tenant(&server, data_dir.path());
     let (status, body) = server.call(
         "POST",
         "/v1/groups",

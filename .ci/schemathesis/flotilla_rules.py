@@ -32,7 +32,15 @@ RULES = [
     (r"(POST|PATCH) /v1/groups/\{id\}/policies(/\{pid\})?", "invalid_input",
      r"invalid adjustment: (a simple policy needs one|belongs to simple policies.*)"),
     (r"(POST|PATCH) /v1/groups/\{id\}/policies(/\{pid\})?", "invalid_input",
-     r"invalid steps: .*|invalid warmup_seconds: belongs to step policies.*"
+     r"invalid steps: (belong to step policies"
+     r"|a step policy has 1 to \d+ steps, has \d+"
+     r"|step \d+: a step may not leave both bounds null"
+     r"|a step (below|above) the threshold needs a (first|last) step with no (lower|upper) bound"
+     r"|step \d+: lower \(\S+\) must be below upper \(\S+\)"
+     r"|step \d+: only the (first|last) step may have no (lower|upper) bound.*"
+     r"|steps \d+ and \d+ (overlap|leave a gap): .*"
+     r"|(a percent|an exact capacity) must lie within \[-?\d+, \d+\], is -?\d+)"
+     r"|invalid warmup_seconds: belongs to step policies.*"
      r"|invalid cooldown_seconds: belongs to simple policies.*"),
     # A step policy executed without the breach its step is chosen by (SPEC 2.1).
     (r"POST /v1/groups/\{id\}/policies/\{pid\}/execute", "metric_value_required", r".*"),

@@ -315,12 +315,15 @@ pub type SignatureCheck = Arc<dyn Fn(&[Secret]) -> Result<SignedCall, Error> + S
 pub type Admission = Arc<dyn Fn() -> Result<(), Error> + Send + Sync>;
 
 /// What a verified call says of itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SignedCall {
     /// Its nonce (`webhook-id`, or the body's `nonce`).
     pub nonce: String,
     /// Its timestamp.
     pub timestamp: Timestamp,
+    /// The breach its body names, for a step policy (read only once the signature checked
+    /// out: nothing of an unsigned body is trusted).
+    pub breach: Option<crate::domain::policy::Breach>,
 }
 
 /// A future answered by the next step of an [`Along`].

@@ -367,11 +367,10 @@ impl Supervisor {
         webhook_id: &WebhookId,
         check: SignatureCheck,
         admit: Option<Admission>,
-        breach: Option<Breach>,
     ) -> Result<PolicyExecution, Error> {
         let id = webhook_id.clone();
         self.on_arbiter_of(webhook_id.as_str(), move |this| async move {
-            this.deliver_webhook_here(&id, check, admit, breach).await
+            this.deliver_webhook_here(&id, check, admit).await
         })
         .await
     }
@@ -382,7 +381,6 @@ impl Supervisor {
         webhook_id: &WebhookId,
         check: SignatureCheck,
         admit: Option<Admission>,
-        breach: Option<Breach>,
     ) -> Result<PolicyExecution, Error> {
         let (tolerance_seconds, window_capacity) = (
             self.inner.config.webhook_tolerance_seconds,
@@ -406,29 +404,32 @@ impl Supervisor {
                 tolerance_seconds,
                 window_capacity,
             };
-            Ok((accept, via))
+            Ok((accept, (via, signed.breach)))
         });
         let this = self.clone();
-        let then = Arc::new(move |via: Via, nonce: StreamAppend| -> Next<_> {
-            let (this, admit) = (this.clone(), admit.clone());
-            Box::pin(async move {
-                if let Some(admit) = admit {
-                    admit()?;
-                }
-                let cause = Cause::Webhook {
-                    webhook_id: via.webhook_id.clone(),
-                };
-                let policy_id = via.policy_id.clone();
-                let execution = this
-                    .execute_policy_here(&policy_id, cause, breach, Some(via), Some(nonce))
-                    .await?;
-                let version = execution
-                    .along_version
-                    .ok_or_else(|| Rejection::not_found("webhook"))?;
-                Ok((execution, version))
-            })
-        });
-        let along: Along<Webhooks, Via, PolicyExecution> = Along { command, then };
+        let then = Arc::new(
+            move |(via, breach): (Via, Option<Breach>), nonce: StreamAppend| -> Next<_> {
+                let (this, admit) = (this.clone(), admit.clone());
+                Box::pin(async move {
+                    if let Some(admit) = admit {
+                        admit()?;
+                    }
+                    let cause = Cause::Webhook {
+                        webhook_id: via.webhook_id.clone(),
+                    };
+                    let policy_id = via.policy_id.clone();
+                    let execution = this
+                        .execute_policy_here(&policy_id, cause, breach, Some(via), Some(nonce))
+                        .await?;
+                    let version = execution
+                        .along_version
+                        .ok_or_else(|| Rejection::not_found("webhook"))?;
+                    Ok((execution, version))
+                })
+            },
+        );
+        let along: Along<Webhooks, (Via, Option<Breach>), PolicyExecution> =
+            Along { command, then };
         self.ask::<Webhooks, _>(webhook_id.as_str(), || along.clone())
             .await?
     }

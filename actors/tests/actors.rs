@@ -115,6 +115,7 @@ fn signed_with(key: [u8; 32], nonce: &str, timestamp: Timestamp) -> SignatureChe
         Ok(SignedCall {
             nonce: nonce.clone(),
             timestamp,
+            breach: None,
         })
     })
 }
@@ -179,7 +180,7 @@ async fn thirty_two_concurrent_deliveries_of_one_nonce_accept_exactly_one() {
         let h = h.clone();
         async move {
             supervisor
-                .deliver_webhook(&h, signed_with(KEY, "msg_once", timestamp), None, None)
+                .deliver_webhook(&h, signed_with(KEY, "msg_once", timestamp), None)
                 .await
         }
     });
@@ -204,12 +205,12 @@ async fn a_bad_signature_never_records_the_nonce() {
     let now = Timestamp::from_millis(START);
     let forged = w
         .supervisor
-        .deliver_webhook(&h, signed_with([8; 32], "msg_1", now), None, None)
+        .deliver_webhook(&h, signed_with([8; 32], "msg_1", now), None)
         .await;
     assert!(matches!(forged, Err(Error::InvalidSignature)));
     let genuine = w
         .supervisor
-        .deliver_webhook(&h, signed_with(KEY, "msg_1", now), None, None)
+        .deliver_webhook(&h, signed_with(KEY, "msg_1", now), None)
         .await
         .unwrap();
     assert!(matches!(
@@ -373,7 +374,7 @@ async fn a_caller_that_finds_a_dead_actor_does_not_unregister_its_successor() {
         }
         Err(Error::InvalidSignature)
     });
-    let mut delivery = Box::pin(w.supervisor.deliver_webhook(&h, check, None, None));
+    let mut delivery = Box::pin(w.supervisor.deliver_webhook(&h, check, None));
     assert!(futures::poll!(delivery.as_mut()).is_pending());
     let mut read = Box::pin(w.supervisor.get::<Webhooks>(h.as_str()));
     assert!(futures::poll!(read.as_mut()).is_pending());
@@ -414,12 +415,7 @@ async fn a_webhook_with_a_large_nonce_window_is_snapshotted_less_often() {
     // The webhook's stream: its creation, then one nonce per call, none expiring.
     for call in 1..=2000 {
         w.supervisor
-            .deliver_webhook(
-                &h,
-                signed_with(KEY, &format!("msg_{call}"), now),
-                None,
-                None,
-            )
+            .deliver_webhook(&h, signed_with(KEY, &format!("msg_{call}"), now), None)
             .await
             .unwrap();
     }
@@ -448,7 +444,7 @@ async fn a_nonce_is_recorded_in_the_same_append_as_its_execution_or_not_at_all()
     let now = Timestamp::from_millis(START);
 
     w.supervisor
-        .deliver_webhook(&h, signed_with(KEY, "msg_1", now), None, None)
+        .deliver_webhook(&h, signed_with(KEY, "msg_1", now), None)
         .await
         .unwrap();
     let records: Vec<_> = w.journal.read_all(1).map(|r| r.unwrap()).collect();
@@ -473,7 +469,7 @@ async fn a_nonce_is_recorded_in_the_same_append_as_its_execution_or_not_at_all()
         .unwrap();
     let refused = w
         .supervisor
-        .deliver_webhook(&h, signed_with(KEY, "msg_2", now), None, None)
+        .deliver_webhook(&h, signed_with(KEY, "msg_2", now), None)
         .await;
     assert!(
         matches!(refused, Err(ref e) if e.code() == "not_found"),

@@ -47,7 +47,8 @@ enum Op {
         cooldown_seconds: Option<u32>,
     },
     SetDesired(u32),
-    Pause,
+    /// Pause these directions (scale-in, scale-out).
+    Pause(bool, bool),
     Resume,
     /// Execute policy 0 or 1 directly, with a breach this far from a threshold of 50 (a step
     /// policy needs one).
@@ -150,7 +151,7 @@ fn op() -> impl Strategy<Value = Op> {
                 cooldown_seconds,
             }),
         2 => (0u32..=12).prop_map(Op::SetDesired),
-        1 => Just(Op::Pause),
+        1 => (any::<bool>(), any::<bool>()).prop_map(|(i, o)| Op::Pause(i, o)),
         1 => Just(Op::Resume),
         6 => (0usize..2, proptest::option::of(-30.0f64..30.0)).prop_map(|(i, d)| Op::Execute(i, d)),
         1 => ((0usize..2), definition()).prop_map(|(i, d)| Op::Redefine(i, d)),
@@ -238,6 +239,7 @@ fn signed_with(key: [u8; 32], nonce: String, timestamp: Timestamp) -> SignatureC
         Ok(SignedCall {
             nonce: nonce.clone(),
             timestamp,
+            breach: None,
         })
     })
 }
@@ -367,9 +369,12 @@ async fn run_case(definitions: [PolicyDefinition; 2], desired: u32, ops: Vec<Op>
                     .await;
                 answered(result, step);
             }
-            Op::Pause | Op::Resume => {
+            Op::Pause(..) | Op::Resume => {
                 let command = match step {
-                    Op::Pause => GroupCommand::Pause(Pause::BOTH),
+                    Op::Pause(scale_in, scale_out) => GroupCommand::Pause(Pause {
+                        scale_in: *scale_in,
+                        scale_out: *scale_out,
+                    }),
                     _ => GroupCommand::Resume,
                 };
                 let result = w
@@ -426,7 +431,7 @@ async fn run_case(definitions: [PolicyDefinition; 2], desired: u32, ops: Vec<Op>
                 let timestamp = w.clock.now_plus_secs(*skew_seconds);
                 let result = w
                     .supervisor
-                    .deliver_webhook(&ids.webhook, signed_with(key, nonce, timestamp), None, None)
+                    .deliver_webhook(&ids.webhook, signed_with(key, nonce, timestamp), None)
                     .await;
                 answered(result, step);
             }

@@ -394,12 +394,7 @@ pub async fn pause(
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path)?;
     // No body, or null, pauses both directions.
-    let body: Option<PauseBody> = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
-    };
+    let body: Option<PauseBody> = super::optional_json::<Option<PauseBody>>(&body)?.flatten();
     let pause = body.map_or(Pause::BOTH, |body| Pause {
         scale_in: body.scale_in,
         scale_out: body.scale_out,

@@ -110,11 +110,6 @@ async fn deliver(
             )
         })?
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
-    // A step policy's breach, if the (JSON) body names one.
-    let breach = match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(json) => super::policies::breach_in(&json)?,
-        Err(_) => None,
-    };
     let call = Call::parse(
         header(req, "webhook-id")?,
         header(req, "webhook-timestamp")?,
@@ -124,7 +119,16 @@ async fn deliver(
     let check: SignatureCheck = Arc::new(move |secrets| {
         let keys = secrets.iter().map(|secret| secret.key().as_slice());
         let (nonce, timestamp) = call.verify(keys, &body).map_err(refused)?;
-        Ok(SignedCall { nonce, timestamp })
+        // A step policy's breach, if the (JSON) body names one.
+        let breach = match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(json) => super::policies::breach_in(&json)?,
+            Err(_) => None,
+        };
+        Ok(SignedCall {
+            nonce,
+            timestamp,
+            breach,
+        })
     });
     let (limits, key) = (state.limits.clone(), id.to_string());
     let admit: Admission = Arc::new(move || {
@@ -137,8 +141,6 @@ async fn deliver(
             limited.into()
         })
     });
-    let delivered = state
-        .supervisor
-        .deliver_webhook(&id, check, Some(admit), breach);
+    let delivered = state.supervisor.deliver_webhook(&id, check, Some(admit));
     Ok(delivered.await?)
 }

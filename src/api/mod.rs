@@ -114,6 +114,17 @@ impl ListQuery {
     }
 }
 
+/// An optional JSON body: none when the body is empty (or only whitespace); otherwise `T`, or
+/// 400 `invalid_json`.
+pub fn optional_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+}
+
 /// `{"items": [...], "next_cursor": ...}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct List<T> {

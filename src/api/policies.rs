@@ -166,6 +166,14 @@ pub async fn create(
                 "invalid adjustment: a simple policy needs one",
             ))
         }
+        (PolicyType::Step, Some(_)) => {
+            return Err(ApiError::from(flotilla_actors::error::Error::from(
+                Rejection::invalid(
+                    "adjustment",
+                    "belongs to simple policies; each step carries its own",
+                ),
+            )))
+        }
         (_, adjustment) => adjustment.unwrap_or(0),
     };
     let id = PolicyId::generate();
@@ -354,9 +362,12 @@ async fn unname(state: &AppState, alarm: &AlarmId, policy: &PolicyId) -> Result<
     Ok(())
 }
 
+/// The fields of [`ExecuteBody`].
+const EXECUTE_FIELDS: [&str; 2] = ["metric_value", "breach_threshold"];
+
 /// The optional body of `.../execute`: the breach a step policy chooses its step by.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
 pub struct ExecuteBody {
     /// The metric's value.
     metric_value: Option<f64>,
@@ -367,15 +378,13 @@ pub struct ExecuteBody {
 /// The breach a webhook call's or an execution's body names with top-level `metric_value` and
 /// `breach_threshold` (SPEC 2.1): none unless both are there; either one not a number is a 400
 /// naming it.
-pub fn breach_in(body: &Value) -> Result<Option<Breach>, ApiError> {
+pub fn breach_in(body: &Value) -> Result<Option<Breach>, Rejection> {
     let number = |field: &'static str| match body.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(value) => value.as_f64().map(Some).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_input",
-                format!("invalid {field}: must be a number"),
-            )
-        }),
+        Some(value) => value
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| Rejection::invalid(field, "must be a number")),
     };
     Ok(
         match (number("metric_value")?, number("breach_threshold")?) {
@@ -409,20 +418,24 @@ pub async fn execute(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (_, policy) = owned(&state, &tenant, &path.0, &path.1)?;
-    let body: Option<ExecuteBody> = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+    let breach = match super::optional_json::<Value>(&body)? {
+        None | Some(Value::Null) => None,
+        Some(body) => {
+            let fields = body.as_object().ok_or_else(|| {
+                ApiError::bad_request("invalid_json", "the body must be a JSON object")
+            })?;
+            if let Some(unknown) = fields
+                .keys()
+                .find(|k| !EXECUTE_FIELDS.contains(&k.as_str()))
+            {
+                return Err(ApiError::bad_request(
+                    "invalid_json",
+                    format!("unknown field {unknown:?}; the fields are metric_value and breach_threshold"),
+                ));
+            }
+            breach_in(&body).map_err(flotilla_actors::error::Error::from)?
+        }
     };
-    let breach = body.and_then(|body| {
-        body.metric_value
-            .zip(body.breach_threshold)
-            .map(|(metric_value, breach_threshold)| Breach {
-                metric_value,
-                breach_threshold,
-            })
-    });
     let run = state
         .supervisor
         .execute_policy(&policy, Cause::Direct, breach)

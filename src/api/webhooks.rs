@@ -158,12 +158,9 @@ pub async fn rotate(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path)?;
-    let rotate: Rotate = if body.iter().all(u8::is_ascii_whitespace) {
-        Rotate::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
-    };
+    let rotate: Rotate = super::optional_json::<Option<Rotate>>(&body)?
+        .flatten()
+        .unwrap_or_default();
     let grace_seconds = rotate.grace_seconds;
     let command = WebhookCommand::Rotate {
         new_secret: token::generate_secret(),

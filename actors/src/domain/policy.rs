@@ -151,14 +151,19 @@ impl Policy {
         }
     }
 
-    /// The step a breach falls in, with its index; none if no step covers it.
+    /// The step a breach falls in, with its index; none if no step covers it. A breach exactly
+    /// at the threshold falls in a step starting there (above) if the policy has one, else in a
+    /// step ending there (below): AWS's bounds give both `[0, x)` and `(y, 0]` the threshold.
     pub fn step_for(&self, breach: Breach) -> Option<(usize, &Step)> {
         let distance = breach.distance();
-        self.definition
-            .steps
-            .iter()
-            .enumerate()
-            .find(|(_, step)| step.covers(distance))
+        let steps = self.definition.steps.iter().enumerate();
+        let found = steps.clone().find(|(_, step)| step.covers(distance));
+        if found.is_some() || distance != 0.0 {
+            return found;
+        }
+        steps
+            .into_iter()
+            .find(|(_, step)| step.lower.is_none_or(|l| l < 0.0) && step.upper == Some(0.0))
     }
 }
 

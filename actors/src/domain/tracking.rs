@@ -335,18 +335,19 @@ mod tests {
 
     proptest! {
         #[test]
-        fn a_recommendation_is_a_capacity_for_any_numbers(
+        fn a_recommendation_never_falls_as_the_value_rises(
             target in prop_oneof![1e-300f64..1e300, Just(f64::MIN_POSITIVE)],
             current in any::<u32>(),
-            value in prop_oneof![any::<f64>().prop_filter("finite", |v| v.is_finite()), Just(0.0)],
+            a in any::<f64>().prop_filter("finite", |v| v.is_finite()),
+            b in any::<f64>().prop_filter("finite", |v| v.is_finite()),
             kind in prop_oneof![Just(TargetKind::Average), Just(TargetKind::Total)],
         ) {
-            let t = Target { kind, ..average(target) };
-            let recommendation = recommend(&t, current, Some(value), 0);
-            prop_assert!(recommendation.capacity().is_some());
-            if value <= 0.0 && kind == TargetKind::Total {
-                prop_assert_eq!(recommendation.capacity(), Some(0));
-            }
+            // Without a tolerance (which answers the current capacity near the target), a
+            // higher value never recommends less, for any numbers.
+            let t = Target { kind, tolerance: 0.0, ..average(target) };
+            let (low, high) = if a <= b { (a, b) } else { (b, a) };
+            let at = |v| recommend(&t, current, Some(v), 0).capacity().unwrap();
+            prop_assert!(at(low) <= at(high), "{} > {}", at(low), at(high));
         }
 
         #[test]

@@ -74,7 +74,8 @@ pub(super) fn decide_create(
     validate_bounds(new.min_size, new.max_size)?;
     validate_desired(desired_capacity, new.min_size, new.max_size)?;
     validate_cooldown("cooldown_seconds", cooldown_seconds)?;
-    validate_launch(&new.launch)?;
+    let launch = super::launch::whole_numbers(&new.launch);
+    validate_launch(&launch)?;
     if let Some(metadata) = &new.metadata {
         validate_json_size("metadata", metadata)?;
     }
@@ -86,7 +87,7 @@ pub(super) fn decide_create(
         max_size: new.max_size,
         desired_capacity,
         cooldown_seconds,
-        launch: new.launch.clone(),
+        launch,
         metadata: new.metadata.clone().unwrap_or_default(),
         metrics_token_hash: new.metrics_token_hash.clone(),
         at: now,
@@ -102,7 +103,8 @@ pub(super) fn decide_update(
     let min_size = patch.min_size.unwrap_or(group.min_size);
     let max_size = patch.max_size.unwrap_or(group.max_size);
     let cooldown_seconds = patch.cooldown_seconds.unwrap_or(group.cooldown_seconds);
-    let launch = patch.launch.as_ref().unwrap_or(&group.launch);
+    let patched = patch.launch.as_ref().map(super::launch::whole_numbers);
+    let launch = patched.as_ref().unwrap_or(&group.launch);
     let metadata = patch.metadata.as_ref().unwrap_or(&group.metadata);
     validate_name("name", name)?;
     validate_bounds(min_size, max_size)?;

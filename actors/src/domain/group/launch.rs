@@ -97,6 +97,30 @@ pub fn schema(allow_process: bool, operator_secret: bool) -> Value {
     json!({"oneOf": providers})
 }
 
+/// The integer fields of the providers, which JSON (and the schema) may write as `30.0`.
+const WHOLE_FIELDS: [&str; 4] = ["grace_seconds", "timeout_ms", "retries", "seed"];
+
+/// `launch` with its integer fields written as integers (`30.0` as `30`), as the providers read
+/// them; anything else as given, for [`validate`] to judge.
+pub fn whole_numbers(launch: &Value) -> Value {
+    let mut launch = launch.clone();
+    if let Some(fields) = launch.as_object_mut() {
+        for key in WHOLE_FIELDS {
+            if let Some(value) = fields.get_mut(key) {
+                let whole = value.as_f64().filter(|f| {
+                    value.as_u64().is_none()
+                        && f.fract() == 0.0
+                        && (0.0..18_446_744_073_709_551_616.0).contains(f)
+                });
+                if let Some(f) = whole {
+                    *value = Value::from(f as u64);
+                }
+            }
+        }
+    }
+    launch
+}
+
 /// Checks `launch` against its provider's schema.
 pub(super) fn validate(launch: &Value) -> Result<(), Rejection> {
     let Some(fields) = launch.as_object() else {

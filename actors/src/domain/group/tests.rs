@@ -462,6 +462,26 @@ fn step_policies_follow_awss_worked_example_around_a_threshold_of_50() {
         matches!(&events[0], GroupEvent::PolicyExecuted { step: Some(1), .. }),
         "{events:?}"
     );
+    // Exactly at the threshold: a step starting there (above) if there is one, else one ending
+    // there (below), as AWS's bounds give both the threshold.
+    let (_, events) = when(
+        state.clone(),
+        step_execution(percent, &out, None, Some(50.0)),
+        T0,
+    );
+    assert!(
+        matches!(&events[0], GroupEvent::PolicyExecuted { step: Some(0), .. }),
+        "{events:?}"
+    );
+    let (_, events) = when(
+        state.clone(),
+        step_execution(percent, &r#in, None, Some(50.0)),
+        T0,
+    );
+    assert!(
+        matches!(&events[0], GroupEvent::PolicyExecuted { step: Some(2), .. }),
+        "{events:?}"
+    );
     // A breach no step covers changes nothing, and says so.
     let (_, events) = when(
         state.clone(),
