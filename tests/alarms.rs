@@ -88,6 +88,23 @@ fn minutes_of(server: &Server, l: &Loop, values: &[f64], minutes: usize) {
     }
 }
 
+/// The group's policy executions, newest first.
+fn executions(server: &Server, l: &Loop) -> Vec<Value> {
+    let (_, activity) = server.call(
+        "GET",
+        &format!("/v1/groups/{}/activity?limit=1000", l.group),
+        &l.token,
+        None,
+    );
+    activity["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| item["type"] == "policy_executed")
+        .cloned()
+        .collect()
+}
+
 fn alarm_state(server: &Server, l: &Loop) -> Value {
     server
         .call("GET", &format!("/v1/alarms/{}", l.alarm), &l.token, None)
@@ -127,19 +144,8 @@ fn samples_above_the_threshold_scale_up_and_below_it_scale_down_with_the_alarm_a
         server.capacity(&l.token, &l.group) == 2
     });
 
-    let (_, activity) = server.call(
-        "GET",
-        &format!("/v1/groups/{}/activity", l.group),
-        &l.token,
-        None,
-    );
     // The policy executions (the converger's server events come between them).
-    let items: Vec<&Value> = activity["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|item| item["type"] == "policy_executed")
-        .collect();
+    let items = executions(&server, &l);
     assert_eq!(items[0]["cause"]["type"], "alarm");
     assert_eq!(items[0]["cause"]["alarm_id"], l.alarm.as_str());
     assert_eq!(
@@ -320,14 +326,7 @@ fn pausing_scale_in_keeps_an_alarms_scale_out_working() {
     });
     server.tick();
     assert_eq!(server.capacity(&l.token, &l.group), 3);
-    let (_, activity) = server.call("GET", &format!("{group_path}/activity"), &l.token, None);
-    let last = activity["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|item| item["type"] == "policy_executed")
-        .unwrap()
-        .clone();
+    let last = executions(&server, &l)[0].clone();
     assert_eq!(last["outcome"], "paused", "{last}");
 
     // A pause names at least one direction; no body pauses both; resume clears both.
@@ -378,19 +377,7 @@ fn a_step_policy_an_alarm_executes_chooses_its_step_by_the_deciding_datapoint() 
     server.tick_until("the step scale-out", 3, || {
         server.capacity(&l.token, &l.group) == 4
     });
-    let (_, activity) = server.call(
-        "GET",
-        &format!("/v1/groups/{}/activity", l.group),
-        &l.token,
-        None,
-    );
-    let executed = activity["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|item| item["type"] == "policy_executed")
-        .unwrap()
-        .clone();
+    let executed = executions(&server, &l)[0].clone();
     assert_eq!(executed["step"], 1, "{executed}");
     assert_eq!(executed["breach"]["breach_threshold"], 0.8, "{executed}");
     assert!(

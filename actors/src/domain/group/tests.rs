@@ -443,62 +443,30 @@ fn step_policies_follow_awss_worked_example_around_a_threshold_of_50() {
         );
         state = after;
     }
-    // The bounds' inclusivity: 60 is in [10, 20) above the threshold; 40 in (−20, −10] below.
-    let (_, events) = when(
-        state.clone(),
-        step_execution(percent, &out, None, Some(59.999)),
-        T0,
-    );
-    assert!(
-        matches!(&events[0], GroupEvent::PolicyExecuted { step: Some(0), .. }),
-        "{events:?}"
-    );
-    let (_, events) = when(
-        state.clone(),
-        step_execution(percent, &r#in, None, Some(40.0)),
-        T0,
-    );
-    assert!(
-        matches!(&events[0], GroupEvent::PolicyExecuted { step: Some(1), .. }),
-        "{events:?}"
-    );
-    // Exactly at the threshold: a step starting there (above) if there is one, else one ending
-    // there (below), as AWS's bounds give both the threshold.
-    let (_, events) = when(
-        state.clone(),
-        step_execution(percent, &out, None, Some(50.0)),
-        T0,
-    );
-    assert!(
-        matches!(&events[0], GroupEvent::PolicyExecuted { step: Some(0), .. }),
-        "{events:?}"
-    );
-    let (_, events) = when(
-        state.clone(),
-        step_execution(percent, &r#in, None, Some(50.0)),
-        T0,
-    );
-    assert!(
-        matches!(&events[0], GroupEvent::PolicyExecuted { step: Some(2), .. }),
-        "{events:?}"
-    );
-    // A breach no step covers changes nothing, and says so.
-    let (_, events) = when(
-        state.clone(),
-        step_execution(percent, &out, None, Some(45.0)),
-        T0,
-    );
-    assert!(
-        matches!(
-            &events[0],
-            GroupEvent::PolicyExecuted {
-                step: None,
-                outcome: Outcome::NoChange { .. },
-                ..
-            }
-        ),
-        "{events:?}"
-    );
+    // The step chosen for a metric (threshold 50): the bounds' inclusivity (60 is in [10, 20)
+    // above the threshold, 40 in (−20, −10] below); exactly at the threshold, a step starting
+    // there if there is one, else one ending there, as AWS's bounds give both the threshold;
+    // and none for a breach no step covers, which changes nothing and says so.
+    for (steps, metric, chosen) in [
+        (&out[..], 59.999, Some(0)),
+        (&r#in[..], 40.0, Some(1)),
+        (&out[..], 50.0, Some(0)),
+        (&r#in[..], 50.0, Some(2)),
+        (&out[..], 45.0, None),
+    ] {
+        let (_, events) = when(
+            state.clone(),
+            step_execution(percent, steps, None, Some(metric)),
+            T0,
+        );
+        let GroupEvent::PolicyExecuted { step, outcome, .. } = &events[0] else {
+            panic!("{events:?}");
+        };
+        assert_eq!(*step, chosen, "metric {metric}");
+        if chosen.is_none() {
+            assert!(matches!(outcome, Outcome::NoChange { .. }), "{outcome:?}");
+        }
+    }
     // Without a breach there is no step to choose.
     assert_eq!(
         decide(&state, &step_execution(percent, &out, None, None), T0),
