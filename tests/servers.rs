@@ -423,6 +423,28 @@ fn a_forced_group_deletion_stops_servers_slow_to_stop_together() {
 }
 
 #[test]
+fn a_forced_group_deletion_answers_409_rather_than_wait_out_a_long_grace() {
+    let server = server();
+    let token = server.tenant("acme");
+    let marks = tempfile::tempdir().unwrap();
+    let group = create(&server, &token, 1, stubborn_launch(marks.path(), 600));
+    converge_until(&server, "1 active", || {
+        active(&server, &token, &group).len() == 1
+    });
+    let pid = pid_of(&active(&server, &token, &group)[0]);
+    let path = format!("/v1/groups/{group}?force=true");
+    let busy = server.call("DELETE", &path, &token, None);
+    assert_error(&busy, 409, "conflict");
+    // Once its server is gone, the same call deletes the group.
+    kill(pid);
+    converge_until(&server, "the server deleted", || {
+        servers(&server, &token, &group).is_empty()
+    });
+    let (status, body) = server.call("DELETE", &path, &token, None);
+    assert_eq!(status, 204, "{body}");
+}
+
+#[test]
 fn a_simulated_group_of_1000_servers_converges_after_its_start_latency() {
     let server = server();
     let token = server.tenant("acme");

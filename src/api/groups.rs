@@ -300,30 +300,41 @@ pub async fn delete(
 /// Passes a forced deletion makes over the group's servers before it answers 409.
 const DRAIN_PASSES: usize = 3;
 
+/// How long a forced deletion waits for its servers before it answers 409: a provider slow to
+/// answer (an orchestrator timing out, a launch pass retrying) must not hold the request.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Stops launching for group `id` and deletes its servers through the converger: a few passes,
 /// each waited for with the deletions it started (which run at once, so servers slow to stop
-/// cost one grace period, not one each), never a sleep. Servers still there after them (a
-/// provider that failed to delete) get a 409; the group stays draining, and the converger's
-/// ticks go on deleting them.
+/// cost one grace period, not one each), never a sleep, for at most [`DRAIN_WAIT`] of real
+/// time. Servers still there after them (a provider that failed to delete, or is slow to)
+/// get a 409; the group stays draining, and the converger's ticks go on deleting them.
 async fn drain(state: &AppState, id: &GroupId) -> Result<(), ApiError> {
     state
         .execute::<Groups>(id.as_str(), GroupCommand::Drain)
         .await?;
-    for _ in 0..DRAIN_PASSES {
-        state.converger.reconcile_and_delete(id).await?;
-        if resource::load::<Groups>(state, id)
-            .await?
-            .servers
-            .is_empty()
-        {
-            return Ok(());
+    let passes = async {
+        for _ in 0..DRAIN_PASSES {
+            state.converger.reconcile_and_delete(id).await?;
+            if resource::load::<Groups>(state, id)
+                .await?
+                .servers
+                .is_empty()
+            {
+                return Ok(true);
+            }
         }
+        Ok::<_, ApiError>(false)
+    };
+    match actix_web::rt::time::timeout(DRAIN_WAIT, passes).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Err(error)) => Err(error),
+        Ok(Ok(false)) | Err(_) => Err(ApiError::from(flotilla_actors::error::Error::from(
+            flotilla_actors::domain::Rejection::Conflict {
+                reason: "servers are still being deleted; try again".into(),
+            },
+        ))),
     }
-    Err(ApiError::from(flotilla_actors::error::Error::from(
-        flotilla_actors::domain::Rejection::Conflict {
-            reason: "servers are still being deleted; try again".into(),
-        },
-    )))
 }
 
 /// `POST /v1/groups/{id}/metrics-token`: a new metrics token for the group, shown once; the old
