@@ -41,15 +41,8 @@ fn new_group(id: &GroupId) -> NewGroup {
 
 fn definition(adjustment: i64) -> PolicyDefinition {
     PolicyDefinition {
-        name: "step".into(),
-        mode: flotilla_actors::domain::policy::Mode::Live,
-        policy_type: flotilla_actors::domain::policy::PolicyType::Simple,
-        steps: Vec::new(),
-        warmup_seconds: None,
-        adjustment_type: AdjustmentType::Change,
-        adjustment,
-        min_adjustment_step: None,
         cooldown_seconds: Some(0),
+        ..PolicyDefinition::simple("step", AdjustmentType::Change, adjustment)
     }
 }
 

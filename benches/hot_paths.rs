@@ -112,15 +112,9 @@ fn decide_apply(c: &mut Criterion) {
         group_id: state.as_ref().unwrap().id.clone(),
         tenant_id: TenantId::new("ten_bench"),
         definition: PolicyDefinition {
-            name: "up".into(),
-            mode: flotilla_actors::domain::policy::Mode::Live,
-            policy_type: flotilla_actors::domain::policy::PolicyType::Simple,
-            steps: Vec::new(),
-            warmup_seconds: None,
-            adjustment_type: adjustment.kind,
-            adjustment: adjustment.value,
             min_adjustment_step: adjustment.min_adjustment_step,
             cooldown_seconds: Some(0),
+            ..PolicyDefinition::simple("up", adjustment.kind, adjustment.value)
         },
         deleted: false,
         created_at: now,

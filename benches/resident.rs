@@ -159,17 +159,7 @@ fn main() {
                     id: id.clone(),
                     group_id: group.clone(),
                     tenant_id: tenant.clone(),
-                    definition: PolicyDefinition {
-                        name: "scale-up".into(),
-                        mode: flotilla_actors::domain::policy::Mode::Live,
-                        policy_type: flotilla_actors::domain::policy::PolicyType::Simple,
-                        steps: Vec::new(),
-                        warmup_seconds: None,
-                        adjustment_type: AdjustmentType::Change,
-                        adjustment: 1,
-                        min_adjustment_step: None,
-                        cooldown_seconds: None,
-                    },
+                    definition: PolicyDefinition::simple("scale-up", AdjustmentType::Change, 1),
                 };
                 supervisor
                     .execute::<Policies>(id.as_str(), command)

@@ -1073,7 +1073,7 @@ fn a_step_policy_executes_the_step_its_breach_falls_in_by_execute_or_webhook() {
         "POST",
         &format!("/v1/groups/{group}/policies/{id}/webhooks"),
         &token,
-        Some(json!({"name": "alertmanager"})),
+        Some(json!({"name": "cpu-steps"})),
     );
     assert_eq!(status, 201, "{hook}");
     let hook = common::Hook {

@@ -65,15 +65,8 @@ async fn policy(w: &World, group: &GroupId, adjustment: i64, cooldown: Option<u3
         group_id: group.clone(),
         tenant_id: TenantId::new("ten_test"),
         definition: PolicyDefinition {
-            name: "up".into(),
-            mode: flotilla_actors::domain::policy::Mode::Live,
-            policy_type: flotilla_actors::domain::policy::PolicyType::Simple,
-            steps: Vec::new(),
-            warmup_seconds: None,
-            adjustment_type: AdjustmentType::Change,
-            adjustment,
-            min_adjustment_step: None,
             cooldown_seconds: cooldown,
+            ..PolicyDefinition::simple("up", AdjustmentType::Change, adjustment)
         },
     };
     w.supervisor

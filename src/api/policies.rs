@@ -362,24 +362,33 @@ async fn unname(state: &AppState, alarm: &AlarmId, policy: &PolicyId) -> Result<
     Ok(())
 }
 
-/// The fields of [`ExecuteBody`].
-const EXECUTE_FIELDS: [&str; 2] = ["metric_value", "breach_threshold"];
-
-/// The optional body of `.../execute`: the breach a step policy chooses its step by.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
+/// The optional body of `.../execute`: the breach a step policy chooses its step by. Its
+/// values are read by [`breach_of`], as a webhook body's are, so a bad one names its field.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExecuteBody {
     /// The metric's value.
-    metric_value: Option<f64>,
+    #[serde(default)]
+    #[schema(value_type = Option<f64>)]
+    metric_value: Option<Value>,
     /// The threshold it breached.
-    breach_threshold: Option<f64>,
+    #[serde(default)]
+    #[schema(value_type = Option<f64>)]
+    breach_threshold: Option<Value>,
 }
 
-/// The breach a webhook call's or an execution's body names with top-level `metric_value` and
-/// `breach_threshold` (SPEC 2.1): none unless both are there; either one not a number is a 400
-/// naming it.
+/// The breach a webhook call's body names with top-level `metric_value` and `breach_threshold`.
 pub fn breach_in(body: &Value) -> Result<Option<Breach>, Rejection> {
-    let number = |field: &'static str| match body.get(field) {
+    breach_of(body.get("metric_value"), body.get("breach_threshold"))
+}
+
+/// The breach of a `metric_value` and a `breach_threshold` (SPEC 2.1): none unless both are
+/// there; either one not a number is a 400 naming it.
+fn breach_of(
+    metric_value: Option<&Value>,
+    breach_threshold: Option<&Value>,
+) -> Result<Option<Breach>, Rejection> {
+    let number = |field: &'static str, value: Option<&Value>| match value {
         None | Some(Value::Null) => Ok(None),
         Some(value) => value
             .as_f64()
@@ -387,7 +396,10 @@ pub fn breach_in(body: &Value) -> Result<Option<Breach>, Rejection> {
             .ok_or_else(|| Rejection::invalid(field, "must be a number")),
     };
     Ok(
-        match (number("metric_value")?, number("breach_threshold")?) {
+        match (
+            number("metric_value", metric_value)?,
+            number("breach_threshold", breach_threshold)?,
+        ) {
             (Some(metric_value), Some(breach_threshold)) => Some(Breach {
                 metric_value,
                 breach_threshold,
@@ -418,23 +430,10 @@ pub async fn execute(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (_, policy) = owned(&state, &tenant, &path.0, &path.1)?;
-    let breach = match super::optional_json::<Value>(&body)? {
-        None | Some(Value::Null) => None,
-        Some(body) => {
-            let fields = body.as_object().ok_or_else(|| {
-                ApiError::bad_request("invalid_json", "the body must be a JSON object")
-            })?;
-            if let Some(unknown) = fields
-                .keys()
-                .find(|k| !EXECUTE_FIELDS.contains(&k.as_str()))
-            {
-                return Err(ApiError::bad_request(
-                    "invalid_json",
-                    format!("unknown field {unknown:?}; the fields are metric_value and breach_threshold"),
-                ));
-            }
-            breach_in(&body).map_err(flotilla_actors::error::Error::from)?
-        }
+    let breach = match super::optional_json::<Option<ExecuteBody>>(&body)?.flatten() {
+        None => None,
+        Some(body) => breach_of(body.metric_value.as_ref(), body.breach_threshold.as_ref())
+            .map_err(flotilla_actors::error::Error::from)?,
     };
     let run = state
         .supervisor

@@ -119,15 +119,8 @@ pub fn new_policy(id: &PolicyId, group: &GroupId, tenant: &TenantId) -> PolicyCo
         group_id: group.clone(),
         tenant_id: tenant.clone(),
         definition: PolicyDefinition {
-            name: "up".into(),
-            mode: flotilla_actors::domain::policy::Mode::Live,
-            policy_type: flotilla_actors::domain::policy::PolicyType::Simple,
-            steps: Vec::new(),
-            warmup_seconds: None,
-            adjustment_type: AdjustmentType::Change,
-            adjustment: 1,
-            min_adjustment_step: None,
             cooldown_seconds: Some(0),
+            ..PolicyDefinition::simple("up", AdjustmentType::Change, 1)
         },
     }
 }

@@ -118,6 +118,24 @@ pub struct PolicyDefinition {
     pub cooldown_seconds: Option<u32>,
 }
 
+impl PolicyDefinition {
+    /// A live simple policy named `name`: `adjustment` read as `adjustment_type`, no minimum
+    /// step, the group's cooldown.
+    pub fn simple(name: &str, adjustment_type: AdjustmentType, adjustment: i64) -> Self {
+        PolicyDefinition {
+            name: name.to_owned(),
+            mode: Mode::Live,
+            policy_type: PolicyType::Simple,
+            steps: Vec::new(),
+            warmup_seconds: None,
+            adjustment_type,
+            adjustment,
+            min_adjustment_step: None,
+            cooldown_seconds: None,
+        }
+    }
+}
+
 /// A policy as its events built it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
@@ -570,17 +588,7 @@ mod tests {
     }
 
     fn definition(adjustment_type: AdjustmentType, adjustment: i64) -> PolicyDefinition {
-        PolicyDefinition {
-            name: "scale out".into(),
-            mode: Mode::Live,
-            policy_type: PolicyType::Simple,
-            steps: Vec::new(),
-            warmup_seconds: None,
-            adjustment_type,
-            adjustment,
-            min_adjustment_step: None,
-            cooldown_seconds: None,
-        }
+        PolicyDefinition::simple("scale out", adjustment_type, adjustment)
     }
 
     fn create(definition: PolicyDefinition) -> PolicyCommand {

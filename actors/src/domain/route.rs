@@ -105,17 +105,7 @@ mod tests {
             id: PolicyId::new("pol_1"),
             group_id: GroupId::new(group),
             tenant_id: TenantId::new("ten_1"),
-            definition: PolicyDefinition {
-                name: "up".into(),
-                mode: crate::domain::policy::Mode::Live,
-                policy_type: crate::domain::policy::PolicyType::Simple,
-                steps: Vec::new(),
-                warmup_seconds: None,
-                adjustment_type: AdjustmentType::Change,
-                adjustment: 1,
-                min_adjustment_step: None,
-                cooldown_seconds: None,
-            },
+            definition: PolicyDefinition::simple("up", AdjustmentType::Change, 1),
             deleted: false,
             created_at: Timestamp::EPOCH,
         }

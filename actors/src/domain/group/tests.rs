@@ -46,15 +46,9 @@ fn execute(adjustment: Adjustment, cooldown_seconds: Option<u32>, cause: Cause) 
         group_id: GroupId::new("grp_1"),
         tenant_id: TenantId::new("ten_1"),
         definition: PolicyDefinition {
-            name: "p".into(),
-            mode: crate::domain::policy::Mode::Live,
-            policy_type: crate::domain::policy::PolicyType::Simple,
-            steps: Vec::new(),
-            warmup_seconds: None,
-            adjustment_type: adjustment.kind,
-            adjustment: adjustment.value,
             min_adjustment_step: adjustment.min_adjustment_step,
             cooldown_seconds,
+            ..PolicyDefinition::simple("p", adjustment.kind, adjustment.value)
         },
         deleted: false,
         created_at: T0,
