@@ -6,22 +6,31 @@
 //! The [`AlarmTable`] is a read model of each alarm's definition and state, fed by the projector
 //! from the journal, so that a tick over 100k alarms costs a pure evaluation each, and a message
 //! only for those whose state changes (or that repeat their actions).
+//!
+//! Target-tracking policies (SPEC 2.1) watch their metric the same way: the table follows each
+//! one's definition, and at each tick the groups with a policy whose period closed are sent
+//! every such policy of theirs, with the closed period's datapoint; the group decides and
+//! journals (see `flotilla_actors::domain::group::tracking`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use flotilla_actors::aggregate::Alarms;
+use flotilla_actors::aggregate::{Alarms, Groups};
 use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmDefinition, AlarmEvent, AlarmState};
 use flotilla_actors::domain::evaluation::{actions, evaluate, next_state};
-use flotilla_actors::domain::policy::Breach;
-use flotilla_actors::domain::samples::{RecordError, Recorded, Sample, SeriesStore};
+use flotilla_actors::domain::group::{GroupCommand, Period, Tracked};
+use flotilla_actors::domain::policy::{self, Breach, Policy, PolicyEvent, Tracking};
+use flotilla_actors::domain::samples::{period_start, RecordError, Recorded, Sample, SeriesStore};
 use flotilla_actors::domain::{AlarmId, Cause, GroupId, PolicyId, Rejection};
 use flotilla_actors::error::Error as ActorError;
 use flotilla_actors::supervisor::Supervisor;
 
 use crate::service::Readiness;
 use crate::ticks::Ticker;
+
+/// How many groups decide their target tracking at once.
+const TRACKING_CONCURRENCY: usize = 64;
 
 /// What the evaluator knows of one alarm.
 #[derive(Debug, Clone)]
@@ -33,6 +42,48 @@ struct Watched {
     pending: Vec<PolicyId>,
     /// The end of the next period to close: the next evaluation is due then.
     next_due: Timestamp,
+}
+
+/// What the evaluator knows of one target-tracking policy.
+#[derive(Debug, Clone)]
+struct Followed {
+    policy: Policy,
+    /// The end of the next period to close.
+    next_due: Timestamp,
+}
+
+impl Followed {
+    fn tracking(&self) -> &Tracking {
+        self.policy
+            .definition
+            .tracking
+            .as_ref()
+            .expect("only target-tracking policies are followed")
+    }
+}
+
+/// The store's watch of a target-tracking policy: its metric, one period at a time.
+fn watch_policy(store: &mut SeriesStore, policy: &Policy, watch: bool) {
+    if let Some(t) = &policy.definition.tracking {
+        if watch {
+            store.watch(&policy.group_id, &t.metric, t.period_seconds, 1);
+        } else {
+            store.unwatch(&policy.group_id, &t.metric, t.period_seconds, 1);
+        }
+    }
+}
+
+/// An event the projector dropped into the table's inbox.
+enum Fed {
+    Alarm(AlarmId, AlarmEvent, Timestamp),
+    Policy(PolicyId, PolicyEvent, Timestamp),
+}
+
+/// The alarms and target-tracking policies the table watches.
+#[derive(Default)]
+struct Watching {
+    alarms: HashMap<AlarmId, Watched>,
+    policies: HashMap<PolicyId, Followed>,
 }
 
 /// Counts of what an ingestion did with its samples.
@@ -57,9 +108,9 @@ pub struct Ingested {
 /// inbox in first, in order.
 #[derive(Default)]
 pub struct AlarmTable {
-    inbox: Mutex<Vec<(AlarmId, AlarmEvent, Timestamp)>>,
+    inbox: Mutex<Vec<Fed>>,
     store: Mutex<SeriesStore>,
-    alarms: Mutex<HashMap<AlarmId, Watched>>,
+    watching: Mutex<Watching>,
 }
 
 /// An alarm as a checkpoint keeps it.
@@ -98,32 +149,69 @@ impl AlarmTable {
         }
     }
 
-    /// Takes in an alarm's journaled event, decided at `at` (the projector's only entry).
+    /// Takes in an alarm's journaled event, decided at `at` (the projector's entry for alarms).
     pub fn feed(&self, id: AlarmId, event: AlarmEvent, at: Timestamp) {
-        lock(&self.inbox).push((id, event, at));
+        lock(&self.inbox).push(Fed::Alarm(id, event, at));
+    }
+
+    /// Takes in a policy's journaled event, decided at `at` (the projector's entry for
+    /// policies): target-tracking ones are followed.
+    pub fn feed_policy(&self, id: PolicyId, event: PolicyEvent, at: Timestamp) {
+        lock(&self.inbox).push(Fed::Policy(id, event, at));
     }
 
     /// The table and the store, with the inbox taken in.
-    fn open(
-        &self,
-    ) -> (
-        MutexGuard<'_, HashMap<AlarmId, Watched>>,
-        MutexGuard<'_, SeriesStore>,
-    ) {
-        let mut alarms = lock(&self.alarms);
+    fn open(&self) -> (MutexGuard<'_, Watching>, MutexGuard<'_, SeriesStore>) {
+        let mut watching = lock(&self.watching);
         let mut store = lock(&self.store);
         let inbox = std::mem::take(&mut *lock(&self.inbox));
-        for (id, event, at) in inbox {
-            apply(&mut alarms, &mut store, id, event, at);
+        for fed in inbox {
+            match fed {
+                Fed::Alarm(id, event, at) => {
+                    apply(&mut watching.alarms, &mut store, id, event, at);
+                }
+                Fed::Policy(id, event, at) => {
+                    follow(&mut watching.policies, &mut store, id, &event, at);
+                }
+            }
         }
-        (alarms, store)
+        (watching, store)
+    }
+
+    /// The target-tracking policies followed, in id order, for a checkpoint.
+    pub fn save_policies(&self) -> Vec<Policy> {
+        let (watching, store) = self.open();
+        drop(store);
+        let mut saved: Vec<Policy> = watching
+            .policies
+            .values()
+            .map(|f| f.policy.clone())
+            .collect();
+        saved.sort_by(|a, b| a.id.cmp(&b.id));
+        saved
+    }
+
+    /// Takes in a checkpoint's target-tracking policies (into an empty table).
+    pub fn restore_policies(&self, saved: Vec<Policy>) {
+        let (mut watching, mut store) = self.open();
+        for policy in saved {
+            watch_policy(&mut store, &policy, true);
+            let followed = Followed {
+                policy,
+                next_due: Timestamp::EPOCH,
+            };
+            watching
+                .policies
+                .insert(followed.policy.id.clone(), followed);
+        }
     }
 
     /// The alarms' definitions and states, in id order, for a checkpoint.
     pub fn save(&self) -> Vec<SavedAlarm> {
-        let (alarms, store) = self.open();
+        let (watching, store) = self.open();
         drop(store);
-        let mut saved: Vec<SavedAlarm> = alarms
+        let mut saved: Vec<SavedAlarm> = watching
+            .alarms
             .iter()
             .map(|(id, w)| SavedAlarm {
                 id: id.clone(),
@@ -139,7 +227,7 @@ impl AlarmTable {
 
     /// Takes in a checkpoint's alarms (into an empty table).
     pub fn restore(&self, saved: Vec<SavedAlarm>) {
-        let (mut alarms, mut store) = self.open();
+        let (mut watching, mut store) = self.open();
         for saved in saved {
             store.watch_alarm(&saved.definition);
             let watched = Watched {
@@ -149,19 +237,23 @@ impl AlarmTable {
                 pending: saved.pending,
                 next_due: Timestamp::EPOCH,
             };
-            alarms.insert(saved.id, watched);
+            watching.alarms.insert(saved.id, watched);
         }
     }
 
     /// Evaluates no alarm before the end of the period holding `now` (at start: the samples of
     /// before are gone, so the period under way is the first with any).
     pub fn start_at(&self, now: Timestamp) {
-        let (mut alarms, store) = self.open();
+        let (mut watching, store) = self.open();
         drop(store);
-        for watched in alarms.values_mut() {
+        for watched in watching.alarms.values_mut() {
             watched.next_due = watched
                 .next_due
                 .max(period_end(now, watched.definition.period_seconds));
+        }
+        for followed in watching.policies.values_mut() {
+            let period = followed.tracking().period_seconds;
+            followed.next_due = followed.next_due.max(period_end(now, period));
         }
     }
 
@@ -173,8 +265,8 @@ impl AlarmTable {
         samples: &[Sample],
         now: Timestamp,
     ) -> Result<Ingested, RecordError> {
-        let (alarms, mut store) = self.open();
-        drop(alarms);
+        let (watching, mut store) = self.open();
+        drop(watching);
         let mut ingested = Ingested::default();
         for sample in samples {
             match store.record(group, sample, now)? {
@@ -189,9 +281,10 @@ impl AlarmTable {
 
     /// The transitions whose actions are not all taken: alarm, transition number, actions left.
     pub fn pending(&self) -> Vec<(AlarmId, u64, Vec<PolicyId>)> {
-        let (alarms, store) = self.open();
+        let (watching, store) = self.open();
         drop(store);
-        alarms
+        watching
+            .alarms
             .iter()
             .filter(|(_, w)| !w.pending.is_empty())
             .map(|(id, w)| (id.clone(), w.transition, w.pending.clone()))
@@ -200,9 +293,10 @@ impl AlarmTable {
 
     /// The alarms whose actions name `policy`, in id order.
     pub fn naming(&self, policy: &PolicyId) -> Vec<AlarmId> {
-        let (alarms, store) = self.open();
+        let (watching, store) = self.open();
         drop(store);
-        let mut naming: Vec<AlarmId> = alarms
+        let mut naming: Vec<AlarmId> = watching
+            .alarms
             .iter()
             .filter(|(_, w)| {
                 let d = &w.definition;
@@ -216,7 +310,7 @@ impl AlarmTable {
 
     /// How many alarms are watched.
     pub fn len(&self) -> usize {
-        self.open().0.len()
+        self.open().0.alarms.len()
     }
 
     /// Whether no alarm is watched.
@@ -234,10 +328,10 @@ impl AlarmTable {
         usize,
         Vec<(AlarmId, AlarmDefinition, AlarmState, Vec<Option<f64>>)>,
     ) {
-        let (mut alarms, store) = self.open();
+        let (mut watching, store) = self.open();
         let mut evaluated = 0;
         let mut due = Vec::new();
-        for (id, watched) in alarms.iter_mut() {
+        for (id, watched) in &mut watching.alarms {
             if now < watched.next_due {
                 continue;
             }
@@ -259,6 +353,48 @@ impl AlarmTable {
             }
         }
         (evaluated, due)
+    }
+
+    /// The groups with a target-tracking policy whose period closed by `now` (setting its next
+    /// one), each with every target-tracking policy of theirs: the due ones with the closed
+    /// period's datapoint. Answers how many policies were due, and the groups.
+    pub fn due_tracking(&self, now: Timestamp) -> (usize, Vec<(GroupId, Vec<Tracked>)>) {
+        let (mut watching, store) = self.open();
+        let mut due = 0;
+        let mut groups: HashMap<GroupId, (bool, Vec<Tracked>)> = HashMap::new();
+        for followed in watching.policies.values_mut() {
+            let t = followed.tracking();
+            let period = (now >= followed.next_due).then(|| {
+                let datapoints = store.datapoints(
+                    &followed.policy.group_id,
+                    &t.metric,
+                    t.period_seconds,
+                    t.statistic,
+                    1,
+                    now,
+                );
+                Period {
+                    end: period_start(now, t.period_seconds),
+                    datapoint: datapoints.first().copied().flatten(),
+                }
+            });
+            if period.is_some() {
+                due += 1;
+                followed.next_due = period_end(now, t.period_seconds);
+            }
+            let (any, tracked) = groups.entry(followed.policy.group_id.clone()).or_default();
+            *any |= period.is_some();
+            tracked.push(Tracked {
+                policy: followed.policy.clone(),
+                period,
+            });
+        }
+        let groups = groups
+            .into_iter()
+            .filter(|(_, (any, _))| *any)
+            .map(|(group, (_, tracked))| (group, tracked))
+            .collect();
+        (due, groups)
     }
 
     /// Forgets samples no alarm can read any more.
@@ -316,6 +452,38 @@ fn apply(
     }
 }
 
+/// What `event` of policy `id`, decided at `at`, makes of the followed target-tracking policies
+/// and of the store's watch.
+fn follow(
+    policies: &mut HashMap<PolicyId, Followed>,
+    store: &mut SeriesStore,
+    id: PolicyId,
+    event: &PolicyEvent,
+    at: Timestamp,
+) {
+    if matches!(event, PolicyEvent::Created { .. }) && policies.contains_key(&id) {
+        return;
+    }
+    let before = policies.remove(&id);
+    if let Some(before) = &before {
+        watch_policy(store, &before.policy, false);
+    }
+    let state = policy::apply(before.map(|f| f.policy), event);
+    if let Some(policy) = state.filter(|p| !p.deleted && p.definition.tracking.is_some()) {
+        watch_policy(store, &policy, true);
+        let period = policy
+            .definition
+            .tracking
+            .as_ref()
+            .map_or(60, |t| t.period_seconds);
+        let followed = Followed {
+            next_due: period_end(at, period),
+            policy,
+        };
+        policies.insert(id, followed);
+    }
+}
+
 /// Evaluates the alarms of an [`AlarmTable`] at each tick, and has their actor record each
 /// change of state and execute its actions.
 pub struct Evaluator {
@@ -353,8 +521,28 @@ impl Evaluator {
                 self.repeat(&id, &definition, &reason, breach).await;
             }
         }
+        let (due, groups) = self.table.due_tracking(now);
+        self.track(groups).await;
         self.table.prune(now);
-        evaluated
+        evaluated + due
+    }
+
+    /// Has each group decide the periods that closed for its target-tracking policies, a few
+    /// groups at a time (each decision is its group's actor's, on its own thread).
+    async fn track(&self, groups: Vec<(GroupId, Vec<Tracked>)>) {
+        use futures_util::stream::{self, StreamExt};
+        stream::iter(groups)
+            .for_each_concurrent(TRACKING_CONCURRENCY, |(group, tracked)| async move {
+                let command = GroupCommand::Track(tracked);
+                let decided = self
+                    .supervisor
+                    .execute::<Groups>(group.as_str(), command)
+                    .await;
+                if let Err(error) = decided {
+                    tracing::warn!(group = %group, %error, "target tracking not recorded");
+                }
+            })
+            .await;
     }
 
     /// Takes every action of a transition not yet taken.

@@ -22,7 +22,8 @@ use std::sync::Arc;
 
 use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::alarm::AlarmEvent;
-use flotilla_actors::domain::{AlarmId, DomainEvent, Kind};
+use flotilla_actors::domain::policy::{Policy, PolicyEvent};
+use flotilla_actors::domain::{AlarmId, DomainEvent, Kind, PolicyId};
 use flotilla_journal::{Head, Journal, Record};
 
 use crate::alarms::{AlarmTable, SavedAlarm};
@@ -33,13 +34,17 @@ use crate::telemetry::EventCounts;
 /// The name of the service's checkpoint in the journal.
 pub const CHECKPOINT: &str = "service";
 
-/// What a checkpoint holds: the index and the alarms, as of its head.
+/// What a checkpoint holds: the index, the alarms and the target-tracking policies, as of its
+/// head.
 #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     /// The index.
     pub index: index::Saved,
     /// The alarms, in id order.
     pub alarms: Vec<SavedAlarm>,
+    /// The target-tracking policies, in id order. Required: a checkpoint from before them does
+    /// not decode, and the read models are rebuilt from the journal.
+    pub tracking: Vec<Policy>,
 }
 
 /// Feeds the read models from the journal's records, in sequence order.
@@ -91,7 +96,7 @@ impl Projector {
 
     /// Whether `record` can change a checkpointed read model (a replay decodes only those).
     pub fn wants(record: &Record) -> bool {
-        Index::wants(record) || Kind::of(&record.stream) == Some(Kind::Alarm)
+        Index::wants(record) || matches!(Kind::of(&record.stream), Some(Kind::Alarm | Kind::Policy))
     }
 
     /// Takes in one record into the checkpointed read models.
@@ -102,6 +107,12 @@ impl Projector {
             let at = Timestamp::from_millis(record.timestamp_ms);
             self.alarms
                 .feed(AlarmId::new(record.stream.as_str()), event, at);
+        }
+        if Kind::of(&record.stream) == Some(Kind::Policy) {
+            let event: PolicyEvent = record.decode(PolicyEvent::SCHEMA)?;
+            let at = Timestamp::from_millis(record.timestamp_ms);
+            self.alarms
+                .feed_policy(PolicyId::new(record.stream.as_str()), event, at);
         }
         Ok(())
     }
@@ -146,6 +157,7 @@ impl Projector {
         Checkpoint {
             index: self.index.save(),
             alarms: self.alarms.save(),
+            tracking: self.alarms.save_policies(),
         }
     }
 
@@ -159,6 +171,7 @@ impl Projector {
             Ok(checkpoint) => {
                 self.index.restore(checkpoint.index);
                 self.alarms.restore(checkpoint.alarms);
+                self.alarms.restore_policies(checkpoint.tracking);
                 self.seq.store(head.seq, Ordering::Release);
                 Ok(head.seq)
             }

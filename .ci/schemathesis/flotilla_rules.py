@@ -42,6 +42,20 @@ RULES = [
      r"|(a percent|an exact capacity) must lie within \[-?\d+, \d+\], is -?\d+)"
      r"|invalid warmup_seconds: belongs to step policies.*"
      r"|invalid cooldown_seconds: belongs to simple policies.*"),
+    # A simple or step policy reads its adjustments by an adjustment_type; a target-tracking
+    # one has a metric and a target, and none of the other types' fields (SPEC 2.1).
+    (r"(POST|PATCH) /v1/groups/\{id\}/policies(/\{pid\})?", "invalid_input",
+     r"invalid adjustment_type: a simple or step policy needs one"),
+    (r"(POST|PATCH) /v1/groups/\{id\}/policies(/\{pid\})?", "invalid_input",
+     r"invalid (metric|target): a target-tracking policy needs (one|a metric and a target)"),
+    (r"(POST|PATCH) /v1/groups/\{id\}/policies(/\{pid\})?", "invalid_input",
+     r"invalid [a-z_]+: (belongs to target-tracking policies"
+     r"|does not belong to target-tracking policies, which follow their target)"),
+    (r"(POST|PATCH) /v1/groups/\{id\}/policies(/\{pid\})?", "invalid_input",
+     r"invalid activation_threshold: belongs to target_kind total.*"),
+    # A target-tracking policy executes at each closed period of its metric (SPEC 2.1).
+    (r"POST /v1/groups/\{id\}/policies/\{pid\}/execute", "conflict",
+     r"conflict: a target-tracking policy executes at each closed period.*"),
     # A step policy executed without the breach its step is chosen by (SPEC 2.1).
     (r"POST /v1/groups/\{id\}/policies/\{pid\}/execute", "metric_value_required", r".*"),
     # A pause names at least one direction (SPEC 2.3).

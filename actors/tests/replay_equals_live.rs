@@ -129,6 +129,7 @@ fn definition() -> impl Strategy<Value = PolicyDefinition> {
                         .collect()
                 },
                 warmup_seconds: warmup,
+                tracking: None,
                 adjustment_type,
                 adjustment: if simple { adjustment } else { 0 },
                 min_adjustment_step: step,
@@ -400,6 +401,7 @@ async fn run_case(definitions: [PolicyDefinition; 2], desired: u32, ops: Vec<Op>
                     mode: Some(definition.mode),
                     steps: Some(definition.steps.clone()),
                     warmup_seconds: Some(definition.warmup_seconds),
+                    tracking: Default::default(),
                     adjustment_type: Some(definition.adjustment_type),
                     adjustment: Some(definition.adjustment),
                     min_adjustment_step: Some(definition.min_adjustment_step),

@@ -115,7 +115,7 @@ pub fn document_for(settings: &crate::settings::Settings) -> serde_json::Value {
 /// utoipa. Each serializes exactly as its domain enum (a test holds them together, and the
 /// `From` impls are exhaustive, so a new domain variant does not compile until mirrored).
 pub mod mirror {
-    use flotilla_actors::domain::{alarm, policy, scaling};
+    use flotilla_actors::domain::{alarm, policy, scaling, tracking};
     use serde::Serialize;
     use utoipa::ToSchema;
 
@@ -139,6 +139,50 @@ pub mod mirror {
         Simple,
         /// The adjustment of the step the breach falls in, with a warm-up.
         Step,
+        /// Capacity follows a metric to a target at each closed period.
+        TargetTracking,
+    }
+
+    /// How a target-tracking policy reads its metric.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum TargetKind {
+        /// A per-server figure such as CPU: ceil(capacity × value / target).
+        Average,
+        /// A group total such as a queue's depth: ceil(value / target).
+        Total,
+    }
+
+    /// What a target-tracking policy does when a period has no datapoint.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum MissingData {
+        /// The group stays where it is.
+        Hold,
+        /// After `fallback_after_periods` missing periods, `fallback_capacity`.
+        Fallback,
+        /// After `fallback_after_periods` missing periods, at least `fallback_capacity`.
+        FallbackIfHigher,
+    }
+
+    impl From<tracking::TargetKind> for TargetKind {
+        fn from(value: tracking::TargetKind) -> Self {
+            match value {
+                tracking::TargetKind::Average => Self::Average,
+                tracking::TargetKind::Total => Self::Total,
+            }
+        }
+    }
+
+    impl From<tracking::MissingData> for MissingData {
+        fn from(value: tracking::MissingData) -> Self {
+            use tracking::MissingData as D;
+            match value {
+                D::Hold => Self::Hold,
+                D::Fallback => Self::Fallback,
+                D::FallbackIfHigher => Self::FallbackIfHigher,
+            }
+        }
     }
 
     /// Whether a policy's executions move capacity.
@@ -223,6 +267,7 @@ pub mod mirror {
             match value {
                 policy::PolicyType::Simple => Self::Simple,
                 policy::PolicyType::Step => Self::Step,
+                policy::PolicyType::TargetTracking => Self::TargetTracking,
             }
         }
     }
@@ -318,7 +363,10 @@ mod tests {
         use flotilla_actors::domain::policy::Mode as M;
         same::<_, mirror::Mode>(&[M::Live, M::Shadow]);
         use flotilla_actors::domain::policy::PolicyType as P;
-        same::<_, mirror::PolicyType>(&[P::Simple, P::Step]);
+        same::<_, mirror::PolicyType>(&[P::Simple, P::Step, P::TargetTracking]);
+        use flotilla_actors::domain::tracking::{MissingData as D, TargetKind as K};
+        same::<_, mirror::TargetKind>(&[K::Average, K::Total]);
+        same::<_, mirror::MissingData>(&[D::Hold, D::Fallback, D::FallbackIfHigher]);
         use Statistic as S;
         same::<_, mirror::Statistic>(&[S::Avg, S::Min, S::Max, S::Sum, S::Count]);
         use Comparison as C;

@@ -2,11 +2,14 @@
 
 use actix_web::{web, HttpResponse};
 use flotilla_actors::aggregate::{Alarms, Groups, Policies};
+use flotilla_actors::domain::alarm::Statistic;
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmPatch};
 use flotilla_actors::domain::policy::{
-    Breach, Mode, PolicyCommand, PolicyDefinition, PolicyPatch, PolicyType, Step,
+    Breach, Mode, PolicyCommand, PolicyDefinition, PolicyPatch, PolicyType, Step, Tracking,
+    TrackingPatch,
 };
 use flotilla_actors::domain::scaling::AdjustmentType;
+use flotilla_actors::domain::tracking::{MissingData, TargetKind};
 use flotilla_actors::domain::{AlarmId, Cause, GroupId, PolicyId, Rejection, TenantId};
 use serde::Deserialize;
 use serde_json::Value;
@@ -34,11 +37,12 @@ pub struct CreatePolicy {
     /// capacity untouched.
     #[schema(value_type = Option<mirror::Mode>)]
     mode: Option<Mode>,
-    /// `simple` (the default) or `step` (SPEC 2.1).
+    /// `simple` (the default), `step` or `target_tracking` (SPEC 2.1).
     #[schema(value_type = Option<mirror::PolicyType>)]
     policy_type: Option<PolicyType>,
-    #[schema(value_type = mirror::AdjustmentType)]
-    adjustment_type: AdjustmentType,
+    /// How a simple or step policy's adjustments are read (required for one).
+    #[schema(value_type = Option<mirror::AdjustmentType>)]
+    adjustment_type: Option<AdjustmentType>,
     /// A simple policy's adjustment (required for one); may be negative for `change` and
     /// `percent`.
     #[serde(default, deserialize_with = "super::whole::optional")]
@@ -61,6 +65,48 @@ pub struct CreatePolicy {
     #[serde(default, deserialize_with = "super::whole::optional")]
     #[schema(maximum = 604800)]
     cooldown_seconds: Option<u32>,
+    /// A target-tracking policy's metric, as samples name it (required for one).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z_:][A-Za-z0-9_:.-]*$"
+    )]
+    metric: Option<String>,
+    /// A target-tracking policy's statistic (default `avg`).
+    #[schema(value_type = Option<mirror::Statistic>)]
+    statistic: Option<Statistic>,
+    /// A target-tracking policy's period, seconds (default 60).
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(minimum = 1, maximum = 86400)]
+    period_seconds: Option<u32>,
+    /// A target-tracking policy's target, above 0 (required for one).
+    #[schema(exclusive_minimum = 0)]
+    target: Option<f64>,
+    /// `average` (the default): a per-server figure; `total`: a group total.
+    #[schema(value_type = Option<mirror::TargetKind>)]
+    target_kind: Option<TargetKind>,
+    /// `average` only: no change while |value / target − 1| is at most this (default 0.1).
+    #[schema(minimum = 0, maximum = 1)]
+    tolerance: Option<f64>,
+    /// `total` only: at capacity 0, the value a period must exceed to scale out (default 0).
+    activation_threshold: Option<f64>,
+    /// `hold` (the default), `fallback` or `fallback_if_higher`.
+    #[schema(value_type = Option<mirror::MissingData>)]
+    missing_data: Option<MissingData>,
+    /// The capacity a fallback goes to (default 0).
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(maximum = 100000)]
+    fallback_capacity: Option<u32>,
+    /// Missing periods in a row before a fallback (default 3).
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(minimum = 1, maximum = 100)]
+    fallback_after_periods: Option<u32>,
+    /// Scale-in goes to the highest recommendation of this many seconds (default 300).
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(maximum = 3600)]
+    scale_in_stabilization_seconds: Option<u32>,
+    /// Whether the policy never scales in (default false).
+    disable_scale_in: Option<bool>,
 }
 
 /// One step of a step policy (SPEC 2.1).
@@ -122,6 +168,68 @@ pub struct UpdatePolicy {
     #[schema(value_type = Option<u32>, maximum = 604800)]
     #[serde(default, deserialize_with = "super::whole::nullable")]
     cooldown_seconds: Option<Option<u32>>,
+    /// A target-tracking policy's metric, as samples name it (required for one).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z_:][A-Za-z0-9_:.-]*$"
+    )]
+    metric: Option<String>,
+    /// A target-tracking policy's statistic (default `avg`).
+    #[schema(value_type = Option<mirror::Statistic>)]
+    statistic: Option<Statistic>,
+    /// A target-tracking policy's period, seconds (default 60).
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(minimum = 1, maximum = 86400)]
+    period_seconds: Option<u32>,
+    /// A target-tracking policy's target, above 0 (required for one).
+    #[schema(exclusive_minimum = 0)]
+    target: Option<f64>,
+    /// `average` (the default): a per-server figure; `total`: a group total.
+    #[schema(value_type = Option<mirror::TargetKind>)]
+    target_kind: Option<TargetKind>,
+    /// `average` only: no change while |value / target − 1| is at most this (default 0.1).
+    #[schema(minimum = 0, maximum = 1)]
+    tolerance: Option<f64>,
+    /// `total` only: at capacity 0, the value a period must exceed to scale out (default 0).
+    activation_threshold: Option<f64>,
+    /// `hold` (the default), `fallback` or `fallback_if_higher`.
+    #[schema(value_type = Option<mirror::MissingData>)]
+    missing_data: Option<MissingData>,
+    /// The capacity a fallback goes to (default 0).
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(maximum = 100000)]
+    fallback_capacity: Option<u32>,
+    /// Missing periods in a row before a fallback (default 3).
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(minimum = 1, maximum = 100)]
+    fallback_after_periods: Option<u32>,
+    /// Scale-in goes to the highest recommendation of this many seconds (default 300).
+    #[serde(default, deserialize_with = "super::whole::optional")]
+    #[schema(maximum = 3600)]
+    scale_in_stabilization_seconds: Option<u32>,
+    /// Whether the policy never scales in (default false).
+    disable_scale_in: Option<bool>,
+}
+
+/// The target-tracking fields of a create's or an update's body.
+macro_rules! tracking_patch {
+    ($body:expr) => {
+        TrackingPatch {
+            metric: $body.metric,
+            statistic: $body.statistic,
+            period_seconds: $body.period_seconds,
+            target: $body.target,
+            kind: $body.target_kind,
+            tolerance: $body.tolerance,
+            activation_threshold: $body.activation_threshold,
+            missing_data: $body.missing_data,
+            fallback_capacity: $body.fallback_capacity,
+            fallback_after_periods: $body.fallback_after_periods,
+            scale_in_stabilization_seconds: $body.scale_in_stabilization_seconds,
+            disable_scale_in: $body.disable_scale_in,
+        }
+    };
 }
 
 /// Policy `pid` of group `id`, if `tenant` owns both.
@@ -159,22 +267,58 @@ pub async fn create(
     resource::load::<Groups>(&state, &group).await?;
     let body = body.into_inner();
     let policy_type = body.policy_type.unwrap_or_default();
+    let invalid = |field, reason: &str| {
+        ApiError::from(flotilla_actors::error::Error::from(Rejection::invalid(
+            field, reason,
+        )))
+    };
     let adjustment = match (policy_type, body.adjustment) {
         (PolicyType::Simple, None) => {
-            return Err(ApiError::bad_request(
-                "invalid_input",
-                "invalid adjustment: a simple policy needs one",
-            ))
+            return Err(invalid("adjustment", "a simple policy needs one"));
         }
         (PolicyType::Step, Some(_)) => {
-            return Err(ApiError::from(flotilla_actors::error::Error::from(
-                Rejection::invalid(
-                    "adjustment",
-                    "belongs to simple policies; each step carries its own",
-                ),
-            )))
+            return Err(invalid(
+                "adjustment",
+                "belongs to simple policies; each step carries its own",
+            ));
+        }
+        (PolicyType::TargetTracking, Some(_)) => {
+            return Err(invalid(
+                "adjustment",
+                "does not belong to target-tracking policies, which follow their target",
+            ));
         }
         (_, adjustment) => adjustment.unwrap_or(0),
+    };
+    let adjustment_type = match (policy_type, body.adjustment_type) {
+        (PolicyType::TargetTracking, None) => AdjustmentType::Exact,
+        (PolicyType::TargetTracking, Some(_)) => {
+            return Err(invalid(
+                "adjustment_type",
+                "does not belong to target-tracking policies, which follow their target",
+            ));
+        }
+        (_, Some(adjustment_type)) => adjustment_type,
+        (_, None) => {
+            return Err(invalid(
+                "adjustment_type",
+                "a simple or step policy needs one",
+            ));
+        }
+    };
+    let patch = tracking_patch!(body);
+    let tracking = match (policy_type, &patch) {
+        (PolicyType::TargetTracking, TrackingPatch { metric: None, .. }) => {
+            return Err(invalid("metric", "a target-tracking policy needs one"));
+        }
+        (PolicyType::TargetTracking, TrackingPatch { target: None, .. }) => {
+            return Err(invalid("target", "a target-tracking policy needs one"));
+        }
+        (PolicyType::TargetTracking, _) => Some(Box::new(Tracking::new("", 1.0).patched(&patch))),
+        (_, patch) => match patch.first_field() {
+            Some(field) => return Err(invalid(field, "belongs to target-tracking policies")),
+            None => None,
+        },
     };
     let id = PolicyId::generate();
     let command = PolicyCommand::Create {
@@ -187,7 +331,8 @@ pub async fn create(
             policy_type,
             steps: body.steps.into_iter().map(Step::from).collect(),
             warmup_seconds: body.warmup_seconds,
-            adjustment_type: body.adjustment_type,
+            tracking,
+            adjustment_type,
             adjustment,
             min_adjustment_step: body.min_adjustment_step,
             cooldown_seconds: body.cooldown_seconds,
@@ -278,6 +423,7 @@ pub async fn update(
             .steps
             .map(|steps| steps.into_iter().map(Step::from).collect()),
         warmup_seconds: body.warmup_seconds,
+        tracking: tracking_patch!(body),
         adjustment_type: body.adjustment_type,
         adjustment: body.adjustment,
         min_adjustment_step: body.min_adjustment_step,

@@ -3,9 +3,10 @@
 use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::alarm::{Alarm, AlarmState, Comparison, Statistic, TreatMissing};
 use flotilla_actors::domain::group::{Group, Outcome};
-use flotilla_actors::domain::policy::{Mode, Policy, PolicyType, Step};
+use flotilla_actors::domain::policy::{Mode, Policy, PolicyType, Step, Tracking};
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::server::{Server, ServerState};
+use flotilla_actors::domain::tracking::{MissingData, TargetKind};
 use flotilla_actors::domain::webhook::Webhook;
 use flotilla_actors::supervisor::PolicyExecution;
 use serde::{Deserialize, Serialize};
@@ -168,21 +169,80 @@ pub struct PolicyView {
     /// `live` or `shadow`.
     #[schema(value_type = mirror::Mode)]
     pub mode: Mode,
-    /// How `adjustment` is read.
-    #[schema(value_type = mirror::AdjustmentType)]
-    pub adjustment_type: AdjustmentType,
-    /// The adjustment; may be negative for `change` and `percent`.
-    pub adjustment: i64,
+    /// How `adjustment` is read (a simple or step policy's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<mirror::AdjustmentType>)]
+    pub adjustment_type: Option<AdjustmentType>,
+    /// The adjustment; may be negative for `change` and `percent` (a simple policy's; 0 for a
+    /// step policy's, whose steps carry theirs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adjustment: Option<i64>,
     /// For `percent` only: the smallest magnitude of a non-zero change (at least 1).
     pub min_adjustment_step: Option<u32>,
     /// Seconds of cooldown after this policy changes capacity; the group's when null.
     pub cooldown_seconds: Option<u32>,
+    /// A target-tracking policy's settings.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<TrackingView>,
     /// When the policy was created (RFC 3339).
     pub created_at: String,
 }
 
+/// A target-tracking policy's settings (SPEC 2.1).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrackingView {
+    /// The metric it follows.
+    pub metric: String,
+    /// How a period's samples become its datapoint.
+    #[schema(value_type = mirror::Statistic)]
+    pub statistic: Statistic,
+    /// The period, seconds: each closed period is a decision.
+    pub period_seconds: u32,
+    /// The target.
+    pub target: f64,
+    /// `average` or `total`.
+    #[schema(value_type = mirror::TargetKind)]
+    pub target_kind: TargetKind,
+    /// `average`: no change while |value / target − 1| is at most this.
+    pub tolerance: f64,
+    /// `total`: at capacity 0, the value a period must exceed to scale out.
+    pub activation_threshold: f64,
+    /// `hold`, `fallback` or `fallback_if_higher`.
+    #[schema(value_type = mirror::MissingData)]
+    pub missing_data: MissingData,
+    /// The capacity a fallback goes to.
+    pub fallback_capacity: u32,
+    /// Missing periods in a row before a fallback.
+    pub fallback_after_periods: u32,
+    /// Scale-in goes to the highest recommendation of this many seconds.
+    pub scale_in_stabilization_seconds: u32,
+    /// Whether it never scales in.
+    pub disable_scale_in: bool,
+}
+
+impl From<&Tracking> for TrackingView {
+    fn from(t: &Tracking) -> Self {
+        TrackingView {
+            metric: t.metric.clone(),
+            statistic: t.statistic,
+            period_seconds: t.period_seconds,
+            target: t.target.target,
+            target_kind: t.target.kind,
+            tolerance: t.target.tolerance,
+            activation_threshold: t.target.activation_threshold,
+            missing_data: t.target.missing_data,
+            fallback_capacity: t.target.fallback_capacity,
+            fallback_after_periods: t.target.fallback_after_periods,
+            scale_in_stabilization_seconds: t.scale_in_stabilization_seconds,
+            disable_scale_in: t.disable_scale_in,
+        }
+    }
+}
+
 impl From<&Policy> for PolicyView {
     fn from(p: &Policy) -> Self {
+        // A target-tracking policy has no adjustment.
+        let adjusts = p.definition.tracking.is_none();
         PolicyView {
             id: p.id.to_string(),
             group_id: p.group_id.to_string(),
@@ -191,10 +251,11 @@ impl From<&Policy> for PolicyView {
             steps: p.definition.steps.clone(),
             warmup_seconds: p.definition.warmup_seconds,
             mode: p.definition.mode,
-            adjustment_type: p.definition.adjustment_type,
-            adjustment: p.definition.adjustment,
+            adjustment_type: adjusts.then_some(p.definition.adjustment_type),
+            adjustment: adjusts.then_some(p.definition.adjustment),
             min_adjustment_step: p.definition.min_adjustment_step,
             cooldown_seconds: p.definition.cooldown_seconds,
+            tracking: p.definition.tracking.as_deref().map(TrackingView::from),
             created_at: time(p.created_at),
         }
     }

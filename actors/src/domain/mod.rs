@@ -376,6 +376,9 @@ pub enum Cause {
     },
     /// A scheduled action.
     Schedule,
+    /// A target-tracking decision: the event's `tracking` names each policy's datapoint and
+    /// recommendation.
+    TargetTracking,
     /// A change of the group's bounds that forced its capacity into range.
     Bounds,
 }

@@ -8,8 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::alarm::{Statistic, MAX_PERIOD_SECONDS};
 use super::group::MAX_GROUP_SIZE;
 use super::scaling::{Adjustment, AdjustmentType};
+use super::tracking::{MissingData, Target, TargetKind};
 use super::{
     validate_cooldown, validate_name, DomainEvent, GroupId, PolicyId, Rejection, TenantId,
 };
@@ -39,6 +41,147 @@ pub enum PolicyType {
     Simple,
     /// The adjustment of the step the breach falls in, with a warm-up (AWS step scaling).
     Step,
+    /// Capacity follows a metric to a target, at each closed period of the metric (AWS target
+    /// tracking, the Kubernetes HPA).
+    TargetTracking,
+}
+
+/// The longest scale-in stabilization window, in seconds: an hour (the HPA's and AWS's most).
+pub const MAX_STABILIZATION_SECONDS: u32 = 3_600;
+
+/// The stabilization window of a policy that names none: five minutes (the HPA's default).
+pub const DEFAULT_STABILIZATION_SECONDS: u32 = 300;
+
+/// The most missing periods in a row a fallback may wait for.
+pub const MAX_FALLBACK_AFTER_PERIODS: u32 = 100;
+
+/// A target-tracking policy's settings (SPEC 2.1): the metric it follows and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tracking {
+    /// The metric, as samples name it.
+    pub metric: String,
+    /// How a period's samples become its datapoint.
+    pub statistic: Statistic,
+    /// The period, seconds: each closed period is a decision.
+    pub period_seconds: u32,
+    /// The target and how the datapoint is read against it.
+    #[serde(flatten)]
+    pub target: Target,
+    /// Scale-in goes to the highest recommendation of this many seconds.
+    pub scale_in_stabilization_seconds: u32,
+    /// Whether it never scales in.
+    pub disable_scale_in: bool,
+}
+
+impl Tracking {
+    /// Settings for `metric` at `target`, with every default of SPEC 2.1: `avg` over 60 s
+    /// periods, `average`, tolerance 0.1, activation 0, hold on missing data (fallback to 0
+    /// after 3), a 300 s stabilization window, scale-in allowed.
+    pub fn new(metric: &str, target: f64) -> Tracking {
+        Tracking {
+            metric: metric.to_owned(),
+            statistic: Statistic::Avg,
+            period_seconds: 60,
+            target: Target {
+                target,
+                kind: TargetKind::Average,
+                tolerance: 0.1,
+                activation_threshold: 0.0,
+                missing_data: MissingData::Hold,
+                fallback_capacity: 0,
+                fallback_after_periods: 3,
+            },
+            scale_in_stabilization_seconds: DEFAULT_STABILIZATION_SECONDS,
+            disable_scale_in: false,
+        }
+    }
+
+    /// These settings with `patch`'s present fields in place of theirs.
+    pub fn patched(&self, patch: &TrackingPatch) -> Tracking {
+        let t = &self.target;
+        Tracking {
+            metric: patch.metric.clone().unwrap_or_else(|| self.metric.clone()),
+            statistic: patch.statistic.unwrap_or(self.statistic),
+            period_seconds: patch.period_seconds.unwrap_or(self.period_seconds),
+            target: Target {
+                target: patch.target.unwrap_or(t.target),
+                kind: patch.kind.unwrap_or(t.kind),
+                tolerance: patch.tolerance.unwrap_or(t.tolerance),
+                activation_threshold: patch.activation_threshold.unwrap_or(t.activation_threshold),
+                missing_data: patch.missing_data.unwrap_or(t.missing_data),
+                fallback_capacity: patch.fallback_capacity.unwrap_or(t.fallback_capacity),
+                fallback_after_periods: patch
+                    .fallback_after_periods
+                    .unwrap_or(t.fallback_after_periods),
+            },
+            scale_in_stabilization_seconds: patch
+                .scale_in_stabilization_seconds
+                .unwrap_or(self.scale_in_stabilization_seconds),
+            disable_scale_in: patch.disable_scale_in.unwrap_or(self.disable_scale_in),
+        }
+    }
+}
+
+/// A change to a target-tracking policy's settings: each present field replaces the current one.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TrackingPatch {
+    /// A new metric.
+    pub metric: Option<String>,
+    /// A new statistic.
+    pub statistic: Option<Statistic>,
+    /// A new period.
+    pub period_seconds: Option<u32>,
+    /// A new target.
+    pub target: Option<f64>,
+    /// A new way to read the metric.
+    pub kind: Option<TargetKind>,
+    /// A new tolerance.
+    pub tolerance: Option<f64>,
+    /// A new activation threshold.
+    pub activation_threshold: Option<f64>,
+    /// A new behaviour on missing data.
+    pub missing_data: Option<MissingData>,
+    /// A new fallback capacity.
+    pub fallback_capacity: Option<u32>,
+    /// A new count of missing periods before a fallback.
+    pub fallback_after_periods: Option<u32>,
+    /// A new stabilization window.
+    pub scale_in_stabilization_seconds: Option<u32>,
+    /// Whether it never scales in.
+    pub disable_scale_in: Option<bool>,
+}
+
+impl TrackingPatch {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == TrackingPatch::default()
+    }
+
+    /// The API's name of the first field it sets.
+    pub fn first_field(&self) -> Option<&'static str> {
+        let set = [
+            (self.metric.is_some(), "metric"),
+            (self.statistic.is_some(), "statistic"),
+            (self.period_seconds.is_some(), "period_seconds"),
+            (self.target.is_some(), "target"),
+            (self.kind.is_some(), "target_kind"),
+            (self.tolerance.is_some(), "tolerance"),
+            (self.activation_threshold.is_some(), "activation_threshold"),
+            (self.missing_data.is_some(), "missing_data"),
+            (self.fallback_capacity.is_some(), "fallback_capacity"),
+            (
+                self.fallback_after_periods.is_some(),
+                "fallback_after_periods",
+            ),
+            (
+                self.scale_in_stabilization_seconds.is_some(),
+                "scale_in_stabilization_seconds",
+            ),
+            (self.disable_scale_in.is_some(), "disable_scale_in"),
+        ];
+        set.into_iter()
+            .find_map(|(present, field)| present.then_some(field))
+    }
 }
 
 /// One step of a step policy: an adjustment for breaches whose distance from the threshold lies
@@ -108,7 +251,10 @@ pub struct PolicyDefinition {
     /// counts against the next scale-out's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_seconds: Option<u32>,
-    /// How `adjustment` is read.
+    /// A target-tracking policy's settings (none for the other types).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<Box<Tracking>>,
+    /// How `adjustment` is read (`exact` for a target-tracking policy, which has none).
     pub adjustment_type: AdjustmentType,
     /// The adjustment; may be negative for `change` and `percent`.
     pub adjustment: i64,
@@ -128,10 +274,20 @@ impl PolicyDefinition {
             policy_type: PolicyType::Simple,
             steps: Vec::new(),
             warmup_seconds: None,
+            tracking: None,
             adjustment_type,
             adjustment,
             min_adjustment_step: None,
             cooldown_seconds: None,
+        }
+    }
+
+    /// A live target-tracking policy named `name` with `tracking`'s settings.
+    pub fn target_tracking(name: &str, tracking: Tracking) -> Self {
+        PolicyDefinition {
+            policy_type: PolicyType::TargetTracking,
+            tracking: Some(Box::new(tracking)),
+            ..PolicyDefinition::simple(name, AdjustmentType::Exact, 0)
         }
     }
 }
@@ -200,6 +356,8 @@ pub struct PolicyPatch {
     pub steps: Option<Vec<Step>>,
     /// A new warm-up, or `Some(None)` to remove it.
     pub warmup_seconds: Option<Option<u32>>,
+    /// New target-tracking settings (a target-tracking policy's).
+    pub tracking: TrackingPatch,
     /// A new adjustment type.
     pub adjustment_type: Option<AdjustmentType>,
     /// A new adjustment.
@@ -314,6 +472,16 @@ pub fn decide(
                 policy_type: current.policy_type,
                 steps: patch.steps.clone().unwrap_or_else(|| current.steps.clone()),
                 warmup_seconds: patch.warmup_seconds.unwrap_or(current.warmup_seconds),
+                tracking: match &current.tracking {
+                    Some(tracking) => Some(Box::new(tracking.patched(&patch.tracking))),
+                    None if patch.tracking.is_empty() => None,
+                    None => {
+                        return Err(Rejection::invalid(
+                            patch.tracking.first_field().unwrap_or("policy_type"),
+                            "belongs to target-tracking policies",
+                        ))
+                    }
+                },
                 adjustment_type: patch.adjustment_type.unwrap_or(current.adjustment_type),
                 adjustment: patch.adjustment.unwrap_or(current.adjustment),
                 min_adjustment_step: patch
@@ -336,7 +504,14 @@ pub fn decide(
 
 fn validate(definition: &PolicyDefinition) -> Result<(), Rejection> {
     validate_name("name", &definition.name)?;
+    if definition.policy_type != PolicyType::TargetTracking && definition.tracking.is_some() {
+        return Err(Rejection::invalid(
+            "target",
+            "belongs to target-tracking policies",
+        ));
+    }
     match definition.policy_type {
+        PolicyType::TargetTracking => return validate_tracking(definition),
         PolicyType::Simple => {
             if !definition.steps.is_empty() {
                 return Err(Rejection::invalid("steps", "belong to step policies"));
@@ -378,6 +553,96 @@ fn validate(definition: &PolicyDefinition) -> Result<(), Rejection> {
         }
     }
     validate_rest(definition)
+}
+
+/// A target-tracking policy: its settings, and none of the other types' fields.
+fn validate_tracking(definition: &PolicyDefinition) -> Result<(), Rejection> {
+    let Some(tracking) = &definition.tracking else {
+        return Err(Rejection::invalid(
+            "target",
+            "a target-tracking policy needs a metric and a target",
+        ));
+    };
+    let others = [
+        (!definition.steps.is_empty(), "steps"),
+        (definition.warmup_seconds.is_some(), "warmup_seconds"),
+        (definition.adjustment != 0, "adjustment"),
+        (
+            definition.min_adjustment_step.is_some(),
+            "min_adjustment_step",
+        ),
+        (definition.cooldown_seconds.is_some(), "cooldown_seconds"),
+    ];
+    if let Some((_, field)) = others.into_iter().find(|(present, _)| *present) {
+        return Err(Rejection::invalid(
+            field,
+            "does not belong to target-tracking policies, which follow their target",
+        ));
+    }
+    super::samples::validate_metric(&tracking.metric)
+        .map_err(|reason| Rejection::invalid("metric", reason.trim_start_matches("metric ")))?;
+    if !(1..=MAX_PERIOD_SECONDS).contains(&tracking.period_seconds) {
+        return Err(Rejection::invalid(
+            "period_seconds",
+            format!(
+                "must lie within [1, {MAX_PERIOD_SECONDS}], is {}",
+                tracking.period_seconds
+            ),
+        ));
+    }
+    let t = &tracking.target;
+    if !(t.target.is_finite() && t.target > 0.0) {
+        return Err(Rejection::invalid(
+            "target",
+            format!("must be a finite number above 0, is {}", t.target),
+        ));
+    }
+    if !(0.0..=1.0).contains(&t.tolerance) {
+        return Err(Rejection::invalid(
+            "tolerance",
+            format!("must lie within [0, 1], is {}", t.tolerance),
+        ));
+    }
+    if !t.activation_threshold.is_finite() {
+        return Err(Rejection::invalid(
+            "activation_threshold",
+            "must be a finite number",
+        ));
+    }
+    if t.activation_threshold != 0.0 && t.kind == TargetKind::Average {
+        return Err(Rejection::invalid(
+            "activation_threshold",
+            "belongs to target_kind total; an average cannot scale from zero",
+        ));
+    }
+    if t.fallback_capacity > MAX_GROUP_SIZE {
+        return Err(Rejection::invalid(
+            "fallback_capacity",
+            format!(
+                "must be at most {MAX_GROUP_SIZE}, is {}",
+                t.fallback_capacity
+            ),
+        ));
+    }
+    if !(1..=MAX_FALLBACK_AFTER_PERIODS).contains(&t.fallback_after_periods) {
+        return Err(Rejection::invalid(
+            "fallback_after_periods",
+            format!(
+                "must lie within [1, {MAX_FALLBACK_AFTER_PERIODS}], is {}",
+                t.fallback_after_periods
+            ),
+        ));
+    }
+    if tracking.scale_in_stabilization_seconds > MAX_STABILIZATION_SECONDS {
+        return Err(Rejection::invalid(
+            "scale_in_stabilization_seconds",
+            format!(
+                "must be at most {MAX_STABILIZATION_SECONDS}, is {}",
+                tracking.scale_in_stabilization_seconds
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Steps (AWS's rules): 1 to [`MAX_STEPS`], listed from the lowest; finite bounds with lower <

@@ -46,7 +46,8 @@ pub enum MissingData {
 pub struct Target {
     /// The metric's target (> 0).
     pub target: f64,
-    /// How the metric is read.
+    /// How the metric is read (`target_kind` in the API and the journal).
+    #[serde(rename = "target_kind")]
     pub kind: TargetKind,
     /// `average`: the relative distance from the target within which nothing changes.
     pub tolerance: f64,

@@ -64,6 +64,13 @@ pub(super) fn decide_execution(
 ) -> Result<Vec<GroupEvent>, Rejection> {
     let (group, policy) = route::check(route, state)?;
     let definition = &policy.definition;
+    if definition.policy_type == PolicyType::TargetTracking {
+        return Err(Rejection::Conflict {
+            reason: "a target-tracking policy executes at each closed period of its metric, \
+                     not on demand"
+                .to_owned(),
+        });
+    }
     let (computation, breach, step, cooldown, warmup_until) = match definition.policy_type {
         PolicyType::Simple => {
             let computation = scaling::compute(
@@ -111,6 +118,7 @@ pub(super) fn decide_execution(
                 warmup_until,
             )
         }
+        PolicyType::TargetTracking => unreachable!("refused above"),
     };
     let mut outcome = execution_outcome(group, &computation, cooldown, now);
     if definition.mode == Mode::Shadow {
@@ -129,6 +137,7 @@ pub(super) fn decide_execution(
         breach,
         step,
         warmup_until: warmup_until.filter(|_| executed),
+        tracking: Vec::new(),
         at: now,
     }])
 }
@@ -136,7 +145,7 @@ pub(super) fn decide_execution(
 /// Pause first (of both directions, or of the one the capacity would move in), then the
 /// group's cooldown (for a simple policy, which starts one of `cooldown` seconds), then whether
 /// the capacity moves.
-fn execution_outcome(
+pub(super) fn execution_outcome(
     group: &Group,
     computation: &Computation,
     cooldown: Option<u32>,

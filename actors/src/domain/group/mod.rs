@@ -30,11 +30,13 @@ use crate::clock::Timestamp;
 mod config;
 mod execution;
 pub mod launch;
+pub mod tracking;
 
 pub use config::{GroupPatch, NewGroup, DEFAULT_COOLDOWN_SECONDS, MAX_GROUP_SIZE};
 pub use execution::Outcome;
 pub use launch::PROVIDERS;
 pub use server::{LaunchRequest, ServerReport};
+pub use tracking::{Period, Track, TrackRecord, Tracked};
 
 /// A group as its events built it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +85,9 @@ pub struct Group {
     /// Capacity that step policies' scale-outs added and that is still warming up (SPEC 2.1).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warming: Vec<Warming>,
+    /// What it remembers of each target-tracking policy's recommendations (SPEC 2.1).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tracks: BTreeMap<PolicyId, Track>,
 }
 
 /// Capacity a step policy's scale-out added, warming up until `until`: the policy's next
@@ -224,6 +229,9 @@ pub enum GroupCommand {
         /// or a caller's `metric_value` and `breach_threshold`).
         breach: Option<Breach>,
     },
+    /// Decide the periods that closed for the group's target-tracking policies: every such
+    /// policy of the group, each with its closed period if one did (see [`tracking`]).
+    Track(Vec<Tracked>),
 }
 
 /// What happened to a group.
@@ -305,6 +313,9 @@ pub enum GroupEvent {
         /// A step policy's scale-out with a warm-up: until when the capacity it added warms up.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         warmup_until: Option<Timestamp>,
+        /// A target-tracking decision's: each policy's datapoint, recommendation and proposal.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tracking: Vec<TrackRecord>,
         /// When.
         at: Timestamp,
     },
@@ -465,6 +476,9 @@ pub fn decide(
     {
         return execution::decide_execution(state, route, cause, *breach, now);
     }
+    if let GroupCommand::Track(tracked) = cmd {
+        return tracking::decide_tracking(state, tracked, now);
+    }
     let group = match state {
         Some(group) if !group.deleted => group,
         _ => return Err(Rejection::not_found("group")),
@@ -522,7 +536,9 @@ pub fn decide(
                 because: group.last_change.clone(),
             })
             .collect()),
-        GroupCommand::ExecutePolicy { .. } => unreachable!("decided above"),
+        GroupCommand::ExecutePolicy { .. } | GroupCommand::Track(_) => {
+            unreachable!("decided above")
+        }
     }
 }
 
@@ -561,6 +577,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             draining: false,
             last_change: None,
             warming: Vec::new(),
+            tracks: BTreeMap::new(),
         });
     }
     let mut group = state?;
@@ -601,10 +618,12 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             outcome,
             cause,
             warmup_until,
+            tracking,
             at,
             ..
         } => {
             group.warming.retain(|w| *at < w.until);
+            tracking::apply_records(&mut group, tracking);
             if let Outcome::Executed {
                 from,
                 to,
