@@ -12,16 +12,17 @@
 //! every such policy of theirs, with the closed period's datapoint; the group decides and
 //! journals (see `flotilla_actors::domain::group::tracking`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use flotilla_actors::aggregate::{Alarms, Groups};
 use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmDefinition, AlarmEvent, AlarmState};
 use flotilla_actors::domain::evaluation::{actions, evaluate, next_state};
-use flotilla_actors::domain::group::{GroupCommand, Period, Tracked};
+use flotilla_actors::domain::group::{steady, Group, GroupCommand, Period, Tracked};
 use flotilla_actors::domain::policy::{self, Breach, Policy, PolicyEvent, Tracking};
 use flotilla_actors::domain::samples::{period_start, RecordError, Recorded, Sample, SeriesStore};
+use flotilla_actors::domain::tracking::{recommend, Recommendation};
 use flotilla_actors::domain::{AlarmId, Cause, GroupId, PolicyId, Rejection};
 use flotilla_actors::error::Error as ActorError;
 use flotilla_actors::supervisor::Supervisor;
@@ -79,11 +80,22 @@ enum Fed {
     Policy(PolicyId, PolicyEvent, Timestamp),
 }
 
+/// A group whose target tracking was at rest when it last decided (see
+/// [`flotilla_actors::domain::group::steady`]): its capacity then, and each policy's
+/// recommendation. While the group's stream does not grow and its policies stay as they are, a
+/// period that recommends the same for each due policy would record nothing, so it is not sent:
+/// an idle fleet costs a formula a policy, not a message.
+struct Steady {
+    capacity: u32,
+    recommendations: HashMap<PolicyId, Recommendation>,
+}
+
 /// The alarms and target-tracking policies the table watches.
 #[derive(Default)]
 struct Watching {
     alarms: HashMap<AlarmId, Watched>,
     policies: HashMap<PolicyId, Followed>,
+    steady: HashMap<GroupId, Steady>,
 }
 
 /// Counts of what an ingestion did with its samples.
@@ -111,6 +123,8 @@ pub struct AlarmTable {
     inbox: Mutex<Vec<Fed>>,
     store: Mutex<SeriesStore>,
     watching: Mutex<Watching>,
+    /// Groups whose stream grew since their last target-tracking decision was sent.
+    stirred: Mutex<HashSet<GroupId>>,
 }
 
 /// An alarm as a checkpoint keeps it.
@@ -160,6 +174,30 @@ impl AlarmTable {
         lock(&self.inbox).push(Fed::Policy(id, event, at));
     }
 
+    /// Takes in that group `id`'s stream grew (the projector's entry, for records it sees live):
+    /// its next target-tracking period is sent, whatever it recommends.
+    pub fn group_changed(&self, id: &str) {
+        lock(&self.stirred).insert(GroupId::new(id));
+    }
+
+    /// Takes in a group's answer to a target-tracking decision that recorded nothing: if its
+    /// tracking is at rest, the periods that recommend the same are not sent again.
+    pub fn decided(&self, group: &Group, tracked: &[Tracked], now: Timestamp) {
+        if !steady(group, tracked, now) {
+            return;
+        }
+        let recommendations = group
+            .tracks
+            .iter()
+            .map(|(id, track)| (id.clone(), track.recommendation))
+            .collect();
+        let steady = Steady {
+            capacity: group.desired_capacity,
+            recommendations,
+        };
+        lock(&self.watching).steady.insert(group.id.clone(), steady);
+    }
+
     /// The table and the store, with the inbox taken in.
     fn open(&self) -> (MutexGuard<'_, Watching>, MutexGuard<'_, SeriesStore>) {
         let mut watching = lock(&self.watching);
@@ -170,9 +208,7 @@ impl AlarmTable {
                 Fed::Alarm(id, event, at) => {
                     apply(&mut watching.alarms, &mut store, id, event, at);
                 }
-                Fed::Policy(id, event, at) => {
-                    follow(&mut watching.policies, &mut store, id, &event, at);
-                }
+                Fed::Policy(id, event, at) => follow(&mut watching, &mut store, id, &event, at),
             }
         }
         (watching, store)
@@ -389,11 +425,29 @@ impl AlarmTable {
                 period,
             });
         }
+        let mut stirred = lock(&self.stirred);
         let groups = groups
             .into_iter()
-            .filter(|(_, (any, _))| *any)
+            .filter(|(group, (any, tracked))| {
+                if !*any {
+                    return false;
+                }
+                let at_rest = !stirred.contains(group)
+                    && watching
+                        .steady
+                        .get(group)
+                        .is_some_and(|steady| recommends_the_same(steady, tracked));
+                if at_rest {
+                    return false;
+                }
+                watching.steady.remove(group);
+                stirred.remove(group);
+                true
+            })
             .map(|(group, (_, tracked))| (group, tracked))
             .collect();
+        // A change matters only to a group at rest; any other is sent when next due anyway.
+        stirred.retain(|group| watching.steady.contains_key(group));
         (due, groups)
     }
 
@@ -452,25 +506,44 @@ fn apply(
     }
 }
 
+/// Whether each due policy of `tracked` recommends, from its datapoint, what it recommended when
+/// its group was last at rest.
+fn recommends_the_same(steady: &Steady, tracked: &[Tracked]) -> bool {
+    tracked.iter().all(|t| {
+        let Some(period) = t.period else {
+            return true;
+        };
+        let (Some(value), Some(settings)) = (period.datapoint, &t.policy.definition.tracking)
+        else {
+            return false;
+        };
+        let now = recommend(&settings.target, steady.capacity, Some(value), 0);
+        steady.recommendations.get(&t.policy.id) == Some(&now)
+    })
+}
+
 /// What `event` of policy `id`, decided at `at`, makes of the followed target-tracking policies
-/// and of the store's watch.
+/// and of the store's watch. A group whose policies change is no longer at rest.
 fn follow(
-    policies: &mut HashMap<PolicyId, Followed>,
+    watching: &mut Watching,
     store: &mut SeriesStore,
     id: PolicyId,
     event: &PolicyEvent,
     at: Timestamp,
 ) {
+    let policies = &mut watching.policies;
     if matches!(event, PolicyEvent::Created { .. }) && policies.contains_key(&id) {
         return;
     }
     let before = policies.remove(&id);
     if let Some(before) = &before {
         watch_policy(store, &before.policy, false);
+        watching.steady.remove(&before.policy.group_id);
     }
     let state = policy::apply(before.map(|f| f.policy), event);
     if let Some(policy) = state.filter(|p| !p.deleted && p.definition.tracking.is_some()) {
         watch_policy(store, &policy, true);
+        watching.steady.remove(&policy.group_id);
         let period = policy
             .definition
             .tracking
@@ -480,7 +553,7 @@ fn follow(
             next_due: period_end(at, period),
             policy,
         };
-        policies.insert(id, followed);
+        watching.policies.insert(id, followed);
     }
 }
 
@@ -522,24 +595,32 @@ impl Evaluator {
             }
         }
         let (due, groups) = self.table.due_tracking(now);
-        self.track(groups).await;
+        self.track(groups, now).await;
         self.table.prune(now);
         evaluated + due
     }
 
     /// Has each group decide the periods that closed for its target-tracking policies, a few
     /// groups at a time (each decision is its group's actor's, on its own thread).
-    async fn track(&self, groups: Vec<(GroupId, Vec<Tracked>)>) {
+    async fn track(&self, groups: Vec<(GroupId, Vec<Tracked>)>, now: Timestamp) {
         use futures_util::stream::{self, StreamExt};
         stream::iter(groups)
             .for_each_concurrent(TRACKING_CONCURRENCY, |(group, tracked)| async move {
-                let command = GroupCommand::Track(tracked);
+                let command = GroupCommand::Track(tracked.clone());
                 let decided = self
                     .supervisor
                     .execute::<Groups>(group.as_str(), command)
                     .await;
-                if let Err(error) = decided {
-                    tracing::warn!(group = %group, %error, "target tracking not recorded");
+                match decided {
+                    Ok(executed) if executed.events.is_empty() => {
+                        if let Some(state) = &executed.state {
+                            self.table.decided(state, &tracked, now);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(group = %group, %error, "target tracking not recorded");
+                    }
                 }
             })
             .await;

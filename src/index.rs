@@ -8,9 +8,12 @@ use std::sync::RwLock;
 use flotilla_actors::domain::alarm::AlarmEvent;
 use flotilla_actors::domain::group::GroupEvent;
 use flotilla_actors::domain::policy::PolicyEvent;
+use flotilla_actors::domain::scheduled::ScheduledEvent;
 use flotilla_actors::domain::tenant::TenantEvent;
 use flotilla_actors::domain::webhook::WebhookEvent;
-use flotilla_actors::domain::{AlarmId, DomainEvent, GroupId, Kind, PolicyId, TenantId, WebhookId};
+use flotilla_actors::domain::{
+    AlarmId, DomainEvent, GroupId, Kind, PolicyId, ScheduleId, TenantId, WebhookId,
+};
 use flotilla_journal::Record;
 
 /// Who owns a policy, a webhook or an alarm, and where it hangs.
@@ -38,6 +41,7 @@ struct Data {
     policies: HashMap<PolicyId, Owner>,
     webhooks: HashMap<WebhookId, Owner>,
     alarms: HashMap<AlarmId, Owner>,
+    schedules: HashMap<ScheduleId, Owner>,
     /// (tenant, group) for listing a tenant's groups in id order.
     tenant_groups: BTreeSet<(TenantId, GroupId)>,
     /// (group, policy).
@@ -46,6 +50,8 @@ struct Data {
     policy_webhooks: BTreeSet<(PolicyId, WebhookId)>,
     /// (tenant, alarm).
     tenant_alarms: BTreeSet<(TenantId, AlarmId)>,
+    /// (group, schedule).
+    group_schedules: BTreeSet<(GroupId, ScheduleId)>,
 }
 
 /// The index as a checkpoint holds it: the maps, each sorted; the listing sets are derived from
@@ -60,6 +66,8 @@ pub struct Saved {
     policies: Vec<(PolicyId, Owner)>,
     webhooks: Vec<(WebhookId, Owner)>,
     alarms: Vec<(AlarmId, Owner)>,
+    /// Required: a checkpoint from before schedules does not decode, and is rebuilt.
+    schedules: Vec<(ScheduleId, Owner)>,
 }
 
 impl Saved {
@@ -105,6 +113,7 @@ impl Index {
             policies: pairs(&data.policies),
             webhooks: pairs(&data.webhooks),
             alarms: pairs(&data.alarms),
+            schedules: pairs(&data.schedules),
         }
     }
 
@@ -132,6 +141,11 @@ impl Index {
             .iter()
             .map(|(a, o)| (o.tenant.clone(), a.clone()))
             .collect();
+        data.group_schedules = saved
+            .schedules
+            .iter()
+            .map(|(s, o)| (o.group.clone(), s.clone()))
+            .collect();
         data.tokens = saved.tokens.into_iter().collect();
         data.metrics_tokens = saved.metrics_tokens.into_iter().collect();
         data.group_tokens = saved.group_tokens.into_iter().collect();
@@ -140,6 +154,7 @@ impl Index {
         data.policies = saved.policies.into_iter().collect();
         data.webhooks = saved.webhooks.into_iter().collect();
         data.alarms = saved.alarms.into_iter().collect();
+        data.schedules = saved.schedules.into_iter().collect();
     }
 
     /// Whether `record` can change the index: only creations, deletions, revocations and
@@ -173,6 +188,10 @@ impl Index {
             Some(Kind::Alarm) => {
                 self.alarm_event(&AlarmId::new(stream), &record.decode(AlarmEvent::SCHEMA)?);
             }
+            Some(Kind::Schedule) => self.schedule_event(
+                &ScheduleId::new(stream),
+                &record.decode(ScheduledEvent::SCHEMA)?,
+            ),
             None => {}
         }
         Ok(())
@@ -347,6 +366,32 @@ impl Index {
         }
     }
 
+    /// Takes in a scheduled action's event.
+    fn schedule_event(&self, id: &ScheduleId, event: &ScheduledEvent) {
+        let mut data = self.write();
+        match event {
+            ScheduledEvent::Created {
+                group_id,
+                tenant_id,
+                ..
+            } => {
+                let owner = Owner {
+                    tenant: tenant_id.clone(),
+                    group: group_id.clone(),
+                    policy: None,
+                };
+                data.schedules.insert(id.clone(), owner);
+                data.group_schedules.insert((group_id.clone(), id.clone()));
+            }
+            ScheduledEvent::Deleted { .. } => {
+                if let Some(owner) = data.schedules.remove(id) {
+                    data.group_schedules.remove(&(owner.group, id.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Who owns live object `id` of `kind`, and where it hangs (a group hangs from itself);
     /// `None` for a tenant, or an object that is not live.
     pub fn owner(&self, kind: Kind, id: &str) -> Option<Owner> {
@@ -364,6 +409,7 @@ impl Index {
             Kind::Policy => data.policies.get(&PolicyId::new(id)).cloned(),
             Kind::Webhook => data.webhooks.get(&WebhookId::new(id)).cloned(),
             Kind::Alarm => data.alarms.get(&AlarmId::new(id)).cloned(),
+            Kind::Schedule => data.schedules.get(&ScheduleId::new(id)).cloned(),
             Kind::Tenant => None,
         }
     }
@@ -420,6 +466,17 @@ impl Index {
         page(&data.group_policies, group, cursor, limit)
     }
 
+    /// Up to `limit` of `group`'s scheduled actions after `cursor`.
+    pub fn schedules_of(
+        &self,
+        group: &GroupId,
+        cursor: Option<&ScheduleId>,
+        limit: usize,
+    ) -> Page<ScheduleId> {
+        let data = self.read();
+        page(&data.group_schedules, group, cursor, limit)
+    }
+
     /// Up to `limit` of `policy`'s live webhooks after `cursor`.
     pub fn webhooks_of(
         &self,
@@ -451,6 +508,7 @@ impl Index {
             ("policies", data.policies.len()),
             ("webhooks", data.webhooks.len()),
             ("alarms", data.alarms.len()),
+            ("schedules", data.schedules.len()),
         ])
     }
 }

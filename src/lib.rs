@@ -9,6 +9,8 @@
 //!   for them all (`api::resource`), one error mapping (`api::error`).
 //! - `alarms`: the alarm table (a read model), metric samples into the series store, and alarm
 //!   evaluation at each tick, each transition's actions taken exactly once.
+//! - `schedules`: the schedule table (a read model) and the scheduler that runs each scheduled
+//!   action's occurrences on the service clock, exactly once.
 //! - `converger`: at each tick, every group's servers reconciled with its desired capacity.
 //! - `providers`: the `process`, `http` and `simulated` providers that start and delete servers.
 //! - `projector`: the one place read models are fed: the journal's records, in sequence order;
@@ -33,6 +35,7 @@ pub mod intake;
 pub mod projector;
 pub mod providers;
 pub mod ratelimit;
+pub mod schedules;
 pub mod service;
 pub mod settings;
 pub mod signature;

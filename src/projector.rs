@@ -23,12 +23,14 @@ use std::sync::Arc;
 use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::alarm::AlarmEvent;
 use flotilla_actors::domain::policy::{Policy, PolicyEvent};
-use flotilla_actors::domain::{AlarmId, DomainEvent, Kind, PolicyId};
+use flotilla_actors::domain::scheduled::{Scheduled, ScheduledEvent};
+use flotilla_actors::domain::{AlarmId, DomainEvent, Kind, PolicyId, ScheduleId};
 use flotilla_journal::{Head, Journal, Record};
 
 use crate::alarms::{AlarmTable, SavedAlarm};
 use crate::converger::Quiet;
 use crate::index::{self, Index};
+use crate::schedules::ScheduleTable;
 use crate::telemetry::EventCounts;
 
 /// The name of the service's checkpoint in the journal.
@@ -45,12 +47,15 @@ pub struct Checkpoint {
     /// The target-tracking policies, in id order. Required: a checkpoint from before them does
     /// not decode, and the read models are rebuilt from the journal.
     pub tracking: Vec<Policy>,
+    /// The scheduled actions, in id order.
+    pub schedules: Vec<Scheduled>,
 }
 
 /// Feeds the read models from the journal's records, in sequence order.
 pub struct Projector {
     index: Arc<Index>,
     alarms: Arc<AlarmTable>,
+    schedules: Arc<ScheduleTable>,
     live: Option<Live>,
     /// The last sequence number taken in.
     seq: AtomicU64,
@@ -63,11 +68,13 @@ struct Live {
 }
 
 impl Projector {
-    /// A projector feeding `index` and `alarms` (both empty), at sequence number 0.
+    /// A projector feeding `index` and `alarms` (both empty) and a schedule table of its own,
+    /// at sequence number 0.
     pub fn new(index: Arc<Index>, alarms: Arc<AlarmTable>) -> Projector {
         Projector {
             index,
             alarms,
+            schedules: Arc::default(),
             live: None,
             seq: AtomicU64::new(0),
         }
@@ -87,6 +94,11 @@ impl Projector {
     /// The alarm table it feeds.
     pub fn alarms(&self) -> &Arc<AlarmTable> {
         &self.alarms
+    }
+
+    /// The schedule table it feeds.
+    pub fn schedules(&self) -> &Arc<ScheduleTable> {
+        &self.schedules
     }
 
     /// The last sequence number taken in.
@@ -114,6 +126,11 @@ impl Projector {
             self.alarms
                 .feed_policy(PolicyId::new(record.stream.as_str()), event, at);
         }
+        if Kind::of(&record.stream) == Some(Kind::Schedule) {
+            let event: ScheduledEvent = record.decode(ScheduledEvent::SCHEMA)?;
+            self.schedules
+                .feed(ScheduleId::new(record.stream.as_str()), &event);
+        }
         Ok(())
     }
 
@@ -133,6 +150,7 @@ impl Projector {
                 live.events.count(&record.event_type);
                 if Kind::of(&record.stream) == Some(Kind::Group) {
                     live.quiet.changed(&record.stream);
+                    self.alarms.group_changed(&record.stream);
                 }
             }
             self.seq.store(record.seq, Ordering::Release);
@@ -158,6 +176,7 @@ impl Projector {
             index: self.index.save(),
             alarms: self.alarms.save(),
             tracking: self.alarms.save_policies(),
+            schedules: self.schedules.save(),
         }
     }
 
@@ -172,6 +191,7 @@ impl Projector {
                 self.index.restore(checkpoint.index);
                 self.alarms.restore(checkpoint.alarms);
                 self.alarms.restore_policies(checkpoint.tracking);
+                self.schedules.restore(checkpoint.schedules);
                 self.seq.store(head.seq, Ordering::Release);
                 Ok(head.seq)
             }

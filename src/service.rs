@@ -21,6 +21,7 @@ use crate::intake;
 use crate::projector::{self, Projector};
 use crate::providers::Providers;
 use crate::ratelimit::{Limit, WebhookLimits};
+use crate::schedules::Scheduler;
 use crate::settings::Settings;
 use crate::telemetry::{EventCounts, Recovery, Telemetry};
 use crate::ticks::{Ticker, Ticks};
@@ -127,6 +128,10 @@ pub fn start_with(
     let projector =
         Arc::new(Projector::new(index.clone(), alarms.clone()).live(quiet.clone(), events.clone()));
     let evaluator = Arc::new(Evaluator::new(alarms, supervisor.clone()));
+    let scheduler = Arc::new(Scheduler::new(
+        projector.schedules().clone(),
+        supervisor.clone(),
+    ));
     let ready = Arc::new(Readiness::default());
     let providers = Arc::new(Providers::new(
         clock.clone(),
@@ -171,8 +176,13 @@ pub fn start_with(
         recovery.clone(),
         (ready.clone(), addr),
     );
-    // Manual ticks run the loops in this order: alarms act, then servers converge.
+    // Manual ticks run the loops in this order: schedules run, alarms act, then servers
+    // converge.
     let every = Duration::from_millis;
+    scheduler.run(
+        ticks.ticker("schedules", every(settings.alarm_tick_ms)),
+        ready.clone(),
+    );
     evaluator.run(
         ticks.ticker("alarms", every(settings.alarm_tick_ms)),
         ready.clone(),

@@ -272,6 +272,39 @@ fn pausing_scale_in_keeps_target_tracking_scaling_out() {
 }
 
 #[test]
+fn a_group_at_rest_is_decided_again_once_its_stream_moves() {
+    let server = Server::start();
+    let t = setup(&server, 1, 2, json!({"metric": "cpu", "target": 0.5}));
+    let (status, _) = server.call(
+        "POST",
+        &format!("/v1/groups/{}/pause", t.group),
+        &t.token,
+        Some(json!({"scale_out": true})),
+    );
+    assert_eq!(status, 200);
+    // Paused at 2 while recommending 4: at rest after the first period, which alone is recorded.
+    for _ in 0..4 {
+        minute(&server, &t, "cpu", Some(0.9));
+    }
+    assert_eq!(server.capacity(&t.token, &t.group), 2);
+    let recorded = decisions(&server, &t);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0]["outcome"], "paused");
+    // The resume is on the group's stream: the next period is decided again, and scales out.
+    let (status, _) = server.call(
+        "POST",
+        &format!("/v1/groups/{}/resume", t.group),
+        &t.token,
+        None,
+    );
+    assert_eq!(status, 200);
+    minute(&server, &t, "cpu", Some(0.9));
+    server.tick_until("the scale-out after the resume", 3, || {
+        server.capacity(&t.token, &t.group) == 4
+    });
+}
+
+#[test]
 fn tracking_survives_a_restart_from_the_checkpoint() {
     let server = Server::start();
     let t = setup(&server, 1, 2, json!({"metric": "cpu", "target": 0.5}));

@@ -56,6 +56,26 @@ RULES = [
     # A target-tracking policy executes at each closed period of its metric (SPEC 2.1).
     (r"POST /v1/groups/\{id\}/policies/\{pid\}/execute", "conflict",
      r"conflict: a target-tracking policy executes at each closed period.*"),
+    # A scheduled action (SPEC 2.2): at (in the future) or a recurrence (5 cron fields in an
+    # IANA time zone, with a start before its end and an occurrence left), at least one value
+    # to set, bounds in order. No schema states a cron grammar or the zone database.
+    (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
+     r"invalid (at|start_time|end_time): must be an RFC 3339 time: .*"),
+    (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
+     r"invalid at: (must be in the future, is .*"
+     r"|a schedule runs at an instant or on a recurrence, not both)"),
+    (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
+     r"invalid recurrence: .*"),
+    (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
+     r"invalid time_zone: (\".*\" is not an IANA time zone name|belongs to a recurring schedule)"),
+    (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
+     r"invalid (start_time|end_time): belongs to a recurring schedule"),
+    (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
+     r"invalid end_time: (must be after start_time .*|the recurrence has no occurrence left before it)"),
+    (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
+     r"invalid desired_capacity: a schedule sets at least one of .*"),
+    (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
+     r"invalid min_size: must be at most max_size \(\d+\), is \d+"),
     # A step policy executed without the breach its step is chosen by (SPEC 2.1).
     (r"POST /v1/groups/\{id\}/policies/\{pid\}/execute", "metric_value_required", r".*"),
     # A pause names at least one direction (SPEC 2.3).

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::clock::Timestamp;
-use crate::domain::{alarm, group, policy, tenant, webhook, DomainEvent, Rejection};
+use crate::domain::{alarm, group, policy, scheduled, tenant, webhook, DomainEvent, Rejection};
 use crate::store::SNAPSHOT_EVERY;
 
 /// A kind of object whose state is a fold of its events.
@@ -105,4 +105,9 @@ aggregate!(
     /// Alarms.
     Alarms, "alarm", alarm, crate::domain::AlarmId,
     Option<alarm::Alarm>, alarm::AlarmCommand, alarm::AlarmEvent
+);
+aggregate!(
+    /// Scheduled actions.
+    Schedules, "schedule", scheduled, crate::domain::ScheduleId,
+    scheduled::ScheduledState, scheduled::ScheduledCommand, scheduled::ScheduledEvent
 );

@@ -7,7 +7,7 @@ use flotilla_journal::Record;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::aggregate::{Aggregate, Alarms, Groups, Policies, Tenants, Webhooks};
+use crate::aggregate::{Aggregate, Alarms, Groups, Policies, Schedules, Tenants, Webhooks};
 use crate::domain::{DomainEvent, Kind};
 use crate::error::Error;
 
@@ -50,6 +50,8 @@ pub struct World {
     pub webhooks: BTreeMap<String, Value>,
     /// Alarms by id.
     pub alarms: BTreeMap<String, Value>,
+    /// Scheduled actions by id.
+    pub schedules: BTreeMap<String, Value>,
 }
 
 #[derive(Default)]
@@ -59,6 +61,7 @@ struct States {
     policies: BTreeMap<String, <Policies as Aggregate>::State>,
     webhooks: BTreeMap<String, <Webhooks as Aggregate>::State>,
     alarms: BTreeMap<String, <Alarms as Aggregate>::State>,
+    schedules: BTreeMap<String, <Schedules as Aggregate>::State>,
 }
 
 fn fold<A: Aggregate>(
@@ -103,6 +106,7 @@ pub fn replay(
             Some(Kind::Webhook) => fold::<Webhooks>(&mut states.webhooks, &record)?,
             Some(Kind::Alarm) => fold::<Alarms>(&mut states.alarms, &record)?,
             Some(Kind::Tenant) => fold::<Tenants>(&mut states.tenants, &record)?,
+            Some(Kind::Schedule) => fold::<Schedules>(&mut states.schedules, &record)?,
             None => tracing::debug!(seq = record.seq, stream, "not an object stream; skipped"),
         }
         world.seq = record.seq;
@@ -116,6 +120,7 @@ pub fn replay(
         redact_secrets(webhook);
     }
     world.alarms = render(states.alarms)?;
+    world.schedules = render(states.schedules)?;
     Ok(world)
 }
 

@@ -12,14 +12,16 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use flotilla_journal::{Journal, StreamAppend};
 
-use crate::aggregate::{Aggregate, Alarms, Groups, Policies, Webhooks};
+use crate::aggregate::{Aggregate, Alarms, Groups, Policies, Schedules, Webhooks};
 use crate::clock::Clock;
+use crate::clock::Timestamp;
 use crate::domain::alarm::{Alarm, AlarmCommand};
 use crate::domain::group::{Group, GroupCommand, GroupEvent, Outcome};
 use crate::domain::policy::{Breach, Policy};
 use crate::domain::route::{self, Route, Via};
+use crate::domain::scheduled::{Scheduled, ScheduledCommand};
 use crate::domain::webhook::{Secret, WebhookCommand, WebhookState};
-use crate::domain::{nonce_window, AlarmId, Cause, PolicyId, Rejection, WebhookId};
+use crate::domain::{nonce_window, AlarmId, Cause, PolicyId, Rejection, ScheduleId, WebhookId};
 use crate::error::Error;
 use crate::object::{
     Admission, Along, Execute, ExecuteAlong, Executed, Get, Idle, LetGoIfIdle, Next, ObjectActor,
@@ -515,6 +517,66 @@ impl Supervisor {
             self.execute::<Alarms>(alarm_id.as_str(), take).await?;
         }
         taken
+    }
+
+    /// Runs `occurrence` of scheduled action `schedule_id` on its group (SPEC 2.2, exactly
+    /// once): the action records the occurrence in the same append as the group's record of
+    /// it, so a crash leaves both or neither, and a second attempt is refused
+    /// ([`Rejection::Replayed`]) by the action. Answers the group's event.
+    pub async fn run_schedule(
+        &self,
+        schedule_id: &ScheduleId,
+        occurrence: Timestamp,
+    ) -> Result<GroupEvent, Error> {
+        let id = schedule_id.clone();
+        self.on_arbiter_of(schedule_id.as_str(), move |this| async move {
+            this.run_schedule_here(&id, occurrence).await
+        })
+        .await
+    }
+
+    /// [`Self::run_schedule`], on the calling thread.
+    async fn run_schedule_here(
+        &self,
+        schedule_id: &ScheduleId,
+        occurrence: Timestamp,
+    ) -> Result<GroupEvent, Error> {
+        let command = Arc::new(move |state: &Option<Scheduled>, _| {
+            let scheduled = state
+                .clone()
+                .ok_or_else(|| Rejection::not_found("schedule"))?;
+            Ok((ScheduledCommand::Run { occurrence }, scheduled))
+        });
+        let this = self.clone();
+        let then = Arc::new(
+            move |scheduled: Scheduled, ran: StreamAppend| -> Next<(GroupEvent, u64)> {
+                let this = this.clone();
+                Box::pin(async move {
+                    let group = scheduled.group_id.clone();
+                    let command = GroupCommand::RunSchedule {
+                        scheduled: Box::new(scheduled),
+                        occurrence,
+                    };
+                    let executed = this
+                        .ask::<Groups, _>(group.as_str(), || {
+                            ExecuteAlong(command.clone(), vec![ran.clone()])
+                        })
+                        .await??;
+                    let version = executed
+                        .along_version
+                        .ok_or_else(|| Rejection::not_found("schedule"))?;
+                    let event = executed
+                        .events
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| Rejection::not_found("group"))?;
+                    Ok((event, version))
+                })
+            },
+        );
+        let along: Along<Schedules, Scheduled, GroupEvent> = Along { command, then };
+        self.ask::<Schedules, _>(schedule_id.as_str(), || along.clone())
+            .await?
     }
 
     /// Runs `work` on the arbiter that hosts object `id`'s actor and answers its outcome. A

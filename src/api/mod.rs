@@ -27,6 +27,7 @@ pub mod ops;
 pub mod policies;
 pub mod resource;
 pub mod samples;
+pub mod schedules;
 pub mod tenants;
 pub mod views;
 pub mod webhooks;
@@ -206,6 +207,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(
                     resource("/groups/{id}/policies/{pid}/webhooks/{wid}/rotate", "POST")
                         .route(post().to(webhooks::rotate)),
+                )
+                .service(
+                    resource("/groups/{id}/schedules", "GET, POST")
+                        .route(post().to(schedules::create))
+                        .route(get().to(schedules::list)),
+                )
+                .service(
+                    resource("/groups/{id}/schedules/{sid}", "GET, PATCH, DELETE")
+                        .route(get().to(schedules::show))
+                        .route(patch().to(schedules::update))
+                        .route(delete().to(schedules::delete)),
                 )
                 .service(
                     resource("/alarms", "GET, POST")

@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{alarms, groups, hooks, journal, ops, policies, samples, tenants, webhooks};
+use super::{alarms, groups, hooks, journal, ops, policies, samples, schedules, tenants, webhooks};
 
 /// The API's document.
 #[derive(OpenApi)]
@@ -43,6 +43,11 @@ use super::{alarms, groups, hooks, journal, ops, policies, samples, tenants, web
         webhooks::show,
         webhooks::rotate,
         webhooks::revoke,
+        schedules::create,
+        schedules::list,
+        schedules::show,
+        schedules::update,
+        schedules::delete,
         alarms::create,
         alarms::list,
         alarms::show,
@@ -59,6 +64,7 @@ use super::{alarms, groups, hooks, journal, ops, policies, samples, tenants, web
         (name = "groups", description = "groups of servers kept between their bounds"),
         (name = "policies", description = "rules that change a group's size"),
         (name = "webhooks", description = "revocable, signed capabilities to execute a policy"),
+        (name = "schedules", description = "scheduled actions that set a group's size (SPEC 2.2)"),
         (name = "alarms", description = "threshold rules over a group's metric samples"),
         (name = "hooks", description = "signed webhook calls (SPEC section 4)"),
         (name = "metrics", description = "metric samples from servers (SPEC section 5)"),
@@ -493,6 +499,7 @@ mod tests {
             ("/v1/groups", "^grp_"),
             ("/v1/alarms", "^alm_"),
             ("/v1/groups/{id}/policies", "^pol_"),
+            ("/v1/groups/{id}/schedules", "^sch_"),
             ("/v1/groups/{id}/policies/{pid}/webhooks", "^whk_"),
             ("/v1/groups/{id}/servers", "^srv_"),
             ("/v1/groups/{id}/activity", "^[1-9]"),

@@ -3,12 +3,13 @@
 //! object's live state, and a page of them.
 
 use actix_web::HttpResponse;
-use flotilla_actors::aggregate::{Aggregate, Alarms, Groups, Policies, Webhooks};
+use flotilla_actors::aggregate::{Aggregate, Alarms, Groups, Policies, Schedules, Webhooks};
 use flotilla_actors::domain::alarm::Alarm;
 use flotilla_actors::domain::group::Group;
 use flotilla_actors::domain::policy::Policy;
+use flotilla_actors::domain::scheduled::Scheduled;
 use flotilla_actors::domain::webhook::Webhook;
-use flotilla_actors::domain::{AlarmId, GroupId, Kind, PolicyId, TenantId, WebhookId};
+use flotilla_actors::domain::{AlarmId, GroupId, Kind, PolicyId, ScheduleId, TenantId, WebhookId};
 use serde::Serialize;
 
 use super::{ApiError, AppState, List};
@@ -64,6 +65,16 @@ impl Resource for Alarms {
 
     fn live(state: Self::State) -> Option<Alarm> {
         state.filter(|alarm| !alarm.deleted)
+    }
+}
+
+impl Resource for Schedules {
+    const OF: Kind = Kind::Schedule;
+    type Id = ScheduleId;
+    type Object = Scheduled;
+
+    fn live(state: Self::State) -> Option<Scheduled> {
+        state.filter(|scheduled| !scheduled.deleted)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod route;
 pub mod samples;
 pub mod scaling;
 pub mod schedule;
+pub mod scheduled;
 pub mod server;
 pub mod tenant;
 pub mod tracking;
@@ -88,6 +89,11 @@ string_id!(
     "alm_"
 );
 string_id!(
+    /// A scheduled action's id, `sch_` followed by a v4 uuid.
+    ScheduleId,
+    "sch_"
+);
+string_id!(
     /// A webhook's id. It is part of a capability URL, so it is unguessable: `whk_` followed by
     /// two v4 uuids (244 random bits).
     WebhookId,
@@ -107,16 +113,19 @@ pub enum Kind {
     Webhook,
     /// An alarm (`alm_`).
     Alarm,
+    /// A scheduled action (`sch_`).
+    Schedule,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Tenant,
         Kind::Group,
         Kind::Policy,
         Kind::Webhook,
         Kind::Alarm,
+        Kind::Schedule,
     ];
 
     /// The kind of the object (or stream) `id`, from its prefix.
@@ -134,6 +143,7 @@ impl Kind {
             Kind::Policy => PolicyId::PREFIX,
             Kind::Webhook => WebhookId::PREFIX,
             Kind::Alarm => AlarmId::PREFIX,
+            Kind::Schedule => ScheduleId::PREFIX,
         }
     }
 
@@ -144,7 +154,9 @@ impl Kind {
     pub fn changes_ownership(self, event_type: &str) -> bool {
         match self {
             Kind::Tenant => matches!(event_type, "created" | "token_rotated"),
-            Kind::Policy | Kind::Alarm => matches!(event_type, "created" | "deleted"),
+            Kind::Policy | Kind::Alarm | Kind::Schedule => {
+                matches!(event_type, "created" | "deleted")
+            }
             Kind::Webhook => matches!(event_type, "created" | "revoked"),
             Kind::Group => matches!(
                 event_type,
@@ -165,6 +177,7 @@ impl Kind {
             Kind::Policy => "policy",
             Kind::Webhook => "webhook",
             Kind::Alarm => "alarm",
+            Kind::Schedule => "schedule",
         }
     }
 }
@@ -191,6 +204,13 @@ impl PolicyId {
     /// A fresh random id.
     pub fn generate() -> Self {
         PolicyId(format!("{}{}", Self::PREFIX, random_suffix()))
+    }
+}
+
+impl ScheduleId {
+    /// A fresh random id.
+    pub fn generate() -> Self {
+        ScheduleId(format!("{}{}", Self::PREFIX, random_suffix()))
     }
 }
 
@@ -375,7 +395,11 @@ pub enum Cause {
         reason: String,
     },
     /// A scheduled action.
-    Schedule,
+    Schedule {
+        /// The action (absent in records from before it was named).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        schedule_id: Option<ScheduleId>,
+    },
     /// A target-tracking decision: the event's `tracking` names each policy's datapoint and
     /// recommendation.
     TargetTracking,
@@ -520,6 +544,10 @@ mod tests {
             ),
             (Kind::Webhook, webhook::WebhookEvent::Revoked { at }.kind()),
             (Kind::Alarm, alarm::AlarmEvent::Deleted { at }.kind()),
+            (
+                Kind::Schedule,
+                scheduled::ScheduledEvent::Deleted { at_time: at }.kind(),
+            ),
         ];
         for (kind, event_type) in named {
             assert!(kind.changes_ownership(event_type), "{kind:?} {event_type}");

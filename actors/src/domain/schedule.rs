@@ -23,6 +23,13 @@ use croner::Cron;
 use super::Rejection;
 use crate::clock::Timestamp;
 
+/// An instant from RFC 3339 text (any offset), or a 400 naming `field`.
+pub fn parse_instant(field: &'static str, text: &str) -> Result<Timestamp, Rejection> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| Timestamp::from_millis(at.timestamp_millis()))
+        .map_err(|error| Rejection::invalid(field, format!("must be an RFC 3339 time: {error}")))
+}
+
 /// A cron recurrence read in a time zone.
 #[derive(Debug, Clone)]
 pub struct Recurrence {

@@ -23,20 +23,22 @@ use serde_json::{Map, Value};
 use super::policy::Breach;
 use super::route::Route;
 use super::scaling::Computation;
+use super::scheduled::Scheduled;
 use super::server::{self, Server, ServerState};
-use super::{Cause, DomainEvent, GroupId, PolicyId, Rejection, TenantId};
+use super::{Cause, DomainEvent, GroupId, PolicyId, Rejection, ScheduleId, TenantId};
 use crate::clock::Timestamp;
 
 mod config;
 mod execution;
 pub mod launch;
+mod scheduled;
 pub mod tracking;
 
 pub use config::{GroupPatch, NewGroup, DEFAULT_COOLDOWN_SECONDS, MAX_GROUP_SIZE};
 pub use execution::Outcome;
 pub use launch::PROVIDERS;
 pub use server::{LaunchRequest, ServerReport};
-pub use tracking::{Period, Track, TrackRecord, Tracked};
+pub use tracking::{steady, Period, Track, TrackRecord, Tracked};
 
 /// A group as its events built it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -232,6 +234,13 @@ pub enum GroupCommand {
     /// Decide the periods that closed for the group's target-tracking policies: every such
     /// policy of the group, each with its closed period if one did (see [`tracking`]).
     Track(Vec<Tracked>),
+    /// Run an occurrence of a scheduled action of the group (see [`scheduled`]).
+    RunSchedule {
+        /// The action, as its actor held it.
+        scheduled: Box<Scheduled>,
+        /// The occurrence.
+        occurrence: Timestamp,
+    },
 }
 
 /// What happened to a group.
@@ -316,6 +325,25 @@ pub enum GroupEvent {
         /// A target-tracking decision's: each policy's datapoint, recommendation and proposal.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         tracking: Vec<TrackRecord>,
+        /// When.
+        at: Timestamp,
+    },
+    /// An occurrence of a scheduled action ran, whatever came of it (SPEC 2.2).
+    ScheduleRan {
+        /// The action.
+        schedule_id: ScheduleId,
+        /// The occurrence.
+        occurrence: Timestamp,
+        /// The lower bound it gives the group.
+        min_size: u32,
+        /// The upper bound it gives the group.
+        max_size: u32,
+        /// What came of it: executed (`from` → `to`), no change, or paused (nothing changed).
+        #[serde(flatten)]
+        outcome: Outcome,
+        /// Why the bounds could not be set, if they could not (nothing changed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refused: Option<String>,
         /// When.
         at: Timestamp,
     },
@@ -420,6 +448,7 @@ impl DomainEvent for GroupEvent {
             GroupEvent::Updated { .. } => "updated",
             GroupEvent::CapacityChanged { .. } => "capacity_changed",
             GroupEvent::PolicyExecuted { .. } => "policy_executed",
+            GroupEvent::ScheduleRan { .. } => "schedule_ran",
             GroupEvent::Paused { .. } => "paused",
             GroupEvent::Resumed { .. } => "resumed",
             GroupEvent::Deleted { .. } => "deleted",
@@ -441,6 +470,7 @@ impl GroupEvent {
     pub fn is_activity(&self) -> bool {
         match self {
             GroupEvent::PolicyExecuted { .. }
+            | GroupEvent::ScheduleRan { .. }
             | GroupEvent::CapacityChanged { .. }
             | GroupEvent::Draining { .. }
             | GroupEvent::ServerLaunchRequested { .. }
@@ -478,6 +508,13 @@ pub fn decide(
     }
     if let GroupCommand::Track(tracked) = cmd {
         return tracking::decide_tracking(state, tracked, now);
+    }
+    if let GroupCommand::RunSchedule {
+        scheduled,
+        occurrence,
+    } = cmd
+    {
+        return scheduled::decide_run(state, scheduled, *occurrence, now);
     }
     let group = match state {
         Some(group) if !group.deleted => group,
@@ -536,7 +573,9 @@ pub fn decide(
                 because: group.last_change.clone(),
             })
             .collect()),
-        GroupCommand::ExecutePolicy { .. } | GroupCommand::Track(_) => {
+        GroupCommand::ExecutePolicy { .. }
+        | GroupCommand::Track(_)
+        | GroupCommand::RunSchedule { .. } => {
             unreachable!("decided above")
         }
     }
@@ -649,6 +688,30 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
                 });
             }
         }
+        GroupEvent::ScheduleRan {
+            schedule_id,
+            min_size,
+            max_size,
+            outcome,
+            refused: None,
+            at,
+            ..
+        } if *outcome != Outcome::Paused => {
+            group.min_size = *min_size;
+            group.max_size = *max_size;
+            if let Outcome::Executed { from, to, .. } = outcome {
+                group.desired_capacity = *to;
+                group.last_change = Some(CapacityChange {
+                    from: *from,
+                    to: *to,
+                    cause: Cause::Schedule {
+                        schedule_id: Some(schedule_id.clone()),
+                    },
+                    at: *at,
+                });
+            }
+        }
+        GroupEvent::ScheduleRan { .. } => {}
         GroupEvent::Paused {
             scale_in,
             scale_out,

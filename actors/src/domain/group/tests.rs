@@ -708,7 +708,7 @@ mod properties {
     fn cause() -> impl Strategy<Value = Cause> {
         prop_oneof![
             Just(Cause::Direct),
-            Just(Cause::Schedule),
+            Just(Cause::Schedule { schedule_id: None }),
             Just(Cause::Webhook {
                 webhook_id: "whk_1".into()
             }),

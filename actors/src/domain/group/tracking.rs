@@ -156,6 +156,27 @@ pub(super) fn decide_tracking(
     Ok(events)
 }
 
+/// Whether the group's target tracking is at rest: every policy of `tracked` has a
+/// recommendation from a datapoint, and proposes exactly it (no stabilization window holds a
+/// scale-in back). Then a later period that recommends for each policy what it recommends now
+/// decides the same at any time, and records nothing: a caller may skip sending it (as long as
+/// the group and the policies stay as they are).
+pub fn steady(group: &Group, tracked: &[Tracked], now: Timestamp) -> bool {
+    tracked.iter().all(|tracked| {
+        let at_rest = Tracked {
+            policy: tracked.policy.clone(),
+            period: None,
+        };
+        part(group, &at_rest, now).is_some_and(|part| {
+            let record = part.record;
+            !matches!(
+                record.recommendation,
+                Recommendation::Hold | Recommendation::Fallback { .. }
+            ) && record.proposal == record.recommendation.capacity()
+        })
+    })
+}
+
 /// The computation and outcome of taking `group` to `capacity` (within its bounds): pause,
 /// then whether capacity moves; no cooldown either way.
 fn decision(group: &Group, capacity: u32, now: Timestamp) -> (scaling::Computation, Outcome) {
