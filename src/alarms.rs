@@ -95,7 +95,33 @@ struct Steady {
 struct Watching {
     alarms: HashMap<AlarmId, Watched>,
     policies: HashMap<PolicyId, Followed>,
+    /// Each group's followed policies, in the order they were followed.
+    by_group: HashMap<GroupId, Vec<PolicyId>>,
     steady: HashMap<GroupId, Steady>,
+}
+
+impl Watching {
+    /// Follows `followed` (after any earlier version of it was let go).
+    fn follow(&mut self, followed: Followed) {
+        let (id, group) = (followed.policy.id.clone(), followed.policy.group_id.clone());
+        self.steady.remove(&group);
+        self.by_group.entry(group).or_default().push(id.clone());
+        self.policies.insert(id, followed);
+    }
+
+    /// Lets go of policy `id`, answering what was followed of it.
+    fn let_go(&mut self, id: &PolicyId) -> Option<Followed> {
+        let followed = self.policies.remove(id)?;
+        let group = &followed.policy.group_id;
+        self.steady.remove(group);
+        if let Some(ids) = self.by_group.get_mut(group) {
+            ids.retain(|other| other != id);
+            if ids.is_empty() {
+                self.by_group.remove(group);
+            }
+        }
+        Some(followed)
+    }
 }
 
 /// Counts of what an ingestion did with its samples.
@@ -232,13 +258,10 @@ impl AlarmTable {
         let (mut watching, mut store) = self.open();
         for policy in saved {
             watch_policy(&mut store, &policy, true);
-            let followed = Followed {
+            watching.follow(Followed {
                 policy,
                 next_due: Timestamp::EPOCH,
-            };
-            watching
-                .policies
-                .insert(followed.policy.id.clone(), followed);
+            });
         }
     }
 
@@ -396,59 +419,69 @@ impl AlarmTable {
     /// period's datapoint. Answers how many policies were due, and the groups.
     pub fn due_tracking(&self, now: Timestamp) -> (usize, Vec<(GroupId, Vec<Tracked>)>) {
         let (mut watching, store) = self.open();
-        let mut due = 0;
-        let mut groups: HashMap<GroupId, (bool, Vec<Tracked>)> = HashMap::new();
-        for followed in watching.policies.values_mut() {
-            let t = followed.tracking();
-            let period = (now >= followed.next_due).then(|| {
-                let datapoints = store.datapoints(
-                    &followed.policy.group_id,
-                    &t.metric,
-                    t.period_seconds,
-                    t.statistic,
-                    1,
-                    now,
-                );
-                Period {
-                    end: period_start(now, t.period_seconds),
-                    datapoint: datapoints.first().copied().flatten(),
-                }
-            });
-            if period.is_some() {
-                due += 1;
-                followed.next_due = period_end(now, t.period_seconds);
-            }
-            let (any, tracked) = groups.entry(followed.policy.group_id.clone()).or_default();
-            *any |= period.is_some();
-            tracked.push(Tracked {
-                policy: followed.policy.clone(),
-                period,
-            });
-        }
+        let Watching {
+            policies,
+            by_group,
+            steady,
+            ..
+        } = &mut *watching;
         let mut stirred = lock(&self.stirred);
-        let groups = groups
-            .into_iter()
-            .filter(|(group, (any, tracked))| {
-                if !*any {
-                    return false;
+        let mut due = 0;
+        let mut sends = Vec::new();
+        let mut periods: Vec<Option<Period>> = Vec::new();
+        for (group, ids) in by_group.iter() {
+            periods.clear();
+            for id in ids {
+                let Some(followed) = policies.get_mut(id) else {
+                    periods.push(None);
+                    continue;
+                };
+                let t = followed.tracking();
+                if now < followed.next_due {
+                    periods.push(None);
+                    continue;
                 }
-                let at_rest = !stirred.contains(group)
-                    && watching
-                        .steady
-                        .get(group)
-                        .is_some_and(|steady| recommends_the_same(steady, tracked));
-                if at_rest {
-                    return false;
-                }
-                watching.steady.remove(group);
-                stirred.remove(group);
-                true
-            })
-            .map(|(group, (_, tracked))| (group, tracked))
-            .collect();
+                let (period_seconds, statistic) = (t.period_seconds, t.statistic);
+                let datapoints =
+                    store.datapoints(group, &t.metric, period_seconds, statistic, 1, now);
+                periods.push(Some(Period {
+                    end: period_start(now, period_seconds),
+                    datapoint: datapoints.first().copied().flatten(),
+                }));
+                followed.next_due = period_end(now, period_seconds);
+                due += 1;
+            }
+            if periods.iter().all(Option::is_none) {
+                continue;
+            }
+            let at_rest = !stirred.contains(group)
+                && steady.get(group).is_some_and(|steady| {
+                    ids.iter().zip(&periods).all(|(id, period)| {
+                        policies
+                            .get(id)
+                            .is_some_and(|f| recommends_the_same(steady, &f.policy, *period))
+                    })
+                });
+            if at_rest {
+                continue;
+            }
+            steady.remove(group);
+            stirred.remove(group);
+            let tracked = ids
+                .iter()
+                .zip(&periods)
+                .filter_map(|(id, period)| {
+                    Some(Tracked {
+                        policy: policies.get(id)?.policy.clone(),
+                        period: *period,
+                    })
+                })
+                .collect();
+            sends.push((group.clone(), tracked));
+        }
         // A change matters only to a group at rest; any other is sent when next due anyway.
-        stirred.retain(|group| watching.steady.contains_key(group));
-        (due, groups)
+        stirred.retain(|group| steady.contains_key(group));
+        (due, sends)
     }
 
     /// Forgets samples no alarm can read any more.
@@ -506,20 +539,17 @@ fn apply(
     }
 }
 
-/// Whether each due policy of `tracked` recommends, from its datapoint, what it recommended when
-/// its group was last at rest.
-fn recommends_the_same(steady: &Steady, tracked: &[Tracked]) -> bool {
-    tracked.iter().all(|t| {
-        let Some(period) = t.period else {
-            return true;
-        };
-        let (Some(value), Some(settings)) = (period.datapoint, &t.policy.definition.tracking)
-        else {
-            return false;
-        };
-        let now = recommend(&settings.target, steady.capacity, Some(value), 0);
-        steady.recommendations.get(&t.policy.id) == Some(&now)
-    })
+/// Whether `policy`, with the period that closed for it (if one did), recommends what it
+/// recommended when its group was last at rest.
+fn recommends_the_same(steady: &Steady, policy: &Policy, period: Option<Period>) -> bool {
+    let Some(period) = period else {
+        return true;
+    };
+    let (Some(value), Some(settings)) = (period.datapoint, &policy.definition.tracking) else {
+        return false;
+    };
+    let now = recommend(&settings.target, steady.capacity, Some(value), 0);
+    steady.recommendations.get(&policy.id) == Some(&now)
 }
 
 /// What `event` of policy `id`, decided at `at`, makes of the followed target-tracking policies
@@ -531,29 +561,25 @@ fn follow(
     event: &PolicyEvent,
     at: Timestamp,
 ) {
-    let policies = &mut watching.policies;
-    if matches!(event, PolicyEvent::Created { .. }) && policies.contains_key(&id) {
+    if matches!(event, PolicyEvent::Created { .. }) && watching.policies.contains_key(&id) {
         return;
     }
-    let before = policies.remove(&id);
+    let before = watching.let_go(&id);
     if let Some(before) = &before {
         watch_policy(store, &before.policy, false);
-        watching.steady.remove(&before.policy.group_id);
     }
     let state = policy::apply(before.map(|f| f.policy), event);
     if let Some(policy) = state.filter(|p| !p.deleted && p.definition.tracking.is_some()) {
         watch_policy(store, &policy, true);
-        watching.steady.remove(&policy.group_id);
         let period = policy
             .definition
             .tracking
             .as_ref()
             .map_or(60, |t| t.period_seconds);
-        let followed = Followed {
+        watching.follow(Followed {
             next_due: period_end(at, period),
             policy,
-        };
-        watching.policies.insert(id, followed);
+        });
     }
 }
 
