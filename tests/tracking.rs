@@ -305,6 +305,31 @@ fn a_group_at_rest_is_decided_again_once_its_stream_moves() {
 }
 
 #[test]
+fn an_alarm_action_naming_a_target_tracking_policy_is_done_with_not_retried() {
+    let server = Server::start();
+    let t = setup(&server, 1, 2, json!({"metric": "queue", "target": 100}));
+    let (status, alarm) = server.call(
+        "POST",
+        "/v1/alarms",
+        &t.token,
+        Some(
+            json!({"name": "cpu-high", "group_id": t.group, "metric": "cpu",
+            "statistic": "avg", "period_seconds": 60, "evaluation_periods": 1,
+            "comparison": "gt", "threshold": 0.8, "alarm_actions": [t.policy]}),
+        ),
+    );
+    assert_eq!(status, 201, "{alarm}");
+    minute(&server, &t, "cpu", Some(0.9));
+    let taken = r#"flotilla_journal_events_total{type="action_taken"}"#;
+    server.tick_until("the action to be done with", 3, || server.gauge(taken) == 1);
+    for _ in 0..3 {
+        server.tick();
+    }
+    assert_eq!(server.gauge(taken), 1, "a 409 is not tried again");
+    assert_eq!(server.capacity(&t.token, &t.group), 2);
+}
+
+#[test]
 fn tracking_survives_a_restart_from_the_checkpoint() {
     let server = Server::start();
     let t = setup(&server, 1, 2, json!({"metric": "cpu", "target": 0.5}));

@@ -511,6 +511,8 @@ impl Supervisor {
             // A step policy with no datapoint to choose its step by (a transition without
             // one): trying again would not give it one.
             Err(Error::Rejected(Rejection::MetricValueRequired)) => true,
+            // A policy that cannot be executed on demand (target tracking): nor later.
+            Err(Error::Rejected(Rejection::Conflict { .. })) => true,
             _ => false,
         };
         if done_with {
