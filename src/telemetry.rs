@@ -132,6 +132,7 @@ pub struct Telemetry {
     latency: Latency,
     webhooks: Family<OutcomeLabels, Counter>,
     rejections: Family<CodeLabels, Counter>,
+    remote_write: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -173,6 +174,14 @@ impl Telemetry {
             "API errors answered, by error code",
             rejections.clone(),
         );
+        let remote_write = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "flotilla_remote_write_samples",
+            "Remote-write samples, by outcome: accepted, unwatched, too_old, too_new, stale \
+             (NaN markers), invalid, or skipped with their series (no_name, no_group, \
+             not_writable)",
+            remote_write.clone(),
+        );
         registry.register_collector(Box::new(Live {
             supervisor,
             index,
@@ -186,7 +195,17 @@ impl Telemetry {
             latency,
             webhooks,
             rejections,
+            remote_write,
         }
+    }
+
+    /// Records `n` remote-write samples with `outcome`.
+    pub fn remote_write(&self, outcome: &str, n: usize) {
+        self.remote_write
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc_by(n as u64);
     }
 
     /// Records an answered request; `route` is the matched pattern ([`UNMATCHED`] for none).

@@ -395,6 +395,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/groups/{id}/schedules/{sid}"),
     ("patch", "/v1/groups/{id}/schedules/{sid}"),
     ("delete", "/v1/groups/{id}/schedules/{sid}"),
+    ("post", "/v1/write"),
     ("post", "/v1/alarms"),
     ("get", "/v1/alarms"),
     ("get", "/v1/alarms/{aid}"),

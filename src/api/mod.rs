@@ -25,6 +25,7 @@ pub mod journal;
 pub mod openapi;
 pub mod ops;
 pub mod policies;
+pub mod remote_write;
 pub mod resource;
 pub mod samples;
 pub mod schedules;
@@ -231,7 +232,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(delete().to(alarms::delete)),
                 )
                 .service(resource("/hooks/{wid}", "POST").route(post().to(hooks::execute)))
-                .service(resource("/metrics", "POST").route(post().to(samples::ingest))),
+                .service(resource("/metrics", "POST").route(post().to(samples::ingest)))
+                .service(resource("/write", "POST").route(post().to(remote_write::write))),
         )
         .default_service(web::to(ops::not_found));
 }

@@ -5,7 +5,10 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{alarms, groups, hooks, journal, ops, policies, samples, schedules, tenants, webhooks};
+use super::{
+    alarms, groups, hooks, journal, ops, policies, remote_write, samples, schedules, tenants,
+    webhooks,
+};
 
 /// The API's document.
 #[derive(OpenApi)]
@@ -55,6 +58,7 @@ use super::{alarms, groups, hooks, journal, ops, policies, samples, schedules, t
         alarms::delete,
         hooks::execute,
         samples::ingest,
+        remote_write::write,
         journal::dump,
     ),
     modifiers(&Bearer),

@@ -17,7 +17,7 @@ use crate::alarms::Ingested;
 use crate::token;
 
 /// What a full series store tells a sender to wait, in seconds.
-const SERIES_RETRY_AFTER_SECONDS: u64 = 60;
+pub(super) const SERIES_RETRY_AFTER_SECONDS: u64 = 60;
 
 /// Most samples one request may carry.
 pub const MAX_SAMPLES: usize = 10_000;
@@ -83,12 +83,13 @@ fn parse(body: &[u8]) -> Result<Vec<Parsed>, ApiError> {
 }
 
 /// Who posts: one group's servers, or a tenant for any of its groups.
-enum Poster {
+pub(super) enum Poster {
     Group(GroupId),
     Tenant(flotilla_actors::domain::TenantId),
 }
 
-fn poster(state: &AppState, req: &HttpRequest) -> Result<Poster, ApiError> {
+/// Who the request's bearer token lets post: a group's metrics token, or a tenant's token.
+pub(super) fn poster(state: &AppState, req: &HttpRequest) -> Result<Poster, ApiError> {
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)

@@ -3,6 +3,7 @@
 //! sleeping.
 #![allow(dead_code)]
 
+pub mod external;
 pub mod serve;
 pub mod world;
 
@@ -14,6 +15,14 @@ use flotilla::ticks::{ManualTicks, Ticks};
 use flotilla_actors::clock::{ManualClock, Timestamp};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::{json, Value};
+
+/// The real time now, for tests that meet a real program's clock.
+pub fn real_now() -> Timestamp {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    Timestamp::from_millis(since.as_millis() as i64)
+}
 
 /// 2026-11-25T00:00:00Z, in seconds.
 pub const START_SECS: i64 = 1_795_564_800;
@@ -45,6 +54,28 @@ impl Server {
         adjust(&mut settings);
         let clock = ManualClock::new(Timestamp::from_secs(START_SECS));
         Self::start_in(dir, settings, clock)
+    }
+
+    /// The service with its manual clock at the real time now: for tests where a real program
+    /// (Prometheus) stamps samples with the real time. The clock still moves only when told.
+    pub fn start_now() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            listen: "127.0.0.1:0".into(),
+            data_dir: dir.path().join("data"),
+            ..Settings::default()
+        };
+        let clock = ManualClock::new(real_now());
+        Self::start_in(dir, settings, clock)
+    }
+
+    /// Moves the clock to the real time now, if that is later.
+    pub fn catch_up_with_real_time(&self) {
+        use flotilla_actors::clock::Clock;
+        let now = real_now();
+        if now > self.clock.now() {
+            self.clock.set(now);
+        }
     }
 
     /// Starts the service in `dir` on `settings`, its clock at `clock`'s now, and waits until it

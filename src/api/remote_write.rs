@@ -1,0 +1,420 @@
+//! `POST /v1/write`: Prometheus remote write 1.0 (SPEC 5.1), so that Prometheus's own
+//! `remote_write` feeds alarms and target tracking with no adapter.
+//!
+//! The body is a snappy block-compressed protobuf `WriteRequest`
+//! (`prometheus/prometheus prompb/remote.proto`, `types.proto`). Its four messages are written
+//! out below with prost's derive: the crates that ship them are unmaintained. Fields this
+//! service does not read (metadata, exemplars, histograms) are skipped by the decoder, so a
+//! request with metadata only (Prometheus sends one a minute) is a valid, empty write.
+//!
+//! The decompressed length is read from the block's header and checked against
+//! [`MAX_DECOMPRESSED`] before anything is decompressed. A series' `__name__` is the metric;
+//! its group is the metrics token's, or (with a tenant's token) its `flotilla_group` label. A
+//! series that names no group, or one the token cannot write to, is skipped and counted; NaN
+//! samples (stale markers) are skipped; the rest feed the same series store as `/v1/metrics`.
+
+use std::collections::HashMap;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use flotilla_actors::domain::samples::{validate_sample, Sample};
+use flotilla_actors::domain::GroupId;
+use prost::Message;
+
+use super::error::ErrorBody;
+use super::samples::{poster, Poster, SERIES_RETRY_AFTER_SECONDS};
+use super::{ApiError, AppState};
+
+/// The most bytes a write request may have on the wire: 2 MiB.
+pub const MAX_WIRE: usize = crate::intake::MAX_BODY;
+
+/// The most bytes a write request may decompress to: 32 MiB.
+pub const MAX_DECOMPRESSED: usize = 32 << 20;
+
+/// The label that names a series' metric.
+const NAME: &str = "__name__";
+
+/// The label that names a series' group, with a tenant's token.
+const GROUP: &str = "flotilla_group";
+
+/// `prometheus.WriteRequest`.
+#[derive(Clone, PartialEq, Message)]
+pub struct WriteRequest {
+    /// The series.
+    #[prost(message, repeated, tag = "1")]
+    pub timeseries: Vec<TimeSeries>,
+}
+
+/// `prometheus.TimeSeries`.
+#[derive(Clone, PartialEq, Message)]
+pub struct TimeSeries {
+    /// Its labels, sorted by name.
+    #[prost(message, repeated, tag = "1")]
+    pub labels: Vec<Label>,
+    /// Its samples, oldest first.
+    #[prost(message, repeated, tag = "2")]
+    pub samples: Vec<RemoteSample>,
+}
+
+/// `prometheus.Label`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Label {
+    /// The name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The value.
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// `prometheus.Sample`.
+#[derive(Clone, PartialEq, Message)]
+pub struct RemoteSample {
+    /// The value.
+    #[prost(double, tag = "1")]
+    pub value: f64,
+    /// Unix milliseconds.
+    #[prost(int64, tag = "2")]
+    pub timestamp: i64,
+}
+
+/// What became of a write's samples, by outcome (the `outcome` label in `/metrics`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    counts: Vec<(&'static str, usize)>,
+}
+
+impl Tally {
+    fn add(&mut self, outcome: &'static str, n: usize) {
+        if n == 0 {
+            return;
+        }
+        match self.counts.iter_mut().find(|(o, _)| *o == outcome) {
+            Some((_, count)) => *count += n,
+            None => self.counts.push((outcome, n)),
+        }
+    }
+
+    /// Each outcome with its count.
+    pub fn counts(&self) -> &[(&'static str, usize)] {
+        &self.counts
+    }
+
+    /// The count of `outcome`.
+    pub fn of(&self, outcome: &str) -> usize {
+        self.counts
+            .iter()
+            .find(|(o, _)| *o == outcome)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// Decompresses and decodes a write request: 413 when it claims more than
+/// [`MAX_DECOMPRESSED`] bytes (checked before decompressing), 400 when it is not snappy or
+/// not a `WriteRequest`.
+pub fn decode(body: &[u8]) -> Result<WriteRequest, ApiError> {
+    let length = snap::raw::decompress_len(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_write_request",
+            format!("not snappy-compressed: {e}"),
+        )
+    })?;
+    if length > MAX_DECOMPRESSED {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the write request decompresses to {length} bytes, over {MAX_DECOMPRESSED}"),
+        ));
+    }
+    let bytes = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_write_request",
+                format!("not snappy-compressed: {e}"),
+            )
+        })?;
+    WriteRequest::decode(bytes.as_slice()).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_write_request",
+            format!("not a remote write 1.0 WriteRequest: {e}"),
+        )
+    })
+}
+
+/// The samples of `request` by group, as `poster` may write them (`owns` tells whether a
+/// tenant owns a group), and the tally of those skipped.
+fn by_group(
+    request: &WriteRequest,
+    poster: &Poster,
+    owns: impl Fn(&GroupId) -> bool,
+) -> (HashMap<GroupId, Vec<Sample>>, Tally) {
+    let mut groups: HashMap<GroupId, Vec<Sample>> = HashMap::new();
+    let mut tally = Tally::default();
+    for series in &request.timeseries {
+        let label = |name: &str| {
+            series
+                .labels
+                .iter()
+                .find(|l| l.name == name)
+                .map(|l| l.value.as_str())
+        };
+        let n = series.samples.len();
+        let Some(metric) = label(NAME) else {
+            tally.add("no_name", n);
+            continue;
+        };
+        let group = match poster {
+            // The token's group wins over any label.
+            Poster::Group(group) => group.clone(),
+            Poster::Tenant(_) => match label(GROUP) {
+                None => {
+                    tally.add("no_group", n);
+                    continue;
+                }
+                Some(named) => {
+                    let group = GroupId::new(named);
+                    if !owns(&group) {
+                        tally.add("not_writable", n);
+                        continue;
+                    }
+                    group
+                }
+            },
+        };
+        let samples = groups.entry(group).or_default();
+        for sample in &series.samples {
+            if sample.value.is_nan() {
+                tally.add("stale", 1);
+                continue;
+            }
+            #[allow(clippy::cast_precision_loss)]
+            let seconds = sample.timestamp as f64 / 1000.0;
+            match validate_sample(metric, sample.value, seconds) {
+                Ok(sample) => samples.push(sample),
+                Err(_) => tally.add("invalid", 1),
+            }
+        }
+    }
+    groups.retain(|_, samples| !samples.is_empty());
+    (groups, tally)
+}
+
+/// Prometheus remote write 1.0 (SPEC 5.1).
+#[utoipa::path(
+    post,
+    path = "/v1/write",
+    tag = "metrics",
+    request_body(content = Vec<u8>, description = "a snappy-compressed protobuf WriteRequest (remote write 1.0)", content_type = "application/x-protobuf"),
+    responses(
+        (status = 204, description = "written: the samples feed the same series as /v1/metrics; skipped ones are counted in /metrics"),
+        (status = 400, description = "`invalid_write_request`: not snappy, or not a WriteRequest", body = ErrorBody),
+        (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the request body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "over 2 MiB on the wire, or over 32 MiB decompressed", body = ErrorBody),
+        (status = 415, description = "remote write 2.0, or a content encoding other than snappy", body = ErrorBody),
+        (status = 429, description = "`series_limit`: the service holds as many series as it may; retry after `Retry-After`", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 405, description = "`method_not_allowed`: the path is served with the methods `Allow` names", body = ErrorBody, headers(("Allow" = String, description = "the methods the path serves"))),
+        (status = 503, description = "the journal is still being replayed", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+    description = "Bearer: a group's metrics token, or the tenant's token with each series' `flotilla_group` label naming its group (SPEC 5.1).",
+)]
+pub async fn write(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    if !state.is_ready() {
+        return Err(ApiError::not_ready());
+    }
+    let poster = poster(&state, &req)?;
+    let header_of = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    if header_of(header::CONTENT_TYPE).contains("io.prometheus.write.v2") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "remote write 2.0 is not supported: send prometheus.WriteRequest (remote write 1.0)",
+        ));
+    }
+    let encoding = header_of(header::CONTENT_ENCODING);
+    if !encoding.is_empty() && encoding != "snappy" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Encoding {encoding:?}: remote write bodies are snappy"),
+        ));
+    }
+    let body = payload
+        .to_bytes_limited(MAX_WIRE)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is over {MAX_WIRE} bytes"),
+            )
+        })?
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let request = decode(&body)?;
+    let owns = |group: &GroupId| match &poster {
+        Poster::Tenant(tenant) => state.index.owns_group(tenant, group),
+        Poster::Group(own) => own == group,
+    };
+    let (groups, mut tally) = by_group(&request, &poster, owns);
+    let now = state.supervisor.clock().now();
+    for (group, samples) in &groups {
+        let ingested = state
+            .evaluator
+            .table()
+            .ingest(group, samples, now)
+            .map_err(|e| {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "series_limit", e.to_string())
+                    .retry_after(SERIES_RETRY_AFTER_SECONDS)
+            })?;
+        tally.add("accepted", ingested.accepted);
+        tally.add("unwatched", ingested.unwatched);
+        tally.add("too_old", ingested.too_old);
+        tally.add("too_new", ingested.too_new);
+    }
+    for (outcome, n) in tally.counts() {
+        state.telemetry.remote_write(outcome, *n);
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_actors::domain::TenantId;
+    use proptest::prelude::*;
+
+    fn series(labels: &[(&str, &str)], samples: &[(f64, i64)]) -> TimeSeries {
+        TimeSeries {
+            labels: labels
+                .iter()
+                .map(|(name, value)| Label {
+                    name: (*name).into(),
+                    value: (*value).into(),
+                })
+                .collect(),
+            samples: samples
+                .iter()
+                .map(|(value, timestamp)| RemoteSample {
+                    value: *value,
+                    timestamp: *timestamp,
+                })
+                .collect(),
+        }
+    }
+
+    fn compressed(request: &WriteRequest) -> Vec<u8> {
+        snap::raw::Encoder::new()
+            .compress_vec(&request.encode_to_vec())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_write_request_round_trips_through_snappy_and_protobuf() {
+        let request = WriteRequest {
+            timeseries: vec![series(
+                &[("__name__", "queue_depth"), ("flotilla_group", "grp_1")],
+                &[(500.0, 1_700_000_000_000)],
+            )],
+        };
+        assert_eq!(decode(&compressed(&request)).unwrap(), request);
+    }
+
+    #[test]
+    fn bad_bodies_are_400s_and_a_large_claim_a_413_before_decompressing() {
+        let good = compressed(&WriteRequest {
+            timeseries: vec![series(&[("__name__", "cpu")], &[(1.0, 1)])],
+        });
+        let truncated = &good[..good.len() / 2];
+        assert_eq!(
+            decode(truncated).unwrap_err().code(),
+            "invalid_write_request"
+        );
+        assert_eq!(
+            decode(b"\x1f\x8b\x08gzip").unwrap_err().code(),
+            "invalid_write_request"
+        );
+        // Field 1 as a varint, not a message.
+        let wrong_type = snap::raw::Encoder::new()
+            .compress_vec(&[0x08, 0x01])
+            .unwrap();
+        assert_eq!(
+            decode(&wrong_type).unwrap_err().code(),
+            "invalid_write_request"
+        );
+        // A header claiming 100 MB, with nothing behind it.
+        let mut claim = Vec::new();
+        let mut n: u64 = 100_000_000;
+        while n >= 0x80 {
+            claim.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        claim.push(n as u8);
+        assert_eq!(decode(&claim).unwrap_err().code(), "too_large");
+        // Metadata only (field 3): an empty, valid write.
+        let metadata = snap::raw::Encoder::new()
+            .compress_vec(&[0x1a, 0x02, 0x08, 0x01])
+            .unwrap();
+        assert_eq!(decode(&metadata).unwrap().timeseries.len(), 0);
+    }
+
+    #[test]
+    fn series_go_to_their_group_and_the_rest_are_counted() {
+        let request = WriteRequest {
+            timeseries: vec![
+                series(
+                    &[("__name__", "queue"), ("flotilla_group", "grp_mine")],
+                    &[(5.0, 1_700_000_000_000), (f64::NAN, 1_700_000_001_000)],
+                ),
+                series(&[("__name__", "queue")], &[(1.0, 1_700_000_000_000)]),
+                series(
+                    &[("__name__", "queue"), ("flotilla_group", "grp_theirs")],
+                    &[(1.0, 1_700_000_000_000)],
+                ),
+                series(&[("job", "x")], &[(1.0, 1_700_000_000_000)]),
+                series(
+                    &[("__name__", "queue"), ("flotilla_group", "grp_mine")],
+                    &[(f64::INFINITY, 1_700_000_000_000)],
+                ),
+            ],
+        };
+        let tenant = Poster::Tenant(TenantId::new("ten_1"));
+        let (groups, tally) = by_group(&request, &tenant, |g| g.as_str() == "grp_mine");
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[&GroupId::new("grp_mine")].len(), 1);
+        for (outcome, n) in [
+            ("stale", 1),
+            ("no_group", 1),
+            ("not_writable", 1),
+            ("no_name", 1),
+            ("invalid", 1),
+        ] {
+            assert_eq!(tally.of(outcome), n, "{outcome}: {tally:?}");
+        }
+        // A metrics token's group wins over any label.
+        let token = Poster::Group(GroupId::new("grp_token"));
+        let (groups, _) = by_group(&request, &token, |_| false);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[&GroupId::new("grp_token")].len(), 3);
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_or_are_refused_never_a_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&body);
+            let compressed = snap::raw::Encoder::new().compress_vec(&body).unwrap();
+            let _ = decode(&compressed);
+        }
+    }
+}
