@@ -78,6 +78,7 @@ fn watch_policy(store: &mut SeriesStore, policy: &Policy, watch: bool) {
 enum Fed {
     Alarm(AlarmId, AlarmEvent, Timestamp),
     Policy(PolicyId, PolicyEvent, Timestamp),
+    GroupDeleted(GroupId),
 }
 
 /// A group whose target tracking was at rest when it last decided (see
@@ -95,7 +96,7 @@ struct Steady {
 struct Watching {
     alarms: HashMap<AlarmId, Watched>,
     policies: HashMap<PolicyId, Followed>,
-    /// Each group's followed policies, in the order they were followed.
+    /// Each group's followed policies, in id order.
     by_group: HashMap<GroupId, Vec<PolicyId>>,
     steady: HashMap<GroupId, Steady>,
 }
@@ -105,7 +106,10 @@ impl Watching {
     fn follow(&mut self, followed: Followed) {
         let (id, group) = (followed.policy.id.clone(), followed.policy.group_id.clone());
         self.steady.remove(&group);
-        self.by_group.entry(group).or_default().push(id.clone());
+        // In id order: the order a replay and a live process agree on.
+        let ids = self.by_group.entry(group).or_default();
+        let at = ids.partition_point(|other| *other < id);
+        ids.insert(at, id.clone());
         self.policies.insert(id, followed);
     }
 
@@ -200,6 +204,12 @@ impl AlarmTable {
         lock(&self.inbox).push(Fed::Policy(id, event, at));
     }
 
+    /// Takes in that group `id` was deleted (the projector's entry): its target-tracking
+    /// policies are followed no more.
+    pub fn forget_group(&self, id: GroupId) {
+        lock(&self.inbox).push(Fed::GroupDeleted(id));
+    }
+
     /// Takes in that group `id`'s stream grew (the projector's entry, for records it sees live):
     /// its next target-tracking period is sent, whatever it recommends.
     pub fn group_changed(&self, id: &str) {
@@ -212,6 +222,24 @@ impl AlarmTable {
         if !steady(group, tracked, now) {
             return;
         }
+        // Only if the group's policies are still the ones it decided with: a change that came
+        // in meanwhile already let go of any rest, and must not find one set after it.
+        let (mut watching, store) = self.open();
+        drop(store);
+        let followed = watching
+            .by_group
+            .get(&group.id)
+            .map_or(&[][..], Vec::as_slice);
+        let same = followed.len() == tracked.len()
+            && followed.iter().zip(tracked).all(|(id, t)| {
+                watching
+                    .policies
+                    .get(id)
+                    .is_some_and(|f| f.policy == t.policy)
+            });
+        if !same {
+            return;
+        }
         let recommendations = group
             .tracks
             .iter()
@@ -221,7 +249,7 @@ impl AlarmTable {
             capacity: group.desired_capacity,
             recommendations,
         };
-        lock(&self.watching).steady.insert(group.id.clone(), steady);
+        watching.steady.insert(group.id.clone(), steady);
     }
 
     /// The table and the store, with the inbox taken in.
@@ -235,6 +263,13 @@ impl AlarmTable {
                     apply(&mut watching.alarms, &mut store, id, event, at);
                 }
                 Fed::Policy(id, event, at) => follow(&mut watching, &mut store, id, &event, at),
+                Fed::GroupDeleted(group) => {
+                    for id in watching.by_group.get(&group).cloned().unwrap_or_default() {
+                        if let Some(gone) = watching.let_go(&id) {
+                            watch_policy(&mut store, &gone.policy, false);
+                        }
+                    }
+                }
             }
         }
         (watching, store)
@@ -733,5 +768,91 @@ impl Evaluator {
                 self.tick(now).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_actors::domain::group::{decide, replay, GroupEvent, NewGroup};
+    use flotilla_actors::domain::policy::PolicyDefinition;
+    use flotilla_actors::domain::TenantId;
+
+    const T0: Timestamp = Timestamp::from_secs(1_800_000_000);
+
+    fn created(id: &str, group: &str) -> PolicyEvent {
+        PolicyEvent::Created {
+            id: PolicyId::new(id),
+            group_id: GroupId::new(group),
+            tenant_id: TenantId::new("ten_1"),
+            definition: PolicyDefinition::target_tracking("t", Tracking::new("cpu", 0.5)),
+            at: T0,
+        }
+    }
+
+    fn sample(at: Timestamp) -> Sample {
+        Sample {
+            metric: "cpu".into(),
+            value: 0.5,
+            timestamp: at,
+        }
+    }
+
+    /// A group of 4 and the table's answer for it at rest.
+    fn group_at_rest(table: &AlarmTable, now: Timestamp) -> (Group, Vec<Tracked>) {
+        let new = NewGroup {
+            id: GroupId::new("grp_1"),
+            tenant_id: TenantId::new("ten_1"),
+            name: "g".into(),
+            min_size: 1,
+            max_size: 10,
+            desired_capacity: Some(4),
+            cooldown_seconds: None,
+            launch: serde_json::json!({"provider": "simulated"}),
+            metadata: None,
+            metrics_token_hash: String::new(),
+        };
+        let mut events: Vec<GroupEvent> = decide(&None, &GroupCommand::Create(new), T0).unwrap();
+        let (_, sent) = table.due_tracking(now);
+        let tracked = sent[0].1.clone();
+        let state = replay(&events);
+        events.extend(decide(&state, &GroupCommand::Track(tracked.clone()), now).unwrap());
+        (replay(&events).unwrap(), tracked)
+    }
+
+    #[test]
+    fn a_group_at_rest_is_skipped_until_its_policies_change_even_mid_decision() {
+        let table = AlarmTable::default();
+        table.feed_policy(PolicyId::new("pol_a"), created("pol_a", "grp_1"), T0);
+        let at = T0.plus_secs(60u64);
+        table
+            .ingest(&GroupId::new("grp_1"), &[sample(at)], at)
+            .unwrap();
+        let now = T0.plus_secs(120u64);
+        let (group, tracked) = group_at_rest(&table, now);
+        table.decided(&group, &tracked, now);
+        let next = now.plus_secs(60u64);
+        table
+            .ingest(&GroupId::new("grp_1"), &[sample(now)], now)
+            .unwrap();
+        let (due, sent) = table.due_tracking(next);
+        assert_eq!((due, sent.len()), (1, 0), "at rest: due, not sent");
+
+        // A policy joins while a decision is in flight: the answer does not put the group back
+        // at rest, and the next period is sent.
+        table.feed_policy(PolicyId::new("pol_b"), created("pol_b", "grp_1"), next);
+        table.decided(&group, &tracked, next);
+        let later = next.plus_secs(60u64);
+        table
+            .ingest(&GroupId::new("grp_1"), &[sample(next)], next)
+            .unwrap();
+        let (_, sent) = table.due_tracking(later);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1.len(), 2);
+
+        // A deleted group's policies are followed no more.
+        table.forget_group(GroupId::new("grp_1"));
+        let (due, sent) = table.due_tracking(later.plus_secs(600u64));
+        assert_eq!((due, sent.len()), (0, 0));
     }
 }

@@ -24,7 +24,7 @@ use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::alarm::AlarmEvent;
 use flotilla_actors::domain::policy::{Policy, PolicyEvent};
 use flotilla_actors::domain::scheduled::{Scheduled, ScheduledEvent};
-use flotilla_actors::domain::{AlarmId, DomainEvent, Kind, PolicyId, ScheduleId};
+use flotilla_actors::domain::{AlarmId, DomainEvent, GroupId, Kind, PolicyId, ScheduleId};
 use flotilla_journal::{Head, Journal, Record};
 
 use crate::alarms::{AlarmTable, SavedAlarm};
@@ -108,7 +108,12 @@ impl Projector {
 
     /// Whether `record` can change a checkpointed read model (a replay decodes only those).
     pub fn wants(record: &Record) -> bool {
-        Index::wants(record) || matches!(Kind::of(&record.stream), Some(Kind::Alarm | Kind::Policy))
+        Index::wants(record)
+            || matches!(
+                Kind::of(&record.stream),
+                Some(Kind::Alarm | Kind::Policy | Kind::Schedule)
+            )
+            || (Kind::of(&record.stream) == Some(Kind::Group) && record.event_type == "deleted")
     }
 
     /// Takes in one record into the checkpointed read models.
@@ -125,6 +130,12 @@ impl Projector {
             let at = Timestamp::from_millis(record.timestamp_ms);
             self.alarms
                 .feed_policy(PolicyId::new(record.stream.as_str()), event, at);
+        }
+        if Kind::of(&record.stream) == Some(Kind::Group) && record.event_type == "deleted" {
+            // A deleted group's policies and schedules act no more.
+            let group = GroupId::new(record.stream.as_str());
+            self.alarms.forget_group(group.clone());
+            self.schedules.forget_group(&group);
         }
         if Kind::of(&record.stream) == Some(Kind::Schedule) {
             let event: ScheduledEvent = record.decode(ScheduledEvent::SCHEMA)?;

@@ -39,6 +39,11 @@ impl ScheduleTable {
         }
     }
 
+    /// Forgets the actions of a deleted group.
+    pub fn forget_group(&self, group: &flotilla_actors::domain::GroupId) {
+        lock(&self.schedules).retain(|_, s| s.group_id != *group);
+    }
+
     /// The live actions, in id order, for a checkpoint.
     pub fn save(&self) -> Vec<Scheduled> {
         let mut saved: Vec<Scheduled> = lock(&self.schedules).values().cloned().collect();

@@ -182,6 +182,46 @@ fn the_latest_occurrence_missed_while_down_runs_once_when_back() {
 }
 
 #[test]
+fn a_changed_schedule_comes_back_changed_after_a_restart() {
+    let server = Server::start();
+    let token = server.tenant("acme");
+    let group = server.group(&token, 0, 10, 1, 0);
+    // START_SECS is midnight: hourly on the hour, then moved to half past.
+    let (status, created) = schedule(
+        &server,
+        &token,
+        &group,
+        json!({"name": "hourly", "recurrence": "0 * * * *", "desired_capacity": 3}),
+    );
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    server.clock.advance_secs(3600);
+    server.tick();
+    assert_eq!(runs(&server, &token, &group).len(), 1);
+    let (status, patched) = server.call(
+        "PATCH",
+        &format!("/v1/groups/{group}/schedules/{id}"),
+        &token,
+        Some(json!({"recurrence": "30 * * * *", "desired_capacity": 4})),
+    );
+    assert_eq!(status, 200, "{patched}");
+    server.tick();
+    let server = server.restart();
+    server.clock.advance_secs(30 * 60);
+    server.tick();
+    assert_eq!(
+        server.capacity(&token, &group),
+        4,
+        "the new rule, after the restart"
+    );
+    assert_eq!(runs(&server, &token, &group).len(), 2);
+    // On the hour nothing runs any more.
+    server.clock.advance_secs(30 * 60);
+    server.tick();
+    assert_eq!(runs(&server, &token, &group).len(), 2);
+}
+
+#[test]
 fn a_paused_group_records_the_occurrence_as_paused() {
     let server = Server::start();
     let token = server.tenant("acme");

@@ -420,11 +420,18 @@ fn bad_target_tracking_policies_name_their_field() {
         ),
         (Some(20.0), Some(true))
     );
-    let answer = server.call(
-        "PATCH",
-        &format!("{path}/{policy}"),
-        &token,
-        Some(json!({"target": 0})),
-    );
-    assert_error(&answer, 400, "invalid_input");
+    for (patch, field) in [
+        (json!({"target": 0}), "target"),
+        (json!({"adjustment_type": "percent"}), "adjustment_type"),
+        (json!({"adjustment": 0}), "adjustment"),
+        (json!({"steps": [{"lower": 0, "adjustment": 1}]}), "steps"),
+    ] {
+        let answer = server.call("PATCH", &format!("{path}/{policy}"), &token, Some(patch));
+        assert_error(&answer, 400, "invalid_input");
+        let message = answer.1["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("invalid {field}:")),
+            "{message}"
+        );
+    }
 }

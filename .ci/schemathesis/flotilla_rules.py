@@ -71,7 +71,7 @@ RULES = [
     (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
      r"invalid (start_time|end_time): belongs to a recurring schedule"),
     (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
-     r"invalid end_time: (must be after start_time .*|the recurrence has no occurrence left before it)"),
+     r"invalid end_time: (must be after start_time .*|the recurrence has no occurrence left)"),
     (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
      r"invalid desired_capacity: a schedule sets at least one of .*"),
     (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",

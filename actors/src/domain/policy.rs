@@ -466,6 +466,18 @@ pub fn decide(
         PolicyCommand::Create { .. } => Err(Rejection::already_exists("policy")),
         PolicyCommand::Update(patch) => {
             let current = &policy.definition;
+            if current.tracking.is_some() {
+                let adjusting = [
+                    (patch.adjustment_type.is_some(), "adjustment_type"),
+                    (patch.adjustment.is_some(), "adjustment"),
+                ];
+                if let Some((_, field)) = adjusting.into_iter().find(|(set, _)| *set) {
+                    return Err(Rejection::invalid(
+                        field,
+                        "does not belong to target-tracking policies, which follow their target",
+                    ));
+                }
+            }
             let definition = PolicyDefinition {
                 name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
                 mode: patch.mode.unwrap_or(current.mode),

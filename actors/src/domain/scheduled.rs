@@ -225,7 +225,7 @@ pub fn decide(
         if state.is_some() {
             return Err(Rejection::already_exists("schedule"));
         }
-        validate(definition, now)?;
+        validate(definition, Some(now))?;
         return Ok(vec![ScheduledEvent::Created {
             id: id.clone(),
             group_id: group_id.clone(),
@@ -259,10 +259,16 @@ pub fn decide(
                 max_size: patch.max_size.unwrap_or(current.max_size),
                 desired_capacity: patch.desired_capacity.unwrap_or(current.desired_capacity),
             };
+            let mut definition = definition;
+            if definition.recurrence.is_none() && patch.time_zone.is_none() {
+                // Switching to a one-off: the recurrence's zone goes with it.
+                definition.time_zone = DEFAULT_TIME_ZONE.to_owned();
+            }
             if definition == *current {
                 return Ok(vec![]);
             }
-            validate(&definition, now)?;
+            let timing_changed = !same_timing(current, &definition);
+            validate(&definition, timing_changed.then_some(now))?;
             Ok(vec![ScheduledEvent::Updated {
                 definition,
                 at_time: now,
@@ -279,14 +285,15 @@ pub fn decide(
     }
 }
 
-/// A definition is valid at `now`: a name; exactly one of `at` (in the future) and
-/// `recurrence` (5 fields, with a real time zone, and a start before its end); at least one
-/// value to set, each a group size, and the bounds in order.
-fn validate(definition: &ScheduleDefinition, now: Timestamp) -> Result<(), Rejection> {
+/// A definition is valid: a name; exactly one of `at` and `recurrence` (5 fields, with a real
+/// time zone, and a start before its end); at least one value to set, each a group size, and
+/// the bounds in order. With `now` (a new time rule), `at` must be in the future and a
+/// recurrence must have an occurrence left.
+fn validate(definition: &ScheduleDefinition, now: Option<Timestamp>) -> Result<(), Rejection> {
     validate_name("name", &definition.name)?;
     let when = definition.when()?;
     if let Some(at) = definition.at {
-        if at <= now {
+        if now.is_some_and(|now| at <= now) {
             return Err(Rejection::invalid(
                 "at",
                 format!("must be in the future, is {}", rfc3339(at)),
@@ -309,11 +316,18 @@ fn validate(definition: &ScheduleDefinition, now: Timestamp) -> Result<(), Rejec
             ));
         }
     }
-    if when.next_run(now).is_none() && definition.recurrence.is_some() {
-        return Err(Rejection::invalid(
-            "end_time",
-            "the recurrence has no occurrence left before it",
-        ));
+    if let Some(now) = now.filter(|_| definition.recurrence.is_some()) {
+        if when.next_run(now).is_none() {
+            let field = if definition.end_time.is_some() {
+                "end_time"
+            } else {
+                "recurrence"
+            };
+            return Err(Rejection::invalid(
+                field,
+                "the recurrence has no occurrence left",
+            ));
+        }
     }
     let values = [
         ("min_size", definition.min_size),
@@ -351,6 +365,12 @@ fn rfc3339(at: Timestamp) -> String {
         .map_or_else(|| at.as_millis().to_string(), |t| t.to_rfc3339())
 }
 
+/// Whether two definitions run at the same times.
+fn same_timing(a: &ScheduleDefinition, b: &ScheduleDefinition) -> bool {
+    (&a.at, &a.recurrence, &a.time_zone, a.start_time, a.end_time)
+        == (&b.at, &b.recurrence, &b.time_zone, b.start_time, b.end_time)
+}
+
 /// Records what an event says. Holds no rules.
 pub fn apply(state: ScheduledState, event: &ScheduledEvent) -> ScheduledState {
     if let ScheduledEvent::Created {
@@ -379,8 +399,12 @@ pub fn apply(state: ScheduledState, event: &ScheduledEvent) -> ScheduledState {
             definition,
             at_time,
         } => {
+            // A new time rule starts from the change; a rename or new values keep the old one's
+            // progress, so an occurrence due and not yet run still runs.
+            if !same_timing(&scheduled.definition, definition) {
+                scheduled.since = scheduled.since.max(*at_time);
+            }
             scheduled.definition = definition.clone();
-            scheduled.since = scheduled.since.max(*at_time);
         }
         ScheduledEvent::Deleted { .. } => scheduled.deleted = true,
         ScheduledEvent::Ran { occurrence, .. } => {
@@ -456,6 +480,39 @@ mod tests {
         let due = state.as_ref().unwrap().due(later).unwrap();
         assert_eq!(due.as_millis() % 3_600_000, 0);
         assert!(later.saturating_sub(due) < 3_600_000);
+    }
+
+    #[test]
+    fn a_rename_keeps_a_due_occurrence_and_a_new_rule_starts_from_its_change() {
+        let hourly = ScheduleDefinition {
+            at: None,
+            recurrence: Some("0 * * * *".into()),
+            ..at(0, 5)
+        };
+        let state = decide(&None, &create(hourly), T0)
+            .unwrap()
+            .iter()
+            .fold(None, apply);
+        let hour = Timestamp::from_millis((T0.as_millis() / 3_600_000 + 1) * 3_600_000);
+        let rename = SchedulePatch {
+            name: Some("renamed".into()),
+            ..SchedulePatch::default()
+        };
+        let later = hour.plus_millis(200);
+        let renamed = decide(&state, &ScheduledCommand::Update(rename), later)
+            .unwrap()
+            .iter()
+            .fold(state.clone(), apply);
+        assert_eq!(renamed.as_ref().unwrap().due(later), Some(hour));
+        let moved = SchedulePatch {
+            recurrence: Some(Some("30 * * * *".into())),
+            ..SchedulePatch::default()
+        };
+        let moved = decide(&state, &ScheduledCommand::Update(moved), later)
+            .unwrap()
+            .iter()
+            .fold(state, apply);
+        assert_eq!(moved.as_ref().unwrap().due(later), None);
     }
 
     #[test]
