@@ -8,11 +8,12 @@ use std::sync::RwLock;
 use flotilla_actors::domain::alarm::AlarmEvent;
 use flotilla_actors::domain::group::GroupEvent;
 use flotilla_actors::domain::policy::PolicyEvent;
+use flotilla_actors::domain::receiver::ReceiverEvent;
 use flotilla_actors::domain::scheduled::ScheduledEvent;
 use flotilla_actors::domain::tenant::TenantEvent;
 use flotilla_actors::domain::webhook::WebhookEvent;
 use flotilla_actors::domain::{
-    AlarmId, DomainEvent, GroupId, Kind, PolicyId, ScheduleId, TenantId, WebhookId,
+    AlarmId, DomainEvent, GroupId, Kind, PolicyId, ReceiverId, ScheduleId, TenantId, WebhookId,
 };
 use flotilla_journal::Record;
 
@@ -42,6 +43,7 @@ struct Data {
     webhooks: HashMap<WebhookId, Owner>,
     alarms: HashMap<AlarmId, Owner>,
     schedules: HashMap<ScheduleId, Owner>,
+    receivers: HashMap<ReceiverId, Owner>,
     /// (tenant, group) for listing a tenant's groups in id order.
     tenant_groups: BTreeSet<(TenantId, GroupId)>,
     /// (group, policy).
@@ -52,6 +54,8 @@ struct Data {
     tenant_alarms: BTreeSet<(TenantId, AlarmId)>,
     /// (group, schedule).
     group_schedules: BTreeSet<(GroupId, ScheduleId)>,
+    /// (group, receiver).
+    group_receivers: BTreeSet<(GroupId, ReceiverId)>,
 }
 
 /// The index as a checkpoint holds it: the maps, each sorted; the listing sets are derived from
@@ -68,6 +72,7 @@ pub struct Saved {
     alarms: Vec<(AlarmId, Owner)>,
     /// Required: a checkpoint from before schedules does not decode, and is rebuilt.
     schedules: Vec<(ScheduleId, Owner)>,
+    receivers: Vec<(ReceiverId, Owner)>,
 }
 
 impl Saved {
@@ -114,6 +119,7 @@ impl Index {
             webhooks: pairs(&data.webhooks),
             alarms: pairs(&data.alarms),
             schedules: pairs(&data.schedules),
+            receivers: pairs(&data.receivers),
         }
     }
 
@@ -146,6 +152,11 @@ impl Index {
             .iter()
             .map(|(s, o)| (o.group.clone(), s.clone()))
             .collect();
+        data.group_receivers = saved
+            .receivers
+            .iter()
+            .map(|(r, o)| (o.group.clone(), r.clone()))
+            .collect();
         data.tokens = saved.tokens.into_iter().collect();
         data.metrics_tokens = saved.metrics_tokens.into_iter().collect();
         data.group_tokens = saved.group_tokens.into_iter().collect();
@@ -155,6 +166,7 @@ impl Index {
         data.webhooks = saved.webhooks.into_iter().collect();
         data.alarms = saved.alarms.into_iter().collect();
         data.schedules = saved.schedules.into_iter().collect();
+        data.receivers = saved.receivers.into_iter().collect();
     }
 
     /// Whether `record` can change the index: only creations, deletions, revocations and
@@ -188,6 +200,10 @@ impl Index {
             Some(Kind::Alarm) => {
                 self.alarm_event(&AlarmId::new(stream), &record.decode(AlarmEvent::SCHEMA)?);
             }
+            Some(Kind::Receiver) => self.receiver_event(
+                &ReceiverId::new(stream),
+                &record.decode(ReceiverEvent::SCHEMA)?,
+            ),
             Some(Kind::Schedule) => self.schedule_event(
                 &ScheduleId::new(stream),
                 &record.decode(ScheduledEvent::SCHEMA)?,
@@ -366,6 +382,32 @@ impl Index {
         }
     }
 
+    /// Takes in a receiver's event.
+    fn receiver_event(&self, id: &ReceiverId, event: &ReceiverEvent) {
+        let mut data = self.write();
+        match event {
+            ReceiverEvent::Created {
+                group_id,
+                tenant_id,
+                ..
+            } => {
+                let owner = Owner {
+                    tenant: tenant_id.clone(),
+                    group: group_id.clone(),
+                    policy: None,
+                };
+                data.receivers.insert(id.clone(), owner);
+                data.group_receivers.insert((group_id.clone(), id.clone()));
+            }
+            ReceiverEvent::Deleted { .. } => {
+                if let Some(owner) = data.receivers.remove(id) {
+                    data.group_receivers.remove(&(owner.group, id.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Takes in a scheduled action's event.
     fn schedule_event(&self, id: &ScheduleId, event: &ScheduledEvent) {
         let mut data = self.write();
@@ -410,6 +452,7 @@ impl Index {
             Kind::Webhook => data.webhooks.get(&WebhookId::new(id)).cloned(),
             Kind::Alarm => data.alarms.get(&AlarmId::new(id)).cloned(),
             Kind::Schedule => data.schedules.get(&ScheduleId::new(id)).cloned(),
+            Kind::Receiver => data.receivers.get(&ReceiverId::new(id)).cloned(),
             Kind::Tenant => None,
         }
     }
@@ -477,6 +520,17 @@ impl Index {
         page(&data.group_schedules, group, cursor, limit)
     }
 
+    /// Up to `limit` of `group`'s receivers after `cursor`.
+    pub fn receivers_of(
+        &self,
+        group: &GroupId,
+        cursor: Option<&ReceiverId>,
+        limit: usize,
+    ) -> Page<ReceiverId> {
+        let data = self.read();
+        page(&data.group_receivers, group, cursor, limit)
+    }
+
     /// Up to `limit` of `policy`'s live webhooks after `cursor`.
     pub fn webhooks_of(
         &self,
@@ -509,6 +563,7 @@ impl Index {
             ("webhooks", data.webhooks.len()),
             ("alarms", data.alarms.len()),
             ("schedules", data.schedules.len()),
+            ("receivers", data.receivers.len()),
         ])
     }
 }

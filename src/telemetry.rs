@@ -133,6 +133,7 @@ pub struct Telemetry {
     webhooks: Family<OutcomeLabels, Counter>,
     rejections: Family<CodeLabels, Counter>,
     remote_write: Family<OutcomeLabels, Counter>,
+    truncated_alerts: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -182,6 +183,12 @@ impl Telemetry {
              not_writable)",
             remote_write.clone(),
         );
+        let truncated_alerts = Counter::default();
+        registry.register(
+            "flotilla_alertmanager_truncated_alerts",
+            "Alerts Alertmanager left out of notifications (truncatedAlerts, by max_alerts)",
+            truncated_alerts.clone(),
+        );
         registry.register_collector(Box::new(Live {
             supervisor,
             index,
@@ -196,7 +203,13 @@ impl Telemetry {
             webhooks,
             rejections,
             remote_write,
+            truncated_alerts,
         }
+    }
+
+    /// Records `n` alerts Alertmanager left out of a notification.
+    pub fn truncated_alerts(&self, n: u64) {
+        self.truncated_alerts.inc_by(n);
     }
 
     /// Records `n` remote-write samples with `outcome`.

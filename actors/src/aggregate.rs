@@ -6,7 +6,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::clock::Timestamp;
-use crate::domain::{alarm, group, policy, scheduled, tenant, webhook, DomainEvent, Rejection};
+use crate::domain::{
+    alarm, group, policy, receiver, scheduled, tenant, webhook, DomainEvent, Rejection,
+};
 use crate::store::SNAPSHOT_EVERY;
 
 /// A kind of object whose state is a fold of its events.
@@ -110,4 +112,9 @@ aggregate!(
     /// Scheduled actions.
     Schedules, "schedule", scheduled, crate::domain::ScheduleId,
     scheduled::ScheduledState, scheduled::ScheduledCommand, scheduled::ScheduledEvent
+);
+aggregate!(
+    /// Alertmanager receivers.
+    Receivers, "receiver", receiver, crate::domain::ReceiverId,
+    receiver::ReceiverState, receiver::ReceiverCommand, receiver::ReceiverEvent
 );

@@ -7,7 +7,9 @@ use flotilla_journal::Record;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::aggregate::{Aggregate, Alarms, Groups, Policies, Schedules, Tenants, Webhooks};
+use crate::aggregate::{
+    Aggregate, Alarms, Groups, Policies, Receivers, Schedules, Tenants, Webhooks,
+};
 use crate::domain::{DomainEvent, Kind};
 use crate::error::Error;
 
@@ -52,6 +54,8 @@ pub struct World {
     pub alarms: BTreeMap<String, Value>,
     /// Scheduled actions by id.
     pub schedules: BTreeMap<String, Value>,
+    /// Alertmanager receivers by id (token hashes are not shown).
+    pub receivers: BTreeMap<String, Value>,
 }
 
 #[derive(Default)]
@@ -62,6 +66,7 @@ struct States {
     webhooks: BTreeMap<String, <Webhooks as Aggregate>::State>,
     alarms: BTreeMap<String, <Alarms as Aggregate>::State>,
     schedules: BTreeMap<String, <Schedules as Aggregate>::State>,
+    receivers: BTreeMap<String, <Receivers as Aggregate>::State>,
 }
 
 fn fold<A: Aggregate>(
@@ -107,6 +112,7 @@ pub fn replay(
             Some(Kind::Alarm) => fold::<Alarms>(&mut states.alarms, &record)?,
             Some(Kind::Tenant) => fold::<Tenants>(&mut states.tenants, &record)?,
             Some(Kind::Schedule) => fold::<Schedules>(&mut states.schedules, &record)?,
+            Some(Kind::Receiver) => fold::<Receivers>(&mut states.receivers, &record)?,
             None => tracing::debug!(seq = record.seq, stream, "not an object stream; skipped"),
         }
         world.seq = record.seq;
@@ -121,6 +127,12 @@ pub fn replay(
     }
     world.alarms = render(states.alarms)?;
     world.schedules = render(states.schedules)?;
+    world.receivers = render(states.receivers)?;
+    for receiver in world.receivers.values_mut() {
+        if let Some(map) = receiver.as_object_mut() {
+            map.remove("token_hash");
+        }
+    }
     Ok(world)
 }
 

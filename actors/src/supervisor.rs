@@ -12,16 +12,19 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use flotilla_journal::{Journal, StreamAppend};
 
-use crate::aggregate::{Aggregate, Alarms, Groups, Policies, Schedules, Webhooks};
+use crate::aggregate::{Aggregate, Alarms, Groups, Policies, Receivers, Schedules, Webhooks};
 use crate::clock::Clock;
 use crate::clock::Timestamp;
 use crate::domain::alarm::{Alarm, AlarmCommand};
 use crate::domain::group::{Group, GroupCommand, GroupEvent, Outcome};
 use crate::domain::policy::{Breach, Policy};
+use crate::domain::receiver::{EpisodeKey, ReceiverCommand, ReceiverState};
 use crate::domain::route::{self, Route, Via};
 use crate::domain::scheduled::{Scheduled, ScheduledCommand};
 use crate::domain::webhook::{Secret, WebhookCommand, WebhookState};
-use crate::domain::{nonce_window, AlarmId, Cause, PolicyId, Rejection, ScheduleId, WebhookId};
+use crate::domain::{
+    nonce_window, AlarmId, Cause, PolicyId, ReceiverId, Rejection, ScheduleId, WebhookId,
+};
 use crate::error::Error;
 use crate::object::{
     Admission, Along, Execute, ExecuteAlong, Executed, Get, Idle, LetGoIfIdle, Next, ObjectActor,
@@ -519,6 +522,102 @@ impl Supervisor {
             self.execute::<Alarms>(alarm_id.as_str(), take).await?;
         }
         taken
+    }
+
+    /// Handles one alert of an Alertmanager notification on receiver `receiver_id` (SPEC 5.3,
+    /// exactly once per episode step): the receiver records the episode's first firing (or
+    /// resolution) in the same append as its policy's execution. Answers the execution, or
+    /// `None` when there is nothing to do: a step already handled, or a resolution of an
+    /// episode never seen firing. A step whose policy cannot execute (deleted, say) is recorded
+    /// alone, so a repeat does not try it again.
+    pub async fn notify_receiver(
+        &self,
+        receiver_id: &ReceiverId,
+        firing: bool,
+        key: EpisodeKey,
+        alertname: String,
+    ) -> Result<Option<PolicyExecution>, Error> {
+        let id = receiver_id.clone();
+        self.on_arbiter_of(receiver_id.as_str(), move |this| async move {
+            this.notify_receiver_here(&id, firing, key, alertname).await
+        })
+        .await
+    }
+
+    /// [`Self::notify_receiver`], on the calling thread.
+    async fn notify_receiver_here(
+        &self,
+        receiver_id: &ReceiverId,
+        firing: bool,
+        key: EpisodeKey,
+        alertname: String,
+    ) -> Result<Option<PolicyExecution>, Error> {
+        let step = if firing {
+            ReceiverCommand::Fire(key.clone())
+        } else {
+            ReceiverCommand::Resolve(key.clone())
+        };
+        let cause = Cause::Alertmanager {
+            receiver_id: receiver_id.clone(),
+            alertname,
+            fingerprint: key.fingerprint.clone(),
+        };
+        let command = {
+            let step = step.clone();
+            Arc::new(move |state: &ReceiverState, _| {
+                let receiver = state
+                    .as_ref()
+                    .filter(|r| !r.deleted)
+                    .ok_or_else(|| Rejection::not_found("receiver"))?;
+                let policy = if firing {
+                    Some(receiver.firing.clone())
+                } else {
+                    receiver.resolved.clone()
+                };
+                Ok((step.clone(), policy))
+            })
+        };
+        let this = self.clone();
+        let then = Arc::new(
+            move |policy: Option<PolicyId>, taken: StreamAppend| -> Next<_> {
+                let (this, cause) = (this.clone(), cause.clone());
+                Box::pin(async move {
+                    // No resolved policy: the resolution is recorded, nothing executes.
+                    let Some(policy) = policy else {
+                        return Err(Rejection::not_found("policy").into());
+                    };
+                    let execution = this
+                        .execute_policy_here(&policy, cause, None, None, Some(taken))
+                        .await?;
+                    let version = execution
+                        .along_version
+                        .ok_or_else(|| Rejection::not_found("receiver"))?;
+                    Ok((execution, version))
+                })
+            },
+        );
+        let along: Along<Receivers, Option<PolicyId>, PolicyExecution> = Along { command, then };
+        let handled = self
+            .ask::<Receivers, _>(receiver_id.as_str(), || along.clone())
+            .await?;
+        match handled {
+            Ok(execution) => Ok(Some(execution)),
+            Err(Error::Rejected(Rejection::Replayed)) => Ok(None),
+            Err(Error::Rejected(Rejection::NotFound { object: "episode" })) => Ok(None),
+            // Nothing to execute, or a policy that cannot be executed on demand: the step is
+            // done with all the same.
+            Err(Error::Rejected(
+                Rejection::NotFound {
+                    object: "policy" | "group",
+                }
+                | Rejection::MetricValueRequired
+                | Rejection::Conflict { .. },
+            )) => match self.execute::<Receivers>(receiver_id.as_str(), step).await {
+                Ok(_) | Err(Error::Rejected(Rejection::Replayed)) => Ok(None),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        }
     }
 
     /// Runs `occurrence` of scheduled action `schedule_id` on its group (SPEC 2.2, exactly

@@ -235,6 +235,11 @@ impl ApiError {
         )
     }
 
+    /// 503: the service cannot take the request now (a retry may succeed).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).retry_after(1)
+    }
+
     /// The code, for metrics.
     pub fn code(&self) -> &str {
         &self.code

@@ -25,6 +25,7 @@ pub mod journal;
 pub mod openapi;
 pub mod ops;
 pub mod policies;
+pub mod receivers;
 pub mod remote_write;
 pub mod resource;
 pub mod samples;
@@ -219,6 +220,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(get().to(schedules::show))
                         .route(patch().to(schedules::update))
                         .route(delete().to(schedules::delete)),
+                )
+                .service(
+                    resource("/groups/{id}/receivers", "GET, POST")
+                        .route(post().to(receivers::create))
+                        .route(get().to(receivers::list)),
+                )
+                .service(
+                    resource("/groups/{id}/receivers/{rid}", "GET, DELETE")
+                        .route(get().to(receivers::show))
+                        .route(delete().to(receivers::delete)),
+                )
+                .service(
+                    resource("/alertmanager/{rid}", "POST").route(post().to(receivers::notify)),
                 )
                 .service(
                     resource("/alarms", "GET, POST")

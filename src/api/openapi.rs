@@ -6,8 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    alarms, groups, hooks, journal, ops, policies, remote_write, samples, schedules, tenants,
-    webhooks,
+    alarms, groups, hooks, journal, ops, policies, receivers, remote_write, samples, schedules,
+    tenants, webhooks,
 };
 
 /// The API's document.
@@ -46,6 +46,11 @@ use super::{
         webhooks::show,
         webhooks::rotate,
         webhooks::revoke,
+        receivers::create,
+        receivers::list,
+        receivers::show,
+        receivers::delete,
+        receivers::notify,
         schedules::create,
         schedules::list,
         schedules::show,
@@ -68,6 +73,7 @@ use super::{
         (name = "groups", description = "groups of servers kept between their bounds"),
         (name = "policies", description = "rules that change a group's size"),
         (name = "webhooks", description = "revocable, signed capabilities to execute a policy"),
+        (name = "receivers", description = "Alertmanager receivers and their notifications (SPEC 5.3)"),
         (name = "schedules", description = "scheduled actions that set a group's size (SPEC 2.2)"),
         (name = "alarms", description = "threshold rules over a group's metric samples"),
         (name = "hooks", description = "signed webhook calls (SPEC section 4)"),
@@ -504,6 +510,7 @@ mod tests {
             ("/v1/alarms", "^alm_"),
             ("/v1/groups/{id}/policies", "^pol_"),
             ("/v1/groups/{id}/schedules", "^sch_"),
+            ("/v1/groups/{id}/receivers", "^rcv_"),
             ("/v1/groups/{id}/policies/{pid}/webhooks", "^whk_"),
             ("/v1/groups/{id}/servers", "^srv_"),
             ("/v1/groups/{id}/activity", "^[1-9]"),

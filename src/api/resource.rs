@@ -3,13 +3,18 @@
 //! object's live state, and a page of them.
 
 use actix_web::HttpResponse;
-use flotilla_actors::aggregate::{Aggregate, Alarms, Groups, Policies, Schedules, Webhooks};
+use flotilla_actors::aggregate::{
+    Aggregate, Alarms, Groups, Policies, Receivers, Schedules, Webhooks,
+};
 use flotilla_actors::domain::alarm::Alarm;
 use flotilla_actors::domain::group::Group;
 use flotilla_actors::domain::policy::Policy;
+use flotilla_actors::domain::receiver::Receiver;
 use flotilla_actors::domain::scheduled::Scheduled;
 use flotilla_actors::domain::webhook::Webhook;
-use flotilla_actors::domain::{AlarmId, GroupId, Kind, PolicyId, ScheduleId, TenantId, WebhookId};
+use flotilla_actors::domain::{
+    AlarmId, GroupId, Kind, PolicyId, ReceiverId, ScheduleId, TenantId, WebhookId,
+};
 use serde::Serialize;
 
 use super::{ApiError, AppState, List};
@@ -75,6 +80,16 @@ impl Resource for Schedules {
 
     fn live(state: Self::State) -> Option<Scheduled> {
         state.filter(|scheduled| !scheduled.deleted)
+    }
+}
+
+impl Resource for Receivers {
+    const OF: Kind = Kind::Receiver;
+    type Id = ReceiverId;
+    type Object = Receiver;
+
+    fn live(state: Self::State) -> Option<Receiver> {
+        state.filter(|receiver| !receiver.deleted)
     }
 }
 

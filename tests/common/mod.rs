@@ -116,6 +116,20 @@ impl Server {
         Self::start_in(dir, settings, clock)
     }
 
+    /// [`Server::restart`], listening on the same port again: for a real program (Alertmanager)
+    /// configured with the service's URL.
+    pub fn restart_on_the_same_port(mut self) -> Server {
+        let listen = self.base.trim_start_matches("http://").to_owned();
+        self.stop();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let settings = Settings {
+            listen,
+            ..self.settings.clone()
+        };
+        let clock = ManualClock::new(flotilla_actors::clock::Clock::now(&self.clock));
+        Self::start_in(dir, settings, clock)
+    }
+
     fn stop(&mut self) {
         if let Some(mut running) = self.running.take() {
             running.stop();

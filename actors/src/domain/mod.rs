@@ -15,6 +15,7 @@ pub mod evaluation;
 pub mod group;
 pub mod nonce_window;
 pub mod policy;
+pub mod receiver;
 pub mod route;
 pub mod samples;
 pub mod scaling;
@@ -94,6 +95,11 @@ string_id!(
     "sch_"
 );
 string_id!(
+    /// An Alertmanager receiver's id, `rcv_` followed by a v4 uuid.
+    ReceiverId,
+    "rcv_"
+);
+string_id!(
     /// A webhook's id. It is part of a capability URL, so it is unguessable: `whk_` followed by
     /// two v4 uuids (244 random bits).
     WebhookId,
@@ -115,17 +121,20 @@ pub enum Kind {
     Alarm,
     /// A scheduled action (`sch_`).
     Schedule,
+    /// An Alertmanager receiver (`rcv_`).
+    Receiver,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Tenant,
         Kind::Group,
         Kind::Policy,
         Kind::Webhook,
         Kind::Alarm,
         Kind::Schedule,
+        Kind::Receiver,
     ];
 
     /// The kind of the object (or stream) `id`, from its prefix.
@@ -144,6 +153,7 @@ impl Kind {
             Kind::Webhook => WebhookId::PREFIX,
             Kind::Alarm => AlarmId::PREFIX,
             Kind::Schedule => ScheduleId::PREFIX,
+            Kind::Receiver => ReceiverId::PREFIX,
         }
     }
 
@@ -154,7 +164,7 @@ impl Kind {
     pub fn changes_ownership(self, event_type: &str) -> bool {
         match self {
             Kind::Tenant => matches!(event_type, "created" | "token_rotated"),
-            Kind::Policy | Kind::Alarm | Kind::Schedule => {
+            Kind::Policy | Kind::Alarm | Kind::Schedule | Kind::Receiver => {
                 matches!(event_type, "created" | "deleted")
             }
             Kind::Webhook => matches!(event_type, "created" | "revoked"),
@@ -178,6 +188,7 @@ impl Kind {
             Kind::Webhook => "webhook",
             Kind::Alarm => "alarm",
             Kind::Schedule => "schedule",
+            Kind::Receiver => "receiver",
         }
     }
 }
@@ -204,6 +215,13 @@ impl PolicyId {
     /// A fresh random id.
     pub fn generate() -> Self {
         PolicyId(format!("{}{}", Self::PREFIX, random_suffix()))
+    }
+}
+
+impl ReceiverId {
+    /// A fresh random id.
+    pub fn generate() -> Self {
+        ReceiverId(format!("{}{}", Self::PREFIX, random_suffix()))
     }
 }
 
@@ -400,6 +418,15 @@ pub enum Cause {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         schedule_id: Option<ScheduleId>,
     },
+    /// An Alertmanager notification (SPEC 5.3).
+    Alertmanager {
+        /// The receiver it came to.
+        receiver_id: ReceiverId,
+        /// The alert's `alertname` label.
+        alertname: String,
+        /// The alert's fingerprint.
+        fingerprint: String,
+    },
     /// A target-tracking decision: the event's `tracking` names each policy's datapoint and
     /// recommendation.
     TargetTracking,
@@ -547,6 +574,10 @@ mod tests {
             (
                 Kind::Schedule,
                 scheduled::ScheduledEvent::Deleted { at_time: at }.kind(),
+            ),
+            (
+                Kind::Receiver,
+                receiver::ReceiverEvent::Deleted { at }.kind(),
             ),
         ];
         for (kind, event_type) in named {
