@@ -150,6 +150,8 @@ pub struct Ingested {
 /// inbox in first, in order.
 #[derive(Default)]
 pub struct AlarmTable {
+    /// Milliseconds after a period's end before it is evaluated (SPEC 5).
+    delay_ms: i64,
     inbox: Mutex<Vec<Fed>>,
     store: Mutex<SeriesStore>,
     watching: Mutex<Watching>,
@@ -191,6 +193,18 @@ impl AlarmTable {
             store: Mutex::new(SeriesStore::with_max_series(max_series)),
             ..AlarmTable::default()
         }
+    }
+
+    /// The table, evaluating each period `seconds` after it closes (SPEC 5's evaluation delay:
+    /// samples that arrive a little late still count).
+    pub fn with_evaluation_delay(mut self, seconds: u32) -> AlarmTable {
+        self.delay_ms = i64::from(seconds) * 1000;
+        self
+    }
+
+    /// The instant whose closed periods are evaluable at `now`.
+    fn evaluable(&self, now: Timestamp) -> Timestamp {
+        now.plus_millis(-self.delay_ms)
     }
 
     /// Takes in an alarm's journaled event, decided at `at` (the projector's entry for alarms).
@@ -422,6 +436,7 @@ impl AlarmTable {
         usize,
         Vec<(AlarmId, AlarmDefinition, AlarmState, Vec<Option<f64>>)>,
     ) {
+        let now = self.evaluable(now);
         let (mut watching, store) = self.open();
         let mut evaluated = 0;
         let mut due = Vec::new();
@@ -453,6 +468,7 @@ impl AlarmTable {
     /// one), each with every target-tracking policy of theirs: the due ones with the closed
     /// period's datapoint. Answers how many policies were due, and the groups.
     pub fn due_tracking(&self, now: Timestamp) -> (usize, Vec<(GroupId, Vec<Tracked>)>) {
+        let now = self.evaluable(now);
         let (mut watching, store) = self.open();
         let Watching {
             policies,
@@ -521,6 +537,7 @@ impl AlarmTable {
 
     /// Forgets samples no alarm can read any more.
     pub fn prune(&self, now: Timestamp) {
+        let now = self.evaluable(now);
         self.open().1.prune(now);
     }
 }

@@ -122,7 +122,10 @@ pub fn start_with(
         },
     );
     let index = Arc::new(Index::default());
-    let alarms = Arc::new(AlarmTable::with_max_series(settings.max_series));
+    let alarms = Arc::new(
+        AlarmTable::with_max_series(settings.max_series)
+            .with_evaluation_delay(settings.evaluation_delay_seconds),
+    );
     let quiet = Arc::new(Quiet::default());
     let events = Arc::new(EventCounts::default());
     let projector =

@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// How often alarms are evaluated, milliseconds of real time [default: 1000].
     #[arg(long, env = "FLOTILLA_ALARM_TICK_MS")]
     pub alarm_tick_ms: Option<u64>,
+    /// Seconds after a period closes before it is evaluated, so that samples that arrive a
+    /// little late (Prometheus batches its writes) still count [default: 2].
+    #[arg(long, env = "FLOTILLA_EVALUATION_DELAY_SECONDS")]
+    pub evaluation_delay_seconds: Option<u32>,
     /// HTTP worker threads [default: 2].
     #[arg(long, env = "FLOTILLA_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
@@ -101,6 +105,7 @@ struct FileSettings {
     body_timeout_ms: Option<u64>,
     max_connections_per_source: Option<usize>,
     alarm_tick_ms: Option<u64>,
+    evaluation_delay_seconds: Option<u32>,
     http_workers: Option<usize>,
     converge_tick_ms: Option<u64>,
     checkpoint_interval_ms: Option<u64>,
@@ -139,6 +144,8 @@ pub struct Settings {
     pub max_connections_per_source: usize,
     /// Milliseconds of real time between alarm evaluations; at least 10 (default 1000).
     pub alarm_tick_ms: u64,
+    /// Seconds after a period closes before it is evaluated; at most 600 (default 2).
+    pub evaluation_delay_seconds: u32,
     /// HTTP worker threads; at least 1 (default 2).
     pub http_workers: usize,
     /// Milliseconds of real time between convergence passes; at least 10 (default 1000).
@@ -173,6 +180,7 @@ impl Default for Settings {
             body_timeout_ms: 10_000,
             max_connections_per_source: 256,
             alarm_tick_ms: 1000,
+            evaluation_delay_seconds: 2,
             http_workers: 2,
             converge_tick_ms: 1000,
             checkpoint_interval_ms: 60_000,
@@ -231,6 +239,11 @@ impl Settings {
                 .max_connections_per_source
                 .or(file.max_connections_per_source)
                 .unwrap_or(d.max_connections_per_source),
+            evaluation_delay_seconds: args
+                .evaluation_delay_seconds
+                .or(file.evaluation_delay_seconds)
+                .unwrap_or(d.evaluation_delay_seconds)
+                .min(600),
             alarm_tick_ms: args
                 .alarm_tick_ms
                 .or(file.alarm_tick_ms)

@@ -385,3 +385,38 @@ fn a_step_policy_an_alarm_executes_chooses_its_step_by_the_deciding_datapoint() 
         "{executed}"
     );
 }
+
+#[test]
+fn a_period_is_evaluated_only_once_the_evaluation_delay_has_passed() {
+    let server = Server::start_with(|s| s.evaluation_delay_seconds = 2);
+    let l = setup(&server, json!({"evaluation_periods": 1}));
+    post(&server, &l, &[0.9]);
+    server.clock.advance_secs(60);
+    server.tick();
+    assert_eq!(
+        alarm_state(&server, &l)["state"],
+        "insufficient_data",
+        "closed, within the delay"
+    );
+    // A sample of the closed period that arrives within the delay still counts.
+    let late = json!({"metric": "cpu", "value": 0.95, "timestamp": server.now_secs() as f64 - 1.0, "server": "srv-1"});
+    let (status, body) = server.call(
+        "POST",
+        "/v1/metrics",
+        &l.metrics_token,
+        Some(json!({"samples": [late]})),
+    );
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (202, Some(1)),
+        "{body}"
+    );
+    server.clock.advance_secs(2);
+    server.tick();
+    let alarm = alarm_state(&server, &l);
+    assert_eq!(alarm["state"], "alarm", "{alarm}");
+    assert!(
+        alarm["state_reason"].as_str().unwrap().contains("0.925"),
+        "{alarm}"
+    );
+}

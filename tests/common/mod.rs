@@ -49,6 +49,8 @@ impl Server {
         let mut settings = Settings {
             listen: "127.0.0.1:0".into(),
             data_dir: dir.path().join("data"),
+            // Tests step whole periods; the delay has a test of its own.
+            evaluation_delay_seconds: 0,
             ..Settings::default()
         };
         adjust(&mut settings);
