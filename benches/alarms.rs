@@ -78,6 +78,7 @@ fn tick(c: &mut Criterion) {
                         name: "cpu".into(),
                         group_id: group,
                         metric: "cpu".into(),
+                        query: None,
                         statistic: Statistic::Avg,
                         period_seconds: PERIOD as u32,
                         evaluation_periods: 3,

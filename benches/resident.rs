@@ -178,6 +178,7 @@ fn main() {
                     name: "cpu-high".into(),
                     group_id: group.clone(),
                     metric: "cpu".into(),
+                    query: None,
                     statistic: Statistic::Avg,
                     period_seconds: 60,
                     evaluation_periods: 3,

@@ -63,15 +63,48 @@ impl Followed {
     }
 }
 
+/// The series a source's datapoints are kept in: its metric, or for a `query` (SPEC 5.2) a
+/// series of the object's own, under a name no sample can give (metric names are printable).
+fn series_of<'a>(id: &str, metric: &'a str, query: Option<&str>) -> std::borrow::Cow<'a, str> {
+    match query {
+        Some(_) => std::borrow::Cow::Owned(format!("\u{1}query {id}")),
+        None => std::borrow::Cow::Borrowed(metric),
+    }
+}
+
 /// The store's watch of a target-tracking policy: its metric, one period at a time.
 fn watch_policy(store: &mut SeriesStore, policy: &Policy, watch: bool) {
     if let Some(t) = &policy.definition.tracking {
+        let series = series_of(policy.id.as_str(), &t.metric, t.query.as_deref());
         if watch {
-            store.watch(&policy.group_id, &t.metric, t.period_seconds, 1);
+            store.watch(&policy.group_id, &series, t.period_seconds, 1);
         } else {
-            store.unwatch(&policy.group_id, &t.metric, t.period_seconds, 1);
+            store.unwatch(&policy.group_id, &series, t.period_seconds, 1);
         }
     }
+}
+
+/// The store's watch of an alarm: its metric (or query), N periods.
+fn watch_alarm(store: &mut SeriesStore, id: &AlarmId, d: &AlarmDefinition, watch: bool) {
+    let series = series_of(id.as_str(), &d.metric, d.query.as_deref());
+    if watch {
+        store.watch(&d.group_id, &series, d.period_seconds, d.evaluation_periods);
+    } else {
+        store.unwatch(&d.group_id, &series, d.period_seconds, d.evaluation_periods);
+    }
+}
+
+/// A query to run for a period that closed (SPEC 5.2).
+#[derive(Debug, Clone)]
+pub struct QueryJob {
+    /// The series its answer goes into.
+    series: String,
+    /// The group whose series it is.
+    group: GroupId,
+    /// The PromQL.
+    pub query: String,
+    /// The period's end: the instant the query is evaluated at.
+    pub at: Timestamp,
 }
 
 /// An event the projector dropped into the table's inbox.
@@ -128,6 +161,17 @@ impl Watching {
     }
 }
 
+/// An alarm due for a change of state (or a repeat of its actions), with what decides it.
+#[derive(Debug, Clone)]
+pub struct Due {
+    id: AlarmId,
+    definition: AlarmDefinition,
+    from: AlarmState,
+    datapoints: Vec<Option<f64>>,
+    /// Why the latest period is missing, if the evaluator knows (a query's reason).
+    note: Option<String>,
+}
+
 /// Counts of what an ingestion did with its samples.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Ingested {
@@ -157,6 +201,8 @@ pub struct AlarmTable {
     watching: Mutex<Watching>,
     /// Groups whose stream grew since their last target-tracking decision was sent.
     stirred: Mutex<HashSet<GroupId>>,
+    /// Why a query's latest period is missing, by its series.
+    missing: Mutex<HashMap<String, String>>,
 }
 
 /// An alarm as a checkpoint keeps it.
@@ -337,7 +383,7 @@ impl AlarmTable {
     pub fn restore(&self, saved: Vec<SavedAlarm>) {
         let (mut watching, mut store) = self.open();
         for saved in saved {
-            store.watch_alarm(&saved.definition);
+            watch_alarm(&mut store, &saved.id, &saved.definition, true);
             let watched = Watched {
                 definition: saved.definition,
                 state: saved.state,
@@ -429,14 +475,9 @@ impl AlarmTable {
     /// Evaluates the alarms due at `now` (setting their next evaluation) and returns how many,
     /// with those that change state or repeat their actions, and their datapoints.
     #[allow(clippy::type_complexity)]
-    pub fn due(
-        &self,
-        now: Timestamp,
-    ) -> (
-        usize,
-        Vec<(AlarmId, AlarmDefinition, AlarmState, Vec<Option<f64>>)>,
-    ) {
+    pub fn due(&self, now: Timestamp) -> (usize, Vec<Due>) {
         let now = self.evaluable(now);
+        let missing = lock(&self.missing).clone();
         let (mut watching, store) = self.open();
         let mut evaluated = 0;
         let mut due = Vec::new();
@@ -447,9 +488,10 @@ impl AlarmTable {
             evaluated += 1;
             watched.next_due = period_end(now, watched.definition.period_seconds);
             let d = &watched.definition;
+            let series = series_of(id.as_str(), &d.metric, d.query.as_deref());
             let datapoints = store.datapoints(
                 &d.group_id,
-                &d.metric,
+                &series,
                 d.period_seconds,
                 d.statistic,
                 d.evaluation_periods,
@@ -458,7 +500,17 @@ impl AlarmTable {
             let next = next_state(d, watched.state, &datapoints);
             let repeats = watched.state == AlarmState::Alarm && d.repeat_actions;
             if next != watched.state || repeats {
-                due.push((id.clone(), d.clone(), watched.state, datapoints));
+                let note = match datapoints.last() {
+                    Some(None) => missing.get(series.as_ref()).cloned(),
+                    _ => None,
+                };
+                due.push(Due {
+                    id: id.clone(),
+                    definition: d.clone(),
+                    from: watched.state,
+                    datapoints,
+                    note,
+                });
             }
         }
         (evaluated, due)
@@ -469,6 +521,7 @@ impl AlarmTable {
     /// period's datapoint. Answers how many policies were due, and the groups.
     pub fn due_tracking(&self, now: Timestamp) -> (usize, Vec<(GroupId, Vec<Tracked>)>) {
         let now = self.evaluable(now);
+        let missing = lock(&self.missing).clone();
         let (mut watching, store) = self.open();
         let Watching {
             policies,
@@ -493,11 +546,18 @@ impl AlarmTable {
                     continue;
                 }
                 let (period_seconds, statistic) = (t.period_seconds, t.statistic);
+                let series = series_of(id.as_str(), &t.metric, t.query.as_deref());
                 let datapoints =
-                    store.datapoints(group, &t.metric, period_seconds, statistic, 1, now);
+                    store.datapoints(group, &series, period_seconds, statistic, 1, now);
+                let datapoint = datapoints.first().copied().flatten();
+                let note = datapoint
+                    .is_none()
+                    .then(|| missing.get(series.as_ref()).cloned())
+                    .flatten();
                 periods.push(Some(Period {
                     end: period_start(now, period_seconds),
-                    datapoint: datapoints.first().copied().flatten(),
+                    datapoint,
+                    note,
                 }));
                 followed.next_due = period_end(now, period_seconds);
                 due += 1;
@@ -508,9 +568,9 @@ impl AlarmTable {
             let at_rest = !stirred.contains(group)
                 && steady.get(group).is_some_and(|steady| {
                     ids.iter().zip(&periods).all(|(id, period)| {
-                        policies
-                            .get(id)
-                            .is_some_and(|f| recommends_the_same(steady, &f.policy, *period))
+                        policies.get(id).is_some_and(|f| {
+                            recommends_the_same(steady, &f.policy, period.as_ref())
+                        })
                     })
                 });
             if at_rest {
@@ -524,7 +584,7 @@ impl AlarmTable {
                 .filter_map(|(id, period)| {
                     Some(Tracked {
                         policy: policies.get(id)?.policy.clone(),
-                        period: *period,
+                        period: period.clone(),
                     })
                 })
                 .collect();
@@ -533,6 +593,65 @@ impl AlarmTable {
         // A change matters only to a group at rest; any other is sent when next due anyway.
         stirred.retain(|group| steady.contains_key(group));
         (due, sends)
+    }
+
+    /// The queries of the alarms and target-tracking policies whose period closed by `now` and
+    /// is evaluated at this tick (SPEC 5.2): each at its period's end.
+    pub fn queries_due(&self, now: Timestamp) -> Vec<QueryJob> {
+        let now = self.evaluable(now);
+        let (watching, store) = self.open();
+        drop(store);
+        let mut jobs = Vec::new();
+        for (id, w) in &watching.alarms {
+            let d = &w.definition;
+            if let (Some(query), true) = (&d.query, now >= w.next_due) {
+                jobs.push(QueryJob {
+                    series: series_of(id.as_str(), &d.metric, Some(query)).into_owned(),
+                    group: d.group_id.clone(),
+                    query: query.clone(),
+                    at: period_start(now, d.period_seconds),
+                });
+            }
+        }
+        for (id, f) in &watching.policies {
+            let t = f.tracking();
+            if let (Some(query), true) = (&t.query, now >= f.next_due) {
+                jobs.push(QueryJob {
+                    series: series_of(id.as_str(), &t.metric, Some(query)).into_owned(),
+                    group: f.policy.group_id.clone(),
+                    query: query.clone(),
+                    at: period_start(now, t.period_seconds),
+                });
+            }
+        }
+        jobs
+    }
+
+    /// Takes in a query's answer: a datapoint for its period, or why it has none.
+    pub fn answer(
+        &self,
+        job: &QueryJob,
+        answer: Result<f64, crate::promql::Missing>,
+        now: Timestamp,
+    ) {
+        match answer {
+            Ok(value) => {
+                lock(&self.missing).remove(&job.series);
+                let sample = Sample {
+                    metric: job.series.clone(),
+                    value,
+                    timestamp: job.at.plus_millis(-1),
+                };
+                let (watching, mut store) = self.open();
+                drop(watching);
+                if let Err(error) = store.record(&job.group, &sample, self.evaluable(now)) {
+                    tracing::warn!(%error, "a query's datapoint not kept");
+                }
+            }
+            Err(missing) => {
+                lock(&self.missing).insert(job.series.clone(), missing.to_string());
+            }
+        }
     }
 
     /// Forgets samples no alarm can read any more.
@@ -552,7 +671,7 @@ fn apply(
 ) {
     match event {
         AlarmEvent::Created { definition, .. } => {
-            store.watch_alarm(&definition);
+            watch_alarm(store, &id, &definition, true);
             let next_due = period_end(at, definition.period_seconds);
             let watched = Watched {
                 definition,
@@ -565,15 +684,15 @@ fn apply(
         }
         AlarmEvent::Updated { definition, .. } => {
             if let Some(watched) = alarms.get_mut(&id) {
-                store.unwatch_alarm(&watched.definition);
-                store.watch_alarm(&definition);
+                watch_alarm(store, &id, &watched.definition, false);
+                watch_alarm(store, &id, &definition, true);
                 watched.next_due = period_end(at, definition.period_seconds);
                 watched.definition = definition;
             }
         }
         AlarmEvent::Deleted { .. } => {
             if let Some(watched) = alarms.remove(&id) {
-                store.unwatch_alarm(&watched.definition);
+                watch_alarm(store, &id, &watched.definition, false);
             }
         }
         AlarmEvent::StateChanged { to, actions, .. } => {
@@ -593,7 +712,7 @@ fn apply(
 
 /// Whether `policy`, with the period that closed for it (if one did), recommends what it
 /// recommended when its group was last at rest.
-fn recommends_the_same(steady: &Steady, policy: &Policy, period: Option<Period>) -> bool {
+fn recommends_the_same(steady: &Steady, policy: &Policy, period: Option<&Period>) -> bool {
     let Some(period) = period else {
         return true;
     };
@@ -640,12 +759,45 @@ fn follow(
 pub struct Evaluator {
     table: Arc<AlarmTable>,
     supervisor: Supervisor,
+    prometheus: Option<Arc<crate::promql::Prometheus>>,
 }
 
 impl Evaluator {
     /// An evaluator of `table`'s alarms, executing through `supervisor`.
     pub fn new(table: Arc<AlarmTable>, supervisor: Supervisor) -> Evaluator {
-        Evaluator { table, supervisor }
+        Evaluator {
+            table,
+            supervisor,
+            prometheus: None,
+        }
+    }
+
+    /// The evaluator, reading queries from `prometheus` (SPEC 5.2).
+    pub fn with_prometheus(mut self, prometheus: crate::promql::Prometheus) -> Evaluator {
+        self.prometheus = Some(Arc::new(prometheus));
+        self
+    }
+
+    /// Runs the queries of the periods evaluated at `now`, [`crate::promql::CONCURRENCY`] at a
+    /// time, on this task (never on an actor's thread), and takes in their answers.
+    async fn query(&self, now: Timestamp) {
+        use futures_util::stream::{self, StreamExt};
+        let jobs = self.table.queries_due(now);
+        let Some(prometheus) = &self.prometheus else {
+            // Queries kept from a run that had a Prometheus: missing, and saying why.
+            for job in &jobs {
+                let why = "no --prometheus-url is set".to_owned();
+                self.table
+                    .answer(job, Err(crate::promql::Missing::Error(why)), now);
+            }
+            return;
+        };
+        stream::iter(jobs)
+            .for_each_concurrent(crate::promql::CONCURRENCY, |job| async move {
+                let answer = prometheus.value_at(&job.query, job.at).await;
+                self.table.answer(&job, answer, now);
+            })
+            .await;
     }
 
     /// The alarms it evaluates.
@@ -658,11 +810,19 @@ impl Evaluator {
     /// fault, came between): each action is taken exactly once (SPEC 5).
     pub async fn tick(&self, now: Timestamp) -> usize {
         self.complete().await;
+        self.query(now).await;
         let (evaluated, work) = self.table.due(now);
-        for (id, definition, from, datapoints) in work {
+        for Due {
+            id,
+            definition,
+            from,
+            datapoints,
+            note,
+        } in work
+        {
             let evaluation = evaluate(&definition, from, &datapoints);
             if evaluation.next != from {
-                self.transition(&id, datapoints).await;
+                self.transition(&id, datapoints, note).await;
             } else if from == AlarmState::Alarm {
                 let reason = format!("still in alarm: {}", evaluation.reason);
                 let breach = evaluation.value.map(|metric_value| Breach {
@@ -713,8 +873,8 @@ impl Evaluator {
 
     /// Sends the evaluation to the alarm's actor, which decides and journals the change with
     /// the actions it calls for; then takes them.
-    async fn transition(&self, id: &AlarmId, datapoints: Vec<Option<f64>>) {
-        let command = AlarmCommand::Evaluate { datapoints };
+    async fn transition(&self, id: &AlarmId, datapoints: Vec<Option<f64>>, note: Option<String>) {
+        let command = AlarmCommand::Evaluate { datapoints, note };
         let executed = match self
             .supervisor
             .execute::<Alarms>(id.as_str(), command)

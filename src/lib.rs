@@ -11,6 +11,7 @@
 //!   evaluation at each tick, each transition's actions taken exactly once.
 //! - `schedules`: the schedule table (a read model) and the scheduler that runs each scheduled
 //!   action's occurrences on the service clock, exactly once.
+//! - `promql`: Prometheus as a source: a query's datapoint at a period's end, or why none.
 //! - `converger`: at each tick, every group's servers reconciled with its desired capacity.
 //! - `providers`: the `process`, `http` and `simulated` providers that start and delete servers.
 //! - `projector`: the one place read models are fed: the journal's records, in sequence order;
@@ -33,6 +34,7 @@ pub mod converger;
 pub mod index;
 pub mod intake;
 pub mod projector;
+pub mod promql;
 pub mod providers;
 pub mod ratelimit;
 pub mod schedules;

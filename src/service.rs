@@ -130,7 +130,11 @@ pub fn start_with(
     let events = Arc::new(EventCounts::default());
     let projector =
         Arc::new(Projector::new(index.clone(), alarms.clone()).live(quiet.clone(), events.clone()));
-    let evaluator = Arc::new(Evaluator::new(alarms, supervisor.clone()));
+    let mut evaluator = Evaluator::new(alarms, supervisor.clone());
+    if let Some(url) = &settings.prometheus_url {
+        evaluator = evaluator.with_prometheus(crate::promql::Prometheus::new(url));
+    }
+    let evaluator = Arc::new(evaluator);
     let scheduler = Arc::new(Scheduler::new(
         projector.schedules().clone(),
         supervisor.clone(),

@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// How often alarms are evaluated, milliseconds of real time [default: 1000].
     #[arg(long, env = "FLOTILLA_ALARM_TICK_MS")]
     pub alarm_tick_ms: Option<u64>,
+    /// A Prometheus whose `/api/v1/query` alarms and target-tracking policies with a `query`
+    /// read (SPEC 5.2); without it, a `query` is refused.
+    #[arg(long, env = "FLOTILLA_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
     /// Seconds after a period closes before it is evaluated, so that samples that arrive a
     /// little late (Prometheus batches its writes) still count [default: 2].
     #[arg(long, env = "FLOTILLA_EVALUATION_DELAY_SECONDS")]
@@ -106,6 +110,7 @@ struct FileSettings {
     max_connections_per_source: Option<usize>,
     alarm_tick_ms: Option<u64>,
     evaluation_delay_seconds: Option<u32>,
+    prometheus_url: Option<String>,
     http_workers: Option<usize>,
     converge_tick_ms: Option<u64>,
     checkpoint_interval_ms: Option<u64>,
@@ -146,6 +151,8 @@ pub struct Settings {
     pub alarm_tick_ms: u64,
     /// Seconds after a period closes before it is evaluated; at most 600 (default 2).
     pub evaluation_delay_seconds: u32,
+    /// The Prometheus queries are read from, if the operator set one.
+    pub prometheus_url: Option<String>,
     /// HTTP worker threads; at least 1 (default 2).
     pub http_workers: usize,
     /// Milliseconds of real time between convergence passes; at least 10 (default 1000).
@@ -181,6 +188,7 @@ impl Default for Settings {
             max_connections_per_source: 256,
             alarm_tick_ms: 1000,
             evaluation_delay_seconds: 2,
+            prometheus_url: None,
             http_workers: 2,
             converge_tick_ms: 1000,
             checkpoint_interval_ms: 60_000,
@@ -239,6 +247,7 @@ impl Settings {
                 .max_connections_per_source
                 .or(file.max_connections_per_source)
                 .unwrap_or(d.max_connections_per_source),
+            prometheus_url: args.prometheus_url.clone().or(file.prometheus_url),
             evaluation_delay_seconds: args
                 .evaluation_delay_seconds
                 .or(file.evaluation_delay_seconds)

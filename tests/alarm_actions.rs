@@ -46,6 +46,7 @@ fn setup(w: &World) -> Ids {
         name: "cpu".into(),
         group_id: group.clone(),
         metric: "cpu".into(),
+        query: None,
         statistic: Statistic::Avg,
         period_seconds: 60,
         evaluation_periods: 1,
@@ -91,6 +92,7 @@ fn executions(w: &World, ids: &Ids) -> Vec<PolicyId> {
 fn transition_then_crash(w: World, ids: &Ids) -> World {
     let breach = AlarmCommand::Evaluate {
         datapoints: vec![Some(0.9)],
+        note: None,
     };
     assert!(w.run::<Alarms>(ids.alarm.as_str(), breach));
     assert!(executions(&w, ids).is_empty());
@@ -141,6 +143,7 @@ fn a_crash_after_one_of_two_actions_completes_only_the_other() {
     let ids = setup(&w);
     let breach = AlarmCommand::Evaluate {
         datapoints: vec![Some(0.9)],
+        note: None,
     };
     assert!(w.run::<Alarms>(ids.alarm.as_str(), breach));
     // The first action is taken (its record and its execution in one append), then a crash.

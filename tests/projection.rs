@@ -158,6 +158,7 @@ fn step(w: &World, ids: &mut Ids, op: &Op) {
                 name: "cpu".into(),
                 group_id: group,
                 metric: "cpu".into(),
+                query: None,
                 statistic: Statistic::Avg,
                 period_seconds: 60,
                 evaluation_periods: 3,
@@ -185,7 +186,13 @@ fn step(w: &World, ids: &mut Ids, op: &Op) {
         Op::AlarmEvaluate(i, datapoints) => {
             if let Some(id) = pick(&ids.alarms, *i) {
                 let datapoints = datapoints.clone();
-                w.run::<Alarms>(id.as_str(), AlarmCommand::Evaluate { datapoints });
+                w.run::<Alarms>(
+                    id.as_str(),
+                    AlarmCommand::Evaluate {
+                        datapoints,
+                        note: None,
+                    },
+                );
             }
         }
         Op::Launch(i, n) => {

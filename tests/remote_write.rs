@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::time::Duration;
 
-use common::external::{self, Running};
+use common::external;
 use common::{assert_error, Server};
 use flotilla::api::remote_write::{Label, RemoteSample, TimeSeries, WriteRequest};
 use prost::Message;
@@ -214,28 +212,6 @@ fn bad_write_requests_get_their_status_and_change_nothing() {
     assert_eq!(server.capacity(&token, &group), 1);
 }
 
-/// Serves `text` as a Prometheus exposition to every request, on a thread, until the process
-/// ends.
-fn exporter(text: String) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut request = [0u8; 4096];
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = stream.read(&mut request);
-            let response = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
-                text.len(),
-                text
-            );
-            let _ = stream.write_all(response.as_bytes());
-        }
-    });
-    port
-}
-
 #[test]
 fn a_real_prometheus_remote_writes_a_queue_that_the_group_follows() {
     if !external::available("prometheus") {
@@ -243,32 +219,16 @@ fn a_real_prometheus_remote_writes_a_queue_that_the_group_follows() {
     }
     let server = Server::start_now();
     let (token, group) = queue_group(&server, 5);
-    let exporter = exporter(format!(
+    let exporter = external::exporter(format!(
         "# TYPE queue_depth gauge\nqueue_depth{{flotilla_group=\"{group}\"}} 500\n"
     ));
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: exporter\n    static_configs:\n      - targets: ['127.0.0.1:{exporter}']\n\
-             remote_write:\n  - url: {url}\n    authorization:\n      credentials: {token}\n    \
-             queue_config:\n      batch_send_deadline: 1s\n      max_samples_per_send: 500\n",
-            url = server.url("/v1/write"),
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("prometheus.log");
-    let mut prometheus = Running::start(
-        "prometheus",
-        &[
-            format!("--config.file={}", config.display()),
-            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
-            format!("--web.listen-address=127.0.0.1:{}", external::free_port()),
-        ],
-        &log,
+    let remote_write = format!(
+        "remote_write:\n  - url: {url}\n    authorization:\n      credentials: {token}\n    \
+         queue_config:\n      batch_send_deadline: 1s\n      max_samples_per_send: 500\n",
+        url = server.url("/v1/write"),
     );
+    let (mut prometheus, log, _dir) =
+        external::prometheus(exporter, external::free_port(), &remote_write);
     // Prometheus scrapes and writes on its own schedule, in real time: follow it with the
     // service's clock, and tick, until the group follows the queue (500 / 100 = 5).
     external::wait_for(

@@ -5,6 +5,9 @@
 //!   throughput and p50/p99/p999 latency, beside a bare actix-web handler receiving the same
 //!   requests;
 //! - ingestion: metric samples in batches of 1,000, beside a bare POST of the same bytes;
+//! - remote write: Prometheus remote write 1.0 bodies of 500 samples (Prometheus's default
+//!   `max_samples_per_send`), one series each over the fleet's groups, with the tenant's token,
+//!   beside a bare handler that only decompresses and decodes the same bodies;
 //! - recovery: time from start to ready with a journal of N events, replaying it all, and again
 //!   from the checkpoint that first start saved;
 //! - bad-signature flood: a signed caller's latency, paced under the per-webhook limit, alone and
@@ -93,6 +96,16 @@ fn start_bare() -> Bare {
             let server = HttpServer::new(|| {
                 App::new()
                     .app_data(web::PayloadConfig::new(8 << 20))
+                    .service(
+                        web::resource("/v1/write").to(|body: web::Bytes| async move {
+                            match flotilla::api::remote_write::decode(&body) {
+                                Ok(request) if !request.timeseries.is_empty() => {
+                                    HttpResponse::NoContent().finish()
+                                }
+                                _ => HttpResponse::BadRequest().finish(),
+                            }
+                        }),
+                    )
                     .default_service(web::to(|body: web::Bytes| async move {
                         HttpResponse::Accepted()
                             .json(json!({"outcome": "executed", "bytes": body.len()}))
@@ -386,6 +399,8 @@ fn call(addr: SocketAddr, method: &str, path: &str, token: &str, body: Value) ->
 struct Fleet {
     hooks: Vec<(String, Vec<u8>)>,
     metrics_tokens: Vec<String>,
+    token: String,
+    groups: Vec<String>,
 }
 
 /// A tenant and `groups` groups, each with a policy (cooldown 0), a webhook and an alarm. The
@@ -403,6 +418,7 @@ fn fleet(service: &Running, groups: usize) -> Fleet {
     let token = tenant["token"].as_str().unwrap().to_owned();
     let mut hooks = Vec::new();
     let mut metrics_tokens = Vec::new();
+    let mut ids = Vec::new();
     for _ in 0..groups {
         let group = call(
             addr,
@@ -413,6 +429,7 @@ fn fleet(service: &Running, groups: usize) -> Fleet {
             "cooldown_seconds": 0, "launch": {"provider": "simulated"}}),
         );
         let gid = group["id"].as_str().unwrap().to_owned();
+        ids.push(gid.clone());
         metrics_tokens.push(group["metrics_token"].as_str().unwrap().to_owned());
         let policy = call(
             addr,
@@ -444,7 +461,46 @@ fn fleet(service: &Running, groups: usize) -> Fleet {
     Fleet {
         hooks,
         metrics_tokens,
+        token,
+        groups: ids,
     }
+}
+
+/// Remote write bodies of 500 samples: one series per sample, `cpu` of the fleet's groups in
+/// turn (`flotilla_group`), each body starting at another group.
+fn remote_write_bodies(groups: &[String], now_ms: i64, count: usize) -> Vec<Vec<u8>> {
+    use flotilla::api::remote_write::{Label, RemoteSample, TimeSeries, WriteRequest};
+    use prost::Message;
+    (0..count)
+        .map(|b| {
+            let timeseries = (0..500)
+                .map(|i| TimeSeries {
+                    labels: vec![
+                        Label {
+                            name: "__name__".into(),
+                            value: "cpu".into(),
+                        },
+                        Label {
+                            name: "flotilla_group".into(),
+                            value: groups[(b * 500 + i) % groups.len()].clone(),
+                        },
+                        Label {
+                            name: "instance".into(),
+                            value: format!("10.0.0.{}:9100", i % 250),
+                        },
+                    ],
+                    samples: vec![RemoteSample {
+                        value: 0.1 + (i % 50) as f64 / 100.0,
+                        timestamp: now_ms,
+                    }],
+                })
+                .collect();
+            let request = WriteRequest { timeseries };
+            snap::raw::Encoder::new()
+                .compress_vec(&request.encode_to_vec())
+                .unwrap()
+        })
+        .collect()
 }
 
 fn unix_now() -> i64 {
@@ -740,6 +796,39 @@ fn main() {
         seconds,
         ingest_requests(service.addr),
     );
+
+    // Remote write: bodies of 500 samples with the tenant's token.
+    let bodies = Arc::new(remote_write_bodies(&fleet.groups, unix_now() * 1000, 64));
+    let write_requests = |addr: SocketAddr| -> Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync> {
+        let bodies = bodies.clone();
+        let token = fleet.token.clone();
+        Arc::new(move |c, i| {
+            request(
+                "POST",
+                addr,
+                "/v1/write",
+                &[
+                    ("authorization", format!("Bearer {token}")),
+                    ("content-type", "application/x-protobuf".into()),
+                    ("content-encoding", "snappy".into()),
+                    ("x-prometheus-remote-write-version", "0.1.0".into()),
+                ],
+                &bodies[(c + i) % bodies.len()],
+            )
+        })
+    };
+    let bare_write = drive(
+        bare.addr,
+        connections.min(8),
+        seconds,
+        write_requests(bare.addr),
+    );
+    let write = drive(
+        service.addr,
+        connections.min(8),
+        seconds,
+        write_requests(service.addr),
+    );
     drop(service);
     drop(bare);
 
@@ -779,6 +868,14 @@ fn main() {
         format!("{:.0} (bare POST)", bare_ingest.per_second() * 1000.0),
         ratio(ingest.per_second(), bare_ingest.per_second()),
     ));
+    rows.push((
+        "remote write samples/s (bodies of 500)".into(),
+        format!("{:.0}", write.per_second() * 500.0),
+        format!("{:.0} (bare decode)", bare_write.per_second() * 500.0),
+        ratio(write.per_second(), bare_write.per_second()),
+    ));
+    report.insert("remote_write".into(), json!({"samples_per_second": write.per_second() * 500.0, "statuses": format!("{:?}", write.statuses),
+        "baseline_samples_per_second": bare_write.per_second() * 500.0, "baseline_statuses": format!("{:?}", bare_write.statuses)}));
     report.insert("webhooks".into(), json!({"per_second": hooks.per_second(), "p50_us": hooks.p50_us, "p99_us": hooks.p99_us, "p999_us": hooks.p999_us,
         "statuses": format!("{:?}", hooks.statuses), "baseline_per_second": base.per_second(), "baseline_p99_us": base.p99_us}));
     report.insert("ingestion".into(), json!({"samples_per_second": ingest.per_second() * 1000.0, "statuses": format!("{:?}", ingest.statuses),

@@ -28,8 +28,13 @@ pub struct CreateAlarm {
     )]
     name: String,
     group_id: String,
+    /// The metric it watches (required unless `query`).
     #[schema(min_length = 1, max_length = 255, pattern = "^[ -~]*[!-~][ -~]*$")]
-    metric: String,
+    metric: Option<String>,
+    /// A PromQL query evaluated at each period's end instead of a metric (needs the operator's
+    /// `--prometheus-url`; SPEC 5.2).
+    #[schema(min_length = 1, max_length = 4096)]
+    query: Option<String>,
     #[schema(value_type = mirror::Statistic)]
     statistic: Statistic,
     /// At least 1.
@@ -72,8 +77,12 @@ pub struct UpdateAlarm {
         pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
     )]
     name: Option<String>,
+    /// A new metric (and no query).
     #[schema(min_length = 1, max_length = 255, pattern = "^[ -~]*[!-~][ -~]*$")]
     metric: Option<String>,
+    /// A new query (and no metric).
+    #[schema(min_length = 1, max_length = 4096)]
+    query: Option<String>,
     #[schema(value_type = Option<mirror::Statistic>)]
     statistic: Option<Statistic>,
     #[serde(default, deserialize_with = "super::whole::optional")]
@@ -157,13 +166,15 @@ pub async fn create(
         &group,
         body.alarm_actions.iter().chain(&body.ok_actions),
     )?;
+    let metric = super::source(&state, body.metric, body.query.as_deref())?;
     let id = AlarmId::generate();
     let command = AlarmCommand::Create(NewAlarm {
         id: id.clone(),
         tenant_id: tenant,
         name: body.name,
         group_id: group,
-        metric: body.metric,
+        metric,
+        query: body.query,
         statistic: body.statistic,
         period_seconds: body.period_seconds,
         evaluation_periods: body.evaluation_periods,
@@ -254,9 +265,13 @@ pub async fn update(
         .flatten()
         .chain(body.ok_actions.iter().flatten());
     check_actions(&state, &tenant, &current.definition.group_id, actions)?;
+    if body.query.is_some() {
+        super::source(&state, body.metric.clone(), body.query.as_deref())?;
+    }
     let patch = AlarmPatch {
         name: body.name,
         metric: body.metric,
+        query: body.query,
         statistic: body.statistic,
         period_seconds: body.period_seconds,
         evaluation_periods: body.evaluation_periods,

@@ -252,6 +252,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(ops::not_found));
 }
 
+/// The metric of a body that names a `metric` or a `query` (SPEC 5.2): empty with a query,
+/// which needs the operator's `--prometheus-url`; both, or neither, is a 400 (the domain names
+/// the field).
+pub fn source(
+    state: &AppState,
+    metric: Option<String>,
+    query: Option<&str>,
+) -> Result<String, ApiError> {
+    let invalid = |reason: &str| {
+        ApiError::from(flotilla_actors::error::Error::from(
+            flotilla_actors::domain::Rejection::invalid("query", reason),
+        ))
+    };
+    match (metric, query) {
+        (Some(_), Some(_)) => Err(invalid("give a metric or a query, not both")),
+        (_, Some(_)) if state.settings.prometheus_url.is_none() => Err(invalid(
+            "a query needs a Prometheus: the operator has not set --prometheus-url",
+        )),
+        (Some(metric), None) => Ok(metric),
+        (None, _) => Ok(String::new()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,6 +72,10 @@ pub struct CreatePolicy {
         pattern = "^[A-Za-z_:][A-Za-z0-9_:.-]*$"
     )]
     metric: Option<String>,
+    /// A target-tracking policy's PromQL query instead of a metric (needs the operator's
+    /// `--prometheus-url`; SPEC 5.2).
+    #[schema(min_length = 1, max_length = 4096)]
+    query: Option<String>,
     /// A target-tracking policy's statistic (default `avg`).
     #[schema(value_type = Option<mirror::Statistic>)]
     statistic: Option<Statistic>,
@@ -175,6 +179,10 @@ pub struct UpdatePolicy {
         pattern = "^[A-Za-z_:][A-Za-z0-9_:.-]*$"
     )]
     metric: Option<String>,
+    /// A target-tracking policy's PromQL query instead of a metric (needs the operator's
+    /// `--prometheus-url`; SPEC 5.2).
+    #[schema(min_length = 1, max_length = 4096)]
+    query: Option<String>,
     /// A target-tracking policy's statistic (default `avg`).
     #[schema(value_type = Option<mirror::Statistic>)]
     statistic: Option<Statistic>,
@@ -217,6 +225,7 @@ macro_rules! tracking_patch {
     ($body:expr) => {
         TrackingPatch {
             metric: $body.metric,
+            query: $body.query,
             statistic: $body.statistic,
             period_seconds: $body.period_seconds,
             target: $body.target,
@@ -307,9 +316,22 @@ pub async fn create(
         }
     };
     let patch = tracking_patch!(body);
+    if patch.query.is_some() {
+        super::source(&state, patch.metric.clone(), patch.query.as_deref())?;
+    }
     let tracking = match (policy_type, &patch) {
-        (PolicyType::TargetTracking, TrackingPatch { metric: None, .. }) => {
-            return Err(invalid("metric", "a target-tracking policy needs one"));
+        (
+            PolicyType::TargetTracking,
+            TrackingPatch {
+                metric: None,
+                query: None,
+                ..
+            },
+        ) => {
+            return Err(invalid(
+                "metric",
+                "a target-tracking policy needs one (or a query)",
+            ));
         }
         (PolicyType::TargetTracking, TrackingPatch { target: None, .. }) => {
             return Err(invalid("target", "a target-tracking policy needs one"));
@@ -416,6 +438,9 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let (_, policy) = owned(&state, &tenant, &path.0, &path.1)?;
     let body = body.into_inner();
+    if body.query.is_some() {
+        super::source(&state, body.metric.clone(), body.query.as_deref())?;
+    }
     let patch = PolicyPatch {
         name: body.name,
         mode: body.mode,

@@ -116,9 +116,21 @@ pub async fn create(
     let group = owned_group(&state, &tenant, &path)?;
     resource::load::<Groups>(&state, &group).await?;
     let body = body.into_inner();
-    let (_, firing) = owned_policy(&state, &tenant, group.as_str(), &body.firing)?;
+    // A body's reference to a policy the tenant cannot see in this group is a 404 (SPEC 3).
+    let policy = |field: &str, pid: &str| {
+        owned_policy(&state, &tenant, group.as_str(), pid)
+            .map(|(_, policy)| policy)
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("{field} names no policy of group {group}"),
+                )
+            })
+    };
+    let firing = policy("firing", &body.firing)?;
     let resolved = match &body.resolved {
-        Some(pid) => Some(owned_policy(&state, &tenant, group.as_str(), pid)?.1),
+        Some(pid) => Some(policy("resolved", pid)?),
         None => None,
     };
     let id = ReceiverId::generate();

@@ -191,8 +191,12 @@ pub struct PolicyView {
 /// A target-tracking policy's settings (SPEC 2.1).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TrackingView {
-    /// The metric it follows.
+    /// The metric it follows (absent for a policy on a query).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub metric: String,
+    /// The PromQL query it follows instead of a metric.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     /// How a period's samples become its datapoint.
     #[schema(value_type = mirror::Statistic)]
     pub statistic: Statistic,
@@ -224,6 +228,7 @@ impl From<&Tracking> for TrackingView {
     fn from(t: &Tracking) -> Self {
         TrackingView {
             metric: t.metric.clone(),
+            query: t.query.clone(),
             statistic: t.statistic,
             period_seconds: t.period_seconds,
             target: t.target.target,
@@ -308,8 +313,12 @@ pub struct AlarmView {
     pub name: String,
     /// The id of the group whose metric samples it watches.
     pub group_id: String,
-    /// The name of the metric it watches.
+    /// The name of the metric it watches (absent for an alarm on a query).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub metric: String,
+    /// The PromQL query it evaluates instead of a metric.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     /// How a period's samples reduce to its datapoint.
     #[schema(value_type = mirror::Statistic)]
     pub statistic: Statistic,
@@ -352,6 +361,7 @@ impl From<&Alarm> for AlarmView {
             name: d.name.clone(),
             group_id: d.group_id.to_string(),
             metric: d.metric.clone(),
+            query: d.query.clone(),
             statistic: d.statistic,
             period_seconds: d.period_seconds,
             evaluation_periods: d.evaluation_periods,
@@ -502,6 +512,7 @@ mod tests {
                 name: "cpu high".into(),
                 group_id: GroupId::new("grp_1"),
                 metric: "cpu".into(),
+                query: None,
                 statistic: Statistic::Avg,
                 period_seconds: 60,
                 evaluation_periods: 3,

@@ -3,8 +3,9 @@
 //! without one, its tests skip with a message; with `FLOTILLA_REQUIRE_EXTERNAL=1` (which
 //! `.ci/run` sets, after installing them) a missing program fails the test instead.
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -89,4 +90,55 @@ pub fn wait_for(what: &str, within: Duration, mut between: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(250));
     }
     panic!("{what}: not within {within:?}");
+}
+
+/// Serves `text` as a Prometheus exposition to every request, on a thread, until the process
+/// ends; answers its port.
+pub fn exporter(text: String) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = stream.read(&mut request);
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{}",
+                text.len(),
+                text
+            );
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    port
+}
+
+/// A real Prometheus on 127.0.0.1:`port`, scraping the exporter on `exporter` every second,
+/// with `extra` appended to its configuration (a `remote_write` section, say); answers it, its
+/// log and the temporary directory that holds both (dropped last).
+pub fn prometheus(exporter: u16, port: u16, extra: &str) -> (Running, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: exporter\n    static_configs:\n      \
+             - targets: ['127.0.0.1:{exporter}']\n{extra}"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("prometheus.log");
+    let running = Running::start(
+        "prometheus",
+        &[
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+        ],
+        &log,
+    );
+    (running, log, dir)
 }

@@ -61,12 +61,18 @@ impl Server {
     /// The service with its manual clock at the real time now: for tests where a real program
     /// (Prometheus) stamps samples with the real time. The clock still moves only when told.
     pub fn start_now() -> Server {
+        Self::start_now_with(|_| {})
+    }
+
+    /// [`Server::start_now`] with `adjust`ed settings.
+    pub fn start_now_with(adjust: impl FnOnce(&mut Settings)) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
+        let mut settings = Settings {
             listen: "127.0.0.1:0".into(),
             data_dir: dir.path().join("data"),
             ..Settings::default()
         };
+        adjust(&mut settings);
         let clock = ManualClock::new(real_now());
         Self::start_in(dir, settings, clock)
     }

@@ -106,8 +106,11 @@ pub struct AlarmDefinition {
     pub name: String,
     /// The group whose samples it watches.
     pub group_id: GroupId,
-    /// The metric's name.
+    /// The metric's name (empty for an alarm on a `query`).
     pub metric: String,
+    /// A PromQL query evaluated at each period's end instead of a metric (SPEC 5.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     /// How a period's samples reduce to a datapoint.
     pub statistic: Statistic,
     /// The length of a period, in seconds.
@@ -141,8 +144,10 @@ pub struct NewAlarm {
     pub name: String,
     /// The group (whose existence the caller checked).
     pub group_id: GroupId,
-    /// The metric.
+    /// The metric (empty with a query).
     pub metric: String,
+    /// A PromQL query instead of a metric.
+    pub query: Option<String>,
     /// The statistic.
     pub statistic: Statistic,
     /// At least 1.
@@ -171,8 +176,10 @@ pub struct NewAlarm {
 pub struct AlarmPatch {
     /// A new name.
     pub name: Option<String>,
-    /// A new metric.
+    /// A new metric (and no query).
     pub metric: Option<String>,
+    /// A new query (and no metric).
+    pub query: Option<String>,
     /// A new statistic.
     pub statistic: Option<Statistic>,
     /// A new period.
@@ -241,6 +248,9 @@ pub enum AlarmCommand {
     Evaluate {
         /// The datapoints.
         datapoints: Vec<Option<f64>>,
+        /// Why the latest period is missing, when the evaluator knows (a query's empty result,
+        /// say): added to the reason.
+        note: Option<String>,
     },
     /// Move it to another state; to its current state, a no-op.
     Transition {
@@ -331,6 +341,33 @@ impl DomainEvent for AlarmEvent {
     }
 }
 
+/// The longest PromQL query, in bytes.
+pub const MAX_QUERY_BYTES: usize = 4096;
+
+/// A source of datapoints: a metric, or (SPEC 5.2) a PromQL query with no metric; a 400
+/// naming the field otherwise. Whether the operator set a Prometheus is the service's check.
+pub fn validate_source(metric: &str, query: Option<&str>) -> Result<(), Rejection> {
+    match query {
+        None => super::samples::validate_metric(metric)
+            .map_err(|reason| Rejection::invalid("metric", reason.trim_start_matches("metric "))),
+        Some(_) if !metric.is_empty() => Err(Rejection::invalid(
+            "query",
+            "give a metric or a query, not both",
+        )),
+        Some(query) if query.trim().is_empty() || query.len() > MAX_QUERY_BYTES => {
+            Err(Rejection::invalid(
+                "query",
+                format!("must have 1 to {MAX_QUERY_BYTES} bytes, not blank"),
+            ))
+        }
+        Some(query) if query.chars().any(char::is_control) => Err(Rejection::invalid(
+            "query",
+            "must not hold control characters",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Decides what a command does to an alarm at `now`. Holds every rule.
 pub fn decide(
     state: &Option<Alarm>,
@@ -345,6 +382,7 @@ pub fn decide(
             name: new.name.clone(),
             group_id: new.group_id.clone(),
             metric: new.metric.clone(),
+            query: new.query.clone(),
             statistic: new.statistic,
             period_seconds: new.period_seconds,
             evaluation_periods: new.evaluation_periods,
@@ -382,13 +420,17 @@ pub fn decide(
             }])
         }
         AlarmCommand::Delete => Ok(vec![AlarmEvent::Deleted { at: now }]),
-        AlarmCommand::Evaluate { datapoints } => {
+        AlarmCommand::Evaluate { datapoints, note } => {
             let evaluation =
                 super::evaluation::evaluate(&alarm.definition, alarm.state, datapoints);
+            let reason = match note {
+                Some(note) => format!("{} ({note})", evaluation.reason),
+                None => evaluation.reason,
+            };
             Ok(transition(
                 alarm,
                 evaluation.next,
-                evaluation.reason,
+                reason,
                 evaluation.value,
                 now,
             ))
@@ -445,10 +487,17 @@ fn patched(current: &AlarmDefinition, patch: &AlarmPatch) -> AlarmDefinition {
     AlarmDefinition {
         name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
         group_id: current.group_id.clone(),
-        metric: patch
-            .metric
-            .clone()
-            .unwrap_or_else(|| current.metric.clone()),
+        // A new query replaces the metric, and a new metric the query.
+        metric: match (&patch.metric, &patch.query) {
+            (Some(metric), _) => metric.clone(),
+            (None, Some(_)) => String::new(),
+            (None, None) => current.metric.clone(),
+        },
+        query: match (&patch.metric, &patch.query) {
+            (_, Some(query)) => Some(query.clone()),
+            (Some(_), None) => None,
+            (None, None) => current.query.clone(),
+        },
         statistic: patch.statistic.unwrap_or(current.statistic),
         period_seconds: patch.period_seconds.unwrap_or(current.period_seconds),
         evaluation_periods,
@@ -470,8 +519,7 @@ fn patched(current: &AlarmDefinition, patch: &AlarmPatch) -> AlarmDefinition {
 
 fn validate(definition: &AlarmDefinition) -> Result<(), Rejection> {
     validate_name("name", &definition.name)?;
-    super::samples::validate_metric(&definition.metric)
-        .map_err(|reason| Rejection::invalid("metric", reason.trim_start_matches("metric ")))?;
+    validate_source(&definition.metric, definition.query.as_deref())?;
     if !(1..=MAX_PERIOD_SECONDS).contains(&definition.period_seconds) {
         return Err(Rejection::invalid(
             "period_seconds",
@@ -583,6 +631,7 @@ mod tests {
             name: "cpu high".into(),
             group_id: GroupId::new("grp_1"),
             metric: "cpu".into(),
+            query: None,
             statistic: Statistic::Avg,
             period_seconds: 60,
             evaluation_periods: 3,
@@ -886,6 +935,7 @@ mod tests {
     fn an_evaluation_that_breaches_moves_the_alarm_to_alarm_with_its_datapoints_as_reason() {
         let alarm = given_alarm();
         let evaluate = AlarmCommand::Evaluate {
+            note: None,
             datapoints: vec![
                 Some(0.95);
                 alarm.as_ref().unwrap().definition.evaluation_periods as usize

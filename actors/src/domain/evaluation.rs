@@ -256,6 +256,7 @@ mod tests {
             name: "cpu high".into(),
             group_id: GroupId::new("grp_1"),
             metric: "cpu".into(),
+            query: None,
             statistic: Statistic::Avg,
             period_seconds: 60,
             evaluation_periods: n,

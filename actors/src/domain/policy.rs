@@ -58,8 +58,11 @@ pub const MAX_FALLBACK_AFTER_PERIODS: u32 = 100;
 /// A target-tracking policy's settings (SPEC 2.1): the metric it follows and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tracking {
-    /// The metric, as samples name it.
+    /// The metric, as samples name it (empty with a query).
     pub metric: String,
+    /// A PromQL query evaluated at each period's end instead of a metric (SPEC 5.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     /// How a period's samples become its datapoint.
     pub statistic: Statistic,
     /// The period, seconds: each closed period is a decision.
@@ -80,6 +83,7 @@ impl Tracking {
     pub fn new(metric: &str, target: f64) -> Tracking {
         Tracking {
             metric: metric.to_owned(),
+            query: None,
             statistic: Statistic::Avg,
             period_seconds: 60,
             target: Target {
@@ -100,7 +104,17 @@ impl Tracking {
     pub fn patched(&self, patch: &TrackingPatch) -> Tracking {
         let t = &self.target;
         Tracking {
-            metric: patch.metric.clone().unwrap_or_else(|| self.metric.clone()),
+            // A new query replaces the metric, and a new metric the query.
+            metric: match (&patch.metric, &patch.query) {
+                (Some(metric), _) => metric.clone(),
+                (None, Some(_)) => String::new(),
+                (None, None) => self.metric.clone(),
+            },
+            query: match (&patch.metric, &patch.query) {
+                (_, Some(query)) => Some(query.clone()),
+                (Some(_), None) => None,
+                (None, None) => self.query.clone(),
+            },
             statistic: patch.statistic.unwrap_or(self.statistic),
             period_seconds: patch.period_seconds.unwrap_or(self.period_seconds),
             target: Target {
@@ -125,8 +139,10 @@ impl Tracking {
 /// A change to a target-tracking policy's settings: each present field replaces the current one.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TrackingPatch {
-    /// A new metric.
+    /// A new metric (and no query).
     pub metric: Option<String>,
+    /// A new query (and no metric).
+    pub query: Option<String>,
     /// A new statistic.
     pub statistic: Option<Statistic>,
     /// A new period.
@@ -161,6 +177,7 @@ impl TrackingPatch {
     pub fn first_field(&self) -> Option<&'static str> {
         let set = [
             (self.metric.is_some(), "metric"),
+            (self.query.is_some(), "query"),
             (self.statistic.is_some(), "statistic"),
             (self.period_seconds.is_some(), "period_seconds"),
             (self.target.is_some(), "target"),
@@ -591,8 +608,7 @@ fn validate_tracking(definition: &PolicyDefinition) -> Result<(), Rejection> {
             "does not belong to target-tracking policies, which follow their target",
         ));
     }
-    super::samples::validate_metric(&tracking.metric)
-        .map_err(|reason| Rejection::invalid("metric", reason.trim_start_matches("metric ")))?;
+    super::alarm::validate_source(&tracking.metric, tracking.query.as_deref())?;
     if !(1..=MAX_PERIOD_SECONDS).contains(&tracking.period_seconds) {
         return Err(Rejection::invalid(
             "period_seconds",

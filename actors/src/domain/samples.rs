@@ -784,6 +784,7 @@ mod tests {
             name: "cpu high".into(),
             group_id: group(),
             metric: "cpu".into(),
+            query: None,
             statistic: Statistic::Avg,
             period_seconds: 60,
             evaluation_periods: 3,

@@ -34,12 +34,14 @@ pub struct Tracked {
 }
 
 /// A closed period of a policy's metric.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Period {
     /// When it closed.
     pub end: Timestamp,
     /// Its datapoint; none when it had no sample.
     pub datapoint: Option<f64>,
+    /// Why it has none, when the evaluator knows (a query's empty result, say).
+    pub note: Option<String>,
 }
 
 /// What a group remembers of one target-tracking policy.
@@ -71,6 +73,9 @@ pub struct TrackRecord {
     /// Missing periods in a row, this one included.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub missing: u32,
+    /// Why this period is missing, when known (a query's reason, SPEC 5.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// What the policy recommends.
     pub recommendation: Recommendation,
     /// What it proposes after its stabilization window; none when it holds.
@@ -209,6 +214,7 @@ fn part(group: &Group, tracked: &Tracked, now: Timestamp) -> Option<Part> {
     // A period at or before the latest recorded one was decided already.
     let due = tracked
         .period
+        .as_ref()
         .filter(|period| track.is_none_or(|t| period.end > t.period_end));
     let (record, changed, at) = match due {
         Some(period) => {
@@ -228,6 +234,7 @@ fn part(group: &Group, tracked: &Tracked, now: Timestamp) -> Option<Part> {
                 period_end: Some(period.end),
                 datapoint: period.datapoint,
                 missing,
+                note: period.note.clone().filter(|_| period.datapoint.is_none()),
                 recommendation,
                 proposal: None,
             };
@@ -240,6 +247,7 @@ fn part(group: &Group, tracked: &Tracked, now: Timestamp) -> Option<Part> {
                 period_end: None,
                 datapoint: None,
                 missing: 0,
+                note: None,
                 recommendation,
                 proposal: None,
             };
@@ -371,7 +379,11 @@ mod tests {
                 .iter()
                 .map(|(policy, due)| Tracked {
                     policy: (*policy).clone(),
-                    period: due.map(|datapoint| Period { end, datapoint }),
+                    period: due.map(|datapoint| Period {
+                        end,
+                        datapoint,
+                        note: None,
+                    }),
                 })
                 .collect(),
         )
