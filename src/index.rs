@@ -28,6 +28,70 @@ pub struct Owner {
     pub policy: Option<PolicyId>,
 }
 
+/// Objects that hang from a group (policies, scheduled actions, receivers): who owns each, and
+/// each group's, in id order, for listing.
+struct OfGroups<Id> {
+    owners: HashMap<Id, Owner>,
+    by_group: BTreeSet<(GroupId, Id)>,
+}
+
+impl<Id> Default for OfGroups<Id> {
+    fn default() -> Self {
+        OfGroups {
+            owners: HashMap::new(),
+            by_group: BTreeSet::new(),
+        }
+    }
+}
+
+impl<Id: Clone + Ord + std::hash::Hash> OfGroups<Id> {
+    fn created(&mut self, id: &Id, tenant: &TenantId, group: &GroupId) {
+        let owner = Owner {
+            tenant: tenant.clone(),
+            group: group.clone(),
+            policy: None,
+        };
+        self.owners.insert(id.clone(), owner);
+        self.by_group.insert((group.clone(), id.clone()));
+    }
+
+    fn deleted(&mut self, id: &Id) {
+        if let Some(owner) = self.owners.remove(id) {
+            self.by_group.remove(&(owner.group, id.clone()));
+        }
+    }
+
+    fn owner(&self, id: &Id) -> Option<Owner> {
+        self.owners.get(id).cloned()
+    }
+
+    fn page(&self, group: &GroupId, cursor: Option<&Id>, limit: usize) -> Page<Id> {
+        page(&self.by_group, group, cursor, limit)
+    }
+
+    /// As a checkpoint keeps it: sorted by id.
+    fn saved(&self) -> Vec<(Id, Owner)> {
+        let mut pairs: Vec<(Id, Owner)> = self
+            .owners
+            .iter()
+            .map(|(id, owner)| (id.clone(), owner.clone()))
+            .collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        pairs
+    }
+
+    fn restore(saved: Vec<(Id, Owner)>) -> Self {
+        let by_group = saved
+            .iter()
+            .map(|(id, owner)| (owner.group.clone(), id.clone()))
+            .collect();
+        OfGroups {
+            owners: saved.into_iter().collect(),
+            by_group,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Data {
     /// Token hash → tenant.
@@ -39,23 +103,17 @@ struct Data {
     /// (group, server) → the hash of the metrics token minted for that server's launch.
     server_tokens: HashMap<(GroupId, String), String>,
     groups: HashMap<GroupId, TenantId>,
-    policies: HashMap<PolicyId, Owner>,
+    policies: OfGroups<PolicyId>,
     webhooks: HashMap<WebhookId, Owner>,
     alarms: HashMap<AlarmId, Owner>,
-    schedules: HashMap<ScheduleId, Owner>,
-    receivers: HashMap<ReceiverId, Owner>,
+    schedules: OfGroups<ScheduleId>,
+    receivers: OfGroups<ReceiverId>,
     /// (tenant, group) for listing a tenant's groups in id order.
     tenant_groups: BTreeSet<(TenantId, GroupId)>,
-    /// (group, policy).
-    group_policies: BTreeSet<(GroupId, PolicyId)>,
     /// (policy, webhook).
     policy_webhooks: BTreeSet<(PolicyId, WebhookId)>,
     /// (tenant, alarm).
     tenant_alarms: BTreeSet<(TenantId, AlarmId)>,
-    /// (group, schedule).
-    group_schedules: BTreeSet<(GroupId, ScheduleId)>,
-    /// (group, receiver).
-    group_receivers: BTreeSet<(GroupId, ReceiverId)>,
 }
 
 /// The index as a checkpoint holds it: the maps, each sorted; the listing sets are derived from
@@ -115,11 +173,11 @@ impl Index {
             group_tokens: pairs(&data.group_tokens),
             server_tokens: pairs(&data.server_tokens),
             groups: pairs(&data.groups),
-            policies: pairs(&data.policies),
+            policies: data.policies.saved(),
             webhooks: pairs(&data.webhooks),
             alarms: pairs(&data.alarms),
-            schedules: pairs(&data.schedules),
-            receivers: pairs(&data.receivers),
+            schedules: data.schedules.saved(),
+            receivers: data.receivers.saved(),
         }
     }
 
@@ -132,11 +190,6 @@ impl Index {
             .iter()
             .map(|(g, t)| (t.clone(), g.clone()))
             .collect();
-        data.group_policies = saved
-            .policies
-            .iter()
-            .map(|(p, o)| (o.group.clone(), p.clone()))
-            .collect();
         data.policy_webhooks = saved
             .webhooks
             .iter()
@@ -147,26 +200,16 @@ impl Index {
             .iter()
             .map(|(a, o)| (o.tenant.clone(), a.clone()))
             .collect();
-        data.group_schedules = saved
-            .schedules
-            .iter()
-            .map(|(s, o)| (o.group.clone(), s.clone()))
-            .collect();
-        data.group_receivers = saved
-            .receivers
-            .iter()
-            .map(|(r, o)| (o.group.clone(), r.clone()))
-            .collect();
         data.tokens = saved.tokens.into_iter().collect();
         data.metrics_tokens = saved.metrics_tokens.into_iter().collect();
         data.group_tokens = saved.group_tokens.into_iter().collect();
         data.server_tokens = saved.server_tokens.into_iter().collect();
         data.groups = saved.groups.into_iter().collect();
-        data.policies = saved.policies.into_iter().collect();
+        data.policies = OfGroups::restore(saved.policies);
         data.webhooks = saved.webhooks.into_iter().collect();
         data.alarms = saved.alarms.into_iter().collect();
-        data.schedules = saved.schedules.into_iter().collect();
-        data.receivers = saved.receivers.into_iter().collect();
+        data.schedules = OfGroups::restore(saved.schedules);
+        data.receivers = OfGroups::restore(saved.receivers);
     }
 
     /// Whether `record` can change the index: only creations, deletions, revocations and
@@ -306,20 +349,8 @@ impl Index {
                 group_id,
                 tenant_id,
                 ..
-            } => {
-                let owner = Owner {
-                    tenant: tenant_id.clone(),
-                    group: group_id.clone(),
-                    policy: None,
-                };
-                data.policies.insert(id.clone(), owner);
-                data.group_policies.insert((group_id.clone(), id.clone()));
-            }
-            PolicyEvent::Deleted { .. } => {
-                if let Some(owner) = data.policies.remove(id) {
-                    data.group_policies.remove(&(owner.group, id.clone()));
-                }
-            }
+            } => data.policies.created(id, tenant_id, group_id),
+            PolicyEvent::Deleted { .. } => data.policies.deleted(id),
             _ => {}
         }
     }
@@ -390,20 +421,8 @@ impl Index {
                 group_id,
                 tenant_id,
                 ..
-            } => {
-                let owner = Owner {
-                    tenant: tenant_id.clone(),
-                    group: group_id.clone(),
-                    policy: None,
-                };
-                data.receivers.insert(id.clone(), owner);
-                data.group_receivers.insert((group_id.clone(), id.clone()));
-            }
-            ReceiverEvent::Deleted { .. } => {
-                if let Some(owner) = data.receivers.remove(id) {
-                    data.group_receivers.remove(&(owner.group, id.clone()));
-                }
-            }
+            } => data.receivers.created(id, tenant_id, group_id),
+            ReceiverEvent::Deleted { .. } => data.receivers.deleted(id),
             _ => {}
         }
     }
@@ -416,20 +435,8 @@ impl Index {
                 group_id,
                 tenant_id,
                 ..
-            } => {
-                let owner = Owner {
-                    tenant: tenant_id.clone(),
-                    group: group_id.clone(),
-                    policy: None,
-                };
-                data.schedules.insert(id.clone(), owner);
-                data.group_schedules.insert((group_id.clone(), id.clone()));
-            }
-            ScheduledEvent::Deleted { .. } => {
-                if let Some(owner) = data.schedules.remove(id) {
-                    data.group_schedules.remove(&(owner.group, id.clone()));
-                }
-            }
+            } => data.schedules.created(id, tenant_id, group_id),
+            ScheduledEvent::Deleted { .. } => data.schedules.deleted(id),
             _ => {}
         }
     }
@@ -448,11 +455,11 @@ impl Index {
                     policy: None,
                 })
             }
-            Kind::Policy => data.policies.get(&PolicyId::new(id)).cloned(),
+            Kind::Policy => data.policies.owner(&PolicyId::new(id)),
             Kind::Webhook => data.webhooks.get(&WebhookId::new(id)).cloned(),
             Kind::Alarm => data.alarms.get(&AlarmId::new(id)).cloned(),
-            Kind::Schedule => data.schedules.get(&ScheduleId::new(id)).cloned(),
-            Kind::Receiver => data.receivers.get(&ReceiverId::new(id)).cloned(),
+            Kind::Schedule => data.schedules.owner(&ScheduleId::new(id)),
+            Kind::Receiver => data.receivers.owner(&ReceiverId::new(id)),
             Kind::Tenant => None,
         }
     }
@@ -474,7 +481,7 @@ impl Index {
 
     /// The owner of live policy `id`.
     pub fn policy(&self, id: &PolicyId) -> Option<Owner> {
-        self.read().policies.get(id).cloned()
+        self.read().policies.owner(id)
     }
 
     /// The owner of live (unrevoked) webhook `id`.
@@ -506,7 +513,7 @@ impl Index {
         limit: usize,
     ) -> Page<PolicyId> {
         let data = self.read();
-        page(&data.group_policies, group, cursor, limit)
+        data.policies.page(group, cursor, limit)
     }
 
     /// Up to `limit` of `group`'s scheduled actions after `cursor`.
@@ -517,7 +524,7 @@ impl Index {
         limit: usize,
     ) -> Page<ScheduleId> {
         let data = self.read();
-        page(&data.group_schedules, group, cursor, limit)
+        data.schedules.page(group, cursor, limit)
     }
 
     /// Up to `limit` of `group`'s receivers after `cursor`.
@@ -528,7 +535,7 @@ impl Index {
         limit: usize,
     ) -> Page<ReceiverId> {
         let data = self.read();
-        page(&data.group_receivers, group, cursor, limit)
+        data.receivers.page(group, cursor, limit)
     }
 
     /// Up to `limit` of `policy`'s live webhooks after `cursor`.
@@ -559,11 +566,11 @@ impl Index {
         BTreeMap::from([
             ("tenants", data.tokens.len()),
             ("groups", data.groups.len()),
-            ("policies", data.policies.len()),
+            ("policies", data.policies.owners.len()),
             ("webhooks", data.webhooks.len()),
             ("alarms", data.alarms.len()),
-            ("schedules", data.schedules.len()),
-            ("receivers", data.receivers.len()),
+            ("schedules", data.schedules.owners.len()),
+            ("receivers", data.receivers.owners.len()),
         ])
     }
 }
