@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use flotilla_actors::aggregate::{Alarms, Groups};
 use flotilla_actors::clock::Timestamp;
-use flotilla_actors::domain::alarm::{AlarmCommand, AlarmDefinition, AlarmEvent, AlarmState};
+use flotilla_actors::domain::alarm::{
+    AlarmCommand, AlarmDefinition, AlarmEvent, AlarmState, Statistic,
+};
 use flotilla_actors::domain::evaluation::{actions, evaluate, next_state};
 use flotilla_actors::domain::group::{steady, Group, GroupCommand, Period, Tracked};
 use flotilla_actors::domain::policy::{self, Breach, Policy, PolicyEvent, Tracking};
@@ -72,31 +74,60 @@ fn series_of<'a>(id: &str, metric: &'a str, query: Option<&str>) -> std::borrow:
     }
 }
 
-/// The store's watch of a target-tracking policy: its metric, one period at a time.
-fn watch_policy(store: &mut SeriesStore, policy: &Policy, watch: bool) {
+/// How many periods of a series a reader of `n` periods keeps, when they are read `delay_ms`
+/// after they close: `n`, and those the delay spans, so that the store (which counts back from
+/// the real now) keeps what the evaluator reads.
+fn kept(n: u32, period_seconds: u32, delay_ms: i64) -> u32 {
+    let period = i64::from(period_seconds.max(1)) * 1000;
+    let extra = u32::try_from((delay_ms + period - 1) / period).unwrap_or(u32::MAX);
+    n.saturating_add(extra)
+}
+
+/// The store's watch of a target-tracking policy: its metric (or query), one period at a time.
+fn watch_policy(store: &mut SeriesStore, policy: &Policy, watch: bool, delay_ms: i64) {
     if let Some(t) = &policy.definition.tracking {
         let series = series_of(policy.id.as_str(), &t.metric, t.query.as_deref());
+        let n = kept(1, t.period_seconds, delay_ms);
         if watch {
-            store.watch(&policy.group_id, &series, t.period_seconds, 1);
+            store.watch(&policy.group_id, &series, t.period_seconds, n);
         } else {
-            store.unwatch(&policy.group_id, &series, t.period_seconds, 1);
+            store.unwatch(&policy.group_id, &series, t.period_seconds, n);
         }
     }
 }
 
 /// The store's watch of an alarm: its metric (or query), N periods.
-fn watch_alarm(store: &mut SeriesStore, id: &AlarmId, d: &AlarmDefinition, watch: bool) {
+fn watch_alarm(
+    store: &mut SeriesStore,
+    id: &AlarmId,
+    d: &AlarmDefinition,
+    watch: bool,
+    delay_ms: i64,
+) {
     let series = series_of(id.as_str(), &d.metric, d.query.as_deref());
+    let n = kept(d.evaluation_periods, d.period_seconds, delay_ms);
     if watch {
-        store.watch(&d.group_id, &series, d.period_seconds, d.evaluation_periods);
+        store.watch(&d.group_id, &series, d.period_seconds, n);
     } else {
-        store.unwatch(&d.group_id, &series, d.period_seconds, d.evaluation_periods);
+        store.unwatch(&d.group_id, &series, d.period_seconds, n);
+    }
+}
+
+/// The statistic a source's datapoints are read with: a query's one value a period is its own
+/// datapoint (SPEC 5.2: the query does the reduction).
+fn statistic_of(statistic: Statistic, query: Option<&str>) -> Statistic {
+    if query.is_some() {
+        Statistic::Avg
+    } else {
+        statistic
     }
 }
 
 /// A query to run for a period that closed (SPEC 5.2).
 #[derive(Debug, Clone)]
 pub struct QueryJob {
+    /// The alarm's or policy's id.
+    owner: String,
     /// The series its answer goes into.
     series: String,
     /// The group whose series it is.
@@ -132,6 +163,8 @@ struct Watching {
     /// Each group's followed policies, in id order.
     by_group: HashMap<GroupId, Vec<PolicyId>>,
     steady: HashMap<GroupId, Steady>,
+    /// Why a query's latest period is missing, by the alarm's or policy's id.
+    missing: HashMap<String, String>,
 }
 
 impl Watching {
@@ -201,8 +234,6 @@ pub struct AlarmTable {
     watching: Mutex<Watching>,
     /// Groups whose stream grew since their last target-tracking decision was sent.
     stirred: Mutex<HashSet<GroupId>>,
-    /// Why a query's latest period is missing, by its series.
-    missing: Mutex<HashMap<String, String>>,
 }
 
 /// An alarm as a checkpoint keeps it.
@@ -320,13 +351,15 @@ impl AlarmTable {
         for fed in inbox {
             match fed {
                 Fed::Alarm(id, event, at) => {
-                    apply(&mut watching.alarms, &mut store, id, event, at);
+                    apply(&mut watching, &mut store, id, event, at, self.delay_ms);
                 }
-                Fed::Policy(id, event, at) => follow(&mut watching, &mut store, id, &event, at),
+                Fed::Policy(id, event, at) => {
+                    follow(&mut watching, &mut store, id, &event, at, self.delay_ms);
+                }
                 Fed::GroupDeleted(group) => {
                     for id in watching.by_group.get(&group).cloned().unwrap_or_default() {
                         if let Some(gone) = watching.let_go(&id) {
-                            watch_policy(&mut store, &gone.policy, false);
+                            watch_policy(&mut store, &gone.policy, false, self.delay_ms);
                         }
                     }
                 }
@@ -352,7 +385,7 @@ impl AlarmTable {
     pub fn restore_policies(&self, saved: Vec<Policy>) {
         let (mut watching, mut store) = self.open();
         for policy in saved {
-            watch_policy(&mut store, &policy, true);
+            watch_policy(&mut store, &policy, true, self.delay_ms);
             watching.follow(Followed {
                 policy,
                 next_due: Timestamp::EPOCH,
@@ -383,7 +416,13 @@ impl AlarmTable {
     pub fn restore(&self, saved: Vec<SavedAlarm>) {
         let (mut watching, mut store) = self.open();
         for saved in saved {
-            watch_alarm(&mut store, &saved.id, &saved.definition, true);
+            watch_alarm(
+                &mut store,
+                &saved.id,
+                &saved.definition,
+                true,
+                self.delay_ms,
+            );
             let watched = Watched {
                 definition: saved.definition,
                 state: saved.state,
@@ -477,11 +516,13 @@ impl AlarmTable {
     #[allow(clippy::type_complexity)]
     pub fn due(&self, now: Timestamp) -> (usize, Vec<Due>) {
         let now = self.evaluable(now);
-        let missing = lock(&self.missing).clone();
         let (mut watching, store) = self.open();
+        let Watching {
+            alarms, missing, ..
+        } = &mut *watching;
         let mut evaluated = 0;
         let mut due = Vec::new();
-        for (id, watched) in &mut watching.alarms {
+        for (id, watched) in alarms.iter_mut() {
             if now < watched.next_due {
                 continue;
             }
@@ -493,7 +534,7 @@ impl AlarmTable {
                 &d.group_id,
                 &series,
                 d.period_seconds,
-                d.statistic,
+                statistic_of(d.statistic, d.query.as_deref()),
                 d.evaluation_periods,
                 now,
             );
@@ -501,7 +542,7 @@ impl AlarmTable {
             let repeats = watched.state == AlarmState::Alarm && d.repeat_actions;
             if next != watched.state || repeats {
                 let note = match datapoints.last() {
-                    Some(None) => missing.get(series.as_ref()).cloned(),
+                    Some(None) => missing.get(id.as_str()).cloned(),
                     _ => None,
                 };
                 due.push(Due {
@@ -521,12 +562,12 @@ impl AlarmTable {
     /// period's datapoint. Answers how many policies were due, and the groups.
     pub fn due_tracking(&self, now: Timestamp) -> (usize, Vec<(GroupId, Vec<Tracked>)>) {
         let now = self.evaluable(now);
-        let missing = lock(&self.missing).clone();
         let (mut watching, store) = self.open();
         let Watching {
             policies,
             by_group,
             steady,
+            missing,
             ..
         } = &mut *watching;
         let mut stirred = lock(&self.stirred);
@@ -547,12 +588,13 @@ impl AlarmTable {
                 }
                 let (period_seconds, statistic) = (t.period_seconds, t.statistic);
                 let series = series_of(id.as_str(), &t.metric, t.query.as_deref());
+                let statistic = statistic_of(statistic, t.query.as_deref());
                 let datapoints =
                     store.datapoints(group, &series, period_seconds, statistic, 1, now);
                 let datapoint = datapoints.first().copied().flatten();
                 let note = datapoint
                     .is_none()
-                    .then(|| missing.get(series.as_ref()).cloned())
+                    .then(|| missing.get(id.as_str()).cloned())
                     .flatten();
                 periods.push(Some(Period {
                     end: period_start(now, period_seconds),
@@ -606,6 +648,7 @@ impl AlarmTable {
             let d = &w.definition;
             if let (Some(query), true) = (&d.query, now >= w.next_due) {
                 jobs.push(QueryJob {
+                    owner: id.to_string(),
                     series: series_of(id.as_str(), &d.metric, Some(query)).into_owned(),
                     group: d.group_id.clone(),
                     query: query.clone(),
@@ -617,6 +660,7 @@ impl AlarmTable {
             let t = f.tracking();
             if let (Some(query), true) = (&t.query, now >= f.next_due) {
                 jobs.push(QueryJob {
+                    owner: id.to_string(),
                     series: series_of(id.as_str(), &t.metric, Some(query)).into_owned(),
                     group: f.policy.group_id.clone(),
                     query: query.clone(),
@@ -634,22 +678,36 @@ impl AlarmTable {
         answer: Result<f64, crate::promql::Missing>,
         now: Timestamp,
     ) {
+        let (mut watching, mut store) = self.open();
+        // An answer to a query changed (or gone) meanwhile belongs to no period any more.
+        let current = match flotilla_actors::domain::Kind::of(&job.owner) {
+            Some(flotilla_actors::domain::Kind::Alarm) => watching
+                .alarms
+                .get(&AlarmId::new(job.owner.as_str()))
+                .and_then(|w| w.definition.query.clone()),
+            _ => watching
+                .policies
+                .get(&PolicyId::new(job.owner.as_str()))
+                .and_then(|f| f.tracking().query.clone()),
+        };
+        if current.as_deref() != Some(job.query.as_str()) {
+            return;
+        }
         match answer {
             Ok(value) => {
-                lock(&self.missing).remove(&job.series);
+                watching.missing.remove(&job.owner);
                 let sample = Sample {
                     metric: job.series.clone(),
                     value,
                     timestamp: job.at.plus_millis(-1),
                 };
-                let (watching, mut store) = self.open();
-                drop(watching);
-                if let Err(error) = store.record(&job.group, &sample, self.evaluable(now)) {
+                if let Err(error) = store.record(&job.group, &sample, now) {
                     tracing::warn!(%error, "a query's datapoint not kept");
                 }
             }
             Err(missing) => {
-                lock(&self.missing).insert(job.series.clone(), missing.to_string());
+                let why: String = missing.to_string().chars().take(300).collect();
+                watching.missing.insert(job.owner.clone(), why);
             }
         }
     }
@@ -663,15 +721,23 @@ impl AlarmTable {
 
 /// What `event` of alarm `id`, decided at `at`, makes of the table and of the store's watch.
 fn apply(
-    alarms: &mut HashMap<AlarmId, Watched>,
+    watching: &mut Watching,
     store: &mut SeriesStore,
     id: AlarmId,
     event: AlarmEvent,
     at: Timestamp,
+    delay_ms: i64,
 ) {
+    let alarms = &mut watching.alarms;
+    if matches!(
+        event,
+        AlarmEvent::Updated { .. } | AlarmEvent::Deleted { .. }
+    ) {
+        watching.missing.remove(id.as_str());
+    }
     match event {
         AlarmEvent::Created { definition, .. } => {
-            watch_alarm(store, &id, &definition, true);
+            watch_alarm(store, &id, &definition, true, delay_ms);
             let next_due = period_end(at, definition.period_seconds);
             let watched = Watched {
                 definition,
@@ -684,15 +750,15 @@ fn apply(
         }
         AlarmEvent::Updated { definition, .. } => {
             if let Some(watched) = alarms.get_mut(&id) {
-                watch_alarm(store, &id, &watched.definition, false);
-                watch_alarm(store, &id, &definition, true);
+                watch_alarm(store, &id, &watched.definition, false, delay_ms);
+                watch_alarm(store, &id, &definition, true, delay_ms);
                 watched.next_due = period_end(at, definition.period_seconds);
                 watched.definition = definition;
             }
         }
         AlarmEvent::Deleted { .. } => {
             if let Some(watched) = alarms.remove(&id) {
-                watch_alarm(store, &id, &watched.definition, false);
+                watch_alarm(store, &id, &watched.definition, false, delay_ms);
             }
         }
         AlarmEvent::StateChanged { to, actions, .. } => {
@@ -731,17 +797,19 @@ fn follow(
     id: PolicyId,
     event: &PolicyEvent,
     at: Timestamp,
+    delay_ms: i64,
 ) {
+    watching.missing.remove(id.as_str());
     if matches!(event, PolicyEvent::Created { .. }) && watching.policies.contains_key(&id) {
         return;
     }
     let before = watching.let_go(&id);
     if let Some(before) = &before {
-        watch_policy(store, &before.policy, false);
+        watch_policy(store, &before.policy, false, delay_ms);
     }
     let state = policy::apply(before.map(|f| f.policy), event);
     if let Some(policy) = state.filter(|p| !p.deleted && p.definition.tracking.is_some()) {
-        watch_policy(store, &policy, true);
+        watch_policy(store, &policy, true, delay_ms);
         let period = policy
             .definition
             .tracking
@@ -792,9 +860,19 @@ impl Evaluator {
             }
             return;
         };
+        // However slow Prometheus is, the step ends in time for the rest of the tick: a query
+        // not answered by then is a missing period, saying so.
+        let deadline = tokio::time::Instant::now() + crate::promql::STEP_DEADLINE;
         stream::iter(jobs)
             .for_each_concurrent(crate::promql::CONCURRENCY, |job| async move {
-                let answer = prometheus.value_at(&job.query, job.at).await;
+                let asked = prometheus.value_at(&job.query, job.at);
+                let answer = tokio::time::timeout_at(deadline, asked)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(crate::promql::Missing::Error(
+                            "not answered within the tick's deadline".into(),
+                        ))
+                    });
                 self.table.answer(&job, answer, now);
             })
             .await;

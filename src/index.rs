@@ -28,6 +28,13 @@ pub struct Owner {
     pub policy: Option<PolicyId>,
 }
 
+/// A map's pairs, sorted by key: as a checkpoint keeps them.
+fn pairs<K: Clone + Ord, V: Clone>(map: &HashMap<K, V>) -> Vec<(K, V)> {
+    let mut pairs: Vec<(K, V)> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    pairs
+}
+
 /// Objects that hang from a group (policies, scheduled actions, receivers): who owns each, and
 /// each group's, in id order, for listing.
 struct OfGroups<Id> {
@@ -71,13 +78,7 @@ impl<Id: Clone + Ord + std::hash::Hash> OfGroups<Id> {
 
     /// As a checkpoint keeps it: sorted by id.
     fn saved(&self) -> Vec<(Id, Owner)> {
-        let mut pairs: Vec<(Id, Owner)> = self
-            .owners
-            .iter()
-            .map(|(id, owner)| (id.clone(), owner.clone()))
-            .collect();
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        pairs
+        pairs(&self.owners)
     }
 
     fn restore(saved: Vec<(Id, Owner)>) -> Self {
@@ -162,11 +163,6 @@ impl Index {
     /// The index, for a checkpoint.
     pub fn save(&self) -> Saved {
         let data = self.read();
-        fn pairs<K: Clone + Ord, V: Clone>(map: &HashMap<K, V>) -> Vec<(K, V)> {
-            let mut pairs: Vec<(K, V)> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            pairs.sort_by(|a, b| a.0.cmp(&b.0));
-            pairs
-        }
         Saved {
             tokens: pairs(&data.tokens),
             metrics_tokens: pairs(&data.metrics_tokens),

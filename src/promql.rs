@@ -20,6 +20,12 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 /// How many queries run at once.
 pub const CONCURRENCY: usize = 16;
 
+/// How long a tick's queries may take together: one not answered by then is missing.
+pub const STEP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The largest answer read: 1 MiB (one sample's is a few hundred bytes).
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
+
 /// Why a query gave no datapoint.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Missing {
@@ -62,10 +68,10 @@ pub fn datapoint(answer: &Value) -> Result<f64, Missing> {
             }
         }
         other => {
+            let kind: String = other.unwrap_or("missing").chars().take(40).collect();
             return Err(Missing::Error(format!(
-                "a {} result, not a scalar or a vector",
-                other.unwrap_or("missing")
-            )))
+                "a {kind} result, not a scalar or a vector"
+            )));
         }
     };
     let value = sample[1]
@@ -107,7 +113,7 @@ impl Prometheus {
             at.as_millis().div_euclid(1000),
             at.as_millis().rem_euclid(1000)
         );
-        let answer = self
+        let mut answer = self
             .client
             .get(format!("{}/api/v1/query", self.base))
             .query(&[("query", query), ("time", time.as_str())])
@@ -121,9 +127,20 @@ impl Prometheus {
                 })
             })?;
         let status = answer.status();
-        let body: Value = answer
-            .json()
+        let mut bytes = Vec::new();
+        while let Some(chunk) = answer
+            .chunk()
             .await
+            .map_err(|_| Missing::Error("the answer broke off".into()))?
+        {
+            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(Missing::Error(format!(
+                    "an answer over {MAX_ANSWER_BYTES} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let body: Value = serde_json::from_slice(&bytes)
             .map_err(|_| Missing::Error(format!("an answer ({status}) that is not JSON")))?;
         datapoint(&body)
     }

@@ -420,3 +420,20 @@ fn a_period_is_evaluated_only_once_the_evaluation_delay_has_passed() {
         "{alarm}"
     );
 }
+
+#[test]
+fn the_evaluation_delay_keeps_short_periods_it_has_yet_to_read() {
+    // 1 s periods read 2 s after they close: the store keeps the periods in between.
+    let server = Server::start_with(|s| s.evaluation_delay_seconds = 2);
+    let l = setup(
+        &server,
+        json!({"period_seconds": 1, "evaluation_periods": 1}),
+    );
+    for _ in 0..4 {
+        post(&server, &l, &[0.9]);
+        server.clock.advance_secs(1);
+        server.tick();
+    }
+    let alarm = alarm_state(&server, &l);
+    assert_eq!(alarm["state"], "alarm", "{alarm}");
+}

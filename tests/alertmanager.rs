@@ -202,6 +202,21 @@ fn bad_notifications_get_their_status_and_execute_nothing() {
         404,
         "not_found",
     );
+    // A receiver of a deleted group is gone with it.
+    let gone = setup(&server);
+    let (status, _) = server.call(
+        "DELETE",
+        &format!("/v1/groups/{}?force=true", gone.group),
+        &gone.token,
+        None,
+    );
+    assert_eq!(status, 204);
+    let firing = notification("firing", "1a2b3c4d5e6f7a8b", "2026-11-25T00:00:00Z");
+    assert_error(
+        &notify(&server, &gone, Some(&gone.secret), firing),
+        404,
+        "not_found",
+    );
     // A receiver's policies must be the group's: another group's is a 404.
     let group = server.group(&s.token, 0, 5, 0, 0);
     let (_, policies) = server.call(

@@ -321,7 +321,12 @@ fn alerts_of(body: &[u8]) -> Result<(Vec<Read>, u64), ApiError> {
         }
         let starts_at = parse_instant("startsAt", &alert.starts_at)
             .map_err(|rejection| bad(rejection.to_string()))?;
-        let name = alert.labels.get("alertname").cloned().unwrap_or_default();
+        // Named in the journal's activity: bounded like every name.
+        let name = alert
+            .labels
+            .get("alertname")
+            .map(|name| name.chars().take(255).collect())
+            .unwrap_or_default();
         let key = EpisodeKey {
             fingerprint: alert.fingerprint,
             starts_at,
@@ -380,6 +385,13 @@ pub async fn notify(
         .state
         .filter(|r| !r.deleted)
         .ok_or_else(|| ApiError::not_found("receiver"))?;
+    // A receiver of a deleted group is as gone as the group.
+    if !state
+        .index
+        .owns_group(&receiver.tenant_id, &receiver.group_id)
+    {
+        return Err(ApiError::not_found("receiver"));
+    }
     let Some(presented) = presented else {
         return Err(ApiError::unauthorized(
             "expected Authorization: Bearer <token>",

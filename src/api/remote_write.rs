@@ -22,7 +22,7 @@ use flotilla_actors::domain::GroupId;
 use prost::Message;
 
 use super::error::ErrorBody;
-use super::samples::{poster, Poster, SERIES_RETRY_AFTER_SECONDS};
+use super::samples::{poster, Poster};
 use super::{ApiError, AppState};
 
 /// The most bytes a write request may have on the wire: 2 MiB.
@@ -30,6 +30,13 @@ pub const MAX_WIRE: usize = crate::intake::MAX_BODY;
 
 /// The most bytes a write request may decompress to: 32 MiB.
 pub const MAX_DECOMPRESSED: usize = 32 << 20;
+
+/// The most series, and the most samples, one write may carry: far above what Prometheus
+/// sends (500 samples a request by default), and bounding what decoding one may allocate.
+pub const MAX_SERIES: usize = 100_000;
+
+/// See [`MAX_SERIES`].
+pub const MAX_SAMPLES: usize = 100_000;
 
 /// The label that names a series' metric.
 const NAME: &str = "__name__";
@@ -134,12 +141,88 @@ pub fn decode(body: &[u8]) -> Result<WriteRequest, ApiError> {
                 format!("not snappy-compressed: {e}"),
             )
         })?;
+    // Counted on the wire before any message is built: 32 MiB of tiny messages would
+    // otherwise decode to a gigabyte of them.
+    let (series, samples) = count(&bytes).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_write_request",
+            "not a remote write 1.0 WriteRequest: a malformed field",
+        )
+    })?;
+    if series > MAX_SERIES || samples > MAX_SAMPLES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_samples",
+            format!(
+                "{series} series and {samples} samples; a write carries at most \
+                 {MAX_SERIES} and {MAX_SAMPLES}"
+            ),
+        ));
+    }
     WriteRequest::decode(bytes.as_slice()).map_err(|e| {
         ApiError::bad_request(
             "invalid_write_request",
             format!("not a remote write 1.0 WriteRequest: {e}"),
         )
     })
+}
+
+/// A protobuf varint at the front of `bytes`, which it moves past.
+fn varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// One field at the front of `bytes`, which it moves past: its number, and its bytes if it is
+/// length-delimited; none if it is malformed.
+fn field<'a>(bytes: &mut &'a [u8]) -> Option<(u64, &'a [u8])> {
+    let key = varint(bytes)?;
+    let payload: &[u8] = match key & 7 {
+        0 => {
+            varint(bytes)?;
+            &[]
+        }
+        1 | 5 => {
+            let n = if key & 7 == 1 { 8 } else { 4 };
+            let (_, rest) = bytes.split_at_checked(n)?;
+            *bytes = rest;
+            &[]
+        }
+        2 => {
+            let n = usize::try_from(varint(bytes)?).ok()?;
+            let (payload, rest) = bytes.split_at_checked(n)?;
+            *bytes = rest;
+            payload
+        }
+        _ => return None,
+    };
+    Some((key >> 3, payload))
+}
+
+/// How many series and samples a `WriteRequest`'s bytes hold, without decoding them; none
+/// if they are not well-formed protobuf.
+fn count(mut bytes: &[u8]) -> Option<(usize, usize)> {
+    let (mut series, mut samples) = (0, 0);
+    while !bytes.is_empty() {
+        let (number, mut payload) = field(&mut bytes)?;
+        if number == 1 {
+            series += 1;
+            while !payload.is_empty() {
+                if field(&mut payload)?.0 == 2 {
+                    samples += 1;
+                }
+            }
+        }
+    }
+    Some((series, samples))
 }
 
 /// The samples of `request` by group, as `poster` may write them (`owns` tells whether a
@@ -211,9 +294,8 @@ fn by_group(
         (status = 400, description = "`invalid_write_request`: not snappy, or not a WriteRequest", body = ErrorBody),
         (status = 401, description = "missing or unknown bearer token", body = ErrorBody),
         (status = 408, description = "`request_timeout`: the request body did not arrive in time", body = ErrorBody),
-        (status = 413, description = "over 2 MiB on the wire, or over 32 MiB decompressed", body = ErrorBody),
+        (status = 413, description = "over 2 MiB on the wire, over 32 MiB decompressed, or over 100,000 series or samples", body = ErrorBody),
         (status = 415, description = "remote write 2.0, or a content encoding other than snappy", body = ErrorBody),
-        (status = 429, description = "`series_limit`: the service holds as many series as it may; retry after `Retry-After`", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
         (status = 405, description = "`method_not_allowed`: the path is served with the methods `Allow` names", body = ErrorBody, headers(("Allow" = String, description = "the methods the path serves"))),
         (status = 503, description = "the journal is still being replayed", body = ErrorBody),
     ),
@@ -270,14 +352,12 @@ pub async fn write(
     let (groups, mut tally) = by_group(&request, &poster, owns);
     let now = state.supervisor.clock().now();
     for (group, samples) in &groups {
-        let ingested = state
-            .evaluator
-            .table()
-            .ingest(group, samples, now)
-            .map_err(|e| {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "series_limit", e.to_string())
-                    .retry_after(SERIES_RETRY_AFTER_SECONDS)
-            })?;
+        // Past the series cap a group's samples are skipped and counted, not refused: a 429
+        // after other groups were stored would have Prometheus send them all again.
+        let Ok(ingested) = state.evaluator.table().ingest(group, samples, now) else {
+            tally.add("series_limit", samples.len());
+            continue;
+        };
         tally.add("accepted", ingested.accepted);
         tally.add("unwatched", ingested.unwatched);
         tally.add("too_old", ingested.too_old);
@@ -367,6 +447,30 @@ mod tests {
             .compress_vec(&[0x1a, 0x02, 0x08, 0x01])
             .unwrap();
         assert_eq!(decode(&metadata).unwrap().timeseries.len(), 0);
+    }
+
+    #[test]
+    fn a_write_of_millions_of_tiny_messages_is_refused_before_any_is_built() {
+        // 32 MiB of empty series (2 bytes each): 16M messages.
+        let empty_series = [0x0a, 0x00].repeat(1 << 24);
+        let body = snap::raw::Encoder::new()
+            .compress_vec(&empty_series)
+            .unwrap();
+        assert!(body.len() < MAX_WIRE, "{}", body.len());
+        assert_eq!(decode(&body).unwrap_err().code(), "too_many_samples");
+        // One series of many empty samples.
+        let samples = [0x12, 0x00].repeat(200_000);
+        let mut one = vec![0x0a];
+        let mut len = samples.len();
+        while len >= 0x80 {
+            one.push((len & 0x7f) as u8 | 0x80);
+            len >>= 7;
+        }
+        one.push(len as u8);
+        one.extend(samples);
+        let body = snap::raw::Encoder::new().compress_vec(&one).unwrap();
+        assert_eq!(decode(&body).unwrap_err().code(), "too_many_samples");
+        assert_eq!(count(&[0x0a, 0x05, 0x12]), None, "a length past the end");
     }
 
     #[test]
