@@ -472,6 +472,31 @@ impl AlarmTable {
         Ok(ingested)
     }
 
+    /// Records the samples of several groups at `now`, under one lock (a remote write spans
+    /// many groups): what became of them, and how many were skipped at the series cap.
+    pub fn ingest_all(
+        &self,
+        groups: &HashMap<GroupId, Vec<Sample>>,
+        now: Timestamp,
+    ) -> (Ingested, usize) {
+        let (watching, mut store) = self.open();
+        drop(watching);
+        let mut ingested = Ingested::default();
+        let mut over_cap = 0;
+        for (group, samples) in groups {
+            for sample in samples {
+                match store.record(group, sample, now) {
+                    Ok(Recorded::Stored) => ingested.accepted += 1,
+                    Ok(Recorded::Unwatched) => ingested.unwatched += 1,
+                    Ok(Recorded::TooOld) => ingested.too_old += 1,
+                    Ok(Recorded::TooNew) => ingested.too_new += 1,
+                    Err(_) => over_cap += 1,
+                }
+            }
+        }
+        (ingested, over_cap)
+    }
+
     /// The transitions whose actions are not all taken: alarm, transition number, actions left.
     pub fn pending(&self) -> Vec<(AlarmId, u64, Vec<PolicyId>)> {
         let (watching, store) = self.open();

@@ -351,18 +351,14 @@ pub async fn write(
     };
     let (groups, mut tally) = by_group(&request, &poster, owns);
     let now = state.supervisor.clock().now();
-    for (group, samples) in &groups {
-        // Past the series cap a group's samples are skipped and counted, not refused: a 429
-        // after other groups were stored would have Prometheus send them all again.
-        let Ok(ingested) = state.evaluator.table().ingest(group, samples, now) else {
-            tally.add("series_limit", samples.len());
-            continue;
-        };
-        tally.add("accepted", ingested.accepted);
-        tally.add("unwatched", ingested.unwatched);
-        tally.add("too_old", ingested.too_old);
-        tally.add("too_new", ingested.too_new);
-    }
+    // Past the series cap a sample is skipped and counted, not refused: a 429 after other
+    // samples were stored would have Prometheus send them all again.
+    let (ingested, over_cap) = state.evaluator.table().ingest_all(&groups, now);
+    tally.add("accepted", ingested.accepted);
+    tally.add("unwatched", ingested.unwatched);
+    tally.add("too_old", ingested.too_old);
+    tally.add("too_new", ingested.too_new);
+    tally.add("series_limit", over_cap);
     for (outcome, n) in tally.counts() {
         state.telemetry.remote_write(outcome, *n);
     }
