@@ -13,7 +13,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use flotilla_actors::aggregate::{Groups, Receivers};
 use flotilla_actors::domain::receiver::{EpisodeKey, Receiver, ReceiverCommand};
 use flotilla_actors::domain::schedule::parse_instant;
-use flotilla_actors::domain::{ReceiverId, Rejection, TenantId};
+use flotilla_actors::domain::{ReceiverId, Rejection};
 use flotilla_actors::error::Error as ActorError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -87,11 +87,6 @@ impl ReceiverView {
             created_at: format_millis(r.created_at.as_millis()),
         }
     }
-}
-
-fn owned(state: &AppState, tenant: &TenantId, id: &str, rid: &str) -> Result<ReceiverId, ApiError> {
-    let group = owned_group(state, tenant, id)?;
-    resource::owned::<Receivers>(state, tenant, rid, Some(group.as_str()))
 }
 
 /// `POST /v1/groups/{id}/receivers`: 201 with the receiver's URL and token (shown once).
@@ -195,7 +190,7 @@ pub async fn show(
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path.0, &path.1)?;
+    let id = resource::owned_in_group::<Receivers>(&state, &tenant, &path.0, &path.1)?;
     let receiver = resource::load::<Receivers>(&state, &id).await?;
     Ok(HttpResponse::Ok().json(ReceiverView::of(&state, &receiver, None)))
 }
@@ -217,7 +212,7 @@ pub async fn delete(
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path.0, &path.1)?;
+    let id = resource::owned_in_group::<Receivers>(&state, &tenant, &path.0, &path.1)?;
     state
         .execute::<Receivers>(id.as_str(), ReceiverCommand::Delete)
         .await?;

@@ -115,6 +115,18 @@ pub fn owned<R: Resource>(
     }
 }
 
+/// Object `id` of kind `R` under group `group` in the path (a scheduled action, a receiver),
+/// if `tenant` owns both: the group's 404 first, then the object's.
+pub fn owned_in_group<R: Resource>(
+    state: &AppState,
+    tenant: &TenantId,
+    group: &str,
+    id: &str,
+) -> Result<R::Id, ApiError> {
+    let group = super::groups::owned(state, tenant, group)?;
+    owned::<R>(state, tenant, id, Some(group.as_str()))
+}
+
 /// The live state of object `id` of kind `R` (404 once deleted or revoked).
 pub async fn load<R: Resource>(state: &AppState, id: &R::Id) -> Result<R::Object, ApiError> {
     let observed = state.supervisor.get::<R>(id.as_ref()).await?;

@@ -175,17 +175,6 @@ fn instant(
         .map_err(|rejection| ApiError::from(flotilla_actors::error::Error::from(rejection)))
 }
 
-/// Scheduled action `sid` of group `id`, if `tenant` owns both.
-fn owned(
-    state: &AppState,
-    tenant: &flotilla_actors::domain::TenantId,
-    id: &str,
-    sid: &str,
-) -> Result<ScheduleId, ApiError> {
-    let group = owned_group(state, tenant, id)?;
-    resource::owned::<Schedules>(state, tenant, sid, Some(group.as_str()))
-}
-
 /// `POST /v1/groups/{id}/schedules`.
 #[utoipa::path(
     post,
@@ -281,7 +270,7 @@ pub async fn show(
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path.0, &path.1)?;
+    let id = resource::owned_in_group::<Schedules>(&state, &tenant, &path.0, &path.1)?;
     let scheduled = resource::load::<Schedules>(&state, &id).await?;
     let now = state.supervisor.clock().now();
     Ok(HttpResponse::Ok().json(ScheduleView::of(&scheduled, now)))
@@ -306,7 +295,7 @@ pub async fn update(
     path: web::Path<(String, String)>,
     body: web::Json<UpdateSchedule>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path.0, &path.1)?;
+    let id = resource::owned_in_group::<Schedules>(&state, &tenant, &path.0, &path.1)?;
     let body = body.into_inner();
     let nullable = |field, text: Option<Option<String>>| -> Result<_, ApiError> {
         match text {
@@ -351,7 +340,7 @@ pub async fn delete(
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path.0, &path.1)?;
+    let id = resource::owned_in_group::<Schedules>(&state, &tenant, &path.0, &path.1)?;
     state
         .execute::<Schedules>(id.as_str(), ScheduledCommand::Delete)
         .await?;
