@@ -473,25 +473,25 @@ impl AlarmTable {
     }
 
     /// Records the samples of several groups at `now`, under one lock (a remote write spans
-    /// many groups): what became of them, and how many were skipped at the series cap.
-    pub fn ingest_all(
+    /// many groups): what became of them, and how many were skipped at the series cap. Each
+    /// sample is (group, metric, value, timestamp), borrowed, so that storing one allocates
+    /// nothing.
+    pub fn ingest_all<'a>(
         &self,
-        groups: &HashMap<GroupId, Vec<Sample>>,
+        samples: impl IntoIterator<Item = (&'a GroupId, &'a str, f64, Timestamp)>,
         now: Timestamp,
     ) -> (Ingested, usize) {
         let (watching, mut store) = self.open();
         drop(watching);
         let mut ingested = Ingested::default();
         let mut over_cap = 0;
-        for (group, samples) in groups {
-            for sample in samples {
-                match store.record(group, sample, now) {
-                    Ok(Recorded::Stored) => ingested.accepted += 1,
-                    Ok(Recorded::Unwatched) => ingested.unwatched += 1,
-                    Ok(Recorded::TooOld) => ingested.too_old += 1,
-                    Ok(Recorded::TooNew) => ingested.too_new += 1,
-                    Err(_) => over_cap += 1,
-                }
+        for (group, metric, value, timestamp) in samples {
+            match store.record_value(group, metric, value, timestamp, now) {
+                Ok(Recorded::Stored) => ingested.accepted += 1,
+                Ok(Recorded::Unwatched) => ingested.unwatched += 1,
+                Ok(Recorded::TooOld) => ingested.too_old += 1,
+                Ok(Recorded::TooNew) => ingested.too_new += 1,
+                Err(_) => over_cap += 1,
             }
         }
         (ingested, over_cap)

@@ -29,7 +29,7 @@ pub struct Owner {
 }
 
 /// A map's pairs, sorted by key: as a checkpoint keeps them.
-fn pairs<K: Clone + Ord, V: Clone>(map: &HashMap<K, V>) -> Vec<(K, V)> {
+fn pairs<K: Clone + Ord, V: Clone, S>(map: &HashMap<K, V, S>) -> Vec<(K, V)> {
     let mut pairs: Vec<(K, V)> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     pairs.sort_by(|a, b| a.0.cmp(&b.0));
     pairs
@@ -103,7 +103,8 @@ struct Data {
     group_tokens: HashMap<GroupId, String>,
     /// (group, server) → the hash of the metrics token minted for that server's launch.
     server_tokens: HashMap<(GroupId, String), String>,
-    groups: HashMap<GroupId, TenantId>,
+    /// Hashed with foldhash: a remote write asks about hundreds of groups at once.
+    groups: HashMap<GroupId, TenantId, foldhash::fast::RandomState>,
     policies: OfGroups<PolicyId>,
     webhooks: HashMap<WebhookId, Owner>,
     alarms: HashMap<AlarmId, Owner>,
@@ -138,6 +139,19 @@ impl Saved {
     /// Whether it holds nothing at all.
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty() && self.groups.is_empty()
+    }
+}
+
+/// A tenant's groups under the index's read lock: see [`Index::groups_owned_by`].
+pub struct OwnedGroups<'a> {
+    data: std::sync::RwLockReadGuard<'a, Data>,
+    tenant: &'a TenantId,
+}
+
+impl OwnedGroups<'_> {
+    /// Whether the tenant owns live group `id`.
+    pub fn contains(&self, id: &GroupId) -> bool {
+        self.data.groups.get(id) == Some(self.tenant)
     }
 }
 
@@ -473,6 +487,15 @@ impl Index {
     /// Whether `tenant` owns live group `id`.
     pub fn owns_group(&self, tenant: &TenantId, id: &GroupId) -> bool {
         self.read().groups.get(id) == Some(tenant)
+    }
+
+    /// The groups of `tenant`, asked under one read lock: for a caller that asks about many
+    /// at once (a remote write names hundreds). Hold it only while asking.
+    pub fn groups_owned_by<'a>(&'a self, tenant: &'a TenantId) -> OwnedGroups<'a> {
+        OwnedGroups {
+            data: self.read(),
+            tenant,
+        }
     }
 
     /// The owner of live policy `id`.

@@ -17,7 +17,8 @@ use std::collections::HashMap;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use flotilla_actors::domain::samples::{validate_sample, Sample};
+use flotilla_actors::clock::Timestamp;
+use flotilla_actors::domain::samples::{validate_metric, MAX_SAMPLE_TIMESTAMP_SECS};
 use flotilla_actors::domain::GroupId;
 use prost::Message;
 
@@ -225,15 +226,41 @@ fn count(mut bytes: &[u8]) -> Option<(usize, usize)> {
     Some((series, samples))
 }
 
-/// The samples of `request` by group, as `poster` may write them (`owns` tells whether a
-/// tenant owns a group), and the tally of those skipped.
-fn by_group(
-    request: &WriteRequest,
+/// The samples of a write that `poster` may write, borrowed from the request: each group
+/// once, and each sample as (index into `groups`, metric, value, timestamp).
+#[derive(Debug, Default)]
+struct Writable<'a> {
+    groups: Vec<GroupId>,
+    samples: Vec<(usize, &'a str, f64, Timestamp)>,
+}
+
+impl Writable<'_> {
+    /// Each sample with its group, as [`crate::alarms::AlarmTable::ingest_all`] takes them.
+    fn iter(&self) -> impl Iterator<Item = (&GroupId, &str, f64, Timestamp)> {
+        self.samples
+            .iter()
+            .map(|&(group, metric, value, at)| (&self.groups[group], metric, value, at))
+    }
+}
+
+/// The samples of `request` that `poster` may write (`owns` tells whether a tenant owns a
+/// group, asked once per group), and the tally of those skipped.
+fn writable<'a>(
+    request: &'a WriteRequest,
     poster: &Poster,
     owns: impl Fn(&GroupId) -> bool,
-) -> (HashMap<GroupId, Vec<Sample>>, Tally) {
-    let mut groups: HashMap<GroupId, Vec<Sample>> = HashMap::new();
+) -> (Writable<'a>, Tally) {
+    let mut writable = Writable::default();
     let mut tally = Tally::default();
+    // A group label → its index in `writable.groups`, or none if the poster may not write it.
+    let mut seen: HashMap<&str, Option<usize>, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(request.timeseries.len(), Default::default());
+    writable
+        .samples
+        .reserve(request.timeseries.iter().map(|s| s.samples.len()).sum());
+    if let Poster::Group(group) = poster {
+        writable.groups.push(group.clone());
+    }
     for series in &request.timeseries {
         let label = |name: &str| {
             series
@@ -249,38 +276,51 @@ fn by_group(
         };
         let group = match poster {
             // The token's group wins over any label.
-            Poster::Group(group) => group.clone(),
-            Poster::Tenant(_) => match label(GROUP) {
-                None => {
+            Poster::Group(_) => 0,
+            Poster::Tenant(_) => {
+                let Some(named) = label(GROUP) else {
                     tally.add("no_group", n);
                     continue;
-                }
-                Some(named) => {
+                };
+                let index = *seen.entry(named).or_insert_with(|| {
                     let group = GroupId::new(named);
-                    if !owns(&group) {
-                        tally.add("not_writable", n);
-                        continue;
-                    }
-                    group
-                }
-            },
+                    owns(&group).then(|| {
+                        writable.groups.push(group);
+                        writable.groups.len() - 1
+                    })
+                });
+                let Some(index) = index else {
+                    tally.add("not_writable", n);
+                    continue;
+                };
+                index
+            }
         };
-        let samples = groups.entry(group).or_default();
+        let metric_ok = validate_metric(metric).is_ok();
         for sample in &series.samples {
             if sample.value.is_nan() {
                 tally.add("stale", 1);
                 continue;
             }
-            #[allow(clippy::cast_precision_loss)]
-            let seconds = sample.timestamp as f64 / 1000.0;
-            match validate_sample(metric, sample.value, seconds) {
-                Ok(sample) => samples.push(sample),
-                Err(_) => tally.add("invalid", 1),
+            match sample_time(sample.timestamp) {
+                Some(at) if metric_ok && sample.value.is_finite() => {
+                    writable.samples.push((group, metric, sample.value, at));
+                }
+                _ => tally.add("invalid", 1),
             }
         }
     }
-    groups.retain(|_, samples| !samples.is_empty());
-    (groups, tally)
+    (writable, tally)
+}
+
+/// A remote-write timestamp (Unix ms) as a sample's time: none if it is negative or past the
+/// end of year 9999, as `/v1/metrics` refuses.
+fn sample_time(millis: i64) -> Option<Timestamp> {
+    #[allow(clippy::cast_possible_truncation)]
+    const MAX_MILLIS: i64 = (MAX_SAMPLE_TIMESTAMP_SECS * 1000.0) as i64;
+    (0..=MAX_MILLIS)
+        .contains(&millis)
+        .then(|| Timestamp::from_millis(millis))
 }
 
 /// Prometheus remote write 1.0 (SPEC 5.1).
@@ -345,15 +385,17 @@ pub async fn write(
         })?
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let request = decode(&body)?;
-    let owns = |group: &GroupId| match &poster {
-        Poster::Tenant(tenant) => state.index.owns_group(tenant, group),
-        Poster::Group(own) => own == group,
+    let (writable, mut tally) = match &poster {
+        Poster::Tenant(tenant) => {
+            let owned = state.index.groups_owned_by(tenant);
+            writable(&request, &poster, |group| owned.contains(group))
+        }
+        Poster::Group(_) => writable(&request, &poster, |_| true),
     };
-    let (groups, mut tally) = by_group(&request, &poster, owns);
     let now = state.supervisor.clock().now();
     // Past the series cap a sample is skipped and counted, not refused: a 429 after other
     // samples were stored would have Prometheus send them all again.
-    let (ingested, over_cap) = state.evaluator.table().ingest_all(&groups, now);
+    let (ingested, over_cap) = state.evaluator.table().ingest_all(writable.iter(), now);
     tally.add("accepted", ingested.accepted);
     tally.add("unwatched", ingested.unwatched);
     tally.add("too_old", ingested.too_old);
@@ -490,9 +532,12 @@ mod tests {
             ],
         };
         let tenant = Poster::Tenant(TenantId::new("ten_1"));
-        let (groups, tally) = by_group(&request, &tenant, |g| g.as_str() == "grp_mine");
-        assert_eq!(groups.len(), 1);
-        assert_eq!(groups[&GroupId::new("grp_mine")].len(), 1);
+        let (mine, tally) = writable(&request, &tenant, |g| g.as_str() == "grp_mine");
+        let at = Timestamp::from_millis(1_700_000_000_000);
+        assert_eq!(
+            mine.iter().collect::<Vec<_>>(),
+            [(&GroupId::new("grp_mine"), "queue", 5.0, at)]
+        );
         for (outcome, n) in [
             ("stale", 1),
             ("no_group", 1),
@@ -504,9 +549,21 @@ mod tests {
         }
         // A metrics token's group wins over any label.
         let token = Poster::Group(GroupId::new("grp_token"));
-        let (groups, _) = by_group(&request, &token, |_| false);
-        assert_eq!(groups.len(), 1);
-        assert_eq!(groups[&GroupId::new("grp_token")].len(), 3);
+        let (by_token, _) = writable(&request, &token, |_| false);
+        assert_eq!(by_token.groups, [GroupId::new("grp_token")]);
+        assert_eq!(by_token.samples.len(), 3);
+    }
+
+    #[test]
+    fn a_sample_time_is_refused_outside_what_the_json_intake_takes() {
+        assert_eq!(sample_time(0), Some(Timestamp::from_millis(0)));
+        assert_eq!(sample_time(-1), None);
+        assert_eq!(
+            sample_time(253_402_300_799_000),
+            Some(Timestamp::from_millis(253_402_300_799_000))
+        );
+        assert_eq!(sample_time(253_402_300_799_001), None);
+        assert_eq!(sample_time(i64::MAX), None);
     }
 
     proptest! {

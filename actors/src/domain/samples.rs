@@ -35,6 +35,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+/// A hash map with foldhash's per-process seeded hasher.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use super::alarm::{AlarmDefinition, Statistic};
 use super::GroupId;
 use crate::clock::Timestamp;
@@ -160,6 +163,14 @@ impl Window {
 
     /// Drops the periods starting before `horizon`; returns how many.
     fn trim(&mut self, horizon: i64) -> usize {
+        // Most calls drop nothing: `split_off` would still rebuild the map.
+        if self
+            .periods
+            .first_key_value()
+            .is_none_or(|(start, _)| *start >= horizon)
+        {
+            return 0;
+        }
         let kept = self.periods.split_off(&horizon);
         let dropped = self.periods.len();
         self.periods = kept;
@@ -183,8 +194,10 @@ impl Series {
 #[derive(Debug, Clone)]
 pub struct SeriesStore {
     max_series: usize,
-    /// group → metric → series. Nested so that a lookup needs no allocation.
-    series: HashMap<GroupId, HashMap<String, Series>>,
+    /// group → metric → series. Nested so that a lookup needs no allocation. Hashed with
+    /// foldhash, seeded per process: keys are only inserted by watchers (alarm and policy
+    /// definitions), and every sample of a remote write pays two lookups.
+    series: Map<GroupId, Map<String, Series>>,
     /// How many series hold at least one period.
     holding: usize,
 }
@@ -205,7 +218,7 @@ impl SeriesStore {
     pub fn with_max_series(max_series: usize) -> Self {
         SeriesStore {
             max_series,
-            series: HashMap::new(),
+            series: Map::default(),
             holding: 0,
         }
     }
@@ -224,7 +237,7 @@ impl SeriesStore {
     pub fn period_count(&self) -> usize {
         self.series
             .values()
-            .flat_map(HashMap::values)
+            .flat_map(Map::values)
             .flat_map(|s| s.windows.values())
             .map(|w| w.periods.len())
             .sum()
@@ -323,25 +336,47 @@ impl SeriesStore {
         sample: &Sample,
         now: Timestamp,
     ) -> Result<Recorded, RecordError> {
+        self.record_value(group, &sample.metric, sample.value, sample.timestamp, now)
+    }
+
+    /// [`SeriesStore::record`] with the sample's parts borrowed, so that a caller holding
+    /// many samples of one metric (a remote write) allocates nothing per sample.
+    pub fn record_value(
+        &mut self,
+        group: &GroupId,
+        metric: &str,
+        value: f64,
+        timestamp: Timestamp,
+        now: Timestamp,
+    ) -> Result<Recorded, RecordError> {
         let Some(series) = self
             .series
             .get_mut(group)
-            .and_then(|metrics| metrics.get_mut(sample.metric.as_str()))
+            .and_then(|metrics| metrics.get_mut(metric))
         else {
             return Ok(Recorded::Unwatched);
         };
-        let t = sample.timestamp.as_millis();
-        let mut too_new = false;
-        let mut targets = Vec::with_capacity(series.windows.len());
-        for (&period_seconds, window) in &series.windows {
+        let t = timestamp.as_millis();
+        let fits = |period_seconds: u32, window: &Window| {
             let period = millis(period_seconds);
             if t > now.as_millis().saturating_add(period) {
-                too_new = true;
+                Err(Recorded::TooNew)
             } else if t >= window.horizon(period, now) {
-                targets.push(period_seconds);
+                Ok(())
+            } else {
+                Err(Recorded::TooOld)
+            }
+        };
+        let mut too_new = false;
+        let mut fitting = false;
+        for (&period_seconds, window) in &series.windows {
+            match fits(period_seconds, window) {
+                Ok(()) => fitting = true,
+                Err(Recorded::TooNew) => too_new = true,
+                Err(_) => {}
             }
         }
-        if targets.is_empty() {
+        if !fitting {
             return Ok(if too_new {
                 Recorded::TooNew
             } else {
@@ -354,17 +389,17 @@ impl SeriesStore {
                 limit: self.max_series,
             });
         }
-        for period_seconds in targets {
-            let period = millis(period_seconds);
-            let Some(window) = series.windows.get_mut(&period_seconds) else {
+        for (&period_seconds, window) in &mut series.windows {
+            if fits(period_seconds, window).is_err() {
                 continue;
-            };
+            }
+            let period = millis(period_seconds);
             window.trim(window.horizon(period, now));
             window
                 .periods
                 .entry(start_of(t, period))
-                .and_modify(|stats| stats.add(sample.value))
-                .or_insert_with(|| PeriodStats::of(sample.value));
+                .and_modify(|stats| stats.add(value))
+                .or_insert_with(|| PeriodStats::of(value));
         }
         if !held {
             self.holding += 1;
@@ -407,7 +442,7 @@ impl SeriesStore {
     pub fn prune(&mut self, now: Timestamp) -> usize {
         let mut dropped = 0;
         let mut emptied = 0;
-        for series in self.series.values_mut().flat_map(HashMap::values_mut) {
+        for series in self.series.values_mut().flat_map(Map::values_mut) {
             let held = series.holds_samples();
             for (&period_seconds, window) in &mut series.windows {
                 let period = millis(period_seconds);
