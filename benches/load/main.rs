@@ -13,13 +13,18 @@
 //! - bad-signature flood: a signed caller's latency, paced under the per-webhook limit, alone and
 //!   while four connections from another address send bad signatures to the same webhook as
 //!   fast as they can, with the default rate limits (`LOAD_FLOOD=0` skips it);
+//! - group size: webhook calls on groups of 0, 1,000 and 5,000 active simulated servers (16
+//!   groups each, the policy at its bound, so that every call is a durable `no_change`): the
+//!   cost of a command must not grow with the group;
 //! - memory: the resident set of the `flotilla` binary itself (a child process) with N groups, N
 //!   policies and N alarms created over HTTP, beside the same binary empty.
 //!
 //! `cargo bench --bench load` prints a table and writes `target/load-report.json`. Settings by
 //! environment: `LOAD_SECONDS` (per scenario, default 10), `LOAD_CONNECTIONS` (32),
 //! `LOAD_GROUPS` (1000), `LOAD_RECOVERY_EVENTS` (comma-separated, default 1000000),
-//! `LOAD_RESIDENT_OBJECTS` (100000 of each kind; 0 skips it).
+//! `LOAD_RESIDENT_OBJECTS` (100000 of each kind; 0 skips it), `LOAD_SIZES` (comma-separated
+//! servers per group, default 0,1000,5000; empty skips it), `LOAD_BASICS` (0 skips the
+//! webhook, ingestion and remote write scenarios).
 //!
 //! The load generator is a small HTTP/1.1 keep-alive client over `TcpStream`, one thread per
 //! connection, with requests signed before the clock starts: on a 2-core machine the client
@@ -503,6 +508,91 @@ fn remote_write_bodies(groups: &[String], now_ms: i64, count: usize) -> Vec<Vec<
         .collect()
 }
 
+/// Webhook calls on `groups` groups of `size` active simulated servers each, on a fresh
+/// service: each group's policy is at its bound (min = max = desired = `size`), so every call
+/// is a durable `no_change` and the converger has nothing to do while they run. Answers the
+/// run and how long the servers took to become active.
+fn sized(size: usize, groups: usize, connections: usize, seconds: f64) -> (Run, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, _) = start_flotilla(&dir.path().join("data"));
+    let addr = service.addr;
+    let tenant = call(
+        addr,
+        "POST",
+        "/v1/tenants",
+        &service.operator_token,
+        json!({"name": "sized"}),
+    );
+    let token = tenant["token"].as_str().unwrap().to_owned();
+    let mut hooks = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..groups {
+        let group = call(
+            addr,
+            "POST",
+            "/v1/groups",
+            &token,
+            json!({"name": "g", "min_size": size, "max_size": size, "desired_capacity": size,
+            "cooldown_seconds": 0, "launch": {"provider": "simulated"}}),
+        );
+        let gid = group["id"].as_str().unwrap().to_owned();
+        let policy = call(
+            addr,
+            "POST",
+            &format!("/v1/groups/{gid}/policies"),
+            &token,
+            json!({"name": "up", "adjustment_type": "change", "adjustment": 1}),
+        );
+        let pid = policy["id"].as_str().unwrap().to_owned();
+        let hook = call(
+            addr,
+            "POST",
+            &format!("/v1/groups/{gid}/policies/{pid}/webhooks"),
+            &token,
+            json!({"name": "h"}),
+        );
+        let key = flotilla::signature::key_of(hook["secret"].as_str().unwrap()).unwrap();
+        hooks.push((format!("/v1/hooks/{}", hook["id"].as_str().unwrap()), key));
+        ids.push(gid);
+    }
+    let started = Instant::now();
+    for gid in &ids {
+        loop {
+            let group = call(
+                addr,
+                "GET",
+                &format!("/v1/groups/{gid}"),
+                &token,
+                Value::Null,
+            );
+            if group["active"].as_u64() == Some(size as u64) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1800),
+                "{gid} never reached {size} active servers: {group}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let converged = started.elapsed();
+    let fleet = Fleet {
+        hooks,
+        metrics_tokens: Vec::new(),
+        token,
+        groups: ids,
+    };
+    let per_connection = 20_000;
+    let requests = webhook_requests(addr, &fleet, connections, per_connection);
+    let run = drive(
+        addr,
+        connections,
+        seconds,
+        Arc::new(move |c, i| requests[c][i % per_connection].clone()),
+    );
+    (run, converged)
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -748,90 +838,6 @@ fn main() {
         "flotilla load harness: {cores} cores, {connections} connections, {seconds} s a scenario"
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let (service, _) = start_flotilla(&dir.path().join("data"));
-    let bare = start_bare();
-    eprintln!("setting up {groups} groups with a policy, a webhook and an alarm each...");
-    let fleet = fleet(&service, groups);
-
-    // Webhooks: enough distinct requests that no nonce repeats within the run.
-    let per_connection = 20_000;
-    let requests = webhook_requests(service.addr, &fleet, connections, per_connection);
-    let bare_requests = readdress(&requests, service.addr, bare.addr);
-    let pick =
-        |requests: Arc<Vec<Vec<Vec<u8>>>>| -> Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync> {
-            Arc::new(move |c, i| requests[c][i % per_connection].clone())
-        };
-    let base = drive(bare.addr, connections, seconds, pick(bare_requests));
-    let hooks = drive(service.addr, connections, seconds, pick(requests));
-
-    // Ingestion: batches of 1,000 samples with each group's metrics token.
-    let body = Arc::new(samples_body(unix_now()));
-    let ingest_requests = |addr: SocketAddr| -> Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync> {
-        let tokens = fleet.metrics_tokens.clone();
-        let body = body.clone();
-        Arc::new(move |c, i| {
-            let token = &tokens[(c + i) % tokens.len()];
-            request(
-                "POST",
-                addr,
-                "/v1/metrics",
-                &[
-                    ("authorization", format!("Bearer {token}")),
-                    ("content-type", "application/json".into()),
-                ],
-                &body,
-            )
-        })
-    };
-    let bare_ingest = drive(
-        bare.addr,
-        connections.min(8),
-        seconds,
-        ingest_requests(bare.addr),
-    );
-    let ingest = drive(
-        service.addr,
-        connections.min(8),
-        seconds,
-        ingest_requests(service.addr),
-    );
-
-    // Remote write: bodies of 500 samples with the tenant's token.
-    let bodies = Arc::new(remote_write_bodies(&fleet.groups, unix_now() * 1000, 64));
-    let write_requests = |addr: SocketAddr| -> Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync> {
-        let bodies = bodies.clone();
-        let token = fleet.token.clone();
-        Arc::new(move |c, i| {
-            request(
-                "POST",
-                addr,
-                "/v1/write",
-                &[
-                    ("authorization", format!("Bearer {token}")),
-                    ("content-type", "application/x-protobuf".into()),
-                    ("content-encoding", "snappy".into()),
-                    ("x-prometheus-remote-write-version", "0.1.0".into()),
-                ],
-                &bodies[(c + i) % bodies.len()],
-            )
-        })
-    };
-    let bare_write = drive(
-        bare.addr,
-        connections.min(8),
-        seconds,
-        write_requests(bare.addr),
-    );
-    let write = drive(
-        service.addr,
-        connections.min(8),
-        seconds,
-        write_requests(service.addr),
-    );
-    drop(service);
-    drop(bare);
-
     let mut rows: Vec<(String, String, String, String)> = Vec::new();
     let ratio = |a: f64, b: f64| {
         if b > 0.0 {
@@ -840,50 +846,176 @@ fn main() {
             "-".into()
         }
     };
-    rows.push((
-        "webhooks/s (signed, journaled)".into(),
-        format!("{:.0}", hooks.per_second()),
-        format!("{:.0} (bare handler)", base.per_second()),
-        ratio(hooks.per_second(), base.per_second()),
-    ));
-    rows.push((
-        "webhook p50 / p99 / p999".into(),
-        format!(
-            "{:.2} / {:.2} / {:.2} ms",
-            hooks.p50_us as f64 / 1e3,
-            hooks.p99_us as f64 / 1e3,
-            hooks.p999_us as f64 / 1e3
-        ),
-        format!(
-            "{:.2} / {:.2} / {:.2} ms",
-            base.p50_us as f64 / 1e3,
-            base.p99_us as f64 / 1e3,
-            base.p999_us as f64 / 1e3
-        ),
-        ratio(hooks.p99_us as f64, base.p99_us as f64),
-    ));
-    rows.push((
-        "samples/s (batches of 1,000)".into(),
-        format!("{:.0}", ingest.per_second() * 1000.0),
-        format!("{:.0} (bare POST)", bare_ingest.per_second() * 1000.0),
-        ratio(ingest.per_second(), bare_ingest.per_second()),
-    ));
-    rows.push((
-        "remote write samples/s (bodies of 500)".into(),
-        format!("{:.0}", write.per_second() * 500.0),
-        format!("{:.0} (bare decode)", bare_write.per_second() * 500.0),
-        ratio(write.per_second(), bare_write.per_second()),
-    ));
-    report.insert("remote_write".into(), json!({"samples_per_second": write.per_second() * 500.0, "statuses": format!("{:?}", write.statuses),
-        "baseline_samples_per_second": bare_write.per_second() * 500.0, "baseline_statuses": format!("{:?}", bare_write.statuses)}));
-    report.insert("webhooks".into(), json!({"per_second": hooks.per_second(), "p50_us": hooks.p50_us, "p99_us": hooks.p99_us, "p999_us": hooks.p999_us,
-        "statuses": format!("{:?}", hooks.statuses), "baseline_per_second": base.per_second(), "baseline_p99_us": base.p99_us}));
-    report.insert("ingestion".into(), json!({"samples_per_second": ingest.per_second() * 1000.0, "statuses": format!("{:?}", ingest.statuses),
-        "baseline_samples_per_second": bare_ingest.per_second() * 1000.0}));
-    eprintln!(
-        "webhook statuses {:?}, ingestion statuses {:?}",
-        hooks.statuses, ingest.statuses
-    );
+    if env("LOAD_BASICS", 1) > 0 {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, _) = start_flotilla(&dir.path().join("data"));
+        let bare = start_bare();
+        eprintln!("setting up {groups} groups with a policy, a webhook and an alarm each...");
+        let fleet = fleet(&service, groups);
+
+        // Webhooks: enough distinct requests that no nonce repeats within the run.
+        let per_connection = 20_000;
+        let requests = webhook_requests(service.addr, &fleet, connections, per_connection);
+        let bare_requests = readdress(&requests, service.addr, bare.addr);
+        let pick =
+            |requests: Arc<Vec<Vec<Vec<u8>>>>| -> Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync> {
+                Arc::new(move |c, i| requests[c][i % per_connection].clone())
+            };
+        let base = drive(bare.addr, connections, seconds, pick(bare_requests));
+        let hooks = drive(service.addr, connections, seconds, pick(requests));
+
+        // Ingestion: batches of 1,000 samples with each group's metrics token.
+        let body = Arc::new(samples_body(unix_now()));
+        let ingest_requests =
+            |addr: SocketAddr| -> Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync> {
+                let tokens = fleet.metrics_tokens.clone();
+                let body = body.clone();
+                Arc::new(move |c, i| {
+                    let token = &tokens[(c + i) % tokens.len()];
+                    request(
+                        "POST",
+                        addr,
+                        "/v1/metrics",
+                        &[
+                            ("authorization", format!("Bearer {token}")),
+                            ("content-type", "application/json".into()),
+                        ],
+                        &body,
+                    )
+                })
+            };
+        let bare_ingest = drive(
+            bare.addr,
+            connections.min(8),
+            seconds,
+            ingest_requests(bare.addr),
+        );
+        let ingest = drive(
+            service.addr,
+            connections.min(8),
+            seconds,
+            ingest_requests(service.addr),
+        );
+
+        // Remote write: bodies of 500 samples with the tenant's token.
+        let bodies = Arc::new(remote_write_bodies(&fleet.groups, unix_now() * 1000, 64));
+        let write_requests =
+            |addr: SocketAddr| -> Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync> {
+                let bodies = bodies.clone();
+                let token = fleet.token.clone();
+                Arc::new(move |c, i| {
+                    request(
+                        "POST",
+                        addr,
+                        "/v1/write",
+                        &[
+                            ("authorization", format!("Bearer {token}")),
+                            ("content-type", "application/x-protobuf".into()),
+                            ("content-encoding", "snappy".into()),
+                            ("x-prometheus-remote-write-version", "0.1.0".into()),
+                        ],
+                        &bodies[(c + i) % bodies.len()],
+                    )
+                })
+            };
+        let bare_write = drive(
+            bare.addr,
+            connections.min(8),
+            seconds,
+            write_requests(bare.addr),
+        );
+        let write = drive(
+            service.addr,
+            connections.min(8),
+            seconds,
+            write_requests(service.addr),
+        );
+        drop(service);
+        drop(bare);
+
+        rows.push((
+            "webhooks/s (signed, journaled)".into(),
+            format!("{:.0}", hooks.per_second()),
+            format!("{:.0} (bare handler)", base.per_second()),
+            ratio(hooks.per_second(), base.per_second()),
+        ));
+        rows.push((
+            "webhook p50 / p99 / p999".into(),
+            format!(
+                "{:.2} / {:.2} / {:.2} ms",
+                hooks.p50_us as f64 / 1e3,
+                hooks.p99_us as f64 / 1e3,
+                hooks.p999_us as f64 / 1e3
+            ),
+            format!(
+                "{:.2} / {:.2} / {:.2} ms",
+                base.p50_us as f64 / 1e3,
+                base.p99_us as f64 / 1e3,
+                base.p999_us as f64 / 1e3
+            ),
+            ratio(hooks.p99_us as f64, base.p99_us as f64),
+        ));
+        rows.push((
+            "samples/s (batches of 1,000)".into(),
+            format!("{:.0}", ingest.per_second() * 1000.0),
+            format!("{:.0} (bare POST)", bare_ingest.per_second() * 1000.0),
+            ratio(ingest.per_second(), bare_ingest.per_second()),
+        ));
+        rows.push((
+            "remote write samples/s (bodies of 500)".into(),
+            format!("{:.0}", write.per_second() * 500.0),
+            format!("{:.0} (bare decode)", bare_write.per_second() * 500.0),
+            ratio(write.per_second(), bare_write.per_second()),
+        ));
+        report.insert("remote_write".into(), json!({"samples_per_second": write.per_second() * 500.0, "statuses": format!("{:?}", write.statuses),
+            "baseline_samples_per_second": bare_write.per_second() * 500.0, "baseline_statuses": format!("{:?}", bare_write.statuses)}));
+        report.insert("webhooks".into(), json!({"per_second": hooks.per_second(), "p50_us": hooks.p50_us, "p99_us": hooks.p99_us, "p999_us": hooks.p999_us,
+            "statuses": format!("{:?}", hooks.statuses), "baseline_per_second": base.per_second(), "baseline_p99_us": base.p99_us}));
+        report.insert("ingestion".into(), json!({"samples_per_second": ingest.per_second() * 1000.0, "statuses": format!("{:?}", ingest.statuses),
+            "baseline_samples_per_second": bare_ingest.per_second() * 1000.0}));
+        eprintln!(
+            "webhook statuses {:?}, ingestion statuses {:?}",
+            hooks.statuses, ingest.statuses
+        );
+    }
+    let sizes: String = env("LOAD_SIZES", "0,1000,5000".to_owned());
+    let mut by_size = Vec::new();
+    for size in sizes
+        .split(',')
+        .filter_map(|n| n.trim().parse::<usize>().ok())
+    {
+        eprintln!("16 groups of {size} servers...");
+        let (run, converged) = sized(size, 16, connections, seconds);
+        eprintln!(
+            "  {size} servers: statuses {:?}, active after {:.1} s",
+            run.statuses,
+            converged.as_secs_f64()
+        );
+        by_size.push((size, run));
+    }
+    if let Some((_, empty)) = by_size.first().cloned() {
+        for (size, run) in &by_size {
+            rows.push((
+                format!("webhooks/s, 16 groups of {size} servers (p50 / p99)"),
+                format!(
+                    "{:.0} ({:.2} / {:.2} ms)",
+                    run.per_second(),
+                    run.p50_us as f64 / 1e3,
+                    run.p99_us as f64 / 1e3
+                ),
+                format!(
+                    "{:.0} ({:.2} / {:.2} ms) (groups of {})",
+                    empty.per_second(),
+                    empty.p50_us as f64 / 1e3,
+                    empty.p99_us as f64 / 1e3,
+                    by_size[0].0
+                ),
+                ratio(run.per_second(), empty.per_second()),
+            ));
+        }
+        report.insert("sizes".into(), by_size.iter().map(|(size, run)| json!({"servers_per_group": size,
+            "per_second": run.per_second(), "p50_us": run.p50_us, "p99_us": run.p99_us, "statuses": format!("{:?}", run.statuses)})).collect::<Vec<_>>().into());
+    }
 
     if env("LOAD_FLOOD", 1) > 0 {
         eprintln!("the bad-signature flood...");
