@@ -17,7 +17,7 @@ use flotilla::providers::Providers;
 use flotilla_actors::aggregate::Groups;
 use flotilla_actors::clock::{Clock, SystemClock};
 use flotilla_actors::domain::group::{GroupCommand, NewGroup};
-use flotilla_actors::domain::server::plan;
+use flotilla_actors::domain::server::{plan, Sweep};
 use flotilla_actors::domain::{GroupId, TenantId};
 use flotilla_actors::supervisor::{Config, Supervisor};
 use flotilla_journal::Journal;
@@ -109,7 +109,7 @@ fn converger(c: &mut Criterion) {
         .unwrap();
     let now = supervisor.clock().now();
     group.bench_function("plan_1000", |b| {
-        b.iter(|| plan(&state.servers, state.target(), now));
+        b.iter(|| plan(&state.servers, state.target(), now, &Sweep::ALL));
     });
     group.finish();
 }

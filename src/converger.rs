@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use flotilla_actors::aggregate::Groups;
 use flotilla_actors::domain::group::{GroupCommand, GroupEvent, LaunchRequest, ServerReport};
-use flotilla_actors::domain::server::plan;
+use flotilla_actors::domain::server::{plan, Sweep};
 use flotilla_actors::domain::GroupId;
 use flotilla_actors::error::Error;
 use flotilla_actors::object::Executed;
@@ -58,7 +58,14 @@ pub struct Converger {
     locks: Mutex<HashMap<GroupId, Arc<tokio::sync::Mutex<()>>>>,
     quiet: Arc<Quiet>,
     deletions: Arc<Deletions>,
+    /// Per group, the active server its last pass's sweep reached (see [`Sweep`]).
+    sweeps: Mutex<HashMap<GroupId, String>>,
 }
+
+/// The most active servers of one group a pass asks the provider about: a group of 5,000 is
+/// checked over 20 passes, and a pass costs about the same whatever the group's size. Every
+/// pending server is asked about at every pass.
+pub const ACTIVE_CHECKS_PER_PASS: usize = 256;
 
 /// The servers whose deletion is under way, per group: a pass starts no second deletion of a
 /// server, and a forced group deletion waits for them to end.
@@ -193,7 +200,14 @@ impl Converger {
             locks: Mutex::new(HashMap::new()),
             quiet,
             deletions: Arc::default(),
+            sweeps: Mutex::default(),
         }
+    }
+
+    fn sweeps(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, String>> {
+        self.sweeps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn quiet(&self) -> std::sync::MutexGuard<'_, QuietSets> {
@@ -311,7 +325,14 @@ impl Converger {
             return Ok(pass);
         };
         let now = self.supervisor.clock().now();
-        let plan = plan(&group.servers, group.target(), now);
+        let sweep = Sweep {
+            after: self.sweeps().remove(id).unwrap_or_default(),
+            budget: ACTIVE_CHECKS_PER_PASS,
+        };
+        let plan = plan(&group.servers, group.target(), now, &sweep);
+        if let Some(reached) = &plan.swept_to {
+            self.sweeps().insert(id.clone(), reached.clone());
+        }
 
         let mut delete = plan.delete;
         if !plan.remove.is_empty() {

@@ -85,7 +85,14 @@ aggregate!(
 aggregate!(
     /// Groups.
     Groups, "group", group, crate::domain::GroupId,
-    group::GroupState, group::GroupCommand, group::GroupEvent
+    group::GroupState, group::GroupCommand, group::GroupEvent,
+    snapshot_every = |state: &group::GroupState| {
+        // A snapshot writes every server: one every as many events as the group has servers
+        // writes about one server per event, and a start replays at most that many events
+        // (a group has at most 10,000 servers, `MAX_GROUP_SIZE`, and those being deleted).
+        let servers = state.as_ref().map_or(0, |group| group.servers.len()) as u64;
+        SNAPSHOT_EVERY.max(servers)
+    }
 );
 aggregate!(
     /// Policies.

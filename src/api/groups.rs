@@ -458,10 +458,7 @@ pub async fn servers(
     let after: String = query.cursor("srv_")?.unwrap_or_default();
     let mut page = group
         .servers
-        .range::<String, _>((
-            std::ops::Bound::Excluded(&after),
-            std::ops::Bound::Unbounded,
-        ))
+        .range::<_, String>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
         .map(|(_, server)| ServerView::new(&group, server));
     let items: Vec<ServerView> = page.by_ref().take(limit).collect();
     let next_cursor = match page.next() {

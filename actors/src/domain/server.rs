@@ -9,7 +9,7 @@
 //! The group's decisions about its slots live here too: which launches it allows
 //! ([`LaunchRequest`]) and what a provider's reports ([`ServerReport`]) record.
 
-use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -112,12 +112,41 @@ pub struct Plan {
     pub remove: Vec<String>,
     /// Servers being deleted: (id, handle) for the provider.
     pub delete: Vec<(String, Value)>,
-    /// Pending or active servers with a handle, to ask the provider about.
+    /// Pending or active servers with a handle, to ask the provider about: every pending one,
+    /// and the active ones the [`Sweep`] reaches.
     pub watch: Vec<(String, ServerState, Value)>,
+    /// The last active server watched, where the next pass's sweep goes on from; none when
+    /// this pass reached every active server.
+    pub swept_to: Option<String>,
 }
 
-/// What `servers` need to reach `target` slots at `now`.
-pub fn plan(servers: &BTreeMap<String, Server>, target: u32, now: Timestamp) -> Plan {
+/// Which active servers a pass asks the provider about: at most `budget`, the first after
+/// `after` in id order, going round to the first id after the last. A pending server is
+/// watched at every pass (it is changing); an active one is only checked to see whether it
+/// died, so a large group spreads those checks over several passes, and a pass costs the same
+/// whatever the group's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sweep {
+    /// The id the sweep goes on after (empty: from the first).
+    pub after: String,
+    /// The most active servers one pass checks.
+    pub budget: usize,
+}
+
+impl Sweep {
+    /// Every active server, at every pass.
+    pub const ALL: Sweep = Sweep {
+        after: String::new(),
+        budget: usize::MAX,
+    };
+}
+
+/// A group's servers by id: a persistent map, so that a group's state clones in constant time.
+pub type Servers = imbl::OrdMap<String, Server>;
+
+/// What `servers` need to reach `target` slots at `now`, watching the active servers `sweep`
+/// reaches.
+pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Plan {
     let mut plan = Plan::default();
     let slots = servers.values().filter(|s| s.is_slot()).count() as u32;
     let excess = slots.saturating_sub(target) as usize;
@@ -146,11 +175,25 @@ pub fn plan(servers: &BTreeMap<String, Server>, target: u32, now: Timestamp) -> 
             ServerState::Pending if server.provider.is_null() => {
                 plan.resume.push(server.id.clone());
             }
-            ServerState::Pending | ServerState::Active => {
+            ServerState::Pending => {
                 plan.watch
                     .push((server.id.clone(), server.state, server.provider.clone()));
             }
+            ServerState::Active => {}
         }
+    }
+    let after = || sweep.after.clone();
+    let mut active = servers
+        .range::<_, String>((Bound::Excluded(after()), Bound::Unbounded))
+        .chain(servers.range::<_, String>((Bound::Unbounded, Bound::Included(after()))))
+        .map(|(_, server)| server)
+        .filter(|s| s.state == ServerState::Active && !removed.contains(s.id.as_str()));
+    for server in active.by_ref().take(sweep.budget) {
+        plan.watch
+            .push((server.id.clone(), server.state, server.provider.clone()));
+    }
+    if active.next().is_some() {
+        plan.swept_to = plan.watch.last().map(|(id, _, _)| id.clone());
     }
     plan
 }
@@ -291,8 +334,43 @@ mod tests {
         }
     }
 
-    fn map(servers: Vec<Server>) -> BTreeMap<String, Server> {
+    fn map(servers: Vec<Server>) -> Servers {
         servers.into_iter().map(|s| (s.id.clone(), s)).collect()
+    }
+
+    #[test]
+    fn a_sweep_checks_pending_servers_each_pass_and_active_ones_in_turn() {
+        let mut servers: Vec<Server> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|id| server(id, ServerState::Active, 0))
+            .collect();
+        servers.push(server("p", ServerState::Pending, 1));
+        let servers = map(servers);
+        let watched = |after: &str| {
+            let sweep = Sweep {
+                after: after.into(),
+                budget: 2,
+            };
+            let plan = plan(&servers, 6, T0, &sweep);
+            let ids: Vec<String> = plan.watch.into_iter().map(|(id, _, _)| id).collect();
+            (ids, plan.swept_to)
+        };
+        assert_eq!(
+            watched(""),
+            (vec!["p".into(), "a".into(), "b".into()], Some("b".into()))
+        );
+        assert_eq!(
+            watched("b"),
+            (vec!["p".into(), "c".into(), "d".into()], Some("d".into()))
+        );
+        // Past the last id it goes round to the first.
+        assert_eq!(
+            watched("d"),
+            (vec!["p".into(), "e".into(), "a".into()], Some("a".into()))
+        );
+        // A budget that reaches every active server leaves nothing to go on from.
+        let all = plan(&servers, 6, T0, &Sweep::ALL);
+        assert_eq!((all.watch.len(), all.swept_to), (6, None));
     }
 
     #[test]
@@ -316,7 +394,7 @@ mod tests {
             .map(|s| s.id.as_str())
             .collect();
         assert_eq!(order, vec!["d", "c", "b", "a"]);
-        let plan = plan(&servers, 2, T0);
+        let plan = plan(&servers, 2, T0, &Sweep::ALL);
         assert_eq!(plan.remove, vec!["d", "c"]);
         assert_eq!(plan.launch_new, 0);
         assert_eq!(plan.delete, vec![("e".to_string(), json!({"pid": 1}))]);
@@ -328,9 +406,9 @@ mod tests {
         failed.failures = 3;
         failed.last_failure = Some(("exited".into(), T0));
         let servers = map(vec![failed]);
-        let early = plan(&servers, 1, T0.plus_secs(3u32));
+        let early = plan(&servers, 1, T0.plus_secs(3u32), &Sweep::ALL);
         assert_eq!((early.launch_new, early.relaunch.len()), (0, 0));
-        let due = plan(&servers, 1, T0.plus_secs(4u32));
+        let due = plan(&servers, 1, T0.plus_secs(4u32), &Sweep::ALL);
         assert_eq!(due.relaunch, vec!["a"]);
     }
 
@@ -338,7 +416,12 @@ mod tests {
     fn missing_slots_are_launched_and_pending_ones_without_a_handle_resumed() {
         let mut lost = server("a", ServerState::Pending, 0);
         lost.provider = Value::Null;
-        let plan = plan(&map(vec![lost, server("b", ServerState::Active, 0)]), 4, T0);
+        let plan = plan(
+            &map(vec![lost, server("b", ServerState::Active, 0)]),
+            4,
+            T0,
+            &Sweep::ALL,
+        );
         assert_eq!(plan.launch_new, 2);
         assert_eq!(plan.resume, vec!["a"]);
         assert_eq!(plan.watch.len(), 1);

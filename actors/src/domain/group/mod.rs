@@ -24,7 +24,7 @@ use super::policy::Breach;
 use super::route::Route;
 use super::scaling::Computation;
 use super::scheduled::Scheduled;
-use super::server::{self, Server, ServerState};
+use super::server::{self, Server, ServerState, Servers};
 use super::{Cause, DomainEvent, GroupId, PolicyId, Rejection, ScheduleId, TenantId};
 use crate::clock::Timestamp;
 
@@ -74,9 +74,10 @@ pub struct Group {
     #[serde(default)]
     pub metrics_token_hash: String,
     /// Its servers by id (SPEC 6): the group's own stream records them, so one actor
-    /// serializes its capacity and its servers.
+    /// serializes its capacity and its servers. A persistent map: the state is cloned into
+    /// every command's answer, and a clone must not cost the size of the group (issue 16).
     #[serde(default)]
-    pub servers: BTreeMap<String, Server>,
+    pub servers: Servers,
     /// Whether a forced deletion is removing its servers: nothing is launched any more.
     #[serde(default)]
     pub draining: bool,
@@ -612,7 +613,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             cooldown_until: None,
             created_at: *at,
             metrics_token_hash: metrics_token_hash.clone(),
-            servers: BTreeMap::new(),
+            servers: Servers::new(),
             draining: false,
             last_change: None,
             warming: Vec::new(),

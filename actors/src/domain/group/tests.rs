@@ -853,7 +853,12 @@ fn failures_never_lower_the_desired_capacity_below_min_size() {
     };
     let (state, _) = when(state, report(vec![failed("a"), failed("b")]), T0);
     assert_eq!(capacity(&state), 2);
-    let plan = crate::domain::server::plan(&state.as_ref().unwrap().servers, 2, T0.plus_secs(1u32));
+    let plan = crate::domain::server::plan(
+        &state.as_ref().unwrap().servers,
+        2,
+        T0.plus_secs(1u32),
+        &crate::domain::server::Sweep::ALL,
+    );
     assert_eq!(plan.relaunch, vec!["a", "b"]);
 }
 
