@@ -310,6 +310,7 @@ impl Converger {
             return Ok(pass);
         };
         if group.deleted || (group.servers.is_empty() && group.target() == 0) {
+            self.sweeps().remove(id);
             let mut quiet = self.quiet();
             if !quiet.changed.contains(id) {
                 quiet.idle.insert(id.clone());
@@ -326,13 +327,13 @@ impl Converger {
         };
         let now = self.supervisor.clock().now();
         let sweep = Sweep {
-            after: self.sweeps().remove(id).unwrap_or_default(),
+            after: self.sweeps().get(id).cloned().unwrap_or_default(),
             budget: ACTIVE_CHECKS_PER_PASS,
         };
         let plan = plan(&group.servers, group.target(), now, &sweep);
-        if let Some(reached) = &plan.swept_to {
-            self.sweeps().insert(id.clone(), reached.clone());
-        }
+        // Moved on only once what this pass learnt is recorded: a pass that fails checks the
+        // same servers again.
+        let swept_to = plan.swept_to.clone();
 
         let mut delete = plan.delete;
         if !plan.remove.is_empty() {
@@ -426,6 +427,10 @@ impl Converger {
                 .events
                 .len();
         }
+        match swept_to {
+            Some(reached) => self.sweeps().insert(id.clone(), reached),
+            None => self.sweeps().remove(id),
+        };
 
         // Launches.
         let mut ids = plan.relaunch;

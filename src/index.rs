@@ -142,19 +142,6 @@ impl Saved {
     }
 }
 
-/// A tenant's groups under the index's read lock: see [`Index::groups_owned_by`].
-pub struct OwnedGroups<'a> {
-    data: std::sync::RwLockReadGuard<'a, Data>,
-    tenant: &'a TenantId,
-}
-
-impl OwnedGroups<'_> {
-    /// Whether the tenant owns live group `id`.
-    pub fn contains(&self, id: &GroupId) -> bool {
-        self.data.groups.get(id) == Some(self.tenant)
-    }
-}
-
 /// The read model. All methods take `&self`; it is shared by every HTTP worker.
 #[derive(Default)]
 pub struct Index {
@@ -487,15 +474,6 @@ impl Index {
     /// Whether `tenant` owns live group `id`.
     pub fn owns_group(&self, tenant: &TenantId, id: &GroupId) -> bool {
         self.read().groups.get(id) == Some(tenant)
-    }
-
-    /// The groups of `tenant`, asked under one read lock: for a caller that asks about many
-    /// at once (a remote write names hundreds). Hold it only while asking.
-    pub fn groups_owned_by<'a>(&'a self, tenant: &'a TenantId) -> OwnedGroups<'a> {
-        OwnedGroups {
-            data: self.read(),
-            tenant,
-        }
     }
 
     /// The owner of live policy `id`.

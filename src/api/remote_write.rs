@@ -385,13 +385,13 @@ pub async fn write(
         })?
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let request = decode(&body)?;
-    let (writable, mut tally) = match &poster {
-        Poster::Tenant(tenant) => {
-            let owned = state.index.groups_owned_by(tenant);
-            writable(&request, &poster, |group| owned.contains(group))
-        }
-        Poster::Group(_) => writable(&request, &poster, |_| true),
+    // Asked once per group the write names, each under a short read lock of its own: a
+    // large write must not hold the index while it walks its samples.
+    let owns = |group: &GroupId| match &poster {
+        Poster::Tenant(tenant) => state.index.owns_group(tenant, group),
+        Poster::Group(own) => own == group,
     };
+    let (writable, mut tally) = writable(&request, &poster, owns);
     let now = state.supervisor.clock().now();
     // Past the series cap a sample is skipped and counted, not refused: a 429 after other
     // samples were stored would have Prometheus send them all again.

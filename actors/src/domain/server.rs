@@ -188,12 +188,14 @@ pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Pl
         .chain(servers.range::<_, String>((Bound::Unbounded, Bound::Included(after()))))
         .map(|(_, server)| server)
         .filter(|s| s.state == ServerState::Active && !removed.contains(s.id.as_str()));
+    let mut reached = None;
     for server in active.by_ref().take(sweep.budget) {
         plan.watch
             .push((server.id.clone(), server.state, server.provider.clone()));
+        reached = Some(server.id.clone());
     }
     if active.next().is_some() {
-        plan.swept_to = plan.watch.last().map(|(id, _, _)| id.clone());
+        plan.swept_to = reached;
     }
     plan
 }
