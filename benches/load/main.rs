@@ -16,6 +16,9 @@
 //! - group size: webhook calls on groups of 0, 1,000 and 5,000 active simulated servers (16
 //!   groups each, the policy at its bound, so that every call is a durable `no_change`): the
 //!   cost of a command must not grow with the group;
+//! - churn: the same with every call changing capacity (two policies, +10 and -10, called in
+//!   turn) while the converger launches and deletes servers for the same groups
+//!   (`LOAD_CHURN=0` skips it);
 //! - memory: the resident set of the `flotilla` binary itself (a child process) with N groups, N
 //!   policies and N alarms created over HTTP, beside the same binary empty.
 //!
@@ -509,10 +512,19 @@ fn remote_write_bodies(groups: &[String], now_ms: i64, count: usize) -> Vec<Vec<
 }
 
 /// Webhook calls on `groups` groups of `size` active simulated servers each, on a fresh
-/// service: each group's policy is at its bound (min = max = desired = `size`), so every call
-/// is a durable `no_change` and the converger has nothing to do while they run. Answers the
-/// run and how long the servers took to become active.
-fn sized(size: usize, groups: usize, connections: usize, seconds: f64) -> (Run, Duration) {
+/// service. Without `churn` each group's policy is at its bound (min = max = desired = `size`),
+/// so every call is a durable `no_change` and the converger has nothing to do while they run.
+/// With `churn` each group has two policies, +10 and -10 (bounds 0 and 10,000), whose webhooks
+/// are called in turn: every call changes capacity, and the converger launches and deletes
+/// servers for the same groups while the calls run. Answers the run and how long the servers
+/// took to become active.
+fn sized(
+    size: usize,
+    groups: usize,
+    churn: bool,
+    connections: usize,
+    seconds: f64,
+) -> (Run, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let (service, _) = start_flotilla(&dir.path().join("data"));
     let addr = service.addr;
@@ -526,33 +538,37 @@ fn sized(size: usize, groups: usize, connections: usize, seconds: f64) -> (Run, 
     let token = tenant["token"].as_str().unwrap().to_owned();
     let mut hooks = Vec::new();
     let mut ids = Vec::new();
+    let (min, max) = if churn { (0, 10_000) } else { (size, size) };
+    let steps: &[i64] = if churn { &[10, -10] } else { &[1] };
     for _ in 0..groups {
         let group = call(
             addr,
             "POST",
             "/v1/groups",
             &token,
-            json!({"name": "g", "min_size": size, "max_size": size, "desired_capacity": size,
+            json!({"name": "g", "min_size": min, "max_size": max, "desired_capacity": size,
             "cooldown_seconds": 0, "launch": {"provider": "simulated"}}),
         );
         let gid = group["id"].as_str().unwrap().to_owned();
-        let policy = call(
-            addr,
-            "POST",
-            &format!("/v1/groups/{gid}/policies"),
-            &token,
-            json!({"name": "up", "adjustment_type": "change", "adjustment": 1}),
-        );
-        let pid = policy["id"].as_str().unwrap().to_owned();
-        let hook = call(
-            addr,
-            "POST",
-            &format!("/v1/groups/{gid}/policies/{pid}/webhooks"),
-            &token,
-            json!({"name": "h"}),
-        );
-        let key = flotilla::signature::key_of(hook["secret"].as_str().unwrap()).unwrap();
-        hooks.push((format!("/v1/hooks/{}", hook["id"].as_str().unwrap()), key));
+        for step in steps {
+            let policy = call(
+                addr,
+                "POST",
+                &format!("/v1/groups/{gid}/policies"),
+                &token,
+                json!({"name": "step", "adjustment_type": "change", "adjustment": step}),
+            );
+            let pid = policy["id"].as_str().unwrap().to_owned();
+            let hook = call(
+                addr,
+                "POST",
+                &format!("/v1/groups/{gid}/policies/{pid}/webhooks"),
+                &token,
+                json!({"name": "h"}),
+            );
+            let key = flotilla::signature::key_of(hook["secret"].as_str().unwrap()).unwrap();
+            hooks.push((format!("/v1/hooks/{}", hook["id"].as_str().unwrap()), key));
+        }
         ids.push(gid);
     }
     let started = Instant::now();
@@ -985,7 +1001,7 @@ fn main() {
         .filter_map(|n| n.trim().parse::<usize>().ok())
     {
         eprintln!("16 groups of {size} servers...");
-        let (run, converged) = sized(size, 16, connections, seconds);
+        let (run, converged) = sized(size, 16, false, connections, seconds);
         eprintln!(
             "  {size} servers: statuses {:?}, active after {:.1} s",
             run.statuses,
@@ -1015,6 +1031,22 @@ fn main() {
         }
         report.insert("sizes".into(), by_size.iter().map(|(size, run)| json!({"servers_per_group": size,
             "per_second": run.per_second(), "p50_us": run.p50_us, "p99_us": run.p99_us, "statuses": format!("{:?}", run.statuses)})).collect::<Vec<_>>().into());
+    }
+    if env("LOAD_CHURN", 1) > 0 {
+        eprintln!("16 groups of 1000 servers, every call changing capacity...");
+        let (run, _) = sized(1000, 16, true, connections, seconds);
+        eprintln!("  statuses {:?}", run.statuses);
+        rows.push((
+            "webhook p50 / p99, every call changing capacity, converger working (16 groups of ~1,000)".into(),
+            format!("{:.2} / {:.2} ms ({:.0}/s)", run.p50_us as f64 / 1e3, run.p99_us as f64 / 1e3, run.per_second()),
+            "p99 10 ms (target)".into(),
+            "-".into(),
+        ));
+        report.insert(
+            "churn".into(),
+            json!({"per_second": run.per_second(), "p50_us": run.p50_us,
+            "p99_us": run.p99_us, "statuses": format!("{:?}", run.statuses)}),
+        );
     }
 
     if env("LOAD_FLOOD", 1) > 0 {
