@@ -19,6 +19,8 @@
 //! - churn: the same with every call changing capacity (two policies, +10 and -10, called in
 //!   turn) while the converger launches and deletes servers for the same groups
 //!   (`LOAD_CHURN=0` skips it);
+//! - memory of servers: the resident set of the `flotilla` binary with `LOAD_SERVERS` (100,000;
+//!   0 skips it) active simulated servers, beside the same binary empty;
 //! - memory: the resident set of the `flotilla` binary itself (a child process) with N groups, N
 //!   policies and N alarms created over HTTP, beside the same binary empty.
 //!
@@ -771,6 +773,73 @@ impl Child {
     }
 }
 
+/// Memory of servers: the `flotilla` binary with `n` active simulated servers, in groups of
+/// 10,000 (the most a group may have). Answers its RSS empty (ready, nothing created), its RSS
+/// once every server is active and the RSS has settled, and how long they took.
+fn resident_servers(n: usize) -> (u64, u64, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Child::start(&dir.path().join("data"), &[]);
+    let empty = child.rss_bytes();
+    let addr = child.addr;
+    let tenant = call(
+        addr,
+        "POST",
+        "/v1/tenants",
+        &child.operator_token,
+        json!({"name": "servers"}),
+    );
+    let token = tenant["token"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let mut groups = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let size = left.min(10_000);
+        left -= size;
+        let group = call(
+            addr,
+            "POST",
+            "/v1/groups",
+            &token,
+            json!({"name": "g", "min_size": size, "max_size": size, "desired_capacity": size,
+            "launch": {"provider": "simulated"}}),
+        );
+        groups.push((group["id"].as_str().unwrap().to_owned(), size));
+    }
+    for (gid, size) in &groups {
+        loop {
+            let group = call(
+                addr,
+                "GET",
+                &format!("/v1/groups/{gid}"),
+                &token,
+                Value::Null,
+            );
+            if group["active"].as_u64() == Some(*size as u64) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1800),
+                "{gid} never reached {size} active servers: {group}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let took = started.elapsed();
+    // Launching leaves garbage the allocator gives back over the next seconds: read the RSS
+    // once it has settled (changed by under 1% in 5 s), or after a minute.
+    let mut rss = child.rss_bytes();
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_secs(5));
+        let now = child.rss_bytes();
+        let settled = now.abs_diff(rss) * 100 < rss;
+        rss = now;
+        if settled {
+            break;
+        }
+    }
+    (empty, rss, took)
+}
+
 /// Memory: the `flotilla` binary with `n` groups, `n` policies and `n` alarms, all created over
 /// HTTP by `connections` keep-alive clients. With `idle_seconds`, its actors stop once idle that
 /// long, and the RSS is read once they all have; without, every actor is still resident when
@@ -1123,6 +1192,32 @@ fn main() {
             "ready_from_checkpoint_seconds": from_checkpoint.as_secs_f64(), "scan_seconds": scan.as_secs_f64()}));
     }
     report.insert("recovery".into(), recoveries.into());
+
+    let servers: usize = env("LOAD_SERVERS", 100_000);
+    if servers > 0 {
+        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+        eprintln!("{servers} simulated servers...");
+        let (empty, full, took) = resident_servers(servers);
+        eprintln!("  active after {:.1} s", took.as_secs_f64());
+        rows.push((
+            format!("RSS with {servers} active simulated servers"),
+            format!(
+                "{:.0} MiB ({:.0} MiB above empty)",
+                mib(full),
+                mib(full.saturating_sub(empty))
+            ),
+            format!("{:.0} MiB (the same binary, empty)", mib(empty)),
+            format!(
+                "{:.2} KiB per server",
+                full.saturating_sub(empty) as f64 / 1024.0 / servers as f64
+            ),
+        ));
+        report.insert(
+            "servers_memory".into(),
+            json!({"servers": servers, "rss_bytes": full,
+            "empty_rss_bytes": empty, "active_in_seconds": took.as_secs_f64()}),
+        );
+    }
 
     if objects > 0 {
         let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
