@@ -406,6 +406,68 @@ fn call(addr: SocketAddr, method: &str, path: &str, token: &str, body: Value) ->
     Connection::open(addr).call(addr, method, path, token, body)
 }
 
+/// A new tenant's token.
+fn new_tenant(addr: SocketAddr, operator_token: &str, name: &str) -> String {
+    let tenant = call(
+        addr,
+        "POST",
+        "/v1/tenants",
+        operator_token,
+        json!({"name": name}),
+    );
+    tenant["token"].as_str().unwrap().to_owned()
+}
+
+/// A change policy of `adjustment` on group `gid` with a webhook: the policy's id, and the
+/// webhook's path and signing key.
+fn policy_with_webhook(
+    addr: SocketAddr,
+    token: &str,
+    gid: &str,
+    adjustment: i64,
+) -> (String, (String, Vec<u8>)) {
+    let policy = call(
+        addr,
+        "POST",
+        &format!("/v1/groups/{gid}/policies"),
+        token,
+        json!({"name": "step", "adjustment_type": "change", "adjustment": adjustment}),
+    );
+    let pid = policy["id"].as_str().unwrap().to_owned();
+    let hook = call(
+        addr,
+        "POST",
+        &format!("/v1/groups/{gid}/policies/{pid}/webhooks"),
+        token,
+        json!({"name": "h"}),
+    );
+    let key = flotilla::signature::key_of(hook["secret"].as_str().unwrap()).unwrap();
+    let path = format!("/v1/hooks/{}", hook["id"].as_str().unwrap());
+    (pid, (path, key))
+}
+
+/// Waits until group `gid` has `size` active servers (polling, for at most 30 minutes from
+/// `started`).
+fn wait_active(addr: SocketAddr, token: &str, gid: &str, size: usize, started: Instant) {
+    loop {
+        let group = call(
+            addr,
+            "GET",
+            &format!("/v1/groups/{gid}"),
+            token,
+            Value::Null,
+        );
+        if group["active"].as_u64() == Some(size as u64) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "{gid} never reached {size} active servers: {group}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 struct Fleet {
     hooks: Vec<(String, Vec<u8>)>,
     metrics_tokens: Vec<String>,
@@ -418,14 +480,7 @@ struct Fleet {
 /// the outcome is `no_change`, so the converger (benched on its own) stays out of the figure.
 fn fleet(service: &Running, groups: usize) -> Fleet {
     let addr = service.addr;
-    let tenant = call(
-        addr,
-        "POST",
-        "/v1/tenants",
-        &service.operator_token,
-        json!({"name": "load"}),
-    );
-    let token = tenant["token"].as_str().unwrap().to_owned();
+    let token = new_tenant(addr, &service.operator_token, "load");
     let mut hooks = Vec::new();
     let mut metrics_tokens = Vec::new();
     let mut ids = Vec::new();
@@ -441,23 +496,8 @@ fn fleet(service: &Running, groups: usize) -> Fleet {
         let gid = group["id"].as_str().unwrap().to_owned();
         ids.push(gid.clone());
         metrics_tokens.push(group["metrics_token"].as_str().unwrap().to_owned());
-        let policy = call(
-            addr,
-            "POST",
-            &format!("/v1/groups/{gid}/policies"),
-            &token,
-            json!({"name": "up", "adjustment_type": "change", "adjustment": 1}),
-        );
-        let pid = policy["id"].as_str().unwrap().to_owned();
-        let hook = call(
-            addr,
-            "POST",
-            &format!("/v1/groups/{gid}/policies/{pid}/webhooks"),
-            &token,
-            json!({"name": "h"}),
-        );
-        let key = flotilla::signature::key_of(hook["secret"].as_str().unwrap()).unwrap();
-        hooks.push((format!("/v1/hooks/{}", hook["id"].as_str().unwrap()), key));
+        let (pid, hook) = policy_with_webhook(addr, &token, &gid, 1);
+        hooks.push(hook);
         call(
             addr,
             "POST",
@@ -530,14 +570,7 @@ fn sized(
     let dir = tempfile::tempdir().unwrap();
     let (service, _) = start_flotilla(&dir.path().join("data"));
     let addr = service.addr;
-    let tenant = call(
-        addr,
-        "POST",
-        "/v1/tenants",
-        &service.operator_token,
-        json!({"name": "sized"}),
-    );
-    let token = tenant["token"].as_str().unwrap().to_owned();
+    let token = new_tenant(addr, &service.operator_token, "sized");
     let mut hooks = Vec::new();
     let mut ids = Vec::new();
     let (min, max) = if churn { (0, 10_000) } else { (size, size) };
@@ -553,45 +586,13 @@ fn sized(
         );
         let gid = group["id"].as_str().unwrap().to_owned();
         for step in steps {
-            let policy = call(
-                addr,
-                "POST",
-                &format!("/v1/groups/{gid}/policies"),
-                &token,
-                json!({"name": "step", "adjustment_type": "change", "adjustment": step}),
-            );
-            let pid = policy["id"].as_str().unwrap().to_owned();
-            let hook = call(
-                addr,
-                "POST",
-                &format!("/v1/groups/{gid}/policies/{pid}/webhooks"),
-                &token,
-                json!({"name": "h"}),
-            );
-            let key = flotilla::signature::key_of(hook["secret"].as_str().unwrap()).unwrap();
-            hooks.push((format!("/v1/hooks/{}", hook["id"].as_str().unwrap()), key));
+            hooks.push(policy_with_webhook(addr, &token, &gid, *step).1);
         }
         ids.push(gid);
     }
     let started = Instant::now();
     for gid in &ids {
-        loop {
-            let group = call(
-                addr,
-                "GET",
-                &format!("/v1/groups/{gid}"),
-                &token,
-                Value::Null,
-            );
-            if group["active"].as_u64() == Some(size as u64) {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(1800),
-                "{gid} never reached {size} active servers: {group}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_active(addr, &token, gid, size, started);
     }
     let converged = started.elapsed();
     let fleet = Fleet {
@@ -781,14 +782,7 @@ fn resident_servers(n: usize) -> (u64, u64, Duration) {
     let child = Child::start(&dir.path().join("data"), &[]);
     let empty = child.rss_bytes();
     let addr = child.addr;
-    let tenant = call(
-        addr,
-        "POST",
-        "/v1/tenants",
-        &child.operator_token,
-        json!({"name": "servers"}),
-    );
-    let token = tenant["token"].as_str().unwrap().to_owned();
+    let token = new_tenant(addr, &child.operator_token, "servers");
     let started = Instant::now();
     let mut groups = Vec::new();
     let mut left = n;
@@ -806,23 +800,7 @@ fn resident_servers(n: usize) -> (u64, u64, Duration) {
         groups.push((group["id"].as_str().unwrap().to_owned(), size));
     }
     for (gid, size) in &groups {
-        loop {
-            let group = call(
-                addr,
-                "GET",
-                &format!("/v1/groups/{gid}"),
-                &token,
-                Value::Null,
-            );
-            if group["active"].as_u64() == Some(*size as u64) {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(1800),
-                "{gid} never reached {size} active servers: {group}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_active(addr, &token, gid, *size, started);
     }
     let took = started.elapsed();
     // Launching leaves garbage the allocator gives back over the next seconds: read the RSS
@@ -854,14 +832,7 @@ fn resident(n: usize, connections: usize, idle_seconds: Option<u32>) -> (u64, u6
     );
     let empty = child.rss_bytes();
     let addr = child.addr;
-    let tenant = call(
-        addr,
-        "POST",
-        "/v1/tenants",
-        &child.operator_token,
-        json!({"name": "resident"}),
-    );
-    let token = tenant["token"].as_str().unwrap().to_owned();
+    let token = new_tenant(addr, &child.operator_token, "resident");
     let started = Instant::now();
     let threads: Vec<_> = (0..connections)
         .map(|c| {
