@@ -473,6 +473,11 @@ impl Index {
 
     /// Whether `tenant` owns live group `id`.
     pub fn owns_group(&self, tenant: &TenantId, id: &GroupId) -> bool {
+        self.owns_group_named(tenant, id.as_str())
+    }
+
+    /// [`Index::owns_group`] with the id as text (a label), allocating nothing.
+    pub fn owns_group_named(&self, tenant: &TenantId, id: &str) -> bool {
         self.read().groups.get(id) == Some(tenant)
     }
 

@@ -248,7 +248,7 @@ impl Writable<'_> {
 fn writable<'a>(
     request: &'a WriteRequest,
     poster: &Poster,
-    owns: impl Fn(&GroupId) -> bool,
+    owns: impl Fn(&str) -> bool,
 ) -> (Writable<'a>, Tally) {
     let mut writable = Writable::default();
     let mut tally = Tally::default();
@@ -283,9 +283,8 @@ fn writable<'a>(
                     continue;
                 };
                 let index = *seen.entry(named).or_insert_with(|| {
-                    let group = GroupId::new(named);
-                    owns(&group).then(|| {
-                        writable.groups.push(group);
+                    owns(named).then(|| {
+                        writable.groups.push(GroupId::new(named));
                         writable.groups.len() - 1
                     })
                 });
@@ -387,9 +386,9 @@ pub async fn write(
     let request = decode(&body)?;
     // Asked once per group the write names, each under a short read lock of its own: a
     // large write must not hold the index while it walks its samples.
-    let owns = |group: &GroupId| match &poster {
-        Poster::Tenant(tenant) => state.index.owns_group(tenant, group),
-        Poster::Group(own) => own == group,
+    let owns = |group: &str| match &poster {
+        Poster::Tenant(tenant) => state.index.owns_group_named(tenant, group),
+        Poster::Group(own) => own.as_str() == group,
     };
     let (writable, mut tally) = writable(&request, &poster, owns);
     let now = state.supervisor.clock().now();
@@ -532,7 +531,7 @@ mod tests {
             ],
         };
         let tenant = Poster::Tenant(TenantId::new("ten_1"));
-        let (mine, tally) = writable(&request, &tenant, |g| g.as_str() == "grp_mine");
+        let (mine, tally) = writable(&request, &tenant, |g| g == "grp_mine");
         let at = Timestamp::from_millis(1_700_000_000_000);
         assert_eq!(
             mine.iter().collect::<Vec<_>>(),

@@ -66,6 +66,14 @@ macro_rules! string_id {
                 &self.0
             }
         }
+
+        // Hash and Eq are derived from the inner `String`, so they agree with `str`'s: a map
+        // keyed by ids can be asked with a borrowed `&str`, allocating nothing.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
     };
 }
 
