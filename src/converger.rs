@@ -307,6 +307,7 @@ impl Converger {
         let mut pass = Pass::default();
         self.quiet().changed.remove(id);
         let Some(group) = self.supervisor.get::<Groups>(id.as_str()).await?.state else {
+            self.sweeps().remove(id);
             return Ok(pass);
         };
         if group.deleted || (group.servers.is_empty() && group.target() == 0) {

@@ -632,7 +632,8 @@ fn webhook_requests(
         .map(|c| {
             (0..per_connection)
                 .map(|i| {
-                    let (path, key) = &fleet.hooks[(c * per_connection + i) % fleet.hooks.len()];
+                    // Each connection starts at its own webhook: not all in step on one group.
+                    let (path, key) = &fleet.hooks[(c + i) % fleet.hooks.len()];
                     let nonce = format!("msg_{c}_{i}");
                     let signature = flotilla::signature::sign(key, &nonce, now, body);
                     request(
