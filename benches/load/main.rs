@@ -558,8 +558,9 @@ fn remote_write_bodies(groups: &[String], now_ms: i64, count: usize) -> Vec<Vec<
 /// so every call is a durable `no_change` and the converger has nothing to do while they run.
 /// With `churn` each group has two policies, +10 and -10 (bounds 0 and 10,000), whose webhooks
 /// are called in turn: every call changes capacity, and the converger launches and deletes
-/// servers for the same groups while the calls run. Answers the run and how long the servers
-/// took to become active.
+/// servers for the same groups while the calls run. Checks, by the service's own count, that
+/// every call had the outcome meant. Answers the run and how long the servers took to become
+/// active.
 fn sized(
     size: usize,
     groups: usize,
@@ -609,7 +610,41 @@ fn sized(
         seconds,
         Arc::new(move |c, i| requests[c][i % per_connection].clone()),
     );
+    // What became of the calls, by the service's own count: with `churn` every one must have
+    // changed capacity, else the row would measure something else.
+    let outcomes = webhook_outcomes(addr, &service.operator_token);
+    let answered = run.statuses.get(&202).copied().unwrap_or(0);
+    let expected = if churn { "executed" } else { "no_change" };
+    assert_eq!(
+        outcomes.get(expected).copied().unwrap_or(0),
+        answered,
+        "every answered call should be {expected}: {outcomes:?}"
+    );
     (run, converged)
+}
+
+/// `flotilla_webhooks_total` from the service's `/metrics`, by outcome.
+fn webhook_outcomes(
+    addr: SocketAddr,
+    operator_token: &str,
+) -> std::collections::BTreeMap<String, u64> {
+    let probe = request(
+        "GET",
+        addr,
+        "/metrics",
+        &[("authorization", format!("Bearer {operator_token}"))],
+        b"",
+    );
+    let (status, body) = Connection::open(addr).exchange(&probe);
+    assert_eq!(status, 200, "GET /metrics");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|line| line.strip_prefix("flotilla_webhooks_total{outcome=\""))
+        .filter_map(|rest| {
+            let (outcome, count) = rest.split_once("\"} ")?;
+            Some((outcome.to_owned(), count.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 fn unix_now() -> i64 {
