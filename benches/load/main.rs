@@ -254,14 +254,28 @@ impl Run {
     }
 }
 
-/// Drives `addr` with `connections` threads for `seconds`; connection `c` sends
-/// `requests(c, i)` as its `i`-th request.
-fn drive(
-    addr: SocketAddr,
+/// What connection `c` sends as its `i`-th request.
+type Requests = Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync>;
+
+/// The same scenario against the bare baseline, then against the service: each run's figures,
+/// the baseline's first. `requests` builds a scenario's requests for an address.
+fn beside_bare(
+    bare: SocketAddr,
+    service: SocketAddr,
     connections: usize,
     seconds: f64,
-    requests: Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync>,
-) -> Run {
+    requests: impl Fn(SocketAddr) -> Requests,
+) -> (Run, Run) {
+    let baseline = drive(bare, connections, seconds, requests(bare));
+    (
+        baseline,
+        drive(service, connections, seconds, requests(service)),
+    )
+}
+
+/// Drives `addr` with `connections` threads for `seconds`; connection `c` sends
+/// `requests(c, i)` as its `i`-th request.
+fn drive(addr: SocketAddr, connections: usize, seconds: f64, requests: Requests) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let threads: Vec<_> = (0..connections)
@@ -949,78 +963,65 @@ fn main() {
         let per_connection = 20_000;
         let requests = webhook_requests(service.addr, &fleet, connections, per_connection);
         let bare_requests = readdress(&requests, service.addr, bare.addr);
-        let pick =
-            |requests: Arc<Vec<Vec<Vec<u8>>>>| -> Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync> {
-                Arc::new(move |c, i| requests[c][i % per_connection].clone())
-            };
+        let pick = |requests: Arc<Vec<Vec<Vec<u8>>>>| -> Requests {
+            Arc::new(move |c, i| requests[c][i % per_connection].clone())
+        };
         let base = drive(bare.addr, connections, seconds, pick(bare_requests));
         let hooks = drive(service.addr, connections, seconds, pick(requests));
 
         // Ingestion: batches of 1,000 samples with each group's metrics token.
         let body = Arc::new(samples_body(unix_now()));
-        let ingest_requests =
-            |addr: SocketAddr| -> Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync> {
-                let tokens = fleet.metrics_tokens.clone();
-                let body = body.clone();
-                Arc::new(move |c, i| {
-                    let token = &tokens[(c + i) % tokens.len()];
-                    request(
-                        "POST",
-                        addr,
-                        "/v1/metrics",
-                        &[
-                            ("authorization", format!("Bearer {token}")),
-                            ("content-type", "application/json".into()),
-                        ],
-                        &body,
-                    )
-                })
-            };
-        let bare_ingest = drive(
+        let ingest_requests = |addr: SocketAddr| -> Requests {
+            let tokens = fleet.metrics_tokens.clone();
+            let body = body.clone();
+            Arc::new(move |c, i| {
+                let token = &tokens[(c + i) % tokens.len()];
+                request(
+                    "POST",
+                    addr,
+                    "/v1/metrics",
+                    &[
+                        ("authorization", format!("Bearer {token}")),
+                        ("content-type", "application/json".into()),
+                    ],
+                    &body,
+                )
+            })
+        };
+        let (bare_ingest, ingest) = beside_bare(
             bare.addr,
-            connections.min(8),
-            seconds,
-            ingest_requests(bare.addr),
-        );
-        let ingest = drive(
             service.addr,
             connections.min(8),
             seconds,
-            ingest_requests(service.addr),
+            ingest_requests,
         );
 
         // Remote write: bodies of 500 samples with the tenant's token.
         let bodies = Arc::new(remote_write_bodies(&fleet.groups, unix_now() * 1000, 64));
-        let write_requests =
-            |addr: SocketAddr| -> Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync> {
-                let bodies = bodies.clone();
-                let token = fleet.token.clone();
-                Arc::new(move |c, i| {
-                    request(
-                        "POST",
-                        addr,
-                        "/v1/write",
-                        &[
-                            ("authorization", format!("Bearer {token}")),
-                            ("content-type", "application/x-protobuf".into()),
-                            ("content-encoding", "snappy".into()),
-                            ("x-prometheus-remote-write-version", "0.1.0".into()),
-                        ],
-                        &bodies[(c + i) % bodies.len()],
-                    )
-                })
-            };
-        let bare_write = drive(
+        let write_requests = |addr: SocketAddr| -> Requests {
+            let bodies = bodies.clone();
+            let token = fleet.token.clone();
+            Arc::new(move |c, i| {
+                request(
+                    "POST",
+                    addr,
+                    "/v1/write",
+                    &[
+                        ("authorization", format!("Bearer {token}")),
+                        ("content-type", "application/x-protobuf".into()),
+                        ("content-encoding", "snappy".into()),
+                        ("x-prometheus-remote-write-version", "0.1.0".into()),
+                    ],
+                    &bodies[(c + i) % bodies.len()],
+                )
+            })
+        };
+        let (bare_write, write) = beside_bare(
             bare.addr,
-            connections.min(8),
-            seconds,
-            write_requests(bare.addr),
-        );
-        let write = drive(
             service.addr,
             connections.min(8),
             seconds,
-            write_requests(service.addr),
+            write_requests,
         );
         drop(service);
         drop(bare);
