@@ -474,11 +474,11 @@ impl AlarmTable {
 
     /// Records the samples of several groups at `now`, under one lock (a remote write spans
     /// many groups): what became of them, and how many were skipped at the series cap. Each
-    /// sample is (group, metric, value, timestamp), borrowed, so that storing one allocates
+    /// sample is (group id, metric, value, timestamp), borrowed, so that storing one allocates
     /// nothing.
     pub fn ingest_all<'a>(
         &self,
-        samples: impl IntoIterator<Item = (&'a GroupId, &'a str, f64, Timestamp)>,
+        samples: impl IntoIterator<Item = (&'a str, &'a str, f64, Timestamp)>,
         now: Timestamp,
     ) -> (Ingested, usize) {
         let (watching, mut store) = self.open();

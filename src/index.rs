@@ -481,6 +481,14 @@ impl Index {
         self.read().groups.get(id) == Some(tenant)
     }
 
+    /// For each of `ids` (group ids as text), whether `tenant` owns it, under one read lock.
+    pub fn owns_groups_named(&self, tenant: &TenantId, ids: &[&str]) -> Vec<bool> {
+        let data = self.read();
+        ids.iter()
+            .map(|id| data.groups.get(*id) == Some(tenant))
+            .collect()
+    }
+
     /// The owner of live policy `id`.
     pub fn policy(&self, id: &PolicyId) -> Option<Owner> {
         self.read().policies.owner(id)

@@ -19,7 +19,6 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::samples::{validate_metric, MAX_SAMPLE_TIMESTAMP_SECS};
-use flotilla_actors::domain::GroupId;
 use prost::Message;
 
 use super::error::ErrorBody;
@@ -226,69 +225,91 @@ fn count(mut bytes: &[u8]) -> Option<(usize, usize)> {
     Some((series, samples))
 }
 
-/// The samples of a write that `poster` may write, borrowed from the request: each group
-/// once, and each sample as (index into `groups`, metric, value, timestamp).
+/// The samples of a write that `poster` may write, borrowed from the request (or the poster):
+/// each group's id once, and each sample as (index into `groups`, metric, value, timestamp).
 #[derive(Debug, Default)]
 struct Writable<'a> {
-    groups: Vec<GroupId>,
+    groups: Vec<&'a str>,
     samples: Vec<(usize, &'a str, f64, Timestamp)>,
 }
 
-impl Writable<'_> {
+impl<'a> Writable<'a> {
     /// Each sample with its group, as [`crate::alarms::AlarmTable::ingest_all`] takes them.
-    fn iter(&self) -> impl Iterator<Item = (&GroupId, &str, f64, Timestamp)> {
+    fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str, f64, Timestamp)> + '_ {
         self.samples
             .iter()
-            .map(|&(group, metric, value, at)| (&self.groups[group], metric, value, at))
+            .map(|&(group, metric, value, at)| (self.groups[group], metric, value, at))
     }
 }
 
-/// The samples of `request` that `poster` may write (`owns` tells whether a tenant owns a
-/// group, asked once per group), and the tally of those skipped.
+/// The samples of `request` that `poster` may write, and the tally of those skipped. With a
+/// tenant's token, `owns` is asked once per write, with every group label it names (each
+/// once), and answers for each whether the tenant owns it.
 fn writable<'a>(
     request: &'a WriteRequest,
-    poster: &Poster,
-    owns: impl Fn(&str) -> bool,
+    poster: &'a Poster,
+    owns: impl FnOnce(&[&str]) -> Vec<bool>,
 ) -> (Writable<'a>, Tally) {
     let mut writable = Writable::default();
     let mut tally = Tally::default();
-    // A group label → its index in `writable.groups`, or none if the poster may not write it.
-    let mut seen: HashMap<&str, Option<usize>, foldhash::fast::RandomState> =
-        HashMap::with_capacity_and_hasher(request.timeseries.len(), Default::default());
+    let label = |series: &'a TimeSeries, name: &str| {
+        series
+            .labels
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.value.as_str())
+    };
+    // With a tenant's token: each series' group label as an index into `named`, the labels
+    // in the order first seen; then, per label, its index in `writable.groups`, or none if
+    // the tenant may not write it.
+    let mut named: Vec<&str> = Vec::new();
+    let mut labelled: Vec<Option<usize>> = Vec::new();
+    let mut group_of: Vec<Option<usize>> = Vec::new();
+    match poster {
+        // The token's group wins over any label.
+        Poster::Group(group) => writable.groups.push(group.as_str()),
+        Poster::Tenant(_) => {
+            let mut seen: HashMap<&str, usize, foldhash::fast::RandomState> =
+                HashMap::with_capacity_and_hasher(request.timeseries.len(), Default::default());
+            labelled.reserve(request.timeseries.len());
+            for series in &request.timeseries {
+                labelled.push(label(series, GROUP).map(|named_group| {
+                    *seen.entry(named_group).or_insert_with(|| {
+                        named.push(named_group);
+                        named.len() - 1
+                    })
+                }));
+            }
+            let owned = owns(&named);
+            group_of = named
+                .iter()
+                .zip(owned)
+                .map(|(named_group, owned)| {
+                    owned.then(|| {
+                        writable.groups.push(named_group);
+                        writable.groups.len() - 1
+                    })
+                })
+                .collect();
+        }
+    }
     writable
         .samples
         .reserve(request.timeseries.iter().map(|s| s.samples.len()).sum());
-    if let Poster::Group(group) = poster {
-        writable.groups.push(group.clone());
-    }
-    for series in &request.timeseries {
-        let label = |name: &str| {
-            series
-                .labels
-                .iter()
-                .find(|l| l.name == name)
-                .map(|l| l.value.as_str())
-        };
+    for (i, series) in request.timeseries.iter().enumerate() {
         let n = series.samples.len();
-        let Some(metric) = label(NAME) else {
+        let Some(metric) = label(series, NAME) else {
             tally.add("no_name", n);
             continue;
         };
         let group = match poster {
-            // The token's group wins over any label.
             Poster::Group(_) => 0,
             Poster::Tenant(_) => {
-                let Some(named) = label(GROUP) else {
+                let Some(named_group) = labelled[i] else {
                     tally.add("no_group", n);
                     continue;
                 };
-                let index = *seen.entry(named).or_insert_with(|| {
-                    owns(named).then(|| {
-                        writable.groups.push(GroupId::new(named));
-                        writable.groups.len() - 1
-                    })
-                });
-                let Some(index) = index else {
+                let Some(index) = group_of.get(named_group).copied().flatten() else {
                     tally.add("not_writable", n);
                     continue;
                 };
@@ -384,11 +405,11 @@ pub async fn write(
         })?
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let request = decode(&body)?;
-    // Asked once per group the write names, each under a short read lock of its own: a
-    // large write must not hold the index while it walks its samples.
-    let owns = |group: &str| match &poster {
-        Poster::Tenant(tenant) => state.index.owns_group_named(tenant, group),
-        Poster::Group(own) => own.as_str() == group,
+    // Every group the write names is asked about under one short read lock: a lookup each,
+    // never a walk over the samples.
+    let owns = |groups: &[&str]| match &poster {
+        Poster::Tenant(tenant) => state.index.owns_groups_named(tenant, groups),
+        Poster::Group(_) => vec![false; groups.len()],
     };
     let (writable, mut tally) = writable(&request, &poster, owns);
     let now = state.supervisor.clock().now();
@@ -409,7 +430,7 @@ pub async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_actors::domain::TenantId;
+    use flotilla_actors::domain::{GroupId, TenantId};
     use proptest::prelude::*;
 
     fn series(labels: &[(&str, &str)], samples: &[(f64, i64)]) -> TimeSeries {
@@ -531,11 +552,13 @@ mod tests {
             ],
         };
         let tenant = Poster::Tenant(TenantId::new("ten_1"));
-        let (mine, tally) = writable(&request, &tenant, |g| g == "grp_mine");
+        let (mine, tally) = writable(&request, &tenant, |groups| {
+            groups.iter().map(|g| *g == "grp_mine").collect()
+        });
         let at = Timestamp::from_millis(1_700_000_000_000);
         assert_eq!(
             mine.iter().collect::<Vec<_>>(),
-            [(&GroupId::new("grp_mine"), "queue", 5.0, at)]
+            [("grp_mine", "queue", 5.0, at)]
         );
         for (outcome, n) in [
             ("stale", 1),
@@ -548,8 +571,10 @@ mod tests {
         }
         // A metrics token's group wins over any label.
         let token = Poster::Group(GroupId::new("grp_token"));
-        let (by_token, _) = writable(&request, &token, |_| false);
-        assert_eq!(by_token.groups, [GroupId::new("grp_token")]);
+        let (by_token, _) = writable(&request, &token, |_| {
+            unreachable!("a metrics token asks nothing")
+        });
+        assert_eq!(by_token.groups, ["grp_token"]);
         assert_eq!(by_token.samples.len(), 3);
     }
 

@@ -33,10 +33,7 @@
 //! series is refused with [`RecordError::SeriesLimit`]; nothing is ever evicted to make room.
 //! Watches themselves are bounded by the number of alarms.
 
-use std::collections::{BTreeMap, HashMap};
-
-/// A hash map with foldhash's per-process seeded hasher.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+use std::collections::BTreeMap;
 
 use super::alarm::{AlarmDefinition, Statistic};
 use super::GroupId;
@@ -190,14 +187,26 @@ impl Series {
     }
 }
 
+/// A series' key as borrowed text: (group id, metric). It hashes as the stored key
+/// `(GroupId, String)` does (a tuple hashes its parts in order, and each id hashes as its
+/// text), so the store is searched with it and no key is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Named<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<(GroupId, String)> for Named<'_> {
+    fn equivalent(&self, key: &(GroupId, String)) -> bool {
+        self.0 == key.0.as_str() && self.1 == key.1
+    }
+}
+
 /// Every watched series' recent periods. See the module documentation for the rules.
 #[derive(Debug, Clone)]
 pub struct SeriesStore {
     max_series: usize,
-    /// group → metric → series. Nested so that a lookup needs no allocation. Hashed with
-    /// foldhash, seeded per process: keys are only inserted by watchers (alarm and policy
-    /// definitions), and every sample of a remote write pays two lookups.
-    series: Map<GroupId, Map<String, Series>>,
+    /// (group, metric) → series, looked up by borrowed text ([`Named`]) so that a lookup
+    /// needs no allocation. One map, so a sample pays one lookup. Hashed with foldhash,
+    /// seeded per process: keys are only inserted by watchers (alarm and policy definitions).
+    series: hashbrown::HashMap<(GroupId, String), Series, foldhash::fast::RandomState>,
     /// How many series hold at least one period.
     holding: usize,
 }
@@ -218,7 +227,7 @@ impl SeriesStore {
     pub fn with_max_series(max_series: usize) -> Self {
         SeriesStore {
             max_series,
-            series: Map::default(),
+            series: hashbrown::HashMap::default(),
             holding: 0,
         }
     }
@@ -237,7 +246,6 @@ impl SeriesStore {
     pub fn period_count(&self) -> usize {
         self.series
             .values()
-            .flat_map(Map::values)
             .flat_map(|s| s.windows.values())
             .map(|w| w.periods.len())
             .sum()
@@ -255,9 +263,7 @@ impl SeriesStore {
     ) {
         let window = self
             .series
-            .entry(group.clone())
-            .or_default()
-            .entry(metric.to_owned())
+            .entry((group.clone(), metric.to_owned()))
             .or_default()
             .windows
             .entry(period_seconds.max(1))
@@ -275,10 +281,8 @@ impl SeriesStore {
         period_seconds: u32,
         periods_needed: u32,
     ) -> bool {
-        let Some(metrics) = self.series.get_mut(group) else {
-            return false;
-        };
-        let Some(series) = metrics.get_mut(metric) else {
+        let key = Named(group.as_str(), metric);
+        let Some(series) = self.series.get_mut(&key) else {
             return false;
         };
         let period_seconds = period_seconds.max(1);
@@ -300,10 +304,7 @@ impl SeriesStore {
             self.holding -= 1;
         }
         if series.windows.is_empty() {
-            metrics.remove(metric);
-        }
-        if metrics.is_empty() {
-            self.series.remove(group);
+            self.series.remove(&key);
         }
         true
     }
@@ -336,24 +337,26 @@ impl SeriesStore {
         sample: &Sample,
         now: Timestamp,
     ) -> Result<Recorded, RecordError> {
-        self.record_value(group, &sample.metric, sample.value, sample.timestamp, now)
+        self.record_value(
+            group.as_str(),
+            &sample.metric,
+            sample.value,
+            sample.timestamp,
+            now,
+        )
     }
 
-    /// [`SeriesStore::record`] with the sample's parts borrowed, so that a caller holding
-    /// many samples of one metric (a remote write) allocates nothing per sample.
+    /// [`SeriesStore::record`] with the sample's parts borrowed, the group as its id's text,
+    /// so that a caller holding many samples (a remote write) allocates nothing per sample.
     pub fn record_value(
         &mut self,
-        group: &GroupId,
+        group: &str,
         metric: &str,
         value: f64,
         timestamp: Timestamp,
         now: Timestamp,
     ) -> Result<Recorded, RecordError> {
-        let Some(series) = self
-            .series
-            .get_mut(group)
-            .and_then(|metrics| metrics.get_mut(metric))
-        else {
+        let Some(series) = self.series.get_mut(&Named(group, metric)) else {
             return Ok(Recorded::Unwatched);
         };
         let t = timestamp.as_millis();
@@ -424,8 +427,7 @@ impl SeriesStore {
         let current = start_of(now.as_millis(), period);
         let window = self
             .series
-            .get(group)
-            .and_then(|metrics| metrics.get(metric))
+            .get(&Named(group.as_str(), metric))
             .and_then(|series| series.windows.get(&period_seconds));
         (1..=i64::from(n))
             .rev()
@@ -442,7 +444,7 @@ impl SeriesStore {
     pub fn prune(&mut self, now: Timestamp) -> usize {
         let mut dropped = 0;
         let mut emptied = 0;
-        for series in self.series.values_mut().flat_map(Map::values_mut) {
+        for series in self.series.values_mut() {
             let held = series.holds_samples();
             for (&period_seconds, window) in &mut series.windows {
                 let period = millis(period_seconds);
