@@ -25,7 +25,7 @@ use flotilla_actors::domain::group::{steady, Group, GroupCommand, Period, Tracke
 use flotilla_actors::domain::policy::{self, Breach, Policy, PolicyEvent, Tracking};
 use flotilla_actors::domain::samples::{period_start, RecordError, Recorded, Sample, SeriesStore};
 use flotilla_actors::domain::tracking::{recommend, Recommendation};
-use flotilla_actors::domain::{AlarmId, Cause, GroupId, PolicyId, Rejection};
+use flotilla_actors::domain::{AlarmId, Cause, GroupId, PolicyId, Rejection, TenantId};
 use flotilla_actors::error::Error as ActorError;
 use flotilla_actors::supervisor::Supervisor;
 
@@ -38,6 +38,7 @@ const TRACKING_CONCURRENCY: usize = 64;
 /// What the evaluator knows of one alarm.
 #[derive(Debug, Clone)]
 struct Watched {
+    tenant: TenantId,
     definition: AlarmDefinition,
     state: AlarmState,
     /// The number of its latest transition, and that transition's actions not yet taken.
@@ -89,28 +90,37 @@ fn watch_policy(store: &mut SeriesStore, policy: &Policy, watch: bool, delay_ms:
         let series = series_of(policy.id.as_str(), &t.metric, t.query.as_deref());
         let n = kept(1, t.period_seconds, delay_ms);
         if watch {
-            store.watch(&policy.group_id, &series, t.period_seconds, n);
+            store.watch(
+                &policy.group_id,
+                &policy.tenant_id,
+                &series,
+                t.period_seconds,
+                n,
+            );
         } else {
             store.unwatch(&policy.group_id, &series, t.period_seconds, n);
         }
     }
 }
 
-/// The store's watch of an alarm: its metric (or query), N periods.
+/// The store's watch of `tenant`'s alarm: its metric (or query), N periods.
 fn watch_alarm(
     store: &mut SeriesStore,
     id: &AlarmId,
+    tenant: &TenantId,
     d: &AlarmDefinition,
-    watch: bool,
     delay_ms: i64,
 ) {
     let series = series_of(id.as_str(), &d.metric, d.query.as_deref());
     let n = kept(d.evaluation_periods, d.period_seconds, delay_ms);
-    if watch {
-        store.watch(&d.group_id, &series, d.period_seconds, n);
-    } else {
-        store.unwatch(&d.group_id, &series, d.period_seconds, n);
-    }
+    store.watch(&d.group_id, tenant, &series, d.period_seconds, n);
+}
+
+/// Ends the store's watch of an alarm.
+fn unwatch_alarm(store: &mut SeriesStore, id: &AlarmId, d: &AlarmDefinition, delay_ms: i64) {
+    let series = series_of(id.as_str(), &d.metric, d.query.as_deref());
+    let n = kept(d.evaluation_periods, d.period_seconds, delay_ms);
+    store.unwatch(&d.group_id, &series, d.period_seconds, n);
 }
 
 /// The statistic a source's datapoints are read with: a query's one value a period is its own
@@ -218,6 +228,20 @@ pub struct Ingested {
     pub too_new: usize,
 }
 
+/// What [`AlarmTable::ingest_all`] made of a write's samples.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written<K> {
+    /// What became of them. `unwatched` counts the samples of [`Written::unwatched`].
+    pub ingested: Ingested,
+    /// How many were skipped at the series cap.
+    pub over_cap: usize,
+    /// How many were skipped because their series is watched for another tenant.
+    pub not_writable: usize,
+    /// The key of each sample nothing watches, in order: whether its writer may write its
+    /// group is for the caller to tell (the store knows only the groups it watches).
+    pub unwatched: Vec<K>,
+}
+
 /// The alarms as the journal tells them, and the series their metrics feed: a read model fed
 /// by the projector (see [`crate::projector`]) alone.
 ///
@@ -241,6 +265,9 @@ pub struct AlarmTable {
 pub struct SavedAlarm {
     /// Its id.
     pub id: AlarmId,
+    /// Its owner. Required: a checkpoint from before it does not decode, and the read models
+    /// are rebuilt from the journal.
+    pub tenant_id: TenantId,
     /// Its definition.
     pub definition: AlarmDefinition,
     /// Its state.
@@ -402,6 +429,7 @@ impl AlarmTable {
             .iter()
             .map(|(id, w)| SavedAlarm {
                 id: id.clone(),
+                tenant_id: w.tenant.clone(),
                 definition: w.definition.clone(),
                 state: w.state,
                 transition: w.transition,
@@ -419,11 +447,12 @@ impl AlarmTable {
             watch_alarm(
                 &mut store,
                 &saved.id,
+                &saved.tenant_id,
                 &saved.definition,
-                true,
                 self.delay_ms,
             );
             let watched = Watched {
+                tenant: saved.tenant_id,
                 definition: saved.definition,
                 state: saved.state,
                 transition: saved.transition,
@@ -464,7 +493,8 @@ impl AlarmTable {
         for sample in samples {
             match store.record(group, sample, now)? {
                 Recorded::Stored => ingested.accepted += 1,
-                Recorded::Unwatched => ingested.unwatched += 1,
+                // With no writer named (the caller checked it), never `NotWritable`.
+                Recorded::Unwatched | Recorded::NotWritable => ingested.unwatched += 1,
                 Recorded::TooOld => ingested.too_old += 1,
                 Recorded::TooNew => ingested.too_new += 1,
             }
@@ -472,29 +502,40 @@ impl AlarmTable {
         Ok(ingested)
     }
 
-    /// Records the samples of several groups at `now`, under one lock (a remote write spans
-    /// many groups): what became of them, and how many were skipped at the series cap. Each
-    /// sample is (group id, metric, value, timestamp), borrowed, so that storing one allocates
-    /// nothing.
-    pub fn ingest_all<'a>(
+    /// Records the samples of several groups at `now`, written by `writer` (none: the caller
+    /// checked the writer may write every group), under one lock: a remote write spans many
+    /// groups. Each sample is (key, group id, metric, value, timestamp), borrowed, so that
+    /// storing one allocates nothing; the key is the caller's, handed back for each sample
+    /// nothing watches.
+    pub fn ingest_all<'a, K: Copy>(
         &self,
-        samples: impl IntoIterator<Item = (&'a str, &'a str, f64, Timestamp)>,
+        samples: impl IntoIterator<Item = (K, &'a str, &'a str, f64, Timestamp)>,
+        writer: Option<&TenantId>,
         now: Timestamp,
-    ) -> (Ingested, usize) {
+    ) -> Written<K> {
         let (watching, mut store) = self.open();
         drop(watching);
-        let mut ingested = Ingested::default();
-        let mut over_cap = 0;
-        for (group, metric, value, timestamp) in samples {
-            match store.record_value(group, metric, value, timestamp, now) {
+        let mut written = Written {
+            ingested: Ingested::default(),
+            over_cap: 0,
+            not_writable: 0,
+            unwatched: Vec::new(),
+        };
+        for (key, group, metric, value, timestamp) in samples {
+            let ingested = &mut written.ingested;
+            match store.record_value(group, metric, value, timestamp, now, writer) {
                 Ok(Recorded::Stored) => ingested.accepted += 1,
-                Ok(Recorded::Unwatched) => ingested.unwatched += 1,
+                Ok(Recorded::Unwatched) => {
+                    ingested.unwatched += 1;
+                    written.unwatched.push(key);
+                }
                 Ok(Recorded::TooOld) => ingested.too_old += 1,
                 Ok(Recorded::TooNew) => ingested.too_new += 1,
-                Err(_) => over_cap += 1,
+                Ok(Recorded::NotWritable) => written.not_writable += 1,
+                Err(_) => written.over_cap += 1,
             }
         }
-        (ingested, over_cap)
+        written
     }
 
     /// The transitions whose actions are not all taken: alarm, transition number, actions left.
@@ -761,10 +802,15 @@ fn apply(
         watching.missing.remove(id.as_str());
     }
     match event {
-        AlarmEvent::Created { definition, .. } => {
-            watch_alarm(store, &id, &definition, true, delay_ms);
+        AlarmEvent::Created {
+            definition,
+            tenant_id,
+            ..
+        } => {
+            watch_alarm(store, &id, &tenant_id, &definition, delay_ms);
             let next_due = period_end(at, definition.period_seconds);
             let watched = Watched {
+                tenant: tenant_id,
                 definition,
                 state: AlarmState::InsufficientData,
                 transition: 0,
@@ -775,15 +821,15 @@ fn apply(
         }
         AlarmEvent::Updated { definition, .. } => {
             if let Some(watched) = alarms.get_mut(&id) {
-                watch_alarm(store, &id, &watched.definition, false, delay_ms);
-                watch_alarm(store, &id, &definition, true, delay_ms);
+                unwatch_alarm(store, &id, &watched.definition, delay_ms);
+                watch_alarm(store, &id, &watched.tenant, &definition, delay_ms);
                 watched.next_due = period_end(at, definition.period_seconds);
                 watched.definition = definition;
             }
         }
         AlarmEvent::Deleted { .. } => {
             if let Some(watched) = alarms.remove(&id) {
-                watch_alarm(store, &id, &watched.definition, false, delay_ms);
+                unwatch_alarm(store, &id, &watched.definition, delay_ms);
             }
         }
         AlarmEvent::StateChanged { to, actions, .. } => {

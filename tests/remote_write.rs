@@ -140,6 +140,37 @@ fn written_samples_feed_target_tracking_and_the_rest_are_counted() {
 }
 
 #[test]
+fn a_tenant_cannot_feed_a_group_another_tenant_watches() {
+    let server = Server::start();
+    let (token, group) = queue_group(&server, 60);
+    let intruder = server.tenant("mallory");
+    let at = server.now_secs() * 1000;
+    let sample = |value| {
+        body(vec![series(
+            &[("__name__", "queue_depth"), ("flotilla_group", &group)],
+            value,
+            at,
+        )])
+    };
+    assert_eq!(send(&server, &intruder, sample(900.0), &[]).0, 204);
+    assert_eq!(send(&server, &token, sample(200.0), &[]).0, 204);
+    let counted = |outcome: &str| {
+        server.gauge(&format!(
+            r#"flotilla_remote_write_samples_total{{outcome="{outcome}"}}"#
+        ))
+    };
+    assert_eq!(counted("not_writable"), 1);
+    assert_eq!(counted("accepted"), 1);
+    // The policy reads the period's max: 200 (2 servers at 100 each), not the intruder's 900.
+    server.clock.advance_secs(60);
+    server.tick();
+    server.tick_until("the queue's capacity", 3, || {
+        server.capacity(&token, &group) != 1
+    });
+    assert_eq!(server.capacity(&token, &group), 2);
+}
+
+#[test]
 fn bad_write_requests_get_their_status_and_change_nothing() {
     let server = Server::start();
     let (token, group) = queue_group(&server, 60);

@@ -225,8 +225,8 @@ fn count(mut bytes: &[u8]) -> Option<(usize, usize)> {
     Some((series, samples))
 }
 
-/// The samples of a write that `poster` may write, borrowed from the request (or the poster):
-/// each group's id once, and each sample as (index into `groups`, metric, value, timestamp).
+/// The samples of a write, borrowed from the request (or the poster): each group's id once,
+/// and each sample as (index into `groups`, metric, value, timestamp).
 #[derive(Debug, Default)]
 struct Writable<'a> {
     groups: Vec<&'a str>,
@@ -234,86 +234,54 @@ struct Writable<'a> {
 }
 
 impl<'a> Writable<'a> {
-    /// Each sample with its group, as [`crate::alarms::AlarmTable::ingest_all`] takes them.
-    fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str, f64, Timestamp)> + '_ {
+    /// Each sample keyed by its group's index, as [`crate::alarms::AlarmTable::ingest_all`]
+    /// takes them.
+    fn iter(&self) -> impl Iterator<Item = (usize, &'a str, &'a str, f64, Timestamp)> + '_ {
         self.samples
             .iter()
-            .map(|&(group, metric, value, at)| (self.groups[group], metric, value, at))
+            .map(|&(group, metric, value, at)| (group, self.groups[group], metric, value, at))
     }
 }
 
-/// The samples of `request` that `poster` may write, and the tally of those skipped. With a
-/// tenant's token, `owns` is asked once per write, with every group label it names (each
-/// once), and answers for each whether the tenant owns it.
-fn writable<'a>(
-    request: &'a WriteRequest,
-    poster: &'a Poster,
-    owns: impl FnOnce(&[&str]) -> Vec<bool>,
-) -> (Writable<'a>, Tally) {
+/// The samples of `request` for `poster`, and the tally of those skipped: with a metrics
+/// token, every sample is its group's; with a tenant's token, each series names its group in
+/// a label, and whether the tenant may write it is told when the sample is stored.
+fn writable<'a>(request: &'a WriteRequest, poster: &'a Poster) -> (Writable<'a>, Tally) {
     let mut writable = Writable::default();
     let mut tally = Tally::default();
-    let label = |series: &'a TimeSeries, name: &str| {
-        series
-            .labels
-            .iter()
-            .find(|l| l.name == name)
-            .map(|l| l.value.as_str())
-    };
-    // With a tenant's token: each series' group label as an index into `named`, the labels
-    // in the order first seen; then, per label, its index in `writable.groups`, or none if
-    // the tenant may not write it.
-    let mut named: Vec<&str> = Vec::new();
-    let mut labelled: Vec<Option<usize>> = Vec::new();
-    let mut group_of: Vec<Option<usize>> = Vec::new();
-    match poster {
+    // A group label → its index in `writable.groups`.
+    let mut seen: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
+    if let Poster::Group(group) = poster {
         // The token's group wins over any label.
-        Poster::Group(group) => writable.groups.push(group.as_str()),
-        Poster::Tenant(_) => {
-            let mut seen: HashMap<&str, usize, foldhash::fast::RandomState> =
-                HashMap::with_capacity_and_hasher(request.timeseries.len(), Default::default());
-            labelled.reserve(request.timeseries.len());
-            for series in &request.timeseries {
-                labelled.push(label(series, GROUP).map(|named_group| {
-                    *seen.entry(named_group).or_insert_with(|| {
-                        named.push(named_group);
-                        named.len() - 1
-                    })
-                }));
-            }
-            let owned = owns(&named);
-            group_of = named
-                .iter()
-                .zip(owned)
-                .map(|(named_group, owned)| {
-                    owned.then(|| {
-                        writable.groups.push(named_group);
-                        writable.groups.len() - 1
-                    })
-                })
-                .collect();
-        }
+        writable.groups.push(group.as_str());
     }
     writable
         .samples
         .reserve(request.timeseries.iter().map(|s| s.samples.len()).sum());
-    for (i, series) in request.timeseries.iter().enumerate() {
+    for series in &request.timeseries {
+        let label = |name: &str| {
+            series
+                .labels
+                .iter()
+                .find(|l| l.name == name)
+                .map(|l| l.value.as_str())
+        };
         let n = series.samples.len();
-        let Some(metric) = label(series, NAME) else {
+        let Some(metric) = label(NAME) else {
             tally.add("no_name", n);
             continue;
         };
         let group = match poster {
             Poster::Group(_) => 0,
             Poster::Tenant(_) => {
-                let Some(named_group) = labelled[i] else {
+                let Some(named) = label(GROUP) else {
                     tally.add("no_group", n);
                     continue;
                 };
-                let Some(index) = group_of.get(named_group).copied().flatten() else {
-                    tally.add("not_writable", n);
-                    continue;
-                };
-                index
+                *seen.entry(named).or_insert_with(|| {
+                    writable.groups.push(named);
+                    writable.groups.len() - 1
+                })
             }
         };
         let metric_ok = validate_metric(metric).is_ok();
@@ -331,6 +299,35 @@ fn writable<'a>(
         }
     }
     (writable, tally)
+}
+
+/// Of the samples nothing watches (each given by its group's index in `groups`), how many
+/// are in groups `owns` says the writer may not write. `owns` is asked once, with each such
+/// group once, and answers for each whether the writer owns it.
+fn not_owned(
+    groups: &[&str],
+    unwatched: &[usize],
+    owns: impl FnOnce(&[&str]) -> Vec<bool>,
+) -> usize {
+    if unwatched.is_empty() {
+        return 0;
+    }
+    // A group's index → its index in `asked`.
+    let mut asked_at: Vec<Option<usize>> = vec![None; groups.len()];
+    let mut asked: Vec<&str> = Vec::new();
+    for &group in unwatched {
+        asked_at[group].get_or_insert_with(|| {
+            asked.push(groups[group]);
+            asked.len() - 1
+        });
+    }
+    let owned = owns(&asked);
+    unwatched
+        .iter()
+        .filter(|&&group| {
+            asked_at[group].is_some_and(|at| !owned.get(at).copied().unwrap_or(false))
+        })
+        .count()
 }
 
 /// A remote-write timestamp (Unix ms) as a sample's time: none if it is negative or past the
@@ -405,22 +402,34 @@ pub async fn write(
         })?
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let request = decode(&body)?;
-    // Every group the write names is asked about under one short read lock: a lookup each,
-    // never a walk over the samples.
-    let owns = |groups: &[&str]| match &poster {
-        Poster::Tenant(tenant) => state.index.owns_groups_named(tenant, groups),
-        Poster::Group(_) => vec![false; groups.len()],
-    };
-    let (writable, mut tally) = writable(&request, &poster, owns);
+    let (writable, mut tally) = writable(&request, &poster);
     let now = state.supervisor.clock().now();
-    // Past the series cap a sample is skipped and counted, not refused: a 429 after other
-    // samples were stored would have Prometheus send them all again.
-    let (ingested, over_cap) = state.evaluator.table().ingest_all(writable.iter(), now);
+    // A tenant's samples are checked against the tenant of the series they land on. Past the
+    // series cap a sample is skipped and counted, not refused: a 429 after other samples were
+    // stored would have Prometheus send them all again.
+    let writer = match &poster {
+        Poster::Tenant(tenant) => Some(tenant),
+        Poster::Group(_) => None,
+    };
+    let written = state
+        .evaluator
+        .table()
+        .ingest_all(writable.iter(), writer, now);
+    // A sample nothing watches is dropped either way; the tally tells whether the tenant could
+    // have written it, asking the index once, under one short read lock, about those groups.
+    let foreign = match &poster {
+        Poster::Tenant(tenant) => not_owned(&writable.groups, &written.unwatched, |groups| {
+            state.index.owns_groups_named(tenant, groups)
+        }),
+        Poster::Group(_) => 0,
+    };
+    let ingested = written.ingested;
     tally.add("accepted", ingested.accepted);
-    tally.add("unwatched", ingested.unwatched);
+    tally.add("unwatched", ingested.unwatched - foreign);
+    tally.add("not_writable", written.not_writable + foreign);
     tally.add("too_old", ingested.too_old);
     tally.add("too_new", ingested.too_new);
-    tally.add("series_limit", over_cap);
+    tally.add("series_limit", written.over_cap);
     for (outcome, n) in tally.counts() {
         state.telemetry.remote_write(outcome, *n);
     }
@@ -552,18 +561,19 @@ mod tests {
             ],
         };
         let tenant = Poster::Tenant(TenantId::new("ten_1"));
-        let (mine, tally) = writable(&request, &tenant, |groups| {
-            groups.iter().map(|g| *g == "grp_mine").collect()
-        });
+        let (named, tally) = writable(&request, &tenant);
         let at = Timestamp::from_millis(1_700_000_000_000);
+        // Whose the groups are is told when the samples are stored.
         assert_eq!(
-            mine.iter().collect::<Vec<_>>(),
-            [("grp_mine", "queue", 5.0, at)]
+            named.iter().collect::<Vec<_>>(),
+            [
+                (0, "grp_mine", "queue", 5.0, at),
+                (1, "grp_theirs", "queue", 1.0, at)
+            ]
         );
         for (outcome, n) in [
             ("stale", 1),
             ("no_group", 1),
-            ("not_writable", 1),
             ("no_name", 1),
             ("invalid", 1),
         ] {
@@ -571,11 +581,26 @@ mod tests {
         }
         // A metrics token's group wins over any label.
         let token = Poster::Group(GroupId::new("grp_token"));
-        let (by_token, _) = writable(&request, &token, |_| {
-            unreachable!("a metrics token asks nothing")
-        });
+        let (by_token, _) = writable(&request, &token);
         assert_eq!(by_token.groups, ["grp_token"]);
         assert_eq!(by_token.samples.len(), 3);
+    }
+
+    #[test]
+    fn unwatched_samples_of_groups_not_owned_are_told_apart_asking_once() {
+        let groups = ["grp_mine", "grp_theirs", "grp_gone"];
+        let asked = std::cell::RefCell::new(Vec::new());
+        let owns = |names: &[&str]| {
+            asked.borrow_mut().push(names.join(","));
+            names.iter().map(|n| *n == "grp_mine").collect()
+        };
+        assert_eq!(not_owned(&groups, &[1, 0, 1, 2, 0], owns), 3);
+        assert_eq!(*asked.borrow(), ["grp_theirs,grp_mine,grp_gone"]);
+        // Nothing unwatched: the index is not asked.
+        assert_eq!(
+            not_owned(&groups, &[], |_| unreachable!("nothing to ask")),
+            0
+        );
     }
 
     #[test]

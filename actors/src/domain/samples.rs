@@ -36,7 +36,7 @@
 use std::collections::BTreeMap;
 
 use super::alarm::{AlarmDefinition, Statistic};
-use super::GroupId;
+use super::{GroupId, TenantId};
 use crate::clock::Timestamp;
 
 /// How many (group, metric) series may hold samples unless [`SeriesStore::with_max_series`] says
@@ -124,6 +124,8 @@ pub enum Recorded {
     TooOld,
     /// More than one period ahead of now in every watched window: dropped.
     TooNew,
+    /// Its series is watched for another tenant than the writer: dropped, unseen.
+    NotWritable,
 }
 
 /// Why a sample was refused.
@@ -175,9 +177,13 @@ impl Window {
     }
 }
 
-/// One (group, metric): a window per watched period length, in seconds.
-#[derive(Debug, Clone, Default)]
+/// One (group, metric): the group's tenant, and a window per watched period length, in
+/// seconds.
+#[derive(Debug, Clone)]
 struct Series {
+    /// Who may write it: the tenant of its group, as its watchers (that tenant's alarms and
+    /// policies) tell. A tenant's write is checked here, on the lookup the sample pays anyway.
+    owner: TenantId,
     windows: BTreeMap<u32, Window>,
 }
 
@@ -252,11 +258,12 @@ impl SeriesStore {
     }
 
     /// Registers a reader of `periods_needed` closed periods of `period_seconds` on (group,
-    /// metric). Called when an alarm is created, and with the new definition when one is updated.
-    /// A `period_seconds` of 0 is read as 1.
+    /// metric) of `owner`'s. Called when an alarm is created, and with the new definition when
+    /// one is updated. A `period_seconds` of 0 is read as 1.
     pub fn watch(
         &mut self,
         group: &GroupId,
+        owner: &TenantId,
         metric: &str,
         period_seconds: u32,
         periods_needed: u32,
@@ -264,7 +271,10 @@ impl SeriesStore {
         let window = self
             .series
             .entry((group.clone(), metric.to_owned()))
-            .or_default()
+            .or_insert_with(|| Series {
+                owner: owner.clone(),
+                windows: BTreeMap::new(),
+            })
             .windows
             .entry(period_seconds.max(1))
             .or_default();
@@ -310,9 +320,10 @@ impl SeriesStore {
     }
 
     /// [`SeriesStore::watch`] with an alarm's metric, period and N.
-    pub fn watch_alarm(&mut self, definition: &AlarmDefinition) {
+    pub fn watch_alarm(&mut self, owner: &TenantId, definition: &AlarmDefinition) {
         self.watch(
             &definition.group_id,
+            owner,
             &definition.metric,
             definition.period_seconds,
             definition.evaluation_periods,
@@ -343,11 +354,14 @@ impl SeriesStore {
             sample.value,
             sample.timestamp,
             now,
+            None,
         )
     }
 
     /// [`SeriesStore::record`] with the sample's parts borrowed, the group as its id's text,
     /// so that a caller holding many samples (a remote write) allocates nothing per sample.
+    /// With a `writer`, a watched series of another tenant's is [`Recorded::NotWritable`];
+    /// without one, the caller has checked that the writer may write the group.
     pub fn record_value(
         &mut self,
         group: &str,
@@ -355,10 +369,14 @@ impl SeriesStore {
         value: f64,
         timestamp: Timestamp,
         now: Timestamp,
+        writer: Option<&TenantId>,
     ) -> Result<Recorded, RecordError> {
         let Some(series) = self.series.get_mut(&Named(group, metric)) else {
             return Ok(Recorded::Unwatched);
         };
+        if writer.is_some_and(|writer| *writer != series.owner) {
+            return Ok(Recorded::NotWritable);
+        }
         let t = timestamp.as_millis();
         let fits = |period_seconds: u32, window: &Window| {
             let period = millis(period_seconds);
@@ -545,6 +563,40 @@ mod tests {
         GroupId::new("grp_1")
     }
 
+    fn tenant() -> TenantId {
+        TenantId::new("ten_1")
+    }
+
+    #[test]
+    fn a_writer_other_than_the_series_tenant_stores_nothing() {
+        let mut store = SeriesStore::new();
+        store.watch(&group(), &tenant(), "cpu", 60, 3);
+        let now = Timestamp::from_millis(600_000);
+        let record = |store: &mut SeriesStore, writer: Option<&TenantId>| {
+            store.record_value("grp_1", "cpu", 1.0, now, now, writer)
+        };
+        let other = TenantId::new("ten_2");
+        assert_eq!(
+            record(&mut store, Some(&other)).unwrap(),
+            Recorded::NotWritable
+        );
+        assert_eq!(store.series_count(), 0);
+        assert_eq!(store.period_count(), 0);
+        assert_eq!(
+            record(&mut store, Some(&tenant())).unwrap(),
+            Recorded::Stored
+        );
+        assert_eq!(record(&mut store, None).unwrap(), Recorded::Stored);
+        assert_eq!(store.period_count(), 1);
+        // An unwatched series says nothing of its owner: the caller asks who owns it.
+        assert_eq!(
+            store
+                .record_value("grp_2", "cpu", 1.0, now, now, Some(&other))
+                .unwrap(),
+            Recorded::Unwatched
+        );
+    }
+
     fn sample(metric: &str, value: f64, at: Timestamp) -> Sample {
         Sample {
             metric: metric.into(),
@@ -560,7 +612,7 @@ mod tests {
     /// A store with one watcher of 3 periods of 60 s on (grp_1, cpu).
     fn given_cpu_watched() -> SeriesStore {
         let mut store = SeriesStore::new();
-        store.watch(&group(), "cpu", 60, 3);
+        store.watch(&group(), &tenant(), "cpu", 60, 3);
         store
     }
 
@@ -709,7 +761,7 @@ mod tests {
     #[test]
     fn a_sample_goes_into_every_watched_period_length_that_can_hold_it() {
         let mut store = given_cpu_watched();
-        store.watch(&group(), "cpu", 300, 2);
+        store.watch(&group(), &tenant(), "cpu", 300, 2);
         // 400 s back: too old for 3 × 60 s, readable for 2 × 300 s.
         assert_eq!(when_recorded(&mut store, 5.0, 0, 400), Recorded::Stored);
         assert_eq!(when_recorded(&mut store, 7.0, 380, 400), Recorded::Stored);
@@ -722,7 +774,7 @@ mod tests {
     #[test]
     fn prune_drops_what_no_watcher_can_read_and_keeps_the_rest() {
         let mut store = given_cpu_watched();
-        store.watch(&group(), "cpu", 60, 5);
+        store.watch(&group(), &tenant(), "cpu", 60, 5);
         for secs in [0, 60, 120, 180, 240, 300] {
             when_recorded(&mut store, 1.0, secs, 300);
         }
@@ -758,7 +810,7 @@ mod tests {
     #[test]
     fn unwatching_the_last_reader_drops_the_series_and_its_periods() {
         let mut store = given_cpu_watched();
-        store.watch(&group(), "cpu", 60, 3);
+        store.watch(&group(), &tenant(), "cpu", 60, 3);
         when_recorded(&mut store, 1.0, 0, 0);
         assert!(store.unwatch(&group(), "cpu", 60, 3));
         assert_eq!(store.period_count(), 1, "one reader remains");
@@ -779,7 +831,7 @@ mod tests {
     fn the_series_cap_refuses_a_new_series_rather_than_evicting_one() {
         let mut store = SeriesStore::with_max_series(2);
         for metric in ["a", "b", "c"] {
-            store.watch(&group(), metric, 60, 1);
+            store.watch(&group(), &tenant(), metric, 60, 1);
         }
         assert_eq!(
             store.record(&group(), &sample("a", 1.0, T0), T0),
@@ -834,7 +886,7 @@ mod tests {
             repeat_actions: false,
         };
         let mut store = SeriesStore::new();
-        store.watch_alarm(&definition);
+        store.watch_alarm(&tenant(), &definition);
         assert_eq!(when_recorded(&mut store, 1.0, 0, 0), Recorded::Stored);
         assert!(store.unwatch_alarm(&definition));
         assert_eq!(store.series_count(), 0);
