@@ -474,6 +474,31 @@ fn a_simulated_group_of_1000_servers_converges_after_its_start_latency() {
 }
 
 #[test]
+fn a_pass_launches_at_most_1000_servers_of_a_group() {
+    let server = server();
+    let token = server.tenant("acme");
+    let (status, body) = server.call(
+        "POST",
+        "/v1/groups",
+        &token,
+        Some(
+            json!({"name": "big", "min_size": 0, "max_size": 2500, "desired_capacity": 2500,
+            "launch": {"provider": "simulated", "start_seconds": 60}}),
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
+    let group = body["id"].as_str().unwrap().to_owned();
+    let pending = || {
+        let (_, view) = server.call("GET", &format!("/v1/groups/{group}"), &token, None);
+        view["pending"].as_u64().unwrap()
+    };
+    for expected in [1000, 2000, 2500, 2500] {
+        server.tick();
+        assert_eq!(pending(), expected);
+    }
+}
+
+#[test]
 fn a_simulated_failure_rate_fails_some_launches_and_they_are_replaced() {
     let server = server();
     let token = server.tenant("acme");
