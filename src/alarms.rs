@@ -38,7 +38,8 @@ const TRACKING_CONCURRENCY: usize = 64;
 /// What the evaluator knows of one alarm.
 #[derive(Debug, Clone)]
 struct Watched {
-    tenant: TenantId,
+    /// The tenant whose samples feed it: its owner, none once its group is deleted.
+    writer: Option<TenantId>,
     definition: AlarmDefinition,
     state: AlarmState,
     /// The number of its latest transition, and that transition's actions not yet taken.
@@ -92,7 +93,7 @@ fn watch_policy(store: &mut SeriesStore, policy: &Policy, watch: bool, delay_ms:
         if watch {
             store.watch(
                 &policy.group_id,
-                &policy.tenant_id,
+                Some(&policy.tenant_id),
                 &series,
                 t.period_seconds,
                 n,
@@ -103,17 +104,17 @@ fn watch_policy(store: &mut SeriesStore, policy: &Policy, watch: bool, delay_ms:
     }
 }
 
-/// The store's watch of `tenant`'s alarm: its metric (or query), N periods.
+/// The store's watch of an alarm fed by `writer`'s samples: its metric (or query), N periods.
 fn watch_alarm(
     store: &mut SeriesStore,
     id: &AlarmId,
-    tenant: &TenantId,
+    writer: Option<&TenantId>,
     d: &AlarmDefinition,
     delay_ms: i64,
 ) {
     let series = series_of(id.as_str(), &d.metric, d.query.as_deref());
     let n = kept(d.evaluation_periods, d.period_seconds, delay_ms);
-    store.watch(&d.group_id, tenant, &series, d.period_seconds, n);
+    store.watch(&d.group_id, writer, &series, d.period_seconds, n);
 }
 
 /// Ends the store's watch of an alarm.
@@ -237,9 +238,10 @@ pub struct Written<K> {
     pub over_cap: usize,
     /// How many were skipped because their series is watched for another tenant.
     pub not_writable: usize,
-    /// The key of each sample nothing watches, in order: whether its writer may write its
-    /// group is for the caller to tell (the store knows only the groups it watches).
-    pub unwatched: Vec<K>,
+    /// The keys of the samples nothing watches, in order, each with how many samples in a row
+    /// had it: whether their writer may write their group is for the caller to tell (the store
+    /// knows only the groups it watches).
+    pub unwatched: Vec<(K, usize)>,
 }
 
 /// The alarms as the journal tells them, and the series their metrics feed: a read model fed
@@ -265,9 +267,10 @@ pub struct AlarmTable {
 pub struct SavedAlarm {
     /// Its id.
     pub id: AlarmId,
-    /// Its owner. Required: a checkpoint from before it does not decode, and the read models
-    /// are rebuilt from the journal.
-    pub tenant_id: TenantId,
+    /// The tenant whose samples feed it: its owner, none once its group is deleted. Required:
+    /// a checkpoint from before it does not decode, and the read models are rebuilt from the
+    /// journal.
+    pub writer: Option<TenantId>,
     /// Its definition.
     pub definition: AlarmDefinition,
     /// Its state.
@@ -323,7 +326,7 @@ impl AlarmTable {
     }
 
     /// Takes in that group `id` was deleted (the projector's entry): its target-tracking
-    /// policies are followed no more.
+    /// policies are followed no more, and no tenant's samples feed its alarms.
     pub fn forget_group(&self, id: GroupId) {
         lock(&self.inbox).push(Fed::GroupDeleted(id));
     }
@@ -389,6 +392,14 @@ impl AlarmTable {
                             watch_policy(&mut store, &gone.policy, false, self.delay_ms);
                         }
                     }
+                    // Its alarms stay until deleted, but no sample feeds them any more: the
+                    // group's tokens are gone, and no tenant owns it (SPEC 5.1).
+                    for watched in watching.alarms.values_mut() {
+                        if watched.definition.group_id == group {
+                            watched.writer = None;
+                        }
+                    }
+                    store.disown(&group);
                 }
             }
         }
@@ -429,7 +440,7 @@ impl AlarmTable {
             .iter()
             .map(|(id, w)| SavedAlarm {
                 id: id.clone(),
-                tenant_id: w.tenant.clone(),
+                writer: w.writer.clone(),
                 definition: w.definition.clone(),
                 state: w.state,
                 transition: w.transition,
@@ -447,12 +458,12 @@ impl AlarmTable {
             watch_alarm(
                 &mut store,
                 &saved.id,
-                &saved.tenant_id,
+                saved.writer.as_ref(),
                 &saved.definition,
                 self.delay_ms,
             );
             let watched = Watched {
-                tenant: saved.tenant_id,
+                writer: saved.writer,
                 definition: saved.definition,
                 state: saved.state,
                 transition: saved.transition,
@@ -507,7 +518,7 @@ impl AlarmTable {
     /// groups. Each sample is (key, group id, metric, value, timestamp), borrowed, so that
     /// storing one allocates nothing; the key is the caller's, handed back for each sample
     /// nothing watches.
-    pub fn ingest_all<'a, K: Copy>(
+    pub fn ingest_all<'a, K: Copy + PartialEq>(
         &self,
         samples: impl IntoIterator<Item = (K, &'a str, &'a str, f64, Timestamp)>,
         writer: Option<&TenantId>,
@@ -527,7 +538,10 @@ impl AlarmTable {
                 Ok(Recorded::Stored) => ingested.accepted += 1,
                 Ok(Recorded::Unwatched) => {
                     ingested.unwatched += 1;
-                    written.unwatched.push(key);
+                    match written.unwatched.last_mut() {
+                        Some((last, n)) if *last == key => *n += 1,
+                        _ => written.unwatched.push((key, 1)),
+                    }
                 }
                 Ok(Recorded::TooOld) => ingested.too_old += 1,
                 Ok(Recorded::TooNew) => ingested.too_new += 1,
@@ -807,10 +821,10 @@ fn apply(
             tenant_id,
             ..
         } => {
-            watch_alarm(store, &id, &tenant_id, &definition, delay_ms);
+            watch_alarm(store, &id, Some(&tenant_id), &definition, delay_ms);
             let next_due = period_end(at, definition.period_seconds);
             let watched = Watched {
-                tenant: tenant_id,
+                writer: Some(tenant_id),
                 definition,
                 state: AlarmState::InsufficientData,
                 transition: 0,
@@ -822,7 +836,7 @@ fn apply(
         AlarmEvent::Updated { definition, .. } => {
             if let Some(watched) = alarms.get_mut(&id) {
                 unwatch_alarm(store, &id, &watched.definition, delay_ms);
-                watch_alarm(store, &id, &watched.tenant, &definition, delay_ms);
+                watch_alarm(store, &id, watched.writer.as_ref(), &definition, delay_ms);
                 watched.next_due = period_end(at, definition.period_seconds);
                 watched.definition = definition;
             }

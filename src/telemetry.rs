@@ -179,8 +179,8 @@ impl Telemetry {
         registry.register(
             "flotilla_remote_write_samples",
             "Remote-write samples, by outcome: accepted, unwatched, too_old, too_new, stale \
-             (NaN markers), invalid, or skipped with their series (no_name, no_group, \
-             not_writable)",
+             (NaN markers), invalid, not_writable (a group the token may not write), or \
+             skipped with their series (no_name, no_group)",
             remote_write.clone(),
         );
         let truncated_alerts = Counter::default();

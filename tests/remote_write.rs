@@ -171,6 +171,56 @@ fn a_tenant_cannot_feed_a_group_another_tenant_watches() {
 }
 
 #[test]
+fn no_tenant_feeds_the_alarms_of_a_deleted_group_even_after_a_restart() {
+    let server = Server::start();
+    let (token, group) = queue_group(&server, 60);
+    let (status, alarm) = server.call(
+        "POST",
+        "/v1/alarms",
+        &token,
+        Some(json!({"name": "deep", "group_id": group, "metric": "queue_depth",
+            "statistic": "max", "period_seconds": 60, "evaluation_periods": 1,
+            "comparison": "gt", "threshold": 100})),
+    );
+    assert_eq!(status, 201, "{alarm}");
+    let (status, _) = server.call(
+        "DELETE",
+        &format!("/v1/groups/{group}?force=true"),
+        &token,
+        None,
+    );
+    assert_eq!(status, 204);
+    let write = |server: &Server| {
+        let at = server.now_secs() * 1000;
+        let written = body(vec![series(
+            &[("__name__", "queue_depth"), ("flotilla_group", &group)],
+            500.0,
+            at,
+        )]);
+        assert_eq!(send(server, &token, written, &[]).0, 204);
+        let metrics = server
+            .request("GET", "/metrics", None)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let outcomes: Vec<&str> = metrics
+            .lines()
+            .filter(|line| line.starts_with("flotilla_remote_write_samples_total{"))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [r#"flotilla_remote_write_samples_total{outcome="not_writable"} 1"#]
+        );
+    };
+    write(&server);
+    // From the checkpoint the alarm comes back, and still no tenant writes its series.
+    server.tick();
+    let server = server.restart();
+    write(&server);
+}
+
+#[test]
 fn bad_write_requests_get_their_status_and_change_nothing() {
     let server = Server::start();
     let (token, group) = queue_group(&server, 60);

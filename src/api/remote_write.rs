@@ -301,12 +301,13 @@ fn writable<'a>(request: &'a WriteRequest, poster: &'a Poster) -> (Writable<'a>,
     (writable, tally)
 }
 
-/// Of the samples nothing watches (each given by its group's index in `groups`), how many
-/// are in groups `owns` says the writer may not write. `owns` is asked once, with each such
-/// group once, and answers for each whether the writer owns it.
+/// Of the samples nothing watches (runs of samples, each run given by its group's index in
+/// `groups` and its length), how many are in groups `owns` says the writer may not write.
+/// `owns` is asked once, with each such group once, and answers for each whether the writer
+/// owns it.
 fn not_owned(
     groups: &[&str],
-    unwatched: &[usize],
+    unwatched: &[(usize, usize)],
     owns: impl FnOnce(&[&str]) -> Vec<bool>,
 ) -> usize {
     if unwatched.is_empty() {
@@ -315,7 +316,7 @@ fn not_owned(
     // A group's index → its index in `asked`.
     let mut asked_at: Vec<Option<usize>> = vec![None; groups.len()];
     let mut asked: Vec<&str> = Vec::new();
-    for &group in unwatched {
+    for &(group, _) in unwatched {
         asked_at[group].get_or_insert_with(|| {
             asked.push(groups[group]);
             asked.len() - 1
@@ -324,10 +325,11 @@ fn not_owned(
     let owned = owns(&asked);
     unwatched
         .iter()
-        .filter(|&&group| {
+        .filter(|&&(group, _)| {
             asked_at[group].is_some_and(|at| !owned.get(at).copied().unwrap_or(false))
         })
-        .count()
+        .map(|&(_, n)| n)
+        .sum()
 }
 
 /// A remote-write timestamp (Unix ms) as a sample's time: none if it is negative or past the
@@ -594,7 +596,8 @@ mod tests {
             asked.borrow_mut().push(names.join(","));
             names.iter().map(|n| *n == "grp_mine").collect()
         };
-        assert_eq!(not_owned(&groups, &[1, 0, 1, 2, 0], owns), 3);
+        let runs = [(1, 2), (0, 1), (1, 1), (2, 3), (0, 1)];
+        assert_eq!(not_owned(&groups, &runs, owns), 6);
         assert_eq!(*asked.borrow(), ["grp_theirs,grp_mine,grp_gone"]);
         // Nothing unwatched: the index is not asked.
         assert_eq!(

@@ -9,6 +9,10 @@
 //! that received a sample. A sample for a (group, metric) nobody watches is dropped
 //! ([`Recorded::Unwatched`]).
 //!
+//! A series also knows its owner, the tenant of its group, as its watchers tell (none once the
+//! group is deleted): a tenant's sample for a series it does not own is dropped
+//! ([`Recorded::NotWritable`]) on the lookup it pays anyway.
+//!
 //! # Periods, closing and the readable window
 //!
 //! With a period of `p` milliseconds, the period holding `t` starts at `floor(t / p) * p` (aligned
@@ -181,9 +185,10 @@ impl Window {
 /// seconds.
 #[derive(Debug, Clone)]
 struct Series {
-    /// Who may write it: the tenant of its group, as its watchers (that tenant's alarms and
-    /// policies) tell. A tenant's write is checked here, on the lookup the sample pays anyway.
-    owner: TenantId,
+    /// Who may write it: the tenant of its group, as its first watcher (that tenant's alarm
+    /// or policy) tells; none once the group is deleted. A tenant's write is checked here, on
+    /// the lookup the sample pays anyway.
+    owner: Option<TenantId>,
     windows: BTreeMap<u32, Window>,
 }
 
@@ -258,12 +263,14 @@ impl SeriesStore {
     }
 
     /// Registers a reader of `periods_needed` closed periods of `period_seconds` on (group,
-    /// metric) of `owner`'s. Called when an alarm is created, and with the new definition when
-    /// one is updated. A `period_seconds` of 0 is read as 1.
+    /// metric), written by `owner` (none: by no tenant, its group being deleted). Called when an
+    /// alarm is created, and with the new definition when one is updated. A `period_seconds` of
+    /// 0 is read as 1. A group has one tenant, so a series' watchers all name the same owner;
+    /// the first one's stays.
     pub fn watch(
         &mut self,
         group: &GroupId,
-        owner: &TenantId,
+        owner: Option<&TenantId>,
         metric: &str,
         period_seconds: u32,
         periods_needed: u32,
@@ -272,7 +279,7 @@ impl SeriesStore {
             .series
             .entry((group.clone(), metric.to_owned()))
             .or_insert_with(|| Series {
-                owner: owner.clone(),
+                owner: owner.cloned(),
                 windows: BTreeMap::new(),
             })
             .windows
@@ -319,8 +326,17 @@ impl SeriesStore {
         true
     }
 
+    /// No tenant writes the series of `group` any more: it was deleted.
+    pub fn disown(&mut self, group: &GroupId) {
+        for ((watched, _), series) in &mut self.series {
+            if watched == group {
+                series.owner = None;
+            }
+        }
+    }
+
     /// [`SeriesStore::watch`] with an alarm's metric, period and N.
-    pub fn watch_alarm(&mut self, owner: &TenantId, definition: &AlarmDefinition) {
+    pub fn watch_alarm(&mut self, owner: Option<&TenantId>, definition: &AlarmDefinition) {
         self.watch(
             &definition.group_id,
             owner,
@@ -360,8 +376,9 @@ impl SeriesStore {
 
     /// [`SeriesStore::record`] with the sample's parts borrowed, the group as its id's text,
     /// so that a caller holding many samples (a remote write) allocates nothing per sample.
-    /// With a `writer`, a watched series of another tenant's is [`Recorded::NotWritable`];
-    /// without one, the caller has checked that the writer may write the group.
+    /// With a `writer`, a watched series of another tenant's (or of a deleted group) is
+    /// [`Recorded::NotWritable`]; without one, the caller has checked that the writer may
+    /// write the group.
     pub fn record_value(
         &mut self,
         group: &str,
@@ -374,7 +391,7 @@ impl SeriesStore {
         let Some(series) = self.series.get_mut(&Named(group, metric)) else {
             return Ok(Recorded::Unwatched);
         };
-        if writer.is_some_and(|writer| *writer != series.owner) {
+        if writer.is_some_and(|writer| series.owner.as_ref() != Some(writer)) {
             return Ok(Recorded::NotWritable);
         }
         let t = timestamp.as_millis();
@@ -570,7 +587,7 @@ mod tests {
     #[test]
     fn a_writer_other_than_the_series_tenant_stores_nothing() {
         let mut store = SeriesStore::new();
-        store.watch(&group(), &tenant(), "cpu", 60, 3);
+        store.watch(&group(), Some(&tenant()), "cpu", 60, 3);
         let now = Timestamp::from_millis(600_000);
         let record = |store: &mut SeriesStore, writer: Option<&TenantId>| {
             store.record_value("grp_1", "cpu", 1.0, now, now, writer)
@@ -588,6 +605,12 @@ mod tests {
         );
         assert_eq!(record(&mut store, None).unwrap(), Recorded::Stored);
         assert_eq!(store.period_count(), 1);
+        // Its group deleted, no tenant writes it.
+        store.disown(&group());
+        assert_eq!(
+            record(&mut store, Some(&tenant())).unwrap(),
+            Recorded::NotWritable
+        );
         // An unwatched series says nothing of its owner: the caller asks who owns it.
         assert_eq!(
             store
@@ -612,7 +635,7 @@ mod tests {
     /// A store with one watcher of 3 periods of 60 s on (grp_1, cpu).
     fn given_cpu_watched() -> SeriesStore {
         let mut store = SeriesStore::new();
-        store.watch(&group(), &tenant(), "cpu", 60, 3);
+        store.watch(&group(), Some(&tenant()), "cpu", 60, 3);
         store
     }
 
@@ -761,7 +784,7 @@ mod tests {
     #[test]
     fn a_sample_goes_into_every_watched_period_length_that_can_hold_it() {
         let mut store = given_cpu_watched();
-        store.watch(&group(), &tenant(), "cpu", 300, 2);
+        store.watch(&group(), Some(&tenant()), "cpu", 300, 2);
         // 400 s back: too old for 3 × 60 s, readable for 2 × 300 s.
         assert_eq!(when_recorded(&mut store, 5.0, 0, 400), Recorded::Stored);
         assert_eq!(when_recorded(&mut store, 7.0, 380, 400), Recorded::Stored);
@@ -774,7 +797,7 @@ mod tests {
     #[test]
     fn prune_drops_what_no_watcher_can_read_and_keeps_the_rest() {
         let mut store = given_cpu_watched();
-        store.watch(&group(), &tenant(), "cpu", 60, 5);
+        store.watch(&group(), Some(&tenant()), "cpu", 60, 5);
         for secs in [0, 60, 120, 180, 240, 300] {
             when_recorded(&mut store, 1.0, secs, 300);
         }
@@ -810,7 +833,7 @@ mod tests {
     #[test]
     fn unwatching_the_last_reader_drops_the_series_and_its_periods() {
         let mut store = given_cpu_watched();
-        store.watch(&group(), &tenant(), "cpu", 60, 3);
+        store.watch(&group(), Some(&tenant()), "cpu", 60, 3);
         when_recorded(&mut store, 1.0, 0, 0);
         assert!(store.unwatch(&group(), "cpu", 60, 3));
         assert_eq!(store.period_count(), 1, "one reader remains");
@@ -831,7 +854,7 @@ mod tests {
     fn the_series_cap_refuses_a_new_series_rather_than_evicting_one() {
         let mut store = SeriesStore::with_max_series(2);
         for metric in ["a", "b", "c"] {
-            store.watch(&group(), &tenant(), metric, 60, 1);
+            store.watch(&group(), Some(&tenant()), metric, 60, 1);
         }
         assert_eq!(
             store.record(&group(), &sample("a", 1.0, T0), T0),
@@ -886,7 +909,7 @@ mod tests {
             repeat_actions: false,
         };
         let mut store = SeriesStore::new();
-        store.watch_alarm(&tenant(), &definition);
+        store.watch_alarm(Some(&tenant()), &definition);
         assert_eq!(when_recorded(&mut store, 1.0, 0, 0), Recorded::Stored);
         assert!(store.unwatch_alarm(&definition));
         assert_eq!(store.series_count(), 0);
