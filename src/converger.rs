@@ -354,7 +354,7 @@ impl Converger {
             if let Some(group) = &executed.state {
                 for event in &executed.events {
                     if let GroupEvent::ServerDeleteRequested { server_id, .. } = event {
-                        let handle = group.servers.get(server_id).map(|s| s.provider.clone());
+                        let handle = group.servers.get(server_id).map(|s| s.provider.value());
                         delete.push((server_id.clone(), handle.unwrap_or(Value::Null)));
                     }
                 }
@@ -379,7 +379,7 @@ impl Converger {
             .relaunch
             .iter()
             .filter_map(|sid| group.servers.get(sid))
-            .map(|s| s.provider.clone())
+            .map(|s| s.provider.value())
             .filter(|h| !h.is_null())
             .collect();
         let watch = plan.watch;

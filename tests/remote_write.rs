@@ -178,9 +178,11 @@ fn no_tenant_feeds_the_alarms_of_a_deleted_group_even_after_a_restart() {
         "POST",
         "/v1/alarms",
         &token,
-        Some(json!({"name": "deep", "group_id": group, "metric": "queue_depth",
+        Some(
+            json!({"name": "deep", "group_id": group, "metric": "queue_depth",
             "statistic": "max", "period_seconds": 60, "evaluation_periods": 1,
-            "comparison": "gt", "threshold": 100})),
+            "comparison": "gt", "threshold": 100}),
+        ),
     );
     assert_eq!(status, 201, "{alarm}");
     let (status, _) = server.call(

@@ -138,7 +138,7 @@ impl ServerView {
             id: s.id.clone(),
             group_id: group.id.to_string(),
             state: s.state,
-            provider: s.provider.clone(),
+            provider: s.provider.value(),
             launched_at: time(s.launched_at),
             failures: s.failures,
             last_failure: s.last_failure.as_ref().map(|(why, _)| why.clone()),

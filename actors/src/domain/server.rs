@@ -11,7 +11,8 @@
 
 use std::ops::Bound;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::group::{Group, GroupEvent};
@@ -34,6 +35,59 @@ pub enum ServerState {
     Deleting,
 }
 
+/// A provider's handle for a server (`null` until launched), kept as its compact JSON text. It
+/// is read only when the provider is asked about its server, while a group holds one for each
+/// of up to 10,000 servers: as a [`Value`], even `{"pid": 1}` costs a map node of 640 bytes.
+/// It serializes as the JSON it holds, and two handles are equal when their values are (the
+/// text of a value is canonical: compact, its keys sorted).
+#[derive(Debug, Clone, Default)]
+pub struct Handle(Option<Box<RawValue>>);
+
+impl Handle {
+    /// The handle holding `value`.
+    pub fn new(value: &Value) -> Handle {
+        if value.is_null() {
+            return Handle::default();
+        }
+        Handle(serde_json::value::to_raw_value(value).ok())
+    }
+
+    /// Whether it is `null`: the server is not launched.
+    pub fn is_null(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Its value, as a provider reads it.
+    pub fn value(&self) -> Value {
+        self.0
+            .as_ref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for Handle {
+    fn eq(&self, other: &Handle) -> bool {
+        self.0.as_ref().map(|raw| raw.get()) == other.0.as_ref().map(|raw| raw.get())
+    }
+}
+
+impl Serialize for Handle {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(raw) => raw.serialize(serializer),
+            None => serializer.serialize_unit(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Handle {
+    /// Read as a value (so that any deserializer will do), kept as its text.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Handle, D::Error> {
+        Ok(Handle::new(&Value::deserialize(deserializer)?))
+    }
+}
+
 /// One server of a group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Server {
@@ -43,7 +97,7 @@ pub struct Server {
     pub state: ServerState,
     /// The provider's handle (e.g. `{"pid": 4242, "start_time": 123}`); `null` until launched.
     #[serde(default)]
-    pub provider: Value,
+    pub provider: Handle,
     /// When its latest launch was requested.
     pub launched_at: Timestamp,
     /// How many times this slot failed.
@@ -167,7 +221,7 @@ pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Pl
         match server.state {
             ServerState::Deleting => plan
                 .delete
-                .push((server.id.clone(), server.provider.clone())),
+                .push((server.id.clone(), server.provider.value())),
             ServerState::Failed if server.retry_at().is_some_and(|at| at <= now) => {
                 plan.relaunch.push(server.id.clone());
             }
@@ -177,7 +231,7 @@ pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Pl
             }
             ServerState::Pending => {
                 plan.watch
-                    .push((server.id.clone(), server.state, server.provider.clone()));
+                    .push((server.id.clone(), server.state, server.provider.value()));
             }
             ServerState::Active => {}
         }
@@ -191,7 +245,7 @@ pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Pl
     let mut reached = None;
     for server in active.by_ref().take(sweep.budget) {
         plan.watch
-            .push((server.id.clone(), server.state, server.provider.clone()));
+            .push((server.id.clone(), server.state, server.provider.value()));
         reached = Some(server.id.clone());
     }
     if active.next().is_some() {
@@ -328,7 +382,7 @@ mod tests {
         Server {
             id: id.into(),
             state,
-            provider: json!({"pid": 1}),
+            provider: Handle::new(&json!({"pid": 1})),
             launched_at: T0.plus_millis(launched * 1000),
             failures: 0,
             last_failure: None,
@@ -338,6 +392,32 @@ mod tests {
 
     fn map(servers: Vec<Server>) -> Servers {
         servers.into_iter().map(|s| (s.id.clone(), s)).collect()
+    }
+
+    #[test]
+    fn a_handle_is_the_json_it_holds_and_null_until_launched() {
+        let handle = Handle::new(&json!({"start_time": 123, "pid": 4242}));
+        assert_eq!(
+            serde_json::to_string(&handle).unwrap(),
+            r#"{"pid":4242,"start_time":123}"#
+        );
+        assert_eq!(handle.value(), json!({"pid": 4242, "start_time": 123}));
+        let read: Handle = serde_json::from_str(r#"{ "pid" : 4242, "start_time":123 }"#).unwrap();
+        assert_eq!(read, handle, "equal when their values are");
+        let from_value: Handle =
+            serde_json::from_value(json!({"pid": 4242, "start_time": 123})).unwrap();
+        assert_eq!(from_value, handle);
+        assert_ne!(Handle::new(&json!({"pid": 1})), handle);
+        let null: Handle = serde_json::from_str("null").unwrap();
+        assert!(null.is_null());
+        assert_eq!(null, Handle::default());
+        assert_eq!(serde_json::to_string(&null).unwrap(), "null");
+        assert_eq!(null.value(), Value::Null);
+        // A server without the field (an old snapshot) reads as not launched.
+        let server: Server = serde_json::from_value(json!({"id": "a", "state": "pending",
+            "launched_at": 0}))
+        .unwrap();
+        assert!(server.provider.is_null());
     }
 
     #[test]
@@ -417,7 +497,7 @@ mod tests {
     #[test]
     fn missing_slots_are_launched_and_pending_ones_without_a_handle_resumed() {
         let mut lost = server("a", ServerState::Pending, 0);
-        lost.provider = Value::Null;
+        lost.provider = Handle::default();
         let plan = plan(
             &map(vec![lost, server("b", ServerState::Active, 0)]),
             4,

@@ -24,7 +24,7 @@ use super::policy::Breach;
 use super::route::Route;
 use super::scaling::Computation;
 use super::scheduled::Scheduled;
-use super::server::{self, Server, ServerState, Servers};
+use super::server::{self, Handle, Server, ServerState, Servers};
 use super::{Cause, DomainEvent, GroupId, PolicyId, Rejection, ScheduleId, TenantId};
 use crate::clock::Timestamp;
 
@@ -750,14 +750,14 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
                 .or_insert_with(|| Server {
                     id: server_id.clone(),
                     state: ServerState::Pending,
-                    provider: Value::Null,
+                    provider: Handle::default(),
                     launched_at: *at,
                     failures: 0,
                     last_failure: None,
                     metrics_token_hash: String::new(),
                 });
             server.state = ServerState::Pending;
-            server.provider = Value::Null;
+            server.provider = Handle::default();
             server.launched_at = *at;
             server.metrics_token_hash = metrics_token_hash.clone();
         }
@@ -767,7 +767,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             ..
         } => {
             if let Some(server) = group.servers.get_mut(server_id) {
-                server.provider = provider.clone();
+                server.provider = Handle::new(provider);
             }
         }
         GroupEvent::ServerActive { server_id, .. } => {

@@ -822,7 +822,7 @@ fn a_launched_server_becomes_active_only_once_it_has_a_handle() {
     let (state, _) = when(state, report(vec![launched("a"), active]), T0);
     let server = &state.as_ref().unwrap().servers["a"];
     assert_eq!(server.state, ServerState::Active);
-    assert_eq!(server.provider, json!({"pid": 7}));
+    assert_eq!(server.provider.value(), json!({"pid": 7}));
     assert_eq!(state.unwrap().count(ServerState::Active), 1);
 }
 
