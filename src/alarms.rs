@@ -267,9 +267,10 @@ pub struct AlarmTable {
 pub struct SavedAlarm {
     /// Its id.
     pub id: AlarmId,
-    /// The tenant whose samples feed it: its owner, none once its group is deleted. Required:
-    /// a checkpoint from before it does not decode, and the read models are rebuilt from the
-    /// journal.
+    /// The tenant whose samples feed it: its owner, none once its group is deleted. Required
+    /// (serde would read a missing `Option` as none, disowning every alarm): a checkpoint from
+    /// before it does not decode, and the read models are rebuilt from the journal.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub writer: Option<TenantId>,
     /// Its definition.
     pub definition: AlarmDefinition,
@@ -1158,6 +1159,28 @@ mod tests {
         let state = replay(&events);
         events.extend(decide(&state, &GroupCommand::Track(tracked.clone()), now).unwrap());
         (replay(&events).unwrap(), tracked)
+    }
+
+    #[test]
+    fn a_saved_alarm_decodes_only_with_its_writer_named() {
+        let mut saved = serde_json::json!({"id": "alm_1", "state": "ok", "transition": 2,
+            "pending": [], "writer": "ten_1",
+            "definition": {"name": "cpu", "group_id": "grp_1", "metric": "cpu",
+                "statistic": "avg", "period_seconds": 60, "evaluation_periods": 1,
+                "datapoints_to_alarm": 1, "comparison": "gt", "threshold": 1.0,
+                "treat_missing": "missing", "alarm_actions": [], "ok_actions": [],
+                "repeat_actions": false}});
+        let read: SavedAlarm = serde_json::from_value(saved.clone()).unwrap();
+        assert_eq!(read.writer, Some(TenantId::new("ten_1")));
+        saved["writer"] = serde_json::Value::Null;
+        let disowned: SavedAlarm = serde_json::from_value(saved.clone()).unwrap();
+        assert_eq!(disowned.writer, None);
+        // A checkpoint from before the field (or with `tenant_id`, as one commit wrote it) does
+        // not decode, so the read models are rebuilt rather than every alarm disowned.
+        saved.as_object_mut().unwrap().remove("writer");
+        assert!(serde_json::from_value::<SavedAlarm>(saved.clone()).is_err());
+        saved["tenant_id"] = "ten_1".into();
+        assert!(serde_json::from_value::<SavedAlarm>(saved).is_err());
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! 5. new slots, and failed ones whose backoff ran out, are asked of the group
 //!    (`launch_servers`), which records each it allows; only those are launched, each with a
 //!    fresh metrics token whose hash the launch event records, and their outcome is recorded.
+//!    At most [`LAUNCHES_PER_PASS`] a pass: failed slots first, longest due first, then new
+//!    ones; the rest wait for the next tick.
 //!
 //! Every step is a command to the group's actor, so the group's one actor serializes its
 //! capacity and its servers, and each step is an event of its stream. A group's passes never
@@ -25,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use flotilla_actors::aggregate::Groups;
 use flotilla_actors::domain::group::{GroupCommand, GroupEvent, LaunchRequest, ServerReport};
-use flotilla_actors::domain::server::{plan, Sweep};
+use flotilla_actors::domain::server::{plan, Server, Sweep};
 use flotilla_actors::domain::GroupId;
 use flotilla_actors::error::Error;
 use flotilla_actors::object::Executed;
@@ -339,8 +341,13 @@ impl Converger {
             budget: ACTIVE_CHECKS_PER_PASS,
         };
         let mut plan = plan(&group.servers, group.target(), now, &sweep);
-        // The rest wait for the next pass, their remains too.
-        plan.relaunch.truncate(LAUNCHES_PER_PASS);
+        if plan.relaunch.len() > LAUNCHES_PER_PASS {
+            // The longest due first (a slot's backoff doubles, so the lowest ids would otherwise
+            // come back first each time); the rest wait for the next pass, their remains too.
+            plan.relaunch
+                .sort_by_key(|sid| group.servers.get(sid).and_then(Server::retry_at));
+            plan.relaunch.truncate(LAUNCHES_PER_PASS);
+        }
         // Moved on only once what this pass learnt is recorded: a pass that fails checks the
         // same servers again.
         let swept_to = plan.swept_to.clone();

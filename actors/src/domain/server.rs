@@ -38,8 +38,8 @@ pub enum ServerState {
 /// A provider's handle for a server (`null` until launched), kept as its compact JSON text. It
 /// is read only when the provider is asked about its server, while a group holds one for each
 /// of up to 10,000 servers: as a [`Value`], even `{"pid": 1}` costs a map node of 640 bytes.
-/// It serializes as the JSON it holds, and two handles are equal when their values are (the
-/// text of a value is canonical: compact, its keys sorted).
+/// It serializes as the JSON it holds, and two handles are equal when their texts are: the
+/// text of a value is compact with its keys sorted, so live and replayed states agree.
 #[derive(Debug, Clone, Default)]
 pub struct Handle(Option<Box<RawValue>>);
 
@@ -49,7 +49,10 @@ impl Handle {
         if value.is_null() {
             return Handle::default();
         }
-        Handle(serde_json::value::to_raw_value(value).ok())
+        // A `Value` always serializes: its map keys are strings.
+        Handle(Some(
+            serde_json::value::to_raw_value(value).expect("a JSON value serializes"),
+        ))
     }
 
     /// Whether it is `null`: the server is not launched.
