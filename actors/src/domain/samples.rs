@@ -143,11 +143,75 @@ pub enum RecordError {
     },
 }
 
+/// A map of a few entries (a series' period lengths, a window's needs: one or two each), as a
+/// vector sorted by key. An empty `BTreeMap` allocates nothing, but its first entry allocates a
+/// node for 11, several hundred bytes; the store holds one of each for every alarm.
+#[derive(Debug, Clone)]
+struct SmallMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for SmallMap<K, V> {
+    fn default() -> Self {
+        SmallMap(Vec::new())
+    }
+}
+
+impl<K: Ord + Copy, V> SmallMap<K, V> {
+    fn get(&self, key: &K) -> Option<&V> {
+        let at = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some(&self.0[at].1)
+    }
+
+    fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let at = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some(&mut self.0[at].1)
+    }
+
+    /// The value of `key`, inserted as its default if missing.
+    fn entry_or_default(&mut self, key: K) -> &mut V
+    where
+        V: Default,
+    {
+        let at = match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(at) => at,
+            Err(at) => {
+                self.0.insert(at, (key, V::default()));
+                at
+            }
+        };
+        &mut self.0[at].1
+    }
+
+    fn remove(&mut self, key: &K) -> Option<V> {
+        let at = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some(self.0.remove(at).1)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn last_key(&self) -> Option<&K> {
+        self.0.last().map(|(k, _)| k)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.0.iter_mut().map(|(k, v)| (&*k, v))
+    }
+}
+
 /// The periods of one (group, metric, period length) and who reads them.
 #[derive(Debug, Clone, Default)]
 struct Window {
     /// `periods_needed` → how many watchers need that many.
-    needs: BTreeMap<u32, usize>,
+    needs: SmallMap<u32, usize>,
     /// Period start, in Unix ms → its stats.
     periods: BTreeMap<i64, PeriodStats>,
 }
@@ -155,7 +219,7 @@ struct Window {
 impl Window {
     /// The most periods any watcher reads.
     fn needed(&self) -> u32 {
-        self.needs.last_key_value().map_or(0, |(n, _)| *n)
+        self.needs.last_key().copied().unwrap_or(0)
     }
 
     /// The start of the oldest period a watcher can read at `now`.
@@ -189,7 +253,7 @@ struct Series {
     /// or policy) tells; none once the group is deleted. A tenant's write is checked here, on
     /// the lookup the sample pays anyway.
     owner: Option<TenantId>,
-    windows: BTreeMap<u32, Window>,
+    windows: SmallMap<u32, Window>,
 }
 
 impl Series {
@@ -280,12 +344,11 @@ impl SeriesStore {
             .entry((group.clone(), metric.to_owned()))
             .or_insert_with(|| Series {
                 owner: owner.cloned(),
-                windows: BTreeMap::new(),
+                windows: SmallMap::default(),
             })
             .windows
-            .entry(period_seconds.max(1))
-            .or_default();
-        *window.needs.entry(periods_needed).or_default() += 1;
+            .entry_or_default(period_seconds.max(1));
+        *window.needs.entry_or_default(periods_needed) += 1;
     }
 
     /// Removes one reader registered by [`SeriesStore::watch`] with the same arguments; returns
@@ -407,7 +470,7 @@ impl SeriesStore {
         };
         let mut too_new = false;
         let mut fitting = false;
-        for (&period_seconds, window) in &series.windows {
+        for (&period_seconds, window) in series.windows.iter() {
             match fits(period_seconds, window) {
                 Ok(()) => fitting = true,
                 Err(Recorded::TooNew) => too_new = true,
@@ -427,7 +490,7 @@ impl SeriesStore {
                 limit: self.max_series,
             });
         }
-        for (&period_seconds, window) in &mut series.windows {
+        for (&period_seconds, window) in series.windows.iter_mut() {
             if fits(period_seconds, window).is_err() {
                 continue;
             }
@@ -481,7 +544,7 @@ impl SeriesStore {
         let mut emptied = 0;
         for series in self.series.values_mut() {
             let held = series.holds_samples();
-            for (&period_seconds, window) in &mut series.windows {
+            for (&period_seconds, window) in series.windows.iter_mut() {
                 let period = millis(period_seconds);
                 dropped += window.trim(window.horizon(period, now));
             }
