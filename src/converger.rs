@@ -327,7 +327,7 @@ impl Converger {
             }
             return Ok(pass);
         }
-        let config = group.launch.clone();
+        let config = group.launch.value();
         let Some(blocking) = self
             .providers
             .of(&config)

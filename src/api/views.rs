@@ -95,7 +95,7 @@ impl From<&Group> for GroupView {
             max_size: g.max_size,
             desired_capacity: g.desired_capacity,
             cooldown_seconds: g.cooldown_seconds,
-            launch: g.launch.clone(),
+            launch: g.launch.value(),
             metadata: g.metadata.clone(),
             paused: g.pause.any(),
             pause: PauseView {

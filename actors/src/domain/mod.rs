@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub mod alarm;
 pub mod evaluation;
 pub mod group;
+pub mod json;
 pub mod nonce_window;
 pub mod policy;
 pub mod receiver;

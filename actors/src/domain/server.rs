@@ -11,8 +11,7 @@
 
 use std::ops::Bound;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::value::RawValue;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::group::{Group, GroupEvent};
@@ -35,61 +34,10 @@ pub enum ServerState {
     Deleting,
 }
 
-/// A provider's handle for a server (`null` until launched), kept as its compact JSON text. It
-/// is read only when the provider is asked about its server, while a group holds one for each
-/// of up to 10,000 servers: as a [`Value`], even `{"pid": 1}` costs a map node of 640 bytes.
-/// It serializes as the JSON it holds, and two handles are equal when their texts are: the
-/// text of a value is compact with its keys sorted, so live and replayed states agree.
-#[derive(Debug, Clone, Default)]
-pub struct Handle(Option<Box<RawValue>>);
-
-impl Handle {
-    /// The handle holding `value`.
-    pub fn new(value: &Value) -> Handle {
-        if value.is_null() {
-            return Handle::default();
-        }
-        // A `Value` always serializes: its map keys are strings.
-        Handle(Some(
-            serde_json::value::to_raw_value(value).expect("a JSON value serializes"),
-        ))
-    }
-
-    /// Whether it is `null`: the server is not launched.
-    pub fn is_null(&self) -> bool {
-        self.0.is_none()
-    }
-
-    /// Its value, as a provider reads it.
-    pub fn value(&self) -> Value {
-        self.0
-            .as_ref()
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
-            .unwrap_or(Value::Null)
-    }
-}
-
-impl PartialEq for Handle {
-    fn eq(&self, other: &Handle) -> bool {
-        self.0.as_ref().map(|raw| raw.get()) == other.0.as_ref().map(|raw| raw.get())
-    }
-}
-
-impl Serialize for Handle {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match &self.0 {
-            Some(raw) => raw.serialize(serializer),
-            None => serializer.serialize_unit(),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Handle {
-    /// Read as a value (so that any deserializer will do), kept as its text.
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Handle, D::Error> {
-        Ok(Handle::new(&Value::deserialize(deserializer)?))
-    }
-}
+/// A provider's handle for a server (`null` until launched), kept as its JSON text: it is read
+/// only when the provider is asked about its server, while a group holds one for each of up to
+/// 10,000 servers.
+pub type Handle = super::json::JsonText;
 
 /// One server of a group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

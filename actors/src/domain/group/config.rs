@@ -104,7 +104,8 @@ pub(super) fn decide_update(
     let max_size = patch.max_size.unwrap_or(group.max_size);
     let cooldown_seconds = patch.cooldown_seconds.unwrap_or(group.cooldown_seconds);
     let patched = patch.launch.as_ref().map(super::launch::whole_numbers);
-    let launch = patched.as_ref().unwrap_or(&group.launch);
+    let current = group.launch.value();
+    let launch = patched.as_ref().unwrap_or(&current);
     let metadata = patch.metadata.as_ref().unwrap_or(&group.metadata);
     validate_name("name", name)?;
     validate_bounds(min_size, max_size)?;
@@ -114,7 +115,7 @@ pub(super) fn decide_update(
     if let Some(desired) = patch.desired_capacity {
         validate_desired(desired, min_size, max_size)?;
     }
-    if launch["provider"] != group.launch["provider"] && !group.servers.is_empty() {
+    if launch["provider"] != current["provider"] && !group.servers.is_empty() {
         // Its servers' handles belong to the old provider, which alone can delete them.
         return Err(Rejection::Conflict {
             reason: "the provider cannot change while the group has servers; scale to zero \
@@ -127,7 +128,7 @@ pub(super) fn decide_update(
         && min_size == group.min_size
         && max_size == group.max_size
         && cooldown_seconds == group.cooldown_seconds
-        && *launch == group.launch
+        && *launch == current
         && *metadata == group.metadata
         && patch
             .desired_capacity
@@ -139,7 +140,7 @@ pub(super) fn decide_update(
         || min_size != group.min_size
         || max_size != group.max_size
         || cooldown_seconds != group.cooldown_seconds
-        || *launch != group.launch
+        || *launch != current
         || *metadata != group.metadata;
     let mut events = Vec::new();
     if configured {

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::json::JsonText;
 use super::policy::Breach;
 use super::route::Route;
 use super::scaling::Computation;
@@ -57,8 +58,9 @@ pub struct Group {
     pub desired_capacity: u32,
     /// The cooldown after a policy execution that changed capacity, unless the policy has its own.
     pub cooldown_seconds: u32,
-    /// The launch configuration: a JSON object with a `provider` among [`PROVIDERS`].
-    pub launch: Value,
+    /// The launch configuration: a JSON object with a `provider` among [`PROVIDERS`], kept as
+    /// its text.
+    pub launch: JsonText,
     /// Free-form metadata.
     pub metadata: Map<String, Value>,
     /// Which directions of policy execution are suspended (SPEC 2.3). Required, so that a
@@ -606,7 +608,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             max_size: *max_size,
             desired_capacity: *desired_capacity,
             cooldown_seconds: *cooldown_seconds,
-            launch: launch.clone(),
+            launch: JsonText::new(launch),
             metadata: metadata.clone(),
             pause: Pause::default(),
             deleted: false,
@@ -636,7 +638,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             group.min_size = *min_size;
             group.max_size = *max_size;
             group.cooldown_seconds = *cooldown_seconds;
-            group.launch = launch.clone();
+            group.launch = JsonText::new(launch);
             group.metadata = metadata.clone();
         }
         GroupEvent::CapacityChanged {
