@@ -313,14 +313,7 @@ fn a_real_alertmanager_fires_once_and_resolves_once_despite_its_repeats() {
     // A restart in between: the repeats that reach the new process execute nothing either.
     let server = server.restart_on_the_same_port();
     external::wait_for("repeats after the restart", Duration::from_secs(30), || {
-        server
-            .request("GET", "/metrics", None)
-            .send()
-            .unwrap()
-            .text()
-            .unwrap()
-            .contains(route)
-            && server.gauge(route) >= 2
+        server.metrics().contains(route) && server.gauge(route) >= 2
     });
     assert_eq!(server.capacity(&s.token, &s.group), 3);
 

@@ -200,12 +200,7 @@ fn no_tenant_feeds_the_alarms_of_a_deleted_group_even_after_a_restart() {
             at,
         )]);
         assert_eq!(send(server, &token, written, &[]).0, 204);
-        let metrics = server
-            .request("GET", "/metrics", None)
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
+        let metrics = server.metrics();
         let outcomes: Vec<&str> = metrics
             .lines()
             .filter(|line| line.starts_with("flotilla_remote_write_samples_total{"))
@@ -283,12 +278,7 @@ fn bad_write_requests_get_their_status_and_change_nothing() {
         .unwrap();
     assert_eq!(send(&server, &token, metadata, &[]).0, 204);
     // None of the refused bodies wrote a sample.
-    let accepted = server
-        .request("GET", "/metrics", None)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let accepted = server.metrics();
     assert!(!accepted.contains(r#"outcome="accepted""#), "{accepted}");
     server.clock.advance_secs(60);
     server.tick();

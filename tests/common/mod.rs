@@ -171,15 +171,19 @@ impl Server {
         self.clock.now().as_millis() / 1000
     }
 
-    /// A gauge's value in `/metrics`.
-    pub fn gauge(&self, name: &str) -> u64 {
-        let text = self
-            .request("GET", "/metrics", None)
+    /// The text of `/metrics`.
+    pub fn metrics(&self) -> String {
+        self.request("GET", "/metrics", None)
             .send()
             .unwrap()
             .text()
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    /// A gauge's value in `/metrics`.
+    pub fn gauge(&self, name: &str) -> u64 {
+        self.metrics()
+            .lines()
             .find_map(|line| line.strip_prefix(&format!("{name} ")))
             .and_then(|value| value.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {name} in /metrics"))

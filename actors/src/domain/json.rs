@@ -8,7 +8,8 @@ use serde_json::Value;
 /// for each server, a group's launch configuration. Such values are read rarely, while a
 /// state holds many of them: as a [`Value`], even `{"pid": 1}` costs a map node of 640 bytes.
 /// It serializes as the JSON it holds, and two are equal when their texts are: the text of a
-/// value is compact with its keys sorted, so live and replayed states agree.
+/// value is compact with its keys sorted, and floats are read back exactly (serde_json's
+/// `float_roundtrip`), so live and replayed states agree.
 #[derive(Debug, Clone, Default)]
 pub struct JsonText(Option<Box<RawValue>>);
 
@@ -57,5 +58,21 @@ impl<'de> Deserialize<'de> for JsonText {
     /// Read as a value (so that any deserializer will do), kept as its text.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<JsonText, D::Error> {
         Ok(JsonText::new(&Value::deserialize(deserializer)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_float_reads_back_as_the_value_it_was() {
+        // Read without `float_roundtrip`, its text would come back one unit in the last place
+        // off, and a launch configuration patched with itself would count as changed.
+        let value: Value =
+            serde_json::from_str(r#"{"start_seconds": 16081.39408817415051}"#).unwrap();
+        let text = JsonText::new(&value);
+        assert_eq!(text.value(), value);
+        assert_eq!(JsonText::new(&text.value()), text);
     }
 }
