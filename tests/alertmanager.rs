@@ -183,13 +183,21 @@ fn bad_notifications_get_their_status_and_execute_nothing() {
         2,
         "nothing half-applied"
     );
-    // Unknown, then deleted: 404.
-    let unknown = server
-        .request("POST", "/v1/alertmanager/rcv_nope", Some(&s.secret))
-        .json(&firing)
-        .send()
-        .unwrap();
-    assert_error(&common::read(unknown), 404, "not_found");
+    // Unknown, then deleted: 404. Posts to ids no one created start no actor.
+    let resident = server.gauge("flotilla_actors_resident");
+    for n in 0..20 {
+        let unknown = server
+            .request(
+                "POST",
+                &format!("/v1/alertmanager/rcv_nope{n}"),
+                Some(&s.secret),
+            )
+            .json(&firing)
+            .send()
+            .unwrap();
+        assert_error(&common::read(unknown), 404, "not_found");
+    }
+    assert_eq!(server.gauge("flotilla_actors_resident"), resident);
     let (status, _) = server.call(
         "DELETE",
         &format!("/v1/groups/{}/receivers/{}", s.group, s.receiver),

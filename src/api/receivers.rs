@@ -366,6 +366,15 @@ pub async fn notify(
     {
         return Err(ApiError::not_found("receiver"));
     }
+    // Asked of the index first: a post to an id no one created (anyone can send one) must not
+    // start an actor that replays an empty stream and stays resident.
+    let live = state
+        .index
+        .owner(flotilla_actors::domain::Kind::Receiver, id.as_str())
+        .is_some_and(|owner| state.index.owns_group(&owner.tenant, &owner.group));
+    if !live {
+        return Err(ApiError::not_found("receiver"));
+    }
     let presented = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
