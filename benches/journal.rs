@@ -136,7 +136,7 @@ fn replay(c: &mut Criterion) {
         });
     });
     group.bench_function("journal_verify", |b| b.iter(|| journal.verify().unwrap()));
-    let records = journal.raw_tree();
+    let records = journal.raw_tree().expect("a sled journal");
     group.bench_function("sled_iter", |b| {
         b.iter(|| {
             let mut n = 0usize;

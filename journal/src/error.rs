@@ -63,7 +63,61 @@ pub enum Error {
     /// sled failed.
     #[error("storage: {0}")]
     Storage(#[from] sled::Error),
+    /// PostgreSQL failed, or could not be reached; says why.
+    #[error("postgres: {0}")]
+    Postgres(String),
     /// Reading or writing a file (or an export) failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(error: tokio_postgres::Error) -> Self {
+        // The database's own message (and its SQLSTATE) says more than the client's summary.
+        match error.as_db_error() {
+            Some(db) => Error::Postgres(format!("{} ({})", db.message(), db.code().code())),
+            None => Error::Postgres(error.to_string()),
+        }
+    }
+}
+
+impl Error {
+    /// The same error again, for answering every append of a batch that failed as a whole.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Conflict {
+                stream,
+                expected,
+                actual,
+            } => Error::Conflict {
+                stream: stream.clone(),
+                expected: *expected,
+                actual: *actual,
+            },
+            Error::InvalidStream(why) => Error::InvalidStream(why.clone()),
+            Error::InvalidEvent(why) => Error::InvalidEvent(why.clone()),
+            Error::Corrupt { seq, reason } => Error::Corrupt {
+                seq: *seq,
+                reason: reason.clone(),
+            },
+            Error::UnknownSchema {
+                seq,
+                event_type,
+                schema,
+                supported,
+            } => Error::UnknownSchema {
+                seq: *seq,
+                event_type: event_type.clone(),
+                schema: *schema,
+                supported: *supported,
+            },
+            Error::BrokenChain(at) => Error::BrokenChain(at.clone()),
+            Error::NotEmpty(seq) => Error::NotEmpty(*seq),
+            Error::Closed => Error::Closed,
+            Error::FollowerFailed => Error::FollowerFailed,
+            Error::Storage(error) => Error::Storage(error.clone()),
+            Error::Postgres(why) => Error::Postgres(why.clone()),
+            Error::Io(error) => Error::Io(std::io::Error::new(error.kind(), error.to_string())),
+        }
+    }
 }

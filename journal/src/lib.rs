@@ -1,4 +1,5 @@
-//! An append-only, hash-chained event journal on sled: Flotilla's single source of truth.
+//! An append-only, hash-chained event journal: Flotilla's single source of truth, embedded in a
+//! sled directory (the default) or kept in PostgreSQL for several nodes to share.
 //!
 //! Every event is a [`Record`] with a global sequence number, a place in its object's stream, and
 //! a blake3 hash chained over the record before it. Appends are atomic, checked against the
@@ -7,19 +8,26 @@
 //!
 //! # Layout
 //! - `record`: the record type and its byte layout on disk.
-//! - `layout`: the keys records, the stream index and the head are stored under.
-//! - `writer`: the single writer thread that batches appends into one durable flush, and tells
+//! - `backend`: what the journal reads from a back end; `writer::Log` is what it writes.
+//! - `sled_store` and `layout`: the embedded back end, and the sled keys records, the stream
+//!   index and the head are stored under.
+//! - `postgres`: the PostgreSQL back end, its tables and migrations.
+//! - `writer`: the single writer thread that batches appends into one durable write, and tells
 //!   the follower ([`Journal::follow`]) every durable record in order.
 //! - `scan`: replaying the journal on several threads, in order.
 //! - `verify`: walking the chain and naming the first break.
 //! - `export`: JSON-lines export, verification of an export, and import.
 //! - `error`: the journal's error type.
 
+mod backend;
 mod error;
 pub mod export;
 pub mod layout;
+mod postgres;
 mod record;
 mod scan;
+mod sled_store;
+pub mod testing;
 pub mod verify;
 mod writer;
 
@@ -36,6 +44,7 @@ pub use record::{hex, parse_hex, Hash, NewEvent, Record, GENESIS, MAX_NAME_LEN};
 pub use verify::{Break, BreakKind};
 pub use writer::Follower;
 
+use backend::{Reads, Table};
 use record::check_name;
 use writer::Request;
 
@@ -122,7 +131,7 @@ pub struct Snapshot {
 /// How to open a journal.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Bytes of sled's page cache.
+    /// Bytes of sled's page cache (sled only).
     pub cache_capacity: u64,
     /// Most appends committed together in one flush.
     pub max_batch: usize,
@@ -147,10 +156,7 @@ pub struct Journal {
 }
 
 struct Inner {
-    db: sled::Db,
-    tree: sled::Tree,
-    snapshots: sled::Tree,
-    checkpoints: sled::Tree,
+    reads: Box<dyn Reads>,
     requests: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
     /// Appends acknowledged (durable) through this handle's writer since it was opened.
@@ -177,19 +183,34 @@ impl Journal {
     pub fn open_with(path: impl AsRef<Path>, config: Config) -> Result<Journal> {
         let db = open_db(path.as_ref(), config.cache_capacity)?;
         let tree = db.open_tree(layout::TREE)?;
-        let snapshots = db.open_tree(layout::SNAPSHOTS)?;
-        let checkpoints = db.open_tree(layout::CHECKPOINTS)?;
+        let reads = sled_store::SledReads {
+            db: db.clone(),
+            tree: tree.clone(),
+            snapshots: db.open_tree(layout::SNAPSHOTS)?,
+            checkpoints: db.open_tree(layout::CHECKPOINTS)?,
+        };
+        Self::start(Box::new(reads), sled_store::SledLog { db, tree }, &config)
+    }
+
+    /// Connects to the journal in the PostgreSQL database at `url` (a libpq-style
+    /// `postgres://user@host:port/database` URL), creating or migrating its tables first.
+    /// Several processes may share one database: appends are serialised by the database, so
+    /// sequence numbers and the chain stay whole. The URL may hold a password: it is never
+    /// logged, nor put in an error.
+    pub fn connect(url: &str, config: Config) -> Result<Journal> {
+        let (reads, log) = postgres::connect(url)?;
+        Self::start(Box::new(reads), log, &config)
+    }
+
+    fn start(reads: Box<dyn Reads>, log: impl writer::Log, config: &Config) -> Result<Journal> {
         let (requests, receiver) = mpsc::channel(config.queue_depth.max(1));
-        let writer = writer::Writer::start(db.clone(), tree.clone(), config.max_batch.max(1))?;
+        let writer = writer::Writer::start(log, config.max_batch.max(1))?;
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer.run(receiver))?;
         Ok(Journal {
             inner: Arc::new(Inner {
-                db,
-                tree,
-                snapshots,
-                checkpoints,
+                reads,
                 requests: Some(requests),
                 writer: Some(handle),
                 appends: AtomicU64::new(0),
@@ -307,12 +328,12 @@ impl Journal {
 
     /// The journal's last record (seq 0 when empty).
     pub fn head(&self) -> Result<Head> {
-        layout::read_head(&self.inner.tree)
+        self.inner.reads.head()
     }
 
     /// The version of `stream`'s last event (0 when it has none).
     pub fn stream_version(&self, stream: &str) -> Result<u64> {
-        layout::stream_version(&self.inner.tree, stream)
+        self.inner.reads.stream_version(stream)
     }
 
     /// The events of `stream` from version `from` (inclusive), in order.
@@ -321,10 +342,9 @@ impl Journal {
         stream: &str,
         from: u64,
     ) -> impl Iterator<Item = Result<Record>> + '_ {
-        let tree = &self.inner.tree;
-        let range = layout::index_key(stream, from.max(1))..=layout::index_key(stream, u64::MAX);
-        tree.range(range)
-            .map(move |entry| self.indexed_record(entry))
+        self.inner
+            .reads
+            .stream(stream, from.max(1), u64::MAX, false)
     }
 
     /// The events of `stream` from version `to` (inclusive) back to its first, newest first.
@@ -333,66 +353,22 @@ impl Journal {
         stream: &str,
         to: u64,
     ) -> impl Iterator<Item = Result<Record>> + '_ {
-        let range = layout::index_key(stream, 1)..=layout::index_key(stream, to);
-        self.inner
-            .tree
-            .range(range)
-            .rev()
-            .map(move |entry| self.indexed_record(entry))
-    }
-
-    fn indexed_record(&self, entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Record> {
-        let (key, seq) = entry?;
-        let seq = layout::decode_seq(&seq).ok_or_else(|| Error::Corrupt {
-            seq: 0,
-            reason: format!("stream index entry {key:?} is malformed"),
-        })?;
-        self.record(seq)?.ok_or(Error::Corrupt {
-            seq,
-            reason: "the stream index names a record that is absent".into(),
-        })
+        self.inner.reads.stream(stream, 1, to, true)
     }
 
     /// Every record from sequence number `from` (inclusive), in order.
     pub fn read_all(&self, from: u64) -> impl Iterator<Item = Result<Record>> + '_ {
-        self.raw_records(from)
-            .map(|entry| entry.and_then(|(seq, bytes)| Record::decode_stored(seq, &bytes)))
+        self.read_range(from, u64::MAX)
     }
 
     /// The records `first..=last` (those that exist), in order.
     fn read_range(&self, first: u64, last: u64) -> impl Iterator<Item = Result<Record>> + '_ {
-        self.raw_range(first, last)
-            .map(|entry| entry.and_then(|(seq, bytes)| Record::decode_stored(seq, &bytes)))
-    }
-
-    /// Records as stored, without decoding: (sequence number from the key, bytes).
-    fn raw_records(&self, from: u64) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + '_ {
-        self.raw_range(from, u64::MAX)
-    }
-
-    /// [`Self::raw_records`] from `first` to `last`, inclusive.
-    fn raw_range(
-        &self,
-        first: u64,
-        last: u64,
-    ) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + '_ {
-        let range = layout::record_key(first)..=layout::record_key(last);
-        self.inner.tree.range(range).map(|entry| {
-            let (key, value) = entry?;
-            let seq = layout::decode_record_key(&key).ok_or_else(|| Error::Corrupt {
-                seq: 0,
-                reason: format!("record key {key:?} is malformed"),
-            })?;
-            Ok((seq, value))
-        })
+        self.inner.reads.records(first, last)
     }
 
     /// The record at `seq`, if any.
     pub fn record(&self, seq: u64) -> Result<Option<Record>> {
-        match self.inner.tree.get(layout::record_key(seq))? {
-            Some(bytes) => Ok(Some(Record::decode_stored(seq, &bytes)?)),
-            None => Ok(None),
-        }
+        self.inner.reads.record(seq)
     }
 
     /// Saves `state` as `stream`'s state at `version`. Snapshots are a cache: losing one costs
@@ -402,14 +378,13 @@ impl Journal {
             Error::InvalidEvent(format!("stream {stream} has no version {version}"))
         })?;
         let value = layout::encode_snapshot(version, &anchor, state);
-        self.inner.snapshots.insert(stream.as_bytes(), value)?;
-        Ok(())
+        self.inner.reads.put(Table::Snapshots, stream, value)
     }
 
     /// The latest snapshot of `stream`, if there is one and it still matches the journal (a
     /// snapshot whose record was replaced, say by an import, is ignored).
     pub fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
-        let Some(value) = self.inner.snapshots.get(stream.as_bytes())? else {
+        let Some(value) = self.inner.reads.get(Table::Snapshots, stream)? else {
             return Ok(None);
         };
         let Some((version, anchor, state)) = layout::decode_snapshot(&value) else {
@@ -435,14 +410,13 @@ impl Journal {
     /// cache: it is flushed with the next append, and losing it costs a longer replay.
     pub fn save_checkpoint(&self, name: &str, head: Head, state: &[u8]) -> Result<()> {
         let value = layout::encode_checkpoint(&head, state);
-        self.inner.checkpoints.insert(name.as_bytes(), value)?;
-        Ok(())
+        self.inner.reads.put(Table::Checkpoints, name, value)
     }
 
     /// The checkpoint saved under `name`, if there is one and its head is still a record of
     /// this journal (a checkpoint of a journal since replaced, by an import, is ignored).
     pub fn load_checkpoint(&self, name: &str) -> Result<Option<(Head, Vec<u8>)>> {
-        let Some(value) = self.inner.checkpoints.get(name.as_bytes())? else {
+        let Some(value) = self.inner.reads.get(Table::Checkpoints, name)? else {
             return Ok(None);
         };
         let Some((head, state)) = layout::decode_checkpoint(&value) else {
@@ -466,38 +440,31 @@ impl Journal {
 
     /// The hash of `stream`'s record at `version`, which a snapshot is anchored to.
     fn anchor(&self, stream: &str, version: u64) -> Result<Option<Hash>> {
-        let Some(seq) = self.inner.tree.get(layout::index_key(stream, version))? else {
-            return Ok(None);
-        };
-        let Some(seq) = layout::decode_seq(&seq) else {
-            return Ok(None);
-        };
-        Ok(self.record(seq)?.map(|r| r.hash))
+        self.inner.reads.anchor(stream, version)
     }
 
     /// Walks the whole chain. Returns the verified head, or [`Error::BrokenChain`] naming the
     /// first break by sequence number.
     pub fn verify(&self) -> Result<Head> {
         let mut verifier = verify::Verifier::default();
-        for entry in self.raw_records(1) {
-            let (seq, bytes) = entry?;
-            let record = Record::decode_stored(seq, &bytes).map_err(|e| e.to_string());
+        for stored in self.inner.reads.stored(1) {
+            let (seq, record) = stored?;
             verifier.check(seq, record).map_err(Error::BrokenChain)?;
         }
         verifier.finish(self.head()?).map_err(Error::BrokenChain)
     }
 
     /// The sled tree holding records, index and head (see `layout`), for benches that compare
-    /// with raw sled and tests that tamper. Writing to it bypasses every guarantee.
+    /// with raw sled and tests that tamper; `None` on PostgreSQL. Writing to it bypasses every
+    /// guarantee.
     #[doc(hidden)]
-    pub fn raw_tree(&self) -> sled::Tree {
-        self.inner.tree.clone()
+    pub fn raw_tree(&self) -> Option<sled::Tree> {
+        self.inner.reads.raw_tree()
     }
 
     /// Flushes everything to disk (appends are already durable when acknowledged).
     pub fn flush(&self) -> Result<()> {
-        self.inner.db.flush()?;
-        Ok(())
+        self.inner.reads.flush()
     }
 
     /// Appends already-sealed records (an import) through the writer, so they chain after the

@@ -8,6 +8,52 @@ use proptest::prelude::*;
 
 use super::*;
 
+/// Where a test's journal lives: a sled directory, or a PostgreSQL database of its own.
+enum Place {
+    Sled(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Place {
+    /// Opens the journal here, again after a restart.
+    fn open(&self) -> Journal {
+        match self {
+            Place::Sled(dir) => Journal::open(dir.path()).unwrap(),
+            Place::Postgres(url) => Journal::connect(url, Config::default()).unwrap(),
+        }
+    }
+
+    /// Overwrites the stored record at `record.seq` behind the journal's back, as an attacker
+    /// with the storage's keys could.
+    fn replace(&self, journal: &Journal, record: &Record) {
+        match self {
+            Place::Sled(_) => {
+                let tree = journal.raw_tree().unwrap();
+                tree.insert(layout::record_key(record.seq), record.encode())
+                    .unwrap();
+            }
+            Place::Postgres(url) => {
+                let hex_of =
+                    |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
+                let sql = format!(
+                    "UPDATE flotilla_events SET payload = '\\x{}', hash = '\\x{}' WHERE seq = {}",
+                    hex_of(&record.payload),
+                    hex_of(&record.hash),
+                    record.seq
+                );
+                testing::execute(url, &sql).unwrap();
+            }
+        }
+    }
+}
+
+/// The places every back-end-neutral test runs in: sled, and PostgreSQL where there is one.
+fn places(test: &str) -> Vec<Place> {
+    let mut places = vec![Place::Sled(tempfile::tempdir().unwrap())];
+    places.extend(testing::fresh_database(test).map(Place::Postgres));
+    places
+}
+
 fn event(n: u64) -> NewEvent {
     NewEvent::json("thing_happened", 1, 1_700_000_000_000 + n as i64, &n).unwrap()
 }
@@ -28,190 +74,196 @@ fn stream(journal: &Journal, name: &str, from: u64) -> Vec<Record> {
 
 #[test]
 fn appends_get_consecutive_seqs_and_stream_versions() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
-    let a = journal
-        .append("a", ExpectedVersion::NoStream, vec![event(1), event(2)])
-        .unwrap();
-    let b = journal
-        .append("b", ExpectedVersion::NoStream, vec![event(3)])
-        .unwrap();
-    let a2 = journal
-        .append("a", ExpectedVersion::Exact(2), vec![event(4)])
-        .unwrap();
-    assert_eq!((a.first_seq, a.last_seq, a.version), (1, 2, 2));
-    assert_eq!((b.first_seq, b.last_seq, b.version), (3, 3, 1));
-    assert_eq!((a2.first_seq, a2.last_seq, a2.version), (4, 4, 3));
-    assert_eq!(payloads(&stream(&journal, "a", 1)), vec![1, 2, 4]);
-    assert_eq!(payloads(&stream(&journal, "a", 3)), vec![4]);
-    let back: Vec<Record> = journal
-        .read_stream_back("a", 2)
-        .collect::<Result<_>>()
-        .unwrap();
-    assert_eq!(payloads(&back), vec![2, 1]);
-    assert_eq!(journal.stream_version("a").unwrap(), 3);
-    assert_eq!(journal.stream_version("nobody").unwrap(), 0);
-    let all: Vec<Record> = journal.read_all(2).collect::<Result<_>>().unwrap();
-    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
-    assert_eq!(journal.head().unwrap().hash, all[2].hash);
-    assert_eq!(journal.verify().unwrap().seq, 4);
-    assert_eq!(journal.appends(), 3);
+    for place in places("appends_get_consecutive_seqs_and_stream_versions") {
+        let journal = place.open();
+        let a = journal
+            .append("a", ExpectedVersion::NoStream, vec![event(1), event(2)])
+            .unwrap();
+        let b = journal
+            .append("b", ExpectedVersion::NoStream, vec![event(3)])
+            .unwrap();
+        let a2 = journal
+            .append("a", ExpectedVersion::Exact(2), vec![event(4)])
+            .unwrap();
+        assert_eq!((a.first_seq, a.last_seq, a.version), (1, 2, 2));
+        assert_eq!((b.first_seq, b.last_seq, b.version), (3, 3, 1));
+        assert_eq!((a2.first_seq, a2.last_seq, a2.version), (4, 4, 3));
+        assert_eq!(payloads(&stream(&journal, "a", 1)), vec![1, 2, 4]);
+        assert_eq!(payloads(&stream(&journal, "a", 3)), vec![4]);
+        let back: Vec<Record> = journal
+            .read_stream_back("a", 2)
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(payloads(&back), vec![2, 1]);
+        assert_eq!(journal.stream_version("a").unwrap(), 3);
+        assert_eq!(journal.stream_version("nobody").unwrap(), 0);
+        let all: Vec<Record> = journal.read_all(2).collect::<Result<_>>().unwrap();
+        assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(journal.head().unwrap().hash, all[2].hash);
+        assert_eq!(journal.verify().unwrap().seq, 4);
+        assert_eq!(journal.appends(), 3);
+    }
 }
 
 #[test]
 fn a_wrong_expected_version_is_a_typed_conflict_and_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
-    journal
-        .append("a", ExpectedVersion::NoStream, vec![event(1)])
-        .unwrap();
-    let err = journal
-        .append("a", ExpectedVersion::Exact(5), vec![event(2), event(3)])
-        .unwrap_err();
-    match err {
-        Error::Conflict {
-            stream,
-            expected,
-            actual,
-        } => {
-            assert_eq!(stream, "a");
-            assert_eq!(expected, ExpectedVersion::Exact(5));
-            assert_eq!(actual, 1);
+    for place in places("a_wrong_expected_version_is_a_typed_conflict_and_writes_nothing") {
+        let journal = place.open();
+        journal
+            .append("a", ExpectedVersion::NoStream, vec![event(1)])
+            .unwrap();
+        let err = journal
+            .append("a", ExpectedVersion::Exact(5), vec![event(2), event(3)])
+            .unwrap_err();
+        match err {
+            Error::Conflict {
+                stream,
+                expected,
+                actual,
+            } => {
+                assert_eq!(stream, "a");
+                assert_eq!(expected, ExpectedVersion::Exact(5));
+                assert_eq!(actual, 1);
+            }
+            other => panic!("expected a conflict, got {other:?}"),
         }
-        other => panic!("expected a conflict, got {other:?}"),
+        let err = journal
+            .append("a", ExpectedVersion::NoStream, vec![event(2)])
+            .unwrap_err();
+        assert!(matches!(err, Error::Conflict { actual: 1, .. }));
+        assert_eq!(journal.head().unwrap().seq, 1);
+        assert_eq!(payloads(&stream(&journal, "a", 1)), vec![1]);
+        assert_eq!(journal.appends(), 1, "refused appends are not counted");
     }
-    let err = journal
-        .append("a", ExpectedVersion::NoStream, vec![event(2)])
-        .unwrap_err();
-    assert!(matches!(err, Error::Conflict { actual: 1, .. }));
-    assert_eq!(journal.head().unwrap().seq, 1);
-    assert_eq!(payloads(&stream(&journal, "a", 1)), vec![1]);
-    assert_eq!(journal.appends(), 1, "refused appends are not counted");
 }
 
 #[test]
 fn invalid_stream_ids_are_refused_before_anything_is_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
-    for bad in ["", "has space", "nul\0byte", &"x".repeat(256)] {
-        let err = journal
-            .append(bad, ExpectedVersion::Any, vec![event(1)])
-            .unwrap_err();
-        assert!(matches!(err, Error::InvalidStream(_)), "{bad:?}: {err:?}");
+    for place in places("invalid_stream_ids_are_refused_before_anything_is_written") {
+        let journal = place.open();
+        for bad in ["", "has space", "nul\0byte", &"x".repeat(256)] {
+            let err = journal
+                .append(bad, ExpectedVersion::Any, vec![event(1)])
+                .unwrap_err();
+            assert!(matches!(err, Error::InvalidStream(_)), "{bad:?}: {err:?}");
+        }
+        assert_eq!(journal.head().unwrap(), Head::EMPTY);
     }
-    assert_eq!(journal.head().unwrap(), Head::EMPTY);
 }
 
 #[test]
 fn concurrent_appenders_to_one_stream_never_lose_or_duplicate_a_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
-    let threads: Vec<_> = (0..8)
-        .map(|t| {
-            let journal = journal.clone();
-            std::thread::spawn(move || {
-                let mut won = 0;
-                while won < 10 {
-                    let version = journal.stream_version("shared").unwrap();
-                    match journal.append("shared", ExpectedVersion::Exact(version), vec![event(t)])
-                    {
-                        Ok(_) => won += 1,
-                        Err(Error::Conflict { .. }) => {}
-                        Err(e) => panic!("{e}"),
+    for place in places("concurrent_appenders_to_one_stream_never_lose_or_duplicate_a_version") {
+        let journal = place.open();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let journal = journal.clone();
+                std::thread::spawn(move || {
+                    let mut won = 0;
+                    while won < 10 {
+                        let version = journal.stream_version("shared").unwrap();
+                        match journal.append(
+                            "shared",
+                            ExpectedVersion::Exact(version),
+                            vec![event(t)],
+                        ) {
+                            Ok(_) => won += 1,
+                            Err(Error::Conflict { .. }) => {}
+                            Err(e) => panic!("{e}"),
+                        }
                     }
-                }
+                })
             })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let records = stream(&journal, "shared", 1);
+        assert_eq!(records.len(), 80);
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(r.version, i as u64 + 1);
+        }
+        journal.verify().unwrap();
     }
-    let records = stream(&journal, "shared", 1);
-    assert_eq!(records.len(), 80);
-    for (i, r) in records.iter().enumerate() {
-        assert_eq!(r.version, i as u64 + 1);
-    }
-    journal.verify().unwrap();
 }
 
 #[test]
 fn a_snapshot_is_loaded_only_while_it_matches_the_journal() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
-    journal
-        .append(
-            "a",
-            ExpectedVersion::Any,
-            vec![event(1), event(2), event(3)],
-        )
-        .unwrap();
-    assert_eq!(journal.load_snapshot("a").unwrap(), None);
-    journal.save_snapshot("a", 2, b"state@2").unwrap();
-    let snapshot = journal.load_snapshot("a").unwrap().unwrap();
-    assert_eq!(
-        (snapshot.version, snapshot.state.as_slice()),
-        (2, &b"state@2"[..])
-    );
-    assert_eq!(
-        payloads(&stream(&journal, "a", snapshot.version + 1)),
-        vec![3]
-    );
-    assert!(journal
-        .save_snapshot("a", 9, b"ahead of the stream")
-        .is_err());
+    for place in places("a_snapshot_is_loaded_only_while_it_matches_the_journal") {
+        let journal = place.open();
+        journal
+            .append(
+                "a",
+                ExpectedVersion::Any,
+                vec![event(1), event(2), event(3)],
+            )
+            .unwrap();
+        assert_eq!(journal.load_snapshot("a").unwrap(), None);
+        journal.save_snapshot("a", 2, b"state@2").unwrap();
+        let snapshot = journal.load_snapshot("a").unwrap().unwrap();
+        assert_eq!(
+            (snapshot.version, snapshot.state.as_slice()),
+            (2, &b"state@2"[..])
+        );
+        assert_eq!(
+            payloads(&stream(&journal, "a", snapshot.version + 1)),
+            vec![3]
+        );
+        assert!(journal
+            .save_snapshot("a", 9, b"ahead of the stream")
+            .is_err());
 
-    // A snapshot whose anchor record was replaced is ignored rather than trusted.
-    let tree = journal.inner.tree.clone();
-    let mut record = journal.record(2).unwrap().unwrap();
-    record.payload = b"99".to_vec();
-    record.hash = record.compute_hash();
-    tree.insert(layout::record_key(2), record.encode()).unwrap();
-    assert_eq!(journal.load_snapshot("a").unwrap(), None);
+        // A snapshot whose anchor record was replaced is ignored rather than trusted.
+        let mut record = journal.record(2).unwrap().unwrap();
+        record.payload = b"99".to_vec();
+        record.hash = record.compute_hash();
+        place.replace(&journal, &record);
+        assert_eq!(journal.load_snapshot("a").unwrap(), None);
+    }
 }
 
 #[test]
 fn a_checkpoint_is_loaded_only_while_its_head_is_in_the_journal() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
-    assert_eq!(journal.load_checkpoint("index").unwrap(), None);
-    journal
-        .append("a", ExpectedVersion::Any, vec![event(1), event(2)])
-        .unwrap();
-    let head = journal.head().unwrap();
-    journal.save_checkpoint("index", head, b"view@2").unwrap();
-    assert_eq!(
-        journal.load_checkpoint("index").unwrap(),
-        Some((head, b"view@2".to_vec()))
-    );
-    // The record it is anchored to changed: it is ignored rather than trusted.
-    let mut record = journal.record(2).unwrap().unwrap();
-    record.payload = b"99".to_vec();
-    record.hash = record.compute_hash();
-    journal
-        .raw_tree()
-        .insert(layout::record_key(2), record.encode())
-        .unwrap();
-    assert_eq!(journal.load_checkpoint("index").unwrap(), None);
+    for place in places("a_checkpoint_is_loaded_only_while_its_head_is_in_the_journal") {
+        let journal = place.open();
+        assert_eq!(journal.load_checkpoint("index").unwrap(), None);
+        journal
+            .append("a", ExpectedVersion::Any, vec![event(1), event(2)])
+            .unwrap();
+        let head = journal.head().unwrap();
+        journal.save_checkpoint("index", head, b"view@2").unwrap();
+        assert_eq!(
+            journal.load_checkpoint("index").unwrap(),
+            Some((head, b"view@2".to_vec()))
+        );
+        // The record it is anchored to changed: it is ignored rather than trusted.
+        let mut record = journal.record(2).unwrap().unwrap();
+        record.payload = b"99".to_vec();
+        record.hash = record.compute_hash();
+        place.replace(&journal, &record);
+        assert_eq!(journal.load_checkpoint("index").unwrap(), None);
+    }
 }
 
 #[test]
 fn records_and_snapshots_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let journal = Journal::open(dir.path()).unwrap();
-        journal
-            .append("a", ExpectedVersion::Any, vec![event(1), event(2)])
+    for place in places("records_and_snapshots_survive_a_restart") {
+        {
+            let journal = place.open();
+            journal
+                .append("a", ExpectedVersion::Any, vec![event(1), event(2)])
+                .unwrap();
+            journal.save_snapshot("a", 1, b"s").unwrap();
+        }
+        let journal = place.open();
+        assert_eq!(payloads(&stream(&journal, "a", 1)), vec![1, 2]);
+        assert_eq!(journal.load_snapshot("a").unwrap().unwrap().version, 1);
+        let next = journal
+            .append("a", ExpectedVersion::Exact(2), vec![event(3)])
             .unwrap();
-        journal.save_snapshot("a", 1, b"s").unwrap();
+        assert_eq!(next.first_seq, 3);
+        journal.verify().unwrap();
     }
-    let journal = Journal::open(dir.path()).unwrap();
-    assert_eq!(payloads(&stream(&journal, "a", 1)), vec![1, 2]);
-    assert_eq!(journal.load_snapshot("a").unwrap().unwrap().version, 1);
-    let next = journal
-        .append("a", ExpectedVersion::Exact(2), vec![event(3)])
-        .unwrap();
-    assert_eq!(next.first_seq, 3);
-    journal.verify().unwrap();
 }
 
 // ---- tampering: each kind is detected and named by its sequence number ----
@@ -225,7 +277,7 @@ fn journal_of_ten(dir: &Path) -> (Journal, sled::Tree) {
             .append(name, ExpectedVersion::Any, vec![event(n)])
             .unwrap();
     }
-    let tree = journal.inner.tree.clone();
+    let tree = journal.raw_tree().unwrap();
     (journal, tree)
 }
 
@@ -418,20 +470,21 @@ fn an_export_verifies_on_its_own_and_imports_into_an_empty_journal() {
     let head = export::verify_export(&bytes[..]).unwrap();
     assert_eq!(head, journal.head().unwrap());
 
-    let target = tempfile::tempdir().unwrap();
-    let imported = Journal::open(target.path()).unwrap();
-    export::import(&imported, || Ok(&bytes[..])).unwrap();
-    assert_eq!(imported.verify().unwrap(), head);
-    assert_eq!(payloads(&stream(&imported, "odd", 1)), vec![1, 3, 5, 7, 9]);
-    // It goes on from where the export ended.
-    let next = imported
-        .append("odd", ExpectedVersion::Exact(5), vec![event(11)])
-        .unwrap();
-    assert_eq!(next.first_seq, 11);
-    imported.verify().unwrap();
-    // And refuses a second import: the target is no longer empty.
-    let err = export::import(&imported, || Ok(&bytes[..])).unwrap_err();
-    assert!(matches!(err, Error::NotEmpty(11)));
+    for place in places("an_export_verifies_on_its_own_and_imports_into_an_empty_journal") {
+        let imported = place.open();
+        export::import(&imported, || Ok(&bytes[..])).unwrap();
+        assert_eq!(imported.verify().unwrap(), head);
+        assert_eq!(payloads(&stream(&imported, "odd", 1)), vec![1, 3, 5, 7, 9]);
+        // It goes on from where the export ended.
+        let next = imported
+            .append("odd", ExpectedVersion::Exact(5), vec![event(11)])
+            .unwrap();
+        assert_eq!(next.first_seq, 11);
+        imported.verify().unwrap();
+        // And refuses a second import: the target is no longer empty.
+        let err = export::import(&imported, || Ok(&bytes[..])).unwrap_err();
+        assert!(matches!(err, Error::NotEmpty(11)));
+    }
 }
 
 fn export_break(bytes: &[u8]) -> Break {
@@ -517,14 +570,14 @@ proptest! {
 
     #[test]
     fn the_journal_behaves_like_an_in_memory_model(ops in proptest::collection::vec(op(), 1..40)) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut journal = Journal::open(dir.path()).unwrap();
+        for place in places("the_journal_behaves_like_an_in_memory_model") {
+        let mut journal = place.open();
         // The model: every record's payload in seq order, and each stream's seqs.
         let mut all: Vec<(String, u64)> = Vec::new();
         let mut streams: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         let mut snapshots: BTreeMap<String, u64> = BTreeMap::new();
         let mut n = 0u64;
-        for op in ops {
+        for op in ops.clone() {
             match op {
                 Op::Append { stream, events, stale } => {
                     let name = format!("s{stream}");
@@ -568,7 +621,7 @@ proptest! {
                 }
                 Op::Restart => {
                     drop(journal);
-                    journal = Journal::open(dir.path()).unwrap();
+                    journal = place.open();
                 }
             }
             prop_assert_eq!(journal.head().unwrap().seq, all.len() as u64);
@@ -578,6 +631,7 @@ proptest! {
             prop_assert_eq!(snapshot.version, version);
         }
         prop_assert_eq!(journal.verify().unwrap().seq, all.len() as u64);
+        }
     }
 }
 
@@ -587,41 +641,42 @@ fn stream_of(journal: &Journal, name: &str, from: u64) -> Vec<Record> {
 
 #[test]
 fn a_parallel_scan_hands_over_the_kept_records_in_order_across_chunks() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
-    // 40,000 records over three streams: more than two chunks of 16,384.
-    for batch in 0..40u64 {
-        let events = (0..1000).map(|i| event(batch * 1000 + i)).collect();
-        let stream = format!("grp_{}", batch % 3);
-        journal
-            .append(&stream, ExpectedVersion::Any, events)
-            .unwrap();
-    }
-    let everything: Vec<Record> = journal.read_all(1).map(|r| r.unwrap()).collect();
-    for workers in [1, 2, 3] {
-        for from in [0, 1, 16_384, 16_385, 39_999, 40_000, 40_001] {
-            let keep = |r: &Record| r.stream != "grp_1" && !r.seq.is_multiple_of(7);
-            let mut kept = Vec::new();
-            let read = journal
-                .scan(from, u64::MAX, workers, keep, |r| -> Result<(), Error> {
-                    kept.push(r);
-                    Ok(())
-                })
+    for place in places("a_parallel_scan_hands_over_the_kept_records_in_order_across_chunks") {
+        let journal = place.open();
+        // 40,000 records over three streams: more than two chunks of 16,384.
+        for batch in 0..40u64 {
+            let events = (0..1000).map(|i| event(batch * 1000 + i)).collect();
+            let stream = format!("grp_{}", batch % 3);
+            journal
+                .append(&stream, ExpectedVersion::Any, events)
                 .unwrap();
-            let expected: Vec<&Record> = everything
-                .iter()
-                .filter(|r| r.seq >= from && keep(r))
-                .collect();
-            let after = everything.iter().filter(|r| r.seq >= from).count();
-            assert_eq!(read, after as u64, "from {from}");
-            assert_eq!(kept.iter().collect::<Vec<_>>(), expected, "from {from}");
+        }
+        let everything: Vec<Record> = journal.read_all(1).map(|r| r.unwrap()).collect();
+        for workers in [1, 2, 3] {
+            for from in [0, 1, 16_384, 16_385, 39_999, 40_000, 40_001] {
+                let keep = |r: &Record| r.stream != "grp_1" && !r.seq.is_multiple_of(7);
+                let mut kept = Vec::new();
+                let read = journal
+                    .scan(from, u64::MAX, workers, keep, |r| -> Result<(), Error> {
+                        kept.push(r);
+                        Ok(())
+                    })
+                    .unwrap();
+                let expected: Vec<&Record> = everything
+                    .iter()
+                    .filter(|r| r.seq >= from && keep(r))
+                    .collect();
+                let after = everything.iter().filter(|r| r.seq >= from).count();
+                assert_eq!(read, after as u64, "from {from}");
+                assert_eq!(kept.iter().collect::<Vec<_>>(), expected, "from {from}");
+            }
         }
     }
 }
 
 /// A journal of 40,000 records on one stream: more than two chunks of a scan.
-fn forty_thousand(dir: &Path) -> Journal {
-    let journal = Journal::open(dir).unwrap();
+fn forty_thousand(place: &Place) -> Journal {
+    let journal = place.open();
     for batch in 0..40u64 {
         let events = (0..1000).map(|i| event(batch * 1000 + i)).collect();
         journal
@@ -633,46 +688,48 @@ fn forty_thousand(dir: &Path) -> Journal {
 
 #[test]
 fn a_parallel_scan_stops_at_the_first_error_of_its_caller() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = forty_thousand(dir.path());
-    let mut applied = 0;
-    let outcome = journal.scan(
-        1,
-        u64::MAX,
-        2,
-        |_| true,
-        |record| {
-            applied += 1;
-            if record.seq == 20_000 {
-                return Err(Error::InvalidEvent("stop here".into()));
-            }
-            Ok(())
-        },
-    );
-    assert!(matches!(outcome, Err(Error::InvalidEvent(_))));
-    assert_eq!(applied, 20_000);
+    for place in places("a_parallel_scan_stops_at_the_first_error_of_its_caller") {
+        let journal = forty_thousand(&place);
+        let mut applied = 0;
+        let outcome = journal.scan(
+            1,
+            u64::MAX,
+            2,
+            |_| true,
+            |record| {
+                applied += 1;
+                if record.seq == 20_000 {
+                    return Err(Error::InvalidEvent("stop here".into()));
+                }
+                Ok(())
+            },
+        );
+        assert!(matches!(outcome, Err(Error::InvalidEvent(_))));
+        assert_eq!(applied, 20_000);
+    }
 }
 
 #[test]
 fn a_parallel_scan_stops_at_its_upper_bound() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = forty_thousand(dir.path());
-    for (from, to, expected) in [(1, 20_000, 20_000), (16_384, 16_385, 2), (7, 6, 0)] {
-        let mut seqs = Vec::new();
-        let read = journal
-            .scan(
-                from,
-                to,
-                2,
-                |_| true,
-                |r| -> Result<(), Error> {
-                    seqs.push(r.seq);
-                    Ok(())
-                },
-            )
-            .unwrap();
-        assert_eq!(read, expected);
-        assert_eq!(seqs, (from..=to).collect::<Vec<_>>());
+    for place in places("a_parallel_scan_stops_at_its_upper_bound") {
+        let journal = forty_thousand(&place);
+        for (from, to, expected) in [(1, 20_000, 20_000), (16_384, 16_385, 2), (7, 6, 0)] {
+            let mut seqs = Vec::new();
+            let read = journal
+                .scan(
+                    from,
+                    to,
+                    2,
+                    |_| true,
+                    |r| -> Result<(), Error> {
+                        seqs.push(r.seq);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            assert_eq!(read, expected);
+            assert_eq!(seqs, (from..=to).collect::<Vec<_>>());
+        }
     }
 }
 
@@ -693,41 +750,42 @@ fn part(stream: &str, expected: ExpectedVersion, events: &[u64]) -> StreamAppend
 
 #[test]
 fn an_append_across_streams_writes_every_part_consecutively_or_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
-    journal
-        .append("grp_a", ExpectedVersion::Any, vec![event(1)])
+    for place in places("an_append_across_streams_writes_every_part_consecutively_or_nothing") {
+        let journal = place.open();
+        journal
+            .append("grp_a", ExpectedVersion::Any, vec![event(1)])
+            .unwrap();
+        let appended = block_on(journal.append_all_async(vec![
+            part("whk_b", ExpectedVersion::NoStream, &[2]),
+            part("grp_a", ExpectedVersion::Exact(1), &[3, 4]),
+            part("whk_b", ExpectedVersion::Exact(1), &[5]),
+        ]))
         .unwrap();
-    let appended = block_on(journal.append_all_async(vec![
-        part("whk_b", ExpectedVersion::NoStream, &[2]),
-        part("grp_a", ExpectedVersion::Exact(1), &[3, 4]),
-        part("whk_b", ExpectedVersion::Exact(1), &[5]),
-    ]))
-    .unwrap();
-    let seqs: Vec<_> = appended
-        .iter()
-        .map(|a| (a.first_seq, a.last_seq, a.version))
-        .collect();
-    assert_eq!(seqs, [(2, 2, 1), (3, 4, 3), (5, 5, 2)]);
-    assert_eq!(payloads(&stream(&journal, "whk_b", 1)), [2, 5]);
-    assert_eq!(payloads(&stream(&journal, "grp_a", 1)), [1, 3, 4]);
+        let seqs: Vec<_> = appended
+            .iter()
+            .map(|a| (a.first_seq, a.last_seq, a.version))
+            .collect();
+        assert_eq!(seqs, [(2, 2, 1), (3, 4, 3), (5, 5, 2)]);
+        assert_eq!(payloads(&stream(&journal, "whk_b", 1)), [2, 5]);
+        assert_eq!(payloads(&stream(&journal, "grp_a", 1)), [1, 3, 4]);
 
-    // A conflict in the last part refuses the whole: nothing of the first is written.
-    let refused = block_on(journal.append_all_async(vec![
-        part("grp_a", ExpectedVersion::Exact(3), &[6]),
-        part("whk_b", ExpectedVersion::Exact(1), &[7]),
-    ]));
-    assert!(matches!(
-        refused,
-        Err(Error::Conflict { ref stream, actual: 2, .. }) if stream == "whk_b"
-    ));
-    assert_eq!(journal.head().unwrap().seq, 5);
-    assert_eq!(journal.stream_version("grp_a").unwrap(), 3);
-    // ...and the writer's own bookkeeping was not moved by the refused part either.
-    journal
-        .append("grp_a", ExpectedVersion::Exact(3), vec![event(8)])
-        .unwrap();
-    assert_eq!(journal.verify().unwrap().seq, 6);
+        // A conflict in the last part refuses the whole: nothing of the first is written.
+        let refused = block_on(journal.append_all_async(vec![
+            part("grp_a", ExpectedVersion::Exact(3), &[6]),
+            part("whk_b", ExpectedVersion::Exact(1), &[7]),
+        ]));
+        assert!(matches!(
+            refused,
+            Err(Error::Conflict { ref stream, actual: 2, .. }) if stream == "whk_b"
+        ));
+        assert_eq!(journal.head().unwrap().seq, 5);
+        assert_eq!(journal.stream_version("grp_a").unwrap(), 3);
+        // ...and the writer's own bookkeeping was not moved by the refused part either.
+        journal
+            .append("grp_a", ExpectedVersion::Exact(3), vec![event(8)])
+            .unwrap();
+        assert_eq!(journal.verify().unwrap().seq, 6);
+    }
 }
 
 /// The sequence numbers a follower was told.
@@ -749,31 +807,153 @@ fn recording() -> (
 
 #[test]
 fn a_follower_is_told_what_was_written_after_its_start_then_every_append_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
-    for n in 1..=5 {
+    for place in
+        places("a_follower_is_told_what_was_written_after_its_start_then_every_append_in_order")
+    {
+        let journal = place.open();
+        for n in 1..=5 {
+            journal
+                .append("grp_a", ExpectedVersion::Any, vec![event(n)])
+                .unwrap();
+        }
+        let (told, follower) = recording();
+        assert_eq!(journal.follow(2, follower).unwrap(), 5);
+        assert_eq!(*told.lock().unwrap(), [3, 4, 5]);
+
+        // Concurrent appenders: each is answered only once its records were told, and the follower
+        // sees one gapless sequence.
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let journal = journal.clone();
+                let told = told.clone();
+                std::thread::spawn(move || {
+                    for n in 0..20 {
+                        let stream = format!("grp_{t}");
+                        let appended = journal
+                            .append(&stream, ExpectedVersion::Any, vec![event(n), event(n)])
+                            .unwrap();
+                        let seen = told.lock().unwrap();
+                        assert!(seen.contains(&appended.last_seq), "answered before told");
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let seen = told.lock().unwrap().clone();
+        assert_eq!(seen, (3..=5 + 8 * 20 * 2).collect::<Vec<u64>>());
+    }
+}
+
+#[test]
+fn a_follower_that_fails_stops_the_appends_until_another_is_set() {
+    for place in places("a_follower_that_fails_stops_the_appends_until_another_is_set") {
+        let journal = place.open();
+        journal
+            .follow(0, |_: &[Record]| panic!("a bug in a read model"))
+            .unwrap();
+        // Durable, so acknowledged; but the follower failed on it, so nothing more is taken.
+        journal
+            .append("grp_a", ExpectedVersion::Any, vec![event(1)])
+            .unwrap();
+        let refused = journal.append("grp_a", ExpectedVersion::Any, vec![event(2)]);
+        assert!(matches!(refused, Err(Error::FollowerFailed)), "{refused:?}");
+
+        // A follower that answers an error fails the same way.
+        let failing = |_: &[Record]| Err("undecodable".to_owned());
+        assert!(matches!(
+            journal.follow(0, failing),
+            Err(Error::FollowerFailed)
+        ));
+        let refused = journal.append("grp_a", ExpectedVersion::Any, vec![event(2)]);
+        assert!(matches!(refused, Err(Error::FollowerFailed)), "{refused:?}");
+
+        // A new follower from the start catches up, and appends go on.
+        let (told, follower) = recording();
+        journal.follow(0, follower).unwrap();
+        journal
+            .append("grp_a", ExpectedVersion::Any, vec![event(2)])
+            .unwrap();
+        assert_eq!(*told.lock().unwrap(), [1, 2]);
+        assert_eq!(journal.verify().unwrap().seq, 2);
+    }
+}
+
+// ---- PostgreSQL: what only a shared database has ----
+
+#[test]
+fn on_postgres_an_edited_row_is_detected_at_its_seq() {
+    let Some(url) = testing::fresh_database("on_postgres_an_edited_row_is_detected_at_its_seq")
+    else {
+        return;
+    };
+    let place = Place::Postgres(url);
+    let journal = place.open();
+    for n in 1..=10 {
         journal
             .append("grp_a", ExpectedVersion::Any, vec![event(n)])
             .unwrap();
     }
-    let (told, follower) = recording();
-    assert_eq!(journal.follow(2, follower).unwrap(), 5);
-    assert_eq!(*told.lock().unwrap(), [3, 4, 5]);
+    let mut record = journal.record(4).unwrap().unwrap();
+    record.payload = b"400".to_vec();
+    place.replace(&journal, &{
+        let mut kept = record.clone();
+        kept.hash = journal.record(4).unwrap().unwrap().hash;
+        kept
+    });
+    assert_eq!(
+        first_break(&journal),
+        Break {
+            seq: 4,
+            kind: BreakKind::HashMismatch
+        }
+    );
+    // With its hash recomputed, the next record's link breaks instead.
+    record.hash = record.compute_hash();
+    place.replace(&journal, &record);
+    assert_eq!(
+        first_break(&journal),
+        Break {
+            seq: 5,
+            kind: BreakKind::PreviousHashMismatch
+        }
+    );
+}
 
-    // Concurrent appenders: each is answered only once its records were told, and the follower
-    // sees one gapless sequence.
+#[test]
+fn on_postgres_two_writers_on_one_database_keep_one_gapless_chain() {
+    let Some(url) =
+        testing::fresh_database("on_postgres_two_writers_on_one_database_keep_one_gapless_chain")
+    else {
+        return;
+    };
+    // Two journals on one database, as two nodes would have, each with four appenders racing
+    // for the same stream and appending to streams of their own.
+    let nodes = [
+        Journal::connect(&url, Config::default()).unwrap(),
+        Journal::connect(&url, Config::default()).unwrap(),
+    ];
     let threads: Vec<_> = (0..8)
         .map(|t| {
-            let journal = journal.clone();
-            let told = told.clone();
+            let journal = nodes[t % 2].clone();
             std::thread::spawn(move || {
-                for n in 0..20 {
-                    let stream = format!("grp_{t}");
-                    let appended = journal
-                        .append(&stream, ExpectedVersion::Any, vec![event(n), event(n)])
+                let mut won = 0;
+                while won < 10 {
+                    let version = journal.stream_version("grp_shared").unwrap();
+                    let raced = journal.append(
+                        "grp_shared",
+                        ExpectedVersion::Exact(version),
+                        vec![event(t as u64)],
+                    );
+                    match raced {
+                        Ok(_) => won += 1,
+                        Err(Error::Conflict { .. }) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                    journal
+                        .append(&format!("grp_{t}"), ExpectedVersion::Any, vec![event(0)])
                         .unwrap();
-                    let seen = told.lock().unwrap();
-                    assert!(seen.contains(&appended.last_seq), "answered before told");
                 }
             })
         })
@@ -781,39 +961,86 @@ fn a_follower_is_told_what_was_written_after_its_start_then_every_append_in_orde
     for thread in threads {
         thread.join().unwrap();
     }
-    let seen = told.lock().unwrap().clone();
-    assert_eq!(seen, (3..=5 + 8 * 20 * 2).collect::<Vec<u64>>());
+    let shared = stream(&nodes[0], "grp_shared", 1);
+    assert_eq!(
+        shared.iter().map(|r| r.version).collect::<Vec<_>>(),
+        (1..=80).collect::<Vec<_>>()
+    );
+    let all: Vec<Record> = nodes[1].read_all(1).collect::<Result<_>>().unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=160).collect::<Vec<_>>()
+    );
+    assert_eq!(nodes[0].head().unwrap(), nodes[1].head().unwrap());
+    assert_eq!(nodes[0].verify().unwrap().seq, 160);
 }
 
 #[test]
-fn a_follower_that_fails_stops_the_appends_until_another_is_set() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
+fn on_postgres_a_unique_violation_is_the_conflict_error() {
+    let Some(url) = testing::fresh_database("on_postgres_a_unique_violation_is_the_conflict_error")
+    else {
+        return;
+    };
+    let journal = Journal::connect(&url, Config::default()).unwrap();
     journal
-        .follow(0, |_: &[Record]| panic!("a bug in a read model"))
+        .append("grp_a,b", ExpectedVersion::Any, vec![event(1), event(2)])
         .unwrap();
-    // Durable, so acknowledged; but the follower failed on it, so nothing more is taken.
-    journal
-        .append("grp_a", ExpectedVersion::Any, vec![event(1)])
-        .unwrap();
-    let refused = journal.append("grp_a", ExpectedVersion::Any, vec![event(2)]);
-    assert!(matches!(refused, Err(Error::FollowerFailed)), "{refused:?}");
+    // A second row for a (stream, version), as a writer that skipped the lock would insert: the
+    // database refuses it, and the refusal reads as the journal's conflict.
+    let error = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            let sql = "INSERT INTO flotilla_events SELECT seq + 10, stream, version, event_type, \
+                       schema, timestamp_ms, payload, prev_hash, hash FROM flotilla_events \
+                       WHERE seq = 2";
+            client.batch_execute(sql).await.unwrap_err()
+        })
+    })
+    .join()
+    .unwrap();
+    match postgres::conflict(&error) {
+        Some(Error::Conflict {
+            stream,
+            expected,
+            actual,
+        }) => {
+            assert_eq!(stream, "grp_a,b");
+            assert_eq!((expected, actual), (ExpectedVersion::Exact(1), 2));
+        }
+        other => panic!("expected a conflict, got {other:?} from {error:?}"),
+    }
+}
 
-    // A follower that answers an error fails the same way.
-    let failing = |_: &[Record]| Err("undecodable".to_owned());
-    assert!(matches!(
-        journal.follow(0, failing),
-        Err(Error::FollowerFailed)
-    ));
-    let refused = journal.append("grp_a", ExpectedVersion::Any, vec![event(2)]);
-    assert!(matches!(refused, Err(Error::FollowerFailed)), "{refused:?}");
-
-    // A new follower from the start catches up, and appends go on.
-    let (told, follower) = recording();
-    journal.follow(0, follower).unwrap();
-    journal
-        .append("grp_a", ExpectedVersion::Any, vec![event(2)])
-        .unwrap();
-    assert_eq!(*told.lock().unwrap(), [1, 2]);
-    assert_eq!(journal.verify().unwrap().seq, 2);
+#[test]
+fn on_postgres_nodes_starting_together_migrate_once_and_a_newer_schema_is_refused() {
+    let name = "on_postgres_nodes_starting_together_migrate_once_and_a_newer_schema_is_refused";
+    let Some(url) = testing::fresh_database(name) else {
+        return;
+    };
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || Journal::connect(&url, Config::default()).map(drop))
+        })
+        .collect();
+    for start in starts {
+        start.join().unwrap().unwrap();
+    }
+    testing::execute(
+        &url,
+        "INSERT INTO flotilla_migrations (version) VALUES (1000)",
+    )
+    .unwrap();
+    let refused = Journal::connect(&url, Config::default()).map(drop);
+    assert!(
+        matches!(&refused, Err(Error::Postgres(why)) if why.contains("version 1000")),
+        "{refused:?}"
+    );
 }

@@ -2,7 +2,8 @@
 //!
 //! All appends go through one thread. It takes every request waiting in its queue (up to
 //! `max_batch`), checks each against its stream's version, chains the records and writes them and
-//! the new head in one atomic sled batch. A failed request (a version conflict) is answered at
+//! the new head in one atomic write to its [`Log`]: one sled batch, or one PostgreSQL
+//! transaction. A failed request (a version conflict) is answered at
 //! once and leaves the others untouched; a failed write answers all of the batch with the error.
 //!
 //! Once a batch is written the writer flushes and only then answers its appenders. A failed
@@ -21,7 +22,6 @@ use std::collections::HashMap;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::layout;
 use crate::record::Record;
 use crate::verify::{Break, BreakKind};
 use crate::{Appended, Error, ExpectedVersion, Head, NewEvent, Result, StreamAppend};
@@ -55,13 +55,38 @@ pub(crate) enum Request {
 /// [`crate::Journal::follow`]); answers why it could not take them in, if it could not.
 pub type Follower = Box<dyn FnMut(&[Record]) -> std::result::Result<(), String> + Send>;
 
-pub(crate) struct Writer {
-    db: sled::Db,
-    tree: sled::Tree,
+/// Where the writer keeps records: sled (`sled_store`) or PostgreSQL (`postgres`). A batch is
+/// [`Log::begin`], then the versions of the streams it appends to, then one [`Log::write`] (or
+/// [`Log::abandon`] when nothing of it is written), then [`Log::flush`].
+pub(crate) trait Log: Send + 'static {
+    /// The head as stored, and the last stored record's sequence number: they differ only in a
+    /// damaged journal.
+    fn stored_head(&mut self) -> Result<(Head, u64)>;
+    /// Starts a batch. Answers the stored head when others may have appended since this writer's
+    /// last batch (several nodes on one database), `None` when this writer is the only one.
+    fn begin(&mut self) -> Result<Option<Head>>;
+    /// The version of `stream`'s last record, as stored (0 when it has none).
+    fn stream_version(&mut self, stream: &str) -> Result<u64>;
+    /// Writes `records`, consecutive after the stored head, and `head`, the last of them: all or
+    /// nothing. A failed write leaves nothing of them stored.
+    fn write(&mut self, records: &[Record], head: Head) -> Result<()>;
+    /// Ends a batch that wrote nothing.
+    fn abandon(&mut self);
+    /// Makes what was written durable.
+    fn flush(&mut self) -> Result<()>;
+    /// The stored records `first..=last`, in order.
+    fn read(&mut self, first: u64, last: u64) -> Result<Vec<Record>>;
+}
+
+pub(crate) struct Writer<L: Log> {
+    log: L,
     max_batch: usize,
     head: Head,
-    /// Stream versions seen so far; a stream not here is read from the index once.
+    /// Stream versions seen so far; a stream not here is read from the log once. Only kept
+    /// across batches while this writer is the journal's only one.
     versions: HashMap<String, u64>,
+    /// Set for a batch the log could not begin: its appends are refused with this.
+    unavailable: Option<Error>,
     /// Set when the stored records end elsewhere than the head: appending would build on a
     /// broken chain, so every append is refused until the journal is repaired.
     broken: Option<Break>,
@@ -88,23 +113,23 @@ impl Pending {
         }
     }
 
-    fn fail(self, error: &sled::Error) {
+    fn fail(self, error: &Error) {
         match self {
-            Pending::Append(reply, _) => drop(reply.send(Err(error.clone().into()))),
-            Pending::AppendAll(reply, _) => drop(reply.send(Err(error.clone().into()))),
-            Pending::Sealed(reply, _) => drop(reply.send(Err(error.clone().into()))),
+            Pending::Append(reply, _) => drop(reply.send(Err(error.duplicate()))),
+            Pending::AppendAll(reply, _) => drop(reply.send(Err(error.duplicate()))),
+            Pending::Sealed(reply, _) => drop(reply.send(Err(error.duplicate()))),
         }
     }
 }
 
-impl Writer {
-    pub(crate) fn start(db: sled::Db, tree: sled::Tree, max_batch: usize) -> Result<Writer> {
+impl<L: Log> Writer<L> {
+    pub(crate) fn start(log: L, max_batch: usize) -> Result<Writer<L>> {
         let mut writer = Writer {
-            db,
-            tree,
+            log,
             max_batch,
             head: Head::EMPTY,
             versions: HashMap::new(),
+            unavailable: None,
             broken: None,
             follower: None,
             follower_failed: false,
@@ -116,8 +141,8 @@ impl Writer {
     /// Reads the head back from disk, after opening or after a failed write.
     fn reload(&mut self) -> Result<()> {
         self.versions.clear();
-        self.head = layout::read_head(&self.tree)?;
-        let last = layout::last_record_seq(&self.tree)?;
+        let (head, last) = self.log.stored_head()?;
+        self.head = head;
         self.broken = (last != self.head.seq).then(|| Break {
             seq: last.min(self.head.seq) + 1,
             kind: if last < self.head.seq {
@@ -154,7 +179,7 @@ impl Writer {
                 self.flush_and_answer(pending, staged);
             }
         }
-        if let Err(error) = self.db.flush() {
+        if let Err(error) = self.log.flush() {
             tracing::error!(%error, "final journal flush failed");
         }
     }
@@ -167,7 +192,19 @@ impl Writer {
         requests: impl Iterator<Item = Request>,
         staged: &mut Vec<Record>,
     ) -> Vec<Pending> {
-        let mut writes = sled::Batch::default();
+        self.unavailable = None;
+        match self.log.begin() {
+            Ok(None) => {}
+            Ok(Some(head)) => {
+                // Another writer may have appended: what this one remembers is stale.
+                self.head = head;
+                self.versions.clear();
+            }
+            Err(error) => {
+                tracing::error!(%error, "journal batch could not begin; its appends are refused");
+                self.unavailable = Some(error);
+            }
+        }
         let mut pending = Vec::new();
         let mut head = self.head;
         for request in requests {
@@ -177,14 +214,14 @@ impl Writer {
                     expected,
                     events,
                     reply,
-                } => match self.stage(&stream, expected, events, &mut head, &mut writes, staged) {
+                } => match self.stage(&stream, expected, events, &mut head, staged) {
                     Ok(appended) => pending.push(Pending::Append(reply, appended)),
                     Err(error) => {
                         let _ = reply.send(Err(error));
                     }
                 },
                 Request::AppendAll { parts, reply } => {
-                    match self.stage_all(parts, &mut head, &mut writes, staged) {
+                    match self.stage_all(parts, &mut head, staged) {
                         Ok(appended) => pending.push(Pending::AppendAll(reply, appended)),
                         Err(error) => {
                             let _ = reply.send(Err(error));
@@ -192,7 +229,7 @@ impl Writer {
                     }
                 }
                 Request::Sealed { records, reply } => {
-                    match self.stage_sealed(records, &mut head, &mut writes, staged) {
+                    match self.stage_sealed(records, &mut head, staged) {
                         Ok(()) => pending.push(Pending::Sealed(reply, head)),
                         Err(error) => {
                             let _ = reply.send(Err(error));
@@ -216,10 +253,12 @@ impl Writer {
             }
         }
         if pending.is_empty() {
+            if self.unavailable.is_none() {
+                self.log.abandon();
+            }
             return pending;
         }
-        writes.insert(layout::HEAD_KEY, &layout::encode_head(&head)[..]);
-        match self.tree.apply_batch(writes) {
+        match self.log.write(staged, head) {
             Ok(()) => {
                 self.head = head;
                 pending
@@ -239,8 +278,8 @@ impl Writer {
     /// Flushes, then tells the follower what was staged, then answers `pending`: with success
     /// only once the flush has succeeded, and only once the follower has taken in its records.
     fn flush_and_answer(&mut self, pending: Vec<Pending>, staged: Vec<Record>) {
-        match self.db.flush() {
-            Ok(_) => {
+        match self.log.flush() {
+            Ok(()) => {
                 // Durable, so answered as such even if the follower fails on them.
                 if self.tell(&staged).is_err() {
                     self.follower_fails();
@@ -269,35 +308,24 @@ impl Writer {
             return Ok(0);
         };
         let first_staged = staged.first().map_or(self.head.seq + 1, |r| r.seq);
-        if *told + 1 < first_staged {
-            let range = layout::record_key(*told + 1)..=layout::record_key(first_staged - 1);
-            let mut missed = Vec::new();
-            for entry in self.tree.range(range) {
-                let (key, bytes) = entry?;
-                let seq = layout::decode_record_key(&key).ok_or_else(|| Error::Corrupt {
-                    seq: 0,
-                    reason: format!("record key {key:?} is malformed"),
-                })?;
-                missed.push(Record::decode_stored(seq, &bytes)?);
-                if missed.len() == 1024 {
-                    *told = deliver(follower, &missed, *told)?;
-                    missed.clear();
-                }
-            }
+        let mut next = *told + 1;
+        while next < first_staged {
+            let last = first_staged.min(next + 1024) - 1;
+            let missed = self.log.read(next, last)?;
             *told = deliver(follower, &missed, *told)?;
+            next = last + 1;
         }
         *told = deliver(follower, staged, *told)?;
         Ok(*told)
     }
 
-    /// Checks one append and adds its records to `writes`, advancing `head`.
+    /// Checks one append and adds its records to `staged`, advancing `head`.
     fn stage(
         &mut self,
         stream: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
         head: &mut Head,
-        writes: &mut sled::Batch,
         staged: &mut Vec<Record>,
     ) -> Result<Appended> {
         self.writable()?;
@@ -314,11 +342,6 @@ impl Writer {
         for event in events {
             version += 1;
             let record = Record::seal(head.seq + 1, stream, version, event, head.hash);
-            writes.insert(&layout::record_key(record.seq), record.encode());
-            writes.insert(
-                layout::index_key(stream, version),
-                &record.seq.to_be_bytes(),
-            );
             *head = Head {
                 seq: record.seq,
                 hash: record.hash,
@@ -334,12 +357,11 @@ impl Writer {
     }
 
     /// Checks every part of an append across streams, then adds them all, in order; a conflict
-    /// in any part refuses the whole and leaves `writes` untouched.
+    /// in any part refuses the whole and leaves `staged` untouched.
     fn stage_all(
         &mut self,
         parts: Vec<StreamAppend>,
         head: &mut Head,
-        writes: &mut sled::Batch,
         staged: &mut Vec<Record>,
     ) -> Result<Vec<Appended>> {
         self.writable()?;
@@ -360,16 +382,7 @@ impl Writer {
         }
         parts
             .into_iter()
-            .map(|part| {
-                self.stage(
-                    &part.stream,
-                    part.expected,
-                    part.events,
-                    head,
-                    writes,
-                    staged,
-                )
-            })
+            .map(|part| self.stage(&part.stream, part.expected, part.events, head, staged))
             .collect()
     }
 
@@ -378,7 +391,6 @@ impl Writer {
         &mut self,
         records: Vec<Record>,
         head: &mut Head,
-        writes: &mut sled::Batch,
         staged: &mut Vec<Record>,
     ) -> Result<()> {
         self.writable()?;
@@ -414,14 +426,7 @@ impl Writer {
                 hash: record.hash,
             };
         }
-        for record in records {
-            writes.insert(&layout::record_key(record.seq), record.encode());
-            writes.insert(
-                layout::index_key(&record.stream, record.version),
-                &record.seq.to_be_bytes(),
-            );
-            staged.push(record);
-        }
+        staged.extend(records);
         self.versions.extend(staged_versions);
         *head = staged_head;
         Ok(())
@@ -429,6 +434,9 @@ impl Writer {
 
     /// Whether anything may be appended: not on a broken chain, nor while the follower is failed.
     fn writable(&self) -> Result<()> {
+        if let Some(error) = &self.unavailable {
+            return Err(error.duplicate());
+        }
         if let Some(broken) = &self.broken {
             return Err(Error::BrokenChain(broken.clone()));
         }
@@ -442,7 +450,7 @@ impl Writer {
         if let Some(version) = self.versions.get(stream) {
             return Ok(*version);
         }
-        let version = layout::stream_version(&self.tree, stream)?;
+        let version = self.log.stream_version(stream)?;
         self.versions.insert(stream.to_owned(), version);
         Ok(version)
     }

@@ -1,0 +1,58 @@
+//! What the journal reads from its back end (sled, or PostgreSQL) besides the writer's batches.
+//!
+//! [`crate::Journal`] answers every read through a [`Reads`], and appends through the single
+//! writer and its [`crate::writer::Log`]; both back ends store the same records, chained the same
+//! way, so everything above them (the service, replay, audit) is the same on either.
+
+use crate::{Hash, Head, Record, Result};
+
+/// The stored records, as an iterator over the back end's pages or cursor.
+pub(crate) type Records<'a> = Box<dyn Iterator<Item = Result<Record>> + Send + 'a>;
+
+/// Records as stored, from `verify`'s point of view: each with the sequence number it is stored
+/// under and, when it does not decode, why, so that a break is named by its place.
+pub(crate) type Stored<'a> =
+    Box<dyn Iterator<Item = Result<(u64, std::result::Result<Record, String>)>> + Send + 'a>;
+
+/// Which side table a saved value lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Table {
+    /// Each stream's latest snapshot, by stream id.
+    Snapshots,
+    /// Whole-journal readers' checkpoints, by name.
+    Checkpoints,
+}
+
+/// A back end's reads. Each blocks the calling thread until answered, like a sled read.
+pub(crate) trait Reads: Send + Sync {
+    /// The journal's last record (seq 0 when empty).
+    fn head(&self) -> Result<Head>;
+    /// The version of `stream`'s last record (0 when it has none).
+    fn stream_version(&self, stream: &str) -> Result<u64>;
+    /// The records `first..=last` that exist, in order.
+    fn records(&self, first: u64, last: u64) -> Records<'_>;
+    /// The records from `first` on as stored (see [`Stored`]).
+    fn stored(&self, first: u64) -> Stored<'_> {
+        Box::new(self.records(first, u64::MAX).map(|record| match record {
+            Ok(record) => Ok((record.seq, Ok(record))),
+            Err(crate::Error::Corrupt { seq, reason }) if seq != 0 => Ok((seq, Err(reason))),
+            Err(error) => Err(error),
+        }))
+    }
+    /// `stream`'s records with versions `from..=to`: oldest first, or newest first when `back`.
+    fn stream(&self, stream: &str, from: u64, to: u64, back: bool) -> Records<'_>;
+    /// The record at `seq`, if any.
+    fn record(&self, seq: u64) -> Result<Option<Record>>;
+    /// The hash of `stream`'s record at `version`, if it has one.
+    fn anchor(&self, stream: &str, version: u64) -> Result<Option<Hash>>;
+    /// Saves `value` under `key` in `table`, replacing what was there. Not flushed on its own.
+    fn put(&self, table: Table, key: &str, value: Vec<u8>) -> Result<()>;
+    /// The value saved under `key` in `table`, if any.
+    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Makes everything written durable.
+    fn flush(&self) -> Result<()>;
+    /// The sled tree holding records, for benches and tampering tests; `None` on PostgreSQL.
+    fn raw_tree(&self) -> Option<sled::Tree> {
+        None
+    }
+}

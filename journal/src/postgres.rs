@@ -1,0 +1,649 @@
+//! The shared back end: the journal in PostgreSQL, for several nodes on one database.
+//!
+//! ```text
+//! flotilla_events       seq PRIMARY KEY, stream, version, UNIQUE (stream, version), the
+//!                       record's fields, prev_hash and hash: the same chain as on sled
+//! flotilla_snapshots    stream PRIMARY KEY → value (as `layout::encode_snapshot`)
+//! flotilla_checkpoints  name PRIMARY KEY → value (as `layout::encode_checkpoint`)
+//! flotilla_migrations   the schema versions applied
+//! ```
+//!
+//! A batch of the writer is one transaction that first takes a transaction-scoped advisory lock
+//! ([`APPEND_LOCK`]), then reads the head and the versions of the streams it appends to, then
+//! inserts its records and commits. So appends from every node are serialised: commit order is
+//! sequence order, and a reader that has seen sequence number n never later finds a smaller one
+//! committing (the gap a `bigserial` would leave). `UNIQUE (stream, version)` is the backstop:
+//! a violation (SQLSTATE 23505) is the same [`Error::Conflict`] sled's writer answers.
+//!
+//! tokio-postgres's connections do their I/O on a small runtime of the journal's own, so they
+//! outlive no caller's runtime (each actix worker has its own); callers wait on the client's
+//! futures, which need no runtime, from whichever thread they are on. A connection that has
+//! closed is opened again at the next use.
+
+use std::sync::{Arc, Mutex};
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+use crate::backend::{Reads, Records, Table};
+use crate::writer::Log;
+use crate::{Error, ExpectedVersion, Hash, Head, Record, Result};
+
+/// The advisory lock every batch of appends holds until it commits.
+pub const APPEND_LOCK: i64 = 0x666c_6f74_696c_6c61; // "flotilla"
+/// The advisory lock migrations hold, so that nodes starting together migrate once.
+const MIGRATION_LOCK: i64 = APPEND_LOCK + 1;
+
+/// Schema versions, applied in order, each once, in the transaction that records it.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE flotilla_events (
+        seq bigint PRIMARY KEY CHECK (seq > 0),
+        stream text NOT NULL,
+        version bigint NOT NULL CHECK (version > 0),
+        event_type text NOT NULL,
+        schema integer NOT NULL,
+        timestamp_ms bigint NOT NULL,
+        payload bytea NOT NULL,
+        prev_hash bytea NOT NULL,
+        hash bytea NOT NULL,
+        CONSTRAINT flotilla_events_stream_version UNIQUE (stream, version)
+    );
+    CREATE TABLE flotilla_snapshots (stream text PRIMARY KEY, value bytea NOT NULL);
+    CREATE TABLE flotilla_checkpoints (name text PRIMARY KEY, value bytea NOT NULL);
+"];
+
+const COLUMNS: &str =
+    "seq, stream, version, event_type, schema, timestamp_ms, payload, prev_hash, hash";
+
+/// Rows a reader fetches at a time.
+const PAGE: i64 = 1_000;
+
+/// One connection and its prepared statements.
+struct Connection {
+    client: Client,
+    head: Statement,
+    version: Statement,
+    by_seq: Statement,
+    stream_forward: Statement,
+    stream_back: Statement,
+    record: Statement,
+    anchor: Statement,
+    insert: Statement,
+    get_snapshot: Statement,
+    put_snapshot: Statement,
+    get_checkpoint: Statement,
+    put_checkpoint: Statement,
+}
+
+/// Where connections are opened: the parsed URL and the runtime their I/O runs on.
+#[derive(Clone)]
+struct Database {
+    config: tokio_postgres::Config,
+    runtime: Arc<Runtime>,
+}
+
+/// The journal's runtime, shut down without waiting when the last user lets go of it (which
+/// may be inside another runtime, where waiting is not allowed).
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Connects to `url`, migrates the schema, and answers the readers' and the writer's sides.
+pub(crate) fn connect(url: &str) -> Result<(PgReads, PgLog)> {
+    // The URL may hold a password, so no error repeats it.
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|_| Error::Postgres("the database URL does not parse".into()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("journal-postgres")
+        .enable_all()
+        .build()?;
+    let database = Database {
+        config,
+        runtime: Arc::new(Runtime(Some(runtime))),
+    };
+    let writer = database.open()?;
+    migrate(&writer)?;
+    let writer = Connection::prepare(writer)?;
+    let reader = Connection::prepare(database.open()?)?;
+    let reads = PgReads {
+        database: database.clone(),
+        connection: Mutex::new(Arc::new(reader)),
+    };
+    let log = PgLog {
+        database,
+        connection: writer,
+        in_transaction: false,
+    };
+    Ok((reads, log))
+}
+
+impl Database {
+    /// Opens a connection whose I/O runs on the journal's runtime.
+    fn open(&self) -> Result<Client> {
+        let runtime = self.runtime.0.as_ref().ok_or(Error::Closed)?;
+        let config = self.config.clone();
+        let connecting = runtime.spawn(async move { config.connect(NoTls).await });
+        let (client, connection) = wait(connecting).map_err(|_| Error::Closed)??;
+        runtime.spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::warn!(%error, "a journal connection to PostgreSQL ended");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// Waits for `future` on this thread. tokio-postgres's client futures only exchange messages
+/// with their connection's task, so they need no runtime here.
+fn wait<F: std::future::Future>(future: F) -> F::Output {
+    futures_executor::block_on(future)
+}
+
+/// Applies the migrations this database lacks, under [`MIGRATION_LOCK`], in one transaction.
+fn migrate(client: &Client) -> Result<()> {
+    wait(async {
+        client.batch_execute("BEGIN").await?;
+        let applied = async {
+            client
+                .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await?;
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS flotilla_migrations (
+                        version integer PRIMARY KEY,
+                        applied_at timestamptz NOT NULL DEFAULT now())",
+                )
+                .await?;
+            let row = client
+                .query_one(
+                    "SELECT coalesce(max(version), 0) FROM flotilla_migrations",
+                    &[],
+                )
+                .await?;
+            let at: i32 = row.try_get(0)?;
+            let known = MIGRATIONS.len() as i32;
+            if known < at {
+                return Err(Error::Postgres(format!(
+                    "the database's schema is at version {at}; this build knows up to {known}"
+                )));
+            }
+            for (version, sql) in (1..).zip(MIGRATIONS).skip(at as usize) {
+                client.batch_execute(sql).await?;
+                client
+                    .execute(
+                        "INSERT INTO flotilla_migrations (version) VALUES ($1)",
+                        &[&version],
+                    )
+                    .await?;
+                tracing::info!(version, "applied a journal schema migration");
+            }
+            Ok(())
+        }
+        .await;
+        match applied {
+            Ok(()) => client.batch_execute("COMMIT").await.map_err(Error::from),
+            Err(error) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                Err(error)
+            }
+        }
+    })
+}
+
+impl Connection {
+    fn prepare(client: Client) -> Result<Connection> {
+        wait(async {
+            let by_seq = format!(
+                "SELECT {COLUMNS} FROM flotilla_events
+                 WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3"
+            );
+            let stream_forward = format!(
+                "SELECT {COLUMNS} FROM flotilla_events
+                 WHERE stream = $1 AND version >= $2 AND version <= $3
+                 ORDER BY version LIMIT $4"
+            );
+            let stream_back = format!(
+                "SELECT {COLUMNS} FROM flotilla_events
+                 WHERE stream = $1 AND version >= $2 AND version <= $3
+                 ORDER BY version DESC LIMIT $4"
+            );
+            let record = format!("SELECT {COLUMNS} FROM flotilla_events WHERE seq = $1");
+            let insert = format!(
+                "INSERT INTO flotilla_events ({COLUMNS})
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[],
+                     $5::integer[], $6::bigint[], $7::bytea[], $8::bytea[], $9::bytea[])"
+            );
+            Ok(Connection {
+                head: client
+                    .prepare("SELECT seq, hash FROM flotilla_events ORDER BY seq DESC LIMIT 1")
+                    .await?,
+                version: client
+                    .prepare(
+                        "SELECT coalesce(max(version), 0) FROM flotilla_events WHERE stream = $1",
+                    )
+                    .await?,
+                by_seq: client.prepare(&by_seq).await?,
+                stream_forward: client.prepare(&stream_forward).await?,
+                stream_back: client.prepare(&stream_back).await?,
+                record: client.prepare(&record).await?,
+                anchor: client
+                    .prepare("SELECT hash FROM flotilla_events WHERE stream = $1 AND version = $2")
+                    .await?,
+                insert: client.prepare(&insert).await?,
+                get_snapshot: client
+                    .prepare("SELECT value FROM flotilla_snapshots WHERE stream = $1")
+                    .await?,
+                put_snapshot: client
+                    .prepare(
+                        "INSERT INTO flotilla_snapshots (stream, value) VALUES ($1, $2)
+                         ON CONFLICT (stream) DO UPDATE SET value = EXCLUDED.value",
+                    )
+                    .await?,
+                get_checkpoint: client
+                    .prepare("SELECT value FROM flotilla_checkpoints WHERE name = $1")
+                    .await?,
+                put_checkpoint: client
+                    .prepare(
+                        "INSERT INTO flotilla_checkpoints (name, value) VALUES ($1, $2)
+                         ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                    )
+                    .await?,
+                client,
+            })
+        })
+    }
+
+    fn head(&self) -> Result<Head> {
+        let row = wait(self.client.query_opt(&self.head, &[]))?;
+        let Some(row) = row else {
+            return Ok(Head::EMPTY);
+        };
+        let seq = unsigned(row.try_get(0)?, 0, "seq")?;
+        Ok(Head {
+            seq,
+            hash: hash(row.try_get(1)?, seq)?,
+        })
+    }
+
+    fn stream_version(&self, stream: &str) -> Result<u64> {
+        let row = wait(self.client.query_one(&self.version, &[&stream]))?;
+        unsigned(row.try_get(0)?, 0, "version")
+    }
+
+    fn records(&self, first: u64, last: u64) -> Result<Vec<Record>> {
+        let (first, last) = (signed(first), signed(last));
+        let rows = wait(self.client.query(&self.by_seq, &[&first, &last, &PAGE]))?;
+        rows.iter().map(record).collect()
+    }
+}
+
+/// The writer's side: one connection, one transaction per batch.
+pub(crate) struct PgLog {
+    database: Database,
+    connection: Connection,
+    in_transaction: bool,
+}
+
+impl PgLog {
+    fn execute(&mut self, sql: &str) -> Result<()> {
+        wait(self.connection.client.batch_execute(sql))?;
+        Ok(())
+    }
+
+    /// Ends the open transaction, if any, keeping nothing of it.
+    fn roll_back(&mut self) {
+        if std::mem::take(&mut self.in_transaction) {
+            if let Err(error) = self.execute("ROLLBACK") {
+                tracing::warn!(%error, "rolling back a journal batch failed");
+            }
+        }
+    }
+}
+
+impl Log for PgLog {
+    fn stored_head(&mut self) -> Result<(Head, u64)> {
+        let head = self.connection.head()?;
+        Ok((head, head.seq))
+    }
+
+    fn begin(&mut self) -> Result<Option<Head>> {
+        self.roll_back();
+        if self.connection.client.is_closed() {
+            self.connection = Connection::prepare(self.database.open()?)?;
+        }
+        self.execute("BEGIN")?;
+        self.in_transaction = true;
+        let locked = wait(
+            self.connection
+                .client
+                .execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]),
+        );
+        match locked
+            .map_err(Error::from)
+            .and_then(|_| self.connection.head())
+        {
+            Ok(head) => Ok(Some(head)),
+            Err(error) => {
+                self.roll_back();
+                Err(error)
+            }
+        }
+    }
+
+    fn stream_version(&mut self, stream: &str) -> Result<u64> {
+        self.connection.stream_version(stream)
+    }
+
+    fn write(&mut self, records: &[Record], _head: Head) -> Result<()> {
+        let mut seqs = Vec::with_capacity(records.len());
+        let mut versions = Vec::with_capacity(records.len());
+        let mut schemas = Vec::with_capacity(records.len());
+        let mut times = Vec::with_capacity(records.len());
+        for record in records {
+            seqs.push(signed(record.seq));
+            versions.push(signed(record.version));
+            schemas.push(i32::from(record.schema));
+            times.push(record.timestamp_ms);
+        }
+        let streams: Vec<&str> = records.iter().map(|r| r.stream.as_str()).collect();
+        let types: Vec<&str> = records.iter().map(|r| r.event_type.as_str()).collect();
+        let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
+        let prevs: Vec<&[u8]> = records.iter().map(|r| r.prev_hash.as_slice()).collect();
+        let hashes: Vec<&[u8]> = records.iter().map(|r| r.hash.as_slice()).collect();
+        let params: [&(dyn ToSql + Sync); 9] = [
+            &seqs, &streams, &versions, &types, &schemas, &times, &payloads, &prevs, &hashes,
+        ];
+        let inserted = wait(
+            self.connection
+                .client
+                .execute(&self.connection.insert, &params),
+        );
+        if let Err(error) = inserted {
+            self.roll_back();
+            return Err(conflict(&error).unwrap_or_else(|| error.into()));
+        }
+        self.in_transaction = false;
+        // A failed COMMIT keeps nothing: the server rolls the transaction back.
+        self.execute("COMMIT")
+    }
+
+    fn abandon(&mut self) {
+        self.roll_back();
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        // A committed transaction is durable.
+        Ok(())
+    }
+
+    fn read(&mut self, first: u64, last: u64) -> Result<Vec<Record>> {
+        let mut read = Vec::new();
+        let mut next = first;
+        while next <= last {
+            let page = self.connection.records(next, last)?;
+            let Some(end) = page.last() else { break };
+            next = end.seq + 1;
+            read.extend(page);
+        }
+        Ok(read)
+    }
+}
+
+/// Everyone else's side: one shared connection, its queries pipelined.
+pub(crate) struct PgReads {
+    database: Database,
+    connection: Mutex<Arc<Connection>>,
+}
+
+impl PgReads {
+    /// The shared connection, opened again if it has closed.
+    fn connection(&self) -> Result<Arc<Connection>> {
+        let mut connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if connection.client.is_closed() {
+            *connection = Arc::new(Connection::prepare(self.database.open()?)?);
+        }
+        Ok(connection.clone())
+    }
+
+    fn table(&self, table: Table) -> Result<(Arc<Connection>, Statement, Statement)> {
+        let connection = self.connection()?;
+        let (get, put) = match table {
+            Table::Snapshots => (&connection.get_snapshot, &connection.put_snapshot),
+            Table::Checkpoints => (&connection.get_checkpoint, &connection.put_checkpoint),
+        };
+        let (get, put) = (get.clone(), put.clone());
+        Ok((connection, get, put))
+    }
+}
+
+impl Reads for PgReads {
+    fn head(&self) -> Result<Head> {
+        self.connection()?.head()
+    }
+
+    fn stream_version(&self, stream: &str) -> Result<u64> {
+        self.connection()?.stream_version(stream)
+    }
+
+    fn records(&self, first: u64, last: u64) -> Records<'_> {
+        Box::new(Pages {
+            reads: self,
+            at: Cursor::Seq { next: first, last },
+            page: Vec::new().into_iter(),
+            done: false,
+        })
+    }
+
+    fn stream(&self, stream: &str, from: u64, to: u64, back: bool) -> Records<'_> {
+        Box::new(Pages {
+            reads: self,
+            at: Cursor::Stream {
+                stream: stream.to_owned(),
+                from,
+                to,
+                back,
+            },
+            page: Vec::new().into_iter(),
+            done: false,
+        })
+    }
+
+    fn record(&self, seq: u64) -> Result<Option<Record>> {
+        let connection = self.connection()?;
+        let row = wait(
+            connection
+                .client
+                .query_opt(&connection.record, &[&signed(seq)]),
+        )?;
+        row.as_ref().map(record).transpose()
+    }
+
+    fn anchor(&self, stream: &str, version: u64) -> Result<Option<Hash>> {
+        let connection = self.connection()?;
+        let version = signed(version);
+        let row = wait(
+            connection
+                .client
+                .query_opt(&connection.anchor, &[&stream, &version]),
+        )?;
+        match row {
+            Some(row) => Ok(Some(hash(row.try_get(0)?, 0)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&self, table: Table, key: &str, value: Vec<u8>) -> Result<()> {
+        let (connection, _, put) = self.table(table)?;
+        wait(connection.client.execute(&put, &[&key, &value]))?;
+        Ok(())
+    }
+
+    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>> {
+        let (connection, get, _) = self.table(table)?;
+        let row = wait(connection.client.query_opt(&get, &[&key]))?;
+        Ok(row.map(|row| row.try_get(0)).transpose()?)
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Where a paged read goes on from.
+enum Cursor {
+    /// Records by sequence number, `next..=last`.
+    Seq { next: u64, last: u64 },
+    /// A stream's records with versions `from..=to`, from `to` down when `back`.
+    Stream {
+        stream: String,
+        from: u64,
+        to: u64,
+        back: bool,
+    },
+}
+
+/// Records read a page of [`PAGE`] rows at a time, each page from where the last one ended.
+struct Pages<'a> {
+    reads: &'a PgReads,
+    at: Cursor,
+    page: std::vec::IntoIter<Record>,
+    done: bool,
+}
+
+impl Pages<'_> {
+    fn fetch(&mut self) -> Result<Vec<Record>> {
+        let connection = self.reads.connection()?;
+        let page = match &mut self.at {
+            Cursor::Seq { next, last } => {
+                let page = connection.records(*next, *last)?;
+                if let Some(end) = page.last() {
+                    *next = end.seq + 1;
+                }
+                page
+            }
+            Cursor::Stream {
+                stream,
+                from,
+                to,
+                back,
+            } => {
+                let statement = match back {
+                    true => &connection.stream_back,
+                    false => &connection.stream_forward,
+                };
+                let (low, high) = (signed(*from), signed(*to));
+                let rows = wait(
+                    connection
+                        .client
+                        .query(statement, &[&stream.as_str(), &low, &high, &PAGE]),
+                )?;
+                let page = rows.iter().map(record).collect::<Result<Vec<_>>>()?;
+                match (page.last(), *back) {
+                    (Some(end), false) => *from = end.version + 1,
+                    (Some(end), true) => *to = end.version - 1,
+                    (None, _) => {}
+                }
+                page
+            }
+        };
+        if (page.len() as i64) < PAGE {
+            self.done = true;
+        }
+        Ok(page)
+    }
+}
+
+impl Iterator for Pages<'_> {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        if let Some(record) = self.page.next() {
+            return Some(Ok(record));
+        }
+        if self.done {
+            return None;
+        }
+        match self.fetch() {
+            Ok(page) => {
+                self.page = page.into_iter();
+                self.page.next().map(Ok)
+            }
+            Err(error) => {
+                self.done = true;
+                Some(Err(error))
+            }
+        }
+    }
+}
+
+/// A row of `flotilla_events` (its columns in [`COLUMNS`]' order) as a record.
+fn record(row: &Row) -> Result<Record> {
+    let seq = unsigned(row.try_get(0)?, 0, "seq")?;
+    let schema: i32 = row.try_get(4)?;
+    Ok(Record {
+        seq,
+        stream: row.try_get(1)?,
+        version: unsigned(row.try_get(2)?, seq, "version")?,
+        event_type: row.try_get(3)?,
+        schema: u16::try_from(schema).map_err(|_| corrupt(seq, "schema"))?,
+        timestamp_ms: row.try_get(5)?,
+        payload: row.try_get(6)?,
+        prev_hash: hash(row.try_get(7)?, seq)?,
+        hash: hash(row.try_get(8)?, seq)?,
+    })
+}
+
+fn corrupt(seq: u64, column: &str) -> Error {
+    Error::Corrupt {
+        seq,
+        reason: format!("its {column} is out of range"),
+    }
+}
+
+fn unsigned(value: i64, seq: u64, column: &str) -> Result<u64> {
+    u64::try_from(value).map_err(|_| corrupt(seq, column))
+}
+
+/// A sequence number or version as PostgreSQL's bigint; past `i64::MAX` reads as "no limit".
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn hash(bytes: &[u8], seq: u64) -> Result<Hash> {
+    bytes.try_into().map_err(|_| Error::Corrupt {
+        seq,
+        reason: format!("a hash of {} bytes", bytes.len()),
+    })
+}
+
+/// A unique violation on (stream, version) as the conflict it is: another writer appended to
+/// that stream first. Its detail reads `Key (stream, version)=(<stream>, <version>) already
+/// exists.`
+pub(crate) fn conflict(error: &tokio_postgres::Error) -> Option<Error> {
+    let db = error.as_db_error()?;
+    if *db.code() != SqlState::UNIQUE_VIOLATION {
+        return None;
+    }
+    let detail = db.detail()?;
+    let key = detail.strip_prefix("Key (stream, version)=(")?;
+    let key = key.strip_suffix(") already exists.")?;
+    let (stream, version) = key.rsplit_once(", ")?;
+    let version: u64 = version.parse().ok()?;
+    Some(Error::Conflict {
+        stream: stream.to_owned(),
+        expected: ExpectedVersion::Exact(version.saturating_sub(1)),
+        actual: version,
+    })
+}
