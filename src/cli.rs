@@ -16,7 +16,7 @@ use flotilla_actors::clock::{Clock, SystemClock};
 
 use crate::audit::{self, LogFilter, TimeBound};
 use crate::service;
-use crate::settings::{ServeArgs, Settings};
+use crate::settings::{DatabaseUrl, ServeArgs, Settings};
 
 // No doc comment: clap would turn it into the `--help` text, which `about` already sets.
 #[allow(missing_docs)]
@@ -96,6 +96,27 @@ struct DataDir {
     /// The data directory holding the journal (sled).
     #[arg(long, default_value = "./flotilla-data", env = "FLOTILLA_DATA_DIR")]
     data_dir: PathBuf,
+    /// The PostgreSQL database holding the journal instead (postgres://...).
+    #[arg(long, env = "FLOTILLA_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<DatabaseUrl>,
+}
+
+impl DataDir {
+    /// Opens a journal that must already exist (reading commands never create one).
+    fn open_existing(&self) -> anyhow::Result<Journal> {
+        match &self.database_url {
+            Some(url) => connect(url),
+            None => open_existing(&self.data_dir),
+        }
+    }
+
+    /// Opens the journal, creating it if needed.
+    fn open(&self) -> anyhow::Result<Journal> {
+        match &self.database_url {
+            Some(url) => connect(url),
+            None => open(&self.data_dir),
+        }
+    }
 }
 
 /// Reading through a running service instead of its (locked) data directory.
@@ -146,6 +167,14 @@ enum AuditCommand {
         /// Verify this journal data directory [default: ./flotilla-data].
         #[arg(long, conflicts_with = "export", env = "FLOTILLA_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Verify the journal in this PostgreSQL database instead (postgres://...).
+        #[arg(
+            long,
+            conflicts_with_all = ["export", "data_dir"],
+            env = "FLOTILLA_DATABASE_URL",
+            hide_env_values = true
+        )]
+        database_url: Option<DatabaseUrl>,
         /// Verify an export file instead.
         #[arg(long)]
         export: Option<PathBuf>,
@@ -182,7 +211,8 @@ enum JournalCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Load an export into an empty data directory, refusing a broken chain.
+    /// Load an export into an empty journal (a data directory, or PostgreSQL with
+    /// --database-url), refusing a broken chain.
     Import {
         #[command(flatten)]
         data: DataDir,
@@ -241,17 +271,19 @@ impl Command {
             Command::Serve(args) => serve(*args),
             Command::Audit(AuditCommand::Verify {
                 data_dir,
+                database_url,
                 export,
                 remote,
             }) => {
-                let verified = match (data_dir, export, remote.dump()?) {
-                    (_, _, Some(dump)) => export::verify_export(dump),
-                    (_, Some(file), None) => {
+                let verified = match (data_dir, database_url, export, remote.dump()?) {
+                    (_, _, _, Some(dump)) => export::verify_export(dump),
+                    (_, _, Some(file), None) => {
                         let input = File::open(&file)
                             .with_context(|| format!("cannot open {}", file.display()))?;
                         export::verify_export(BufReader::new(input))
                     }
-                    (dir, None, None) => {
+                    (_, Some(url), None, None) => connect(&url)?.verify(),
+                    (dir, None, None, None) => {
                         let dir = dir.unwrap_or_else(|| PathBuf::from("./flotilla-data"));
                         open_existing(&dir)?.verify()
                     }
@@ -284,7 +316,7 @@ impl Command {
                 match remote.dump()? {
                     Some(dump) => audit::log(export::records(dump), &filter, &mut out)?,
                     None => {
-                        let journal = open_existing(&data.data_dir)?;
+                        let journal = data.open_existing()?;
                         audit::log(audit::journal_records(&journal, &filter), &filter, &mut out)?
                     }
                 };
@@ -306,7 +338,7 @@ impl Command {
                 let until = until.unwrap_or(Until::End);
                 let world = match remote.dump()? {
                     Some(dump) => replay::replay(export::records(dump), until)?,
-                    None => replay::replay(open_existing(&data.data_dir)?.read_all(1), until)?,
+                    None => replay::replay(data.open_existing()?.read_all(1), until)?,
                 };
                 if let Some(Until::Seq(seq)) = asked {
                     if seq > world.seq {
@@ -340,7 +372,7 @@ impl Command {
                         sink.flush()?;
                         export::verify_export(copied.as_slice())?
                     }
-                    None => export::export(&open_existing(&data.data_dir)?, &mut sink)?,
+                    None => export::export(&data.open_existing()?, &mut sink)?,
                 };
                 eprintln!(
                     "exported {} records, head hash {}",
@@ -350,7 +382,7 @@ impl Command {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Journal(JournalCommand::Import { data, input }) => {
-                let journal = open(&data.data_dir)?;
+                let journal = data.open()?;
                 let head = export::import(&journal, || Ok(BufReader::new(File::open(&input)?)))
                     .with_context(|| format!("importing {}", input.display()))?;
                 journal.flush()?;
@@ -371,6 +403,12 @@ fn open_existing(dir: &Path) -> anyhow::Result<Journal> {
         bail!("no journal in {}", dir.display());
     }
     open(dir)
+}
+
+/// Connects to the journal in PostgreSQL (the URL, which may hold a password, is not repeated).
+fn connect(url: &DatabaseUrl) -> anyhow::Result<Journal> {
+    Journal::connect(url.expose(), flotilla_journal::Config::default())
+        .context("cannot open the journal in PostgreSQL (--database-url)")
 }
 
 fn open(dir: &Path) -> anyhow::Result<Journal> {

@@ -88,14 +88,20 @@ pub fn start_with(
         .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
     let config = flotilla_journal::Config {
         cache_capacity: settings.journal_cache_mb << 20,
+        // Until groups are owned by lease (SPEC 9), one service per database.
+        sole_service: true,
         ..flotilla_journal::Config::default()
     };
-    let journal = Journal::open_with(&settings.data_dir, config).with_context(|| {
-        format!(
-            "cannot open the journal in {} (is another flotilla serving it?)",
-            settings.data_dir.display()
-        )
-    })?;
+    let journal = match &settings.database_url {
+        Some(url) => Journal::connect(url.expose(), config)
+            .context("cannot open the journal in PostgreSQL (--database-url)")?,
+        None => Journal::open_with(&settings.data_dir, config).with_context(|| {
+            format!(
+                "cannot open the journal in {} (is another flotilla serving it?)",
+                settings.data_dir.display()
+            )
+        })?,
+    };
     let (operator_token, created) = token::operator_token(&settings.data_dir)?;
     let token_path = settings.data_dir.join("operator.token");
     if created {

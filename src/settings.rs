@@ -16,6 +16,10 @@ pub struct ServeArgs {
     /// Data directory holding the journal (sled) and operator.token [default: ./flotilla-data].
     #[arg(long, env = "FLOTILLA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Keep the journal in this PostgreSQL database (postgres://user:password@host:port/db)
+    /// instead of sled in the data directory, which then holds only operator.token.
+    #[arg(long, env = "FLOTILLA_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<DatabaseUrl>,
     /// TOML file with any of these settings (keys as the flags, with underscores).
     #[arg(long, env = "FLOTILLA_CONFIG")]
     pub config: Option<PathBuf>,
@@ -98,6 +102,7 @@ pub struct ServeArgs {
 struct FileSettings {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    database_url: Option<DatabaseUrl>,
     public_url: Option<String>,
     webhook_tolerance_seconds: Option<u32>,
     webhook_rate_limit: Option<u32>,
@@ -127,6 +132,8 @@ pub struct Settings {
     pub listen: String,
     /// Data directory holding the journal and `operator.token` (default `./flotilla-data`).
     pub data_dir: PathBuf,
+    /// The PostgreSQL database holding the journal instead of the data directory, if set.
+    pub database_url: Option<DatabaseUrl>,
     /// Base of the webhook URLs handed out, if set; see [`Settings::public_url`].
     pub public_url: Option<String>,
     /// Seconds of the service clock a webhook's timestamp may be off by (default 300).
@@ -176,6 +183,7 @@ impl Default for Settings {
         Settings {
             listen: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("./flotilla-data"),
+            database_url: None,
             public_url: None,
             webhook_tolerance_seconds: 300,
             webhook_rate_limit: 50,
@@ -215,6 +223,7 @@ impl Settings {
                 .clone()
                 .or(file.data_dir)
                 .unwrap_or(d.data_dir),
+            database_url: args.database_url.clone().or(file.database_url),
             public_url: args.public_url.clone().or(file.public_url),
             webhook_tolerance_seconds: args
                 .webhook_tolerance_seconds
@@ -299,6 +308,34 @@ impl Settings {
     }
 }
 
+/// A PostgreSQL URL. It may hold a password, so it prints as `postgres://…` (its scheme only)
+/// wherever settings are debugged or logged; [`DatabaseUrl::expose`] is for connecting.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, to connect with. Never to be logged.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(DatabaseUrl(url.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = self.0.split_once("://").map_or("?", |(scheme, _)| scheme);
+        write!(f, "{scheme}://…")
+    }
+}
+
 fn read_file(path: &Path) -> anyhow::Result<FileSettings> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
@@ -323,6 +360,23 @@ mod tests {
         assert_eq!(settings.listen, "0.0.0.0:9000");
         assert_eq!(settings.webhook_rate_limit, 9);
         assert_eq!(settings.source_rate_limit, 1000);
+    }
+
+    #[test]
+    fn a_database_url_never_prints_its_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("flotilla.toml");
+        std::fs::write(&file, "database_url = \"postgres://app:s3cret@db/x\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        };
+        let settings = Settings::resolve(&args).unwrap();
+        let url = settings.database_url.as_ref().unwrap();
+        assert_eq!(url.expose(), "postgres://app:s3cret@db/x");
+        let printed = format!("{settings:?} {args:?}");
+        assert!(printed.contains("postgres://…"), "{printed}");
+        assert!(!printed.contains("s3cret"), "{printed}");
     }
 
     #[test]

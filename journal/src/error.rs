@@ -53,6 +53,9 @@ pub enum Error {
     /// An import into a journal that already has records; carries its head's sequence number.
     #[error("the target journal is not empty (head at seq {0})")]
     NotEmpty(u64),
+    /// Another process serves this journal (see `Config::sole_service`).
+    #[error("another flotilla serve has this database's journal open")]
+    Held,
     /// The journal's writer has stopped, so nothing more can be appended.
     #[error("the journal is closed")]
     Closed,
@@ -113,6 +116,7 @@ impl Error {
             },
             Error::BrokenChain(at) => Error::BrokenChain(at.clone()),
             Error::NotEmpty(seq) => Error::NotEmpty(*seq),
+            Error::Held => Error::Held,
             Error::Closed => Error::Closed,
             Error::FollowerFailed => Error::FollowerFailed,
             Error::Storage(error) => Error::Storage(error.clone()),

@@ -137,6 +137,11 @@ pub struct Config {
     pub max_batch: usize,
     /// Appends waiting for the writer before appenders are made to wait (backpressure).
     pub queue_depth: usize,
+    /// PostgreSQL only: refuse to open while another process that asked the same has the
+    /// database open (a session advisory lock, [`Error::Held`]). The service asks it, so that two
+    /// `serve`s on one database never both act on its groups; the audit tools do not. (sled's
+    /// directory lock always holds a journal to one process.)
+    pub sole_service: bool,
 }
 
 impl Default for Config {
@@ -145,6 +150,7 @@ impl Default for Config {
             cache_capacity: 64 << 20,
             max_batch: 1024,
             queue_depth: 4096,
+            sole_service: false,
         }
     }
 }
@@ -198,7 +204,7 @@ impl Journal {
     /// sequence numbers and the chain stay whole. The URL may hold a password: it is never
     /// logged, nor put in an error.
     pub fn connect(url: &str, config: Config) -> Result<Journal> {
-        let (reads, log) = postgres::connect(url)?;
+        let (reads, log) = postgres::connect(url, config.sole_service)?;
         Self::start(Box::new(reads), log, &config)
     }
 

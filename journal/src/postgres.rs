@@ -34,6 +34,9 @@ use crate::{Error, ExpectedVersion, Hash, Head, Record, Result};
 pub const APPEND_LOCK: i64 = 0x666c_6f74_696c_6c61; // "flotilla"
 /// The advisory lock migrations hold, so that nodes starting together migrate once.
 const MIGRATION_LOCK: i64 = APPEND_LOCK + 1;
+/// The session advisory lock a sole service's writer holds for as long as its connection lives
+/// (see `Config::sole_service`).
+const SERVICE_LOCK: i64 = APPEND_LOCK + 2;
 
 /// Schema versions, applied in order, each once, in the transaction that records it.
 const MIGRATIONS: &[&str] = &["
@@ -96,7 +99,7 @@ impl Drop for Runtime {
 }
 
 /// Connects to `url`, migrates the schema, and answers the readers' and the writer's sides.
-pub(crate) fn connect(url: &str) -> Result<(PgReads, PgLog)> {
+pub(crate) fn connect(url: &str, sole_service: bool) -> Result<(PgReads, PgLog)> {
     // The URL may hold a password, so no error repeats it.
     let config: tokio_postgres::Config = url
         .parse()
@@ -113,6 +116,9 @@ pub(crate) fn connect(url: &str) -> Result<(PgReads, PgLog)> {
     let writer = database.open()?;
     migrate(&writer)?;
     let writer = Connection::prepare(writer)?;
+    if sole_service {
+        writer.hold()?;
+    }
     let reader = Connection::prepare(database.open()?)?;
     let reads = PgReads {
         database: database.clone(),
@@ -122,6 +128,7 @@ pub(crate) fn connect(url: &str) -> Result<(PgReads, PgLog)> {
         database,
         connection: writer,
         in_transaction: false,
+        sole_service,
     };
     Ok((reads, log))
 }
@@ -262,6 +269,18 @@ impl Connection {
         })
     }
 
+    /// Takes the service lock for as long as this connection lives, or answers [`Error::Held`].
+    fn hold(&self) -> Result<()> {
+        let row = wait(
+            self.client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&SERVICE_LOCK]),
+        )?;
+        match row.try_get(0)? {
+            true => Ok(()),
+            false => Err(Error::Held),
+        }
+    }
+
     fn head(&self) -> Result<Head> {
         let row = wait(self.client.query_opt(&self.head, &[]))?;
         let Some(row) = row else {
@@ -291,6 +310,8 @@ pub(crate) struct PgLog {
     database: Database,
     connection: Connection,
     in_transaction: bool,
+    /// Whether the writer's connection must hold the service lock to append.
+    sole_service: bool,
 }
 
 impl PgLog {
@@ -309,6 +330,22 @@ impl PgLog {
     }
 }
 
+impl Drop for PgLog {
+    fn drop(&mut self) {
+        // Let go of the service lock before the connection closes, so that the next service
+        // finds it free at once rather than once the server has noticed the closed socket.
+        if self.sole_service && !self.connection.client.is_closed() {
+            let unlock = self
+                .connection
+                .client
+                .execute("SELECT pg_advisory_unlock($1)", &[&SERVICE_LOCK]);
+            if let Err(error) = wait(unlock) {
+                tracing::warn!(%error, "letting go of the journal's service lock failed");
+            }
+        }
+    }
+}
+
 impl Log for PgLog {
     fn stored_head(&mut self) -> Result<(Head, u64)> {
         let head = self.connection.head()?;
@@ -318,7 +355,12 @@ impl Log for PgLog {
     fn begin(&mut self) -> Result<Option<Head>> {
         self.roll_back();
         if self.connection.client.is_closed() {
-            self.connection = Connection::prepare(self.database.open()?)?;
+            // The lock went with the old connection: another service may have it by now.
+            let connection = Connection::prepare(self.database.open()?)?;
+            if self.sole_service {
+                connection.hold()?;
+            }
+            self.connection = connection;
         }
         self.execute("BEGIN")?;
         self.in_transaction = true;

@@ -1044,3 +1044,29 @@ fn on_postgres_nodes_starting_together_migrate_once_and_a_newer_schema_is_refuse
         "{refused:?}"
     );
 }
+
+#[test]
+fn on_postgres_a_second_sole_service_is_refused_until_the_first_lets_go() {
+    let name = "on_postgres_a_second_sole_service_is_refused_until_the_first_lets_go";
+    let Some(url) = testing::fresh_database(name) else {
+        return;
+    };
+    let sole = Config {
+        sole_service: true,
+        ..Config::default()
+    };
+    let first = Journal::connect(&url, sole.clone()).unwrap();
+    let second = Journal::connect(&url, sole.clone()).map(drop);
+    assert!(matches!(second, Err(Error::Held)), "{second:?}");
+    // Readers (the audit tools) are not services: they open it alongside.
+    let reader = Journal::connect(&url, Config::default()).unwrap();
+    first
+        .append("grp_a", ExpectedVersion::Any, vec![event(1)])
+        .unwrap();
+    assert_eq!(reader.head().unwrap(), first.head().unwrap());
+    drop(first);
+    let third = Journal::connect(&url, sole).unwrap();
+    third
+        .append("grp_a", ExpectedVersion::Exact(1), vec![event(2)])
+        .unwrap();
+}

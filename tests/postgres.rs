@@ -1,0 +1,183 @@
+//! The service and the journal's tools on PostgreSQL (SPEC 9), against a real PostgreSQL: the
+//! one `FLOTILLA_TEST_DATABASE_URL` names, or a throwaway cluster (see
+//! `flotilla_journal::testing`). Without one these tests skip with a message; with
+//! `FLOTILLA_REQUIRE_EXTERNAL=1` they fail.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::Server;
+use flotilla_journal::{testing, ExpectedVersion, Journal, NewEvent};
+use serde_json::json;
+
+const BODY: &[u8] = br#"{"alarm":"cpu-high","value":0.93}"#;
+
+/// The real binary, with the database URL in its environment (never on its command line, where
+/// any user of the host could read it).
+fn flotilla(database_url: Option<&str>, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    command.args(args).env("RUST_LOG", "warn");
+    match database_url {
+        Some(url) => command.env("FLOTILLA_DATABASE_URL", url),
+        None => command.env_remove("FLOTILLA_DATABASE_URL"),
+    };
+    command.output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn arg(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn the_service_on_postgres_keeps_every_acknowledged_change_across_a_restart() {
+    let test = "the_service_on_postgres_keeps_every_acknowledged_change_across_a_restart";
+    let Some(url) = testing::fresh_database(test) else {
+        return;
+    };
+    let server = Server::start_with(|settings| {
+        settings.database_url = Some(url.parse().unwrap());
+    });
+    let hook = server.webhook_setup();
+    let now = server.now_secs();
+    let answer = server.send_hook(&hook, &hook.secret, "msg_1", now, BODY);
+    assert_eq!((answer.0, &answer.1["outcome"]), (202, &json!("executed")));
+    assert_eq!(server.capacity(&hook.token, &hook.group), 1);
+
+    // The journal is the database's: the data directory holds the operator token, no sled.
+    let data = server.dir.path().join("data");
+    assert!(data.join("operator.token").is_file());
+    assert!(
+        !data.join("conf").exists(),
+        "sled opened {}",
+        data.display()
+    );
+
+    let server = server.restart_on_the_same_port();
+    assert_eq!(server.capacity(&hook.token, &hook.group), 1);
+    // A nonce is accepted once, across the restart too.
+    let replayed = server.send_hook(&hook, &hook.secret, "msg_1", now, BODY);
+    common::assert_error(&replayed, 409, "replayed");
+    let answer = server.send_hook(&hook, &hook.secret, "msg_2", now, BODY);
+    assert_eq!((answer.0, &answer.1["outcome"]), (202, &json!("executed")));
+    assert_eq!(server.capacity(&hook.token, &hook.group), 2);
+
+    // A second service on the same database is refused: until groups are owned by lease, two
+    // would both act on every group.
+    let other = tempfile::tempdir().unwrap();
+    let second = flotilla(
+        Some(&url),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            arg(other.path()),
+        ],
+    );
+    assert_eq!(second.status.code(), Some(2), "{second:?}");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("another flotilla serve"), "{said}");
+    drop(server);
+
+    // The audit tools read the same journal through --database-url (here its variable).
+    let verified = flotilla(Some(&url), &["audit", "verify"]);
+    assert!(verified.status.success(), "{verified:?}");
+    assert!(
+        stdout(&verified).starts_with("ok: "),
+        "{}",
+        stdout(&verified)
+    );
+    let log = flotilla(Some(&url), &["audit", "log", "--object", &hook.group]);
+    assert!(log.status.success(), "{log:?}");
+    let executions = stdout(&log)
+        .lines()
+        .filter(|line| line.contains("\"policy_executed\""))
+        .count();
+    assert_eq!(executions, 2, "{}", stdout(&log));
+}
+
+/// Ten events over two objects, one a second from 2026-11-25T00:00:00Z.
+fn seed(dir: &Path) {
+    let journal = Journal::open(dir).unwrap();
+    let start = 1_795_564_800_000i64;
+    for n in 0..10i64 {
+        let stream = if n % 2 == 0 { "group-a" } else { "group-b" };
+        let event = NewEvent::json("thing_happened", 1, start + n * 1000, &n).unwrap();
+        journal
+            .append(stream, ExpectedVersion::Any, vec![event])
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_sled_journal_moves_into_postgres_through_an_export_chain_and_all() {
+    let test = "a_sled_journal_moves_into_postgres_through_an_export_chain_and_all";
+    let Some(url) = testing::fresh_database(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    seed(&data);
+    let export = dir.path().join("journal.jsonl");
+    let exported = flotilla(
+        None,
+        &[
+            "journal",
+            "export",
+            "--data-dir",
+            arg(&data),
+            "--out",
+            arg(&export),
+        ],
+    );
+    assert!(exported.status.success(), "{exported:?}");
+
+    let imported = flotilla(Some(&url), &["journal", "import", "--in", arg(&export)]);
+    assert!(imported.status.success(), "{imported:?}");
+    // A second import is refused: the database's journal is no longer empty.
+    let again = flotilla(Some(&url), &["journal", "import", "--in", arg(&export)]);
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+
+    // The same chain, head hash and all, and the same export byte for byte.
+    let on_sled = flotilla(None, &["audit", "verify", "--data-dir", arg(&data)]);
+    let on_postgres = flotilla(Some(&url), &["audit", "verify"]);
+    assert!(on_postgres.status.success(), "{on_postgres:?}");
+    assert_eq!(stdout(&on_sled), stdout(&on_postgres));
+    assert!(stdout(&on_postgres).starts_with("ok: 10 records"));
+    let back = dir.path().join("back.jsonl");
+    let exported_back = flotilla(Some(&url), &["journal", "export", "--out", arg(&back)]);
+    assert!(exported_back.status.success(), "{exported_back:?}");
+    assert_eq!(
+        std::fs::read(&export).unwrap(),
+        std::fs::read(&back).unwrap()
+    );
+    let replayed_sled = flotilla(None, &["replay", "--data-dir", arg(&data)]);
+    let replayed_postgres = flotilla(Some(&url), &["replay"]);
+    assert!(replayed_postgres.status.success(), "{replayed_postgres:?}");
+    assert_eq!(stdout(&replayed_sled), stdout(&replayed_postgres));
+}
+
+#[test]
+fn a_database_that_cannot_be_reached_is_a_clear_error_that_never_shows_the_password() {
+    // Nothing listens on port 1; the password must not be echoed back.
+    let url = "postgres://flotilla:hunter2-secret@127.0.0.1:1/flotilla";
+    for args in [
+        &["audit", "verify"][..],
+        &["journal", "export", "--out", "-"],
+    ] {
+        let output = flotilla(Some(url), args);
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("PostgreSQL"), "{stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
+    let garbage = flotilla(Some("postgres://[::1"), &["audit", "verify"]);
+    assert_eq!(garbage.status.code(), Some(2), "{garbage:?}");
+    assert!(String::from_utf8_lossy(&garbage.stderr).contains("does not parse"));
+}
