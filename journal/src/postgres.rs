@@ -3,14 +3,18 @@
 //! ```text
 //! flotilla_events       seq PRIMARY KEY, stream, version, UNIQUE (stream, version), the
 //!                       record's fields, prev_hash and hash: the same chain as on sled
+//! flotilla_head         one row: the last record's seq and hash, written with the records,
+//!                       so a tail cut off behind the journal's back shows (as sled's head key)
 //! flotilla_snapshots    stream PRIMARY KEY → value (as `layout::encode_snapshot`)
 //! flotilla_checkpoints  name PRIMARY KEY → value (as `layout::encode_checkpoint`)
 //! flotilla_migrations   the schema versions applied
 //! ```
 //!
-//! A batch of the writer is one transaction that first takes a transaction-scoped advisory lock
-//! ([`APPEND_LOCK`]), then reads the head and the versions of the streams it appends to, then
-//! inserts its records and commits. So appends from every node are serialised: commit order is
+//! A batch of the writer is one READ COMMITTED transaction with `synchronous_commit` on, whatever
+//! the server's defaults, that first takes a transaction-scoped advisory lock ([`APPEND_LOCK`]),
+//! then reads the head and the versions of the streams it appends to, then inserts its records
+//! and moves the head in one statement, and commits. READ COMMITTED matters: each statement
+//! sees what committed before it, so the reads after the lock see the last holder's batch. So appends from every node are serialised: commit order is
 //! sequence order, and a reader that has seen sequence number n never later finds a smaller one
 //! committing (the gap a `bigserial` would leave). `UNIQUE (stream, version)` is the backstop:
 //! a violation (SQLSTATE 23505) is the same [`Error::Conflict`] sled's writer answers.
@@ -18,9 +22,12 @@
 //! tokio-postgres's connections do their I/O on a small runtime of the journal's own, so they
 //! outlive no caller's runtime (each actix worker has its own); callers wait on the client's
 //! futures, which need no runtime, from whichever thread they are on. A connection that has
-//! closed is opened again at the next use.
+//! closed is opened again at the next use. Connections time out rather than hang: on connecting,
+//! on a silent peer (TCP keepalives and user timeout), and on a transaction left idle by a stuck
+//! node, which would otherwise hold [`APPEND_LOCK`] from every other.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -48,10 +55,16 @@ const MIGRATIONS: &[&str] = &["
         schema integer NOT NULL,
         timestamp_ms bigint NOT NULL,
         payload bytea NOT NULL,
-        prev_hash bytea NOT NULL,
-        hash bytea NOT NULL,
+        prev_hash bytea NOT NULL CHECK (length(prev_hash) = 32),
+        hash bytea NOT NULL CHECK (length(hash) = 32),
         CONSTRAINT flotilla_events_stream_version UNIQUE (stream, version)
     );
+    CREATE TABLE flotilla_head (
+        only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+        seq bigint NOT NULL CHECK (seq >= 0),
+        hash bytea NOT NULL CHECK (length(hash) = 32)
+    );
+    INSERT INTO flotilla_head (seq, hash) VALUES (0, decode(repeat('00', 32), 'hex'));
     CREATE TABLE flotilla_snapshots (stream text PRIMARY KEY, value bytea NOT NULL);
     CREATE TABLE flotilla_checkpoints (name text PRIMARY KEY, value bytea NOT NULL);
 "];
@@ -66,6 +79,7 @@ const PAGE: i64 = 1_000;
 struct Connection {
     client: Client,
     head: Statement,
+    last_seq: Statement,
     version: Statement,
     by_seq: Statement,
     stream_forward: Statement,
@@ -101,9 +115,10 @@ impl Drop for Runtime {
 /// Connects to `url`, migrates the schema, and answers the readers' and the writer's sides.
 pub(crate) fn connect(url: &str, sole_service: bool) -> Result<(PgReads, PgLog)> {
     // The URL may hold a password, so no error repeats it.
-    let config: tokio_postgres::Config = url
+    let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|_| Error::Postgres("the database URL does not parse".into()))?;
+    bounded(&mut config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("journal-postgres")
@@ -131,6 +146,25 @@ pub(crate) fn connect(url: &str, sole_service: bool) -> Result<(PgReads, PgLog)>
         sole_service,
     };
     Ok((reads, log))
+}
+
+/// Bounds how long a connection may hang, where the URL does not say otherwise: connecting,
+/// a peer gone silent, and (on the server) a transaction left idle by a client that stopped.
+fn bounded(config: &mut tokio_postgres::Config) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(30));
+    let options = config.get_options().unwrap_or_default();
+    if !options.contains("idle_in_transaction_session_timeout") {
+        let options = format!("{options} -c idle_in_transaction_session_timeout=30000");
+        config.options(options.trim_start());
+    }
 }
 
 impl Database {
@@ -225,13 +259,18 @@ impl Connection {
             );
             let record = format!("SELECT {COLUMNS} FROM flotilla_events WHERE seq = $1");
             let insert = format!(
-                "INSERT INTO flotilla_events ({COLUMNS})
-                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[],
-                     $5::integer[], $6::bigint[], $7::bytea[], $8::bytea[], $9::bytea[])"
+                "WITH inserted AS (
+                     INSERT INTO flotilla_events ({COLUMNS})
+                     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[],
+                         $5::integer[], $6::bigint[], $7::bytea[], $8::bytea[], $9::bytea[]))
+                 UPDATE flotilla_head SET seq = $10, hash = $11"
             );
             Ok(Connection {
                 head: client
-                    .prepare("SELECT seq, hash FROM flotilla_events ORDER BY seq DESC LIMIT 1")
+                    .prepare("SELECT seq, hash FROM flotilla_head")
+                    .await?,
+                last_seq: client
+                    .prepare("SELECT coalesce(max(seq), 0) FROM flotilla_events")
                     .await?,
                 version: client
                     .prepare(
@@ -282,15 +321,18 @@ impl Connection {
     }
 
     fn head(&self) -> Result<Head> {
-        let row = wait(self.client.query_opt(&self.head, &[]))?;
-        let Some(row) = row else {
-            return Ok(Head::EMPTY);
-        };
+        let row = wait(self.client.query_one(&self.head, &[]))?;
         let seq = unsigned(row.try_get(0)?, 0, "seq")?;
         Ok(Head {
             seq,
-            hash: hash(row.try_get(1)?, seq)?,
+            hash: hash(row.try_get(1)?, 0)?,
         })
+    }
+
+    /// The last stored record's sequence number (0 when there is none).
+    fn last_seq(&self) -> Result<u64> {
+        let row = wait(self.client.query_one(&self.last_seq, &[]))?;
+        unsigned(row.try_get(0)?, 0, "seq")
     }
 
     fn stream_version(&self, stream: &str) -> Result<u64> {
@@ -298,10 +340,13 @@ impl Connection {
         unsigned(row.try_get(0)?, 0, "version")
     }
 
-    fn records(&self, first: u64, last: u64) -> Result<Vec<Record>> {
+    /// The rows `first..=last`, a page of at most [`PAGE`], each read as a record or not.
+    fn rows(&self, first: u64, last: u64) -> Result<Vec<(u64, Result<Record>)>> {
         let (first, last) = (signed(first), signed(last));
         let rows = wait(self.client.query(&self.by_seq, &[&first, &last, &PAGE]))?;
-        rows.iter().map(record).collect()
+        rows.iter()
+            .map(|row| Ok((raw_seq(row)?, record(row))))
+            .collect()
     }
 }
 
@@ -348,8 +393,7 @@ impl Drop for PgLog {
 
 impl Log for PgLog {
     fn stored_head(&mut self) -> Result<(Head, u64)> {
-        let head = self.connection.head()?;
-        Ok((head, head.seq))
+        Ok((self.connection.head()?, self.connection.last_seq()?))
     }
 
     fn begin(&mut self) -> Result<Option<Head>> {
@@ -362,7 +406,7 @@ impl Log for PgLog {
             }
             self.connection = connection;
         }
-        self.execute("BEGIN")?;
+        self.execute("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = on")?;
         self.in_transaction = true;
         let locked = wait(
             self.connection
@@ -385,7 +429,7 @@ impl Log for PgLog {
         self.connection.stream_version(stream)
     }
 
-    fn write(&mut self, records: &[Record], _head: Head) -> Result<()> {
+    fn write(&mut self, records: &[Record], head: Head) -> Result<()> {
         let mut seqs = Vec::with_capacity(records.len());
         let mut versions = Vec::with_capacity(records.len());
         let mut schemas = Vec::with_capacity(records.len());
@@ -401,8 +445,11 @@ impl Log for PgLog {
         let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
         let prevs: Vec<&[u8]> = records.iter().map(|r| r.prev_hash.as_slice()).collect();
         let hashes: Vec<&[u8]> = records.iter().map(|r| r.hash.as_slice()).collect();
-        let params: [&(dyn ToSql + Sync); 9] = [
+        let head_seq = signed(head.seq);
+        let head_hash = head.hash.as_slice();
+        let params: [&(dyn ToSql + Sync); 11] = [
             &seqs, &streams, &versions, &types, &schemas, &times, &payloads, &prevs, &hashes,
+            &head_seq, &head_hash,
         ];
         let inserted = wait(
             self.connection
@@ -414,8 +461,15 @@ impl Log for PgLog {
             return Err(conflict(&error).unwrap_or_else(|| error.into()));
         }
         self.in_transaction = false;
-        // A failed COMMIT keeps nothing: the server rolls the transaction back.
-        self.execute("COMMIT")
+        // A COMMIT the server refused kept nothing; but one whose answer was lost with the
+        // connection may have landed. Either way the appenders are told that they must read the
+        // journal to know, as after a failed flush on sled.
+        self.execute("COMMIT").map_err(|error| {
+            Error::Postgres(format!(
+                "the batch's commit failed, and whether it landed is unknown until the journal \
+                 is read: {error}"
+            ))
+        })
     }
 
     fn abandon(&mut self) {
@@ -431,10 +485,12 @@ impl Log for PgLog {
         let mut read = Vec::new();
         let mut next = first;
         while next <= last {
-            let page = self.connection.records(next, last)?;
-            let Some(end) = page.last() else { break };
-            next = end.seq + 1;
-            read.extend(page);
+            let page = self.connection.rows(next, last)?;
+            let Some((end, _)) = page.last() else { break };
+            next = end + 1;
+            for (_, record) in page {
+                read.push(record?);
+            }
         }
         Ok(read)
     }
@@ -447,16 +503,25 @@ pub(crate) struct PgReads {
 }
 
 impl PgReads {
-    /// The shared connection, opened again if it has closed.
+    /// The shared connection, opened again if it has closed. The new one is opened without
+    /// holding the lock, so a slow connect holds up no reader with a working connection.
     fn connection(&self) -> Result<Arc<Connection>> {
-        let mut connection = self
-            .connection
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if connection.client.is_closed() {
-            *connection = Arc::new(Connection::prepare(self.database.open()?)?);
+        let current = self.shared().clone();
+        if !current.client.is_closed() {
+            return Ok(current);
         }
-        Ok(connection.clone())
+        let fresh = Arc::new(Connection::prepare(self.database.open()?)?);
+        let mut shared = self.shared();
+        if shared.client.is_closed() {
+            *shared = fresh;
+        }
+        Ok(shared.clone())
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Arc<Connection>> {
+        self.connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn table(&self, table: Table) -> Result<(Arc<Connection>, Statement, Statement)> {
@@ -556,24 +621,26 @@ enum Cursor {
     },
 }
 
-/// Records read a page of [`PAGE`] rows at a time, each page from where the last one ended.
+/// Records read a page of [`PAGE`] rows at a time, each page from where the last one ended. A
+/// row that does not read as a record is an error in its place; the rows around it still read.
 struct Pages<'a> {
     reads: &'a PgReads,
     at: Cursor,
-    page: std::vec::IntoIter<Record>,
+    page: std::vec::IntoIter<Result<Record>>,
     done: bool,
 }
 
 impl Pages<'_> {
-    fn fetch(&mut self) -> Result<Vec<Record>> {
+    fn fetch(&mut self) -> Result<Vec<Result<Record>>> {
         let connection = self.reads.connection()?;
-        let page = match &mut self.at {
+        let (page, full) = match &mut self.at {
             Cursor::Seq { next, last } => {
-                let page = connection.records(*next, *last)?;
-                if let Some(end) = page.last() {
-                    *next = end.seq + 1;
+                let rows = connection.rows(*next, *last)?;
+                if let Some((end, _)) = rows.last() {
+                    *next = end + 1;
                 }
-                page
+                let full = rows.len() as i64 == PAGE;
+                (rows.into_iter().map(|(_, record)| record).collect(), full)
             }
             Cursor::Stream {
                 stream,
@@ -591,16 +658,22 @@ impl Pages<'_> {
                         .client
                         .query(statement, &[&stream.as_str(), &low, &high, &PAGE]),
                 )?;
-                let page = rows.iter().map(record).collect::<Result<Vec<_>>>()?;
-                match (page.last(), *back) {
-                    (Some(end), false) => *from = end.version + 1,
-                    (Some(end), true) => *to = end.version - 1,
-                    (None, _) => {}
+                if let Some(end) = rows.last() {
+                    let version = unsigned(end.try_get(2)?, raw_seq(end)?, "version")?;
+                    match *back {
+                        false => *from = version + 1,
+                        // Versions start at 1: below it there is nothing more to read.
+                        true => match version.checked_sub(1) {
+                            Some(below) if below > 0 => *to = below,
+                            _ => self.done = true,
+                        },
+                    }
                 }
-                page
+                let full = rows.len() as i64 == PAGE;
+                (rows.iter().map(record).collect(), full)
             }
         };
-        if (page.len() as i64) < PAGE {
+        if !full {
             self.done = true;
         }
         Ok(page)
@@ -612,7 +685,7 @@ impl Iterator for Pages<'_> {
 
     fn next(&mut self) -> Option<Result<Record>> {
         if let Some(record) = self.page.next() {
-            return Some(Ok(record));
+            return Some(record);
         }
         if self.done {
             return None;
@@ -620,7 +693,7 @@ impl Iterator for Pages<'_> {
         match self.fetch() {
             Ok(page) => {
                 self.page = page.into_iter();
-                self.page.next().map(Ok)
+                self.page.next()
             }
             Err(error) => {
                 self.done = true;
@@ -628,6 +701,11 @@ impl Iterator for Pages<'_> {
             }
         }
     }
+}
+
+/// A row's sequence number, even when the rest of it does not read.
+fn raw_seq(row: &Row) -> Result<u64> {
+    unsigned(row.try_get(0)?, 0, "seq")
 }
 
 /// A row of `flotilla_events` (its columns in [`COLUMNS`]' order) as a record.

@@ -1,5 +1,5 @@
 //! A PostgreSQL for tests: the one `FLOTILLA_TEST_DATABASE_URL` names, or else a throwaway
-//! cluster started on a loopback port in a temporary directory, once per test process, and
+//! cluster started on a Unix socket in a temporary directory, once per test process, and
 //! stopped when that process ends.
 //!
 //! Each caller gets a fresh database of its own ([`fresh_database`]), so tests run in parallel
@@ -8,7 +8,8 @@
 //!
 //! The throwaway cluster is `initdb` and `pg_ctl` from Debian's `postgresql` package (found on
 //! the `PATH` or under `/usr/lib/postgresql/*/bin`), run as the `postgres` user when the tests
-//! run as root, since PostgreSQL refuses to run as root. A shell between this process and the
+//! run as root, since PostgreSQL refuses to run as root. It listens only on a Unix socket in its
+//! own directory. A shell between this process and the
 //! cluster holds the read end of a pipe whose write end only this process holds: when the process
 //! ends, however it ends, the pipe closes and the shell stops the cluster and removes its
 //! directory.
@@ -26,15 +27,16 @@ pub const DATABASE_URL_VAR: &str = "FLOTILLA_TEST_DATABASE_URL";
 /// A running server to create databases in: a URL without its database name, and the throwaway
 /// cluster's watchdog, if it is one (kept for as long as the process lives).
 struct Server {
-    /// `postgres://user@host:port` (or the given URL's part before its database).
+    /// The URL's part before its database: `postgres://user@host:port`, say.
     base: String,
-    /// What follows the database in the given URL (`?sslmode=...`), if anything.
+    /// What follows the database in the URL (`?host=/path/to/socket&...`), if anything.
     query: String,
     _watchdog: Option<Mutex<Child>>,
 }
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
 static DATABASES: AtomicU64 = AtomicU64::new(0);
+static CLUSTERS: AtomicU64 = AtomicU64::new(0);
 
 /// The URL of a new, empty database for the test `test`, or `None` when there is no PostgreSQL
 /// here, after printing why the test skips. Panics instead of skipping under
@@ -86,36 +88,43 @@ fn server() -> Result<Server, String> {
     throwaway()
 }
 
-/// Starts a cluster in a new directory under the system's temporary directory.
+/// Starts a cluster in a new directory under the system's temporary directory. It listens on
+/// a Unix socket in that directory (mode 0700) and on no TCP port, so that no other user of the
+/// host can reach its trusting superuser, and no port can be taken from under it.
 fn throwaway() -> Result<Server, String> {
     let bin = postgres_bin().ok_or_else(|| {
         format!("{DATABASE_URL_VAR} is not set and initdb is not installed (Debian: postgresql)")
     })?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?
-        .port();
-    let dir = std::env::temp_dir().join(format!("flotilla-pg-{}-{port}", std::process::id()));
-    let data = dir.join("data");
-    // Stops and removes the cluster once stdin closes, that is once this process has ended.
+    let dir = std::env::temp_dir().join(format!(
+        "flotilla-pg-{}-{}",
+        std::process::id(),
+        CLUSTERS.fetch_add(1, Ordering::Relaxed)
+    ));
+    // Stops the cluster and removes its directory when the script ends: once stdin closes (this
+    // process has ended, however it ended), or at once if the cluster did not start, after
+    // showing its logs.
     let script = r#"
         set -e
-        bin="$1"; dir="$2"; port="$3"
-        mkdir -p "$dir"
+        bin="$1"; dir="$2"
+        cleanup() {
+            status=$?
+            if [ "$status" -ne 0 ]; then cat "$dir"/*.log >&2 2>/dev/null || true; fi
+            "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+            rm -rf "$dir"
+        }
+        trap cleanup EXIT
+        mkdir -m 700 "$dir"
         "$bin/initdb" -D "$dir/data" -U flotilla -A trust --no-sync >"$dir/initdb.log" 2>&1
         "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -o \
-            "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=200" \
+            "-c listen_addresses= -k $dir -c fsync=off -c max_connections=200" \
             start >/dev/null
         echo ready
         cat >/dev/null || true
-        "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
-        rm -rf "$dir"
     "#;
-    let root = std::env::var("USER").is_ok_and(|u| u == "root")
-        || Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
     let mut command = if root {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--", "sh"]);
@@ -129,7 +138,6 @@ fn throwaway() -> Result<Server, String> {
         .arg("flotilla-pg")
         .arg(&bin)
         .arg(&dir)
-        .arg(port.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -142,18 +150,16 @@ fn throwaway() -> Result<Server, String> {
         .read_line(&mut line)
         .map_err(|e| format!("starting PostgreSQL failed: {e}"))?;
     if line.trim() != "ready" {
-        let _ = child.kill();
-        let log = std::fs::read_to_string(dir.join("server.log"))
-            .or_else(|_| std::fs::read_to_string(dir.join("initdb.log")))
-            .unwrap_or_default();
+        drop(child.stdin.take());
+        let _ = child.wait();
         return Err(format!(
-            "the throwaway PostgreSQL in {} did not start: {log}",
-            data.display()
+            "the throwaway PostgreSQL in {} did not start (its logs are above)",
+            dir.display()
         ));
     }
     Ok(Server {
-        base: format!("postgres://flotilla@127.0.0.1:{port}"),
-        query: String::new(),
+        base: "postgres://".to_owned(),
+        query: format!("?host={}&port=5432&user=flotilla", dir.display()),
         _watchdog: Some(Mutex::new(child)),
     })
 }

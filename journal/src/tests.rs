@@ -1070,3 +1070,87 @@ fn on_postgres_a_second_sole_service_is_refused_until_the_first_lets_go() {
         .append("grp_a", ExpectedVersion::Exact(1), vec![event(2)])
         .unwrap();
 }
+
+#[test]
+fn on_postgres_a_writer_builds_on_what_another_appended_since_its_last_batch() {
+    let name = "on_postgres_a_writer_builds_on_what_another_appended_since_its_last_batch";
+    let Some(url) = testing::fresh_database(name) else {
+        return;
+    };
+    let (a, b) = (
+        Journal::connect(&url, Config::default()).unwrap(),
+        Journal::connect(&url, Config::default()).unwrap(),
+    );
+    // b appends first, so it has seen the stream at version 1 and the head at seq 1...
+    b.append("grp_a", ExpectedVersion::NoStream, vec![event(1)])
+        .unwrap();
+    // ...then a moves both on...
+    a.append("grp_a", ExpectedVersion::Exact(1), vec![event(2)])
+        .unwrap();
+    // ...and b must build on a's record, not on what it saw itself.
+    let appended = b
+        .append("grp_a", ExpectedVersion::Exact(2), vec![event(3)])
+        .unwrap();
+    assert_eq!((appended.first_seq, appended.version), (3, 3));
+    let stale = b.append("grp_a", ExpectedVersion::Exact(2), vec![event(4)]);
+    assert!(
+        matches!(stale, Err(Error::Conflict { actual: 3, .. })),
+        "{stale:?}"
+    );
+    assert_eq!(payloads(&stream(&a, "grp_a", 1)), [1, 2, 3]);
+    assert_eq!(a.verify().unwrap().seq, 3);
+}
+
+#[test]
+fn on_postgres_a_lost_connection_is_opened_again_and_loses_nothing() {
+    let name = "on_postgres_a_lost_connection_is_opened_again_and_loses_nothing";
+    let Some(url) = testing::fresh_database(name) else {
+        return;
+    };
+    let journal = Journal::connect(&url, Config::default()).unwrap();
+    journal
+        .append("grp_a", ExpectedVersion::Any, vec![event(1)])
+        .unwrap();
+    // The server ends every other session on this database: the writer's and the readers'.
+    testing::execute(
+        &url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .unwrap();
+    // The first use of a dead connection may fail with it; the next opens a new one.
+    let append = || journal.append("grp_a", ExpectedVersion::Exact(1), vec![event(2)]);
+    let appended = append().or_else(|_| append()).unwrap();
+    assert_eq!(appended.first_seq, 2);
+    let head = journal.head().or_else(|_| journal.head()).unwrap();
+    assert_eq!(head.seq, 2);
+    assert_eq!(payloads(&stream(&journal, "grp_a", 1)), [1, 2]);
+    journal.verify().unwrap();
+}
+
+#[test]
+fn on_postgres_a_tail_deleted_behind_the_journals_back_is_found_and_refuses_appends() {
+    let name = "on_postgres_a_tail_deleted_behind_the_journals_back_is_found_and_refuses_appends";
+    let Some(url) = testing::fresh_database(name) else {
+        return;
+    };
+    let place = Place::Postgres(url.clone());
+    let journal = place.open();
+    for n in 1..=10 {
+        journal
+            .append("grp_a", ExpectedVersion::Any, vec![event(n)])
+            .unwrap();
+    }
+    testing::execute(&url, "DELETE FROM flotilla_events WHERE seq > 8").unwrap();
+    assert_eq!(
+        first_break(&journal),
+        Break {
+            seq: 9,
+            kind: BreakKind::Truncated { head_seq: 10 }
+        }
+    );
+    drop(journal);
+    let reopened = place.open();
+    let refused = reopened.append("grp_a", ExpectedVersion::Any, vec![event(11)]);
+    assert!(matches!(refused, Err(Error::BrokenChain(_))), "{refused:?}");
+}

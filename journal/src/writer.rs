@@ -173,8 +173,27 @@ impl<L: Log> Writer<L> {
                     Err(_) => break,
                 }
             }
+            // A follower is installed before the batch begins, outside its transaction: its
+            // catch-up holds no lock that other nodes' appends wait on. It is then told this
+            // batch's records like every other, once they are durable.
+            let mut appends = Vec::with_capacity(batch.len());
+            for request in batch.drain(..) {
+                match request {
+                    Request::Follow {
+                        after,
+                        follower,
+                        reply,
+                    } => {
+                        let _ = reply.send(self.follow(after, follower));
+                    }
+                    append => appends.push(append),
+                }
+            }
+            if appends.is_empty() {
+                continue;
+            }
             let mut staged = Vec::new();
-            let pending = self.commit(batch.drain(..), &mut staged);
+            let pending = self.commit(appends.into_iter(), &mut staged);
             if !pending.is_empty() {
                 self.flush_and_answer(pending, staged);
             }
@@ -236,19 +255,9 @@ impl<L: Log> Writer<L> {
                         }
                     }
                 }
-                Request::Follow {
-                    after,
-                    follower,
-                    reply,
-                } => {
-                    // The records already written are told now; this batch's, once flushed.
-                    self.follower = Some((follower, after));
-                    self.follower_failed = false;
-                    let told = self.tell(&[]);
-                    if told.is_err() {
-                        self.follower_fails();
-                    }
-                    let _ = reply.send(told);
+                Request::Follow { reply, .. } => {
+                    // `run` takes followers out of a batch before committing it.
+                    let _ = reply.send(Err(Error::Closed));
                 }
             }
         }
@@ -281,8 +290,8 @@ impl<L: Log> Writer<L> {
         match self.log.flush() {
             Ok(()) => {
                 // Durable, so answered as such even if the follower fails on them.
-                if self.tell(&staged).is_err() {
-                    self.follower_fails();
+                if let Err(error) = self.tell(&staged) {
+                    self.told_failed(&error);
                 }
                 pending.into_iter().for_each(Pending::answer);
             }
@@ -290,6 +299,33 @@ impl<L: Log> Writer<L> {
                 tracing::error!(%error, "journal flush failed; nothing it covered is acknowledged");
                 pending.into_iter().for_each(|p| p.fail(&error));
             }
+        }
+    }
+
+    /// Installs `follower` and tells it the records already written after `after`. Answers the
+    /// last sequence number told.
+    fn follow(&mut self, after: u64, follower: Follower) -> Result<u64> {
+        self.follower = Some((follower, after));
+        self.follower_failed = false;
+        let told = self.tell(&[]);
+        if let Err(error) = &told {
+            self.told_failed(error);
+            // Whoever asked hears the error and has no follower, whatever failed.
+            self.follower = None;
+        }
+        told
+    }
+
+    /// After telling the follower failed: a follower that failed is dropped and stops the
+    /// appends; records that could not be read for it (a lost connection) are read again
+    /// before the next batch's are told, so it misses none, only later.
+    fn told_failed(&mut self, error: &Error) {
+        match error {
+            Error::FollowerFailed => self.follower_fails(),
+            error => tracing::warn!(
+                %error,
+                "records could not be read for the journal's follower; it catches up next batch"
+            ),
         }
     }
 
