@@ -4,7 +4,9 @@
 //! writer and its [`crate::writer::Log`]; both back ends store the same records, chained the same
 //! way, so everything above them (the service, replay, audit) is the same on either.
 
-use crate::{Hash, Head, Record, Result};
+use std::time::Duration;
+
+use crate::{Hash, Head, Lease, Record, Result};
 
 /// The stored records, as an iterator over the back end's pages or cursor.
 pub(crate) type Records<'a> = Box<dyn Iterator<Item = Result<Record>> + Send + 'a>;
@@ -51,6 +53,24 @@ pub(crate) trait Reads: Send + Sync {
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>>;
     /// Makes everything written durable.
     fn flush(&self) -> Result<()>;
+    /// Acquires or renews a lease (see [`crate::Journal::acquire_lease`]). By default, for a
+    /// back end only one process can open, every lease is granted with token 1.
+    fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<Lease>> {
+        Ok(Some(Lease {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            token: 1,
+            remaining: ttl,
+        }))
+    }
+    /// Lets go of a lease (see [`crate::Journal::release_lease`]).
+    fn release_lease(&self, _name: &str, _holder: &str, _token: u64) -> Result<bool> {
+        Ok(true)
+    }
+    /// The leases not yet expired; none where leases are not stored.
+    fn leases(&self) -> Result<Vec<Lease>> {
+        Ok(Vec::new())
+    }
     /// The sled tree holding records, for benches and tampering tests; `None` on PostgreSQL.
     fn raw_tree(&self) -> Option<sled::Tree> {
         None

@@ -53,6 +53,14 @@ pub enum Error {
     /// An import into a journal that already has records; carries its head's sequence number.
     #[error("the target journal is not empty (head at seq {0})")]
     NotEmpty(u64),
+    /// A fenced append whose lease has passed to another holder, or expired.
+    #[error("the lease {lease} is no longer held with token {token}")]
+    Fenced {
+        /// The lease.
+        lease: String,
+        /// The token the append carried.
+        token: u64,
+    },
     /// Another process serves this journal (see `Config::sole_service`).
     #[error("another flotilla serve has this database's journal open")]
     Held,
@@ -117,6 +125,10 @@ impl Error {
             Error::BrokenChain(at) => Error::BrokenChain(at.clone()),
             Error::NotEmpty(seq) => Error::NotEmpty(*seq),
             Error::Held => Error::Held,
+            Error::Fenced { lease, token } => Error::Fenced {
+                lease: lease.clone(),
+                token: *token,
+            },
             Error::Closed => Error::Closed,
             Error::FollowerFailed => Error::FollowerFailed,
             Error::Storage(error) => Error::Storage(error.clone()),

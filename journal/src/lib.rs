@@ -119,6 +119,33 @@ pub struct StreamAppend {
     pub events: Vec<NewEvent>,
 }
 
+/// A node's hold on a named lease (a shard of the groups): appends that carry it are refused
+/// once the lease has passed to another node, or expired ([`Journal::append_all_fenced_async`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Fence {
+    /// The lease's name.
+    pub lease: String,
+    /// The node holding it.
+    pub holder: String,
+    /// The fencing token it was granted with; it grows at each takeover.
+    pub token: u64,
+}
+
+/// A lease as granted ([`Journal::acquire_lease`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The lease's name.
+    pub name: String,
+    /// The node holding it.
+    pub holder: String,
+    /// Its fencing token: the same while one holder renews it, one more at each takeover (and
+    /// at a holder's own return after it expired).
+    pub token: u64,
+    /// How long it had left when granted, by the database's clock; a holder counts it from
+    /// before it asked, so it stops acting before the database lets another take over.
+    pub remaining: std::time::Duration,
+}
+
 /// An object's state saved at a version of its stream, so a rebuild replays only what follows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
@@ -264,12 +291,27 @@ impl Journal {
     /// none is. Answers each part's [`Appended`], in order. For a step that spans objects and
     /// must not be half done after a crash (a webhook's nonce and the execution it leads to).
     pub async fn append_all_async(&self, parts: Vec<StreamAppend>) -> Result<Vec<Appended>> {
+        self.append_all_fenced_async(parts, None).await
+    }
+
+    /// [`Journal::append_all_async`], refused with [`Error::Fenced`] unless `fence`'s lease is
+    /// still held by its holder with its token when the append commits (checked in the same
+    /// transaction on PostgreSQL; on sled, the one process holds every lease).
+    pub async fn append_all_fenced_async(
+        &self,
+        parts: Vec<StreamAppend>,
+        fence: Option<Fence>,
+    ) -> Result<Vec<Appended>> {
         for part in &parts {
             check_name("stream id", &part.stream).map_err(Error::InvalidStream)?;
         }
         let (reply, receiver) = oneshot::channel();
         self.sender()?
-            .send(Request::AppendAll { parts, reply })
+            .send(Request::AppendAll {
+                parts,
+                fence,
+                reply,
+            })
             .await
             .map_err(|_| Error::Closed)?;
         let appended = receiver.await.map_err(|_| Error::Closed)??;
@@ -303,6 +345,52 @@ impl Journal {
             })
             .map_err(|_| Error::Closed)?;
         receiver.blocking_recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Reads what other writers (other nodes on the same database) appended since this one last
+    /// looked, and tells the follower about it, in order. Answers the head it caught up to.
+    /// Blocks: call it from outside an async runtime, or use [`Journal::catch_up_async`]. On
+    /// sled, where this process is the only writer, there is never anything to catch up on.
+    pub fn catch_up(&self) -> Result<Head> {
+        let (reply, receiver) = oneshot::channel();
+        self.sender()?
+            .blocking_send(Request::CatchUp { reply })
+            .map_err(|_| Error::Closed)?;
+        receiver.blocking_recv().map_err(|_| Error::Closed)?
+    }
+
+    /// [`Journal::catch_up`] for async callers.
+    pub async fn catch_up_async(&self) -> Result<Head> {
+        let (reply, receiver) = oneshot::channel();
+        self.sender()?
+            .send(Request::CatchUp { reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        receiver.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Acquires the lease `name` for `holder` for `ttl`, or renews it if `holder` has it: the
+    /// lease with its fencing token, or `None` while another holder's lease has not expired.
+    /// Expiry is by the database's clock, never a node's. On sled, the one process holds every
+    /// lease, with token 1.
+    pub fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>> {
+        self.inner.reads.acquire_lease(name, holder, ttl)
+    }
+
+    /// Lets go of the lease `name` if `holder` still has it with `token`, so that another may
+    /// take it at once; answers whether it did.
+    pub fn release_lease(&self, name: &str, holder: &str, token: u64) -> Result<bool> {
+        self.inner.reads.release_lease(name, holder, token)
+    }
+
+    /// Every lease not yet expired, by name.
+    pub fn leases(&self) -> Result<Vec<Lease>> {
+        self.inner.reads.leases()
     }
 
     /// How many appends were acknowledged since the journal was opened (an import's sealed

@@ -7,6 +7,7 @@
 //!                       so a tail cut off behind the journal's back shows (as sled's head key)
 //! flotilla_snapshots    stream PRIMARY KEY → value (as `layout::encode_snapshot`)
 //! flotilla_checkpoints  name PRIMARY KEY → value (as `layout::encode_checkpoint`)
+//! flotilla_leases       name PRIMARY KEY, holder, expires_at (the database's clock), token
 //! flotilla_migrations   the schema versions applied
 //! ```
 //!
@@ -35,7 +36,7 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use crate::backend::{Reads, Records, Table};
 use crate::writer::Log;
-use crate::{Error, ExpectedVersion, Hash, Head, Record, Result};
+use crate::{Error, ExpectedVersion, Fence, Hash, Head, Lease, Record, Result};
 
 /// The advisory lock every batch of appends holds until it commits.
 pub const APPEND_LOCK: i64 = 0x666c_6f74_696c_6c61; // "flotilla"
@@ -46,7 +47,8 @@ const MIGRATION_LOCK: i64 = APPEND_LOCK + 1;
 const SERVICE_LOCK: i64 = APPEND_LOCK + 2;
 
 /// Schema versions, applied in order, each once, in the transaction that records it.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE flotilla_events (
         seq bigint PRIMARY KEY CHECK (seq > 0),
         stream text NOT NULL,
@@ -67,7 +69,38 @@ const MIGRATIONS: &[&str] = &["
     INSERT INTO flotilla_head (seq, hash) VALUES (0, decode(repeat('00', 32), 'hex'));
     CREATE TABLE flotilla_snapshots (stream text PRIMARY KEY, value bytea NOT NULL);
     CREATE TABLE flotilla_checkpoints (name text PRIMARY KEY, value bytea NOT NULL);
-"];
+",
+    "
+    CREATE TABLE flotilla_leases (
+        name text PRIMARY KEY,
+        holder text NOT NULL,
+        expires_at timestamptz NOT NULL,
+        token bigint NOT NULL CHECK (token > 0)
+    );
+",
+];
+
+/// Acquires or renews a lease ($1 name, $2 holder, $3 milliseconds): a new lease starts at token
+/// 1; a takeover, or a return after expiry, adds one; a renewal keeps it. No row comes back while
+/// another holder's lease has not expired. Expiry is the database's clock (`clock_timestamp()`,
+/// not the transaction's start).
+const ACQUIRE: &str = "
+    INSERT INTO flotilla_leases AS l (name, holder, expires_at, token)
+    VALUES ($1, $2, clock_timestamp() + $3::bigint * interval '1 millisecond', 1)
+    ON CONFLICT (name) DO UPDATE SET
+        holder = EXCLUDED.holder,
+        expires_at = EXCLUDED.expires_at,
+        token = l.token + CASE WHEN l.holder <> EXCLUDED.holder OR l.expires_at <= clock_timestamp()
+                               THEN 1 ELSE 0 END
+    WHERE l.expires_at <= clock_timestamp() OR l.holder = EXCLUDED.holder
+    RETURNING token, (extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint";
+
+/// Whether a fence holds ($1 name, $2 holder, $3 token), locking the lease's row against a
+/// takeover until the batch commits.
+const FENCE: &str = "
+    SELECT 1 FROM flotilla_leases
+    WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > clock_timestamp()
+    FOR SHARE";
 
 const COLUMNS: &str =
     "seq, stream, version, event_type, schema, timestamp_ms, payload, prev_hash, hash";
@@ -481,6 +514,16 @@ impl Log for PgLog {
         Ok(())
     }
 
+    fn fence_holds(&mut self, fence: &Fence) -> Result<bool> {
+        let token = signed(fence.token);
+        let row = wait(
+            self.connection
+                .client
+                .query_opt(FENCE, &[&fence.lease, &fence.holder, &token]),
+        )?;
+        Ok(row.is_some())
+    }
+
     fn read(&mut self, first: u64, last: u64) -> Result<Vec<Record>> {
         let mut read = Vec::new();
         let mut next = first;
@@ -605,6 +648,59 @@ impl Reads for PgReads {
 
     fn flush(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<Lease>> {
+        let connection = self.connection()?;
+        let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let row = wait(
+            connection
+                .client
+                .query_opt(ACQUIRE, &[&name, &holder, &millis]),
+        )?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let remaining: i64 = row.try_get(1)?;
+        Ok(Some(Lease {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            token: unsigned(row.try_get(0)?, 0, "token")?,
+            remaining: Duration::from_millis(remaining.max(0).unsigned_abs()),
+        }))
+    }
+
+    fn release_lease(&self, name: &str, holder: &str, token: u64) -> Result<bool> {
+        let connection = self.connection()?;
+        let token = signed(token);
+        // Expired now, so the next to ask takes it over (with the next token).
+        let released = wait(connection.client.execute(
+            "UPDATE flotilla_leases SET expires_at = clock_timestamp()
+             WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > clock_timestamp()",
+            &[&name, &holder, &token],
+        ))?;
+        Ok(released == 1)
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>> {
+        let connection = self.connection()?;
+        let rows = wait(connection.client.query(
+            "SELECT name, holder, token,
+                    (extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint
+             FROM flotilla_leases WHERE expires_at > clock_timestamp() ORDER BY name",
+            &[],
+        ))?;
+        rows.iter()
+            .map(|row| {
+                let remaining: i64 = row.try_get(3)?;
+                Ok(Lease {
+                    name: row.try_get(0)?,
+                    holder: row.try_get(1)?,
+                    token: unsigned(row.try_get(2)?, 0, "token")?,
+                    remaining: Duration::from_millis(remaining.max(0).unsigned_abs()),
+                })
+            })
+            .collect()
     }
 }
 

@@ -1154,3 +1154,148 @@ fn on_postgres_a_tail_deleted_behind_the_journals_back_is_found_and_refuses_appe
     let refused = reopened.append("grp_a", ExpectedVersion::Any, vec![event(11)]);
     assert!(matches!(refused, Err(Error::BrokenChain(_))), "{refused:?}");
 }
+
+// ---- leases, fences and catching up with other writers ----
+
+/// Moves `name`'s expiry into the past on the database's clock, as time passing would.
+fn expire(url: &str, name: &str) {
+    testing::execute(
+        url,
+        &format!(
+            "UPDATE flotilla_leases SET expires_at = clock_timestamp() - interval '1 second' \
+             WHERE name = '{name}'"
+        ),
+    )
+    .unwrap();
+}
+
+fn fenced(journal: &Journal, stream: &str, lease: &Lease) -> Result<Vec<Appended>> {
+    let fence = Fence {
+        lease: lease.name.clone(),
+        holder: lease.holder.clone(),
+        token: lease.token,
+    };
+    block_on(
+        journal
+            .append_all_fenced_async(vec![part(stream, ExpectedVersion::Any, &[1])], Some(fence)),
+    )
+}
+
+#[test]
+fn on_postgres_a_lease_is_renewed_by_its_holder_and_taken_over_only_once_expired() {
+    let name = "on_postgres_a_lease_is_renewed_by_its_holder_and_taken_over_only_once_expired";
+    let Some(url) = testing::fresh_database(name) else {
+        return;
+    };
+    let journal = Journal::connect(&url, Config::default()).unwrap();
+    let ttl = std::time::Duration::from_secs(10);
+    // Given node-a holds shard-7...
+    let a = journal
+        .acquire_lease("shard-7", "node-a", ttl)
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.token, 1);
+    assert!(a.remaining <= ttl && a.remaining > ttl / 2, "{a:?}");
+    // ...when it renews, the token stays; when node-b asks, it is refused.
+    let renewed = journal
+        .acquire_lease("shard-7", "node-a", ttl)
+        .unwrap()
+        .unwrap();
+    assert_eq!(renewed.token, 1);
+    assert_eq!(
+        journal.acquire_lease("shard-7", "node-b", ttl).unwrap(),
+        None
+    );
+    assert!(fenced(&journal, "grp_1", &a).is_ok());
+
+    // When it expires (by the database's clock), node-b takes it over with the next token...
+    expire(&url, "shard-7");
+    let b = journal
+        .acquire_lease("shard-7", "node-b", ttl)
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.token, 2);
+    // ...node-a can neither renew it nor append under its old token, and nothing of the
+    // refused append is written.
+    assert_eq!(
+        journal.acquire_lease("shard-7", "node-a", ttl).unwrap(),
+        None
+    );
+    let refused = fenced(&journal, "grp_1", &a);
+    assert!(
+        matches!(&refused, Err(Error::Fenced { lease, token: 1 }) if lease == "shard-7"),
+        "{refused:?}"
+    );
+    assert_eq!(journal.stream_version("grp_1").unwrap(), 1);
+    assert!(fenced(&journal, "grp_1", &b).is_ok());
+
+    // A holder that comes back after its own lease expired gets a new token too: anything
+    // still in flight under the old one is refused.
+    expire(&url, "shard-7");
+    let back = journal
+        .acquire_lease("shard-7", "node-b", ttl)
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.token, 3);
+    assert!(matches!(
+        fenced(&journal, "grp_1", &b),
+        Err(Error::Fenced { .. })
+    ));
+
+    // A release lets the next holder in at once.
+    assert!(journal.release_lease("shard-7", "node-b", 3).unwrap());
+    assert!(journal.leases().unwrap().is_empty());
+    let c = journal
+        .acquire_lease("shard-7", "node-c", ttl)
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.token, 4);
+    let leases = journal.leases().unwrap();
+    let names: Vec<_> = leases
+        .iter()
+        .map(|l| (&l.name[..], &l.holder[..], l.token))
+        .collect();
+    assert_eq!(names, [("shard-7", "node-c", 4)]);
+    journal.verify().unwrap();
+}
+
+#[test]
+fn on_sled_the_one_process_holds_every_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let ttl = std::time::Duration::from_secs(10);
+    let lease = journal
+        .acquire_lease("shard-1", "node-a", ttl)
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.token, 1);
+    assert!(fenced(&journal, "grp_1", &lease).is_ok());
+}
+
+#[test]
+fn on_postgres_a_journal_catches_up_with_what_another_node_appended() {
+    let name = "on_postgres_a_journal_catches_up_with_what_another_node_appended";
+    let Some(url) = testing::fresh_database(name) else {
+        return;
+    };
+    let (a, b) = (
+        Journal::connect(&url, Config::default()).unwrap(),
+        Journal::connect(&url, Config::default()).unwrap(),
+    );
+    let (told, follower) = recording();
+    a.follow(0, follower).unwrap();
+    a.append("grp_a", ExpectedVersion::Any, vec![event(1)])
+        .unwrap();
+    b.append("grp_b", ExpectedVersion::Any, vec![event(2), event(3)])
+        .unwrap();
+    assert_eq!(*told.lock().unwrap(), [1], "not told before it looks");
+    assert_eq!(a.catch_up().unwrap().seq, 3);
+    assert_eq!(*told.lock().unwrap(), [1, 2, 3]);
+    assert_eq!(a.catch_up().unwrap().seq, 3);
+    // Another node's records are also told before a's next batch's own.
+    b.append("grp_b", ExpectedVersion::Any, vec![event(4)])
+        .unwrap();
+    a.append("grp_a", ExpectedVersion::Exact(1), vec![event(5)])
+        .unwrap();
+    assert_eq!(*told.lock().unwrap(), [1, 2, 3, 4, 5]);
+}

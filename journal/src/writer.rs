@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::record::Record;
 use crate::verify::{Break, BreakKind};
-use crate::{Appended, Error, ExpectedVersion, Head, NewEvent, Result, StreamAppend};
+use crate::{Appended, Error, ExpectedVersion, Fence, Head, NewEvent, Result, StreamAppend};
 
 pub(crate) enum Request {
     Append {
@@ -36,7 +36,13 @@ pub(crate) enum Request {
     /// Appends to several streams, all of them or none (see [`crate::Journal::append_all_async`]).
     AppendAll {
         parts: Vec<StreamAppend>,
+        fence: Option<Fence>,
         reply: oneshot::Sender<Result<Vec<Appended>>>,
+    },
+    /// Reads what other writers appended and tells the follower (see
+    /// [`crate::Journal::catch_up`]).
+    CatchUp {
+        reply: oneshot::Sender<Result<Head>>,
     },
     /// Records sealed elsewhere (an import), to be stored exactly as they are.
     Sealed {
@@ -76,6 +82,11 @@ pub(crate) trait Log: Send + 'static {
     fn flush(&mut self) -> Result<()>;
     /// The stored records `first..=last`, in order.
     fn read(&mut self, first: u64, last: u64) -> Result<Vec<Record>>;
+    /// Whether `fence`'s lease is still held with its token, as of now in the batch (and
+    /// until it commits). A log only one process can write to holds every lease.
+    fn fence_holds(&mut self, _fence: &Fence) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 pub(crate) struct Writer<L: Log> {
@@ -87,6 +98,8 @@ pub(crate) struct Writer<L: Log> {
     versions: HashMap<String, u64>,
     /// Set for a batch the log could not begin: its appends are refused with this.
     unavailable: Option<Error>,
+    /// The fences checked in this batch, and whether they held.
+    fences: HashMap<Fence, bool>,
     /// Set when the stored records end elsewhere than the head: appending would build on a
     /// broken chain, so every append is refused until the journal is repaired.
     broken: Option<Break>,
@@ -130,6 +143,7 @@ impl<L: Log> Writer<L> {
             head: Head::EMPTY,
             versions: HashMap::new(),
             unavailable: None,
+            fences: HashMap::new(),
             broken: None,
             follower: None,
             follower_failed: false,
@@ -186,6 +200,9 @@ impl<L: Log> Writer<L> {
                     } => {
                         let _ = reply.send(self.follow(after, follower));
                     }
+                    Request::CatchUp { reply } => {
+                        let _ = reply.send(self.catch_up());
+                    }
                     append => appends.push(append),
                 }
             }
@@ -212,6 +229,7 @@ impl<L: Log> Writer<L> {
         staged: &mut Vec<Record>,
     ) -> Vec<Pending> {
         self.unavailable = None;
+        self.fences.clear();
         match self.log.begin() {
             Ok(None) => {}
             Ok(Some(head)) => {
@@ -239,14 +257,16 @@ impl<L: Log> Writer<L> {
                         let _ = reply.send(Err(error));
                     }
                 },
-                Request::AppendAll { parts, reply } => {
-                    match self.stage_all(parts, &mut head, staged) {
-                        Ok(appended) => pending.push(Pending::AppendAll(reply, appended)),
-                        Err(error) => {
-                            let _ = reply.send(Err(error));
-                        }
+                Request::AppendAll {
+                    parts,
+                    fence,
+                    reply,
+                } => match self.stage_all(parts, fence.as_ref(), &mut head, staged) {
+                    Ok(appended) => pending.push(Pending::AppendAll(reply, appended)),
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
                     }
-                }
+                },
                 Request::Sealed { records, reply } => {
                     match self.stage_sealed(records, &mut head, staged) {
                         Ok(()) => pending.push(Pending::Sealed(reply, head)),
@@ -255,8 +275,11 @@ impl<L: Log> Writer<L> {
                         }
                     }
                 }
+                // `run` takes these out of a batch before committing it.
                 Request::Follow { reply, .. } => {
-                    // `run` takes followers out of a batch before committing it.
+                    let _ = reply.send(Err(Error::Closed));
+                }
+                Request::CatchUp { reply } => {
                     let _ = reply.send(Err(Error::Closed));
                 }
             }
@@ -300,6 +323,21 @@ impl<L: Log> Writer<L> {
                 pending.into_iter().for_each(|p| p.fail(&error));
             }
         }
+    }
+
+    /// Moves the head to the stored one if another writer moved it, and tells the follower
+    /// what it appended.
+    fn catch_up(&mut self) -> Result<Head> {
+        let (stored, _) = self.log.stored_head()?;
+        if stored.seq > self.head.seq {
+            self.head = stored;
+            self.versions.clear();
+        }
+        if let Err(error) = self.tell(&[]) {
+            self.told_failed(&error);
+            return Err(error);
+        }
+        Ok(self.head)
     }
 
     /// Installs `follower` and tells it the records already written after `after`. Answers the
@@ -397,10 +435,27 @@ impl<L: Log> Writer<L> {
     fn stage_all(
         &mut self,
         parts: Vec<StreamAppend>,
+        fence: Option<&Fence>,
         head: &mut Head,
         staged: &mut Vec<Record>,
     ) -> Result<Vec<Appended>> {
         self.writable()?;
+        if let Some(fence) = fence {
+            let holds = match self.fences.get(fence) {
+                Some(holds) => *holds,
+                None => {
+                    let holds = self.log.fence_holds(fence)?;
+                    self.fences.insert(fence.clone(), holds);
+                    holds
+                }
+            };
+            if !holds {
+                return Err(Error::Fenced {
+                    lease: fence.lease.clone(),
+                    token: fence.token,
+                });
+            }
+        }
         let mut after: HashMap<String, u64> = HashMap::new();
         for part in &parts {
             let actual = match after.get(&part.stream) {
