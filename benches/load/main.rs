@@ -29,7 +29,11 @@
 //! `LOAD_GROUPS` (1000), `LOAD_RECOVERY_EVENTS` (comma-separated, default 1000000),
 //! `LOAD_RESIDENT_OBJECTS` (100000 of each kind; 0 skips it), `LOAD_SIZES` (comma-separated
 //! servers per group, default 0,1000,5000; empty skips it), `LOAD_BASICS` (0 skips the
-//! webhook, ingestion and remote write scenarios).
+//! webhook, ingestion and remote write scenarios), `LOAD_POSTGRES` (0 skips the webhooks on
+//! PostgreSQL).
+//!
+//! - webhooks on PostgreSQL: the webhook scenario with the journal in PostgreSQL (one node; a
+//!   throwaway cluster on a Unix socket, writes synced to disk), beside the same on sled.
 //!
 //! The load generator is a small HTTP/1.1 keep-alive client over `TcpStream`, one thread per
 //! connection, with requests signed before the clock starts: on a 2-core machine the client
@@ -84,9 +88,18 @@ impl Drop for Bare {
 /// The service on `data_dir` (no rate limits), started as the tests start it, in real time;
 /// answers it once ready, and how long that took.
 fn start_flotilla(data_dir: &std::path::Path) -> (Running, Duration) {
+    start_flotilla_on(data_dir, None)
+}
+
+/// [`start_flotilla`], with the journal in the PostgreSQL database at `database_url` if given.
+fn start_flotilla_on(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+) -> (Running, Duration) {
     let settings = Settings {
         listen: "127.0.0.1:0".into(),
         data_dir: data_dir.to_owned(),
+        database_url: database_url.map(|url| url.parse().expect("any text parses")),
         webhook_rate_limit: 0,
         source_rate_limit: 0,
         ..Settings::default()
@@ -1070,6 +1083,59 @@ fn main() {
             "webhook statuses {:?}, ingestion statuses {:?}",
             hooks.statuses, ingest.statuses
         );
+    }
+    // Webhooks with the journal in PostgreSQL, one node, beside the same on sled in the same
+    // run: a local cluster started for the run that syncs its commits like a production one.
+    if env("LOAD_POSTGRES", 1) > 0 {
+        match flotilla_journal::testing::durable_database("load") {
+            None => eprintln!("no PostgreSQL here: skipping the PostgreSQL rows"),
+            Some(url) => {
+                let per_connection = 20_000;
+                let mut runs = Vec::new();
+                for database_url in [None, Some(url.as_str())] {
+                    let dir = tempfile::tempdir().unwrap();
+                    let (service, _) = start_flotilla_on(&dir.path().join("data"), database_url);
+                    eprintln!(
+                        "webhooks on {}: setting up {groups} groups...",
+                        if database_url.is_some() {
+                            "PostgreSQL"
+                        } else {
+                            "sled"
+                        }
+                    );
+                    let fleet = fleet(&service, groups);
+                    let requests =
+                        webhook_requests(service.addr, &fleet, connections, per_connection);
+                    let pick: Requests =
+                        Arc::new(move |c, i| requests[c][i % per_connection].clone());
+                    runs.push(drive(service.addr, connections, seconds, pick));
+                }
+                let (sled, postgres) = (&runs[0], &runs[1]);
+                rows.push((
+                    "webhooks/s, PostgreSQL, 1 node".into(),
+                    format!("{:.0}", postgres.per_second()),
+                    format!("{:.0} (the same on sled)", sled.per_second()),
+                    ratio(postgres.per_second(), sled.per_second()),
+                ));
+                rows.push((
+                    "webhook p50 / p99, PostgreSQL, 1 node".into(),
+                    format!(
+                        "{:.2} / {:.2} ms",
+                        postgres.p50_us as f64 / 1e3,
+                        postgres.p99_us as f64 / 1e3
+                    ),
+                    format!(
+                        "{:.2} / {:.2} ms (sled)",
+                        sled.p50_us as f64 / 1e3,
+                        sled.p99_us as f64 / 1e3
+                    ),
+                    ratio(postgres.p99_us as f64, sled.p99_us as f64),
+                ));
+                report.insert("postgres".into(), json!({"per_second": postgres.per_second(), "p50_us": postgres.p50_us, "p99_us": postgres.p99_us,
+                    "statuses": format!("{:?}", postgres.statuses), "sled_per_second": sled.per_second(), "sled_p99_us": sled.p99_us,
+                    "sled_statuses": format!("{:?}", sled.statuses)}));
+            }
+        }
     }
     let sizes: String = env("LOAD_SIZES", "0,1000,5000".to_owned());
     let mut by_size = Vec::new();

@@ -15,7 +15,9 @@
 //! the server's defaults, that first takes a transaction-scoped advisory lock ([`APPEND_LOCK`]),
 //! then reads the head and the versions of the streams it appends to, then inserts its records
 //! and moves the head in one statement, and commits. READ COMMITTED matters: each statement
-//! sees what committed before it, so the reads after the lock see the last holder's batch. So appends from every node are serialised: commit order is
+//! sees what committed before it, so the reads after the lock see the last holder's batch.
+//! The statements are pipelined (sent together, run in order): a batch costs three round trips,
+//! begin-lock-head, the versions of all its streams, insert-commit. So appends from every node are serialised: commit order is
 //! sequence order, and a reader that has seen sequence number n never later finds a smaller one
 //! committing (the gap a `bigserial` would leave). `UNIQUE (stream, version)` is the backstop:
 //! a violation (SQLSTATE 23505) is the same [`Error::Conflict`] sled's writer answers.
@@ -111,8 +113,10 @@ const PAGE: i64 = 1_000;
 /// One connection and its prepared statements.
 struct Connection {
     client: Client,
+    lock: Statement,
     head: Statement,
     last_seq: Statement,
+    versions: Statement,
     version: Statement,
     by_seq: Statement,
     stream_forward: Statement,
@@ -299,11 +303,21 @@ impl Connection {
                  UPDATE flotilla_head SET seq = $10, hash = $11"
             );
             Ok(Connection {
+                lock: client.prepare("SELECT pg_advisory_xact_lock($1)").await?,
                 head: client
                     .prepare("SELECT seq, hash FROM flotilla_head")
                     .await?,
                 last_seq: client
                     .prepare("SELECT coalesce(max(seq), 0) FROM flotilla_events")
+                    .await?,
+                versions: client
+                    .prepare(
+                        // One index probe per stream (a plain `stream = ANY($1)` may be
+                        // planned as a scan of the whole table).
+                        "SELECT s.stream, coalesce((SELECT max(version) FROM flotilla_events e
+                                                    WHERE e.stream = s.stream), 0)
+                         FROM unnest($1::text[]) AS s(stream)",
+                    )
                     .await?,
                 version: client
                     .prepare(
@@ -354,12 +368,7 @@ impl Connection {
     }
 
     fn head(&self) -> Result<Head> {
-        let row = wait(self.client.query_one(&self.head, &[]))?;
-        let seq = unsigned(row.try_get(0)?, 0, "seq")?;
-        Ok(Head {
-            seq,
-            hash: hash(row.try_get(1)?, 0)?,
-        })
+        head_of(&wait(self.client.query_one(&self.head, &[]))?)
     }
 
     /// The last stored record's sequence number (0 when there is none).
@@ -439,23 +448,46 @@ impl Log for PgLog {
             }
             self.connection = connection;
         }
-        self.execute("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = on")?;
-        self.in_transaction = true;
-        let locked = wait(
+        // Pipelined, so each must go out at its first poll, in this order: a statement not
+        // prepared yet would wait for its preparation and let the head be read before the lock
+        // is held.
+        let connection = &self.connection;
+        let (began, locked, head) = wait(async {
+            futures_util::join!(
+                connection.client.batch_execute(
+                    "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = on"
+                ),
+                connection.client.execute(&connection.lock, &[&APPEND_LOCK]),
+                connection.client.query_one(&connection.head, &[]),
+            )
+        });
+        self.in_transaction = began.is_ok();
+        let head = began
+            .and(locked)
+            .and(head)
+            .map_err(Error::from)
+            .and_then(|row| head_of(&row));
+        if head.is_err() {
+            self.roll_back();
+        }
+        head.map(Some)
+    }
+
+    fn stream_versions(&mut self, streams: &[&str]) -> Result<Vec<u64>> {
+        let rows = wait(
             self.connection
                 .client
-                .execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]),
-        );
-        match locked
-            .map_err(Error::from)
-            .and_then(|_| self.connection.head())
-        {
-            Ok(head) => Ok(Some(head)),
-            Err(error) => {
-                self.roll_back();
-                Err(error)
-            }
+                .query(&self.connection.versions, &[&streams]),
+        )?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let stream: &str = row.try_get(0)?;
+            found.insert(stream, unsigned(row.try_get(1)?, 0, "version")?);
         }
+        Ok(streams
+            .iter()
+            .map(|stream| found.get(stream).copied().unwrap_or(0))
+            .collect())
     }
 
     fn stream_version(&mut self, stream: &str) -> Result<u64> {
@@ -484,20 +516,23 @@ impl Log for PgLog {
             &seqs, &streams, &versions, &types, &schemas, &times, &payloads, &prevs, &hashes,
             &head_seq, &head_hash,
         ];
-        let inserted = wait(
-            self.connection
-                .client
-                .execute(&self.connection.insert, &params),
-        );
+        // Sent together: a COMMIT after a failed insert ends the aborted transaction, keeping
+        // nothing.
+        let connection = &self.connection;
+        let (inserted, committed) = wait(async {
+            futures_util::join!(
+                connection.client.execute(&connection.insert, &params),
+                connection.client.batch_execute("COMMIT"),
+            )
+        });
+        self.in_transaction = false;
         if let Err(error) = inserted {
-            self.roll_back();
             return Err(conflict(&error).unwrap_or_else(|| error.into()));
         }
-        self.in_transaction = false;
         // A COMMIT the server refused kept nothing; but one whose answer was lost with the
         // connection may have landed. Either way the appenders are told that they must read the
         // journal to know, as after a failed flush on sled.
-        self.execute("COMMIT").map_err(|error| {
+        committed.map_err(|error| {
             Error::Postgres(format!(
                 "the batch's commit failed, and whether it landed is unknown until the journal \
                  is read: {error}"
@@ -797,6 +832,14 @@ impl Iterator for Pages<'_> {
             }
         }
     }
+}
+
+/// The head row.
+fn head_of(row: &Row) -> Result<Head> {
+    Ok(Head {
+        seq: unsigned(row.try_get(0)?, 0, "seq")?,
+        hash: hash(row.try_get(1)?, 0)?,
+    })
 }
 
 /// A row's sequence number, even when the rest of it does not read.

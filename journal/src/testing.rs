@@ -35,6 +35,7 @@ struct Server {
 }
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+static DURABLE: OnceLock<Result<Server, String>> = OnceLock::new();
 static DATABASES: AtomicU64 = AtomicU64::new(0);
 static CLUSTERS: AtomicU64 = AtomicU64::new(0);
 
@@ -42,7 +43,17 @@ static CLUSTERS: AtomicU64 = AtomicU64::new(0);
 /// here, after printing why the test skips. Panics instead of skipping under
 /// `FLOTILLA_REQUIRE_EXTERNAL=1`, and when PostgreSQL is there but fails.
 pub fn fresh_database(test: &str) -> Option<String> {
-    let server = match SERVER.get_or_init(server) {
+    fresh_in(&SERVER, false, test)
+}
+
+/// [`fresh_database`] on a cluster that syncs its writes to disk like a production one (the
+/// throwaway cluster of [`fresh_database`] skips `fsync`, for speed): for benchmarks.
+pub fn durable_database(test: &str) -> Option<String> {
+    fresh_in(&DURABLE, true, test)
+}
+
+fn fresh_in(cell: &OnceLock<Result<Server, String>>, durable: bool, test: &str) -> Option<String> {
+    let server = match cell.get_or_init(|| server(durable)) {
         Ok(server) => server,
         Err(why) => {
             let required = std::env::var("FLOTILLA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1");
@@ -66,7 +77,7 @@ pub fn fresh_database(test: &str) -> Option<String> {
 }
 
 /// The server from the environment, or a throwaway cluster; says why there is none.
-fn server() -> Result<Server, String> {
+fn server(durable: bool) -> Result<Server, String> {
     if let Ok(url) = std::env::var(DATABASE_URL_VAR) {
         let (url, query) = match url.split_once('?') {
             Some((url, query)) => (url.to_owned(), format!("?{query}")),
@@ -85,13 +96,13 @@ fn server() -> Result<Server, String> {
             _watchdog: None,
         });
     }
-    throwaway()
+    throwaway(durable)
 }
 
 /// Starts a cluster in a new directory under the system's temporary directory. It listens on
 /// a Unix socket in that directory (mode 0700) and on no TCP port, so that no other user of the
 /// host can reach its trusting superuser, and no port can be taken from under it.
-fn throwaway() -> Result<Server, String> {
+fn throwaway(durable: bool) -> Result<Server, String> {
     let bin = postgres_bin().ok_or_else(|| {
         format!("{DATABASE_URL_VAR} is not set and initdb is not installed (Debian: postgresql)")
     })?;
@@ -105,7 +116,7 @@ fn throwaway() -> Result<Server, String> {
     // showing its logs.
     let script = r#"
         set -e
-        bin="$1"; dir="$2"
+        bin="$1"; dir="$2"; fsync="$3"
         cleanup() {
             status=$?
             if [ "$status" -ne 0 ]; then cat "$dir"/*.log >&2 2>/dev/null || true; fi
@@ -116,7 +127,7 @@ fn throwaway() -> Result<Server, String> {
         mkdir -m 700 "$dir"
         "$bin/initdb" -D "$dir/data" -U flotilla -A trust --no-sync >"$dir/initdb.log" 2>&1
         "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -o \
-            "-c listen_addresses= -k $dir -c fsync=off -c max_connections=200" \
+            "-c listen_addresses= -k $dir -c fsync=$fsync -c max_connections=200" \
             start >/dev/null
         echo ready
         cat >/dev/null || true
@@ -138,6 +149,7 @@ fn throwaway() -> Result<Server, String> {
         .arg("flotilla-pg")
         .arg(&bin)
         .arg(&dir)
+        .arg(if durable { "on" } else { "off" })
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

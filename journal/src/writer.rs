@@ -73,6 +73,11 @@ pub(crate) trait Log: Send + 'static {
     fn begin(&mut self) -> Result<Option<Head>>;
     /// The version of `stream`'s last record, as stored (0 when it has none).
     fn stream_version(&mut self, stream: &str) -> Result<u64>;
+    /// [`Log::stream_version`] of each of `streams`, in order: a log where a read is a round
+    /// trip answers them all in one.
+    fn stream_versions(&mut self, streams: &[&str]) -> Result<Vec<u64>> {
+        streams.iter().map(|s| self.stream_version(s)).collect()
+    }
     /// Writes `records`, consecutive after the stored head, and `head`, the last of them: all or
     /// nothing. A failed write leaves nothing of them stored.
     fn write(&mut self, records: &[Record], head: Head) -> Result<()>;
@@ -210,7 +215,7 @@ impl<L: Log> Writer<L> {
                 continue;
             }
             let mut staged = Vec::new();
-            let pending = self.commit(appends.into_iter(), &mut staged);
+            let pending = self.commit(appends, &mut staged);
             if !pending.is_empty() {
                 self.flush_and_answer(pending, staged);
             }
@@ -223,11 +228,7 @@ impl<L: Log> Writer<L> {
     /// Stages and writes one batch. Answers its failed requests, and returns the others, still
     /// to be flushed and answered.
     /// The records written are left in `staged`, for the follower.
-    fn commit(
-        &mut self,
-        requests: impl Iterator<Item = Request>,
-        staged: &mut Vec<Record>,
-    ) -> Vec<Pending> {
+    fn commit(&mut self, requests: Vec<Request>, staged: &mut Vec<Record>) -> Vec<Pending> {
         self.unavailable = None;
         self.fences.clear();
         match self.log.begin() {
@@ -239,6 +240,13 @@ impl<L: Log> Writer<L> {
             }
             Err(error) => {
                 tracing::error!(%error, "journal batch could not begin; its appends are refused");
+                self.unavailable = Some(error);
+            }
+        }
+        if self.unavailable.is_none() {
+            if let Err(error) = self.learn_versions(&requests) {
+                tracing::error!(%error, "journal batch could not read its streams' versions");
+                self.log.abandon();
                 self.unavailable = Some(error);
             }
         }
@@ -533,6 +541,34 @@ impl<L: Log> Writer<L> {
         }
         if self.follower_failed {
             return Err(Error::FollowerFailed);
+        }
+        Ok(())
+    }
+
+    /// Reads the versions of the streams `requests` append to that are not known yet, at once.
+    fn learn_versions(&mut self, requests: &[Request]) -> Result<()> {
+        let mut unknown: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut note = |stream: &'_ str| {
+            if !self.versions.contains_key(stream) && seen.insert(stream.to_owned()) {
+                unknown.push(stream.to_owned());
+            }
+        };
+        for request in requests {
+            match request {
+                Request::Append { stream, .. } => note(stream),
+                Request::AppendAll { parts, .. } => parts.iter().for_each(|p| note(&p.stream)),
+                Request::Sealed { records, .. } => records.iter().for_each(|r| note(&r.stream)),
+                Request::Follow { .. } | Request::CatchUp { .. } => {}
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
+        let versions = self.log.stream_versions(&names)?;
+        for (stream, version) in unknown.into_iter().zip(versions) {
+            self.versions.insert(stream, version);
         }
         Ok(())
     }
