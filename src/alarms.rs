@@ -913,6 +913,8 @@ fn follow(
 pub struct Evaluator {
     table: Arc<AlarmTable>,
     supervisor: Supervisor,
+    /// Which groups this node evaluates alarms and policies for.
+    ownership: Arc<crate::cluster::Ownership>,
     prometheus: Option<Arc<crate::promql::Prometheus>>,
 }
 
@@ -922,8 +924,16 @@ impl Evaluator {
         Evaluator {
             table,
             supervisor,
+            ownership: Arc::new(crate::cluster::Ownership::sole("local")),
             prometheus: None,
         }
+    }
+
+    /// Evaluates only the alarms and policies of the groups `ownership` says this node acts
+    /// for.
+    pub fn with_ownership(mut self, ownership: Arc<crate::cluster::Ownership>) -> Evaluator {
+        self.ownership = ownership;
+        self
     }
 
     /// The evaluator, reading queries from `prometheus` (SPEC 5.2).
@@ -975,7 +985,12 @@ impl Evaluator {
     pub async fn tick(&self, now: Timestamp) -> usize {
         self.complete().await;
         self.query(now).await;
-        let (evaluated, work) = self.table.due(now);
+        let (evaluated, mut work) = self.table.due(now);
+        // Another node evaluates the rest (their periods pass here unused).
+        work.retain(|due| {
+            self.ownership
+                .acts_for(due.definition.group_id.as_str(), now)
+        });
         for Due {
             id,
             definition,
@@ -996,7 +1011,8 @@ impl Evaluator {
                 self.repeat(&id, &definition, &reason, breach).await;
             }
         }
-        let (due, groups) = self.table.due_tracking(now);
+        let (due, mut groups) = self.table.due_tracking(now);
+        groups.retain(|(group, _)| self.ownership.acts_for(group.as_str(), now));
         self.track(groups, now).await;
         self.table.prune(now);
         evaluated + due

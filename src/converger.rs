@@ -62,6 +62,8 @@ pub struct Converger {
     deletions: Arc<Deletions>,
     /// Per group, the active server its last pass's sweep reached (see [`Sweep`]).
     sweeps: Mutex<HashMap<GroupId, String>>,
+    /// Which groups this node converges.
+    ownership: Arc<crate::cluster::Ownership>,
 }
 
 /// The most active servers of one group a pass asks the provider about: a group of 5,000 is
@@ -210,7 +212,14 @@ impl Converger {
             quiet,
             deletions: Arc::default(),
             sweeps: Mutex::default(),
+            ownership: Arc::new(crate::cluster::Ownership::sole("local")),
         }
+    }
+
+    /// Converges only the groups `ownership` says this node acts for.
+    pub fn with_ownership(mut self, ownership: Arc<crate::cluster::Ownership>) -> Converger {
+        self.ownership = ownership;
+        self
     }
 
     fn sweeps(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, String>> {
@@ -530,9 +539,12 @@ impl Converger {
                     continue;
                 }
                 let due: Vec<GroupId> = {
+                    let now = self.supervisor.clock().now();
                     let quiet = self.quiet();
                     let mut groups = self.index.all_groups();
-                    groups.retain(|id| !quiet.idle.contains(id));
+                    groups.retain(|id| {
+                        !quiet.idle.contains(id) && self.ownership.acts_for(id.as_str(), now)
+                    });
                     groups
                 };
                 for id in due {

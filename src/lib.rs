@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `cli`: the `flotilla` command line (clap), one function per subcommand.
+//! - `cluster`: which groups this node acts for: shards, leases and the rules for asking.
 //! - `audit`: `audit verify` and `audit log` over a journal or an export.
 //! - `settings`: `serve`'s settings from flags, environment and a TOML file.
 //! - `service`: starting the service: journal, operator token, supervisor, HTTP, readiness.
@@ -30,6 +31,7 @@ pub mod alarms;
 pub mod api;
 pub mod audit;
 pub mod cli;
+pub mod cluster;
 pub mod converger;
 pub mod index;
 pub mod intake;

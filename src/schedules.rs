@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::scheduled::{self, Scheduled, ScheduledEvent};
-use flotilla_actors::domain::{Rejection, ScheduleId};
+use flotilla_actors::domain::{GroupId, Rejection, ScheduleId};
 use flotilla_actors::error::Error as ActorError;
 use flotilla_actors::supervisor::Supervisor;
 
+use crate::cluster::Ownership;
 use crate::service::Readiness;
 use crate::ticks::Ticker;
 
@@ -59,10 +60,16 @@ impl ScheduleTable {
         }
     }
 
-    /// The occurrences due at `now`: each action's latest not yet run, in id order.
-    pub fn due(&self, now: Timestamp) -> Vec<(ScheduleId, Timestamp)> {
+    /// The occurrences due at `now` of the actions on groups `acts_for` selects: each action's
+    /// latest not yet run, in id order.
+    pub fn due(
+        &self,
+        now: Timestamp,
+        acts_for: impl Fn(&GroupId) -> bool,
+    ) -> Vec<(ScheduleId, Timestamp)> {
         let mut due: Vec<(ScheduleId, Timestamp)> = lock(&self.schedules)
             .values()
+            .filter(|s| acts_for(&s.group_id))
             .filter_map(|s| Some((s.id.clone(), s.due(now)?)))
             .collect();
         due.sort();
@@ -84,6 +91,8 @@ impl ScheduleTable {
 pub struct Scheduler {
     table: Arc<ScheduleTable>,
     supervisor: Supervisor,
+    /// Which groups this node runs schedules for.
+    ownership: Arc<Ownership>,
     /// Occurrences that cannot run (their group is gone): not tried again.
     given_up: Mutex<HashMap<ScheduleId, Timestamp>>,
 }
@@ -94,14 +103,22 @@ impl Scheduler {
         Scheduler {
             table,
             supervisor,
+            ownership: Arc::new(Ownership::sole("local")),
             given_up: Mutex::default(),
         }
+    }
+
+    /// Runs only the schedules of the groups `ownership` says this node acts for.
+    pub fn with_ownership(mut self, ownership: Arc<Ownership>) -> Scheduler {
+        self.ownership = ownership;
+        self
     }
 
     /// Runs every occurrence due at `now`; answers how many ran.
     pub async fn tick(&self, now: Timestamp) -> usize {
         let mut ran = 0;
-        for (id, occurrence) in self.table.due(now) {
+        let acts_for = |group: &GroupId| self.ownership.acts_for(group.as_str(), now);
+        for (id, occurrence) in self.table.due(now, acts_for) {
             if lock(&self.given_up).get(&id) == Some(&occurrence) {
                 continue;
             }

@@ -1,6 +1,7 @@
 //! Starting the service: the journal, the operator token, the supervisor, the HTTP server, and
 //! the projector's catching up on the journal (after which the service is ready).
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -15,6 +16,7 @@ use flotilla_journal::Journal;
 
 use crate::alarms::{AlarmTable, Evaluator};
 use crate::api::{self, AppState};
+use crate::cluster::{self, Held, LeaseCounts, Ownership, LEASE_TTL};
 use crate::converger::{Converger, Quiet};
 use crate::index::Index;
 use crate::intake;
@@ -115,6 +117,14 @@ pub fn start_with(
     let addr = listener.local_addr()?;
     let mut settings = settings;
     settings.listen = addr.to_string();
+    let node_id = settings.node_id(addr.port());
+    // Alone with a sled journal, this node acts for every group; on a shared database, for the
+    // shards it holds leases on.
+    let ownership = Arc::new(match settings.database_url {
+        Some(_) => Ownership::shared(node_id),
+        None => Ownership::sole(node_id),
+    });
+    let lease_counts = Arc::new(LeaseCounts::default());
 
     let supervisor = Supervisor::start(
         journal.clone(),
@@ -136,27 +146,31 @@ pub fn start_with(
     let events = Arc::new(EventCounts::default());
     let projector =
         Arc::new(Projector::new(index.clone(), alarms.clone()).live(quiet.clone(), events.clone()));
-    let mut evaluator = Evaluator::new(alarms, supervisor.clone());
+    let mut evaluator =
+        Evaluator::new(alarms, supervisor.clone()).with_ownership(ownership.clone());
     if let Some(url) = &settings.prometheus_url {
         evaluator = evaluator.with_prometheus(crate::promql::Prometheus::new(url));
     }
     let evaluator = Arc::new(evaluator);
-    let scheduler = Arc::new(Scheduler::new(
-        projector.schedules().clone(),
-        supervisor.clone(),
-    ));
+    let scheduler = Arc::new(
+        Scheduler::new(projector.schedules().clone(), supervisor.clone())
+            .with_ownership(ownership.clone()),
+    );
     let ready = Arc::new(Readiness::default());
     let providers = Arc::new(Providers::new(
         clock.clone(),
         settings.provider_http_secret.clone(),
     ));
-    let converger = Arc::new(Converger::new(
-        supervisor.clone(),
-        index.clone(),
-        providers,
-        format!("{}/v1/metrics", settings.public_url().trim_end_matches('/')),
-        quiet,
-    ));
+    let converger = Arc::new(
+        Converger::new(
+            supervisor.clone(),
+            index.clone(),
+            providers,
+            format!("{}/v1/metrics", settings.public_url().trim_end_matches('/')),
+            quiet,
+        )
+        .with_ownership(ownership.clone()),
+    );
     let recovery = Arc::new(Recovery::default());
     let telemetry = Arc::new(Telemetry::new(
         supervisor.clone(),
@@ -164,6 +178,7 @@ pub fn start_with(
         recovery.clone(),
         converger.clone(),
         events,
+        (ownership.clone(), lease_counts.clone(), clock.clone()),
     ));
     let state = web::Data::new(AppState {
         supervisor,
@@ -181,6 +196,20 @@ pub fn start_with(
     });
 
     let checkpointer = Arc::new(Mutex::new(None));
+    // On a shared database, leases first (a manual tick takes them before the loops act), and
+    // the read models follow what other nodes append.
+    if ownership.is_shared() {
+        run_leases(
+            journal.clone(),
+            (ownership, lease_counts),
+            clock.clone(),
+            ticks.ticker("leases", cluster::LEASE_TICK),
+        );
+        follow_other_nodes(
+            journal.clone(),
+            ticks.ticker("other nodes", FOLLOW_OTHER_NODES),
+        );
+    }
     project(
         journal,
         projector,
@@ -347,6 +376,104 @@ fn run_checkpointer(
             }
         }
     });
+}
+
+/// How often the read models look for what other nodes appended, in real time.
+const FOLLOW_OTHER_NODES: Duration = Duration::from_millis(500);
+
+/// Has the read models take in what other nodes on the shared database appended, at each tick
+/// (see `Journal::catch_up`; this node's own appends reach them at once).
+fn follow_other_nodes(journal: Journal, mut ticker: Ticker) {
+    actix_web::rt::spawn(async move {
+        while let Some(_tick) = ticker.next().await {
+            if let Err(error) = journal.catch_up_async().await {
+                tracing::warn!(%error, "could not read what other nodes appended");
+            }
+        }
+    });
+}
+
+/// Holds this node's leases on a shared database (SPEC 9): at each tick, on a blocking thread,
+/// one [`lease_round`].
+fn run_leases(
+    journal: Journal,
+    (ownership, counts): (Arc<Ownership>, Arc<LeaseCounts>),
+    clock: Arc<dyn Clock>,
+    mut ticker: Ticker,
+) {
+    actix_web::rt::spawn(async move {
+        while let Some(_tick) = ticker.next().await {
+            let (journal, ownership, counts, clock) = (
+                journal.clone(),
+                ownership.clone(),
+                counts.clone(),
+                clock.clone(),
+            );
+            let round = actix_web::rt::task::spawn_blocking(move || {
+                lease_round(&journal, &ownership, &counts, clock.as_ref())
+            })
+            .await;
+            match round {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "lease round failed"),
+                Err(error) => tracing::error!(%error, "lease round panicked"),
+            }
+        }
+    });
+}
+
+/// Asks the database for the live leases, plans ([`cluster::plan`]), stops acting for the
+/// shards it lets go of or whose lease ran out before letting go of them, then renews and
+/// acquires. A shard whose renewal fails (the database out of reach) is kept until its lease
+/// runs out on this node's clock.
+fn lease_round(
+    journal: &Journal,
+    ownership: &Ownership,
+    counts: &LeaseCounts,
+    clock: &dyn Clock,
+) -> Result<(), flotilla_journal::Error> {
+    let me = ownership.node().to_owned();
+    let live: BTreeMap<u32, String> = journal
+        .leases()?
+        .into_iter()
+        .filter_map(|lease| Some((cluster::shard_of_lease(&lease.name)?, lease.holder)))
+        .collect();
+    let held = ownership.held();
+    let plan = cluster::plan(&me, clock.now(), &held, &live);
+    let stopped: Vec<u32> = plan.forget.iter().chain(&plan.release).copied().collect();
+    ownership.update(&[], &stopped);
+    counts
+        .losses
+        .fetch_add(stopped.len() as u64, Ordering::Relaxed);
+    for shard in &plan.release {
+        if let Some(lease) = held.get(shard) {
+            journal.release_lease(&cluster::lease_name(*shard), &me, lease.token)?;
+        }
+    }
+    let (mut granted, mut refused) = (Vec::new(), Vec::new());
+    for shard in plan.renew.iter().chain(&plan.acquire) {
+        let asked = clock.now();
+        let Some(lease) = journal.acquire_lease(&cluster::lease_name(*shard), &me, LEASE_TTL)?
+        else {
+            if held.contains_key(shard) {
+                counts.losses.fetch_add(1, Ordering::Relaxed);
+            }
+            refused.push(*shard);
+            continue;
+        };
+        match held.get(shard) {
+            Some(before) if before.token == lease.token => &counts.renewals,
+            _ if lease.token > 1 => {
+                counts.acquisitions.fetch_add(1, Ordering::Relaxed);
+                &counts.takeovers
+            }
+            _ => &counts.acquisitions,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        granted.push((*shard, Held::granted(&lease, asked)));
+    }
+    ownership.update(&granted, &refused);
+    Ok(())
 }
 
 /// How often resident actors are asked whether they are idle, in real time.

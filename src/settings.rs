@@ -20,6 +20,10 @@ pub struct ServeArgs {
     /// instead of sled in the data directory, which then holds only operator.token.
     #[arg(long, env = "FLOTILLA_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<DatabaseUrl>,
+    /// This node's id among the nodes of one database, shown as a group's owner
+    /// [default: <host name>:<port>].
+    #[arg(long, env = "FLOTILLA_NODE_ID")]
+    pub node_id: Option<String>,
     /// TOML file with any of these settings (keys as the flags, with underscores).
     #[arg(long, env = "FLOTILLA_CONFIG")]
     pub config: Option<PathBuf>,
@@ -103,6 +107,7 @@ struct FileSettings {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     database_url: Option<DatabaseUrl>,
+    node_id: Option<String>,
     public_url: Option<String>,
     webhook_tolerance_seconds: Option<u32>,
     webhook_rate_limit: Option<u32>,
@@ -134,6 +139,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// The PostgreSQL database holding the journal instead of the data directory, if set.
     pub database_url: Option<DatabaseUrl>,
+    /// This node's id, if set; see [`Settings::node_id`].
+    pub node_id: Option<String>,
     /// Base of the webhook URLs handed out, if set; see [`Settings::public_url`].
     pub public_url: Option<String>,
     /// Seconds of the service clock a webhook's timestamp may be off by (default 300).
@@ -184,6 +191,7 @@ impl Default for Settings {
             listen: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("./flotilla-data"),
             database_url: None,
+            node_id: None,
             public_url: None,
             webhook_tolerance_seconds: 300,
             webhook_rate_limit: 50,
@@ -224,6 +232,7 @@ impl Settings {
                 .or(file.data_dir)
                 .unwrap_or(d.data_dir),
             database_url: args.database_url.clone().or(file.database_url),
+            node_id: args.node_id.clone().or(file.node_id),
             public_url: args.public_url.clone().or(file.public_url),
             webhook_tolerance_seconds: args
                 .webhook_tolerance_seconds
@@ -297,6 +306,19 @@ impl Settings {
                 .or(file.provider_http_secret),
             allow_process_provider: args.allow_process_provider
                 || file.allow_process_provider.unwrap_or(false),
+        })
+    }
+
+    /// This node's id: the one set, or the host name and the port it listens on.
+    pub fn node_id(&self, port: u16) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|host| host.trim().to_owned())
+                .filter(|host| !host.is_empty())
+                .unwrap_or_else(|| "flotilla".to_owned());
+            format!("{host}:{port}")
         })
     }
 

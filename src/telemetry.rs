@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse};
+use flotilla_actors::clock::Clock;
 use flotilla_actors::supervisor::Supervisor;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -23,6 +24,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::api::ApiError;
+use crate::cluster::{LeaseCounts, Ownership};
 use crate::converger::Converger;
 use crate::index::Index;
 
@@ -149,6 +151,7 @@ impl Telemetry {
         recovery: Arc<Recovery>,
         converger: Arc<Converger>,
         events: Arc<EventCounts>,
+        (ownership, leases, clock): (Arc<Ownership>, Arc<LeaseCounts>, Arc<dyn Clock>),
     ) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
@@ -195,6 +198,9 @@ impl Telemetry {
             recovery,
             converger,
             events,
+            ownership,
+            leases,
+            clock,
         }));
         Telemetry {
             registry,
@@ -272,6 +278,9 @@ struct Live {
     recovery: Arc<Recovery>,
     converger: Arc<Converger>,
     events: Arc<EventCounts>,
+    ownership: Arc<Ownership>,
+    leases: Arc<LeaseCounts>,
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for Live {
@@ -282,6 +291,64 @@ impl fmt::Debug for Live {
 
 impl Collector for Live {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let node = ConstGauge::new(1);
+        node.encode(
+            encoder
+                .encode_descriptor(
+                    "flotilla_node_info",
+                    "This node's id (--node-id), as a label",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_family(&[("node", self.ownership.node())])?,
+        )?;
+        let now = self.clock.now();
+        let shards = ConstGauge::new(self.ownership.shards_at(now) as i64);
+        shards.encode(encoder.encode_descriptor(
+            "flotilla_shards_owned",
+            "Shards of the groups this node holds the lease of and acts for (all of them on sled)",
+            None,
+            shards.metric_type(),
+        )?)?;
+        let owned = self
+            .index
+            .all_groups()
+            .iter()
+            .filter(|id| self.ownership.acts_for(id.as_str(), now))
+            .count();
+        let groups = ConstGauge::new(owned as i64);
+        groups.encode(encoder.encode_descriptor(
+            "flotilla_groups_owned",
+            "Groups this node acts for: converges, evaluates and runs schedules of",
+            None,
+            groups.metric_type(),
+        )?)?;
+        for (name, help, count) in [
+            (
+                "flotilla_lease_renewals",
+                "Shard leases renewed",
+                &self.leases.renewals,
+            ),
+            (
+                "flotilla_lease_acquisitions",
+                "Shard leases acquired (new to this node)",
+                &self.leases.acquisitions,
+            ),
+            (
+                "flotilla_lease_takeovers",
+                "Shard leases acquired from another node, or after an expiry",
+                &self.leases.takeovers,
+            ),
+            (
+                "flotilla_lease_losses",
+                "Shards this node stopped acting for: refused, run out or let go",
+                &self.leases.losses,
+            ),
+        ] {
+            let count = ConstCounter::new(count.load(Ordering::Relaxed));
+            count.encode(encoder.encode_descriptor(name, help, None, count.metric_type())?)?;
+        }
+
         let appends = ConstCounter::new(self.supervisor.journal().appends());
         appends.encode(encoder.encode_descriptor(
             "flotilla_journal_appends",

@@ -181,3 +181,78 @@ fn a_database_that_cannot_be_reached_is_a_clear_error_that_never_shows_the_passw
     assert_eq!(garbage.status.code(), Some(2), "{garbage:?}");
     assert!(String::from_utf8_lossy(&garbage.stderr).contains("does not parse"));
 }
+
+/// A group's active and pending servers, as its view says.
+fn servers_of(server: &Server, token: &str, group: &str) -> (u64, u64) {
+    let (status, view) = server.call("GET", &format!("/v1/groups/{group}"), token, None);
+    assert_eq!(status, 200, "{view}");
+    (
+        view["active"].as_u64().unwrap(),
+        view["pending"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn on_postgres_a_node_acts_only_for_the_groups_whose_shard_lease_it_holds() {
+    let test = "on_postgres_a_node_acts_only_for_the_groups_whose_shard_lease_it_holds";
+    let Some(url) = testing::fresh_database(test) else {
+        return;
+    };
+    let server = Server::start_with(|settings| {
+        settings.database_url = Some(url.parse().unwrap());
+        settings.node_id = Some("node-a".into());
+    });
+    // Before its first lease tick a node on a shared database acts for nothing.
+    assert_eq!(server.gauge("flotilla_shards_owned"), 0);
+    let token = server.tenant("acme");
+    let group = server.group(&token, 0, 10, 2, 0);
+    server.tick_until("2 active", 10, || {
+        servers_of(&server, &token, &group) == (2, 0)
+    });
+    assert_eq!(server.gauge("flotilla_shards_owned"), 64);
+    assert_eq!(server.gauge("flotilla_groups_owned"), 1);
+    assert!(server
+        .metrics()
+        .contains("flotilla_node_info{node=\"node-a\"} 1"));
+
+    // Another node takes the group's shard over: its lease expires on the database's clock,
+    // and node-x acquires it, with the next token.
+    let name = flotilla::cluster::lease_name(flotilla::cluster::shard_of(&group));
+    testing::execute(
+        &url,
+        &format!(
+            "UPDATE flotilla_leases SET expires_at = clock_timestamp() - interval '1 second' \
+             WHERE name = '{name}'"
+        ),
+    )
+    .unwrap();
+    let other = Journal::connect(&url, flotilla_journal::Config::default()).unwrap();
+    let ttl = std::time::Duration::from_secs(600);
+    let x = other.acquire_lease(&name, "node-x", ttl).unwrap().unwrap();
+    assert_eq!(x.token, 2);
+
+    // Any node answers the API; but node-a no longer converges the group.
+    let path = format!("/v1/groups/{group}");
+    let (status, body) = server.call("PATCH", &path, &token, Some(json!({"desired_capacity": 4})));
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..3 {
+        server.tick();
+    }
+    assert_eq!(servers_of(&server, &token, &group), (2, 0));
+    // With node-x alive, node-a's share is half the shards: it has let go of the rest for
+    // node-x to take.
+    assert_eq!(server.gauge("flotilla_shards_owned"), 32);
+    assert_eq!(server.gauge("flotilla_groups_owned"), 0);
+    assert!(server.gauge("flotilla_lease_losses_total") >= 1);
+
+    // node-x lets go: node-a takes the shard back, with the next token, and converges again.
+    assert!(other.release_lease(&name, "node-x", x.token).unwrap());
+    server.tick_until("4 active", 10, || {
+        servers_of(&server, &token, &group) == (4, 0)
+    });
+    assert_eq!(server.gauge("flotilla_shards_owned"), 64);
+    assert!(server.gauge("flotilla_lease_takeovers_total") >= 1);
+    let leases = other.leases().unwrap();
+    let ours = leases.iter().find(|lease| lease.name == name).unwrap();
+    assert_eq!((ours.holder.as_str(), ours.token), ("node-a", 3));
+}
