@@ -423,7 +423,10 @@ impl Converger {
             })
             .await
         };
-        if !stale.is_empty() {
+        let leased = self
+            .ownership
+            .acts_for(id.as_str(), self.supervisor.clock().now());
+        if !stale.is_empty() && leased {
             let (providers, config) = (self.providers.clone(), config.clone());
             let remains = call(blocking, move || {
                 let provider = providers.of(&config).expect("checked above");
@@ -482,6 +485,15 @@ impl Converger {
             .execute(id, GroupCommand::LaunchServers(requests))
             .await?;
         pass.events += executed.events.len();
+        // The launches are journaled; the provider is called only under a lease still held.
+        // Without one, the shard's next owner finds them pending, as a restart would.
+        let Some(fence) = self
+            .ownership
+            .fence(id.as_str(), self.supervisor.clock().now())
+        else {
+            tracing::info!(group = %id, "lease lost before launching; the next owner resolves them");
+            return Ok(pass);
+        };
         let launches: Vec<Launch> = executed
             .events
             .iter()
@@ -492,6 +504,7 @@ impl Converger {
                     config: config.clone(),
                     metrics_url: self.metrics_url.clone(),
                     metrics_token: tokens[server_id].clone(),
+                    fence: fence.clone(),
                 }),
                 _ => None,
             })

@@ -46,7 +46,12 @@ impl HttpProvider {
 
     /// Sends `body` to the configuration's URL; answers the JSON of a 2xx (Null when empty),
     /// or `Ok(None)` on a 404.
-    fn send(&self, config: &Value, body: &Value) -> Result<Option<Value>, ProviderError> {
+    fn send(
+        &self,
+        config: &Value,
+        body: &Value,
+        fence: Option<&flotilla_journal::Fence>,
+    ) -> Result<Option<Value>, ProviderError> {
         let url = config["url"]
             .as_str()
             .ok_or_else(|| ProviderError("launch.url is required for the http provider".into()))?;
@@ -84,8 +89,15 @@ impl HttpProvider {
             }
             let id = token::generate("msg_");
             let timestamp = self.clock.now().as_secs();
-            let answer = client
-                .post(url)
+            let mut request = client.post(url);
+            if let Some(fence) = fence {
+                // The lease a launch is made under: an orchestrator that has seen a higher
+                // token for the same lease knows this node was fenced off.
+                request = request
+                    .header("flotilla-lease", &fence.lease)
+                    .header("flotilla-fencing-token", fence.token.to_string());
+            }
+            let answer = request
                 .header("content-type", "application/json")
                 .header("webhook-id", &id)
                 .header("webhook-timestamp", timestamp.to_string())
@@ -140,7 +152,7 @@ impl Provider for HttpProvider {
             "launch": launch.config,
             "env": env,
         });
-        match self.send(&launch.config, &body)? {
+        match self.send(&launch.config, &body, launch.fence.as_ref())? {
             Some(handle) if handle.get("id").is_some() => Ok(handle),
             _ => Err(ProviderError(
                 "the orchestrator's answer to create has no \"id\"".into(),
@@ -149,12 +161,12 @@ impl Provider for HttpProvider {
     }
 
     fn delete(&self, config: &Value, handle: &Value) -> Result<(), ProviderError> {
-        self.send(config, &json!({"action": "delete", "handle": handle}))
+        self.send(config, &json!({"action": "delete", "handle": handle}), None)
             .map(|_| ())
     }
 
     fn status(&self, config: &Value, handle: &Value) -> Status {
-        match self.send(config, &json!({"action": "status", "handle": handle})) {
+        match self.send(config, &json!({"action": "status", "handle": handle}), None) {
             Ok(None) => Status::Exited,
             Ok(Some(answer)) => match answer["status"].as_str() {
                 Some("running") => Status::Running,

@@ -50,6 +50,9 @@ pub struct Launch {
     pub metrics_url: String,
     /// The metrics token minted for this launch (only its hash is journaled).
     pub metrics_token: String,
+    /// The lease of the group's shard this node launches under, on a shared database (SPEC 9);
+    /// the `http` provider sends its token so an orchestrator can refuse a stale node.
+    pub fence: Option<flotilla_journal::Fence>,
 }
 
 impl Launch {
