@@ -554,13 +554,16 @@ impl AlarmTable {
     }
 
     /// The transitions whose actions are not all taken: alarm, transition number, actions left.
-    pub fn pending(&self) -> Vec<(AlarmId, u64, Vec<PolicyId>)> {
+    pub fn pending(
+        &self,
+        acts_for: impl Fn(&GroupId) -> bool,
+    ) -> Vec<(AlarmId, u64, Vec<PolicyId>)> {
         let (watching, store) = self.open();
         drop(store);
         watching
             .alarms
             .iter()
-            .filter(|(_, w)| !w.pending.is_empty())
+            .filter(|(_, w)| !w.pending.is_empty() && acts_for(&w.definition.group_id))
             .map(|(id, w)| (id.clone(), w.transition, w.pending.clone()))
             .collect()
     }
@@ -1046,7 +1049,10 @@ impl Evaluator {
 
     /// Takes every action of a transition not yet taken.
     pub async fn complete(&self) {
-        for (id, transition, policies) in self.table.pending() {
+        // Another node's alarms' actions are its own to complete.
+        let now = self.supervisor.clock().now();
+        let acts_for = |group: &GroupId| self.ownership.acts_for(group.as_str(), now);
+        for (id, transition, policies) in self.table.pending(acts_for) {
             self.take(&id, transition, &policies).await;
         }
     }

@@ -46,6 +46,17 @@ pub fn lease_name(shard: u32) -> String {
     format!("shard-{shard:02}")
 }
 
+/// The name of node `id`'s presence lease: every node renews its own at each lease round, so
+/// that the others count it among the live nodes even while it holds no shard.
+pub fn presence_name(id: &str) -> String {
+    format!("node-{id}")
+}
+
+/// The node a presence lease's name names, if it is one.
+pub fn node_of_presence(name: &str) -> Option<&str> {
+    name.strip_prefix("node-")
+}
+
 /// The shard a lease's name names, if it is a shard's.
 pub fn shard_of_lease(name: &str) -> Option<u32> {
     let shard: u32 = name.strip_prefix("shard-")?.parse().ok()?;
@@ -93,7 +104,8 @@ pub struct Plan {
 }
 
 /// What node `me` asks for at `now`, holding `held`, with `live` the holder of each shard
-/// whose lease has not expired (as the database said at the last tick, this node's included).
+/// whose lease has not expired and `nodes` the nodes whose presence lease has not (as the
+/// database said at the last tick, this node's included).
 ///
 /// - It renews every shard it still holds.
 /// - Its share is the shards divided among the live nodes (itself included), rounded up.
@@ -106,6 +118,7 @@ pub fn plan(
     now: Timestamp,
     held: &BTreeMap<u32, Held>,
     live: &BTreeMap<u32, String>,
+    nodes: &BTreeSet<String>,
 ) -> Plan {
     let holding: Vec<u32> = held
         .iter()
@@ -116,7 +129,12 @@ pub fn plan(
     for holder in live.values() {
         *counts.entry(holder.as_str()).or_default() += 1;
     }
-    let nodes: BTreeSet<&str> = counts.keys().copied().chain([me]).collect();
+    let nodes: BTreeSet<&str> = nodes
+        .iter()
+        .map(String::as_str)
+        .chain(counts.keys().copied())
+        .chain([me])
+        .collect();
     let share = SHARDS.div_ceil(nodes.len() as u32);
     let mine = holding.len() as u32;
     let mut plan = Plan {
@@ -291,6 +309,10 @@ mod tests {
             .collect()
     }
 
+    fn nodes(of: &[&str]) -> BTreeSet<String> {
+        of.iter().map(|n| (*n).to_owned()).collect()
+    }
+
     fn live(of: &[(&str, std::ops::Range<u32>)]) -> BTreeMap<u32, String> {
         of.iter()
             .flat_map(|(node, shards)| shards.clone().map(|s| (s, (*node).to_owned())))
@@ -313,30 +335,45 @@ mod tests {
     fn a_lone_node_asks_for_every_free_shard_and_renews_what_it_holds() {
         let until = T0.plus_secs(5u64);
         // Given node-a holds shards 0..10 and nobody else is alive...
-        let plan = plan(
+        let asked = plan(
             "node-a",
             T0,
             &holding(0..10, until),
             &live(&[("node-a", 0..10)]),
+            &nodes(&["node-a"]),
         );
         // ...it renews them and asks for the 54 others.
-        assert_eq!(plan.renew, (0..10).collect::<Vec<_>>());
-        assert_eq!(plan.acquire.len(), 54);
-        assert!(plan.acquire.iter().all(|s| *s >= 10));
-        assert!(plan.release.is_empty());
+        assert_eq!(asked.renew, (0..10).collect::<Vec<_>>());
+        assert_eq!(asked.acquire.len(), 54);
+        assert!(asked.acquire.iter().all(|s| *s >= 10));
+        assert!(asked.release.is_empty());
     }
 
     #[test]
     fn a_node_asks_for_no_more_than_its_share_and_never_for_a_live_lease() {
         // Given node-b holds 0..40 and node-a nothing...
-        let asked = plan("node-a", T0, &BTreeMap::new(), &live(&[("node-b", 0..40)]));
+        let asked = plan(
+            "node-a",
+            T0,
+            &BTreeMap::new(),
+            &live(&[("node-b", 0..40)]),
+            &nodes(&["node-b"]),
+        );
         // ...node-a's share of 64 over two nodes is 32, and only 24 are free.
         assert_eq!(asked.acquire.len(), 24);
         assert!(asked.acquire.iter().all(|s| *s >= 40));
         // With three nodes alive its share is 22.
         let three = live(&[("node-b", 0..20), ("node-c", 20..40)]);
         assert_eq!(
-            plan("node-a", T0, &BTreeMap::new(), &three).acquire.len(),
+            plan(
+                "node-a",
+                T0,
+                &BTreeMap::new(),
+                &three,
+                &nodes(&["node-b", "node-c"])
+            )
+            .acquire
+            .len(),
             22
         );
     }
@@ -344,20 +381,20 @@ mod tests {
     #[test]
     fn a_node_over_its_share_lets_go_only_for_a_node_short_of_work() {
         let until = T0.plus_secs(5u64);
-        // Given node-a holds all 64 and node-b has just come up with one...
-        let mut all = live(&[("node-a", 0..64)]);
-        all.insert(63, "node-b".into());
-        let over = plan("node-a", T0, &holding(0..63, until), &all);
-        // ...node-a lets go of its 31 highest (its share is 32) and renews the rest.
-        assert_eq!(over.release, (32..63).rev().collect::<Vec<_>>());
+        // Given node-a holds all 64 and node-b has just come up, holding nothing...
+        let all = live(&[("node-a", 0..64)]);
+        let both = nodes(&["node-a", "node-b"]);
+        let over = plan("node-a", T0, &holding(0..64, until), &all, &both);
+        // ...node-a lets go of its 32 highest (its share is 32) and renews the rest.
+        assert_eq!(over.release, (32..64).rev().collect::<Vec<_>>());
         assert_eq!(over.renew, (0..32).collect::<Vec<_>>());
         // Given a balanced split (32 and 32), nothing moves.
         let even = live(&[("node-a", 0..32), ("node-b", 32..64)]);
-        let steady = plan("node-a", T0, &holding(0..32, until), &even);
+        let steady = plan("node-a", T0, &holding(0..32, until), &even, &both);
         assert!(steady.release.is_empty() && steady.acquire.is_empty());
         // Given 33 and 31 (within one of the share), nothing moves either: no flapping.
         let near = live(&[("node-a", 0..33), ("node-b", 33..64)]);
-        assert!(plan("node-a", T0, &holding(0..33, until), &near)
+        assert!(plan("node-a", T0, &holding(0..33, until), &near, &both)
             .release
             .is_empty());
     }
@@ -386,6 +423,7 @@ mod tests {
             later,
             &ownership.held(),
             &BTreeMap::from([(shard, "node-a".to_owned())]),
+            &nodes(&["node-a"]),
         );
         assert!(!asked.renew.contains(&shard));
         assert_eq!(asked.forget, [shard]);
@@ -419,6 +457,9 @@ mod tests {
         }
         assert!(counts.iter().all(|c| (50..=150).contains(c)), "{counts:?}");
         assert_eq!(lease_name(7), "shard-07");
+        assert_eq!(presence_name("host:8080"), "node-host:8080");
+        assert_eq!(node_of_presence("node-host:8080"), Some("host:8080"));
+        assert_eq!(shard_of_lease("node-host:8080"), None);
         assert_eq!(shard_of_lease("shard-07"), Some(7));
         assert_eq!(shard_of_lease("shard-64"), None);
         assert_eq!(shard_of_lease("other"), None);

@@ -1,7 +1,7 @@
 //! Starting the service: the journal, the operator token, the supervisor, the HTTP server, and
 //! the projector's catching up on the journal (after which the service is ready).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -433,13 +433,19 @@ fn lease_round(
     clock: &dyn Clock,
 ) -> Result<(), flotilla_journal::Error> {
     let me = ownership.node().to_owned();
-    let live: BTreeMap<u32, String> = journal
-        .leases()?
+    // This node's presence first, so that the others count it even while it holds no shard.
+    journal.acquire_lease(&cluster::presence_name(&me), &me, LEASE_TTL)?;
+    let leases = journal.leases()?;
+    let nodes: BTreeSet<String> = leases
+        .iter()
+        .filter_map(|lease| cluster::node_of_presence(&lease.name).map(str::to_owned))
+        .collect();
+    let live: BTreeMap<u32, String> = leases
         .into_iter()
         .filter_map(|lease| Some((cluster::shard_of_lease(&lease.name)?, lease.holder)))
         .collect();
     let held = ownership.held();
-    let plan = cluster::plan(&me, clock.now(), &held, &live);
+    let plan = cluster::plan(&me, clock.now(), &held, &live, &nodes);
     let stopped: Vec<u32> = plan.forget.iter().chain(&plan.release).copied().collect();
     ownership.update(&[], &stopped);
     counts
@@ -447,14 +453,27 @@ fn lease_round(
         .fetch_add(stopped.len() as u64, Ordering::Relaxed);
     for shard in &plan.release {
         if let Some(lease) = held.get(shard) {
-            journal.release_lease(&cluster::lease_name(*shard), &me, lease.token)?;
+            // Not let go in the database, it expires there on its own.
+            if let Err(error) =
+                journal.release_lease(&cluster::lease_name(*shard), &me, lease.token)
+            {
+                tracing::warn!(%error, shard, "could not let go of a shard's lease");
+            }
         }
     }
     let (mut granted, mut refused) = (Vec::new(), Vec::new());
     for shard in plan.renew.iter().chain(&plan.acquire) {
         let asked = clock.now();
-        let Some(lease) = journal.acquire_lease(&cluster::lease_name(*shard), &me, LEASE_TTL)?
-        else {
+        let answer = journal.acquire_lease(&cluster::lease_name(*shard), &me, LEASE_TTL);
+        // A failed call changes nothing: a held shard stays held until it runs out here.
+        let lease = match answer {
+            Ok(lease) => lease,
+            Err(error) => {
+                tracing::warn!(%error, shard, "could not renew or acquire a shard's lease");
+                continue;
+            }
+        };
+        let Some(lease) = lease else {
             if held.contains_key(shard) {
                 counts.losses.fetch_add(1, Ordering::Relaxed);
             }

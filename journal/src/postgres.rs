@@ -115,7 +115,8 @@ struct Connection {
     client: Client,
     lock: Statement,
     head: Statement,
-    last_seq: Statement,
+    stored_head: Statement,
+    fence: Statement,
     versions: Statement,
     version: Statement,
     by_seq: Statement,
@@ -307,9 +308,15 @@ impl Connection {
                 head: client
                     .prepare("SELECT seq, hash FROM flotilla_head")
                     .await?,
-                last_seq: client
-                    .prepare("SELECT coalesce(max(seq), 0) FROM flotilla_events")
+                // One statement, one snapshot: read apart, another node's commit in between
+                // would look like a broken chain.
+                stored_head: client
+                    .prepare(
+                        "SELECT h.seq, h.hash, (SELECT coalesce(max(seq), 0) FROM flotilla_events)
+                         FROM flotilla_head h",
+                    )
                     .await?,
+                fence: client.prepare(FENCE).await?,
                 versions: client
                     .prepare(
                         // One index probe per stream (a plain `stream = ANY($1)` may be
@@ -371,10 +378,11 @@ impl Connection {
         head_of(&wait(self.client.query_one(&self.head, &[]))?)
     }
 
-    /// The last stored record's sequence number (0 when there is none).
-    fn last_seq(&self) -> Result<u64> {
-        let row = wait(self.client.query_one(&self.last_seq, &[]))?;
-        unsigned(row.try_get(0)?, 0, "seq")
+    /// The head, and the last stored record's sequence number (0 when there is none), as of
+    /// one instant.
+    fn stored_head(&self) -> Result<(Head, u64)> {
+        let row = wait(self.client.query_one(&self.stored_head, &[]))?;
+        Ok((head_of(&row)?, unsigned(row.try_get(2)?, 0, "seq")?))
     }
 
     fn stream_version(&self, stream: &str) -> Result<u64> {
@@ -435,7 +443,7 @@ impl Drop for PgLog {
 
 impl Log for PgLog {
     fn stored_head(&mut self) -> Result<(Head, u64)> {
-        Ok((self.connection.head()?, self.connection.last_seq()?))
+        self.connection.stored_head()
     }
 
     fn begin(&mut self) -> Result<Option<Head>> {
@@ -461,7 +469,9 @@ impl Log for PgLog {
                 connection.client.query_one(&connection.head, &[]),
             )
         });
-        self.in_transaction = began.is_ok();
+        // Sent, so possibly open (BEGIN may have passed and SET failed): rolled back below
+        // whatever happened, a ROLLBACK outside a transaction being only a warning.
+        self.in_transaction = true;
         let head = began
             .and(locked)
             .and(head)
@@ -495,6 +505,11 @@ impl Log for PgLog {
     }
 
     fn write(&mut self, records: &[Record], head: Head) -> Result<()> {
+        if !self.in_transaction {
+            // Outside the batch's transaction the insert would commit on its own, without
+            // the lock that orders appends.
+            return Err(Error::Postgres("no batch transaction is open".into()));
+        }
         let mut seqs = Vec::with_capacity(records.len());
         let mut versions = Vec::with_capacity(records.len());
         let mut schemas = Vec::with_capacity(records.len());
@@ -527,7 +542,15 @@ impl Log for PgLog {
         });
         self.in_transaction = false;
         if let Err(error) = inserted {
-            return Err(conflict(&error).unwrap_or_else(|| error.into()));
+            if error.as_db_error().is_some() {
+                // The server refused the insert: the COMMIT behind it rolled back.
+                return Err(conflict(&error).unwrap_or_else(|| error.into()));
+            }
+            // The connection failed: the COMMIT may have reached the server all the same.
+            return Err(Error::Postgres(format!(
+                "the batch's connection failed, and whether it landed is unknown until the \
+                 journal is read: {error}"
+            )));
         }
         // A COMMIT the server refused kept nothing; but one whose answer was lost with the
         // connection may have landed. Either way the appenders are told that they must read the
@@ -551,11 +574,10 @@ impl Log for PgLog {
 
     fn fence_holds(&mut self, fence: &Fence) -> Result<bool> {
         let token = signed(fence.token);
-        let row = wait(
-            self.connection
-                .client
-                .query_opt(FENCE, &[&fence.lease, &fence.holder, &token]),
-        )?;
+        let row = wait(self.connection.client.query_opt(
+            &self.connection.fence,
+            &[&fence.lease, &fence.holder, &token],
+        ))?;
         Ok(row.is_some())
     }
 

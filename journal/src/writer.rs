@@ -298,6 +298,13 @@ impl<L: Log> Writer<L> {
             }
             return pending;
         }
+        if let Some(error) = &self.unavailable {
+            // The batch was given up while staging (a fence that could not be checked): what
+            // it staged is not written.
+            pending.into_iter().for_each(|p| p.fail(error));
+            staged.clear();
+            return Vec::new();
+        }
         match self.log.write(staged, head) {
             Ok(()) => {
                 self.head = head;
@@ -451,11 +458,20 @@ impl<L: Log> Writer<L> {
         if let Some(fence) = fence {
             let holds = match self.fences.get(fence) {
                 Some(holds) => *holds,
-                None => {
-                    let holds = self.log.fence_holds(fence)?;
-                    self.fences.insert(fence.clone(), holds);
-                    holds
-                }
+                None => match self.log.fence_holds(fence) {
+                    Ok(holds) => {
+                        self.fences.insert(fence.clone(), holds);
+                        holds
+                    }
+                    Err(error) => {
+                        // The batch's transaction may be aborted with it: nothing more of
+                        // this batch is tried, and whatever was staged is not written.
+                        tracing::error!(%error, "a fence could not be checked; the batch is refused");
+                        self.log.abandon();
+                        self.unavailable = Some(error.duplicate());
+                        return Err(error);
+                    }
+                },
             };
             if !holds {
                 return Err(Error::Fenced {
