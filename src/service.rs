@@ -196,6 +196,7 @@ pub fn start_with(
     });
 
     let checkpointer = Arc::new(Mutex::new(None));
+    let ownership_shared = ownership.is_shared();
     // On a shared database, leases first (a manual tick takes them before the loops act), and
     // the read models follow what other nodes append.
     if ownership.is_shared() {
@@ -210,9 +211,11 @@ pub fn start_with(
             ticks.ticker("other nodes", FOLLOW_OTHER_NODES),
         );
     }
+    // On a shared database, an actor another node's append left behind rebuilds.
+    let behind = ownership_shared.then(|| state.supervisor.mover());
     project(
         journal,
-        projector,
+        (projector, behind),
         clock,
         checkpointer.clone(),
         recovery.clone(),
@@ -300,7 +303,7 @@ pub fn start_with(
 /// the same.
 fn project(
     journal: Journal,
-    projector: Arc<Projector>,
+    (projector, behind): (Arc<Projector>, Option<supervisor::Mover>),
     clock: Arc<dyn Clock>,
     checkpointer: Arc<Mutex<Option<Journal>>>,
     recovery: Arc<Recovery>,
@@ -316,7 +319,15 @@ fn project(
             projector.checkpoint(&journal, head)?;
             projector.alarms().start_at(clock.now());
             let live = projector.clone();
-            journal.follow(head.seq, move |records| live.take_live(records))?;
+            journal.follow(head.seq, move |records| {
+                live.take_live(records)?;
+                if let Some(mover) = &behind {
+                    for record in records {
+                        mover.moved(&record.stream, record.version);
+                    }
+                }
+                Ok(())
+            })?;
             *lock(&checkpointer) = Some(journal.clone());
             recovery.replayed_at_start.store(read, Ordering::Relaxed);
             recovery.checkpoint_seq.store(head.seq, Ordering::Relaxed);

@@ -339,3 +339,67 @@ fn on_postgres_a_launch_carries_the_lease_and_fencing_token_it_is_made_under() {
     let lease = flotilla::cluster::lease_name(flotilla::cluster::shard_of(&group));
     assert_eq!(*creates.lock().unwrap(), [(lease, "1".to_owned())]);
 }
+
+#[test]
+fn on_postgres_an_actor_another_node_left_behind_rebuilds_before_it_decides() {
+    let test = "on_postgres_an_actor_another_node_left_behind_rebuilds_before_it_decides";
+    let Some(url) = testing::fresh_database(test) else {
+        return;
+    };
+    let server = Server::start_with(|settings| {
+        settings.database_url = Some(url.parse().unwrap());
+    });
+    let token = server.tenant("acme");
+    let group = server.group(&token, 0, 10, 1, 0);
+    let path = format!("/v1/groups/{group}");
+    let (status, body) = server.call("PATCH", &path, &token, Some(json!({"desired_capacity": 2})));
+    assert_eq!(status, 200, "{body}");
+    server.tick_until("2 active", 10, || {
+        servers_of(&server, &token, &group) == (2, 0)
+    });
+
+    // Another node moves the group's capacity on, from 2 to 3, behind this node's actor.
+    let other = Journal::connect(&url, flotilla_journal::Config::default()).unwrap();
+    let last = other
+        .read_stream_back(&group, u64::MAX)
+        .map(Result::unwrap)
+        .find(|record| record.event_type == "capacity_changed")
+        .unwrap();
+    let version = other.stream_version(&group).unwrap();
+    let mut payload: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
+    assert_eq!(
+        (payload["from"].clone(), payload["to"].clone()),
+        (json!(1), json!(2))
+    );
+    payload["from"] = json!(2);
+    payload["to"] = json!(3);
+    let moved = NewEvent::raw(
+        &last.event_type,
+        last.schema,
+        last.timestamp_ms,
+        serde_json::to_vec(&payload).unwrap(),
+    )
+    .unwrap();
+    other
+        .append(&group, ExpectedVersion::Exact(version), vec![moved])
+        .unwrap();
+
+    // Once this node has read it (a tick), its actor decides from 3, not from 2: the converger
+    // launches the third server, and a change through the API starts from 3.
+    server.tick_until("3 active", 10, || {
+        servers_of(&server, &token, &group) == (3, 0)
+    });
+    let (status, body) = server.call("PATCH", &path, &token, Some(json!({"desired_capacity": 4})));
+    assert_eq!(status, 200, "{body}");
+    let last = other
+        .read_stream_back(&group, u64::MAX)
+        .map(Result::unwrap)
+        .find(|record| record.event_type == "capacity_changed")
+        .unwrap();
+    let payload: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
+    assert_eq!(
+        (payload["from"].clone(), payload["to"].clone()),
+        (json!(3), json!(4))
+    );
+    assert_eq!(server.capacity(&token, &group), 4);
+}

@@ -27,8 +27,8 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::object::{
-    Admission, Along, Execute, ExecuteAlong, Executed, Get, Idle, LetGoIfIdle, Next, ObjectActor,
-    Observed, SignatureCheck,
+    Admission, Along, Execute, ExecuteAlong, Executed, Get, Idle, LetGoIfIdle, Moved, Next,
+    ObjectActor, Observed, SignatureCheck,
 };
 use crate::store;
 
@@ -86,14 +86,38 @@ struct Inner {
     /// The arbiters and their threads' ids.
     arbiters: Vec<(Arbiter, Option<std::thread::ThreadId>)>,
     /// Object id → its actor.
-    actors: Mutex<HashMap<String, Resident>>,
+    actors: Arc<Registry>,
 }
 
 /// A resident actor: its `Addr<ObjectActor<A>>` (of its id's kind), and a way to ask it, whatever
 /// its kind, whether it is idle.
+/// The resident actors, by object id.
+type Registry = Mutex<HashMap<String, Resident>>;
+
+/// Tells resident actors that another writer moved their stream ([`Supervisor::mover`]),
+/// holding the registry weakly: the journal's follower keeps it, and a strong handle there
+/// would keep the supervisor, and through it the journal, alive for ever.
+#[derive(Clone)]
+pub struct Mover(std::sync::Weak<Registry>);
+
+impl Mover {
+    /// [`Supervisor::moved`], while the supervisor lives.
+    pub fn moved(&self, id: &str, version: u64) {
+        if let Some(registry) = self.0.upgrade() {
+            let registry = registry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(resident) = registry.get(id) {
+                (resident.moved)(version);
+            }
+        }
+    }
+}
+
 struct Resident {
     addr: Box<dyn Any + Send>,
     look: Box<dyn Fn() -> Next<()> + Send>,
+    moved: Box<dyn Fn(u64) + Send>,
 }
 
 impl Drop for Inner {
@@ -133,7 +157,7 @@ impl Supervisor {
                 clock,
                 config,
                 arbiters,
-                actors: Mutex::new(HashMap::new()),
+                actors: Arc::new(Mutex::new(HashMap::new())),
             }),
         }
     }
@@ -158,6 +182,18 @@ impl Supervisor {
             let _ = look.await;
         }
         asked
+    }
+
+    /// Tells object `id`'s actor, if resident, that its stream has a record at `version`: one
+    /// another writer appended leaves it behind, and it rebuilds (see [`Moved`]). For a journal
+    /// several nodes share.
+    pub fn moved(&self, id: &str, version: u64) {
+        self.mover().moved(id, version);
+    }
+
+    /// [`Supervisor::moved`] without a strong handle on the supervisor (see [`Mover`]).
+    pub fn mover(&self) -> Mover {
+        Mover(Arc::downgrade(&self.inner.actors))
     }
 
     /// How many object actors are resident.
@@ -218,9 +254,12 @@ impl Supervisor {
                 Ok(())
             })
         });
+        let told = addr.clone();
+        let moved = Box::new(move |version| told.do_send(Moved(version)));
         let resident = Resident {
             addr: Box::new(addr.clone()),
             look,
+            moved,
         };
         actors.insert(id.to_owned(), resident);
         Ok(addr)
