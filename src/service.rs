@@ -134,6 +134,11 @@ pub fn start_with(
             nonce_window_capacity: settings.webhook_nonce_window,
             idle_after_seconds: (settings.actor_idle_seconds > 0)
                 .then_some(settings.actor_idle_seconds),
+            // On a shared database, a group's owner's work only under its shard's lease.
+            fencing: ownership.is_shared().then(|| {
+                let ownership = ownership.clone();
+                supervisor::Fencing(Arc::new(move |group, now| ownership.fence(group, now)))
+            }),
             ..supervisor::Config::default()
         },
     );

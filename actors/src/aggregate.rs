@@ -41,10 +41,19 @@ pub trait Aggregate: Send + Unpin + 'static {
     fn snapshot_every(_state: &Self::State) -> u64 {
         SNAPSHOT_EVERY
     }
+
+    /// The group whose lease `command` is its owner's work under (the converger's reports,
+    /// alarm evaluation and actions, target tracking, schedules), if it is: on a shared
+    /// database the command is refused unless this node holds the group's shard, and its append
+    /// carries the lease's fencing token (SPEC 9). API calls are none of these: any node
+    /// decides them, against the journal's current state.
+    fn leased_by(_id: &str, _state: &Self::State, _command: &Self::Command) -> Option<String> {
+        None
+    }
 }
 
 macro_rules! aggregate {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $module:ident, $id:ty, $state:ty, $command:ty, $event:ty $(, snapshot_every = $every:expr)?) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $module:ident, $id:ty, $state:ty, $command:ty, $event:ty $(, snapshot_every = $every:expr)? $(, leased_by = $leased:expr)?) => {
         $(#[$doc])*
         #[derive(Debug)]
         pub struct $name;
@@ -73,6 +82,16 @@ macro_rules! aggregate {
                     $every(state)
                 }
             )?
+
+            $(
+                fn leased_by(
+                    id: &str,
+                    state: &Self::State,
+                    command: &Self::Command,
+                ) -> Option<String> {
+                    $leased(id, state, command)
+                }
+            )?
         }
     };
 }
@@ -92,7 +111,8 @@ aggregate!(
         // (a group has at most 10,000 servers, `MAX_GROUP_SIZE`, and those being deleted).
         let servers = state.as_ref().map_or(0, |group| group.servers.len()) as u64;
         SNAPSHOT_EVERY.max(servers)
-    }
+    },
+    leased_by = group::leased_by
 );
 aggregate!(
     /// Policies.
@@ -113,7 +133,8 @@ aggregate!(
 aggregate!(
     /// Alarms.
     Alarms, "alarm", alarm, crate::domain::AlarmId,
-    Option<alarm::Alarm>, alarm::AlarmCommand, alarm::AlarmEvent
+    Option<alarm::Alarm>, alarm::AlarmCommand, alarm::AlarmEvent,
+    leased_by = alarm::leased_by
 );
 aggregate!(
     /// Scheduled actions.

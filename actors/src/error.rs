@@ -21,6 +21,10 @@ pub enum Error {
         /// Human text.
         message: String,
     },
+    /// Owner's work (see `Aggregate::leased_by`) on a node that does not hold the group's
+    /// shard: nothing was written.
+    #[error("this node does not hold the lease of group {0}'s shard")]
+    NotOwner(String),
     /// 503 `unavailable`: the object's actor is restarting or its mailbox is closed.
     #[error("the object is unavailable, try again")]
     Unavailable,
@@ -44,7 +48,10 @@ impl Error {
             Error::Rejected(rejection) => rejection.code(),
             Error::InvalidSignature => "invalid_signature",
             Error::Malformed { code, .. } => code,
-            Error::Unavailable => "unavailable",
+            // While a group's lease changes hands.
+            Error::Unavailable
+            | Error::NotOwner(_)
+            | Error::Journal(flotilla_journal::Error::Fenced { .. }) => "unavailable",
             Error::Journal(_) => "journal",
         }
     }
@@ -55,7 +62,9 @@ impl Error {
             Error::Rejected(rejection) => rejection.status(),
             Error::InvalidSignature => 401,
             Error::Malformed { .. } => 400,
-            Error::Unavailable => 503,
+            Error::Unavailable
+            | Error::NotOwner(_)
+            | Error::Journal(flotilla_journal::Error::Fenced { .. }) => 503,
             Error::Journal(_) => 500,
         }
     }

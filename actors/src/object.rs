@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use flotilla_journal::{Journal, StreamAppend};
+use flotilla_journal::{Error as JournalError, Journal, StreamAppend};
 
 use crate::aggregate::Aggregate;
 use crate::clock::{Clock, Timestamp};
@@ -31,6 +31,8 @@ pub struct ObjectActor<A: Aggregate> {
     last_used: Timestamp,
     /// Stops itself once idle this long (see [`Idle`]).
     idle: Option<Idle<A>>,
+    /// Whether this node may do a group's owner's work, and under which fence.
+    fencing: Option<crate::supervisor::Fencing>,
 }
 
 /// How an idle actor lets itself go: asked ([`LetGoIfIdle`], at each tick of the service's idle
@@ -61,7 +63,14 @@ impl<A: Aggregate> ObjectActor<A> {
             restarts: 0,
             last_used: Timestamp::EPOCH,
             idle: None,
+            fencing: None,
         }
+    }
+
+    /// The actor, doing a group's owner's work only under `fencing`'s say.
+    pub fn fenced(mut self, fencing: Option<crate::supervisor::Fencing>) -> Self {
+        self.fencing = fencing;
+        self
     }
 
     /// The actor, stopping itself once idle as `idle` says.
@@ -117,6 +126,15 @@ impl<A: Aggregate> ObjectActor<A> {
         if !self.usable() {
             return ready(Err(Error::Unavailable));
         }
+        // The owner's work is refused here unless this node holds the group's lease, and its
+        // append carries the lease's token, refused by the journal once the lease passed on.
+        let fence = match (A::leased_by(&self.id, &self.state, &command), &self.fencing) {
+            (Some(group), Some(fencing)) => match (fencing.0)(&group, now) {
+                Some(fence) => fence,
+                None => return ready(Err(Error::NotOwner(group))),
+            },
+            _ => None,
+        };
         let events = match A::decide(&self.state, &command, now) {
             Ok(events) => events,
             Err(rejection) => return ready(Err(rejection.into())),
@@ -127,7 +145,7 @@ impl<A: Aggregate> ObjectActor<A> {
         let (journal, id, version) = (self.journal.clone(), self.id.clone(), self.version);
         let append = {
             let events = events.clone();
-            async move { store::append::<A>(&journal, &id, version, &events, now, along).await }
+            async move { store::append::<A>(&journal, &id, version, &events, now, along, fence).await }
         };
         AtomicResponse::new(Box::pin(append.into_actor(self).map(
             move |appended, actor, ctx| match appended {
@@ -135,9 +153,12 @@ impl<A: Aggregate> ObjectActor<A> {
                     actor.appended(&events, appended.version);
                     Ok(actor.executed(events, along.first().map(|a| a.version)))
                 }
-                // Another part's stream moved: nothing was written, and this object's state is
-                // as it was. The caller decides again.
-                Err(error) if error.conflict_on().is_some_and(|stream| stream != actor.id) => {
+                // Another part's stream moved, or the lease passed on: nothing was written, and
+                // this object's state is as it was.
+                Err(error)
+                    if error.conflict_on().is_some_and(|stream| stream != actor.id)
+                        || matches!(error, Error::Journal(JournalError::Fenced { .. })) =>
+                {
                     Err(error)
                 }
                 Err(error) => {

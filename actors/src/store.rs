@@ -1,7 +1,7 @@
 //! The bridge between the domain and the journal: an object's state is its snapshot (if any)
 //! plus the events that follow it, folded with the domain's `apply`.
 
-use flotilla_journal::{Appended, ExpectedVersion, Journal, NewEvent, StreamAppend};
+use flotilla_journal::{Appended, ExpectedVersion, Fence, Journal, NewEvent, StreamAppend};
 
 use crate::aggregate::Aggregate;
 use crate::clock::Timestamp;
@@ -104,15 +104,16 @@ pub async fn append<A: Aggregate>(
     events: &[A::Event],
     now: Timestamp,
     along: Vec<StreamAppend>,
+    fence: Option<Fence>,
 ) -> Result<(Appended, Vec<Appended>), Error> {
     let own = part::<A>(id, version, events, now)?;
-    if along.is_empty() {
+    if along.is_empty() && fence.is_none() {
         let appended = journal.append_async(id, own.expected, own.events).await?;
         return Ok((appended, Vec::new()));
     }
     let mut parts = vec![own];
     parts.extend(along);
-    let mut appended = journal.append_all_async(parts).await?;
+    let mut appended = journal.append_all_fenced_async(parts, fence).await?;
     if appended.is_empty() {
         return Err(flotilla_journal::Error::InvalidEvent("an append lost a part".into()).into());
     }

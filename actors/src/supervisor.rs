@@ -45,6 +45,24 @@ pub struct Config {
     /// ([`Supervisor::let_go_of_idle`], at each tick of the service's idle sweep; its state
     /// comes back from the journal on its next message); `None` keeps every actor resident.
     pub idle_after_seconds: Option<u32>,
+    /// On a shared database, the fence of a group's shard lease if this node holds it (see
+    /// [`Fencing`]); `None` (alone with the journal) fences nothing.
+    pub fencing: Option<Fencing>,
+}
+
+/// Whether this node may do a group's owner's work at an instant, and under which fence:
+/// `Some(Some(fence))` under its lease, `Some(None)` with no lease needed (alone with its
+/// journal), `None` not at all (another node holds the group's shard).
+#[derive(Clone)]
+pub struct Fencing(
+    #[allow(clippy::type_complexity)]
+    pub  Arc<dyn Fn(&str, Timestamp) -> Option<Option<flotilla_journal::Fence>> + Send + Sync>,
+);
+
+impl std::fmt::Debug for Fencing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fencing")
+    }
 }
 
 impl Default for Config {
@@ -54,6 +72,7 @@ impl Default for Config {
             nonce_window_capacity: nonce_window::DEFAULT_CAPACITY,
             workers: 2,
             idle_after_seconds: Some(600),
+            fencing: None,
         }
     }
 }
@@ -243,8 +262,11 @@ impl Supervisor {
                 }),
             }
         });
+        let fencing = self.inner.config.fencing.clone();
         let addr = actix::Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-            ObjectActor::<A>::new(owned, journal, clock).idling(idle)
+            ObjectActor::<A>::new(owned, journal, clock)
+                .idling(idle)
+                .fenced(fencing)
         });
         let asked = addr.clone();
         let look = Box::new(move || -> Next<()> {

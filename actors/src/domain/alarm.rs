@@ -233,6 +233,19 @@ pub struct Alarm {
     pub state_value: Option<f64>,
 }
 
+/// The group whose lease `command` needs (see `Aggregate::leased_by`): evaluating an alarm,
+/// moving it and taking its actions are its group owner's work.
+pub fn leased_by(_id: &str, state: &Option<Alarm>, command: &AlarmCommand) -> Option<String> {
+    let owners = matches!(
+        command,
+        AlarmCommand::Evaluate { .. }
+            | AlarmCommand::Transition { .. }
+            | AlarmCommand::TakeAction { .. }
+    );
+    let alarm = state.as_ref().filter(|_| owners)?;
+    Some(alarm.definition.group_id.as_str().to_owned())
+}
+
 /// What can be asked of an alarm.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlarmCommand {

@@ -246,6 +246,24 @@ pub enum GroupCommand {
     },
 }
 
+/// The group whose lease `command` needs (see `Aggregate::leased_by`): the converger's
+/// launches, reports and deletions, target tracking, schedules, and the executions alarms and
+/// schedules cause are its owner's work; what callers ask through the API is not.
+pub fn leased_by(id: &str, _state: &GroupState, command: &GroupCommand) -> Option<String> {
+    let owners = match command {
+        GroupCommand::LaunchServers(_)
+        | GroupCommand::ReportServers(_)
+        | GroupCommand::DeleteServers(_)
+        | GroupCommand::Track(_)
+        | GroupCommand::RunSchedule { .. } => true,
+        GroupCommand::ExecutePolicy { cause, .. } => {
+            matches!(cause, Cause::Alarm { .. } | Cause::Schedule { .. })
+        }
+        _ => false,
+    };
+    owners.then(|| id.to_owned())
+}
+
 /// What happened to a group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
