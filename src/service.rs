@@ -1,7 +1,7 @@
 //! Starting the service: the journal, the operator token, the supervisor, the HTTP server, and
 //! the projector's catching up on the journal (after which the service is ready).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -104,8 +104,19 @@ pub fn start_with(
             )
         })?,
     };
-    let (operator_token, created) = token::operator_token(&settings.data_dir)?;
     let token_path = settings.data_dir.join("operator.token");
+    // On a shared database the operator token is the cluster's: the first node to start makes
+    // it, every node writes it to its own data directory.
+    let shared = journal
+        .shared_secret("operator_token", || token::generate("flo_op_"))
+        .context("cannot read the cluster's operator token")?;
+    let (operator_token, created) = match shared {
+        Some(cluster) => {
+            token::write_operator_token(&settings.data_dir, &cluster)?;
+            (cluster, true)
+        }
+        None => token::operator_token(&settings.data_dir)?,
+    };
     if created {
         tracing::info!(path = %token_path.display(), "operator token written (mode 0600)");
     } else {
@@ -327,8 +338,13 @@ fn project(
             journal.follow(head.seq, move |records| {
                 live.take_live(records)?;
                 if let Some(mover) = &behind {
+                    // Each stream's last version told is enough.
+                    let mut last: HashMap<&str, u64> = HashMap::new();
                     for record in records {
-                        mover.moved(&record.stream, record.version);
+                        last.insert(&record.stream, record.version);
+                    }
+                    for (stream, version) in last {
+                        mover.moved(stream, version);
                     }
                 }
                 Ok(())
@@ -450,7 +466,9 @@ fn lease_round(
 ) -> Result<(), flotilla_journal::Error> {
     let me = ownership.node().to_owned();
     // This node's presence first, so that the others count it even while it holds no shard.
-    journal.acquire_lease(&cluster::presence_name(&me), &me, LEASE_TTL)?;
+    if let Err(error) = journal.acquire_lease(&cluster::presence_name(&me), &me, LEASE_TTL) {
+        tracing::warn!(%error, "could not renew this node's presence");
+    }
     let leases = journal.leases()?;
     let nodes: BTreeSet<String> = leases
         .iter()

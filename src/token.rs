@@ -48,6 +48,14 @@ pub fn operator_token(data_dir: &Path) -> std::io::Result<(String, bool)> {
         Err(error) => return Err(error),
     }
     let token = generate("flo_op_");
+    write_operator_token(data_dir, &token)?;
+    Ok((token, true))
+}
+
+/// Writes `token` to `data_dir`'s `operator.token` (mode 0600), replacing what was there: on a
+/// shared database every node writes the cluster's token (SPEC 9).
+pub fn write_operator_token(data_dir: &Path, token: &str) -> std::io::Result<()> {
+    let path = data_dir.join("operator.token");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -58,8 +66,7 @@ pub fn operator_token(data_dir: &Path) -> std::io::Result<(String, bool)> {
     let mut file = options.open(&path)?;
     file.write_all(token.as_bytes())?;
     file.write_all(b"\n")?;
-    file.sync_all()?;
-    Ok((token, true))
+    file.sync_all()
 }
 
 #[cfg(test)]

@@ -403,3 +403,29 @@ fn on_postgres_an_actor_another_node_left_behind_rebuilds_before_it_decides() {
     );
     assert_eq!(server.capacity(&token, &group), 4);
 }
+
+#[test]
+fn on_postgres_every_node_serves_with_the_clusters_operator_token() {
+    let test = "on_postgres_every_node_serves_with_the_clusters_operator_token";
+    let Some(url) = testing::fresh_database(test) else {
+        return;
+    };
+    let first = Server::start_with(|settings| {
+        settings.database_url = Some(url.parse().unwrap());
+    });
+    let token = first.operator_token.clone();
+    assert!(token.starts_with("flo_op_"), "{token}");
+    drop(first);
+    // Another node, with a data directory of its own that already holds another token (it
+    // served alone on sled before): it serves with the cluster's, and writes it there.
+    let second = Server::start_with(|settings| {
+        settings.database_url = Some(url.parse().unwrap());
+        std::fs::create_dir_all(&settings.data_dir).unwrap();
+        std::fs::write(settings.data_dir.join("operator.token"), "flo_op_old\n").unwrap();
+    });
+    assert_eq!(second.operator_token, token);
+    let written = std::fs::read_to_string(second.dir.path().join("data/operator.token")).unwrap();
+    assert_eq!(written.trim(), token);
+    // The operator's token is accepted: a tenant is made with it.
+    second.tenant("acme");
+}

@@ -234,7 +234,7 @@ impl<A: Aggregate> Handler<LetGoIfIdle> for ObjectActor<A> {
 }
 
 /// Another writer (a node on the same database) appended `.0`, a version of this object's
-/// stream: an actor behind it stops, and comes back with its state rebuilt from the journal.
+/// stream: an actor behind it rebuilds its state from the journal.
 /// Its own appends are applied before it reads this (they hold its mailbox until then), so they
 /// never stop it.
 #[derive(Debug, Message)]
@@ -244,10 +244,10 @@ pub struct Moved(pub u64);
 impl<A: Aggregate> Handler<Moved> for ObjectActor<A> {
     type Result = ();
 
-    fn handle(&mut self, Moved(version): Moved, ctx: &mut Self::Context) {
+    fn handle(&mut self, Moved(version): Moved, _: &mut Self::Context) {
         if self.version < version {
             tracing::debug!(kind = A::KIND, object = %self.id, version, "moved by another writer; rebuilding");
-            ctx.stop();
+            self.rebuild();
         }
     }
 }

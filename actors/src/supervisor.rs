@@ -403,6 +403,12 @@ impl Supervisor {
                 .await?;
             let executed = match executed {
                 Err(error) if error.conflict_on() == Some(policy_id.as_str()) && attempts < 3 => {
+                    // Another node moved the policy: its actor rebuilds before the next try,
+                    // rather than at this node's next read of the journal.
+                    if let Error::Journal(flotilla_journal::Error::Conflict { actual, .. }) = error
+                    {
+                        self.moved(policy_id.as_str(), actual);
+                    }
                     continue;
                 }
                 executed => executed?,

@@ -67,6 +67,11 @@ pub(crate) trait Reads: Send + Sync {
     fn release_lease(&self, _name: &str, _holder: &str, _token: u64) -> Result<bool> {
         Ok(true)
     }
+    /// The secret stored under `name`, storing `candidate` first if there is none; `None` where
+    /// one process has the journal.
+    fn shared_secret(&self, _name: &str, _candidate: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
     /// The leases not yet expired; none where leases are not stored.
     fn leases(&self) -> Result<Vec<Lease>> {
         Ok(Vec::new())

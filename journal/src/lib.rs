@@ -388,6 +388,17 @@ impl Journal {
         self.inner.reads.release_lease(name, holder, token)
     }
 
+    /// The secret shared by every process on this journal's database under `name` (the
+    /// cluster's operator token): the one stored, or `make`'s, stored now if none was (the first
+    /// to store wins). `None` on sled, where one process has the journal.
+    pub fn shared_secret(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> String,
+    ) -> Result<Option<String>> {
+        self.inner.reads.shared_secret(name, &make())
+    }
+
     /// Every lease not yet expired, by name.
     pub fn leases(&self) -> Result<Vec<Lease>> {
         self.inner.reads.leases()

@@ -8,6 +8,7 @@
 //! flotilla_snapshots    stream PRIMARY KEY → value (as `layout::encode_snapshot`)
 //! flotilla_checkpoints  name PRIMARY KEY → value (as `layout::encode_checkpoint`)
 //! flotilla_leases       name PRIMARY KEY, holder, expires_at (the database's clock), token
+//! flotilla_secrets      name PRIMARY KEY → value: what every node shares (the operator token)
 //! flotilla_migrations   the schema versions applied
 //! ```
 //!
@@ -79,6 +80,9 @@ const MIGRATIONS: &[&str] = &[
         expires_at timestamptz NOT NULL,
         token bigint NOT NULL CHECK (token > 0)
     );
+",
+    "
+    CREATE TABLE flotilla_secrets (name text PRIMARY KEY, value text NOT NULL);
 ",
 ];
 
@@ -737,6 +741,30 @@ impl Reads for PgReads {
             &[&name, &holder, &token],
         ))?;
         Ok(released == 1)
+    }
+
+    fn shared_secret(&self, name: &str, candidate: &str) -> Result<Option<String>> {
+        let connection = self.connection()?;
+        // The first to insert wins; everyone reads the winner's.
+        let row = wait(connection.client.query_opt(
+            "WITH inserted AS (
+                 INSERT INTO flotilla_secrets (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO NOTHING RETURNING value)
+             SELECT value FROM inserted
+             UNION ALL SELECT value FROM flotilla_secrets WHERE name = $1
+             LIMIT 1",
+            &[&name, &candidate],
+        ))?;
+        let row = match row {
+            Some(row) => row,
+            // Another node's insert committed while this statement waited on it, after this
+            // statement's snapshot: a new statement sees it.
+            None => wait(connection.client.query_one(
+                "SELECT value FROM flotilla_secrets WHERE name = $1",
+                &[&name],
+            ))?,
+        };
+        Ok(Some(row.try_get(0)?))
     }
 
     fn leases(&self) -> Result<Vec<Lease>> {

@@ -247,13 +247,14 @@ pub enum GroupCommand {
 }
 
 /// The group whose lease `command` needs (see `Aggregate::leased_by`): the converger's
-/// launches, reports and deletions, target tracking, schedules, and the executions alarms and
-/// schedules cause are its owner's work; what callers ask through the API is not.
+/// launches, target tracking, schedules, and the executions alarms and schedules cause are its
+/// owner's work; what callers ask through the API is not. Reports of what a provider did are
+/// facts, recorded whoever holds the lease by the time they come back (else a handle would be
+/// lost and its server launched again); deletions are asked for by callers too (a forced
+/// delete), and deleting twice deletes once.
 pub fn leased_by(id: &str, _state: &GroupState, command: &GroupCommand) -> Option<String> {
     let owners = match command {
         GroupCommand::LaunchServers(_)
-        | GroupCommand::ReportServers(_)
-        | GroupCommand::DeleteServers(_)
         | GroupCommand::Track(_)
         | GroupCommand::RunSchedule { .. } => true,
         GroupCommand::ExecutePolicy { cause, .. } => {
