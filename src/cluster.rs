@@ -24,11 +24,12 @@ use flotilla_journal::{Fence, Lease};
 pub const SHARDS: u32 = 64;
 
 /// How long a lease is granted for.
-pub const LEASE_TTL: Duration = Duration::from_secs(6);
+pub const LEASE_TTL: Duration = Duration::from_secs(5);
 
-/// How often a node renews its leases and looks for free ones: a third of [`LEASE_TTL`], so
-/// that two renewals can fail before a lease is lost.
-pub const LEASE_TICK: Duration = Duration::from_secs(2);
+/// How often a node renews its leases and looks for free ones: a fifth of [`LEASE_TTL`], so
+/// that several renewals can fail before a lease is lost, and a dead node's shards are taken
+/// over within about the TTL and two rounds.
+pub const LEASE_TICK: Duration = Duration::from_secs(1);
 
 /// How long before the database's expiry a node stops acting for a shard, against a pause (a
 /// garbage-collecting neighbour, a stalled disk) between its check and its act.

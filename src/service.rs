@@ -90,8 +90,8 @@ pub fn start_with(
         .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
     let config = flotilla_journal::Config {
         cache_capacity: settings.journal_cache_mb << 20,
-        // Until groups are owned by lease (SPEC 9), one service per database.
-        sole_service: true,
+        // One service per database unless the operator said several share it (SPEC 9).
+        sole_service: !settings.cluster,
         ..flotilla_journal::Config::default()
     };
     let journal = match &settings.database_url {

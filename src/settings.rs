@@ -24,6 +24,12 @@ pub struct ServeArgs {
     /// [default: <host name>:<port>].
     #[arg(long, env = "FLOTILLA_NODE_ID")]
     pub node_id: Option<String>,
+    /// Let several nodes serve the --database-url database together, each group owned by one
+    /// at a time through a lease (SPEC 9). Metric samples are evaluated by the group's owner
+    /// only: send them to every node (a remote_write per node) [default: off, one serve per
+    /// database].
+    #[arg(long, env = "FLOTILLA_CLUSTER")]
+    pub cluster: bool,
     /// TOML file with any of these settings (keys as the flags, with underscores).
     #[arg(long, env = "FLOTILLA_CONFIG")]
     pub config: Option<PathBuf>,
@@ -108,6 +114,7 @@ struct FileSettings {
     data_dir: Option<PathBuf>,
     database_url: Option<DatabaseUrl>,
     node_id: Option<String>,
+    cluster: Option<bool>,
     public_url: Option<String>,
     webhook_tolerance_seconds: Option<u32>,
     webhook_rate_limit: Option<u32>,
@@ -141,6 +148,8 @@ pub struct Settings {
     pub database_url: Option<DatabaseUrl>,
     /// This node's id, if set; see [`Settings::node_id`].
     pub node_id: Option<String>,
+    /// Whether several nodes may serve the database together (default false).
+    pub cluster: bool,
     /// Base of the webhook URLs handed out, if set; see [`Settings::public_url`].
     pub public_url: Option<String>,
     /// Seconds of the service clock a webhook's timestamp may be off by (default 300).
@@ -192,6 +201,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("./flotilla-data"),
             database_url: None,
             node_id: None,
+            cluster: false,
             public_url: None,
             webhook_tolerance_seconds: 300,
             webhook_rate_limit: 50,
@@ -233,6 +243,7 @@ impl Settings {
                 .unwrap_or(d.data_dir),
             database_url: args.database_url.clone().or(file.database_url),
             node_id: args.node_id.clone().or(file.node_id),
+            cluster: args.cluster || file.cluster.unwrap_or(false),
             public_url: args.public_url.clone().or(file.public_url),
             webhook_tolerance_seconds: args
                 .webhook_tolerance_seconds
