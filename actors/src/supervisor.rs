@@ -411,6 +411,9 @@ impl Supervisor {
                     }
                     continue;
                 }
+                // Another node moved the group: nothing was written, and the group's actor has
+                // stopped to rebuild from the journal; decided again on what it finds there.
+                Err(error) if error.conflict_on() == Some(group) && attempts < 3 => continue,
                 executed => executed?,
             };
             let group = executed
