@@ -164,7 +164,12 @@ impl<A: Aggregate> ObjectActor<A> {
                 Err(error) => {
                     // The journal's outcome is unknown (or the stream moved under us): stop, and
                     // let the supervisor restart this actor with its state replayed from disk.
-                    tracing::error!(kind = A::KIND, object = %actor.id, %error, "append failed; restarting");
+                    // Its stream moving is ordinary when several nodes share the journal.
+                    if error.conflict_on() == Some(actor.id.as_str()) {
+                        tracing::info!(kind = A::KIND, object = %actor.id, %error, "stream moved; rebuilding");
+                    } else {
+                        tracing::error!(kind = A::KIND, object = %actor.id, %error, "append failed; restarting");
+                    }
                     ctx.stop();
                     Err(error)
                 }

@@ -505,8 +505,24 @@ impl Supervisor {
         );
         let along: Along<Webhooks, (Via, Option<Breach>), PolicyExecution> =
             Along { command, then };
-        self.ask::<Webhooks, _>(webhook_id.as_str(), || along.clone())
-            .await?
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let delivered = self
+                .ask::<Webhooks, _>(webhook_id.as_str(), || along.clone())
+                .await?;
+            match delivered {
+                // Another node accepted a nonce of this webhook at the same instant: nothing was
+                // written; the webhook's actor rebuilds, and the call is decided again (a replay
+                // of the nonce the other node accepted is then refused as such).
+                Err(Error::Journal(flotilla_journal::Error::Conflict {
+                    stream, actual, ..
+                })) if stream == webhook_id.as_str() && attempts < 3 => {
+                    self.moved(webhook_id.as_str(), actual);
+                }
+                delivered => return delivered,
+            }
+        }
     }
 
     /// Takes action `policy_id` of alarm `alarm_id`'s transition number `transition` (SPEC 5,
