@@ -1,5 +1,7 @@
 //! The journal and audit commands, run as the real binary on a temporary data directory.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -17,19 +19,6 @@ fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
 }
 
-/// Ten events over two objects, one a second from 2026-11-25T00:00:00Z.
-fn seed(dir: &Path) {
-    let journal = Journal::open(dir).unwrap();
-    let start = 1_795_564_800_000i64;
-    for n in 0..10i64 {
-        let stream = if n % 2 == 0 { "group-a" } else { "group-b" };
-        let event = NewEvent::json("thing_happened", 1, start + n * 1000, &n).unwrap();
-        journal
-            .append(stream, ExpectedVersion::Any, vec![event])
-            .unwrap();
-    }
-}
-
 fn arg(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -37,7 +26,7 @@ fn arg(path: &Path) -> &str {
 #[test]
 fn audit_verify_passes_a_sound_journal_and_names_the_first_break() {
     let dir = tempfile::tempdir().unwrap();
-    seed(dir.path());
+    common::seed_journal(dir.path());
     let ok = flotilla(&["audit", "verify", "--data-dir", arg(dir.path())]);
     assert!(ok.status.success(), "{ok:?}");
     assert!(stdout(&ok).starts_with("ok: 10 records"), "{}", stdout(&ok));
@@ -59,7 +48,7 @@ fn audit_verify_passes_a_sound_journal_and_names_the_first_break() {
 #[test]
 fn export_verifies_on_its_own_and_imports_only_into_an_empty_directory() {
     let dir = tempfile::tempdir().unwrap();
-    seed(dir.path());
+    common::seed_journal(dir.path());
     let file = dir.path().join("journal.jsonl");
     let out = flotilla(&[
         "journal",
@@ -122,7 +111,7 @@ fn export_verifies_on_its_own_and_imports_only_into_an_empty_directory() {
 #[test]
 fn audit_log_prints_json_lines_filtered_by_object_and_time() {
     let dir = tempfile::tempdir().unwrap();
-    seed(dir.path());
+    common::seed_journal(dir.path());
     let all = flotilla(&["audit", "log", "--data-dir", arg(dir.path())]);
     assert!(all.status.success(), "{all:?}");
     let lines: Vec<serde_json::Value> = stdout(&all)
@@ -253,7 +242,7 @@ fn flotilla_in(dir: &Path, args: &[&str]) -> Output {
 #[test]
 fn a_newcomers_edges_defaults_hints_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
-    seed(&dir.path().join("flotilla-data"));
+    common::seed_journal(&dir.path().join("flotilla-data"));
 
     // `audit verify` defaults to ./flotilla-data, like its siblings.
     let ok = flotilla_in(dir.path(), &["audit", "verify"]);

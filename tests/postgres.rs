@@ -105,19 +105,6 @@ fn the_service_on_postgres_keeps_every_acknowledged_change_across_a_restart() {
     assert_eq!(executions, 2, "{}", stdout(&log));
 }
 
-/// Ten events over two objects, one a second from 2026-11-25T00:00:00Z.
-fn seed(dir: &Path) {
-    let journal = Journal::open(dir).unwrap();
-    let start = 1_795_564_800_000i64;
-    for n in 0..10i64 {
-        let stream = if n % 2 == 0 { "group-a" } else { "group-b" };
-        let event = NewEvent::json("thing_happened", 1, start + n * 1000, &n).unwrap();
-        journal
-            .append(stream, ExpectedVersion::Any, vec![event])
-            .unwrap();
-    }
-}
-
 #[test]
 fn a_sled_journal_moves_into_postgres_through_an_export_chain_and_all() {
     let test = "a_sled_journal_moves_into_postgres_through_an_export_chain_and_all";
@@ -126,7 +113,7 @@ fn a_sled_journal_moves_into_postgres_through_an_export_chain_and_all() {
     };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    seed(&data);
+    common::seed_journal(&data);
     let export = dir.path().join("journal.jsonl");
     let exported = flotilla(
         None,

@@ -24,6 +24,21 @@ pub fn real_now() -> Timestamp {
     Timestamp::from_millis(since.as_millis() as i64)
 }
 
+/// A journal in `dir` of ten events over two objects (`group-a`, `group-b`), one a second from
+/// 2026-11-25T00:00:00Z: for the journal tools' tests.
+pub fn seed_journal(dir: &std::path::Path) {
+    use flotilla_journal::{ExpectedVersion, Journal, NewEvent};
+    let journal = Journal::open(dir).unwrap();
+    let start = 1_795_564_800_000i64;
+    for n in 0..10i64 {
+        let stream = if n % 2 == 0 { "group-a" } else { "group-b" };
+        let event = NewEvent::json("thing_happened", 1, start + n * 1000, &n).unwrap();
+        journal
+            .append(stream, ExpectedVersion::Any, vec![event])
+            .unwrap();
+    }
+}
+
 /// 2026-11-25T00:00:00Z, in seconds.
 pub const START_SECS: i64 = 1_795_564_800;
 
