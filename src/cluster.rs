@@ -180,6 +180,9 @@ pub struct Ownership {
     node: String,
     /// `None` on sled: every shard, always.
     held: Option<RwLock<BTreeMap<u32, Held>>>,
+    /// Held shards being let go of: no new work starts for them, while work under way ends
+    /// under their lease (see [`Ownership::drain`]).
+    draining: RwLock<BTreeSet<u32>>,
 }
 
 impl Ownership {
@@ -188,6 +191,7 @@ impl Ownership {
         Ownership {
             node: node.into(),
             held: None,
+            draining: RwLock::default(),
         }
     }
 
@@ -196,6 +200,7 @@ impl Ownership {
         Ownership {
             node: node.into(),
             held: Some(RwLock::new(BTreeMap::new())),
+            draining: RwLock::default(),
         }
     }
 
@@ -210,7 +215,8 @@ impl Ownership {
     }
 
     /// The fence for acting on group `id` at `now`, if this node may: `None` when another node
-    /// has its shard, or this node's lease on it has run out.
+    /// has its shard, or this node's lease on it has run out. A draining shard still has its
+    /// fence, so that work under way ends under it.
     pub fn fence(&self, id: &str, now: Timestamp) -> Option<Option<Fence>> {
         let Some(held) = &self.held else {
             return Some(None);
@@ -226,9 +232,25 @@ impl Ownership {
         })
     }
 
-    /// Whether this node acts for group `id` at `now`.
+    /// Whether this node starts work for group `id` at `now`: it holds the shard's lease and
+    /// is not letting go of it.
     pub fn acts_for(&self, id: &str, now: Timestamp) -> bool {
-        self.fence(id, now).is_some()
+        if self.held.is_none() {
+            return true;
+        }
+        self.fence(id, now).is_some() && !read(&self.draining).contains(&shard_of(id))
+    }
+
+    /// Marks `shards` (held, and planned to be let go of while work for them is under way) as
+    /// draining, and no other: no new work starts for them, their leases are renewed, and the
+    /// lease loop lets go of each once its work has ended, so that a launch under way records
+    /// its servers under the lease it was made under rather than being fenced off.
+    pub fn drain(&self, shards: &BTreeSet<u32>) {
+        let mut draining = self
+            .draining
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        draining.clone_from(shards);
     }
 
     /// The shards held, with their leases.
@@ -281,6 +303,9 @@ pub struct LeaseCounts {
     pub takeovers: AtomicU64,
     /// Shards this node stopped acting for: refused a renewal, run out, or let go.
     pub losses: AtomicU64,
+    /// Commands of a group's owner (a launch, a provider's report, an alarm's action) refused
+    /// here because this node did not hold the group's lease when it came to append them.
+    pub refused: AtomicU64,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -441,6 +466,28 @@ mod tests {
         // Lost leases are forgotten.
         ownership.update(&[], &[shard]);
         assert_eq!(ownership.shards_at(T0), 0);
+    }
+
+    #[test]
+    fn a_draining_shard_starts_no_new_work_but_ends_its_work_under_its_lease() {
+        let ownership = Ownership::shared("node-a");
+        let shard = shard_of("grp_1");
+        let held = Held {
+            token: 3,
+            until: T0.plus_secs(5u64),
+        };
+        ownership.update(&[(shard, held)], &[]);
+        // Given the shard is being let go of while a launch for grp_1 is under way...
+        ownership.drain(&BTreeSet::from([shard]));
+        // ...no new work starts for it, while the launch's report still carries its fence.
+        assert!(!ownership.acts_for("grp_1", T0));
+        assert_eq!(ownership.fence("grp_1", T0).unwrap().unwrap().token, 3);
+        assert_eq!(ownership.shards_at(T0), 1, "still held");
+        // Once the lease runs out on this node's clock, not even that.
+        assert_eq!(ownership.fence("grp_1", T0.plus_secs(5u64)), None);
+        // A shard that no longer drains (the plan kept it) starts work again.
+        ownership.drain(&BTreeSet::new());
+        assert!(ownership.acts_for("grp_1", T0));
     }
 
     #[test]

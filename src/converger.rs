@@ -22,7 +22,7 @@
 //! capacity and its servers, and each step is an event of its stream. A group's passes never
 //! overlap (a lock per group; a tick skips a group whose pass is still running).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use flotilla_actors::aggregate::Groups;
@@ -539,6 +539,32 @@ impl Converger {
                 .len();
         }
         Ok(pass)
+    }
+
+    /// Of `shards`, those with a group whose pass, or a server's deletion, is under way here:
+    /// the lease loop lets go of such a shard only once that work has ended.
+    pub fn busy_in(&self, shards: &BTreeSet<u32>) -> BTreeSet<u32> {
+        if shards.is_empty() {
+            return BTreeSet::new();
+        }
+        let mut busy: BTreeSet<u32> = self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(_, pass)| pass.try_lock().is_err())
+            .map(|(id, _)| crate::cluster::shard_of(id.as_str()))
+            .filter(|shard| shards.contains(shard))
+            .collect();
+        busy.extend(
+            self.deletions
+                .servers()
+                .iter()
+                .filter(|(_, servers)| !servers.is_empty())
+                .map(|(id, _)| crate::cluster::shard_of(id.as_str()))
+                .filter(|shard| shards.contains(shard)),
+        );
+        busy
     }
 
     /// At each of `ticker`'s ticks once `ready` is set, starts a pass over every group whose

@@ -147,8 +147,14 @@ pub fn start_with(
                 .then_some(settings.actor_idle_seconds),
             // On a shared database, a group's owner's work only under its shard's lease.
             fencing: ownership.is_shared().then(|| {
-                let ownership = ownership.clone();
-                supervisor::Fencing(Arc::new(move |group, now| ownership.fence(group, now)))
+                let (ownership, counts) = (ownership.clone(), lease_counts.clone());
+                supervisor::Fencing(Arc::new(move |group, now| {
+                    let fence = ownership.fence(group, now);
+                    if fence.is_none() {
+                        counts.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    fence
+                }))
             }),
             ..supervisor::Config::default()
         },
@@ -216,9 +222,13 @@ pub fn start_with(
     // On a shared database, leases first (a manual tick takes them before the loops act), and
     // the read models follow what other nodes append.
     if ownership.is_shared() {
+        let busy: Busy = {
+            let converger = converger.clone();
+            Arc::new(move |shards: &BTreeSet<u32>| converger.busy_in(shards))
+        };
         run_leases(
             journal.clone(),
-            (ownership, lease_counts),
+            (ownership, lease_counts, busy),
             clock.clone(),
             ticks.ticker("leases", cluster::LEASE_TICK),
         );
@@ -425,24 +435,29 @@ fn follow_other_nodes(journal: Journal, mut ticker: Ticker) {
     });
 }
 
+/// Of the shards asked about, those with work under way on this node (see
+/// [`Converger::busy_in`]).
+type Busy = Arc<dyn Fn(&BTreeSet<u32>) -> BTreeSet<u32> + Send + Sync>;
+
 /// Holds this node's leases on a shared database (SPEC 9): at each tick, on a blocking thread,
 /// one [`lease_round`].
 fn run_leases(
     journal: Journal,
-    (ownership, counts): (Arc<Ownership>, Arc<LeaseCounts>),
+    (ownership, counts, busy): (Arc<Ownership>, Arc<LeaseCounts>, Busy),
     clock: Arc<dyn Clock>,
     mut ticker: Ticker,
 ) {
     actix_web::rt::spawn(async move {
         while let Some(_tick) = ticker.next().await {
-            let (journal, ownership, counts, clock) = (
+            let (journal, ownership, counts, busy, clock) = (
                 journal.clone(),
                 ownership.clone(),
                 counts.clone(),
+                busy.clone(),
                 clock.clone(),
             );
             let round = actix_web::rt::task::spawn_blocking(move || {
-                lease_round(&journal, &ownership, &counts, clock.as_ref())
+                lease_round(&journal, &ownership, &counts, busy.as_ref(), clock.as_ref())
             })
             .await;
             match round {
@@ -462,6 +477,7 @@ fn lease_round(
     journal: &Journal,
     ownership: &Ownership,
     counts: &LeaseCounts,
+    busy: &(dyn Fn(&BTreeSet<u32>) -> BTreeSet<u32> + Send + Sync),
     clock: &dyn Clock,
 ) -> Result<(), flotilla_journal::Error> {
     let me = ownership.node().to_owned();
@@ -479,7 +495,13 @@ fn lease_round(
         .filter_map(|lease| Some((cluster::shard_of_lease(&lease.name)?, lease.holder)))
         .collect();
     let held = ownership.held();
-    let plan = cluster::plan(&me, clock.now(), &held, &live, &nodes);
+    let mut plan = cluster::plan(&me, clock.now(), &held, &live, &nodes);
+    // A shard to let go of whose work is under way (a launch waiting on its provider) drains
+    // first: nothing new starts for it, and it is renewed until that work has ended.
+    let draining = busy(&plan.release.iter().copied().collect());
+    ownership.drain(&draining);
+    plan.release.retain(|shard| !draining.contains(shard));
+    plan.renew.extend(&draining);
     let stopped: Vec<u32> = plan.forget.iter().chain(&plan.release).copied().collect();
     ownership.update(&[], &stopped);
     counts

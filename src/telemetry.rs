@@ -344,6 +344,11 @@ impl Collector for Live {
                 "Shards this node stopped acting for: refused, run out or let go",
                 &self.leases.losses,
             ),
+            (
+                "flotilla_owner_work_refused",
+                "A group's owner's work refused on this node, which did not hold its lease",
+                &self.leases.refused,
+            ),
         ] {
             let count = ConstCounter::new(count.load(Ordering::Relaxed));
             count.encode(encoder.encode_descriptor(name, help, None, count.metric_type())?)?;

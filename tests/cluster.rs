@@ -4,6 +4,9 @@
 //! once, no nonce is accepted twice, no server is launched twice for one slot, and the chain
 //! verifies.
 //!
+//! A node paused with SIGSTOP past its lease, a launch of its under way, is fenced: once resumed
+//! its report of that launch is refused and never reaches the journal, and it goes on serving.
+//!
 //! Leases expire by the database's clock, in real time, so this test waits in real time (with
 //! deadlines, polling the nodes' own answers); nothing in it sleeps for a fixed length.
 
@@ -14,6 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::orchestrator::Orchestrator;
 use flotilla_journal::{testing, Journal};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
@@ -100,6 +106,23 @@ fn call(client: &Client, base: &str, method: &str, path: &str, token: &str, body
     let body: Value = response.json().unwrap_or(Value::Null);
     assert!(status.is_success(), "{path}: {status} {body}");
     body
+}
+
+fn ready(client: &Client, node: &Node) {
+    within("ready", Duration::from_secs(30), || {
+        client
+            .get(format!("{}/readyz", node.base))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+    });
+}
+
+fn signal(node: &Node, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &node.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
 }
 
 fn token_of(dir: &Path) -> String {
@@ -353,4 +376,109 @@ fn three_nodes_share_a_database_and_take_over_a_killed_nodes_groups_within_10_s(
         .unwrap();
     assert!(verified.status.success(), "{verified:?}");
     drop(nodes);
+}
+
+#[test]
+fn a_node_paused_past_its_lease_is_fenced_and_nothing_it_does_on_resuming_reaches_the_journal() {
+    let Some(url) = testing::fresh_database("a_node_paused_past_its_lease") else {
+        return;
+    };
+    let client = Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // The orchestrator holds its answer to the first create: node-1's launch is under way.
+    let orchestrator = Orchestrator::holding(1);
+    let first = start(&url, "node-1");
+    ready(&client, &first);
+    within("node-1 holds every shard", Duration::from_secs(30), || {
+        gauge(&client, &first, "flotilla_shards_owned") == Some(64)
+    });
+    let operator = token_of(first.dir.path());
+    let tenant = call(
+        &client,
+        &first.base,
+        "POST",
+        "/v1/tenants",
+        &operator,
+        json!({"name": "acme"}),
+    );
+    let token = tenant["token"].as_str().unwrap().to_owned();
+    let group = call(
+        &client,
+        &first.base,
+        "POST",
+        "/v1/groups",
+        &token,
+        json!({"name": "web", "min_size": 0, "max_size": 4, "desired_capacity": 1,
+               "launch": {"provider": "http", "url": orchestrator.url, "timeout_ms": 60_000,
+                          "retries": 0, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}}),
+    );
+    let group = group["id"].as_str().unwrap().to_owned();
+    within("node-1 asks for a server", Duration::from_secs(10), || {
+        orchestrator.creates().len() == 1
+    });
+    let asked = orchestrator.creates().remove(0);
+    let lease = flotilla::cluster::lease_name(flotilla::cluster::shard_of(&group));
+    assert_eq!((asked.lease.as_str(), asked.token.as_str()), (&*lease, "1"));
+
+    // Paused past its lease: node-2 takes every shard over once the leases expire.
+    signal(&first, "-STOP");
+    let second = start(&url, "node-2");
+    ready(&client, &second);
+    within(
+        "node-2 takes node-1's shards over",
+        Duration::from_secs(30),
+        || gauge(&client, &second, "flotilla_shards_owned") == Some(64),
+    );
+    // It resolves node-1's launch as a restart would, and launches the slot again under a
+    // newer token.
+    let group_at = |node: &Node| {
+        client
+            .get(format!("{}/v1/groups/{group}", node.base))
+            .bearer_auth(&token)
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+            .and_then(|r| r.json::<Value>().ok())
+    };
+    within(
+        "node-2 launches the server",
+        Duration::from_secs(30),
+        || group_at(&second).is_some_and(|g| g["active"] == 1 && g["pending"] == 0),
+    );
+    let creates = orchestrator.creates();
+    assert_eq!(creates.len(), 2, "{creates:?}");
+    assert_eq!(creates[1].server_id, asked.server_id, "the same slot");
+    assert_eq!(creates[1].lease, lease);
+    let newer: u64 = creates[1].token.parse().unwrap();
+    assert!(newer > 1, "{creates:?}");
+
+    // Resumed, node-1 gets its launch's answer, and its report of it is refused.
+    orchestrator.release();
+    signal(&first, "-CONT");
+    within("node-1's report refused", Duration::from_secs(30), || {
+        gauge(&client, &first, "flotilla_owner_work_refused_total").is_some_and(|n| n >= 1)
+    });
+    // It goes on serving API calls, with what node-2 recorded.
+    within(
+        "node-1 serves the group as node-2 left it",
+        Duration::from_secs(10),
+        || group_at(&first).is_some_and(|g| g["active"] == 1 && g["desired_capacity"] == 1),
+    );
+    // Nothing node-1 did after resuming reached the journal: its server's handle is nowhere,
+    // the slot was launched once, by node-2, and the chain is whole.
+    let journal = Journal::connect(&url, flotilla_journal::Config::default()).unwrap();
+    let mut launched = Vec::new();
+    for record in journal.read_all(1) {
+        let record = record.unwrap();
+        let payload = String::from_utf8(record.payload.clone()).unwrap();
+        assert!(!payload.contains(&asked.handle), "{payload}");
+        if record.event_type == "server_launched" {
+            launched.push(payload);
+        }
+    }
+    assert_eq!(launched.len(), 1, "{launched:?}");
+    assert!(launched[0].contains(&creates[1].handle), "{launched:?}");
+    journal.verify().unwrap();
 }

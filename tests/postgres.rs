@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 
+use common::orchestrator::Orchestrator;
 use common::Server;
 use flotilla_journal::{testing, ExpectedVersion, Journal, NewEvent};
 use serde_json::json;
@@ -247,63 +245,13 @@ fn on_postgres_a_node_acts_only_for_the_groups_whose_shard_lease_it_holds() {
     assert_eq!((ours.holder.as_str(), ours.token), ("node-a", 3));
 }
 
-/// A stand-in for a cloud orchestrator, which cannot run here: answers a create with an id and
-/// anything else with a running status, and keeps the lease headers of each create.
-/// The (lease, token) headers of each create an orchestrator received.
-type Creates = Arc<Mutex<Vec<(String, String)>>>;
-
-fn orchestrator() -> (String, Creates) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/servers", listener.local_addr().unwrap());
-    let creates = Arc::new(Mutex::new(Vec::new()));
-    let seen = creates.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut headers = std::collections::HashMap::new();
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            loop {
-                line.clear();
-                reader.read_line(&mut line).unwrap();
-                let Some((name, value)) = line.trim().split_once(':') else {
-                    break;
-                };
-                headers.insert(name.trim().to_lowercase(), value.trim().to_owned());
-            }
-            let mut body = vec![0; headers["content-length"].parse().unwrap()];
-            reader.read_exact(&mut body).unwrap();
-            let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            let answer = if request["action"] == "create" {
-                let lease = headers.get("flotilla-lease").cloned().unwrap_or_default();
-                let token = headers.get("flotilla-fencing-token").cloned();
-                seen.lock()
-                    .unwrap()
-                    .push((lease, token.unwrap_or_default()));
-                json!({"id": "vm-1"})
-            } else {
-                json!({"status": "running"})
-            };
-            let answer = answer.to_string();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-                 connection: close\r\n\r\n{answer}",
-                answer.len()
-            );
-        }
-    });
-    (url, creates)
-}
-
 #[test]
 fn on_postgres_a_launch_carries_the_lease_and_fencing_token_it_is_made_under() {
     let test = "on_postgres_a_launch_carries_the_lease_and_fencing_token_it_is_made_under";
     let Some(url) = testing::fresh_database(test) else {
         return;
     };
-    let (orchestrator, creates) = orchestrator();
+    let orchestrator = Orchestrator::start();
     let server = Server::start_with(|settings| {
         settings.database_url = Some(url.parse().unwrap());
     });
@@ -315,7 +263,7 @@ fn on_postgres_a_launch_carries_the_lease_and_fencing_token_it_is_made_under() {
         &token,
         Some(
             json!({"name": "web", "min_size": 0, "max_size": 4, "desired_capacity": 1,
-                    "launch": {"provider": "http", "url": orchestrator, "secret": secret}}),
+                    "launch": {"provider": "http", "url": orchestrator.url, "secret": secret}}),
         ),
     );
     assert_eq!(status, 201, "{body}");
@@ -324,7 +272,12 @@ fn on_postgres_a_launch_carries_the_lease_and_fencing_token_it_is_made_under() {
         servers_of(&server, &token, &group) == (1, 0)
     });
     let lease = flotilla::cluster::lease_name(flotilla::cluster::shard_of(&group));
-    assert_eq!(*creates.lock().unwrap(), [(lease, "1".to_owned())]);
+    let creates: Vec<_> = orchestrator
+        .creates()
+        .into_iter()
+        .map(|create| (create.lease, create.token))
+        .collect();
+    assert_eq!(creates, [(lease, "1".to_owned())]);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod external;
+pub mod orchestrator;
 pub mod serve;
 pub mod world;
 

@@ -247,13 +247,19 @@ pub enum GroupCommand {
 }
 
 /// The group whose lease `command` needs (see `Aggregate::leased_by`): the converger's
-/// launches, target tracking, schedules, and the executions alarms and schedules cause are its
-/// owner's work; what callers ask through the API is not. Reports of what a provider did are
-/// facts, recorded whoever holds the lease by the time they come back (else a handle would be
-/// lost and its server launched again); deletions are asked for by callers too (a forced
-/// delete), and deleting twice deletes once.
+/// launches and its reports of what the provider did, target tracking, schedules, and the
+/// executions alarms and schedules cause are its owner's work; what callers ask through the
+/// API is not. A report comes back under the lease its launch was made under: a node lets go
+/// of a shard only once its work there has ended, so a report is refused only from a node
+/// whose lease ran out (paused, or cut off), whose launches the next owner resolves as a
+/// restart does. Deletions are asked for by callers too (a forced delete drains a group through
+/// whichever node it reached), and deleting twice deletes once, so a report of deletions alone
+/// needs no lease.
 pub fn leased_by(id: &str, _state: &GroupState, command: &GroupCommand) -> Option<String> {
     let owners = match command {
+        GroupCommand::ReportServers(reports) => reports
+            .iter()
+            .any(|report| !matches!(report, ServerReport::Deleted { .. })),
         GroupCommand::LaunchServers(_)
         | GroupCommand::Track(_)
         | GroupCommand::RunSchedule { .. } => true,

@@ -804,6 +804,26 @@ fn server_state(state: &GroupState, id: &str) -> Option<ServerState> {
 }
 
 #[test]
+fn launches_and_what_the_provider_did_need_the_lease_but_deletions_alone_do_not() {
+    let group = given_group(0, 5, 2);
+    let owners = |command: &GroupCommand| leased_by("grp_1", &group, command);
+    assert_eq!(owners(&launch(&["a"])), Some("grp_1".to_owned()));
+    assert_eq!(
+        owners(&report(vec![launched("a")])),
+        Some("grp_1".to_owned())
+    );
+    let deleted = || ServerReport::Deleted {
+        server_id: "a".into(),
+    };
+    assert_eq!(
+        owners(&report(vec![deleted(), launched("b")])),
+        Some("grp_1".to_owned())
+    );
+    assert_eq!(owners(&report(vec![deleted()])), None);
+    assert_eq!(owners(&GroupCommand::Drain), None);
+}
+
+#[test]
 fn launches_beyond_the_desired_capacity_record_nothing() {
     let (state, events) = when(given_group(0, 5, 2), launch(&["a", "b", "c"]), T0);
     assert_eq!(events.len(), 2);
