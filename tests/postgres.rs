@@ -369,3 +369,63 @@ fn on_postgres_every_node_serves_with_the_clusters_operator_token() {
     // The operator's token is accepted: a tenant is made with it.
     second.tenant("acme");
 }
+
+#[test]
+fn on_postgres_a_node_knows_at_once_what_another_node_just_made() {
+    let test = "on_postgres_a_node_knows_at_once_what_another_node_just_made";
+    let Some(url) = testing::fresh_database(test) else {
+        return;
+    };
+    let cluster = |settings: &mut flotilla::settings::Settings| {
+        settings.database_url = Some(url.parse().unwrap());
+        settings.cluster = true;
+    };
+    let first = Server::start_with(cluster);
+    let second = Server::start_with(cluster);
+    // Neither reads what the other appends on its own here (their ticks are manual, and none
+    // is given): what the second knows of the first's objects, it learns on a miss.
+    let hook = first.webhook_setup();
+    let (status, body) = first.call(
+        "POST",
+        "/v1/groups",
+        &hook.token,
+        Some(json!({
+        "name": "api", "min_size": 0, "max_size": 4, "desired_capacity": 0,
+        "launch": {"provider": "simulated"}})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let metrics_token = body["metrics_token"].as_str().unwrap().to_owned();
+
+    // The tenant's token, the group and the policy are known through the second at once.
+    let (status, body) = second.call(
+        "GET",
+        &format!("/v1/groups/{}", hook.group),
+        &hook.token,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let policy = format!("/v1/groups/{}/policies/{}", hook.group, hook.policy);
+    let (status, body) = second.call("GET", &policy, &hook.token, None);
+    assert_eq!(status, 200, "{body}");
+    // So are the webhook and the other group's metrics token.
+    let through_second = common::Hook {
+        url: second.url(&format!("/v1/hooks/{}", hook.id)),
+        ..hook.clone()
+    };
+    let now = second.now_secs();
+    let answer = second.send_hook(&through_second, &hook.secret, "msg_1", now, BODY);
+    assert_eq!(answer.0, 202, "{}", answer.1);
+    assert_eq!(answer.1["outcome"], "executed", "{}", answer.1);
+    let samples = json!({"samples": [{"metric": "cpu", "value": 0.5, "timestamp": now}]});
+    let (status, body) = second.call("POST", "/v1/metrics", &metrics_token, Some(samples));
+    assert!(status != 401, "{status} {body}");
+    // What no node made is still unknown after the catch-up.
+    let (status, body) = second.call("GET", "/v1/groups/grp_nosuch", &hook.token, None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (status, _) = second.call("GET", "/v1/groups", "flo_nosuch", None);
+    assert_eq!(status, 401);
+}

@@ -48,10 +48,12 @@ impl Error {
             Error::Rejected(rejection) => rejection.code(),
             Error::InvalidSignature => "invalid_signature",
             Error::Malformed { code, .. } => code,
-            // While a group's lease changes hands.
+            // While a group's lease changes hands, or other nodes keep moving its stream.
             Error::Unavailable
             | Error::NotOwner(_)
-            | Error::Journal(flotilla_journal::Error::Fenced { .. }) => "unavailable",
+            | Error::Journal(
+                flotilla_journal::Error::Fenced { .. } | flotilla_journal::Error::Conflict { .. },
+            ) => "unavailable",
             Error::Journal(_) => "journal",
         }
     }
@@ -64,7 +66,9 @@ impl Error {
             Error::Malformed { .. } => 400,
             Error::Unavailable
             | Error::NotOwner(_)
-            | Error::Journal(flotilla_journal::Error::Fenced { .. }) => 503,
+            | Error::Journal(
+                flotilla_journal::Error::Fenced { .. } | flotilla_journal::Error::Conflict { .. },
+            ) => 503,
             Error::Journal(_) => 500,
         }
     }

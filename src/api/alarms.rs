@@ -108,14 +108,16 @@ pub struct UpdateAlarm {
 
 /// Every action must be a policy of the alarm's group: one that is not is a 404, as a body's
 /// reference to an object the tenant cannot see (SPEC 3).
-fn check_actions<'a>(
+async fn check_actions<'a>(
     state: &AppState,
     tenant: &TenantId,
     group: &flotilla_actors::domain::GroupId,
     actions: impl IntoIterator<Item = &'a PolicyId>,
 ) -> Result<(), ApiError> {
     for policy in actions {
-        match resource::owned::<Policies>(state, tenant, policy.as_str(), Some(group.as_str())) {
+        match resource::owned::<Policies>(state, tenant, policy.as_str(), Some(group.as_str()))
+            .await
+        {
             Ok(_) => {}
             Err(_) => {
                 return Err(ApiError::new(
@@ -153,19 +155,22 @@ pub async fn create(
     body: web::Json<CreateAlarm>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let group = owned_group(&state, &tenant, &body.group_id).map_err(|_| {
-        ApiError::new(
-            actix_web::http::StatusCode::NOT_FOUND,
-            "not_found",
-            "group_id names no group of yours",
-        )
-    })?;
+    let group = owned_group(&state, &tenant, &body.group_id)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                actix_web::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "group_id names no group of yours",
+            )
+        })?;
     check_actions(
         &state,
         &tenant,
         &group,
         body.alarm_actions.iter().chain(&body.ok_actions),
-    )?;
+    )
+    .await?;
     let metric = super::source(&state, body.metric, body.query.as_deref())?;
     let id = AlarmId::generate();
     let command = AlarmCommand::Create(NewAlarm {
@@ -231,7 +236,7 @@ pub async fn show(
     Tenant(tenant): Tenant,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = resource::owned::<Alarms>(&state, &tenant, &path, None)?;
+    let id = resource::owned::<Alarms>(&state, &tenant, &path, None).await?;
     Ok(HttpResponse::Ok().json(AlarmView::from(
         &resource::load::<Alarms>(&state, &id).await?,
     )))
@@ -256,7 +261,7 @@ pub async fn update(
     path: web::Path<String>,
     body: web::Json<UpdateAlarm>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = resource::owned::<Alarms>(&state, &tenant, &path, None)?;
+    let id = resource::owned::<Alarms>(&state, &tenant, &path, None).await?;
     let body = body.into_inner();
     let current = resource::load::<Alarms>(&state, &id).await?;
     let actions = body
@@ -264,7 +269,7 @@ pub async fn update(
         .iter()
         .flatten()
         .chain(body.ok_actions.iter().flatten());
-    check_actions(&state, &tenant, &current.definition.group_id, actions)?;
+    check_actions(&state, &tenant, &current.definition.group_id, actions).await?;
     if body.query.is_some() {
         super::source(&state, body.metric.clone(), body.query.as_deref())?;
     }
@@ -304,7 +309,7 @@ pub async fn delete(
     Tenant(tenant): Tenant,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = resource::owned::<Alarms>(&state, &tenant, &path, None)?;
+    let id = resource::owned::<Alarms>(&state, &tenant, &path, None).await?;
     state
         .execute::<Alarms>(id.as_str(), AlarmCommand::Delete)
         .await?;

@@ -43,17 +43,19 @@ fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
 
 impl FromRequest for Tenant {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(state(req).and_then(|state| {
-            let hash = bearer(req)?;
-            state
-                .index
-                .tenant_of_token(&hash)
-                .map(Tenant)
+        let asked = state(req).and_then(|state| Ok((state.clone(), bearer(req)?)));
+        Box::pin(async move {
+            let (state, hash) = asked?;
+            // A tenant made (or a token given) through another node a moment ago is known
+            // once this node catches up.
+            let of = || state.index.tenant_of_token(&hash);
+            state.catch_up.known(|| of().is_some()).await;
+            of().map(Tenant)
                 .ok_or_else(|| ApiError::unauthorized("unknown token"))
-        }))
+        })
     }
 }
 

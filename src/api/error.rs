@@ -284,6 +284,12 @@ impl From<ActorError> for ApiError {
     fn from(error: ActorError) -> Self {
         let status =
             StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Not a fault: the object's actor is restarting, its lease is changing hands, or
+            // other nodes kept moving its stream past the retries; a retry soon may succeed.
+            tracing::info!(%error, "request answered unavailable");
+            return ApiError::unavailable("the object cannot take this call now; try again");
+        }
         if status.is_server_error() {
             // Faults are logged here, once, with their cause; the client gets no internals.
             tracing::error!(%error, "request failed");
@@ -335,4 +341,28 @@ pub fn query_error(error: actix_web::error::QueryPayloadError) -> actix_web::Err
 /// Bad paths as API errors.
 pub fn path_error(error: actix_web::error::PathError) -> actix_web::Error {
     ApiError::bad_request("invalid_path", error.to_string()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_other_nodes_keep_moving_or_a_lease_changing_hands_is_503_with_retry_after() {
+        let moved = ActorError::Journal(flotilla_journal::Error::Conflict {
+            stream: "grp_1".into(),
+            expected: flotilla_journal::ExpectedVersion::Exact(3),
+            actual: 4,
+        });
+        let not_owner = ActorError::NotOwner("grp_1".into());
+        for error in [moved, not_owner, ActorError::Unavailable] {
+            let api = ApiError::from(error);
+            assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!((api.code(), api.retry_after), ("unavailable", Some(1)));
+        }
+        // A fault of the journal itself stays a 500, without its internals.
+        let fault = ApiError::from(ActorError::Journal(flotilla_journal::Error::Closed));
+        assert_eq!(fault.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(fault.message, "the service failed; try again");
+    }
 }

@@ -128,8 +128,8 @@ fn check_provider(state: &AppState, launch: Option<&Value>) -> Result<(), ApiErr
 }
 
 /// Group `id`, if `tenant` owns it.
-pub fn owned(state: &AppState, tenant: &TenantId, id: &str) -> Result<GroupId, ApiError> {
-    resource::owned::<Groups>(state, tenant, id, None)
+pub async fn owned(state: &AppState, tenant: &TenantId, id: &str) -> Result<GroupId, ApiError> {
+    resource::owned::<Groups>(state, tenant, id, None).await
 }
 
 /// `POST /v1/groups`: 201 with the group and its metrics token (shown this once).
@@ -217,7 +217,7 @@ pub async fn show(
     Tenant(tenant): Tenant,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path)?;
+    let id = owned(&state, &tenant, &path).await?;
     let group = resource::load::<Groups>(&state, &id).await?;
     Ok(HttpResponse::Ok().json(GroupView::from(&group)))
 }
@@ -241,7 +241,7 @@ pub async fn update(
     path: web::Path<String>,
     body: web::Json<UpdateGroup>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path)?;
+    let id = owned(&state, &tenant, &path).await?;
     let body = body.into_inner();
     check_provider(&state, body.launch.as_ref())?;
     let patch = GroupPatch {
@@ -287,7 +287,7 @@ pub async fn delete(
     path: web::Path<String>,
     query: web::Query<DeleteQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path)?;
+    let id = owned(&state, &tenant, &path).await?;
     if query.force {
         drain(&state, &id).await?;
     }
@@ -355,7 +355,7 @@ pub async fn rotate_metrics_token(
     Tenant(tenant): Tenant,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path)?;
+    let id = owned(&state, &tenant, &path).await?;
     let metrics_token = token::generate("flo_mt_");
     let command = GroupCommand::RotateMetricsToken {
         metrics_token_hash: token::hash(&metrics_token),
@@ -403,7 +403,7 @@ pub async fn pause(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path)?;
+    let id = owned(&state, &tenant, &path).await?;
     // No body, or null, pauses both directions.
     let body: Option<PauseBody> = super::optional_json::<Option<PauseBody>>(&body)?.flatten();
     let pause = body.map_or(Pause::BOTH, |body| Pause {
@@ -430,7 +430,7 @@ pub async fn resume(
     Tenant(tenant): Tenant,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path)?;
+    let id = owned(&state, &tenant, &path).await?;
     respond(&state, &id, GroupCommand::Resume).await
 }
 
@@ -452,7 +452,7 @@ pub async fn servers(
     path: web::Path<String>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path)?;
+    let id = owned(&state, &tenant, &path).await?;
     let limit = query.limit()?;
     let group = resource::load::<Groups>(&state, &id).await?;
     let after: String = query.cursor("srv_")?.unwrap_or_default();
@@ -487,7 +487,7 @@ pub async fn activity(
     path: web::Path<String>,
     query: web::Query<ActivityQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path)?;
+    let id = owned(&state, &tenant, &path).await?;
     let query = query.into_inner();
     let outcome = query.outcome;
     let query = ListQuery {

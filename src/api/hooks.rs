@@ -95,7 +95,11 @@ async fn deliver(
     let id = WebhookId::new(id);
     // Only whether the id is known (and unrevoked): whether the webhook, its policy and its
     // group are all live is the domain's to decide, with the execution (`route::check`).
-    if state.index.webhook(&id).is_none() {
+    if !state
+        .catch_up
+        .known(|| state.index.webhook(&id).is_some())
+        .await
+    {
         return Err(ApiError::not_found("webhook"));
     }
     let limit = state.settings.body_limit;

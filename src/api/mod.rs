@@ -57,6 +57,57 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     /// Converges groups to their capacity through their providers.
     pub converger: Arc<crate::converger::Converger>,
+    /// On a shared database, catches the read models up with other nodes on a miss.
+    pub catch_up: CatchUp,
+}
+
+/// On a shared database the read models follow what other nodes append a moment behind (the
+/// service's "other nodes" loop), so an object created through another node may not be known
+/// here yet: a lookup that misses catches up once, then looks again, before it answers 404 or
+/// 401. Catch-ups are taken one at a time, and a miss waits for one that started after it
+/// rather than starting its own, so a burst of misses (anyone can post to a made-up webhook
+/// id) costs the database one query at a time.
+#[derive(Default)]
+pub struct CatchUp {
+    /// `None` alone with the journal (sled): the read models are never behind.
+    journal: Option<flotilla_journal::Journal>,
+    turn: tokio::sync::Mutex<()>,
+    /// Catch-ups started, and the last one ended (they end in the order they start).
+    started: std::sync::atomic::AtomicU64,
+    ended: std::sync::atomic::AtomicU64,
+}
+
+impl CatchUp {
+    /// Catches up with `journal` on a miss if it is shared by other nodes.
+    pub fn new(journal: Option<flotilla_journal::Journal>) -> CatchUp {
+        CatchUp {
+            journal,
+            ..CatchUp::default()
+        }
+    }
+
+    /// Whether `check` holds, asked again after a catch-up that started after the first ask
+    /// if it did not (and the journal is shared).
+    pub async fn known(&self, check: impl Fn() -> bool) -> bool {
+        use std::sync::atomic::Ordering;
+        if check() {
+            return true;
+        }
+        let Some(journal) = &self.journal else {
+            return false;
+        };
+        let missed = self.started.load(Ordering::Acquire);
+        let _turn = self.turn.lock().await;
+        if self.ended.load(Ordering::Acquire) <= missed {
+            let round = self.started.fetch_add(1, Ordering::AcqRel) + 1;
+            if let Err(error) = journal.catch_up_async().await {
+                tracing::warn!(%error, "could not catch up with other nodes on a miss");
+                return false;
+            }
+            self.ended.store(round, Ordering::Release);
+        }
+        check()
+    }
 }
 
 impl AppState {

@@ -242,14 +242,14 @@ macro_rules! tracking_patch {
 }
 
 /// Policy `pid` of group `id`, if `tenant` owns both.
-pub fn owned(
+pub async fn owned(
     state: &AppState,
     tenant: &TenantId,
     id: &str,
     pid: &str,
 ) -> Result<(GroupId, PolicyId), ApiError> {
-    let group = owned_group(state, tenant, id)?;
-    let policy = resource::owned::<Policies>(state, tenant, pid, Some(group.as_str()))?;
+    let group = owned_group(state, tenant, id).await?;
+    let policy = resource::owned::<Policies>(state, tenant, pid, Some(group.as_str())).await?;
     Ok((group, policy))
 }
 
@@ -272,7 +272,7 @@ pub async fn create(
     path: web::Path<String>,
     body: web::Json<CreatePolicy>,
 ) -> Result<HttpResponse, ApiError> {
-    let group = owned_group(&state, &tenant, &path)?;
+    let group = owned_group(&state, &tenant, &path).await?;
     resource::load::<Groups>(&state, &group).await?;
     let body = body.into_inner();
     let policy_type = body.policy_type.unwrap_or_default();
@@ -386,7 +386,7 @@ pub async fn list(
     path: web::Path<String>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let group = owned_group(&state, &tenant, &path)?;
+    let group = owned_group(&state, &tenant, &path).await?;
     let cursor: Option<PolicyId> = query.cursor(PolicyId::PREFIX)?;
     let page = state
         .index
@@ -411,7 +411,7 @@ pub async fn show(
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (_, policy) = owned(&state, &tenant, &path.0, &path.1)?;
+    let (_, policy) = owned(&state, &tenant, &path.0, &path.1).await?;
     Ok(HttpResponse::Ok().json(PolicyView::from(
         &resource::load::<Policies>(&state, &policy).await?,
     )))
@@ -436,7 +436,7 @@ pub async fn update(
     path: web::Path<(String, String)>,
     body: web::Json<UpdatePolicy>,
 ) -> Result<HttpResponse, ApiError> {
-    let (_, policy) = owned(&state, &tenant, &path.0, &path.1)?;
+    let (_, policy) = owned(&state, &tenant, &path.0, &path.1).await?;
     let body = body.into_inner();
     if body.query.is_some() {
         super::source(&state, body.metric.clone(), body.query.as_deref())?;
@@ -481,7 +481,7 @@ pub async fn delete(
     path: web::Path<(String, String)>,
     query: web::Query<DeletePolicyQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (_, policy) = owned(&state, &tenant, &path.0, &path.1)?;
+    let (_, policy) = owned(&state, &tenant, &path.0, &path.1).await?;
     let naming = state.evaluator.table().naming(&policy);
     if !naming.is_empty() && !query.force {
         let names: Vec<&str> = naming.iter().map(AlarmId::as_str).collect();
@@ -600,7 +600,7 @@ pub async fn execute(
     path: web::Path<(String, String)>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let (_, policy) = owned(&state, &tenant, &path.0, &path.1)?;
+    let (_, policy) = owned(&state, &tenant, &path.0, &path.1).await?;
     let breach = match super::optional_json::<Option<ExecuteBody>>(&body)?.flatten() {
         None => None,
         Some(body) => breach_of(body.metric_value.as_ref(), body.breach_threshold.as_ref())

@@ -13,7 +13,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use flotilla_actors::aggregate::{Groups, Receivers};
 use flotilla_actors::domain::receiver::{EpisodeKey, Receiver, ReceiverCommand};
 use flotilla_actors::domain::schedule::parse_instant;
-use flotilla_actors::domain::{ReceiverId, Rejection};
+use flotilla_actors::domain::{GroupId, PolicyId, ReceiverId, Rejection, TenantId};
 use flotilla_actors::error::Error as ActorError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -108,24 +108,12 @@ pub async fn create(
     path: web::Path<String>,
     body: web::Json<CreateReceiver>,
 ) -> Result<HttpResponse, ApiError> {
-    let group = owned_group(&state, &tenant, &path)?;
+    let group = owned_group(&state, &tenant, &path).await?;
     resource::load::<Groups>(&state, &group).await?;
     let body = body.into_inner();
-    // A body's reference to a policy the tenant cannot see in this group is a 404 (SPEC 3).
-    let policy = |field: &str, pid: &str| {
-        owned_policy(&state, &tenant, group.as_str(), pid)
-            .map(|(_, policy)| policy)
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("{field} names no policy of group {group}"),
-                )
-            })
-    };
-    let firing = policy("firing", &body.firing)?;
+    let firing = named_policy(&state, &tenant, &group, "firing", &body.firing).await?;
     let resolved = match &body.resolved {
-        Some(pid) => Some(policy("resolved", pid)?),
+        Some(pid) => Some(named_policy(&state, &tenant, &group, "resolved", pid).await?),
         None => None,
     };
     let id = ReceiverId::generate();
@@ -147,6 +135,27 @@ pub async fn create(
     Ok(HttpResponse::Created().json(ReceiverView::of(&state, &receiver, Some(secret))))
 }
 
+/// Policy `pid`, which the body's `field` names, of group `group`: a reference to a policy the
+/// tenant cannot see in this group is a 404 (SPEC 3).
+async fn named_policy(
+    state: &AppState,
+    tenant: &TenantId,
+    group: &GroupId,
+    field: &str,
+    pid: &str,
+) -> Result<PolicyId, ApiError> {
+    owned_policy(state, tenant, group.as_str(), pid)
+        .await
+        .map(|(_, policy)| policy)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{field} names no policy of group {group}"),
+            )
+        })
+}
+
 /// `GET /v1/groups/{id}/receivers`.
 #[utoipa::path(
     get,
@@ -165,7 +174,7 @@ pub async fn list(
     path: web::Path<String>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let group = owned_group(&state, &tenant, &path)?;
+    let group = owned_group(&state, &tenant, &path).await?;
     let cursor: Option<ReceiverId> = query.cursor(ReceiverId::PREFIX)?;
     let page = state
         .index
@@ -190,7 +199,7 @@ pub async fn show(
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = resource::owned_in_group::<Receivers>(&state, &tenant, &path.0, &path.1)?;
+    let id = resource::owned_in_group::<Receivers>(&state, &tenant, &path.0, &path.1).await?;
     let receiver = resource::load::<Receivers>(&state, &id).await?;
     Ok(HttpResponse::Ok().json(ReceiverView::of(&state, &receiver, None)))
 }
@@ -212,7 +221,7 @@ pub async fn delete(
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = resource::owned_in_group::<Receivers>(&state, &tenant, &path.0, &path.1)?;
+    let id = resource::owned_in_group::<Receivers>(&state, &tenant, &path.0, &path.1).await?;
     state
         .execute::<Receivers>(id.as_str(), ReceiverCommand::Delete)
         .await?;
@@ -368,11 +377,13 @@ pub async fn notify(
     }
     // Asked of the index first: a post to an id no one created (anyone can send one) must not
     // start an actor that replays an empty stream and stays resident.
-    let live = state
-        .index
-        .owner(flotilla_actors::domain::Kind::Receiver, id.as_str())
-        .is_some_and(|owner| state.index.owns_group(&owner.tenant, &owner.group));
-    if !live {
+    let live = || {
+        state
+            .index
+            .owner(flotilla_actors::domain::Kind::Receiver, id.as_str())
+            .is_some_and(|owner| state.index.owns_group(&owner.tenant, &owner.group))
+    };
+    if !state.catch_up.known(live).await {
         return Err(ApiError::not_found("receiver"));
     }
     let presented = req

@@ -369,7 +369,7 @@ pub async fn write(
     if !state.is_ready() {
         return Err(ApiError::not_ready());
     }
-    let poster = poster(&state, &req)?;
+    let poster = poster(&state, &req).await?;
     let header_of = |name| {
         req.headers()
             .get(name)

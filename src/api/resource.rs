@@ -95,12 +95,17 @@ impl Resource for Receivers {
 
 /// Object `id` of kind `R`, if `tenant` owns it and, for one that hangs from a parent in its
 /// path (a policy from its group, a webhook from its policy), it hangs from `parent`.
-pub fn owned<R: Resource>(
+pub async fn owned<R: Resource>(
     state: &AppState,
     tenant: &TenantId,
     id: &str,
     parent: Option<&str>,
 ) -> Result<R::Id, ApiError> {
+    // Known here, or made through another node a moment ago.
+    state
+        .catch_up
+        .known(|| state.index.owner(R::OF, id).is_some())
+        .await;
     let owner = state.index.owner(R::OF, id);
     let hangs = |owner: &crate::index::Owner| match (R::OF, parent) {
         (_, None) => true,
@@ -117,14 +122,14 @@ pub fn owned<R: Resource>(
 
 /// Object `id` of kind `R` under group `group` in the path (a scheduled action, a receiver),
 /// if `tenant` owns both: the group's 404 first, then the object's.
-pub fn owned_in_group<R: Resource>(
+pub async fn owned_in_group<R: Resource>(
     state: &AppState,
     tenant: &TenantId,
     group: &str,
     id: &str,
 ) -> Result<R::Id, ApiError> {
-    let group = super::groups::owned(state, tenant, group)?;
-    owned::<R>(state, tenant, id, Some(group.as_str()))
+    let group = super::groups::owned(state, tenant, group).await?;
+    owned::<R>(state, tenant, id, Some(group.as_str())).await
 }
 
 /// The live state of object `id` of kind `R` (404 once deleted or revoked).

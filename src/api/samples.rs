@@ -89,7 +89,7 @@ pub(super) enum Poster {
 }
 
 /// Who the request's bearer token lets post: a group's metrics token, or a tenant's token.
-pub(super) fn poster(state: &AppState, req: &HttpRequest) -> Result<Poster, ApiError> {
+pub(super) async fn poster(state: &AppState, req: &HttpRequest) -> Result<Poster, ApiError> {
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -98,6 +98,15 @@ pub(super) fn poster(state: &AppState, req: &HttpRequest) -> Result<Poster, ApiE
         .map(str::trim)
         .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <token>"))?;
     let hash = token::hash(header);
+    // A group or tenant made through another node a moment ago is known once this node
+    // catches up.
+    state
+        .catch_up
+        .known(|| {
+            state.index.group_of_metrics_token(&hash).is_some()
+                || state.index.tenant_of_token(&hash).is_some()
+        })
+        .await;
     if let Some(group) = state.index.group_of_metrics_token(&hash) {
         return Ok(Poster::Group(group));
     }
@@ -170,7 +179,7 @@ pub async fn ingest(
     if !state.is_ready() {
         return Err(ApiError::not_ready());
     }
-    let poster = poster(&state, &req)?;
+    let poster = poster(&state, &req).await?;
     let limit = state.settings.metrics_body_limit;
     let body = payload
         .to_bytes_limited(limit)

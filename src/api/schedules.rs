@@ -194,7 +194,7 @@ pub async fn create(
     path: web::Path<String>,
     body: web::Json<CreateSchedule>,
 ) -> Result<HttpResponse, ApiError> {
-    let group = owned_group(&state, &tenant, &path)?;
+    let group = owned_group(&state, &tenant, &path).await?;
     resource::load::<Groups>(&state, &group).await?;
     let body = body.into_inner();
     let definition = ScheduleDefinition {
@@ -244,7 +244,7 @@ pub async fn list(
     path: web::Path<String>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let group = owned_group(&state, &tenant, &path)?;
+    let group = owned_group(&state, &tenant, &path).await?;
     let cursor: Option<ScheduleId> = query.cursor(ScheduleId::PREFIX)?;
     let page = state
         .index
@@ -270,7 +270,7 @@ pub async fn show(
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = resource::owned_in_group::<Schedules>(&state, &tenant, &path.0, &path.1)?;
+    let id = resource::owned_in_group::<Schedules>(&state, &tenant, &path.0, &path.1).await?;
     let scheduled = resource::load::<Schedules>(&state, &id).await?;
     let now = state.supervisor.clock().now();
     Ok(HttpResponse::Ok().json(ScheduleView::of(&scheduled, now)))
@@ -295,7 +295,7 @@ pub async fn update(
     path: web::Path<(String, String)>,
     body: web::Json<UpdateSchedule>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = resource::owned_in_group::<Schedules>(&state, &tenant, &path.0, &path.1)?;
+    let id = resource::owned_in_group::<Schedules>(&state, &tenant, &path.0, &path.1).await?;
     let body = body.into_inner();
     let nullable = |field, text: Option<Option<String>>| -> Result<_, ApiError> {
         match text {
@@ -340,7 +340,7 @@ pub async fn delete(
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = resource::owned_in_group::<Schedules>(&state, &tenant, &path.0, &path.1)?;
+    let id = resource::owned_in_group::<Schedules>(&state, &tenant, &path.0, &path.1).await?;
     state
         .execute::<Schedules>(id.as_str(), ScheduledCommand::Delete)
         .await?;

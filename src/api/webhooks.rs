@@ -39,13 +39,13 @@ pub struct Rotate {
 }
 
 /// Webhook `wid` of policy `pid` of group `id`, if `tenant` owns them all.
-fn owned(
+async fn owned(
     state: &AppState,
     tenant: &flotilla_actors::domain::TenantId,
     path: &(String, String, String),
 ) -> Result<WebhookId, ApiError> {
-    let (_, policy) = owned_policy(state, tenant, &path.0, &path.1)?;
-    resource::owned::<Webhooks>(state, tenant, &path.2, Some(policy.as_str()))
+    let (_, policy) = owned_policy(state, tenant, &path.0, &path.1).await?;
+    resource::owned::<Webhooks>(state, tenant, &path.2, Some(policy.as_str())).await
 }
 
 fn view(state: &AppState, webhook: &Webhook, with_secret: bool) -> WebhookView {
@@ -71,7 +71,7 @@ pub async fn create(
     path: web::Path<(String, String)>,
     body: web::Json<CreateWebhook>,
 ) -> Result<HttpResponse, ApiError> {
-    let (group, policy) = owned_policy(&state, &tenant, &path.0, &path.1)?;
+    let (group, policy) = owned_policy(&state, &tenant, &path.0, &path.1).await?;
     let id = WebhookId::generate();
     let command = WebhookCommand::Create {
         id: id.clone(),
@@ -107,7 +107,7 @@ pub async fn list(
     path: web::Path<(String, String)>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (_, policy) = owned_policy(&state, &tenant, &path.0, &path.1)?;
+    let (_, policy) = owned_policy(&state, &tenant, &path.0, &path.1).await?;
     let cursor: Option<WebhookId> = query.cursor(WebhookId::PREFIX)?;
     let page = state
         .index
@@ -133,7 +133,7 @@ pub async fn show(
     Tenant(tenant): Tenant,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path)?;
+    let id = owned(&state, &tenant, &path).await?;
     let webhook = resource::load::<Webhooks>(&state, &id).await?;
     Ok(HttpResponse::Ok().json(view(&state, &webhook, false)))
 }
@@ -157,7 +157,7 @@ pub async fn rotate(
     path: web::Path<(String, String, String)>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path)?;
+    let id = owned(&state, &tenant, &path).await?;
     let rotate: Rotate = super::optional_json::<Option<Rotate>>(&body)?
         .flatten()
         .unwrap_or_default();
@@ -191,7 +191,7 @@ pub async fn revoke(
     Tenant(tenant): Tenant,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = owned(&state, &tenant, &path)?;
+    let id = owned(&state, &tenant, &path).await?;
     state
         .execute::<Webhooks>(id.as_str(), WebhookCommand::Revoke)
         .await?;
