@@ -32,8 +32,9 @@
 //! webhook, ingestion and remote write scenarios), `LOAD_POSTGRES` (0 skips the webhooks on
 //! PostgreSQL).
 //!
-//! - webhooks on PostgreSQL: the webhook scenario with the journal in PostgreSQL (one node; a
-//!   throwaway cluster on a Unix socket, writes synced to disk), beside the same on sled.
+//! - webhooks on PostgreSQL: the webhook scenario with the journal in PostgreSQL (a throwaway
+//!   cluster on a Unix socket, writes synced to disk), with one node and with three nodes
+//!   sharing the database (the connections spread over them), beside the same on sled.
 //!
 //! The load generator is a small HTTP/1.1 keep-alive client over `TcpStream`, one thread per
 //! connection, with requests signed before the clock starts: on a 2-core machine the client
@@ -96,7 +97,16 @@ fn start_flotilla_on(
     data_dir: &std::path::Path,
     database_url: Option<&str>,
 ) -> (Running, Duration) {
-    let settings = Settings {
+    start_flotilla_with(data_dir, database_url, |_| {})
+}
+
+/// [`start_flotilla_on`], with its settings adjusted by `adjust`.
+fn start_flotilla_with(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    adjust: impl FnOnce(&mut Settings),
+) -> (Running, Duration) {
+    let mut settings = Settings {
         listen: "127.0.0.1:0".into(),
         data_dir: data_dir.to_owned(),
         database_url: database_url.map(|url| url.parse().expect("any text parses")),
@@ -104,10 +114,61 @@ fn start_flotilla_on(
         source_rate_limit: 0,
         ..Settings::default()
     };
+    adjust(&mut settings);
     let started = Instant::now();
     let running = Running::start(settings, Arc::new(SystemClock), Ticks::Real);
     running.wait_ready(Duration::from_secs(3600));
     (running, started.elapsed())
+}
+
+/// The webhook scenario on three nodes (`--cluster`) sharing one new PostgreSQL database, each
+/// in this process with its own data directory, the fleet made through the first and the
+/// connections spread over all three: each call is decided by the node it reaches, against
+/// the shared journal.
+/// With `affinity`, each webhook's calls all go through one node (connection `c` goes to node
+/// `c % 3` and calls only the webhooks whose index is `c % 3` modulo 3), as a load balancer
+/// hashing on the webhook's path would; without, any node gets any webhook's calls.
+fn three_nodes(groups: usize, connections: usize, seconds: f64, affinity: bool) -> Run {
+    let per_connection = 8_000;
+    let url = flotilla_journal::testing::durable_database(if affinity {
+        "load_three_nodes_affinity"
+    } else {
+        "load_three_nodes"
+    })
+    .expect("PostgreSQL was there for one node");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes: Vec<Running> = dirs
+        .iter()
+        .enumerate()
+        .map(|(n, dir)| {
+            let (node, _) = start_flotilla_with(&dir.path().join("data"), Some(&url), |s| {
+                s.cluster = true;
+                s.node_id = Some(format!("node-{}", n + 1));
+            });
+            node
+        })
+        .collect();
+    eprintln!(
+        "webhooks on PostgreSQL, 3 nodes (affinity: {affinity}): setting up {groups} groups..."
+    );
+    let mut fleet = fleet(&nodes[0], groups);
+    let requests: Vec<Vec<Vec<u8>>> = if affinity {
+        let all = std::mem::take(&mut fleet.hooks);
+        let mut rows: Vec<Vec<Vec<u8>>> = vec![Vec::new(); connections];
+        for node in 0..3 {
+            fleet.hooks = all.iter().skip(node).step_by(3).cloned().collect();
+            let built = webhook_requests(nodes[0].addr, &fleet, connections, per_connection);
+            for c in (node..connections).step_by(3) {
+                rows[c].clone_from(&built[c]);
+            }
+        }
+        rows
+    } else {
+        webhook_requests(nodes[0].addr, &fleet, connections, per_connection).to_vec()
+    };
+    let pick: Requests = Arc::new(move |c, i| requests[c][i % per_connection].clone());
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|node| node.addr).collect();
+    drive_spread(&addrs, connections, seconds, pick)
 }
 
 /// A bare actix-web server answering every POST with 202 and a small JSON body, reading the
@@ -289,11 +350,17 @@ fn beside_bare(
 /// Drives `addr` with `connections` threads for `seconds`; connection `c` sends
 /// `requests(c, i)` as its `i`-th request.
 fn drive(addr: SocketAddr, connections: usize, seconds: f64, requests: Requests) -> Run {
+    drive_spread(&[addr], connections, seconds, requests)
+}
+
+/// [`drive`] over several addresses: connection `c` goes to `addrs[c % addrs.len()]`.
+fn drive_spread(addrs: &[SocketAddr], connections: usize, seconds: f64, requests: Requests) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let threads: Vec<_> = (0..connections)
         .map(|c| {
             let (stop, requests) = (stop.clone(), requests.clone());
+            let addr = addrs[c % addrs.len()];
             std::thread::spawn(move || {
                 let mut connection = Connection::open(addr);
                 let mut latencies = Vec::with_capacity(100_000);
@@ -1134,6 +1201,59 @@ fn main() {
                 report.insert("postgres".into(), json!({"per_second": postgres.per_second(), "p50_us": postgres.p50_us, "p99_us": postgres.p99_us,
                     "statuses": format!("{:?}", postgres.statuses), "sled_per_second": sled.per_second(), "sled_p99_us": sled.p99_us,
                     "sled_statuses": format!("{:?}", sled.statuses)}));
+                let three = three_nodes(groups, connections, seconds, false);
+                let sticky = three_nodes(groups, connections, seconds, true);
+                rows.push((
+                    "webhooks/s, PostgreSQL, 3 nodes".into(),
+                    format!("{:.0}", three.per_second()),
+                    format!("{:.0} (the same on sled)", sled.per_second()),
+                    ratio(three.per_second(), sled.per_second()),
+                ));
+                rows.push((
+                    "webhook p50 / p99, PostgreSQL, 3 nodes".into(),
+                    format!(
+                        "{:.2} / {:.2} ms",
+                        three.p50_us as f64 / 1e3,
+                        three.p99_us as f64 / 1e3
+                    ),
+                    format!(
+                        "{:.2} / {:.2} ms (sled)",
+                        sled.p50_us as f64 / 1e3,
+                        sled.p99_us as f64 / 1e3
+                    ),
+                    ratio(three.p99_us as f64, sled.p99_us as f64),
+                ));
+                rows.push((
+                    "webhooks/s, PostgreSQL, 3 nodes, a webhook's calls through one node".into(),
+                    format!("{:.0}", sticky.per_second()),
+                    format!("{:.0} (the same on sled)", sled.per_second()),
+                    ratio(sticky.per_second(), sled.per_second()),
+                ));
+                rows.push((
+                    "webhook p50 / p99, PostgreSQL, 3 nodes, a webhook through one node".into(),
+                    format!(
+                        "{:.2} / {:.2} ms",
+                        sticky.p50_us as f64 / 1e3,
+                        sticky.p99_us as f64 / 1e3
+                    ),
+                    format!(
+                        "{:.2} / {:.2} ms (sled)",
+                        sled.p50_us as f64 / 1e3,
+                        sled.p99_us as f64 / 1e3
+                    ),
+                    ratio(sticky.p99_us as f64, sled.p99_us as f64),
+                ));
+                eprintln!(
+                    "webhook statuses: sled {:?}, PostgreSQL 1 node {:?}, 3 nodes {:?}, 3 nodes with affinity {:?}",
+                    sled.statuses, postgres.statuses, three.statuses, sticky.statuses
+                );
+                report.insert(
+                    "postgres_three_nodes".into(),
+                    json!({"per_second": three.per_second(), "p50_us": three.p50_us,
+                    "p99_us": three.p99_us, "statuses": format!("{:?}", three.statuses),
+                    "affinity_per_second": sticky.per_second(), "affinity_p50_us": sticky.p50_us, "affinity_p99_us": sticky.p99_us,
+                    "affinity_statuses": format!("{:?}", sticky.statuses)}),
+                );
             }
         }
     }
