@@ -595,6 +595,24 @@ impl AlarmTable {
         self.len() == 0
     }
 
+    /// Alarm `id`'s datapoints of its last evaluation periods as of `now` (oldest first, `None`
+    /// for a period without one), as its next evaluation would see them; `None` if the table
+    /// does not watch it. Changes nothing (the console shows them).
+    pub fn recent(&self, id: &AlarmId, now: Timestamp) -> Option<Vec<Option<f64>>> {
+        let now = self.evaluable(now);
+        let (watching, store) = self.open();
+        let d = &watching.alarms.get(id)?.definition;
+        let series = series_of(id.as_str(), &d.metric, d.query.as_deref());
+        Some(store.datapoints(
+            &d.group_id,
+            &series,
+            d.period_seconds,
+            statistic_of(d.statistic, d.query.as_deref()),
+            d.evaluation_periods,
+            now,
+        ))
+    }
+
     /// Evaluates the alarms due at `now` (setting their next evaluation) and returns how many,
     /// with those that change state or repeat their actions, and their datapoints.
     #[allow(clippy::type_complexity)]

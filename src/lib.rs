@@ -32,6 +32,7 @@ pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod cluster;
+pub mod console;
 pub mod converger;
 pub mod index;
 pub mod intake;

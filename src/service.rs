@@ -210,6 +210,7 @@ pub fn start_with(
         evaluator: evaluator.clone(),
         converger: converger.clone(),
         catch_up: api::CatchUp::new(ownership.is_shared().then(|| journal.clone())),
+        sessions: crate::console::session::Sessions::default(),
         limits: Arc::new(WebhookLimits {
             source: Limit::new(settings.source_rate_limit, clock.clone()),
             webhook: Limit::new(settings.webhook_rate_limit, clock.clone()),

@@ -244,6 +244,11 @@ impl ApiError {
     pub fn code(&self) -> &str {
         &self.code
     }
+
+    /// The human text.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl fmt::Display for ApiError {

@@ -59,6 +59,8 @@ pub struct AppState {
     pub converger: Arc<crate::converger::Converger>,
     /// On a shared database, catches the read models up with other nodes on a miss.
     pub catch_up: CatchUp,
+    /// The web console's sign-in sessions.
+    pub sessions: crate::console::session::Sessions,
 }
 
 /// On a shared database the read models follow what other nodes append a moment behind (the
@@ -190,7 +192,7 @@ pub struct List<T> {
 
 /// A path of the API and the methods it serves (`allow`, as the `Allow` header says them): any
 /// other method on it answers 405 with `Allow`, not 404.
-fn resource(path: &'static str, allow: &'static str) -> actix_web::Resource {
+pub(crate) fn resource(path: &'static str, allow: &'static str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(move || async move {
         Err::<HttpResponse, _>(ApiError::method_not_allowed(allow))
     }))
@@ -300,6 +302,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource("/metrics", "POST").route(post().to(samples::ingest)))
                 .service(resource("/write", "POST").route(post().to(remote_write::write))),
         )
+        .configure(crate::console::routes)
         .default_service(web::to(ops::not_found));
 }
 

@@ -143,7 +143,7 @@ pub struct ScheduleView {
 
 impl ScheduleView {
     /// The view of `s` at `now` (which its `next_run` is after).
-    fn of(s: &Scheduled, now: flotilla_actors::clock::Timestamp) -> ScheduleView {
+    pub(crate) fn of(s: &Scheduled, now: flotilla_actors::clock::Timestamp) -> ScheduleView {
         let time = |at: flotilla_actors::clock::Timestamp| format_millis(at.as_millis());
         let d = &s.definition;
         ScheduleView {

@@ -1,0 +1,450 @@
+//! A group's history for the console, folded from its journal stream with the domain's own
+//! `apply`: its desired and active capacity and bounds over a range of time, the instants its
+//! policies executed, and its decisions, each with the servers launched and deleted because of
+//! it. Pure: the console reads the records, this decides what they show.
+
+use std::collections::HashMap;
+
+use flotilla_actors::domain::group::{apply, CapacityChange, GroupEvent, GroupState};
+use flotilla_actors::domain::server::ServerState;
+
+/// One record of the group's stream.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// Its journal sequence number.
+    pub seq: u64,
+    /// Its version in the group's stream.
+    pub version: u64,
+    /// When it was recorded (ms since the epoch).
+    pub at_ms: i64,
+    /// The event.
+    pub event: GroupEvent,
+}
+
+/// The group's capacity from an instant on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Point {
+    /// From when (ms since the epoch).
+    pub at_ms: i64,
+    /// Its desired capacity.
+    pub desired: u32,
+    /// Its servers running.
+    pub active: u32,
+    /// Its lower bound.
+    pub min: u32,
+    /// Its upper bound.
+    pub max: u32,
+}
+
+/// A policy execution that changed (or, in shadow mode, would have changed) the capacity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Marker {
+    /// When.
+    pub at_ms: i64,
+    /// The capacity it led to (or would have).
+    pub to: u32,
+    /// Whether it was a shadow policy's, which changed nothing.
+    pub shadow: bool,
+    /// The policy.
+    pub policy_id: String,
+}
+
+/// A decision about the group (an execution, a schedule, a direct change, a pause), with the
+/// servers launched and deleted because of it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The decision's record.
+    pub record: Recorded,
+    /// Servers whose launch it asked for.
+    pub launched: Vec<String>,
+    /// Servers whose deletion it asked for.
+    pub deleted: Vec<String>,
+}
+
+/// What the console shows of a group over `[from_ms, to_ms]`.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    /// The range's start.
+    pub from_ms: i64,
+    /// The range's end.
+    pub to_ms: i64,
+    /// The capacity at the range's start (if the group existed), then at each change in it.
+    pub points: Vec<Point>,
+    /// The executions in the range, oldest first.
+    pub markers: Vec<Marker>,
+    /// The decisions in the range, newest first.
+    pub entries: Vec<Entry>,
+}
+
+/// Whether `event` is a decision the timeline shows as an entry of its own: what servers do is
+/// shown under the decision that asked for it, or, for a failure or a replacement, as its own.
+fn is_entry(event: &GroupEvent) -> bool {
+    match event {
+        GroupEvent::ServerLaunchRequested {
+            because,
+            replacement,
+            ..
+        } => because.is_none() || *replacement,
+        GroupEvent::ServerDeleteRequested { because, .. } => because.is_none(),
+        GroupEvent::ServerLaunched { .. }
+        | GroupEvent::ServerActive { .. }
+        | GroupEvent::ServerDeleted { .. }
+        | GroupEvent::MetricsTokenRotated { .. } => false,
+        _ => true,
+    }
+}
+
+/// The capacity change a decision made, as the servers' events name it.
+fn change_of(event: &GroupEvent) -> Option<(i64, u32, u32)> {
+    use flotilla_actors::domain::group::Outcome;
+    match event {
+        GroupEvent::PolicyExecuted {
+            outcome: Outcome::Executed { from, to, .. },
+            at,
+            ..
+        }
+        | GroupEvent::ScheduleRan {
+            outcome: Outcome::Executed { from, to, .. },
+            at,
+            ..
+        }
+        | GroupEvent::CapacityChanged { from, to, at, .. } => Some((at.as_millis(), *from, *to)),
+        _ => None,
+    }
+}
+
+fn key(change: &CapacityChange) -> (i64, u32, u32) {
+    (change.at.as_millis(), change.from, change.to)
+}
+
+fn server_of(event: &GroupEvent) -> Option<&str> {
+    match event {
+        GroupEvent::ServerLaunchRequested { server_id, .. }
+        | GroupEvent::ServerLaunched { server_id, .. }
+        | GroupEvent::ServerActive { server_id, .. }
+        | GroupEvent::ServerFailed { server_id, .. }
+        | GroupEvent::ServerDeleteRequested { server_id, .. }
+        | GroupEvent::ServerDeleted { server_id, .. } => Some(server_id),
+        _ => None,
+    }
+}
+
+fn is_active(state: &GroupState, server: &str) -> bool {
+    state
+        .as_ref()
+        .and_then(|group| group.servers.get(server))
+        .is_some_and(|s| s.state == ServerState::Active)
+}
+
+/// Folds the group's records, oldest first, into what the console shows of `[from_ms, to_ms]`.
+/// The cost is one `apply` per record, and the active count is kept as it goes (never counted
+/// over the servers), so a group of 10,000 servers costs what a small one does per record.
+pub fn fold(records: impl IntoIterator<Item = Recorded>, from_ms: i64, to_ms: i64) -> History {
+    let mut history = History {
+        from_ms,
+        to_ms,
+        ..History::default()
+    };
+    let mut state: GroupState = None;
+    let mut active: u32 = 0;
+    let mut before: Option<Point> = None;
+    // The entries in the range by the capacity change they made, for their servers.
+    let mut by_change: HashMap<(i64, u32, u32), usize> = HashMap::new();
+    let mut entries: Vec<Entry> = Vec::new();
+    for record in records {
+        if record.at_ms > to_ms {
+            break;
+        }
+        let touched = server_of(&record.event).map(str::to_owned);
+        let was = touched.as_deref().is_some_and(|s| is_active(&state, s));
+        state = apply(state, &record.event);
+        let now = touched.as_deref().is_some_and(|s| is_active(&state, s));
+        match (was, now) {
+            (false, true) => active += 1,
+            (true, false) => active = active.saturating_sub(1),
+            _ => {}
+        }
+        let Some(group) = &state else { continue };
+        let point = Point {
+            at_ms: record.at_ms.max(from_ms),
+            desired: group.desired_capacity,
+            active,
+            min: group.min_size,
+            max: group.max_size,
+        };
+        if record.at_ms < from_ms {
+            before = Some(point);
+            continue;
+        }
+        if let Some(start) = before.take() {
+            history.points.push(Point {
+                at_ms: from_ms,
+                ..start
+            });
+        }
+        let same = |last: &Point| {
+            (last.desired, last.active, last.min, last.max)
+                == (point.desired, point.active, point.min, point.max)
+        };
+        match history.points.last_mut() {
+            Some(last) if same(last) => {}
+            Some(last) if last.at_ms == point.at_ms => *last = point,
+            _ => history.points.push(point),
+        }
+        marker(&record, &mut history.markers);
+        // The servers a decision in the range asked for.
+        match &record.event {
+            GroupEvent::ServerLaunchRequested {
+                server_id,
+                because: Some(change),
+                replacement: false,
+                ..
+            } => {
+                if let Some(&i) = by_change.get(&key(change)) {
+                    entries[i].launched.push(server_id.clone());
+                }
+            }
+            GroupEvent::ServerDeleteRequested {
+                server_id,
+                because: Some(change),
+                ..
+            } => {
+                if let Some(&i) = by_change.get(&key(change)) {
+                    entries[i].deleted.push(server_id.clone());
+                }
+            }
+            _ => {}
+        }
+        if is_entry(&record.event) {
+            if let Some(change) = change_of(&record.event) {
+                by_change.insert(change, entries.len());
+            }
+            entries.push(Entry {
+                record,
+                launched: Vec::new(),
+                deleted: Vec::new(),
+            });
+        }
+    }
+    // A group whose last change came before the range stood as it was all along.
+    if let Some(start) = before {
+        history.points.push(Point {
+            at_ms: from_ms,
+            ..start
+        });
+    }
+    entries.reverse();
+    history.entries = entries;
+    history
+}
+
+fn marker(record: &Recorded, markers: &mut Vec<Marker>) {
+    use flotilla_actors::domain::group::Outcome;
+    let GroupEvent::PolicyExecuted {
+        policy_id, outcome, ..
+    } = &record.event
+    else {
+        return;
+    };
+    let (to, shadow) = match outcome {
+        Outcome::Executed { to, .. } => (*to, false),
+        Outcome::Shadow { to, .. } => (*to, true),
+        _ => return,
+    };
+    markers.push(Marker {
+        at_ms: record.at_ms,
+        to,
+        shadow,
+        policy_id: policy_id.as_str().to_owned(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_actors::clock::Timestamp;
+    use flotilla_actors::domain::group::{Outcome, ServerReport};
+    use flotilla_actors::domain::scaling::{Adjustment, AdjustmentType, Computation};
+    use flotilla_actors::domain::{Cause, GroupId, PolicyId, TenantId, WebhookId};
+    use serde_json::json;
+
+    const T0: i64 = 1_795_000_000_000;
+
+    struct Stream {
+        records: Vec<Recorded>,
+    }
+
+    impl Stream {
+        fn at(&mut self, at_ms: i64, event: GroupEvent) -> &mut Self {
+            let version = self.records.len() as u64 + 1;
+            self.records.push(Recorded {
+                seq: version * 10,
+                version,
+                at_ms,
+                event,
+            });
+            self
+        }
+    }
+
+    fn ts(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    fn created(at: i64, desired: u32) -> GroupEvent {
+        GroupEvent::Created {
+            id: GroupId::new("grp_1"),
+            tenant_id: TenantId::new("ten_1"),
+            name: "web".into(),
+            min_size: 0,
+            max_size: 10,
+            desired_capacity: desired,
+            cooldown_seconds: 0,
+            launch: json!({"provider": "simulated"}),
+            metadata: serde_json::Map::new(),
+            metrics_token_hash: String::new(),
+            at: ts(at),
+        }
+    }
+
+    fn executed(at: i64, from: u32, to: u32, shadow: bool) -> GroupEvent {
+        let outcome = if shadow {
+            Outcome::Shadow {
+                from,
+                to,
+                would: Box::new(Outcome::Executed {
+                    from,
+                    to,
+                    cooldown_until: None,
+                }),
+            }
+        } else {
+            Outcome::Executed {
+                from,
+                to,
+                cooldown_until: None,
+            }
+        };
+        GroupEvent::PolicyExecuted {
+            policy_id: PolicyId::new("pol_1"),
+            cause: Cause::Webhook {
+                webhook_id: WebhookId::new("wh_1"),
+            },
+            outcome,
+            computation: Computation {
+                current: from,
+                adjustment: Adjustment {
+                    kind: AdjustmentType::Change,
+                    value: i64::from(to) - i64::from(from),
+                    min_adjustment_step: None,
+                },
+                raw: i64::from(to),
+                constraints: Vec::new(),
+                result: to,
+            },
+            breach: None,
+            step: None,
+            warmup_until: None,
+            tracking: Vec::new(),
+            at: ts(at),
+        }
+    }
+
+    fn launch(at: i64, id: &str, because: Option<(i64, u32, u32)>) -> GroupEvent {
+        GroupEvent::ServerLaunchRequested {
+            server_id: id.into(),
+            metrics_token_hash: String::new(),
+            at: ts(at),
+            because: because.map(|(at, from, to)| CapacityChange {
+                from,
+                to,
+                cause: Cause::Webhook {
+                    webhook_id: WebhookId::new("wh_1"),
+                },
+                at: ts(at),
+            }),
+            replacement: false,
+        }
+    }
+
+    fn active(at: i64, id: &str) -> GroupEvent {
+        GroupEvent::ServerActive {
+            server_id: id.into(),
+            at: ts(at),
+        }
+    }
+
+    #[test]
+    fn the_capacity_before_the_range_starts_the_plot_and_each_change_in_it_adds_a_point() {
+        let _ = ServerReport::Deleted {
+            server_id: String::new(),
+        };
+        let mut stream = Stream {
+            records: Vec::new(),
+        };
+        // Given a group made with 1 before the range, and a webhook's +1 in it, whose server
+        // comes up a little later...
+        stream
+            .at(T0, created(T0, 1))
+            .at(T0 + 10, launch(T0 + 10, "srv_a", Some((T0, 0, 1))))
+            .at(T0 + 20, active(T0 + 20, "srv_a"))
+            .at(T0 + 1_000, executed(T0 + 1_000, 1, 2, false))
+            .at(
+                T0 + 1_010,
+                launch(T0 + 1_010, "srv_b", Some((T0 + 1_000, 1, 2))),
+            )
+            .at(T0 + 1_500, active(T0 + 1_500, "srv_b"))
+            .at(T0 + 2_000, executed(T0 + 2_000, 2, 5, true));
+        // ...when the range starts between them...
+        let history = fold(stream.records, T0 + 500, T0 + 3_000);
+        // ...the plot starts at the range's start with what stood then, and moves at each change.
+        let points: Vec<(i64, u32, u32)> = history
+            .points
+            .iter()
+            .map(|p| (p.at_ms - T0, p.desired, p.active))
+            .collect();
+        assert_eq!(points, [(500, 1, 1), (1_000, 2, 1), (1_500, 2, 2)]);
+        assert!(history.points.iter().all(|p| (p.min, p.max) == (0, 10)));
+        // Both executions are marked, the shadow one as such, at what it would have made.
+        let markers: Vec<(i64, u32, bool)> = history
+            .markers
+            .iter()
+            .map(|m| (m.at_ms - T0, m.to, m.shadow))
+            .collect();
+        assert_eq!(markers, [(1_000, 2, false), (2_000, 5, true)]);
+        // The timeline has the two executions, newest first, the first with its server.
+        assert_eq!(history.entries.len(), 2);
+        assert_eq!(history.entries[0].record.at_ms, T0 + 2_000);
+        assert!(history.entries[0].launched.is_empty());
+        assert_eq!(history.entries[1].launched, ["srv_b"]);
+    }
+
+    #[test]
+    fn a_group_unchanged_in_the_range_is_one_point_at_its_start_and_nothing_after_it_shows() {
+        let mut stream = Stream {
+            records: Vec::new(),
+        };
+        stream
+            .at(T0, created(T0, 3))
+            .at(T0 + 9_000, executed(T0 + 9_000, 3, 4, false));
+        let history = fold(stream.records, T0 + 1_000, T0 + 2_000);
+        assert_eq!(
+            history.points,
+            [Point {
+                at_ms: T0 + 1_000,
+                desired: 3,
+                active: 0,
+                min: 0,
+                max: 10
+            }]
+        );
+        assert!(history.markers.is_empty());
+        assert!(history.entries.is_empty());
+        // A group made after the range shows nothing at all.
+        let mut later = Stream {
+            records: Vec::new(),
+        };
+        later.at(T0 + 5_000, created(T0 + 5_000, 3));
+        assert!(fold(later.records, T0, T0 + 1_000).points.is_empty());
+    }
+}
