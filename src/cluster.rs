@@ -180,10 +180,15 @@ pub struct Ownership {
     node: String,
     /// `None` on sled: every shard, always.
     held: Option<RwLock<BTreeMap<u32, Held>>>,
-    /// Held shards being let go of: no new work starts for them, while work under way ends
-    /// under their lease (see [`Ownership::drain`]).
-    draining: RwLock<BTreeSet<u32>>,
+    /// Held shards being let go of, since when: the converger starts no pass for them, while
+    /// passes under way end under their lease (see [`Ownership::drain`]).
+    draining: RwLock<BTreeMap<u32, Timestamp>>,
 }
+
+/// The longest a shard drains before it is let go of anyway: a pass stuck on a slow provider
+/// must not keep a node that joined short of work, nor the shard's groups without a converger.
+/// Its launches are then resolved by the next owner, as a restart resolves them.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 impl Ownership {
     /// A node alone with its journal (sled): it acts for every group.
@@ -232,25 +237,41 @@ impl Ownership {
         })
     }
 
-    /// Whether this node starts work for group `id` at `now`: it holds the shard's lease and
-    /// is not letting go of it.
+    /// Whether this node does group `id`'s owner's work at `now` (evaluates its alarms, runs
+    /// its schedules and target tracking): it holds the shard's lease.
     pub fn acts_for(&self, id: &str, now: Timestamp) -> bool {
+        self.fence(id, now).is_some()
+    }
+
+    /// Whether this node starts a converger pass for group `id` at `now`: it holds the shard's
+    /// lease and is not letting go of it.
+    pub fn converges(&self, id: &str, now: Timestamp) -> bool {
         if self.held.is_none() {
             return true;
         }
-        self.fence(id, now).is_some() && !read(&self.draining).contains(&shard_of(id))
+        self.acts_for(id, now) && !read(&self.draining).contains_key(&shard_of(id))
     }
 
-    /// Marks `shards` (held, and planned to be let go of while work for them is under way) as
-    /// draining, and no other: no new work starts for them, their leases are renewed, and the
-    /// lease loop lets go of each once its work has ended, so that a launch under way records
-    /// its servers under the lease it was made under rather than being fenced off.
-    pub fn drain(&self, shards: &BTreeSet<u32>) {
+    /// Marks `shards` (held, and to be let go of) as draining at `now`, and no other: the
+    /// converger starts no pass for them, and the lease loop renews each until its passes under
+    /// way have ended, so that a launch under way records its servers under the lease it was
+    /// made under rather than being fenced off. Answers those of them draining for
+    /// [`DRAIN_LIMIT`] or more, to be let go of anyway.
+    pub fn drain(&self, shards: &BTreeSet<u32>, now: Timestamp) -> BTreeSet<u32> {
         let mut draining = self
             .draining
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        draining.clone_from(shards);
+        draining.retain(|shard, _| shards.contains(shard));
+        let limit = i64::try_from(DRAIN_LIMIT.as_millis()).unwrap_or(i64::MAX);
+        shards
+            .iter()
+            .filter(|shard| {
+                let since = *draining.entry(**shard).or_insert(now);
+                now.as_millis() - since.as_millis() >= limit
+            })
+            .copied()
+            .collect()
     }
 
     /// The shards held, with their leases.
@@ -478,16 +499,26 @@ mod tests {
         };
         ownership.update(&[(shard, held)], &[]);
         // Given the shard is being let go of while a launch for grp_1 is under way...
-        ownership.drain(&BTreeSet::from([shard]));
-        // ...no new work starts for it, while the launch's report still carries its fence.
-        assert!(!ownership.acts_for("grp_1", T0));
+        let draining = BTreeSet::from([shard]);
+        assert!(ownership.drain(&draining, T0).is_empty());
+        // ...no converger pass starts for it, while the launch's report still carries its
+        // fence, and its alarms and schedules go on (short appends, under the same fence).
+        assert!(!ownership.converges("grp_1", T0));
+        assert!(ownership.acts_for("grp_1", T0));
         assert_eq!(ownership.fence("grp_1", T0).unwrap().unwrap().token, 3);
         assert_eq!(ownership.shards_at(T0), 1, "still held");
         // Once the lease runs out on this node's clock, not even that.
         assert_eq!(ownership.fence("grp_1", T0.plus_secs(5u64)), None);
-        // A shard that no longer drains (the plan kept it) starts work again.
-        ownership.drain(&BTreeSet::new());
-        assert!(ownership.acts_for("grp_1", T0));
+        // A drain lasts DRAIN_LIMIT at most, counted from when it began.
+        let almost = T0.plus_millis(DRAIN_LIMIT.as_millis() as i64 - 1);
+        assert!(ownership.drain(&draining, almost).is_empty());
+        let limit = T0.plus_millis(DRAIN_LIMIT.as_millis() as i64);
+        assert_eq!(ownership.drain(&draining, limit), draining);
+        // A shard that no longer drains (the plan kept it) is converged again, and a drain
+        // that begins again starts its count again.
+        assert!(ownership.drain(&BTreeSet::new(), limit).is_empty());
+        assert!(ownership.converges("grp_1", T0));
+        assert!(ownership.drain(&draining, limit).is_empty());
     }
 
     #[test]

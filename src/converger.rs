@@ -425,7 +425,7 @@ impl Converger {
         };
         let leased = self
             .ownership
-            .acts_for(id.as_str(), self.supervisor.clock().now());
+            .converges(id.as_str(), self.supervisor.clock().now());
         if !stale.is_empty() && leased {
             let (providers, config) = (self.providers.clone(), config.clone());
             let remains = call(blocking, move || {
@@ -582,7 +582,7 @@ impl Converger {
                     let quiet = self.quiet();
                     let mut groups = self.index.all_groups();
                     groups.retain(|id| {
-                        !quiet.idle.contains(id) && self.ownership.acts_for(id.as_str(), now)
+                        !quiet.idle.contains(id) && self.ownership.converges(id.as_str(), now)
                     });
                     groups
                 };

@@ -497,11 +497,15 @@ fn lease_round(
         .filter_map(|lease| Some((cluster::shard_of_lease(&lease.name)?, lease.holder)))
         .collect();
     let held = ownership.held();
-    let mut plan = cluster::plan(&me, clock.now(), &held, &live, &nodes);
-    // A shard to let go of whose work is under way (a launch waiting on its provider) drains
-    // first: nothing new starts for it, and it is renewed until that work has ended.
-    let draining = busy(&plan.release.iter().copied().collect());
-    ownership.drain(&draining);
+    let now = clock.now();
+    let mut plan = cluster::plan(&me, now, &held, &live, &nodes);
+    // A shard to let go of drains first: no converger pass starts for it from here on, and
+    // while one is under way (a launch waiting on its provider) it is renewed, up to
+    // DRAIN_LIMIT, so that the launch is recorded under the lease it was made under.
+    let release: BTreeSet<u32> = plan.release.iter().copied().collect();
+    let overdue = ownership.drain(&release, now);
+    let draining: BTreeSet<u32> = busy(&release).difference(&overdue).copied().collect();
+    ownership.drain(&draining, now);
     plan.release.retain(|shard| !draining.contains(shard));
     plan.renew.extend(&draining);
     let stopped: Vec<u32> = plan.forget.iter().chain(&plan.release).copied().collect();

@@ -249,7 +249,10 @@ fn a_wrong_token_is_a_clear_401_and_another_tenants_group_is_the_same_404_as_a_m
     let browser = signed_in(&base, &hook.token);
     let missing = browser.get("/console/groups/grp_nosuch");
     let foreign = browser.get(&format!("/console/groups/{theirs}"));
-    assert_eq!((missing.status().as_u16(), foreign.status().as_u16()), (404, 404));
+    assert_eq!(
+        (missing.status().as_u16(), foreign.status().as_u16()),
+        (404, 404)
+    );
     let (missing, foreign) = (missing.text().unwrap(), foreign.text().unwrap());
     assert_eq!(missing, foreign);
     assert!(!foreign.contains(&theirs));

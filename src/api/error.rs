@@ -292,7 +292,7 @@ impl From<ActorError> for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Not a fault: the object's actor is restarting, its lease is changing hands, or
             // other nodes kept moving its stream past the retries; a retry soon may succeed.
-            tracing::info!(%error, "request answered unavailable");
+            tracing::warn!(%error, "request answered unavailable");
             return ApiError::unavailable("the object cannot take this call now; try again");
         }
         if status.is_server_error() {

@@ -101,12 +101,6 @@ pub async fn owned<R: Resource>(
     id: &str,
     parent: Option<&str>,
 ) -> Result<R::Id, ApiError> {
-    // Known here, or made through another node a moment ago.
-    state
-        .catch_up
-        .known(|| state.index.owner(R::OF, id).is_some())
-        .await;
-    let owner = state.index.owner(R::OF, id);
     let hangs = |owner: &crate::index::Owner| match (R::OF, parent) {
         (_, None) => true,
         (Kind::Webhook, Some(policy)) => {
@@ -114,9 +108,18 @@ pub async fn owned<R: Resource>(
         }
         (_, Some(group)) => owner.group.as_str() == group,
     };
-    match owner {
-        Some(owner) if &owner.tenant == tenant && hangs(&owner) => Ok(R::Id::from(id)),
-        _ => Err(ApiError::not_found(R::KIND)),
+    let owned = || {
+        state
+            .index
+            .owner(R::OF, id)
+            .is_some_and(|owner| &owner.tenant == tenant && hangs(&owner))
+    };
+    // Known here, or made through another node a moment ago. Another tenant's object takes
+    // the same catch-up as a missing one, so that neither answers sooner (SPEC 3).
+    if state.catch_up.known(owned).await {
+        Ok(R::Id::from(id))
+    } else {
+        Err(ApiError::not_found(R::KIND))
     }
 }
 

@@ -112,8 +112,10 @@ fn signed_in(state: &AppState, req: &HttpRequest) -> Option<(String, Session)> {
 
 /// Whether a request that changes something comes from the console's own pages: a browser
 /// says where a request comes from (`Sec-Fetch-Site`, `Origin`), and a cross-site one is
-/// refused whatever its cookies (which SameSite=Strict keeps back anyway).
-fn same_origin(req: &HttpRequest) -> bool {
+/// refused whatever its cookies (which SameSite=Strict keeps back anyway). The origin is the
+/// host the request was sent to, or the service's `--public-url` (behind a proxy that rewrites
+/// the host).
+fn same_origin(state: &AppState, req: &HttpRequest) -> bool {
     let headers = req.headers();
     if let Some(site) = headers.get("sec-fetch-site") {
         if !matches!(site.to_str(), Ok("same-origin" | "none")) {
@@ -123,10 +125,10 @@ fn same_origin(req: &HttpRequest) -> bool {
     match headers.get(header::ORIGIN).map(|o| o.to_str()) {
         None => true,
         Some(Ok(origin)) => {
-            let host = req.connection_info().host().to_owned();
-            origin
-                .split_once("://")
-                .is_some_and(|(_, authority)| authority == host)
+            let info = req.connection_info();
+            let here = format!("{}://{}", info.scheme(), info.host());
+            let public = state.settings.public_url();
+            origin == here || origin == public.trim_end_matches('/')
         }
         Some(Err(_)) => false,
     }
@@ -149,11 +151,14 @@ fn refused(message: &str) -> HttpResponse {
     )
 }
 
-async fn index(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    query: web::Query<GroupsQuery>,
-) -> HttpResponse {
+/// A page's query, read leniently: what does not parse is left out (the console answers with
+/// a page, never the API's JSON error).
+fn query<T: Default + serde::de::DeserializeOwned>(req: &HttpRequest) -> T {
+    serde_urlencoded::from_str(req.query_string()).unwrap_or_default()
+}
+
+async fn index(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let query: GroupsQuery = query(&req);
     if !state.is_ready() {
         return html(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -183,7 +188,7 @@ async fn index(
 }
 
 /// `?cursor=` of the groups page.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct GroupsQuery {
     cursor: Option<String>,
 }
@@ -195,7 +200,7 @@ struct SignIn {
 }
 
 async fn sign_in(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    if !same_origin(&req) {
+    if !same_origin(&state, &req) {
         return refused("This form must be sent from the console's own page.");
     }
     let token = serde_urlencoded::from_bytes::<SignIn>(&body)
@@ -244,7 +249,7 @@ async fn sign_out(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes
         return see_other("/");
     };
     let form = serde_urlencoded::from_bytes::<Signed>(&body);
-    if !same_origin(&req) || !form.is_ok_and(|f| same_secret(&f.csrf, &session.csrf)) {
+    if !same_origin(&state, &req) || !form.is_ok_and(|f| same_secret(&f.csrf, &session.csrf)) {
         return refused("This form must be sent from the console's own page.");
     }
     state.sessions.end(&id);
@@ -256,7 +261,7 @@ async fn sign_out(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes
 }
 
 /// `?range=&before=` of a group's page.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct GroupQuery {
     range: Option<String>,
     before: Option<u64>,
@@ -298,8 +303,8 @@ async fn group(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    query: web::Query<GroupQuery>,
 ) -> HttpResponse {
+    let query: GroupQuery = query(&req);
     let Some((sid, session)) = signed_in(&state, &req) else {
         return see_other("/");
     };
@@ -403,7 +408,7 @@ fn checked_form(
         return Err(Box::new(see_other("/")));
     };
     let form = serde_urlencoded::from_bytes::<ActionForm>(body).unwrap_or_default();
-    if !same_origin(req) || !same_secret(&form.csrf, &session.csrf) {
+    if !same_origin(state, req) || !same_secret(&form.csrf, &session.csrf) {
         return Err(Box::new(refused(
             "This form must be sent from the console's own page.",
         )));

@@ -148,7 +148,7 @@ pub fn groups(
             @if rows.is_empty() {
                 p { "No groups yet. Create one through the API (" code { "POST /v1/groups" } ")." }
             } @else {
-                div.scroll {
+                div.scroll tabindex="0" role="region" aria-label="Groups" {
                     table {
                         caption { "Each group's bounds, desired and current capacity, and last activity" }
                         thead { tr {
@@ -518,7 +518,7 @@ impl GroupPage {
             section aria-labelledby="servers-h" {
                 h2 #servers-h { "Servers" }
                 @if group.servers.is_empty() { p { "No servers." } } @else {
-                    div.scroll { table {
+                    div.scroll tabindex="0" role="region" aria-label="Servers" { table {
                         caption { "Servers, with their state and the provider's handle" }
                         thead { tr { th scope="col" { "Server" } th scope="col" { "State" } th scope="col" { "Provider handle" } } }
                         tbody {
@@ -544,7 +544,7 @@ impl GroupPage {
             section aria-labelledby="policies-h" {
                 h2 #policies-h { "Policies" }
                 @if self.policies.is_empty() { p { "No policies." } } @else {
-                    div.scroll { table {
+                    div.scroll tabindex="0" role="region" aria-label="Policies" { table {
                         caption { "Scaling policies" }
                         thead { tr { th scope="col" { "Policy" } th scope="col" { "Type" } th scope="col" { "Mode" } th scope="col" { "Does" } } }
                         tbody {
@@ -601,7 +601,7 @@ impl GroupPage {
             section aria-labelledby="schedules-h" {
                 h2 #schedules-h { "Schedules" }
                 @if self.schedules.is_empty() { p { "No scheduled actions." } } @else {
-                    div.scroll { table {
+                    div.scroll tabindex="0" role="region" aria-label="Schedules" { table {
                         caption { "Scheduled actions and their next run" }
                         thead { tr { th scope="col" { "Action" } th scope="col" { "When" } th scope="col" { "Sets" } th scope="col" { "Next run" } } }
                         tbody {
@@ -629,7 +629,7 @@ impl GroupPage {
             section aria-labelledby="webhooks-h" {
                 h2 #webhooks-h { "Webhooks" }
                 @if self.webhooks.is_empty() { p { "No webhooks." } } @else {
-                    div.scroll { table {
+                    div.scroll tabindex="0" role="region" aria-label="Webhooks" { table {
                         caption { "Webhooks (their secrets are never shown here)" }
                         thead { tr { th scope="col" { "Webhook" } th scope="col" { "Executes" } } }
                         tbody {
@@ -643,7 +643,7 @@ impl GroupPage {
             section aria-labelledby="receivers-h" {
                 h2 #receivers-h { "Alertmanager receivers" }
                 @if self.receivers.is_empty() { p { "No receivers." } } @else {
-                    div.scroll { table {
+                    div.scroll tabindex="0" role="region" aria-label="Receivers" { table {
                         caption { "Receivers and the policies they execute" }
                         thead { tr { th scope="col" { "Receiver" } th scope="col" { "Firing" } th scope="col" { "Resolved" } } }
                         tbody {
@@ -684,12 +684,14 @@ pub fn read_history(
     Ok(history::fold(records, from_ms, to_ms))
 }
 
-fn state_text(state: &str) -> &'static str {
-    match state {
-        "Alarm" => "▲ ALARM",
-        "Ok" => "● OK",
-        _ => "? INSUFFICIENT DATA",
-    }
+/// An alarm's state in words, with a shape for the eye (not read aloud).
+fn state_text(state: &str) -> Markup {
+    let (shape, words) = match state {
+        "Alarm" => ("▲", "ALARM"),
+        "Ok" => ("●", "OK"),
+        _ => ("?", "INSUFFICIENT DATA"),
+    };
+    html! { span aria-hidden="true" { (shape) } " " (words) }
 }
 
 fn adjustment(kind: AdjustmentType, value: i64) -> String {
@@ -869,7 +871,7 @@ pub fn confirm(
                         input type="hidden" name="policy" value=(pid);
                     }
                 }
-                button type="submit" #confirm autofocus { "Confirm" }
+                button type="submit" #confirm autofocus aria-describedby="confirm-what" { "Confirm" }
                 " "
                 a href=(base) { "Cancel" }
             }

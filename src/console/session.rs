@@ -21,6 +21,10 @@ pub const TTL_SECONDS: u64 = 8 * 3600;
 /// The most sessions one node keeps; past it, expired ones go first, then the oldest.
 const MAX_SESSIONS: usize = 10_000;
 
+/// The most sessions of one tenant; past it, its oldest goes, so no tenant can push the
+/// others' sessions out.
+const MAX_PER_TENANT: usize = 32;
+
 /// A signed-in browser.
 #[derive(Clone, Debug)]
 pub struct Session {
@@ -70,15 +74,27 @@ impl Sessions {
             flash: None,
         };
         let mut sessions = self.lock();
+        let oldest_of = |sessions: &HashMap<String, Session>, tenant: Option<&TenantId>| {
+            sessions
+                .iter()
+                .filter(|(_, s)| tenant.is_none_or(|t| &s.tenant == t))
+                .min_by_key(|(_, s)| s.expires_at)
+                .map(|(k, _)| k.clone())
+        };
+        let theirs = sessions
+            .values()
+            .filter(|s| s.tenant == session.tenant)
+            .count();
+        if theirs >= MAX_PER_TENANT {
+            if let Some(oldest) = oldest_of(&sessions, Some(&session.tenant)) {
+                sessions.remove(&oldest);
+            }
+        }
         if sessions.len() >= MAX_SESSIONS {
             sessions.retain(|_, s| s.expires_at > now);
         }
         if sessions.len() >= MAX_SESSIONS {
-            let oldest = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires_at)
-                .map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
+            if let Some(oldest) = oldest_of(&sessions, None) {
                 sessions.remove(&oldest);
             }
         }
@@ -142,6 +158,27 @@ mod tests {
         sessions.end(&again);
         assert!(sessions.get(&again, T0).is_none());
         assert!(sessions.get("flo_cs_made_up", T0).is_none());
+    }
+
+    #[test]
+    fn a_tenant_signing_in_again_and_again_pushes_out_only_its_own_oldest_sessions() {
+        let sessions = Sessions::default();
+        let other = sessions.start(TenantId::new("ten_other"), "h".into(), T0);
+        let first = sessions.start(TenantId::new("ten_1"), "hash".into(), T0);
+        for i in 1..=MAX_PER_TENANT as u64 {
+            sessions.start(TenantId::new("ten_1"), "hash".into(), T0.plus_secs(i));
+        }
+        assert!(sessions.get(&first, T0).is_none(), "its oldest went");
+        assert!(
+            sessions.get(&other, T0).is_some(),
+            "the other tenant's stays"
+        );
+        let ours = sessions
+            .lock()
+            .values()
+            .filter(|s| s.tenant.as_str() == "ten_1")
+            .count();
+        assert_eq!(ours, MAX_PER_TENANT);
     }
 
     #[test]
