@@ -180,6 +180,9 @@ pub struct Ownership {
     node: String,
     /// `None` on sled: every shard, always.
     held: Option<RwLock<BTreeMap<u32, Held>>>,
+    /// Each shard's holder and fencing token, as the lease loop last read them (a shared
+    /// database).
+    holders: RwLock<BTreeMap<u32, (String, u64)>>,
     /// Held shards being let go of, since when: the converger starts no pass for them, while
     /// passes under way end under their lease (see [`Ownership::drain`]).
     draining: RwLock<BTreeMap<u32, Timestamp>>,
@@ -196,6 +199,7 @@ impl Ownership {
         Ownership {
             node: node.into(),
             held: None,
+            holders: RwLock::default(),
             draining: RwLock::default(),
         }
     }
@@ -205,6 +209,7 @@ impl Ownership {
         Ownership {
             node: node.into(),
             held: Some(RwLock::new(BTreeMap::new())),
+            holders: RwLock::default(),
             draining: RwLock::default(),
         }
     }
@@ -235,6 +240,24 @@ impl Ownership {
                 token: held.token,
             })
         })
+    }
+
+    /// The node that owns group `id` at `now`, with its lease's fencing token: this node under
+    /// its own lease, else the holder the lease loop last read (alone on sled: this node, 1).
+    pub fn owner(&self, id: &str, now: Timestamp) -> Option<(String, u64)> {
+        match self.fence(id, now) {
+            Some(Some(fence)) => Some((fence.holder, fence.token)),
+            Some(None) => Some((self.node.clone(), 1)),
+            None => read(&self.holders).get(&shard_of(id)).cloned(),
+        }
+    }
+
+    /// Takes in the holders of the shards' live leases, as the database answered.
+    pub fn seen(&self, holders: BTreeMap<u32, (String, u64)>) {
+        *self
+            .holders
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = holders;
     }
 
     /// Whether this node does group `id`'s owner's work at `now` (evaluates its alarms, runs

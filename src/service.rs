@@ -210,6 +210,7 @@ pub fn start_with(
         evaluator: evaluator.clone(),
         converger: converger.clone(),
         catch_up: api::CatchUp::new(ownership.is_shared().then(|| journal.clone())),
+        ownership: ownership.clone(),
         sessions: crate::console::session::Sessions::default(),
         limits: Arc::new(WebhookLimits {
             source: Limit::new(settings.source_rate_limit, clock.clone()),
@@ -492,10 +493,18 @@ fn lease_round(
         .iter()
         .filter_map(|lease| cluster::node_of_presence(&lease.name).map(str::to_owned))
         .collect();
-    let live: BTreeMap<u32, String> = leases
+    let holders: BTreeMap<u32, (String, u64)> = leases
         .into_iter()
-        .filter_map(|lease| Some((cluster::shard_of_lease(&lease.name)?, lease.holder)))
+        .filter_map(|lease| {
+            let shard = cluster::shard_of_lease(&lease.name)?;
+            Some((shard, (lease.holder, lease.token)))
+        })
         .collect();
+    let live: BTreeMap<u32, String> = holders
+        .iter()
+        .map(|(shard, (holder, _))| (*shard, holder.clone()))
+        .collect();
+    ownership.seen(holders);
     let held = ownership.held();
     let now = clock.now();
     let mut plan = cluster::plan(&me, now, &held, &live, &nodes);

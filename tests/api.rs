@@ -352,6 +352,16 @@ fn a_group_lives_through_create_change_pause_resume_and_delete() {
         "shown once, at creation"
     );
     assert_eq!(shown["metadata"]["team"], "edge");
+    // Alone with its journal, the node owns every group, under a lease of token 1 (SPEC 9).
+    let port = server.url("").rsplit(':').next().unwrap().to_owned();
+    assert!(
+        shown["owner"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{port}")),
+        "{shown}"
+    );
+    assert_eq!(shown["fencing_token"], 1);
 
     // Raising min above the capacity moves it into range without a policy execution.
     let (status, patched) = server.call(

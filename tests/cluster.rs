@@ -343,6 +343,30 @@ fn three_nodes_share_a_database_and_take_over_a_killed_nodes_groups_within_10_s(
         })
     });
 
+    // Each group shows its owner, a survivor, and the fencing token of its shard's lease,
+    // the same through either survivor.
+    for g in &groups {
+        let shown: Vec<(Value, Value)> = nodes
+            .iter()
+            .flatten()
+            .map(|node| {
+                let view = call(
+                    &client,
+                    &node.base,
+                    "GET",
+                    &format!("/v1/groups/{g}"),
+                    &token,
+                    Value::Null,
+                );
+                (view["owner"].clone(), view["fencing_token"].clone())
+            })
+            .collect();
+        let (owner, fencing_token) = &shown[0];
+        assert!(owner == "node-1" || owner == "node-2", "{shown:?}");
+        assert!(fencing_token.as_u64().is_some_and(|t| t >= 1), "{shown:?}");
+        assert!(shown.iter().all(|s| s == &shown[0]), "{shown:?}");
+    }
+
     // The journal: each acknowledged nonce accepted exactly once, none twice, no slot launched
     // twice, the chain whole.
     let journal = Journal::connect(&url, flotilla_journal::Config::default()).unwrap();

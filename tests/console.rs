@@ -196,6 +196,47 @@ fn in_chromium_an_operator_signs_in_sees_a_webhooks_change_and_pauses_scale_in()
         let png = client.screenshot().await.unwrap();
         std::fs::write(&shot, png).unwrap();
         eprintln!("the group page at 1280×800: {}", shot.display());
+        // On a phone's narrow screen the page fits its width (wide tables scroll within
+        // themselves), and keyboard focus reaches the actions.
+        client
+            .set_window_size(390 + dw as u32, 800 + dh as u32)
+            .await
+            .unwrap();
+        let overflow = client
+            .execute(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let wide = client
+            .execute(
+                "return Array.from(document.querySelectorAll('body *'))\
+                 .filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1\
+                    || (e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX === 'visible' && e.clientWidth > 0))\
+                 .slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))\
+                 .concat([document.documentElement.scrollWidth, document.documentElement.clientWidth, window.innerWidth, document.body.scrollWidth]);",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(overflow.as_i64(), Some(0), "the page scrolls sideways: {wide}");
+        let focusable = client
+            .execute(
+                "return Array.from(document.querySelectorAll('a[href], button, input:not([type=hidden]), select'))\
+                 .filter(e => e.tabIndex >= 0).map(e => e.id || e.name || e.textContent.trim());",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let focusable = focusable.to_string();
+        for control in ["pause", "resume", "set-desired", "execute", "Sign out"] {
+            assert!(focusable.contains(control), "{control} in {focusable}");
+        }
+        client
+            .set_window_size(1280 + dw as u32, 800 + dh as u32)
+            .await
+            .unwrap();
         let source = client.source().await.unwrap();
         assert!(!source.contains(&hook.token), "the token is not in the page");
         assert!(!source.contains(&hook.secret), "nor the webhook's secret");

@@ -3,7 +3,9 @@
 
 use actix_web::{web, HttpResponse};
 use flotilla_actors::aggregate::Groups;
-use flotilla_actors::domain::group::{GroupCommand, GroupEvent, GroupPatch, NewGroup, Pause};
+use flotilla_actors::domain::group::{
+    Group, GroupCommand, GroupEvent, GroupPatch, NewGroup, Pause,
+};
 use flotilla_actors::domain::{DomainEvent, GroupId, TenantId};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -171,7 +173,7 @@ pub async fn create(
         .state
         .ok_or_else(|| ApiError::not_found("group"))?;
     Ok(HttpResponse::Created().json(GroupCreated {
-        group: GroupView::from(&group),
+        group: view(&state, &group),
         metrics_token,
     }))
 }
@@ -197,7 +199,12 @@ pub async fn list(
     let page = state
         .index
         .groups_of(&tenant, cursor.as_ref(), query.limit()?);
-    Ok(resource::page::<Groups, _>(&state, page, |g| GroupView::from(g)).await)
+    Ok(resource::page::<Groups, _>(&state, page, |g| view(&state, g)).await)
+}
+
+/// `group`'s view, with its owner and fencing token (SPEC 9).
+fn view(state: &AppState, group: &Group) -> GroupView {
+    GroupView::from(group).owned(&state.ownership, state.supervisor.clock().now())
 }
 
 /// `GET /v1/groups/{id}`.
@@ -219,7 +226,7 @@ pub async fn show(
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path).await?;
     let group = resource::load::<Groups>(&state, &id).await?;
-    Ok(HttpResponse::Ok().json(GroupView::from(&group)))
+    Ok(HttpResponse::Ok().json(view(&state, &group)))
 }
 
 /// `PATCH /v1/groups/{id}`.
@@ -266,7 +273,7 @@ async fn respond(
         .await?
         .state
         .ok_or_else(|| ApiError::not_found("group"))?;
-    Ok(HttpResponse::Ok().json(GroupView::from(&group)))
+    Ok(HttpResponse::Ok().json(view(state, &group)))
 }
 
 /// `DELETE /v1/groups/{id}[?force=true]`.
@@ -366,7 +373,7 @@ pub async fn rotate_metrics_token(
         .state
         .ok_or_else(|| ApiError::not_found("group"))?;
     Ok(HttpResponse::Ok().json(GroupCreated {
-        group: GroupView::from(&group),
+        group: view(&state, &group),
         metrics_token,
     }))
 }

@@ -61,6 +61,8 @@ pub struct AppState {
     pub catch_up: CatchUp,
     /// The web console's sign-in sessions.
     pub sessions: crate::console::session::Sessions,
+    /// Which groups this node owns, and who owns the others (SPEC 9).
+    pub ownership: Arc<crate::cluster::Ownership>,
 }
 
 /// On a shared database the read models follow what other nodes append a moment behind (the

@@ -54,6 +54,11 @@ pub struct GroupView {
     pub cooldown_until: Option<String>,
     /// RFC 3339.
     pub created_at: String,
+    /// The node that owns the group (SPEC 9): converges it and evaluates its alarms and
+    /// schedules; `null` while its shard's lease is between holders.
+    pub owner: Option<String>,
+    /// The fencing token of the owner's lease on the group's shard (1 alone on sled).
+    pub fencing_token: Option<u64>,
 }
 
 /// A group's paused directions (SPEC 2.3).
@@ -106,7 +111,20 @@ impl From<&Group> for GroupView {
             pending: g.count(ServerState::Pending),
             cooldown_until: g.cooldown_until.map(time),
             created_at: time(g.created_at),
+            owner: None,
+            fencing_token: None,
         }
+    }
+}
+
+impl GroupView {
+    /// The view with the group's owner and its lease's fencing token, as `ownership` knows them.
+    pub fn owned(mut self, ownership: &crate::cluster::Ownership, now: Timestamp) -> Self {
+        if let Some((owner, token)) = ownership.owner(&self.id, now) {
+            self.owner = Some(owner);
+            self.fencing_token = Some(token);
+        }
+        self
     }
 }
 
