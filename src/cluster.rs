@@ -180,9 +180,9 @@ pub struct Ownership {
     node: String,
     /// `None` on sled: every shard, always.
     held: Option<RwLock<BTreeMap<u32, Held>>>,
-    /// Each shard's holder and fencing token, as the lease loop last read them (a shared
-    /// database).
-    holders: RwLock<BTreeMap<u32, (String, u64)>>,
+    /// Each shard's holder and fencing token as the lease loop last read them, and until when
+    /// (this node's clock) that lease runs (a shared database).
+    holders: RwLock<BTreeMap<u32, Holder>>,
     /// Held shards being let go of, since when: the converger starts no pass for them, while
     /// passes under way end under their lease (see [`Ownership::drain`]).
     draining: RwLock<BTreeMap<u32, Timestamp>>,
@@ -243,17 +243,34 @@ impl Ownership {
     }
 
     /// The node that owns group `id` at `now`, with its lease's fencing token: this node under
-    /// its own lease, else the holder the lease loop last read (alone on sled: this node, 1).
+    /// its own lease, else another node whose lease the lease loop last read and has not run
+    /// out since (alone on sled: this node, 1). `None` while the shard is between holders, or
+    /// the database has not answered for longer than a lease.
     pub fn owner(&self, id: &str, now: Timestamp) -> Option<(String, u64)> {
         match self.fence(id, now) {
             Some(Some(fence)) => Some((fence.holder, fence.token)),
             Some(None) => Some((self.node.clone(), 1)),
-            None => read(&self.holders).get(&shard_of(id)).cloned(),
+            None => read(&self.holders)
+                .get(&shard_of(id))
+                .filter(|holder| holder.node != self.node && now < holder.until)
+                .map(|holder| (holder.node.clone(), holder.token)),
         }
     }
 
-    /// Takes in the holders of the shards' live leases, as the database answered.
-    pub fn seen(&self, holders: BTreeMap<u32, (String, u64)>) {
+    /// Takes in the shards' live leases as the database answered a read asked at `asked`.
+    pub fn seen(&self, leases: &[(u32, Lease)], asked: Timestamp) {
+        let holders = leases
+            .iter()
+            .map(|(shard, lease)| {
+                let held = Held::granted(lease, asked);
+                let holder = Holder {
+                    node: lease.holder.clone(),
+                    token: lease.token,
+                    until: held.until,
+                };
+                (*shard, holder)
+            })
+            .collect();
         *self
             .holders
             .write()
@@ -334,6 +351,15 @@ impl Ownership {
             held.remove(shard);
         }
     }
+}
+
+/// A shard's holder as the lease loop last read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Holder {
+    node: String,
+    token: u64,
+    /// Until when, on this node's clock, its lease surely runs (as [`Held::until`]).
+    until: Timestamp,
 }
 
 /// What the lease loop did, for `/metrics`.
@@ -542,6 +568,41 @@ mod tests {
         assert!(ownership.drain(&BTreeSet::new(), limit).is_empty());
         assert!(ownership.converges("grp_1", T0));
         assert!(ownership.drain(&draining, limit).is_empty());
+    }
+
+    #[test]
+    fn a_group_shows_the_holder_read_last_while_its_lease_runs_but_never_a_lease_let_go_here() {
+        let ownership = Ownership::shared("node-a");
+        let shard = shard_of("grp_1");
+        let read_at = |holder: &str, token: u64| {
+            let lease = Lease {
+                holder: holder.into(),
+                token,
+                ..lease(token, 5_000)
+            };
+            ownership.seen(&[(shard, lease)], T0);
+        };
+        // Given the database said node-b holds the shard with token 4, for 5 s...
+        read_at("node-b", 4);
+        // ...the group shows node-b while that lease surely runs (less the margin), not after.
+        assert_eq!(ownership.owner("grp_1", T0), Some(("node-b".into(), 4)));
+        assert_eq!(
+            ownership.owner("grp_1", T0.plus_secs(3u64)),
+            Some(("node-b".into(), 4))
+        );
+        assert_eq!(ownership.owner("grp_1", T0.plus_secs(4u64)), None);
+        // This node's own lease answers for itself, with its own token.
+        let held = Held {
+            token: 9,
+            until: T0.plus_secs(5u64),
+        };
+        ownership.update(&[(shard, held)], &[]);
+        assert_eq!(ownership.owner("grp_1", T0), Some(("node-a".into(), 9)));
+        // Once it lets go, what it read of itself earlier is not shown: the next holder is not
+        // known yet.
+        read_at("node-a", 9);
+        ownership.update(&[], &[shard]);
+        assert_eq!(ownership.owner("grp_1", T0), None);
     }
 
     #[test]

@@ -423,9 +423,10 @@ impl Converger {
             })
             .await
         };
+        // Under the lease (even while the shard drains), the leftovers of failed slots go.
         let leased = self
             .ownership
-            .converges(id.as_str(), self.supervisor.clock().now());
+            .acts_for(id.as_str(), self.supervisor.clock().now());
         if !stale.is_empty() && leased {
             let (providers, config) = (self.providers.clone(), config.clone());
             let remains = call(blocking, move || {
@@ -591,6 +592,15 @@ impl Converger {
                     let Ok(held) = lock.try_lock_owned() else {
                         continue;
                     };
+                    // Asked again under the group's lock: the lease loop marks a shard
+                    // draining before it looks for passes under way, so either the pass sees
+                    // the mark here or the lease loop sees the lock.
+                    if !self
+                        .ownership
+                        .converges(id.as_str(), self.supervisor.clock().now())
+                    {
+                        continue;
+                    }
                     let (converger, tick) = (self.clone(), tick.clone());
                     actix_web::rt::spawn(async move {
                         if let Err(error) = converger.pass(&id).await {

@@ -488,23 +488,21 @@ fn lease_round(
     if let Err(error) = journal.acquire_lease(&cluster::presence_name(&me), &me, LEASE_TTL) {
         tracing::warn!(%error, "could not renew this node's presence");
     }
+    let asked = clock.now();
     let leases = journal.leases()?;
     let nodes: BTreeSet<String> = leases
         .iter()
         .filter_map(|lease| cluster::node_of_presence(&lease.name).map(str::to_owned))
         .collect();
-    let holders: BTreeMap<u32, (String, u64)> = leases
+    let shards: Vec<(u32, flotilla_journal::Lease)> = leases
         .into_iter()
-        .filter_map(|lease| {
-            let shard = cluster::shard_of_lease(&lease.name)?;
-            Some((shard, (lease.holder, lease.token)))
-        })
+        .filter_map(|lease| Some((cluster::shard_of_lease(&lease.name)?, lease)))
         .collect();
-    let live: BTreeMap<u32, String> = holders
-        .iter()
-        .map(|(shard, (holder, _))| (*shard, holder.clone()))
+    ownership.seen(&shards, asked);
+    let live: BTreeMap<u32, String> = shards
+        .into_iter()
+        .map(|(shard, lease)| (shard, lease.holder))
         .collect();
-    ownership.seen(holders);
     let held = ownership.held();
     let now = clock.now();
     let mut plan = cluster::plan(&me, now, &held, &live, &nodes);
@@ -514,11 +512,12 @@ fn lease_round(
     let release: BTreeSet<u32> = plan.release.iter().copied().collect();
     let overdue = ownership.drain(&release, now);
     let draining: BTreeSet<u32> = busy(&release).difference(&overdue).copied().collect();
-    ownership.drain(&draining, now);
     plan.release.retain(|shard| !draining.contains(shard));
     plan.renew.extend(&draining);
     let stopped: Vec<u32> = plan.forget.iter().chain(&plan.release).copied().collect();
+    // No longer held before no longer draining, so that no pass starts in between.
     ownership.update(&[], &stopped);
+    ownership.drain(&draining, now);
     counts
         .losses
         .fetch_add(stopped.len() as u64, Ordering::Relaxed);

@@ -310,6 +310,24 @@ impl Collector for Live {
             None,
             shards.metric_type(),
         )?)?;
+        // Which shards, each with its lease's fencing token (on a shared database only: alone
+        // on sled every shard is this node's, token 1).
+        if self.ownership.is_shared() {
+            let mut held = encoder.encode_descriptor(
+                "flotilla_shard_fencing_token",
+                "Each shard whose lease this node holds, with the lease's fencing token",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (shard, lease) in self.ownership.held() {
+                if !lease.valid_at(now) {
+                    continue;
+                }
+                let shard = shard.to_string();
+                let token = i64::try_from(lease.token).unwrap_or(i64::MAX);
+                ConstGauge::new(token).encode(held.encode_family(&[("shard", shard.as_str())])?)?;
+            }
+        }
         let owned = self
             .index
             .all_groups()

@@ -343,28 +343,57 @@ fn three_nodes_share_a_database_and_take_over_a_killed_nodes_groups_within_10_s(
         })
     });
 
+    // /metrics names the shards each survivor holds, with their tokens: 64 in all, none twice.
+    let mut held = BTreeSet::new();
+    for node in nodes.iter().flatten() {
+        let text = client
+            .get(format!("{}/metrics", node.base))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("flotilla_shard_fencing_token{shard=\"") else {
+                continue;
+            };
+            let (shard, token) = rest.split_once("\"} ").unwrap();
+            assert!(token.trim().parse::<u64>().unwrap() >= 1, "{line}");
+            assert!(
+                held.insert(shard.parse::<u32>().unwrap()),
+                "shard {shard} held twice"
+            );
+        }
+    }
+    assert_eq!(held.len(), 64, "{held:?}");
+
     // Each group shows its owner, a survivor, and the fencing token of its shard's lease,
-    // the same through either survivor.
+    // the same through either survivor (once both have read the leases since the takeover).
     for g in &groups {
-        let shown: Vec<(Value, Value)> = nodes
-            .iter()
-            .flatten()
-            .map(|node| {
-                let view = call(
-                    &client,
-                    &node.base,
-                    "GET",
-                    &format!("/v1/groups/{g}"),
-                    &token,
-                    Value::Null,
-                );
-                (view["owner"].clone(), view["fencing_token"].clone())
-            })
-            .collect();
-        let (owner, fencing_token) = &shown[0];
-        assert!(owner == "node-1" || owner == "node-2", "{shown:?}");
-        assert!(fencing_token.as_u64().is_some_and(|t| t >= 1), "{shown:?}");
-        assert!(shown.iter().all(|s| s == &shown[0]), "{shown:?}");
+        within(
+            "a group's owner, the same through both",
+            Duration::from_secs(10),
+            || {
+                let shown: Vec<(Value, Value)> = nodes
+                    .iter()
+                    .flatten()
+                    .map(|node| {
+                        let view = call(
+                            &client,
+                            &node.base,
+                            "GET",
+                            &format!("/v1/groups/{g}"),
+                            &token,
+                            Value::Null,
+                        );
+                        (view["owner"].clone(), view["fencing_token"].clone())
+                    })
+                    .collect();
+                let (owner, fencing_token) = &shown[0];
+                (owner == "node-1" || owner == "node-2")
+                    && fencing_token.as_u64().is_some_and(|t| t >= 1)
+                    && shown.iter().all(|s| s == &shown[0])
+            },
+        );
     }
 
     // The journal: each acknowledged nonce accepted exactly once, none twice, no slot launched

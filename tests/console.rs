@@ -28,6 +28,7 @@ async fn browser(port: u16, profile: &std::path::Path) -> Client {
             "binary": "/usr/bin/chromium",
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                      "--window-size=1280,800", "--no-first-run", "--disable-extensions",
+                     "--lang=en-US",
                      format!("--user-data-dir={}", profile.display())],
         }),
     );

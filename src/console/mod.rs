@@ -125,10 +125,19 @@ fn same_origin(state: &AppState, req: &HttpRequest) -> bool {
     match headers.get(header::ORIGIN).map(|o| o.to_str()) {
         None => true,
         Some(Ok(origin)) => {
-            let info = req.connection_info();
-            let here = format!("{}://{}", info.scheme(), info.host());
-            let public = state.settings.public_url();
-            origin == here || origin == public.trim_end_matches('/')
+            // `scheme://host[:port]`, without a path.
+            let origin_of = |url: &str| -> Option<(String, String)> {
+                let (scheme, rest) = url.split_once("://")?;
+                let authority = rest.split('/').next().unwrap_or_default();
+                Some((scheme.to_ascii_lowercase(), authority.to_ascii_lowercase()))
+            };
+            let Some((_, authority)) = origin_of(origin) else {
+                return false;
+            };
+            // The host the browser sent the form to (a proxy may have ended TLS, so the
+            // scheme is not compared), or the service's public URL, scheme and all.
+            authority == req.connection_info().host().to_ascii_lowercase()
+                || origin_of(origin) == origin_of(&state.settings.public_url())
         }
         Some(Err(_)) => false,
     }
@@ -151,14 +160,17 @@ fn refused(message: &str) -> HttpResponse {
     )
 }
 
-/// A page's query, read leniently: what does not parse is left out (the console answers with
-/// a page, never the API's JSON error).
-fn query<T: Default + serde::de::DeserializeOwned>(req: &HttpRequest) -> T {
-    serde_urlencoded::from_str(req.query_string()).unwrap_or_default()
+/// A page's query parameter `name`, read leniently: one that is missing, repeated oddly or
+/// does not parse is left out (the console answers with a page, never the API's JSON error).
+fn param<T: std::str::FromStr>(req: &HttpRequest, name: &str) -> Option<T> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(key, _)| key == name)
+        .and_then(|(_, value)| value.parse().ok())
 }
 
 async fn index(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let query: GroupsQuery = query(&req);
     if !state.is_ready() {
         return html(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -168,7 +180,7 @@ async fn index(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let Some((id, session)) = signed_in(&state, &req) else {
         return html(StatusCode::OK, pages::sign_in(None));
     };
-    let cursor = query.cursor.as_deref().map(GroupId::from);
+    let cursor = param::<String>(&req, "cursor").map(|c| GroupId::from(c.as_str()));
     let page = state
         .index
         .groups_of(&session.tenant, cursor.as_ref(), pages::GROUPS_PER_PAGE);
@@ -185,12 +197,6 @@ async fn index(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
         StatusCode::OK,
         pages::groups(&session, &rows, page.next.as_ref(), flash.as_ref()),
     )
-}
-
-/// `?cursor=` of the groups page.
-#[derive(Debug, Default, Deserialize)]
-struct GroupsQuery {
-    cursor: Option<String>,
 }
 
 /// The sign-in form.
@@ -260,13 +266,6 @@ async fn sign_out(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes
     answer
 }
 
-/// `?range=&before=` of a group's page.
-#[derive(Debug, Default, Deserialize)]
-struct GroupQuery {
-    range: Option<String>,
-    before: Option<u64>,
-}
-
 /// The ranges a group's page plots.
 pub const RANGES: [(&str, i64); 3] = [
     ("1h", 3_600_000),
@@ -304,7 +303,6 @@ async fn group(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let query: GroupQuery = query(&req);
     let Some((sid, session)) = signed_in(&state, &req) else {
         return see_other("/");
     };
@@ -312,12 +310,15 @@ async fn group(
         Ok(group) => group,
         Err(answer) => return *answer,
     };
+    // `?range=1h|24h|7d` (24 h otherwise), `?before=<version>` for older activity.
+    let asked: Option<String> = param(&req, "range");
     let range = RANGES
         .iter()
-        .find(|(name, _)| Some(*name) == query.range.as_deref())
+        .find(|(name, _)| Some(*name) == asked.as_deref())
         .copied()
         .unwrap_or(RANGES[1]);
-    let page = match GroupPage::load(&state, group, range, query.before, now(&state)).await {
+    let before: Option<u64> = param(&req, "before");
+    let page = match GroupPage::load(&state, group, range, before, now(&state)).await {
         Ok(page) => page,
         Err(error) => {
             tracing::error!(%error, "the console could not read a group's history");
