@@ -602,15 +602,7 @@ impl AlarmTable {
         let now = self.evaluable(now);
         let (watching, store) = self.open();
         let d = &watching.alarms.get(id)?.definition;
-        let series = series_of(id.as_str(), &d.metric, d.query.as_deref());
-        Some(store.datapoints(
-            &d.group_id,
-            &series,
-            d.period_seconds,
-            statistic_of(d.statistic, d.query.as_deref()),
-            d.evaluation_periods,
-            now,
-        ))
+        Some(datapoints_of(&store, id, d, now))
     }
 
     /// Evaluates the alarms due at `now` (setting their next evaluation) and returns how many,
@@ -631,15 +623,7 @@ impl AlarmTable {
             evaluated += 1;
             watched.next_due = period_end(now, watched.definition.period_seconds);
             let d = &watched.definition;
-            let series = series_of(id.as_str(), &d.metric, d.query.as_deref());
-            let datapoints = store.datapoints(
-                &d.group_id,
-                &series,
-                d.period_seconds,
-                statistic_of(d.statistic, d.query.as_deref()),
-                d.evaluation_periods,
-                now,
-            );
+            let datapoints = datapoints_of(&store, id, d, now);
             let next = next_state(d, watched.state, &datapoints);
             let repeats = watched.state == AlarmState::Alarm && d.repeat_actions;
             if next != watched.state || repeats {
@@ -1150,6 +1134,24 @@ impl Evaluator {
             }
         });
     }
+}
+
+/// Alarm `id`'s datapoints of its last evaluation periods up to `now`, oldest first.
+fn datapoints_of(
+    store: &SeriesStore,
+    id: &AlarmId,
+    d: &AlarmDefinition,
+    now: Timestamp,
+) -> Vec<Option<f64>> {
+    let series = series_of(id.as_str(), &d.metric, d.query.as_deref());
+    store.datapoints(
+        &d.group_id,
+        &series,
+        d.period_seconds,
+        statistic_of(d.statistic, d.query.as_deref()),
+        d.evaluation_periods,
+        now,
+    )
 }
 
 #[cfg(test)]

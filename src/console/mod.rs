@@ -417,18 +417,35 @@ fn checked_form(
     Ok((sid, session, form))
 }
 
+/// An action's form on group `id`, checked as [`checked_form`] does, with the group (of the
+/// session's tenant), or the answer refusing it.
+async fn action_on_group(
+    state: &AppState,
+    req: &HttpRequest,
+    id: &str,
+    body: &[u8],
+) -> Result<
+    (
+        String,
+        Session,
+        ActionForm,
+        flotilla_actors::domain::group::Group,
+    ),
+    Box<HttpResponse>,
+> {
+    let (sid, session, form) = checked_form(state, req, body)?;
+    let group = owned_group(state, &session, id).await?;
+    Ok((sid, session, form, group))
+}
+
 async fn confirm(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let (sid, session, form) = match checked_form(&state, &req, &body) {
+    let (sid, session, form, group) = match action_on_group(&state, &req, &path, &body).await {
         Ok(checked) => checked,
-        Err(answer) => return *answer,
-    };
-    let group = match owned_group(&state, &session, &path).await {
-        Ok(group) => group,
         Err(answer) => return *answer,
     };
     let back = format!("/console/groups/{}", group.id);
@@ -481,12 +498,8 @@ async fn act(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let (sid, session, form) = match checked_form(&state, &req, &body) {
+    let (sid, session, form, group) = match action_on_group(&state, &req, &path, &body).await {
         Ok(checked) => checked,
-        Err(answer) => return *answer,
-    };
-    let group = match owned_group(&state, &session, &path).await {
-        Ok(group) => group,
         Err(answer) => return *answer,
     };
     let back = format!("/console/groups/{}", group.id);
