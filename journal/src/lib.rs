@@ -504,10 +504,7 @@ impl Journal {
             );
             return Ok(None);
         }
-        Ok(Some(Snapshot {
-            version,
-            state: state.to_vec(),
-        }))
+        Ok(Some(Snapshot { version, state }))
     }
 
     /// Saves `state`, a reader's view of the whole journal up to `head` (the service's index,
@@ -540,7 +537,7 @@ impl Journal {
             );
             return Ok(None);
         }
-        Ok(Some((head, state.to_vec())))
+        Ok(Some((head, state)))
     }
 
     /// The hash of `stream`'s record at `version`, which a snapshot is anchored to.
