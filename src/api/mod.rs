@@ -129,6 +129,14 @@ impl AppState {
     ) -> Result<Executed<A>, ApiError> {
         Ok(self.supervisor.execute::<A>(id, command).await?)
     }
+
+    /// The tenant whose token has sha256 `hash`: one made (or a token given) through another
+    /// node a moment ago is known once this node catches up.
+    pub async fn tenant_of_token(&self, hash: &str) -> Option<flotilla_actors::domain::TenantId> {
+        let of = || self.index.tenant_of_token(hash);
+        self.catch_up.known(|| of().is_some()).await;
+        of()
+    }
 }
 
 /// `?limit=&cursor=` of every list. Each list documents them itself, with its cursor's pattern.

@@ -263,7 +263,7 @@ fn marker(record: &Recorded, markers: &mut Vec<Marker>) {
 mod tests {
     use super::*;
     use flotilla_actors::clock::Timestamp;
-    use flotilla_actors::domain::group::{Outcome, ServerReport};
+    use flotilla_actors::domain::group::Outcome;
     use flotilla_actors::domain::scaling::{Adjustment, AdjustmentType, Computation};
     use flotilla_actors::domain::{Cause, GroupId, PolicyId, TenantId, WebhookId};
     use serde_json::json;
@@ -376,9 +376,6 @@ mod tests {
 
     #[test]
     fn the_capacity_before_the_range_starts_the_plot_and_each_change_in_it_adds_a_point() {
-        let _ = ServerReport::Deleted {
-            server_id: String::new(),
-        };
         let mut stream = Stream {
             records: Vec::new(),
         };

@@ -29,6 +29,7 @@ use flotilla_actors::domain::group::{GroupCommand, GroupPatch, Outcome, Pause};
 use flotilla_actors::domain::{Cause, GroupId, Kind, PolicyId};
 use serde::Deserialize;
 
+use crate::api::auth::constant_time_eq;
 use crate::api::{resource, AppState};
 pub use pages::GroupPage;
 use session::{Flash, Session, COOKIE};
@@ -143,16 +144,6 @@ fn same_origin(state: &AppState, req: &HttpRequest) -> bool {
     }
 }
 
-/// Whether `given` is `expected`, in time that does not depend on where they differ.
-fn same_secret(given: &str, expected: &str) -> bool {
-    given.len() == expected.len()
-        && given
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
 fn refused(message: &str) -> HttpResponse {
     html(
         StatusCode::FORBIDDEN,
@@ -213,13 +204,7 @@ async fn sign_in(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes)
         .map(|form| form.token.trim().to_owned())
         .unwrap_or_default();
     let hash = crate::token::hash(&token);
-    let tenant = state
-        .catch_up
-        .known(|| state.index.tenant_of_token(&hash).is_some())
-        .await
-        .then(|| state.index.tenant_of_token(&hash))
-        .flatten();
-    let Some(tenant) = tenant else {
+    let Some(tenant) = state.tenant_of_token(&hash).await else {
         tracing::info!("console sign-in with an unknown token");
         return html(
             StatusCode::UNAUTHORIZED,
@@ -255,7 +240,9 @@ async fn sign_out(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes
         return see_other("/");
     };
     let form = serde_urlencoded::from_bytes::<Signed>(&body);
-    if !same_origin(&state, &req) || !form.is_ok_and(|f| same_secret(&f.csrf, &session.csrf)) {
+    if !same_origin(&state, &req)
+        || !form.is_ok_and(|f| constant_time_eq(f.csrf.as_bytes(), session.csrf.as_bytes()))
+    {
         return refused("This form must be sent from the console's own page.");
     }
     state.sessions.end(&id);
@@ -409,7 +396,8 @@ fn checked_form(
         return Err(Box::new(see_other("/")));
     };
     let form = serde_urlencoded::from_bytes::<ActionForm>(body).unwrap_or_default();
-    if !same_origin(state, req) || !same_secret(&form.csrf, &session.csrf) {
+    if !same_origin(state, req) || !constant_time_eq(form.csrf.as_bytes(), session.csrf.as_bytes())
+    {
         return Err(Box::new(refused(
             "This form must be sent from the console's own page.",
         )));
