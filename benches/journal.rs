@@ -140,7 +140,7 @@ fn replay(c: &mut Criterion) {
     group.bench_function("sled_iter", |b| {
         b.iter(|| {
             let mut n = 0usize;
-            for entry in records.range(layout::record_key(1)..=layout::record_key(u64::MAX)) {
+            for entry in records.range(layout::block_key(1)..=layout::block_key(u64::MAX)) {
                 n += black_box(entry.unwrap()).1.len();
             }
             n

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use flotilla_journal::{layout, ExpectedVersion, Journal, NewEvent};
+use flotilla_journal::{tamper, ExpectedVersion, Journal, NewEvent};
 
 fn flotilla(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_flotilla"))
@@ -32,13 +32,12 @@ fn audit_verify_passes_a_sound_journal_and_names_the_first_break() {
     assert!(stdout(&ok).starts_with("ok: 10 records"), "{}", stdout(&ok));
 
     {
-        let db = sled::open(dir.path()).unwrap();
-        let tree = db.open_tree(layout::TREE).unwrap();
-        let mut bytes = tree.get(layout::record_key(7)).unwrap().unwrap().to_vec();
+        let journal = Journal::open(dir.path()).unwrap();
+        let tree = journal.raw_tree().unwrap();
+        let mut bytes = tamper::stored(&tree, 7).unwrap();
         let last = bytes.len() - 65;
         bytes[last] ^= 1; // a payload byte
-        tree.insert(layout::record_key(7), bytes).unwrap();
-        db.flush().unwrap();
+        tamper::replace(&tree, 7, &bytes);
     }
     let broken = flotilla(&["audit", "verify", "--data-dir", arg(dir.path())]);
     assert_eq!(broken.status.code(), Some(1), "{broken:?}");

@@ -5,10 +5,21 @@
 //!
 //! ```text
 //! key                                  value
-//! 'r' seq(8)                           the record (see Record::canonical_bytes)
-//! 's' stream-id 0x00 version(8)        seq(8) of that stream's record at that version
+//! 'f'                                  the layout's format: FORMAT (2)
+//! 'b' first-seq(8)                     a block of records (see encode_block)
+//! 'x' stream-id 0x00 first-version(8)  a run of that stream's index (see encode_run)
 //! 'h'                                  head: seq(8) hash(32) of the last record
 //! ```
+//!
+//! Records are stored by the block, a writer batch's records in one or a few values, and a
+//! stream's index by the run, up to [`RUN_LEN`] consecutive versions in one value that the
+//! writer extends in place. A journal of 10M events is thus well under a million sled keys
+//! rather than 20 million: sled's pages, its memory and its open time follow the key count.
+//! A block keeps each record's place (its slot) apart from the seq the record carries, so that a
+//! record that is missing or out of place is still seen as such.
+//!
+//! Format 1 kept a key per record (`'r' seq(8)`) and per index entry (`'s' stream-id 0x00
+//! version(8)` → seq(8)). Opening such a journal migrates it (see `sled_store::migrate`).
 //!
 //! A stream id is printable ASCII, so it never contains the 0x00 separator.
 //! Snapshots live apart, in [`SNAPSHOTS`]: stream-id → version(8) anchor-hash(32) state.
@@ -26,8 +37,22 @@ pub const CHECKPOINTS: &str = "checkpoints";
 
 const RECORD: u8 = b'r';
 const INDEX: u8 = b's';
+const BLOCK: u8 = b'b';
+const RUN: u8 = b'x';
 /// The key of the head in [`TREE`].
 pub const HEAD_KEY: &[u8] = b"h";
+/// The key of the layout's format in [`TREE`].
+pub const FORMAT_KEY: &[u8] = b"f";
+/// The layout this code writes.
+pub const FORMAT: u8 = 2;
+/// Most records in one block.
+pub const BLOCK_RECORDS: usize = 256;
+/// A block is closed once its records reach this many bytes. sled splits a leaf past 16 keys
+/// and writes an item over a quarter of a 512 KiB segment as a blob of its own; 16 blocks of
+/// this size keep a leaf well under that.
+pub const BLOCK_BYTES: usize = 6 * 1024;
+/// Most versions in one run of a stream's index.
+pub const RUN_LEN: usize = 256;
 
 /// The key of the record at `seq`.
 pub fn record_key(seq: u64) -> [u8; 9] {
@@ -60,6 +85,130 @@ pub fn index_key(stream: &str, version: u64) -> Vec<u8> {
     key
 }
 
+/// The key of the block whose first slot is `seq`.
+pub fn block_key(seq: u64) -> [u8; 9] {
+    let mut key = [BLOCK; 9];
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The first slot in a block key, or `None` if `key` is not one.
+pub fn decode_block_key(key: &[u8]) -> Option<u64> {
+    match key {
+        [BLOCK, rest @ ..] => rest.try_into().ok().map(u64::from_be_bytes),
+        _ => None,
+    }
+}
+
+/// The key of `stream`'s index run that starts at `version`.
+pub fn run_key(stream: &str, version: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 10);
+    key.push(RUN);
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+/// The first version in a run key (its last 8 bytes), or `None` if it is too short.
+pub fn decode_run_key(key: &[u8]) -> Option<u64> {
+    key.get(key.len().checked_sub(8)?..).and_then(decode_seq)
+}
+
+/// A block: records with their slots, `slot(4) len(4)` each after a count(2), then the
+/// records' bytes in that order. Slots are stored as offsets from the block's key.
+pub fn encode_block(first: u64, entries: &[(u64, &[u8])]) -> Vec<u8> {
+    let body: usize = entries.iter().map(|(_, bytes)| bytes.len()).sum();
+    let mut value = Vec::with_capacity(2 + 8 * entries.len() + body);
+    value.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+    for (slot, bytes) in entries {
+        value.extend_from_slice(&((slot - first) as u32).to_be_bytes());
+        value.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    }
+    for (_, bytes) in entries {
+        value.extend_from_slice(bytes);
+    }
+    value
+}
+
+/// A block's slots and the byte range of each record in `value`, or `None` if it is malformed.
+pub fn decode_block(first: u64, value: &[u8]) -> Option<Vec<(u64, std::ops::Range<usize>)>> {
+    let count = usize::from(u16::from_be_bytes(value.get(..2)?.try_into().ok()?));
+    let mut at = 2 + 8 * count;
+    let mut entries = Vec::with_capacity(count);
+    for i in 0..count {
+        let entry = value.get(2 + 8 * i..10 + 8 * i)?;
+        let slot = u32::from_be_bytes(entry[..4].try_into().ok()?);
+        let len = u32::from_be_bytes(entry[4..].try_into().ok()?) as usize;
+        let end = at.checked_add(len)?;
+        if end > value.len() {
+            return None;
+        }
+        entries.push((first.checked_add(u64::from(slot))?, at..end));
+        at = end;
+    }
+    (at == value.len()).then_some(entries)
+}
+
+/// A run of a stream's index: the seq of its first version, then for each next version the
+/// difference from the seq before it, as a LEB128 varint.
+pub fn encode_run(seqs: &[u64]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(8 + 2 * seqs.len());
+    let Some((&first, rest)) = seqs.split_first() else {
+        return value;
+    };
+    value.extend_from_slice(&first.to_be_bytes());
+    let mut previous = first;
+    for &seq in rest {
+        push_varint(seq.wrapping_sub(previous), &mut value);
+        previous = seq;
+    }
+    value
+}
+
+/// Appends `seq` to an encoded run whose last seq is `last`.
+pub fn extend_run(value: &mut Vec<u8>, last: u64, seq: u64) {
+    if value.is_empty() {
+        value.extend_from_slice(&seq.to_be_bytes());
+    } else {
+        push_varint(seq.wrapping_sub(last), value);
+    }
+}
+
+/// The seqs of a run, or `None` if it is malformed.
+pub fn decode_run(value: &[u8]) -> Option<Vec<u64>> {
+    let mut seq = decode_seq(value.get(..8)?)?;
+    let mut seqs = vec![seq];
+    let mut at = 8;
+    while at < value.len() {
+        let mut delta = 0u64;
+        let mut shift = 0;
+        loop {
+            let byte = *value.get(at)?;
+            at += 1;
+            delta |= u64::from(byte & 0x7f).checked_shl(shift)?;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 63 {
+                return None;
+            }
+        }
+        seq = seq.checked_add(delta)?;
+        seqs.push(seq);
+    }
+    Some(seqs)
+}
+
+fn push_varint(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
 /// A big-endian `u64` from exactly 8 bytes, or `None` for any other length.
 pub fn decode_seq(value: &[u8]) -> Option<u64> {
     value.try_into().ok().map(u64::from_be_bytes)
@@ -88,34 +237,6 @@ pub fn read_head(tree: &sled::Tree) -> Result<Head> {
         .and_then(|h| Hash::try_from(h).ok())
         .ok_or_else(corrupt)?;
     Ok(Head { seq, hash })
-}
-
-/// The sequence number of the last record stored, whatever the head says.
-pub fn last_record_seq(tree: &sled::Tree) -> Result<u64> {
-    let last = tree
-        .range(record_key(0)..=record_key(u64::MAX))
-        .next_back()
-        .transpose()?;
-    Ok(last
-        .and_then(|(key, _)| decode_record_key(&key))
-        .unwrap_or(0))
-}
-
-/// The version of `stream`'s last event, from the stream index (0 when it has none).
-pub fn stream_version(tree: &sled::Tree, stream: &str) -> Result<u64> {
-    let last = tree
-        .scan_prefix(index_prefix(stream))
-        .next_back()
-        .transpose()?;
-    let Some((key, _)) = last else {
-        return Ok(0);
-    };
-    key.get(key.len().saturating_sub(8)..)
-        .and_then(decode_seq)
-        .ok_or_else(|| Error::Corrupt {
-            seq: 0,
-            reason: format!("stream index key of {stream} is malformed"),
-        })
 }
 
 /// The stored form of a snapshot: version(8) anchor-hash(32) state.
@@ -187,6 +308,45 @@ mod tests {
     use super::*;
 
     const ANCHOR: Hash = [7; 32];
+
+    #[test]
+    fn a_block_reads_back_its_slots_and_records_and_a_damaged_one_does_not_read() {
+        let records: [&[u8]; 3] = [b"one", b"", b"three"];
+        let entries: Vec<(u64, &[u8])> = [100, 101, 103].into_iter().zip(records).collect();
+        let value = encode_block(100, &entries);
+        let read = decode_block(100, &value).unwrap();
+        let got: Vec<(u64, &[u8])> = read.iter().map(|(s, r)| (*s, &value[r.clone()])).collect();
+        assert_eq!(got, entries);
+        for cut in 0..value.len() {
+            assert_eq!(decode_block(100, &value[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = value.clone();
+        longer.push(0);
+        assert_eq!(decode_block(100, &longer), None);
+        assert_eq!(decode_block(u64::MAX, &value), None);
+    }
+
+    #[test]
+    fn a_run_reads_back_its_seqs_however_far_apart_and_a_damaged_one_does_not_read() {
+        let seqs = [5, 6, 200, 70_000, 1 << 40, u64::MAX];
+        let value = encode_run(&seqs);
+        assert_eq!(decode_run(&value).unwrap(), seqs);
+        let mut extended = encode_run(&seqs[..1]);
+        for pair in seqs.windows(2) {
+            extend_run(&mut extended, pair[0], pair[1]);
+        }
+        assert_eq!(extended, value);
+        // A version a record apart costs one byte.
+        assert_eq!(encode_run(&[1, 2, 3]).len(), 10);
+        assert_eq!(decode_run(&value[..7]), None);
+        assert_eq!(decode_run(&value[..value.len() - 1]), None);
+        assert_eq!(decode_run(&[0, 0, 0, 0, 0, 0, 0, 1, 0xff]), None);
+        let overflow = [&u64::MAX.to_be_bytes()[..], &[1]].concat();
+        assert_eq!(decode_run(&overflow), None);
+        assert_eq!(decode_run_key(&run_key("grp_1", 257)), Some(257));
+        assert_eq!(decode_block_key(&block_key(9)), Some(9));
+        assert_eq!(decode_block_key(&record_key(9)), None);
+    }
 
     #[test]
     fn a_large_state_is_stored_compressed_and_read_back_whole() {

@@ -27,6 +27,8 @@ mod postgres;
 mod record;
 mod scan;
 mod sled_store;
+#[doc(hidden)]
+pub mod tamper;
 pub mod testing;
 pub mod verify;
 mod writer;
@@ -216,13 +218,14 @@ impl Journal {
     pub fn open_with(path: impl AsRef<Path>, config: Config) -> Result<Journal> {
         let db = open_db(path.as_ref(), config.cache_capacity)?;
         let tree = db.open_tree(layout::TREE)?;
+        sled_store::prepare(&tree)?;
         let reads = sled_store::SledReads {
             db: db.clone(),
             tree: tree.clone(),
             snapshots: db.open_tree(layout::SNAPSHOTS)?,
             checkpoints: db.open_tree(layout::CHECKPOINTS)?,
         };
-        Self::start(Box::new(reads), sled_store::SledLog { db, tree }, &config)
+        Self::start(Box::new(reads), sled_store::SledLog::new(db, tree), &config)
     }
 
     /// Connects to the journal in the PostgreSQL database at `url` (a libpq-style

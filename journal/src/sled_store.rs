@@ -1,21 +1,260 @@
 //! The embedded back end: the journal in a sled database in a local directory (see `layout`).
 
+use std::collections::HashMap;
+use std::ops::Range;
+
 use crate::backend::{Reads, Records, Stored, Table};
 use crate::writer::Log;
 use crate::{layout, Error, Hash, Head, Record, Result};
+
+/// Records a format 1 journal moves into blocks per sled batch while it is migrated.
+const MIGRATION_BATCH: usize = 16 * 1024;
+
+/// Streams whose last index run the writer keeps at hand between batches; past this many, it
+/// forgets them all and reads them from sled again.
+const RUN_CACHE: usize = 4096;
+
+/// Readies `tree` for this code: stamps a new journal with [`layout::FORMAT`], migrates a
+/// format 1 journal, and refuses one written by a newer build.
+pub(crate) fn prepare(tree: &sled::Tree) -> Result<()> {
+    match tree.get(layout::FORMAT_KEY)? {
+        Some(format) if *format == [layout::FORMAT] => Ok(()),
+        Some(format) => Err(Error::Corrupt {
+            seq: 0,
+            reason: format!(
+                "the journal's layout is format {format:?}, which this build does not read \
+                 (it reads format {})",
+                layout::FORMAT
+            ),
+        }),
+        None => {
+            while migrate_step(tree, MIGRATION_BATCH)? {}
+            tree.insert(layout::FORMAT_KEY, &[layout::FORMAT])?;
+            tree.flush()?;
+            Ok(())
+        }
+    }
+}
+
+/// Moves up to `limit` format 1 records (`'r'` keys) into blocks and their stream index entries
+/// (`'s'` keys) into runs, in one sled batch, so that a migration cut short resumes where it
+/// stopped. Answers whether anything was left to move.
+pub(crate) fn migrate_step(tree: &sled::Tree, limit: usize) -> Result<bool> {
+    let mut moved = Vec::new();
+    for entry in tree
+        .range(layout::record_key(0)..=layout::record_key(u64::MAX))
+        .take(limit)
+    {
+        let (key, bytes) = entry?;
+        if let Some(seq) = layout::decode_record_key(&key) {
+            moved.push((seq, bytes));
+        }
+    }
+    let mut writes = sled::Batch::default();
+    if moved.is_empty() {
+        // Index entries of records that did not decode have no run to go to.
+        let stale: Vec<sled::IVec> = tree
+            .scan_prefix(layout::index_prefix(""))
+            .keys()
+            .take(limit)
+            .collect::<sled::Result<_>>()?;
+        if stale.is_empty() {
+            return Ok(false);
+        }
+        stale.into_iter().for_each(|key| writes.remove(key));
+        tree.apply_batch(writes)?;
+        return Ok(true);
+    }
+    let mut runs = RunWriter::default();
+    for (seq, bytes) in &moved {
+        writes.remove(&layout::record_key(*seq));
+        if let Ok(record) = Record::decode_stored(*seq, bytes) {
+            writes.remove(layout::index_key(&record.stream, record.version));
+            runs.add(tree, &record.stream, record.version, record.seq)?;
+        }
+    }
+    let entries: Vec<(u64, &[u8])> = moved.iter().map(|(seq, b)| (*seq, &b[..])).collect();
+    write_blocks(&entries, &mut writes);
+    runs.write(&mut writes);
+    tree.apply_batch(writes)?;
+    Ok(true)
+}
+
+/// Writes `entries` (slot and stored bytes, in slot order) as blocks of at most
+/// [`layout::BLOCK_RECORDS`] records, each closed once it reaches [`layout::BLOCK_BYTES`].
+fn write_blocks(entries: &[(u64, &[u8])], writes: &mut sled::Batch) {
+    let mut start = 0;
+    while start < entries.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < entries.len()
+            && end - start < layout::BLOCK_RECORDS
+            && bytes < layout::BLOCK_BYTES
+        {
+            bytes += entries[end].1.len();
+            end += 1;
+        }
+        let first = entries[start].0;
+        writes.insert(
+            &layout::block_key(first),
+            layout::encode_block(first, &entries[start..end]),
+        );
+        start = end;
+    }
+}
+
+/// A stream's last index run, as the writer extends it.
+#[derive(Clone, Debug)]
+struct Run {
+    /// The version of its first entry.
+    first_version: u64,
+    /// How many versions it holds.
+    len: u64,
+    /// The seq of its last version.
+    last_seq: u64,
+    /// Its stored form.
+    value: Vec<u8>,
+}
+
+impl Run {
+    fn last_version(&self) -> u64 {
+        self.first_version + self.len - 1
+    }
+}
+
+/// `stream`'s last index run, if it has one.
+fn last_run(tree: &sled::Tree, stream: &str) -> Result<Option<Run>> {
+    let Some((key, value)) = tree
+        .range(layout::run_key(stream, 0)..=layout::run_key(stream, u64::MAX))
+        .next_back()
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    let corrupt = || Error::Corrupt {
+        seq: 0,
+        reason: format!("an index run of stream {stream} is malformed"),
+    };
+    let first_version = layout::decode_run_key(&key).ok_or_else(corrupt)?;
+    let seqs = layout::decode_run(&value).ok_or_else(corrupt)?;
+    Ok(Some(Run {
+        first_version,
+        len: seqs.len() as u64,
+        last_seq: *seqs.last().ok_or_else(corrupt)?,
+        value: value.to_vec(),
+    }))
+}
+
+/// The index runs a batch extends or starts, by stream.
+#[derive(Default)]
+struct RunWriter {
+    runs: HashMap<String, Touched>,
+}
+
+/// A stream's runs touched by a batch.
+struct Touched {
+    /// Its last run.
+    last: Run,
+    /// Whether the batch added to `last`.
+    changed: bool,
+    /// The runs the batch filled and closed before `last`.
+    closed: Vec<Run>,
+}
+
+impl RunWriter {
+    /// Adds `stream`'s `version` at `seq`, reading its last run from `known` (the writer's cache
+    /// of stored runs) or else from `tree` the first time the stream is seen.
+    fn add_known(
+        &mut self,
+        tree: &sled::Tree,
+        known: &HashMap<String, Option<Run>>,
+        stream: &str,
+        version: u64,
+        seq: u64,
+    ) -> Result<()> {
+        let fresh = || Run {
+            first_version: version,
+            len: 0,
+            last_seq: seq,
+            value: Vec::new(),
+        };
+        if !self.runs.contains_key(stream) {
+            let stored = match known.get(stream) {
+                Some(run) => run.clone(),
+                None => last_run(tree, stream)?,
+            };
+            let touched = Touched {
+                last: stored.unwrap_or_else(fresh),
+                changed: false,
+                closed: Vec::new(),
+            };
+            self.runs.insert(stream.to_owned(), touched);
+        }
+        let Some(touched) = self.runs.get_mut(stream) else {
+            return Ok(());
+        };
+        let run = &mut touched.last;
+        let follows = run.len == 0 || run.last_version() + 1 == version;
+        if !follows || run.len as usize >= layout::RUN_LEN {
+            let full = std::mem::replace(run, fresh());
+            if std::mem::take(&mut touched.changed) {
+                touched.closed.push(full);
+            }
+        }
+        layout::extend_run(&mut run.value, run.last_seq, seq);
+        run.last_seq = seq;
+        run.len += 1;
+        touched.changed = true;
+        Ok(())
+    }
+
+    fn add(&mut self, tree: &sled::Tree, stream: &str, version: u64, seq: u64) -> Result<()> {
+        self.add_known(tree, &HashMap::new(), stream, version, seq)
+    }
+
+    /// Puts every run the batch added to into `writes`.
+    fn write(&self, writes: &mut sled::Batch) {
+        for (stream, touched) in &self.runs {
+            let last = touched.changed.then_some(&touched.last);
+            for run in touched.closed.iter().chain(last) {
+                writes.insert(
+                    layout::run_key(stream, run.first_version),
+                    run.value.as_slice(),
+                );
+            }
+        }
+    }
+
+    /// Each touched stream's last run, for the writer's cache.
+    fn into_last(self) -> impl Iterator<Item = (String, Run)> {
+        self.runs
+            .into_iter()
+            .map(|(stream, touched)| (stream, touched.last))
+    }
+}
 
 /// The writer's side: batches into the records tree, flushed by sled.
 pub(crate) struct SledLog {
     pub(crate) db: sled::Db,
     pub(crate) tree: sled::Tree,
+    /// Streams' last index runs as stored, read by [`Log::stream_version`] or left by the last
+    /// batch; this writer is the tree's only one, so they stay true until it writes again.
+    runs: HashMap<String, Option<Run>>,
+}
+
+impl SledLog {
+    pub(crate) fn new(db: sled::Db, tree: sled::Tree) -> SledLog {
+        SledLog {
+            db,
+            tree,
+            runs: HashMap::new(),
+        }
+    }
 }
 
 impl Log for SledLog {
     fn stored_head(&mut self) -> Result<(Head, u64)> {
-        Ok((
-            layout::read_head(&self.tree)?,
-            layout::last_record_seq(&self.tree)?,
-        ))
+        Ok((layout::read_head(&self.tree)?, last_record_seq(&self.tree)?))
     }
 
     fn begin(&mut self) -> Result<Option<Head>> {
@@ -24,20 +263,48 @@ impl Log for SledLog {
     }
 
     fn stream_version(&mut self, stream: &str) -> Result<u64> {
-        layout::stream_version(&self.tree, stream)
+        if let Some(run) = self.runs.get(stream) {
+            return Ok(run.as_ref().map_or(0, Run::last_version));
+        }
+        if self.runs.len() >= RUN_CACHE {
+            self.runs.clear();
+        }
+        let run = last_run(&self.tree, stream)?;
+        let version = run.as_ref().map_or(0, Run::last_version);
+        self.runs.insert(stream.to_owned(), run);
+        Ok(version)
     }
 
     fn write(&mut self, records: &[Record], head: Head) -> Result<()> {
         let mut writes = sled::Batch::default();
+        let mut runs = RunWriter::default();
         for record in records {
-            writes.insert(&layout::record_key(record.seq), record.encode());
-            writes.insert(
-                layout::index_key(&record.stream, record.version),
-                &record.seq.to_be_bytes(),
-            );
+            runs.add_known(
+                &self.tree,
+                &self.runs,
+                &record.stream,
+                record.version,
+                record.seq,
+            )?;
         }
+        let encoded: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
+        let entries: Vec<(u64, &[u8])> = records
+            .iter()
+            .zip(&encoded)
+            .map(|(record, bytes)| (record.seq, &bytes[..]))
+            .collect();
+        write_blocks(&entries, &mut writes);
+        runs.write(&mut writes);
         writes.insert(layout::HEAD_KEY, &layout::encode_head(&head)[..]);
-        self.tree.apply_batch(writes)?;
+        if let Err(error) = self.tree.apply_batch(writes) {
+            self.runs.clear();
+            return Err(error.into());
+        }
+        if self.runs.len() >= RUN_CACHE {
+            self.runs.clear();
+        }
+        self.runs
+            .extend(runs.into_last().map(|(stream, run)| (stream, Some(run))));
         Ok(())
     }
 
@@ -69,16 +336,12 @@ impl SledReads {
         }
     }
 
-    fn indexed_record(&self, entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Record> {
-        let (key, seq) = entry?;
-        let seq = layout::decode_seq(&seq).ok_or_else(|| Error::Corrupt {
-            seq: 0,
-            reason: format!("stream index entry {key:?} is malformed"),
-        })?;
-        self.record(seq)?.ok_or(Error::Corrupt {
-            seq,
-            reason: "the stream index names a record that is absent".into(),
-        })
+    /// The seq of `stream`'s record at `version`, if the index has it.
+    fn indexed_seq(&self, stream: &str, version: u64) -> Result<Option<u64>> {
+        let Some(run) = run_holding(&self.tree, stream, version)? else {
+            return Ok(None);
+        };
+        Ok(run.get(version))
     }
 }
 
@@ -88,7 +351,7 @@ impl Reads for SledReads {
     }
 
     fn stream_version(&self, stream: &str) -> Result<u64> {
-        layout::stream_version(&self.tree, stream)
+        Ok(last_run(&self.tree, stream)?.map_or(0, |run| run.last_version()))
     }
 
     fn records(&self, first: u64, last: u64) -> Records<'_> {
@@ -96,43 +359,38 @@ impl Reads for SledReads {
     }
 
     fn stored(&self, first: u64) -> Stored<'_> {
-        let range = layout::record_key(first)..=layout::record_key(u64::MAX);
-        Box::new(self.tree.range(range).map(|entry| {
-            let (key, bytes) = entry?;
-            let seq = layout::decode_record_key(&key).ok_or_else(|| Error::Corrupt {
-                seq: 0,
-                reason: format!("record key {key:?} is malformed"),
-            })?;
-            Ok((
-                seq,
-                Record::decode_stored(seq, &bytes).map_err(|e| e.to_string()),
-            ))
+        Box::new(stored(&self.tree, first, u64::MAX).map(|entry| {
+            let (seq, bytes) = entry?;
+            let record = bytes.and_then(|(value, range)| {
+                Record::decode_stored(seq, &value[range]).map_err(|e| match e {
+                    Error::Corrupt { reason, .. } => reason,
+                    other => other.to_string(),
+                })
+            });
+            Ok((seq, record))
         }))
     }
 
     fn stream(&self, stream: &str, from: u64, to: u64, back: bool) -> Records<'_> {
-        let range = self
-            .tree
-            .range(layout::index_key(stream, from)..=layout::index_key(stream, to));
-        if back {
-            Box::new(range.rev().map(|entry| self.indexed_record(entry)))
-        } else {
-            Box::new(range.map(|entry| self.indexed_record(entry)))
-        }
+        let mut blocks = BlockCache::default();
+        let tree = &self.tree;
+        Box::new(
+            run_entries(tree, stream.to_owned(), from, to, back).map(move |entry| {
+                let (_, seq) = entry?;
+                blocks.record(tree, seq)?.ok_or(Error::Corrupt {
+                    seq,
+                    reason: "the stream index names a record that is absent".into(),
+                })
+            }),
+        )
     }
 
     fn record(&self, seq: u64) -> Result<Option<Record>> {
-        match self.tree.get(layout::record_key(seq))? {
-            Some(bytes) => Ok(Some(Record::decode_stored(seq, &bytes)?)),
-            None => Ok(None),
-        }
+        BlockCache::default().record(&self.tree, seq)
     }
 
     fn anchor(&self, stream: &str, version: u64) -> Result<Option<Hash>> {
-        let Some(seq) = self.tree.get(layout::index_key(stream, version))? else {
-            return Ok(None);
-        };
-        let Some(seq) = layout::decode_seq(&seq) else {
+        let Some(seq) = self.indexed_seq(stream, version)? else {
             return Ok(None);
         };
         Ok(self.record(seq)?.map(|r| r.hash))
@@ -157,19 +415,226 @@ impl Reads for SledReads {
     }
 }
 
+/// A stream's index run as read: the version of its first entry and each entry's seq.
+struct ReadRun {
+    first_version: u64,
+    seqs: Vec<u64>,
+}
+
+impl ReadRun {
+    fn decode(stream: &str, key: &[u8], value: &[u8]) -> Result<ReadRun> {
+        let corrupt = || Error::Corrupt {
+            seq: 0,
+            reason: format!("an index run of stream {stream} is malformed"),
+        };
+        Ok(ReadRun {
+            first_version: layout::decode_run_key(key).ok_or_else(corrupt)?,
+            seqs: layout::decode_run(value).ok_or_else(corrupt)?,
+        })
+    }
+
+    fn get(&self, version: u64) -> Option<u64> {
+        let at = usize::try_from(version.checked_sub(self.first_version)?).ok()?;
+        self.seqs.get(at).copied()
+    }
+
+    /// Its (version, seq) entries within `from..=to`.
+    fn within(&self, from: u64, to: u64) -> impl DoubleEndedIterator<Item = (u64, u64)> + '_ {
+        let first = self.first_version;
+        self.seqs
+            .iter()
+            .enumerate()
+            .map(move |(at, seq)| (first + at as u64, *seq))
+            .filter(move |(version, _)| (from..=to).contains(version))
+    }
+}
+
+/// The run of `stream` whose versions include `version`, if any.
+fn run_holding(tree: &sled::Tree, stream: &str, version: u64) -> Result<Option<ReadRun>> {
+    let Some((key, value)) = tree
+        .range(layout::run_key(stream, 0)..=layout::run_key(stream, version))
+        .next_back()
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    let run = ReadRun::decode(stream, &key, &value)?;
+    Ok(run.get(version).is_some().then_some(run))
+}
+
+/// `stream`'s (version, seq) index entries within `from..=to`: oldest first, or newest first
+/// when `back`.
+fn run_entries(
+    tree: &sled::Tree,
+    stream: String,
+    from: u64,
+    to: u64,
+    back: bool,
+) -> Box<dyn Iterator<Item = Result<(u64, u64)>> + Send + '_> {
+    // The run holding `from` starts at or before it.
+    let start = match tree
+        .range(layout::run_key(&stream, 0)..=layout::run_key(&stream, from))
+        .next_back()
+        .transpose()
+    {
+        Ok(Some((key, _))) => key.to_vec(),
+        Ok(None) => layout::run_key(&stream, from),
+        Err(error) => return Box::new(std::iter::once(Err(error.into()))),
+    };
+    if from > to {
+        return Box::new(std::iter::empty());
+    }
+    let runs = tree.range(start..=layout::run_key(&stream, to));
+    let entries = move |entry: sled::Result<(sled::IVec, sled::IVec)>| -> Vec<Result<(u64, u64)>> {
+        let run = entry
+            .map_err(Error::from)
+            .and_then(|(key, value)| ReadRun::decode(&stream, &key, &value));
+        match run {
+            Ok(run) if back => run.within(from, to).rev().map(Ok).collect(),
+            Ok(run) => run.within(from, to).map(Ok).collect(),
+            Err(error) => vec![Err(error)],
+        }
+    };
+    if back {
+        Box::new(runs.rev().flat_map(entries))
+    } else {
+        Box::new(runs.flat_map(entries))
+    }
+}
+
+/// A block as read: its first slot, its value, and where each record lies in it.
+pub(crate) struct Block {
+    pub(crate) first: u64,
+    pub(crate) value: sled::IVec,
+    pub(crate) entries: Vec<(u64, Range<usize>)>,
+}
+
+impl Block {
+    /// Decodes the block stored under `key`; a malformed one is named by its first slot.
+    fn decode(key: &[u8], value: sled::IVec) -> std::result::Result<Block, (u64, String)> {
+        let first = layout::decode_block_key(key)
+            .ok_or_else(|| (0, format!("block key {key:?} is malformed")))?;
+        let entries = layout::decode_block(first, &value)
+            .ok_or_else(|| (first, "its block is malformed".to_owned()))?;
+        Ok(Block {
+            first,
+            value,
+            entries,
+        })
+    }
+
+    /// The stored bytes at `seq`, if this block has them.
+    pub(crate) fn get(&self, seq: u64) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|(slot, _)| *slot == seq)
+            .map(|(_, range)| &self.value[range.clone()])
+    }
+}
+
+/// The block whose slots would include `seq`: the last one starting at or before it.
+pub(crate) fn block_holding(tree: &sled::Tree, seq: u64) -> Result<Option<Block>> {
+    let Some((key, value)) = tree
+        .range(layout::block_key(0)..=layout::block_key(seq))
+        .next_back()
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    Block::decode(&key, value)
+        .map(Some)
+        .map_err(|(seq, reason)| Error::Corrupt { seq, reason })
+}
+
+/// The block last read, kept so that records read one by one from the same block decode it
+/// once.
+#[derive(Default)]
+struct BlockCache {
+    block: Option<Block>,
+}
+
+impl BlockCache {
+    fn record(&mut self, tree: &sled::Tree, seq: u64) -> Result<Option<Record>> {
+        let cached = self.block.as_ref().is_some_and(|b| b.get(seq).is_some());
+        if !cached {
+            self.block = block_holding(tree, seq)?;
+        }
+        match self.block.as_ref().and_then(|b| b.get(seq)) {
+            Some(bytes) => Ok(Some(Record::decode_stored(seq, bytes)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A record's stored bytes (a block's value and the range in it), or why its block is
+/// malformed.
+type StoredBytes = std::result::Result<(sled::IVec, Range<usize>), String>;
+
+/// The records stored in slots `first..=last`, in slot order, each as stored (see
+/// [`StoredBytes`]): a malformed block is one entry, at its first slot.
+fn stored(
+    tree: &sled::Tree,
+    first: u64,
+    last: u64,
+) -> impl Iterator<Item = Result<(u64, StoredBytes)>> + Send + '_ {
+    // The block holding `first` starts at or before it.
+    let start = tree
+        .range(layout::block_key(0)..=layout::block_key(first))
+        .next_back()
+        .transpose()
+        .map(|entry| entry.and_then(|(key, _)| layout::decode_block_key(&key)));
+    let (start, failed) = match start {
+        Ok(start) => (start.unwrap_or(first), None),
+        Err(error) => (first, Some(Err(error.into()))),
+    };
+    let blocks = tree
+        .range(layout::block_key(start)..=layout::block_key(last.max(start)))
+        .flat_map(move |entry| -> Vec<Result<(u64, StoredBytes)>> {
+            let (key, value) = match entry {
+                Ok(entry) => entry,
+                Err(error) => return vec![Err(error.into())],
+            };
+            match Block::decode(&key, value) {
+                Ok(block) => block
+                    .entries
+                    .iter()
+                    .filter(|(slot, _)| (first..=last).contains(slot))
+                    .map(|(slot, range)| Ok((*slot, Ok((block.value.clone(), range.clone())))))
+                    .collect(),
+                Err((seq, reason)) => vec![Ok((seq, Err(reason)))],
+            }
+        });
+    failed.into_iter().chain(blocks)
+}
+
 /// The records `first..=last` of `tree`, decoded, in order.
 fn records(
     tree: &sled::Tree,
     first: u64,
     last: u64,
 ) -> impl Iterator<Item = Result<Record>> + Send + '_ {
-    let range = layout::record_key(first)..=layout::record_key(last);
-    tree.range(range).map(|entry| {
-        let (key, bytes) = entry?;
-        let seq = layout::decode_record_key(&key).ok_or_else(|| Error::Corrupt {
-            seq: 0,
-            reason: format!("record key {key:?} is malformed"),
-        })?;
-        Record::decode_stored(seq, &bytes)
+    stored(tree, first, last).map(|entry| {
+        let (seq, bytes) = entry?;
+        let (value, range) = bytes.map_err(|reason| Error::Corrupt { seq, reason })?;
+        Record::decode_stored(seq, &value[range])
     })
+}
+
+/// The slot of the last record stored, whatever the head says.
+fn last_record_seq(tree: &sled::Tree) -> Result<u64> {
+    let Some((key, value)) = tree
+        .range(layout::block_key(0)..=layout::block_key(u64::MAX))
+        .next_back()
+        .transpose()?
+    else {
+        return Ok(0);
+    };
+    let block =
+        Block::decode(&key, value).map_err(|(seq, reason)| Error::Corrupt { seq, reason })?;
+    Ok(block
+        .entries
+        .iter()
+        .map(|(slot, _)| *slot)
+        .max()
+        .unwrap_or(block.first))
 }

@@ -29,8 +29,7 @@ impl Place {
         match self {
             Place::Sled(_) => {
                 let tree = journal.raw_tree().unwrap();
-                tree.insert(layout::record_key(record.seq), record.encode())
-                    .unwrap();
+                tamper::replace(&tree, record.seq, &record.encode());
             }
             Place::Postgres(url) => {
                 let hex_of =
@@ -294,7 +293,7 @@ fn an_edited_record_is_detected_at_its_seq() {
     let (journal, tree) = journal_of_ten(dir.path());
     let mut record = journal.record(4).unwrap().unwrap();
     record.payload = b"400".to_vec();
-    tree.insert(layout::record_key(4), record.encode()).unwrap();
+    tamper::replace(&tree, 4, &record.encode());
     assert_eq!(
         first_break(&journal),
         Break {
@@ -311,7 +310,7 @@ fn an_edited_record_with_a_recomputed_hash_breaks_the_next_link() {
     let mut record = journal.record(4).unwrap().unwrap();
     record.payload = b"400".to_vec();
     record.hash = record.compute_hash();
-    tree.insert(layout::record_key(4), record.encode()).unwrap();
+    tamper::replace(&tree, 4, &record.encode());
     assert_eq!(
         first_break(&journal),
         Break {
@@ -325,7 +324,7 @@ fn an_edited_record_with_a_recomputed_hash_breaks_the_next_link() {
 fn a_deleted_record_is_detected_at_its_seq() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, tree) = journal_of_ten(dir.path());
-    tree.remove(layout::record_key(6)).unwrap();
+    tamper::remove(&tree, 6);
     assert_eq!(
         first_break(&journal),
         Break {
@@ -339,10 +338,10 @@ fn a_deleted_record_is_detected_at_its_seq() {
 fn swapped_records_are_detected_at_the_first_of_them() {
     let dir = tempfile::tempdir().unwrap();
     let (_journal, tree) = journal_of_ten(dir.path());
-    let three = tree.get(layout::record_key(3)).unwrap().unwrap();
-    let seven = tree.get(layout::record_key(7)).unwrap().unwrap();
-    tree.insert(layout::record_key(3), seven).unwrap();
-    tree.insert(layout::record_key(7), three).unwrap();
+    let three = tamper::stored(&tree, 3).unwrap();
+    let seven = tamper::stored(&tree, 7).unwrap();
+    tamper::replace(&tree, 3, &seven);
+    tamper::replace(&tree, 7, &three);
     let journal = _journal;
     assert_eq!(
         first_break(&journal),
@@ -361,7 +360,7 @@ fn renumbered_records_are_detected() {
     let mut eight = journal.record(8).unwrap().unwrap();
     eight.seq = 7;
     eight.hash = eight.compute_hash();
-    tree.insert(layout::record_key(7), eight.encode()).unwrap();
+    tamper::replace(&tree, 7, &eight.encode());
     assert_eq!(
         first_break(&journal),
         Break {
@@ -375,8 +374,8 @@ fn renumbered_records_are_detected() {
 fn a_truncated_tail_is_detected_through_the_head() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, tree) = journal_of_ten(dir.path());
-    tree.remove(layout::record_key(10)).unwrap();
-    tree.remove(layout::record_key(9)).unwrap();
+    tamper::remove(&tree, 10);
+    tamper::remove(&tree, 9);
     assert_eq!(
         first_break(&journal),
         Break {
@@ -391,7 +390,7 @@ fn a_journal_whose_tail_was_truncated_refuses_appends_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (_journal, tree) = journal_of_ten(dir.path());
-        tree.remove(layout::record_key(10)).unwrap();
+        tamper::remove(&tree, 10);
     }
     let journal = Journal::open(dir.path()).unwrap();
     let err = journal
@@ -407,8 +406,7 @@ fn a_journal_whose_tail_was_truncated_refuses_appends_after_a_restart() {
 fn an_undecodable_record_is_a_break_naming_its_seq_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, tree) = journal_of_ten(dir.path());
-    tree.insert(layout::record_key(2), &b"\x01garbage"[..])
-        .unwrap();
+    tamper::replace(&tree, 2, b"\x01garbage");
     let b = first_break(&journal);
     assert_eq!(b.seq, 2);
     assert!(matches!(b.kind, BreakKind::Undecodable { .. }));
@@ -431,16 +429,15 @@ fn a_stream_version_gap_is_detected() {
         r.prev_hash = prev;
         r.hash = r.compute_hash();
         prev = r.hash;
-        tree.insert(layout::record_key(seq), r.encode()).unwrap();
+        tamper::replace(&tree, seq, &r.encode());
     }
-    tree.insert(
-        layout::HEAD_KEY,
-        &layout::encode_head(&Head {
+    tamper::replace_head(
+        &tree,
+        &Head {
             seq: 10,
             hash: prev,
-        })[..],
-    )
-    .unwrap();
+        },
+    );
     let b = first_break(&journal);
     assert_eq!(b.seq, 5);
     assert!(matches!(
@@ -1298,4 +1295,206 @@ fn on_postgres_a_journal_catches_up_with_what_another_node_appended() {
     a.append("grp_a", ExpectedVersion::Exact(1), vec![event(5)])
         .unwrap();
     assert_eq!(*told.lock().unwrap(), [1, 2, 3, 4, 5]);
+}
+
+// Layout 2: blocks and index runs, and the migration from format 1.
+
+/// Appends `count` events from `next` on over streams `a`, `b` (every third) and, halfway, one
+/// batch of 300 to `c`, one append at a time; answers each stream's payloads in version order.
+fn mixed_journal(journal: &Journal, next: &mut u64, count: u64) -> BTreeMap<String, Vec<u64>> {
+    let mut model: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for i in 0..count {
+        if i == count / 2 {
+            let batch: Vec<NewEvent> = (0..300).map(|k| event(*next + k)).collect();
+            journal.append("c", ExpectedVersion::Any, batch).unwrap();
+            model
+                .entry("c".into())
+                .or_default()
+                .extend(*next..*next + 300);
+            *next += 300;
+        }
+        let name = if i % 3 == 2 { "b" } else { "a" };
+        journal
+            .append(name, ExpectedVersion::Any, vec![event(*next)])
+            .unwrap();
+        model.entry(name.into()).or_default().push(*next);
+        *next += 1;
+    }
+    model
+}
+
+/// Checks every way of reading `journal`'s streams against `model`.
+fn assert_streams(journal: &Journal, model: &BTreeMap<String, Vec<u64>>) {
+    for (name, values) in model {
+        let len = values.len() as u64;
+        assert_eq!(journal.stream_version(name).unwrap(), len, "{name}");
+        for from in [1, 2, 255, 256, 257, 300, len, len + 1] {
+            let want: Vec<u64> = values.iter().skip(from as usize - 1).copied().collect();
+            assert_eq!(
+                payloads(&stream(journal, name, from)),
+                want,
+                "{name} from {from}"
+            );
+        }
+        for to in [1, 255, 256, 257, len, len + 5] {
+            let back: Vec<Record> = journal
+                .read_stream_back(name, to)
+                .collect::<Result<_>>()
+                .unwrap();
+            let want: Vec<u64> = values.iter().take(to as usize).rev().copied().collect();
+            assert_eq!(payloads(&back), want, "{name} back from {to}");
+        }
+        // A snapshot is anchored through the index.
+        journal.save_snapshot(name, len, b"state").unwrap();
+        assert_eq!(journal.load_snapshot(name).unwrap().unwrap().version, len);
+    }
+    assert_eq!(stream(journal, "nothing", 1).len(), 0);
+    assert_eq!(journal.stream_version("nothing").unwrap(), 0);
+}
+
+#[test]
+fn streams_read_alike_across_index_runs_and_blocks_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut next = 1;
+    let model = {
+        let journal = Journal::open(dir.path()).unwrap();
+        let model = mixed_journal(&journal, &mut next, 700);
+        assert_streams(&journal, &model);
+        model
+    };
+    let journal = Journal::open(dir.path()).unwrap();
+    assert_streams(&journal, &model);
+    // The writer goes on from the stored runs.
+    journal
+        .append(
+            "a",
+            ExpectedVersion::Exact(model["a"].len() as u64),
+            vec![event(next)],
+        )
+        .unwrap();
+    assert_eq!(
+        journal.stream_version("a").unwrap(),
+        model["a"].len() as u64 + 1
+    );
+    assert_eq!(journal.verify().unwrap().seq, next);
+    let all: Vec<Record> = journal.read_all(1).collect::<Result<_>>().unwrap();
+    assert_eq!(payloads(&all), (1..=next).collect::<Vec<_>>());
+    assert_eq!(journal.record(333).unwrap().unwrap().seq, 333);
+    assert_eq!(journal.record(next + 1).unwrap(), None);
+}
+
+#[test]
+fn a_batch_of_a_thousand_records_is_a_few_dozen_sled_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let batch: Vec<NewEvent> = (1..=1000).map(event).collect();
+    journal
+        .append("s", ExpectedVersion::NoStream, batch)
+        .unwrap();
+    let tree = journal.raw_tree().unwrap();
+    // Format 1 kept 2,001 keys: one per record, one per index entry, and the head.
+    let keys = tree.len();
+    assert!(keys <= 40, "{keys} keys");
+    assert_eq!(
+        payloads(&stream(&journal, "s", 990)),
+        (990..=1000).collect::<Vec<_>>()
+    );
+}
+
+/// Stores `records` and `head` in a new sled directory as format 1 did: a key per record and per
+/// index entry, and no format key.
+fn write_format_1(dir: &Path, records: &[Record], head: Head) {
+    let db = sled::open(dir).unwrap();
+    let tree = db.open_tree(layout::TREE).unwrap();
+    for r in records {
+        tree.insert(layout::record_key(r.seq), r.encode()).unwrap();
+        tree.insert(
+            layout::index_key(&r.stream, r.version),
+            &r.seq.to_be_bytes()[..],
+        )
+        .unwrap();
+    }
+    tree.insert(layout::HEAD_KEY, &layout::encode_head(&head)[..])
+        .unwrap();
+    db.flush().unwrap();
+}
+
+/// The number of `tree`'s keys that start with `prefix`.
+fn keys_with(tree: &sled::Tree, prefix: &[u8]) -> usize {
+    tree.scan_prefix(prefix).count()
+}
+
+#[test]
+fn a_format_1_journal_is_migrated_when_opened_even_after_an_interrupted_start() {
+    let source = tempfile::tempdir().unwrap();
+    let mut next = 1;
+    let (records, head, model) = {
+        let journal = Journal::open(source.path()).unwrap();
+        let model = mixed_journal(&journal, &mut next, 400);
+        let records: Vec<Record> = journal.read_all(1).collect::<Result<_>>().unwrap();
+        (records, journal.head().unwrap(), model)
+    };
+    for interrupted in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        write_format_1(dir.path(), &records, head);
+        if interrupted {
+            // A first start that moved one batch of records, then stopped.
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree(layout::TREE).unwrap();
+            assert!(sled_store::migrate_step(&tree, 100).unwrap());
+            db.flush().unwrap();
+            assert_eq!(keys_with(&tree, b"r"), records.len() - 100);
+        }
+        let journal = Journal::open(dir.path()).unwrap();
+        let tree = journal.raw_tree().unwrap();
+        assert_eq!(keys_with(&tree, b"r"), 0);
+        assert_eq!(keys_with(&tree, b"s"), 0);
+        assert_eq!(
+            tree.get(layout::FORMAT_KEY).unwrap().unwrap(),
+            &[layout::FORMAT]
+        );
+        assert_eq!(journal.verify().unwrap(), head);
+        let all: Vec<Record> = journal.read_all(1).collect::<Result<_>>().unwrap();
+        assert_eq!(all, records);
+        assert_streams(&journal, &model);
+        let b = model["b"].len() as u64;
+        journal
+            .append("b", ExpectedVersion::Exact(b), vec![event(next)])
+            .unwrap();
+        assert_eq!(journal.verify().unwrap().seq, head.seq + 1);
+    }
+}
+
+#[test]
+fn a_break_in_a_format_1_journal_is_still_named_after_the_migration() {
+    let source = tempfile::tempdir().unwrap();
+    let (journal, _) = journal_of_ten(source.path());
+    let records: Vec<Record> = journal.read_all(1).collect::<Result<_>>().unwrap();
+    let head = journal.head().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kept: Vec<Record> = records.into_iter().filter(|r| r.seq != 6).collect();
+    write_format_1(dir.path(), &kept, head);
+    let migrated = Journal::open(dir.path()).unwrap();
+    assert_eq!(
+        first_break(&migrated),
+        Break {
+            seq: 6,
+            kind: BreakKind::Missing
+        }
+    );
+}
+
+#[test]
+fn a_journal_in_a_newer_layout_is_refused_not_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_journal, tree) = journal_of_ten(dir.path());
+        tree.insert(layout::FORMAT_KEY, &[layout::FORMAT + 1])
+            .unwrap();
+        tree.flush().unwrap();
+    }
+    let Err(error) = Journal::open(dir.path()) else {
+        panic!("a newer layout was opened");
+    };
+    assert!(error.to_string().contains("format"), "{error}");
 }
