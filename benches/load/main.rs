@@ -837,6 +837,22 @@ fn journal_of(dir: &std::path::Path, events: u64) {
     }
 }
 
+/// The bytes of the files under `dir`, as the journal closed them.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                bytes_under(&entry.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
 /// The real `flotilla` binary serving a fresh data directory, killed on drop.
 struct Child {
     process: std::process::Child,
@@ -1353,6 +1369,7 @@ fn main() {
         std::fs::create_dir_all(&data).unwrap();
         eprintln!("writing a journal of {events} events...");
         journal_of(&data, events);
+        let on_disk = bytes_under(&data);
         let scan = {
             let journal = Journal::open(&data).unwrap();
             let started = Instant::now();
@@ -1382,8 +1399,19 @@ fn main() {
             format!("{:.2} s (journal scan)", scan.as_secs_f64()),
             ratio(scan.as_secs_f64(), from_checkpoint.as_secs_f64()),
         ));
+        rows.push((
+            format!("data directory with {events} events"),
+            format!(
+                "{:.0} MiB ({:.0} bytes/event)",
+                on_disk as f64 / f64::from(1 << 20),
+                on_disk as f64 / events as f64
+            ),
+            "-".into(),
+            "-".into(),
+        ));
         recoveries.push(json!({"events": events, "ready_seconds": to_ready.as_secs_f64(),
-            "ready_from_checkpoint_seconds": from_checkpoint.as_secs_f64(), "scan_seconds": scan.as_secs_f64()}));
+            "ready_from_checkpoint_seconds": from_checkpoint.as_secs_f64(), "scan_seconds": scan.as_secs_f64(),
+            "bytes_on_disk": on_disk}));
     }
     report.insert("recovery".into(), recoveries.into());
 

@@ -19,7 +19,7 @@
 //! record that is missing or out of place is still seen as such.
 //!
 //! Format 1 kept a key per record (`'r' seq(8)`) and per index entry (`'s' stream-id 0x00
-//! version(8)` → seq(8)). Opening such a journal migrates it (see `sled_store::migrate`).
+//! version(8)` → seq(8)). Opening such a journal migrates it (see `sled_store::migrate_step`).
 //!
 //! A stream id is printable ASCII, so it never contains the 0x00 separator.
 //! Snapshots live apart, in [`SNAPSHOTS`]: stream-id → version(8) anchor-hash(32) state.
@@ -52,7 +52,7 @@ pub const BLOCK_RECORDS: usize = 256;
 /// this size keep a leaf well under that.
 pub const BLOCK_BYTES: usize = 6 * 1024;
 /// Most versions in one run of a stream's index.
-pub const RUN_LEN: usize = 256;
+pub const RUN_LEN: usize = 64;
 
 /// The key of the record at `seq`.
 pub fn record_key(seq: u64) -> [u8; 9] {
@@ -76,6 +76,21 @@ pub fn index_prefix(stream: &str) -> Vec<u8> {
     key.extend_from_slice(stream.as_bytes());
     key.push(0);
     key
+}
+
+/// The prefix of every format 1 stream index key.
+pub fn index_prefix_v1() -> [u8; 1] {
+    [INDEX]
+}
+
+/// The stream and version in a format 1 stream index key, or `None` if `key` is not one.
+pub fn decode_index_key(key: &[u8]) -> Option<(&str, u64)> {
+    let rest = key.strip_prefix(&[INDEX])?;
+    let (stream, version) = rest.split_at(rest.len().checked_sub(9)?);
+    let (&0, version) = version.split_first()? else {
+        return None;
+    };
+    Some((std::str::from_utf8(stream).ok()?, decode_seq(version)?))
 }
 
 /// The stream index key of `stream` at `version`.
@@ -122,6 +137,10 @@ pub fn encode_block(first: u64, entries: &[(u64, &[u8])]) -> Vec<u8> {
     let mut value = Vec::with_capacity(2 + 8 * entries.len() + body);
     value.extend_from_slice(&(entries.len() as u16).to_be_bytes());
     for (slot, bytes) in entries {
+        debug_assert!(
+            u32::try_from(slot - first).is_ok(),
+            "a slot too far from its block"
+        );
         value.extend_from_slice(&((slot - first) as u32).to_be_bytes());
         value.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
     }

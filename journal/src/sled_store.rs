@@ -36,10 +36,13 @@ pub(crate) fn prepare(tree: &sled::Tree) -> Result<()> {
     }
 }
 
-/// Moves up to `limit` format 1 records (`'r'` keys) into blocks and their stream index entries
-/// (`'s'` keys) into runs, in one sled batch, so that a migration cut short resumes where it
-/// stopped. Answers whether anything was left to move.
+/// Moves up to `limit` format 1 entries, in one sled batch, so that a migration cut short
+/// resumes where it stopped: records (`'r'` keys) into blocks first, then stream index entries
+/// (`'s'` keys) into runs. The index is rebuilt from its own entries, not from the records, so
+/// that an entry whose record is missing or does not decode still names it. Answers whether
+/// anything was left to move.
 pub(crate) fn migrate_step(tree: &sled::Tree, limit: usize) -> Result<bool> {
+    let mut writes = sled::Batch::default();
     let mut moved = Vec::new();
     for entry in tree
         .range(layout::record_key(0)..=layout::record_key(u64::MAX))
@@ -49,47 +52,42 @@ pub(crate) fn migrate_step(tree: &sled::Tree, limit: usize) -> Result<bool> {
         if let Some(seq) = layout::decode_record_key(&key) {
             moved.push((seq, bytes));
         }
+        writes.remove(key);
     }
-    let mut writes = sled::Batch::default();
-    if moved.is_empty() {
-        // Index entries of records that did not decode have no run to go to.
-        let stale: Vec<sled::IVec> = tree
-            .scan_prefix(layout::index_prefix(""))
-            .keys()
-            .take(limit)
-            .collect::<sled::Result<_>>()?;
-        if stale.is_empty() {
-            return Ok(false);
-        }
-        stale.into_iter().for_each(|key| writes.remove(key));
+    if !moved.is_empty() {
+        let entries: Vec<(u64, &[u8])> = moved.iter().map(|(seq, b)| (*seq, &b[..])).collect();
+        write_blocks(&entries, &mut writes);
         tree.apply_batch(writes)?;
         return Ok(true);
     }
     let mut runs = RunWriter::default();
-    for (seq, bytes) in &moved {
-        writes.remove(&layout::record_key(*seq));
-        if let Ok(record) = Record::decode_stored(*seq, bytes) {
-            writes.remove(layout::index_key(&record.stream, record.version));
-            runs.add(tree, &record.stream, record.version, record.seq)?;
+    let mut any = false;
+    for entry in tree.scan_prefix(layout::index_prefix_v1()).take(limit) {
+        let (key, seq) = entry?;
+        if let (Some((stream, version)), Some(seq)) =
+            (layout::decode_index_key(&key), layout::decode_seq(&seq))
+        {
+            runs.add(tree, stream, version, seq)?;
         }
+        writes.remove(key);
+        any = true;
     }
-    let entries: Vec<(u64, &[u8])> = moved.iter().map(|(seq, b)| (*seq, &b[..])).collect();
-    write_blocks(&entries, &mut writes);
     runs.write(&mut writes);
     tree.apply_batch(writes)?;
-    Ok(true)
+    Ok(any)
 }
 
-/// Writes `entries` (slot and stored bytes, in slot order) as blocks of at most
-/// [`layout::BLOCK_RECORDS`] records, each closed once it reaches [`layout::BLOCK_BYTES`].
+/// Writes `entries` (slot and stored bytes, in slot order) as blocks of consecutive slots, at
+/// most [`layout::BLOCK_RECORDS`] records each, closed once they reach [`layout::BLOCK_BYTES`].
 fn write_blocks(entries: &[(u64, &[u8])], writes: &mut sled::Batch) {
     let mut start = 0;
     while start < entries.len() {
-        let mut end = start;
-        let mut bytes = 0;
+        let mut end = start + 1;
+        let mut bytes = entries[start].1.len();
         while end < entries.len()
             && end - start < layout::BLOCK_RECORDS
             && bytes < layout::BLOCK_BYTES
+            && entries[end].0 == entries[end - 1].0 + 1
         {
             bytes += entries[end].1.len();
             end += 1;
@@ -525,10 +523,15 @@ impl Block {
 
     /// The stored bytes at `seq`, if this block has them.
     pub(crate) fn get(&self, seq: u64) -> Option<&[u8]> {
-        self.entries
-            .iter()
-            .find(|(slot, _)| *slot == seq)
-            .map(|(_, range)| &self.value[range.clone()])
+        // Slots are stored in order; a block written otherwise (by hand) is searched through.
+        let at = match self.entries.binary_search_by_key(&seq, |(slot, _)| *slot) {
+            Ok(at) => Some(at),
+            Err(_) if !self.entries.is_sorted_by_key(|(slot, _)| *slot) => {
+                self.entries.iter().position(|(slot, _)| *slot == seq)
+            }
+            Err(_) => None,
+        };
+        at.map(|at| &self.value[self.entries[at].1.clone()])
     }
 }
 
@@ -629,12 +632,15 @@ fn last_record_seq(tree: &sled::Tree) -> Result<u64> {
     else {
         return Ok(0);
     };
-    let block =
-        Block::decode(&key, value).map_err(|(seq, reason)| Error::Corrupt { seq, reason })?;
-    Ok(block
-        .entries
-        .iter()
-        .map(|(slot, _)| *slot)
-        .max()
-        .unwrap_or(block.first))
+    // A block that does not decode counts as ending at its first slot: the journal opens, and
+    // `verify` names it.
+    Ok(match Block::decode(&key, value) {
+        Ok(block) => block
+            .entries
+            .iter()
+            .map(|(slot, _)| *slot)
+            .max()
+            .unwrap_or(block.first),
+        Err((first, _)) => first,
+    })
 }

@@ -1472,8 +1472,19 @@ fn a_break_in_a_format_1_journal_is_still_named_after_the_migration() {
     let records: Vec<Record> = journal.read_all(1).collect::<Result<_>>().unwrap();
     let head = journal.head().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kept: Vec<Record> = records.into_iter().filter(|r| r.seq != 6).collect();
+    let kept: Vec<Record> = records.iter().filter(|r| r.seq != 6).cloned().collect();
     write_format_1(dir.path(), &kept, head);
+    // The index entry of the missing record was written by the journal, not by this fixture.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree(layout::TREE).unwrap();
+        tree.insert(layout::index_key("even", 3), &6u64.to_be_bytes()[..])
+            .unwrap();
+        // Record 10, "even" version 5 and the last of its stream, no longer decodes.
+        tree.insert(layout::record_key(10), &b"\x01garbage"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
     let migrated = Journal::open(dir.path()).unwrap();
     assert_eq!(
         first_break(&migrated),
@@ -1482,6 +1493,30 @@ fn a_break_in_a_format_1_journal_is_still_named_after_the_migration() {
             kind: BreakKind::Missing
         }
     );
+    // The index still names both records: reading the stream fails there rather than skipping
+    // them, and the stream's version is not set back to let a fifth version be written twice.
+    assert_eq!(migrated.stream_version("even").unwrap(), 5);
+    let err = migrated.read_stream("even", 1).nth(2).unwrap().unwrap_err();
+    assert!(matches!(err, Error::Corrupt { seq: 6, .. }), "{err:?}");
+    let err = migrated.read_stream("even", 5).next().unwrap().unwrap_err();
+    assert!(matches!(err, Error::Corrupt { seq: 10, .. }), "{err:?}");
+    let tree = migrated.raw_tree().unwrap();
+    assert_eq!(keys_with(&tree, b"s"), 0);
+}
+
+#[test]
+fn a_last_block_that_does_not_decode_still_opens_and_is_named_by_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_journal, tree) = journal_of_ten(dir.path());
+        let (last, _) = tree.scan_prefix(b"b").next_back().unwrap().unwrap();
+        tree.insert(last, &b"\xff"[..]).unwrap();
+        tree.flush().unwrap();
+    }
+    let journal = Journal::open(dir.path()).unwrap();
+    let b = first_break(&journal);
+    assert_eq!(b.seq, 10);
+    assert!(matches!(b.kind, BreakKind::Undecodable { .. }), "{b:?}");
 }
 
 #[test]
