@@ -9,6 +9,7 @@
 //! 'b' first-seq(8)                     a block of records (see encode_block)
 //! 'x' stream-id 0x00 first-version(8)  a run of that stream's index (see encode_run)
 //! 'h'                                  head: seq(8) hash(32) of the last record
+//! 'm'                                  while a migration is under way, its cursor
 //! ```
 //!
 //! Records are stored by the block, a writer batch's records in one or a few values, and a
@@ -19,7 +20,9 @@
 //! record that is missing or out of place is still seen as such.
 //!
 //! Format 1 kept a key per record (`'r' seq(8)`) and per index entry (`'s' stream-id 0x00
-//! version(8)` → seq(8)). Opening such a journal migrates it (see `sled_store::migrate_step`).
+//! version(8)` → seq(8)), in the tree [`TREE_V1`]. Opening such a journal copies it into
+//! [`TREE`] (see `sled_store::migrate_step`), then lets the old tree go: copying is several
+//! times faster than rewriting 20M keys in place.
 //!
 //! A stream id is printable ASCII, so it never contains the 0x00 separator.
 //! Snapshots live apart, in [`SNAPSHOTS`]: stream-id → version(8) anchor-hash(32) state.
@@ -29,7 +32,10 @@ use crate::record::Hash;
 use crate::{Error, Head, Result};
 
 /// The tree holding records, the stream index and the head.
-pub const TREE: &str = "journal";
+pub const TREE: &str = "journal-2";
+/// The tree that held them in format 1. Once migrated, it holds only a head with no records
+/// after it, which an older build reads as a truncated journal.
+pub const TREE_V1: &str = "journal";
 /// The tree holding each stream's latest snapshot, by stream id.
 pub const SNAPSHOTS: &str = "snapshots";
 /// The tree holding whole-journal readers' checkpoints, by name.
@@ -43,6 +49,8 @@ const RUN: u8 = b'x';
 pub const HEAD_KEY: &[u8] = b"h";
 /// The key of the layout's format in [`TREE`].
 pub const FORMAT_KEY: &[u8] = b"f";
+/// The key of a migration's cursor in [`TREE`], while one is under way.
+pub const MIGRATION_KEY: &[u8] = b"m";
 /// The layout this code writes.
 pub const FORMAT: u8 = 2;
 /// Most records in one block.

@@ -217,8 +217,7 @@ impl Journal {
     /// Opens (creating if needed) the journal in directory `path`, tuned by `config`.
     pub fn open_with(path: impl AsRef<Path>, config: Config) -> Result<Journal> {
         let db = open_db(path.as_ref(), config.cache_capacity)?;
-        let tree = db.open_tree(layout::TREE)?;
-        sled_store::prepare(&tree)?;
+        let tree = sled_store::prepare(&db)?;
         let reads = sled_store::SledReads {
             db: db.clone(),
             tree: tree.clone(),

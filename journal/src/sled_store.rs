@@ -14,11 +14,18 @@ const MIGRATION_BATCH: usize = 16 * 1024;
 /// forgets them all and reads them from sled again.
 const RUN_CACHE: usize = 4096;
 
-/// Readies `tree` for this code: stamps a new journal with [`layout::FORMAT`], migrates a
-/// format 1 journal, and refuses one written by a newer build.
-pub(crate) fn prepare(tree: &sled::Tree) -> Result<()> {
+/// Opens the tree of records in `db` for this code: stamps a new journal with
+/// [`layout::FORMAT`], migrates a format 1 journal, and refuses one written by a newer build.
+pub(crate) fn prepare(db: &sled::Db) -> Result<sled::Tree> {
+    let tree = db.open_tree(layout::TREE)?;
     match tree.get(layout::FORMAT_KEY)? {
-        Some(format) if *format == [layout::FORMAT] => Ok(()),
+        Some(format) if *format == [layout::FORMAT] => {
+            if holds_format_1(db)? {
+                // Migrated, then stopped before format 1's tree was let go.
+                retire_format_1(db)?;
+            }
+            Ok(tree)
+        }
         Some(format) => Err(Error::Corrupt {
             seq: 0,
             reason: format!(
@@ -28,53 +35,106 @@ pub(crate) fn prepare(tree: &sled::Tree) -> Result<()> {
             ),
         }),
         None => {
-            while migrate_step(tree, MIGRATION_BATCH)? {}
-            tree.insert(layout::FORMAT_KEY, &[layout::FORMAT])?;
+            let mut finish = sled::Batch::default();
+            if holds_format_1(db)? {
+                let old = db.open_tree(layout::TREE_V1)?;
+                while migrate_step(&old, &tree, MIGRATION_BATCH)? {}
+                if let Some(head) = old.get(layout::HEAD_KEY)? {
+                    finish.insert(layout::HEAD_KEY, head);
+                }
+                finish.remove(layout::MIGRATION_KEY);
+            }
+            finish.insert(layout::FORMAT_KEY, &[layout::FORMAT]);
+            tree.apply_batch(finish)?;
             tree.flush()?;
-            Ok(())
+            retire_format_1(db)?;
+            Ok(tree)
         }
     }
 }
 
-/// Moves up to `limit` format 1 entries, in one sled batch, so that a migration cut short
-/// resumes where it stopped: records (`'r'` keys) into blocks first, then stream index entries
-/// (`'s'` keys) into runs. The index is rebuilt from its own entries, not from the records, so
-/// that an entry whose record is missing or does not decode still names it. Answers whether
-/// anything was left to move.
-pub(crate) fn migrate_step(tree: &sled::Tree, limit: usize) -> Result<bool> {
-    let mut writes = sled::Batch::default();
-    let mut moved = Vec::new();
-    for entry in tree
-        .range(layout::record_key(0)..=layout::record_key(u64::MAX))
-        .take(limit)
+/// Whether `db` holds format 1's tree with records or index entries in it.
+fn holds_format_1(db: &sled::Db) -> Result<bool> {
+    if !db
+        .tree_names()
+        .iter()
+        .any(|name| name == layout::TREE_V1.as_bytes())
     {
-        let (key, bytes) = entry?;
-        if let Some(seq) = layout::decode_record_key(&key) {
-            moved.push((seq, bytes));
-        }
-        writes.remove(key);
+        return Ok(false);
     }
-    if !moved.is_empty() {
-        let entries: Vec<(u64, &[u8])> = moved.iter().map(|(seq, b)| (*seq, &b[..])).collect();
-        write_blocks(&entries, &mut writes);
+    let old = db.open_tree(layout::TREE_V1)?;
+    Ok(old.scan_prefix([b'r']).next().is_some() || old.scan_prefix([b's']).next().is_some())
+}
+
+/// Lets go of format 1's tree, leaving in its place a head with no records, so that a build
+/// from before layout 2 opening this directory sees a truncated journal and refuses to append,
+/// rather than an empty one.
+fn retire_format_1(db: &sled::Db) -> Result<()> {
+    db.drop_tree(layout::TREE_V1)?;
+    let guard = db.open_tree(layout::TREE_V1)?;
+    let head = Head {
+        seq: 1,
+        hash: [0xff; 32],
+    };
+    guard.insert(layout::HEAD_KEY, &layout::encode_head(&head)[..])?;
+    guard.insert(layout::FORMAT_KEY, &[layout::FORMAT])?;
+    db.flush()?;
+    Ok(())
+}
+
+/// Copies up to `limit` format 1 entries from `old` into `tree`, in one sled batch with a
+/// cursor ([`layout::MIGRATION_KEY`]), so that a migration cut short resumes where it stopped:
+/// records (`'r'` keys) into blocks first, then stream index entries (`'s'` keys) into runs.
+/// The index is rebuilt from its own entries, not from the records, so that an entry whose
+/// record is missing or does not decode still names it. `old` is only read. Answers whether
+/// anything was left to copy.
+pub(crate) fn migrate_step(old: &sled::Tree, tree: &sled::Tree, limit: usize) -> Result<bool> {
+    use std::ops::Bound::{Excluded, Included};
+    // The cursor: the phase (b'r', then b's') and the last key of it copied.
+    let (phase, after) = match tree.get(layout::MIGRATION_KEY)? {
+        Some(cursor) if cursor.len() > 1 => (cursor[0], Some(cursor[1..].to_vec())),
+        _ => (b'r', None),
+    };
+    let mut phase = phase;
+    let mut after = after;
+    loop {
+        let start = after.clone().map_or(Included(vec![phase]), Excluded);
+        let entries: Vec<(sled::IVec, sled::IVec)> = old
+            .range::<Vec<u8>, _>((start, Excluded(vec![phase + 1])))
+            .take(limit)
+            .collect::<sled::Result<_>>()?;
+        let Some((last, _)) = entries.last() else {
+            if phase == b'r' {
+                phase = b's';
+                after = None;
+                continue;
+            }
+            return Ok(false);
+        };
+        let mut writes = sled::Batch::default();
+        let mut cursor = vec![phase];
+        cursor.extend_from_slice(last);
+        writes.insert(layout::MIGRATION_KEY, cursor);
+        if phase == b'r' {
+            let records: Vec<(u64, &[u8])> = entries
+                .iter()
+                .filter_map(|(key, bytes)| Some((layout::decode_record_key(key)?, &bytes[..])))
+                .collect();
+            write_blocks(&records, &mut writes);
+        } else {
+            let mut runs = RunWriter::default();
+            for (key, seq) in &entries {
+                if let (Some((stream, version)), Some(seq)) =
+                    (layout::decode_index_key(key), layout::decode_seq(seq))
+                {
+                    runs.add(tree, stream, version, seq)?;
+                }
+            }
+            runs.write(&mut writes);
+        }
         tree.apply_batch(writes)?;
         return Ok(true);
     }
-    let mut runs = RunWriter::default();
-    let mut any = false;
-    for entry in tree.scan_prefix(layout::index_prefix_v1()).take(limit) {
-        let (key, seq) = entry?;
-        if let (Some((stream, version)), Some(seq)) =
-            (layout::decode_index_key(&key), layout::decode_seq(&seq))
-        {
-            runs.add(tree, stream, version, seq)?;
-        }
-        writes.remove(key);
-        any = true;
-    }
-    runs.write(&mut writes);
-    tree.apply_batch(writes)?;
-    Ok(any)
 }
 
 /// Writes `entries` (slot and stored bytes, in slot order) as blocks of consecutive slots, at

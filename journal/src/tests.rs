@@ -1405,7 +1405,7 @@ fn a_batch_of_a_thousand_records_is_a_few_dozen_sled_keys() {
 /// index entry, and no format key.
 fn write_format_1(dir: &Path, records: &[Record], head: Head) {
     let db = sled::open(dir).unwrap();
-    let tree = db.open_tree(layout::TREE).unwrap();
+    let tree = db.open_tree(layout::TREE_V1).unwrap();
     for r in records {
         tree.insert(layout::record_key(r.seq), r.encode()).unwrap();
         tree.insert(
@@ -1440,15 +1440,19 @@ fn a_format_1_journal_is_migrated_when_opened_even_after_an_interrupted_start() 
         if interrupted {
             // A first start that moved one batch of records, then stopped.
             let db = sled::open(dir.path()).unwrap();
+            let old = db.open_tree(layout::TREE_V1).unwrap();
             let tree = db.open_tree(layout::TREE).unwrap();
-            assert!(sled_store::migrate_step(&tree, 100).unwrap());
+            assert!(sled_store::migrate_step(&old, &tree, 100).unwrap());
+            assert!(sled_store::migrate_step(&old, &tree, 100).unwrap());
             db.flush().unwrap();
-            assert_eq!(keys_with(&tree, b"r"), records.len() - 100);
+            assert_eq!(tree.get(layout::FORMAT_KEY).unwrap(), None);
+            assert!(tree.get(layout::MIGRATION_KEY).unwrap().is_some());
         }
         let journal = Journal::open(dir.path()).unwrap();
         let tree = journal.raw_tree().unwrap();
         assert_eq!(keys_with(&tree, b"r"), 0);
         assert_eq!(keys_with(&tree, b"s"), 0);
+        assert_eq!(tree.get(layout::MIGRATION_KEY).unwrap(), None);
         assert_eq!(
             tree.get(layout::FORMAT_KEY).unwrap().unwrap(),
             &[layout::FORMAT]
@@ -1462,6 +1466,13 @@ fn a_format_1_journal_is_migrated_when_opened_even_after_an_interrupted_start() 
             .append("b", ExpectedVersion::Exact(b), vec![event(next)])
             .unwrap();
         assert_eq!(journal.verify().unwrap().seq, head.seq + 1);
+        drop((tree, journal));
+        // What is left of format 1 is a head alone, which a build from before layout 2 would
+        // read as a truncated journal and refuse to append to.
+        let db = sled::open(dir.path()).unwrap();
+        let old = db.open_tree(layout::TREE_V1).unwrap();
+        assert_eq!(old.len(), 2);
+        assert_eq!(layout::read_head(&old).unwrap().seq, 1);
     }
 }
 
@@ -1477,7 +1488,7 @@ fn a_break_in_a_format_1_journal_is_still_named_after_the_migration() {
     // The index entry of the missing record was written by the journal, not by this fixture.
     {
         let db = sled::open(dir.path()).unwrap();
-        let tree = db.open_tree(layout::TREE).unwrap();
+        let tree = db.open_tree(layout::TREE_V1).unwrap();
         tree.insert(layout::index_key("even", 3), &6u64.to_be_bytes()[..])
             .unwrap();
         // Record 10, "even" version 5 and the last of its stream, no longer decodes.
