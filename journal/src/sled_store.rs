@@ -456,6 +456,12 @@ impl Reads for SledReads {
 
     fn put(&self, table: Table, key: &str, value: Vec<u8>) -> Result<()> {
         self.table(table).insert(key.as_bytes(), value)?;
+        // sled replaces the page holding the key and leaves the old one, with every snapshot it
+        // held, to crossbeam-epoch, which frees a thread's deferred garbage only once 64 items
+        // have gathered. Snapshots are saved from threads that write little else, so the
+        // replaced pages of large groups' snapshots stayed alive by the dozen (48 MB of heap
+        // with 100k servers in 10 groups). Handing this thread's garbage on now frees them.
+        crossbeam_epoch::pin().flush();
         Ok(())
     }
 
