@@ -28,6 +28,39 @@ pub struct Owner {
     pub policy: Option<PolicyId>,
 }
 
+/// A metrics token's hash as the index keeps it: the 32 bytes of a SHA-256 hex digest (what
+/// `token::hash` makes), inline, rather than 64 characters on the heap; any other text as it
+/// is. With a token per server, the index held about 360 bytes a server in these maps before.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum TokenHash {
+    Digest([u8; 32]),
+    Text(Box<str>),
+}
+
+impl TokenHash {
+    fn of(hash: &str) -> TokenHash {
+        // Lowercase only, so that two different texts never make the same key.
+        let lowercase = !hash.bytes().any(|b| b.is_ascii_uppercase());
+        match flotilla_journal::parse_hex(hash) {
+            Some(digest) if lowercase => TokenHash::Digest(digest),
+            _ => TokenHash::Text(hash.into()),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            TokenHash::Digest(digest) => flotilla_journal::hex(digest),
+            TokenHash::Text(text) => text.to_string(),
+        }
+    }
+}
+
+/// Pairs sorted by key: as a checkpoint keeps them.
+fn sorted<K: Ord, V>(mut pairs: Vec<(K, V)>) -> Vec<(K, V)> {
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    pairs
+}
+
 /// A map's pairs, sorted by key: as a checkpoint keeps them.
 fn pairs<K: Clone + Ord, V: Clone, S>(map: &HashMap<K, V, S>) -> Vec<(K, V)> {
     let mut pairs: Vec<(K, V)> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -98,11 +131,11 @@ struct Data {
     /// Token hash → tenant.
     tokens: HashMap<String, TenantId>,
     /// Metrics token hash → group.
-    metrics_tokens: HashMap<String, GroupId>,
+    metrics_tokens: HashMap<TokenHash, GroupId>,
     /// Group → the hash of its own metrics token (the one shown at creation or rotation).
-    group_tokens: HashMap<GroupId, String>,
-    /// (group, server) → the hash of the metrics token minted for that server's launch.
-    server_tokens: HashMap<(GroupId, String), String>,
+    group_tokens: HashMap<GroupId, TokenHash>,
+    /// Group → server → the hash of the metrics token minted for that server's launch.
+    server_tokens: HashMap<GroupId, HashMap<Box<str>, TokenHash>>,
     /// Hashed with foldhash: a remote write asks about hundreds of groups at once.
     groups: HashMap<GroupId, TenantId, foldhash::fast::RandomState>,
     policies: OfGroups<PolicyId>,
@@ -166,9 +199,25 @@ impl Index {
         let data = self.read();
         Saved {
             tokens: pairs(&data.tokens),
-            metrics_tokens: pairs(&data.metrics_tokens),
-            group_tokens: pairs(&data.group_tokens),
-            server_tokens: pairs(&data.server_tokens),
+            metrics_tokens: sorted(
+                (data.metrics_tokens.iter())
+                    .map(|(hash, group)| (hash.text(), group.clone()))
+                    .collect(),
+            ),
+            group_tokens: sorted(
+                (data.group_tokens.iter())
+                    .map(|(group, hash)| (group.clone(), hash.text()))
+                    .collect(),
+            ),
+            server_tokens: sorted(
+                (data.server_tokens.iter())
+                    .flat_map(|(group, servers)| {
+                        servers.iter().map(|(server, hash)| {
+                            ((group.clone(), server.to_string()), hash.text())
+                        })
+                    })
+                    .collect(),
+            ),
             groups: pairs(&data.groups),
             policies: data.policies.saved(),
             webhooks: pairs(&data.webhooks),
@@ -198,9 +247,16 @@ impl Index {
             .map(|(a, o)| (o.tenant.clone(), a.clone()))
             .collect();
         data.tokens = saved.tokens.into_iter().collect();
-        data.metrics_tokens = saved.metrics_tokens.into_iter().collect();
-        data.group_tokens = saved.group_tokens.into_iter().collect();
-        data.server_tokens = saved.server_tokens.into_iter().collect();
+        data.metrics_tokens = (saved.metrics_tokens.into_iter())
+            .map(|(hash, group)| (TokenHash::of(&hash), group))
+            .collect();
+        data.group_tokens = (saved.group_tokens.into_iter())
+            .map(|(group, hash)| (group, TokenHash::of(&hash)))
+            .collect();
+        for ((group, server), hash) in saved.server_tokens {
+            (data.server_tokens.entry(group).or_default())
+                .insert(server.into(), TokenHash::of(&hash));
+        }
         data.groups = saved.groups.into_iter().collect();
         data.policies = OfGroups::restore(saved.policies);
         data.webhooks = saved.webhooks.into_iter().collect();
@@ -280,10 +336,9 @@ impl Index {
                 data.groups.insert(id.clone(), tenant_id.clone());
                 data.tenant_groups.insert((tenant_id.clone(), id.clone()));
                 if !metrics_token_hash.is_empty() {
-                    data.metrics_tokens
-                        .insert(metrics_token_hash.clone(), id.clone());
-                    data.group_tokens
-                        .insert(id.clone(), metrics_token_hash.clone());
+                    let hash = TokenHash::of(metrics_token_hash);
+                    data.metrics_tokens.insert(hash.clone(), id.clone());
+                    data.group_tokens.insert(id.clone(), hash);
                 }
             }
             GroupEvent::MetricsTokenRotated {
@@ -293,36 +348,41 @@ impl Index {
                 if let Some(old) = data.group_tokens.remove(id) {
                     data.metrics_tokens.remove(&old);
                 }
-                data.metrics_tokens
-                    .insert(metrics_token_hash.clone(), id.clone());
-                data.group_tokens
-                    .insert(id.clone(), metrics_token_hash.clone());
+                let hash = TokenHash::of(metrics_token_hash);
+                data.metrics_tokens.insert(hash.clone(), id.clone());
+                data.group_tokens.insert(id.clone(), hash);
             }
             GroupEvent::Deleted { .. } => {
                 if let Some(tenant) = data.groups.remove(id) {
                     data.tenant_groups.remove(&(tenant, id.clone()));
                 }
-                data.metrics_tokens.retain(|_, group| group != id);
-                data.server_tokens.retain(|(group, _), _| group != id);
-                data.group_tokens.remove(id);
+                let servers = data.server_tokens.remove(id).unwrap_or_default();
+                let group = data.group_tokens.remove(id);
+                for hash in servers.values().chain(&group) {
+                    data.metrics_tokens.remove(hash);
+                }
             }
             GroupEvent::ServerLaunchRequested {
                 server_id,
                 metrics_token_hash,
                 ..
             } => {
-                let key = (id.clone(), server_id.clone());
-                if let Some(old) = data.server_tokens.remove(&key) {
+                let data = &mut *data;
+                let servers = data.server_tokens.entry(id.clone()).or_default();
+                if let Some(old) = servers.remove(server_id.as_str()) {
                     data.metrics_tokens.remove(&old);
                 }
                 if !metrics_token_hash.is_empty() {
-                    data.metrics_tokens
-                        .insert(metrics_token_hash.clone(), id.clone());
-                    data.server_tokens.insert(key, metrics_token_hash.clone());
+                    let hash = TokenHash::of(metrics_token_hash);
+                    data.metrics_tokens.insert(hash.clone(), id.clone());
+                    servers.insert(server_id.as_str().into(), hash);
                 }
             }
             GroupEvent::ServerDeleted { server_id, .. } => {
-                if let Some(old) = data.server_tokens.remove(&(id.clone(), server_id.clone())) {
+                let data = &mut *data;
+                let old =
+                    (data.server_tokens.get_mut(id)).and_then(|s| s.remove(server_id.as_str()));
+                if let Some(old) = old {
                     data.metrics_tokens.remove(&old);
                 }
             }
@@ -468,7 +528,9 @@ impl Index {
 
     /// The group a metrics token hash belongs to.
     pub fn group_of_metrics_token(&self, token_hash: &str) -> Option<GroupId> {
-        self.read().metrics_tokens.get(token_hash).cloned()
+        (self.read().metrics_tokens)
+            .get(&TokenHash::of(token_hash))
+            .cloned()
     }
 
     /// Whether `tenant` owns live group `id`.
@@ -625,6 +687,82 @@ fn page<P: Ord + Clone, T: Ord + Clone>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_actors::clock::Timestamp;
+
+    const AT: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+
+    fn created(group: &GroupId, hash: &str) -> GroupEvent {
+        GroupEvent::Created {
+            id: group.clone(),
+            tenant_id: TenantId::from("ten_1"),
+            name: "g".into(),
+            min_size: 0,
+            max_size: 10,
+            desired_capacity: 0,
+            cooldown_seconds: 0,
+            launch: serde_json::Value::Null,
+            metadata: serde_json::Map::new(),
+            metrics_token_hash: hash.into(),
+            at: AT,
+        }
+    }
+
+    fn launched(server: &str, hash: &str) -> GroupEvent {
+        GroupEvent::ServerLaunchRequested {
+            server_id: server.into(),
+            metrics_token_hash: hash.into(),
+            at: AT,
+            because: None,
+            replacement: false,
+        }
+    }
+
+    /// A SHA-256 hex digest like `token::hash` makes, from `n`.
+    fn digest(n: u8) -> String {
+        flotilla_journal::hex(&[n; 32])
+    }
+
+    #[test]
+    fn metrics_tokens_follow_servers_and_groups_and_survive_a_checkpoint() {
+        let index = Index::default();
+        let (one, two) = (GroupId::from("grp_1"), GroupId::from("grp_2"));
+        index.group_event(&one, &created(&one, &digest(1)));
+        index.group_event(&two, &created(&two, &digest(2)));
+        index.group_event(&one, &launched("srv_a", &digest(10)));
+        index.group_event(&one, &launched("srv_b", &digest(11)));
+        // A hash that is not a lowercase digest is kept as its text, and told apart.
+        index.group_event(&two, &launched("srv_c", "not-a-digest"));
+        let upper = digest(12).to_uppercase();
+        index.group_event(&two, &launched("srv_d", &upper));
+        let of = |hash: &str| index.group_of_metrics_token(hash);
+        assert_eq!(of(&digest(10)), Some(one.clone()));
+        assert_eq!(of("not-a-digest"), Some(two.clone()));
+        assert_eq!(of(&upper), Some(two.clone()));
+        assert_eq!(of(&digest(12)), None);
+        // A relaunch replaces the server's token; a deletion ends it.
+        index.group_event(&one, &launched("srv_a", &digest(20)));
+        assert_eq!(of(&digest(10)), None);
+        assert_eq!(of(&digest(20)), Some(one.clone()));
+        let deleted = GroupEvent::ServerDeleted {
+            server_id: "srv_b".into(),
+            at: AT,
+        };
+        index.group_event(&one, &deleted);
+        assert_eq!(of(&digest(11)), None);
+        // The checkpoint holds the same, and restores it.
+        let saved = index.save();
+        let restored = Index::default();
+        restored.restore(saved);
+        assert_eq!(restored.save(), index.save());
+        assert_eq!(restored.group_of_metrics_token(&digest(20)), Some(one.clone()));
+        assert_eq!(restored.group_of_metrics_token(&upper), Some(two.clone()));
+        // Deleting a group ends its own token and its servers', and only those.
+        restored.group_event(&one, &GroupEvent::Deleted { at: AT });
+        for gone in [digest(1), digest(20)] {
+            assert_eq!(restored.group_of_metrics_token(&gone), None);
+        }
+        assert_eq!(restored.group_of_metrics_token(&digest(2)), Some(two));
+    }
 
     #[test]
     fn pages_stay_within_their_parent_and_continue_from_the_cursor() {
