@@ -359,7 +359,9 @@ impl Index {
                 let servers = data.server_tokens.remove(id).unwrap_or_default();
                 let group = data.group_tokens.remove(id);
                 for hash in servers.values().chain(&group) {
-                    data.metrics_tokens.remove(hash);
+                    if data.metrics_tokens.get(hash) == Some(id) {
+                        data.metrics_tokens.remove(hash);
+                    }
                 }
             }
             GroupEvent::ServerLaunchRequested {
@@ -734,11 +736,15 @@ mod tests {
         index.group_event(&two, &launched("srv_c", "not-a-digest"));
         let upper = digest(12).to_uppercase();
         index.group_event(&two, &launched("srv_d", &upper));
+        // `parse_hex` once took this for the digest of 12s.
+        let signed = "+c".repeat(32);
+        index.group_event(&two, &launched("srv_e", &signed));
         let of = |hash: &str| index.group_of_metrics_token(hash);
         assert_eq!(of(&digest(10)), Some(one.clone()));
         assert_eq!(of("not-a-digest"), Some(two.clone()));
         assert_eq!(of(&upper), Some(two.clone()));
         assert_eq!(of(&digest(12)), None);
+        assert_eq!(of(&signed), Some(two.clone()));
         // A relaunch replaces the server's token; a deletion ends it.
         index.group_event(&one, &launched("srv_a", &digest(20)));
         assert_eq!(of(&digest(10)), None);
@@ -754,7 +760,10 @@ mod tests {
         let restored = Index::default();
         restored.restore(saved);
         assert_eq!(restored.save(), index.save());
-        assert_eq!(restored.group_of_metrics_token(&digest(20)), Some(one.clone()));
+        assert_eq!(
+            restored.group_of_metrics_token(&digest(20)),
+            Some(one.clone())
+        );
         assert_eq!(restored.group_of_metrics_token(&upper), Some(two.clone()));
         // Deleting a group ends its own token and its servers', and only those.
         restored.group_event(&one, &GroupEvent::Deleted { at: AT });

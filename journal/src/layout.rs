@@ -10,6 +10,7 @@
 //! 'x' stream-id 0x00 first-version(8)  a run of that stream's index (see encode_run)
 //! 'h'                                  head: seq(8) hash(32) of the last record
 //! 'm'                                  while a migration is under way, its cursor
+//! 'g'                                  once migrated, format 1's head then
 //! ```
 //!
 //! Records are stored by the block, a writer batch's records in one or a few values, and a
@@ -45,12 +46,14 @@ const RECORD: u8 = b'r';
 const INDEX: u8 = b's';
 const BLOCK: u8 = b'b';
 const RUN: u8 = b'x';
-/// The key of the head in [`TREE`].
+/// The key of the head in [`TREE`] (and in [`TREE_V1`]).
 pub const HEAD_KEY: &[u8] = b"h";
-/// The key of the layout's format in [`TREE`].
+/// The key of the layout's format in [`TREE`] (and, once migrated, in [`TREE_V1`]).
 pub const FORMAT_KEY: &[u8] = b"f";
 /// The key of a migration's cursor in [`TREE`], while one is under way.
 pub const MIGRATION_KEY: &[u8] = b"m";
+/// The key in [`TREE`] of the head a format 1 journal had when it was migrated.
+pub const MIGRATED_KEY: &[u8] = b"g";
 /// The layout this code writes.
 pub const FORMAT: u8 = 2;
 /// Most records in one block.
@@ -62,33 +65,39 @@ pub const BLOCK_BYTES: usize = 6 * 1024;
 /// Most versions in one run of a stream's index.
 pub const RUN_LEN: usize = 64;
 
-/// The key of the record at `seq`.
-pub fn record_key(seq: u64) -> [u8; 9] {
-    let mut key = [RECORD; 9];
+/// `prefix` then `seq`, big-endian.
+fn seq_key(prefix: u8, seq: u64) -> [u8; 9] {
+    let mut key = [prefix; 9];
     key[1..].copy_from_slice(&seq.to_be_bytes());
     key
 }
 
-/// The sequence number in a record key, or `None` if `key` is not one.
-pub fn decode_record_key(key: &[u8]) -> Option<u64> {
-    match key {
-        [RECORD, rest @ ..] => rest.try_into().ok().map(u64::from_be_bytes),
+/// The seq in a [`seq_key`] with `prefix`, or `None` if `key` is not one.
+fn decode_seq_key(prefix: u8, key: &[u8]) -> Option<u64> {
+    match key.split_first() {
+        Some((&first, rest)) if first == prefix => decode_seq(rest),
         _ => None,
     }
 }
 
-/// The prefix shared by every stream index key of `stream`.
-pub fn index_prefix(stream: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(stream.len() + 10);
-    key.push(INDEX);
-    key.extend_from_slice(stream.as_bytes());
-    key.push(0);
-    key
+/// The key of the record at `seq` (format 1).
+pub fn record_key(seq: u64) -> [u8; 9] {
+    seq_key(RECORD, seq)
 }
 
-/// The prefix of every format 1 stream index key.
-pub fn index_prefix_v1() -> [u8; 1] {
-    [INDEX]
+/// The sequence number in a record key (format 1), or `None` if `key` is not one.
+pub fn decode_record_key(key: &[u8]) -> Option<u64> {
+    decode_seq_key(RECORD, key)
+}
+
+/// `prefix`, `stream`, 0x00, then `version` big-endian.
+fn stream_key(prefix: u8, stream: &str, version: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 10);
+    key.push(prefix);
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
 }
 
 /// The stream and version in a format 1 stream index key, or `None` if `key` is not one.
@@ -101,36 +110,24 @@ pub fn decode_index_key(key: &[u8]) -> Option<(&str, u64)> {
     Some((std::str::from_utf8(stream).ok()?, decode_seq(version)?))
 }
 
-/// The stream index key of `stream` at `version`.
+/// The stream index key of `stream` at `version` (format 1).
 pub fn index_key(stream: &str, version: u64) -> Vec<u8> {
-    let mut key = index_prefix(stream);
-    key.extend_from_slice(&version.to_be_bytes());
-    key
+    stream_key(INDEX, stream, version)
 }
 
 /// The key of the block whose first slot is `seq`.
 pub fn block_key(seq: u64) -> [u8; 9] {
-    let mut key = [BLOCK; 9];
-    key[1..].copy_from_slice(&seq.to_be_bytes());
-    key
+    seq_key(BLOCK, seq)
 }
 
 /// The first slot in a block key, or `None` if `key` is not one.
 pub fn decode_block_key(key: &[u8]) -> Option<u64> {
-    match key {
-        [BLOCK, rest @ ..] => rest.try_into().ok().map(u64::from_be_bytes),
-        _ => None,
-    }
+    decode_seq_key(BLOCK, key)
 }
 
 /// The key of `stream`'s index run that starts at `version`.
 pub fn run_key(stream: &str, version: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(stream.len() + 10);
-    key.push(RUN);
-    key.extend_from_slice(stream.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&version.to_be_bytes());
-    key
+    stream_key(RUN, stream, version)
 }
 
 /// The first version in a run key (its last 8 bytes), or `None` if it is too short.

@@ -299,9 +299,10 @@ pub fn hex(hash: &Hash) -> String {
     })
 }
 
-/// Parses [`hex`]'s output back into a hash.
+/// Parses [`hex`]'s output back into a hash: 64 hex digits, nothing else (`from_str_radix`
+/// alone would take a sign).
 pub fn parse_hex(text: &str) -> Option<Hash> {
-    if text.len() != 64 || !text.is_ascii() {
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -314,6 +315,15 @@ pub fn parse_hex(text: &str) -> Option<Hash> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hash_parses_from_its_hex_and_from_nothing_else() {
+        let hash: Hash = std::array::from_fn(|i| i as u8 * 7);
+        assert_eq!(parse_hex(&hex(&hash)), Some(hash));
+        assert_eq!(parse_hex(&"+a".repeat(32)), None);
+        assert_eq!(parse_hex(&"0g".repeat(32)), None);
+        assert_eq!(parse_hex(&hex(&hash)[1..]), None);
+    }
 
     fn sample() -> Record {
         let event = NewEvent::json("group_created", 1, 1_700_000_000_000, &[1, 2, 3]).unwrap();

@@ -21,9 +21,25 @@ pub(crate) fn prepare(db: &sled::Db) -> Result<sled::Tree> {
     match tree.get(layout::FORMAT_KEY)? {
         Some(format) if *format == [layout::FORMAT] => {
             if holds_format_1(db)? {
-                // Migrated, then stopped before format 1's tree was let go.
-                retire_format_1(db)?;
+                // Records in format 1's tree are either what was migrated (a start stopped
+                // before letting the tree go) or were written after, by an older build: only
+                // the first may go.
+                let old = db.open_tree(layout::TREE_V1)?;
+                if old.get(layout::HEAD_KEY)? != tree.get(layout::MIGRATED_KEY)? {
+                    return Err(Error::Corrupt {
+                        seq: 0,
+                        reason: format!(
+                            "the data directory's tree {:?} holds records written after it was \
+                             migrated to layout {}, by an older build; export them with that \
+                             build before opening the directory with this one",
+                            layout::TREE_V1,
+                            layout::FORMAT
+                        ),
+                    });
+                }
+                db.drop_tree(layout::TREE_V1)?;
             }
+            guard_format_1(db)?;
             Ok(tree)
         }
         Some(format) => Err(Error::Corrupt {
@@ -40,14 +56,18 @@ pub(crate) fn prepare(db: &sled::Db) -> Result<sled::Tree> {
                 let old = db.open_tree(layout::TREE_V1)?;
                 while migrate_step(&old, &tree, MIGRATION_BATCH)? {}
                 if let Some(head) = old.get(layout::HEAD_KEY)? {
-                    finish.insert(layout::HEAD_KEY, head);
+                    finish.insert(layout::HEAD_KEY, head.clone());
+                    finish.insert(layout::MIGRATED_KEY, head);
                 }
                 finish.remove(layout::MIGRATION_KEY);
             }
             finish.insert(layout::FORMAT_KEY, &[layout::FORMAT]);
             tree.apply_batch(finish)?;
             tree.flush()?;
-            retire_format_1(db)?;
+            if holds_format_1(db)? {
+                db.drop_tree(layout::TREE_V1)?;
+            }
+            guard_format_1(db)?;
             Ok(tree)
         }
     }
@@ -66,18 +86,23 @@ fn holds_format_1(db: &sled::Db) -> Result<bool> {
     Ok(old.scan_prefix([b'r']).next().is_some() || old.scan_prefix([b's']).next().is_some())
 }
 
-/// Lets go of format 1's tree, leaving in its place a head with no records, so that a build
-/// from before layout 2 opening this directory sees a truncated journal and refuses to append,
-/// rather than an empty one.
-fn retire_format_1(db: &sled::Db) -> Result<()> {
-    db.drop_tree(layout::TREE_V1)?;
+/// Leaves in format 1's tree, once it holds no records, a head with none after it, so that a
+/// build from before layout 2 opening this directory sees a truncated journal and refuses to
+/// append, rather than an empty one it would start anew. Checked at every open, so that a stop
+/// between letting the old tree go and writing this cannot leave the directory without it.
+fn guard_format_1(db: &sled::Db) -> Result<()> {
     let guard = db.open_tree(layout::TREE_V1)?;
+    if guard.get(layout::FORMAT_KEY)?.is_some() {
+        return Ok(());
+    }
     let head = Head {
         seq: 1,
         hash: [0xff; 32],
     };
-    guard.insert(layout::HEAD_KEY, &layout::encode_head(&head)[..])?;
-    guard.insert(layout::FORMAT_KEY, &[layout::FORMAT])?;
+    let mut writes = sled::Batch::default();
+    writes.insert(layout::HEAD_KEY, &layout::encode_head(&head)[..]);
+    writes.insert(layout::FORMAT_KEY, &[layout::FORMAT]);
+    guard.apply_batch(writes)?;
     db.flush()?;
     Ok(())
 }
@@ -91,12 +116,10 @@ fn retire_format_1(db: &sled::Db) -> Result<()> {
 pub(crate) fn migrate_step(old: &sled::Tree, tree: &sled::Tree, limit: usize) -> Result<bool> {
     use std::ops::Bound::{Excluded, Included};
     // The cursor: the phase (b'r', then b's') and the last key of it copied.
-    let (phase, after) = match tree.get(layout::MIGRATION_KEY)? {
+    let (mut phase, mut after) = match tree.get(layout::MIGRATION_KEY)? {
         Some(cursor) if cursor.len() > 1 => (cursor[0], Some(cursor[1..].to_vec())),
         _ => (b'r', None),
     };
-    let mut phase = phase;
-    let mut after = after;
     loop {
         let start = after.clone().map_or(Included(vec![phase]), Excluded);
         let entries: Vec<(sled::IVec, sled::IVec)> = old
@@ -120,20 +143,34 @@ pub(crate) fn migrate_step(old: &sled::Tree, tree: &sled::Tree, limit: usize) ->
                 .iter()
                 .filter_map(|(key, bytes)| Some((layout::decode_record_key(key)?, &bytes[..])))
                 .collect();
+            skipped(entries.len() - records.len(), "record keys");
             write_blocks(&records, &mut writes);
         } else {
             let mut runs = RunWriter::default();
+            let mut malformed = 0;
             for (key, seq) in &entries {
-                if let (Some((stream, version)), Some(seq)) =
-                    (layout::decode_index_key(key), layout::decode_seq(seq))
-                {
-                    runs.add(tree, stream, version, seq)?;
+                match (layout::decode_index_key(key), layout::decode_seq(seq)) {
+                    (Some((stream, version)), Some(seq)) => runs.add(tree, stream, version, seq)?,
+                    _ => malformed += 1,
                 }
             }
+            skipped(malformed, "stream index entries");
             runs.write(&mut writes);
         }
         tree.apply_batch(writes)?;
         return Ok(true);
+    }
+}
+
+/// Says that a migration left out `count` malformed format 1 entries of `what`: keys or values
+/// of the wrong length, which no build wrote and which have no place in layout 2.
+fn skipped(count: usize, what: &str) {
+    if count > 0 {
+        tracing::warn!(
+            count,
+            what,
+            "malformed format 1 entries left out of the migration"
+        );
     }
 }
 
@@ -180,25 +217,31 @@ impl Run {
     }
 }
 
+/// The last entry of `tree` with a key in `low..=high`: the block or run holding a place, or
+/// the last one of all.
+fn last_within(
+    tree: &sled::Tree,
+    low: &[u8],
+    high: &[u8],
+) -> Result<Option<(sled::IVec, sled::IVec)>> {
+    Ok(tree.range(low..=high).next_back().transpose()?)
+}
+
 /// `stream`'s last index run, if it has one.
 fn last_run(tree: &sled::Tree, stream: &str) -> Result<Option<Run>> {
-    let Some((key, value)) = tree
-        .range(layout::run_key(stream, 0)..=layout::run_key(stream, u64::MAX))
-        .next_back()
-        .transpose()?
-    else {
+    let (low, high) = (
+        layout::run_key(stream, 0),
+        layout::run_key(stream, u64::MAX),
+    );
+    let Some((key, value)) = last_within(tree, &low, &high)? else {
         return Ok(None);
     };
-    let corrupt = || Error::Corrupt {
-        seq: 0,
-        reason: format!("an index run of stream {stream} is malformed"),
-    };
-    let first_version = layout::decode_run_key(&key).ok_or_else(corrupt)?;
-    let seqs = layout::decode_run(&value).ok_or_else(corrupt)?;
+    let run = ReadRun::decode(stream, &key, &value)?;
     Ok(Some(Run {
-        first_version,
-        len: seqs.len() as u64,
-        last_seq: *seqs.last().ok_or_else(corrupt)?,
+        first_version: run.first_version,
+        len: run.seqs.len() as u64,
+        // A decoded run has a first seq at least.
+        last_seq: run.seqs.last().copied().unwrap_or_default(),
         value: value.to_vec(),
     }))
 }
@@ -457,10 +500,10 @@ impl Reads for SledReads {
     fn put(&self, table: Table, key: &str, value: Vec<u8>) -> Result<()> {
         self.table(table).insert(key.as_bytes(), value)?;
         // sled replaces the page holding the key and leaves the old one, with every snapshot it
-        // held, to crossbeam-epoch, which frees a thread's deferred garbage only once 64 items
-        // have gathered. Snapshots are saved from threads that write little else, so the
-        // replaced pages of large groups' snapshots stayed alive by the dozen (48 MB of heap
-        // with 100k servers in 10 groups). Handing this thread's garbage on now frees them.
+        // held, to crossbeam-epoch, which hands a thread's deferred garbage on to be freed only
+        // once 64 items have gathered. Snapshots are saved from threads that write little else,
+        // so the replaced pages of large groups' snapshots stayed alive by the dozen (48 MB of
+        // heap with 100k servers in 10 groups). Handing it on now lets the next epoch free it.
         crossbeam_epoch::pin().flush();
         Ok(())
     }
@@ -515,11 +558,8 @@ impl ReadRun {
 
 /// The run of `stream` whose versions include `version`, if any.
 fn run_holding(tree: &sled::Tree, stream: &str, version: u64) -> Result<Option<ReadRun>> {
-    let Some((key, value)) = tree
-        .range(layout::run_key(stream, 0)..=layout::run_key(stream, version))
-        .next_back()
-        .transpose()?
-    else {
+    let (low, high) = (layout::run_key(stream, 0), layout::run_key(stream, version));
+    let Some((key, value)) = last_within(tree, &low, &high)? else {
         return Ok(None);
     };
     let run = ReadRun::decode(stream, &key, &value)?;
@@ -535,19 +575,16 @@ fn run_entries(
     to: u64,
     back: bool,
 ) -> Box<dyn Iterator<Item = Result<(u64, u64)>> + Send + '_> {
-    // The run holding `from` starts at or before it.
-    let start = match tree
-        .range(layout::run_key(&stream, 0)..=layout::run_key(&stream, from))
-        .next_back()
-        .transpose()
-    {
-        Ok(Some((key, _))) => key.to_vec(),
-        Ok(None) => layout::run_key(&stream, from),
-        Err(error) => return Box::new(std::iter::once(Err(error.into()))),
-    };
     if from > to {
         return Box::new(std::iter::empty());
     }
+    // The run holding `from` starts at or before it.
+    let (low, high) = (layout::run_key(&stream, 0), layout::run_key(&stream, from));
+    let start = match last_within(tree, &low, &high) {
+        Ok(Some((key, _))) => key.to_vec(),
+        Ok(None) => high,
+        Err(error) => return Box::new(std::iter::once(Err(error))),
+    };
     let runs = tree.range(start..=layout::run_key(&stream, to));
     let entries = move |entry: sled::Result<(sled::IVec, sled::IVec)>| -> Vec<Result<(u64, u64)>> {
         let run = entry
@@ -603,10 +640,7 @@ impl Block {
 
 /// The block whose slots would include `seq`: the last one starting at or before it.
 pub(crate) fn block_holding(tree: &sled::Tree, seq: u64) -> Result<Option<Block>> {
-    let Some((key, value)) = tree
-        .range(layout::block_key(0)..=layout::block_key(seq))
-        .next_back()
-        .transpose()?
+    let Some((key, value)) = last_within(tree, &layout::block_key(0), &layout::block_key(seq))?
     else {
         return Ok(None);
     };
@@ -647,14 +681,11 @@ fn stored(
     last: u64,
 ) -> impl Iterator<Item = Result<(u64, StoredBytes)>> + Send + '_ {
     // The block holding `first` starts at or before it.
-    let start = tree
-        .range(layout::block_key(0)..=layout::block_key(first))
-        .next_back()
-        .transpose()
+    let start = last_within(tree, &layout::block_key(0), &layout::block_key(first))
         .map(|entry| entry.and_then(|(key, _)| layout::decode_block_key(&key)));
     let (start, failed) = match start {
         Ok(start) => (start.unwrap_or(first), None),
-        Err(error) => (first, Some(Err(error.into()))),
+        Err(error) => (first, Some(Err(error))),
     };
     let blocks = tree
         .range(layout::block_key(start)..=layout::block_key(last.max(start)))
@@ -691,11 +722,8 @@ fn records(
 
 /// The slot of the last record stored, whatever the head says.
 fn last_record_seq(tree: &sled::Tree) -> Result<u64> {
-    let Some((key, value)) = tree
-        .range(layout::block_key(0)..=layout::block_key(u64::MAX))
-        .next_back()
-        .transpose()?
-    else {
+    let (low, high) = (layout::block_key(0), layout::block_key(u64::MAX));
+    let Some((key, value)) = last_within(tree, &low, &high)? else {
         return Ok(0);
     };
     // A block that does not decode counts as ending at its first slot: the journal opens, and
