@@ -1,6 +1,7 @@
 //! Journal benches, each beside its raw-sled baseline in the same run:
 //! - durable append with 1 and 32 concurrent writers (baseline: sled insert + flush per append);
-//! - full replay scan (baseline: raw sled iteration over the same records).
+//! - full replay scan (baseline: raw sled iteration over the blocks that hold the same records,
+//!   not decoded; a block holds a batch of records, so this reads fewer, larger values).
 //!
 //! `cargo bench --bench journal`
 
