@@ -1476,12 +1476,17 @@ fn a_format_1_journal_is_migrated_when_opened_even_after_an_interrupted_start() 
     }
 }
 
-#[test]
-fn format_1_tree_is_guarded_at_every_open_and_records_written_there_later_are_not_dropped() {
+/// The records and head of [`journal_of_ten`], to store as format 1 did.
+fn ten_records() -> (Vec<Record>, Head) {
     let source = tempfile::tempdir().unwrap();
     let (journal, _) = journal_of_ten(source.path());
-    let records: Vec<Record> = journal.read_all(1).collect::<Result<_>>().unwrap();
-    let head = journal.head().unwrap();
+    let records = journal.read_all(1).collect::<Result<_>>().unwrap();
+    (records, journal.head().unwrap())
+}
+
+#[test]
+fn format_1_tree_is_guarded_at_every_open_and_records_written_there_later_are_not_dropped() {
+    let (records, head) = ten_records();
     let dir = tempfile::tempdir().unwrap();
     write_format_1(dir.path(), &records, head);
     drop(Journal::open(dir.path()).unwrap());
@@ -1537,10 +1542,7 @@ fn format_1_tree_is_guarded_at_every_open_and_records_written_there_later_are_no
 
 #[test]
 fn a_break_in_a_format_1_journal_is_still_named_after_the_migration() {
-    let source = tempfile::tempdir().unwrap();
-    let (journal, _) = journal_of_ten(source.path());
-    let records: Vec<Record> = journal.read_all(1).collect::<Result<_>>().unwrap();
-    let head = journal.head().unwrap();
+    let (records, head) = ten_records();
     let dir = tempfile::tempdir().unwrap();
     let kept: Vec<Record> = records.iter().filter(|r| r.seq != 6).cloned().collect();
     write_format_1(dir.path(), &kept, head);
