@@ -63,9 +63,7 @@ fn sorted<K: Ord, V>(mut pairs: Vec<(K, V)>) -> Vec<(K, V)> {
 
 /// A map's pairs, sorted by key: as a checkpoint keeps them.
 fn pairs<K: Clone + Ord, V: Clone, S>(map: &HashMap<K, V, S>) -> Vec<(K, V)> {
-    let mut pairs: Vec<(K, V)> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    pairs.sort_by(|a, b| a.0.cmp(&b.0));
-    pairs
+    sorted(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 /// Objects that hang from a group (policies, scheduled actions, receivers): who owns each, and
