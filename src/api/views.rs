@@ -159,8 +159,8 @@ impl ServerView {
             provider: s.provider.value(),
             launched_at: time(s.launched_at),
             failures: s.failures,
-            last_failure: s.last_failure.as_ref().map(|(why, _)| why.clone()),
-            last_failure_at: s.last_failure.as_ref().map(|(_, at)| time(*at)),
+            last_failure: s.last_failure.as_ref().map(|failure| failure.0.clone()),
+            last_failure_at: s.last_failure.as_ref().map(|failure| time(failure.1)),
         }
     }
 }

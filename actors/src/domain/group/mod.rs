@@ -765,12 +765,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
         GroupEvent::MetricsTokenRotated {
             metrics_token_hash, ..
         } => group.metrics_token_hash = metrics_token_hash.clone(),
-        GroupEvent::ServerLaunchRequested {
-            server_id,
-            metrics_token_hash,
-            at,
-            ..
-        } => {
+        GroupEvent::ServerLaunchRequested { server_id, at, .. } => {
             let server = group
                 .servers
                 .entry(server_id.clone())
@@ -781,12 +776,10 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
                     launched_at: *at,
                     failures: 0,
                     last_failure: None,
-                    metrics_token_hash: String::new(),
                 });
             server.state = ServerState::Pending;
             server.provider = Handle::default();
             server.launched_at = *at;
-            server.metrics_token_hash = metrics_token_hash.clone();
         }
         GroupEvent::ServerLaunched {
             server_id,
@@ -810,7 +803,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             if let Some(server) = group.servers.get_mut(server_id) {
                 server.state = ServerState::Failed;
                 server.failures = server.failures.saturating_add(1);
-                server.last_failure = Some((reason.clone(), *at));
+                server.last_failure = Some(Box::new((reason.clone(), *at)));
             }
         }
         GroupEvent::ServerDeleteRequested { server_id, .. } => {
