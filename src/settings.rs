@@ -88,8 +88,9 @@ pub struct ServeArgs {
     /// state comes back from the journal on the next one. 0 keeps every actor [default: 600].
     #[arg(long, env = "FLOTILLA_ACTOR_IDLE_SECONDS")]
     pub actor_idle_seconds: Option<u32>,
-    /// Memory for sled's page cache, MiB [default: 64]. The journal is mostly appended to and
+    /// Memory for sled's page cache, MiB [default: 16]. The journal is mostly appended to and
     /// read in order, so a small cache serves it; more speeds up actors rebuilt on a large journal.
+    /// sled holds about twice its budget: 64 MiB cost 100k servers 33 MiB more than 16 did.
     #[arg(long, env = "FLOTILLA_JOURNAL_CACHE_MB")]
     pub journal_cache_mb: Option<u64>,
     /// How often the checkpoint of the index and the alarms catches up with the journal's head,
@@ -218,7 +219,7 @@ impl Default for Settings {
             http_workers: 2,
             converge_tick_ms: 1000,
             checkpoint_interval_ms: 60_000,
-            journal_cache_mb: 64,
+            journal_cache_mb: 16,
             actor_idle_seconds: 600,
             provider_http_secret: None,
             allow_process_provider: false,
