@@ -20,7 +20,7 @@ use crate::cluster::{self, Held, LeaseCounts, Ownership, LEASE_TTL};
 use crate::converger::{Converger, Quiet};
 use crate::index::Index;
 use crate::intake;
-use crate::projector::{self, Projector};
+use crate::projector::Projector;
 use crate::providers::Providers;
 use crate::ratelimit::{Limit, WebhookLimits};
 use crate::schedules::Scheduler;
@@ -334,7 +334,7 @@ fn project(
     journal: Journal,
     (projector, behind): (Arc<Projector>, Option<supervisor::Mover>),
     clock: Arc<dyn Clock>,
-    checkpointer: Arc<Mutex<Option<Journal>>>,
+    checkpointer: Arc<Mutex<Option<Checkpointing>>>,
     recovery: Arc<Recovery>,
     (ready, addr): (Arc<Readiness>, SocketAddr),
 ) {
@@ -362,7 +362,7 @@ fn project(
                 }
                 Ok(())
             })?;
-            *lock(&checkpointer) = Some(journal.clone());
+            *lock(&checkpointer) = Some((journal.clone(), projector.clone(), head.seq));
             recovery.replayed_at_start.store(read, Ordering::Relaxed);
             recovery.checkpoint_seq.store(head.seq, Ordering::Relaxed);
             Ok((from, read))
@@ -389,33 +389,41 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// What the checkpointer works with once the start's replay hands it over: the journal, the
+/// live projector, and the sequence number of the last checkpoint.
+type Checkpointing = (Journal, Arc<Projector>, u64);
+
 /// Keeps the checkpoint close to the journal's head while the service runs, so that a start
 /// replays minutes of records, not everything since the last start: at each tick, once the
-/// start's replay has handed over the journal, moves the checkpoint to the head on a blocking
-/// thread ([`projector::catch_up`]), and publishes where it is. Stops with the actix system; the
-/// journal handle goes with it.
+/// start's replay has handed over the journal, saves the live read models as the checkpoint
+/// on a blocking thread ([`Projector::checkpoint_live`]), and publishes where it is. Stops with
+/// the actix system; the journal handle goes with it.
 fn run_checkpointer(
-    checkpointer: Arc<Mutex<Option<Journal>>>,
+    checkpointer: Arc<Mutex<Option<Checkpointing>>>,
     mut ticker: Ticker,
     recovery: Arc<Recovery>,
 ) {
     actix_web::rt::spawn(async move {
         while let Some(_tick) = ticker.next().await {
-            let Some(journal) = lock(&checkpointer).take() else {
+            let Some((journal, projector, last)) = lock(&checkpointer).take() else {
                 continue;
             };
-            let caught_up = actix_web::rt::task::spawn_blocking(move || {
-                let head = projector::catch_up(&journal);
-                (journal, head)
+            let saved = actix_web::rt::task::spawn_blocking(move || {
+                let saved = projector.checkpoint_live(&journal, last);
+                (journal, projector, last, saved)
             })
             .await;
-            match caught_up {
-                Ok((keeper, head)) => {
-                    match head {
-                        Ok(head) => recovery.checkpoint_seq.store(head.seq, Ordering::Relaxed),
+            match saved {
+                Ok((journal, projector, mut last, saved)) => {
+                    match saved {
+                        Ok(Some(head)) => {
+                            last = head.seq;
+                            recovery.checkpoint_seq.store(head.seq, Ordering::Relaxed);
+                        }
+                        Ok(None) => {}
                         Err(error) => tracing::warn!(%error, "checkpoint not saved"),
                     }
-                    *lock(&checkpointer) = Some(keeper);
+                    *lock(&checkpointer) = Some((journal, projector, last));
                 }
                 Err(error) => tracing::error!(%error, "the checkpointer failed; checkpoints stop"),
             }

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::world::{self, World};
-use flotilla::projector::{Checkpoint, Projector};
+use flotilla::projector::{self, Checkpoint, Projector};
 use flotilla_actors::aggregate::{Alarms, Groups, Policies, Tenants, Webhooks};
 use flotilla_actors::clock::{ManualClock, Timestamp};
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmPatch, Comparison, NewAlarm, Statistic};
@@ -315,4 +315,44 @@ fn a_checkpoint_restored_then_followed_equals_a_rebuild_from_the_start() {
         Op::Restart(false),
     ];
     run_case(ops);
+}
+
+/// The live checkpoint: saved at the last record the follower took in, and only past the last
+/// one; what it saved restores the read models as they were then.
+#[test]
+fn a_live_checkpoint_is_the_read_models_at_the_last_record_taken_in() {
+    let clock = ManualClock::new(Timestamp::from_secs(1_795_564_800));
+    let w = World::open(tempfile::tempdir().unwrap(), clock);
+    let opened = w.journal().head().unwrap();
+    // Nothing taken in since the start's checkpoint: nothing to save.
+    assert_eq!(
+        w.projector
+            .checkpoint_live(w.journal(), opened.seq)
+            .unwrap(),
+        None
+    );
+    let mut ids = Ids::default();
+    for op in [Op::Tenant, Op::Group(0), Op::Launch(0, 3), Op::Policy(0)] {
+        step(&w, &mut ids, &op);
+    }
+    let head = w.journal().head().unwrap();
+    assert!(head.seq > opened.seq);
+    let saved = w
+        .projector
+        .checkpoint_live(w.journal(), opened.seq)
+        .unwrap();
+    assert_eq!(saved, Some(head));
+    assert_eq!(
+        w.projector.checkpoint_live(w.journal(), head.seq).unwrap(),
+        None
+    );
+    let (stored, bytes) = w
+        .journal()
+        .load_checkpoint(projector::CHECKPOINT)
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, head);
+    let checkpoint: Checkpoint = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(checkpoint, w.projector.save());
+    assert!(!checkpoint.index.is_empty());
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use flotilla::alarms::AlarmTable;
-use flotilla::projector::{self, Projector};
+use flotilla::projector::Projector;
 use flotilla_actors::aggregate::{Aggregate, Groups};
 use flotilla_actors::clock::ManualClock;
 use flotilla_actors::domain::group::{GroupCommand, NewGroup};
@@ -37,6 +37,7 @@ impl World {
         projector.restore(&journal).unwrap();
         let head = journal.head().unwrap();
         projector.replay(&journal, head.seq, 2).unwrap();
+        projector.checkpoint(&journal, head).unwrap();
         let live = projector.clone();
         journal
             .follow(head.seq, move |records| live.take_live(records))
@@ -64,7 +65,7 @@ impl World {
 
     pub fn restart(mut self, checkpoint: bool) -> World {
         if checkpoint {
-            projector::catch_up(self.journal()).unwrap();
+            self.projector.checkpoint_live(self.journal(), 0).unwrap();
         }
         // The last handle on the supervisor stops its arbiters and lets the journal go.
         drop(self.supervisor.take());
