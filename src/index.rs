@@ -368,13 +368,17 @@ impl Index {
                 ..
             } => {
                 let data = &mut *data;
-                let servers = data.server_tokens.entry(id.clone()).or_default();
+                // The group's id as the index already holds it: `id` is a new copy, made from
+                // this record, and a token a server would otherwise keep one of its own.
+                let group =
+                    (data.groups.get_key_value(id)).map_or_else(|| id.clone(), |(g, _)| g.clone());
+                let servers = data.server_tokens.entry(group.clone()).or_default();
                 if let Some(old) = servers.remove(server_id.as_str()) {
                     data.metrics_tokens.remove(&old);
                 }
                 if !metrics_token_hash.is_empty() {
                     let hash = TokenHash::of(metrics_token_hash);
-                    data.metrics_tokens.insert(hash.clone(), id.clone());
+                    data.metrics_tokens.insert(hash.clone(), group);
                     servers.insert(server_id.as_str().into(), hash);
                 }
             }
