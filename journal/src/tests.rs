@@ -1404,7 +1404,7 @@ fn a_batch_of_a_thousand_records_is_a_few_dozen_sled_keys() {
 /// Stores `records` and `head` in a new sled directory as format 1 did: a key per record and per
 /// index entry, and no format key.
 fn write_format_1(dir: &Path, records: &[Record], head: Head) {
-    let db = sled::open(dir).unwrap();
+    let db = raw_sled(dir);
     let tree = db.open_tree(layout::TREE_V1).unwrap();
     for r in records {
         tree.insert(layout::record_key(r.seq), r.encode()).unwrap();
@@ -1439,7 +1439,7 @@ fn a_format_1_journal_is_migrated_when_opened_even_after_an_interrupted_start() 
         write_format_1(dir.path(), &records, head);
         if interrupted {
             // A first start that moved one batch of records, then stopped.
-            let db = sled::open(dir.path()).unwrap();
+            let db = raw_sled(dir.path());
             let old = db.open_tree(layout::TREE_V1).unwrap();
             let tree = db.open_tree(layout::TREE).unwrap();
             assert!(sled_store::migrate_step(&old, &tree, 100).unwrap());
@@ -1469,7 +1469,7 @@ fn a_format_1_journal_is_migrated_when_opened_even_after_an_interrupted_start() 
         drop((tree, journal));
         // What is left of format 1 is a head alone, which a build from before layout 2 would
         // read as a truncated journal and refuse to append to.
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_sled(dir.path());
         let old = db.open_tree(layout::TREE_V1).unwrap();
         assert_eq!(old.len(), 2);
         assert_eq!(layout::read_head(&old).unwrap().seq, 1);
@@ -1477,6 +1477,12 @@ fn a_format_1_journal_is_migrated_when_opened_even_after_an_interrupted_start() 
 }
 
 /// The records and head of [`journal_of_ten`], to store as format 1 did.
+/// sled itself in `path`, once the threads of a journal just dropped there have let go of its
+/// lock (as `Journal::open` waits for them).
+fn raw_sled(path: &Path) -> sled::Db {
+    open_db(path, 1 << 24).unwrap()
+}
+
 fn ten_records() -> (Vec<Record>, Head) {
     let source = tempfile::tempdir().unwrap();
     let (journal, _) = journal_of_ten(source.path());
@@ -1493,7 +1499,7 @@ fn format_1_tree_is_guarded_at_every_open_and_records_written_there_later_are_no
     // A start stopped after the migration, before letting format 1's tree go: it goes at the
     // next open.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_sled(dir.path());
         assert!(db.drop_tree(layout::TREE_V1).unwrap());
         db.flush().unwrap();
     }
@@ -1502,18 +1508,18 @@ fn format_1_tree_is_guarded_at_every_open_and_records_written_there_later_are_no
     assert_eq!(journal.verify().unwrap(), head);
     drop(journal);
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_sled(dir.path());
         assert_eq!(db.open_tree(layout::TREE_V1).unwrap().len(), 2);
     }
     // A start stopped after letting format 1's tree go, before writing its guard.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_sled(dir.path());
         assert!(db.drop_tree(layout::TREE_V1).unwrap());
         db.flush().unwrap();
     }
     drop(Journal::open(dir.path()).unwrap());
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_sled(dir.path());
         let guard = db.open_tree(layout::TREE_V1).unwrap();
         assert_eq!(layout::read_head(&guard).unwrap().seq, 1);
         // An older build could not append there; records put there all the same (by hand, or
@@ -1536,7 +1542,7 @@ fn format_1_tree_is_guarded_at_every_open_and_records_written_there_later_are_no
         panic!("records written after the migration were dropped");
     };
     assert!(error.to_string().contains("older build"), "{error}");
-    let db = sled::open(dir.path()).unwrap();
+    let db = raw_sled(dir.path());
     assert_eq!(db.open_tree(layout::TREE_V1).unwrap().len(), 3);
 }
 
@@ -1548,7 +1554,7 @@ fn a_break_in_a_format_1_journal_is_still_named_after_the_migration() {
     write_format_1(dir.path(), &kept, head);
     // The index entry of the missing record was written by the journal, not by this fixture.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_sled(dir.path());
         let tree = db.open_tree(layout::TREE_V1).unwrap();
         tree.insert(layout::index_key("even", 3), &6u64.to_be_bytes()[..])
             .unwrap();
