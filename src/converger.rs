@@ -354,7 +354,7 @@ impl Converger {
             // The longest due first (a slot's backoff doubles, so the lowest ids would otherwise
             // come back first each time); the rest wait for the next pass, their remains too.
             plan.relaunch
-                .sort_by_key(|sid| group.servers.get(sid).and_then(Server::retry_at));
+                .sort_by_key(|sid| group.servers.get(sid.as_str()).and_then(Server::retry_at));
             plan.relaunch.truncate(LAUNCHES_PER_PASS);
         }
         // Moved on only once what this pass learnt is recorded: a pass that fails checks the
@@ -370,7 +370,10 @@ impl Converger {
             if let Some(group) = &executed.state {
                 for event in &executed.events {
                     if let GroupEvent::ServerDeleteRequested { server_id, .. } = event {
-                        let handle = group.servers.get(server_id).map(|s| s.provider.value());
+                        let handle = group
+                            .servers
+                            .get(server_id.as_str())
+                            .map(|s| s.provider.value());
                         delete.push((server_id.clone(), handle.unwrap_or(Value::Null)));
                     }
                 }
@@ -394,7 +397,7 @@ impl Converger {
         let stale: Vec<Value> = plan
             .relaunch
             .iter()
-            .filter_map(|sid| group.servers.get(sid))
+            .filter_map(|sid| group.servers.get(sid.as_str()))
             .map(|s| s.provider.value())
             .filter(|h| !h.is_null())
             .collect();

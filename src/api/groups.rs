@@ -465,7 +465,10 @@ pub async fn servers(
     let after: String = query.cursor("srv_")?.unwrap_or_default();
     let mut page = group
         .servers
-        .range::<_, String>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+        .range::<_, str>((
+            std::ops::Bound::Excluded(after.as_str()),
+            std::ops::Bound::Unbounded,
+        ))
         .map(|(_, server)| ServerView::new(&group, server));
     let items: Vec<ServerView> = page.by_ref().take(limit).collect();
     let next_cursor = match page.next() {

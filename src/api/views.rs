@@ -153,7 +153,7 @@ impl ServerView {
     /// The view of server `s` of `group`.
     pub fn new(group: &Group, s: &Server) -> Self {
         ServerView {
-            id: s.id.clone(),
+            id: s.id.to_string(),
             group_id: group.id.to_string(),
             state: s.state,
             provider: s.provider.value(),

@@ -91,7 +91,7 @@ impl World {
                 .await
                 .unwrap()
                 .state
-                .map(|g| g.servers.keys().cloned().collect())
+                .map(|g| g.servers.keys().map(ToString::to_string).collect())
                 .unwrap_or_default()
         })
     }

@@ -10,6 +10,7 @@
 //! ([`LaunchRequest`]) and what a provider's reports ([`ServerReport`]) record.
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -40,12 +41,13 @@ pub enum ServerState {
 pub type Handle = super::json::JsonText;
 
 /// One server of a group. A group holds up to 10,000 of these, in a persistent map whose nodes
-/// hold their entries inline, so it stays small: what is rarely there is boxed, and the hash of
-/// its metrics token is not kept (the index has it, from the launch's event).
+/// hold their entries inline, so it stays small: its id is one text shared with the map's key,
+/// what is rarely there is boxed, and the hash of its metrics token is not kept (the index has
+/// it, from the launch's event).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Server {
-    /// Its id (`srv_...`), also its slot.
-    pub id: String,
+    /// Its id (`srv_...`), also its slot: the same text as its key in [`Servers`].
+    pub id: Arc<str>,
     /// Its state.
     pub state: ServerState,
     /// The provider's handle (e.g. `{"pid": 4242, "start_time": 123}`); `null` until launched.
@@ -146,7 +148,7 @@ impl Sweep {
 }
 
 /// A group's servers by id: a persistent map, so that a group's state clones in constant time.
-pub type Servers = imbl::OrdMap<String, Server>;
+pub type Servers = imbl::OrdMap<Arc<str>, Server>;
 
 /// What `servers` need to reach `target` slots at `now`, watching the active servers `sweep`
 /// reaches.
@@ -159,44 +161,44 @@ pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Pl
         plan.remove = termination_order(servers.values())
             .into_iter()
             .take(excess)
-            .map(|s| s.id.clone())
+            .map(|s| s.id.to_string())
             .collect();
     }
     let removed: std::collections::BTreeSet<&str> =
         plan.remove.iter().map(String::as_str).collect();
     for server in servers.values() {
-        if removed.contains(server.id.as_str()) {
+        if removed.contains(&*server.id) {
             continue;
         }
         match server.state {
             ServerState::Deleting => plan
                 .delete
-                .push((server.id.clone(), server.provider.value())),
+                .push((server.id.to_string(), server.provider.value())),
             ServerState::Failed if server.retry_at().is_some_and(|at| at <= now) => {
-                plan.relaunch.push(server.id.clone());
+                plan.relaunch.push(server.id.to_string());
             }
             ServerState::Failed => {}
             ServerState::Pending if server.provider.is_null() => {
-                plan.resume.push(server.id.clone());
+                plan.resume.push(server.id.to_string());
             }
             ServerState::Pending => {
                 plan.watch
-                    .push((server.id.clone(), server.state, server.provider.value()));
+                    .push((server.id.to_string(), server.state, server.provider.value()));
             }
             ServerState::Active => {}
         }
     }
-    let after = || sweep.after.clone();
+    let after = || sweep.after.as_str();
     let mut active = servers
-        .range::<_, String>((Bound::Excluded(after()), Bound::Unbounded))
-        .chain(servers.range::<_, String>((Bound::Unbounded, Bound::Included(after()))))
+        .range::<_, str>((Bound::Excluded(after()), Bound::Unbounded))
+        .chain(servers.range::<_, str>((Bound::Unbounded, Bound::Included(after()))))
         .map(|(_, server)| server)
-        .filter(|s| s.state == ServerState::Active && !removed.contains(s.id.as_str()));
+        .filter(|s| s.state == ServerState::Active && !removed.contains(&*s.id));
     let mut reached = None;
     for server in active.by_ref().take(sweep.budget) {
         plan.watch
-            .push((server.id.clone(), server.state, server.provider.value()));
-        reached = Some(server.id.clone());
+            .push((server.id.to_string(), server.state, server.provider.value()));
+        reached = Some(server.id.to_string());
     }
     if active.next().is_some() {
         plan.swept_to = reached;
@@ -252,7 +254,7 @@ pub(crate) fn decide_launches(
     let mut slots = group.servers.values().filter(|s| s.is_slot()).count() as u32;
     let mut events = Vec::new();
     for request in requests {
-        let existing = group.servers.get(&request.server_id);
+        let existing = group.servers.get(request.server_id.as_str());
         let allowed = match existing {
             Some(server) => server.retry_at().is_some_and(|at| at <= now),
             None if slots < group.target() => {
@@ -292,7 +294,7 @@ pub(crate) fn decide_reports(
         | ServerReport::Active { server_id }
         | ServerReport::Failed { server_id, .. }
         | ServerReport::Deleted { server_id }) = report;
-        let Some(server) = group.servers.get(server_id) else {
+        let Some(server) = group.servers.get(server_id.as_str()) else {
             continue;
         };
         let server_id = server_id.clone();
@@ -440,7 +442,7 @@ mod tests {
         ]);
         let order: Vec<&str> = termination_order(servers.values())
             .iter()
-            .map(|s| s.id.as_str())
+            .map(|s| &*s.id)
             .collect();
         assert_eq!(order, vec!["d", "c", "b", "a"]);
         let plan = plan(&servers, 2, T0, &Sweep::ALL);

@@ -594,7 +594,7 @@ pub fn decide(
         GroupCommand::ReportServers(reports) => Ok(server::decide_reports(group, reports, now)),
         GroupCommand::DeleteServers(ids) => Ok(ids
             .iter()
-            .filter(|id| group.servers.get(*id).is_some_and(Server::is_slot))
+            .filter(|id| group.servers.get(id.as_str()).is_some_and(Server::is_slot))
             .map(|id| GroupEvent::ServerDeleteRequested {
                 server_id: id.clone(),
                 at: now,
@@ -766,17 +766,15 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             metrics_token_hash, ..
         } => group.metrics_token_hash = metrics_token_hash.clone(),
         GroupEvent::ServerLaunchRequested { server_id, at, .. } => {
-            let server = group
-                .servers
-                .entry(server_id.clone())
-                .or_insert_with(|| Server {
-                    id: server_id.clone(),
-                    state: ServerState::Pending,
-                    provider: Handle::default(),
-                    launched_at: *at,
-                    failures: 0,
-                    last_failure: None,
-                });
+            let id: std::sync::Arc<str> = server_id.as_str().into();
+            let server = group.servers.entry(id.clone()).or_insert_with(|| Server {
+                id,
+                state: ServerState::Pending,
+                provider: Handle::default(),
+                launched_at: *at,
+                failures: 0,
+                last_failure: None,
+            });
             server.state = ServerState::Pending;
             server.provider = Handle::default();
             server.launched_at = *at;
@@ -786,12 +784,12 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             provider,
             ..
         } => {
-            if let Some(server) = group.servers.get_mut(server_id) {
+            if let Some(server) = group.servers.get_mut(server_id.as_str()) {
                 server.provider = Handle::new(provider);
             }
         }
         GroupEvent::ServerActive { server_id, .. } => {
-            if let Some(server) = group.servers.get_mut(server_id) {
+            if let Some(server) = group.servers.get_mut(server_id.as_str()) {
                 server.state = ServerState::Active;
             }
         }
@@ -800,19 +798,19 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             reason,
             at,
         } => {
-            if let Some(server) = group.servers.get_mut(server_id) {
+            if let Some(server) = group.servers.get_mut(server_id.as_str()) {
                 server.state = ServerState::Failed;
                 server.failures = server.failures.saturating_add(1);
                 server.last_failure = Some(Box::new((reason.clone(), *at)));
             }
         }
         GroupEvent::ServerDeleteRequested { server_id, .. } => {
-            if let Some(server) = group.servers.get_mut(server_id) {
+            if let Some(server) = group.servers.get_mut(server_id.as_str()) {
                 server.state = ServerState::Deleting;
             }
         }
         GroupEvent::ServerDeleted { server_id, .. } => {
-            group.servers.remove(server_id);
+            group.servers.remove(server_id.as_str());
         }
     }
     Some(group)
