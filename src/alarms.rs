@@ -288,10 +288,90 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The alarms as a checkpoint keeps them, in id order.
+fn saved_alarms(watching: &Watching) -> Vec<SavedAlarm> {
+    let mut saved: Vec<SavedAlarm> = watching
+        .alarms
+        .iter()
+        .map(|(id, w)| SavedAlarm {
+            id: id.clone(),
+            writer: w.writer.clone(),
+            definition: w.definition.clone(),
+            state: w.state,
+            transition: w.transition,
+            pending: w.pending.clone(),
+        })
+        .collect();
+    saved.sort_by(|a, b| a.id.cmp(&b.id));
+    saved
+}
+
+/// The target-tracking policies followed, in id order.
+fn saved_policies(watching: &Watching) -> Vec<Policy> {
+    let mut saved: Vec<Policy> = watching
+        .policies
+        .values()
+        .map(|f| f.policy.clone())
+        .collect();
+    saved.sort_by(|a, b| a.id.cmp(&b.id));
+    saved
+}
+
 /// The end of the period holding `at`: when that period closes.
 fn period_end(at: Timestamp, period_seconds: u32) -> Timestamp {
     let period = i64::from(period_seconds.max(1)) * 1000;
     Timestamp::from_millis(at.as_millis().div_euclid(period) * period + period)
+}
+
+/// The alarm table held as a tick's pass holds it, its inbox not yet taken in. A checkpoint
+/// holds it first and only then stops the projector ([`crate::projector`]) to copy the read
+/// models: the projector, on the journal's writer thread, so never waits for a pass.
+pub struct Held<'a> {
+    table: &'a AlarmTable,
+    watching: MutexGuard<'a, Watching>,
+    store: MutexGuard<'a, SeriesStore>,
+}
+
+impl<'a> Held<'a> {
+    /// Takes the inbox in, in order.
+    fn opened(mut self) -> (MutexGuard<'a, Watching>, MutexGuard<'a, SeriesStore>) {
+        let table = self.table;
+        let (watching, store) = (&mut *self.watching, &mut *self.store);
+        let inbox = std::mem::take(&mut *lock(&table.inbox));
+        for fed in inbox {
+            match fed {
+                Fed::Alarm(id, event, at) => {
+                    apply(watching, store, id, event, at, table.delay_ms);
+                }
+                Fed::Policy(id, event, at) => {
+                    follow(watching, store, id, &event, at, table.delay_ms);
+                }
+                Fed::GroupDeleted(group) => {
+                    for id in watching.by_group.get(&group).cloned().unwrap_or_default() {
+                        if let Some(gone) = watching.let_go(&id) {
+                            watch_policy(store, &gone.policy, false, table.delay_ms);
+                        }
+                    }
+                    // Its alarms stay until deleted, but no sample feeds them any more: the
+                    // group's tokens are gone, and no tenant owns it (SPEC 5.1).
+                    for watched in watching.alarms.values_mut() {
+                        if watched.definition.group_id == group {
+                            watched.writer = None;
+                        }
+                    }
+                    store.disown(&group);
+                }
+            }
+        }
+        (self.watching, self.store)
+    }
+
+    /// Takes the inbox in, then answers the alarms and the target-tracking policies as a
+    /// checkpoint keeps them.
+    pub fn save(self) -> (Vec<SavedAlarm>, Vec<Policy>) {
+        let (watching, _store) = self.opened();
+        (saved_alarms(&watching), saved_policies(&watching))
+    }
 }
 
 impl AlarmTable {
@@ -375,49 +455,22 @@ impl AlarmTable {
     }
 
     /// The table and the store, with the inbox taken in.
-    fn open(&self) -> (MutexGuard<'_, Watching>, MutexGuard<'_, SeriesStore>) {
-        let mut watching = lock(&self.watching);
-        let mut store = lock(&self.store);
-        let inbox = std::mem::take(&mut *lock(&self.inbox));
-        for fed in inbox {
-            match fed {
-                Fed::Alarm(id, event, at) => {
-                    apply(&mut watching, &mut store, id, event, at, self.delay_ms);
-                }
-                Fed::Policy(id, event, at) => {
-                    follow(&mut watching, &mut store, id, &event, at, self.delay_ms);
-                }
-                Fed::GroupDeleted(group) => {
-                    for id in watching.by_group.get(&group).cloned().unwrap_or_default() {
-                        if let Some(gone) = watching.let_go(&id) {
-                            watch_policy(&mut store, &gone.policy, false, self.delay_ms);
-                        }
-                    }
-                    // Its alarms stay until deleted, but no sample feeds them any more: the
-                    // group's tokens are gone, and no tenant owns it (SPEC 5.1).
-                    for watched in watching.alarms.values_mut() {
-                        if watched.definition.group_id == group {
-                            watched.writer = None;
-                        }
-                    }
-                    store.disown(&group);
-                }
-            }
+    /// The table as a tick's pass holds it, once any pass under way is done (see [`Held`]).
+    pub fn hold(&self) -> Held<'_> {
+        Held {
+            table: self,
+            watching: lock(&self.watching),
+            store: lock(&self.store),
         }
-        (watching, store)
+    }
+
+    fn open(&self) -> (MutexGuard<'_, Watching>, MutexGuard<'_, SeriesStore>) {
+        self.hold().opened()
     }
 
     /// The target-tracking policies followed, in id order, for a checkpoint.
     pub fn save_policies(&self) -> Vec<Policy> {
-        let (watching, store) = self.open();
-        drop(store);
-        let mut saved: Vec<Policy> = watching
-            .policies
-            .values()
-            .map(|f| f.policy.clone())
-            .collect();
-        saved.sort_by(|a, b| a.id.cmp(&b.id));
-        saved
+        saved_policies(&self.open().0)
     }
 
     /// Takes in a checkpoint's target-tracking policies (into an empty table).
@@ -434,22 +487,7 @@ impl AlarmTable {
 
     /// The alarms' definitions and states, in id order, for a checkpoint.
     pub fn save(&self) -> Vec<SavedAlarm> {
-        let (watching, store) = self.open();
-        drop(store);
-        let mut saved: Vec<SavedAlarm> = watching
-            .alarms
-            .iter()
-            .map(|(id, w)| SavedAlarm {
-                id: id.clone(),
-                writer: w.writer.clone(),
-                definition: w.definition.clone(),
-                state: w.state,
-                transition: w.transition,
-                pending: w.pending.clone(),
-            })
-            .collect();
-        saved.sort_by(|a, b| a.id.cmp(&b.id));
-        saved
+        saved_alarms(&self.open().0)
     }
 
     /// Takes in a checkpoint's alarms (into an empty table).

@@ -165,6 +165,10 @@ impl Projector {
     pub fn take_live(&self, records: &[Record]) -> Result<(), String> {
         let mut taken = self.taken();
         for record in records {
+            // Unknown while a record is being taken in: if it fails part-way (an error, or a
+            // panic, which the journal catches), no checkpoint is saved from read models
+            // holding part of it.
+            *taken = None;
             if let Err(error) = self.take(record) {
                 return Err(format!(
                     "record {} cannot be projected: {error}",
@@ -233,6 +237,7 @@ impl Projector {
 
     /// Saves the read models as the checkpoint at `head`, which must be where they are.
     pub fn checkpoint(&self, journal: &Journal, head: Head) -> anyhow::Result<()> {
+        let mut taken = self.taken();
         anyhow::ensure!(
             head.seq == self.seq(),
             "the read models are at {}, not at {}",
@@ -240,20 +245,31 @@ impl Projector {
             head.seq
         );
         journal.save_checkpoint(CHECKPOINT, head, &serde_json::to_vec(&self.save())?)?;
-        *self.taken() = Some(head);
+        *taken = Some(head);
         Ok(())
     }
 
     /// Saves the live read models as the checkpoint at the last record they took in, if that
     /// is past `after` (the last checkpoint's sequence number); answers its head if it did.
     /// The follower, and with it the journal's writer, waits while the read models are copied
-    /// (not while they are encoded and written). A projector that has not reached its start's
-    /// head saves nothing.
+    /// and sorted (not while they are encoded and written, nor for an alarm tick's pass, which
+    /// the copy waits out first). A projector that has not reached its start's head saves
+    /// nothing.
     pub fn checkpoint_live(&self, journal: &Journal, after: u64) -> anyhow::Result<Option<Head>> {
+        let alarms = self.alarms.hold();
         let (head, saved) = {
             let taken = self.taken();
             match *taken {
-                Some(head) if head.seq > after => (head, self.save()),
+                Some(head) if head.seq > after => {
+                    let (alarms, tracking) = alarms.save();
+                    let saved = Checkpoint {
+                        index: self.index.save(),
+                        alarms,
+                        tracking,
+                        schedules: self.schedules.save(),
+                    };
+                    (head, saved)
+                }
                 _ => return Ok(None),
             }
         };
