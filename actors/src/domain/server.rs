@@ -150,6 +150,19 @@ impl Sweep {
 /// A group's servers by id: a persistent map, so that a group's state clones in constant time.
 pub type Servers = imbl::OrdMap<Arc<str>, Server>;
 
+/// A group's servers as a snapshot holds them, each server's id then the same text as its key
+/// (decoded, the two would be two copies).
+pub fn shared_ids<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Servers, D::Error> {
+    let decoded = Servers::deserialize(deserializer)?;
+    Ok(decoded
+        .into_iter()
+        .map(|(id, mut server)| {
+            server.id = id.clone();
+            (id, server)
+        })
+        .collect())
+}
+
 /// What `servers` need to reach `target` slots at `now`, watching the active servers `sweep`
 /// reaches.
 pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Plan {
@@ -339,6 +352,16 @@ mod tests {
             failures: 0,
             last_failure: None,
         }
+    }
+
+    #[test]
+    fn servers_decoded_from_a_snapshot_share_each_id_with_its_key() {
+        let servers = map(vec![server("srv_a", ServerState::Active, 0)]);
+        let json = serde_json::to_string(&servers).unwrap();
+        let decoded = shared_ids(&mut serde_json::Deserializer::from_str(&json)).unwrap();
+        assert_eq!(decoded, servers);
+        let (key, server) = decoded.iter().next().unwrap();
+        assert!(Arc::ptr_eq(key, &server.id));
     }
 
     #[test]

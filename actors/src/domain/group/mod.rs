@@ -78,7 +78,7 @@ pub struct Group {
     /// Its servers by id (SPEC 6): the group's own stream records them, so one actor
     /// serializes its capacity and its servers. A persistent map: the state is cloned into
     /// every command's answer, and a clone must not cost the size of the group (issue 16).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "server::shared_ids")]
     pub servers: Servers,
     /// Whether a forced deletion is removing its servers: nothing is launched any more.
     #[serde(default)]
