@@ -17,10 +17,17 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// later and only when the thread that freed it allocates again: sled's page cache and a
 /// group's servers free in bursts on threads that then sit idle, and 100k servers held 13 MiB
 /// more for it. The webhook path runs as fast either way (`benches/wrk/run`). An operator's
-/// `MIMALLOC_PURGE_DELAY` still wins.
+/// `MIMALLOC_PURGE_DELAY` (or its older name, `MIMALLOC_RESET_DELAY`; mimalloc reads either in
+/// any case) still wins.
 #[allow(unsafe_code)] // mi_option_set(3), before any thread exists
 fn purge_at_once() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+    let named = std::env::vars_os().any(|(name, _)| {
+        let name = name.to_string_lossy();
+        ["MIMALLOC_PURGE_DELAY", "MIMALLOC_RESET_DELAY"]
+            .iter()
+            .any(|option| name.eq_ignore_ascii_case(option))
+    });
+    if !named {
         // SAFETY: called first thing in `main`, before any other thread exists (mimalloc's
         // options are not synchronized); the option number is checked by a test below.
         unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) };

@@ -1476,13 +1476,13 @@ fn a_format_1_journal_is_migrated_when_opened_even_after_an_interrupted_start() 
     }
 }
 
-/// The records and head of [`journal_of_ten`], to store as format 1 did.
 /// sled itself in `path`, once the threads of a journal just dropped there have let go of its
 /// lock (as `Journal::open` waits for them).
 fn raw_sled(path: &Path) -> sled::Db {
     open_db(path, 1 << 24).unwrap()
 }
 
+/// The records and head of [`journal_of_ten`], to store as format 1 did.
 fn ten_records() -> (Vec<Record>, Head) {
     let source = tempfile::tempdir().unwrap();
     let (journal, _) = journal_of_ten(source.path());
