@@ -468,11 +468,6 @@ impl AlarmTable {
         self.hold().opened()
     }
 
-    /// The target-tracking policies followed, in id order, for a checkpoint.
-    pub fn save_policies(&self) -> Vec<Policy> {
-        saved_policies(&self.open().0)
-    }
-
     /// Takes in a checkpoint's target-tracking policies (into an empty table).
     pub fn restore_policies(&self, saved: Vec<Policy>) {
         let (mut watching, mut store) = self.open();
@@ -483,11 +478,6 @@ impl AlarmTable {
                 next_due: Timestamp::EPOCH,
             });
         }
-    }
-
-    /// The alarms' definitions and states, in id order, for a checkpoint.
-    pub fn save(&self) -> Vec<SavedAlarm> {
-        saved_alarms(&self.open().0)
     }
 
     /// Takes in a checkpoint's alarms (into an empty table).

@@ -205,12 +205,7 @@ impl Projector {
 
     /// The checkpointed read models as they stand.
     pub fn save(&self) -> Checkpoint {
-        Checkpoint {
-            index: self.index.save(),
-            alarms: self.alarms.save(),
-            tracking: self.alarms.save_policies(),
-            schedules: self.schedules.save(),
-        }
+        self.copy().0
     }
 
     /// Restores the last checkpoint of `journal`, if there is one that still matches it and
@@ -237,16 +232,33 @@ impl Projector {
 
     /// Saves the read models as the checkpoint at `head`, which must be where they are.
     pub fn checkpoint(&self, journal: &Journal, head: Head) -> anyhow::Result<()> {
-        let mut taken = self.taken();
+        let (saved, mut taken) = self.copy();
         anyhow::ensure!(
             head.seq == self.seq(),
             "the read models are at {}, not at {}",
             self.seq(),
             head.seq
         );
-        journal.save_checkpoint(CHECKPOINT, head, &serde_json::to_vec(&self.save())?)?;
+        journal.save_checkpoint(CHECKPOINT, head, &serde_json::to_vec(&saved)?)?;
         *taken = Some(head);
         Ok(())
+    }
+
+    /// A copy of the read models, made with the follower stopped: answered with the lock that
+    /// stops it. The alarm table is held first, as an alarm tick's pass holds it, so the
+    /// follower is stopped only once any pass under way is done; every caller takes the two in
+    /// this order.
+    fn copy(&self) -> (Checkpoint, std::sync::MutexGuard<'_, Option<Head>>) {
+        let alarms = self.alarms.hold();
+        let taken = self.taken();
+        let (alarms, tracking) = alarms.save();
+        let saved = Checkpoint {
+            index: self.index.save(),
+            alarms,
+            tracking,
+            schedules: self.schedules.save(),
+        };
+        (saved, taken)
     }
 
     /// Saves the live read models as the checkpoint at the last record they took in, if that
@@ -256,23 +268,20 @@ impl Projector {
     /// the copy waits out first). A projector that has not reached its start's head saves
     /// nothing.
     pub fn checkpoint_live(&self, journal: &Journal, after: u64) -> anyhow::Result<Option<Head>> {
-        let alarms = self.alarms.hold();
-        let (head, saved) = {
-            let taken = self.taken();
-            match *taken {
-                Some(head) if head.seq > after => {
-                    let (alarms, tracking) = alarms.save();
-                    let saved = Checkpoint {
-                        index: self.index.save(),
-                        alarms,
-                        tracking,
-                        schedules: self.schedules.save(),
-                    };
-                    (head, saved)
-                }
-                _ => return Ok(None),
-            }
+        if self.taken().is_none_or(|head| head.seq <= after) {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        let (saved, taken) = self.copy();
+        let Some(head) = *taken else {
+            return Ok(None);
         };
+        drop(taken);
+        tracing::debug!(
+            seq = head.seq,
+            copied_ms = started.elapsed().as_millis() as u64,
+            "read models copied for a checkpoint"
+        );
         journal.save_checkpoint(CHECKPOINT, head, &serde_json::to_vec(&saved)?)?;
         Ok(Some(head))
     }
