@@ -454,7 +454,6 @@ impl AlarmTable {
         watching.steady.insert(group.id.clone(), steady);
     }
 
-    /// The table and the store, with the inbox taken in.
     /// The table as a tick's pass holds it, once any pass under way is done (see [`Held`]).
     pub fn hold(&self) -> Held<'_> {
         Held {
@@ -464,6 +463,7 @@ impl AlarmTable {
         }
     }
 
+    /// The table and the store, with the inbox taken in.
     fn open(&self) -> (MutexGuard<'_, Watching>, MutexGuard<'_, SeriesStore>) {
         self.hold().opened()
     }

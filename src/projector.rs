@@ -203,7 +203,8 @@ impl Projector {
         Ok(read)
     }
 
-    /// The checkpointed read models as they stand.
+    /// The checkpointed read models as they stand, copied with the follower stopped (see
+    /// [`Projector::copy`]).
     pub fn save(&self) -> Checkpoint {
         self.copy().0
     }
