@@ -203,8 +203,8 @@ impl Projector {
         Ok(read)
     }
 
-    /// The checkpointed read models as they stand, copied with the follower stopped (see
-    /// [`Projector::copy`]).
+    /// The checkpointed read models as they stand, copied with the follower stopped, as a
+    /// checkpoint copies them.
     pub fn save(&self) -> Checkpoint {
         self.copy().0
     }
