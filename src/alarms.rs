@@ -288,9 +288,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The alarms as a checkpoint keeps them, in id order.
+/// The alarms as a checkpoint keeps them, in no order.
 fn saved_alarms(watching: &Watching) -> Vec<SavedAlarm> {
-    let mut saved: Vec<SavedAlarm> = watching
+    watching
         .alarms
         .iter()
         .map(|(id, w)| SavedAlarm {
@@ -301,20 +301,14 @@ fn saved_alarms(watching: &Watching) -> Vec<SavedAlarm> {
             transition: w.transition,
             pending: w.pending.clone(),
         })
-        .collect();
-    saved.sort_by(|a, b| a.id.cmp(&b.id));
-    saved
+        .collect()
 }
 
-/// The target-tracking policies followed, in id order.
+/// The target-tracking policies followed, in no order.
 fn saved_policies(watching: &Watching) -> Vec<Policy> {
-    let mut saved: Vec<Policy> = watching
-        .policies
-        .values()
+    (watching.policies.values())
         .map(|f| f.policy.clone())
-        .collect();
-    saved.sort_by(|a, b| a.id.cmp(&b.id));
-    saved
+        .collect()
 }
 
 /// The end of the period holding `at`: when that period closes.
@@ -367,8 +361,8 @@ impl<'a> Held<'a> {
     }
 
     /// Takes the inbox in, then answers the alarms and the target-tracking policies as a
-    /// checkpoint keeps them.
-    pub fn save(self) -> (Vec<SavedAlarm>, Vec<Policy>) {
+    /// checkpoint keeps them, but in no order: the checkpoint sorts them once it has let go.
+    pub fn copy(self) -> (Vec<SavedAlarm>, Vec<Policy>) {
         let (watching, _store) = self.opened();
         (saved_alarms(&watching), saved_policies(&watching))
     }

@@ -61,9 +61,9 @@ fn sorted<K: Ord, V>(mut pairs: Vec<(K, V)>) -> Vec<(K, V)> {
     pairs
 }
 
-/// A map's pairs, sorted by key: as a checkpoint keeps them.
-fn pairs<K: Clone + Ord, V: Clone, S>(map: &HashMap<K, V, S>) -> Vec<(K, V)> {
-    sorted(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+/// A map's entry, cloned.
+fn clone_pair<K: Clone, V: Clone>((k, v): (&K, &V)) -> (K, V) {
+    (k.clone(), v.clone())
 }
 
 /// Objects that hang from a group (policies, scheduled actions, receivers): who owns each, and
@@ -107,11 +107,6 @@ impl<Id: Clone + Ord + std::hash::Hash> OfGroups<Id> {
         page(&self.by_group, group, cursor, limit)
     }
 
-    /// As a checkpoint keeps it: sorted by id.
-    fn saved(&self) -> Vec<(Id, Owner)> {
-        pairs(&self.owners)
-    }
-
     fn restore(saved: Vec<(Id, Owner)>) -> Self {
         let by_group = saved
             .iter()
@@ -147,6 +142,47 @@ struct Data {
     policy_webhooks: BTreeSet<(PolicyId, WebhookId)>,
     /// (tenant, alarm).
     tenant_alarms: BTreeSet<(TenantId, AlarmId)>,
+}
+
+/// The index's maps as [`Index::copy`] takes them, unsorted.
+pub struct Copied {
+    tokens: Vec<(String, TenantId)>,
+    metrics_tokens: Vec<(TokenHash, GroupId)>,
+    group_tokens: Vec<(GroupId, TokenHash)>,
+    server_tokens: Vec<(GroupId, Box<str>, TokenHash)>,
+    groups: Vec<(GroupId, TenantId)>,
+    policies: Vec<(PolicyId, Owner)>,
+    webhooks: Vec<(WebhookId, Owner)>,
+    alarms: Vec<(AlarmId, Owner)>,
+    schedules: Vec<(ScheduleId, Owner)>,
+    receivers: Vec<(ReceiverId, Owner)>,
+}
+
+impl Copied {
+    /// The copy as a checkpoint keeps it: each map sorted by key, token hashes as their text.
+    pub fn sorted(self) -> Saved {
+        let text = |pairs: Vec<(GroupId, TokenHash)>| pairs.into_iter().map(|(g, h)| (g, h.text()));
+        Saved {
+            tokens: sorted(self.tokens),
+            metrics_tokens: sorted(
+                (self.metrics_tokens.into_iter())
+                    .map(|(hash, group)| (hash.text(), group))
+                    .collect(),
+            ),
+            group_tokens: sorted(text(self.group_tokens).collect()),
+            server_tokens: sorted(
+                (self.server_tokens.into_iter())
+                    .map(|(group, server, hash)| ((group, server.into()), hash.text()))
+                    .collect(),
+            ),
+            groups: sorted(self.groups),
+            policies: sorted(self.policies),
+            webhooks: sorted(self.webhooks),
+            alarms: sorted(self.alarms),
+            schedules: sorted(self.schedules),
+            receivers: sorted(self.receivers),
+        }
+    }
 }
 
 /// The index as a checkpoint holds it: the maps, each sorted; the listing sets are derived from
@@ -192,43 +228,41 @@ impl Index {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The index, for a checkpoint.
+    /// The index as a checkpoint holds it: [`Index::copy`], then [`Copied::sorted`].
     pub fn save(&self) -> Saved {
+        self.copy().sorted()
+    }
+
+    /// A copy of the index's maps, unsorted: every id a count, not a copy, and every token hash
+    /// as the index keeps it. What a checkpoint takes while the journal's writer waits; the
+    /// sorting and the tokens' text are [`Copied::sorted`]'s, done after.
+    pub fn copy(&self) -> Copied {
         let data = self.read();
-        Saved {
-            tokens: pairs(&data.tokens),
-            metrics_tokens: sorted(
-                (data.metrics_tokens.iter())
-                    .map(|(hash, group)| (hash.text(), group.clone()))
-                    .collect(),
-            ),
-            group_tokens: sorted(
-                (data.group_tokens.iter())
-                    .map(|(group, hash)| (group.clone(), hash.text()))
-                    .collect(),
-            ),
-            server_tokens: sorted(
-                (data.server_tokens.iter())
-                    .flat_map(|(group, servers)| {
-                        servers.iter().map(|(server, hash)| {
-                            ((group.clone(), server.to_string()), hash.text())
-                        })
-                    })
-                    .collect(),
-            ),
-            groups: pairs(&data.groups),
-            policies: data.policies.saved(),
-            webhooks: pairs(&data.webhooks),
-            alarms: pairs(&data.alarms),
-            schedules: data.schedules.saved(),
-            receivers: data.receivers.saved(),
+        let servers = data.server_tokens.iter();
+        Copied {
+            tokens: data.tokens.iter().map(clone_pair).collect(),
+            metrics_tokens: data.metrics_tokens.iter().map(clone_pair).collect(),
+            group_tokens: data.group_tokens.iter().map(clone_pair).collect(),
+            server_tokens: servers
+                .flat_map(|(group, servers)| {
+                    (servers.iter())
+                        .map(|(server, hash)| (group.clone(), server.clone(), hash.clone()))
+                })
+                .collect(),
+            groups: data.groups.iter().map(clone_pair).collect(),
+            policies: data.policies.owners.iter().map(clone_pair).collect(),
+            webhooks: data.webhooks.iter().map(clone_pair).collect(),
+            alarms: data.alarms.iter().map(clone_pair).collect(),
+            schedules: data.schedules.owners.iter().map(clone_pair).collect(),
+            receivers: data.receivers.owners.iter().map(clone_pair).collect(),
         }
     }
 
     /// Replaces the index with a checkpoint's.
     pub fn restore(&self, saved: Saved) {
-        let mut data = self.write();
-        *data = Data::default();
+        let mut guard = self.write();
+        *guard = Data::default();
+        let data = &mut *guard;
         data.tenant_groups = saved
             .groups
             .iter()
@@ -245,17 +279,25 @@ impl Index {
             .map(|(a, o)| (o.tenant.clone(), a.clone()))
             .collect();
         data.tokens = saved.tokens.into_iter().collect();
+        data.groups = saved.groups.into_iter().collect();
+        // Each token's group as the group map holds it, so that a server's token holds a
+        // count on the group's id rather than a copy of it, as it does live.
+        let groups = &data.groups;
+        let held = |group: GroupId| {
+            groups
+                .get_key_value(&group)
+                .map_or(group, |(g, _)| g.clone())
+        };
         data.metrics_tokens = (saved.metrics_tokens.into_iter())
-            .map(|(hash, group)| (TokenHash::of(&hash), group))
+            .map(|(hash, group)| (TokenHash::of(&hash), held(group)))
             .collect();
         data.group_tokens = (saved.group_tokens.into_iter())
             .map(|(group, hash)| (group, TokenHash::of(&hash)))
             .collect();
         for ((group, server), hash) in saved.server_tokens {
-            (data.server_tokens.entry(group).or_default())
+            (data.server_tokens.entry(held(group)).or_default())
                 .insert(server.into(), TokenHash::of(&hash));
         }
-        data.groups = saved.groups.into_iter().collect();
         data.policies = OfGroups::restore(saved.policies);
         data.webhooks = saved.webhooks.into_iter().collect();
         data.alarms = saved.alarms.into_iter().collect();
@@ -757,8 +799,9 @@ mod tests {
         };
         index.group_event(&one, &deleted);
         assert_eq!(of(&digest(11)), None);
-        // The checkpoint holds the same, and restores it.
-        let saved = index.save();
+        // The checkpoint holds the same, and restores it, through its encoding as a checkpoint
+        // is kept (so every id in it is a copy of its own).
+        let saved = serde_json::from_slice(&serde_json::to_vec(&index.save()).unwrap()).unwrap();
         let restored = Index::default();
         restored.restore(saved);
         assert_eq!(restored.save(), index.save());
@@ -767,6 +810,15 @@ mod tests {
             Some(one.clone())
         );
         assert_eq!(restored.group_of_metrics_token(&upper), Some(two.clone()));
+        // Restored, a server's token holds the group's id as the group map does, not a copy.
+        {
+            let data = restored.read();
+            let (group, _) = data.groups.get_key_value(&one).unwrap();
+            let token = &data.metrics_tokens[&TokenHash::of(&digest(20))];
+            assert_eq!(token.as_str().as_ptr(), group.as_str().as_ptr());
+            let (servers, _) = data.server_tokens.get_key_value(&one).unwrap();
+            assert_eq!(servers.as_str().as_ptr(), group.as_str().as_ptr());
+        }
         // Deleting a group ends its own token and its servers', and only those.
         restored.group_event(&one, &GroupEvent::Deleted { at: AT });
         for gone in [digest(1), digest(20)] {

@@ -53,6 +53,32 @@ pub struct Checkpoint {
     pub schedules: Vec<Scheduled>,
 }
 
+/// The read models as copied for a checkpoint, with the follower stopped: each part as it is
+/// held, in no order.
+struct Copied {
+    index: index::Copied,
+    alarms: Vec<SavedAlarm>,
+    tracking: Vec<Policy>,
+    schedules: Vec<Scheduled>,
+}
+
+impl Copied {
+    /// The copy as a checkpoint keeps it, every part in id order: done once the follower has
+    /// been let go of, so the journal's writer does not wait for it.
+    fn sorted(self) -> Checkpoint {
+        let mut saved = Checkpoint {
+            index: self.index.sorted(),
+            alarms: self.alarms,
+            tracking: self.tracking,
+            schedules: self.schedules,
+        };
+        saved.alarms.sort_by(|a, b| a.id.cmp(&b.id));
+        saved.tracking.sort_by(|a, b| a.id.cmp(&b.id));
+        saved.schedules.sort_by(|a, b| a.id.cmp(&b.id));
+        saved
+    }
+}
+
 /// Feeds the read models from the journal's records, in sequence order.
 pub struct Projector {
     index: Arc<Index>,
@@ -206,7 +232,7 @@ impl Projector {
     /// The checkpointed read models as they stand, copied with the follower stopped, as a
     /// checkpoint copies them.
     pub fn save(&self) -> Checkpoint {
-        self.copy().0
+        self.copy().0.sorted()
     }
 
     /// Restores the last checkpoint of `journal`, if there is one that still matches it and
@@ -233,13 +259,14 @@ impl Projector {
 
     /// Saves the read models as the checkpoint at `head`, which must be where they are.
     pub fn checkpoint(&self, journal: &Journal, head: Head) -> anyhow::Result<()> {
-        let (saved, mut taken) = self.copy();
+        let (copied, mut taken) = self.copy();
         anyhow::ensure!(
             head.seq == self.seq(),
             "the read models are at {}, not at {}",
             self.seq(),
             head.seq
         );
+        let saved = copied.sorted();
         journal.save_checkpoint(CHECKPOINT, head, &serde_json::to_vec(&saved)?)?;
         *taken = Some(head);
         Ok(())
@@ -248,24 +275,24 @@ impl Projector {
     /// A copy of the read models, made with the follower stopped: answered with the lock that
     /// stops it. The alarm table is held first, as an alarm tick's pass holds it, so the
     /// follower is stopped only once any pass under way is done; every caller takes the two in
-    /// this order.
-    fn copy(&self) -> (Checkpoint, std::sync::MutexGuard<'_, Option<Head>>) {
+    /// this order. The copy is unsorted: sorting it is left until the lock is let go of.
+    fn copy(&self) -> (Copied, std::sync::MutexGuard<'_, Option<Head>>) {
         let alarms = self.alarms.hold();
         let taken = self.taken();
-        let (alarms, tracking) = alarms.save();
-        let saved = Checkpoint {
-            index: self.index.save(),
+        let (alarms, tracking) = alarms.copy();
+        let copied = Copied {
+            index: self.index.copy(),
             alarms,
             tracking,
-            schedules: self.schedules.save(),
+            schedules: self.schedules.copy(),
         };
-        (saved, taken)
+        (copied, taken)
     }
 
     /// Saves the live read models as the checkpoint at the last record they took in, if that
     /// is past `after` (the last checkpoint's sequence number); answers its head if it did.
     /// The follower, and with it the journal's writer, waits while the read models are copied
-    /// and sorted (not while they are encoded and written, nor for an alarm tick's pass, which
+    /// (not while the copy is sorted, encoded and written, nor for an alarm tick's pass, which
     /// the copy waits out first). A projector that has not reached its start's head saves
     /// nothing.
     pub fn checkpoint_live(&self, journal: &Journal, after: u64) -> anyhow::Result<Option<Head>> {
@@ -273,14 +300,17 @@ impl Projector {
             return Ok(None);
         }
         let started = std::time::Instant::now();
-        let (saved, taken) = self.copy();
+        let (copied, taken) = self.copy();
         let Some(head) = *taken else {
             return Ok(None);
         };
         drop(taken);
+        let copied_ms = started.elapsed().as_millis() as u64;
+        let saved = copied.sorted();
         tracing::debug!(
             seq = head.seq,
-            copied_ms = started.elapsed().as_millis() as u64,
+            copied_ms,
+            sorted_ms = started.elapsed().as_millis() as u64 - copied_ms,
             "read models copied for a checkpoint"
         );
         journal.save_checkpoint(CHECKPOINT, head, &serde_json::to_vec(&saved)?)?;

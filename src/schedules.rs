@@ -45,11 +45,9 @@ impl ScheduleTable {
         lock(&self.schedules).retain(|_, s| s.group_id != *group);
     }
 
-    /// The live actions, in id order, for a checkpoint.
-    pub fn save(&self) -> Vec<Scheduled> {
-        let mut saved: Vec<Scheduled> = lock(&self.schedules).values().cloned().collect();
-        saved.sort_by(|a, b| a.id.cmp(&b.id));
-        saved
+    /// The live actions, in no order, for a checkpoint (which sorts them).
+    pub fn copy(&self) -> Vec<Scheduled> {
+        lock(&self.schedules).values().cloned().collect()
     }
 
     /// Takes in a checkpoint's actions (into an empty table).
