@@ -63,8 +63,8 @@ struct Copied {
 }
 
 impl Copied {
-    /// The copy as a checkpoint keeps it, every part in id order: done once the follower has
-    /// been let go of, so the journal's writer does not wait for it.
+    /// The copy as a checkpoint keeps it, every part in id order. The live checkpoint sorts once
+    /// it has let go of the follower, so the journal's writer does not wait for this.
     fn sorted(self) -> Checkpoint {
         let mut saved = Checkpoint {
             index: self.index.sorted(),
@@ -232,7 +232,9 @@ impl Projector {
     /// The checkpointed read models as they stand, copied with the follower stopped, as a
     /// checkpoint copies them.
     pub fn save(&self) -> Checkpoint {
-        self.copy().0.sorted()
+        let (copied, taken) = self.copy();
+        drop(taken);
+        copied.sorted()
     }
 
     /// Restores the last checkpoint of `journal`, if there is one that still matches it and
