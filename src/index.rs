@@ -32,8 +32,10 @@ pub struct Owner {
 /// `token::hash` makes), inline, rather than 64 characters on the heap; any other text as it
 /// is. With a token per server, the index held about 360 bytes a server in these maps before.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum TokenHash {
+pub enum TokenHash {
+    /// A lowercase SHA-256 hex digest, as its bytes.
     Digest([u8; 32]),
+    /// Any other text, as it is.
     Text(Box<str>),
 }
 
@@ -144,19 +146,30 @@ struct Data {
     tenant_alarms: BTreeSet<(TenantId, AlarmId)>,
 }
 
-/// The index's maps as [`Index::copy`] takes them, unsorted.
-pub struct Copied {
+/// The index's maps as lists of pairs, at one of two stages: [`Copied`] as [`Index::copy`] takes
+/// them, in no order and each token hash as the index keeps it; then [`Saved`], as a checkpoint
+/// holds them, each sorted by key and every token hash as its text. The listing sets are derived
+/// from them; two indexes that hold the same are saved the same.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Maps<Hash, Server> {
     tokens: Vec<(String, TenantId)>,
-    metrics_tokens: Vec<(TokenHash, GroupId)>,
-    group_tokens: Vec<(GroupId, TokenHash)>,
-    server_tokens: Vec<(GroupId, Box<str>, TokenHash)>,
+    metrics_tokens: Vec<(Hash, GroupId)>,
+    group_tokens: Vec<(GroupId, Hash)>,
+    server_tokens: Vec<((GroupId, Server), Hash)>,
     groups: Vec<(GroupId, TenantId)>,
     policies: Vec<(PolicyId, Owner)>,
     webhooks: Vec<(WebhookId, Owner)>,
     alarms: Vec<(AlarmId, Owner)>,
+    /// Required: a checkpoint from before schedules does not decode, and is rebuilt.
     schedules: Vec<(ScheduleId, Owner)>,
     receivers: Vec<(ReceiverId, Owner)>,
 }
+
+/// The index as a checkpoint holds it.
+pub type Saved = Maps<String, String>;
+
+/// The index as [`Index::copy`] takes it, before it is sorted.
+pub type Copied = Maps<TokenHash, Box<str>>;
 
 impl Copied {
     /// The copy as a checkpoint keeps it: each map sorted by key, token hashes as their text.
@@ -172,7 +185,7 @@ impl Copied {
             group_tokens: sorted(text(self.group_tokens).collect()),
             server_tokens: sorted(
                 (self.server_tokens.into_iter())
-                    .map(|(group, server, hash)| ((group, server.into()), hash.text()))
+                    .map(|((group, server), hash)| ((group, server.into()), hash.text()))
                     .collect(),
             ),
             groups: sorted(self.groups),
@@ -183,23 +196,6 @@ impl Copied {
             receivers: sorted(self.receivers),
         }
     }
-}
-
-/// The index as a checkpoint holds it: the maps, each sorted; the listing sets are derived from
-/// them. Two indexes that hold the same are saved the same.
-#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Saved {
-    tokens: Vec<(String, TenantId)>,
-    metrics_tokens: Vec<(String, GroupId)>,
-    group_tokens: Vec<(GroupId, String)>,
-    server_tokens: Vec<((GroupId, String), String)>,
-    groups: Vec<(GroupId, TenantId)>,
-    policies: Vec<(PolicyId, Owner)>,
-    webhooks: Vec<(WebhookId, Owner)>,
-    alarms: Vec<(AlarmId, Owner)>,
-    /// Required: a checkpoint from before schedules does not decode, and is rebuilt.
-    schedules: Vec<(ScheduleId, Owner)>,
-    receivers: Vec<(ReceiverId, Owner)>,
 }
 
 impl Saved {
@@ -247,7 +243,7 @@ impl Index {
             server_tokens: servers
                 .flat_map(|(group, servers)| {
                     (servers.iter())
-                        .map(|(server, hash)| (group.clone(), server.clone(), hash.clone()))
+                        .map(|(server, hash)| ((group.clone(), server.clone()), hash.clone()))
                 })
                 .collect(),
             groups: data.groups.iter().map(clone_pair).collect(),
