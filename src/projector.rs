@@ -268,8 +268,7 @@ impl Projector {
             self.seq(),
             head.seq
         );
-        let saved = copied.sorted();
-        journal.save_checkpoint(CHECKPOINT, head, &serde_json::to_vec(&saved)?)?;
+        save_as_checkpoint(journal, head, copied)?;
         *taken = Some(head);
         Ok(())
     }
@@ -308,14 +307,20 @@ impl Projector {
         };
         drop(taken);
         let copied_ms = started.elapsed().as_millis() as u64;
-        let saved = copied.sorted();
+        save_as_checkpoint(journal, head, copied)?;
         tracing::debug!(
             seq = head.seq,
             copied_ms,
-            sorted_ms = started.elapsed().as_millis() as u64 - copied_ms,
-            "read models copied for a checkpoint"
+            saved_ms = started.elapsed().as_millis() as u64 - copied_ms,
+            "read models copied and saved as a checkpoint"
         );
-        journal.save_checkpoint(CHECKPOINT, head, &serde_json::to_vec(&saved)?)?;
         Ok(Some(head))
     }
+}
+
+/// Sorts `copied` into a checkpoint's order and saves it as the checkpoint at `head`.
+fn save_as_checkpoint(journal: &Journal, head: Head, copied: Copied) -> anyhow::Result<()> {
+    let saved = copied.sorted();
+    journal.save_checkpoint(CHECKPOINT, head, &serde_json::to_vec(&saved)?)?;
+    Ok(())
 }
