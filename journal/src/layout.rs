@@ -1,11 +1,12 @@
 //! Where things live in sled.
 //!
-//! Records, the stream index and the head share one tree ([`TREE`]) so that one sled batch
-//! writes all three atomically. Integers in keys are big-endian, so byte order is numeric order.
+//! Records, the stream index and the head share one tree ([`TREE`]). A writer batch's keys
+//! reach it one by one, after the batch is synced in the write-ahead file (see `wal`), which
+//! replays them after a crash: so a batch is in the journal whole or not at all. Integers in keys are big-endian, so byte order is numeric order.
 //!
 //! ```text
 //! key                                  value
-//! 'f'                                  the layout's format: FORMAT (2)
+//! 'f'                                  the layout's format: FORMAT (3)
 //! 'b' first-seq(8)                     a block of records (see encode_block)
 //! 'x' stream-id 0x00 first-version(8)  a run of that stream's index (see encode_run)
 //! 'h'                                  head: seq(8) hash(32) of the last record
@@ -54,8 +55,11 @@ pub const FORMAT_KEY: &[u8] = b"f";
 pub const MIGRATION_KEY: &[u8] = b"m";
 /// The key in [`TREE`] of the head a format 1 journal had when it was migrated.
 pub const MIGRATED_KEY: &[u8] = b"g";
-/// The layout this code writes.
-pub const FORMAT: u8 = 2;
+/// The layout this code writes: format 2's keys, written through the write-ahead file
+/// (`wal`), which a build that reads format 2 would not replay after a crash.
+pub const FORMAT: u8 = 3;
+/// Format 3's keys without the write-ahead file: stamped 3 when opened.
+pub const FORMAT_2: u8 = 2;
 /// Most records in one block.
 pub const BLOCK_RECORDS: usize = 256;
 /// A block is closed once its records reach this many bytes. sled splits a leaf past 16 keys

@@ -31,6 +31,7 @@ mod sled_store;
 pub mod tamper;
 pub mod testing;
 pub mod verify;
+mod wal;
 mod writer;
 
 use std::fmt;
@@ -216,7 +217,8 @@ impl Journal {
 
     /// Opens (creating if needed) the journal in directory `path`, tuned by `config`.
     pub fn open_with(path: impl AsRef<Path>, config: Config) -> Result<Journal> {
-        let db = open_db(path.as_ref(), config.cache_capacity)?;
+        let path = path.as_ref();
+        let db = open_db(path, config.cache_capacity)?;
         let tree = sled_store::prepare(&db)?;
         let reads = sled_store::SledReads {
             db: db.clone(),
@@ -224,7 +226,8 @@ impl Journal {
             snapshots: db.open_tree(layout::SNAPSHOTS)?,
             checkpoints: db.open_tree(layout::CHECKPOINTS)?,
         };
-        Self::start(Box::new(reads), sled_store::SledLog::new(db, tree), &config)
+        let log = sled_store::SledLog::open(db, tree, path)?;
+        Self::start(Box::new(reads), log, &config)
     }
 
     /// Connects to the journal in the PostgreSQL database at `url` (a libpq-style

@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
+use std::path::Path;
+
 use crate::backend::{Reads, Records, Stored, Table};
+use crate::wal::{self, Wal};
 use crate::writer::Log;
 use crate::{layout, Error, Hash, Head, Record, Result};
 
@@ -18,6 +21,12 @@ const RUN_CACHE: usize = 4096;
 /// [`layout::FORMAT`], migrates a format 1 journal, and refuses one written by a newer build.
 pub(crate) fn prepare(db: &sled::Db) -> Result<sled::Tree> {
     let tree = db.open_tree(layout::TREE)?;
+    if tree.get(layout::FORMAT_KEY)?.as_deref() == Some(&[layout::FORMAT_2][..]) {
+        // Only the stamp changes: from now on a crash may leave batches in the write-ahead file
+        // that only a build reading format 3 replays.
+        tree.insert(layout::FORMAT_KEY, &[layout::FORMAT])?;
+        tree.flush()?;
+    }
     match tree.get(layout::FORMAT_KEY)? {
         Some(format) if *format == [layout::FORMAT] => {
             if holds_format_1(db)? {
@@ -134,10 +143,10 @@ pub(crate) fn migrate_step(old: &sled::Tree, tree: &sled::Tree, limit: usize) ->
             }
             return Ok(false);
         };
-        let mut writes = sled::Batch::default();
+        let mut writes = Writes::new();
         let mut cursor = vec![phase];
         cursor.extend_from_slice(last);
-        writes.insert(layout::MIGRATION_KEY, cursor);
+        writes.push((layout::MIGRATION_KEY.to_vec(), cursor));
         if phase == b'r' {
             let records: Vec<(u64, &[u8])> = entries
                 .iter()
@@ -157,7 +166,11 @@ pub(crate) fn migrate_step(old: &sled::Tree, tree: &sled::Tree, limit: usize) ->
             skipped(malformed, "stream index entries");
             runs.write(&mut writes);
         }
-        tree.apply_batch(writes)?;
+        let mut batch = sled::Batch::default();
+        for (key, value) in writes {
+            batch.insert(key, value);
+        }
+        tree.apply_batch(batch)?;
         return Ok(true);
     }
 }
@@ -176,7 +189,7 @@ fn skipped(count: usize, what: &str) {
 
 /// Writes `entries` (slot and stored bytes, in slot order) as blocks of consecutive slots, at
 /// most [`layout::BLOCK_RECORDS`] records each, closed once they reach [`layout::BLOCK_BYTES`].
-fn write_blocks(entries: &[(u64, &[u8])], writes: &mut sled::Batch) {
+fn write_blocks(entries: &[(u64, &[u8])], writes: &mut Writes) {
     let mut start = 0;
     while start < entries.len() {
         let mut end = start + 1;
@@ -190,10 +203,10 @@ fn write_blocks(entries: &[(u64, &[u8])], writes: &mut sled::Batch) {
             end += 1;
         }
         let first = entries[start].0;
-        writes.insert(
-            &layout::block_key(first),
+        writes.push((
+            layout::block_key(first).to_vec(),
             layout::encode_block(first, &entries[start..end]),
-        );
+        ));
         start = end;
     }
 }
@@ -314,14 +327,14 @@ impl RunWriter {
     }
 
     /// Puts every run the batch added to into `writes`.
-    fn write(&self, writes: &mut sled::Batch) {
+    fn write(&self, writes: &mut Writes) {
         for (stream, touched) in &self.runs {
             let last = touched.changed.then_some(&touched.last);
             for run in touched.closed.iter().chain(last) {
-                writes.insert(
+                writes.push((
                     layout::run_key(stream, run.first_version),
-                    run.value.as_slice(),
-                );
+                    run.value.clone(),
+                ));
             }
         }
     }
@@ -334,21 +347,114 @@ impl RunWriter {
     }
 }
 
-/// The writer's side: batches into the records tree, flushed by sled.
+/// A batch's sled writes, key and value, in order.
+type Writes = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The writer's side: each batch's writes into the write-ahead file (`wal`), synced, then into
+/// the records tree one key at a time; sled is flushed once a round of the file is full.
 pub(crate) struct SledLog {
     pub(crate) db: sled::Db,
     pub(crate) tree: sled::Tree,
+    wal: Wal,
+    /// The writes of the batches written to the file since its last sync: sled gets them once
+    /// they are synced.
+    unsynced: Writes,
+    /// Set when sled failed to take a synced batch's writes: sled then lacks a batch the file
+    /// holds, so nothing more is written until the journal is opened again, which replays it.
+    failed: Option<String>,
     /// Streams' last index runs as stored, read by [`Log::stream_version`] or left by the last
     /// batch; this writer is the tree's only one, so they stay true until it writes again.
     runs: HashMap<String, Option<Run>>,
 }
 
 impl SledLog {
-    pub(crate) fn new(db: sled::Db, tree: sled::Tree) -> SledLog {
-        SledLog {
+    /// The writer's side of the journal in `dir`: replays into sled what the write-ahead file
+    /// holds past sled's head (what a crash kept from it), then starts a new round of the file.
+    pub(crate) fn open(db: sled::Db, tree: sled::Tree, dir: &Path) -> Result<SledLog> {
+        let (wal, entries) = Wal::open(dir)?;
+        let replayed = replay(&tree, entries)?;
+        if replayed > 0 {
+            tracing::info!(
+                batches = replayed,
+                "replayed the journal's write-ahead file"
+            );
+            db.flush()?;
+        }
+        Ok(SledLog {
             db,
             tree,
+            wal,
+            unsynced: Vec::new(),
+            failed: None,
             runs: HashMap::new(),
+        })
+    }
+
+    /// Syncs the file, then hands sled the synced batches' writes; flushes sled and rewinds the
+    /// file once its round is full.
+    fn sync_and_apply(&mut self) -> Result<()> {
+        self.wal.sync()?;
+        for (key, value) in std::mem::take(&mut self.unsynced) {
+            if let Err(error) = self.tree.insert(key, value) {
+                self.runs.clear();
+                self.failed = Some(error.to_string());
+                tracing::error!(%error, "sled refused a synced batch; appends are refused until the journal is opened again");
+                return Err(error.into());
+            }
+        }
+        if self.wal.full() {
+            // Everything the file holds is in sled: once sled has it on disk, it may go.
+            self.db.flush()?;
+            self.wal.rewind();
+        }
+        Ok(())
+    }
+}
+
+/// Inserts into `tree` the writes of every entry past its head, in order. An entry never
+/// changes a value sled holds for good: sled holds at most part of a batch past its head, the
+/// same writes. Answers how many batches it replayed.
+fn replay(tree: &sled::Tree, entries: Vec<wal::Entry>) -> Result<usize> {
+    let mut head = layout::read_head(tree)?.seq;
+    let mut replayed = 0;
+    for entry in entries {
+        if entry.head <= head {
+            continue;
+        }
+        if entry.after != head {
+            return Err(Error::Corrupt {
+                seq: head + 1,
+                reason: format!(
+                    "the journal's head is at seq {head}, but its write-ahead file ({}) goes on \
+                     from seq {}: the records between are missing",
+                    wal::FILE_NAME,
+                    entry.after
+                ),
+            });
+        }
+        for (key, value) in entry.writes {
+            tree.insert(key, value)?;
+        }
+        head = entry.head;
+        replayed += 1;
+    }
+    Ok(replayed)
+}
+
+impl Drop for SledLog {
+    /// A clean close: sled flushed, the file emptied, so that nothing is replayed on opening,
+    /// even into a tree changed by hand since.
+    fn drop(&mut self) {
+        if self.failed.is_some() || !self.unsynced.is_empty() {
+            return;
+        }
+        let closed = self
+            .db
+            .flush()
+            .map_err(Error::from)
+            .and_then(|_| self.wal.clear());
+        if let Err(error) = closed {
+            tracing::warn!(%error, "the journal's write-ahead file could not be emptied at close; it is replayed on opening");
         }
     }
 }
@@ -360,7 +466,13 @@ impl Log for SledLog {
 
     fn begin(&mut self) -> Result<Option<Head>> {
         // sled's directory lock makes this writer the only one.
-        Ok(None)
+        match &self.failed {
+            Some(reason) => Err(Error::Io(std::io::Error::other(format!(
+                "sled refused a batch its write-ahead file holds ({reason}); the journal must be \
+                 opened again"
+            )))),
+            None => Ok(None),
+        }
     }
 
     fn stream_version(&mut self, stream: &str) -> Result<u64> {
@@ -377,7 +489,10 @@ impl Log for SledLog {
     }
 
     fn write(&mut self, records: &[Record], head: Head) -> Result<()> {
-        let mut writes = sled::Batch::default();
+        let Some(first) = records.first() else {
+            return Ok(());
+        };
+        let mut writes = Writes::new();
         let mut runs = RunWriter::default();
         for record in records {
             runs.add_known(
@@ -396,11 +511,13 @@ impl Log for SledLog {
             .collect();
         write_blocks(&entries, &mut writes);
         runs.write(&mut writes);
-        writes.insert(layout::HEAD_KEY, &layout::encode_head(&head)[..]);
-        if let Err(error) = self.tree.apply_batch(writes) {
-            self.runs.clear();
-            return Err(error.into());
-        }
+        // The head last: sled recovers a prefix of its inserts, so a head it holds has its batch.
+        writes.push((
+            layout::HEAD_KEY.to_vec(),
+            layout::encode_head(&head).to_vec(),
+        ));
+        self.wal.append(first.seq - 1, head.seq, &writes)?;
+        self.unsynced.extend(writes);
         if self.runs.len() >= RUN_CACHE {
             self.runs.clear();
         }
@@ -412,8 +529,10 @@ impl Log for SledLog {
     fn abandon(&mut self) {}
 
     fn flush(&mut self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        if self.unsynced.is_empty() {
+            return Ok(());
+        }
+        self.sync_and_apply()
     }
 
     fn read(&mut self, first: u64, last: u64) -> Result<Vec<Record>> {

@@ -2,8 +2,8 @@
 //!
 //! All appends go through one thread. It takes every request waiting in its queue (up to
 //! `max_batch`), checks each against its stream's version, chains the records and writes them and
-//! the new head in one atomic write to its [`Log`]: one sled batch, or one PostgreSQL
-//! transaction. A failed request (a version conflict) is answered at
+//! the new head in one atomic write to its [`Log`]: one entry of the sled back end's write-ahead
+//! file, or one PostgreSQL transaction. A failed request (a version conflict) is answered at
 //! once and leaves the others untouched; a failed write answers all of the batch with the error.
 //!
 //! Once a batch is written the writer flushes and only then answers its appenders. A failed
