@@ -172,6 +172,9 @@ pub struct Config {
     /// `serve`s on one database never both act on its groups; the audit tools do not. (sled's
     /// directory lock always holds a journal to one process.)
     pub sole_service: bool,
+    /// sled only: bytes of the write-ahead file (see `wal`), a round of batches between two
+    /// syncs of sled's files.
+    pub wal_capacity: u64,
 }
 
 impl Default for Config {
@@ -181,6 +184,7 @@ impl Default for Config {
             max_batch: 1024,
             queue_depth: 4096,
             sole_service: false,
+            wal_capacity: wal::CAPACITY,
         }
     }
 }
@@ -226,7 +230,7 @@ impl Journal {
             snapshots: db.open_tree(layout::SNAPSHOTS)?,
             checkpoints: db.open_tree(layout::CHECKPOINTS)?,
         };
-        let log = sled_store::SledLog::open(db, tree, path)?;
+        let log = sled_store::SledLog::open(db, tree, path, config.wal_capacity)?;
         Self::start(Box::new(reads), log, &config)
     }
 

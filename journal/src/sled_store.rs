@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::backend::{Reads, Records, Stored, Table};
 use crate::wal::{self, Wal};
@@ -351,16 +351,19 @@ impl RunWriter {
 type Writes = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The writer's side: each batch's writes into the write-ahead file (`wal`), synced, then into
-/// the records tree one key at a time; sled is flushed once a round of the file is full.
+/// the records tree one key at a time; sled's files are synced once a round of the file is full.
 pub(crate) struct SledLog {
     pub(crate) db: sled::Db,
     pub(crate) tree: sled::Tree,
+    /// The journal's directory: sled's files and the write-ahead file.
+    dir: PathBuf,
     wal: Wal,
     /// The writes of the batches written to the file since its last sync: sled gets them once
     /// they are synced.
     unsynced: Writes,
-    /// Set when sled failed to take a synced batch's writes: sled then lacks a batch the file
-    /// holds, so nothing more is written until the journal is opened again, which replays it.
+    /// Set when the file or sled failed to take a batch: what the file holds may then be
+    /// behind what was written after, or sled behind the file, so nothing more is written
+    /// until the journal is opened again, whose replay starts from what is on disk.
     failed: Option<String>,
     /// Streams' last index runs as stored, read by [`Log::stream_version`] or left by the last
     /// batch; this writer is the tree's only one, so they stay true until it writes again.
@@ -369,20 +372,30 @@ pub(crate) struct SledLog {
 
 impl SledLog {
     /// The writer's side of the journal in `dir`: replays into sled what the write-ahead file
-    /// holds past sled's head (what a crash kept from it), then starts a new round of the file.
-    pub(crate) fn open(db: sled::Db, tree: sled::Tree, dir: &Path) -> Result<SledLog> {
-        let (wal, entries) = Wal::open(dir)?;
-        let replayed = replay(&tree, entries)?;
-        if replayed > 0 {
+    /// holds past sled's head (what a crash kept from it) and makes sled's files durable, then
+    /// starts a new round of the file, of `capacity` bytes.
+    pub(crate) fn open(
+        db: sled::Db,
+        tree: sled::Tree,
+        dir: &Path,
+        capacity: u64,
+    ) -> Result<SledLog> {
+        let (wal, entries) = Wal::open(dir, capacity)?;
+        if !entries.is_empty() {
+            let replayed = replay(&tree, entries)?;
             tracing::info!(
                 batches = replayed,
                 "replayed the journal's write-ahead file"
             );
+            // sled may hold what it recovered only in the page cache; the new round
+            // overwrites the entries that hold it too.
             db.flush()?;
+            wal::sync_dir(dir)?;
         }
         Ok(SledLog {
             db,
             tree,
+            dir: dir.to_owned(),
             wal,
             unsynced: Vec::new(),
             failed: None,
@@ -390,22 +403,41 @@ impl SledLog {
         })
     }
 
-    /// Syncs the file, then hands sled the synced batches' writes; flushes sled and rewinds the
-    /// file once its round is full.
+    /// Stops the writer for good (until the journal is opened again) after `error`.
+    fn fail(&mut self, error: &Error, what: &str) {
+        tracing::error!(%error, "{what}; appends are refused until the journal is opened again");
+        self.failed = Some(format!("{what}: {error}"));
+        self.unsynced.clear();
+        self.runs.clear();
+    }
+
+    /// Syncs the file, then hands sled the synced batches' writes; syncs sled's files and
+    /// rewinds the file once its round is full.
     fn sync_and_apply(&mut self) -> Result<()> {
-        self.wal.sync()?;
-        for (key, value) in std::mem::take(&mut self.unsynced) {
-            if let Err(error) = self.tree.insert(key, value) {
-                self.runs.clear();
-                self.failed = Some(error.to_string());
-                tracing::error!(%error, "sled refused a synced batch; appends are refused until the journal is opened again");
-                return Err(error.into());
+        if let Err(error) = self.wal.sync() {
+            // A later sync may succeed without this one's pages: nothing after them may be
+            // acknowledged.
+            self.fail(&error, "the journal's write-ahead file could not be synced");
+            return Err(error);
+        }
+        for (key, value) in &self.unsynced {
+            if let Err(error) = self.tree.insert(&key[..], &value[..]) {
+                let error = Error::from(error);
+                self.fail(&error, "sled refused a synced batch");
+                return Err(error);
             }
         }
+        self.unsynced.clear();
         if self.wal.full() {
-            // Everything the file holds is in sled: once sled has it on disk, it may go.
-            self.db.flush()?;
-            self.wal.rewind();
+            // Everything the file holds is in sled: once sled's files are durable, it may go.
+            // If they cannot be made so, the round goes on and the next batch tries again.
+            let durable = self.db.flush().map_err(Error::from).and_then(|_| {
+                wal::sync_dir(&self.dir)?;
+                self.wal.rewind()
+            });
+            if let Err(error) = durable {
+                tracing::warn!(%error, "sled's files could not be synced; the write-ahead file's round goes on");
+            }
         }
         Ok(())
     }
@@ -442,17 +474,17 @@ fn replay(tree: &sled::Tree, entries: Vec<wal::Entry>) -> Result<usize> {
 }
 
 impl Drop for SledLog {
-    /// A clean close: sled flushed, the file emptied, so that nothing is replayed on opening,
-    /// even into a tree changed by hand since.
+    /// A clean close: sled's files synced, the file emptied, so that nothing is replayed on
+    /// opening, even into a tree changed by hand since. Not after a failure, nor while a panic
+    /// unwinds (sled may hold part of a batch the file still has to replay).
     fn drop(&mut self) {
-        if self.failed.is_some() || !self.unsynced.is_empty() {
+        if self.failed.is_some() || !self.unsynced.is_empty() || std::thread::panicking() {
             return;
         }
-        let closed = self
-            .db
-            .flush()
-            .map_err(Error::from)
-            .and_then(|_| self.wal.clear());
+        let closed = self.db.flush().map_err(Error::from).and_then(|_| {
+            wal::sync_dir(&self.dir)?;
+            self.wal.clear()
+        });
         if let Err(error) = closed {
             tracing::warn!(%error, "the journal's write-ahead file could not be emptied at close; it is replayed on opening");
         }
@@ -468,8 +500,7 @@ impl Log for SledLog {
         // sled's directory lock makes this writer the only one.
         match &self.failed {
             Some(reason) => Err(Error::Io(std::io::Error::other(format!(
-                "sled refused a batch its write-ahead file holds ({reason}); the journal must be \
-                 opened again"
+                "{reason}; the journal must be opened again"
             )))),
             None => Ok(None),
         }
@@ -516,7 +547,14 @@ impl Log for SledLog {
             layout::HEAD_KEY.to_vec(),
             layout::encode_head(&head).to_vec(),
         ));
-        self.wal.append(first.seq - 1, head.seq, &writes)?;
+        if let Err(error) = self.wal.append(first.seq - 1, head.seq, &writes) {
+            // Part of the entry may be in the file, and entries already there unsynced.
+            self.fail(
+                &error,
+                "the journal's write-ahead file could not be written",
+            );
+            return Err(error);
+        }
         self.unsynced.extend(writes);
         if self.runs.len() >= RUN_CACHE {
             self.runs.clear();
@@ -529,6 +567,9 @@ impl Log for SledLog {
     fn abandon(&mut self) {}
 
     fn flush(&mut self) -> Result<()> {
+        if let Some(reason) = &self.failed {
+            return Err(Error::Io(std::io::Error::other(reason.clone())));
+        }
         if self.unsynced.is_empty() {
             return Ok(());
         }

@@ -1648,25 +1648,30 @@ fn batches_a_crash_left_only_in_the_write_ahead_file_are_replayed_whole() {
     let (journal, model) = journal_ahead_of_its_copy(dir.path(), crashed.path());
     let head = journal.head().unwrap();
     let records: Vec<Record> = journal.read_all(1).collect::<Result<_>>().unwrap();
-    // The crashed copy: sled as the clean close left it, the file as the live journal has it
-    // now, and sled holding part of the first batch past its head (sled recovers a prefix of
-    // its inserts, the head inserted last).
+    // The crashed copy: sled as the clean close left it and then holding the first two batches
+    // past its head whole and part of the third (sled recovers a prefix of its inserts, the
+    // head inserted last), the file as the live journal has it now.
     std::fs::copy(
         dir.path().join(wal::FILE_NAME),
         crashed.path().join(wal::FILE_NAME),
     )
     .unwrap();
     drop(journal);
-    let (_, entries) = wal::Wal::open(crashed.path()).unwrap();
+    let (_, entries) = wal::Wal::open(crashed.path(), wal::CAPACITY).unwrap();
     assert!(entries.len() > 100, "{} batches in the file", entries.len());
     {
         let db = raw_sled(crashed.path());
         let tree = db.open_tree(layout::TREE).unwrap();
         assert_eq!(layout::read_head(&tree).unwrap().seq, entries[0].after);
-        let partial = &entries[0].writes[..entries[0].writes.len() - 1];
-        for (key, value) in partial {
+        let third = &entries[2].writes;
+        let kept = entries[..2]
+            .iter()
+            .flat_map(|entry| &entry.writes)
+            .chain(&third[..third.len() - 1]);
+        for (key, value) in kept {
             tree.insert(key, value.clone()).unwrap();
         }
+        assert_eq!(layout::read_head(&tree).unwrap().seq, entries[1].head);
         db.flush().unwrap();
     }
     let reopened = Journal::open(crashed.path()).unwrap();
@@ -1683,7 +1688,7 @@ fn batches_a_crash_left_only_in_the_write_ahead_file_are_replayed_whole() {
     assert_eq!(reopened.stream_version("a").unwrap(), a + 1);
     // A clean close empties the file: opening again replays nothing, and nothing changes.
     drop(reopened);
-    let (_, entries) = wal::Wal::open(crashed.path()).unwrap();
+    let (_, entries) = wal::Wal::open(crashed.path(), wal::CAPACITY).unwrap();
     assert!(entries.is_empty());
     assert_eq!(
         Journal::open(crashed.path()).unwrap().verify().unwrap().seq,
@@ -1695,10 +1700,10 @@ fn batches_a_crash_left_only_in_the_write_ahead_file_are_replayed_whole() {
 fn a_write_ahead_file_that_skips_records_the_journal_lacks_is_refused() {
     let (dir, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (journal, _) = journal_ahead_of_its_copy(dir.path(), crashed.path());
-    let (_, entries) = wal::Wal::open(dir.path()).unwrap();
+    let (_, entries) = wal::Wal::open(dir.path(), wal::CAPACITY).unwrap();
     drop(journal);
     // The file lost its first batch: the journal's head is before the second.
-    let (mut file, _) = wal::Wal::open(crashed.path()).unwrap();
+    let (mut file, _) = wal::Wal::open(crashed.path(), wal::CAPACITY).unwrap();
     for entry in &entries[1..] {
         file.append(entry.after, entry.head, &entry.writes).unwrap();
     }
@@ -1708,4 +1713,24 @@ fn a_write_ahead_file_that_skips_records_the_journal_lacks_is_refused() {
         panic!("a journal missing a batch was opened");
     };
     assert!(error.to_string().contains("missing"), "{error}");
+}
+
+#[test]
+fn a_format_2_journal_opens_and_is_stamped_format_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = {
+        let (journal, tree) = journal_of_ten(dir.path());
+        tree.insert(layout::FORMAT_KEY, &[layout::FORMAT_2])
+            .unwrap();
+        tree.flush().unwrap();
+        journal.head().unwrap()
+    };
+    let journal = Journal::open(dir.path()).unwrap();
+    assert_eq!(journal.verify().unwrap(), head);
+    let tree = journal.raw_tree().unwrap();
+    assert_eq!(
+        tree.get(layout::FORMAT_KEY).unwrap().unwrap(),
+        &[layout::FORMAT]
+    );
+    assert_eq!(layout::FORMAT, 3);
 }

@@ -11,41 +11,44 @@
 //! (or on its own flusher's tick).
 //!
 //! Crash safety: sled never holds a write this file has not synced. sled recovers a prefix of
-//! its inserts, so after a crash it may hold part of the last batches, without their head (the
-//! head is inserted last). Opening replays every entry after sled's head, rewriting the same
-//! keys with the same values: replay can repeat a write, never change one. An entry is
-//! acknowledged only once synced, so a torn entry at the end was never acknowledged and is
-//! dropped.
+//! its inserts, so after a crash it may hold part of the batches after its head, without that
+//! head (the head is inserted last). Opening replays every entry after sled's head, rewriting
+//! the same keys with the same values: replay can repeat a write, never change one. A batch is
+//! acknowledged only once its entry and every one before it are synced; a failed write or sync
+//! stops the writer until the journal is opened again, so what was acknowledged is never behind
+//! an entry that is not there.
 //!
-//! Entries are written from the start of the file again once sled has flushed everything they
-//! hold (see [`Wal::rewind`]): the file stays at [`CAPACITY`], preallocated with zeros so that
-//! a sync writes no file metadata. What lies past the last entry of this round is either zeros
-//! or an older round's entries, which the reader stops at: each entry names the head it
-//! follows, and an older round's entries follow heads from before this round's first one.
+//! Entries are written from the start of the file again, in a new round, once sled's files have
+//! been synced (see [`sync_dir`]) with everything the last round holds (see [`Wal::rewind`]).
+//! The file is preallocated with zeros to its capacity so that a sync writes no file metadata
+//! (a batch larger than what is left grows it, until the next rewind). Past the last entry of
+//! a round lie zeros or an older round's entries, which the reader stops at: each entry carries
+//! its round's random id and names the head it follows.
 //!
 //! ```text
-//! entry:   len u32 | after u64 | head u64 | blake3(after, head, payload) [32] | payload
+//! entry:   len u32 | round u64 | after u64 | head u64 | blake3(round, after, head, payload) [32]
+//!          | payload
 //! payload: (key-len u32 | key | value-len u32 | value)*
 //! ```
 //! `after` is the seq of the head the batch follows, `head` the seq of its last record;
 //! integers are little-endian.
 
+use std::collections::hash_map::RandomState;
 use std::fs::{File, OpenOptions};
-use std::io::Read;
+use std::hash::BuildHasher;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// The file's name in the journal's directory.
 pub const FILE_NAME: &str = "journal.wal";
 
-/// Bytes the file is preallocated to, and the round's length after which sled is flushed and
-/// entries start again from the beginning. A batch larger than what is left still goes into
-/// this round and grows the file.
+/// The default bytes the file is preallocated to, and the round's length after which sled is
+/// flushed and entries start again from the beginning (see [`crate::Config::wal_capacity`]).
 pub const CAPACITY: u64 = 8 << 20;
 
-const HEADER: usize = 4 + 8 + 8 + 32;
+const HEADER: usize = 4 + 8 + 8 + 8 + 32;
 
 /// One batch's writes, as read back.
 #[derive(Debug, PartialEq, Eq)]
@@ -61,31 +64,48 @@ pub(crate) struct Entry {
 /// The open file, and where the next entry goes.
 pub(crate) struct Wal {
     file: File,
+    capacity: u64,
+    /// This round's id, in every entry of it: chosen afresh at each rewind, so that an older
+    /// round's entries (or bytes in their payloads) are never read as this round's.
+    round: u64,
     offset: u64,
 }
 
 impl Wal {
     /// Opens (creating and preallocating if needed) the file in `dir`, and answers the entries
-    /// of its last round: those from its start that follow one another, each whole.
-    pub(crate) fn open(dir: &Path) -> Result<(Wal, Vec<Entry>)> {
+    /// of its last round: those from its start that follow one another, each whole and of one
+    /// round. Appends go to a new round, from the file's start: the caller must first make
+    /// sled hold the entries for good (see [`sync_dir`]).
+    pub(crate) fn open(dir: &Path, capacity: u64) -> Result<(Wal, Vec<Entry>)> {
         let path = dir.join(FILE_NAME);
+        let named = |error: std::io::Error| {
+            Error::Io(std::io::Error::new(
+                error.kind(),
+                format!("{}: {error}", path.display()),
+            ))
+        };
         let created = !path.exists();
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)?;
-        if created || file.metadata()?.len() < CAPACITY {
-            preallocate(&file)?;
+            .open(&path)
+            .map_err(named)?;
+        let capacity = capacity.max(HEADER as u64);
+        if file.metadata().map_err(named)?.len() < capacity {
+            preallocate(&file, capacity).map_err(named)?;
             if created {
-                File::open(dir)?.sync_all()?;
+                File::open(dir).and_then(|d| d.sync_all()).map_err(named)?;
             }
         }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        let entries = read_entries(&bytes);
-        let wal = Wal { file, offset: 0 };
+        let entries = read_entries(&file).map_err(named)?;
+        let wal = Wal {
+            file,
+            capacity,
+            round: fresh_round(),
+            offset: 0,
+        };
         Ok((wal, entries))
     }
 
@@ -96,7 +116,7 @@ impl Wal {
         head: u64,
         writes: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<()> {
-        let entry = encode(after, head, writes);
+        let entry = encode(self.round, after, head, writes)?;
         self.file.write_all_at(&entry, self.offset)?;
         self.offset += entry.len() as u64;
         Ok(())
@@ -110,16 +130,22 @@ impl Wal {
 
     /// Whether this round is full: sled should be flushed and the file rewound.
     pub(crate) fn full(&self) -> bool {
-        self.offset >= CAPACITY
+        self.offset >= self.capacity
     }
 
-    /// Starts a new round at the file's beginning: only once sled has flushed every write the
-    /// file holds, since the old round's entries are overwritten from here on.
-    pub(crate) fn rewind(&mut self) {
+    /// Starts a new round at the file's beginning, under a new id: only once sled holds for
+    /// good every write the file holds, since the old round is overwritten from here on. A
+    /// file grown past its capacity by a large batch is cut back to it.
+    pub(crate) fn rewind(&mut self) -> Result<()> {
+        if self.file.metadata()?.len() > self.capacity {
+            self.file.set_len(self.capacity)?;
+        }
+        self.round = fresh_round();
         self.offset = 0;
+        Ok(())
     }
 
-    /// Empties the file (its first entry zeroed, synced), once sled has flushed everything:
+    /// Empties the file (its first entry zeroed, synced), once sled holds everything for good:
     /// opening it again then replays nothing.
     pub(crate) fn clear(&mut self) -> Result<()> {
         self.file.write_all_at(&[0; HEADER], 0)?;
@@ -129,73 +155,124 @@ impl Wal {
     }
 }
 
-/// Fills the file with zeros up to [`CAPACITY`] and syncs it, so that later entries overwrite
-/// allocated blocks and a sync of them writes no metadata.
-fn preallocate(file: &File) -> Result<()> {
-    let len = file.metadata()?.len();
-    let chunk = vec![0; 1 << 20];
-    let mut at = len;
-    while at < CAPACITY {
-        let n = chunk.len().min((CAPACITY - at) as usize);
-        file.write_all_at(&chunk[..n], at)?;
-        at += n as u64;
+/// Makes sled's files in `dir` durable: sled's `flush` writes its buffers and
+/// `sync_file_range`s them, which neither flushes the disk's cache nor commits the file's
+/// metadata, and it never syncs its blob files. So every file of the directory and of its
+/// `blobs` directory, and both directories, are `fsync`ed. Called before entries of the
+/// write-ahead file are let go of: once a round, at open after a crash and at close.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    for dir in [dir.to_owned(), dir.join("blobs")] {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_file() && entry.file_name() != FILE_NAME {
+                File::open(entry.path())?.sync_all()?;
+            }
+        }
+        File::open(&dir)?.sync_all()?;
     }
-    file.sync_all()?;
     Ok(())
 }
 
-fn checksum(after: u64, head: u64, payload: &[u8]) -> blake3::Hash {
+/// A round id no earlier round of this file is likely to have had.
+fn fresh_round() -> u64 {
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// Fills the file with zeros up to `capacity` and syncs it, so that later entries overwrite
+/// allocated blocks and a sync of them writes no metadata.
+fn preallocate(file: &File, capacity: u64) -> std::io::Result<()> {
+    let chunk = vec![0; 1 << 20];
+    let mut at = file.metadata()?.len();
+    while at < capacity {
+        let n = chunk
+            .len()
+            .min(usize::try_from(capacity - at).unwrap_or(usize::MAX));
+        file.write_all_at(&chunk[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_all()
+}
+
+fn checksum(round: u64, after: u64, head: u64, payload: &[u8]) -> blake3::Hash {
     let mut hasher = blake3::Hasher::new();
+    hasher.update(&round.to_le_bytes());
     hasher.update(&after.to_le_bytes());
     hasher.update(&head.to_le_bytes());
     hasher.update(payload);
     hasher.finalize()
 }
 
-fn encode(after: u64, head: u64, writes: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+/// A length as the file stores it.
+fn len32(len: usize) -> Result<[u8; 4]> {
+    let len = u32::try_from(len).map_err(|_| {
+        Error::InvalidEvent(format!(
+            "a batch of {len} bytes is too large for the journal's write-ahead file"
+        ))
+    })?;
+    Ok(len.to_le_bytes())
+}
+
+fn encode(round: u64, after: u64, head: u64, writes: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<u8>> {
     let size: usize = writes.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
     let mut entry = Vec::with_capacity(HEADER + size);
     entry.extend_from_slice(&[0; HEADER]);
     for (key, value) in writes {
-        entry.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        entry.extend_from_slice(&len32(key.len())?);
         entry.extend_from_slice(key);
-        entry.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        entry.extend_from_slice(&len32(value.len())?);
         entry.extend_from_slice(value);
     }
-    let payload_len = entry.len() - HEADER;
-    let sum = checksum(after, head, &entry[HEADER..]);
-    entry[..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
-    entry[4..12].copy_from_slice(&after.to_le_bytes());
-    entry[12..20].copy_from_slice(&head.to_le_bytes());
-    entry[20..HEADER].copy_from_slice(sum.as_bytes());
-    entry
+    let payload_len = len32(entry.len() - HEADER)?;
+    let sum = checksum(round, after, head, &entry[HEADER..]);
+    entry[..4].copy_from_slice(&payload_len);
+    entry[4..12].copy_from_slice(&round.to_le_bytes());
+    entry[12..20].copy_from_slice(&after.to_le_bytes());
+    entry[20..28].copy_from_slice(&head.to_le_bytes());
+    entry[28..HEADER].copy_from_slice(sum.as_bytes());
+    Ok(entry)
 }
 
-/// The entries at the start of `bytes` that are whole and follow one another.
-pub(crate) fn read_entries(bytes: &[u8]) -> Vec<Entry> {
+/// The entries from the start of `file` that are whole, of the first one's round, and follow
+/// one another. Reads one entry at a time, never past the file's end.
+fn read_entries(file: &File) -> std::io::Result<Vec<Entry>> {
+    let len = file.metadata()?.len();
     let mut entries: Vec<Entry> = Vec::new();
-    let mut at = 0;
-    while let Some((entry, len)) = decode(&bytes[at..]) {
-        if entries.last().is_some_and(|last| last.head != entry.after) {
+    let mut round = None;
+    let mut at = 0u64;
+    let mut header = [0; HEADER];
+    while at + HEADER as u64 <= len {
+        file.read_exact_at(&mut header, at)?;
+        let size = u64::from(u32::from_le_bytes(
+            header[..4].try_into().unwrap_or_default(),
+        ));
+        if size == 0 || at + HEADER as u64 + size > len {
+            break;
+        }
+        let mut payload = vec![0; size as usize];
+        file.read_exact_at(&mut payload, at + HEADER as u64)?;
+        let Some((entry_round, entry)) = decode(&header, &payload) else {
+            break;
+        };
+        let follows = entries.last().is_none_or(|last| last.head == entry.after);
+        if !follows || *round.get_or_insert(entry_round) != entry_round {
             break;
         }
         entries.push(entry);
-        at += len;
+        at += HEADER as u64 + size;
     }
-    entries
+    Ok(entries)
 }
 
-/// The entry at the start of `bytes` and its length, if one is there whole.
-fn decode(bytes: &[u8]) -> Option<(Entry, usize)> {
-    let header = bytes.get(..HEADER)?;
-    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
-    let after = u64::from_le_bytes(header[4..12].try_into().ok()?);
-    let head = u64::from_le_bytes(header[12..20].try_into().ok()?);
-    if len == 0 || head <= after {
-        return None;
-    }
-    let payload = bytes.get(HEADER..HEADER.checked_add(len)?)?;
-    if checksum(after, head, payload).as_bytes() != &header[20..HEADER] {
+/// The entry with `header` and `payload`, and its round, if they are whole and agree.
+fn decode(header: &[u8; HEADER], payload: &[u8]) -> Option<(u64, Entry)> {
+    let word = |at: usize| Some(u64::from_le_bytes(header[at..at + 8].try_into().ok()?));
+    let (round, after, head) = (word(4)?, word(12)?, word(20)?);
+    if head <= after || checksum(round, after, head, payload).as_bytes() != &header[28..HEADER] {
         return None;
     }
     let mut writes = Vec::new();
@@ -206,12 +283,12 @@ fn decode(bytes: &[u8]) -> Option<(Entry, usize)> {
         writes.push((key.to_vec(), value.to_vec()));
     }
     Some((
+        round,
         Entry {
             after,
             head,
             writes,
         },
-        HEADER + len,
     ))
 }
 
@@ -228,21 +305,23 @@ mod tests {
     use super::*;
 
     fn writes(n: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
-        (0..n)
-            .map(|i| (vec![b'k', i], vec![i; i as usize * 100]))
-            .collect()
+        (0..n).map(|i| (vec![b'k', i], vec![i + 1; 100])).collect()
+    }
+
+    fn open(dir: &Path) -> (Wal, Vec<Entry>) {
+        Wal::open(dir, 1 << 16).unwrap()
     }
 
     #[test]
     fn entries_read_back_in_order_and_stop_at_zeros() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, entries) = Wal::open(dir.path()).unwrap();
+        let (mut wal, entries) = open(dir.path());
         assert!(entries.is_empty());
         wal.append(0, 3, &writes(3)).unwrap();
         wal.append(3, 5, &writes(2)).unwrap();
         wal.sync().unwrap();
         drop(wal);
-        let (_, entries) = Wal::open(dir.path()).unwrap();
+        let (_, entries) = open(dir.path());
         assert_eq!(entries.len(), 2);
         assert_eq!((entries[0].after, entries[0].head), (0, 3));
         assert_eq!(entries[0].writes, writes(3));
@@ -251,52 +330,85 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_or_altered_entry_ends_the_round() {
+    fn an_altered_or_torn_entry_ends_the_round() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        let (mut wal, _) = open(dir.path());
         wal.append(0, 3, &writes(3)).unwrap();
-        let first = wal.offset;
+        let second = wal.offset;
         wal.append(3, 5, &writes(2)).unwrap();
+        let third = wal.offset;
         wal.append(5, 6, &writes(1)).unwrap();
-        // One byte of the second entry's payload changes: it and what follows are dropped.
-        wal.file
-            .write_all_at(&[0xee], first + HEADER as u64 + 3)
-            .unwrap();
-        drop(wal);
-        let (_, entries) = Wal::open(dir.path()).unwrap();
+        let end = wal.offset;
+        // A byte inside the second entry's first value: only the checksum can tell.
+        let value_byte = second + HEADER as u64 + 4 + 2 + 4 + 50;
+        wal.file.write_all_at(&[0xee], value_byte).unwrap();
+        let (_, entries) = open(dir.path());
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].head, 3);
+        // Mended, and the third entry torn instead: its second half never reached the file.
+        wal.file.write_all_at(&[1], value_byte).unwrap();
+        let half = (end - third) / 2;
+        wal.file
+            .write_all_at(&vec![0; half as usize], third + half)
+            .unwrap();
+        drop(wal);
+        let (_, entries) = open(dir.path());
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].head, 5);
     }
 
     #[test]
     fn an_older_rounds_entries_past_the_new_ones_are_not_read() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path()).unwrap();
-        // The old round: three small entries.
+        let (mut wal, _) = open(dir.path());
+        // The old round: three entries.
         wal.append(0, 1, &writes(1)).unwrap();
         wal.append(1, 2, &writes(1)).unwrap();
         wal.append(2, 3, &writes(1)).unwrap();
-        // The new round overwrites the first with an entry of the same length.
-        wal.rewind();
-        wal.append(3, 4, &writes(1)).unwrap();
+        // The new round overwrites the first with an entry of the same length, which the
+        // second would follow were it not of the old round.
+        wal.rewind().unwrap();
+        wal.append(0, 1, &writes(1)).unwrap();
         drop(wal);
-        let (_, entries) = Wal::open(dir.path()).unwrap();
+        let (_, entries) = open(dir.path());
         assert_eq!(entries.len(), 1);
-        assert_eq!((entries[0].after, entries[0].head), (3, 4));
+        assert_eq!((entries[0].after, entries[0].head), (0, 1));
+    }
+
+    #[test]
+    fn a_file_grown_by_a_large_batch_is_cut_back_at_the_rewind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = open(dir.path());
+        let large = vec![(b"k".to_vec(), vec![7; 100_000])];
+        wal.append(0, 1, &large).unwrap();
+        assert!(wal.full());
+        let len = || std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+        assert!(len() > 1 << 16);
+        wal.rewind().unwrap();
+        assert_eq!(len(), 1 << 16);
+        assert!(!wal.full());
     }
 
     #[test]
     fn a_cleared_file_holds_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        let (mut wal, _) = open(dir.path());
         wal.append(0, 2, &writes(2)).unwrap();
         wal.clear().unwrap();
         drop(wal);
-        let (_, entries) = Wal::open(dir.path()).unwrap();
+        let (_, entries) = open(dir.path());
         assert!(entries.is_empty());
-        assert_eq!(
-            std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len(),
-            CAPACITY
-        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_read_as_some_entries_without_a_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(FILE_NAME), &bytes).unwrap();
+            let (_, entries) = Wal::open(dir.path(), 64).unwrap();
+            proptest::prop_assert!(entries.is_empty());
+        }
     }
 }

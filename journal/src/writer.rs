@@ -12,8 +12,9 @@
 //! must read the journal to know. The head stays where the batch put it.
 //!
 //! A flusher on a second thread, overlapping the next batch's write with this one's flush, was
-//! tried and measured: it flushed more often for no more throughput, as sled's flush wakes its
-//! whole I/O pool each time.
+//! tried when the sled back end flushed sled itself, and measured: it flushed more often for no
+//! more throughput, as sled's flush woke its whole I/O pool each time. (sled's back end now
+//! syncs a write-ahead file of its own instead, see `wal`.)
 //!
 //! Being the only writer is what makes "never overwrite a key" and the chain simple: the next
 //! sequence number and previous hash are this thread's own state.

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use flotilla_journal::{ExpectedVersion, Journal, NewEvent, StreamAppend};
+use flotilla_journal::{Config, ExpectedVersion, Journal, NewEvent, StreamAppend};
 
 const CHILD_ENV: &str = "CRASH_CHILD_DIR";
 const WRITERS: usize = 4;
@@ -120,7 +120,13 @@ fn child_appends_until_killed() {
         return;
     };
     let round = std::env::var("CRASH_ROUND").unwrap_or_default();
-    let journal = Journal::open(dir).unwrap();
+    // A small write-ahead file, so that the kills also land around its rewinds: a round is a
+    // few dozen batches.
+    let config = Config {
+        wal_capacity: 16 << 10,
+        ..Config::default()
+    };
+    let journal = Journal::open_with(dir, config).unwrap();
     let threads: Vec<_> = (0..WRITERS)
         .map(|w| {
             let journal = journal.clone();
