@@ -1,8 +1,10 @@
 //! Where things live in sled.
 //!
 //! Records, the stream index and the head share one tree ([`TREE`]). A writer batch's keys
-//! reach it one by one, after the batch is synced in the write-ahead file (see `wal`), which
-//! replays them after a crash: so a batch is in the journal whole or not at all. Integers in keys are big-endian, so byte order is numeric order.
+//! reach it one by one, blocks first and the head last, after the batch is synced in the
+//! write-ahead file (see `wal`), which replays them after a crash: so after a crash a batch
+//! is in the journal whole or not at all. While the keys go in, a reader may see a block or an
+//! index run past the head: every record it can reach is durable. Integers in keys are big-endian, so byte order is numeric order.
 //!
 //! ```text
 //! key                                  value

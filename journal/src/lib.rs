@@ -173,7 +173,7 @@ pub struct Config {
     /// directory lock always holds a journal to one process.)
     pub sole_service: bool,
     /// sled only: bytes of the write-ahead file (see `wal`), a round of batches between two
-    /// syncs of sled's files.
+    /// syncs of sled's files; held within 4 KiB and 1 GiB.
     pub wal_capacity: u64,
 }
 
@@ -518,7 +518,8 @@ impl Journal {
 
     /// Saves `state`, a reader's view of the whole journal up to `head` (the service's index,
     /// say), under `name`, so a restart replays only what follows `head`. Like snapshots, a
-    /// cache: it is flushed with the next append, and losing it costs a longer replay.
+    /// cache: it reaches the disk with the back end's next flush (on sled, its flusher's tick, a
+    /// round of the write-ahead file or a clean close), and losing it costs a longer replay.
     pub fn save_checkpoint(&self, name: &str, head: Head, state: &[u8]) -> Result<()> {
         let value = layout::encode_checkpoint(&head, state);
         self.inner.reads.put(Table::Checkpoints, name, value)

@@ -365,6 +365,10 @@ pub(crate) struct SledLog {
     /// behind what was written after, or sled behind the file, so nothing more is written
     /// until the journal is opened again, whose replay starts from what is on disk.
     failed: Option<String>,
+    /// Cleared when sled's files could not be synced: Linux may then have dropped their
+    /// unwritten pages and a later sync would not say so, so the file keeps its round (and
+    /// grows) until the journal is opened again and replays it.
+    rewinds: bool,
     /// Streams' last index runs as stored, read by [`Log::stream_version`] or left by the last
     /// batch; this writer is the tree's only one, so they stay true until it writes again.
     runs: HashMap<String, Option<Run>>,
@@ -399,6 +403,7 @@ impl SledLog {
             wal,
             unsynced: Vec::new(),
             failed: None,
+            rewinds: true,
             runs: HashMap::new(),
         })
     }
@@ -428,47 +433,58 @@ impl SledLog {
             }
         }
         self.unsynced.clear();
-        if self.wal.full() {
+        if self.rewinds && self.wal.full() {
             // Everything the file holds is in sled: once sled's files are durable, it may go.
-            // If they cannot be made so, the round goes on and the next batch tries again.
-            let durable = self.db.flush().map_err(Error::from).and_then(|_| {
-                wal::sync_dir(&self.dir)?;
-                self.wal.rewind()
-            });
-            if let Err(error) = durable {
-                tracing::warn!(%error, "sled's files could not be synced; the write-ahead file's round goes on");
+            let durable = self
+                .db
+                .flush()
+                .map_err(Error::from)
+                .and_then(|_| wal::sync_dir(&self.dir));
+            let rewound = durable.and_then(|_| self.wal.rewind());
+            if let Err(error) = rewound {
+                // The batch is durable in the file all the same.
+                self.rewinds = false;
+                tracing::error!(%error, "sled's files could not be synced; the write-ahead file keeps its round until the journal is opened again");
             }
         }
         Ok(())
     }
 }
 
-/// Inserts into `tree` the writes of every entry past its head, in order. An entry never
-/// changes a value sled holds for good: sled holds at most part of a batch past its head, the
-/// same writes. Answers how many batches it replayed.
+/// Inserts into `tree` the writes of every entry of the file's round, in order: sled holds
+/// part of them or all, the same keys with the same values or, for an index run and the head,
+/// values the later entries write again. Answers how many batches it replayed. A round that
+/// starts after sled's head is missing records and is refused; one that ends before it (an
+/// entry damaged on disk cut it short) is not replayed, as sled already holds more.
 fn replay(tree: &sled::Tree, entries: Vec<wal::Entry>) -> Result<usize> {
-    let mut head = layout::read_head(tree)?.seq;
-    let mut replayed = 0;
+    let head = layout::read_head(tree)?.seq;
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Ok(0);
+    };
+    if first.after > head {
+        return Err(Error::Corrupt {
+            seq: head + 1,
+            reason: format!(
+                "the journal's head is at seq {head}, but its write-ahead file ({}) goes on \
+                 from seq {}: the records between are missing",
+                wal::FILE_NAME,
+                first.after
+            ),
+        });
+    }
+    if last.head < head {
+        tracing::warn!(
+            head,
+            file_ends = last.head,
+            "the journal's write-ahead file ends before sled's head; nothing of it is replayed"
+        );
+        return Ok(0);
+    }
+    let replayed = entries.len();
     for entry in entries {
-        if entry.head <= head {
-            continue;
-        }
-        if entry.after != head {
-            return Err(Error::Corrupt {
-                seq: head + 1,
-                reason: format!(
-                    "the journal's head is at seq {head}, but its write-ahead file ({}) goes on \
-                     from seq {}: the records between are missing",
-                    wal::FILE_NAME,
-                    entry.after
-                ),
-            });
-        }
         for (key, value) in entry.writes {
             tree.insert(key, value)?;
         }
-        head = entry.head;
-        replayed += 1;
     }
     Ok(replayed)
 }

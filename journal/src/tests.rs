@@ -1734,3 +1734,30 @@ fn a_format_2_journal_opens_and_is_stamped_format_3() {
     );
     assert_eq!(layout::FORMAT, 3);
 }
+
+#[test]
+fn a_write_ahead_file_cut_short_before_the_journals_head_is_not_replayed_over_it() {
+    let (dir, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (journal, _) = journal_ahead_of_its_copy(dir.path(), crashed.path());
+    let (_, entries) = wal::Wal::open(dir.path(), wal::CAPACITY).unwrap();
+    drop(journal);
+    // sled holds six batches past the copy's head; the file, damaged after its second entry,
+    // only two. Replaying those would take the head and the index runs back.
+    {
+        let db = raw_sled(crashed.path());
+        let tree = db.open_tree(layout::TREE).unwrap();
+        for (key, value) in entries[..6].iter().flat_map(|entry| &entry.writes) {
+            tree.insert(key, value.clone()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let (mut file, _) = wal::Wal::open(crashed.path(), wal::CAPACITY).unwrap();
+    for entry in &entries[..2] {
+        file.append(entry.after, entry.head, &entry.writes).unwrap();
+    }
+    file.sync().unwrap();
+    drop(file);
+    let journal = Journal::open(crashed.path()).unwrap();
+    assert_eq!(journal.head().unwrap().seq, entries[5].head);
+    assert_eq!(journal.verify().unwrap().seq, entries[5].head);
+}

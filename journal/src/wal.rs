@@ -10,20 +10,20 @@
 //! inserts them into sled one key at a time, leaving sled to write its buffers when they fill
 //! (or on its own flusher's tick).
 //!
-//! Crash safety: sled never holds a write this file has not synced. sled recovers a prefix of
-//! its inserts, so after a crash it may hold part of the batches after its head, without that
-//! head (the head is inserted last). Opening replays every entry after sled's head, rewriting
-//! the same keys with the same values: replay can repeat a write, never change one. A batch is
+//! Crash safety: sled never holds a write this file has not synced, and the file holds only
+//! the current round: the batches written since sled's files were last synced whole (see
+//! [`sync_dir`] and [`Wal::rewind`]). Opening after a crash replays the whole round into sled,
+//! in order: the same keys with the same values, so a replay can repeat a write but never
+//! change one, and it relies on nothing about which of its inserts sled kept. A batch is
 //! acknowledged only once its entry and every one before it are synced; a failed write or sync
-//! stops the writer until the journal is opened again, so what was acknowledged is never behind
-//! an entry that is not there.
+//! stops the writer until the journal is opened again, so what was acknowledged is never
+//! behind an entry that is not there.
 //!
-//! Entries are written from the start of the file again, in a new round, once sled's files have
-//! been synced (see [`sync_dir`]) with everything the last round holds (see [`Wal::rewind`]).
-//! The file is preallocated with zeros to its capacity so that a sync writes no file metadata
-//! (a batch larger than what is left grows it, until the next rewind). Past the last entry of
-//! a round lie zeros or an older round's entries, which the reader stops at: each entry carries
-//! its round's random id and names the head it follows.
+//! The file is preallocated with zeros to its capacity so that, on a file system that writes
+//! in place (ext4, xfs), a sync writes no file metadata; a batch larger than what is left grows
+//! it until the next rewind. Past the last entry of a round lie zeros or an older round's
+//! entries, which the reader stops at: each entry carries its round's random id and names the
+//! head it follows.
 //!
 //! ```text
 //! entry:   len u32 | round u64 | after u64 | head u64 | blake3(round, after, head, payload) [32]
@@ -47,6 +47,10 @@ pub const FILE_NAME: &str = "journal.wal";
 /// The default bytes the file is preallocated to, and the round's length after which sled is
 /// flushed and entries start again from the beginning (see [`crate::Config::wal_capacity`]).
 pub const CAPACITY: u64 = 8 << 20;
+
+/// The capacities a journal may ask for: a round of a few batches at least, and no more than a
+/// file that is quick to preallocate and to replay.
+pub const CAPACITIES: std::ops::RangeInclusive<u64> = (4 << 10)..=(1 << 30);
 
 const HEADER: usize = 4 + 8 + 8 + 8 + 32;
 
@@ -84,7 +88,6 @@ impl Wal {
                 format!("{}: {error}", path.display()),
             ))
         };
-        let created = !path.exists();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -92,13 +95,13 @@ impl Wal {
             .truncate(false)
             .open(&path)
             .map_err(named)?;
-        let capacity = capacity.max(HEADER as u64);
+        let capacity = capacity.clamp(*CAPACITIES.start(), *CAPACITIES.end());
         if file.metadata().map_err(named)?.len() < capacity {
             preallocate(&file, capacity).map_err(named)?;
-            if created {
-                File::open(dir).and_then(|d| d.sync_all()).map_err(named)?;
-            }
         }
+        // The file's name is durable before anything is acknowledged through it, even if a
+        // crash came between its creation and a sync of the directory.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(named)?;
         let entries = read_entries(&file).map_err(named)?;
         let wal = Wal {
             file,
@@ -134,14 +137,16 @@ impl Wal {
     }
 
     /// Starts a new round at the file's beginning, under a new id: only once sled holds for
-    /// good every write the file holds, since the old round is overwritten from here on. A
-    /// file grown past its capacity by a large batch is cut back to it.
+    /// good every write the file holds, since the old round is overwritten from here on. The
+    /// first header is zeroed and synced first, so that the file reads as empty until the new
+    /// round's first entry: what it holds is only ever the current round. A file grown past its
+    /// capacity by a large batch is cut back to it.
     pub(crate) fn rewind(&mut self) -> Result<()> {
+        self.clear()?;
         if self.file.metadata()?.len() > self.capacity {
             self.file.set_len(self.capacity)?;
         }
         self.round = fresh_round();
-        self.offset = 0;
         Ok(())
     }
 
@@ -169,8 +174,14 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         };
         for entry in entries {
             let entry = entry?;
-            if entry.file_type()?.is_file() && entry.file_name() != FILE_NAME {
-                File::open(entry.path())?.sync_all()?;
+            if !entry.file_type()?.is_file() || entry.file_name() == FILE_NAME {
+                continue;
+            }
+            // sled's own threads delete blobs and snapshots as they go.
+            match File::open(entry.path()) {
+                Ok(file) => file.sync_all()?,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error.into()),
             }
         }
         File::open(&dir)?.sync_all()?;
@@ -402,13 +413,38 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn any_bytes_read_as_some_entries_without_a_panic(
+        fn any_bytes_read_as_no_entry_without_a_panic(
             bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096),
         ) {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join(FILE_NAME), &bytes).unwrap();
             let (_, entries) = Wal::open(dir.path(), 64).unwrap();
             proptest::prop_assert!(entries.is_empty());
+        }
+
+        /// Past the checksum: any payload under a valid header decodes to writes that encode
+        /// back to the same bytes, or is refused, never a panic.
+        #[test]
+        fn any_payload_under_a_valid_checksum_decodes_exactly_or_not_at_all(
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 1..512),
+            after in 0u64..10,
+            len in 1u64..5,
+        ) {
+            let (round, head) = (7u64, after + len);
+            let mut entry = Vec::new();
+            entry.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            entry.extend_from_slice(&round.to_le_bytes());
+            entry.extend_from_slice(&after.to_le_bytes());
+            entry.extend_from_slice(&head.to_le_bytes());
+            entry.extend_from_slice(checksum(round, after, head, &payload).as_bytes());
+            entry.extend_from_slice(&payload);
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(FILE_NAME), &entry).unwrap();
+            let (_, entries) = Wal::open(dir.path(), 64).unwrap();
+            proptest::prop_assert!(entries.len() <= 1);
+            for read in entries {
+                proptest::prop_assert_eq!(encode(round, after, head, &read.writes).unwrap(), entry.clone());
+            }
         }
     }
 }

@@ -7,9 +7,11 @@
 //! once and leaves the others untouched; a failed write answers all of the batch with the error.
 //!
 //! Once a batch is written the writer flushes and only then answers its appenders. A failed
-//! flush answers them with the error; what it was flushing may or may not be on disk (sled may
-//! have written part of it, and a later flush may carry it), so an appender that got an error
-//! must read the journal to know. The head stays where the batch put it.
+//! flush answers them with the error; what it was flushing may or may not be on disk. On
+//! PostgreSQL a later flush may carry it; the sled back end refuses every batch after a failed
+//! flush until the journal is opened again, whose replay of the write-ahead file keeps it if it
+//! reached the disk. So an appender that got an error must read the journal to know. The head
+//! stays where the batch put it.
 //!
 //! A flusher on a second thread, overlapping the next batch's write with this one's flush, was
 //! tried when the sled back end flushed sled itself, and measured: it flushed more often for no
