@@ -357,7 +357,7 @@ pub(crate) struct SledLog {
     pub(crate) tree: sled::Tree,
     /// The journal's directory: sled's files and the write-ahead file.
     dir: PathBuf,
-    wal: Wal,
+    pub(crate) wal: Wal,
     /// The writes of the batches written to the file since its last sync: sled gets them once
     /// they are synced.
     unsynced: Writes,

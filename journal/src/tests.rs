@@ -1761,3 +1761,47 @@ fn a_write_ahead_file_cut_short_before_the_journals_head_is_not_replayed_over_it
     assert_eq!(journal.head().unwrap().seq, entries[5].head);
     assert_eq!(journal.verify().unwrap().seq, entries[5].head);
 }
+
+#[test]
+fn after_a_failed_sync_of_the_write_ahead_file_nothing_is_acknowledged_until_it_is_opened_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = {
+        let db = open_db(dir.path(), 1 << 24).unwrap();
+        let tree = sled_store::prepare(&db).unwrap();
+        let reads = sled_store::SledReads {
+            db: db.clone(),
+            tree: tree.clone(),
+            snapshots: db.open_tree(layout::SNAPSHOTS).unwrap(),
+            checkpoints: db.open_tree(layout::CHECKPOINTS).unwrap(),
+        };
+        let log = sled_store::SledLog::open(db, tree, dir.path(), wal::CAPACITY).unwrap();
+        let failing = log.wal.failing.clone();
+        let journal = Journal::start(Box::new(reads), log, &Config::default()).unwrap();
+        journal
+            .append("a", ExpectedVersion::NoStream, vec![event(1)])
+            .unwrap();
+        failing.store(true, std::sync::atomic::Ordering::Relaxed);
+        let failed = journal.append("a", ExpectedVersion::Exact(1), vec![event(2)]);
+        assert!(matches!(failed, Err(Error::Io(_))), "{failed:?}");
+        // The disk is well again, but a later sync could succeed without the failed one's
+        // pages: the writer refuses until the journal is opened again.
+        failing.store(false, std::sync::atomic::Ordering::Relaxed);
+        let refused = journal.append("b", ExpectedVersion::Any, vec![event(3)]);
+        let Err(error) = refused else {
+            panic!("an append was acknowledged after a failed sync");
+        };
+        assert!(error.to_string().contains("opened again"), "{error}");
+        journal
+    };
+    // The close leaves the file as it is, and the reopen replays it: the entry whose sync
+    // failed reached the page cache, so its append is there, though its appender heard an
+    // error (it must read the journal to know).
+    drop(journal);
+    let reopened = Journal::open(dir.path()).unwrap();
+    assert_eq!(payloads(&stream(&reopened, "a", 1)), vec![1, 2]);
+    assert_eq!(reopened.stream_version("b").unwrap(), 0);
+    assert_eq!(reopened.verify().unwrap().seq, 2);
+    reopened
+        .append("b", ExpectedVersion::NoStream, vec![event(3)])
+        .unwrap();
+}

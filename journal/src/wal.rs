@@ -73,6 +73,9 @@ pub(crate) struct Wal {
     /// round's entries (or bytes in their payloads) are never read as this round's.
     round: u64,
     offset: u64,
+    /// Tests set it to make the next syncs fail, as a disk's error would.
+    #[cfg(test)]
+    pub(crate) failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Wal {
@@ -108,6 +111,8 @@ impl Wal {
             capacity,
             round: fresh_round(),
             offset: 0,
+            #[cfg(test)]
+            failing: Default::default(),
         };
         Ok((wal, entries))
     }
@@ -127,6 +132,10 @@ impl Wal {
 
     /// Makes every entry written so far durable.
     pub(crate) fn sync(&self) -> Result<()> {
+        #[cfg(test)]
+        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("a sync failed (injected by a test)").into());
+        }
         self.file.sync_data()?;
         Ok(())
     }
