@@ -440,11 +440,17 @@ impl SledLog {
                 .flush()
                 .map_err(Error::from)
                 .and_then(|_| wal::sync_dir(&self.dir));
-            let rewound = durable.and_then(|_| self.wal.rewind());
-            if let Err(error) = rewound {
+            if let Err(error) = durable {
                 // The batch is durable in the file all the same.
                 self.rewinds = false;
                 tracing::error!(%error, "sled's files could not be synced; the write-ahead file keeps its round until the journal is opened again");
+            } else if let Err(error) = self.wal.rewind() {
+                // sled's files hold this batch, but the file may have lost its first header
+                // and so every entry after it: nothing more may go there.
+                self.fail(
+                    &error,
+                    "the journal's write-ahead file could not be rewound",
+                );
             }
         }
         Ok(())
