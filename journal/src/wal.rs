@@ -198,9 +198,10 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A round id no earlier round of this file is likely to have had.
+/// A round id no earlier round of this file is likely to have had: std's hasher keys are
+/// random per process and differ at every `RandomState::new`, so no clock is read.
 fn fresh_round() -> u64 {
-    RandomState::new().hash_one(std::time::SystemTime::now())
+    RandomState::new().hash_one(std::process::id())
 }
 
 /// Fills the file with zeros up to `capacity` and syncs it, so that later entries overwrite
