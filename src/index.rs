@@ -564,6 +564,27 @@ impl Index {
         }
     }
 
+    /// The group live object `id` belongs to, its kind told by its prefix (a policy, webhook,
+    /// alarm, schedule or receiver; a group is its own), allocating nothing: where the
+    /// supervisor places the object's actor ([`flotilla_actors::supervisor::Placement`]).
+    pub fn group_of(&self, id: &str) -> Option<GroupId> {
+        let data = self.read();
+        let owner = if id.starts_with(PolicyId::PREFIX) {
+            data.policies.owners.get(id)
+        } else if id.starts_with(WebhookId::PREFIX) {
+            data.webhooks.get(id)
+        } else if id.starts_with(AlarmId::PREFIX) {
+            data.alarms.get(id)
+        } else if id.starts_with(ScheduleId::PREFIX) {
+            data.schedules.owners.get(id)
+        } else if id.starts_with(ReceiverId::PREFIX) {
+            data.receivers.owners.get(id)
+        } else {
+            None
+        };
+        owner.map(|owner| owner.group.clone())
+    }
+
     /// The tenant a token hash belongs to.
     pub fn tenant_of_token(&self, token_hash: &str) -> Option<TenantId> {
         self.read().tokens.get(token_hash).cloned()
@@ -763,6 +784,48 @@ mod tests {
     /// A SHA-256 hex digest like `token::hash` makes, from `n`.
     fn digest(n: u8) -> String {
         flotilla_journal::hex(&[n; 32])
+    }
+
+    #[test]
+    fn the_group_of_a_policy_or_webhook_is_where_its_actor_is_placed() {
+        use flotilla_actors::domain::policy::PolicyDefinition;
+        use flotilla_actors::domain::scaling::AdjustmentType;
+        use flotilla_actors::domain::webhook::Secret;
+        let index = Index::default();
+        let (group, tenant) = (GroupId::from("grp_1"), TenantId::from("ten_1"));
+        let (policy, webhook) = (PolicyId::from("pol_1"), WebhookId::from("whk_1"));
+        index.group_event(&group, &created(&group, &digest(1)));
+        index.policy_event(
+            &policy,
+            &PolicyEvent::Created {
+                id: policy.clone(),
+                group_id: group.clone(),
+                tenant_id: tenant.clone(),
+                definition: PolicyDefinition::simple("up", AdjustmentType::Change, 1),
+                at: AT,
+            },
+        );
+        index.webhook_event(
+            &webhook,
+            &WebhookEvent::Created {
+                id: webhook.clone(),
+                policy_id: policy.clone(),
+                group_id: group.clone(),
+                tenant_id: tenant,
+                name: "h".into(),
+                secret: Secret::from_bytes([7; 32]),
+                at: AT,
+            },
+        );
+        assert_eq!(index.group_of("pol_1"), Some(group.clone()));
+        assert_eq!(index.group_of("whk_1"), Some(group.clone()));
+        // Unknown, of another kind, or a group (placed by its own id): none.
+        for id in ["pol_2", "whk_2", "grp_1", "ten_1", "x"] {
+            assert_eq!(index.group_of(id), None, "{id}");
+        }
+        // A revoked webhook is placed by its own id again.
+        index.webhook_event(&webhook, &WebhookEvent::Revoked { at: AT });
+        assert_eq!(index.group_of("whk_1"), None);
     }
 
     #[test]

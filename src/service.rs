@@ -137,6 +137,7 @@ pub fn start_with(
     });
     let lease_counts = Arc::new(LeaseCounts::default());
 
+    let index = Arc::new(Index::default());
     let supervisor = Supervisor::start(
         journal.clone(),
         clock.clone(),
@@ -156,10 +157,15 @@ pub fn start_with(
                     fence
                 }))
             }),
+            // A webhook, its policy and its group on one arbiter: a call crosses no thread
+            // between them.
+            placement: Some(supervisor::Placement({
+                let index = index.clone();
+                Arc::new(move |id| index.group_of(id))
+            })),
             ..supervisor::Config::default()
         },
     );
-    let index = Arc::new(Index::default());
     let alarms = Arc::new(
         AlarmTable::with_max_series(settings.max_series)
             .with_evaluation_delay(settings.evaluation_delay_seconds),

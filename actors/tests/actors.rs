@@ -13,7 +13,7 @@ use flotilla_actors::domain::{Cause, GroupId, PolicyId, TenantId, WebhookId};
 use flotilla_actors::error::Error;
 use flotilla_actors::object::{SignatureCheck, SignedCall};
 use flotilla_actors::store;
-use flotilla_actors::supervisor::{Config, Supervisor};
+use flotilla_actors::supervisor::{Config, Placement, Supervisor};
 use flotilla_journal::{ExpectedVersion, Journal, NewEvent};
 use futures::future::join_all;
 
@@ -566,4 +566,111 @@ async fn an_execution_decided_with_a_policy_since_deleted_is_refused_whole_and_d
     let run = w.supervisor.execute_policy(&p, Cause::Direct, None).await;
     assert_eq!(run.err().map(|e| e.code()), Some("not_found"));
     assert_eq!(group_now.state.unwrap().desired_capacity, 0);
+}
+
+/// A webhook, its policy and its group: made as the API makes them (the policy and webhook
+/// started on their group's arbiter), then, once let go as idle, started again by a call
+/// (placed by what the service's index knows): `groups` groups, each with a policy and a
+/// webhook, whose groups `known` learns as they are made.
+async fn placed_routes(
+    w: &World,
+    known: &std::sync::Mutex<std::collections::HashMap<String, GroupId>>,
+    groups: usize,
+) -> Vec<(GroupId, PolicyId, WebhookId)> {
+    let mut routes = Vec::new();
+    for _ in 0..groups {
+        let g = group(w, 0, 100, 0, 0).await;
+        let p = PolicyId::generate();
+        let command = PolicyCommand::Create {
+            id: p.clone(),
+            group_id: g.clone(),
+            tenant_id: TenantId::new("ten_test"),
+            definition: PolicyDefinition::simple("up", AdjustmentType::Change, 1),
+        };
+        w.supervisor
+            .execute_in::<Policies>(&g, p.as_str(), command)
+            .await
+            .unwrap();
+        let h = WebhookId::generate();
+        let command = WebhookCommand::Create {
+            id: h.clone(),
+            policy_id: p.clone(),
+            group_id: g.clone(),
+            tenant_id: TenantId::new("ten_test"),
+            name: "alarm".into(),
+            secret: Secret::from_bytes(KEY),
+        };
+        w.supervisor
+            .execute_in::<Webhooks>(&g, h.as_str(), command)
+            .await
+            .unwrap();
+        let mut known = known.lock().unwrap();
+        known.insert(p.to_string(), g.clone());
+        known.insert(h.to_string(), g.clone());
+        routes.push((g, p, h));
+    }
+    routes
+}
+
+#[actix::test]
+async fn a_webhook_its_policy_and_its_group_run_on_one_arbiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp::from_millis(START));
+    // What the service's index would answer: the group of each policy and webhook made.
+    let known = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let placement = {
+        let known = known.clone();
+        Placement(Arc::new(move |id: &str| {
+            known.lock().unwrap().get(id).cloned()
+        }))
+    };
+    let config = Config {
+        workers: 8,
+        idle_after_seconds: Some(60),
+        placement: Some(placement),
+        ..Config::default()
+    };
+    let w = world_with(Journal::open(dir.path()).unwrap(), clock.clone(), config);
+    let routes = placed_routes(&w, &known, 8).await;
+    let threads = |(g, p, h): &(GroupId, PolicyId, WebhookId)| {
+        let of = |id: &str| w.supervisor.thread_of(id).expect("resident");
+        (of(g.as_str()), of(p.as_str()), of(h.as_str()))
+    };
+    let mut spread = std::collections::HashSet::new();
+    for route in &routes {
+        let (group, policy, webhook) = threads(route);
+        assert_eq!(
+            (policy, webhook),
+            (group, group),
+            "made on its group's arbiter"
+        );
+        spread.insert(group);
+    }
+    // Groups are still spread over the arbiters (8 groups on 1 of 8 arbiters: 1 in 8^7).
+    assert!(spread.len() > 1);
+
+    // Let go as idle, then brought back by a webhook call: each starts where its group is.
+    clock.advance_secs(60);
+    w.supervisor.let_go_of_idle().await;
+    assert_eq!(w.supervisor.resident(), 0);
+    for (i, route) in routes.iter().enumerate() {
+        let now = Timestamp::from_millis(START + 60_000);
+        let call = signed_with(KEY, &format!("n{i}"), now);
+        let run = w
+            .supervisor
+            .deliver_webhook(&route.2, call, None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(run.outcome, Outcome::Executed { .. }),
+            "{:?}",
+            run.outcome
+        );
+        let (group, policy, webhook) = threads(route);
+        assert_eq!(
+            (policy, webhook),
+            (group, group),
+            "started on its group's arbiter"
+        );
+    }
 }

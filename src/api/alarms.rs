@@ -177,7 +177,7 @@ pub async fn create(
         id: id.clone(),
         tenant_id: tenant,
         name: body.name,
-        group_id: group,
+        group_id: group.clone(),
         metric,
         query: body.query,
         statistic: body.statistic,
@@ -191,7 +191,8 @@ pub async fn create(
         ok_actions: body.ok_actions,
         repeat_actions: body.repeat_actions,
     });
-    let alarm = watch(&state, &id, command).await?;
+    let executed = state.create::<Alarms>(&group, id.as_str(), command).await?;
+    let alarm = executed.state.ok_or_else(|| ApiError::not_found("alarm"))?;
     Ok(HttpResponse::Created().json(AlarmView::from(&alarm)))
 }
 

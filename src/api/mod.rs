@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use flotilla_actors::aggregate::Aggregate;
+use flotilla_actors::domain::GroupId;
 use flotilla_actors::object::Executed;
 
 use crate::alarms::Evaluator;
@@ -128,6 +129,17 @@ impl AppState {
         command: A::Command,
     ) -> Result<Executed<A>, ApiError> {
         Ok(self.supervisor.execute::<A>(id, command).await?)
+    }
+
+    /// [`Self::execute`] for a new object of group `group`: its actor is started on its
+    /// group's arbiter ([`flotilla_actors::supervisor::Placement`]).
+    pub async fn create<A: Aggregate>(
+        &self,
+        group: &GroupId,
+        id: &str,
+        command: A::Command,
+    ) -> Result<Executed<A>, ApiError> {
+        Ok(self.supervisor.execute_in::<A>(group, id, command).await?)
     }
 
     /// The tenant whose token has sha256 `hash`: one made (or a token given) through another

@@ -345,7 +345,7 @@ pub async fn create(
     let id = PolicyId::generate();
     let command = PolicyCommand::Create {
         id: id.clone(),
-        group_id: group,
+        group_id: group.clone(),
         tenant_id: tenant,
         definition: PolicyDefinition {
             name: body.name,
@@ -361,7 +361,7 @@ pub async fn create(
         },
     };
     let policy = state
-        .execute::<Policies>(id.as_str(), command)
+        .create::<Policies>(&group, id.as_str(), command)
         .await?
         .state
         .ok_or_else(|| ApiError::not_found("policy"))?;

@@ -120,7 +120,7 @@ pub async fn create(
     let secret = token::generate("flo_am_");
     let command = ReceiverCommand::Create {
         id: id.clone(),
-        group_id: group,
+        group_id: group.clone(),
         tenant_id: tenant,
         name: body.name,
         firing,
@@ -128,7 +128,7 @@ pub async fn create(
         token_hash: token::hash(&secret),
     };
     let receiver = state
-        .execute::<Receivers>(id.as_str(), command)
+        .create::<Receivers>(&group, id.as_str(), command)
         .await?
         .state
         .ok_or_else(|| ApiError::not_found("receiver"))?;

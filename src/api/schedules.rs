@@ -213,12 +213,12 @@ pub async fn create(
     let id = ScheduleId::generate();
     let command = ScheduledCommand::Create {
         id: id.clone(),
-        group_id: group,
+        group_id: group.clone(),
         tenant_id: tenant,
         definition,
     };
     let scheduled = state
-        .execute::<Schedules>(id.as_str(), command)
+        .create::<Schedules>(&group, id.as_str(), command)
         .await?
         .state
         .ok_or_else(|| ApiError::not_found("schedule"))?;

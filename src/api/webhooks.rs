@@ -76,13 +76,13 @@ pub async fn create(
     let command = WebhookCommand::Create {
         id: id.clone(),
         policy_id: policy,
-        group_id: group,
+        group_id: group.clone(),
         tenant_id: tenant,
         name: body.into_inner().name,
         secret: token::generate_secret(),
     };
     let webhook = state
-        .execute::<Webhooks>(id.as_str(), command)
+        .create::<Webhooks>(&group, id.as_str(), command)
         .await?
         .state
         .ok_or_else(|| ApiError::not_found("webhook"))?;
