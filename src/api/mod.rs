@@ -232,6 +232,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/openapi.json", "GET").route(get().to(openapi::document)))
         .service(
             web::scope("/v1")
+                // The routes called at rate first: the router tries each pattern in order, and
+                // matching a pattern with a segment (`{wid}`) costs a regular expression's run.
+                .service(resource("/hooks/{wid}", "POST").route(post().to(hooks::execute)))
+                .service(resource("/metrics", "POST").route(post().to(samples::ingest)))
+                .service(resource("/write", "POST").route(post().to(remote_write::write)))
                 .service(resource("/tenants", "POST").route(post().to(tenants::create)))
                 .service(
                     resource("/tenants/{id}/token", "POST").route(post().to(tenants::rotate_token)),
@@ -319,10 +324,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(get().to(alarms::show))
                         .route(patch().to(alarms::update))
                         .route(delete().to(alarms::delete)),
-                )
-                .service(resource("/hooks/{wid}", "POST").route(post().to(hooks::execute)))
-                .service(resource("/metrics", "POST").route(post().to(samples::ingest)))
-                .service(resource("/write", "POST").route(post().to(remote_write::write))),
+                ),
         )
         .configure(crate::console::routes)
         .default_service(web::to(ops::not_found));
