@@ -57,6 +57,9 @@ pub struct Config {
 /// an object's actor is started on its group's arbiter, so that a route across a group's
 /// objects (webhook → policy → group) asks actors on one thread, and crosses no thread until
 /// its append. Where an object lives changes only where its work runs, never what it decides.
+/// The price: a group's objects share one thread, so one very busy group's calls are not
+/// spread over the arbiters. Asked with no lock of the supervisor's held; it must not call the
+/// supervisor.
 #[derive(Clone)]
 pub struct Placement(pub Arc<GroupOf>);
 
@@ -274,18 +277,26 @@ impl Supervisor {
         if !id.starts_with(A::PREFIX) || !printable || flotilla_journal::MAX_NAME_LEN < id.len() {
             return Err(Rejection::not_found(A::KIND).into());
         }
-        let mut actors = self.registry();
-        if let Some(addr) = actors
-            .get(id)
-            .and_then(|resident| resident.addr.downcast_ref::<Addr<ObjectActor<A>>>())
-            .filter(|addr| addr.connected())
-        {
-            return Ok(addr.clone());
+        let live = |actors: &HashMap<String, Resident>| {
+            actors
+                .get(id)
+                .and_then(|resident| resident.addr.downcast_ref::<Addr<ObjectActor<A>>>())
+                .filter(|addr| addr.connected())
+                .cloned()
+        };
+        if let Some(addr) = live(&self.registry()) {
+            return Ok(addr);
         }
+        // Placed with no lock of the registry held (the placement reads the index), then
+        // looked for again under the lock it is inserted under: one actor an object.
         let index = match near {
             Some(group) => self.worker_of(group.as_str()),
             None => self.home_of(id),
         };
+        let mut actors = self.registry();
+        if let Some(addr) = live(&actors) {
+            return Ok(addr);
+        }
         let arbiter = &self.inner.arbiters[index].0;
         let (journal, clock, owned) = (
             self.inner.journal.clone(),
