@@ -289,10 +289,7 @@ impl Supervisor {
         }
         // Placed with no lock of the registry held (the placement reads the index), then
         // looked for again under the lock it is inserted under: one actor an object.
-        let index = match near {
-            Some(group) => self.worker_of(group.as_str()),
-            None => self.home_of(id),
-        };
+        let index = self.home_of(id, near);
         let mut actors = self.registry();
         if let Some(addr) = live(&actors) {
             return Ok(addr);
@@ -341,21 +338,21 @@ impl Supervisor {
         Ok(addr)
     }
 
-    /// The arbiter object `id`'s actor is started on: its group's, if its [`Placement`] knows
-    /// it, else its own id's.
-    fn home_of(&self, id: &str) -> usize {
+    /// The arbiter object `id`'s actor is started on: group `near`'s if given, else its group's
+    /// if its [`Placement`] knows it, else its own id's.
+    fn home_of(&self, id: &str, near: Option<&GroupId>) -> usize {
         let placement = self.inner.config.placement.as_ref();
-        match placement.and_then(|placement| (placement.0)(id)) {
-            Some(group) => self.worker_of(group.as_str()),
-            None => self.worker_of(id),
-        }
+        let group = near
+            .cloned()
+            .or_else(|| placement.and_then(|placement| (placement.0)(id)));
+        self.worker_of(group.as_ref().map_or(id, GroupId::as_str))
     }
 
     /// The arbiter object `id`'s actor runs on if it is resident, else the one it would be
     /// started on.
     fn arbiter_of(&self, id: &str) -> usize {
         let resident = self.registry().get(id).map(|resident| resident.arbiter);
-        resident.unwrap_or_else(|| self.home_of(id))
+        resident.unwrap_or_else(|| self.home_of(id, None))
     }
 
     fn worker_of(&self, id: &str) -> usize {

@@ -58,9 +58,14 @@ async fn group(w: &World, min: u32, max: u32, desired: u32, cooldown: u32) -> Gr
     id
 }
 
-async fn policy(w: &World, group: &GroupId, adjustment: i64, cooldown: Option<u32>) -> PolicyId {
-    let id = PolicyId::generate();
-    let command = PolicyCommand::Create {
+/// The command that makes policy `id` of `group`.
+fn new_policy(
+    id: &PolicyId,
+    group: &GroupId,
+    adjustment: i64,
+    cooldown: Option<u32>,
+) -> PolicyCommand {
+    PolicyCommand::Create {
         id: id.clone(),
         group_id: group.clone(),
         tenant_id: TenantId::new("ten_test"),
@@ -68,7 +73,12 @@ async fn policy(w: &World, group: &GroupId, adjustment: i64, cooldown: Option<u3
             cooldown_seconds: cooldown,
             ..PolicyDefinition::simple("up", AdjustmentType::Change, adjustment)
         },
-    };
+    }
+}
+
+async fn policy(w: &World, group: &GroupId, adjustment: i64, cooldown: Option<u32>) -> PolicyId {
+    let id = PolicyId::generate();
+    let command = new_policy(&id, group, adjustment, cooldown);
     w.supervisor
         .execute::<Policies>(id.as_str(), command)
         .await
@@ -76,16 +86,21 @@ async fn policy(w: &World, group: &GroupId, adjustment: i64, cooldown: Option<u3
     id
 }
 
-async fn webhook(w: &World, policy: &PolicyId, group: &GroupId) -> WebhookId {
-    let id = WebhookId::generate();
-    let command = WebhookCommand::Create {
+/// The command that makes webhook `id` of `policy`, signing with [`KEY`].
+fn new_webhook(id: &WebhookId, policy: &PolicyId, group: &GroupId) -> WebhookCommand {
+    WebhookCommand::Create {
         id: id.clone(),
         policy_id: policy.clone(),
         group_id: group.clone(),
         tenant_id: TenantId::new("ten_test"),
         name: "alarm".into(),
         secret: Secret::from_bytes(KEY),
-    };
+    }
+}
+
+async fn webhook(w: &World, policy: &PolicyId, group: &GroupId) -> WebhookId {
+    let id = WebhookId::generate();
+    let command = new_webhook(&id, policy, group);
     w.supervisor
         .execute::<Webhooks>(id.as_str(), command)
         .await
@@ -581,25 +596,13 @@ async fn placed_routes(
     for _ in 0..groups {
         let g = group(w, 0, 100, 0, 0).await;
         let p = PolicyId::generate();
-        let command = PolicyCommand::Create {
-            id: p.clone(),
-            group_id: g.clone(),
-            tenant_id: TenantId::new("ten_test"),
-            definition: PolicyDefinition::simple("up", AdjustmentType::Change, 1),
-        };
+        let command = new_policy(&p, &g, 1, None);
         w.supervisor
             .execute_in::<Policies>(&g, p.as_str(), command)
             .await
             .unwrap();
         let h = WebhookId::generate();
-        let command = WebhookCommand::Create {
-            id: h.clone(),
-            policy_id: p.clone(),
-            group_id: g.clone(),
-            tenant_id: TenantId::new("ten_test"),
-            name: "alarm".into(),
-            secret: Secret::from_bytes(KEY),
-        };
+        let command = new_webhook(&h, &p, &g);
         w.supervisor
             .execute_in::<Webhooks>(&g, h.as_str(), command)
             .await
