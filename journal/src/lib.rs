@@ -24,6 +24,7 @@ mod error;
 pub mod export;
 pub mod layout;
 mod postgres;
+mod published;
 mod record;
 mod scan;
 mod sled_store;
@@ -224,13 +225,7 @@ impl Journal {
         let path = path.as_ref();
         let db = open_db(path, config.cache_capacity)?;
         let tree = sled_store::prepare(&db)?;
-        let reads = sled_store::SledReads {
-            db: db.clone(),
-            tree: tree.clone(),
-            snapshots: db.open_tree(layout::SNAPSHOTS)?,
-            checkpoints: db.open_tree(layout::CHECKPOINTS)?,
-        };
-        let log = sled_store::SledLog::open(db, tree, path, config.wal_capacity)?;
+        let (reads, log) = sled_store::open(db, tree, path, config.wal_capacity)?;
         Self::start(Box::new(reads), log, &config)
     }
 

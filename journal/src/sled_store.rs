@@ -4,8 +4,10 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::backend::{Reads, Records, Stored, Table};
+use crate::published::Published;
 use crate::wal::{self, Wal};
 use crate::writer::Log;
 use crate::{layout, Error, Hash, Head, Record, Result};
@@ -350,17 +352,42 @@ impl RunWriter {
 /// A batch's sled writes, key and value, in order.
 type Writes = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// The writer's side: each batch's writes into the write-ahead file (`wal`), synced, then into
-/// the records tree one key at a time; sled's files are synced once a round of the file is full.
+/// The journal in `dir`, whose sled database `db` holds its records in `tree` (see [`prepare`]):
+/// everyone's reads, and the writer's side.
+pub(crate) fn open(
+    db: sled::Db,
+    tree: sled::Tree,
+    dir: &Path,
+    wal_capacity: u64,
+) -> Result<(SledReads, SledLog)> {
+    let log = SledLog::open(db.clone(), tree.clone(), dir, wal_capacity)?;
+    let reads = SledReads {
+        snapshots: db.open_tree(layout::SNAPSHOTS)?,
+        checkpoints: db.open_tree(layout::CHECKPOINTS)?,
+        published: log.published.clone(),
+        db,
+        tree,
+    };
+    Ok((reads, log))
+}
+
+/// The writer's side: each batch's writes into the write-ahead file (`wal`), synced; then its
+/// appenders answered; then its writes into the records tree one key at a time, readers waiting
+/// for them meanwhile (see [`Published`]). sled's files are synced once a round of the file is
+/// full.
 pub(crate) struct SledLog {
     pub(crate) db: sled::Db,
     pub(crate) tree: sled::Tree,
     /// The journal's directory: sled's files and the write-ahead file.
     dir: PathBuf,
     pub(crate) wal: Wal,
-    /// The writes of the batches written to the file since its last sync: sled gets them once
-    /// they are synced.
+    /// The writes of the batch written to the file and not yet in sled: sled gets them once they
+    /// are synced and answered.
     unsynced: Writes,
+    /// The seq of the last record of `unsynced`.
+    unsynced_head: u64,
+    /// What readers may rely on the tree holding.
+    pub(crate) published: Arc<Published>,
     /// Set when the file or sled failed to take a batch: what the file holds may then be
     /// behind what was written after, or sled behind the file, so nothing more is written
     /// until the journal is opened again, whose replay starts from what is on disk.
@@ -372,7 +399,16 @@ pub(crate) struct SledLog {
     /// Streams' last index runs as stored, read by [`Log::stream_version`] or left by the last
     /// batch; this writer is the tree's only one, so they stay true until it writes again.
     runs: HashMap<String, Option<Run>>,
+    /// Tests set it to make sled refuse the next batches' inserts, as a failing disk would.
+    #[cfg(test)]
+    pub(crate) refusing: Arc<std::sync::atomic::AtomicBool>,
+    /// Tests hold it to stop the writer between a batch's answers and its inserts.
+    #[cfg(test)]
+    pub(crate) between: Arc<Mutex<()>>,
 }
+
+#[cfg(test)]
+use std::sync::Mutex;
 
 impl SledLog {
     /// The writer's side of the journal in `dir`: replays into sled what the write-ahead file
@@ -402,37 +438,39 @@ impl SledLog {
             dir: dir.to_owned(),
             wal,
             unsynced: Vec::new(),
+            unsynced_head: 0,
+            published: Arc::default(),
             failed: None,
             rewinds: true,
             runs: HashMap::new(),
+            #[cfg(test)]
+            refusing: Arc::default(),
+            #[cfg(test)]
+            between: Arc::default(),
         })
     }
 
     /// Stops the writer for good (until the journal is opened again) after `error`.
     fn fail(&mut self, error: &Error, what: &str) {
         tracing::error!(%error, "{what}; appends are refused until the journal is opened again");
-        self.failed = Some(format!("{what}: {error}"));
+        let reason = format!("{what}: {error}");
+        self.published.failed(&reason);
+        self.failed = Some(reason);
         self.unsynced.clear();
         self.runs.clear();
     }
 
-    /// Syncs the file, then hands sled the synced batches' writes; syncs sled's files and
-    /// rewinds the file once its round is full.
-    fn sync_and_apply(&mut self) -> Result<()> {
-        if let Err(error) = self.wal.sync() {
-            // A later sync may succeed without this one's pages: nothing after them may be
-            // acknowledged.
-            self.fail(&error, "the journal's write-ahead file could not be synced");
+    /// Hands sled the synced and answered batch's writes, and tells readers the tree holds it;
+    /// syncs sled's files and rewinds the file once its round is full.
+    fn apply(&mut self) -> Result<()> {
+        #[cfg(test)]
+        drop(self.between.lock());
+        if let Err(error) = self.insert_unsynced() {
+            self.fail(&error, "sled refused a synced batch");
             return Err(error);
         }
-        for (key, value) in &self.unsynced {
-            if let Err(error) = self.tree.insert(&key[..], &value[..]) {
-                let error = Error::from(error);
-                self.fail(&error, "sled refused a synced batch");
-                return Err(error);
-            }
-        }
         self.unsynced.clear();
+        self.published.inserted(self.unsynced_head);
         if self.rewinds && self.wal.full() {
             // Everything the file holds is in sled: once sled's files are durable, it may go.
             let durable = self
@@ -452,6 +490,18 @@ impl SledLog {
                     "the journal's write-ahead file could not be rewound",
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// Inserts the batch's writes into the tree, in order.
+    fn insert_unsynced(&self) -> Result<()> {
+        #[cfg(test)]
+        if self.refusing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("an insert failed (injected by a test)").into());
+        }
+        for (key, value) in &self.unsynced {
+            self.tree.insert(&key[..], &value[..])?;
         }
         Ok(())
     }
@@ -578,6 +628,7 @@ impl Log for SledLog {
             return Err(error);
         }
         self.unsynced.extend(writes);
+        self.unsynced_head = head.seq;
         if self.runs.len() >= RUN_CACHE {
             self.runs.clear();
         }
@@ -595,7 +646,23 @@ impl Log for SledLog {
         if self.unsynced.is_empty() {
             return Ok(());
         }
-        self.sync_and_apply()
+        if let Err(error) = self.wal.sync() {
+            // A later sync may succeed without this one's pages: nothing after them may be
+            // acknowledged.
+            self.fail(&error, "the journal's write-ahead file could not be synced");
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, answer: impl FnOnce()) -> Result<()> {
+        if self.unsynced.is_empty() {
+            answer();
+            return Ok(());
+        }
+        self.published.answering(self.unsynced_head);
+        answer();
+        self.apply()
     }
 
     fn read(&mut self, first: u64, last: u64) -> Result<Vec<Record>> {
@@ -603,15 +670,29 @@ impl Log for SledLog {
     }
 }
 
-/// Everyone else's side: reads straight from sled's trees.
+/// Everyone else's side: reads straight from sled's trees, each once the records tree holds
+/// every batch answered (see [`Published`]).
 pub(crate) struct SledReads {
-    pub(crate) db: sled::Db,
-    pub(crate) tree: sled::Tree,
-    pub(crate) snapshots: sled::Tree,
-    pub(crate) checkpoints: sled::Tree,
+    db: sled::Db,
+    tree: sled::Tree,
+    snapshots: sled::Tree,
+    checkpoints: sled::Tree,
+    published: Arc<Published>,
 }
 
 impl SledReads {
+    /// The records `read` answers, once the tree holds every batch answered; or why it never
+    /// will until the journal is opened again.
+    fn settled<'a, T: Send + 'a>(
+        &self,
+        read: impl FnOnce() -> Box<dyn Iterator<Item = Result<T>> + Send + 'a>,
+    ) -> Box<dyn Iterator<Item = Result<T>> + Send + 'a> {
+        match self.published.settle() {
+            Ok(()) => read(),
+            Err(error) => Box::new(std::iter::once(Err(error))),
+        }
+    }
+
     fn table(&self, table: Table) -> &sled::Tree {
         match table {
             Table::Snapshots => &self.snapshots,
@@ -630,49 +711,57 @@ impl SledReads {
 
 impl Reads for SledReads {
     fn head(&self) -> Result<Head> {
+        self.published.settle()?;
         layout::read_head(&self.tree)
     }
 
     fn stream_version(&self, stream: &str) -> Result<u64> {
+        self.published.settle()?;
         Ok(last_run(&self.tree, stream)?.map_or(0, |run| run.last_version()))
     }
 
     fn records(&self, first: u64, last: u64) -> Records<'_> {
-        Box::new(records(&self.tree, first, last))
+        self.settled(|| Box::new(records(&self.tree, first, last)))
     }
 
     fn stored(&self, first: u64) -> Stored<'_> {
-        Box::new(stored(&self.tree, first, u64::MAX).map(|entry| {
-            let (seq, bytes) = entry?;
-            let record = bytes.and_then(|(value, range)| {
-                Record::decode_stored(seq, &value[range]).map_err(|e| match e {
-                    Error::Corrupt { reason, .. } => reason,
-                    other => other.to_string(),
-                })
-            });
-            Ok((seq, record))
-        }))
+        self.settled(|| {
+            Box::new(stored(&self.tree, first, u64::MAX).map(|entry| {
+                let (seq, bytes) = entry?;
+                let record = bytes.and_then(|(value, range)| {
+                    Record::decode_stored(seq, &value[range]).map_err(|e| match e {
+                        Error::Corrupt { reason, .. } => reason,
+                        other => other.to_string(),
+                    })
+                });
+                Ok((seq, record))
+            }))
+        })
     }
 
     fn stream(&self, stream: &str, from: u64, to: u64, back: bool) -> Records<'_> {
         let mut blocks = BlockCache::default();
         let tree = &self.tree;
-        Box::new(
-            run_entries(tree, stream.to_owned(), from, to, back).map(move |entry| {
-                let (_, seq) = entry?;
-                blocks.record(tree, seq)?.ok_or(Error::Corrupt {
-                    seq,
-                    reason: "the stream index names a record that is absent".into(),
-                })
-            }),
-        )
+        self.settled(|| {
+            Box::new(
+                run_entries(tree, stream.to_owned(), from, to, back).map(move |entry| {
+                    let (_, seq) = entry?;
+                    blocks.record(tree, seq)?.ok_or(Error::Corrupt {
+                        seq,
+                        reason: "the stream index names a record that is absent".into(),
+                    })
+                }),
+            )
+        })
     }
 
     fn record(&self, seq: u64) -> Result<Option<Record>> {
+        self.published.settle()?;
         BlockCache::default().record(&self.tree, seq)
     }
 
     fn anchor(&self, stream: &str, version: u64) -> Result<Option<Hash>> {
+        self.published.settle()?;
         let Some(seq) = self.indexed_seq(stream, version)? else {
             return Ok(None);
         };
@@ -700,6 +789,9 @@ impl Reads for SledReads {
     }
 
     fn raw_tree(&self) -> Option<sled::Tree> {
+        // Changed by hand only once the writer has put in what it answered; a writer that
+        // failed leaves the tree as it is.
+        let _ = self.published.settle();
         Some(self.tree.clone())
     }
 }

@@ -1762,21 +1762,21 @@ fn a_write_ahead_file_cut_short_before_the_journals_head_is_not_replayed_over_it
     assert_eq!(journal.verify().unwrap().seq, entries[5].head);
 }
 
+/// The sled journal in `dir`, with what `reach` takes from its writer's side (a test's hooks).
+fn opened_reaching<T>(dir: &Path, reach: impl FnOnce(&sled_store::SledLog) -> T) -> (Journal, T) {
+    let db = open_db(dir, 1 << 24).unwrap();
+    let tree = sled_store::prepare(&db).unwrap();
+    let (reads, log) = sled_store::open(db, tree, dir, wal::CAPACITY).unwrap();
+    let reached = reach(&log);
+    let journal = Journal::start(Box::new(reads), log, &Config::default()).unwrap();
+    (journal, reached)
+}
+
 #[test]
 fn after_a_failed_sync_of_the_write_ahead_file_nothing_is_acknowledged_until_it_is_opened_again() {
     let dir = tempfile::tempdir().unwrap();
     let journal = {
-        let db = open_db(dir.path(), 1 << 24).unwrap();
-        let tree = sled_store::prepare(&db).unwrap();
-        let reads = sled_store::SledReads {
-            db: db.clone(),
-            tree: tree.clone(),
-            snapshots: db.open_tree(layout::SNAPSHOTS).unwrap(),
-            checkpoints: db.open_tree(layout::CHECKPOINTS).unwrap(),
-        };
-        let log = sled_store::SledLog::open(db, tree, dir.path(), wal::CAPACITY).unwrap();
-        let failing = log.wal.failing.clone();
-        let journal = Journal::start(Box::new(reads), log, &Config::default()).unwrap();
+        let (journal, failing) = opened_reaching(dir.path(), |log| log.wal.failing.clone());
         journal
             .append("a", ExpectedVersion::NoStream, vec![event(1)])
             .unwrap();
@@ -1804,4 +1804,73 @@ fn after_a_failed_sync_of_the_write_ahead_file_nothing_is_acknowledged_until_it_
     reopened
         .append("b", ExpectedVersion::NoStream, vec![event(3)])
         .unwrap();
+}
+
+#[test]
+fn a_read_sees_an_acknowledged_append_though_sled_has_not_taken_it_in_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, (between, published)) = opened_reaching(dir.path(), |log| {
+        (log.between.clone(), log.published.clone())
+    });
+    journal
+        .append("a", ExpectedVersion::NoStream, vec![event(1)])
+        .unwrap();
+    // A read waits for the first batch to be in sled, so the writer is between batches.
+    assert_eq!(journal.head().unwrap().seq, 1);
+    let held = between.lock().unwrap();
+    // Acknowledged once durable in the write-ahead file: the writer then stops, held, before
+    // inserting it into sled.
+    journal
+        .append("a", ExpectedVersion::Exact(1), vec![event(2)])
+        .unwrap();
+    let reader = {
+        let journal = journal.clone();
+        std::thread::spawn(move || {
+            let version = journal.stream_version("a").unwrap();
+            (
+                version,
+                payloads(&stream(&journal, "a", 1)),
+                journal.head().unwrap().seq,
+            )
+        })
+    };
+    // The reader waits; were reads not held back, it would finish with what sled holds.
+    while published.waiting() == 0 && !reader.is_finished() {
+        std::thread::yield_now();
+    }
+    drop(held);
+    assert_eq!(reader.join().unwrap(), (2, vec![1, 2], 2));
+}
+
+#[test]
+fn a_batch_sled_refuses_after_it_was_acknowledged_is_read_once_the_journal_is_opened_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = {
+        let (journal, refusing) = opened_reaching(dir.path(), |log| log.refusing.clone());
+        journal
+            .append("a", ExpectedVersion::NoStream, vec![event(1)])
+            .unwrap();
+        assert_eq!(journal.head().unwrap().seq, 1);
+        refusing.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Durable in the write-ahead file, so acknowledged; sled refuses it after.
+        journal
+            .append("a", ExpectedVersion::Exact(1), vec![event(2)])
+            .unwrap();
+        // Reads cannot answer what was acknowledged, and say so rather than answer from behind.
+        let Err(error) = journal.stream_version("a") else {
+            panic!("a read answered from a tree missing an acknowledged batch");
+        };
+        assert!(error.to_string().contains("opened again"), "{error}");
+        let Err(error) = journal.append("b", ExpectedVersion::Any, vec![event(3)]) else {
+            panic!("an append was acknowledged after sled refused a batch");
+        };
+        assert!(error.to_string().contains("opened again"), "{error}");
+        journal
+    };
+    // The close leaves the write-ahead file as it is, and the reopen replays it.
+    drop(journal);
+    let reopened = Journal::open(dir.path()).unwrap();
+    assert_eq!(payloads(&stream(&reopened, "a", 1)), vec![1, 2]);
+    assert_eq!(reopened.stream_version("b").unwrap(), 0);
+    assert_eq!(reopened.verify().unwrap().seq, 2);
 }

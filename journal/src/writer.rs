@@ -6,7 +6,8 @@
 //! file, or one PostgreSQL transaction. A failed request (a version conflict) is answered at
 //! once and leaves the others untouched; a failed write answers all of the batch with the error.
 //!
-//! Once a batch is written the writer flushes and only then answers its appenders. A failed
+//! Once a batch is written the writer flushes and only then answers its appenders, then has the
+//! log make the batch readable ([`Log::publish`]: sled's readers wait for it). A failed
 //! flush answers them with the error; what it was flushing may or may not be on disk. On
 //! PostgreSQL a later flush may carry it; the sled back end refuses every batch after a failed
 //! flush until the journal is opened again, whose replay of the write-ahead file keeps it if it
@@ -88,6 +89,15 @@ pub(crate) trait Log: Send + 'static {
     fn abandon(&mut self);
     /// Makes what was written durable.
     fn flush(&mut self) -> Result<()>;
+    /// Answers a flushed batch's appenders through `answer` and makes the batch readable: at
+    /// once where the flush already did (PostgreSQL's commit); sled's answers first and inserts
+    /// after, its readers waiting meanwhile (see `published`). An error means that the batch,
+    /// durable and answered, could not be made readable: the log takes no more batches, and
+    /// opening the journal again reads it.
+    fn publish(&mut self, answer: impl FnOnce()) -> Result<()> {
+        answer();
+        Ok(())
+    }
     /// The stored records `first..=last`, in order.
     fn read(&mut self, first: u64, last: u64) -> Result<Vec<Record>>;
     /// Whether `fence`'s lease is still held with its token, as of now in the batch (and
@@ -334,7 +344,11 @@ impl<L: Log> Writer<L> {
                 if let Err(error) = self.tell(&staged) {
                     self.told_failed(&error);
                 }
-                pending.into_iter().for_each(Pending::answer);
+                // A failure to publish stops the log, which says so; the answers stand, as
+                // their batch is durable.
+                let _ = self
+                    .log
+                    .publish(|| pending.into_iter().for_each(Pending::answer));
             }
             Err(error) => {
                 tracing::error!(%error, "journal flush failed; nothing it covered is acknowledged");
