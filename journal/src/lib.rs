@@ -329,7 +329,8 @@ impl Journal {
     /// holds an append by the time its appender hears of it, and is built from the journal's
     /// records alone: another process following the same journal builds the same thing.
     ///
-    /// It runs on the writer's thread and must be quick. One follower per journal: a second
+    /// It runs on the writer's thread and must be quick, and should not read the journal: on
+    /// sled, reads from that thread see the tree without the batch being told. One follower per journal: a second
     /// call replaces the first. A follower that fails (answers an error, or panics) is dropped,
     /// and from then on appends are refused ([`Error::FollowerFailed`]) until a follower is set
     /// again: what it builds no longer follows the journal, and a write nobody can read back is

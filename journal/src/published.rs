@@ -2,12 +2,17 @@
 //!
 //! The sled back end's writer answers a batch's appenders as soon as the batch's write-ahead
 //! entry is synced, and inserts its writes into sled only after: a third of the writer's time,
-//! taken out of the wait of every call in the batch (see `sled_store`). Between the answers and
-//! the inserts the tree is behind what was acknowledged, so every read first waits here until
-//! the tree holds everything answered when the read began: whoever heard an append acknowledged
-//! reads it, and a read never sees less than an earlier one did. The wait is the inserts of one
-//! batch at most, and a read that asks between two batches (nearly all of them) does not wait.
+//! taken out of the wait of every call in the batch (see `sled_store`). From the sync to the
+//! inserts the tree is behind what is durable, so every read first waits here until the tree
+//! holds every batch synced when the read began: whoever heard an append acknowledged, or saw it
+//! in what the journal's follower builds, reads it, and a read never sees less than an earlier
+//! one did. The wait is one batch's inserts at most; a read that asks while the writer is
+//! writing or syncing the next batch does not wait.
+//!
+//! The writer's own thread never waits (it inserts): a follower that read the journal would see
+//! the tree without the batch it is being told.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
@@ -16,7 +21,7 @@ use crate::{Error, Result};
 /// The writer's two marks, answered and inserted, and the readers waiting for them to meet.
 #[derive(Default)]
 pub(crate) struct Published {
-    /// The seq of the last record whose appender was answered (or is being answered).
+    /// The seq of the last record durable, told and answered, or about to be.
     answered: AtomicU64,
     /// `State::inserted`, read without the lock.
     inserted: AtomicU64,
@@ -36,7 +41,7 @@ struct State {
 }
 
 impl Published {
-    /// The writer is about to answer the appenders of the records up to `seq`: from now on
+    /// The records up to `seq` are durable and about to be told and answered: from now on
     /// readers wait for them.
     pub(crate) fn answering(&self, seq: u64) {
         self.answered.fetch_max(seq, Ordering::Release);
@@ -63,7 +68,7 @@ impl Published {
     /// the journal is opened again).
     pub(crate) fn settle(&self) -> Result<()> {
         let answered = self.answered.load(Ordering::Acquire);
-        if self.inserted.load(Ordering::Acquire) >= answered {
+        if self.inserted.load(Ordering::Acquire) >= answered || WRITER.get() {
             return Ok(());
         }
         let mut state = self.lock();
@@ -92,4 +97,14 @@ impl Published {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+thread_local! {
+    /// Whether this thread is a journal's writer, which never waits for its own inserts.
+    static WRITER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as a journal's writer (see [`WRITER`]).
+pub(crate) fn on_the_writer() {
+    WRITER.set(true);
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::backend::{Reads, Records, Stored, Table};
-use crate::published::Published;
+use crate::published::{self, Published};
 use crate::wal::{self, Wal};
 use crate::writer::Log;
 use crate::{layout, Error, Hash, Head, Record, Result};
@@ -383,9 +383,9 @@ pub(crate) struct SledLog {
     pub(crate) wal: Wal,
     /// The writes of the batch written to the file and not yet in sled: sled gets them once they
     /// are synced and answered.
-    unsynced: Writes,
-    /// The seq of the last record of `unsynced`.
-    unsynced_head: u64,
+    unapplied: Writes,
+    /// The seq of the last record of `unapplied`.
+    unapplied_head: u64,
     /// What readers may rely on the tree holding.
     pub(crate) published: Arc<Published>,
     /// Set when the file or sled failed to take a batch: what the file holds may then be
@@ -437,8 +437,8 @@ impl SledLog {
             tree,
             dir: dir.to_owned(),
             wal,
-            unsynced: Vec::new(),
-            unsynced_head: 0,
+            unapplied: Vec::new(),
+            unapplied_head: 0,
             published: Arc::default(),
             failed: None,
             rewinds: true,
@@ -456,7 +456,7 @@ impl SledLog {
         let reason = format!("{what}: {error}");
         self.published.failed(&reason);
         self.failed = Some(reason);
-        self.unsynced.clear();
+        self.unapplied.clear();
         self.runs.clear();
     }
 
@@ -465,12 +465,12 @@ impl SledLog {
     fn apply(&mut self) -> Result<()> {
         #[cfg(test)]
         drop(self.between.lock());
-        if let Err(error) = self.insert_unsynced() {
+        if let Err(error) = self.insert_unapplied() {
             self.fail(&error, "sled refused a synced batch");
             return Err(error);
         }
-        self.unsynced.clear();
-        self.published.inserted(self.unsynced_head);
+        self.unapplied.clear();
+        self.published.inserted(self.unapplied_head);
         if self.rewinds && self.wal.full() {
             // Everything the file holds is in sled: once sled's files are durable, it may go.
             let durable = self
@@ -495,12 +495,12 @@ impl SledLog {
     }
 
     /// Inserts the batch's writes into the tree, in order.
-    fn insert_unsynced(&self) -> Result<()> {
+    fn insert_unapplied(&self) -> Result<()> {
         #[cfg(test)]
         if self.refusing.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(std::io::Error::other("an insert failed (injected by a test)").into());
         }
-        for (key, value) in &self.unsynced {
+        for (key, value) in &self.unapplied {
             self.tree.insert(&key[..], &value[..])?;
         }
         Ok(())
@@ -550,7 +550,10 @@ impl Drop for SledLog {
     /// opening, even into a tree changed by hand since. Not after a failure, nor while a panic
     /// unwinds (sled may hold part of a batch the file still has to replay).
     fn drop(&mut self) {
-        if self.failed.is_some() || !self.unsynced.is_empty() || std::thread::panicking() {
+        // Readers still waiting (the writer panicked between its answers and its inserts) hear
+        // that they wait in vain; the others read on.
+        self.published.failed("the journal's writer stopped");
+        if self.failed.is_some() || !self.unapplied.is_empty() || std::thread::panicking() {
             return;
         }
         let closed = self.db.flush().map_err(Error::from).and_then(|_| {
@@ -627,8 +630,8 @@ impl Log for SledLog {
             );
             return Err(error);
         }
-        self.unsynced.extend(writes);
-        self.unsynced_head = head.seq;
+        self.unapplied.extend(writes);
+        self.unapplied_head = head.seq;
         if self.runs.len() >= RUN_CACHE {
             self.runs.clear();
         }
@@ -643,7 +646,7 @@ impl Log for SledLog {
         if let Some(reason) = &self.failed {
             return Err(Error::Io(std::io::Error::other(reason.clone())));
         }
-        if self.unsynced.is_empty() {
+        if self.unapplied.is_empty() {
             return Ok(());
         }
         if let Err(error) = self.wal.sync() {
@@ -652,20 +655,27 @@ impl Log for SledLog {
             self.fail(&error, "the journal's write-ahead file could not be synced");
             return Err(error);
         }
+        // Durable: from here on, readers wait for the batch. So before the follower is told it
+        // (on this thread, whose own reads do not wait): whoever sees it in what the follower
+        // builds finds it in the journal too.
+        published::on_the_writer();
+        self.published.answering(self.unapplied_head);
         Ok(())
     }
 
     fn publish(&mut self, answer: impl FnOnce()) -> Result<()> {
-        if self.unsynced.is_empty() {
-            answer();
+        answer();
+        if self.unapplied.is_empty() {
             return Ok(());
         }
-        self.published.answering(self.unsynced_head);
-        answer();
         self.apply()
     }
 
     fn read(&mut self, first: u64, last: u64) -> Result<Vec<Record>> {
+        // After a failure the tree may lack what the head says was written.
+        if let Some(reason) = &self.failed {
+            return Err(Error::Io(std::io::Error::other(reason.clone())));
+        }
         records(&self.tree, first, last).collect()
     }
 }
@@ -784,6 +794,7 @@ impl Reads for SledReads {
     }
 
     fn flush(&self) -> Result<()> {
+        self.published.settle()?;
         self.db.flush()?;
         Ok(())
     }

@@ -1843,6 +1843,41 @@ fn a_read_sees_an_acknowledged_append_though_sled_has_not_taken_it_in_yet() {
 }
 
 #[test]
+fn a_batch_the_follower_is_told_is_in_every_read_from_then_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, published) = opened_reaching(dir.path(), |log| log.published.clone());
+    let (told, heard) = std::sync::mpsc::channel();
+    let (go_on, going_on) = std::sync::mpsc::channel::<()>();
+    journal
+        .follow(0, move |records| {
+            // Says what it was told, then holds the writer before its answers until let go.
+            let _ = told.send(records.last().map(|r| r.seq));
+            going_on.recv().map_err(|e| e.to_string())
+        })
+        .unwrap();
+    let appender = {
+        let journal = journal.clone();
+        std::thread::spawn(move || {
+            journal
+                .append("a", ExpectedVersion::NoStream, vec![event(1)])
+                .unwrap()
+        })
+    };
+    // Told, not yet answered: a read by whoever saw it there has it too.
+    assert_eq!(heard.recv().unwrap(), Some(1));
+    let reader = {
+        let journal = journal.clone();
+        std::thread::spawn(move || journal.stream_version("a").unwrap())
+    };
+    while published.waiting() == 0 && !reader.is_finished() {
+        std::thread::yield_now();
+    }
+    go_on.send(()).unwrap();
+    assert_eq!(reader.join().unwrap(), 1);
+    assert_eq!(appender.join().unwrap().last_seq, 1);
+}
+
+#[test]
 fn a_batch_sled_refuses_after_it_was_acknowledged_is_read_once_the_journal_is_opened_again() {
     let dir = tempfile::tempdir().unwrap();
     let journal = {

@@ -6,9 +6,10 @@
 //! through sled's thread pool, whose seven threads all wake for it; its `flush` then syncs them
 //! while holding sled's global lock. Per writer batch that was two `pwrite`s, two
 //! `sync_file_range`s and some twenty thread wake-ups. So the writer instead appends the batch's
-//! writes (block, index runs, head) to this file as one entry, `fdatasync`s it, and only then
-//! inserts them into sled one key at a time, leaving sled to write its buffers when they fill
-//! (or on its own flusher's tick).
+//! writes (block, index runs, head) to this file as one entry, `fdatasync`s it, answers the
+//! batch's appenders, and only then inserts them into sled one key at a time (readers wait for
+//! that, see `published`), leaving sled to write its buffers when they fill (or on its own
+//! flusher's tick).
 //!
 //! Crash safety: sled never holds a write this file has not synced, and the file holds only
 //! the current round: the batches written since sled's files were last synced whole (see

@@ -91,9 +91,10 @@ pub(crate) trait Log: Send + 'static {
     fn flush(&mut self) -> Result<()>;
     /// Answers a flushed batch's appenders through `answer` and makes the batch readable: at
     /// once where the flush already did (PostgreSQL's commit); sled's answers first and inserts
-    /// after, its readers waiting meanwhile (see `published`). An error means that the batch,
-    /// durable and answered, could not be made readable: the log takes no more batches, and
-    /// opening the journal again reads it.
+    /// after, its readers waiting from the flush on (see `published`). An error means that the
+    /// batch, durable and answered, could not be made readable: the log takes no more batches,
+    /// and opening the journal again reads it. (A log may also stop after a batch it published,
+    /// and say so at the next.)
     fn publish(&mut self, answer: impl FnOnce()) -> Result<()> {
         answer();
         Ok(())
