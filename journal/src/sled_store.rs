@@ -17,7 +17,7 @@ const MIGRATION_BATCH: usize = 16 * 1024;
 
 /// Streams whose last index run the writer keeps at hand between batches; past this many, it
 /// forgets them all and reads them from sled again.
-const RUN_CACHE: usize = 4096;
+pub(crate) const RUN_CACHE: usize = 4096;
 
 /// Opens the tree of records in `db` for this code: stamps a new journal with
 /// [`layout::FORMAT`], migrates a format 1 journal, and refuses one written by a newer build.
@@ -312,8 +312,11 @@ impl RunWriter {
         let run = &mut touched.last;
         let follows = run.len == 0 || run.last_version() + 1 == version;
         if !follows || run.len as usize >= layout::RUN_LEN {
+            // Written whether or not this batch added to it: the writer may have held it rather
+            // than put it into sled (see `HeldRuns`).
             let full = std::mem::replace(run, fresh());
-            if std::mem::take(&mut touched.changed) {
+            touched.changed = false;
+            if full.len > 0 {
                 touched.closed.push(full);
             }
         }
@@ -330,9 +333,10 @@ impl RunWriter {
 
     /// Puts every run the batch added to into `writes`.
     fn write(&self, writes: &mut Writes) {
+        self.write_closed(writes);
         for (stream, touched) in &self.runs {
-            let last = touched.changed.then_some(&touched.last);
-            for run in touched.closed.iter().chain(last) {
+            if touched.changed {
+                let run = &touched.last;
                 writes.push((
                     layout::run_key(stream, run.first_version),
                     run.value.clone(),
@@ -341,7 +345,19 @@ impl RunWriter {
         }
     }
 
-    /// Each touched stream's last run, for the writer's cache.
+    /// Puts the runs the batch filled and closed into `writes`.
+    fn write_closed(&self, writes: &mut Writes) {
+        for (stream, touched) in &self.runs {
+            for run in &touched.closed {
+                writes.push((
+                    layout::run_key(stream, run.first_version),
+                    run.value.clone(),
+                ));
+            }
+        }
+    }
+
+    /// Each touched stream's last run (every one of them the batch added to).
     fn into_last(self) -> impl Iterator<Item = (String, Run)> {
         self.runs
             .into_iter()
@@ -365,10 +381,49 @@ pub(crate) fn open(
         snapshots: db.open_tree(layout::SNAPSHOTS)?,
         checkpoints: db.open_tree(layout::CHECKPOINTS)?,
         published: log.published.clone(),
+        held: log.held.clone(),
         db,
         tree,
     };
     Ok((reads, log))
+}
+
+/// The last index runs of the streams the writer extended since it last put them into sled. A
+/// batch's runs go into the write-ahead file with it, but into sled only once a round of the file
+/// is full (before sled's files are synced and the round rewound), when the writer forgets the
+/// runs it keeps at hand ([`RUN_CACHE`]), or at a clean close: a stream that every batch extends
+/// costs one sled insert a round rather than one a batch, and sled's inserts were most of the
+/// writer's time. A crash loses none of them, as opening replays the round. Readers take a
+/// stream's last run from here before sled's: it is the newer.
+#[derive(Default)]
+pub(crate) struct HeldRuns(std::sync::Mutex<HashMap<String, Run>>);
+
+impl HeldRuns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Run>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `stream`'s last run, if it is held.
+    fn get(&self, stream: &str) -> Option<Run> {
+        self.lock().get(stream).cloned()
+    }
+
+    /// `stream`'s last run as read, if it is held.
+    fn read(&self, stream: &str) -> Result<Option<ReadRun>> {
+        let Some(run) = self.get(stream) else {
+            return Ok(None);
+        };
+        let seqs = layout::decode_run(&run.value).ok_or_else(|| Error::Corrupt {
+            seq: run.last_seq,
+            reason: format!("the writer's index run of stream {stream} is malformed"),
+        })?;
+        Ok(Some(ReadRun {
+            first_version: run.first_version,
+            seqs,
+        }))
+    }
 }
 
 /// The writer's side: each batch's writes into the write-ahead file (`wal`), synced; then its
@@ -386,6 +441,10 @@ pub(crate) struct SledLog {
     unapplied: Writes,
     /// The seq of the last record of `unapplied`.
     unapplied_head: u64,
+    /// The last index runs the batch of `unapplied` extended, held once it is in sled.
+    unapplied_runs: Vec<(String, Run)>,
+    /// Streams' last runs not yet in sled (see [`HeldRuns`]), shared with the readers.
+    pub(crate) held: Arc<HeldRuns>,
     /// What readers may rely on the tree holding.
     pub(crate) published: Arc<Published>,
     /// Set when the file or sled failed to take a batch: what the file holds may then be
@@ -439,6 +498,8 @@ impl SledLog {
             wal,
             unapplied: Vec::new(),
             unapplied_head: 0,
+            unapplied_runs: Vec::new(),
+            held: Arc::default(),
             published: Arc::default(),
             failed: None,
             rewinds: true,
@@ -457,6 +518,7 @@ impl SledLog {
         self.published.failed(&reason);
         self.failed = Some(reason);
         self.unapplied.clear();
+        self.unapplied_runs.clear();
         self.runs.clear();
     }
 
@@ -470,9 +532,12 @@ impl SledLog {
             return Err(error);
         }
         self.unapplied.clear();
+        self.held.lock().extend(self.unapplied_runs.drain(..));
         self.published.inserted(self.unapplied_head);
         if self.rewinds && self.wal.full() {
-            // Everything the file holds is in sled: once sled's files are durable, it may go.
+            // Everything the file holds is in sled, its held runs put in: once sled's files are
+            // durable, it may go.
+            self.put_held()?;
             let durable = self
                 .db
                 .flush()
@@ -490,6 +555,39 @@ impl SledLog {
                     "the journal's write-ahead file could not be rewound",
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// Puts the held runs into sled (see [`HeldRuns`]). Readers go on reading them from the
+    /// held ones until they are all in.
+    fn put_held(&mut self) -> Result<()> {
+        let held: Vec<(String, Run)> = self
+            .held
+            .lock()
+            .iter()
+            .map(|(stream, run)| (stream.clone(), run.clone()))
+            .collect();
+        for (stream, run) in &held {
+            if let Err(error) = self
+                .tree
+                .insert(layout::run_key(stream, run.first_version), &run.value[..])
+            {
+                let error = Error::from(error);
+                self.fail(&error, "sled refused the writer's index runs");
+                return Err(error);
+            }
+        }
+        self.held.lock().clear();
+        Ok(())
+    }
+
+    /// Forgets the runs kept at hand once they are too many, held ones first put into sled,
+    /// where they are read from again.
+    fn forget_runs_if_many(&mut self) -> Result<()> {
+        if self.runs.len() >= RUN_CACHE {
+            self.put_held()?;
+            self.runs.clear();
         }
         Ok(())
     }
@@ -556,6 +654,9 @@ impl Drop for SledLog {
         if self.failed.is_some() || !self.unapplied.is_empty() || std::thread::panicking() {
             return;
         }
+        if self.put_held().is_err() {
+            return;
+        }
         let closed = self.db.flush().map_err(Error::from).and_then(|_| {
             wal::sync_dir(&self.dir)?;
             self.wal.clear()
@@ -585,9 +686,7 @@ impl Log for SledLog {
         if let Some(run) = self.runs.get(stream) {
             return Ok(run.as_ref().map_or(0, Run::last_version));
         }
-        if self.runs.len() >= RUN_CACHE {
-            self.runs.clear();
-        }
+        self.forget_runs_if_many()?;
         let run = last_run(&self.tree, stream)?;
         let version = run.as_ref().map_or(0, Run::last_version);
         self.runs.insert(stream.to_owned(), run);
@@ -598,6 +697,7 @@ impl Log for SledLog {
         let Some(first) = records.first() else {
             return Ok(());
         };
+        self.forget_runs_if_many()?;
         let mut writes = Writes::new();
         let mut runs = RunWriter::default();
         for record in records {
@@ -616,12 +716,22 @@ impl Log for SledLog {
             .map(|(record, bytes)| (record.seq, &bytes[..]))
             .collect();
         write_blocks(&entries, &mut writes);
-        runs.write(&mut writes);
-        // The head last: sled recovers a prefix of its inserts, so a head it holds has its batch.
-        writes.push((
+        runs.write_closed(&mut writes);
+        // What sled takes with the batch: its blocks and closed runs, then the head. Its last
+        // runs are held (see `HeldRuns`), and in the file with the rest.
+        let with_the_batch = writes.len();
+        let last: Vec<(String, Run)> = runs.into_last().collect();
+        for (stream, run) in &last {
+            writes.push((
+                layout::run_key(stream, run.first_version),
+                run.value.clone(),
+            ));
+        }
+        let head_write = (
             layout::HEAD_KEY.to_vec(),
             layout::encode_head(&head).to_vec(),
-        ));
+        );
+        writes.push(head_write.clone());
         if let Err(error) = self.wal.append(first.seq - 1, head.seq, &writes) {
             // Part of the entry may be in the file, and entries already there unsynced.
             self.fail(
@@ -630,13 +740,16 @@ impl Log for SledLog {
             );
             return Err(error);
         }
+        writes.truncate(with_the_batch);
+        // The head last: readers wait for the whole batch anyway (see `Published`).
+        writes.push(head_write);
         self.unapplied.extend(writes);
         self.unapplied_head = head.seq;
-        if self.runs.len() >= RUN_CACHE {
-            self.runs.clear();
-        }
-        self.runs
-            .extend(runs.into_last().map(|(stream, run)| (stream, Some(run))));
+        self.runs.extend(
+            last.iter()
+                .map(|(stream, run)| (stream.clone(), Some(run.clone()))),
+        );
+        self.unapplied_runs.extend(last);
         Ok(())
     }
 
@@ -688,6 +801,8 @@ pub(crate) struct SledReads {
     snapshots: sled::Tree,
     checkpoints: sled::Tree,
     published: Arc<Published>,
+    /// Streams' last runs the writer has not put into sled yet.
+    held: Arc<HeldRuns>,
 }
 
 impl SledReads {
@@ -712,6 +827,11 @@ impl SledReads {
 
     /// The seq of `stream`'s record at `version`, if the index has it.
     fn indexed_seq(&self, stream: &str, version: u64) -> Result<Option<u64>> {
+        if let Some(held) = self.held.read(stream)? {
+            if version >= held.first_version {
+                return Ok(held.get(version));
+            }
+        }
         let Some(run) = run_holding(&self.tree, stream, version)? else {
             return Ok(None);
         };
@@ -727,6 +847,9 @@ impl Reads for SledReads {
 
     fn stream_version(&self, stream: &str) -> Result<u64> {
         self.published.settle()?;
+        if let Some(held) = self.held.get(stream) {
+            return Ok(held.last_version());
+        }
         Ok(last_run(&self.tree, stream)?.map_or(0, |run| run.last_version()))
     }
 
@@ -753,8 +876,12 @@ impl Reads for SledReads {
         let mut blocks = BlockCache::default();
         let tree = &self.tree;
         self.settled(|| {
+            let held = match self.held.read(stream) {
+                Ok(held) => held,
+                Err(error) => return Box::new(std::iter::once(Err(error))),
+            };
             Box::new(
-                run_entries(tree, stream.to_owned(), from, to, back).map(move |entry| {
+                run_entries(tree, stream.to_owned(), held, from, to, back).map(move |entry| {
                     let (_, seq) = entry?;
                     blocks.record(tree, seq)?.ok_or(Error::Corrupt {
                         seq,
@@ -852,8 +979,36 @@ fn run_holding(tree: &sled::Tree, stream: &str, version: u64) -> Result<Option<R
 }
 
 /// `stream`'s (version, seq) index entries within `from..=to`: oldest first, or newest first
-/// when `back`.
+/// when `back`. Its last run is `held` if the writer holds it (see [`HeldRuns`]), which sled
+/// has older or not at all: sled's runs are read up to it.
 fn run_entries(
+    tree: &sled::Tree,
+    stream: String,
+    held: Option<ReadRun>,
+    from: u64,
+    to: u64,
+    back: bool,
+) -> Box<dyn Iterator<Item = Result<(u64, u64)>> + Send + '_> {
+    let Some(held) = held else {
+        return stored_run_entries(tree, stream, from, to, back);
+    };
+    let held_entries: Vec<Result<(u64, u64)>> = held.within(from, to).map(Ok).collect();
+    let stored = stored_run_entries(
+        tree,
+        stream,
+        from,
+        to.min(held.first_version.saturating_sub(1)),
+        back,
+    );
+    if back {
+        Box::new(held_entries.into_iter().rev().chain(stored))
+    } else {
+        Box::new(stored.chain(held_entries))
+    }
+}
+
+/// [`run_entries`] from sled's runs alone.
+fn stored_run_entries(
     tree: &sled::Tree,
     stream: String,
     from: u64,
