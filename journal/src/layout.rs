@@ -3,8 +3,10 @@
 //! Records, the stream index and the head share one tree ([`TREE`]). A writer batch's keys
 //! reach it one by one, blocks first and the head last, after the batch is synced in the
 //! write-ahead file (see `wal`), which replays them after a crash: so after a crash a batch
-//! is in the journal whole or not at all. While the keys go in, a reader may see a block or an
-//! index run past the head: every record it can reach is durable. Integers in keys are big-endian, so byte order is numeric order.
+//! is in the journal whole or not at all. Readers wait for a synced batch's keys to be in (see
+//! `published`). The last index run of each stream a batch extends is in the file with it, but
+//! goes into the tree later (see `sled_store::HeldRuns`), which then marks how far it is
+//! indexed ([`INDEXED_KEY`]); opening indexes whatever lies past the mark from its blocks. Integers in keys are big-endian, so byte order is numeric order.
 //!
 //! ```text
 //! key                                  value
@@ -12,6 +14,7 @@
 //! 'b' first-seq(8)                     a block of records (see encode_block)
 //! 'x' stream-id 0x00 first-version(8)  a run of that stream's index (see encode_run)
 //! 'h'                                  head: seq(8) hash(32) of the last record
+//! 'i'                                  seq(8): every record up to it has its index entries
 //! 'm'                                  while a migration is under way, its cursor
 //! 'g'                                  once migrated, format 1's head then
 //! ```
@@ -57,6 +60,10 @@ pub const FORMAT_KEY: &[u8] = b"f";
 pub const MIGRATION_KEY: &[u8] = b"m";
 /// The key in [`TREE`] of the head a format 1 journal had when it was migrated.
 pub const MIGRATED_KEY: &[u8] = b"g";
+/// The key in [`TREE`] of the seq through which every record is indexed (the writer holds the
+/// last runs of the records after it, see `sled_store::HeldRuns`). Absent in a directory last
+/// opened by a build that indexed every batch as it went: all of it is indexed.
+pub const INDEXED_KEY: &[u8] = b"i";
 /// The layout this code writes: format 2's keys, written through the write-ahead file
 /// (`wal`), which a build that reads format 2 would not replay after a crash.
 pub const FORMAT: u8 = 3;

@@ -564,7 +564,8 @@ impl Journal {
 
     /// The sled tree holding records, index and head (see `layout`), for benches that compare
     /// with raw sled and tests that tamper; `None` on PostgreSQL. Writing to it bypasses every
-    /// guarantee.
+    /// guarantee. While the journal is open, the tree may lack streams' last index runs, which
+    /// its writer holds (see `sled_store::HeldRuns`).
     #[doc(hidden)]
     pub fn raw_tree(&self) -> Option<sled::Tree> {
         self.inner.reads.raw_tree()

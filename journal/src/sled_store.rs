@@ -279,7 +279,8 @@ struct Touched {
 
 impl RunWriter {
     /// Adds `stream`'s `version` at `seq`, reading its last run from `known` (the writer's cache
-    /// of stored runs) or else from `tree` the first time the stream is seen.
+    /// of runs, stored or held) or else from `tree` the first time the stream is seen. A version
+    /// the run already has is left as it is.
     fn add_known(
         &mut self,
         tree: &sled::Tree,
@@ -310,6 +311,11 @@ impl RunWriter {
             return Ok(());
         };
         let run = &mut touched.last;
+        if run.len > 0 && version <= run.last_version() {
+            // Indexed already (a record indexed again from its block, see
+            // `index_past_the_mark`).
+            return Ok(());
+        }
         let follows = run.len == 0 || run.last_version() + 1 == version;
         if !follows || run.len as usize >= layout::RUN_LEN {
             // Written whether or not this batch added to it: the writer may have held it rather
@@ -331,7 +337,7 @@ impl RunWriter {
         self.add_known(tree, &HashMap::new(), stream, version, seq)
     }
 
-    /// Puts every run the batch added to into `writes`.
+    /// Puts every run the batch added to or closed into `writes`.
     fn write(&self, writes: &mut Writes) {
         self.write_closed(writes);
         for (stream, touched) in &self.runs {
@@ -393,8 +399,10 @@ pub(crate) fn open(
 /// is full (before sled's files are synced and the round rewound), when the writer forgets the
 /// runs it keeps at hand ([`RUN_CACHE`]), or at a clean close: a stream that every batch extends
 /// costs one sled insert a round rather than one a batch, and sled's inserts were most of the
-/// writer's time. A crash loses none of them, as opening replays the round. Readers take a
-/// stream's last run from here before sled's: it is the newer.
+/// writer's time. Once they are in, the tree's mark [`layout::INDEXED_KEY`] says so. A crash
+/// loses none of them: opening replays the round, and indexes from their blocks the records
+/// past the mark that a damaged file could not give back (see [`index_past_the_mark`]).
+/// Readers take a stream's last run from here before sled's: it is the newer.
 #[derive(Default)]
 pub(crate) struct HeldRuns(std::sync::Mutex<HashMap<String, Run>>);
 
@@ -455,8 +463,9 @@ pub(crate) struct SledLog {
     /// unwritten pages and a later sync would not say so, so the file keeps its round (and
     /// grows) until the journal is opened again and replays it.
     rewinds: bool,
-    /// Streams' last index runs as stored, read by [`Log::stream_version`] or left by the last
-    /// batch; this writer is the tree's only one, so they stay true until it writes again.
+    /// Streams' last index runs as stored or held, read by [`Log::stream_version`] or left by
+    /// the last batch; this writer is the tree's only one, so they stay true until it writes
+    /// again.
     runs: HashMap<String, Option<Run>>,
     /// Tests set it to make sled refuse the next batches' inserts, as a failing disk would.
     #[cfg(test)]
@@ -480,10 +489,12 @@ impl SledLog {
         capacity: u64,
     ) -> Result<SledLog> {
         let (wal, entries) = Wal::open(dir, capacity)?;
-        if !entries.is_empty() {
-            let replayed = replay(&tree, entries)?;
+        let replayed = replay(&tree, entries)?;
+        let indexed = index_past_the_mark(&tree)?;
+        if replayed > 0 || indexed > 0 {
             tracing::info!(
                 batches = replayed,
+                indexed,
                 "replayed the journal's write-ahead file"
             );
             // sled may hold what it recovered only in the page cache; the new round
@@ -578,6 +589,11 @@ impl SledLog {
                 return Err(error);
             }
         }
+        // After the runs: sled recovers a prefix of its inserts.
+        if let Err(error) = mark_indexed(&self.tree) {
+            self.fail(&error, "sled refused the writer's index runs");
+            return Err(error);
+        }
         self.held.lock().clear();
         Ok(())
     }
@@ -605,11 +621,65 @@ impl SledLog {
     }
 }
 
+/// Marks `tree` as indexed through its head (see [`layout::INDEXED_KEY`]).
+fn mark_indexed(tree: &sled::Tree) -> Result<()> {
+    let head = layout::read_head(tree)?.seq;
+    tree.insert(layout::INDEXED_KEY, &head.to_be_bytes())?;
+    Ok(())
+}
+
+/// Indexes the records of `tree` past its mark (see [`layout::INDEXED_KEY`]) from their blocks,
+/// each version its stream's runs do not have yet, and marks it indexed through its head. Past
+/// the mark lie only records whose last runs the writer held when it stopped and the
+/// write-ahead file did not give back (it was damaged, or they were in it and the replay put
+/// them in already: then nothing is added). A tree without a mark was last opened by a build
+/// that indexed as it went. Stops at a record that does not decode, leaving it to `verify`.
+/// Answers how many records it went through.
+fn index_past_the_mark(tree: &sled::Tree) -> Result<u64> {
+    let head = layout::read_head(tree)?.seq;
+    let stored = tree.get(layout::INDEXED_KEY)?;
+    let mark = match &stored {
+        None => head,
+        Some(mark) => layout::decode_seq(mark).ok_or_else(|| Error::Corrupt {
+            seq: 0,
+            reason: "the journal's indexed-through mark is malformed".into(),
+        })?,
+    };
+    if stored.is_some() && mark >= head {
+        return Ok(0);
+    }
+    let mut runs = RunWriter::default();
+    let mut through = mark;
+    for record in records(tree, mark + 1, head) {
+        let record = match record {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::warn!(%error, "a record past the index's mark could not be read; the index stops before it");
+                break;
+            }
+        };
+        runs.add(tree, &record.stream, record.version, record.seq)?;
+        through = record.seq;
+    }
+    let mut writes = Writes::new();
+    runs.write(&mut writes);
+    writes.push((layout::INDEXED_KEY.to_vec(), through.to_be_bytes().to_vec()));
+    for (key, value) in writes {
+        tree.insert(key, value)?;
+    }
+    // Durable at once (the first mark above all: from here on only the mark says how far the
+    // index goes).
+    tree.flush()?;
+    Ok(through - mark)
+}
+
 /// Inserts into `tree` the writes of every entry of the file's round, in order: sled holds
 /// part of them or all, the same keys with the same values or, for an index run and the head,
 /// values the later entries write again. Answers how many batches it replayed. A round that
 /// starts after sled's head is missing records and is refused; one that ends before it (an
-/// entry damaged on disk cut it short) is not replayed, as sled already holds more.
+/// entry damaged on disk cut it short) is not replayed, as sled already holds more records
+/// (their last index runs, which it may lack, are indexed again from them: see
+/// [`index_past_the_mark`]).
 fn replay(tree: &sled::Tree, entries: Vec<wal::Entry>) -> Result<usize> {
     let head = layout::read_head(tree)?.seq;
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
@@ -651,7 +721,11 @@ impl Drop for SledLog {
         // Readers still waiting (the writer panicked between its answers and its inserts) hear
         // that they wait in vain; the others read on.
         self.published.failed("the journal's writer stopped");
-        if self.failed.is_some() || !self.unapplied.is_empty() || std::thread::panicking() {
+        if self.failed.is_some()
+            || !self.unapplied.is_empty()
+            || !self.rewinds
+            || std::thread::panicking()
+        {
             return;
         }
         if self.put_held().is_err() {
