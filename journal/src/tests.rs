@@ -1848,22 +1848,14 @@ fn after_a_failed_sync_of_the_write_ahead_file_nothing_is_acknowledged_until_it_
         // The disk is well again, but a later sync could succeed without the failed one's
         // pages: the writer refuses until the journal is opened again.
         failing.store(false, std::sync::atomic::Ordering::Relaxed);
-        let refused = journal.append("b", ExpectedVersion::Any, vec![event(3)]);
-        let Err(error) = refused else {
-            panic!("an append was acknowledged after a failed sync");
-        };
-        assert!(error.to_string().contains("opened again"), "{error}");
+        assert_refused_until_reopened(&journal);
         journal
     };
     // The close leaves the file as it is, and the reopen replays it: the entry whose sync
     // failed reached the page cache, so its append is there, though its appender heard an
     // error (it must read the journal to know).
     drop(journal);
-    let reopened = Journal::open(dir.path()).unwrap();
-    assert_eq!(payloads(&stream(&reopened, "a", 1)), vec![1, 2]);
-    assert_eq!(reopened.stream_version("b").unwrap(), 0);
-    assert_eq!(reopened.verify().unwrap().seq, 2);
-    reopened
+    reopened_with_both_of_a(dir.path())
         .append("b", ExpectedVersion::NoStream, vec![event(3)])
         .unwrap();
 }
@@ -1958,16 +1950,30 @@ fn a_batch_sled_refuses_after_it_was_acknowledged_is_read_once_the_journal_is_op
             panic!("a read answered from a tree missing an acknowledged batch");
         };
         assert!(error.to_string().contains("opened again"), "{error}");
-        let Err(error) = journal.append("b", ExpectedVersion::Any, vec![event(3)]) else {
-            panic!("an append was acknowledged after sled refused a batch");
-        };
-        assert!(error.to_string().contains("opened again"), "{error}");
+        assert_refused_until_reopened(&journal);
         journal
     };
     // The close leaves the write-ahead file as it is, and the reopen replays it.
     drop(journal);
-    let reopened = Journal::open(dir.path()).unwrap();
+    reopened_with_both_of_a(dir.path());
+}
+
+/// Checks that `journal`'s writer, stopped by a failure, acknowledges no append until the
+/// journal is opened again.
+fn assert_refused_until_reopened(journal: &Journal) {
+    let Err(error) = journal.append("b", ExpectedVersion::Any, vec![event(3)]) else {
+        panic!("an append was acknowledged after the writer stopped on a failure");
+    };
+    assert!(error.to_string().contains("opened again"), "{error}");
+}
+
+/// Opens again the journal in `dir`, whose writer stopped on a failure while appending the
+/// second event of stream "a": the write-ahead file gives both back, and the refused "b" is
+/// not there.
+fn reopened_with_both_of_a(dir: &Path) -> Journal {
+    let reopened = Journal::open(dir).unwrap();
     assert_eq!(payloads(&stream(&reopened, "a", 1)), vec![1, 2]);
     assert_eq!(reopened.stream_version("b").unwrap(), 0);
     assert_eq!(reopened.verify().unwrap().seq, 2);
+    reopened
 }
