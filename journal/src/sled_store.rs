@@ -413,14 +413,15 @@ impl HeldRuns {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `stream`'s last run, if it is held.
-    fn get(&self, stream: &str) -> Option<Run> {
-        self.lock().get(stream).cloned()
+    /// The last version of `stream`'s held run, if it has one.
+    fn last_version(&self, stream: &str) -> Option<u64> {
+        self.lock().get(stream).map(Run::last_version)
     }
 
     /// `stream`'s last run as read, if it is held.
     fn read(&self, stream: &str) -> Result<Option<ReadRun>> {
-        let Some(run) = self.get(stream) else {
+        let held = self.lock();
+        let Some(run) = held.get(stream) else {
             return Ok(None);
         };
         let seqs = layout::decode_run(&run.value).ok_or_else(|| Error::Corrupt {
@@ -921,8 +922,8 @@ impl Reads for SledReads {
 
     fn stream_version(&self, stream: &str) -> Result<u64> {
         self.published.settle()?;
-        if let Some(held) = self.held.get(stream) {
-            return Ok(held.last_version());
+        if let Some(version) = self.held.last_version(stream) {
+            return Ok(version);
         }
         Ok(last_run(&self.tree, stream)?.map_or(0, |run| run.last_version()))
     }
