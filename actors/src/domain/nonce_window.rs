@@ -11,25 +11,22 @@
 //! in [`NonceWindow::remember`] by the `at` of the accepting event, so a replay of the journal
 //! rebuilds exactly the same window.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::clock::Timestamp;
 
 impl From<BTreeMap<String, Timestamp>> for NonceWindow {
     fn from(by_nonce: BTreeMap<String, Timestamp>) -> Self {
-        let by_expiry = by_nonce.iter().map(|(n, t)| (*t, n.clone())).collect();
-        NonceWindow {
-            by_nonce,
-            by_expiry,
+        let mut window = NonceWindow::default();
+        for (nonce, expires_at) in by_nonce {
+            let nonce: Arc<str> = nonce.into();
+            window.by_nonce.insert(nonce.clone(), expires_at);
+            window.by_expiry.entry(expires_at).or_default().push(nonce);
         }
-    }
-}
-
-impl From<NonceWindow> for BTreeMap<String, Timestamp> {
-    fn from(window: NonceWindow) -> Self {
-        window.by_nonce
+        window
     }
 }
 
@@ -49,16 +46,31 @@ pub enum Refusal {
     },
 }
 
-/// Nonce → expiry, with an index by expiry for pruning and for the earliest expiry. Serialized
-/// (into snapshots) as the map alone; the index is rebuilt.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(
-    from = "BTreeMap<String, Timestamp>",
-    into = "BTreeMap<String, Timestamp>"
-)]
+/// Nonce → expiry (hashed: a call looks its nonce up, then remembers it), with an index by
+/// expiry for pruning and for the earliest expiry; both share each nonce's one allocation.
+/// Serialized (into snapshots) as the map alone, in nonce order; the index is rebuilt. Two
+/// windows are equal when they remember the same nonces until the same instants.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(from = "BTreeMap<String, Timestamp>")]
 pub struct NonceWindow {
-    by_nonce: BTreeMap<String, Timestamp>,
-    by_expiry: BTreeSet<(Timestamp, String)>,
+    by_nonce: hashbrown::HashMap<Arc<str>, Timestamp, foldhash::fast::RandomState>,
+    /// The nonces by expiry, each under the expiry `by_nonce` gives it.
+    by_expiry: BTreeMap<Timestamp, Vec<Arc<str>>>,
+}
+
+impl PartialEq for NonceWindow {
+    fn eq(&self, other: &Self) -> bool {
+        // `by_expiry` follows from `by_nonce`, but for the order of nonces sharing an expiry.
+        self.by_nonce == other.by_nonce
+    }
+}
+
+impl Eq for NonceWindow {}
+
+impl Serialize for NonceWindow {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
 }
 
 impl NonceWindow {
@@ -76,14 +88,14 @@ impl NonceWindow {
 
     /// How many nonces are still remembered at `now`.
     pub fn live_len(&self, now: Timestamp) -> usize {
-        let expired = self.by_expiry.range(..(now, String::new())).count();
-        self.by_expiry.len() - expired
+        let expired: usize = self.by_expiry.range(..now).map(|(_, n)| n.len()).sum();
+        self.by_nonce.len() - expired
     }
 
     /// The earliest expiry among the nonces still remembered at `now`.
     pub fn earliest_expiry(&self, now: Timestamp) -> Option<Timestamp> {
         self.by_expiry
-            .range((now, String::new())..)
+            .range(now..)
             .next()
             .map(|(expires_at, _)| *expires_at)
     }
@@ -104,18 +116,24 @@ impl NonceWindow {
     /// Forgets the nonces that expired before `at`, then remembers `nonce` until `expires_at`.
     /// Never drops an entry with `expires_at >= at`.
     pub fn remember(&mut self, nonce: &str, expires_at: Timestamp, at: Timestamp) {
-        while let Some(first) = self.by_expiry.first() {
-            if first.0 >= at {
+        while let Some(first) = self.by_expiry.first_entry() {
+            if *first.key() >= at {
                 break;
             }
-            if let Some((_, forgotten)) = self.by_expiry.pop_first() {
+            for forgotten in first.remove() {
                 self.by_nonce.remove(&forgotten);
             }
         }
-        if let Some(previous) = self.by_nonce.insert(nonce.to_owned(), expires_at) {
-            self.by_expiry.remove(&(previous, nonce.to_owned()));
+        let nonce: Arc<str> = nonce.into();
+        if let Some(previous) = self.by_nonce.insert(nonce.clone(), expires_at) {
+            if let Some(nonces) = self.by_expiry.get_mut(&previous) {
+                nonces.retain(|remembered| *remembered != nonce);
+                if nonces.is_empty() {
+                    self.by_expiry.remove(&previous);
+                }
+            }
         }
-        self.by_expiry.insert((expires_at, nonce.to_owned()));
+        self.by_expiry.entry(expires_at).or_default().push(nonce);
     }
 
     /// How many entries are stored, expired or not (expired ones linger until the next accept).
@@ -130,9 +148,13 @@ impl NonceWindow {
 
     /// The stored entries, nonce and expiry, in nonce order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Timestamp)> {
-        self.by_nonce
+        let mut entries: Vec<(&str, Timestamp)> = self
+            .by_nonce
             .iter()
-            .map(|(nonce, at)| (nonce.as_str(), *at))
+            .map(|(nonce, at)| (&**nonce, *at))
+            .collect();
+        entries.sort_unstable();
+        entries.into_iter()
     }
 }
 
@@ -196,6 +218,45 @@ mod tests {
         assert_eq!(window.earliest_expiry(T0), Some(T0.plus_millis(9_000)));
         assert_eq!(window.live_len(T0.plus_millis(9_000)), 1);
         assert_eq!(window.live_len(T0.plus_millis(9_001)), 0);
+    }
+
+    #[test]
+    fn a_window_serializes_in_nonce_order_and_reads_back_equal() {
+        let mut window = window_with(&[("c", 3_000), ("a", 1_000), ("b", 1_000)]);
+        window.remember("d", T0.plus_millis(1_000), T0);
+        let json = serde_json::to_string(&window).unwrap();
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"a":{},"b":{},"c":{},"d":{}}}"#,
+                T0.plus_millis(1_000).as_millis(),
+                T0.plus_millis(1_000).as_millis(),
+                T0.plus_millis(3_000).as_millis(),
+                T0.plus_millis(1_000).as_millis()
+            )
+        );
+        let read: NonceWindow = serde_json::from_str(&json).unwrap();
+        assert_eq!(read, window);
+        // The index came back too: the three sharing an expiry go together, the last stays.
+        assert_eq!(read.live_len(T0.plus_millis(1_001)), 1);
+        assert_eq!(read.earliest_expiry(T0), Some(T0.plus_millis(1_000)));
+        let mut pruned = read.clone();
+        pruned.remember("e", T0.plus_millis(9_000), T0.plus_millis(1_001));
+        assert_eq!(
+            pruned.iter().map(|(nonce, _)| nonce).collect::<Vec<_>>(),
+            ["c", "e"]
+        );
+    }
+
+    #[test]
+    fn a_nonce_remembered_again_under_the_same_expiry_is_one_entry() {
+        let mut window = window_with(&[("a", 1_000), ("b", 1_000)]);
+        window.remember("a", T0.plus_millis(1_000), T0);
+        assert_eq!(window.len(), 2);
+        assert_eq!(window.live_len(T0), 2);
+        assert_eq!(window.live_len(T0.plus_millis(1_001)), 0);
+        window.remember("c", T0.plus_millis(5_000), T0.plus_millis(1_001));
+        assert_eq!(window.len(), 1, "both expired entries pruned, once each");
     }
 
     #[test]
