@@ -71,14 +71,14 @@ fn clone_pair<K: Clone, V: Clone>((k, v): (&K, &V)) -> (K, V) {
 /// Objects that hang from a group (policies, scheduled actions, receivers): who owns each, and
 /// each group's, in id order, for listing.
 struct OfGroups<Id> {
-    owners: HashMap<Id, Owner>,
+    owners: HashMap<Id, Owner, foldhash::fast::RandomState>,
     by_group: BTreeSet<(GroupId, Id)>,
 }
 
 impl<Id> Default for OfGroups<Id> {
     fn default() -> Self {
         OfGroups {
-            owners: HashMap::new(),
+            owners: HashMap::default(),
             by_group: BTreeSet::new(),
         }
     }
@@ -134,8 +134,9 @@ struct Data {
     /// Hashed with foldhash: a remote write asks about hundreds of groups at once.
     groups: HashMap<GroupId, TenantId, foldhash::fast::RandomState>,
     policies: OfGroups<PolicyId>,
-    webhooks: HashMap<WebhookId, Owner>,
-    alarms: HashMap<AlarmId, Owner>,
+    /// Hashed with foldhash, as the ones that follow: every webhook call asks.
+    webhooks: HashMap<WebhookId, Owner, foldhash::fast::RandomState>,
+    alarms: HashMap<AlarmId, Owner, foldhash::fast::RandomState>,
     schedules: OfGroups<ScheduleId>,
     receivers: OfGroups<ReceiverId>,
     /// (tenant, group) for listing a tenant's groups in id order.

@@ -134,7 +134,10 @@ struct Inner {
 /// A resident actor: its `Addr<ObjectActor<A>>` (of its id's kind), and a way to ask it, whatever
 /// its kind, whether it is idle.
 /// The resident actors, by object id.
-type Registry = Mutex<HashMap<String, Resident>>;
+type Registry = Mutex<Residents>;
+
+/// Object id → its resident actor, hashed with foldhash: a webhook call looks up four of them.
+type Residents = HashMap<String, Resident, foldhash::fast::RandomState>;
 
 /// Tells resident actors that another writer moved their stream ([`Supervisor::mover`]),
 /// holding the registry weakly: the journal's follower keeps it, and a strong handle there
@@ -201,7 +204,7 @@ impl Supervisor {
                 clock,
                 config,
                 arbiters,
-                actors: Arc::new(Mutex::new(HashMap::new())),
+                actors: Arc::new(Mutex::new(Residents::default())),
             }),
         }
     }
@@ -251,7 +254,7 @@ impl Supervisor {
         self.registry().len()
     }
 
-    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<String, Resident>> {
+    fn registry(&self) -> std::sync::MutexGuard<'_, Residents> {
         // A panic while holding this lock cannot leave the map half-updated (single inserts and
         // removes), so a poisoned lock is still sound to use.
         self.inner
@@ -277,7 +280,7 @@ impl Supervisor {
         if !id.starts_with(A::PREFIX) || !printable || flotilla_journal::MAX_NAME_LEN < id.len() {
             return Err(Rejection::not_found(A::KIND).into());
         }
-        let live = |actors: &HashMap<String, Resident>| {
+        let live = |actors: &Residents| {
             actors
                 .get(id)
                 .and_then(|resident| resident.addr.downcast_ref::<Addr<ObjectActor<A>>>())

@@ -1,6 +1,7 @@
 //! The embedded back end: the journal in a sled database in a local directory (see `layout`).
 
-use std::collections::HashMap;
+/// The writer's maps, hashed with foldhash: each batch looks up every stream it touches.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::ops::Range;
 
 use std::path::{Path, PathBuf};
@@ -334,7 +335,7 @@ impl RunWriter {
     }
 
     fn add(&mut self, tree: &sled::Tree, stream: &str, version: u64, seq: u64) -> Result<()> {
-        self.add_known(tree, &HashMap::new(), stream, version, seq)
+        self.add_known(tree, &HashMap::default(), stream, version, seq)
     }
 
     /// Puts every run the batch added to or closed into `writes`.
@@ -515,7 +516,7 @@ impl SledLog {
             published: Arc::default(),
             failed: None,
             rewinds: true,
-            runs: HashMap::new(),
+            runs: HashMap::default(),
             #[cfg(test)]
             refusing: Arc::default(),
             #[cfg(test)]

@@ -22,7 +22,8 @@
 //! Being the only writer is what makes "never overwrite a key" and the chain simple: the next
 //! sequence number and previous hash are this thread's own state.
 
-use std::collections::HashMap;
+/// The writer's maps, hashed with foldhash: each batch looks up every stream it touches.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -160,9 +161,9 @@ impl<L: Log> Writer<L> {
             log,
             max_batch,
             head: Head::EMPTY,
-            versions: HashMap::new(),
+            versions: HashMap::default(),
             unavailable: None,
-            fences: HashMap::new(),
+            fences: HashMap::default(),
             broken: None,
             follower: None,
             follower_failed: false,
@@ -498,7 +499,7 @@ impl<L: Log> Writer<L> {
                 });
             }
         }
-        let mut after: HashMap<String, u64> = HashMap::new();
+        let mut after: HashMap<String, u64> = HashMap::default();
         for part in &parts {
             let actual = match after.get(&part.stream) {
                 Some(version) => *version,
@@ -528,7 +529,7 @@ impl<L: Log> Writer<L> {
     ) -> Result<()> {
         self.writable()?;
         let mut staged_head = *head;
-        let mut staged_versions = HashMap::new();
+        let mut staged_versions = HashMap::default();
         for record in &records {
             let version = match staged_versions.get(&record.stream) {
                 Some(version) => *version,
