@@ -40,14 +40,27 @@ impl NewEvent {
     ) -> Result<Self> {
         let payload =
             serde_json::to_vec(value).map_err(|e| Error::InvalidEvent(format!("payload: {e}")))?;
-        Self::raw(event_type, schema, timestamp_ms, payload)
+        // serde_json writes JSON and nothing else, so it is not parsed again; a raw value it
+        // embeds may still hold a line break.
+        check_line(&payload).map_err(Error::InvalidEvent)?;
+        Self::unchecked(event_type, schema, timestamp_ms, payload)
     }
 
     /// An event whose payload is already JSON text. The text must be one line (exports are JSON
     /// lines that embed payloads byte for byte).
     pub fn raw(event_type: &str, schema: u16, timestamp_ms: i64, payload: Vec<u8>) -> Result<Self> {
-        check_name("event type", event_type).map_err(Error::InvalidEvent)?;
         check_payload(&payload).map_err(Error::InvalidEvent)?;
+        Self::unchecked(event_type, schema, timestamp_ms, payload)
+    }
+
+    /// An event of `payload`, whose text is known to be JSON on one line.
+    fn unchecked(
+        event_type: &str,
+        schema: u16,
+        timestamp_ms: i64,
+        payload: Vec<u8>,
+    ) -> Result<Self> {
+        check_name("event type", event_type).map_err(Error::InvalidEvent)?;
         Ok(Self {
             event_type: event_type.to_owned(),
             schema,
@@ -279,14 +292,20 @@ pub(crate) fn check_name(what: &str, name: &str) -> std::result::Result<(), Stri
 }
 
 fn check_payload(payload: &[u8]) -> std::result::Result<(), String> {
+    check_line(payload)?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+        .map_err(|e| format!("payload is not JSON: {e}"))?;
+    Ok(())
+}
+
+/// Whether `payload` is within the size limit, on one line.
+fn check_line(payload: &[u8]) -> std::result::Result<(), String> {
     if payload.len() > MAX_PAYLOAD_LEN {
         return Err(format!("payload is over {MAX_PAYLOAD_LEN} bytes"));
     }
     if payload.contains(&b'\n') || payload.contains(&b'\r') {
         return Err("payload must be JSON on one line".to_owned());
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(payload)
-        .map_err(|e| format!("payload is not JSON: {e}"))?;
     Ok(())
 }
 
@@ -390,6 +409,15 @@ mod tests {
         assert!(NewEvent::raw("t", 1, 0, b"{oops".to_vec()).is_err());
         assert!(NewEvent::raw("has space", 1, 0, b"1".to_vec()).is_err());
         assert!(NewEvent::raw("t", 1, 0, b"{\"a\":1}".to_vec()).is_ok());
+        // Serialized values are not parsed again, but a raw value they embed is still held to
+        // one line, and the name and size to their rules.
+        let raw = serde_json::value::RawValue::from_string("{\"a\":\n1}".to_owned()).unwrap();
+        assert!(NewEvent::json("t", 1, 0, &raw).is_err());
+        assert!(NewEvent::json("t", 1, 0, &[raw]).is_err());
+        assert!(NewEvent::json("has space", 1, 0, &1).is_err());
+        assert!(NewEvent::json("t", 1, 0, &"x".repeat(MAX_PAYLOAD_LEN)).is_err());
+        let event = NewEvent::json("t", 1, 0, &serde_json::json!({"a": "b\nc"})).unwrap();
+        assert_eq!(event.payload, br#"{"a":"b\nc"}"#);
     }
 
     #[test]
