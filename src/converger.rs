@@ -182,10 +182,12 @@ impl Quiet {
     /// Takes in that group `id`'s stream grew (the projector's entry): a group that was idle is
     /// passed over again on the next tick.
     pub fn changed(&self, id: &str) {
-        let id = GroupId::new(id);
         let mut sets = self.sets();
-        sets.idle.remove(&id);
-        sets.changed.insert(id);
+        sets.idle.remove(id);
+        // Most records are of a group already marked: no id is made for those.
+        if !sets.changed.contains(id) {
+            sets.changed.insert(GroupId::new(id));
+        }
     }
 
     /// How many groups ticks now skip.
