@@ -41,8 +41,13 @@ impl NewEvent {
         let payload =
             serde_json::to_vec(value).map_err(|e| Error::InvalidEvent(format!("payload: {e}")))?;
         // serde_json writes JSON and nothing else, so it is not parsed again; a raw value it
-        // embeds may still hold a line break.
+        // embeds may still hold a line break. (A hand-written `Serialize` could still make it
+        // write a map key without its value: debug builds, the tests', parse it to catch that.)
         check_line(&payload).map_err(Error::InvalidEvent)?;
+        debug_assert!(
+            serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_ok(),
+            "serde_json wrote a payload that is not JSON"
+        );
         Self::unchecked(event_type, schema, timestamp_ms, payload)
     }
 

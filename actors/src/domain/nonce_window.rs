@@ -60,8 +60,9 @@ pub struct NonceWindow {
 
 impl PartialEq for NonceWindow {
     fn eq(&self, other: &Self) -> bool {
-        // `by_expiry` follows from `by_nonce`, but for the order of nonces sharing an expiry.
-        self.by_nonce == other.by_nonce
+        // The index too (replay is checked against live with this), but for the order of the
+        // nonces sharing an expiry, which depends on how the window was built.
+        self.by_nonce == other.by_nonce && self.index() == other.index()
     }
 }
 
@@ -89,7 +90,11 @@ impl NonceWindow {
     /// How many nonces are still remembered at `now`.
     pub fn live_len(&self, now: Timestamp) -> usize {
         let expired: usize = self.by_expiry.range(..now).map(|(_, n)| n.len()).sum();
-        self.by_nonce.len() - expired
+        debug_assert!(
+            expired <= self.by_nonce.len(),
+            "the index holds a nonce twice"
+        );
+        self.by_nonce.len().saturating_sub(expired)
     }
 
     /// The earliest expiry among the nonces still remembered at `now`.
@@ -134,6 +139,19 @@ impl NonceWindow {
             }
         }
         self.by_expiry.entry(expires_at).or_default().push(nonce);
+    }
+
+    /// The expiry index, each expiry's nonces sorted.
+    fn index(&self) -> Vec<(Timestamp, Vec<&str>)> {
+        fn sorted(nonces: &[Arc<str>]) -> Vec<&str> {
+            let mut nonces: Vec<&str> = nonces.iter().map(|nonce| &**nonce).collect();
+            nonces.sort_unstable();
+            nonces
+        }
+        self.by_expiry
+            .iter()
+            .map(|(expires_at, nonces)| (*expires_at, sorted(nonces)))
+            .collect()
     }
 
     /// How many entries are stored, expired or not (expired ones linger until the next accept).
@@ -237,6 +255,12 @@ mod tests {
         );
         let read: NonceWindow = serde_json::from_str(&json).unwrap();
         assert_eq!(read, window);
+        let mut astray = read.clone();
+        astray.by_expiry.remove(&T0.plus_millis(3_000));
+        assert_ne!(
+            astray, window,
+            "a window whose index lost a nonce is not the same"
+        );
         // The index came back too: the three sharing an expiry go together, the last stays.
         assert_eq!(read.live_len(T0.plus_millis(1_001)), 1);
         assert_eq!(read.earliest_expiry(T0), Some(T0.plus_millis(1_000)));
