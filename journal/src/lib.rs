@@ -19,6 +19,9 @@
 //! - `export`: JSON-lines export, verification of an export, and import.
 //! - `error`: the journal's error type.
 
+/// The writer's maps, hashed with foldhash: each batch looks up every stream it touches.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 mod backend;
 mod error;
 pub mod export;

@@ -1,7 +1,5 @@
 //! The embedded back end: the journal in a sled database in a local directory (see `layout`).
 
-/// The writer's maps, hashed with foldhash: each batch looks up every stream it touches.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::ops::Range;
 
 use std::path::{Path, PathBuf};
@@ -11,6 +9,7 @@ use crate::backend::{Reads, Records, Stored, Table};
 use crate::published::{self, Published};
 use crate::wal::{self, Wal};
 use crate::writer::Log;
+use crate::HashMap;
 use crate::{layout, Error, Hash, Head, Record, Result};
 
 /// Records a format 1 journal moves into blocks per sled batch while it is migrated.

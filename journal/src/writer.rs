@@ -22,13 +22,11 @@
 //! Being the only writer is what makes "never overwrite a key" and the chain simple: the next
 //! sequence number and previous hash are this thread's own state.
 
-/// The writer's maps, hashed with foldhash: each batch looks up every stream it touches.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-
 use tokio::sync::{mpsc, oneshot};
 
 use crate::record::Record;
 use crate::verify::{Break, BreakKind};
+use crate::HashMap;
 use crate::{Appended, Error, ExpectedVersion, Fence, Head, NewEvent, Result, StreamAppend};
 
 pub(crate) enum Request {
