@@ -110,6 +110,36 @@ fn a_body_that_does_not_arrive_in_time_gets_408_and_its_connection_closed() {
 }
 
 #[test]
+fn a_body_already_in_with_its_head_is_read_whole_chunked_or_not() {
+    let server = Server::start_with(|s| s.body_timeout_ms = 300);
+    // Head and body in one write: the body is read at once, the deadline never armed.
+    for request in [
+        &b"POST /v1/metrics HTTP/1.1\r\nHost: flotilla\r\nContent-Type: application/json\r\n\
+           Content-Length: 2\r\n\r\n{}"[..],
+        &b"POST /v1/metrics HTTP/1.1\r\nHost: flotilla\r\nContent-Type: application/json\r\n\
+           Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n1\r\n}\r\n0\r\n\r\n"[..],
+    ] {
+        let mut stream = connect(&server);
+        stream.write_all(request).unwrap();
+        let unauthenticated = answer(&stream);
+        assert_eq!(unauthenticated.status, 401, "{}", unauthenticated.body);
+        // The connection is kept: the body was read to its end.
+        assert_eq!(get_healthz(&stream).status, 200);
+    }
+    // Its first piece in with the head, the rest late: the deadline holds for the rest.
+    let mut stream = connect(&server);
+    stream
+        .write_all(
+            b"POST /v1/metrics HTTP/1.1\r\nHost: flotilla\r\nContent-Type: application/json\r\n\
+              Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n",
+        )
+        .unwrap();
+    let late = answer(&stream);
+    assert_eq!(late.status, 408, "{:?}", late.headers);
+    assert!(closed(&stream));
+}
+
+#[test]
 fn a_body_declared_over_the_limit_is_refused_before_it_is_read() {
     let server = Server::start();
     let mut stream = connect(&server);
