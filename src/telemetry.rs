@@ -4,6 +4,7 @@
 //! raw path, whose ids would explode the series), webhook calls per outcome, and API errors per
 //! code. Read at scrape time: journal appends, resident actors and live objects.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,38 +51,55 @@ fn method_label(method: &str) -> &'static str {
 }
 
 /// A status's label: the statuses the service answers with, else [`OTHER`].
-fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
-    const STATUSES: [u16; 17] = [
-        200, 201, 202, 204, 400, 401, 403, 404, 405, 408, 409, 413, 415, 429, 500, 501, 503,
+fn status_label(status: u16) -> &'static str {
+    const STATUSES: [(u16, &str); 17] = [
+        (200, "200"),
+        (201, "201"),
+        (202, "202"),
+        (204, "204"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (408, "408"),
+        (409, "409"),
+        (413, "413"),
+        (415, "415"),
+        (429, "429"),
+        (500, "500"),
+        (501, "501"),
+        (503, "503"),
     ];
-    if STATUSES.contains(&status) {
-        std::borrow::Cow::Owned(status.to_string())
-    } else {
-        std::borrow::Cow::Borrowed(OTHER)
-    }
+    STATUSES
+        .into_iter()
+        .find(|(known, _)| *known == status)
+        .map_or(OTHER, |(_, label)| label)
 }
 
+// Labels are static strings where the set is closed (methods, statuses, outcomes, codes), so
+// that counting a request allocates only its route's pattern.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
+    method: &'static str,
     route: String,
-    status: String,
+    status: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    method: String,
+    method: &'static str,
     route: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
-    outcome: String,
+    outcome: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
-    code: String,
+    code: Cow<'static, str>,
 }
 
 type Latency = Family<RouteLabels, Histogram, fn() -> Histogram>;
@@ -219,47 +237,39 @@ impl Telemetry {
     }
 
     /// Records `n` remote-write samples with `outcome`.
-    pub fn remote_write(&self, outcome: &str, n: usize) {
+    pub fn remote_write(&self, outcome: &'static str, n: usize) {
         self.remote_write
             .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_owned(),
+                outcome: Cow::Borrowed(outcome),
             })
             .inc_by(n as u64);
     }
 
     /// Records an answered request; `route` is the matched pattern ([`UNMATCHED`] for none).
-    pub fn request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
-        let (method, status) = (method_label(method), status_label(status));
+    pub fn request(&self, method: &str, route: String, status: u16, elapsed: Duration) {
+        let method = method_label(method);
+        let latency = RouteLabels { method, route };
+        self.latency
+            .get_or_create(&latency)
+            .observe(elapsed.as_secs_f64());
         self.requests
             .get_or_create(&RequestLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
-                status: status.into_owned(),
+                method,
+                route: latency.route,
+                status: status_label(status),
             })
             .inc();
-        self.latency
-            .get_or_create(&RouteLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
-            })
-            .observe(elapsed.as_secs_f64());
     }
 
     /// Records an API error answered with `code`.
-    pub fn rejection(&self, code: &str) {
-        self.rejections
-            .get_or_create(&CodeLabels {
-                code: code.to_owned(),
-            })
-            .inc();
+    pub fn rejection(&self, code: Cow<'static, str>) {
+        self.rejections.get_or_create(&CodeLabels { code }).inc();
     }
 
     /// Records a webhook call's outcome (`executed`, ...) or rejection code (`replayed`, ...).
-    pub fn webhook(&self, outcome: &str) {
+    pub fn webhook(&self, outcome: Cow<'static, str>) {
         self.webhooks
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_owned(),
-            })
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 
@@ -451,13 +461,14 @@ impl Telemetry {
         elapsed: Duration,
     ) {
         let status = response.status();
-        let route = request.match_pattern();
-        let route = route.as_deref().unwrap_or(UNMATCHED);
+        let route = request
+            .match_pattern()
+            .unwrap_or_else(|| UNMATCHED.to_owned());
         self.request(request.method().as_str(), route, status.as_u16(), elapsed);
         if let Some(error) = response.error() {
             match error.as_error::<ApiError>() {
-                Some(api) => self.rejection(api.code()),
-                None => self.rejection(&format!("http_{}", status_label(status.as_u16()))),
+                Some(api) => self.rejection(api.code_label()),
+                None => self.rejection(format!("http_{}", status_label(status.as_u16())).into()),
             }
         }
     }

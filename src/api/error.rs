@@ -245,6 +245,11 @@ impl ApiError {
         &self.code
     }
 
+    /// The code as a metric's label: no copy of a code the service spelled out.
+    pub fn code_label(&self) -> Cow<'static, str> {
+        self.code.clone()
+    }
+
     /// The human text.
     pub fn message(&self) -> &str {
         &self.message

@@ -72,8 +72,8 @@ pub async fn execute(
     match &delivered {
         Ok(run) => state
             .telemetry
-            .webhook(OutcomeKind::from(&run.outcome).as_str()),
-        Err(error) => state.telemetry.webhook(error.code()),
+            .webhook(OutcomeKind::from(&run.outcome).as_str().into()),
+        Err(error) => state.telemetry.webhook(error.code_label()),
     }
     Ok(HttpResponse::Accepted().json(ExecutionView::from(&delivered?)))
 }
