@@ -548,9 +548,94 @@ pub struct ExecuteBody {
     breach_threshold: Option<Value>,
 }
 
-/// The breach a webhook call's body names with top-level `metric_value` and `breach_threshold`.
-pub fn breach_in(body: &Value) -> Result<Option<Breach>, Rejection> {
-    breach_of(body.get("metric_value"), body.get("breach_threshold"))
+/// The breach a webhook call's body names with top-level `metric_value` and `breach_threshold`:
+/// none when the body is not a JSON object. Only those two fields are built; the rest of the
+/// body is checked and skipped. A field given twice counts as its last, as a JSON object
+/// read whole would have it.
+pub fn breach_in(body: &[u8]) -> Result<Option<Breach>, Rejection> {
+    match serde_json::from_slice::<BreachFields>(body) {
+        Ok(BreachFields(Some((metric_value, breach_threshold)))) => {
+            breach_of(metric_value.as_ref(), breach_threshold.as_ref())
+        }
+        Ok(BreachFields(None)) | Err(_) => Ok(None),
+    }
+}
+
+/// A JSON document's top-level `metric_value` and `breach_threshold`, when it is an object.
+struct BreachFields(Option<(Option<Value>, Option<Value>)>);
+
+impl<'de> Deserialize<'de> for BreachFields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "snake_case")]
+        enum Field {
+            MetricValue,
+            BreachThreshold,
+            #[serde(other)]
+            Other,
+        }
+
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = BreachFields;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<BreachFields, M::Error> {
+                let (mut metric_value, mut breach_threshold) = (None, None);
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        Field::MetricValue => metric_value = Some(map.next_value()?),
+                        Field::BreachThreshold => breach_threshold = Some(map.next_value()?),
+                        Field::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(BreachFields(Some((metric_value, breach_threshold))))
+            }
+
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: S,
+            ) -> Result<BreachFields, S::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(BreachFields(None))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<BreachFields, E> {
+                Ok(BreachFields(None))
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<BreachFields, E> {
+                Ok(BreachFields(None))
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<BreachFields, E> {
+                Ok(BreachFields(None))
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<BreachFields, E> {
+                Ok(BreachFields(None))
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<BreachFields, E> {
+                Ok(BreachFields(None))
+            }
+
+            fn visit_unit<E>(self) -> Result<BreachFields, E> {
+                Ok(BreachFields(None))
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// The breach of a `metric_value` and a `breach_threshold` (SPEC 2.1): none unless both are
@@ -611,4 +696,63 @@ pub async fn execute(
         .execute_policy(&policy, Cause::Direct, breach)
         .await?;
     Ok(HttpResponse::Accepted().json(ExecutionView::from(&run)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breach(body: &str) -> Result<Option<(f64, f64)>, Rejection> {
+        breach_in(body.as_bytes())
+            .map(|breach| breach.map(|b| (b.metric_value, b.breach_threshold)))
+    }
+
+    #[test]
+    fn a_webhook_body_names_a_breach_with_both_top_level_fields() {
+        let both =
+            r#"{"alert": {"metric_value": 1}, "metric_value": 91.5, "breach_threshold": 80}"#;
+        assert_eq!(breach(both), Ok(Some((91.5, 80.0))));
+        // A key spelled with an escape is the same key.
+        let escaped = r#"{"metric\u005fvalue": 3, "breach_threshold": 2}"#;
+        assert_eq!(breach(escaped), Ok(Some((3.0, 2.0))));
+        // Given twice, a field counts as its last.
+        let twice = r#"{"metric_value": 1, "breach_threshold": 2, "metric_value": 7}"#;
+        assert_eq!(breach(twice), Ok(Some((7.0, 2.0))));
+    }
+
+    #[test]
+    fn a_webhook_body_without_both_fields_names_no_breach() {
+        for body in [
+            r#"{"metric_value": 91.5}"#,
+            r#"{"metric_value": null, "breach_threshold": 80}"#,
+            r#"{"nested": {"metric_value": 1, "breach_threshold": 2}}"#,
+            r#"[{"metric_value": 1, "breach_threshold": 2}]"#,
+            r#""metric_value""#,
+            "17",
+            "true",
+            "null",
+            "",
+            "not json",
+            r#"{"metric_value": 1, "breach_threshold": 2"#,
+            r#"{"metric_value": 1, "breach_threshold": 2} trailing"#,
+        ] {
+            assert_eq!(breach(body), Ok(None), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_breach_field_that_is_not_a_number_is_refused_by_name() {
+        let field = |body: &str| match breach(body) {
+            Err(Rejection::Invalid { field, .. }) => field,
+            other => panic!("expected a refusal of {body}, got {other:?}"),
+        };
+        assert_eq!(
+            field(r#"{"metric_value": "high", "breach_threshold": 80}"#),
+            "metric_value"
+        );
+        assert_eq!(
+            field(r#"{"metric_value": 1, "breach_threshold": [80]}"#),
+            "breach_threshold"
+        );
+    }
 }
