@@ -24,8 +24,15 @@
 //! - memory: the resident set of the `flotilla` binary itself (a child process) with N groups, N
 //!   policies and N alarms created over HTTP, beside the same binary empty.
 //!
+//! A figure beside a bare handler (webhooks, ingestion, remote write) is measured in slices
+//! that alternate between the two servers (bare, service, service, bare, ...), `LOAD_SECONDS`
+//! each side in all, so that both see the same phases of a machine whose speed drifts by the
+//! minute (a shared virtual machine's does by 15% and more): the ratio is then of two rates
+//! taken over the same stretch of time, not one after the other.
+//!
 //! `cargo bench --bench load` prints a table and writes `target/load-report.json`. Settings by
-//! environment: `LOAD_SECONDS` (per scenario, default 10), `LOAD_CONNECTIONS` (32),
+//! environment: `LOAD_SECONDS` (per scenario, default 10), `LOAD_SLICES` (4: the slices of a
+//! figure beside a bare handler, each side's), `LOAD_CONNECTIONS` (32),
 //! `LOAD_GROUPS` (1000), `LOAD_RECOVERY_EVENTS` (comma-separated, default 1000000),
 //! `LOAD_RESIDENT_OBJECTS` (100000 of each kind; 0 skips it), `LOAD_SIZES` (comma-separated
 //! servers per group, default 0,1000,5000; empty skips it), `LOAD_BASICS` (0 skips the
@@ -320,31 +327,95 @@ struct Run {
     p99_us: u64,
     p999_us: u64,
     statuses: std::collections::BTreeMap<u16, u64>,
+    /// Every request's latency (µs), sorted.
+    latencies: Vec<u64>,
 }
 
 impl Run {
     fn per_second(&self) -> f64 {
         self.requests as f64 / self.seconds
     }
+
+    /// The figures of `latencies` (sorted) and `statuses` over `seconds`.
+    fn of(
+        latencies: Vec<u64>,
+        statuses: std::collections::BTreeMap<u16, u64>,
+        seconds: f64,
+    ) -> Run {
+        let at = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 - 1.0) * q) as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        Run {
+            requests: latencies.len() as u64,
+            seconds,
+            p50_us: at(0.5),
+            p99_us: at(0.99),
+            p999_us: at(0.999),
+            statuses,
+            latencies,
+        }
+    }
+
+    /// The runs of one scenario taken as one: their requests over their time together.
+    fn merged(runs: Vec<Run>) -> Run {
+        let seconds = runs.iter().map(|run| run.seconds).sum();
+        let mut statuses = std::collections::BTreeMap::new();
+        let mut latencies = Vec::new();
+        for run in runs {
+            for (status, n) in run.statuses {
+                *statuses.entry(status).or_insert(0) += n;
+            }
+            latencies.extend(run.latencies);
+        }
+        latencies.sort_unstable();
+        Run::of(latencies, statuses, seconds)
+    }
 }
 
 /// What connection `c` sends as its `i`-th request.
 type Requests = Arc<dyn Fn(usize, usize) -> Vec<u8> + Send + Sync>;
 
-/// The same scenario against the bare baseline, then against the service: each run's figures,
-/// the baseline's first. `requests` builds a scenario's requests for an address.
+/// How many slices [`beside_bare`] cuts each side's time into (`LOAD_SLICES`, 4 by default).
+fn slices() -> usize {
+    env("LOAD_SLICES", 4).max(1)
+}
+
+/// The same scenario against the bare baseline and against the service, `seconds` each, in
+/// [`slices`] alternating slices (baseline, service, service, baseline, ...), so that both see
+/// the same phases of a machine whose speed drifts: each side's figures over all its slices,
+/// the baseline's first. `requests(addr, slice)` builds a slice's requests for an address.
 fn beside_bare(
     bare: SocketAddr,
     service: SocketAddr,
     connections: usize,
     seconds: f64,
-    requests: impl Fn(SocketAddr) -> Requests,
+    requests: impl Fn(SocketAddr, usize) -> Requests,
 ) -> (Run, Run) {
-    let baseline = drive(bare, connections, seconds, requests(bare));
-    (
-        baseline,
-        drive(service, connections, seconds, requests(service)),
-    )
+    let slices = slices();
+    let slice_seconds = seconds / slices as f64;
+    let (mut baseline, mut measured) = (Vec::new(), Vec::new());
+    for slice in 0..slices {
+        let bare_run = || drive(bare, connections, slice_seconds, requests(bare, slice));
+        let service_run = || {
+            drive(
+                service,
+                connections,
+                slice_seconds,
+                requests(service, slice),
+            )
+        };
+        if slice % 2 == 0 {
+            baseline.push(bare_run());
+            measured.push(service_run());
+        } else {
+            measured.push(service_run());
+            baseline.push(bare_run());
+        }
+    }
+    (Run::merged(baseline), Run::merged(measured))
 }
 
 /// Drives `addr` with `connections` threads for `seconds`; connection `c` sends
@@ -391,20 +462,7 @@ fn drive_spread(addrs: &[SocketAddr], connections: usize, seconds: f64, requests
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * q) as usize)
-            .copied()
-            .unwrap_or(0)
-    };
-    Run {
-        requests: latencies.len() as u64,
-        seconds: elapsed,
-        p50_us: at(0.5),
-        p99_us: at(0.99),
-        p999_us: at(0.999),
-        statuses,
-    }
+    Run::of(latencies, statuses, elapsed)
 }
 
 /// The latencies (µs, sorted) and the statuses of a signed caller from 127.0.0.2 calling
@@ -1057,17 +1115,28 @@ fn main() {
 
         // Webhooks: enough distinct requests that no nonce repeats within the run.
         let per_connection = 20_000;
+        // Each slice takes its own share of them.
         let requests = webhook_requests(service.addr, &fleet, connections, per_connection);
         let bare_requests = readdress(&requests, service.addr, bare.addr);
-        let pick = |requests: Arc<Vec<Vec<Vec<u8>>>>| -> Requests {
-            Arc::new(move |c, i| requests[c][i % per_connection].clone())
-        };
-        let base = drive(bare.addr, connections, seconds, pick(bare_requests));
-        let hooks = drive(service.addr, connections, seconds, pick(requests));
+        let per_slice = per_connection / slices();
+        let (base, hooks) = beside_bare(
+            bare.addr,
+            service.addr,
+            connections,
+            seconds,
+            |addr, slice| -> Requests {
+                let requests = if addr == bare.addr {
+                    bare_requests.clone()
+                } else {
+                    requests.clone()
+                };
+                Arc::new(move |c, i| requests[c][(slice * per_slice + i) % per_connection].clone())
+            },
+        );
 
         // Ingestion: batches of 1,000 samples with each group's metrics token.
         let body = Arc::new(samples_body(unix_now()));
-        let ingest_requests = |addr: SocketAddr| -> Requests {
+        let ingest_requests = |addr: SocketAddr, _slice| -> Requests {
             let tokens = fleet.metrics_tokens.clone();
             let body = body.clone();
             Arc::new(move |c, i| {
@@ -1094,7 +1163,7 @@ fn main() {
 
         // Remote write: bodies of 500 samples with the tenant's token.
         let bodies = Arc::new(remote_write_bodies(&fleet.groups, unix_now() * 1000, 64));
-        let write_requests = |addr: SocketAddr| -> Requests {
+        let write_requests = |addr: SocketAddr, _slice| -> Requests {
             let bodies = bodies.clone();
             let token = fleet.token.clone();
             Arc::new(move |c, i| {
