@@ -16,8 +16,8 @@ use crate::aggregate::{Aggregate, Alarms, Groups, Policies, Receivers, Schedules
 use crate::clock::Clock;
 use crate::clock::Timestamp;
 use crate::domain::alarm::{Alarm, AlarmCommand};
-use crate::domain::group::{Group, GroupCommand, GroupEvent, Outcome};
-use crate::domain::policy::{Breach, Policy};
+use crate::domain::group::{GroupCommand, GroupEvent, Outcome};
+use crate::domain::policy::Breach;
 use crate::domain::receiver::{EpisodeKey, ReceiverCommand, ReceiverState};
 use crate::domain::route::{self, Route, Via};
 use crate::domain::scheduled::{Scheduled, ScheduledCommand};
@@ -100,17 +100,18 @@ impl Default for Config {
     }
 }
 
-/// What a policy execution came to, with the group as it stands after it.
+/// What a policy execution came to, and the group's capacity after it (the journal's
+/// `policy_executed` event holds the rest: its computation, breach and step).
 #[derive(Debug, Clone)]
 pub struct PolicyExecution {
     /// The executed policy.
-    pub policy: Policy,
+    pub policy_id: PolicyId,
+    /// Its group.
+    pub group_id: GroupId,
     /// The outcome (executed, no change, cooldown, paused).
     pub outcome: Outcome,
-    /// The group after the execution.
-    pub group: Group,
-    /// The recorded event, with its computation.
-    pub event: GroupEvent,
+    /// The group's desired capacity after the execution.
+    pub desired_capacity: u32,
     /// The version of the stream whose part rode along (a webhook's nonce), if one did.
     pub along_version: Option<u64>,
 }
@@ -467,7 +468,7 @@ impl Supervisor {
                 policy: observed.state,
                 via: via.clone(),
             };
-            let Some(policy) = route.policy.clone() else {
+            let Some(group_id) = route.policy.as_ref().map(|policy| policy.group_id.clone()) else {
                 // No policy, no group to ask: the domain names the dead link all the same.
                 let dead = route::check(&route, &None).err();
                 return Err(dead
@@ -481,7 +482,7 @@ impl Supervisor {
                 cause: cause.clone(),
                 breach,
             };
-            let group = policy.group_id.as_str();
+            let group = group_id.as_str();
             let executed = self
                 .ask::<Groups, _>(group, || ExecuteAlong(command.clone(), parts.clone()))
                 .await?;
@@ -500,18 +501,23 @@ impl Supervisor {
                 Err(error) if error.conflict_on() == Some(group) && attempts < 3 => continue,
                 executed => executed?,
             };
-            let group = executed
+            let desired_capacity = executed
                 .state
+                .as_ref()
+                .map(|group| group.desired_capacity)
                 .ok_or_else(|| Rejection::not_found("group"))?;
-            let Some(GroupEvent::PolicyExecuted { outcome, .. }) = executed.events.first() else {
+            let along_version = along.as_ref().and(executed.along_version);
+            let Some(GroupEvent::PolicyExecuted { outcome, .. }) =
+                executed.events.into_iter().next()
+            else {
                 return Err(Rejection::not_found("group").into());
             };
             return Ok(PolicyExecution {
-                outcome: outcome.clone(),
-                policy,
-                event: executed.events[0].clone(),
-                group,
-                along_version: along.as_ref().and(executed.along_version),
+                policy_id: policy_id.clone(),
+                group_id,
+                outcome,
+                desired_capacity,
+                along_version,
             });
         }
     }

@@ -225,13 +225,17 @@ async fn a_bad_signature_never_records_the_nonce() {
         genuine.outcome,
         Outcome::Executed { from: 0, to: 1, .. }
     ));
-    assert!(matches!(
-        genuine.event,
-        GroupEvent::PolicyExecuted {
-            cause: Cause::Webhook { .. },
-            ..
-        }
-    ));
+    // The group's record of it names the webhook as its cause.
+    let last = w
+        .journal
+        .read_stream(g.as_str(), 1)
+        .last()
+        .unwrap()
+        .unwrap();
+    let recorded: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
+    assert_eq!(last.event_type, "policy_executed");
+    assert_eq!(recorded["cause"]["type"], "webhook", "{recorded}");
+    assert_eq!(recorded["cause"]["webhook_id"], h.as_str(), "{recorded}");
 }
 
 #[actix::test]

@@ -500,9 +500,9 @@ impl From<&PolicyExecution> for ExecutionView {
             would,
             capacity,
             retry_after_seconds,
-            policy_id: run.policy.id.to_string(),
-            group_id: run.group.id.to_string(),
-            desired_capacity: run.group.desired_capacity,
+            policy_id: run.policy_id.to_string(),
+            group_id: run.group_id.to_string(),
+            desired_capacity: run.desired_capacity,
         }
     }
 }
