@@ -113,6 +113,18 @@ async fn capacity(w: &World, group: &GroupId) -> u32 {
     observed.state.unwrap().desired_capacity
 }
 
+/// The type and payload of the last record of `group`'s stream.
+fn last_record(w: &World, group: &GroupId) -> (String, serde_json::Value) {
+    let last = w
+        .journal
+        .read_stream(group.as_str(), 1)
+        .last()
+        .unwrap()
+        .unwrap();
+    let payload = serde_json::from_slice(&last.payload).unwrap();
+    (last.event_type, payload)
+}
+
 /// A call with `nonce` at `timestamp`, "signed" with `key` (the HMAC itself is the service's).
 fn signed_with(key: [u8; 32], nonce: &str, timestamp: Timestamp) -> SignatureCheck {
     let nonce = nonce.to_owned();
@@ -226,14 +238,8 @@ async fn a_bad_signature_never_records_the_nonce() {
         Outcome::Executed { from: 0, to: 1, .. }
     ));
     // The group's record of it names the webhook as its cause.
-    let last = w
-        .journal
-        .read_stream(g.as_str(), 1)
-        .last()
-        .unwrap()
-        .unwrap();
-    let recorded: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
-    assert_eq!(last.event_type, "policy_executed");
+    let (event_type, recorded) = last_record(&w, &g);
+    assert_eq!(event_type, "policy_executed");
     assert_eq!(recorded["cause"]["type"], "webhook", "{recorded}");
     assert_eq!(recorded["cause"]["webhook_id"], h.as_str(), "{recorded}");
 }
@@ -335,13 +341,7 @@ async fn a_paused_group_records_the_execution_but_does_not_change() {
         .unwrap();
     assert_eq!(run.outcome, Outcome::Paused);
     assert_eq!(capacity(&w, &g).await, 1);
-    let last = w
-        .journal
-        .read_stream(g.as_str(), 1)
-        .last()
-        .unwrap()
-        .unwrap();
-    assert_eq!(last.event_type, "policy_executed");
+    assert_eq!(last_record(&w, &g).0, "policy_executed");
 }
 
 #[actix::test]
