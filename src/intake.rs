@@ -14,12 +14,11 @@ use std::time::Duration;
 
 use actix_web::body::BoxBody;
 use actix_web::dev::{Extensions, ServiceRequest, ServiceResponse};
-use actix_web::error::PayloadError;
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{HttpMessage, HttpResponse, ResponseError};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 
 use crate::api::error::ApiError;
 
@@ -67,48 +66,20 @@ pub async fn bounded(
         return Ok(req.into_response(closing(&too_large(bounds.max_body))));
     }
     let mut payload = req.take_payload();
-    // Grown as bytes arrive: a declared length reserves nothing before it is sent.
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(INITIAL_BUFFER));
-    let add = |body: &mut BytesMut, chunk: Result<Bytes, PayloadError>| {
-        let chunk =
-            chunk.map_err(|error| ApiError::bad_request("invalid_body", error.to_string()))?;
-        if body.len() + chunk.len() > bounds.max_body {
-            return Err(too_large(bounds.max_body));
-        }
-        body.extend_from_slice(&chunk);
-        Ok(())
-    };
-    // A small body usually came in with the head: what is already here is taken without
-    // arming the deadline's timer; the rest is waited for within it.
-    let mut ended = false;
-    let mut refused = None;
-    while let Some(next) = payload.next().now_or_never() {
-        match next {
-            Some(chunk) => {
-                if let Err(refusal) = add(&mut body, chunk) {
-                    refused = Some(refusal);
-                    break;
-                }
+    let body = actix_web::rt::time::timeout(bounds.body_timeout, async {
+        // Grown as bytes arrive: a declared length reserves nothing before it is sent.
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(INITIAL_BUFFER));
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|error| ApiError::bad_request("invalid_body", error.to_string()))?;
+            if body.len() + chunk.len() > bounds.max_body {
+                return Err(too_large(bounds.max_body));
             }
-            None => {
-                ended = true;
-                break;
-            }
+            body.extend_from_slice(&chunk);
         }
-    }
-    let body = match refused {
-        Some(refusal) => Ok(Err(refusal)),
-        None if ended => Ok(Ok(body.freeze())),
-        None => {
-            actix_web::rt::time::timeout(bounds.body_timeout, async {
-                while let Some(chunk) = payload.next().await {
-                    add(&mut body, chunk)?;
-                }
-                Ok(body.freeze())
-            })
-            .await
-        }
-    };
+        Ok(body.freeze())
+    })
+    .await;
     match body {
         Ok(Ok(body)) => {
             req.set_payload(Bytes::into(body));
