@@ -549,20 +549,20 @@ pub struct ExecuteBody {
 }
 
 /// The breach a webhook call's body names with top-level `metric_value` and `breach_threshold`:
-/// none when the body is not a JSON object. Only those two fields are built; the rest of the
-/// body is checked and skipped. A field given twice counts as its last, as a JSON object
-/// read whole would have it.
+/// none unless the body is a JSON object. Only those two fields are built; the rest is read and
+/// checked as a JSON value would be ([`Skip`]), so the answer is the one reading the body whole
+/// would give: a field given twice counts as its last, an escaped key is the same key.
 pub fn breach_in(body: &[u8]) -> Result<Option<Breach>, Rejection> {
     match serde_json::from_slice::<BreachFields>(body) {
-        Ok(BreachFields(Some((metric_value, breach_threshold)))) => {
+        Ok(BreachFields(metric_value, breach_threshold)) => {
             breach_of(metric_value.as_ref(), breach_threshold.as_ref())
         }
-        Ok(BreachFields(None)) | Err(_) => Ok(None),
+        Err(_) => Ok(None),
     }
 }
 
-/// A JSON document's top-level `metric_value` and `breach_threshold`, when it is an object.
-struct BreachFields(Option<(Option<Value>, Option<Value>)>);
+/// A JSON object's `metric_value` and `breach_threshold`.
+struct BreachFields(Option<Value>, Option<Value>);
 
 impl<'de> Deserialize<'de> for BreachFields {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -581,56 +581,77 @@ impl<'de> Deserialize<'de> for BreachFields {
             type Value = BreachFields;
 
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any JSON value")
+                f.write_str("a JSON object")
             }
 
             fn visit_map<M: serde::de::MapAccess<'de>>(
                 self,
                 mut map: M,
             ) -> Result<BreachFields, M::Error> {
-                let (mut metric_value, mut breach_threshold) = (None, None);
+                let mut fields = BreachFields(None, None);
                 while let Some(field) = map.next_key::<Field>()? {
                     match field {
-                        Field::MetricValue => metric_value = Some(map.next_value()?),
-                        Field::BreachThreshold => breach_threshold = Some(map.next_value()?),
-                        Field::Other => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
-                        }
+                        Field::MetricValue => fields.0 = Some(map.next_value()?),
+                        Field::BreachThreshold => fields.1 = Some(map.next_value()?),
+                        Field::Other => map.next_value::<Skip>().map(drop)?,
                     }
                 }
-                Ok(BreachFields(Some((metric_value, breach_threshold))))
+                Ok(fields)
+            }
+        }
+
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// A JSON value read and dropped, with the checks building it would make: numbers in range,
+/// strings UTF-8 with whole escapes, nesting within serde_json's limit. (serde's `IgnoredAny`
+/// skips a value without them.)
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Skip;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
             }
 
-            fn visit_seq<S: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: S,
-            ) -> Result<BreachFields, S::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(BreachFields(None))
+            fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+                Ok(Skip)
             }
 
-            fn visit_bool<E>(self, _: bool) -> Result<BreachFields, E> {
-                Ok(BreachFields(None))
+            fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+                Ok(Skip)
             }
 
-            fn visit_i64<E>(self, _: i64) -> Result<BreachFields, E> {
-                Ok(BreachFields(None))
+            fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+                Ok(Skip)
             }
 
-            fn visit_u64<E>(self, _: u64) -> Result<BreachFields, E> {
-                Ok(BreachFields(None))
+            fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+                Ok(Skip)
             }
 
-            fn visit_f64<E>(self, _: f64) -> Result<BreachFields, E> {
-                Ok(BreachFields(None))
+            fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+                Ok(Skip)
             }
 
-            fn visit_str<E>(self, _: &str) -> Result<BreachFields, E> {
-                Ok(BreachFields(None))
+            fn visit_unit<E>(self) -> Result<Skip, E> {
+                Ok(Skip)
             }
 
-            fn visit_unit<E>(self) -> Result<BreachFields, E> {
-                Ok(BreachFields(None))
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(self, mut seq: S) -> Result<Skip, S::Error> {
+                while seq.next_element::<Skip>()?.is_some() {}
+                Ok(Skip)
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Skip, M::Error> {
+                while map.next_entry::<Skip, Skip>()?.is_some() {}
+                Ok(Skip)
             }
         }
 
@@ -737,6 +758,36 @@ mod tests {
             r#"{"metric_value": 1, "breach_threshold": 2} trailing"#,
         ] {
             assert_eq!(breach(body), Ok(None), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_names_no_breach_whatever_its_fields() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let mut bodies: Vec<Vec<u8>> = [
+            r#""huge": 1e400"#.to_owned(),
+            r#""lone": "\ud800""#.to_owned(),
+            format!(r#""deep": {deep}"#),
+        ]
+        .into_iter()
+        .map(String::into_bytes)
+        .collect();
+        bodies.push(b"\"bytes\": \"\xff\xfe\"".to_vec());
+        for other in bodies {
+            for fields in [
+                &br#""metric_value": 91.5, "breach_threshold": 80"#[..],
+                &br#""metric_value": "high", "breach_threshold": 80"#[..],
+            ] {
+                let body = [&b"{"[..], fields, b", ", &other, b"}"].concat();
+                // As reading the body whole into a JSON value finds: it is not JSON.
+                assert!(serde_json::from_slice::<Value>(&body).is_err());
+                assert_eq!(
+                    breach_in(&body).map(|breach| breach.is_some()),
+                    Ok(false),
+                    "{}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
         }
     }
 
