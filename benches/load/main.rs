@@ -50,7 +50,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -386,33 +386,25 @@ fn slices() -> usize {
 /// The same scenario against the bare baseline and against the service, `seconds` each, in
 /// [`slices`] alternating slices (baseline, service, service, baseline, ...), so that both see
 /// the same phases of a machine whose speed drifts: each side's figures over all its slices,
-/// the baseline's first. `requests(addr, slice)` builds a slice's requests for an address.
+/// the baseline's first. `requests(addr)` builds a slice's requests for an address.
 fn beside_bare(
     bare: SocketAddr,
     service: SocketAddr,
     connections: usize,
     seconds: f64,
-    requests: impl Fn(SocketAddr, usize) -> Requests,
+    requests: impl Fn(SocketAddr) -> Requests,
 ) -> (Run, Run) {
     let slices = slices();
     let slice_seconds = seconds / slices as f64;
+    let run = |addr| drive(addr, connections, slice_seconds, requests(addr));
     let (mut baseline, mut measured) = (Vec::new(), Vec::new());
     for slice in 0..slices {
-        let bare_run = || drive(bare, connections, slice_seconds, requests(bare, slice));
-        let service_run = || {
-            drive(
-                service,
-                connections,
-                slice_seconds,
-                requests(service, slice),
-            )
-        };
         if slice % 2 == 0 {
-            baseline.push(bare_run());
-            measured.push(service_run());
+            baseline.push(run(bare));
+            measured.push(run(service));
         } else {
-            measured.push(service_run());
-            baseline.push(bare_run());
+            measured.push(run(service));
+            baseline.push(run(bare));
         }
     }
     (Run::merged(baseline), Run::merged(measured))
@@ -1115,28 +1107,33 @@ fn main() {
 
         // Webhooks: enough distinct requests that no nonce repeats within the run.
         let per_connection = 20_000;
-        // Each slice takes its own share of them.
+        // A connection's calls to the service go on from where its last slice stopped.
         let requests = webhook_requests(service.addr, &fleet, connections, per_connection);
         let bare_requests = readdress(&requests, service.addr, bare.addr);
-        let per_slice = per_connection / slices();
+        let sent: Arc<Vec<AtomicUsize>> =
+            Arc::new((0..connections).map(|_| AtomicUsize::new(0)).collect());
         let (base, hooks) = beside_bare(
             bare.addr,
             service.addr,
             connections,
             seconds,
-            |addr, slice| -> Requests {
-                let requests = if addr == bare.addr {
-                    bare_requests.clone()
+            |addr| -> Requests {
+                if addr == bare.addr {
+                    let requests = bare_requests.clone();
+                    Arc::new(move |c, i| requests[c][i % per_connection].clone())
                 } else {
-                    requests.clone()
-                };
-                Arc::new(move |c, i| requests[c][(slice * per_slice + i) % per_connection].clone())
+                    let (requests, sent) = (requests.clone(), sent.clone());
+                    Arc::new(move |c, _| {
+                        let i = sent[c].fetch_add(1, Ordering::Relaxed);
+                        requests[c][i % per_connection].clone()
+                    })
+                }
             },
         );
 
         // Ingestion: batches of 1,000 samples with each group's metrics token.
         let body = Arc::new(samples_body(unix_now()));
-        let ingest_requests = |addr: SocketAddr, _slice| -> Requests {
+        let ingest_requests = |addr: SocketAddr| -> Requests {
             let tokens = fleet.metrics_tokens.clone();
             let body = body.clone();
             Arc::new(move |c, i| {
@@ -1163,7 +1160,7 @@ fn main() {
 
         // Remote write: bodies of 500 samples with the tenant's token.
         let bodies = Arc::new(remote_write_bodies(&fleet.groups, unix_now() * 1000, 64));
-        let write_requests = |addr: SocketAddr, _slice| -> Requests {
+        let write_requests = |addr: SocketAddr| -> Requests {
             let bodies = bodies.clone();
             let token = fleet.token.clone();
             Arc::new(move |c, i| {
