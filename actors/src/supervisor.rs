@@ -527,21 +527,13 @@ impl Supervisor {
     /// `admit`ted (the per-webhook rate limit); then its policy is executed, with the webhook as
     /// cause, and the group's append carries the nonce: both are durable when this returns, or
     /// neither is. A delivery that meets a stopping actor is sent again, like any other message.
+    ///
+    /// Asked from any thread: the rest of the route (the policy's read, the group's execution)
+    /// runs in the webhook's actor, on its arbiter, so the call crosses threads there and back
+    /// once, as through [`Self::on_arbiter_of`], without a task spawned to do it. The same holds
+    /// for the other routes that start with an [`Along`] (an alarm's action, a receiver's
+    /// notification, a scheduled action).
     pub async fn deliver_webhook(
-        &self,
-        webhook_id: &WebhookId,
-        check: SignatureCheck,
-        admit: Option<Admission>,
-    ) -> Result<PolicyExecution, Error> {
-        let id = webhook_id.clone();
-        self.on_arbiter_of(webhook_id.as_str(), move |this| async move {
-            this.deliver_webhook_here(&id, check, admit).await
-        })
-        .await
-    }
-
-    /// [`Self::deliver_webhook`], on the calling thread.
-    async fn deliver_webhook_here(
         &self,
         webhook_id: &WebhookId,
         check: SignatureCheck,
@@ -626,21 +618,6 @@ impl Supervisor {
         transition: u64,
         policy_id: &PolicyId,
     ) -> Result<PolicyExecution, Error> {
-        let (alarm, policy) = (alarm_id.clone(), policy_id.clone());
-        self.on_arbiter_of(alarm_id.as_str(), move |this| async move {
-            this.take_alarm_action_here(&alarm, transition, &policy)
-                .await
-        })
-        .await
-    }
-
-    /// [`Self::take_alarm_action`], on the calling thread.
-    async fn take_alarm_action_here(
-        &self,
-        alarm_id: &AlarmId,
-        transition: u64,
-        policy_id: &PolicyId,
-    ) -> Result<PolicyExecution, Error> {
         let take = AlarmCommand::TakeAction {
             transition,
             policy_id: policy_id.clone(),
@@ -707,21 +684,6 @@ impl Supervisor {
     /// episode never seen firing. A step whose policy cannot execute (deleted, say) is recorded
     /// alone, so a repeat does not try it again.
     pub async fn notify_receiver(
-        &self,
-        receiver_id: &ReceiverId,
-        firing: bool,
-        key: EpisodeKey,
-        alertname: String,
-    ) -> Result<Option<PolicyExecution>, Error> {
-        let id = receiver_id.clone();
-        self.on_arbiter_of(receiver_id.as_str(), move |this| async move {
-            this.notify_receiver_here(&id, firing, key, alertname).await
-        })
-        .await
-    }
-
-    /// [`Self::notify_receiver`], on the calling thread.
-    async fn notify_receiver_here(
         &self,
         receiver_id: &ReceiverId,
         firing: bool,
@@ -805,19 +767,6 @@ impl Supervisor {
         schedule_id: &ScheduleId,
         occurrence: Timestamp,
     ) -> Result<GroupEvent, Error> {
-        let id = schedule_id.clone();
-        self.on_arbiter_of(schedule_id.as_str(), move |this| async move {
-            this.run_schedule_here(&id, occurrence).await
-        })
-        .await
-    }
-
-    /// [`Self::run_schedule`], on the calling thread.
-    async fn run_schedule_here(
-        &self,
-        schedule_id: &ScheduleId,
-        occurrence: Timestamp,
-    ) -> Result<GroupEvent, Error> {
         let command = Arc::new(move |state: &Option<Scheduled>, _| {
             let scheduled = state
                 .clone()
@@ -857,11 +806,12 @@ impl Supervisor {
     }
 
     /// Runs `work` on the arbiter that hosts object `id`'s actor and answers its outcome. A
-    /// route across several actors (webhook, policy, group) is a chain of asks; asked from an
-    /// HTTP worker each ask crosses threads twice, asked from an arbiter the asks to the actors
-    /// it hosts stay on that thread: the first always, and the others too when they were placed
-    /// with their group ([`Placement`]), as they are unless started before the service knew
-    /// their group.
+    /// route across several actors (a policy read, then its group's execution) is a chain of
+    /// asks; asked from an HTTP worker each ask crosses threads twice, asked from an arbiter the
+    /// asks to the actors it hosts stay on that thread: the first always, and the others too
+    /// when they were placed with their group ([`Placement`]), as they are unless started before
+    /// the service knew their group. (A route that starts with an [`Along`] needs none of this:
+    /// its next steps run in the first actor, on its arbiter.)
     async fn on_arbiter_of<F, Fut, T>(&self, id: &str, work: F) -> Result<T, Error>
     where
         F: FnOnce(Supervisor) -> Fut + Send + 'static,
