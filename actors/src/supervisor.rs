@@ -376,16 +376,32 @@ impl Supervisor {
         <ObjectActor<A> as Actor>::Context: actix::dev::ToEnvelope<ObjectActor<A>, M>,
     {
         for _ in 0..2 {
-            let addr = self.address::<A>(id)?;
-            match addr.send(message()).await {
-                Ok(result) => return Ok(result),
-                Err(MailboxError::Closed | MailboxError::Timeout) => {
-                    tracing::warn!(kind = A::KIND, object = id, "actor gone; starting it again");
-                    self.forget(id, &addr);
-                }
+            if let Some(result) = self.ask_once::<A, _>(id, message()).await? {
+                return Ok(result);
             }
         }
         Err(Error::Unavailable)
+    }
+
+    /// Sends `message` to object `id`'s actor once. Answers `None` if that actor was gone for
+    /// good: it is forgotten, so the next ask starts it again.
+    async fn ask_once<A, M>(&self, id: &str, message: M) -> Result<Option<M::Result>, Error>
+    where
+        A: Aggregate,
+        M: Message + Send + 'static,
+        M::Result: Send,
+        ObjectActor<A>: Handler<M>,
+        <ObjectActor<A> as Actor>::Context: actix::dev::ToEnvelope<ObjectActor<A>, M>,
+    {
+        let addr = self.address::<A>(id)?;
+        match addr.send(message).await {
+            Ok(result) => Ok(Some(result)),
+            Err(MailboxError::Closed | MailboxError::Timeout) => {
+                tracing::warn!(kind = A::KIND, object = id, "actor gone; starting it again");
+                self.forget(id, &addr);
+                Ok(None)
+            }
+        }
     }
 
     /// Forgets `addr` as object `id`'s actor, unless another caller has already put a successor
@@ -483,9 +499,16 @@ impl Supervisor {
                 breach,
             };
             let group = group_id.as_str();
-            let executed = self
-                .ask::<Groups, _>(group, || ExecuteAlong(command.clone(), parts.clone()))
-                .await?;
+            // Sent once, not cloned for a second send: a group actor that is gone is started
+            // again by the next try, which reads the policy again too.
+            let executed = match self
+                .ask_once::<Groups, _>(group, ExecuteAlong(command, parts))
+                .await?
+            {
+                Some(executed) => executed,
+                None if attempts < 3 => continue,
+                None => return Err(Error::Unavailable),
+            };
             let executed = match executed {
                 Err(error) if error.conflict_on() == Some(policy_id.as_str()) && attempts < 3 => {
                     // Another node moved the policy: its actor rebuilds before the next try,
