@@ -475,7 +475,7 @@ impl Supervisor {
         via: Option<Via>,
         along: Option<StreamAppend>,
     ) -> Result<PolicyExecution, Error> {
-        let mut attempts = 0;
+        let (mut attempts, mut resent) = (0, false);
         loop {
             attempts += 1;
             let observed = self.get::<Policies>(policy_id.as_str()).await?;
@@ -499,14 +499,18 @@ impl Supervisor {
                 breach,
             };
             let group = group_id.as_str();
-            // Sent once, not cloned for a second send: a group actor that is gone is started
-            // again by the next try, which reads the policy again too.
+            // Sent, not cloned for a second send: a group actor found gone is started again by
+            // one more try, which reads the policy again too. That try is not one of those
+            // conflicts spend, as `ask` sends any message a second time.
             let executed = match self
                 .ask_once::<Groups, _>(group, ExecuteAlong(command, parts))
                 .await?
             {
                 Some(executed) => executed,
-                None if attempts < 3 => continue,
+                None if !resent => {
+                    (attempts, resent) = (attempts - 1, true);
+                    continue;
+                }
                 None => return Err(Error::Unavailable),
             };
             let executed = match executed {
@@ -555,7 +559,9 @@ impl Supervisor {
     /// runs in the webhook's actor, on its arbiter, so the call crosses threads there and back
     /// once, as through [`Self::on_arbiter_of`], without a task spawned to do it. The same holds
     /// for the other routes that start with an [`Along`] (an alarm's action, a receiver's
-    /// notification, a scheduled action).
+    /// notification, a scheduled action), on their common path: a retry after a conflict or a
+    /// gone actor, and the follow-up that records a dead route (an alarm's, a receiver's),
+    /// cross again.
     pub async fn deliver_webhook(
         &self,
         webhook_id: &WebhookId,
