@@ -163,7 +163,7 @@ pub fn start_with(
                 let index = index.clone();
                 Arc::new(move |id| index.group_of(id))
             })),
-            workers: settings.actor_threads,
+            workers: settings.actor_threads(),
         },
     );
     let alarms = Arc::new(

@@ -80,8 +80,8 @@ pub struct ServeArgs {
     /// HTTP worker threads [default: 2].
     #[arg(long, env = "FLOTILLA_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
-    /// Threads hosting the groups', policies', webhooks' and alarms' actors [default: half
-    /// the machine's cores, at least 1].
+    /// Threads hosting every object's actor [default: half the machine's cores, at least 1;
+    /// at least 2 with --database-url].
     #[arg(long, env = "FLOTILLA_ACTOR_THREADS")]
     pub actor_threads: Option<usize>,
     /// How often groups are converged to their capacity, milliseconds of real time
@@ -184,9 +184,9 @@ pub struct Settings {
     pub prometheus_url: Option<String>,
     /// HTTP worker threads; at least 1 (default 2).
     pub http_workers: usize,
-    /// Threads hosting the objects' actors; at least 1 (default half the machine's cores, at
-    /// least 1; see [`default_actor_threads`]).
-    pub actor_threads: usize,
+    /// Threads hosting the objects' actors, if set; at least 1 (unset: see
+    /// [`default_actor_threads`]).
+    pub actor_threads: Option<usize>,
     /// Milliseconds of real time between convergence passes; at least 10 (default 1000).
     pub converge_tick_ms: u64,
     /// Milliseconds of real time between checkpoints; at least 10 (default 60000).
@@ -225,7 +225,7 @@ impl Default for Settings {
             evaluation_delay_seconds: 2,
             prometheus_url: None,
             http_workers: 2,
-            actor_threads: default_actor_threads(),
+            actor_threads: None,
             converge_tick_ms: 1000,
             checkpoint_interval_ms: 60_000,
             journal_cache_mb: 16,
@@ -236,13 +236,28 @@ impl Default for Settings {
     }
 }
 
-/// The actors' threads unless set: half the machine's cores, at least one. A call's route
-/// crosses from an HTTP worker to its actors' thread and back, and each crossing wakes a thread
-/// that was asleep when the threads outnumber the cores. On 2 cores, one actor thread beside
-/// the two HTTP workers and the journal's writer served 13% more webhook calls a second than
-/// two did (the load harness, median of 7 alternating runs each), at 6% less CPU a call.
-pub fn default_actor_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
+/// The actors' threads unless set: half the machine's cores, at least one; at least two on
+/// PostgreSQL (`shared`), where an actor's reads of the journal (its state rebuilt, a snapshot's
+/// anchor) are round trips that hold its thread, and with it every object on that thread.
+///
+/// Measured on 2 cores only: there, one thread beside the two HTTP workers and the journal's
+/// writer took the load harness's webhooks to a median 0.318x of the bare handler against
+/// 0.281x with two (7 alternating runs each, ahead in 6), at 6% less of the service's CPU a
+/// call. Fewer threads than cores likely means fewer of a call's crossings wake a sleeping
+/// thread. Whatever the count, a group's objects share one thread ([`Placement`]).
+///
+/// [`Placement`]: flotilla_actors::supervisor::Placement
+pub fn default_actor_threads(shared: bool) -> usize {
+    let half = std::thread::available_parallelism().map_or(1, |cores| cores.get() / 2);
+    half.max(if shared { 2 } else { 1 })
+}
+
+impl Settings {
+    /// The actors' threads: as set, or [`default_actor_threads`].
+    pub fn actor_threads(&self) -> usize {
+        self.actor_threads
+            .unwrap_or_else(|| default_actor_threads(self.database_url.is_some()))
+    }
 }
 
 impl Settings {
@@ -314,8 +329,7 @@ impl Settings {
             actor_threads: args
                 .actor_threads
                 .or(file.actor_threads)
-                .unwrap_or(d.actor_threads)
-                .max(1),
+                .map(|threads| threads.max(1)),
             converge_tick_ms: args
                 .converge_tick_ms
                 .or(file.converge_tick_ms)
@@ -421,18 +435,24 @@ mod tests {
         assert_eq!(settings.listen, "0.0.0.0:9000");
         assert_eq!(settings.webhook_rate_limit, 9);
         assert_eq!(settings.source_rate_limit, 1000);
-        assert_eq!(settings.actor_threads, 3);
+        assert_eq!(settings.actor_threads(), 3);
         let args = ServeArgs {
             config: Some(file),
             actor_threads: Some(0),
             ..ServeArgs::default()
         };
         assert_eq!(
-            Settings::resolve(&args).unwrap().actor_threads,
+            Settings::resolve(&args).unwrap().actor_threads(),
             1,
             "at least one"
         );
-        assert!(Settings::default().actor_threads >= 1);
+        // Unset: at least one, and at least two on PostgreSQL.
+        assert!(Settings::default().actor_threads() >= 1);
+        let shared = Settings {
+            database_url: Some("postgres://flotilla@localhost/flotilla".parse().unwrap()),
+            ..Settings::default()
+        };
+        assert!(shared.actor_threads() >= 2);
     }
 
     #[test]
