@@ -258,9 +258,7 @@ impl Settings {
         self.actor_threads
             .unwrap_or_else(|| default_actor_threads(self.database_url.is_some()))
     }
-}
 
-impl Settings {
     /// Flags and environment over the file over the defaults.
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
         let file = match &args.config {

@@ -559,9 +559,9 @@ impl Supervisor {
     /// runs in the webhook's actor, on its arbiter, so the call crosses threads there and back
     /// once, as through [`Self::on_arbiter_of`], without a task spawned to do it. The same holds
     /// for the other routes that start with an [`Along`] (an alarm's action, a receiver's
-    /// notification, a scheduled action), on their common path: a retry after a conflict or a
-    /// gone actor, and the follow-up that records a dead route (an alarm's, a receiver's),
-    /// cross again.
+    /// notification, a scheduled action). On any of them, a retry after a conflict or a gone
+    /// actor, and the follow-up that records a dead route (an alarm's, a receiver's), cross
+    /// again.
     pub async fn deliver_webhook(
         &self,
         webhook_id: &WebhookId,
