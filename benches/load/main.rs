@@ -37,7 +37,8 @@
 //! `LOAD_RESIDENT_OBJECTS` (100000 of each kind; 0 skips it), `LOAD_SIZES` (comma-separated
 //! servers per group, default 0,1000,5000; empty skips it), `LOAD_BASICS` (0 skips the
 //! webhook, ingestion and remote write scenarios), `LOAD_POSTGRES` (0 skips the webhooks on
-//! PostgreSQL).
+//! PostgreSQL), and `FLOTILLA_ACTOR_THREADS` as the binary reads it (the actors' threads of
+//! each service the harness starts in its own process).
 //!
 //! - webhooks on PostgreSQL: the webhook scenario with the journal in PostgreSQL (a throwaway
 //!   cluster on a Unix socket, writes synced to disk), with one node and with three nodes
@@ -119,6 +120,10 @@ fn start_flotilla_with(
         database_url: database_url.map(|url| url.parse().expect("any text parses")),
         webhook_rate_limit: 0,
         source_rate_limit: 0,
+        // As the binary reads it, so that one build can be measured with several counts.
+        actor_threads: std::env::var("FLOTILLA_ACTOR_THREADS")
+            .ok()
+            .and_then(|threads| threads.parse().ok()),
         ..Settings::default()
     };
     adjust(&mut settings);
