@@ -583,6 +583,12 @@ fn policy_with_webhook(
         json!({"name": "step", "adjustment_type": "change", "adjustment": adjustment}),
     );
     let pid = policy["id"].as_str().unwrap().to_owned();
+    let hook = webhook_of(addr, token, gid, &pid);
+    (pid, hook)
+}
+
+/// A new webhook for policy `pid` of group `gid`: its path and signing key.
+fn webhook_of(addr: SocketAddr, token: &str, gid: &str, pid: &str) -> (String, Vec<u8>) {
     let hook = call(
         addr,
         "POST",
@@ -591,8 +597,7 @@ fn policy_with_webhook(
         json!({"name": "h"}),
     );
     let key = flotilla::signature::key_of(hook["secret"].as_str().unwrap()).unwrap();
-    let path = format!("/v1/hooks/{}", hook["id"].as_str().unwrap());
-    (pid, (path, key))
+    (format!("/v1/hooks/{}", hook["id"].as_str().unwrap()), key)
 }
 
 /// Waits until group `gid` has `size` active servers (polling, for at most 30 minutes from
@@ -707,9 +712,11 @@ fn remote_write_bodies(groups: &[String], now_ms: i64, count: usize) -> Vec<Vec<
 /// so every call is a durable `no_change` and the converger has nothing to do while they run.
 /// With `churn` each group has two policies, +10 and -10 (bounds 0 and 10,000), whose webhooks
 /// are called in turn: every call changes capacity, and the converger launches and deletes
-/// servers for the same groups while the calls run. Checks, by the service's own count, that
-/// every call had the outcome meant. Answers the run and how long the servers took to become
-/// active.
+/// servers for the same groups while the calls run. Each policy has enough webhooks that none
+/// remembers as many nonces as its window holds before the run ends: a full window answers 429,
+/// far cheaper than a durable call, and those answers would count in the rate. Checks that
+/// every call was answered 202 and, by the service's own count, had the outcome meant. Answers
+/// the run and how long the servers took to become active.
 fn sized(
     size: usize,
     groups: usize,
@@ -725,6 +732,12 @@ fn sized(
     let mut ids = Vec::new();
     let (min, max) = if churn { (0, 10_000) } else { (size, size) };
     let steps: &[i64] = if churn { &[10, -10] } else { &[1] };
+    // Room for 40,000 calls a second, twice the most seen here.
+    let window = Settings::default().webhook_nonce_window as f64;
+    let policy_count = (groups * steps.len()) as f64;
+    let hooks_per_policy = (seconds * 40_000.0 / (policy_count * window))
+        .ceil()
+        .max(1.0) as usize;
     for _ in 0..groups {
         let group = call(
             addr,
@@ -735,8 +748,17 @@ fn sized(
             "cooldown_seconds": 0, "launch": {"provider": "simulated"}}),
         );
         let gid = group["id"].as_str().unwrap().to_owned();
+        let mut policies = Vec::new();
         for step in steps {
-            hooks.push(policy_with_webhook(addr, &token, &gid, *step).1);
+            let (pid, hook) = policy_with_webhook(addr, &token, &gid, *step);
+            hooks.push(hook);
+            policies.push(pid);
+        }
+        // In turn, as the first ones: with churn, +10 then -10.
+        for _ in 1..hooks_per_policy {
+            for pid in &policies {
+                hooks.push(webhook_of(addr, &token, &gid, pid));
+            }
         }
         ids.push(gid);
     }
@@ -761,8 +783,14 @@ fn sized(
     );
     // What became of the calls, by the service's own count: with `churn` every one must have
     // changed capacity, else the row would measure something else.
-    let outcomes = webhook_outcomes(addr, &service.operator_token);
     let answered = run.statuses.get(&202).copied().unwrap_or(0);
+    assert_eq!(
+        answered,
+        run.statuses.values().sum::<u64>(),
+        "every call should be answered 202: {:?}",
+        run.statuses
+    );
+    let outcomes = webhook_outcomes(addr, &service.operator_token);
     let expected = if churn { "executed" } else { "no_change" };
     assert_eq!(
         outcomes.get(expected).copied().unwrap_or(0),
