@@ -8,8 +8,8 @@
 //! - remote write: Prometheus remote write 1.0 bodies of 500 samples (Prometheus's default
 //!   `max_samples_per_send`), one series each over the fleet's groups, with the tenant's token,
 //!   beside a bare handler that only decompresses and decodes the same bodies;
-//! - recovery: time from start to ready with a journal of N events, replaying it all, and again
-//!   from the checkpoint that first start saved;
+//! - recovery: time from the `flotilla` binary's spawn to ready with a journal of N events,
+//!   replaying it all, and again, after a SIGTERM, from the checkpoint that first start saved;
 //! - bad-signature flood: a signed caller's latency, paced under the per-webhook limit, alone and
 //!   while four connections from another address send bad signatures to the same webhook as
 //!   fast as they can, with the default rate limits (`LOAD_FLOOD=0` skips it);
