@@ -14,8 +14,9 @@
 //!   while four connections from another address send bad signatures to the same webhook as
 //!   fast as they can, with the default rate limits (`LOAD_FLOOD=0` skips it);
 //! - group size: webhook calls on groups of 0, 1,000 and 5,000 active simulated servers (16
-//!   groups each, the policy at its bound, so that every call is a durable `no_change`): the
-//!   cost of a command must not grow with the group;
+//!   groups each, the policy at its bound, so that every call is a durable `no_change`), each
+//!   size on its own service, driven in alternating slices: the cost of a command must not grow
+//!   with the group;
 //! - churn: the same with every call changing capacity (two policies, +10 and -10, called in
 //!   turn) while the converger launches and deletes servers for the same groups
 //!   (`LOAD_CHURN=0` skips it);
@@ -28,7 +29,8 @@
 //! that alternate between the two servers (bare, service, service, bare, ...), `LOAD_SECONDS`
 //! each side in all, so that both see the same phases of a machine whose speed drifts by the
 //! minute (a shared virtual machine's does by 15% and more): the ratio is then of two rates
-//! taken over the same stretch of time, not one after the other.
+//! taken over the same stretch of time, not one after the other. The group sizes alternate the
+//! same way (0, 1,000, 5,000, 5,000, 1,000, 0, ...).
 //!
 //! `cargo bench --bench load` prints a table and writes `target/load-report.json`. Settings by
 //! environment: `LOAD_SECONDS` (per scenario, default 10), `LOAD_SLICES` (4: the slices of a
@@ -707,97 +709,162 @@ fn remote_write_bodies(groups: &[String], now_ms: i64, count: usize) -> Vec<Vec<
         .collect()
 }
 
-/// Webhook calls on `groups` groups of `size` active simulated servers each, on a fresh
-/// service. Without `churn` each group's policy is at its bound (min = max = desired = `size`),
-/// so every call is a durable `no_change` and the converger has nothing to do while they run.
-/// With `churn` each group has two policies, +10 and -10 (bounds 0 and 10,000), whose webhooks
-/// are called in turn: every call changes capacity, and the converger launches and deletes
-/// servers for the same groups while the calls run. Each policy has enough webhooks that none
-/// remembers as many nonces as its window holds before the run ends: a full window answers 429,
-/// far cheaper than a durable call, and those answers would count in the rate. Checks that
-/// every call was answered 202 and, by the service's own count, had the outcome meant. Answers
-/// the run and how long the servers took to become active.
-fn sized(
-    size: usize,
-    groups: usize,
+/// `groups` groups of `size` active simulated servers each, on a fresh service, and webhooks
+/// to call them. Without `churn` each group's policy is at its bound (min = max = desired =
+/// `size`), so every call is a durable `no_change` and the converger has nothing to do while
+/// they run. With `churn` each group has two policies, +10 and -10 (bounds 0 and 10,000),
+/// whose webhooks are called in turn: every call changes capacity, and the converger launches
+/// and deletes servers for the same groups while the calls run. Each policy has enough webhooks
+/// that none remembers as many nonces as its window holds before `seconds` of calls end: a
+/// full window answers 429, far cheaper than a durable call, and those answers would count in
+/// the rate.
+struct Sized {
+    service: Running,
+    _dir: tempfile::TempDir,
     churn: bool,
+    /// What connection `c` sends next, by its own count, so that a slice goes on where the
+    /// last one stopped (a nonce sent again would be refused as replayed).
+    requests: Requests,
+    /// How long the servers took to become active.
+    converged: Duration,
+}
+
+impl Sized {
+    fn start(size: usize, groups: usize, churn: bool, connections: usize, seconds: f64) -> Sized {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, _) = start_flotilla(&dir.path().join("data"));
+        let addr = service.addr;
+        let token = new_tenant(addr, &service.operator_token, "sized");
+        let mut hooks = Vec::new();
+        let mut ids = Vec::new();
+        let (min, max) = if churn { (0, 10_000) } else { (size, size) };
+        let steps: &[i64] = if churn { &[10, -10] } else { &[1] };
+        // Room for 40,000 calls a second, twice the most seen here.
+        let window = Settings::default().webhook_nonce_window as f64;
+        let policy_count = (groups * steps.len()) as f64;
+        let hooks_per_policy = (seconds * 40_000.0 / (policy_count * window))
+            .ceil()
+            .max(1.0) as usize;
+        for _ in 0..groups {
+            let group = call(
+                addr,
+                "POST",
+                "/v1/groups",
+                &token,
+                json!({"name": "g", "min_size": min, "max_size": max, "desired_capacity": size,
+                "cooldown_seconds": 0, "launch": {"provider": "simulated"}}),
+            );
+            let gid = group["id"].as_str().unwrap().to_owned();
+            let mut policies = Vec::new();
+            for step in steps {
+                let (pid, hook) = policy_with_webhook(addr, &token, &gid, *step);
+                hooks.push(hook);
+                policies.push(pid);
+            }
+            // In turn, as the first ones: with churn, +10 then -10.
+            for _ in 1..hooks_per_policy {
+                for pid in &policies {
+                    hooks.push(webhook_of(addr, &token, &gid, pid));
+                }
+            }
+            ids.push(gid);
+        }
+        let started = Instant::now();
+        for gid in &ids {
+            wait_active(addr, &token, gid, size, started);
+        }
+        let converged = started.elapsed();
+        let fleet = Fleet {
+            hooks,
+            metrics_tokens: Vec::new(),
+            token,
+            groups: ids,
+        };
+        let per_connection = 20_000;
+        let built = webhook_requests(addr, &fleet, connections, per_connection);
+        let sent: Vec<AtomicUsize> = (0..connections).map(|_| AtomicUsize::new(0)).collect();
+        let requests: Requests = Arc::new(move |c, _| {
+            built[c][sent[c].fetch_add(1, Ordering::Relaxed) % per_connection].clone()
+        });
+        Sized {
+            service,
+            _dir: dir,
+            churn,
+            requests,
+            converged,
+        }
+    }
+
+    /// `seconds` of calls from `connections` connections.
+    fn drive(&self, connections: usize, seconds: f64) -> Run {
+        drive(
+            self.service.addr,
+            connections,
+            seconds,
+            self.requests.clone(),
+        )
+    }
+
+    /// Checks that every call of `run` was answered 202 and, by the service's own count, had
+    /// the outcome meant: with churn every one must have changed capacity, else the row would
+    /// measure something else.
+    fn check(&self, run: &Run) {
+        let answered = run.statuses.get(&202).copied().unwrap_or(0);
+        assert_eq!(
+            answered,
+            run.statuses.values().sum::<u64>(),
+            "every call should be answered 202: {:?}",
+            run.statuses
+        );
+        let outcomes = webhook_outcomes(self.service.addr, &self.service.operator_token);
+        let expected = if self.churn { "executed" } else { "no_change" };
+        assert_eq!(
+            outcomes.get(expected).copied().unwrap_or(0),
+            answered,
+            "every answered call should be {expected}: {outcomes:?}"
+        );
+    }
+}
+
+/// Webhook calls on `groups` groups of each of `sizes` servers (without churn, see [`Sized`]),
+/// every size on its own service, all set up first, then driven `seconds` each in [`slices`]
+/// alternating slices (the sizes in order, then in reverse, ...), so that every size sees the
+/// same phases of a machine whose speed drifts. Answers each size's run and how long its
+/// servers took to become active.
+fn by_size(
+    sizes: &[usize],
+    groups: usize,
     connections: usize,
     seconds: f64,
-) -> (Run, Duration) {
-    let dir = tempfile::tempdir().unwrap();
-    let (service, _) = start_flotilla(&dir.path().join("data"));
-    let addr = service.addr;
-    let token = new_tenant(addr, &service.operator_token, "sized");
-    let mut hooks = Vec::new();
-    let mut ids = Vec::new();
-    let (min, max) = if churn { (0, 10_000) } else { (size, size) };
-    let steps: &[i64] = if churn { &[10, -10] } else { &[1] };
-    // Room for 40,000 calls a second, twice the most seen here.
-    let window = Settings::default().webhook_nonce_window as f64;
-    let policy_count = (groups * steps.len()) as f64;
-    let hooks_per_policy = (seconds * 40_000.0 / (policy_count * window))
-        .ceil()
-        .max(1.0) as usize;
-    for _ in 0..groups {
-        let group = call(
-            addr,
-            "POST",
-            "/v1/groups",
-            &token,
-            json!({"name": "g", "min_size": min, "max_size": max, "desired_capacity": size,
-            "cooldown_seconds": 0, "launch": {"provider": "simulated"}}),
-        );
-        let gid = group["id"].as_str().unwrap().to_owned();
-        let mut policies = Vec::new();
-        for step in steps {
-            let (pid, hook) = policy_with_webhook(addr, &token, &gid, *step);
-            hooks.push(hook);
-            policies.push(pid);
+) -> Vec<(usize, Run, Duration)> {
+    let fleets: Vec<Sized> = sizes
+        .iter()
+        .map(|&size| {
+            eprintln!("{groups} groups of {size} servers...");
+            Sized::start(size, groups, false, connections, seconds)
+        })
+        .collect();
+    let slices = slices();
+    let mut runs: Vec<Vec<Run>> = fleets.iter().map(|_| Vec::new()).collect();
+    for slice in 0..slices {
+        let mut order: Vec<usize> = (0..fleets.len()).collect();
+        if slice % 2 == 1 {
+            order.reverse();
         }
-        // In turn, as the first ones: with churn, +10 then -10.
-        for _ in 1..hooks_per_policy {
-            for pid in &policies {
-                hooks.push(webhook_of(addr, &token, &gid, pid));
-            }
+        for k in order {
+            runs[k].push(fleets[k].drive(connections, seconds / slices as f64));
         }
-        ids.push(gid);
     }
-    let started = Instant::now();
-    for gid in &ids {
-        wait_active(addr, &token, gid, size, started);
-    }
-    let converged = started.elapsed();
-    let fleet = Fleet {
-        hooks,
-        metrics_tokens: Vec::new(),
-        token,
-        groups: ids,
-    };
-    let per_connection = 20_000;
-    let requests = webhook_requests(addr, &fleet, connections, per_connection);
-    let run = drive(
-        addr,
-        connections,
-        seconds,
-        Arc::new(move |c, i| requests[c][i % per_connection].clone()),
-    );
-    // What became of the calls, by the service's own count: with `churn` every one must have
-    // changed capacity, else the row would measure something else.
-    let answered = run.statuses.get(&202).copied().unwrap_or(0);
-    assert_eq!(
-        answered,
-        run.statuses.values().sum::<u64>(),
-        "every call should be answered 202: {:?}",
-        run.statuses
-    );
-    let outcomes = webhook_outcomes(addr, &service.operator_token);
-    let expected = if churn { "executed" } else { "no_change" };
-    assert_eq!(
-        outcomes.get(expected).copied().unwrap_or(0),
-        answered,
-        "every answered call should be {expected}: {outcomes:?}"
-    );
-    (run, converged)
+    fleets
+        .iter()
+        .zip(sizes)
+        .zip(runs)
+        .map(|((fleet, &size), runs)| {
+            let run = Run::merged(runs);
+            fleet.check(&run);
+            (size, run, fleet.converged)
+        })
+        .collect()
 }
 
 /// `flotilla_webhooks_total` from the service's `/metrics`, by outcome.
@@ -1393,13 +1460,12 @@ fn main() {
         }
     }
     let sizes: String = env("LOAD_SIZES", "0,1000,5000".to_owned());
-    let mut by_size = Vec::new();
-    for size in sizes
+    let sizes: Vec<usize> = sizes
         .split(',')
         .filter_map(|n| n.trim().parse::<usize>().ok())
-    {
-        eprintln!("16 groups of {size} servers...");
-        let (run, converged) = sized(size, 16, false, connections, seconds);
+        .collect();
+    let mut by_size = Vec::new();
+    for (size, run, converged) in self::by_size(&sizes, 16, connections, seconds) {
         eprintln!(
             "  {size} servers: statuses {:?}, active after {:.1} s",
             run.statuses,
@@ -1432,7 +1498,9 @@ fn main() {
     }
     if env("LOAD_CHURN", 1) > 0 {
         eprintln!("16 groups of 1000 servers, every call changing capacity...");
-        let (run, _) = sized(1000, 16, true, connections, seconds);
+        let churn = Sized::start(1000, 16, true, connections, seconds);
+        let run = churn.drive(connections, seconds);
+        churn.check(&run);
         eprintln!("  statuses {:?}", run.statuses);
         rows.push((
             "webhook p50 / p99, every call changing capacity, converger working (16 groups of ~1,000)".into(),
