@@ -72,6 +72,31 @@ pub struct Service {
     pub server: actix_web::dev::Server,
     /// Set once the journal is replayed.
     pub ready: Arc<Readiness>,
+    /// What a graceful stop does once the server has stopped.
+    pub closing: Closing,
+}
+
+/// What a graceful stop does once the server has stopped (see [`Closing::close`]).
+pub struct Closing {
+    checkpointer: Arc<Mutex<Option<Checkpointing>>>,
+    journal: Journal,
+}
+
+impl Closing {
+    /// Saves the live read models as the checkpoint, if the start's replay has handed them
+    /// over (and the checkpointer is not saving one at this moment), then makes the journal's
+    /// files durable. The next start then replays nothing after a graceful stop, and finds the
+    /// objects' snapshots and the checkpoint saved since sled last wrote its files by itself.
+    /// Every acknowledged event is durable already: this only spares the next start work.
+    /// Blocks: call it outside the runtime.
+    pub fn close(self) -> anyhow::Result<()> {
+        let taken = lock(&self.checkpointer).take();
+        if let Some((journal, projector, last)) = taken {
+            projector.checkpoint_live(&journal, last)?;
+        }
+        self.journal.flush()?;
+        Ok(())
+    }
 }
 
 /// Starts the service on `settings` with `clock`, its loops ticking in real time. Must run
@@ -248,6 +273,10 @@ pub fn start_with(
     }
     // On a shared database, an actor another node's append left behind rebuilds.
     let behind = ownership_shared.then(|| state.supervisor.mover());
+    let closing = Closing {
+        checkpointer: checkpointer.clone(),
+        journal: journal.clone(),
+    };
     project(
         journal,
         (projector, behind),
@@ -327,6 +356,7 @@ pub fn start_with(
         operator_token,
         server,
         ready,
+        closing,
     })
 }
 

@@ -1,5 +1,6 @@
 //! The real binary as operators run it: SIGKILL after acknowledged webhooks loses nothing, no
-//! secret or signature reaches a log line, and `webhook sign --send` drives a live service.
+//! secret or signature reaches a log line, `webhook sign --send` drives a live service, and a
+//! start after SIGTERM replays nothing.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -474,4 +475,37 @@ fn sigterm_stops_the_service_without_waiting_for_a_provider_call_under_way() {
     let (_held, _) = orchestrator.accept().unwrap();
     let status = server.terminate(Duration::from_secs(20));
     assert!(status.success(), "{status}");
+}
+
+/// A graceful stop saves a checkpoint at the journal's head and flushes its files, so the next
+/// start replays nothing, though the checkpointer's own interval (an hour here) never came.
+#[test]
+fn a_start_after_sigterm_replays_nothing() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--converge-tick-ms",
+        "3600000",
+        "--checkpoint-interval-ms",
+        "3600000",
+    ];
+    let server = Flotilla::start_with(data_dir.path(), &args);
+    let setup = setup(&server, data_dir.path());
+    let status = server.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+
+    let again = Flotilla::start_with(data_dir.path(), &args);
+    let (status, group) = again.call(
+        "GET",
+        &format!("/v1/groups/{}", setup.group),
+        &setup.token,
+        None,
+    );
+    assert_eq!(status, 200, "{group}");
+    let log = again.kill();
+    let serving = log
+        .lines()
+        .find(|line| line.contains("journal replayed; serving"))
+        .unwrap();
+    assert!(serving.contains(" records=0 "), "{serving}");
+    assert!(!serving.contains(" checkpoint_seq=0 "), "{serving}");
 }
