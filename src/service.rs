@@ -79,21 +79,20 @@ pub struct Service {
 /// What a graceful stop does once the server has stopped (see [`Closing::close`]).
 pub struct Closing {
     checkpointer: Arc<Mutex<Option<Checkpointing>>>,
+    recovery: Arc<Recovery>,
     journal: Journal,
 }
 
 impl Closing {
-    /// Saves the live read models as the checkpoint, if the start's replay has handed them
-    /// over (and the checkpointer is not saving one at this moment), then makes the journal's
-    /// files durable. The next start then replays nothing after a graceful stop, and finds the
-    /// objects' snapshots and the checkpoint saved since sled last wrote its files by itself.
-    /// Every acknowledged event is durable already: this only spares the next start work.
-    /// Blocks: call it outside the runtime.
+    /// Saves the live read models as the checkpoint (once the start's replay has handed them
+    /// over; after a save under way, if one is), then makes the journal's files durable. The
+    /// next start then normally replays nothing, and finds the objects' snapshots and the
+    /// checkpoint saved since sled last wrote its files by itself. A stop during the start's
+    /// replay, or a save that fails, leaves the last checkpoint. Every acknowledged event is
+    /// durable already: this only spares the next start work. Blocks: call it outside the
+    /// runtime.
     pub fn close(self) -> anyhow::Result<()> {
-        let taken = lock(&self.checkpointer).take();
-        if let Some((journal, projector, last)) = taken {
-            projector.checkpoint_live(&journal, last)?;
-        }
+        save_checkpoint(&self.checkpointer, &self.recovery)?;
         self.journal.flush()?;
         Ok(())
     }
@@ -275,6 +274,7 @@ pub fn start_with(
     let behind = ownership_shared.then(|| state.supervisor.mover());
     let closing = Closing {
         checkpointer: checkpointer.clone(),
+        recovery: recovery.clone(),
         journal: journal.clone(),
     };
     project(
@@ -430,10 +430,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 type Checkpointing = (Journal, Arc<Projector>, u64);
 
 /// Keeps the checkpoint close to the journal's head while the service runs, so that a start
-/// replays minutes of records, not everything since the last start: at each tick, once the
-/// start's replay has handed over the journal, saves the live read models as the checkpoint
-/// on a blocking thread ([`Projector::checkpoint_live`]), and publishes where it is. Stops with
-/// the actix system; the journal handle goes with it.
+/// replays minutes of records, not everything since the last start: at each tick, on a
+/// blocking thread, [`save_checkpoint`]. Stops with the actix system.
 fn run_checkpointer(
     checkpointer: Arc<Mutex<Option<Checkpointing>>>,
     mut ticker: Ticker,
@@ -441,30 +439,36 @@ fn run_checkpointer(
 ) {
     actix_web::rt::spawn(async move {
         while let Some(_tick) = ticker.next().await {
-            let Some((journal, projector, last)) = lock(&checkpointer).take() else {
-                continue;
-            };
+            let (checkpointer, recovery) = (checkpointer.clone(), recovery.clone());
             let saved = actix_web::rt::task::spawn_blocking(move || {
-                let saved = projector.checkpoint_live(&journal, last);
-                (journal, projector, last, saved)
+                save_checkpoint(&checkpointer, &recovery)
             })
             .await;
             match saved {
-                Ok((journal, projector, mut last, saved)) => {
-                    match saved {
-                        Ok(Some(head)) => {
-                            last = head.seq;
-                            recovery.checkpoint_seq.store(head.seq, Ordering::Relaxed);
-                        }
-                        Ok(None) => {}
-                        Err(error) => tracing::warn!(%error, "checkpoint not saved"),
-                    }
-                    *lock(&checkpointer) = Some((journal, projector, last));
-                }
-                Err(error) => tracing::error!(%error, "the checkpointer failed; checkpoints stop"),
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "checkpoint not saved"),
+                Err(error) => tracing::error!(%error, "the checkpointer failed"),
             }
         }
     });
+}
+
+/// Saves the live read models as the checkpoint ([`Projector::checkpoint_live`]) once the
+/// start's replay has handed them over, and publishes where it is. The lock is held through
+/// the save, so a graceful stop's save waits for the checkpointer's, then saves at the head.
+fn save_checkpoint(
+    checkpointer: &Mutex<Option<Checkpointing>>,
+    recovery: &Recovery,
+) -> anyhow::Result<()> {
+    let mut handed = lock(checkpointer);
+    let Some((journal, projector, last)) = handed.as_mut() else {
+        return Ok(());
+    };
+    if let Some(head) = projector.checkpoint_live(journal, *last)? {
+        *last = head.seq;
+        recovery.checkpoint_seq.store(head.seq, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// How often the read models look for what other nodes appended, in real time.
