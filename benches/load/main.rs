@@ -123,9 +123,11 @@ fn start_flotilla_with(
         webhook_rate_limit: 0,
         source_rate_limit: 0,
         // As the binary reads it, so that one build can be measured with several counts.
-        actor_threads: std::env::var("FLOTILLA_ACTOR_THREADS")
-            .ok()
-            .and_then(|threads| threads.parse().ok()),
+        actor_threads: std::env::var("FLOTILLA_ACTOR_THREADS").ok().map(|threads| {
+            threads
+                .parse()
+                .expect("FLOTILLA_ACTOR_THREADS is a number of threads")
+        }),
         ..Settings::default()
     };
     adjust(&mut settings);
@@ -722,15 +724,13 @@ struct Sized {
     service: Running,
     _dir: tempfile::TempDir,
     churn: bool,
-    /// What connection `c` sends next, by its own count, so that a slice goes on where the
-    /// last one stopped (a nonce sent again would be refused as replayed).
-    requests: Requests,
+    fleet: Fleet,
     /// How long the servers took to become active.
     converged: Duration,
 }
 
 impl Sized {
-    fn start(size: usize, groups: usize, churn: bool, connections: usize, seconds: f64) -> Sized {
+    fn start(size: usize, groups: usize, churn: bool, seconds: f64) -> Sized {
         let dir = tempfile::tempdir().unwrap();
         let (service, _) = start_flotilla(&dir.path().join("data"));
         let addr = service.addr;
@@ -780,29 +780,28 @@ impl Sized {
             token,
             groups: ids,
         };
-        let per_connection = 20_000;
-        let built = webhook_requests(addr, &fleet, connections, per_connection);
-        let sent: Vec<AtomicUsize> = (0..connections).map(|_| AtomicUsize::new(0)).collect();
-        let requests: Requests = Arc::new(move |c, _| {
-            built[c][sent[c].fetch_add(1, Ordering::Relaxed) % per_connection].clone()
-        });
         Sized {
             service,
             _dir: dir,
             churn,
-            requests,
+            fleet,
             converged,
         }
     }
 
-    /// `seconds` of calls from `connections` connections.
-    fn drive(&self, connections: usize, seconds: f64) -> Run {
-        drive(
+    /// `seconds` of calls from `connections` connections, signed now, with nonces of their own
+    /// for `slice`: room for 40,000 calls a second, a nonce sent twice would be refused.
+    fn drive(&self, slice: usize, connections: usize, seconds: f64) -> Run {
+        let per_connection = ((seconds * 40_000.0 / connections as f64).ceil() as usize).max(1);
+        let requests = signed_requests(
             self.service.addr,
+            &self.fleet,
             connections,
-            seconds,
-            self.requests.clone(),
-        )
+            per_connection,
+            &format!("slice{slice}"),
+        );
+        let pick: Requests = Arc::new(move |c, i| requests[c][i % per_connection].clone());
+        drive(self.service.addr, connections, seconds, pick)
     }
 
     /// Checks that every call of `run` was answered 202 and, by the service's own count, had
@@ -829,8 +828,10 @@ impl Sized {
 /// Webhook calls on `groups` groups of each of `sizes` servers (without churn, see [`Sized`]),
 /// every size on its own service, all set up first, then driven `seconds` each in [`slices`]
 /// alternating slices (the sizes in order, then in reverse, ...), so that every size sees the
-/// same phases of a machine whose speed drifts. Answers each size's run and how long its
-/// servers took to become active.
+/// same phases of a machine whose speed drifts. All the services run through every slice, so
+/// each slice also carries every size's background work (the converger's pass over each
+/// group's servers once a second): the rates compare what the calls themselves cost. Answers
+/// each size's run and how long its servers took to become active.
 fn by_size(
     sizes: &[usize],
     groups: usize,
@@ -841,7 +842,7 @@ fn by_size(
         .iter()
         .map(|&size| {
             eprintln!("{groups} groups of {size} servers...");
-            Sized::start(size, groups, false, connections, seconds)
+            Sized::start(size, groups, false, seconds)
         })
         .collect();
     let slices = slices();
@@ -852,7 +853,7 @@ fn by_size(
             order.reverse();
         }
         for k in order {
-            runs[k].push(fleets[k].drive(connections, seconds / slices as f64));
+            runs[k].push(fleets[k].drive(slice, connections, seconds / slices as f64));
         }
     }
     fleets
@@ -905,6 +906,17 @@ fn webhook_requests(
     connections: usize,
     per_connection: usize,
 ) -> Arc<Vec<Vec<Vec<u8>>>> {
+    signed_requests(addr, fleet, connections, per_connection, "msg")
+}
+
+/// [`webhook_requests`] signed now, their nonces starting with `prefix`.
+fn signed_requests(
+    addr: SocketAddr,
+    fleet: &Fleet,
+    connections: usize,
+    per_connection: usize,
+    prefix: &str,
+) -> Arc<Vec<Vec<Vec<u8>>>> {
     let body = br#"{"alarm":"cpu-high","value":0.93}"#;
     let now = unix_now();
     let all = (0..connections)
@@ -913,7 +925,7 @@ fn webhook_requests(
                 .map(|i| {
                     // Each connection starts at its own webhook: not all in step on one group.
                     let (path, key) = &fleet.hooks[(c + i) % fleet.hooks.len()];
-                    let nonce = format!("msg_{c}_{i}");
+                    let nonce = format!("{prefix}_{c}_{i}");
                     let signature = flotilla::signature::sign(key, &nonce, now, body);
                     request(
                         "POST",
@@ -985,6 +997,20 @@ fn journal_of(dir: &std::path::Path, events: u64) {
         written += batch;
         n += 1;
     }
+}
+
+/// Waits until no journal holds the sled directory `dir` (sled holds a lock on its `db` file):
+/// a journal dropped in this process lets go of it a moment later, once sled's threads have
+/// freed its page table, and a binary started before then would wait for it inside its
+/// figure.
+fn wait_unlocked(dir: &std::path::Path) {
+    let db = std::fs::File::open(dir.join("db")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while db.try_lock().is_err() {
+        assert!(Instant::now() < deadline, "{} stays locked", dir.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    db.unlock().unwrap();
 }
 
 /// The bytes of the files under `dir`, as the journal closed them.
@@ -1071,7 +1097,18 @@ impl Child {
             .status()
             .unwrap();
         assert!(sent.success(), "kill -TERM {pid}");
-        let status = self.process.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.process.try_wait().unwrap() {
+                break status;
+            }
+            // Killed on drop.
+            assert!(
+                Instant::now() < deadline,
+                "flotilla still runs a minute after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
         assert!(
             status.success(),
             "flotilla exited with {status} after SIGTERM"
@@ -1498,8 +1535,8 @@ fn main() {
     }
     if env("LOAD_CHURN", 1) > 0 {
         eprintln!("16 groups of 1000 servers, every call changing capacity...");
-        let churn = Sized::start(1000, 16, true, connections, seconds);
-        let run = churn.drive(connections, seconds);
+        let churn = Sized::start(1000, 16, true, seconds);
+        let run = churn.drive(0, connections, seconds);
         churn.check(&run);
         eprintln!("  statuses {:?}", run.statuses);
         rows.push((
@@ -1569,6 +1606,7 @@ fn main() {
         // spawn to ready and stopped as an operator would: a second start in this process
         // would also wait for the first's sled to let go of the directory (a large page table
         // freed, 0.3 s at 10M events), which a restarted process never does.
+        wait_unlocked(&data);
         let first = Child::start(&data, &[]);
         let to_ready = first.ready_after;
         first.stop();
