@@ -18,15 +18,7 @@ pub trait Aggregate: Send + Unpin + 'static {
     /// The prefix of its ids, which are also its journal stream ids.
     const PREFIX: &'static str;
     /// Its state: `Default` is "not created".
-    type State: Default
-        + Clone
-        + Debug
-        + PartialEq
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Unpin
-        + 'static;
+    type State: Default + Clone + Debug + PartialEq + Serialize + DeserializeOwned + Send + Unpin;
     /// What can be asked of it.
     type Command: Clone + Debug + Send + Unpin;
     /// What happened to it.

@@ -24,8 +24,6 @@ pub struct ObjectActor<A: Aggregate> {
     state: A::State,
     version: u64,
     snapshot_version: u64,
-    /// Where its snapshots are saved, off its thread.
-    snapshots: store::Snapshots,
     /// Why the state could not be rebuilt, if it could not: every message is then refused.
     broken: Option<String>,
     restarts: u64,
@@ -52,14 +50,8 @@ pub struct Idle<A: Aggregate> {
 pub type Forget<A> = Arc<dyn Fn(&str, &Addr<ObjectActor<A>>) + Send + Sync>;
 
 impl<A: Aggregate> ObjectActor<A> {
-    /// An actor for object `id`, its snapshots saved through `snapshots`; its state is loaded
-    /// when it starts.
-    pub fn new(
-        id: String,
-        journal: Journal,
-        clock: Arc<dyn Clock>,
-        snapshots: store::Snapshots,
-    ) -> Self {
+    /// An actor for object `id`; its state is loaded when it starts.
+    pub fn new(id: String, journal: Journal, clock: Arc<dyn Clock>) -> Self {
         ObjectActor {
             id,
             journal,
@@ -67,7 +59,6 @@ impl<A: Aggregate> ObjectActor<A> {
             state: A::State::default(),
             version: 0,
             snapshot_version: 0,
-            snapshots,
             broken: None,
             restarts: 0,
             last_used: Timestamp::EPOCH,
@@ -186,18 +177,15 @@ impl<A: Aggregate> ObjectActor<A> {
         )))
     }
 
-    /// Takes in `events`, now durable with its stream at `version`: applies them, and hands a
-    /// snapshot over to be saved when one is due (if too many wait, at the next event).
+    /// Takes in `events`, now durable with its stream at `version`: applies them, and saves a
+    /// snapshot when one is due.
     fn appended(&mut self, events: &[A::Event], version: u64) {
         for event in events {
             self.state = A::apply(std::mem::take(&mut self.state), event);
         }
         self.version = version;
-        if self.version - self.snapshot_version >= A::snapshot_every(&self.state)
-            && self
-                .snapshots
-                .save::<A>(&self.journal, &self.id, self.version, &self.state)
-        {
+        if self.version - self.snapshot_version >= A::snapshot_every(&self.state) {
+            store::snapshot::<A>(&self.journal, &self.id, self.version, &self.state);
             self.snapshot_version = self.version;
         }
     }

@@ -130,9 +130,6 @@ struct Inner {
     arbiters: Vec<(Arbiter, Option<std::thread::ThreadId>)>,
     /// Object id → its actor.
     actors: Arc<Registry>,
-    /// Where the actors' snapshots are saved, and the thread saving them (see
-    /// [`store::Snapshots`]).
-    snapshots: Option<(store::Snapshots, std::thread::JoinHandle<()>)>,
 }
 
 /// A resident actor: its `Addr<ObjectActor<A>>` (of its id's kind), and a way to ask it, whatever
@@ -181,20 +178,9 @@ impl Drop for Inner {
             arbiter.stop();
         }
         let here = std::thread::current().id();
-        let mut all_gone = true;
         for (arbiter, thread) in self.arbiters.drain(..) {
-            if thread == Some(here) {
-                all_gone = false;
-            } else {
+            if thread != Some(here) {
                 let _ = arbiter.join();
-            }
-        }
-        // With every actor gone, so are the other handles on the snapshots' thread: it ends
-        // once it has saved what they handed over (with the journal handles they hold).
-        if let Some((snapshots, thread)) = self.snapshots.take() {
-            drop(snapshots);
-            if all_gone {
-                let _ = thread.join();
             }
         }
     }
@@ -220,19 +206,8 @@ impl Supervisor {
                 config,
                 arbiters,
                 actors: Arc::new(Mutex::new(Residents::default())),
-                snapshots: Some(store::Snapshots::start()),
             }),
         }
-    }
-
-    /// A handle on the snapshots' thread, for a new actor.
-    fn snapshots(&self) -> store::Snapshots {
-        let (snapshots, _) = self
-            .inner
-            .snapshots
-            .as_ref()
-            .expect("taken only when the supervisor is dropped");
-        snapshots.clone()
     }
 
     /// The journal every actor appends to.
@@ -329,7 +304,6 @@ impl Supervisor {
             self.inner.clock.clone(),
             id.to_owned(),
         );
-        let snapshots = self.snapshots();
         let idle = self.inner.config.idle_after_seconds.map(|seconds| {
             // A weak handle: an actor must not keep its supervisor alive.
             let registry = Arc::downgrade(&self.inner);
@@ -344,7 +318,7 @@ impl Supervisor {
         });
         let fencing = self.inner.config.fencing.clone();
         let addr = actix::Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-            ObjectActor::<A>::new(owned, journal, clock, snapshots)
+            ObjectActor::<A>::new(owned, journal, clock)
                 .idling(idle)
                 .fenced(fencing)
         });

@@ -431,52 +431,18 @@ async fn a_webhook_with_a_large_nonce_window_is_snapshotted_less_often() {
             .await
             .unwrap();
     }
-    // Snapshots are saved on a thread of their own; the supervisor's last handle waits for it.
-    let World {
-        supervisor,
-        journal,
-    } = w;
-    drop(supervisor);
     // Every 64 events while the window is small, then every quarter of the window: the last
     // snapshot is at version 1896 (it would be 1984 at every 64), where the window held 1895
     // nonces; copying all of them every 64 calls would cost more than the calls themselves.
-    let snapshot = journal.load_snapshot(h.as_str()).unwrap().unwrap();
+    let snapshot = w.journal.load_snapshot(h.as_str()).unwrap().unwrap();
     assert_eq!(snapshot.version, 1896);
     let state: flotilla_actors::domain::webhook::WebhookState =
         serde_json::from_slice(&snapshot.state).unwrap();
     assert_eq!(state.unwrap().nonces.len(), 1895);
     // Replayed from that snapshot, the window is whole.
-    let loaded = store::load::<Webhooks>(&journal, h.as_str()).unwrap();
+    let loaded = store::load::<Webhooks>(&w.journal, h.as_str()).unwrap();
     assert_eq!(loaded.version, 2001);
     assert_eq!(loaded.state.unwrap().nonces.len(), 2000);
-}
-
-#[actix::test]
-async fn the_last_snapshot_due_is_the_one_kept_once_the_supervisor_is_gone() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(Timestamp::from_millis(START));
-    let journal = Journal::open(dir.path()).unwrap();
-    let w = world(journal.clone(), clock);
-    let g = group(&w, 0, 1, 0, 0).await;
-    let p = policy(&w, &g, 1, Some(0)).await;
-    let h = webhook(&w, &p, &g).await;
-    let now = Timestamp::from_millis(START);
-    for call in 1..=200 {
-        w.supervisor
-            .deliver_webhook(&h, signed_with(KEY, &format!("msg_{call}"), now), None)
-            .await
-            .unwrap();
-    }
-    // The supervisor's last handle waits for the snapshots' thread to save what it holds.
-    drop(w);
-    // Every 64 events while the window is small: the last one due, at 192, is the one kept
-    // (an older one saved after it would have replaced it).
-    let snapshot = journal.load_snapshot(h.as_str()).unwrap().unwrap();
-    assert_eq!(snapshot.version, 192);
-    let loaded = store::load::<Webhooks>(&journal, h.as_str()).unwrap();
-    assert_eq!(loaded.snapshot_version, 192);
-    assert_eq!(loaded.version, 201);
-    assert_eq!(loaded.state.unwrap().nonces.len(), 200);
 }
 
 #[actix::test]
