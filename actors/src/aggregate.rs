@@ -1,5 +1,6 @@
 //! One trait over the domain's objects, so that one store and one actor serve them all.
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 
 use serde::de::DeserializeOwned;
@@ -7,9 +8,9 @@ use serde::Serialize;
 
 use crate::clock::Timestamp;
 use crate::domain::{
-    alarm, group, policy, receiver, scheduled, tenant, webhook, DomainEvent, Rejection,
+    alarm, group, policy, receiver, scheduled, server, tenant, webhook, DomainEvent, Rejection,
 };
-use crate::store::SNAPSHOT_EVERY;
+use crate::store::{Split, Whole, SNAPSHOT_EVERY};
 
 /// A kind of object whose state is a fold of its events.
 pub trait Aggregate: Send + Unpin + 'static {
@@ -23,6 +24,8 @@ pub trait Aggregate: Send + Unpin + 'static {
     type Command: Clone + Debug + Send + Unpin;
     /// What happened to it.
     type Event: DomainEvent + Clone + Debug + Send + Unpin;
+    /// How its snapshots are saved: whole, or in parts ([`Split`]).
+    type Split: Split<Self::State>;
 
     /// Every rule: what `command` does to `state` at `now`.
     fn decide(
@@ -52,8 +55,18 @@ pub trait Aggregate: Send + Unpin + 'static {
     }
 }
 
+/// The `split` an [`aggregate!`] names, or [`Whole`].
+macro_rules! split_or_whole {
+    () => {
+        Whole
+    };
+    ($split:ty) => {
+        $split
+    };
+}
+
 macro_rules! aggregate {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $module:ident, $id:ty, $state:ty, $command:ty, $event:ty $(, snapshot_every = $every:expr)? $(, leased_by = $leased:expr)?) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $module:ident, $id:ty, $state:ty, $command:ty, $event:ty $(, snapshot_every = $every:expr)? $(, split = $split:ty)? $(, leased_by = $leased:expr)?) => {
         $(#[$doc])*
         #[derive(Debug)]
         pub struct $name;
@@ -64,6 +77,7 @@ macro_rules! aggregate {
             type State = $state;
             type Command = $command;
             type Event = $event;
+            type Split = split_or_whole!($($split)?);
 
             fn decide(
                 state: &Self::State,
@@ -106,14 +120,72 @@ aggregate!(
     Groups, "group", group, crate::domain::GroupId,
     group::GroupState, group::GroupCommand, group::GroupEvent,
     snapshot_every = |state: &group::GroupState| {
-        // A snapshot writes every server: one every as many events as the group has servers
-        // writes about one server per event, and a start replays at most that many events
-        // (a group has at most 10,000 servers, `MAX_GROUP_SIZE`, and those being deleted).
+        // A snapshot writes every server that changed since the last (in parts: see
+        // `GroupServers`), at worst all of them: one every as many events as the group has
+        // servers writes about one server per event, and a start replays at most that many
+        // events (a group has at most 10,000 servers, `MAX_GROUP_SIZE`, and those being
+        // deleted).
         let servers = state.as_ref().map_or(0, |group| group.servers.len()) as u64;
         SNAPSHOT_EVERY.max(servers)
     },
+    split = GroupServers,
     leased_by = group::leased_by
 );
+
+/// A group's snapshots, split by its servers' ids into [`server::PARTS`] parts (see
+/// [`server::part_of`]) once it has [`server::SPLIT_FROM`] servers: a snapshot saves the group
+/// without its servers, and the parts whose servers changed since the last snapshot.
+#[derive(Debug)]
+pub struct GroupServers;
+
+impl Split<group::GroupState> for GroupServers {
+    type Basis = server::Servers;
+    const PARTS: usize = server::PARTS;
+
+    fn worth_splitting(state: &group::GroupState) -> bool {
+        state
+            .as_ref()
+            .is_some_and(|group| group.servers.len() >= server::SPLIT_FROM)
+    }
+
+    fn basis(state: &group::GroupState) -> server::Servers {
+        state
+            .as_ref()
+            .map(|group| group.servers.clone())
+            .unwrap_or_default()
+    }
+
+    fn changed(before: &server::Servers, now: &server::Servers) -> BTreeSet<usize> {
+        server::changed_parts(before, now)
+    }
+
+    fn head(state: &group::GroupState) -> group::GroupState {
+        state.as_ref().map(|group| group::Group {
+            servers: server::Servers::new(),
+            ..group.clone()
+        })
+    }
+
+    fn part(state: &group::GroupState, part: usize) -> serde_json::Result<Vec<u8>> {
+        let servers = state.as_ref().map(|group| &group.servers);
+        server::encode_part(servers.unwrap_or(&server::Servers::new()), part)
+    }
+
+    fn join(
+        mut head: group::GroupState,
+        part: usize,
+        bytes: &[u8],
+    ) -> serde_json::Result<group::GroupState> {
+        if let Some(group) = head.as_mut() {
+            server::decode_part(&mut group.servers, part, bytes)?;
+        } else if bytes != b"[]" {
+            return Err(serde::de::Error::custom(
+                "servers of a group that is not there",
+            ));
+        }
+        Ok(head)
+    }
+}
 aggregate!(
     /// Policies.
     Policies, "policy", policy, crate::domain::PolicyId,

@@ -24,6 +24,8 @@ pub struct ObjectActor<A: Aggregate> {
     state: A::State,
     version: u64,
     snapshot_version: u64,
+    /// What it keeps of its last snapshot saved in parts (see [`store::Split`]).
+    parts: Option<store::Parts>,
     /// Why the state could not be rebuilt, if it could not: every message is then refused.
     broken: Option<String>,
     restarts: u64,
@@ -59,6 +61,7 @@ impl<A: Aggregate> ObjectActor<A> {
             state: A::State::default(),
             version: 0,
             snapshot_version: 0,
+            parts: None,
             broken: None,
             restarts: 0,
             last_used: Timestamp::EPOCH,
@@ -102,6 +105,7 @@ impl<A: Aggregate> ObjectActor<A> {
                 self.state = loaded.state;
                 self.version = loaded.version;
                 self.snapshot_version = loaded.snapshot_version;
+                self.parts = loaded.parts;
                 self.broken = None;
             }
             Err(error) => {
@@ -180,12 +184,16 @@ impl<A: Aggregate> ObjectActor<A> {
     /// Takes in `events`, now durable with its stream at `version`: applies them, and saves a
     /// snapshot when one is due.
     fn appended(&mut self, events: &[A::Event], version: u64) {
-        for event in events {
-            self.state = A::apply(std::mem::take(&mut self.state), event);
-        }
+        store::Parts::track::<A>(&mut self.parts, &mut self.state, events);
         self.version = version;
         if self.version - self.snapshot_version >= A::snapshot_every(&self.state) {
-            store::snapshot::<A>(&self.journal, &self.id, self.version, &self.state);
+            store::snapshot::<A>(
+                &self.journal,
+                &self.id,
+                self.version,
+                &self.state,
+                &mut self.parts,
+            );
             self.snapshot_version = self.version;
         }
     }

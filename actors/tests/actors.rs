@@ -3,13 +3,16 @@
 
 use std::sync::Arc;
 
-use flotilla_actors::aggregate::{Groups, Policies, Webhooks};
+use flotilla_actors::aggregate::{Aggregate, Groups, Policies, Webhooks};
 use flotilla_actors::clock::{ManualClock, Timestamp};
-use flotilla_actors::domain::group::{GroupCommand, GroupEvent, NewGroup, Outcome, Pause};
+use flotilla_actors::domain::group::{
+    GroupCommand, GroupEvent, GroupState, NewGroup, Outcome, Pause,
+};
 use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition};
 use flotilla_actors::domain::scaling::AdjustmentType;
+use flotilla_actors::domain::server::{encode_part, part_of, LaunchRequest, ServerReport, PARTS};
 use flotilla_actors::domain::webhook::{Secret, WebhookCommand};
-use flotilla_actors::domain::{Cause, GroupId, PolicyId, TenantId, WebhookId};
+use flotilla_actors::domain::{Cause, DomainEvent, GroupId, PolicyId, TenantId, WebhookId};
 use flotilla_actors::error::Error;
 use flotilla_actors::object::{SignatureCheck, SignedCall};
 use flotilla_actors::store;
@@ -443,6 +446,129 @@ async fn a_webhook_with_a_large_nonce_window_is_snapshotted_less_often() {
     let loaded = store::load::<Webhooks>(&w.journal, h.as_str()).unwrap();
     assert_eq!(loaded.version, 2001);
     assert_eq!(loaded.state.unwrap().nonces.len(), 2000);
+}
+
+/// The version of `group`'s snapshot, and of each of its parts (none if it is saved whole).
+fn snapshot_parts(w: &World, group: &GroupId) -> (u64, Option<Vec<u64>>) {
+    let snapshot = w.journal.load_snapshot(group.as_str()).unwrap().unwrap();
+    let saved: serde_json::Value = serde_json::from_slice(&snapshot.state).unwrap();
+    let parts = saved.get("parts").map(|parts| {
+        parts
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect()
+    });
+    (snapshot.version, parts)
+}
+
+/// `group`'s state folded from its first event, no snapshot.
+fn replayed(w: &World, group: &GroupId) -> GroupState {
+    w.journal
+        .read_stream(group.as_str(), 1)
+        .fold(GroupState::default(), |state, record| {
+            let event: GroupEvent = record.unwrap().decode(GroupEvent::SCHEMA).unwrap();
+            Groups::apply(state, &event)
+        })
+}
+
+#[actix::test]
+async fn a_large_group_s_snapshot_saves_again_only_the_parts_whose_servers_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp::from_millis(START));
+    let w = world(Journal::open(dir.path()).unwrap(), clock.clone());
+    let g = group(&w, 600, 600, 600, 0).await;
+    let p = policy(&w, &g, 1, Some(0)).await;
+    let ids: Vec<String> = (0..600u128)
+        .map(|i| {
+            format!(
+                "srv_{:032x}",
+                i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+            )
+        })
+        .collect();
+    let launches = ids
+        .iter()
+        .map(|id| LaunchRequest {
+            server_id: id.clone(),
+            metrics_token_hash: format!("hash-{id}"),
+        })
+        .collect();
+    w.supervisor
+        .execute::<Groups>(g.as_str(), GroupCommand::LaunchServers(launches))
+        .await
+        .unwrap();
+    // 600 launches at once: a snapshot is due (every as many events as servers), every part
+    // saved with it.
+    let launched = w.journal.stream_version(g.as_str()).unwrap();
+    assert_eq!(
+        snapshot_parts(&w, &g),
+        (launched, Some(vec![launched; PARTS]))
+    );
+
+    // 600 calls that leave the servers as they are: the next snapshot saves only its head.
+    for _ in 0..600 {
+        w.supervisor
+            .execute_policy(&p, Cause::Direct, None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        snapshot_parts(&w, &g),
+        (launched + 600, Some(vec![launched; PARTS]))
+    );
+
+    // One server fails: the next snapshot saves its part again, and only that one, though the
+    // actor that saves it is not the one that saw it fail (the system restarted between).
+    let report = GroupCommand::ReportServers(vec![ServerReport::Failed {
+        server_id: ids[7].clone(),
+        reason: "exited".into(),
+    }]);
+    w.supervisor
+        .execute::<Groups>(g.as_str(), report)
+        .await
+        .unwrap();
+    let journal = w.journal.clone();
+    drop(w);
+    let w = world(journal, clock);
+    for _ in 0..599 {
+        w.supervisor
+            .execute_policy(&p, Cause::Direct, None)
+            .await
+            .unwrap();
+    }
+    let last = launched + 1200;
+    let mut expected = vec![launched; PARTS];
+    expected[part_of(&ids[7])] = last;
+    assert_eq!(snapshot_parts(&w, &g), (last, Some(expected)));
+
+    // Loaded from its parts, the group is what its events make of it, and what its actor has.
+    let loaded = store::load::<Groups>(&w.journal, g.as_str()).unwrap();
+    assert_eq!((loaded.snapshot_version, loaded.version), (last, last));
+    assert!(loaded.parts.is_some());
+    let live = w.supervisor.get::<Groups>(g.as_str()).await.unwrap().state;
+    assert_eq!(loaded.state, replayed(&w, &g));
+    assert_eq!(loaded.state, live);
+    assert_eq!(loaded.state.as_ref().unwrap().servers.len(), 600);
+
+    // A crash after a part was saved, before its head: the head names a version its part no
+    // longer has, so the snapshot is ignored and the group replayed from its first event.
+    let head = w.journal.load_snapshot(g.as_str()).unwrap().unwrap();
+    let part = (0, encode_part(&live.as_ref().unwrap().servers, 0).unwrap());
+    w.journal
+        .save_snapshot_parts(g.as_str(), launched + 5, &[part], &head.state)
+        .unwrap();
+    let loaded = store::load::<Groups>(&w.journal, g.as_str()).unwrap();
+    assert_eq!((loaded.snapshot_version, loaded.version), (0, last));
+    assert_eq!(loaded.state, live);
+
+    // A snapshot saved whole (as before parts) still loads.
+    let whole = serde_json::to_vec(&live).unwrap();
+    w.journal.save_snapshot(g.as_str(), last, &whole).unwrap();
+    let loaded = store::load::<Groups>(&w.journal, g.as_str()).unwrap();
+    assert_eq!((loaded.snapshot_version, loaded.parts), (last, None));
+    assert_eq!(loaded.state, live);
 }
 
 #[actix::test]

@@ -19,7 +19,8 @@ pub(crate) type Stored<'a> =
 /// Which side table a saved value lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Table {
-    /// Each stream's latest snapshot, by stream id.
+    /// Each stream's latest snapshot, by stream id, and the parts of split ones (see
+    /// `Journal::save_snapshot_parts`).
     Snapshots,
     /// Whole-journal readers' checkpoints, by name.
     Checkpoints,

@@ -494,10 +494,47 @@ impl Journal {
         self.inner.reads.put(Table::Snapshots, stream, value)
     }
 
+    /// Saves a snapshot of `stream` at `version` in parts: first `parts` (each a part's number
+    /// and its state at `version`), then `head`, the snapshot proper, which says at which
+    /// version each part was saved (its owner's business: see [`Journal::load_snapshot_part`]).
+    /// A part unchanged since an earlier snapshot need not be saved again. A crash between the
+    /// parts and the head leaves the old head naming versions its parts no longer have, which
+    /// its owner sees and ignores: the cost is a longer replay, as for any lost snapshot.
+    pub fn save_snapshot_parts(
+        &self,
+        stream: &str,
+        version: u64,
+        parts: &[(usize, Vec<u8>)],
+        head: &[u8],
+    ) -> Result<()> {
+        let anchor = self.anchor(stream, version)?.ok_or_else(|| {
+            Error::InvalidEvent(format!("stream {stream} has no version {version}"))
+        })?;
+        for (part, state) in parts {
+            let value = layout::encode_snapshot(version, &anchor, state);
+            self.inner
+                .reads
+                .put(Table::Snapshots, &part_key(stream, *part), value)?;
+        }
+        let value = layout::encode_snapshot(version, &anchor, head);
+        self.inner.reads.put(Table::Snapshots, stream, value)
+    }
+
+    /// Part `part` of `stream`'s snapshot as last saved (see [`Journal::save_snapshot_parts`]),
+    /// if there is one and it still matches the journal.
+    pub fn load_snapshot_part(&self, stream: &str, part: usize) -> Result<Option<Snapshot>> {
+        self.load_snapshot_at(stream, &part_key(stream, part))
+    }
+
     /// The latest snapshot of `stream`, if there is one and it still matches the journal (a
     /// snapshot whose record was replaced, say by an import, is ignored).
     pub fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
-        let Some(value) = self.inner.reads.get(Table::Snapshots, stream)? else {
+        self.load_snapshot_at(stream, stream)
+    }
+
+    /// The snapshot of `stream` saved under `key`, if it still matches the journal.
+    fn load_snapshot_at(&self, stream: &str, key: &str) -> Result<Option<Snapshot>> {
+        let Some(value) = self.inner.reads.get(Table::Snapshots, key)? else {
             return Ok(None);
         };
         let Some((version, anchor, state)) = layout::decode_snapshot(&value) else {
@@ -596,6 +633,12 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Opens sled, waiting a little for its directory lock: after a journal in this process is
 /// dropped, sled's background threads let go of the lock a moment later. A lock held by
 /// another live process is still refused, after the wait.
+/// Where part `part` of `stream`'s snapshot is kept, beside the snapshot itself: after a unit
+/// separator, which no stream id holds (they are printable ASCII).
+fn part_key(stream: &str, part: usize) -> String {
+    format!("{stream}\u{1f}{part}")
+}
+
 fn open_db(path: &Path, cache_capacity: u64) -> Result<sled::Db> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {

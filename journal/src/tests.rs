@@ -222,6 +222,60 @@ fn a_snapshot_is_loaded_only_while_it_matches_the_journal() {
 }
 
 #[test]
+fn a_snapshot_in_parts_keeps_each_part_at_the_version_it_was_saved() {
+    for place in places("a_snapshot_in_parts_keeps_each_part_at_the_version_it_was_saved") {
+        let journal = place.open();
+        journal
+            .append(
+                "a",
+                ExpectedVersion::Any,
+                vec![event(1), event(2), event(3)],
+            )
+            .unwrap();
+        // A stream whose id would end like a part's key, were the separator printable.
+        journal
+            .append("a#0", ExpectedVersion::Any, vec![event(1)])
+            .unwrap();
+        journal.save_snapshot("a#0", 1, b"other").unwrap();
+        assert_eq!(journal.load_snapshot_part("a", 0).unwrap(), None);
+
+        let both = [(0, b"zero@1".to_vec()), (1, b"one@1".to_vec())];
+        journal
+            .save_snapshot_parts("a", 1, &both, b"head@1")
+            .unwrap();
+        journal
+            .save_snapshot_parts("a", 3, &[(1, b"one@3".to_vec())], b"head@3")
+            .unwrap();
+        let head = journal.load_snapshot("a").unwrap().unwrap();
+        assert_eq!((head.version, head.state.as_slice()), (3, &b"head@3"[..]));
+        let zero = journal.load_snapshot_part("a", 0).unwrap().unwrap();
+        assert_eq!((zero.version, zero.state.as_slice()), (1, &b"zero@1"[..]));
+        let one = journal.load_snapshot_part("a", 1).unwrap().unwrap();
+        assert_eq!((one.version, one.state.as_slice()), (3, &b"one@3"[..]));
+        assert_eq!(journal.load_snapshot_part("a", 2).unwrap(), None);
+        assert_eq!(
+            journal.load_snapshot("a#0").unwrap().unwrap().state,
+            b"other"
+        );
+        assert!(journal
+            .save_snapshot_parts("a", 9, &both, b"ahead of the stream")
+            .is_err());
+        assert_eq!(journal.load_snapshot("a").unwrap().unwrap().version, 3);
+
+        // A part whose anchor record was replaced is ignored, as a whole snapshot is.
+        let mut record = journal.record(1).unwrap().unwrap();
+        record.payload = b"99".to_vec();
+        record.hash = record.compute_hash();
+        place.replace(&journal, &record);
+        assert_eq!(journal.load_snapshot_part("a", 0).unwrap(), None);
+        assert_eq!(
+            journal.load_snapshot_part("a", 1).unwrap().unwrap().version,
+            3
+        );
+    }
+}
+
+#[test]
 fn a_checkpoint_is_loaded_only_while_its_head_is_in_the_journal() {
     for place in places("a_checkpoint_is_loaded_only_while_its_head_is_in_the_journal") {
         let journal = place.open();

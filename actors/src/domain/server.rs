@@ -163,6 +163,77 @@ pub fn shared_ids<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<S
         .collect())
 }
 
+/// How many parts a group's snapshot splits its servers into, by id (see [`part_of`]).
+pub const PARTS: usize = 64;
+
+/// The fewest servers a group has for its snapshot to be split (a smaller one is saved whole).
+pub const SPLIT_FROM: usize = 256;
+
+/// Where each part but the first starts: `srv_04`, `srv_08`, ... `srv_fc`.
+static PART_STARTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    (1..PARTS)
+        .map(|part| format!("srv_{:02x}", part * 256 / PARTS))
+        .collect()
+});
+
+/// The part of a group's snapshot that server `id` is saved in. Parts are ranges of ids, in
+/// order, so every id has one; the converger's ids (`srv_` and 32 hex digits of a hash) spread
+/// evenly over them.
+pub fn part_of(id: &str) -> usize {
+    PART_STARTS.partition_point(|start| start.as_str() <= id)
+}
+
+/// The ids part `part` holds, as bounds.
+fn part_range(part: usize) -> (Bound<&'static str>, Bound<&'static str>) {
+    let start = match part.checked_sub(1).and_then(|i| PART_STARTS.get(i)) {
+        Some(start) => Bound::Included(start.as_str()),
+        None => Bound::Unbounded,
+    };
+    let end = match PART_STARTS.get(part) {
+        Some(end) => Bound::Excluded(end.as_str()),
+        None => Bound::Unbounded,
+    };
+    (start, end)
+}
+
+/// The parts holding a server that differs between `before` and `now`. Both are usually
+/// versions of one map, and the nodes they share are skipped: the cost follows the servers
+/// changed, not the group's size.
+pub fn changed_parts(before: &Servers, now: &Servers) -> std::collections::BTreeSet<usize> {
+    before
+        .diff(now)
+        .map(|change| match change {
+            imbl::ordmap::DiffItem::Add(id, _)
+            | imbl::ordmap::DiffItem::Remove(id, _)
+            | imbl::ordmap::DiffItem::Update { new: (id, _), .. } => part_of(id),
+        })
+        .collect()
+}
+
+/// Part `part` of `servers`: the servers in it, in order (each holds its id).
+pub fn encode_part(servers: &Servers, part: usize) -> serde_json::Result<Vec<u8>> {
+    let in_part: Vec<&Server> = servers
+        .range::<_, str>(part_range(part))
+        .map(|(_, s)| s)
+        .collect();
+    serde_json::to_vec(&in_part)
+}
+
+/// Puts the servers of part `part`, as [`encode_part`] encoded them, into `servers`; refuses
+/// a server that is not of that part.
+pub fn decode_part(servers: &mut Servers, part: usize, bytes: &[u8]) -> serde_json::Result<()> {
+    for server in serde_json::from_slice::<Vec<Server>>(bytes)? {
+        if part_of(&server.id) != part {
+            return Err(serde::de::Error::custom(format!(
+                "server {} is not of part {part}",
+                server.id
+            )));
+        }
+        servers.insert(server.id.clone(), server);
+    }
+    Ok(())
+}
+
 /// What `servers` need to reach `target` slots at `now`, watching the active servers `sweep`
 /// reaches.
 pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Plan {
@@ -384,6 +455,83 @@ mod tests {
 
     fn map(servers: Vec<Server>) -> Servers {
         servers.into_iter().map(|s| (s.id.clone(), s)).collect()
+    }
+
+    /// `n` servers with ids like the converger's (`srv_` and 32 hex digits), spread out.
+    fn spread(n: u128) -> Servers {
+        map((0..n)
+            .map(|i| {
+                let id = format!(
+                    "srv_{:032x}",
+                    i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+                );
+                server(&id, ServerState::Active, 0)
+            })
+            .collect())
+    }
+
+    #[test]
+    fn every_id_has_one_part_and_the_parts_follow_the_ids_order() {
+        assert_eq!(part_of(""), 0);
+        assert_eq!(part_of("srv_00ff"), 0);
+        assert_eq!(part_of("srv_04"), 1);
+        assert_eq!(part_of("srv_fbff"), PARTS - 2);
+        assert_eq!(part_of("srv_fc00"), PARTS - 1);
+        assert_eq!(part_of("zzz"), PARTS - 1);
+        let servers = spread(2_000);
+        let parts: Vec<usize> = servers.keys().map(|id| part_of(id)).collect();
+        assert!(parts.windows(2).all(|w| w[0] <= w[1]));
+        // Spread ids fill every part, none with more than twice its share.
+        let mut counts = [0usize; PARTS];
+        for part in parts {
+            counts[part] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| c > 0 && c <= 2 * 2_000 / PARTS),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn the_parts_of_a_group_s_servers_hold_each_server_once_and_decode_to_the_same_map() {
+        let mut servers = spread(1_000);
+        // Ids of any shape have a part too.
+        for id in ["srv_a", "other", "srv_ffff"] {
+            servers.insert(id.into(), server(id, ServerState::Pending, 3));
+        }
+        let mut decoded = Servers::new();
+        let mut held = 0;
+        for part in 0..PARTS {
+            let bytes = encode_part(&servers, part).unwrap();
+            held += serde_json::from_slice::<Vec<Value>>(&bytes).unwrap().len();
+            decode_part(&mut decoded, part, &bytes).unwrap();
+        }
+        assert_eq!(held, servers.len());
+        assert_eq!(decoded, servers);
+        // A server put in the wrong part is refused, not moved.
+        let first = encode_part(&servers, 0).unwrap();
+        let error = decode_part(&mut Servers::new(), 1, &first).unwrap_err();
+        assert!(error.to_string().contains("is not of part 1"), "{error}");
+    }
+
+    #[test]
+    fn the_changed_parts_are_those_of_the_servers_added_changed_or_removed() {
+        let before = spread(1_000);
+        assert!(changed_parts(&before, &before.clone()).is_empty());
+        let ids: Vec<Arc<str>> = before.keys().cloned().collect();
+        let mut now = before.clone();
+        now.get_mut(&*ids[10]).unwrap().state = ServerState::Failed;
+        now.remove(&*ids[500]);
+        now.insert("srv_fe".into(), server("srv_fe", ServerState::Pending, 1));
+        let expected = [part_of(&ids[10]), part_of(&ids[500]), PARTS - 1];
+        assert_eq!(changed_parts(&before, &now), expected.into_iter().collect());
+        // The same, decoded afresh (nothing shared): the comparison is by value.
+        let json = serde_json::to_string(&now).unwrap();
+        let fresh = shared_ids(&mut serde_json::Deserializer::from_str(&json)).unwrap();
+        assert_eq!(
+            changed_parts(&before, &fresh),
+            expected.into_iter().collect()
+        );
     }
 
     #[test]
