@@ -25,7 +25,7 @@ pub struct ObjectActor<A: Aggregate> {
     version: u64,
     snapshot_version: u64,
     /// What it keeps of its last snapshot saved in parts (see [`store::Split`]).
-    parts: Option<store::Parts>,
+    parts: store::KeptParts,
     /// Why the state could not be rebuilt, if it could not: every message is then refused.
     broken: Option<String>,
     restarts: u64,

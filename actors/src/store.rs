@@ -69,7 +69,8 @@ impl<S: Clone> Split<S> for Whole {
 
 /// What an object keeps of its last snapshot saved in parts: the version each part was saved
 /// at, and which parts its events changed since. Not the state it was saved from: that would
-/// keep every server an event replaced since alive until the next snapshot.
+/// keep every server an event replaced since alive until the next snapshot. Kept boxed, so
+/// that an object saved whole (most of them) pays a pointer for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parts {
     /// Each part's version.
@@ -78,13 +79,12 @@ pub struct Parts {
     pub changed: BTreeSet<usize>,
 }
 
+/// What an object keeps of its last snapshot in parts, if it was saved in parts.
+pub type KeptParts = Option<Box<Parts>>;
+
 impl Parts {
     /// Applies `events` to `state`, noting in `parts` (if any) the parts they changed.
-    pub fn track<A: Aggregate>(
-        parts: &mut Option<Parts>,
-        state: &mut A::State,
-        events: &[A::Event],
-    ) {
+    pub fn track<A: Aggregate>(parts: &mut KeptParts, state: &mut A::State, events: &[A::Event]) {
         let before = parts.as_ref().map(|_| A::Split::basis(state));
         for event in events {
             *state = A::apply(std::mem::take(state), event);
@@ -110,6 +110,12 @@ struct LoadedHead<S> {
     parts: Vec<u64>,
 }
 
+/// What a [`Head`] says of its parts (its state left unread).
+#[derive(Deserialize)]
+struct PartVersions {
+    parts: Vec<u64>,
+}
+
 /// An object's state and the stream version it reflects.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Loaded<S> {
@@ -120,38 +126,57 @@ pub struct Loaded<S> {
     /// The version of the snapshot it started from (0: none).
     pub snapshot_version: u64,
     /// What the snapshot was, if it was saved in parts.
-    pub parts: Option<Parts>,
+    pub parts: KeptParts,
 }
 
-/// Object `id`'s state from its snapshot `bytes` (saved whole or in parts), with its parts.
+/// Object `id`'s state from its snapshot `bytes` at `version` (saved whole or in parts), with
+/// its parts; none if the snapshot cannot be used (said in a warning), an error if the journal
+/// could not be read.
 fn decode<A: Aggregate>(
     journal: &Journal,
     id: &str,
+    version: u64,
     bytes: &[u8],
-) -> Result<(A::State, Option<Parts>), String> {
-    if <A::Split as Split<A::State>>::PARTS > 0 {
+) -> Result<Option<(A::State, KeptParts)>, Error> {
+    let count = <A::Split as Split<A::State>>::PARTS;
+    if count > 0 {
         if let Ok(head) = serde_json::from_slice::<LoadedHead<A::State>>(bytes) {
-            if head.parts.len() != <A::Split as Split<A::State>>::PARTS {
-                return Err(format!("a snapshot in {} parts", head.parts.len()));
+            if head.parts.len() != count {
+                let parts = head.parts.len();
+                tracing::warn!(
+                    object = id,
+                    parts,
+                    "ignoring a snapshot in too many or too few parts"
+                );
+                return Ok(None);
             }
+            let Some(saved) = journal.load_snapshot_parts(id, version, &head.parts)? else {
+                return Ok(None);
+            };
             let mut state = head.head;
-            for (part, &version) in head.parts.iter().enumerate() {
-                let saved = journal
-                    .load_snapshot_part(id, part)
-                    .map_err(|e| e.to_string())?
-                    .filter(|saved| saved.version == version)
-                    .ok_or_else(|| format!("part {part} at version {version} is not there"))?;
-                state = A::Split::join(state, part, &saved.state).map_err(|e| e.to_string())?;
+            for (part, bytes) in saved.iter().enumerate() {
+                state = match A::Split::join(state, part, bytes) {
+                    Ok(state) => state,
+                    Err(error) => {
+                        tracing::warn!(object = id, part, %error, "ignoring a snapshot whose part does not decode");
+                        return Ok(None);
+                    }
+                };
             }
             let parts = Parts {
                 versions: head.parts,
                 changed: BTreeSet::new(),
             };
-            return Ok((state, Some(parts)));
+            return Ok(Some((state, Some(Box::new(parts)))));
         }
     }
-    let state = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    Ok((state, None))
+    match serde_json::from_slice(bytes) {
+        Ok(state) => Ok(Some((state, None))),
+        Err(error) => {
+            tracing::warn!(object = id, %error, "ignoring a snapshot that does not decode");
+            Ok(None)
+        }
+    }
 }
 
 /// Rebuilds object `id`'s state from its latest snapshot and the events after it.
@@ -163,16 +188,11 @@ pub fn load<A: Aggregate>(journal: &Journal, id: &str) -> Result<Loaded<A::State
         parts: None,
     };
     if let Some(snapshot) = journal.load_snapshot(id)? {
-        match decode::<A>(journal, id, &snapshot.state) {
-            Ok((state, parts)) => {
-                loaded.state = state;
-                loaded.version = snapshot.version;
-                loaded.snapshot_version = snapshot.version;
-                loaded.parts = parts;
-            }
-            Err(error) => {
-                tracing::warn!(object = id, %error, "ignoring a snapshot that does not decode");
-            }
+        if let Some((state, parts)) = decode::<A>(journal, id, snapshot.version, &snapshot.state)? {
+            loaded.state = state;
+            loaded.version = snapshot.version;
+            loaded.snapshot_version = snapshot.version;
+            loaded.parts = parts;
         }
     }
     let snapshotted = loaded
@@ -271,11 +291,11 @@ pub fn snapshot<A: Aggregate>(
     id: &str,
     version: u64,
     state: &A::State,
-    parts: &mut Option<Parts>,
+    parts: &mut KeptParts,
 ) {
     let last = parts.take();
     let saved = if <A::Split as Split<A::State>>::worth_splitting(state) {
-        save_parts::<A>(journal, id, version, state, last).map(|saved| *parts = Some(saved))
+        save_parts::<A>(journal, id, version, state, last).map(|saved| *parts = saved)
     } else {
         serde_json::to_vec(state)
             .map_err(|e| e.to_string())
@@ -290,18 +310,35 @@ pub fn snapshot<A: Aggregate>(
     }
 }
 
-/// [`snapshot`] in parts: those changed since `last` (all without it), then the head.
+/// [`snapshot`] in parts: those changed since `last` (all without it) and the head, in one
+/// write. Answers what the object keeps for its next snapshot: none (every part saved then) if
+/// the journal holds a newer snapshot, saved by another writer, which is left as it is.
 fn save_parts<A: Aggregate>(
     journal: &Journal,
     id: &str,
     version: u64,
     state: &A::State,
-    last: Option<Parts>,
-) -> Result<Parts, String> {
+    last: KeptParts,
+) -> Result<KeptParts, String> {
     let count = <A::Split as Split<A::State>>::PARTS;
+    // What this object saved last is what the journal holds, unless another writer (another
+    // node on a shared database) saved a snapshot of it since: then every part is saved again,
+    // or its head would name parts saved over. One newer than this is left as it is.
+    let stored = journal
+        .load_snapshot(id)
+        .map_err(|e| e.to_string())?
+        .map(|saved| {
+            let parts = serde_json::from_slice::<PartVersions>(&saved.state).map(|p| p.parts);
+            (saved.version, parts.ok())
+        });
+    if stored.as_ref().is_some_and(|(saved, _)| *saved > version) {
+        return Ok(None);
+    }
     let (changed, mut versions) = match last {
-        Some(last) => (last.changed, last.versions),
-        None => ((0..count).collect(), vec![0; count]),
+        Some(last) if stored.is_some_and(|(_, parts)| parts.as_ref() == Some(&last.versions)) => {
+            (last.changed, last.versions)
+        }
+        _ => ((0..count).collect(), vec![0; count]),
     };
     let mut saved = Vec::with_capacity(changed.len());
     for part in changed {
@@ -319,8 +356,8 @@ fn save_parts<A: Aggregate>(
     journal
         .save_snapshot_parts(id, version, &saved, &head)
         .map_err(|e| e.to_string())?;
-    Ok(Parts {
+    Ok(Some(Box::new(Parts {
         versions,
         changed: BTreeSet::new(),
-    })
+    })))
 }

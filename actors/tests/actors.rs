@@ -519,28 +519,52 @@ async fn a_large_group_s_snapshot_saves_again_only_the_parts_whose_servers_chang
         (launched + 600, Some(vec![launched; PARTS]))
     );
 
-    // One server fails: the next snapshot saves its part again, and only that one, though the
-    // actor that saves it is not the one that saw it fail (the system restarted between).
-    let report = GroupCommand::ReportServers(vec![ServerReport::Failed {
-        server_id: ids[7].clone(),
-        reason: "exited".into(),
-    }]);
+    // One server fails: the next snapshot saves its part again, and only that one.
+    let calls = |w: &World, n: usize| {
+        let (supervisor, p) = (w.supervisor.clone(), p.clone());
+        async move {
+            for _ in 0..n {
+                supervisor
+                    .execute_policy(&p, Cause::Direct, None)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let fail = |id: &str| {
+        GroupCommand::ReportServers(vec![ServerReport::Failed {
+            server_id: id.to_owned(),
+            reason: "exited".into(),
+        }])
+    };
     w.supervisor
-        .execute::<Groups>(g.as_str(), report)
+        .execute::<Groups>(g.as_str(), fail(&ids[7]))
+        .await
+        .unwrap();
+    calls(&w, 599).await;
+    let mut expected = vec![launched; PARTS];
+    expected[part_of(&ids[7])] = launched + 1200;
+    assert_eq!(
+        snapshot_parts(&w, &g),
+        (launched + 1200, Some(expected.clone()))
+    );
+
+    // Another fails, and the system restarts before the next snapshot: the actor that saves
+    // it, loaded from the last, still knows which part changed.
+    let other = ids
+        .iter()
+        .find(|id| part_of(id) != part_of(&ids[7]))
+        .unwrap();
+    w.supervisor
+        .execute::<Groups>(g.as_str(), fail(other))
         .await
         .unwrap();
     let journal = w.journal.clone();
     drop(w);
     let w = world(journal, clock);
-    for _ in 0..599 {
-        w.supervisor
-            .execute_policy(&p, Cause::Direct, None)
-            .await
-            .unwrap();
-    }
-    let last = launched + 1200;
-    let mut expected = vec![launched; PARTS];
-    expected[part_of(&ids[7])] = last;
+    calls(&w, 599).await;
+    let last = launched + 1800;
+    expected[part_of(other)] = last;
     assert_eq!(snapshot_parts(&w, &g), (last, Some(expected)));
 
     // Loaded from its parts, the group is what its events make of it, and what its actor has.
@@ -552,23 +576,38 @@ async fn a_large_group_s_snapshot_saves_again_only_the_parts_whose_servers_chang
     assert_eq!(loaded.state, live);
     assert_eq!(loaded.state.as_ref().unwrap().servers.len(), 600);
 
-    // A crash after a part was saved, before its head: the head names a version its part no
-    // longer has, so the snapshot is ignored and the group replayed from its first event.
-    let head = w.journal.load_snapshot(g.as_str()).unwrap().unwrap();
-    let part = (0, encode_part(&live.as_ref().unwrap().servers, 0).unwrap());
+    // Another writer (another node) saves the group's snapshot in parts of its own: the
+    // actor's next snapshot sees a head it did not save and saves every part again, where it
+    // would otherwise name versions of parts saved over.
+    let servers = &live.as_ref().unwrap().servers;
+    let theirs: Vec<(usize, Vec<u8>)> = (0..PARTS)
+        .map(|part| (part, encode_part(servers, part).unwrap()))
+        .collect();
+    let mut head: serde_json::Value =
+        serde_json::from_slice(&w.journal.load_snapshot(g.as_str()).unwrap().unwrap().state)
+            .unwrap();
+    head["parts"] = serde_json::json!(vec![last; PARTS]);
+    let head = serde_json::to_vec(&head).unwrap();
     w.journal
-        .save_snapshot_parts(g.as_str(), launched + 5, &[part], &head.state)
+        .save_snapshot_parts(g.as_str(), last, &theirs, &head)
         .unwrap();
+    assert_eq!(snapshot_parts(&w, &g), (last, Some(vec![last; PARTS])));
+    calls(&w, 600).await;
+    assert_eq!(
+        snapshot_parts(&w, &g),
+        (last + 600, Some(vec![last + 600; PARTS]))
+    );
     let loaded = store::load::<Groups>(&w.journal, g.as_str()).unwrap();
-    assert_eq!((loaded.snapshot_version, loaded.version), (0, last));
-    assert_eq!(loaded.state, live);
+    assert_eq!(loaded.snapshot_version, last + 600);
+    assert_eq!(loaded.state, replayed(&w, &g));
 
     // A snapshot saved whole (as before parts) still loads.
     let whole = serde_json::to_vec(&live).unwrap();
     w.journal.save_snapshot(g.as_str(), last, &whole).unwrap();
     let loaded = store::load::<Groups>(&w.journal, g.as_str()).unwrap();
     assert_eq!((loaded.snapshot_version, loaded.parts), (last, None));
-    assert_eq!(loaded.state, live);
+    assert_eq!(loaded.version, last + 600);
+    assert_eq!(loaded.state, replayed(&w, &g));
 }
 
 #[actix::test]

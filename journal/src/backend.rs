@@ -52,6 +52,12 @@ pub(crate) trait Reads: Send + Sync {
     fn put(&self, table: Table, key: &str, value: Vec<u8>) -> Result<()>;
     /// The value saved under `key` in `table`, if any.
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Saves every value of `entries` under its key in `table`, all or none.
+    fn put_all(&self, table: Table, entries: Vec<(String, Vec<u8>)>) -> Result<()>;
+    /// The value saved under each of `keys` in `table`, if any, in their order.
+    fn get_all(&self, table: Table, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|key| self.get(table, key)).collect()
+    }
     /// Makes everything written durable.
     fn flush(&self) -> Result<()>;
     /// Acquires or renews a lease (see [`crate::Journal::acquire_lease`]). By default, for a

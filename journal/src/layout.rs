@@ -32,7 +32,8 @@
 //! times faster than rewriting 20M keys in place.
 //!
 //! A stream id is printable ASCII, so it never contains the 0x00 separator.
-//! Snapshots live apart, in [`SNAPSHOTS`]: stream-id → version(8) anchor-hash(32) state.
+//! Snapshots live apart, in [`SNAPSHOTS`]: stream-id → version(8) anchor-hash(32) state; the
+//! parts of a snapshot saved in parts under stream-id 0x1f part-number, in the same form.
 //! Checkpoints of whole-journal readers, in [`CHECKPOINTS`]: name → seq(8) hash(32) state.
 
 use crate::record::Hash;

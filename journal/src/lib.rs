@@ -494,12 +494,11 @@ impl Journal {
         self.inner.reads.put(Table::Snapshots, stream, value)
     }
 
-    /// Saves a snapshot of `stream` at `version` in parts: first `parts` (each a part's number
-    /// and its state at `version`), then `head`, the snapshot proper, which says at which
-    /// version each part was saved (its owner's business: see [`Journal::load_snapshot_part`]).
-    /// A part unchanged since an earlier snapshot need not be saved again. A crash between the
-    /// parts and the head leaves the old head naming versions its parts no longer have, which
-    /// its owner sees and ignores: the cost is a longer replay, as for any lost snapshot.
+    /// Saves a snapshot of `stream` at `version` in parts, in one write (all or none): `parts`
+    /// (each a part's number and its state at `version`) and `head`, the snapshot proper, which
+    /// says at which version each part was saved (its owner's business: see
+    /// [`Journal::load_snapshot_parts`]). A part unchanged since an earlier snapshot need not be
+    /// saved again.
     pub fn save_snapshot_parts(
         &self,
         stream: &str,
@@ -510,31 +509,73 @@ impl Journal {
         let anchor = self.anchor(stream, version)?.ok_or_else(|| {
             Error::InvalidEvent(format!("stream {stream} has no version {version}"))
         })?;
-        for (part, state) in parts {
-            let value = layout::encode_snapshot(version, &anchor, state);
-            self.inner
-                .reads
-                .put(Table::Snapshots, &part_key(stream, *part), value)?;
-        }
+        let mut entries: Vec<(String, Vec<u8>)> = parts
+            .iter()
+            .map(|(part, state)| {
+                let value = layout::encode_snapshot(version, &anchor, state);
+                (part_key(stream, *part), value)
+            })
+            .collect();
         let value = layout::encode_snapshot(version, &anchor, head);
-        self.inner.reads.put(Table::Snapshots, stream, value)
+        entries.push((stream.to_owned(), value));
+        self.inner.reads.put_all(Table::Snapshots, entries)
     }
 
-    /// Part `part` of `stream`'s snapshot as last saved (see [`Journal::save_snapshot_parts`]),
-    /// if there is one and it still matches the journal.
-    pub fn load_snapshot_part(&self, stream: &str, part: usize) -> Result<Option<Snapshot>> {
-        self.load_snapshot_at(stream, &part_key(stream, part))
+    /// The parts of `stream`'s snapshot at `version`, part `i` as saved at `versions[i]` (see
+    /// [`Journal::save_snapshot_parts`]): all of them, or none if one is missing, was saved at
+    /// another version (or after `version`), or no longer matches the journal.
+    pub fn load_snapshot_parts(
+        &self,
+        stream: &str,
+        version: u64,
+        versions: &[u64],
+    ) -> Result<Option<Vec<Vec<u8>>>> {
+        let keys: Vec<String> = (0..versions.len()).map(|i| part_key(stream, i)).collect();
+        let values = self.inner.reads.get_all(Table::Snapshots, &keys)?;
+        let mut anchors = std::collections::HashMap::new();
+        let mut parts = Vec::with_capacity(values.len());
+        for (part, (value, &expected)) in values.into_iter().zip(versions).enumerate() {
+            let Some((saved, anchor, state)) = value.as_deref().and_then(layout::decode_snapshot)
+            else {
+                tracing::warn!(stream, part, "ignoring a snapshot with a part missing");
+                return Ok(None);
+            };
+            if saved != expected || saved > version {
+                tracing::warn!(
+                    stream,
+                    part,
+                    saved,
+                    expected,
+                    "ignoring a snapshot whose part was saved again"
+                );
+                return Ok(None);
+            }
+            let matches = match anchors.get(&saved) {
+                Some(known) => *known == Some(anchor),
+                None => {
+                    let known = self.anchor(stream, saved)?;
+                    anchors.insert(saved, known);
+                    known == Some(anchor)
+                }
+            };
+            if !matches {
+                tracing::warn!(
+                    stream,
+                    part,
+                    saved,
+                    "ignoring a snapshot whose part no longer matches the journal"
+                );
+                return Ok(None);
+            }
+            parts.push(state);
+        }
+        Ok(Some(parts))
     }
 
     /// The latest snapshot of `stream`, if there is one and it still matches the journal (a
     /// snapshot whose record was replaced, say by an import, is ignored).
     pub fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
-        self.load_snapshot_at(stream, stream)
-    }
-
-    /// The snapshot of `stream` saved under `key`, if it still matches the journal.
-    fn load_snapshot_at(&self, stream: &str, key: &str) -> Result<Option<Snapshot>> {
-        let Some(value) = self.inner.reads.get(Table::Snapshots, key)? else {
+        let Some(value) = self.inner.reads.get(Table::Snapshots, stream)? else {
             return Ok(None);
         };
         let Some((version, anchor, state)) = layout::decode_snapshot(&value) else {
@@ -630,15 +671,15 @@ impl Journal {
 /// How long `open` waits for a directory lock that is being let go.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Opens sled, waiting a little for its directory lock: after a journal in this process is
-/// dropped, sled's background threads let go of the lock a moment later. A lock held by
-/// another live process is still refused, after the wait.
 /// Where part `part` of `stream`'s snapshot is kept, beside the snapshot itself: after a unit
 /// separator, which no stream id holds (they are printable ASCII).
 fn part_key(stream: &str, part: usize) -> String {
     format!("{stream}\u{1f}{part}")
 }
 
+/// Opens sled, waiting a little for its directory lock: after a journal in this process is
+/// dropped, sled's background threads let go of the lock a moment later. A lock held by
+/// another live process is still refused, after the wait.
 fn open_db(path: &Path, cache_capacity: u64) -> Result<sled::Db> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {

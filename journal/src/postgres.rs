@@ -5,7 +5,8 @@
 //!                       record's fields, prev_hash and hash: the same chain as on sled
 //! flotilla_head         one row: the last record's seq and hash, written with the records,
 //!                       so a tail cut off behind the journal's back shows (as sled's head key)
-//! flotilla_snapshots    stream PRIMARY KEY → value (as `layout::encode_snapshot`)
+//! flotilla_snapshots    stream PRIMARY KEY → value (as `layout::encode_snapshot`); a split
+//!                       snapshot's parts under the stream id, 0x1f and the part's number
 //! flotilla_checkpoints  name PRIMARY KEY → value (as `layout::encode_checkpoint`)
 //! flotilla_leases       name PRIMARY KEY, holder, expires_at (the database's clock), token
 //! flotilla_secrets      name PRIMARY KEY → value: what every node shares (the operator token)
@@ -705,6 +706,44 @@ impl Reads for PgReads {
         let (connection, get, _) = self.table(table)?;
         let row = wait(connection.client.query_opt(&get, &[&key]))?;
         Ok(row.map(|row| row.try_get(0)).transpose()?)
+    }
+
+    fn put_all(&self, table: Table, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+        // One statement, so all or none.
+        let (keys, values): (Vec<String>, Vec<Vec<u8>>) = entries.into_iter().unzip();
+        let sql = match table {
+            Table::Snapshots => {
+                "INSERT INTO flotilla_snapshots (stream, value)
+                 SELECT * FROM unnest($1::text[], $2::bytea[])
+                 ON CONFLICT (stream) DO UPDATE SET value = EXCLUDED.value"
+            }
+            Table::Checkpoints => {
+                "INSERT INTO flotilla_checkpoints (name, value)
+                 SELECT * FROM unnest($1::text[], $2::bytea[])
+                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
+            }
+        };
+        let connection = self.connection()?;
+        wait(connection.client.execute(sql, &[&keys, &values]))?;
+        Ok(())
+    }
+
+    fn get_all(&self, table: Table, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let sql = match table {
+            Table::Snapshots => {
+                "SELECT stream, value FROM flotilla_snapshots WHERE stream = ANY($1::text[])"
+            }
+            Table::Checkpoints => {
+                "SELECT name, value FROM flotilla_checkpoints WHERE name = ANY($1::text[])"
+            }
+        };
+        let connection = self.connection()?;
+        let rows = wait(connection.client.query(sql, &[&keys]))?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            found.insert(row.try_get::<_, String>(0)?, row.try_get::<_, Vec<u8>>(1)?);
+        }
+        Ok(keys.iter().map(|key| found.remove(key)).collect())
     }
 
     fn flush(&self) -> Result<()> {

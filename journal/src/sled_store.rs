@@ -995,6 +995,17 @@ impl Reads for SledReads {
         Ok(self.table(table).get(key.as_bytes())?.map(|v| v.to_vec()))
     }
 
+    fn put_all(&self, table: Table, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in entries {
+            batch.insert(key.as_bytes(), value);
+        }
+        self.table(table).apply_batch(batch)?;
+        // As in `put`.
+        crossbeam_epoch::pin().flush();
+        Ok(())
+    }
+
     fn flush(&self) -> Result<()> {
         self.published.settle()?;
         self.db.flush()?;
