@@ -321,23 +321,26 @@ fn save_parts<A: Aggregate>(
     last: KeptParts,
 ) -> Result<KeptParts, String> {
     let count = <A::Split as Split<A::State>>::PARTS;
-    // What this object saved last is what the journal holds, unless another writer (another
-    // node on a shared database) saved a snapshot of it since: then every part is saved again,
-    // or its head would name parts saved over. One newer than this is left as it is.
-    let stored = journal
-        .load_snapshot(id)
-        .map_err(|e| e.to_string())?
-        .map(|saved| {
-            let parts = serde_json::from_slice::<PartVersions>(&saved.state).map(|p| p.parts);
-            (saved.version, parts.ok())
-        });
-    if stored.as_ref().is_some_and(|(saved, _)| *saved > version) {
+    // Only the parts changed since this object's last snapshot are saved, and only over that
+    // snapshot: if another writer (another node on a shared database) saved one since, every
+    // part is saved, over that one; one newer than this is left as it is. The journal saves
+    // nothing if the stored snapshot changed between the read and the write, and the next
+    // snapshot then saves every part.
+    let stored = journal.stored_snapshot(id).map_err(|e| e.to_string())?;
+    if stored
+        .as_ref()
+        .is_some_and(|stored| stored.version > version)
+    {
         return Ok(None);
     }
+    let ours = |last: &Parts| {
+        stored.as_ref().is_some_and(|stored| {
+            serde_json::from_slice::<PartVersions>(&stored.state)
+                .is_ok_and(|saved| saved.parts == last.versions)
+        })
+    };
     let (changed, mut versions) = match last {
-        Some(last) if stored.is_some_and(|(_, parts)| parts.as_ref() == Some(&last.versions)) => {
-            (last.changed, last.versions)
-        }
+        Some(last) if ours(&last) => (last.changed, last.versions),
         _ => ((0..count).collect(), vec![0; count]),
     };
     let mut saved = Vec::with_capacity(changed.len());
@@ -353,11 +356,13 @@ fn save_parts<A: Aggregate>(
         parts: &versions,
     })
     .map_err(|e| e.to_string())?;
-    journal
-        .save_snapshot_parts(id, version, &saved, &head)
+    let saved = journal
+        .save_snapshot_parts(id, version, &saved, &head, stored.as_ref())
         .map_err(|e| e.to_string())?;
-    Ok(Some(Box::new(Parts {
-        versions,
-        changed: BTreeSet::new(),
-    })))
+    Ok(saved.then(|| {
+        Box::new(Parts {
+            versions,
+            changed: BTreeSet::new(),
+        })
+    }))
 }

@@ -588,9 +588,11 @@ async fn a_large_group_s_snapshot_saves_again_only_the_parts_whose_servers_chang
             .unwrap();
     head["parts"] = serde_json::json!(vec![last; PARTS]);
     let head = serde_json::to_vec(&head).unwrap();
-    w.journal
-        .save_snapshot_parts(g.as_str(), last, &theirs, &head)
-        .unwrap();
+    let over = w.journal.stored_snapshot(g.as_str()).unwrap();
+    assert!(w
+        .journal
+        .save_snapshot_parts(g.as_str(), last, &theirs, &head, over.as_ref())
+        .unwrap());
     assert_eq!(snapshot_parts(&w, &g), (last, Some(vec![last; PARTS])));
     calls(&w, 600).await;
     assert_eq!(

@@ -52,11 +52,27 @@ pub(crate) trait Reads: Send + Sync {
     fn put(&self, table: Table, key: &str, value: Vec<u8>) -> Result<()>;
     /// The value saved under `key` in `table`, if any.
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>>;
-    /// Saves every value of `entries` under its key in `table`, all or none.
-    fn put_all(&self, table: Table, entries: Vec<(String, Vec<u8>)>) -> Result<()>;
-    /// The value saved under each of `keys` in `table`, if any, in their order.
-    fn get_all(&self, table: Table, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        keys.iter().map(|key| self.get(table, key)).collect()
+    /// Saves every value of `entries` under its key in the snapshots' table, all or none, and
+    /// only if the value under `guard` is still `expected` (none: no value); answers whether
+    /// it did.
+    fn put_snapshots_if(
+        &self,
+        guard: &str,
+        expected: Option<&[u8]>,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> Result<bool>;
+    /// The value saved under each of `keys` in the snapshots' table, if any, in their order.
+    fn get_snapshots(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter()
+            .map(|key| self.get(Table::Snapshots, key))
+            .collect()
+    }
+    /// The hashes of `stream`'s records at `versions`, where it has them, in their order.
+    fn anchors(&self, stream: &str, versions: &[u64]) -> Result<Vec<Option<Hash>>> {
+        versions
+            .iter()
+            .map(|&version| self.anchor(stream, version))
+            .collect()
     }
     /// Makes everything written durable.
     fn flush(&self) -> Result<()>;

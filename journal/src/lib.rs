@@ -162,6 +162,17 @@ pub struct Snapshot {
     pub state: Vec<u8>,
 }
 
+/// A stream's snapshot as stored (see [`Journal::stored_snapshot`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    /// The stream version the state is as of.
+    pub version: u64,
+    /// The saved state, as its owner encoded it.
+    pub state: Vec<u8>,
+    /// The stored value, which a save over it expects to find.
+    value: Vec<u8>,
+}
+
 /// How to open a journal.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -494,18 +505,36 @@ impl Journal {
         self.inner.reads.put(Table::Snapshots, stream, value)
     }
 
+    /// `stream`'s snapshot as stored, not checked against the journal: what
+    /// [`Journal::save_snapshot_parts`] saves over.
+    pub fn stored_snapshot(&self, stream: &str) -> Result<Option<StoredSnapshot>> {
+        let Some(value) = self.inner.reads.get(Table::Snapshots, stream)? else {
+            return Ok(None);
+        };
+        Ok(
+            layout::decode_snapshot(&value).map(|(version, _, state)| StoredSnapshot {
+                version,
+                state,
+                value,
+            }),
+        )
+    }
+
     /// Saves a snapshot of `stream` at `version` in parts, in one write (all or none): `parts`
     /// (each a part's number and its state at `version`) and `head`, the snapshot proper, which
     /// says at which version each part was saved (its owner's business: see
     /// [`Journal::load_snapshot_parts`]). A part unchanged since an earlier snapshot need not be
-    /// saved again.
+    /// saved again, but only while no one else saved over it: so the write is made only if the
+    /// stream's snapshot is still `over` (none: none is stored), as read before, and answers
+    /// whether it was. On PostgreSQL, of two writers that read the same snapshot, one saves.
     pub fn save_snapshot_parts(
         &self,
         stream: &str,
         version: u64,
         parts: &[(usize, Vec<u8>)],
         head: &[u8],
-    ) -> Result<()> {
+        over: Option<&StoredSnapshot>,
+    ) -> Result<bool> {
         let anchor = self.anchor(stream, version)?.ok_or_else(|| {
             Error::InvalidEvent(format!("stream {stream} has no version {version}"))
         })?;
@@ -518,7 +547,8 @@ impl Journal {
             .collect();
         let value = layout::encode_snapshot(version, &anchor, head);
         entries.push((stream.to_owned(), value));
-        self.inner.reads.put_all(Table::Snapshots, entries)
+        let expected = over.map(|stored| stored.value.as_slice());
+        self.inner.reads.put_snapshots_if(stream, expected, entries)
     }
 
     /// The parts of `stream`'s snapshot at `version`, part `i` as saved at `versions[i]` (see
@@ -531,9 +561,9 @@ impl Journal {
         versions: &[u64],
     ) -> Result<Option<Vec<Vec<u8>>>> {
         let keys: Vec<String> = (0..versions.len()).map(|i| part_key(stream, i)).collect();
-        let values = self.inner.reads.get_all(Table::Snapshots, &keys)?;
-        let mut anchors = std::collections::HashMap::new();
+        let values = self.inner.reads.get_snapshots(&keys)?;
         let mut parts = Vec::with_capacity(values.len());
+        let mut anchors = Vec::with_capacity(values.len());
         for (part, (value, &expected)) in values.into_iter().zip(versions).enumerate() {
             let Some((saved, anchor, state)) = value.as_deref().and_then(layout::decode_snapshot)
             else {
@@ -550,15 +580,19 @@ impl Journal {
                 );
                 return Ok(None);
             }
-            let matches = match anchors.get(&saved) {
-                Some(known) => *known == Some(anchor),
-                None => {
-                    let known = self.anchor(stream, saved)?;
-                    anchors.insert(saved, known);
-                    known == Some(anchor)
-                }
-            };
-            if !matches {
+            parts.push(state);
+            anchors.push(anchor);
+        }
+        let mut distinct = versions.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let known: std::collections::HashMap<u64, Option<Hash>> = distinct
+            .iter()
+            .copied()
+            .zip(self.inner.reads.anchors(stream, &distinct)?)
+            .collect();
+        for (part, (anchor, saved)) in anchors.iter().zip(versions).enumerate() {
+            if known.get(saved).copied().flatten() != Some(*anchor) {
                 tracing::warn!(
                     stream,
                     part,
@@ -567,7 +601,6 @@ impl Journal {
                 );
                 return Ok(None);
             }
-            parts.push(state);
         }
         Ok(Some(parts))
     }

@@ -132,6 +132,9 @@ struct Connection {
     insert: Statement,
     get_snapshot: Statement,
     put_snapshot: Statement,
+    get_snapshots: Statement,
+    put_snapshots_if: Statement,
+    anchors: Statement,
     get_checkpoint: Statement,
     put_checkpoint: Statement,
 }
@@ -351,6 +354,32 @@ impl Connection {
                     .prepare(
                         "INSERT INTO flotilla_snapshots (stream, value) VALUES ($1, $2)
                          ON CONFLICT (stream) DO UPDATE SET value = EXCLUDED.value",
+                    )
+                    .await?,
+                get_snapshots: client
+                    .prepare(
+                        "SELECT stream, value FROM flotilla_snapshots
+                         WHERE stream = ANY($1::text[])",
+                    )
+                    .await?,
+                // One statement, so all or none; the guard's row is locked and read afresh
+                // once a writer ahead commits, so of two writers that read the same guard
+                // only the first saves.
+                put_snapshots_if: client
+                    .prepare(
+                        "WITH guard AS (
+                             SELECT value FROM flotilla_snapshots WHERE stream = $1 FOR UPDATE
+                         )
+                         INSERT INTO flotilla_snapshots (stream, value)
+                         SELECT * FROM unnest($2::text[], $3::bytea[])
+                         WHERE (SELECT value FROM guard) IS NOT DISTINCT FROM $4::bytea
+                         ON CONFLICT (stream) DO UPDATE SET value = EXCLUDED.value",
+                    )
+                    .await?,
+                anchors: client
+                    .prepare(
+                        "SELECT version, hash FROM flotilla_events
+                         WHERE stream = $1 AND version = ANY($2::bigint[])",
                     )
                     .await?,
                 get_checkpoint: client
@@ -708,42 +737,45 @@ impl Reads for PgReads {
         Ok(row.map(|row| row.try_get(0)).transpose()?)
     }
 
-    fn put_all(&self, table: Table, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
-        // One statement, so all or none.
+    fn put_snapshots_if(
+        &self,
+        guard: &str,
+        expected: Option<&[u8]>,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> Result<bool> {
         let (keys, values): (Vec<String>, Vec<Vec<u8>>) = entries.into_iter().unzip();
-        let sql = match table {
-            Table::Snapshots => {
-                "INSERT INTO flotilla_snapshots (stream, value)
-                 SELECT * FROM unnest($1::text[], $2::bytea[])
-                 ON CONFLICT (stream) DO UPDATE SET value = EXCLUDED.value"
-            }
-            Table::Checkpoints => {
-                "INSERT INTO flotilla_checkpoints (name, value)
-                 SELECT * FROM unnest($1::text[], $2::bytea[])
-                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
-            }
-        };
         let connection = self.connection()?;
-        wait(connection.client.execute(sql, &[&keys, &values]))?;
-        Ok(())
+        let saved = wait(connection.client.execute(
+            &connection.put_snapshots_if,
+            &[&guard, &keys, &values, &expected],
+        ))?;
+        Ok(saved > 0 || keys.is_empty())
     }
 
-    fn get_all(&self, table: Table, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        let sql = match table {
-            Table::Snapshots => {
-                "SELECT stream, value FROM flotilla_snapshots WHERE stream = ANY($1::text[])"
-            }
-            Table::Checkpoints => {
-                "SELECT name, value FROM flotilla_checkpoints WHERE name = ANY($1::text[])"
-            }
-        };
+    fn get_snapshots(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         let connection = self.connection()?;
-        let rows = wait(connection.client.query(sql, &[&keys]))?;
+        let rows = wait(connection.client.query(&connection.get_snapshots, &[&keys]))?;
         let mut found = std::collections::HashMap::with_capacity(rows.len());
         for row in rows {
             found.insert(row.try_get::<_, String>(0)?, row.try_get::<_, Vec<u8>>(1)?);
         }
         Ok(keys.iter().map(|key| found.remove(key)).collect())
+    }
+
+    fn anchors(&self, stream: &str, versions: &[u64]) -> Result<Vec<Option<Hash>>> {
+        let connection = self.connection()?;
+        let wanted: Vec<i64> = versions.iter().map(|&v| signed(v)).collect();
+        let rows = wait(
+            connection
+                .client
+                .query(&connection.anchors, &[&stream, &wanted]),
+        )?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let version: i64 = row.try_get(0)?;
+            found.insert(version, hash(row.try_get(1)?, 0)?);
+        }
+        Ok(wanted.iter().map(|v| found.get(v).copied()).collect())
     }
 
     fn flush(&self) -> Result<()> {

@@ -995,15 +995,30 @@ impl Reads for SledReads {
         Ok(self.table(table).get(key.as_bytes())?.map(|v| v.to_vec()))
     }
 
-    fn put_all(&self, table: Table, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for (key, value) in entries {
-            batch.insert(key.as_bytes(), value);
-        }
-        self.table(table).apply_batch(batch)?;
+    fn put_snapshots_if(
+        &self,
+        guard: &str,
+        expected: Option<&[u8]>,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> Result<bool> {
+        let saved = self.snapshots.transaction(|tx| {
+            if tx.get(guard.as_bytes())?.as_deref() != expected {
+                return Ok(false);
+            }
+            for (key, value) in &entries {
+                tx.insert(key.as_bytes(), value.as_slice())?;
+            }
+            Ok(true)
+        });
+        let saved = saved.map_err(
+            |error: sled::transaction::TransactionError<std::convert::Infallible>| match error {
+                sled::transaction::TransactionError::Storage(error) => Error::from(error),
+                sled::transaction::TransactionError::Abort(never) => match never {},
+            },
+        )?;
         // As in `put`.
         crossbeam_epoch::pin().flush();
-        Ok(())
+        Ok(saved)
     }
 
     fn flush(&self) -> Result<()> {

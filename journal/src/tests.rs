@@ -232,13 +232,17 @@ fn a_snapshot_in_parts_is_loaded_only_with_every_part_at_the_version_its_head_na
                 vec![event(1), event(2), event(3)],
             )
             .unwrap();
+        assert_eq!(journal.stored_snapshot("a").unwrap(), None);
         let both = [(0, b"zero@1".to_vec()), (1, b"one@1".to_vec())];
-        journal
-            .save_snapshot_parts("a", 1, &both, b"head@1")
-            .unwrap();
-        journal
-            .save_snapshot_parts("a", 3, &[(1, b"one@3".to_vec())], b"head@3")
-            .unwrap();
+        assert!(journal
+            .save_snapshot_parts("a", 1, &both, b"head@1", None)
+            .unwrap());
+        let first = journal.stored_snapshot("a").unwrap().unwrap();
+        assert_eq!((first.version, first.state.as_slice()), (1, &b"head@1"[..]));
+        let one = [(1, b"one@3".to_vec())];
+        assert!(journal
+            .save_snapshot_parts("a", 3, &one, b"head@3", Some(&first))
+            .unwrap());
         let head = journal.load_snapshot("a").unwrap().unwrap();
         assert_eq!((head.version, head.state.as_slice()), (3, &b"head@3"[..]));
         assert_eq!(
@@ -252,15 +256,25 @@ fn a_snapshot_in_parts_is_loaded_only_with_every_part_at_the_version_its_head_na
             journal.load_snapshot_parts("a", 3, &[1, 3, 3]).unwrap(),
             None
         );
-        // A save naming a version the stream does not have saves nothing.
+
+        // A save over a snapshot no longer stored (another writer saved since), or naming a
+        // version the stream does not have, saves nothing.
+        let zero = [(0, b"zero@2".to_vec())];
+        assert!(!journal
+            .save_snapshot_parts("a", 2, &zero, b"head@2", Some(&first))
+            .unwrap());
+        assert!(!journal
+            .save_snapshot_parts("a", 2, &zero, b"head@2", None)
+            .unwrap());
+        let now = journal.stored_snapshot("a").unwrap().unwrap();
         assert!(journal
-            .save_snapshot_parts("a", 9, &both, b"ahead of the stream")
+            .save_snapshot_parts("a", 9, &both, b"ahead of the stream", Some(&now))
             .is_err());
-        assert_eq!(journal.load_snapshot("a").unwrap().unwrap().version, 3);
-        assert!(journal
-            .load_snapshot_parts("a", 3, &[1, 3])
-            .unwrap()
-            .is_some());
+        assert_eq!(journal.stored_snapshot("a").unwrap(), Some(now));
+        assert_eq!(
+            journal.load_snapshot_parts("a", 3, &[1, 3]).unwrap(),
+            Some(vec![b"zero@1".to_vec(), b"one@3".to_vec()])
+        );
 
         // A part whose anchor record was replaced is ignored, as a whole snapshot is.
         let mut record = journal.record(1).unwrap().unwrap();
