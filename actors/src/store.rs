@@ -312,7 +312,8 @@ pub fn snapshot<A: Aggregate>(
 
 /// [`snapshot`] in parts: those changed since `last` (all without it) and the head, in one
 /// write. Answers what the object keeps for its next snapshot: none (every part saved then) if
-/// the journal holds a newer snapshot, saved by another writer, which is left as it is.
+/// the journal holds a newer snapshot, saved by another writer, which is left as it is, or if
+/// another writer saved one between the read and the write, which refuses the write.
 fn save_parts<A: Aggregate>(
     journal: &Journal,
     id: &str,
@@ -327,11 +328,12 @@ fn save_parts<A: Aggregate>(
     // nothing if the stored snapshot changed between the read and the write, and the next
     // snapshot then saves every part.
     let stored = journal.stored_snapshot(id).map_err(|e| e.to_string())?;
-    if stored
-        .as_ref()
-        .is_some_and(|stored| stored.version > version)
-    {
-        return Ok(None);
+    if let Some(stored) = stored.as_ref().filter(|stored| stored.version > version) {
+        // Newer, unless it is left from a journal since replaced (an import): then it is
+        // saved over.
+        if journal.matches(id, stored).map_err(|e| e.to_string())? {
+            return Ok(None);
+        }
     }
     let ours = |last: &Parts| {
         stored.as_ref().is_some_and(|stored| {

@@ -506,18 +506,28 @@ impl Journal {
     }
 
     /// `stream`'s snapshot as stored, not checked against the journal: what
-    /// [`Journal::save_snapshot_parts`] saves over.
+    /// [`Journal::save_snapshot_parts`] saves over. One that does not decode is answered at
+    /// version 0 with an empty state, so that it can be saved over.
     pub fn stored_snapshot(&self, stream: &str) -> Result<Option<StoredSnapshot>> {
         let Some(value) = self.inner.reads.get(Table::Snapshots, stream)? else {
             return Ok(None);
         };
-        Ok(
-            layout::decode_snapshot(&value).map(|(version, _, state)| StoredSnapshot {
-                version,
-                state,
-                value,
-            }),
-        )
+        let (version, state) = layout::decode_snapshot(&value)
+            .map(|(version, _, state)| (version, state))
+            .unwrap_or_default();
+        Ok(Some(StoredSnapshot {
+            version,
+            state,
+            value,
+        }))
+    }
+
+    /// Whether `stored`, read by [`Journal::stored_snapshot`], still matches the journal.
+    pub fn matches(&self, stream: &str, stored: &StoredSnapshot) -> Result<bool> {
+        let Some((version, anchor, _)) = layout::decode_snapshot(&stored.value) else {
+            return Ok(false);
+        };
+        Ok(self.anchor(stream, version)? == Some(anchor))
     }
 
     /// Saves a snapshot of `stream` at `version` in parts, in one write (all or none): `parts`
@@ -526,7 +536,9 @@ impl Journal {
     /// [`Journal::load_snapshot_parts`]). A part unchanged since an earlier snapshot need not be
     /// saved again, but only while no one else saved over it: so the write is made only if the
     /// stream's snapshot is still `over` (none: none is stored), as read before, and answers
-    /// whether it was. On PostgreSQL, of two writers that read the same snapshot, one saves.
+    /// whether it was. Of two writers that read the same stored snapshot, only the first saves;
+    /// on PostgreSQL, two that found none stored (no row to lock) may both save, each a whole
+    /// set of parts, the later replacing the earlier.
     pub fn save_snapshot_parts(
         &self,
         stream: &str,

@@ -364,7 +364,8 @@ impl Connection {
                     .await?,
                 // One statement, so all or none; the guard's row is locked and read afresh
                 // once a writer ahead commits, so of two writers that read the same guard
-                // only the first saves.
+                // only the first saves (with no row yet, there is nothing to lock: see
+                // `Journal::save_snapshot_parts`).
                 put_snapshots_if: client
                     .prepare(
                         "WITH guard AS (

@@ -46,6 +46,27 @@ impl Place {
     }
 }
 
+impl Place {
+    /// Stores `value` as `stream`'s snapshot behind the journal's back.
+    fn put_raw_snapshot(&self, journal: &Journal, stream: &str, value: &[u8]) {
+        match self {
+            Place::Sled(_) => journal
+                .inner
+                .reads
+                .put(Table::Snapshots, stream, value.to_vec())
+                .unwrap(),
+            Place::Postgres(url) => {
+                let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+                let sql = format!(
+                    "INSERT INTO flotilla_snapshots (stream, value) VALUES ('{stream}', '\\x{hex}')
+                     ON CONFLICT (stream) DO UPDATE SET value = EXCLUDED.value"
+                );
+                testing::execute(url, &sql).unwrap();
+            }
+        }
+    }
+}
+
 /// The places every back-end-neutral test runs in: sled, and PostgreSQL where there is one.
 fn places(test: &str) -> Vec<Place> {
     let mut places = vec![Place::Sled(tempfile::tempdir().unwrap())];
@@ -270,11 +291,13 @@ fn a_snapshot_in_parts_is_loaded_only_with_every_part_at_the_version_its_head_na
         assert!(journal
             .save_snapshot_parts("a", 9, &both, b"ahead of the stream", Some(&now))
             .is_err());
-        assert_eq!(journal.stored_snapshot("a").unwrap(), Some(now));
+        assert_eq!(journal.stored_snapshot("a").unwrap(), Some(now.clone()));
         assert_eq!(
             journal.load_snapshot_parts("a", 3, &[1, 3]).unwrap(),
             Some(vec![b"zero@1".to_vec(), b"one@3".to_vec()])
         );
+
+        assert!(journal.matches("a", &now).unwrap());
 
         // A part whose anchor record was replaced is ignored, as a whole snapshot is.
         let mut record = journal.record(1).unwrap().unwrap();
@@ -282,6 +305,20 @@ fn a_snapshot_in_parts_is_loaded_only_with_every_part_at_the_version_its_head_na
         record.hash = record.compute_hash();
         place.replace(&journal, &record);
         assert_eq!(journal.load_snapshot_parts("a", 3, &[1, 3]).unwrap(), None);
+
+        // A stored snapshot that does not decode can still be saved over.
+        journal
+            .append("b", ExpectedVersion::Any, vec![event(1)])
+            .unwrap();
+        place.put_raw_snapshot(&journal, "b", b"not a snapshot");
+        let garbage = journal.stored_snapshot("b").unwrap().unwrap();
+        assert_eq!((garbage.version, garbage.state.len()), (0, 0));
+        assert!(!journal.matches("b", &garbage).unwrap());
+        let zero = [(0, b"zero".to_vec())];
+        assert!(journal
+            .save_snapshot_parts("b", 1, &zero, b"head", Some(&garbage))
+            .unwrap());
+        assert!(journal.load_snapshot_parts("b", 1, &[1]).unwrap().is_some());
     }
 }
 
