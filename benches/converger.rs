@@ -1,9 +1,12 @@
 //! The converger's cost on `simulated` servers (no provider latency), beside a baseline:
 //! - `converge_1000`: a group created at 1,000 and reconciled until all 1,000 are active (one
 //!   pass launches them all: two batched appends; a second marks them active);
-//! - `pass_over_converged_1000`: one reconcile pass over a converged group of 1,000 (a read of
-//!   the group, the plan, 1,000 status calls, no append);
-//! - `plan_1000`: the pure plan over the same 1,000 servers, the pass's floor.
+//! - `plan_1000`: the pure plan over a converged group of 1,000, every server watched;
+//! - `quiet_pass_N`: one reconcile pass over a converged group of N servers, as a tick makes it
+//!   (a read of the group, the plan, [`ACTIVE_CHECKS_PER_PASS`] status calls, no append), for
+//!   N = 256 (one sweep's budget: the baseline), 5,000 and 10,000 (the largest group): a pass
+//!   should cost the same whatever the group's size;
+//! - `quiet_plan_N`: the plan of that pass alone.
 //!
 //! `cargo bench --bench converger`
 
@@ -11,16 +14,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use flotilla::converger::Converger;
+use flotilla::converger::{Converger, ACTIVE_CHECKS_PER_PASS};
 use flotilla::index::Index;
 use flotilla::providers::Providers;
 use flotilla_actors::aggregate::Groups;
 use flotilla_actors::clock::{Clock, SystemClock};
 use flotilla_actors::domain::group::{GroupCommand, NewGroup};
-use flotilla_actors::domain::server::{plan, Sweep};
+use flotilla_actors::domain::server::{plan, ServerState, Sweep};
 use flotilla_actors::domain::{GroupId, TenantId};
 use flotilla_actors::supervisor::{Config, Supervisor};
 use flotilla_journal::Journal;
+
+/// The quiet groups' sizes: one sweep's budget ([`ACTIVE_CHECKS_PER_PASS`]), then 5,000 and the
+/// largest a group may be (10,000).
+const QUIET_SIZES: [u32; 3] = [256, 5_000, 10_000];
 
 fn new_group(id: &GroupId, desired: u32) -> NewGroup {
     NewGroup {
@@ -78,8 +85,7 @@ fn converger(c: &mut Criterion) {
                             .unwrap()
                             .state
                             .unwrap();
-                        if state.count(flotilla_actors::domain::server::ServerState::Active) == 1000
-                        {
+                        if state.count(ServerState::Active) == 1000 {
                             break;
                         }
                     }
@@ -99,9 +105,6 @@ fn converger(c: &mut Criterion) {
         converger.reconcile(&id).await.unwrap();
         converger.reconcile(&id).await.unwrap();
     });
-    group.bench_function("pass_over_converged_1000", |b| {
-        b.iter(|| system.block_on(converger.reconcile(&id)).unwrap());
-    });
     let state = system
         .block_on(supervisor.get::<Groups>(id.as_str()))
         .unwrap()
@@ -111,6 +114,40 @@ fn converger(c: &mut Criterion) {
     group.bench_function("plan_1000", |b| {
         b.iter(|| plan(&state.servers, state.target(), now, &Sweep::ALL));
     });
+
+    // A quiet group's pass, as ticks make it once a second, over group sizes: one sweep's
+    // budget of servers (the baseline), then larger groups, which should cost the same.
+    for size in QUIET_SIZES {
+        let id = GroupId::generate();
+        let state = system.block_on(async {
+            supervisor
+                .execute::<Groups>(id.as_str(), GroupCommand::Create(new_group(&id, size)))
+                .await
+                .unwrap();
+            loop {
+                converger.reconcile(&id).await.unwrap();
+                let state = supervisor
+                    .get::<Groups>(id.as_str())
+                    .await
+                    .unwrap()
+                    .state
+                    .unwrap();
+                if state.count(ServerState::Active) == size {
+                    break state;
+                }
+            }
+        });
+        group.bench_function(format!("quiet_pass_{size}"), |b| {
+            b.iter(|| system.block_on(converger.reconcile(&id)).unwrap());
+        });
+        let sweep = Sweep {
+            after: String::new(),
+            budget: ACTIVE_CHECKS_PER_PASS,
+        };
+        group.bench_function(format!("quiet_plan_{size}"), |b| {
+            b.iter(|| plan(&state.servers, state.target(), now, &sweep));
+        });
+    }
     group.finish();
 }
 

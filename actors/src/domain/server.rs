@@ -147,18 +147,147 @@ impl Sweep {
     };
 }
 
-/// A group's servers by id: a persistent map, so that a group's state clones in constant time.
-pub type Servers = imbl::OrdMap<Arc<str>, Server>;
+/// A group's servers by id: a persistent map, so that a group's state clones in constant time;
+/// and beside it what a converger's pass reads at every tick, kept up to date by every change:
+/// how many servers are in each state, and the ids of those not active. A pass then reads the
+/// servers that are changing and its sweep's share of the others, so a quiet group of 10,000
+/// costs it what one of 256 does (issue 16; `cargo bench --bench converger`).
+///
+/// Reads go to the map (through `Deref`); changes go through [`Servers::insert`],
+/// [`Servers::update`] and [`Servers::remove`], which keep the rest. Stored as the map alone:
+/// the rest is rebuilt when it is read.
+#[derive(Debug, Clone, Default)]
+pub struct Servers {
+    map: imbl::OrdMap<Arc<str>, Server>,
+    /// The ids of the servers not active (pending, failed or being deleted), each the same text
+    /// as its key.
+    unsettled: imbl::OrdSet<Arc<str>>,
+    /// How many servers are in each state, in [`ServerState`]'s order.
+    counts: [u32; 4],
+}
+
+impl Servers {
+    /// No servers.
+    pub fn new() -> Servers {
+        Servers::default()
+    }
+
+    /// How many servers are in `state`.
+    pub fn count(&self, state: ServerState) -> u32 {
+        self.counts[state as usize]
+    }
+
+    /// How many slots there are: servers not being deleted (see [`Server::is_slot`]).
+    pub fn slots(&self) -> u32 {
+        self.map.len() as u32 - self.count(ServerState::Deleting)
+    }
+
+    /// The servers not active, in id order.
+    pub fn unsettled(&self) -> impl Iterator<Item = &Server> {
+        self.unsettled.iter().filter_map(|id| self.map.get(id))
+    }
+
+    /// Adds `server` under its id, answering the server it replaced.
+    pub fn insert(&mut self, server: Server) -> Option<Server> {
+        let (id, state) = (server.id.clone(), server.state);
+        let replaced = self.map.insert(id.clone(), server);
+        if let Some(old) = &replaced {
+            self.forget(&old.id, old.state);
+        }
+        self.remember(id, state);
+        replaced
+    }
+
+    /// Changes server `id` with `change` (which must leave its id as it is); false if there is
+    /// no such server.
+    pub fn update(&mut self, id: &str, change: impl FnOnce(&mut Server)) -> bool {
+        let Some(server) = self.map.get_mut(id) else {
+            return false;
+        };
+        let before = server.state;
+        change(server);
+        let (after, id) = (server.state, server.id.clone());
+        if before != after {
+            self.forget(&id, before);
+            self.remember(id, after);
+        }
+        true
+    }
+
+    /// Removes server `id`, answering it.
+    pub fn remove(&mut self, id: &str) -> Option<Server> {
+        let removed = self.map.remove(id)?;
+        self.forget(&removed.id, removed.state);
+        Some(removed)
+    }
+
+    fn remember(&mut self, id: Arc<str>, state: ServerState) {
+        self.counts[state as usize] += 1;
+        if state != ServerState::Active {
+            self.unsettled.insert(id);
+        }
+    }
+
+    fn forget(&mut self, id: &str, state: ServerState) {
+        self.counts[state as usize] -= 1;
+        if state != ServerState::Active {
+            self.unsettled.remove(id);
+        }
+    }
+}
+
+impl std::ops::Deref for Servers {
+    type Target = imbl::OrdMap<Arc<str>, Server>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl PartialEq for Servers {
+    /// Equal when their servers are (the rest follows from them).
+    fn eq(&self, other: &Servers) -> bool {
+        self.map == other.map
+    }
+}
+
+impl From<imbl::OrdMap<Arc<str>, Server>> for Servers {
+    fn from(map: imbl::OrdMap<Arc<str>, Server>) -> Servers {
+        let mut servers = Servers::default();
+        for server in map.values() {
+            servers.remember(server.id.clone(), server.state);
+        }
+        servers.map = map;
+        servers
+    }
+}
+
+impl FromIterator<Server> for Servers {
+    fn from_iter<I: IntoIterator<Item = Server>>(servers: I) -> Servers {
+        Servers::from(
+            servers
+                .into_iter()
+                .map(|server| (server.id.clone(), server))
+                .collect::<imbl::OrdMap<_, _>>(),
+        )
+    }
+}
+
+impl Serialize for Servers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.map.serialize(serializer)
+    }
+}
 
 /// A group's servers as a snapshot holds them, each server's id then the same text as its key
 /// (decoded, the two would be two copies).
 pub fn shared_ids<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Servers, D::Error> {
-    let decoded = Servers::deserialize(deserializer)?;
+    let decoded = imbl::OrdMap::<Arc<str>, Server>::deserialize(deserializer)?;
     Ok(decoded
         .into_iter()
         .map(|(id, mut server)| {
-            server.id = id.clone();
-            (id, server)
+            server.id = id;
+            server
         })
         .collect())
 }
@@ -229,16 +358,17 @@ pub fn decode_part(servers: &mut Servers, part: usize, bytes: &[u8]) -> serde_js
                 server.id
             )));
         }
-        servers.insert(server.id.clone(), server);
+        servers.insert(server);
     }
     Ok(())
 }
 
 /// What `servers` need to reach `target` slots at `now`, watching the active servers `sweep`
-/// reaches.
+/// reaches. It reads the servers not active and the sweep's share of the others, not the whole
+/// group, but for a scale-in, which orders every slot (see [`termination_order`]).
 pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Plan {
     let mut plan = Plan::default();
-    let slots = servers.values().filter(|s| s.is_slot()).count() as u32;
+    let slots = servers.slots();
     let excess = slots.saturating_sub(target) as usize;
     plan.launch_new = target.saturating_sub(slots);
     if excess > 0 {
@@ -250,7 +380,7 @@ pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Pl
     }
     let removed: std::collections::BTreeSet<&str> =
         plan.remove.iter().map(String::as_str).collect();
-    for server in servers.values() {
+    for server in servers.unsettled() {
         if removed.contains(&*server.id) {
             continue;
         }
@@ -261,7 +391,6 @@ pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Pl
             ServerState::Failed if server.retry_at().is_some_and(|at| at <= now) => {
                 plan.relaunch.push(server.id.to_string());
             }
-            ServerState::Failed => {}
             ServerState::Pending if server.provider.is_null() => {
                 plan.resume.push(server.id.to_string());
             }
@@ -269,7 +398,7 @@ pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Pl
                 plan.watch
                     .push((server.id.to_string(), server.state, server.provider.value()));
             }
-            ServerState::Active => {}
+            ServerState::Failed | ServerState::Active => {}
         }
     }
     let after = || sweep.after.as_str();
@@ -335,7 +464,7 @@ pub(crate) fn decide_launches(
     requests: &[LaunchRequest],
     now: Timestamp,
 ) -> Vec<GroupEvent> {
-    let mut slots = group.servers.values().filter(|s| s.is_slot()).count() as u32;
+    let mut slots = group.servers.slots();
     let mut events = Vec::new();
     for request in requests {
         let existing = group.servers.get(request.server_id.as_str());
@@ -454,7 +583,7 @@ mod tests {
     }
 
     fn map(servers: Vec<Server>) -> Servers {
-        servers.into_iter().map(|s| (s.id.clone(), s)).collect()
+        servers.into_iter().collect()
     }
 
     /// `n` servers with ids like the converger's (`srv_` and 32 hex digits), spread out.
@@ -497,7 +626,7 @@ mod tests {
         let mut servers = spread(1_000);
         // Ids of any shape have a part too.
         for id in ["srv_a", "other", "srv_ffff"] {
-            servers.insert(id.into(), server(id, ServerState::Pending, 3));
+            servers.insert(server(id, ServerState::Pending, 3));
         }
         let mut decoded = Servers::new();
         let mut held = 0;
@@ -520,9 +649,9 @@ mod tests {
         assert!(changed_parts(&before, &before.clone()).is_empty());
         let ids: Vec<Arc<str>> = before.keys().cloned().collect();
         let mut now = before.clone();
-        now.get_mut(&*ids[10]).unwrap().state = ServerState::Failed;
-        now.remove(&*ids[500]);
-        now.insert("srv_fe".into(), server("srv_fe", ServerState::Pending, 1));
+        now.update(&ids[10], |s| s.state = ServerState::Failed);
+        now.remove(&ids[500]);
+        now.insert(server("srv_fe", ServerState::Pending, 1));
         let expected = [part_of(&ids[10]), part_of(&ids[500]), PARTS - 1];
         assert_eq!(changed_parts(&before, &now), expected.into_iter().collect());
         // The same, decoded afresh (nothing shared): the comparison is by value.
@@ -647,5 +776,142 @@ mod tests {
         assert_eq!(plan.launch_new, 2);
         assert_eq!(plan.resume, vec!["a"]);
         assert_eq!(plan.watch.len(), 1);
+    }
+
+    /// [`plan`] as it was before [`Servers`] kept its unsettled ids, reading every server: the
+    /// oracle of the plan that reads only what it needs.
+    fn plan_reading_every_server(
+        servers: &Servers,
+        target: u32,
+        now: Timestamp,
+        sweep: &Sweep,
+    ) -> Plan {
+        let mut plan = Plan::default();
+        let slots = servers.values().filter(|s| s.is_slot()).count() as u32;
+        let excess = slots.saturating_sub(target) as usize;
+        plan.launch_new = target.saturating_sub(slots);
+        plan.remove = termination_order(servers.values())
+            .into_iter()
+            .take(excess)
+            .map(|s| s.id.to_string())
+            .collect();
+        let removed: Vec<&str> = plan.remove.iter().map(String::as_str).collect();
+        let kept = |s: &&Server| !removed.contains(&&*s.id);
+        for server in servers.values().filter(kept) {
+            match server.state {
+                ServerState::Deleting => plan
+                    .delete
+                    .push((server.id.to_string(), server.provider.value())),
+                ServerState::Failed if server.retry_at().is_some_and(|at| at <= now) => {
+                    plan.relaunch.push(server.id.to_string());
+                }
+                ServerState::Pending if server.provider.is_null() => {
+                    plan.resume.push(server.id.to_string());
+                }
+                ServerState::Pending => {
+                    plan.watch
+                        .push((server.id.to_string(), server.state, server.provider.value()));
+                }
+                ServerState::Failed | ServerState::Active => {}
+            }
+        }
+        let ids: Vec<&Server> = servers
+            .values()
+            .filter(|s| s.state == ServerState::Active)
+            .filter(kept)
+            .collect();
+        let start = ids.partition_point(|s| *s.id <= *sweep.after);
+        let mut round = ids[start..].iter().chain(&ids[..start]);
+        for server in round.by_ref().take(sweep.budget) {
+            plan.watch
+                .push((server.id.to_string(), server.state, server.provider.value()));
+            plan.swept_to = Some(server.id.to_string());
+        }
+        if round.next().is_none() {
+            plan.swept_to = None;
+        }
+        plan
+    }
+
+    /// A change to a group's servers, as its events make them.
+    #[derive(Debug, Clone)]
+    enum Change {
+        Insert(usize, ServerState, i64),
+        Launched(usize, bool),
+        State(usize, ServerState),
+        Failed(usize, i64),
+        Remove(usize),
+    }
+
+    fn state() -> impl Strategy<Value = ServerState> {
+        prop_oneof![
+            Just(ServerState::Pending),
+            Just(ServerState::Active),
+            Just(ServerState::Failed),
+            Just(ServerState::Deleting),
+        ]
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            (0..8usize, state(), 0..10i64).prop_map(|(i, s, t)| Change::Insert(i, s, t)),
+            (0..8usize, any::<bool>()).prop_map(|(i, h)| Change::Launched(i, h)),
+            (0..8usize, state()).prop_map(|(i, s)| Change::State(i, s)),
+            (0..8usize, 0..10i64).prop_map(|(i, t)| Change::Failed(i, t)),
+            (0..8usize).prop_map(Change::Remove),
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn what_servers_keep_beside_the_map_follows_every_change_and_plans_as_reading_all(
+            changes in proptest::collection::vec(change(), 1..40),
+            target in 0u32..10,
+            budget in 0usize..5,
+            after in 0usize..9,
+            now in 0i64..80,
+        ) {
+            let id = |i: usize| format!("srv_{i}");
+            let mut servers = Servers::new();
+            for change in changes {
+                match change {
+                    Change::Insert(i, state, at) => {
+                        servers.insert(server(&id(i), state, at));
+                    }
+                    Change::Launched(i, handle) => {
+                        servers.update(&id(i), |s| {
+                            s.provider = if handle { Handle::new(&json!({"pid": i})) } else { Handle::default() };
+                        });
+                    }
+                    Change::State(i, state) => {
+                        servers.update(&id(i), |s| s.state = state);
+                    }
+                    Change::Failed(i, at) => {
+                        servers.update(&id(i), |s| {
+                            s.state = ServerState::Failed;
+                            s.failures += 1;
+                            s.last_failure = Some(Box::new(("exited".into(), T0.plus_millis(at * 1000))));
+                        });
+                    }
+                    Change::Remove(i) => {
+                        servers.remove(&id(i));
+                    }
+                }
+                let rebuilt = Servers::from(servers.map.clone());
+                prop_assert_eq!(servers.counts, rebuilt.counts);
+                prop_assert_eq!(&servers.unsettled, &rebuilt.unsettled);
+            }
+            for state in [ServerState::Pending, ServerState::Active, ServerState::Failed, ServerState::Deleting] {
+                prop_assert_eq!(servers.count(state) as usize, servers.values().filter(|s| s.state == state).count());
+            }
+            let sweep = Sweep { after: if after == 8 { String::new() } else { id(after) }, budget };
+            let now = T0.plus_millis(now * 1000);
+            prop_assert_eq!(
+                plan(&servers, target, now, &sweep),
+                plan_reading_every_server(&servers, target, now, &sweep)
+            );
+        }
     }
 }

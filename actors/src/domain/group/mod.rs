@@ -134,7 +134,7 @@ pub struct CapacityChange {
 impl Group {
     /// How many servers are in `state`.
     pub fn count(&self, state: ServerState) -> u32 {
-        self.servers.values().filter(|s| s.state == state).count() as u32
+        self.servers.count(state)
     }
 
     /// How many slots the converger keeps: `desired_capacity`, or none while draining.
@@ -766,51 +766,54 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
             metrics_token_hash, ..
         } => group.metrics_token_hash = metrics_token_hash.clone(),
         GroupEvent::ServerLaunchRequested { server_id, at, .. } => {
-            let id: std::sync::Arc<str> = server_id.as_str().into();
-            let server = group.servers.entry(id.clone()).or_insert_with(|| Server {
-                id,
-                state: ServerState::Pending,
-                provider: Handle::default(),
-                launched_at: *at,
-                failures: 0,
-                last_failure: None,
+            let relaunched = group.servers.update(server_id, |server| {
+                server.state = ServerState::Pending;
+                server.provider = Handle::default();
+                server.launched_at = *at;
             });
-            server.state = ServerState::Pending;
-            server.provider = Handle::default();
-            server.launched_at = *at;
+            if !relaunched {
+                group.servers.insert(Server {
+                    id: server_id.as_str().into(),
+                    state: ServerState::Pending,
+                    provider: Handle::default(),
+                    launched_at: *at,
+                    failures: 0,
+                    last_failure: None,
+                });
+            }
         }
         GroupEvent::ServerLaunched {
             server_id,
             provider,
             ..
         } => {
-            if let Some(server) = group.servers.get_mut(server_id.as_str()) {
+            group.servers.update(server_id, |server| {
                 server.provider = Handle::new(provider);
-            }
+            });
         }
         GroupEvent::ServerActive { server_id, .. } => {
-            if let Some(server) = group.servers.get_mut(server_id.as_str()) {
+            group.servers.update(server_id, |server| {
                 server.state = ServerState::Active;
-            }
+            });
         }
         GroupEvent::ServerFailed {
             server_id,
             reason,
             at,
         } => {
-            if let Some(server) = group.servers.get_mut(server_id.as_str()) {
+            group.servers.update(server_id, |server| {
                 server.state = ServerState::Failed;
                 server.failures = server.failures.saturating_add(1);
                 server.last_failure = Some(Box::new((reason.clone(), *at)));
-            }
+            });
         }
         GroupEvent::ServerDeleteRequested { server_id, .. } => {
-            if let Some(server) = group.servers.get_mut(server_id.as_str()) {
+            group.servers.update(server_id, |server| {
                 server.state = ServerState::Deleting;
-            }
+            });
         }
         GroupEvent::ServerDeleted { server_id, .. } => {
-            group.servers.remove(server_id.as_str());
+            group.servers.remove(server_id);
         }
     }
     Some(group)
