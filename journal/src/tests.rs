@@ -1253,6 +1253,165 @@ fn on_postgres_a_tail_deleted_behind_the_journals_back_is_found_and_refuses_appe
     assert!(matches!(refused, Err(Error::BrokenChain(_))), "{refused:?}");
 }
 
+/// A session of its own on the database at `url`, on a thread of its own, that opens a
+/// transaction, runs `sql` in it and holds it (and the row locks it took) until told to end
+/// it; it then commits, or rolls back when told `false`. `locked` is sent once `sql` ran.
+fn hold(
+    url: &str,
+    sql: &str,
+    locked: std::sync::mpsc::Sender<()>,
+    end: std::sync::mpsc::Receiver<bool>,
+) -> std::thread::JoinHandle<()> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client.batch_execute("BEGIN").await.unwrap();
+            client.batch_execute(&sql).await.unwrap();
+            locked.send(()).unwrap();
+            let commit = tokio::task::spawn_blocking(move || end.recv().unwrap())
+                .await
+                .unwrap();
+            let end = if commit { "COMMIT" } else { "ROLLBACK" };
+            client.batch_execute(end).await.unwrap();
+        });
+    })
+}
+
+/// How many sessions on the database at `url` wait for a lock now.
+fn waiting_for_locks(url: &str) -> i64 {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            row.get::<_, i64>(0)
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn on_postgres_of_two_nodes_saving_over_one_snapshot_at_once_only_one_saves() {
+    let name = "on_postgres_of_two_nodes_saving_over_one_snapshot_at_once_only_one_saves";
+    let Some(url) = testing::fresh_database(name) else {
+        return;
+    };
+    let nodes = [
+        Journal::connect(&url, Config::default()).unwrap(),
+        Journal::connect(&url, Config::default()).unwrap(),
+    ];
+    nodes[0]
+        .append(
+            "a",
+            ExpectedVersion::Any,
+            vec![event(1), event(2), event(3)],
+        )
+        .unwrap();
+    let both = [(0, b"zero@1".to_vec()), (1, b"one@1".to_vec())];
+    assert!(nodes[0]
+        .save_snapshot_parts("a", 1, &both, b"head@1", None)
+        .unwrap());
+    let first = nodes[0].stored_snapshot("a").unwrap().unwrap();
+
+    // Both nodes save over the snapshot they read, while a third session holds its row: each
+    // waits for the lock, so neither can have seen the other's write when it began.
+    let race = |holder_sql: &str, commit: bool| {
+        let (locked, was_locked) = std::sync::mpsc::channel();
+        let (end, ending) = std::sync::mpsc::channel();
+        let holder = hold(&url, holder_sql, locked, ending);
+        was_locked.recv().unwrap();
+        let savers: Vec<_> = (0..2u64)
+            .map(|n| {
+                let (journal, first) = (nodes[n as usize].clone(), first.clone());
+                std::thread::spawn(move || {
+                    let part = [(n as usize, format!("part {n} by node {n}").into_bytes())];
+                    let head = format!("head@{} by node {n}", n + 2).into_bytes();
+                    let saved = journal
+                        .save_snapshot_parts("a", n + 2, &part, &head, Some(&first))
+                        .unwrap();
+                    (saved, head)
+                })
+            })
+            .collect();
+        while waiting_for_locks(&url) < 2 {
+            std::thread::yield_now();
+        }
+        end.send(commit).unwrap();
+        holder.join().unwrap();
+        savers
+            .into_iter()
+            .map(|saver| saver.join().unwrap())
+            .collect::<Vec<_>>()
+    };
+
+    // A third writer saved over it first (the holder's update, committed): both see its value
+    // once they get the lock, and neither saves.
+    let outcomes = race(
+        "UPDATE flotilla_snapshots SET value = '\\x00' WHERE stream = 'a'",
+        true,
+    );
+    assert!(outcomes.iter().all(|(saved, _)| !saved), "{outcomes:?}");
+    assert_eq!(
+        nodes[0].stored_snapshot("a").unwrap().unwrap().value,
+        b"\x00"
+    );
+    testing::execute(&url, "DELETE FROM flotilla_snapshots").unwrap();
+    assert!(nodes[0]
+        .save_snapshot_parts("a", 1, &both, b"head@1", None)
+        .unwrap());
+    assert_eq!(nodes[0].stored_snapshot("a").unwrap().unwrap(), first);
+
+    // The holder only looked (rolled back): the first node to get the lock saves, and the
+    // other, then seeing that node's head, saves nothing, so the stored parts are all of one
+    // node's save.
+    let outcomes = race(
+        "SELECT value FROM flotilla_snapshots WHERE stream = 'a' FOR UPDATE",
+        false,
+    );
+    let winners: Vec<&Vec<u8>> = outcomes
+        .iter()
+        .filter(|(saved, _)| *saved)
+        .map(|(_, head)| head)
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    let stored = nodes[1].stored_snapshot("a").unwrap().unwrap();
+    assert_eq!(&stored.state, winners[0]);
+    let winner = outcomes.iter().position(|(saved, _)| *saved).unwrap();
+    let mut versions = [1, 1];
+    versions[winner] = winner as u64 + 2;
+    let mut expected = vec![b"zero@1".to_vec(), b"one@1".to_vec()];
+    expected[winner] = format!("part {winner} by node {winner}").into_bytes();
+    assert_eq!(
+        nodes[1]
+            .load_snapshot_parts("a", stored.version, &versions)
+            .unwrap(),
+        Some(expected)
+    );
+}
+
 // ---- leases, fences and catching up with other writers ----
 
 /// Moves `name`'s expiry into the past on the database's clock, as time passing would.
