@@ -2,7 +2,6 @@
 //! plus the events that follow it, folded with the domain's `apply`.
 
 use std::collections::BTreeSet;
-use std::fmt::Debug;
 
 use flotilla_journal::{Appended, ExpectedVersion, Fence, Journal, NewEvent, StreamAppend};
 use serde::{Deserialize, Serialize};
@@ -285,7 +284,9 @@ pub async fn append<A: Aggregate>(
 /// Saves `state` as object `id`'s snapshot at `version` (a cache: failure only costs replay):
 /// whole, or in parts when its kind splits it and it is worth it. `parts` is what the object
 /// keeps of its last snapshot in parts: only the parts changed since are saved, and it is
-/// updated (to none if this one is whole or failed, so that the next saves every part).
+/// updated (to none if this one is whole or failed, so that the next saves every part). A
+/// whole snapshot after one in parts (a group shrunk below the size worth splitting) removes
+/// the parts, which nothing names any more.
 pub fn snapshot<A: Aggregate>(
     journal: &Journal,
     id: &str,
@@ -303,6 +304,12 @@ pub fn snapshot<A: Aggregate>(
                 journal
                     .save_snapshot(id, version, &bytes)
                     .map_err(|e| e.to_string())
+            })
+            .and_then(|()| match last {
+                Some(_) => journal
+                    .delete_snapshot_parts(id, <A::Split as Split<A::State>>::PARTS)
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
             })
     };
     if let Err(error) = saved {

@@ -610,6 +610,43 @@ async fn a_large_group_s_snapshot_saves_again_only_the_parts_whose_servers_chang
     assert_eq!((loaded.snapshot_version, loaded.parts), (last, None));
     assert_eq!(loaded.version, last + 600);
     assert_eq!(loaded.state, replayed(&w, &g));
+
+    // The group shrinks below the size worth splitting: its next snapshot is whole, and the
+    // parts its last one in parts saved, which nothing names any more, are removed.
+    let named = vec![last + 600; PARTS];
+    assert!(w
+        .journal
+        .load_snapshot_parts(g.as_str(), last + 600, &named)
+        .unwrap()
+        .is_some());
+    let gone = &ids[..400];
+    w.supervisor
+        .execute::<Groups>(g.as_str(), GroupCommand::DeleteServers(gone.to_vec()))
+        .await
+        .unwrap();
+    let deleted = gone
+        .iter()
+        .map(|id| ServerReport::Deleted {
+            server_id: id.clone(),
+        })
+        .collect();
+    w.supervisor
+        .execute::<Groups>(g.as_str(), GroupCommand::ReportServers(deleted))
+        .await
+        .unwrap();
+    let shrunk = last + 600 + 800;
+    assert_eq!(snapshot_parts(&w, &g), (shrunk, None));
+    assert!(
+        w.journal
+            .load_snapshot_parts(g.as_str(), last + 600, &named)
+            .unwrap()
+            .is_none(),
+        "the parts are still there"
+    );
+    let loaded = store::load::<Groups>(&w.journal, g.as_str()).unwrap();
+    assert_eq!((loaded.snapshot_version, loaded.version), (shrunk, shrunk));
+    assert_eq!(loaded.state.as_ref().unwrap().servers.len(), 200);
+    assert_eq!(loaded.state, replayed(&w, &g));
 }
 
 #[actix::test]

@@ -61,6 +61,8 @@ pub(crate) trait Reads: Send + Sync {
         expected: Option<&[u8]>,
         entries: Vec<(String, Vec<u8>)>,
     ) -> Result<bool>;
+    /// Removes what is saved under each of `keys` in the snapshots' table.
+    fn delete_snapshots(&self, keys: &[String]) -> Result<()>;
     /// The value saved under each of `keys` in the snapshots' table, if any, in their order.
     fn get_snapshots(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         keys.iter()

@@ -563,6 +563,13 @@ impl Journal {
         self.inner.reads.put_snapshots_if(stream, expected, entries)
     }
 
+    /// Removes parts `0..parts` of `stream`'s snapshot (see [`Journal::save_snapshot_parts`]),
+    /// once a snapshot saved whole no longer names them.
+    pub fn delete_snapshot_parts(&self, stream: &str, parts: usize) -> Result<()> {
+        let keys: Vec<String> = (0..parts).map(|part| part_key(stream, part)).collect();
+        self.inner.reads.delete_snapshots(&keys)
+    }
+
     /// The parts of `stream`'s snapshot at `version`, part `i` as saved at `versions[i]` (see
     /// [`Journal::save_snapshot_parts`]): all of them, or none if one is missing, was saved at
     /// another version (or after `version`), or no longer matches the journal.

@@ -1021,6 +1021,17 @@ impl Reads for SledReads {
         Ok(saved)
     }
 
+    fn delete_snapshots(&self, keys: &[String]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(key.as_bytes());
+        }
+        self.snapshots.apply_batch(batch)?;
+        // As in `put`.
+        crossbeam_epoch::pin().flush();
+        Ok(())
+    }
+
     fn flush(&self) -> Result<()> {
         self.published.settle()?;
         self.db.flush()?;

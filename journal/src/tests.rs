@@ -319,6 +319,11 @@ fn a_snapshot_in_parts_is_loaded_only_with_every_part_at_the_version_its_head_na
             .save_snapshot_parts("b", 1, &zero, b"head", Some(&garbage))
             .unwrap());
         assert!(journal.load_snapshot_parts("b", 1, &[1]).unwrap().is_some());
+
+        // Parts removed are gone; the snapshot that named them stays.
+        journal.delete_snapshot_parts("b", 1).unwrap();
+        assert_eq!(journal.load_snapshot_parts("b", 1, &[1]).unwrap(), None);
+        assert!(journal.stored_snapshot("b").unwrap().is_some());
     }
 }
 
