@@ -204,9 +204,10 @@ impl Servers {
         let Some(server) = self.map.get_mut(id) else {
             return false;
         };
-        let before = server.state;
+        let (before, id) = (server.state, server.id.clone());
         change(server);
-        let (after, id) = (server.state, server.id.clone());
+        debug_assert_eq!(server.id, id, "a change must not change a server's id");
+        let after = server.state;
         if before != after {
             self.forget(&id, before);
             self.remember(id, after);
@@ -218,6 +219,10 @@ impl Servers {
     pub fn remove(&mut self, id: &str) -> Option<Server> {
         let removed = self.map.remove(id)?;
         self.forget(&removed.id, removed.state);
+        if self.map.is_empty() {
+            // imbl keeps an emptied map's last node allocated.
+            self.map = imbl::OrdMap::new();
+        }
         Some(removed)
     }
 
@@ -232,6 +237,11 @@ impl Servers {
         self.counts[state as usize] -= 1;
         if state != ServerState::Active {
             self.unsettled.remove(id);
+            if self.unsettled.is_empty() {
+                // imbl keeps an emptied set's last node allocated: about 300 bytes a group,
+                // held by every group whose servers all became active.
+                self.unsettled = imbl::OrdSet::new();
+            }
         }
     }
 }
@@ -254,8 +264,8 @@ impl PartialEq for Servers {
 impl From<imbl::OrdMap<Arc<str>, Server>> for Servers {
     fn from(map: imbl::OrdMap<Arc<str>, Server>) -> Servers {
         let mut servers = Servers::default();
-        for server in map.values() {
-            servers.remember(server.id.clone(), server.state);
+        for (id, server) in &map {
+            servers.remember(id.clone(), server.state);
         }
         servers.map = map;
         servers
