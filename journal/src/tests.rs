@@ -1361,8 +1361,18 @@ fn on_postgres_of_two_nodes_saving_over_one_snapshot_at_once_only_one_saves() {
                 })
             })
             .collect();
+        // Polled, not timed: both saves must be seen waiting before the holder lets go.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while waiting_for_locks(&url) < 2 {
-            std::thread::yield_now();
+            assert!(
+                !savers.iter().any(std::thread::JoinHandle::is_finished),
+                "a save ended without waiting for the row's lock"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the two saves were not both seen waiting for the row's lock within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         end.send(commit).unwrap();
         holder.join().unwrap();
