@@ -285,8 +285,8 @@ pub async fn append<A: Aggregate>(
 /// whole, or in parts when its kind splits it and it is worth it. `parts` is what the object
 /// keeps of its last snapshot in parts: only the parts changed since are saved, and it is
 /// updated (to none if this one is whole or failed, so that the next saves every part). A
-/// whole snapshot after one in parts (a group shrunk below the size worth splitting) removes
-/// the parts, which nothing names any more.
+/// whole snapshot over one in parts (a group shrunk below the size worth splitting) removes
+/// the parts, which nothing names any more, unless another writer saved a snapshot between.
 pub fn snapshot<A: Aggregate>(
     journal: &Journal,
     id: &str,
@@ -301,20 +301,25 @@ pub fn snapshot<A: Aggregate>(
         serde_json::to_vec(state)
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
-                journal
-                    .save_snapshot(id, version, &bytes)
-                    .map_err(|e| e.to_string())
-            })
-            .and_then(|()| match last {
-                Some(_) => journal
-                    .delete_snapshot_parts(id, <A::Split as Split<A::State>>::PARTS)
-                    .map_err(|e| e.to_string()),
-                None => Ok(()),
+                let count = <A::Split as Split<A::State>>::PARTS;
+                if count > 0 && (last.is_some() || stored_in_parts(journal, id)?) {
+                    journal.save_snapshot_over_parts(id, version, &bytes, count)
+                } else {
+                    journal.save_snapshot(id, version, &bytes)
+                }
+                .map_err(|e| e.to_string())
             })
     };
     if let Err(error) = saved {
         tracing::warn!(object = id, %error, "snapshot not saved");
     }
+}
+
+/// Whether object `id`'s stored snapshot was saved in parts (by this object's actor or
+/// another node's).
+fn stored_in_parts(journal: &Journal, id: &str) -> Result<bool, String> {
+    let stored = journal.stored_snapshot(id).map_err(|e| e.to_string())?;
+    Ok(stored.is_some_and(|stored| serde_json::from_slice::<PartVersions>(&stored.state).is_ok()))
 }
 
 /// [`snapshot`] in parts: those changed since `last` (all without it) and the head, in one

@@ -61,8 +61,9 @@ pub(crate) trait Reads: Send + Sync {
         expected: Option<&[u8]>,
         entries: Vec<(String, Vec<u8>)>,
     ) -> Result<bool>;
-    /// Removes what is saved under each of `keys` in the snapshots' table.
-    fn delete_snapshots(&self, keys: &[String]) -> Result<()>;
+    /// Removes what is saved under each of `keys` in the snapshots' table, all or none, and
+    /// only if the value under `guard` is still `expected`.
+    fn delete_snapshots_if(&self, guard: &str, expected: &[u8], keys: &[String]) -> Result<()>;
     /// The value saved under each of `keys` in the snapshots' table, if any, in their order.
     fn get_snapshots(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         keys.iter()

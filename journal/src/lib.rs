@@ -498,11 +498,34 @@ impl Journal {
     /// Saves `state` as `stream`'s state at `version`. Snapshots are a cache: losing one costs
     /// a longer replay, never data, so they are not flushed on their own.
     pub fn save_snapshot(&self, stream: &str, version: u64, state: &[u8]) -> Result<()> {
+        let value = self.snapshot_value(stream, version, state)?;
+        self.inner.reads.put(Table::Snapshots, stream, value)
+    }
+
+    /// [`Journal::save_snapshot`] over a snapshot saved in parts (see
+    /// [`Journal::save_snapshot_parts`]): then removes parts `0..parts`, which it no longer
+    /// names, unless another writer saved a snapshot since this one (whose head may name them).
+    pub fn save_snapshot_over_parts(
+        &self,
+        stream: &str,
+        version: u64,
+        state: &[u8],
+        parts: usize,
+    ) -> Result<()> {
+        let value = self.snapshot_value(stream, version, state)?;
+        self.inner
+            .reads
+            .put(Table::Snapshots, stream, value.clone())?;
+        let keys: Vec<String> = (0..parts).map(|part| part_key(stream, part)).collect();
+        self.inner.reads.delete_snapshots_if(stream, &value, &keys)
+    }
+
+    /// What the snapshots' table holds for `state` as `stream`'s state at `version`.
+    fn snapshot_value(&self, stream: &str, version: u64, state: &[u8]) -> Result<Vec<u8>> {
         let anchor = self.anchor(stream, version)?.ok_or_else(|| {
             Error::InvalidEvent(format!("stream {stream} has no version {version}"))
         })?;
-        let value = layout::encode_snapshot(version, &anchor, state);
-        self.inner.reads.put(Table::Snapshots, stream, value)
+        Ok(layout::encode_snapshot(version, &anchor, state))
     }
 
     /// `stream`'s snapshot as stored, not checked against the journal: what
@@ -561,13 +584,6 @@ impl Journal {
         entries.push((stream.to_owned(), value));
         let expected = over.map(|stored| stored.value.as_slice());
         self.inner.reads.put_snapshots_if(stream, expected, entries)
-    }
-
-    /// Removes parts `0..parts` of `stream`'s snapshot (see [`Journal::save_snapshot_parts`]),
-    /// once a snapshot saved whole no longer names them.
-    pub fn delete_snapshot_parts(&self, stream: &str, parts: usize) -> Result<()> {
-        let keys: Vec<String> = (0..parts).map(|part| part_key(stream, part)).collect();
-        self.inner.reads.delete_snapshots(&keys)
     }
 
     /// The parts of `stream`'s snapshot at `version`, part `i` as saved at `versions[i]` (see

@@ -753,11 +753,17 @@ impl Reads for PgReads {
         Ok(saved > 0 || keys.is_empty())
     }
 
-    fn delete_snapshots(&self, keys: &[String]) -> Result<()> {
+    fn delete_snapshots_if(&self, guard: &str, expected: &[u8], keys: &[String]) -> Result<()> {
         let connection = self.connection()?;
+        // As `put_snapshots_if`: the guard's row is locked, so a writer that saves over it
+        // first is seen.
         wait(connection.client.execute(
-            "DELETE FROM flotilla_snapshots WHERE stream = ANY($1::text[])",
-            &[&keys],
+            "WITH guard AS (
+                 SELECT value FROM flotilla_snapshots WHERE stream = $1 FOR UPDATE
+             )
+             DELETE FROM flotilla_snapshots
+             WHERE stream = ANY($2::text[]) AND (SELECT value FROM guard) = $3::bytea",
+            &[&guard, &keys, &expected],
         ))?;
         Ok(())
     }

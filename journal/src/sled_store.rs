@@ -1021,12 +1021,21 @@ impl Reads for SledReads {
         Ok(saved)
     }
 
-    fn delete_snapshots(&self, keys: &[String]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for key in keys {
-            batch.remove(key.as_bytes());
-        }
-        self.snapshots.apply_batch(batch)?;
+    fn delete_snapshots_if(&self, guard: &str, expected: &[u8], keys: &[String]) -> Result<()> {
+        let deleted = self.snapshots.transaction(|tx| {
+            if tx.get(guard.as_bytes())?.as_deref() == Some(expected) {
+                for key in keys {
+                    tx.remove(key.as_bytes())?;
+                }
+            }
+            Ok(())
+        });
+        deleted.map_err(
+            |error: sled::transaction::TransactionError<std::convert::Infallible>| match error {
+                sled::transaction::TransactionError::Storage(error) => Error::from(error),
+                sled::transaction::TransactionError::Abort(never) => match never {},
+            },
+        )?;
         // As in `put`.
         crossbeam_epoch::pin().flush();
         Ok(())
