@@ -286,7 +286,7 @@ pub async fn append<A: Aggregate>(
 /// keeps of its last snapshot in parts: only the parts changed since are saved, and it is
 /// updated (to none if this one is whole or failed, so that the next saves every part). A
 /// whole snapshot over one in parts (a group shrunk below the size worth splitting) removes
-/// the parts, which nothing names any more, unless another writer saved a snapshot between.
+/// the parts, which nothing names any more, in the same write.
 pub fn snapshot<A: Aggregate>(
     journal: &Journal,
     id: &str,

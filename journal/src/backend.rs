@@ -61,9 +61,9 @@ pub(crate) trait Reads: Send + Sync {
         expected: Option<&[u8]>,
         entries: Vec<(String, Vec<u8>)>,
     ) -> Result<bool>;
-    /// Removes what is saved under each of `keys` in the snapshots' table, all or none, and
-    /// only if the value under `guard` is still `expected`.
-    fn delete_snapshots_if(&self, guard: &str, expected: &[u8], keys: &[String]) -> Result<()>;
+    /// Saves `value` under `key` in the snapshots' table and removes what is saved under each
+    /// of `drop`, in one write (all or none).
+    fn put_snapshot_dropping(&self, key: &str, value: Vec<u8>, drop: &[String]) -> Result<()>;
     /// The value saved under each of `keys` in the snapshots' table, if any, in their order.
     fn get_snapshots(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         keys.iter()

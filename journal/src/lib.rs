@@ -503,8 +503,10 @@ impl Journal {
     }
 
     /// [`Journal::save_snapshot`] over a snapshot saved in parts (see
-    /// [`Journal::save_snapshot_parts`]): then removes parts `0..parts`, which it no longer
-    /// names, unless another writer saved a snapshot since this one (whose head may name them).
+    /// [`Journal::save_snapshot_parts`]): removes parts `0..parts`, which it no longer names,
+    /// in the same write, so a crash leaves the parts with the head that names them or neither.
+    /// (On PostgreSQL, parts another writer adds at the same instant may stay, named by no
+    /// head, until a snapshot in parts saves over them.)
     pub fn save_snapshot_over_parts(
         &self,
         stream: &str,
@@ -513,11 +515,8 @@ impl Journal {
         parts: usize,
     ) -> Result<()> {
         let value = self.snapshot_value(stream, version, state)?;
-        self.inner
-            .reads
-            .put(Table::Snapshots, stream, value.clone())?;
-        let keys: Vec<String> = (0..parts).map(|part| part_key(stream, part)).collect();
-        self.inner.reads.delete_snapshots_if(stream, &value, &keys)
+        let drop: Vec<String> = (0..parts).map(|part| part_key(stream, part)).collect();
+        self.inner.reads.put_snapshot_dropping(stream, value, &drop)
     }
 
     /// What the snapshots' table holds for `state` as `stream`'s state at `version`.

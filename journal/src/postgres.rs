@@ -753,17 +753,16 @@ impl Reads for PgReads {
         Ok(saved > 0 || keys.is_empty())
     }
 
-    fn delete_snapshots_if(&self, guard: &str, expected: &[u8], keys: &[String]) -> Result<()> {
+    fn put_snapshot_dropping(&self, key: &str, value: Vec<u8>, drop: &[String]) -> Result<()> {
         let connection = self.connection()?;
-        // As `put_snapshots_if`: the guard's row is locked, so a writer that saves over it
-        // first is seen.
+        // One statement: both or neither.
         wait(connection.client.execute(
-            "WITH guard AS (
-                 SELECT value FROM flotilla_snapshots WHERE stream = $1 FOR UPDATE
+            "WITH saved AS (
+                 INSERT INTO flotilla_snapshots (stream, value) VALUES ($1, $2)
+                 ON CONFLICT (stream) DO UPDATE SET value = EXCLUDED.value
              )
-             DELETE FROM flotilla_snapshots
-             WHERE stream = ANY($2::text[]) AND (SELECT value FROM guard) = $3::bytea",
-            &[&guard, &keys, &expected],
+             DELETE FROM flotilla_snapshots WHERE stream = ANY($3::text[])",
+            &[&key, &value, &drop],
         ))?;
         Ok(())
     }

@@ -1021,16 +1021,15 @@ impl Reads for SledReads {
         Ok(saved)
     }
 
-    fn delete_snapshots_if(&self, guard: &str, expected: &[u8], keys: &[String]) -> Result<()> {
-        let deleted = self.snapshots.transaction(|tx| {
-            if tx.get(guard.as_bytes())?.as_deref() == Some(expected) {
-                for key in keys {
-                    tx.remove(key.as_bytes())?;
-                }
+    fn put_snapshot_dropping(&self, key: &str, value: Vec<u8>, drop: &[String]) -> Result<()> {
+        let saved = self.snapshots.transaction(|tx| {
+            tx.insert(key.as_bytes(), value.as_slice())?;
+            for key in drop {
+                tx.remove(key.as_bytes())?;
             }
             Ok(())
         });
-        deleted.map_err(
+        saved.map_err(
             |error: sled::transaction::TransactionError<std::convert::Infallible>| match error {
                 sled::transaction::TransactionError::Storage(error) => Error::from(error),
                 sled::transaction::TransactionError::Abort(never) => match never {},
