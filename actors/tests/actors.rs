@@ -11,7 +11,7 @@ use flotilla_actors::domain::group::{
 use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition};
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::server::{encode_part, part_of, LaunchRequest, ServerReport, PARTS};
-use flotilla_actors::domain::webhook::{Secret, WebhookCommand};
+use flotilla_actors::domain::webhook::{Secret, WebhookCommand, WebhookEvent};
 use flotilla_actors::domain::{Cause, DomainEvent, GroupId, PolicyId, TenantId, WebhookId};
 use flotilla_actors::error::Error;
 use flotilla_actors::object::{SignatureCheck, SignedCall};
@@ -299,20 +299,8 @@ async fn an_actor_whose_stream_moved_under_it_restarts_with_its_state_replayed()
         .append_async(g.as_str(), ExpectedVersion::Exact(version), vec![record])
         .await
         .unwrap();
-    // The actor's next append conflicts: it is refused, the actor restarts and replays.
-    let stale = w
-        .supervisor
-        .execute::<Groups>(
-            g.as_str(),
-            GroupCommand::SetDesired {
-                desired_capacity: 3,
-            },
-        )
-        .await;
-    assert!(matches!(stale, Err(Error::Journal(_))), "{stale:?}");
-    let observed = w.supervisor.get::<Groups>(g.as_str()).await.unwrap();
-    assert_eq!(observed.restarts, 1);
-    assert!(observed.state.as_ref().unwrap().pause.any());
+    // The actor's next append conflicts: it is refused, the actor restarts and replays, and the
+    // command is decided again on what it finds, with nothing written twice.
     let retried = w
         .supervisor
         .execute::<Groups>(
@@ -323,7 +311,85 @@ async fn an_actor_whose_stream_moved_under_it_restarts_with_its_state_replayed()
         )
         .await
         .unwrap();
-    assert_eq!(retried.state.unwrap().desired_capacity, 3);
+    assert_eq!(retried.version, version + 2);
+    let state = retried.state.unwrap();
+    assert_eq!(state.desired_capacity, 3);
+    assert!(state.pause.any());
+    let observed = w.supervisor.get::<Groups>(g.as_str()).await.unwrap();
+    assert_eq!(observed.restarts, 1);
+    assert_eq!(w.journal.stream_version(g.as_str()).unwrap(), version + 2);
+}
+
+#[actix::test]
+async fn a_webhook_call_is_decided_again_however_often_another_node_moves_its_stream_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp::from_millis(START));
+    let w = world(Journal::open(dir.path()).unwrap(), clock);
+    let g = group(&w, 0, 10, 1, 0).await;
+    let p = policy(&w, &g, 1, Some(0)).await;
+    let h = webhook(&w, &p, &g).await;
+    let now = Timestamp::from_millis(START);
+    // Each of the call's first five decisions, another node accepts a nonce of the same
+    // webhook just before this node's append, which then finds the webhook's stream moved.
+    let moves = 5;
+    let decided = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let check: SignatureCheck = {
+        let (journal, stream, decided) = (w.journal.clone(), h.to_string(), decided.clone());
+        Arc::new(move |_| {
+            let n = decided.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n < moves {
+                let accepted = WebhookEvent::NonceAccepted {
+                    nonce: format!("other_{n}"),
+                    expires_at: now.plus_secs(300u32),
+                    at: now,
+                };
+                let record = NewEvent::json(
+                    accepted.kind(),
+                    WebhookEvent::SCHEMA,
+                    now.as_millis(),
+                    &accepted,
+                )
+                .unwrap();
+                let (journal, stream) = (journal.clone(), stream.clone());
+                // From a thread of its own, as another node's append: this one is an actor's.
+                std::thread::spawn(move || {
+                    journal
+                        .append(&stream, ExpectedVersion::Any, vec![record])
+                        .unwrap();
+                })
+                .join()
+                .unwrap();
+            }
+            Ok(SignedCall {
+                nonce: "msg_mine".into(),
+                timestamp: now,
+                breach: None,
+            })
+        })
+    };
+    let execution = w.supervisor.deliver_webhook(&h, check, None).await.unwrap();
+    assert!(matches!(execution.outcome, Outcome::Executed { .. }));
+    assert_eq!(decided.load(std::sync::atomic::Ordering::SeqCst), moves + 1);
+    assert_eq!(capacity(&w, &g).await, 2);
+    // The webhook's stream: its creation, the other node's five nonces, then this call's.
+    let nonces: Vec<String> = w
+        .journal
+        .read_stream(h.as_str(), 2)
+        .map(|record| {
+            match record
+                .unwrap()
+                .decode::<WebhookEvent>(WebhookEvent::SCHEMA)
+                .unwrap()
+            {
+                WebhookEvent::NonceAccepted { nonce, .. } => nonce,
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(
+        nonces,
+        ["other_0", "other_1", "other_2", "other_3", "other_4", "msg_mine"]
+    );
 }
 
 #[actix::test]
