@@ -426,18 +426,29 @@ impl Supervisor {
     }
 
     /// Runs `command` against object `id`; decided again if another node moved its stream
-    /// meanwhile (see [`CONFLICT_TRIES`]).
+    /// meanwhile (see [`CONFLICT_TRIES`]). For a command that says what to do whatever the
+    /// object's state: one built from a state read before (a plan, a patch of lists read from
+    /// the object) takes [`Self::execute_once`], as it would be applied to a state it was not
+    /// built from.
     pub async fn execute<A: Aggregate>(
         &self,
         id: &str,
         command: A::Command,
     ) -> Result<Executed<A>, Error> {
         let command = &command;
-        self.retrying(id, || async move {
-            self.ask::<A, _>(id, || Execute::<A>(command.clone()))
-                .await?
-        })
-        .await
+        self.retrying(id, || self.execute_once::<A>(id, command.clone()))
+            .await
+    }
+
+    /// Runs `command` against object `id` once: refused with a conflict if another node moved
+    /// its stream since its actor last read it (the actor then rebuilds).
+    pub async fn execute_once<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+    ) -> Result<Executed<A>, Error> {
+        self.ask::<A, _>(id, || Execute::<A>(command.clone()))
+            .await?
     }
 
     /// Runs `attempt` again while the journal refuses it because another node moved stream `id`

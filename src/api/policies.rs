@@ -516,21 +516,36 @@ pub struct DeletePolicyQuery {
 
 /// Removes `policy` from alarm `alarm`'s actions.
 async fn unname(state: &AppState, alarm: &AlarmId, policy: &PolicyId) -> Result<(), ApiError> {
-    let Ok(current) = resource::load::<Alarms>(state, alarm).await else {
-        return Ok(());
-    };
     let without = |actions: &[PolicyId]| -> Vec<PolicyId> {
         actions.iter().filter(|p| *p != policy).cloned().collect()
     };
-    let patch = AlarmPatch {
-        alarm_actions: Some(without(&current.definition.alarm_actions)),
-        ok_actions: Some(without(&current.definition.ok_actions)),
-        ..AlarmPatch::default()
-    };
-    state
-        .execute::<Alarms>(alarm.as_str(), AlarmCommand::Update(patch))
-        .await?;
-    Ok(())
+    // The patch is built from the alarm as read: if another node changed it meanwhile, it is
+    // read and built again rather than applied over that change.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let Ok(current) = resource::load::<Alarms>(state, alarm).await else {
+            return Ok(());
+        };
+        let patch = AlarmPatch {
+            alarm_actions: Some(without(&current.definition.alarm_actions)),
+            ok_actions: Some(without(&current.definition.ok_actions)),
+            ..AlarmPatch::default()
+        };
+        let updated = state
+            .supervisor
+            .execute_once::<Alarms>(alarm.as_str(), AlarmCommand::Update(patch))
+            .await;
+        match updated {
+            Err(error)
+                if error.conflict_on() == Some(alarm.as_str())
+                    && tries < flotilla_actors::supervisor::CONFLICT_TRIES => {}
+            updated => {
+                updated?;
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// The optional body of `.../execute`: the breach a step policy chooses its step by. Its
