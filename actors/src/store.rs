@@ -302,7 +302,10 @@ pub fn snapshot<A: Aggregate>(
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
                 let count = <A::Split as Split<A::State>>::PARTS;
-                if count > 0 && (last.is_some() || stored_in_parts(journal, id)?) {
+                // Parts stored and no longer named: this object's last snapshot was in
+                // parts, or another node's was, or a save of its own in parts was refused.
+                let parts_stored = || journal.has_snapshot_parts(id).unwrap_or(true);
+                if count > 0 && (last.is_some() || parts_stored()) {
                     journal.save_snapshot_over_parts(id, version, &bytes, count)
                 } else {
                     journal.save_snapshot(id, version, &bytes)
@@ -313,13 +316,6 @@ pub fn snapshot<A: Aggregate>(
     if let Err(error) = saved {
         tracing::warn!(object = id, %error, "snapshot not saved");
     }
-}
-
-/// Whether object `id`'s stored snapshot was saved in parts (by this object's actor or
-/// another node's).
-fn stored_in_parts(journal: &Journal, id: &str) -> Result<bool, String> {
-    let stored = journal.stored_snapshot(id).map_err(|e| e.to_string())?;
-    Ok(stored.is_some_and(|stored| serde_json::from_slice::<PartVersions>(&stored.state).is_ok()))
 }
 
 /// [`snapshot`] in parts: those changed since `last` (all without it) and the head, in one

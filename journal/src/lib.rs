@@ -519,6 +519,17 @@ impl Journal {
         self.inner.reads.put_snapshot_dropping(stream, value, &drop)
     }
 
+    /// Whether parts of `stream`'s snapshot are stored (see [`Journal::save_snapshot_parts`]):
+    /// a snapshot in parts saves every part the first time, and only
+    /// [`Journal::save_snapshot_over_parts`] removes them, all at once.
+    pub fn has_snapshot_parts(&self, stream: &str) -> Result<bool> {
+        Ok(self
+            .inner
+            .reads
+            .get(Table::Snapshots, &part_key(stream, 0))?
+            .is_some())
+    }
+
     /// What the snapshots' table holds for `state` as `stream`'s state at `version`.
     fn snapshot_value(&self, stream: &str, version: u64, state: &[u8]) -> Result<Vec<u8>> {
         let anchor = self.anchor(stream, version)?.ok_or_else(|| {

@@ -134,6 +134,7 @@ struct Connection {
     put_snapshot: Statement,
     get_snapshots: Statement,
     put_snapshots_if: Statement,
+    put_snapshot_dropping: Statement,
     anchors: Statement,
     get_checkpoint: Statement,
     put_checkpoint: Statement,
@@ -375,6 +376,23 @@ impl Connection {
                          SELECT * FROM unnest($2::text[], $3::bytea[])
                          WHERE (SELECT value FROM guard) IS NOT DISTINCT FROM $4::bytea
                          ON CONFLICT (stream) DO UPDATE SET value = EXCLUDED.value",
+                    )
+                    .await?,
+                // One statement, so both or neither. The head's row is locked first (the
+                // DELETE's condition reads it before it scans), as `put_snapshots_if` locks
+                // it before the parts, so two writers of one stream's snapshot never wait on
+                // each other in opposite orders; the upsert, named by nothing, runs last.
+                put_snapshot_dropping: client
+                    .prepare(
+                        "WITH head AS (
+                             SELECT 1 FROM flotilla_snapshots WHERE stream = $1 FOR UPDATE
+                         ),
+                         saved AS (
+                             INSERT INTO flotilla_snapshots (stream, value) VALUES ($1, $2)
+                             ON CONFLICT (stream) DO UPDATE SET value = EXCLUDED.value
+                         )
+                         DELETE FROM flotilla_snapshots
+                         WHERE stream = ANY($3::text[]) AND (SELECT count(*) FROM head) >= 0",
                     )
                     .await?,
                 anchors: client
@@ -755,15 +773,11 @@ impl Reads for PgReads {
 
     fn put_snapshot_dropping(&self, key: &str, value: Vec<u8>, drop: &[String]) -> Result<()> {
         let connection = self.connection()?;
-        // One statement: both or neither.
-        wait(connection.client.execute(
-            "WITH saved AS (
-                 INSERT INTO flotilla_snapshots (stream, value) VALUES ($1, $2)
-                 ON CONFLICT (stream) DO UPDATE SET value = EXCLUDED.value
-             )
-             DELETE FROM flotilla_snapshots WHERE stream = ANY($3::text[])",
-            &[&key, &value, &drop],
-        ))?;
+        wait(
+            connection
+                .client
+                .execute(&connection.put_snapshot_dropping, &[&key, &value, &drop]),
+        )?;
         Ok(())
     }
 

@@ -321,10 +321,12 @@ fn a_snapshot_in_parts_is_loaded_only_with_every_part_at_the_version_its_head_na
         assert!(journal.load_snapshot_parts("b", 1, &[1]).unwrap().is_some());
 
         // A whole snapshot over one in parts removes the parts.
+        assert!(journal.has_snapshot_parts("b").unwrap());
         journal
             .save_snapshot_over_parts("b", 1, b"whole", 1)
             .unwrap();
         assert_eq!(journal.load_snapshot_parts("b", 1, &[1]).unwrap(), None);
+        assert!(!journal.has_snapshot_parts("b").unwrap());
         let whole = journal.load_snapshot("b").unwrap().unwrap();
         assert_eq!(whole.state, b"whole");
     }
