@@ -19,7 +19,7 @@ use flotilla::index::Index;
 use flotilla::providers::Providers;
 use flotilla_actors::aggregate::Groups;
 use flotilla_actors::clock::{Clock, SystemClock};
-use flotilla_actors::domain::group::{GroupCommand, NewGroup};
+use flotilla_actors::domain::group::{Group, GroupCommand, NewGroup};
 use flotilla_actors::domain::server::{plan, ServerState, Sweep};
 use flotilla_actors::domain::{GroupId, TenantId};
 use flotilla_actors::supervisor::{Config, Supervisor};
@@ -41,6 +41,34 @@ fn new_group(id: &GroupId, desired: u32) -> NewGroup {
         launch: serde_json::json!({"provider": "simulated"}),
         metadata: None,
         metrics_token_hash: String::new(),
+    }
+}
+
+async fn create(supervisor: &Supervisor, id: &GroupId, desired: u32) {
+    supervisor
+        .execute::<Groups>(id.as_str(), GroupCommand::Create(new_group(id, desired)))
+        .await
+        .unwrap();
+}
+
+/// Reconciles group `id` until `size` of its servers are active; answers it then.
+async fn converge(
+    supervisor: &Supervisor,
+    converger: &Converger,
+    id: &GroupId,
+    size: u32,
+) -> Group {
+    loop {
+        converger.reconcile(id).await.unwrap();
+        let state = supervisor
+            .get::<Groups>(id.as_str())
+            .await
+            .unwrap()
+            .state
+            .unwrap();
+        if state.count(ServerState::Active) == size {
+            return state;
+        }
     }
 }
 
@@ -72,23 +100,9 @@ fn converger(c: &mut Criterion) {
             for _ in 0..iters {
                 let id = GroupId::generate();
                 system.block_on(async {
-                    supervisor
-                        .execute::<Groups>(id.as_str(), GroupCommand::Create(new_group(&id, 1000)))
-                        .await
-                        .unwrap();
+                    create(&supervisor, &id, 1000).await;
                     let started = Instant::now();
-                    loop {
-                        converger.reconcile(&id).await.unwrap();
-                        let state = supervisor
-                            .get::<Groups>(id.as_str())
-                            .await
-                            .unwrap()
-                            .state
-                            .unwrap();
-                        if state.count(ServerState::Active) == 1000 {
-                            break;
-                        }
-                    }
+                    converge(&supervisor, &converger, &id, 1000).await;
                     total += started.elapsed();
                 });
             }
@@ -97,19 +111,10 @@ fn converger(c: &mut Criterion) {
     });
 
     let id = GroupId::generate();
-    system.block_on(async {
-        supervisor
-            .execute::<Groups>(id.as_str(), GroupCommand::Create(new_group(&id, 1000)))
-            .await
-            .unwrap();
-        converger.reconcile(&id).await.unwrap();
-        converger.reconcile(&id).await.unwrap();
+    let state = system.block_on(async {
+        create(&supervisor, &id, 1000).await;
+        converge(&supervisor, &converger, &id, 1000).await
     });
-    let state = system
-        .block_on(supervisor.get::<Groups>(id.as_str()))
-        .unwrap()
-        .state
-        .unwrap();
     let now = supervisor.clock().now();
     group.bench_function("plan_1000", |b| {
         b.iter(|| plan(&state.servers, state.target(), now, &Sweep::ALL));
@@ -120,22 +125,8 @@ fn converger(c: &mut Criterion) {
     for size in QUIET_SIZES {
         let id = GroupId::generate();
         let state = system.block_on(async {
-            supervisor
-                .execute::<Groups>(id.as_str(), GroupCommand::Create(new_group(&id, size)))
-                .await
-                .unwrap();
-            loop {
-                converger.reconcile(&id).await.unwrap();
-                let state = supervisor
-                    .get::<Groups>(id.as_str())
-                    .await
-                    .unwrap()
-                    .state
-                    .unwrap();
-                if state.count(ServerState::Active) == size {
-                    break state;
-                }
-            }
+            create(&supervisor, &id, size).await;
+            converge(&supervisor, &converger, &id, size).await
         });
         group.bench_function(format!("quiet_pass_{size}"), |b| {
             b.iter(|| system.block_on(converger.reconcile(&id)).unwrap());

@@ -1095,21 +1095,11 @@ fn on_postgres_a_unique_violation_is_the_conflict_error() {
         .unwrap();
     // A second row for a (stream, version), as a writer that skipped the lock would insert: the
     // database refuses it, and the refusal reads as the journal's conflict.
-    let error = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(connection);
-            let sql = "INSERT INTO flotilla_events SELECT seq + 10, stream, version, event_type, \
-                       schema, timestamp_ms, payload, prev_hash, hash FROM flotilla_events \
-                       WHERE seq = 2";
-            client.batch_execute(sql).await.unwrap_err()
-        })
+    let error = session(&url, |client| async move {
+        let sql = "INSERT INTO flotilla_events SELECT seq + 10, stream, version, event_type, \
+                   schema, timestamp_ms, payload, prev_hash, hash FROM flotilla_events \
+                   WHERE seq = 2";
+        client.batch_execute(sql).await.unwrap_err()
     })
     .join()
     .unwrap();
@@ -1263,40 +1253,14 @@ fn on_postgres_a_tail_deleted_behind_the_journals_back_is_found_and_refuses_appe
     assert!(matches!(refused, Err(Error::BrokenChain(_))), "{refused:?}");
 }
 
-/// A session of its own on the database at `url`, on a thread of its own, that opens a
-/// transaction, runs `sql` in it and holds it (and the row locks it took) until told to end
-/// it; it then commits, or rolls back when told `false`. `locked` is sent once `sql` ran.
-fn hold(
-    url: &str,
-    sql: &str,
-    locked: std::sync::mpsc::Sender<()>,
-    end: std::sync::mpsc::Receiver<bool>,
-) -> std::thread::JoinHandle<()> {
-    let (url, sql) = (url.to_owned(), sql.to_owned());
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(connection);
-            client.batch_execute("BEGIN").await.unwrap();
-            client.batch_execute(&sql).await.unwrap();
-            locked.send(()).unwrap();
-            let commit = tokio::task::spawn_blocking(move || end.recv().unwrap())
-                .await
-                .unwrap();
-            let end = if commit { "COMMIT" } else { "ROLLBACK" };
-            client.batch_execute(end).await.unwrap();
-        });
-    })
-}
-
-/// How many sessions on the database at `url` wait for a lock now.
-fn waiting_for_locks(url: &str) -> i64 {
+/// Runs `work` with a session of its own on the database at `url`, on a thread of its own (the
+/// caller may be inside a runtime, where blocking on another is not allowed).
+fn session<T, F, Fut>(url: &str, work: F) -> std::thread::JoinHandle<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio_postgres::Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
     let url = url.to_owned();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1308,16 +1272,45 @@ fn waiting_for_locks(url: &str) -> i64 {
                 .await
                 .unwrap();
             tokio::spawn(connection);
-            let row = client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                    &[],
-                )
-                .await
-                .unwrap();
-            row.get::<_, i64>(0)
+            work(client).await
         })
+    })
+}
+
+/// A session that opens a transaction, runs `sql` in it and holds it (and the row locks it
+/// took) until told to end it; it then commits, or rolls back when told `false`. `locked` is
+/// sent once `sql` ran.
+fn hold(
+    url: &str,
+    sql: &str,
+    locked: std::sync::mpsc::Sender<()>,
+    end: std::sync::mpsc::Receiver<bool>,
+) -> std::thread::JoinHandle<()> {
+    let sql = sql.to_owned();
+    session(url, move |client| async move {
+        client.batch_execute("BEGIN").await.unwrap();
+        client.batch_execute(&sql).await.unwrap();
+        locked.send(()).unwrap();
+        let commit = tokio::task::spawn_blocking(move || end.recv().unwrap())
+            .await
+            .unwrap();
+        let end = if commit { "COMMIT" } else { "ROLLBACK" };
+        client.batch_execute(end).await.unwrap();
+    })
+}
+
+/// How many sessions on the database at `url` wait for a lock now.
+fn waiting_for_locks(url: &str) -> i64 {
+    session(url, |client| async move {
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
     })
     .join()
     .unwrap()
