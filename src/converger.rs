@@ -257,19 +257,6 @@ impl Converger {
             .await
     }
 
-    /// [`Converger::execute`] for a command built from the group as the pass read it (the
-    /// servers its plan removes): not decided again on a group another node moved since; the
-    /// pass fails, and the next plans afresh.
-    async fn execute_once(
-        &self,
-        id: &GroupId,
-        command: GroupCommand,
-    ) -> Result<Executed<Groups>, Error> {
-        self.supervisor
-            .execute_once::<Groups>(id.as_str(), command)
-            .await
-    }
-
     /// One pass over group `id`, waiting for a running one to end first.
     pub async fn reconcile(&self, id: &GroupId) -> Result<Pass, Error> {
         let lock = self.lock_of(id);
@@ -379,7 +366,7 @@ impl Converger {
         let mut delete = plan.delete;
         if !plan.remove.is_empty() {
             let executed = self
-                .execute_once(id, GroupCommand::DeleteServers(plan.remove))
+                .execute(id, GroupCommand::DeleteServers(plan.remove))
                 .await?;
             pass.events += executed.events.len();
             if let Some(group) = &executed.state {

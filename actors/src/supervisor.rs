@@ -426,29 +426,22 @@ impl Supervisor {
     }
 
     /// Runs `command` against object `id`; decided again if another node moved its stream
-    /// meanwhile (see [`CONFLICT_TRIES`]). For a command that says what to do whatever the
-    /// object's state: one built from a state read before (a plan, a patch of lists read from
-    /// the object) takes [`Self::execute_once`], as it would be applied to a state it was not
-    /// built from.
+    /// meanwhile (see [`CONFLICT_TRIES`]). A command is decided on the state its object's actor
+    /// holds then, so one must not carry what was read of that state before (a list to write
+    /// back, a count to act on): a command of this node's in between, or another node's, would
+    /// be undone. Commands that need such a thing say it as a rule their `decide` applies (a
+    /// group's `DeleteServers` takes no more than the excess over its target).
     pub async fn execute<A: Aggregate>(
         &self,
         id: &str,
         command: A::Command,
     ) -> Result<Executed<A>, Error> {
         let command = &command;
-        self.retrying(id, || self.execute_once::<A>(id, command.clone()))
-            .await
-    }
-
-    /// Runs `command` against object `id` once: refused with a conflict if another node moved
-    /// its stream since its actor last read it (the actor then rebuilds).
-    pub async fn execute_once<A: Aggregate>(
-        &self,
-        id: &str,
-        command: A::Command,
-    ) -> Result<Executed<A>, Error> {
-        self.ask::<A, _>(id, || Execute::<A>(command.clone()))
-            .await?
+        self.retrying(id, || async move {
+            self.ask::<A, _>(id, || Execute::<A>(command.clone()))
+                .await?
+        })
+        .await
     }
 
     /// Runs `attempt` again while the journal refuses it because another node moved stream `id`

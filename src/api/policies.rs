@@ -2,8 +2,8 @@
 
 use actix_web::{web, HttpResponse};
 use flotilla_actors::aggregate::{Alarms, Groups, Policies};
+use flotilla_actors::domain::alarm::AlarmCommand;
 use flotilla_actors::domain::alarm::Statistic;
-use flotilla_actors::domain::alarm::{AlarmCommand, AlarmPatch};
 use flotilla_actors::domain::policy::{
     Breach, Mode, PolicyCommand, PolicyDefinition, PolicyPatch, PolicyType, Step, Tracking,
     TrackingPatch,
@@ -514,37 +514,19 @@ pub struct DeletePolicyQuery {
     force: bool,
 }
 
-/// Removes `policy` from alarm `alarm`'s actions.
+/// Removes `policy` from alarm `alarm`'s actions (decided on the alarm as it then is); an
+/// alarm gone meanwhile has none.
 async fn unname(state: &AppState, alarm: &AlarmId, policy: &PolicyId) -> Result<(), ApiError> {
-    let without = |actions: &[PolicyId]| -> Vec<PolicyId> {
-        actions.iter().filter(|p| *p != policy).cloned().collect()
-    };
-    // The patch is built from the alarm as read: if another node changed it meanwhile, it is
-    // read and built again rather than applied over that change.
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let Ok(current) = resource::load::<Alarms>(state, alarm).await else {
-            return Ok(());
-        };
-        let patch = AlarmPatch {
-            alarm_actions: Some(without(&current.definition.alarm_actions)),
-            ok_actions: Some(without(&current.definition.ok_actions)),
-            ..AlarmPatch::default()
-        };
-        let updated = state
-            .supervisor
-            .execute_once::<Alarms>(alarm.as_str(), AlarmCommand::Update(patch))
-            .await;
-        match updated {
-            Err(error)
-                if error.conflict_on() == Some(alarm.as_str())
-                    && tries < flotilla_actors::supervisor::CONFLICT_TRIES => {}
-            updated => {
-                updated?;
-                return Ok(());
-            }
+    let removed = state
+        .supervisor
+        .execute::<Alarms>(alarm.as_str(), AlarmCommand::RemoveAction(policy.clone()))
+        .await;
+    match removed {
+        Ok(_)
+        | Err(flotilla_actors::error::Error::Rejected(Rejection::NotFound { object: "alarm" })) => {
+            Ok(())
         }
+        Err(error) => Err(error.into()),
     }
 }
 

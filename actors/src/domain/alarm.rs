@@ -253,6 +253,9 @@ pub enum AlarmCommand {
     Create(NewAlarm),
     /// Change its definition; its state stays as it is (as CloudWatch does).
     Update(AlarmPatch),
+    /// Stop calling policy `.0` (being deleted): it leaves both action lists, as they are when
+    /// this is decided (an update of the lists read before could undo another change to them).
+    RemoveAction(PolicyId),
     /// Delete it.
     Delete,
     /// Evaluate it over the last N closed periods' datapoints (oldest first, `None` for a
@@ -381,6 +384,23 @@ pub fn validate_source(metric: &str, query: Option<&str>) -> Result<(), Rejectio
     }
 }
 
+/// `alarm` with its definition changed to `definition`, if that is valid: nothing if it is
+/// the same.
+fn updated(
+    alarm: &Alarm,
+    definition: AlarmDefinition,
+    now: Timestamp,
+) -> Result<Vec<AlarmEvent>, Rejection> {
+    validate(&definition)?;
+    if definition == alarm.definition {
+        return Ok(vec![]);
+    }
+    Ok(vec![AlarmEvent::Updated {
+        definition,
+        at: now,
+    }])
+}
+
 /// Decides what a command does to an alarm at `now`. Holds every rule.
 pub fn decide(
     state: &Option<Alarm>,
@@ -421,16 +441,17 @@ pub fn decide(
     };
     match cmd {
         AlarmCommand::Create(_) => Err(Rejection::already_exists("alarm")),
-        AlarmCommand::Update(patch) => {
-            let definition = patched(&alarm.definition, patch);
-            validate(&definition)?;
-            if definition == alarm.definition {
-                return Ok(vec![]);
-            }
-            Ok(vec![AlarmEvent::Updated {
-                definition,
-                at: now,
-            }])
+        AlarmCommand::Update(patch) => updated(alarm, patched(&alarm.definition, patch), now),
+        AlarmCommand::RemoveAction(policy) => {
+            let without = |actions: &[PolicyId]| -> Vec<PolicyId> {
+                actions.iter().filter(|p| *p != policy).cloned().collect()
+            };
+            let definition = AlarmDefinition {
+                alarm_actions: without(&alarm.definition.alarm_actions),
+                ok_actions: without(&alarm.definition.ok_actions),
+                ..alarm.definition.clone()
+            };
+            updated(alarm, definition, now)
         }
         AlarmCommand::Delete => Ok(vec![AlarmEvent::Deleted { at: now }]),
         AlarmCommand::Evaluate { datapoints, note } => {
@@ -665,6 +686,22 @@ mod tests {
     fn when(state: Option<Alarm>, cmd: AlarmCommand, now: Timestamp) -> Option<Alarm> {
         let events = decide(&state, &cmd, now).unwrap();
         events.iter().fold(state, apply)
+    }
+
+    #[test]
+    fn a_policy_removed_from_the_actions_leaves_both_lists_as_they_are_when_decided() {
+        let patch = AlarmPatch {
+            alarm_actions: Some(vec![PolicyId::new("pol_out"), PolicyId::new("pol_in")]),
+            ..AlarmPatch::default()
+        };
+        // The lists were changed since the caller could have read them: the removal keeps it.
+        let alarm = when(given_alarm(), AlarmCommand::Update(patch), T0);
+        let removal = AlarmCommand::RemoveAction(PolicyId::new("pol_in"));
+        let alarm = when(alarm, removal.clone(), T0).unwrap();
+        assert_eq!(alarm.definition.alarm_actions, [PolicyId::new("pol_out")]);
+        assert!(alarm.definition.ok_actions.is_empty());
+        // A policy it does not name changes nothing.
+        assert_eq!(decide(&Some(alarm), &removal, T0).unwrap(), vec![]);
     }
 
     fn invalid_field(new: NewAlarm) -> &'static str {

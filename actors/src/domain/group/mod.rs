@@ -221,7 +221,9 @@ pub enum GroupCommand {
     /// What the provider said about servers. Stale reports (an unknown server, a state already
     /// left) record nothing.
     ReportServers(Vec<ServerReport>),
-    /// Remove these servers (scale-in, in the termination order the caller applied).
+    /// Remove these servers (scale-in, in the termination order the caller applied): those
+    /// that are slots, and only as many as exceed the target when this is decided, so that a
+    /// removal planned before the target rose removes no server now needed.
     DeleteServers(Vec<String>),
     /// Execute a policy: its adjustment and cooldown come from the policy, which must be live
     /// with everything the execution passed through (see [`super::route::check`]).
@@ -595,6 +597,7 @@ pub fn decide(
         GroupCommand::DeleteServers(ids) => Ok(ids
             .iter()
             .filter(|id| group.servers.get(id.as_str()).is_some_and(Server::is_slot))
+            .take(group.servers.slots().saturating_sub(group.target()) as usize)
             .map(|id| GroupEvent::ServerDeleteRequested {
                 server_id: id.clone(),
                 at: now,

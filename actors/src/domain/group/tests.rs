@@ -883,6 +883,26 @@ fn failures_never_lower_the_desired_capacity_below_min_size() {
 }
 
 #[test]
+fn a_removal_deletes_no_more_servers_than_exceed_the_target_when_it_is_decided() {
+    let (state, _) = when(given_group(0, 5, 3), launch(&["a", "b", "c"]), T0);
+    // Planned when the target was 1; the target rose to 2 before the removal was decided.
+    let (state, _) = when(
+        state,
+        GroupCommand::SetDesired {
+            desired_capacity: 2,
+        },
+        T0,
+    );
+    let planned = GroupCommand::DeleteServers(vec!["a".into(), "b".into()]);
+    let (state, events) = when(state, planned.clone(), T0);
+    assert_eq!(events.len(), 1);
+    assert_eq!(server_state(&state, "a"), Some(ServerState::Deleting));
+    assert_eq!(server_state(&state, "b"), Some(ServerState::Pending));
+    // Decided again, the same removal finds nothing in excess.
+    assert_eq!(decide(&state, &planned, T0).unwrap(), vec![]);
+}
+
+#[test]
 fn a_group_with_servers_is_deleted_only_after_draining_them() {
     let (state, _) = when(given_group(0, 5, 1), launch(&["a"]), T0);
     assert_eq!(
