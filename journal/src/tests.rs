@@ -1316,6 +1316,75 @@ fn waiting_for_locks(url: &str) -> i64 {
     .unwrap()
 }
 
+/// Waits until `count` sessions on the database at `url` wait for a lock, `threads` all still
+/// running (each should be one of them). Polled, not timed, with a deadline.
+fn until_waiting_for_locks<T>(url: &str, count: i64, threads: &[std::thread::JoinHandle<T>]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while waiting_for_locks(url) < count {
+        assert!(
+            !threads.iter().any(std::thread::JoinHandle::is_finished),
+            "a session ended without waiting for a lock"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{count} sessions were not seen waiting for a lock within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn on_postgres_a_whole_snapshot_over_parts_locks_the_head_before_any_part() {
+    let name = "on_postgres_a_whole_snapshot_over_parts_locks_the_head_before_any_part";
+    let Some(url) = testing::fresh_database(name) else {
+        return;
+    };
+    let journal = Journal::connect(&url, Config::default()).unwrap();
+    journal
+        .append("a", ExpectedVersion::Any, vec![event(1)])
+        .unwrap();
+    let both = [(0, b"zero".to_vec()), (1, b"one".to_vec())];
+    assert!(journal
+        .save_snapshot_parts("a", 1, &both, b"head", None)
+        .unwrap());
+    // Another session holds the head's row, as a save in parts does before it writes parts.
+    let (locked, was_locked) = std::sync::mpsc::channel();
+    let (end, ending) = std::sync::mpsc::channel();
+    let holder = hold(
+        &url,
+        "SELECT value FROM flotilla_snapshots WHERE stream = 'a' FOR UPDATE",
+        locked,
+        ending,
+    );
+    was_locked.recv().unwrap();
+    let saver = {
+        let journal = journal.clone();
+        std::thread::spawn(move || journal.save_snapshot_over_parts("a", 1, b"whole", 2))
+    };
+    until_waiting_for_locks(&url, 1, std::slice::from_ref(&saver));
+    // The whole save waits for the head holding no part's row, so a save in parts holding the
+    // head can go on to write its parts: the two never wait on each other.
+    let part_free = session(&url, |client| async move {
+        client.batch_execute("BEGIN").await.unwrap();
+        let free = client
+            .batch_execute(
+                "SELECT 1 FROM flotilla_snapshots WHERE stream = E'a\\x1f0' FOR UPDATE NOWAIT",
+            )
+            .await
+            .is_ok();
+        client.batch_execute("ROLLBACK").await.unwrap();
+        free
+    })
+    .join()
+    .unwrap();
+    assert!(part_free, "the whole save locked a part before the head");
+    end.send(false).unwrap();
+    holder.join().unwrap();
+    saver.join().unwrap().unwrap();
+    assert!(!journal.has_snapshot_parts("a").unwrap());
+    assert_eq!(journal.load_snapshot("a").unwrap().unwrap().state, b"whole");
+}
+
 #[test]
 fn on_postgres_of_two_nodes_saving_over_one_snapshot_at_once_only_one_saves() {
     let name = "on_postgres_of_two_nodes_saving_over_one_snapshot_at_once_only_one_saves";
@@ -1359,19 +1428,7 @@ fn on_postgres_of_two_nodes_saving_over_one_snapshot_at_once_only_one_saves() {
                 })
             })
             .collect();
-        // Polled, not timed: both saves must be seen waiting before the holder lets go.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while waiting_for_locks(&url) < 2 {
-            assert!(
-                !savers.iter().any(std::thread::JoinHandle::is_finished),
-                "a save ended without waiting for the row's lock"
-            );
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the two saves were not both seen waiting for the row's lock within 30 s"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        until_waiting_for_locks(&url, 2, &savers);
         end.send(commit).unwrap();
         holder.join().unwrap();
         savers
