@@ -367,6 +367,23 @@ fn cross_site_requests_that_change_state_are_refused() {
         .text()
         .unwrap();
     assert!(page.contains("Not done: "), "the bounds' refusal, named");
+    // A change says what it met (the group of `webhook_setup` starts at 0), and the same
+    // change again that there was nothing to change.
+    let flash_of = |desired: &str| {
+        let answer = browser.post(&act, &[("action", "desired"), ("desired", desired)], &same);
+        assert_eq!(answer.status(), 303);
+        browser
+            .get(&format!("/console/groups/{}", hook.group))
+            .text()
+            .unwrap()
+    };
+    let page = flash_of("4");
+    assert!(
+        page.contains("Desired capacity set to 4 (it was 0)."),
+        "{page}"
+    );
+    let page = flash_of("4");
+    assert!(page.contains("Desired capacity is already 4."), "{page}");
 }
 
 #[test]

@@ -25,7 +25,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use flotilla_actors::aggregate::{Groups, Policies};
 use flotilla_actors::clock::Timestamp;
-use flotilla_actors::domain::group::{GroupCommand, GroupPatch, Outcome, Pause};
+use flotilla_actors::domain::group::{GroupCommand, GroupEvent, GroupPatch, Outcome, Pause};
 use flotilla_actors::domain::{Cause, GroupId, Kind, PolicyId};
 use serde::Deserialize;
 
@@ -531,11 +531,16 @@ async fn done(
             state
                 .execute::<Groups>(id, GroupCommand::Update(patch))
                 .await
-                .map(|_| {
-                    format!(
-                        "Desired capacity set to {to} (it was {}).",
-                        group.desired_capacity
-                    )
+                .map(|executed| {
+                    // From what the command met, not the page's read: it may have changed.
+                    let from = executed.events.iter().find_map(|event| match event {
+                        GroupEvent::CapacityChanged { from, .. } => Some(*from),
+                        _ => None,
+                    });
+                    match from {
+                        Some(from) => format!("Desired capacity set to {to} (it was {from})."),
+                        None => format!("Desired capacity is already {to}."),
+                    }
                 })
         }
         Action::Execute(pid) => match policy_of(state, session, &group.id, &pid).await {
