@@ -881,6 +881,26 @@ pub(crate) struct SledReads {
 }
 
 impl SledReads {
+    /// Runs `body` as one transaction on the snapshots' tree (all or none), then, as `put`
+    /// does, hands the pages it replaced on to be freed.
+    fn snapshots_transaction<T>(
+        &self,
+        body: impl Fn(
+            &sled::transaction::TransactionalTree,
+        )
+            -> sled::transaction::ConflictableTransactionResult<T, std::convert::Infallible>,
+    ) -> Result<T> {
+        let done = self
+            .snapshots
+            .transaction(body)
+            .map_err(|error| match error {
+                sled::transaction::TransactionError::Storage(error) => Error::from(error),
+                sled::transaction::TransactionError::Abort(never) => match never {},
+            })?;
+        crossbeam_epoch::pin().flush();
+        Ok(done)
+    }
+
     /// The records `read` answers, once the tree holds every batch answered; or why it never
     /// will until the journal is opened again.
     fn settled<'a, T: Send + 'a>(
@@ -1001,7 +1021,7 @@ impl Reads for SledReads {
         expected: Option<&[u8]>,
         entries: Vec<(String, Vec<u8>)>,
     ) -> Result<bool> {
-        let saved = self.snapshots.transaction(|tx| {
+        self.snapshots_transaction(|tx| {
             if tx.get(guard.as_bytes())?.as_deref() != expected {
                 return Ok(false);
             }
@@ -1009,35 +1029,17 @@ impl Reads for SledReads {
                 tx.insert(key.as_bytes(), value.as_slice())?;
             }
             Ok(true)
-        });
-        let saved = saved.map_err(
-            |error: sled::transaction::TransactionError<std::convert::Infallible>| match error {
-                sled::transaction::TransactionError::Storage(error) => Error::from(error),
-                sled::transaction::TransactionError::Abort(never) => match never {},
-            },
-        )?;
-        // As in `put`.
-        crossbeam_epoch::pin().flush();
-        Ok(saved)
+        })
     }
 
     fn put_snapshot_dropping(&self, key: &str, value: Vec<u8>, drop: &[String]) -> Result<()> {
-        let saved = self.snapshots.transaction(|tx| {
+        self.snapshots_transaction(|tx| {
             tx.insert(key.as_bytes(), value.as_slice())?;
             for key in drop {
                 tx.remove(key.as_bytes())?;
             }
             Ok(())
-        });
-        saved.map_err(
-            |error: sled::transaction::TransactionError<std::convert::Infallible>| match error {
-                sled::transaction::TransactionError::Storage(error) => Error::from(error),
-                sled::transaction::TransactionError::Abort(never) => match never {},
-            },
-        )?;
-        // As in `put`.
-        crossbeam_epoch::pin().flush();
-        Ok(())
+        })
     }
 
     fn flush(&self) -> Result<()> {
