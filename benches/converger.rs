@@ -6,7 +6,10 @@
 //!   (a read of the group, the plan, [`ACTIVE_CHECKS_PER_PASS`] status calls, no append), for
 //!   N = 256 (one sweep's budget: the baseline), 5,000 and 10,000 (the largest group): a pass
 //!   should cost the same whatever the group's size;
-//! - `quiet_plan_N`: the plan of that pass alone.
+//! - `quiet_plan_N`: the plan of that pass alone;
+//! - `scale_in_plan_N`: the plan of a pass that removes 10 of those N servers, beside
+//!   `scale_in_sort_N`, the baseline: the same 10 found by ordering every slot, as the plan did
+//!   before [`first_to_terminate`].
 //!
 //! `cargo bench --bench converger`
 
@@ -20,7 +23,9 @@ use flotilla::providers::Providers;
 use flotilla_actors::aggregate::Groups;
 use flotilla_actors::clock::{Clock, SystemClock};
 use flotilla_actors::domain::group::{Group, GroupCommand, NewGroup};
-use flotilla_actors::domain::server::{plan, ServerState, Sweep};
+use flotilla_actors::domain::server::{
+    first_to_terminate, plan, termination_order, ServerState, Sweep,
+};
 use flotilla_actors::domain::{GroupId, TenantId};
 use flotilla_actors::supervisor::{Config, Supervisor};
 use flotilla_journal::Journal;
@@ -28,6 +33,9 @@ use flotilla_journal::Journal;
 /// The quiet groups' sizes: one sweep's budget ([`ACTIVE_CHECKS_PER_PASS`]), then 5,000 and the
 /// largest a group may be (10,000).
 const QUIET_SIZES: [u32; 3] = [256, 5_000, 10_000];
+
+/// The servers a scale-in removes in `scale_in_plan_N`.
+const SCALE_IN: u32 = 10;
 
 fn new_group(id: &GroupId, desired: u32) -> NewGroup {
     NewGroup {
@@ -138,6 +146,26 @@ fn converger(c: &mut Criterion) {
         group.bench_function(format!("quiet_plan_{size}"), |b| {
             b.iter(|| plan(&state.servers, state.target(), now, &sweep));
         });
+        let fewer = state.target() - SCALE_IN;
+        assert_eq!(
+            plan(&state.servers, fewer, now, &sweep).remove.len(),
+            SCALE_IN as usize
+        );
+        group.bench_function(format!("scale_in_plan_{size}"), |b| {
+            b.iter(|| plan(&state.servers, fewer, now, &sweep));
+        });
+        group.bench_function(format!("scale_in_sort_{size}"), |b| {
+            b.iter(|| {
+                termination_order(state.servers.values())
+                    .into_iter()
+                    .take(SCALE_IN as usize)
+                    .count()
+            });
+        });
+        // What the plan's remove is, against what ordering every slot gives.
+        let first: Vec<_> = first_to_terminate(&state.servers, SCALE_IN as usize);
+        let sorted: Vec<_> = termination_order(state.servers.values());
+        assert!(first.iter().zip(&sorted).all(|(a, b)| a.id == b.id));
     }
     group.finish();
 }
