@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::str::FromStr;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use flotilla_journal::export::Line;
 use flotilla_journal::{Journal, Record};
@@ -124,12 +124,39 @@ fn redacted(payload: &RawValue) -> Value {
     value
 }
 
-/// RFC 3339 with milliseconds, UTC.
+/// RFC 3339 with milliseconds, UTC, for any instant: one before 1970 or after 9999 (which an
+/// older build let a schedule hold) is written in ISO 8601's expanded form (`+10000-01-01...`),
+/// and one past chrono's range as its milliseconds. Every answer and page that shows a time
+/// goes through here, so it must not fail.
 pub fn format_millis(millis: i64) -> String {
-    let at = if millis >= 0 {
-        UNIX_EPOCH + Duration::from_millis(millis as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_millis(millis.unsigned_abs())
-    };
-    humantime::format_rfc3339_millis(at).to_string()
+    chrono::DateTime::from_timestamp_millis(millis).map_or_else(
+        || format!("{millis} ms since the epoch"),
+        |at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_millis;
+
+    #[test]
+    fn any_instant_is_written_and_those_rfc_3339_can_write_as_it_does() {
+        assert_eq!(format_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_millis(1_780_000_000_123), "2026-05-28T20:26:40.123Z");
+        assert_eq!(
+            format_millis(253_402_300_799_999),
+            "9999-12-31T23:59:59.999Z"
+        );
+        // Outside it, ISO 8601's expanded years (an older build let a schedule hold these).
+        assert_eq!(format_millis(-1_000), "1969-12-31T23:59:59.000Z");
+        assert_eq!(
+            format_millis(253_402_300_800_000),
+            "+10000-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            format_millis(i64::MAX),
+            format!("{} ms since the epoch", i64::MAX)
+        );
+        assert!(!format_millis(i64::MIN).is_empty());
+    }
 }

@@ -281,6 +281,20 @@ fn bad_schedules_name_their_field() {
             json!({"name": "s", "at": in_secs(&server, 60), "min_size": 5, "max_size": 2}),
             "min_size",
         ),
+        // Times no view could write in RFC 3339 (an earlier build took them, then failed every
+        // list of the group's schedules, and its console page).
+        (
+            json!({"name": "s", "recurrence": "0 0 * * *", "start_time": "1969-12-31T23:59:59Z", "min_size": 1}),
+            "start_time",
+        ),
+        (
+            json!({"name": "s", "at": "9999-12-31T23:59:59-23:59", "desired_capacity": 1}),
+            "at",
+        ),
+        (
+            json!({"name": "s", "recurrence": "0 0 * * *", "end_time": "9999-12-31T23:59:59-01:00", "min_size": 1}),
+            "end_time",
+        ),
     ];
     for (body, field) in cases {
         let answer = schedule(&server, &token, &group, body.clone());

@@ -23,6 +23,12 @@ use croner::Cron;
 use super::Rejection;
 use crate::clock::Timestamp;
 
+/// The earliest instant a schedule may name: 1970-01-01T00:00:00Z.
+pub const EARLIEST: Timestamp = Timestamp::from_millis(0);
+/// The latest instant a schedule may name: 9999-12-31T23:59:59.999Z, the last that RFC 3339's
+/// four-digit year can write.
+pub const LATEST: Timestamp = Timestamp::from_millis(253_402_300_799_999);
+
 /// An instant from RFC 3339 text (any offset), or a 400 naming `field`.
 pub fn parse_instant(field: &'static str, text: &str) -> Result<Timestamp, Rejection> {
     DateTime::parse_from_rfc3339(text)

@@ -9,7 +9,7 @@ use chrono::DateTime;
 use serde::{Deserialize, Serialize};
 
 use super::group::MAX_GROUP_SIZE;
-use super::schedule::{Recurrence, When};
+use super::schedule::{self, Recurrence, When};
 use super::{validate_name, DomainEvent, GroupId, Rejection, ScheduleId, TenantId};
 use crate::clock::Timestamp;
 
@@ -291,6 +291,22 @@ pub fn decide(
 /// recurrence must have an occurrence left.
 fn validate(definition: &ScheduleDefinition, now: Option<Timestamp>) -> Result<(), Rejection> {
     validate_name("name", &definition.name)?;
+    let times = [
+        ("at", definition.at),
+        ("start_time", definition.start_time),
+        ("end_time", definition.end_time),
+    ];
+    for (field, at) in times {
+        if let Some(at) = at.filter(|at| !(schedule::EARLIEST..=schedule::LATEST).contains(at)) {
+            return Err(Rejection::invalid(
+                field,
+                format!(
+                    "must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z, is {}",
+                    rfc3339(at)
+                ),
+            ));
+        }
+    }
     let when = definition.when()?;
     if let Some(at) = definition.at {
         if now.is_some_and(|now| at <= now) {
@@ -516,6 +532,18 @@ mod tests {
     }
 
     #[test]
+    fn a_recurrence_may_run_from_1970_to_the_last_instant_rfc_3339_can_write() {
+        let edges = ScheduleDefinition {
+            at: None,
+            recurrence: Some("0 9 * * *".into()),
+            start_time: Some(schedule::EARLIEST),
+            end_time: Some(schedule::LATEST),
+            ..at(60, 1)
+        };
+        assert!(decide(&None, &create(edges), T0).is_ok());
+    }
+
+    #[test]
     fn bad_schedules_name_their_field() {
         let cases = [
             (at(0, 1), "at"),
@@ -571,6 +599,33 @@ mod tests {
                     ..at(60, 1)
                 },
                 "time_zone",
+            ),
+            // Past what RFC 3339 can write, or before 1970: every view of the schedule writes
+            // its times, and an earlier build took them and could then write none of its views.
+            (
+                ScheduleDefinition {
+                    at: Some(schedule::LATEST.plus_millis(1)),
+                    ..at(60, 1)
+                },
+                "at",
+            ),
+            (
+                ScheduleDefinition {
+                    at: None,
+                    recurrence: Some("0 9 * * *".into()),
+                    start_time: Some(Timestamp::from_millis(-1000)),
+                    ..at(60, 1)
+                },
+                "start_time",
+            ),
+            (
+                ScheduleDefinition {
+                    at: None,
+                    recurrence: Some("0 9 * * *".into()),
+                    end_time: Some(schedule::LATEST.plus_millis(1)),
+                    ..at(60, 1)
+                },
+                "end_time",
             ),
         ];
         for (definition, expected) in cases {
