@@ -408,7 +408,7 @@ pub async fn pause(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<String>,
-    body: web::Bytes,
+    super::Body(body): super::Body,
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path).await?;
     // No body, or null, pauses both directions.

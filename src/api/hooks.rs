@@ -102,18 +102,7 @@ async fn deliver(
     {
         return Err(ApiError::not_found("webhook"));
     }
-    let limit = state.settings.body_limit;
-    let body = payload
-        .to_bytes_limited(limit)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the body is over {limit} bytes"),
-            )
-        })?
-        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let body = super::read_body(payload, state.settings.body_limit).await?;
     let call = Call::parse(
         header(req, "webhook-id")?,
         header(req, "webhook-timestamp")?,

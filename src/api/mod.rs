@@ -192,6 +192,44 @@ impl ListQuery {
     }
 }
 
+/// A request's body, read whole up to `limit` bytes: past it, 413 `too_large` in the API's
+/// error shape (actix's own limits answer in plain text).
+pub async fn read_body(payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    payload
+        .to_bytes_limited(limit)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is over {limit} bytes"),
+            )
+        })?
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
+}
+
+/// The raw body of a route that reads it itself (an optional JSON body, Alertmanager's
+/// notification), up to SPEC 3's 2 MiB ([`crate::intake::MAX_BODY`]): `web::Bytes` would stop
+/// at actix's 256 KiB and answer past it in plain text.
+pub struct Body(pub web::Bytes);
+
+impl actix_web::FromRequest for Body {
+    type Error = ApiError;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(
+        req: &actix_web::HttpRequest,
+        payload: &mut actix_web::dev::Payload,
+    ) -> Self::Future {
+        let payload = web::Payload::from_request(req, payload).into_inner();
+        Box::pin(async move {
+            let payload =
+                payload.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+            Ok(Body(read_body(payload, crate::intake::MAX_BODY).await?))
+        })
+    }
+}
+
 /// An optional JSON body: none when the body is empty (or only whitespace); otherwise `T`, or
 /// 400 `invalid_json`.
 pub fn optional_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiError> {

@@ -701,7 +701,7 @@ pub async fn execute(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
-    body: web::Bytes,
+    super::Body(body): super::Body,
 ) -> Result<HttpResponse, ApiError> {
     let (_, policy) = owned(&state, &tenant, &path.0, &path.1).await?;
     let breach = match super::optional_json::<Option<ExecuteBody>>(&body)?.flatten() {

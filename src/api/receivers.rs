@@ -364,7 +364,7 @@ pub async fn notify(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    body: web::Bytes,
+    super::Body(body): super::Body,
 ) -> Result<HttpResponse, ApiError> {
     if !state.is_ready() {
         return Err(ApiError::not_ready());

@@ -155,7 +155,7 @@ pub async fn rotate(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<(String, String, String)>,
-    body: web::Bytes,
+    super::Body(body): super::Body,
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path).await?;
     let rotate: Rotate = super::optional_json::<Option<Rotate>>(&body)?
