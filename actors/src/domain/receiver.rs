@@ -4,8 +4,10 @@
 //! policy once, its first `resolved` the resolved policy once; repeats (`repeat_interval`, an HA
 //! pair) execute nothing more. The receiver records each episode's steps ([`ReceiverEvent::Fired`],
 //! [`ReceiverEvent::Resolved`]) in the same append as the execution, so this holds across a crash
-//! or a restart. It remembers at most [`MAX_EPISODES`] episodes, the oldest forgotten first, as a
-//! webhook's nonce window is bounded.
+//! or a restart. It remembers at most [`MAX_EPISODES`] episodes, as a webhook's nonce window is
+//! bounded: a new one makes it forget the oldest resolved one (a repeat of a resolution never
+//! seen executes nothing), never one still firing, whose next repeat would execute again; with
+//! every episode still firing, a new one is refused until one resolves.
 
 use serde::{Deserialize, Serialize};
 
@@ -197,6 +199,11 @@ pub fn decide(
         ReceiverCommand::Delete => Ok(vec![ReceiverEvent::Deleted { at: now }]),
         ReceiverCommand::Fire(key) => match receiver.episode(key) {
             Some(_) => Err(Rejection::Replayed),
+            None if receiver.episodes.len() >= MAX_EPISODES
+                && !receiver.episodes.iter().any(|e| e.resolved) =>
+            {
+                Err(Rejection::EpisodesFull(receiver.episodes.len()))
+            }
             None => Ok(vec![ReceiverEvent::Fired {
                 key: key.clone(),
                 at: now,
@@ -249,7 +256,9 @@ pub fn apply(state: ReceiverState, event: &ReceiverEvent) -> ReceiverState {
                 resolved: false,
             });
             if receiver.episodes.len() > MAX_EPISODES {
-                receiver.episodes.remove(0);
+                // The oldest resolved (a journal written before the rule may have none).
+                let forgotten = receiver.episodes.iter().position(|e| e.resolved);
+                receiver.episodes.remove(forgotten.unwrap_or(0));
             }
         }
         ReceiverEvent::Resolved { key, .. } => {
@@ -314,13 +323,40 @@ mod tests {
     }
 
     #[test]
-    fn it_remembers_a_bounded_number_of_episodes_the_oldest_forgotten_first() {
+    fn it_forgets_the_oldest_resolved_episode_never_one_still_firing() {
         let mut state = given();
-        for i in 0..=MAX_EPISODES as i64 {
+        // The first still firing, the next two resolved, the rest firing.
+        for i in 0..MAX_EPISODES as i64 {
             state = when(state, &ReceiverCommand::Fire(key("f", i))).0;
         }
+        for i in [1, 2] {
+            let (next, resolved) = when(state, &ReceiverCommand::Resolve(key("f", i)));
+            assert_eq!(resolved, Ok(()));
+            state = next;
+        }
+        // Two new episodes: the two resolved ones are forgotten, oldest first.
+        for i in 0..2 {
+            let (next, fired) = when(state, &ReceiverCommand::Fire(key("new", i)));
+            assert_eq!(fired, Ok(()));
+            state = next;
+            let receiver = state.as_ref().unwrap();
+            assert_eq!(receiver.episodes.len(), MAX_EPISODES);
+            assert!(receiver.episode(&key("f", 1 + i)).is_none());
+        }
+        // The long-running first episode is still remembered: its repeat executes nothing.
+        let (state, repeat) = when(state, &ReceiverCommand::Fire(key("f", 0)));
+        assert_eq!(repeat, Err(Rejection::Replayed));
+        // Every episode now firing: a new one is refused (503, Alertmanager sends it again),
+        // and nothing is forgotten.
+        let (state, full) = when(state, &ReceiverCommand::Fire(key("new", 2)));
+        assert_eq!(full, Err(Rejection::EpisodesFull(MAX_EPISODES)));
+        assert_eq!(full.unwrap_err().status(), 503);
+        // Once one resolves, it is.
+        let (state, _) = when(state, &ReceiverCommand::Resolve(key("f", 500)));
+        let (state, fired) = when(state, &ReceiverCommand::Fire(key("new", 2)));
+        assert_eq!(fired, Ok(()));
         let receiver = state.as_ref().unwrap();
-        assert_eq!(receiver.episodes.len(), MAX_EPISODES);
-        assert_eq!(receiver.episodes[0].key, key("f", 1));
+        assert!(receiver.episode(&key("f", 500)).is_none());
+        assert!(receiver.episode(&key("f", 0)).is_some());
     }
 }
