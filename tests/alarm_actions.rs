@@ -12,7 +12,7 @@ use flotilla_actors::aggregate::{Alarms, Groups, Policies, Tenants};
 use flotilla_actors::clock::{ManualClock, Timestamp};
 use flotilla_actors::domain::alarm::{AlarmCommand, AlarmState, Comparison, NewAlarm, Statistic};
 use flotilla_actors::domain::group::GroupEvent;
-use flotilla_actors::domain::policy::PolicyCommand;
+use flotilla_actors::domain::policy::{PolicyCommand, PolicyDefinition, Tracking};
 use flotilla_actors::domain::tenant::TenantCommand;
 use flotilla_actors::domain::{AlarmId, Cause, DomainEvent, GroupId, PolicyId, TenantId};
 
@@ -189,4 +189,63 @@ fn an_action_whose_policy_was_deleted_is_done_with_not_tried_for_ever() {
         observed.state.unwrap().state
     });
     assert_eq!(state, AlarmState::Alarm);
+}
+
+#[test]
+fn an_action_naming_a_target_tracking_policy_is_done_with_not_tried_for_ever() {
+    // The API refuses such an action now; a journal an older build wrote may hold one.
+    let clock = ManualClock::new(Timestamp::from_secs(1_795_564_800));
+    let w = World::open(tempfile::tempdir().unwrap(), clock);
+    let ids = setup(&w);
+    let tracking = PolicyId::generate();
+    let created = PolicyCommand::Create {
+        id: tracking.clone(),
+        group_id: ids.group.clone(),
+        tenant_id: tenant_of(&w, &ids),
+        definition: PolicyDefinition::target_tracking("follow", Tracking::new("queue", 100.0)),
+    };
+    assert!(w.run::<Policies>(tracking.as_str(), created));
+    let alarm = AlarmId::generate();
+    let created = AlarmCommand::Create(NewAlarm {
+        id: alarm.clone(),
+        tenant_id: tenant_of(&w, &ids),
+        name: "queue".into(),
+        group_id: ids.group.clone(),
+        metric: "queue".into(),
+        query: None,
+        statistic: Statistic::Avg,
+        period_seconds: 60,
+        evaluation_periods: 1,
+        datapoints_to_alarm: None,
+        comparison: Comparison::Gt,
+        threshold: 0.5,
+        treat_missing: None,
+        alarm_actions: vec![tracking.clone()],
+        ok_actions: vec![],
+        repeat_actions: false,
+    });
+    assert!(w.run::<Alarms>(alarm.as_str(), created));
+    let breach = AlarmCommand::Evaluate {
+        datapoints: vec![Some(0.9)],
+        note: None,
+    };
+    assert!(w.run::<Alarms>(alarm.as_str(), breach));
+    let supervisor = w.supervisor().clone();
+    let taken = w.system.block_on(async move {
+        let first = supervisor.take_alarm_action(&alarm, 1, &tracking).await;
+        let again = supervisor.take_alarm_action(&alarm, 1, &tracking).await;
+        (first.err().map(|e| e.code()), again.err().map(|e| e.code()))
+    });
+    // Refused as the execution it is, and recorded as taken: a second try is a replay.
+    assert_eq!(taken, (Some("conflict"), Some("replayed")));
+    assert!(executions(&w, &ids).is_empty());
+}
+
+/// The tenant of the group `ids` set up.
+fn tenant_of(w: &World, ids: &Ids) -> TenantId {
+    let (supervisor, group) = (w.supervisor().clone(), ids.group.clone());
+    w.system.block_on(async move {
+        let observed = supervisor.get::<Groups>(group.as_str()).await.unwrap();
+        observed.state.unwrap().tenant_id
+    })
 }

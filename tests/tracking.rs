@@ -305,27 +305,69 @@ fn a_group_at_rest_is_decided_again_once_its_stream_moves() {
 }
 
 #[test]
-fn an_alarm_action_naming_a_target_tracking_policy_is_done_with_not_retried() {
+fn nothing_that_executes_on_demand_may_name_a_policy_that_could_never_execute() {
     let server = Server::start();
     let t = setup(&server, 1, 2, json!({"metric": "queue", "target": 100}));
-    let (status, alarm) = server.call(
-        "POST",
-        "/v1/alarms",
+    let step = server.policy(
         &t.token,
-        Some(
-            json!({"name": "cpu-high", "group_id": t.group, "metric": "cpu",
-            "statistic": "avg", "period_seconds": 60, "evaluation_periods": 1,
-            "comparison": "gt", "threshold": 0.8, "alarm_actions": [t.policy]}),
-        ),
+        &t.group,
+        json!({"name": "steps", "policy_type": "step", "adjustment_type": "change",
+               "steps": [{"lower": 0, "upper": null, "adjustment": 1}]}),
     );
-    assert_eq!(status, 201, "{alarm}");
-    minute(&server, &t, "cpu", Some(0.9));
-    let taken = r#"flotilla_journal_events_total{type="action_taken"}"#;
-    server.tick_until("the action to be done with", 3, || server.gauge(taken) == 1);
-    for _ in 0..3 {
-        server.tick();
+    let simple = server.policy(
+        &t.token,
+        &t.group,
+        json!({"name": "up", "adjustment_type": "change", "adjustment": 1}),
+    );
+    let alarm = |actions: Value| {
+        json!({"name": "cpu-high", "group_id": t.group, "metric": "cpu", "statistic": "avg",
+               "period_seconds": 60, "evaluation_periods": 1, "comparison": "gt",
+               "threshold": 0.8, "alarm_actions": actions})
+    };
+    let receiver = |firing: &str, resolved: &str| json!({"name": "am", "firing": firing, "resolved": resolved});
+    let hooks = |policy: &str| format!("/v1/groups/{}/policies/{policy}/webhooks", t.group);
+    let receivers = format!("/v1/groups/{}/receivers", t.group);
+    // Target tracking executes at each closed period: no webhook, alarm action or receiver
+    // (each used to be accepted, then to answer 409, or do nothing, at every call).
+    let refused = [
+        ("POST", hooks(&t.policy), json!({"name": "w"})),
+        ("POST", "/v1/alarms".to_owned(), alarm(json!([t.policy]))),
+        ("POST", receivers.clone(), receiver(&t.policy, &simple)),
+        ("POST", receivers.clone(), receiver(&simple, &t.policy)),
+        // A step policy chooses its step by the breach, which an alert does not carry.
+        ("POST", receivers.clone(), receiver(&step, &simple)),
+    ];
+    for (method, path, body) in refused {
+        let answer = server.call(method, &path, &t.token, Some(body.clone()));
+        assert_error(&answer, 409, "conflict");
+        let message = answer.1["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("step") || message.contains("target-tracking"),
+            "{message}"
+        );
     }
-    assert_eq!(server.gauge(taken), 1, "a 409 is not tried again");
+    // Nor by a change of an alarm's actions.
+    let (status, made) = server.call("POST", "/v1/alarms", &t.token, Some(alarm(json!([step]))));
+    assert_eq!(
+        status, 201,
+        "a webhook or an alarm gives a step policy its breach: {made}"
+    );
+    let patch = json!({"ok_actions": [t.policy]});
+    let path = format!("/v1/alarms/{}", made["id"].as_str().unwrap());
+    assert_error(
+        &server.call("PATCH", &path, &t.token, Some(patch)),
+        409,
+        "conflict",
+    );
+    let (status, _) = server.call("POST", &hooks(&step), &t.token, Some(json!({"name": "w"})));
+    assert_eq!(status, 201);
+    let (status, _) = server.call(
+        "POST",
+        &receivers,
+        &t.token,
+        Some(receiver(&simple, &simple)),
+    );
+    assert_eq!(status, 201);
     assert_eq!(server.capacity(&t.token, &t.group), 2);
 }
 

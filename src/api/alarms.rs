@@ -118,7 +118,11 @@ async fn check_actions<'a>(
         match resource::owned::<Policies>(state, tenant, policy.as_str(), Some(group.as_str()))
             .await
         {
-            Ok(_) => {}
+            // An alarm's datapoint is the breach a step policy needs.
+            Ok(_) => {
+                super::policies::executable(state, policy, true, &format!("action {policy}"))
+                    .await?;
+            }
             Err(_) => {
                 return Err(ApiError::new(
                     actix_web::http::StatusCode::NOT_FOUND,

@@ -504,6 +504,27 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Refuses (409 `conflict`) to make `what` (a webhook, an alarm's action, a receiver's policy)
+/// execute policy `policy` if it never could: see `PolicyDefinition::on_demand`; `breach` is
+/// whether a breach comes with its executions.
+pub(crate) async fn executable(
+    state: &AppState,
+    policy: &PolicyId,
+    breach: bool,
+    what: &str,
+) -> Result<(), ApiError> {
+    let loaded = resource::load::<Policies>(state, policy).await?;
+    loaded.definition.on_demand(breach).map_err(|rejection| {
+        let reason = match rejection {
+            Rejection::Conflict { reason } => format!("{what}: {reason}"),
+            other => other.to_string(),
+        };
+        ApiError::from(flotilla_actors::error::Error::from(Rejection::Conflict {
+            reason,
+        }))
+    })
+}
+
 /// `?force=` of a policy's delete.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

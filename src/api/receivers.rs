@@ -144,7 +144,7 @@ async fn named_policy(
     field: &str,
     pid: &str,
 ) -> Result<PolicyId, ApiError> {
-    owned_policy(state, tenant, group.as_str(), pid)
+    let policy = owned_policy(state, tenant, group.as_str(), pid)
         .await
         .map(|(_, policy)| policy)
         .map_err(|_| {
@@ -153,7 +153,10 @@ async fn named_policy(
                 "not_found",
                 format!("{field} names no policy of group {group}"),
             )
-        })
+        })?;
+    // An alert carries no breach: neither a step policy nor target tracking could execute.
+    super::policies::executable(state, &policy, false, field).await?;
+    Ok(policy)
 }
 
 /// `GET /v1/groups/{id}/receivers`.

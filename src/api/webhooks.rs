@@ -72,6 +72,8 @@ pub async fn create(
     body: web::Json<CreateWebhook>,
 ) -> Result<HttpResponse, ApiError> {
     let (group, policy) = owned_policy(&state, &tenant, &path.0, &path.1).await?;
+    // A caller may send the breach a step policy needs; nothing executes target tracking.
+    super::policies::executable(&state, &policy, true, "a webhook").await?;
     let id = WebhookId::generate();
     let command = WebhookCommand::Create {
         id: id.clone(),

@@ -282,6 +282,27 @@ pub struct PolicyDefinition {
 }
 
 impl PolicyDefinition {
+    /// Refuses an execution on demand (a call of `execute` or of a webhook, an alarm's action,
+    /// an Alertmanager alert) of a target-tracking policy, which executes at each closed period
+    /// of its metric; with `breach` false (an Alertmanager alert carries none), of a step
+    /// policy too, which chooses its step by the breach. Asked where something that would
+    /// execute it is made, so that none is accepted that could never execute it.
+    pub fn on_demand(&self, breach: bool) -> Result<(), Rejection> {
+        match self.policy_type {
+            PolicyType::TargetTracking => Err(Rejection::Conflict {
+                reason: "a target-tracking policy executes at each closed period of its metric, \
+                         not on demand"
+                    .to_owned(),
+            }),
+            PolicyType::Step if !breach => Err(Rejection::Conflict {
+                reason: "a step policy chooses its step by the breach, which an Alertmanager \
+                         alert does not carry"
+                    .to_owned(),
+            }),
+            PolicyType::Simple | PolicyType::Step => Ok(()),
+        }
+    }
+
     /// A live simple policy named `name`: `adjustment` read as `adjustment_type`, no minimum
     /// step, the group's cooldown.
     pub fn simple(name: &str, adjustment_type: AdjustmentType, adjustment: i64) -> Self {

@@ -64,13 +64,8 @@ pub(super) fn decide_execution(
 ) -> Result<Vec<GroupEvent>, Rejection> {
     let (group, policy) = route::check(route, state)?;
     let definition = &policy.definition;
-    if definition.policy_type == PolicyType::TargetTracking {
-        return Err(Rejection::Conflict {
-            reason: "a target-tracking policy executes at each closed period of its metric, \
-                     not on demand"
-                .to_owned(),
-        });
-    }
+    // A breach or not, step's is checked below: it is a 400 there.
+    definition.on_demand(true)?;
     let (computation, breach, step, cooldown, warmup_until) = match definition.policy_type {
         PolicyType::Simple => {
             let computation = scaling::compute(
