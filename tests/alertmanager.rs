@@ -219,6 +219,41 @@ fn an_episode_still_firing_is_never_forgotten_and_a_new_one_waits_for_room() {
 }
 
 #[test]
+fn a_policy_a_receiver_names_is_not_deleted_until_the_receiver_is() {
+    let server = Server::start();
+    let s = setup(&server);
+    let (_, receiver) = server.call(
+        "GET",
+        &format!("/v1/groups/{}/receivers/{}", s.group, s.receiver),
+        &s.token,
+        None,
+    );
+    // The firing policy, and the resolved one: 409 naming the receiver, force or not (a
+    // deleted policy used to leave the receiver executing nothing at every notification).
+    for field in ["firing", "resolved"] {
+        let policy = receiver[field].as_str().unwrap();
+        let path = format!("/v1/groups/{}/policies/{policy}", s.group);
+        for query in ["", "?force=true"] {
+            let answer = server.call("DELETE", &format!("{path}{query}"), &s.token, None);
+            assert_error(&answer, 409, "conflict");
+            let message = answer.1["error"]["message"].as_str().unwrap();
+            assert!(message.contains(&s.receiver), "{message}");
+        }
+    }
+    let firing = notification("firing", "1a2b3c4d5e6f7a8b", "2026-11-25T00:00:00Z");
+    assert_eq!(
+        notify(&server, &s, Some(&s.secret), firing).1["executed"],
+        1
+    );
+    // Once the receiver is deleted, so may its policies be.
+    let path = format!("/v1/groups/{}/receivers/{}", s.group, s.receiver);
+    assert_eq!(server.call("DELETE", &path, &s.token, None).0, 204);
+    let policy = receiver["firing"].as_str().unwrap();
+    let path = format!("/v1/groups/{}/policies/{policy}", s.group);
+    assert_eq!(server.call("DELETE", &path, &s.token, None).0, 204);
+}
+
+#[test]
 fn bad_notifications_get_their_status_and_execute_nothing() {
     let server = Server::start();
     let s = setup(&server);

@@ -1,7 +1,7 @@
 //! `/v1/groups/{id}/policies`: a group's scaling policies, and executing one directly.
 
 use actix_web::{web, HttpResponse};
-use flotilla_actors::aggregate::{Alarms, Groups, Policies};
+use flotilla_actors::aggregate::{Alarms, Groups, Policies, Receivers};
 use flotilla_actors::domain::alarm::AlarmCommand;
 use flotilla_actors::domain::alarm::Statistic;
 use flotilla_actors::domain::policy::{
@@ -10,7 +10,7 @@ use flotilla_actors::domain::policy::{
 };
 use flotilla_actors::domain::scaling::AdjustmentType;
 use flotilla_actors::domain::tracking::{MissingData, TargetKind};
-use flotilla_actors::domain::{AlarmId, Cause, GroupId, PolicyId, Rejection, TenantId};
+use flotilla_actors::domain::{AlarmId, Cause, GroupId, PolicyId, ReceiverId, Rejection, TenantId};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -473,7 +473,7 @@ pub async fn update(
         RemoveErrors,
     ),
     security(("bearer" = [])),
-    description = "409 while an alarm names the policy in its actions (the message names them), unless `force=true`, which removes it from their actions first.",
+    description = "409 while an alarm names the policy in its actions (the message names them), unless `force=true`, which removes it from their actions first; 409 while an Alertmanager receiver names it as its firing or resolved policy, force or not (delete the receiver first).",
 )]
 pub async fn delete(
     state: web::Data<AppState>,
@@ -481,7 +481,20 @@ pub async fn delete(
     path: web::Path<(String, String)>,
     query: web::Query<DeletePolicyQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (_, policy) = owned(&state, &tenant, &path.0, &path.1).await?;
+    let (group, policy) = owned(&state, &tenant, &path.0, &path.1).await?;
+    // A receiver exists to execute its policies: it is not changed here, force or not.
+    let receivers = receivers_naming(&state, &group, &policy).await?;
+    if !receivers.is_empty() {
+        let names: Vec<&str> = receivers.iter().map(ReceiverId::as_str).collect();
+        return Err(ApiError::from(flotilla_actors::error::Error::from(
+            Rejection::Conflict {
+                reason: format!(
+                    "receivers {} name this policy; delete them first",
+                    names.join(", ")
+                ),
+            },
+        )));
+    }
     let naming = state.evaluator.table().naming(&policy);
     if !naming.is_empty() && !query.force {
         let names: Vec<&str> = naming.iter().map(AlarmId::as_str).collect();
@@ -523,6 +536,32 @@ pub(crate) async fn executable(
             reason,
         }))
     })
+}
+
+/// The live receivers of `group` whose firing or resolved policy is `policy`.
+async fn receivers_naming(
+    state: &AppState,
+    group: &GroupId,
+    policy: &PolicyId,
+) -> Result<Vec<ReceiverId>, ApiError> {
+    let mut naming = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = state.index.receivers_of(group, cursor.as_ref(), 1000);
+        for id in page.items {
+            let receiver = state.supervisor.get::<Receivers>(id.as_str()).await?.state;
+            let names = receiver.is_some_and(|r| {
+                !r.deleted && (r.firing == *policy || r.resolved.as_ref() == Some(policy))
+            });
+            if names {
+                naming.push(id);
+            }
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(naming),
+        }
+    }
 }
 
 /// `?force=` of a policy's delete.
