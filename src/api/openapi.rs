@@ -451,6 +451,21 @@ mod tests {
             field("SampleBody", "metric")["maxLength"],
             json!(samples::MAX_METRIC_BYTES)
         );
+        // One alphabet of metric names (`samples::validate_metric`), wherever one is named.
+        for (schema, name) in [
+            ("CreateAlarm", "metric"),
+            ("CreatePolicy", "metric"),
+            ("UpdatePolicy", "metric"),
+        ] {
+            let metric = field(schema, name);
+            for key in ["maxLength", "pattern"] {
+                assert_eq!(
+                    metric[key],
+                    field("SampleBody", "metric")[key],
+                    "{schema}.{name}"
+                );
+            }
+        }
         assert_eq!(
             schemas["MetricsBody"]["properties"]["samples"]["maxItems"],
             json!(crate::api::samples::MAX_SAMPLES)

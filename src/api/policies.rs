@@ -66,11 +66,7 @@ pub struct CreatePolicy {
     #[schema(maximum = 604800)]
     cooldown_seconds: Option<u32>,
     /// A target-tracking policy's metric, as samples name it (required for one).
-    #[schema(
-        min_length = 1,
-        max_length = 128,
-        pattern = "^[A-Za-z_:][A-Za-z0-9_:.-]*$"
-    )]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[ -~]*[!-~][ -~]*$")]
     metric: Option<String>,
     /// A target-tracking policy's PromQL query instead of a metric (needs the operator's
     /// `--prometheus-url`; SPEC 5.2).
@@ -173,11 +169,7 @@ pub struct UpdatePolicy {
     #[serde(default, deserialize_with = "super::whole::nullable")]
     cooldown_seconds: Option<Option<u32>>,
     /// A target-tracking policy's metric, as samples name it (required for one).
-    #[schema(
-        min_length = 1,
-        max_length = 128,
-        pattern = "^[A-Za-z_:][A-Za-z0-9_:.-]*$"
-    )]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[ -~]*[!-~][ -~]*$")]
     metric: Option<String>,
     /// A target-tracking policy's PromQL query instead of a metric (needs the operator's
     /// `--prometheus-url`; SPEC 5.2).
