@@ -174,7 +174,7 @@ fn a_notification_up_to_2_mib_is_read_whole_and_a_larger_one_is_a_json_413() {
 }
 
 #[test]
-fn an_episode_still_firing_is_never_forgotten_and_a_new_one_waits_for_room() {
+fn a_full_receiver_forgets_a_resolved_episode_before_one_still_firing() {
     let server = Server::start();
     let s = setup(&server);
     let long = notification("firing", "0000000000000001", "2026-11-25T00:00:00Z");
@@ -199,23 +199,25 @@ fn an_episode_still_firing_is_never_forgotten_and_a_new_one_waits_for_room() {
         (200, Some(max as u64 - 1)),
         "{handled}"
     );
-    // The long-running alert's repeat still executes nothing (it used to, once forgotten).
-    assert_eq!(notify(&server, &s, Some(&s.secret), long).1["executed"], 0);
-    // A new episode waits, as a 503 Alertmanager sends again, until one resolves.
-    let new = notification("firing", "00000000000000ff", "2026-11-25T00:00:00Z");
-    assert_error(
-        &notify(&server, &s, Some(&s.secret), new.clone()),
-        503,
-        "episodes_full",
-    );
-    let mut resolved = notification("resolved", "0000000000000001f", "2026-11-25T00:00:00Z");
-    resolved["alerts"][0]["fingerprint"] = json!(format!("{:016x}f", 1));
+    // One of them resolves; a new alert then takes its place, not the long-running one's,
+    // whose repeat still executes nothing (it used to be forgotten first, and executed again).
+    let mut resolved = notification("resolved", "x", "2026-11-25T00:00:00Z");
+    resolved["alerts"][0]["fingerprint"] = json!(format!("{:016x}f", 7));
     assert_eq!(
         notify(&server, &s, Some(&s.secret), resolved).1["executed"],
         1
     );
-    let (status, handled) = notify(&server, &s, Some(&s.secret), new);
-    assert_eq!((status, handled["executed"].as_u64()), (200, Some(1)));
+    let new = notification("firing", "00000000000000ff", "2026-11-25T00:00:00Z");
+    assert_eq!(notify(&server, &s, Some(&s.secret), new).1["executed"], 1);
+    assert_eq!(
+        notify(&server, &s, Some(&s.secret), long.clone()).1["executed"],
+        0
+    );
+    // With none resolved, the oldest goes: a receiver whose alerts never resolve keeps taking
+    // new ones.
+    let newer = notification("firing", "00000000000000fe", "2026-11-25T00:00:00Z");
+    assert_eq!(notify(&server, &s, Some(&s.secret), newer).1["executed"], 1);
+    assert_eq!(notify(&server, &s, Some(&s.secret), long).1["executed"], 1);
 }
 
 #[test]

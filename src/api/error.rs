@@ -295,12 +295,6 @@ impl From<ActorError> for ApiError {
         let status =
             StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            // A refusal of the domain's that a later try may pass (a receiver whose episodes
-            // are all still firing): its own code and words.
-            if let ActorError::Rejected(rejection) = &error {
-                return ApiError::new(status, rejection.code(), rejection.to_string())
-                    .retry_after(1);
-            }
             // Not a fault: the object's actor is restarting, its lease is changing hands, or
             // other nodes kept moving its stream past the retries; a retry soon may succeed.
             tracing::warn!(%error, "request answered unavailable");

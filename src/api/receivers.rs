@@ -358,7 +358,7 @@ fn alerts_of(body: &[u8]) -> Result<(Vec<Read>, u64), ApiError> {
         (status = 408, description = "`request_timeout`: the request body did not arrive in time", body = ErrorBody),
         (status = 413, description = "over 1,000 alerts, or the body over its limit", body = ErrorBody),
         (status = 405, description = "`method_not_allowed`: the path is served with the methods `Allow` names", body = ErrorBody, headers(("Allow" = String, description = "the methods the path serves"))),
-        (status = 503, description = "the service cannot take it now, or `episodes_full`: the 1,000 episodes the receiver remembers are all still firing, and a new one waits for a resolution; Alertmanager retries", body = ErrorBody),
+        (status = 503, description = "the service cannot take it now; Alertmanager retries", body = ErrorBody),
     ),
     security(("bearer" = [])),
     description = "Bearer: the receiver's own token (Alertmanager's `http_config.authorization.credentials`).",
@@ -437,11 +437,6 @@ pub async fn notify(
             Ok(None) => {}
             Err(ActorError::Rejected(Rejection::NotFound { object: "receiver" })) => {
                 return Err(ApiError::not_found("receiver"));
-            }
-            // Every episode it remembers still firing: the alerts before this one are
-            // handled, and a repeat of them executes nothing, so the whole is sent again.
-            Err(error @ ActorError::Rejected(Rejection::EpisodesFull(_))) => {
-                return Err(error.into());
             }
             Err(error) => {
                 tracing::warn!(receiver = %id, %error, "an Alertmanager notification not taken");

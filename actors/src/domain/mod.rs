@@ -341,12 +341,6 @@ pub enum Rejection {
         /// Seconds until the earliest remembered nonce is forgotten.
         retry_after_seconds: u64,
     },
-    /// 503 `episodes_full`: an Alertmanager receiver remembers as many episodes as it may and
-    /// every one is still firing; forgetting one would let its next repeat execute again, so a
-    /// new episode waits (Alertmanager sends a notification again after a 5xx) until one
-    /// resolves.
-    #[error("this receiver remembers {0} episodes still firing; a new one waits for a resolution")]
-    EpisodesFull(usize),
 }
 
 impl Rejection {
@@ -381,7 +375,6 @@ impl Rejection {
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::TooLarge { .. } => "too_large",
             Rejection::MetricValueRequired => "metric_value_required",
-            Rejection::EpisodesFull(_) => "episodes_full",
         }
     }
 
@@ -396,7 +389,6 @@ impl Rejection {
             }
             Rejection::TooLarge { .. } => 413,
             Rejection::NonceWindowFull { .. } | Rejection::RateLimited { .. } => 429,
-            Rejection::EpisodesFull(_) => 503,
         }
     }
 
@@ -638,7 +630,6 @@ mod tests {
                 "nonce_window_full",
                 429,
             ),
-            (Rejection::EpisodesFull(1_000), "episodes_full", 503),
         ];
         for (rejection, code, status) in cases {
             assert_eq!(rejection.code(), code);

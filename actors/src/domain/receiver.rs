@@ -5,9 +5,11 @@
 //! pair) execute nothing more. The receiver records each episode's steps ([`ReceiverEvent::Fired`],
 //! [`ReceiverEvent::Resolved`]) in the same append as the execution, so this holds across a crash
 //! or a restart. It remembers at most [`MAX_EPISODES`] episodes, as a webhook's nonce window is
-//! bounded: a new one makes it forget the oldest resolved one (a repeat of a resolution never
-//! seen executes nothing), never one still firing, whose next repeat would execute again; with
-//! every episode still firing, a new one is refused until one resolves.
+//! bounded: a new one past that makes it forget the oldest resolved one (a repeat of a resolution
+//! never seen executes nothing), and only when none is resolved the oldest still firing, whose
+//! next repeat would then execute again. A receiver cannot refuse new episodes instead: with
+//! `send_resolved: false` none ever resolves, and it would refuse them for ever. The episode
+//! forgotten is the decision's, named in its [`ReceiverEvent::Fired`].
 
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +67,16 @@ pub struct Receiver {
 impl Receiver {
     fn episode(&self, key: &EpisodeKey) -> Option<&Episode> {
         self.episodes.iter().rev().find(|e| e.key == *key)
+    }
+
+    /// The episode a new one makes it forget, once it remembers [`MAX_EPISODES`]: the oldest
+    /// resolved, else the oldest.
+    fn to_forget(&self) -> Option<EpisodeKey> {
+        if self.episodes.len() < MAX_EPISODES {
+            return None;
+        }
+        let resolved = self.episodes.iter().find(|e| e.resolved);
+        resolved.or(self.episodes.first()).map(|e| e.key.clone())
     }
 }
 
@@ -135,6 +147,11 @@ pub enum ReceiverEvent {
         key: EpisodeKey,
         /// When.
         at: Timestamp,
+        /// The episode the receiver forgets to make room, if it was full. Absent in the events
+        /// of a build that forgot the oldest episode, resolved or not, which is then what
+        /// their replay forgets.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        forgets: Option<EpisodeKey>,
     },
     /// An episode resolved for the first time.
     Resolved {
@@ -199,14 +216,10 @@ pub fn decide(
         ReceiverCommand::Delete => Ok(vec![ReceiverEvent::Deleted { at: now }]),
         ReceiverCommand::Fire(key) => match receiver.episode(key) {
             Some(_) => Err(Rejection::Replayed),
-            None if receiver.episodes.len() >= MAX_EPISODES
-                && !receiver.episodes.iter().any(|e| e.resolved) =>
-            {
-                Err(Rejection::EpisodesFull(receiver.episodes.len()))
-            }
             None => Ok(vec![ReceiverEvent::Fired {
                 key: key.clone(),
                 at: now,
+                forgets: receiver.to_forget(),
             }]),
         },
         ReceiverCommand::Resolve(key) => match receiver.episode(key) {
@@ -250,19 +263,24 @@ pub fn apply(state: ReceiverState, event: &ReceiverEvent) -> ReceiverState {
     match event {
         ReceiverEvent::Created { .. } => {}
         ReceiverEvent::Deleted { .. } => receiver.deleted = true,
-        ReceiverEvent::Fired { key, .. } => {
-            receiver.episodes.push(Episode {
-                key: key.clone(),
-                resolved: false,
-            });
-            if receiver.episodes.len() > MAX_EPISODES {
-                // The oldest resolved (a journal written before the rule may have none).
-                let forgotten = receiver.episodes.iter().position(|e| e.resolved);
-                receiver.episodes.remove(forgotten.unwrap_or(0));
+        ReceiverEvent::Fired { key, forgets, .. } => {
+            if let Some(forgotten) = forgets {
+                receiver.episodes.retain(|e| e.key != *forgotten);
+            }
+            // A key an older build forgot while it still fired came back: remembered once.
+            if receiver.episode(key).is_none() {
+                receiver.episodes.push(Episode {
+                    key: key.clone(),
+                    resolved: false,
+                });
+            }
+            // An older build's event names nothing: it forgot the oldest.
+            if forgets.is_none() && receiver.episodes.len() > MAX_EPISODES {
+                receiver.episodes.remove(0);
             }
         }
         ReceiverEvent::Resolved { key, .. } => {
-            if let Some(episode) = receiver.episodes.iter_mut().rev().find(|e| e.key == *key) {
+            for episode in receiver.episodes.iter_mut().filter(|e| e.key == *key) {
                 episode.resolved = true;
             }
         }
@@ -323,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn it_forgets_the_oldest_resolved_episode_never_one_still_firing() {
+    fn it_forgets_the_oldest_resolved_episode_first_then_the_oldest_and_says_which() {
         let mut state = given();
         // The first still firing, the next two resolved, the rest firing.
         for i in 0..MAX_EPISODES as i64 {
@@ -334,29 +352,61 @@ mod tests {
             assert_eq!(resolved, Ok(()));
             state = next;
         }
-        // Two new episodes: the two resolved ones are forgotten, oldest first.
+        // Two new episodes: the two resolved ones are forgotten, oldest first, and the
+        // events name them.
         for i in 0..2 {
-            let (next, fired) = when(state, &ReceiverCommand::Fire(key("new", i)));
-            assert_eq!(fired, Ok(()));
-            state = next;
+            let fire = ReceiverCommand::Fire(key("new", i));
+            let events = decide(&state, &fire, T0).unwrap();
+            assert!(matches!(
+                &events[..],
+                [ReceiverEvent::Fired { forgets: Some(k), .. }] if *k == key("f", 1 + i)
+            ));
+            state = events.iter().fold(state, apply);
             let receiver = state.as_ref().unwrap();
             assert_eq!(receiver.episodes.len(), MAX_EPISODES);
-            assert!(receiver.episode(&key("f", 1 + i)).is_none());
         }
         // The long-running first episode is still remembered: its repeat executes nothing.
         let (state, repeat) = when(state, &ReceiverCommand::Fire(key("f", 0)));
         assert_eq!(repeat, Err(Rejection::Replayed));
-        // Every episode now firing: a new one is refused (503, Alertmanager sends it again),
-        // and nothing is forgotten.
-        let (state, full) = when(state, &ReceiverCommand::Fire(key("new", 2)));
-        assert_eq!(full, Err(Rejection::EpisodesFull(MAX_EPISODES)));
-        assert_eq!(full.unwrap_err().status(), 503);
-        // Once one resolves, it is.
-        let (state, _) = when(state, &ReceiverCommand::Resolve(key("f", 500)));
+        // None resolved: the oldest goes. A receiver whose alerts never resolve (Alertmanager's
+        // send_resolved: false) keeps taking new ones.
         let (state, fired) = when(state, &ReceiverCommand::Fire(key("new", 2)));
         assert_eq!(fired, Ok(()));
         let receiver = state.as_ref().unwrap();
-        assert!(receiver.episode(&key("f", 500)).is_none());
-        assert!(receiver.episode(&key("f", 0)).is_some());
+        assert!(receiver.episode(&key("f", 0)).is_none());
+        assert_eq!(receiver.episodes.len(), MAX_EPISODES);
+    }
+
+    #[test]
+    fn an_older_build_s_events_replay_as_they_were_lived() {
+        // Fired events without `forgets`: the oldest went, resolved or not; and a key forgotten
+        // while it fired came back (the bug that build had) and is remembered once.
+        let mut state = given();
+        let fired = |key: EpisodeKey| ReceiverEvent::Fired {
+            key,
+            at: T0,
+            forgets: None,
+        };
+        for i in 0..=MAX_EPISODES as i64 {
+            state = apply(state, &fired(key("f", i)));
+        }
+        assert!(state.as_ref().unwrap().episode(&key("f", 0)).is_none());
+        state = apply(state, &fired(key("f", 5)));
+        let receiver = state.as_ref().unwrap();
+        assert_eq!(receiver.episodes.len(), MAX_EPISODES);
+        assert_eq!(
+            receiver
+                .episodes
+                .iter()
+                .filter(|e| e.key == key("f", 5))
+                .count(),
+            1
+        );
+        // The JSON of such an event still reads, as one without `forgets`.
+        let old = r#"{"type":"fired","fingerprint":"a","starts_at":1000,"at":2000}"#;
+        let read: ReceiverEvent = serde_json::from_str(old).unwrap();
+        assert!(matches!(read, ReceiverEvent::Fired { forgets: None, .. }));
+        let written = serde_json::to_string(&fired(key("a", 1))).unwrap();
+        assert!(!written.contains("forgets"), "{written}");
     }
 }
