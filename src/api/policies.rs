@@ -520,13 +520,14 @@ pub(crate) async fn executable(
 ) -> Result<(), ApiError> {
     let loaded = resource::load::<Policies>(state, policy).await?;
     loaded.definition.on_demand(breach).map_err(|rejection| {
-        let reason = match rejection {
-            Rejection::Conflict { reason } => format!("{what}: {reason}"),
-            other => other.to_string(),
+        // Named: a receiver's two policies, or an alarm's several actions, are each checked.
+        let named = match rejection {
+            Rejection::Conflict { reason } => Rejection::Conflict {
+                reason: format!("{what}: {reason}"),
+            },
+            other => other,
         };
-        ApiError::from(flotilla_actors::error::Error::from(Rejection::Conflict {
-            reason,
-        }))
+        ApiError::from(flotilla_actors::error::Error::from(named))
     })
 }
 

@@ -392,17 +392,7 @@ pub async fn write(
             format!("Content-Encoding {encoding:?}: remote write bodies are snappy"),
         ));
     }
-    let body = payload
-        .to_bytes_limited(MAX_WIRE)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the body is over {MAX_WIRE} bytes"),
-            )
-        })?
-        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let body = super::read_body(payload, MAX_WIRE).await?;
     let request = decode(&body)?;
     let (writable, mut tally) = writable(&request, &poster);
     let now = state.supervisor.clock().now();

@@ -180,18 +180,7 @@ pub async fn ingest(
         return Err(ApiError::not_ready());
     }
     let poster = poster(&state, &req).await?;
-    let limit = state.settings.metrics_body_limit;
-    let body = payload
-        .to_bytes_limited(limit)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the body is over {limit} bytes"),
-            )
-        })?
-        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let body = super::read_body(payload, state.settings.metrics_body_limit).await?;
     let mut by_group: HashMap<GroupId, Vec<Sample>> = HashMap::new();
     for parsed in parse(&body)? {
         let index = parsed.index;

@@ -291,12 +291,13 @@ pub fn decide(
 /// recurrence must have an occurrence left.
 fn validate(definition: &ScheduleDefinition, now: Option<Timestamp>) -> Result<(), Rejection> {
     validate_name("name", &definition.name)?;
+    // With a new time rule only: one an older build took stays until its rule changes.
     let times = [
         ("at", definition.at),
         ("start_time", definition.start_time),
         ("end_time", definition.end_time),
     ];
-    for (field, at) in times {
+    for (field, at) in times.into_iter().filter(|_| now.is_some()) {
         if let Some(at) = at.filter(|at| !(schedule::EARLIEST..=schedule::LATEST).contains(at)) {
             return Err(Rejection::invalid(
                 field,
@@ -541,6 +542,35 @@ mod tests {
             ..at(60, 1)
         };
         assert!(decide(&None, &create(edges), T0).is_ok());
+    }
+
+    #[test]
+    fn a_time_an_older_build_took_stays_until_the_rule_changes() {
+        let hourly = ScheduleDefinition {
+            at: None,
+            recurrence: Some("0 * * * *".into()),
+            start_time: Some(Timestamp::from_millis(-1000)),
+            ..at(0, 5)
+        };
+        let created = ScheduledEvent::Created {
+            id: ScheduleId::new("sch_1"),
+            group_id: GroupId::new("grp_1"),
+            tenant_id: TenantId::new("ten_1"),
+            definition: hourly,
+            at_time: T0,
+        };
+        let state = apply(None, &created);
+        let rename = SchedulePatch {
+            name: Some("renamed".into()),
+            ..SchedulePatch::default()
+        };
+        assert!(decide(&state, &ScheduledCommand::Update(rename), T0).is_ok());
+        let retimed = SchedulePatch {
+            recurrence: Some(Some("30 * * * *".into())),
+            ..SchedulePatch::default()
+        };
+        let refused = decide(&state, &ScheduledCommand::Update(retimed), T0);
+        assert_eq!(field(refused), "start_time");
     }
 
     #[test]
