@@ -474,7 +474,9 @@ pub async fn delete(
     query: web::Query<DeletePolicyQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (group, policy) = owned(&state, &tenant, &path.0, &path.1).await?;
-    // A receiver exists to execute its policies: it is not changed here, force or not.
+    // A receiver exists to execute its policies: it is not changed here, force or not. One made
+    // between this read and the delete is not seen, as an alarm's action made then is not: its
+    // notifications then record their steps and execute nothing.
     let receivers = receivers_naming(&state, &group, &policy).await?;
     if !receivers.is_empty() {
         let names: Vec<&str> = receivers.iter().map(ReceiverId::as_str).collect();
