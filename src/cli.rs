@@ -355,12 +355,13 @@ impl Command {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Journal(JournalCommand::Export { data, remote, out }) => {
-                let mut sink: Box<dyn Write> = if out == Path::new("-") {
-                    Box::new(BufWriter::new(std::io::stdout().lock()))
-                } else {
-                    let file = File::create(&out)
-                        .with_context(|| format!("cannot create {}", out.display()))?;
-                    Box::new(BufWriter::new(file))
+                // A file is written beside `out` and put in its place only once the export is
+                // whole: an export that fails leaves an earlier one there as it was.
+                let to_file = (out != Path::new("-")).then(|| Staged::beside(&out, &data));
+                let staged = to_file.transpose()?;
+                let mut sink: Box<dyn Write> = match &staged {
+                    None => Box::new(BufWriter::new(std::io::stdout().lock())),
+                    Some(staged) => Box::new(BufWriter::new(staged.create()?)),
                 };
                 let head = match remote.dump()? {
                     // The service's dump is an export already: copied as it comes, then its
@@ -374,6 +375,11 @@ impl Command {
                     }
                     None => export::export(&data.open_existing()?, &mut sink)?,
                 };
+                sink.flush()?;
+                drop(sink);
+                if let Some(staged) = staged {
+                    staged.commit()?;
+                }
                 eprintln!(
                     "exported {} records, head hash {}",
                     head.seq,
@@ -398,6 +404,66 @@ impl Command {
 }
 
 /// Opens a journal that must already exist (reading commands never create one).
+/// An export's file while it is written: `<out>.partial` beside `out`, renamed over it by
+/// [`Staged::commit`], removed if dropped before that.
+struct Staged {
+    out: PathBuf,
+    partial: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Refuses an `out` that is an existing file inside the data directory `data` names: an
+    /// export never replaces one of the journal's own files (`db`, `journal.wal`, ...).
+    fn beside(out: &Path, data: &DataDir) -> anyhow::Result<Staged> {
+        let parent = match out.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let parent = parent
+            .canonicalize()
+            .with_context(|| format!("cannot write {}: no such directory", out.display()))?;
+        if let Ok(dir) = data.data_dir.canonicalize() {
+            if parent.starts_with(&dir) && out.exists() {
+                anyhow::bail!(
+                    "{} is a file of the data directory {}: write the export elsewhere",
+                    out.display(),
+                    dir.display()
+                );
+            }
+        }
+        let mut partial = out.as_os_str().to_owned();
+        partial.push(".partial");
+        Ok(Staged {
+            out: out.to_path_buf(),
+            partial: PathBuf::from(partial),
+            committed: false,
+        })
+    }
+
+    fn create(&self) -> anyhow::Result<File> {
+        File::create(&self.partial)
+            .with_context(|| format!("cannot create {}", self.partial.display()))
+    }
+
+    /// Syncs the whole export and puts it in `out`'s place.
+    fn commit(mut self) -> anyhow::Result<()> {
+        File::open(&self.partial)?.sync_all()?;
+        std::fs::rename(&self.partial, &self.out)
+            .with_context(|| format!("cannot write {}", self.out.display()))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
+}
+
 fn open_existing(dir: &Path) -> anyhow::Result<Journal> {
     if !dir.join("conf").exists() {
         bail!("no journal in {}", dir.display());

@@ -108,6 +108,46 @@ fn export_verifies_on_its_own_and_imports_only_into_an_empty_directory() {
 }
 
 #[test]
+fn a_failed_export_leaves_the_file_it_would_have_replaced_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    common::seed_journal(dir.path());
+    let elsewhere = tempfile::tempdir().unwrap();
+    let backup = elsewhere.path().join("backup.jsonl");
+    let export = |data: &Path, out: &Path| {
+        flotilla(&[
+            "journal",
+            "export",
+            "--data-dir",
+            arg(data),
+            "--out",
+            arg(out),
+        ])
+    };
+    assert!(export(dir.path(), &backup).status.success());
+    let before = std::fs::read(&backup).unwrap();
+    // A data directory that is not there: the export fails, and the backup is untouched (it
+    // used to be emptied first), with nothing left beside it.
+    let missing = elsewhere.path().join("missing");
+    let failed = export(&missing, &backup);
+    assert_eq!(failed.status.code(), Some(2), "{failed:?}");
+    assert_eq!(std::fs::read(&backup).unwrap(), before);
+    let left: Vec<_> = std::fs::read_dir(elsewhere.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    // Nor is one of the journal's own files replaced.
+    let db = dir.path().join("db");
+    let journal_file = std::fs::read(&db).unwrap();
+    let refused = export(dir.path(), &db);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("data directory"));
+    assert_eq!(std::fs::read(&db).unwrap(), journal_file);
+    assert!(
+        flotilla(&["audit", "verify", "--data-dir", arg(dir.path())])
+            .status
+            .success()
+    );
+}
+
+#[test]
 fn audit_log_prints_json_lines_filtered_by_object_and_time() {
     let dir = tempfile::tempdir().unwrap();
     common::seed_journal(dir.path());
