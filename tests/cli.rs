@@ -229,7 +229,9 @@ fn replay_prints_each_object_as_of_a_seq_or_a_time() {
             max_size: 10,
             desired_capacity: Some(2),
             cooldown_seconds: None,
-            launch: serde_json::json!({"provider": "simulated"}),
+            // An orchestrator's signing secret, which replay does not print.
+            launch: serde_json::json!({"provider": "http", "url": "http://127.0.0.1:9/",
+                                       "secret": "whsec_c2lnbmluZyBrZXk="}),
             metadata: None,
             metrics_token_hash: String::new(),
         }),
@@ -263,6 +265,13 @@ fn replay_prints_each_object_as_of_a_seq_or_a_time() {
     assert_eq!(desired("3"), Some(7));
     assert_eq!(desired("2026-11-25T00:01:30Z"), Some(5));
     assert_eq!(desired("2026-11-24T23:00:00Z"), None);
+    let out = flotilla(&["replay", "--data-dir", arg(dir.path())]);
+    let world: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        world["groups"]["grp_replayed"]["launch"]["secret"],
+        "[redacted]"
+    );
+    assert!(!stdout(&out).contains("c2lnbmluZyBrZXk"));
     let bad = flotilla(&["replay", "--data-dir", arg(dir.path()), "--until", "soon"]);
     assert_eq!(bad.status.code(), Some(2));
 }
