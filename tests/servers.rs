@@ -535,6 +535,8 @@ enum Mode {
     Ok,
     Error,
     Stall,
+    /// A create answered with a handle over what the journal takes.
+    Huge,
 }
 
 fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
@@ -582,6 +584,11 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
                         "500 Internal Server Error",
                         json!({"error": "quota exceeded"}),
                     ),
+                    ("create", Mode::Huge) => (
+                        "201 Created",
+                        json!({"id": format!("vm-{}", request["server_id"].as_str().unwrap()),
+                               "pad": "x".repeat(100_000)}),
+                    ),
                     ("create", Mode::Stall) => {
                         std::thread::sleep(Duration::from_secs(2));
                         ("200 OK", json!({"id": "late"}))
@@ -610,6 +617,48 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
 }
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[test]
+fn a_server_whose_handle_the_journal_would_refuse_is_deleted_not_left_running() {
+    // A probe's orchestrator answered creates with 3 MB: each append of the launch failed, the
+    // actor restarted, and every server the orchestrator had made was left, recorded nowhere.
+    let mode = Arc::new(Mutex::new(Mode::Huge));
+    let orchestrator = orchestrator(SECRET, mode.clone());
+    let server = server();
+    let token = server.tenant("acme");
+    let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET, "timeout_ms": 2000, "retries": 0});
+    let group = create(&server, &token, 1, launch);
+    converge_until(&server, "a failed launch", || {
+        servers(&server, &token, &group)
+            .iter()
+            .any(|s| s["state"] == "failed")
+    });
+    let failed = servers(&server, &token, &group);
+    let reason = failed[0]["last_failure"].as_str().unwrap();
+    assert!(
+        reason.contains("bytes of JSON") && reason.contains("deleted"),
+        "{reason}"
+    );
+    let requests = orchestrator.requests.lock().unwrap().clone();
+    let created: Vec<&Value> = requests
+        .iter()
+        .filter(|r| r["action"] == "create")
+        .collect();
+    let deleted: Vec<&Value> = requests
+        .iter()
+        .filter(|r| r["action"] == "delete")
+        .collect();
+    assert_eq!(created.len(), 1);
+    assert_eq!(deleted.len(), 1, "{requests:?}");
+    let made = format!("vm-{}", created[0]["server_id"].as_str().unwrap());
+    assert_eq!(deleted[0]["handle"]["id"], made.as_str());
+    // An answer of the right size then launches it.
+    *mode.lock().unwrap() = Mode::Ok;
+    server.clock.advance_secs(2);
+    converge_until(&server, "1 active", || {
+        active(&server, &token, &group).len() == 1
+    });
+}
 
 #[test]
 fn the_http_provider_sends_signed_requests_and_surfaces_errors_and_timeouts_as_failed_launches() {

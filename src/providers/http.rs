@@ -32,6 +32,14 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 /// The default number of retries after a first failed attempt.
 pub const DEFAULT_RETRIES: u64 = 2;
 
+/// The most of an orchestrator's answer that is read: past it, the answer is refused unread.
+pub const MAX_ANSWER_BYTES: u64 = 1 << 20;
+
+/// The largest server handle kept, as JSON: what the journal takes of any object's field
+/// (`launch` and `metadata` too). A larger answer to a create is refused, and the server it
+/// made deleted at once.
+pub const MAX_HANDLE_BYTES: usize = flotilla_actors::domain::MAX_FIELD_JSON_BYTES;
+
 /// The http provider.
 pub struct HttpProvider {
     clock: Arc<dyn Clock>,
@@ -109,7 +117,16 @@ impl HttpProvider {
                 .send();
             match answer {
                 Ok(response) if response.status().is_success() => {
-                    let text = response.text().unwrap_or_default();
+                    use std::io::Read as _;
+                    let mut text = String::new();
+                    let read = response
+                        .take(MAX_ANSWER_BYTES + 1)
+                        .read_to_string(&mut text);
+                    if read.is_ok_and(|n| n as u64 > MAX_ANSWER_BYTES) {
+                        return Err(ProviderError(format!(
+                            "the orchestrator's answer is over {MAX_ANSWER_BYTES} bytes"
+                        )));
+                    }
                     if text.trim().is_empty() {
                         return Ok(Some(Value::Null));
                     }
@@ -153,7 +170,24 @@ impl Provider for HttpProvider {
             "env": env,
         });
         match self.send(&launch.config, &body, launch.fence.as_ref())? {
-            Some(handle) if handle.get("id").is_some() => Ok(handle),
+            Some(handle) if handle.get("id").is_some() => {
+                let size = serde_json::to_vec(&handle).map_or(usize::MAX, |json| json.len());
+                if size > MAX_HANDLE_BYTES {
+                    // The journal would refuse to record it, so nothing would ever delete the
+                    // server it names: deleted now, and the launch is a failure to retry.
+                    let deleted = self.delete(&launch.config, &handle);
+                    return Err(ProviderError(format!(
+                        "the orchestrator's answer to create is {size} bytes of JSON, over \
+                         {MAX_HANDLE_BYTES}; its server was {}",
+                        if deleted.is_ok() {
+                            "deleted"
+                        } else {
+                            "not deleted"
+                        }
+                    )));
+                }
+                Ok(handle)
+            }
             _ => Err(ProviderError(
                 "the orchestrator's answer to create has no \"id\"".into(),
             )),
