@@ -513,18 +513,40 @@ impl AlarmTable {
         }
     }
 
-    /// Records `samples` of `group` at `now`. Refuses the whole batch, changing nothing it had
-    /// not already stored, only when the store's series cap is reached.
+    /// Records `samples` of `group` at `now` (see [`AlarmTable::ingest_groups`]).
     pub fn ingest(
         &self,
         group: &GroupId,
         samples: &[Sample],
         now: Timestamp,
     ) -> Result<Ingested, RecordError> {
+        self.ingest_groups(&[(group, samples)], now)
+    }
+
+    /// Records the samples of each group at `now`, all or none: refuses the whole batch,
+    /// storing nothing, when it would start more series than the store's cap leaves room for
+    /// (a caller answered 429 sends it again, which must not count its samples twice).
+    pub fn ingest_groups(
+        &self,
+        batches: &[(&GroupId, &[Sample])],
+        now: Timestamp,
+    ) -> Result<Ingested, RecordError> {
         let (watching, mut store) = self.open();
         drop(watching);
+        let starting: usize = batches
+            .iter()
+            .map(|(group, samples)| store.would_start(group, samples, now))
+            .sum();
+        if starting > store.room() {
+            return Err(RecordError::SeriesLimit {
+                limit: store.max_series(),
+            });
+        }
         let mut ingested = Ingested::default();
-        for sample in samples {
+        for (group, sample) in batches
+            .iter()
+            .flat_map(|(group, samples)| samples.iter().map(move |s| (*group, s)))
+        {
             match store.record(group, sample, now)? {
                 Recorded::Stored => ingested.accepted += 1,
                 // With no writer named (the caller checked it), never `NotWritable`.

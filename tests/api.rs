@@ -769,6 +769,17 @@ fn a_full_series_store_is_429_with_retry_after_not_503() {
         let (status, body) = server.call("POST", "/v1/alarms", &token, Some(alarm));
         assert_eq!(status, 201, "{body}");
     }
+    // Counts the first group's samples.
+    let (_, alarm) = server.call(
+        "POST",
+        "/v1/alarms",
+        &token,
+        Some(
+            json!({"name": "load", "group_id": groups[0], "metric": "cpu",
+                    "statistic": "count", "period_seconds": 60, "evaluation_periods": 1,
+                    "comparison": "gt", "threshold": 1.5}),
+        ),
+    );
     let now = server.now_secs() as f64;
     let post = |group: &str| {
         let sample = json!({"metric": "cpu", "value": 0.7, "timestamp": now, "group_id": group});
@@ -783,6 +794,31 @@ fn a_full_series_store_is_429_with_retry_after_not_503() {
     assert_eq!(full.status(), 429);
     assert_eq!(full.headers()["retry-after"], "60");
     assert_error(&common::read(full), 429, "series_limit");
+
+    // A batch refused 429 stores none of its samples: sent three times, the first group's
+    // sample (whose series holds already) counts once. It used to be stored before the second
+    // group's was refused, so each retry added it again.
+    let both: Vec<serde_json::Value> = groups
+        .iter()
+        .map(|group| json!({"metric": "cpu", "value": 0.7, "timestamp": now, "group_id": group}))
+        .collect();
+    for _ in 0..3 {
+        let answer = server.call(
+            "POST",
+            "/v1/metrics",
+            &token,
+            Some(json!({"samples": both})),
+        );
+        assert_error(&answer, 429, "series_limit");
+    }
+    let path = format!("/v1/alarms/{}", alarm["id"].as_str().unwrap());
+    // Past the period's end and the evaluation delay (2 s).
+    server.clock.advance_secs(62);
+    server.tick_until("the count alarm to be evaluated", 3, || {
+        server.call("GET", &path, &token, None).1["state"] != "insufficient_data"
+    });
+    let (_, evaluated) = server.call("GET", &path, &token, None);
+    assert_eq!(evaluated["state"], "ok", "{evaluated}");
 }
 
 #[test]

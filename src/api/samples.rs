@@ -210,23 +210,21 @@ pub async fn ingest(
         by_group.entry(group).or_default().push(parsed.sample);
     }
     let now = state.supervisor.clock().now();
-    let mut total = Ingested::default();
-    for (group, samples) in &by_group {
-        let ingested = state
-            .evaluator
-            .table()
-            .ingest(group, samples, now)
-            .map_err(|e| {
-                // The caller's doing (too many distinct series), not a fault: 429, retried once
-                // old periods are pruned (within a minute).
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "series_limit", e.to_string())
-                    .retry_after(SERIES_RETRY_AFTER_SECONDS)
-            })?;
-        total.accepted += ingested.accepted;
-        total.unwatched += ingested.unwatched;
-        total.too_old += ingested.too_old;
-        total.too_new += ingested.too_new;
-    }
+    let batches: Vec<(&GroupId, &[Sample])> = by_group
+        .iter()
+        .map(|(group, samples)| (group, samples.as_slice()))
+        .collect();
+    // All or none: a 429 stores nothing, so its retry counts no sample twice.
+    let total = state
+        .evaluator
+        .table()
+        .ingest_groups(&batches, now)
+        .map_err(|e| {
+            // The caller's doing (too many distinct series), not a fault: 429, retried once
+            // old periods are pruned (within a minute).
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "series_limit", e.to_string())
+                .retry_after(SERIES_RETRY_AFTER_SECONDS)
+        })?;
     Ok(HttpResponse::Accepted().json(total))
 }
 

@@ -260,6 +260,36 @@ impl Series {
     fn holds_samples(&self) -> bool {
         self.windows.values().any(|w| !w.periods.is_empty())
     }
+
+    /// Whether a sample at `t` fits one of its windows at `now`; if not, whether it is too new
+    /// for all of them or too old.
+    fn fitting(&self, t: i64, now: Timestamp) -> Result<(), Recorded> {
+        let mut too_new = false;
+        for (&period_seconds, window) in self.windows.iter() {
+            match fits(t, period_seconds, window, now) {
+                Ok(()) => return Ok(()),
+                Err(Recorded::TooNew) => too_new = true,
+                Err(_) => {}
+            }
+        }
+        Err(if too_new {
+            Recorded::TooNew
+        } else {
+            Recorded::TooOld
+        })
+    }
+}
+
+/// Whether a sample at `t` fits the window of `period_seconds` at `now`.
+fn fits(t: i64, period_seconds: u32, window: &Window, now: Timestamp) -> Result<(), Recorded> {
+    let period = millis(period_seconds);
+    if t > now.as_millis().saturating_add(period) {
+        Err(Recorded::TooNew)
+    } else if t >= window.horizon(period, now) {
+        Ok(())
+    } else {
+        Err(Recorded::TooOld)
+    }
 }
 
 /// A series' key as borrowed text: (group id, metric). It hashes as the stored key
@@ -419,6 +449,29 @@ impl SeriesStore {
         )
     }
 
+    /// How many series recording `samples` of `group` at `now` would start holding samples,
+    /// beside [`SeriesStore::room`]: a caller that must take a batch whole or not at all
+    /// refuses it before recording any of it.
+    pub fn would_start(&self, group: &GroupId, samples: &[Sample], now: Timestamp) -> usize {
+        let mut starting = std::collections::HashSet::new();
+        for sample in samples {
+            let Some(series) = self.series.get(&Named(group.as_str(), &sample.metric)) else {
+                continue;
+            };
+            let starts = !series.holds_samples()
+                && series.fitting(sample.timestamp.as_millis(), now).is_ok();
+            if starts {
+                starting.insert(sample.metric.as_str());
+            }
+        }
+        starting.len()
+    }
+
+    /// How many more series may start holding samples.
+    pub fn room(&self) -> usize {
+        self.max_series.saturating_sub(self.holding)
+    }
+
     /// Adds a sample of `group` to its period in every window of its series that can hold it.
     /// Refuses it, changing nothing, when it would start a new series past the cap.
     pub fn record(
@@ -458,31 +511,8 @@ impl SeriesStore {
             return Ok(Recorded::NotWritable);
         }
         let t = timestamp.as_millis();
-        let fits = |period_seconds: u32, window: &Window| {
-            let period = millis(period_seconds);
-            if t > now.as_millis().saturating_add(period) {
-                Err(Recorded::TooNew)
-            } else if t >= window.horizon(period, now) {
-                Ok(())
-            } else {
-                Err(Recorded::TooOld)
-            }
-        };
-        let mut too_new = false;
-        let mut fitting = false;
-        for (&period_seconds, window) in series.windows.iter() {
-            match fits(period_seconds, window) {
-                Ok(()) => fitting = true,
-                Err(Recorded::TooNew) => too_new = true,
-                Err(_) => {}
-            }
-        }
-        if !fitting {
-            return Ok(if too_new {
-                Recorded::TooNew
-            } else {
-                Recorded::TooOld
-            });
+        if let Err(unfit) = series.fitting(t, now) {
+            return Ok(unfit);
         }
         let held = series.holds_samples();
         if !held && self.holding >= self.max_series {
@@ -491,7 +521,7 @@ impl SeriesStore {
             });
         }
         for (&period_seconds, window) in series.windows.iter_mut() {
-            if fits(period_seconds, window).is_err() {
+            if fits(t, period_seconds, window, now).is_err() {
                 continue;
             }
             let period = millis(period_seconds);
