@@ -215,12 +215,15 @@ fn http(fields: &Map<String, Value>) -> Result<(), Rejection> {
     let url = fields.get("url").and_then(Value::as_str).ok_or_else(|| {
         Rejection::invalid("launch.url", "is required: the orchestrator's http(s) URL")
     })?;
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
-    let host = rest.and_then(|rest| rest.split(['/', '?', '#']).next());
+    // Parsed as the provider's HTTP client parses it (WHATWG URL), so that one accepted here
+    // is one it can send to: a bad port or an unclosed IPv6 host used to pass a prefix check,
+    // then fail every launch.
+    let parsed = url::Url::parse(url).ok().filter(|parsed| {
+        matches!(parsed.scheme(), "http" | "https")
+            && parsed.host_str().is_some_and(|h| !h.is_empty())
+    });
     let clean = url.len() <= 2048 && !url.chars().any(|c| c.is_whitespace() || c.is_control());
-    if !clean || host.is_none_or(str::is_empty) {
+    if !clean || parsed.is_none() {
         return Err(Rejection::invalid(
             "launch.url",
             format!("must be an http or https URL with a host, is {url:?}"),
@@ -333,6 +336,16 @@ mod tests {
             ),
             (json!({"provider": "http", "url": "http://"}), "launch.url"),
             (json!({"provider": "http"}), "launch.url"),
+            // What the HTTP client could never send to (each used to pass, then fail every
+            // launch "unreachable").
+            (
+                json!({"provider": "http", "url": "http://[::1"}),
+                "launch.url",
+            ),
+            (
+                json!({"provider": "http", "url": "http://127.0.0.1:99999/"}),
+                "launch.url",
+            ),
             (
                 json!({"provider": "http", "url": "https://o.example", "secret": "hunter2"}),
                 "launch.secret",
@@ -378,6 +391,9 @@ mod tests {
             json!({"provider": "http", "url": "https://orchestrator.example:8443/v1/servers",
                    "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "timeout_ms": 5000, "retries": 2}),
             json!({"provider": "http", "url": "http://127.0.0.1:9000"}),
+            // Schemes are case-insensitive; an IPv6 host.
+            json!({"provider": "http", "url": "HTTPS://orchestrator.example/servers"}),
+            json!({"provider": "http", "url": "http://[::1]:9000/"}),
             json!({"provider": "process", "command": ["sleep", "1000"], "env": {"ROLE": "web"},
                    "grace_seconds": 5}),
         ];
