@@ -166,17 +166,30 @@ fn write_trailer(out: &mut impl Write, head: Head) -> Result<()> {
     Ok(())
 }
 
-/// The records of an export, in order, unverified (the trailer ends them). For reading an
-/// export or a live service's dump the way `audit log` and `replay` read a journal.
+/// The records of an export, in order, unverified (the trailer ends them; an export that ends
+/// without one ends in an error, as it was cut short). For reading an export or a live
+/// service's dump the way `audit log` and `replay` read a journal.
 pub fn records(input: impl BufRead) -> impl Iterator<Item = Result<Record>> {
     let mut lines = input.lines();
     let mut next_seq = 1;
+    let mut ended = false;
     std::iter::from_fn(move || {
-        let line = match lines.next()? {
-            Ok(line) => line,
-            Err(error) => return Some(Err(error.into())),
+        if ended {
+            return None;
+        }
+        let line = match lines.next() {
+            Some(Ok(line)) => line,
+            Some(Err(error)) => return Some(Err(error.into())),
+            None => {
+                ended = true;
+                return Some(Err(Error::Corrupt {
+                    seq: next_seq,
+                    reason: "the export ends without its trailer: it was cut short".into(),
+                }));
+            }
         };
         if serde_json::from_str::<Trailer>(&line).is_ok() {
+            ended = true;
             return None;
         }
         let record = serde_json::from_str::<Line>(&line)

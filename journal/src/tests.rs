@@ -595,6 +595,32 @@ fn an_export_verifies_on_its_own_and_imports_into_an_empty_journal() {
     }
 }
 
+#[test]
+fn an_export_read_as_records_ends_at_its_trailer_or_says_it_was_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = journal_of_ten(dir.path());
+    let bytes = export_bytes(&journal);
+    let whole: Vec<u64> = export::records(&bytes[..])
+        .map(|record| record.unwrap().seq)
+        .collect();
+    assert_eq!(whole, (1..=10).collect::<Vec<_>>());
+    // Without its trailer (a dump whose service stopped sending, say): the records read, then
+    // an error at the seq that would have come next. It used to end as if whole.
+    let cut = &bytes[..bytes[..bytes.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .unwrap()
+        + 1];
+    let read: Vec<Result<Record>> = export::records(cut).collect();
+    assert_eq!(read.len(), 11);
+    assert!(read[..10].iter().all(Result::is_ok));
+    assert!(
+        matches!(&read[10], Err(Error::Corrupt { seq: 11, reason }) if reason.contains("cut short")),
+        "{:?}",
+        read[10]
+    );
+}
+
 fn export_break(bytes: &[u8]) -> Break {
     match export::verify_export(bytes) {
         Err(Error::BrokenChain(b)) => b,
