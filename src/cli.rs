@@ -164,8 +164,9 @@ impl Remote {
 enum AuditCommand {
     /// Walk the hash chain; exit 1 on the first break, naming its sequence number.
     Verify {
-        /// Verify this journal data directory [default: ./flotilla-data].
-        #[arg(long, conflicts_with = "export", env = "FLOTILLA_DATA_DIR")]
+        /// Verify this journal data directory [default: ./flotilla-data]; --export or --url
+        /// say to verify something else.
+        #[arg(long, env = "FLOTILLA_DATA_DIR")]
         data_dir: Option<PathBuf>,
         /// Verify the journal in this PostgreSQL database instead (postgres://...).
         #[arg(
@@ -176,7 +177,7 @@ enum AuditCommand {
         )]
         database_url: Option<DatabaseUrl>,
         /// Verify an export file instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "url")]
         export: Option<PathBuf>,
         #[command(flatten)]
         remote: Remote,

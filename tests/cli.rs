@@ -148,6 +148,49 @@ fn a_failed_export_leaves_the_file_it_would_have_replaced_as_it_was() {
 }
 
 #[test]
+fn verify_checks_the_export_it_is_given_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    common::seed_journal(dir.path());
+    let file = tempfile::tempdir().unwrap();
+    let export = file.path().join("journal.jsonl");
+    let exported = flotilla(&[
+        "journal",
+        "export",
+        "--data-dir",
+        arg(dir.path()),
+        "--out",
+        arg(&export),
+    ]);
+    assert!(exported.status.success(), "{exported:?}");
+    let text = std::fs::read_to_string(&export).unwrap();
+    let broken = file.path().join("broken.jsonl");
+    std::fs::write(&broken, text.replacen("\"payload\":4", "\"payload\":5", 1)).unwrap();
+    // With --url too, it used to verify the service and say ok: refused as ambiguous.
+    let both = flotilla(&[
+        "audit",
+        "verify",
+        "--export",
+        arg(&broken),
+        "--url",
+        "http://127.0.0.1:9",
+    ]);
+    assert_eq!(both.status.code(), Some(2), "{both:?}");
+    // The data directory the environment names (as serve's users set it) is no conflict: the
+    // export given is what is verified.
+    let verify = |file: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["audit", "verify", "--export", arg(file)])
+            .env("FLOTILLA_DATA_DIR", dir.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    assert!(verify(&export).status.success());
+    let refused = verify(&broken);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+}
+
+#[test]
 fn audit_log_prints_json_lines_filtered_by_object_and_time() {
     let dir = tempfile::tempdir().unwrap();
     common::seed_journal(dir.path());
