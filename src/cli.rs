@@ -85,9 +85,10 @@ fn parse_until(text: &str) -> Result<Until, String> {
     if let Ok(seq) = text.parse::<u64>() {
         return Ok(Until::Seq(seq));
     }
-    let at: TimeBound = humantime::parse_rfc3339_weak(text)
-        .map_err(|e| format!("{text:?} is neither a sequence number nor RFC 3339: {e}"))
-        .and_then(|_| text.parse())?;
+    // A number is a seq; anything else is read as audit log reads a time.
+    let at: TimeBound = text
+        .parse()
+        .map_err(|e| format!("{text:?} is neither a sequence number nor a time: {e}"))?;
     Ok(Until::Time(at.millis))
 }
 
@@ -479,12 +480,17 @@ fn connect(url: &DatabaseUrl) -> anyhow::Result<Journal> {
 }
 
 fn open(dir: &Path) -> anyhow::Result<Journal> {
-    Journal::open(dir).with_context(|| {
-        format!(
-            "cannot open the journal in {}: a running `flotilla serve` holds it locked; read \
-             through the service instead, with --url <its URL> --token <operator token>",
-            dir.display()
-        )
+    Journal::open(dir).map_err(|error| {
+        // sled's words when another process holds the directory's lock.
+        let locked = error.to_string().contains("could not acquire lock");
+        let why = if locked {
+            "a running `flotilla serve` holds it locked; read through the service instead, \
+             with --url <its URL> --token <operator token>"
+                .to_owned()
+        } else {
+            error.to_string()
+        };
+        anyhow::anyhow!("cannot open the journal in {}: {why}", dir.display())
     })
 }
 

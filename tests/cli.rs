@@ -349,6 +349,15 @@ fn a_newcomers_edges_defaults_hints_and_exit_codes() {
         "{locked:?}"
     );
     drop(held);
+    // Any other failure to open says what it was, not that a service holds the directory
+    // (it used to, for a read-only or damaged one too).
+    let damaged = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(damaged.path().join("db")).unwrap();
+    std::fs::write(damaged.path().join("conf"), b"not sled's").unwrap();
+    let failed = flotilla(&["audit", "verify", "--data-dir", arg(damaged.path())]);
+    assert_eq!(failed.status.code(), Some(2), "{failed:?}");
+    let said = String::from_utf8_lossy(&failed.stderr);
+    assert!(!said.contains("holds it locked"), "{said}");
 
     // `replay --until` past the head says so.
     let past = flotilla_in(dir.path(), &["replay", "--until", "99"]);
