@@ -27,6 +27,15 @@ impl FromStr for TimeBound {
                 .ok_or_else(|| format!("{text} is out of range"))?;
             return Ok(TimeBound { millis });
         }
+        // With any offset (`+05:30`), as RFC 3339 allows; humantime reads only `Z` and no offset.
+        if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+            if at.timestamp_millis() < 0 {
+                return Err(format!("{text} is before 1970"));
+            }
+            return Ok(TimeBound {
+                millis: at.timestamp_millis(),
+            });
+        }
         let at = humantime::parse_rfc3339_weak(text)
             .map_err(|e| format!("{text:?} is neither RFC 3339 nor Unix seconds: {e}"))?;
         let since_epoch = at
@@ -137,7 +146,20 @@ pub fn format_millis(millis: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::format_millis;
+    use super::{format_millis, TimeBound};
+
+    #[test]
+    fn a_time_bound_reads_rfc_3339_with_any_offset_or_unix_seconds() {
+        let at = |text: &str| text.parse::<TimeBound>().map(|t| t.millis);
+        assert_eq!(at("2026-11-25T10:00:00Z"), Ok(1_795_600_800_000));
+        // The same instant written with an offset (refused before).
+        assert_eq!(at("2026-11-25T15:30:00+05:30"), Ok(1_795_600_800_000));
+        assert_eq!(at("2026-11-25T10:00:00.250Z"), Ok(1_795_600_800_250));
+        assert_eq!(at("1795600800"), Ok(1_795_600_800_000));
+        assert!(at("1969-12-31T23:00:00-02:00").is_ok());
+        assert!(at("1969-12-31T23:00:00Z").is_err());
+        assert!(at("yesterday").is_err());
+    }
 
     #[test]
     fn any_instant_is_written_and_those_rfc_3339_can_write_as_it_does() {
