@@ -1170,3 +1170,19 @@ fn a_step_policy_executes_the_step_its_breach_falls_in_by_execute_or_webhook() {
         );
     }
 }
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    let server = Server::start();
+    let token = server.tenant("acme");
+    // RFC 9110 11.1: `bearer` names the same scheme (it used to be a 401).
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let answer = server
+            .client
+            .get(server.url("/v1/groups"))
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{scheme}");
+    }
+}

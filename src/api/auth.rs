@@ -23,12 +23,23 @@ fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
     let text = header
         .to_str()
         .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
-    let token = text
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    let token = bearer_of(text)
         .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <token>"))?;
     Ok(token::hash(token))
+}
+
+/// The token of an `Authorization` header's value `Bearer <token>`, the scheme's name in any
+/// case (RFC 9110 11.1: `bearer` is the same scheme); none if blank.
+pub(crate) fn bearer_of(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The bearer token `req` presents, if it presents one.
+pub(crate) fn presented(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?;
+    bearer_of(value.to_str().ok()?)
 }
 
 fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
@@ -80,4 +91,19 @@ impl FromRequest for Operator {
 /// Whether `a` and `b` are equal, in time that does not depend on where they differ.
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_of;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case_and_a_blank_token_is_none() {
+        assert_eq!(bearer_of("Bearer flo_abc"), Some("flo_abc"));
+        assert_eq!(bearer_of("bearer flo_abc"), Some("flo_abc"));
+        assert_eq!(bearer_of("BEARER  flo_abc "), Some("flo_abc"));
+        assert_eq!(bearer_of("Bearer "), None);
+        assert_eq!(bearer_of("Basic Zm9vOmJhcg=="), None);
+        assert_eq!(bearer_of("Bearerflo_abc"), None);
+    }
 }

@@ -389,12 +389,7 @@ pub async fn notify(
     if !state.catch_up.known(live).await {
         return Err(ApiError::not_found("receiver"));
     }
-    let presented = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim);
+    let presented = super::auth::presented(&req);
     let receiver = state
         .supervisor
         .get::<Receivers>(id.as_str())

@@ -90,12 +90,7 @@ pub(super) enum Poster {
 
 /// Who the request's bearer token lets post: a group's metrics token, or a tenant's token.
 pub(super) async fn poster(state: &AppState, req: &HttpRequest) -> Result<Poster, ApiError> {
-    let header = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
+    let header = super::auth::presented(req)
         .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <token>"))?;
     let hash = token::hash(header);
     // A group or tenant made through another node a moment ago is known once this node
