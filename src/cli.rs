@@ -390,10 +390,18 @@ impl Command {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Journal(JournalCommand::Import { data, input }) => {
-                let journal = data.open()?;
-                let head = export::import(&journal, || Ok(BufReader::new(File::open(&input)?)))
-                    .with_context(|| format!("importing {}", input.display()))?;
-                journal.flush()?;
+                let read = || Ok(BufReader::new(File::open(&input)?));
+                let head = match &data.database_url {
+                    Some(_) => {
+                        let journal = data.open()?;
+                        let head = export::import(&journal, read)
+                            .with_context(|| format!("importing {}", input.display()))?;
+                        journal.flush()?;
+                        head
+                    }
+                    None => import_into(&data.data_dir, read)
+                        .with_context(|| format!("importing {}", input.display()))?,
+                };
                 eprintln!(
                     "imported {} records, head hash {}",
                     head.seq,
@@ -405,7 +413,63 @@ impl Command {
     }
 }
 
-/// Opens a journal that must already exist (reading commands never create one).
+/// Imports an export into data directory `dir`. A new or empty `dir` is imported into
+/// `<dir>.importing` first, which takes `dir`'s place only once the import is whole and synced:
+/// an import stopped part way (a kill, a full disk) leaves no journal in `dir` that verifies as
+/// a shorter one, only the staging directory, which the next import starts again from nothing.
+/// A `dir` holding an empty journal is imported into in place; one holding records refuses.
+fn import_into<R: std::io::BufRead>(
+    dir: &Path,
+    read: impl FnMut() -> flotilla_journal::Result<R>,
+) -> anyhow::Result<flotilla_journal::Head> {
+    let emptied =
+        |dir: &Path| std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
+    if dir.join("conf").exists() {
+        // A journal there: refused unless empty (a serve started on it once), and then
+        // imported in place, as before.
+        let journal = open(dir)?;
+        let head = export::import(&journal, read)?;
+        journal.flush()?;
+        return Ok(head);
+    }
+    if dir.exists() && !emptied(dir) {
+        anyhow::bail!(
+            "{} holds files but no journal: import into an empty or new directory",
+            dir.display()
+        );
+    }
+    let mut staging = dir.as_os_str().to_owned();
+    staging.push(".importing");
+    let staging = PathBuf::from(staging);
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("cannot remove {}", staging.display()))?;
+    }
+    let imported = open(&staging).and_then(|journal| {
+        let head = export::import(&journal, read)?;
+        journal.flush()?;
+        Ok(head)
+    });
+    let head = match imported {
+        Ok(head) => head,
+        Err(error) => {
+            // A refused export (a broken chain) leaves nothing behind; a kill leaves the
+            // staging directory for the next import to remove.
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(error);
+        }
+    };
+    if dir.exists() {
+        std::fs::remove_dir(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+    }
+    std::fs::rename(&staging, dir)
+        .with_context(|| format!("cannot move {} to {}", staging.display(), dir.display()))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(head)
+}
+
 /// An export's file while it is written: `<out>.partial` beside `out`, renamed over it by
 /// [`Staged::commit`], removed if dropped before that.
 struct Staged {
@@ -466,6 +530,7 @@ impl Drop for Staged {
     }
 }
 
+/// Opens a journal that must already exist (reading commands never create one).
 fn open_existing(dir: &Path) -> anyhow::Result<Journal> {
     if !dir.join("conf").exists() {
         bail!("no journal in {}", dir.display());
