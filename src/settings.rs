@@ -268,6 +268,18 @@ impl Settings {
             None => FileSettings::default(),
         };
         let d = Settings::default();
+        let public_url = args.public_url.clone().or(file.public_url);
+        if let Some(url) = &public_url {
+            // Every webhook URL handed out starts with it: one that is no URL would make each
+            // of them unusable (a probe's `notaurl` gave `notaurl/v1/hooks/...`).
+            let parsed = reqwest::Url::parse(url).ok().filter(|parsed| {
+                matches!(parsed.scheme(), "http" | "https") && parsed.host_str().is_some()
+            });
+            anyhow::ensure!(
+                parsed.is_some(),
+                "--public-url must be an http or https URL with a host, is {url:?}"
+            );
+        }
         Ok(Settings {
             listen: args.listen.clone().or(file.listen).unwrap_or(d.listen),
             data_dir: args
@@ -278,7 +290,7 @@ impl Settings {
             database_url: args.database_url.clone().or(file.database_url),
             node_id: args.node_id.clone().or(file.node_id),
             cluster: args.cluster || file.cluster.unwrap_or(false),
-            public_url: args.public_url.clone().or(file.public_url),
+            public_url,
             webhook_tolerance_seconds: args
                 .webhook_tolerance_seconds
                 .or(file.webhook_tolerance_seconds)
@@ -470,6 +482,25 @@ mod tests {
         let printed = format!("{settings:?} {args:?}");
         assert!(printed.contains("postgres://…"), "{printed}");
         assert!(!printed.contains("s3cret"), "{printed}");
+    }
+
+    #[test]
+    fn a_public_url_must_be_an_http_url_with_a_host() {
+        let with = |url: &str| {
+            Settings::resolve(&ServeArgs {
+                public_url: Some(url.into()),
+                ..ServeArgs::default()
+            })
+        };
+        assert!(with("https://flotilla.example").is_ok());
+        assert!(with("http://10.0.0.5:8080/base").is_ok());
+        for bad in ["notaurl", "ftp://flotilla.example", "http://", ""] {
+            let error = with(bad).unwrap_err();
+            assert!(
+                format!("{error:#}").contains("--public-url"),
+                "{bad}: {error:#}"
+            );
+        }
     }
 
     #[test]
