@@ -55,7 +55,7 @@ pub struct ServeArgs {
     /// Largest webhook body, bytes [default: 65536].
     #[arg(long, env = "FLOTILLA_BODY_LIMIT")]
     pub body_limit: Option<usize>,
-    /// Largest metrics body, bytes [default: 4194304].
+    /// Largest metrics body, bytes [default: 2097152, SPEC 3's limit for any body].
     #[arg(long, env = "FLOTILLA_METRICS_BODY_LIMIT")]
     pub metrics_body_limit: Option<usize>,
     /// Milliseconds of real time a request's body has to arrive once its head has; a slower
@@ -170,7 +170,7 @@ pub struct Settings {
     pub max_series: usize,
     /// Largest webhook body, bytes (default 65536).
     pub body_limit: usize,
-    /// Largest metrics body, bytes (default 4194304).
+    /// Largest metrics body, bytes (default 2097152, SPEC 3's limit for any body).
     pub metrics_body_limit: usize,
     /// Milliseconds of real time a request body has to arrive; at least 1 (default 10000).
     pub body_timeout_ms: u64,
@@ -218,7 +218,7 @@ impl Default for Settings {
             webhook_nonce_window: flotilla_actors::domain::nonce_window::DEFAULT_CAPACITY,
             max_series: flotilla_actors::domain::samples::DEFAULT_MAX_SERIES,
             body_limit: 64 * 1024,
-            metrics_body_limit: 4 << 20,
+            metrics_body_limit: crate::intake::MAX_BODY,
             body_timeout_ms: 10_000,
             max_connections_per_source: 256,
             alarm_tick_ms: 1000,

@@ -1186,3 +1186,18 @@ fn the_bearer_scheme_is_case_insensitive() {
         assert_eq!(answer.status(), 200, "{scheme}");
     }
 }
+
+#[test]
+fn a_metrics_body_over_2_mib_is_413_as_spec_3_says_by_default() {
+    let server = Server::start();
+    let token = server.tenant("acme");
+    // It was 4 MiB by default (the operator may still raise it: --metrics-body-limit).
+    let padded = format!("{{\"samples\": []}}{}", " ".repeat(3 << 20));
+    let answer = server
+        .request("POST", "/v1/metrics", Some(&token))
+        .header("content-type", "application/json")
+        .body(padded)
+        .send()
+        .unwrap();
+    assert_error(&common::read(answer), 413, "too_large");
+}
