@@ -40,12 +40,30 @@ fn setup(w: &World) -> Ids {
         assert!(w.run::<Policies>(policy.as_str(), created));
     }
     let alarm = AlarmId::generate();
-    let created = AlarmCommand::Create(NewAlarm {
-        id: alarm.clone(),
+    let created = new_alarm(&alarm, tenant, &group, "cpu", policies.to_vec());
+    assert!(w.run::<Alarms>(alarm.as_str(), created));
+    Ids {
+        group,
+        policies,
+        alarm,
+    }
+}
+
+/// The creation of alarm `id` of `tenant`'s group `group`: `metric`'s average over 60 s above
+/// 0.5 for one period takes `actions`.
+fn new_alarm(
+    id: &AlarmId,
+    tenant: TenantId,
+    group: &GroupId,
+    metric: &str,
+    actions: Vec<PolicyId>,
+) -> AlarmCommand {
+    AlarmCommand::Create(NewAlarm {
+        id: id.clone(),
         tenant_id: tenant,
-        name: "cpu".into(),
+        name: metric.into(),
         group_id: group.clone(),
-        metric: "cpu".into(),
+        metric: metric.into(),
         query: None,
         statistic: Statistic::Avg,
         period_seconds: 60,
@@ -54,16 +72,10 @@ fn setup(w: &World) -> Ids {
         comparison: Comparison::Gt,
         threshold: 0.5,
         treat_missing: None,
-        alarm_actions: policies.to_vec(),
+        alarm_actions: actions,
         ok_actions: vec![],
         repeat_actions: false,
-    });
-    assert!(w.run::<Alarms>(alarm.as_str(), created));
-    Ids {
-        group,
-        policies,
-        alarm,
-    }
+    })
 }
 
 /// The evaluator over the world's alarm table, as the service builds it.
@@ -206,24 +218,13 @@ fn an_action_naming_a_target_tracking_policy_is_done_with_not_tried_for_ever() {
     };
     assert!(w.run::<Policies>(tracking.as_str(), created));
     let alarm = AlarmId::generate();
-    let created = AlarmCommand::Create(NewAlarm {
-        id: alarm.clone(),
-        tenant_id: tenant_of(&w, &ids),
-        name: "queue".into(),
-        group_id: ids.group.clone(),
-        metric: "queue".into(),
-        query: None,
-        statistic: Statistic::Avg,
-        period_seconds: 60,
-        evaluation_periods: 1,
-        datapoints_to_alarm: None,
-        comparison: Comparison::Gt,
-        threshold: 0.5,
-        treat_missing: None,
-        alarm_actions: vec![tracking.clone()],
-        ok_actions: vec![],
-        repeat_actions: false,
-    });
+    let created = new_alarm(
+        &alarm,
+        tenant_of(&w, &ids),
+        &ids.group,
+        "queue",
+        vec![tracking.clone()],
+    );
     assert!(w.run::<Alarms>(alarm.as_str(), created));
     let breach = AlarmCommand::Evaluate {
         datapoints: vec![Some(0.9)],

@@ -152,25 +152,17 @@ fn a_notification_up_to_2_mib_is_read_whole_and_a_larger_one_is_a_json_413() {
         "{{\"scale_in\": true, \"scale_out\": false}}{}",
         " ".repeat(400_000)
     );
-    let request = server
-        .request(
-            "POST",
-            &format!("/v1/groups/{}/pause", s.group),
-            Some(&s.token),
-        )
-        .header("content-type", "application/json")
-        .body(padded);
-    let (status, paused) = common::read(request.send().unwrap());
+    let pause = |body: String| {
+        let path = format!("/v1/groups/{}/pause", s.group);
+        let request = server.request("POST", &path, Some(&s.token));
+        let request = request
+            .header("content-type", "application/json")
+            .body(body);
+        common::read(request.send().unwrap())
+    };
+    let (status, paused) = pause(padded);
     assert_eq!(status, 200, "{paused}");
-    let request = server
-        .request(
-            "POST",
-            &format!("/v1/groups/{}/pause", s.group),
-            Some(&s.token),
-        )
-        .header("content-type", "application/json")
-        .body(" ".repeat(3 << 20));
-    assert_error(&common::read(request.send().unwrap()), 413, "too_large");
+    assert_error(&pause(" ".repeat(3 << 20)), 413, "too_large");
 }
 
 #[test]

@@ -23,6 +23,25 @@ fn arg(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// A journal of ten records in a new directory, and its export in another: (journal's
+/// directory, export's directory, the export).
+fn seeded_export() -> (tempfile::TempDir, tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    common::seed_journal(dir.path());
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("journal.jsonl");
+    let export = flotilla(&[
+        "journal",
+        "export",
+        "--data-dir",
+        arg(dir.path()),
+        "--out",
+        arg(&file),
+    ]);
+    assert!(export.status.success(), "{export:?}");
+    (dir, work, file)
+}
+
 #[test]
 fn audit_verify_passes_a_sound_journal_and_names_the_first_break() {
     let dir = tempfile::tempdir().unwrap();
@@ -155,19 +174,7 @@ fn a_failed_export_leaves_the_file_it_would_have_replaced_as_it_was() {
 
 #[test]
 fn verify_checks_the_export_it_is_given_and_nothing_else() {
-    let dir = tempfile::tempdir().unwrap();
-    common::seed_journal(dir.path());
-    let file = tempfile::tempdir().unwrap();
-    let export = file.path().join("journal.jsonl");
-    let exported = flotilla(&[
-        "journal",
-        "export",
-        "--data-dir",
-        arg(dir.path()),
-        "--out",
-        arg(&export),
-    ]);
-    assert!(exported.status.success(), "{exported:?}");
+    let (dir, file, export) = seeded_export();
     let text = std::fs::read_to_string(&export).unwrap();
     let broken = file.path().join("broken.jsonl");
     std::fs::write(&broken, text.replacen("\"payload\":4", "\"payload\":5", 1)).unwrap();
@@ -198,19 +205,7 @@ fn verify_checks_the_export_it_is_given_and_nothing_else() {
 
 #[test]
 fn an_import_into_a_new_directory_is_there_whole_or_not_at_all() {
-    let dir = tempfile::tempdir().unwrap();
-    common::seed_journal(dir.path());
-    let work = tempfile::tempdir().unwrap();
-    let file = work.path().join("journal.jsonl");
-    let export = flotilla(&[
-        "journal",
-        "export",
-        "--data-dir",
-        arg(dir.path()),
-        "--out",
-        arg(&file),
-    ]);
-    assert!(export.status.success(), "{export:?}");
+    let (_dir, work, file) = seeded_export();
     let target = work.path().join("restored");
     // What an import killed part way leaves: its staging directory, with some of the records
     // (a probe's kill used to leave them in the data directory, where they verified as a
