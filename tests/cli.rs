@@ -65,18 +65,7 @@ fn audit_verify_passes_a_sound_journal_and_names_the_first_break() {
 
 #[test]
 fn export_verifies_on_its_own_and_imports_only_into_an_empty_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    common::seed_journal(dir.path());
-    let file = dir.path().join("journal.jsonl");
-    let out = flotilla(&[
-        "journal",
-        "export",
-        "--data-dir",
-        arg(dir.path()),
-        "--out",
-        arg(&file),
-    ]);
-    assert!(out.status.success(), "{out:?}");
+    let (_dir, work, file) = seeded_export();
     let verified = flotilla(&["audit", "verify", "--export", arg(&file)]);
     assert!(verified.status.success(), "{verified:?}");
 
@@ -103,7 +92,7 @@ fn export_verifies_on_its_own_and_imports_only_into_an_empty_directory() {
 
     // A tampered export is reported by verify and refused by import.
     let text = std::fs::read_to_string(&file).unwrap();
-    let tampered = dir.path().join("tampered.jsonl");
+    let tampered = work.path().join("tampered.jsonl");
     std::fs::write(
         &tampered,
         text.replacen("\"payload\":4", "\"payload\":5", 1),
