@@ -71,6 +71,10 @@ RULES = [
     (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
      r"invalid at: (must be in the future, is .*"
      r"|a schedule runs at an instant or on a recurrence, not both)"),
+    # A time RFC 3339 can write back: 1970 to 9999 (a format date-time states no range).
+    (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
+     r"invalid (at|start_time|end_time): must be between 1970-01-01T00:00:00Z and "
+     r"9999-12-31T23:59:59Z, is .*"),
     (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
      r"invalid recurrence: .*"),
     (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
@@ -83,6 +87,10 @@ RULES = [
      r"invalid desired_capacity: a schedule sets at least one of .*"),
     (r"(POST|PATCH) /v1/groups/\{id\}/schedules(/\{sid\})?", "invalid_input",
      r"invalid min_size: must be at most max_size \(\d+\), is \d+"),
+    # An orchestrator's URL the HTTP client can send to: a WHATWG URL whose host maps through
+    # IDNA and whose port fits (SPEC 6), which no pattern states.
+    (r"(POST|PATCH) /v1/groups(/\{id\})?", "invalid_input",
+     r"invalid launch\.url: must be an http or https URL with a host, is .*"),
     # Bytes that are not a snappy-compressed WriteRequest (SPEC 5.1).
     (r"POST /v1/write", "invalid_write_request", r".*"),
     # A step policy executed without the breach its step is chosen by (SPEC 2.1).
