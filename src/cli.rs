@@ -422,6 +422,8 @@ fn import_into<R: std::io::BufRead>(
     dir: &Path,
     read: impl FnMut() -> flotilla_journal::Result<R>,
 ) -> anyhow::Result<flotilla_journal::Head> {
+    // `restored/` is `restored`: its staging directory is beside it, not inside.
+    let dir: &Path = &dir.components().collect::<PathBuf>();
     let emptied =
         |dir: &Path| std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
     if dir.join("conf").exists() {

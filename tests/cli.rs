@@ -227,6 +227,16 @@ fn an_import_into_a_new_directory_is_there_whole_or_not_at_all() {
         stdout(&verified).starts_with("ok: 10 records"),
         "{verified:?}"
     );
+    // Named with a trailing slash, its staging directory is still beside it.
+    let slashed = format!("{}/", work.path().join("again").display());
+    assert!(import(Path::new(&slashed)).status.success());
+    let verified = flotilla(&["audit", "verify", "--data-dir", &slashed]);
+    assert!(
+        stdout(&verified).starts_with("ok: 10 records"),
+        "{verified:?}"
+    );
+    assert!(!work.path().join("again").join(".importing").exists());
+    assert!(!work.path().join("again.importing").exists());
     // A directory of other files is not imported into.
     let other = work.path().join("other");
     std::fs::create_dir(&other).unwrap();
