@@ -315,6 +315,13 @@ impl From<ActorError> for ApiError {
     }
 }
 
+impl From<flotilla_actors::domain::Rejection> for ApiError {
+    /// A refusal of the domain's, as its command would have answered it.
+    fn from(rejection: flotilla_actors::domain::Rejection) -> Self {
+        ActorError::from(rejection).into()
+    }
+}
+
 impl From<flotilla_journal::Error> for ApiError {
     fn from(error: flotilla_journal::Error) -> Self {
         ActorError::Journal(error).into()

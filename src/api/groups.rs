@@ -336,11 +336,11 @@ async fn drain(state: &AppState, id: &GroupId) -> Result<(), ApiError> {
     match actix_web::rt::time::timeout(DRAIN_WAIT, passes).await {
         Ok(Ok(true)) => Ok(()),
         Ok(Err(error)) => Err(error),
-        Ok(Ok(false)) | Err(_) => Err(ApiError::from(flotilla_actors::error::Error::from(
+        Ok(Ok(false)) | Err(_) => Err(ApiError::from(
             flotilla_actors::domain::Rejection::Conflict {
                 reason: "servers are still being deleted; try again".into(),
             },
-        ))),
+        )),
     }
 }
 

@@ -376,11 +376,8 @@ pub fn source(
     metric: Option<String>,
     query: Option<&str>,
 ) -> Result<String, ApiError> {
-    let invalid = |reason: &str| {
-        ApiError::from(flotilla_actors::error::Error::from(
-            flotilla_actors::domain::Rejection::invalid("query", reason),
-        ))
-    };
+    let invalid =
+        |reason: &str| ApiError::from(flotilla_actors::domain::Rejection::invalid("query", reason));
     match (metric, query) {
         (Some(_), Some(_)) => Err(invalid("give a metric or a query, not both")),
         (_, Some(_)) if state.settings.prometheus_url.is_none() => Err(invalid(

@@ -268,11 +268,7 @@ pub async fn create(
     resource::load::<Groups>(&state, &group).await?;
     let body = body.into_inner();
     let policy_type = body.policy_type.unwrap_or_default();
-    let invalid = |field, reason: &str| {
-        ApiError::from(flotilla_actors::error::Error::from(Rejection::invalid(
-            field, reason,
-        )))
-    };
+    let invalid = |field, reason: &str| ApiError::from(Rejection::invalid(field, reason));
     let adjustment = match (policy_type, body.adjustment) {
         (PolicyType::Simple, None) => {
             return Err(invalid("adjustment", "a simple policy needs one"));
@@ -480,27 +476,23 @@ pub async fn delete(
     let receivers = receivers_naming(&state, &group, &policy).await?;
     if !receivers.is_empty() {
         let names: Vec<&str> = receivers.iter().map(ReceiverId::as_str).collect();
-        return Err(ApiError::from(flotilla_actors::error::Error::from(
-            Rejection::Conflict {
-                reason: format!(
-                    "receivers {} name this policy; delete them first",
-                    names.join(", ")
-                ),
-            },
-        )));
+        return Err(ApiError::from(Rejection::Conflict {
+            reason: format!(
+                "receivers {} name this policy; delete them first",
+                names.join(", ")
+            ),
+        }));
     }
     let naming = state.evaluator.table().naming(&policy);
     if !naming.is_empty() && !query.force {
         let names: Vec<&str> = naming.iter().map(AlarmId::as_str).collect();
-        return Err(ApiError::from(flotilla_actors::error::Error::from(
-            Rejection::Conflict {
-                reason: format!(
-                    "alarms {} name this policy in their actions; change or delete them, or \
+        return Err(ApiError::from(Rejection::Conflict {
+            reason: format!(
+                "alarms {} name this policy in their actions; change or delete them, or \
                      delete with force=true",
-                    names.join(", ")
-                ),
-            },
-        )));
+                names.join(", ")
+            ),
+        }));
     }
     for alarm in naming {
         unname(&state, &alarm, &policy).await?;
@@ -529,7 +521,7 @@ pub(crate) async fn executable(
             },
             other => other,
         };
-        ApiError::from(flotilla_actors::error::Error::from(named))
+        ApiError::from(named)
     })
 }
 

@@ -172,7 +172,7 @@ fn instant(
 ) -> Result<Option<flotilla_actors::clock::Timestamp>, ApiError> {
     text.map(|text| parse_instant(field, text))
         .transpose()
-        .map_err(|rejection| ApiError::from(flotilla_actors::error::Error::from(rejection)))
+        .map_err(ApiError::from)
 }
 
 /// `POST /v1/groups/{id}/schedules`.
