@@ -10,13 +10,17 @@
 //!    (`report_servers`);
 //! 4. each server being deleted is deleted off the pass ([`Deletions`]): a provider whose delete
 //!    blocks (a process ignoring SIGTERM for its grace, an orchestrator slow to answer) deletes
-//!    every such server at once, on its own blocking thread, and records each deletion when it
-//!    ends, so a server slow to stop delays neither launches nor other deletions (SPEC 6);
+//!    every such server at once, each a call on the provider [`Pool`], and records each
+//!    deletion when it ends, so a server slow to stop delays neither launches nor other
+//!    deletions (SPEC 6);
 //! 5. new slots, and failed ones whose backoff ran out, are asked of the group
 //!    (`launch_servers`), which records each it allows; only those are launched, each with a
 //!    fresh metrics token whose hash the launch event records, and their outcome is recorded.
 //!    At most [`LAUNCHES_PER_PASS`] a pass: failed slots first, longest due first, then new
 //!    ones; the rest wait for the next tick.
+//!
+//! Provider calls that may block run on the [`Pool`], where each tenant's calls hold at most
+//! their share of its threads: a tenant whose orchestrator never answers delays no other's.
 //!
 //! Every step is a command to the group's actor, so the group's one actor serializes its
 //! capacity and its servers, and each step is an event of its stream. A group's passes never
@@ -28,13 +32,14 @@ use std::sync::{Arc, Mutex};
 use flotilla_actors::aggregate::Groups;
 use flotilla_actors::domain::group::{GroupCommand, GroupEvent, LaunchRequest, ServerReport};
 use flotilla_actors::domain::server::{plan, Server, Sweep};
-use flotilla_actors::domain::GroupId;
+use flotilla_actors::domain::{GroupId, TenantId};
 use flotilla_actors::error::Error;
 use flotilla_actors::object::Executed;
 use flotilla_actors::supervisor::Supervisor;
 use serde_json::Value;
 
 use crate::index::Index;
+use crate::providers::pool::Pool;
 use crate::providers::{Launch, Providers, Status};
 use crate::service::Readiness;
 use crate::ticks::Ticker;
@@ -64,6 +69,8 @@ pub struct Converger {
     sweeps: Mutex<HashMap<GroupId, String>>,
     /// Which groups this node converges.
     ownership: Arc<crate::cluster::Ownership>,
+    /// Where provider calls that may block are made.
+    pool: Pool,
 }
 
 /// The most active servers of one group a pass asks the provider about: a group of 5,000 is
@@ -80,26 +87,15 @@ pub const LAUNCHES_PER_PASS: usize = 1_000;
 
 /// The servers whose deletion is under way, per group: a pass starts no second deletion of a
 /// server, and a forced group deletion waits for them to end.
+#[derive(Default)]
 struct Deletions {
     servers: Mutex<HashMap<GroupId, HashSet<String>>>,
     ended: tokio::sync::Notify,
-    /// Blocking deletions at once: each may hold a blocking thread for a server's whole grace,
-    /// and the runtime's blocking threads (512) also serve launches and status checks, which
-    /// must never wait behind deletions.
-    blocking: tokio::sync::Semaphore,
-}
-
-/// The most deletions that hold a blocking thread at once; the others wait their turn.
-const BLOCKING_DELETIONS: usize = 128;
-
-impl Default for Deletions {
-    fn default() -> Self {
-        Deletions {
-            servers: Mutex::default(),
-            ended: tokio::sync::Notify::new(),
-            blocking: tokio::sync::Semaphore::new(BLOCKING_DELETIONS),
-        }
-    }
+    /// Per tenant, its blocking deletions at once: each may hold a thread of the pool for a
+    /// server's whole grace, and the tenant's share of the pool also serves its launches and
+    /// status checks, which must never wait behind deletions. So deletions take at most half
+    /// of the share; the others wait their turn.
+    blocking: Mutex<HashMap<TenantId, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// Ends a deletion when dropped, so that one whose provider panicked is ended too (and tried
@@ -141,6 +137,16 @@ impl Deletions {
         }
         drop(servers);
         self.ended.notify_waiters();
+    }
+
+    /// The turns of `tenant`'s blocking deletions, of which `share` run at once.
+    fn turns(&self, tenant: &TenantId, share: usize) -> Arc<tokio::sync::Semaphore> {
+        self.blocking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(tenant.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(share)))
+            .clone()
     }
 
     /// Waits until no deletion of `group`'s servers is under way.
@@ -215,7 +221,17 @@ impl Converger {
             deletions: Arc::default(),
             sweeps: Mutex::default(),
             ownership: Arc::new(crate::cluster::Ownership::sole("local")),
+            pool: Pool::new(
+                crate::providers::pool::DEFAULT_THREADS,
+                crate::providers::pool::DEFAULT_PER_TENANT,
+            ),
         }
+    }
+
+    /// Makes provider calls that may block on `pool`.
+    pub fn with_pool(mut self, pool: Pool) -> Converger {
+        self.pool = pool;
+        self
     }
 
     /// Converges only the groups `ownership` says this node acts for.
@@ -277,7 +293,7 @@ impl Converger {
     /// pass tries again.
     fn deletion(
         &self,
-        id: &GroupId,
+        (id, tenant): (&GroupId, &TenantId),
         config: &Value,
         blocking: bool,
         (server_id, handle): (String, Value),
@@ -285,26 +301,30 @@ impl Converger {
         if !self.deletions.start(id, &server_id) {
             return None;
         }
-        let (supervisor, providers, deletions) = (
+        let (supervisor, providers, pool) = (
             self.supervisor.clone(),
             self.providers.clone(),
-            self.deletions.clone(),
+            self.pool.clone(),
         );
+        let turns = blocking.then(|| {
+            self.deletions
+                .turns(tenant, (self.pool.per_tenant() / 2).max(1))
+        });
+        let tenant = tenant.clone();
         let (id, config) = (id.clone(), config.clone());
         let ending = Ending {
-            deletions: deletions.clone(),
+            deletions: self.deletions.clone(),
             group: id.clone(),
             server_id: server_id.clone(),
         };
         Some(async move {
             let _ending = ending;
-            let _turn = if blocking {
-                deletions.blocking.acquire().await.ok()
-            } else {
-                None
+            let _turn = match &turns {
+                Some(turns) => turns.acquire().await.ok(),
+                None => None,
             };
             let gone = handle.is_null()
-                || call(blocking, move || {
+                || call((&pool, &tenant), blocking, move || {
                     providers
                         .of(&config)
                         .is_some_and(|p| p.delete(&config, &handle).is_ok())
@@ -385,7 +405,8 @@ impl Converger {
         // Deletions: a blocking provider's each on a task of its own, which the pass does not
         // wait for; a provider that never blocks deletes at once.
         for server in delete {
-            if let Some(deletion) = self.deletion(id, &config, blocking, server) {
+            if let Some(deletion) = self.deletion((id, &group.tenant_id), &config, blocking, server)
+            {
                 pass.deleting += 1;
                 if blocking {
                     actix_web::rt::spawn(deletion);
@@ -407,7 +428,7 @@ impl Converger {
         let reports = {
             let providers = self.providers.clone();
             let config = config.clone();
-            call(blocking, move || {
+            call((&self.pool, &group.tenant_id), blocking, move || {
                 let provider = providers.of(&config).expect("checked above");
                 let mut reports = Vec::new();
                 for (server_id, state, handle) in watch {
@@ -434,12 +455,16 @@ impl Converger {
             .acts_for(id.as_str(), self.supervisor.clock().now());
         if !stale.is_empty() && leased {
             let (providers, config) = (self.providers.clone(), config.clone());
-            let remains = call(blocking, move || {
-                let provider = providers.of(&config).expect("checked above");
-                for handle in stale {
-                    let _ = provider.delete(&config, &handle);
-                }
-            });
+            let (pool, tenant) = (self.pool.clone(), group.tenant_id.clone());
+            let remains = async move {
+                call((&pool, &tenant), blocking, move || {
+                    let provider = providers.of(&config).expect("checked above");
+                    for handle in stale {
+                        let _ = provider.delete(&config, &handle);
+                    }
+                })
+                .await;
+            };
             if blocking {
                 actix_web::rt::spawn(remains);
             } else {
@@ -517,7 +542,7 @@ impl Converger {
             .collect();
         pass.launched = launches.len();
         let providers = self.providers.clone();
-        let reports = call(blocking, move || {
+        let reports = call((&self.pool, &group.tenant_id), blocking, move || {
                 let provider = providers.of(&config).expect("checked above");
                 launches
                     .into_iter()
@@ -620,14 +645,17 @@ impl Converger {
     }
 }
 
-/// Runs provider calls on a blocking thread, unless the group's provider never blocks.
-async fn call<T: Send + 'static>(blocking: bool, work: impl FnOnce() -> T + Send + 'static) -> T {
-    if !blocking {
-        return work();
-    }
-    match actix_web::rt::task::spawn_blocking(work).await {
-        Ok(value) => value,
-        Err(error) => std::panic::resume_unwind(error.into_panic()),
+/// Runs provider calls as a call of the tenant on the pool, unless the group's provider never
+/// blocks.
+async fn call<T: Send + 'static>(
+    (pool, tenant): (&Pool, &TenantId),
+    blocking: bool,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    if blocking {
+        pool.run(tenant, work).await
+    } else {
+        work()
     }
 }
 

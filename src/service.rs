@@ -221,7 +221,11 @@ pub fn start_with(
             format!("{}/v1/metrics", settings.public_url().trim_end_matches('/')),
             quiet,
         )
-        .with_ownership(ownership.clone()),
+        .with_ownership(ownership.clone())
+        .with_pool(crate::providers::pool::Pool::new(
+            settings.provider_threads,
+            settings.provider_threads_per_tenant,
+        )),
     );
     let recovery = Arc::new(Recovery::default());
     let telemetry = Arc::new(Telemetry::new(

@@ -109,6 +109,14 @@ pub struct ServeArgs {
     /// service's user [default: off].
     #[arg(long, env = "FLOTILLA_ALLOW_PROCESS_PROVIDER")]
     pub allow_process_provider: bool,
+    /// Threads making provider calls that may block (an orchestrator's round trip, a process's
+    /// grace period), started as needed [default: 512].
+    #[arg(long, env = "FLOTILLA_PROVIDER_THREADS")]
+    pub provider_threads: Option<usize>,
+    /// The most of those threads one tenant's calls hold at once, so that a tenant whose
+    /// orchestrator never answers delays no other tenant's servers [default: 64].
+    #[arg(long, env = "FLOTILLA_PROVIDER_THREADS_PER_TENANT")]
+    pub provider_threads_per_tenant: Option<usize>,
 }
 
 /// The TOML file: the same keys, all optional.
@@ -141,6 +149,8 @@ struct FileSettings {
     actor_idle_seconds: Option<u32>,
     provider_http_secret: Option<String>,
     allow_process_provider: Option<bool>,
+    provider_threads: Option<usize>,
+    provider_threads_per_tenant: Option<usize>,
 }
 
 /// Resolved settings.
@@ -201,6 +211,10 @@ pub struct Settings {
     pub provider_http_secret: Option<String>,
     /// Whether tenants may use the `process` provider (default false).
     pub allow_process_provider: bool,
+    /// Threads making provider calls that may block; at least 1 (default 512).
+    pub provider_threads: usize,
+    /// The most of them one tenant's calls hold; 1 to `provider_threads` (default 64).
+    pub provider_threads_per_tenant: usize,
 }
 
 impl Default for Settings {
@@ -232,6 +246,8 @@ impl Default for Settings {
             actor_idle_seconds: 600,
             provider_http_secret: None,
             allow_process_provider: false,
+            provider_threads: crate::providers::pool::DEFAULT_THREADS,
+            provider_threads_per_tenant: crate::providers::pool::DEFAULT_PER_TENANT,
         }
     }
 }
@@ -280,6 +296,11 @@ impl Settings {
                 "--public-url must be an http or https URL with a host, is {url:?}"
             );
         }
+        let provider_threads = args
+            .provider_threads
+            .or(file.provider_threads)
+            .unwrap_or(d.provider_threads)
+            .max(1);
         Ok(Settings {
             listen: args.listen.clone().or(file.listen).unwrap_or(d.listen),
             data_dir: args
@@ -367,6 +388,12 @@ impl Settings {
                 .or(file.provider_http_secret),
             allow_process_provider: args.allow_process_provider
                 || file.allow_process_provider.unwrap_or(false),
+            provider_threads,
+            provider_threads_per_tenant: args
+                .provider_threads_per_tenant
+                .or(file.provider_threads_per_tenant)
+                .unwrap_or(d.provider_threads_per_tenant)
+                .clamp(1, provider_threads),
         })
     }
 
@@ -465,6 +492,26 @@ mod tests {
             ..Settings::default()
         };
         assert!(shared.actor_threads() >= 2);
+    }
+
+    #[test]
+    fn a_tenants_share_of_provider_threads_is_at_most_the_pool() {
+        let with = |threads, per_tenant| {
+            let settings = Settings::resolve(&ServeArgs {
+                provider_threads: threads,
+                provider_threads_per_tenant: per_tenant,
+                ..ServeArgs::default()
+            })
+            .unwrap();
+            (
+                settings.provider_threads,
+                settings.provider_threads_per_tenant,
+            )
+        };
+        assert_eq!(with(None, None), (512, 64));
+        assert_eq!(with(Some(8), None), (8, 8));
+        assert_eq!(with(Some(8), Some(2)), (8, 2));
+        assert_eq!(with(Some(0), Some(0)), (1, 1));
     }
 
     #[test]

@@ -818,3 +818,72 @@ fn each_launch_and_deletion_names_the_capacity_change_it_answers() {
     assert_eq!(deletion["because"]["cause"]["type"], "direct", "{deletion}");
     assert_eq!(deletion["because"]["to"], 0);
 }
+
+#[test]
+fn a_tenant_whose_orchestrator_never_answers_delays_no_other_tenants_launches() {
+    // A probe's 530 groups pointed at an orchestrator that never answered held every thread
+    // provider calls ran on: another tenant's group then never launched.
+    let hung = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_url = format!("http://{}/servers", hung.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    {
+        let held = held.clone();
+        std::thread::spawn(move || {
+            for stream in hung.incoming().flatten() {
+                held.lock().unwrap().push(stream);
+            }
+        });
+    }
+    let server = Server::start_with(|s| {
+        s.provider_threads = 4;
+        s.provider_threads_per_tenant = 2;
+    });
+    let stuck = server.tenant("stuck");
+    let hanging = json!({"provider": "http", "url": hung_url, "secret": SECRET,
+                         "timeout_ms": 60_000, "retries": 0});
+    let stuck_groups: Vec<String> = (0..4)
+        .map(|_| create(&server, &stuck, 1, hanging.clone()))
+        .collect();
+    let fine = server.tenant("fine");
+    let orchestrator = orchestrator(SECRET, Arc::new(Mutex::new(Mode::Ok)));
+    let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET});
+    let group = create(&server, &fine, 1, launch);
+
+    // One tick, off this thread: it lasts until every pass ends, and the stuck tenant's end
+    // only once their connections close.
+    let ticking = std::thread::spawn({
+        let ticks = server.ticks.clone();
+        move || ticks.tick()
+    });
+    wait_for("the other tenant's create", || {
+        orchestrator
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "create" && r["group_id"] == group.as_str())
+    });
+    wait_for("the stuck tenant's share of threads", || {
+        held.lock().unwrap().len() == 2
+    });
+    // Its share and no more: the other two launches wait for a thread of its own.
+    assert_eq!(held.lock().unwrap().len(), 2);
+
+    // The hung orchestrator lets go: each stuck launch fails, and the tick ends.
+    wait_for("every stuck launch to fail", || {
+        held.lock().unwrap().clear();
+        stuck_groups.iter().all(|g| {
+            servers(&server, &stuck, g)
+                .iter()
+                .any(|s| s["state"] == "failed")
+        })
+    });
+    ticking.join().unwrap();
+    let launched = servers(&server, &fine, &group);
+    assert_eq!(launched.len(), 1);
+    assert_eq!(launched[0]["state"], "pending", "{launched:?}");
+    assert_eq!(
+        launched[0]["provider"]["id"],
+        format!("vm-{}", launched[0]["id"].as_str().unwrap())
+    );
+}

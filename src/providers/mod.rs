@@ -6,7 +6,8 @@
 //! - [`simulated`]: in-memory servers with a start latency and a failure rate, on the clock.
 //!
 //! Every call may block (a process's grace period, an HTTP round trip), so the converger makes
-//! them off the async runtime unless [`Provider::blocks`] says otherwise. Each call gets the
+//! them on the [`pool`]'s threads, shared fairly among tenants, unless [`Provider::blocks`] says
+//! otherwise. Each call gets the
 //! group's launch configuration, so that a provider holds no per-group state and a restart of
 //! Flotilla loses nothing a handle does not say.
 
@@ -17,6 +18,7 @@ use flotilla_actors::domain::GroupId;
 use serde_json::Value;
 
 pub mod http;
+pub mod pool;
 pub mod process;
 pub mod simulated;
 
@@ -75,7 +77,7 @@ pub trait Provider: Send + Sync {
     fn delete(&self, config: &Value, handle: &Value) -> Result<(), ProviderError>;
     /// What became of the server behind `handle`.
     fn status(&self, config: &Value, handle: &Value) -> Status;
-    /// Whether calls may block (then they run on a blocking thread).
+    /// Whether calls may block (then they run on the [`pool`]'s threads).
     fn blocks(&self) -> bool {
         true
     }
