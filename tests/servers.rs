@@ -537,6 +537,10 @@ enum Mode {
     Stall,
     /// A create answered with a handle over what the journal takes.
     Huge,
+    /// Status requests wait for the mode to change before they are answered.
+    HoldStatus,
+    /// Status requests are answered 503.
+    StatusError,
 }
 
 fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
@@ -578,8 +582,8 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
                 }
                 let request: Value = serde_json::from_slice(&body).unwrap();
                 seen.lock().unwrap().push(request.clone());
-                let mode = *mode.lock().unwrap();
-                let (status, answer) = match (request["action"].as_str().unwrap(), mode) {
+                let now = *mode.lock().unwrap();
+                let (status, answer) = match (request["action"].as_str().unwrap(), now) {
                     ("create", Mode::Error) => (
                         "500 Internal Server Error",
                         json!({"error": "quota exceeded"}),
@@ -598,6 +602,16 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
                         json!({"id": format!("vm-{}", request["server_id"].as_str().unwrap())}),
                     ),
                     ("delete", _) => ("200 OK", json!({})),
+                    ("status", Mode::StatusError) => {
+                        ("503 Service Unavailable", json!({"error": "busy"}))
+                    }
+                    ("status", Mode::HoldStatus) => {
+                        // Until the test lets go: a real orchestrator slow to answer.
+                        while *mode.lock().unwrap() == Mode::HoldStatus {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        ("200 OK", json!({"status": "running"}))
+                    }
                     _ => ("200 OK", json!({"status": "running"})),
                 };
                 let answer = answer.to_string();
@@ -886,4 +900,79 @@ fn a_tenant_whose_orchestrator_never_answers_delays_no_other_tenants_launches() 
         launched[0]["provider"]["id"],
         format!("vm-{}", launched[0]["id"].as_str().unwrap())
     );
+}
+
+fn count(orchestrator: &Orchestrator, action: &str) -> usize {
+    orchestrator
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == action)
+        .count()
+}
+
+#[test]
+fn an_orchestrator_slow_to_answer_statuses_delays_no_launch() {
+    // A pass asked about its servers one after another, then launched: an orchestrator taking
+    // seconds per status held a scale-out for minutes.
+    let mode = Arc::new(Mutex::new(Mode::Ok));
+    let orchestrator = orchestrator(SECRET, mode.clone());
+    let server = server();
+    let token = server.tenant("acme");
+    let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET,
+                        "timeout_ms": 60_000, "retries": 0});
+    let group = create(&server, &token, 3, launch);
+    converge_until(&server, "3 active", || {
+        active(&server, &token, &group).len() == 3
+    });
+
+    *mode.lock().unwrap() = Mode::HoldStatus;
+    let asked = count(&orchestrator, "status");
+    set_desired(&server, &token, &group, 4);
+    let ticking = std::thread::spawn({
+        let ticks = server.ticks.clone();
+        move || ticks.tick()
+    });
+    // The three checks are asked at once, not one after another, and the launch goes ahead
+    // while they wait.
+    wait_for("three status requests at once", || {
+        count(&orchestrator, "status") == asked + 3
+    });
+    wait_for("the fourth create", || count(&orchestrator, "create") == 4);
+    *mode.lock().unwrap() = Mode::Ok;
+    ticking.join().unwrap();
+    assert_eq!(servers(&server, &token, &group).len(), 4);
+}
+
+#[test]
+fn a_pass_stops_asking_an_orchestrator_that_fails_and_asks_the_same_servers_again() {
+    let mode = Arc::new(Mutex::new(Mode::Ok));
+    let orchestrator = orchestrator(SECRET, mode.clone());
+    let server = server();
+    let token = server.tenant("acme");
+    let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET,
+                        "retries": 0});
+    let group = create(&server, &token, 40, launch);
+    converge_until(&server, "40 active", || {
+        active(&server, &token, &group).len() == 40
+    });
+
+    // Each pass asks a failing orchestrator once per call at once, not once per server.
+    *mode.lock().unwrap() = Mode::StatusError;
+    for _ in 0..3 {
+        let asked = count(&orchestrator, "status");
+        server.tick();
+        let now = count(&orchestrator, "status") - asked;
+        assert!(
+            (1..=flotilla::converger::CALLS_AT_ONCE).contains(&now),
+            "{now} status requests in one pass"
+        );
+    }
+    // Answering again, it is asked about every server, and none was taken for failed.
+    *mode.lock().unwrap() = Mode::Ok;
+    let asked = count(&orchestrator, "status");
+    server.tick();
+    assert_eq!(count(&orchestrator, "status") - asked, 40);
+    assert_eq!(active(&server, &token, &group).len(), 40);
 }

@@ -207,7 +207,7 @@ impl Provider for HttpProvider {
                 Some("exited") => Status::Exited,
                 _ => Status::Unknown,
             },
-            Err(_) => Status::Unknown,
+            Err(_) => Status::Unreachable,
         }
     }
 }

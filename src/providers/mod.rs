@@ -35,8 +35,11 @@ pub enum Status {
     Running,
     /// It is gone (exited, crashed, deleted behind our back).
     Exited,
-    /// Not known yet (starting, or the provider did not answer).
+    /// Not known yet (starting, or an answer that says neither).
     Unknown,
+    /// The provider could not be asked (an orchestrator that timed out, could not be reached
+    /// or answered an error): a pass asks it about no more servers.
+    Unreachable,
 }
 
 /// Everything a launch needs.
