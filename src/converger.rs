@@ -461,23 +461,24 @@ impl Converger {
         swept_to: Option<String>,
     ) -> Result<usize, Error> {
         let (providers, config) = (self.providers.clone(), on.config.clone());
-        let (answers, halted) = self
+        let checked = self
             .fan_out(on, watch, move |(server_id, state, handle)| {
                 let provider = providers.of(&config).expect("checked by the pass");
                 match provider.status(&config, &handle) {
-                    Status::Unreachable => None,
+                    Status::Unreachable => Answer::Halt(None),
                     Status::Running if state == ServerState::Pending => {
-                        Some(Some(ServerReport::Active { server_id }))
+                        Answer::Go(Some(ServerReport::Active { server_id }))
                     }
-                    Status::Exited => Some(Some(ServerReport::Failed {
+                    Status::Exited => Answer::Go(Some(ServerReport::Failed {
                         server_id,
                         reason: "exited".into(),
                     })),
-                    Status::Running | Status::Unknown => Some(None),
+                    Status::Running | Status::Unknown => Answer::Go(None),
                 }
             })
             .await;
-        let mut reports: Vec<ServerReport> = answers.into_iter().flatten().collect();
+        let halted = checked.halted;
+        let mut reports: Vec<ServerReport> = checked.answers.into_iter().flatten().collect();
         reports.extend(resume.into_iter().map(|server_id| ServerReport::Failed {
             server_id,
             reason: "launch interrupted by a restart of flotilla".into(),
@@ -590,24 +591,43 @@ impl Converger {
             .collect();
         let launched = launches.len();
         let (providers, config) = (self.providers.clone(), on.config.clone());
-        let (reports, _) = self
+        let launches = self
             .fan_out(on, launches, move |launch| {
                 let provider = providers.of(&config).expect("checked by the pass");
-                Some(match provider.launch(&launch) {
-                    Ok(provider) => ServerReport::Launched {
+                match provider.launch(&launch) {
+                    Ok(provider) => Answer::Go(ServerReport::Launched {
                         server_id: launch.server_id,
                         provider,
-                    },
+                    }),
                     Err(error) => {
                         tracing::warn!(group = %launch.group_id, server = %launch.server_id, %error, "launch failed");
-                        ServerReport::Failed {
+                        let halt = error.unreachable;
+                        let failed = ServerReport::Failed {
                             server_id: launch.server_id,
-                            reason: error.0,
+                            reason: error.reason,
+                        };
+                        if halt {
+                            Answer::Halt(failed)
+                        } else {
+                            Answer::Go(failed)
                         }
                     }
-                })
+                }
             })
             .await;
+        // A provider that could not be reached for one launch is not asked for the rest: at
+        // 1,000 launches a pass, each waiting out its timeout and retries, a pass would hold
+        // the group for hours. They fail now, and are launched again after their backoff.
+        let mut reports = launches.answers;
+        reports.extend(
+            launches
+                .left
+                .into_iter()
+                .map(|launch| ServerReport::Failed {
+                    server_id: launch.server_id,
+                    reason: NOT_TRIED.into(),
+                }),
+        );
         if !reports.is_empty() {
             events += self
                 .execute(id, GroupCommand::ReportServers(reports))
@@ -620,14 +640,13 @@ impl Converger {
 
     /// Applies `work` to each of `items` as provider calls of the group's tenant: on the pool,
     /// [`CALLS_AT_ONCE`] at once, if the provider may block, else here one after another.
-    /// `work` answering `None` halts: no item not yet started is. Answers what `work` answered,
-    /// in `items`' order, and whether it halted.
+    /// Once `work` answers [`Answer::Halt`], no item not yet started is.
     async fn fan_out<I: Send + 'static, R: Send + 'static>(
         &self,
         on: &Calls<'_>,
         items: Vec<I>,
-        work: impl Fn(I) -> Option<R> + Send + Sync + 'static,
-    ) -> (Vec<R>, bool) {
+        work: impl Fn(I) -> Answer<R> + Send + Sync + 'static,
+    ) -> Fanned<I, R> {
         let width = CALLS_AT_ONCE.min(items.len());
         let shared = Arc::new(Shared {
             items: Mutex::new(items.into_iter().enumerate().collect()),
@@ -648,11 +667,17 @@ impl Converger {
             shared.drain()
         };
         answers.sort_unstable_by_key(|(index, _)| *index);
-        let halted = shared.halted.load(Ordering::Relaxed);
-        (
-            answers.into_iter().map(|(_, answer)| answer).collect(),
-            halted,
-        )
+        let left = std::mem::take(
+            &mut *shared
+                .items
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        Fanned {
+            answers: answers.into_iter().map(|(_, answer)| answer).collect(),
+            halted: shared.halted.load(Ordering::Relaxed),
+            left: left.into_iter().map(|(_, item)| item).collect(),
+        }
     }
 
     /// Of `shards`, those with a group whose pass, or a server's deletion, is under way here:
@@ -737,6 +762,29 @@ struct Calls<'a> {
     blocking: bool,
 }
 
+/// The reason of a launch a pass did not try, once the provider could not be reached for
+/// another.
+pub const NOT_TRIED: &str =
+    "not tried: the provider could not be reached for another launch of this pass";
+
+/// What one call of [`Converger::fan_out`] answers.
+enum Answer<R> {
+    /// Its answer; the others go on.
+    Go(R),
+    /// Its answer, and no call not yet started is made.
+    Halt(R),
+}
+
+/// What [`Converger::fan_out`] did.
+struct Fanned<I, R> {
+    /// Each call's answer, in the order of the items.
+    answers: Vec<R>,
+    /// Whether a call halted the others.
+    halted: bool,
+    /// The items no call was made for (after a halt), in order.
+    left: Vec<I>,
+}
+
 /// Items that calls of [`Converger::fan_out`] take in turn.
 struct Shared<I, W> {
     items: Mutex<std::collections::VecDeque<(usize, I)>>,
@@ -748,7 +796,7 @@ impl<I, W> Shared<I, W> {
     /// Works through the items left until there are none, or one halts.
     fn drain<R>(&self) -> Vec<(usize, R)>
     where
-        W: Fn(I) -> Option<R>,
+        W: Fn(I) -> Answer<R>,
     {
         let mut answers = Vec::new();
         while !self.halted.load(Ordering::Relaxed) {
@@ -759,8 +807,11 @@ impl<I, W> Shared<I, W> {
                 .pop_front();
             let Some((index, item)) = next else { break };
             match (self.work)(item) {
-                Some(answer) => answers.push((index, answer)),
-                None => self.halted.store(true, Ordering::Relaxed),
+                Answer::Go(answer) => answers.push((index, answer)),
+                Answer::Halt(answer) => {
+                    answers.push((index, answer));
+                    self.halted.store(true, Ordering::Relaxed);
+                }
             }
         }
         answers

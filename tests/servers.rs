@@ -541,6 +541,8 @@ enum Mode {
     HoldStatus,
     /// Status requests are answered 503.
     StatusError,
+    /// Creates are refused with 422.
+    Reject,
 }
 
 fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
@@ -587,6 +589,10 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
                     ("create", Mode::Error) => (
                         "500 Internal Server Error",
                         json!({"error": "quota exceeded"}),
+                    ),
+                    ("create", Mode::Reject) => (
+                        "422 Unprocessable Entity",
+                        json!({"error": "no such flavor"}),
                     ),
                     ("create", Mode::Huge) => (
                         "201 Created",
@@ -975,4 +981,43 @@ fn a_pass_stops_asking_an_orchestrator_that_fails_and_asks_the_same_servers_agai
     server.tick();
     assert_eq!(count(&orchestrator, "status") - asked, 40);
     assert_eq!(active(&server, &token, &group).len(), 40);
+}
+
+#[test]
+fn a_pass_stops_launching_through_an_orchestrator_that_is_down_but_not_one_that_refuses() {
+    let mode = Arc::new(Mutex::new(Mode::Error));
+    let orchestrator = orchestrator(SECRET, mode.clone());
+    let server = server();
+    let token = server.tenant("acme");
+    let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET,
+                        "retries": 0});
+    let group = create(&server, &token, 20, launch);
+    server.tick();
+    // Down (5xx): a few launches tried at once, the rest failed untried, all to be retried.
+    let tried = count(&orchestrator, "create");
+    assert!(
+        (1..=flotilla::converger::CALLS_AT_ONCE).contains(&tried),
+        "{tried} creates"
+    );
+    let failed = servers(&server, &token, &group);
+    assert_eq!(failed.len(), 20);
+    assert!(failed.iter().all(|s| s["state"] == "failed"), "{failed:?}");
+    let untried = failed
+        .iter()
+        .filter(|s| s["last_failure"] == flotilla::converger::NOT_TRIED)
+        .count();
+    assert_eq!(untried, 20 - tried);
+
+    // A refusal (4xx) is this request's: every launch is tried.
+    *mode.lock().unwrap() = Mode::Reject;
+    server.clock.advance_secs(2);
+    server.tick();
+    assert_eq!(count(&orchestrator, "create"), tried + 20);
+
+    // Up again: every slot launches.
+    *mode.lock().unwrap() = Mode::Ok;
+    server.clock.advance_secs(5);
+    converge_until(&server, "20 active", || {
+        active(&server, &token, &group).len() == 20
+    });
 }

@@ -62,18 +62,18 @@ impl HttpProvider {
     ) -> Result<Option<Value>, ProviderError> {
         let url = config["url"]
             .as_str()
-            .ok_or_else(|| ProviderError("launch.url is required for the http provider".into()))?;
+            .ok_or_else(|| ProviderError::new("launch.url is required for the http provider"))?;
         let secret = config["secret"]
             .as_str()
             .map(str::to_owned)
             .or_else(|| self.secret.clone())
             .ok_or_else(|| {
-                ProviderError(
-                    "no secret to sign with: set launch.secret or --provider-http-secret".into(),
+                ProviderError::new(
+                    "no secret to sign with: set launch.secret or --provider-http-secret",
                 )
             })?;
         let key = signature::key_of(&secret).ok_or_else(|| {
-            ProviderError("the http provider's secret is not a whsec_ secret".into())
+            ProviderError::new("the http provider's secret is not a whsec_ secret")
         })?;
         let timeout = Duration::from_millis(
             config["timeout_ms"]
@@ -88,7 +88,7 @@ impl HttpProvider {
         let client = reqwest::blocking::Client::builder()
             .timeout(timeout)
             .build()
-            .map_err(|e| ProviderError(format!("cannot build an http client: {e}")))?;
+            .map_err(|e| ProviderError::new(format!("cannot build an http client: {e}")))?;
         let payload = serde_json::to_vec(body).unwrap_or_default();
         let mut last = String::new();
         for attempt in 0..=retries {
@@ -123,7 +123,7 @@ impl HttpProvider {
                         .take(MAX_ANSWER_BYTES + 1)
                         .read_to_string(&mut text);
                     if read.is_ok_and(|n| n as u64 > MAX_ANSWER_BYTES) {
-                        return Err(ProviderError(format!(
+                        return Err(ProviderError::new(format!(
                             "the orchestrator's answer is over {MAX_ANSWER_BYTES} bytes"
                         )));
                     }
@@ -131,7 +131,7 @@ impl HttpProvider {
                         return Ok(Some(Value::Null));
                     }
                     return serde_json::from_str(&text).map(Some).map_err(|e| {
-                        ProviderError(format!("the orchestrator's answer is not JSON: {e}"))
+                        ProviderError::new(format!("the orchestrator's answer is not JSON: {e}"))
                     });
                 }
                 Ok(response) if response.status().as_u16() == 404 => return Ok(None),
@@ -141,7 +141,8 @@ impl HttpProvider {
                     let status = response.status().as_u16();
                     last = format!("orchestrator answered {status}");
                     if status < 500 {
-                        break;
+                        // A refusal of this request, not an orchestrator down.
+                        return Err(ProviderError::new(last));
                     }
                 }
                 Err(error) if error.is_timeout() => {
@@ -151,7 +152,7 @@ impl HttpProvider {
             }
             tracing::warn!(attempt, reason = %last, "orchestrator request failed");
         }
-        Err(ProviderError(last))
+        Err(ProviderError::unreachable(last))
     }
 }
 
@@ -176,7 +177,7 @@ impl Provider for HttpProvider {
                     // The journal would refuse to record it, so nothing would ever delete the
                     // server it names: deleted now, and the launch is a failure to retry.
                     let deleted = self.delete(&launch.config, &handle);
-                    return Err(ProviderError(format!(
+                    return Err(ProviderError::new(format!(
                         "the orchestrator's answer to create is {size} bytes of JSON, over \
                          {MAX_HANDLE_BYTES}; its server was {}",
                         if deleted.is_ok() {
@@ -188,8 +189,8 @@ impl Provider for HttpProvider {
                 }
                 Ok(handle)
             }
-            _ => Err(ProviderError(
-                "the orchestrator's answer to create has no \"id\"".into(),
+            _ => Err(ProviderError::new(
+                "the orchestrator's answer to create has no \"id\"",
             )),
         }
     }

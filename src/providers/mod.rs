@@ -22,11 +22,35 @@ pub mod pool;
 pub mod process;
 pub mod simulated;
 
-/// Why a provider call did not do what was asked, in lowercase prose (it is recorded in the
-/// server's `server_failed` event).
+/// Why a provider call did not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ProviderError(pub String);
+#[error("{reason}")]
+pub struct ProviderError {
+    /// Why, in lowercase prose (it is recorded in the server's `server_failed` event).
+    pub reason: String,
+    /// Whether the provider itself could not be reached (an orchestrator that timed out,
+    /// refused the connection or answered an error of its own): any other call made now would
+    /// likely fail the same way, so a pass makes no more.
+    pub unreachable: bool,
+}
+
+impl ProviderError {
+    /// A refusal of this call.
+    pub fn new(reason: impl Into<String>) -> ProviderError {
+        ProviderError {
+            reason: reason.into(),
+            unreachable: false,
+        }
+    }
+
+    /// The provider could not be reached.
+    pub fn unreachable(reason: impl Into<String>) -> ProviderError {
+        ProviderError {
+            reason: reason.into(),
+            unreachable: true,
+        }
+    }
+}
 
 /// What a provider says of a launched server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

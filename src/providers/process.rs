@@ -147,8 +147,8 @@ impl Provider for ProcessProvider {
             .map(|args| args.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         let Some((program, args)) = command.split_first() else {
-            return Err(ProviderError(
-                "launch.command must be a non-empty array of strings".into(),
+            return Err(ProviderError::new(
+                "launch.command must be a non-empty array of strings",
             ));
         };
         for stray in processes_of(&launch.server_id) {
@@ -182,7 +182,7 @@ impl Provider for ProcessProvider {
         cmd.envs(launch.flotilla_env());
         let child = cmd
             .spawn()
-            .map_err(|error| ProviderError(format!("cannot start {program:?}: {error}")))?;
+            .map_err(|error| ProviderError::new(format!("cannot start {program:?}: {error}")))?;
         let pid = child.id();
         let start_time = stat(pid).map_or(0, |(_, t)| t);
         self.lock().insert(pid, child);
@@ -199,7 +199,7 @@ impl Provider for ProcessProvider {
             .min(MAX_GRACE_SECONDS);
         self.end(pid, start_time, Duration::from_secs(grace));
         if self.status_of(pid, start_time) == Status::Running {
-            return Err(ProviderError(format!("pid {pid} survived SIGKILL")));
+            return Err(ProviderError::new(format!("pid {pid} survived SIGKILL")));
         }
         Ok(())
     }

@@ -46,7 +46,7 @@ impl Provider for SimulatedProvider {
         let failure_rate = config["failure_rate"].as_f64().unwrap_or(0.0);
         let seed = config["seed"].as_u64().unwrap_or(0);
         if draw(seed, &launch.server_id, now) < failure_rate {
-            return Err(ProviderError(format!(
+            return Err(ProviderError::new(format!(
                 "simulated launch failure (failure_rate {failure_rate})"
             )));
         }
