@@ -4,6 +4,9 @@
 //! the 7-day range (the whole history read from the journal, folded, plotted and the newest
 //! 50 entries rendered), beside the same group's newest 100 activity entries through the JSON
 //! API (`GET /v1/groups/{id}/activity`) in the same run. The target: the page in under 100 ms.
+//! Then the same group's page for its last 24 hours, which folds from the start of that day
+//! the first page kept (`console::history::DayStart`) rather than from the stream's first
+//! record.
 //!
 //! `cargo bench --bench console`
 
@@ -132,6 +135,20 @@ fn group_page(c: &mut Criterion) {
     bench.bench_function("group_page_7d_10000_entries", |b| {
         b.iter(|| {
             let answer = client.get(&page).header("cookie", &cookie).send().unwrap();
+            assert_eq!(answer.status(), 200);
+            answer.bytes().unwrap()
+        });
+    });
+    // The last day of the same 7: the page folds from the start of its day the 7-day page
+    // kept, about a seventh of the records, where it folded the whole stream before.
+    let day_page = format!("{base}/console/groups/{gid}?range=24h");
+    bench.bench_function("group_page_24h_of_7d_10000_entries", |b| {
+        b.iter(|| {
+            let answer = client
+                .get(&day_page)
+                .header("cookie", &cookie)
+                .send()
+                .unwrap();
             assert_eq!(answer.status(), 200);
             answer.bytes().unwrap()
         });

@@ -33,7 +33,8 @@
 //!
 //! A stream id is printable ASCII, so it never contains the 0x00 separator.
 //! Snapshots live apart, in [`SNAPSHOTS`]: stream-id → version(8) anchor-hash(32) state; the
-//! parts of a snapshot saved in parts under stream-id 0x1f part-number, in the same form.
+//! parts of a snapshot saved in parts under stream-id 0x1f part-number, and named snapshots
+//! (`Journal::save_named_snapshot`) under stream-id 0x1e name, in the same form.
 //! Checkpoints of whole-journal readers, in [`CHECKPOINTS`]: name → seq(8) hash(32) state.
 
 use crate::record::Hash;

@@ -653,7 +653,37 @@ impl Journal {
     /// The latest snapshot of `stream`, if there is one and it still matches the journal (a
     /// snapshot whose record was replaced, say by an import, is ignored).
     pub fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
-        let Some(value) = self.inner.reads.get(Table::Snapshots, stream)? else {
+        self.load_snapshot_under(stream, stream)
+    }
+
+    /// Saves `state` as `stream`'s state at `version` under `name`: one of the snapshots a
+    /// reader keeps of a stream's past beside its own (the console keeps a group's state at the
+    /// start of each day, so that a page folds only the days it shows). In the same write,
+    /// removes the ones under `drop`. A cache, as snapshots are.
+    pub fn save_named_snapshot(
+        &self,
+        stream: &str,
+        name: &str,
+        version: u64,
+        state: &[u8],
+        drop: &[&str],
+    ) -> Result<()> {
+        let value = self.snapshot_value(stream, version, state)?;
+        let drop: Vec<String> = drop.iter().map(|name| named_key(stream, name)).collect();
+        self.inner
+            .reads
+            .put_snapshot_dropping(&named_key(stream, name), value, &drop)
+    }
+
+    /// The snapshot of `stream` saved under `name` (see [`Journal::save_named_snapshot`]), if
+    /// there is one and it still matches the journal.
+    pub fn load_named_snapshot(&self, stream: &str, name: &str) -> Result<Option<Snapshot>> {
+        self.load_snapshot_under(&named_key(stream, name), stream)
+    }
+
+    /// The snapshot of `stream` stored under `key`, if it still matches the journal.
+    fn load_snapshot_under(&self, key: &str, stream: &str) -> Result<Option<Snapshot>> {
+        let Some(value) = self.inner.reads.get(Table::Snapshots, key)? else {
             return Ok(None);
         };
         let Some((version, anchor, state)) = layout::decode_snapshot(&value) else {
@@ -753,6 +783,11 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// separator, which no stream id holds (they are printable ASCII).
 fn part_key(stream: &str, part: usize) -> String {
     format!("{stream}\u{1f}{part}")
+}
+
+/// Where a named snapshot of `stream` is stored: apart from its own snapshot and its parts.
+fn named_key(stream: &str, name: &str) -> String {
+    format!("{stream}\u{1e}{name}")
 }
 
 /// Opens sled, waiting a little for its directory lock: after a journal in this process is

@@ -6,7 +6,8 @@
 //! flotilla_head         one row: the last record's seq and hash, written with the records,
 //!                       so a tail cut off behind the journal's back shows (as sled's head key)
 //! flotilla_snapshots    stream PRIMARY KEY → value (as `layout::encode_snapshot`); a split
-//!                       snapshot's parts under the stream id, 0x1f and the part's number
+//!                       snapshot's parts under the stream id, 0x1f and the part's number;
+//!                       its named snapshots under the stream id, 0x1e and the name
 //! flotilla_checkpoints  name PRIMARY KEY → value (as `layout::encode_checkpoint`)
 //! flotilla_leases       name PRIMARY KEY, holder, expires_at (the database's clock), token
 //! flotilla_secrets      name PRIMARY KEY → value: what every node shares (the operator token)

@@ -243,6 +243,57 @@ fn a_snapshot_is_loaded_only_while_it_matches_the_journal() {
 }
 
 #[test]
+fn a_named_snapshot_is_kept_apart_dropped_on_demand_and_loaded_only_while_it_matches() {
+    for place in places("a_named_snapshot_is_kept_apart") {
+        let journal = place.open();
+        journal
+            .append(
+                "a",
+                ExpectedVersion::Any,
+                vec![event(1), event(2), event(3)],
+            )
+            .unwrap();
+        journal.save_snapshot("a", 3, b"own@3").unwrap();
+        journal
+            .save_named_snapshot("a", "day-1", 1, b"state@1", &[])
+            .unwrap();
+        journal
+            .save_named_snapshot("a", "day-2", 2, b"state@2", &[])
+            .unwrap();
+        let load = |name: &str| {
+            journal
+                .load_named_snapshot("a", name)
+                .unwrap()
+                .map(|s| (s.version, s.state))
+        };
+        assert_eq!(load("day-1"), Some((1, b"state@1".to_vec())));
+        assert_eq!(load("day-2"), Some((2, b"state@2".to_vec())));
+        assert_eq!(load("day-3"), None);
+        // Neither the stream's own snapshot nor another stream's.
+        assert_eq!(journal.load_snapshot("a").unwrap().unwrap().state, b"own@3");
+        assert_eq!(journal.load_named_snapshot("b", "day-1").unwrap(), None);
+        assert!(journal
+            .save_named_snapshot("a", "day-9", 9, b"ahead of the stream", &[])
+            .is_err());
+
+        // Saving one drops those it names, in the same write.
+        journal
+            .save_named_snapshot("a", "day-3", 3, b"state@3", &["day-1", "day-0"])
+            .unwrap();
+        assert_eq!(load("day-1"), None);
+        assert_eq!(load("day-3"), Some((3, b"state@3".to_vec())));
+
+        // One whose anchor record was replaced is ignored rather than trusted.
+        let mut record = journal.record(2).unwrap().unwrap();
+        record.payload = b"99".to_vec();
+        record.hash = record.compute_hash();
+        place.replace(&journal, &record);
+        assert_eq!(load("day-2"), None);
+        assert_eq!(load("day-3"), Some((3, b"state@3".to_vec())));
+    }
+}
+
+#[test]
 fn a_snapshot_in_parts_is_loaded_only_with_every_part_at_the_version_its_head_names() {
     for place in places("a_snapshot_in_parts_is_loaded_only_with_every_part_at_the_version") {
         let journal = place.open();

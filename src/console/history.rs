@@ -2,11 +2,16 @@
 //! `apply`: its desired and active capacity and bounds over a range of time, the instants its
 //! policies executed, and its decisions, each with the servers launched and deleted because of
 //! it. Pure: the console reads the records, this decides what they show.
+//!
+//! A fold hands back where it stood at the start of each day it crossed ([`DayStart`]): the
+//! console keeps those, and a later page folds from the one before its range instead of from
+//! the stream's first record, so its cost follows the range it shows, not the group's age.
 
 use std::collections::HashMap;
 
 use flotilla_actors::domain::group::{apply, CapacityChange, GroupEvent, GroupState};
 use flotilla_actors::domain::server::ServerState;
+use serde::{Deserialize, Serialize};
 
 /// One record of the group's stream.
 #[derive(Clone, Debug)]
@@ -136,18 +141,76 @@ fn is_active(state: &GroupState, server: &str) -> bool {
         .is_some_and(|s| s.state == ServerState::Active)
 }
 
+/// A day of the service clock, in ms.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// Where a fold stood after one record of the stream: a later fold may start there instead of
+/// at the stream's first record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The record's version in the stream.
+    pub version: u64,
+    /// When it was recorded.
+    pub at_ms: i64,
+    /// The group as of it.
+    pub state: GroupState,
+    /// Its servers active then.
+    pub active: u32,
+}
+
+/// Where a fold stood at the start of day `day` (days since the epoch): after the last record
+/// before the day's first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DayStart {
+    /// The day.
+    pub day: i64,
+    /// The fold then.
+    pub resume: Resume,
+}
+
 /// Folds the group's records, oldest first, into what the console shows of `[from_ms, to_ms]`.
 /// The cost is one `apply` per record, and the active count is kept as it goes (never counted
 /// over the servers), so a group of 10,000 servers costs what a small one does per record.
 pub fn fold(records: impl IntoIterator<Item = Recorded>, from_ms: i64, to_ms: i64) -> History {
+    fold_from(None, records, from_ms, to_ms).0
+}
+
+/// [`fold`] from `start` (the stream's first record when none), given the records after it;
+/// answers with the history the start of each day the records crossed. A fold from a start
+/// before `from_ms` shows what the whole fold shows.
+pub fn fold_from(
+    start: Option<Resume>,
+    records: impl IntoIterator<Item = Recorded>,
+    from_ms: i64,
+    to_ms: i64,
+) -> (History, Vec<DayStart>) {
     let mut history = History {
         from_ms,
         to_ms,
         ..History::default()
     };
+    let mut days = Vec::new();
     let mut state: GroupState = None;
     let mut active: u32 = 0;
     let mut before: Option<Point> = None;
+    // The last record folded: when, and its version.
+    let mut last: Option<(i64, u64)> = None;
+    if let Some(start) = start {
+        if let Some(group) = &start.state {
+            before = Some(Point {
+                at_ms: from_ms,
+                desired: group.desired_capacity,
+                active: start.active,
+                min: group.min_size,
+                max: group.max_size,
+            });
+        }
+        (state, active, last) = (
+            start.state,
+            start.active,
+            Some((start.at_ms, start.version)),
+        );
+    }
     // The entries in the range by the capacity change they made, for their servers.
     let mut by_change: HashMap<(i64, u32, u32), usize> = HashMap::new();
     let mut entries: Vec<Entry> = Vec::new();
@@ -155,6 +218,21 @@ pub fn fold(records: impl IntoIterator<Item = Recorded>, from_ms: i64, to_ms: i6
         if record.at_ms > to_ms {
             break;
         }
+        if let Some((last_ms, version)) = last {
+            let day = record.at_ms.div_euclid(DAY_MS);
+            if day > last_ms.div_euclid(DAY_MS) && state.is_some() {
+                days.push(DayStart {
+                    day,
+                    resume: Resume {
+                        version,
+                        at_ms: last_ms,
+                        state: state.clone(),
+                        active,
+                    },
+                });
+            }
+        }
+        last = Some((record.at_ms, record.version));
         let touched = server_of(&record.event).map(str::to_owned);
         let was = touched.as_deref().is_some_and(|s| is_active(&state, s));
         state = apply(state, &record.event);
@@ -226,6 +304,23 @@ pub fn fold(records: impl IntoIterator<Item = Recorded>, from_ms: i64, to_ms: i6
             });
         }
     }
+    // The last record folded came before `to_ms`'s day: where the fold stands is also that
+    // day's start (a later record is after `to_ms`), so that a quiet group's next page need
+    // not fold its past again.
+    if let Some((last_ms, version)) = last {
+        let day = to_ms.div_euclid(DAY_MS);
+        if day > last_ms.div_euclid(DAY_MS) && state.is_some() {
+            days.push(DayStart {
+                day,
+                resume: Resume {
+                    version,
+                    at_ms: last_ms,
+                    state: state.clone(),
+                    active,
+                },
+            });
+        }
+    }
     // A group whose last change came before the range stood as it was all along.
     if let Some(start) = before {
         history.points.push(Point {
@@ -235,7 +330,7 @@ pub fn fold(records: impl IntoIterator<Item = Recorded>, from_ms: i64, to_ms: i6
     }
     entries.reverse();
     history.entries = entries;
-    history
+    (history, days)
 }
 
 fn marker(record: &Recorded, markers: &mut Vec<Marker>) {
@@ -443,5 +538,60 @@ mod tests {
         };
         later.at(T0 + 5_000, created(T0 + 5_000, 3));
         assert!(fold(later.records, T0, T0 + 1_000).points.is_empty());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// A page folded from a day's start the console kept shows what the whole fold shows.
+        #[test]
+        fn a_fold_from_a_kept_day_start_shows_what_the_whole_fold_shows(
+            steps in proptest::collection::vec((0..5u8, 1..(DAY_MS / 3)), 1..60),
+            from in 0..(6 * DAY_MS),
+            span in 1..(3 * DAY_MS),
+        ) {
+            let mut stream = Stream { records: Vec::new() };
+            let mut at = T0;
+            stream.at(at, created(at, 1));
+            let (mut desired, mut servers) = (1u32, 0usize);
+            for (kind, gap) in steps {
+                at += gap;
+                let server = format!("srv_{servers}");
+                let event = match kind {
+                    0 => {
+                        let to = (desired + 1) % 10;
+                        let event = executed(at, desired, to, false);
+                        desired = to;
+                        event
+                    }
+                    1 => executed(at, desired, (desired + 3) % 10, true),
+                    2 => {
+                        servers += 1;
+                        launch(at, &server, Some((at, desired, desired)))
+                    }
+                    3 => active(at, &format!("srv_{}", servers.saturating_sub(1))),
+                    _ => GroupEvent::ServerFailed {
+                        server_id: format!("srv_{}", servers.saturating_sub(1)),
+                        reason: "exited".into(),
+                        at: ts(at),
+                    },
+                };
+                stream.at(at, event);
+            }
+            let (from_ms, to_ms) = (T0 + from, T0 + from + span);
+            let (whole, days) = fold_from(None, stream.records.clone(), from_ms, to_ms);
+            for start in days.iter().filter(|d| d.day * DAY_MS <= from_ms) {
+                let after = stream
+                    .records
+                    .iter()
+                    .filter(|r| r.version > start.resume.version)
+                    .cloned();
+                let (part, later) = fold_from(Some(start.resume.clone()), after, from_ms, to_ms);
+                proptest::prop_assert_eq!(format!("{part:?}"), format!("{whole:?}"));
+                // The days from its own on are the same starts.
+                let expected: Vec<&DayStart> = days.iter().filter(|d| d.day >= start.day).collect();
+                proptest::prop_assert_eq!(later.iter().collect::<Vec<_>>(), expected);
+            }
+        }
     }
 }

@@ -662,15 +662,47 @@ impl GroupPage {
     }
 }
 
-/// Group `id`'s history over `[from_ms, to_ms]`, from its stream in the journal.
+/// Days back from a range's first day that a kept start is looked for; also how long one is
+/// kept. A page shows 7 days at most.
+const KEPT_DAYS: i64 = 8;
+
+/// The name a group's start of day `day` is kept under, a snapshot of its stream.
+fn day_start_name(day: i64) -> String {
+    format!("console-day-{day}")
+}
+
+/// Group `id`'s history over `[from_ms, to_ms]`, from its stream in the journal: folded from
+/// the latest start of a day at or before the range that the console kept, else from the
+/// stream's first record. The starts of the days that fold crossed, up to [`KEPT_DAYS`] before
+/// `to_ms`, are kept for the next page (and the oldest dropped), so a page folds the records of
+/// the days it shows, not of the group's whole life.
 pub fn read_history(
     journal: &Journal,
     id: &GroupId,
     from_ms: i64,
     to_ms: i64,
 ) -> Result<History, flotilla_journal::Error> {
+    let first_day = from_ms.div_euclid(history::DAY_MS);
+    let mut kept: Option<history::DayStart> = None;
+    for day in (first_day - KEPT_DAYS..=first_day).rev() {
+        let Some(snapshot) = journal.load_named_snapshot(id.as_str(), &day_start_name(day))? else {
+            continue;
+        };
+        match serde_json::from_slice::<history::DayStart>(&snapshot.state) {
+            Ok(start)
+                if start.day == day
+                    && start.resume.version == snapshot.version
+                    && start.resume.at_ms < from_ms =>
+            {
+                kept = Some(start);
+                break;
+            }
+            _ => tracing::warn!(group = %id, day, "ignoring a kept start of day that does not fit"),
+        }
+    }
+    let since = kept.as_ref().map_or(1, |start| start.resume.version + 1);
     let mut records = Vec::new();
-    for record in journal.read_stream(id.as_str(), 1) {
+    for record in journal.read_stream(id.as_str(), since) {
         let record = record?;
         if let Ok(event) = record.decode::<GroupEvent>(GroupEvent::SCHEMA) {
             records.push(Recorded {
@@ -681,7 +713,37 @@ pub fn read_history(
             });
         }
     }
-    Ok(history::fold(records, from_ms, to_ms))
+    let kept_day = kept.as_ref().map(|start| start.day);
+    let (history, days) =
+        history::fold_from(kept.map(|start| start.resume), records, from_ms, to_ms);
+    let last_day = to_ms.div_euclid(history::DAY_MS);
+    for start in days {
+        if kept_day.is_some_and(|kept| start.day <= kept) || start.day < last_day - KEPT_DAYS {
+            continue;
+        }
+        // Kept as a cache: a page that cannot keep one still shows, and folds more next time.
+        let state = match serde_json::to_vec(&start) {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::warn!(group = %id, %error, "a start of day could not be encoded");
+                continue;
+            }
+        };
+        let older: Vec<String> = (start.day - 2 * KEPT_DAYS..start.day - KEPT_DAYS)
+            .map(day_start_name)
+            .collect();
+        let older: Vec<&str> = older.iter().map(String::as_str).collect();
+        if let Err(error) = journal.save_named_snapshot(
+            id.as_str(),
+            &day_start_name(start.day),
+            start.resume.version,
+            &state,
+            &older,
+        ) {
+            tracing::warn!(group = %id, %error, "a start of day could not be kept");
+        }
+    }
+    Ok(history)
 }
 
 /// An alarm's state in words, with a shape for the eye (not read aloud).
@@ -877,4 +939,167 @@ pub fn confirm(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_actors::aggregate::Groups;
+    use flotilla_actors::clock::Timestamp;
+    use flotilla_actors::domain::{Cause, TenantId};
+    use flotilla_journal::ExpectedVersion;
+    use history::{DayStart, DAY_MS};
+
+    /// A day well after the epoch, so that the days before it are too.
+    const DAY0: i64 = 20_000;
+
+    fn at(day: i64, hour: i64) -> Timestamp {
+        Timestamp::from_millis((DAY0 + day) * DAY_MS + hour * 3_600_000)
+    }
+
+    fn append(journal: &Journal, events: &[(Timestamp, GroupEvent)]) {
+        for (when, event) in events {
+            let records =
+                flotilla_actors::store::records::<Groups>(std::slice::from_ref(event), *when)
+                    .unwrap();
+            journal
+                .append("grp_1", ExpectedVersion::Any, records)
+                .unwrap();
+        }
+    }
+
+    fn change(when: Timestamp, from: u32, to: u32) -> (Timestamp, GroupEvent) {
+        let event = GroupEvent::CapacityChanged {
+            from,
+            to,
+            cause: Cause::Direct,
+            at: when,
+        };
+        (when, event)
+    }
+
+    fn desired_at_start(history: &History) -> u32 {
+        history.points[0].desired
+    }
+
+    #[test]
+    fn a_page_keeps_the_starts_of_the_days_it_folds_and_the_next_folds_from_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let id = GroupId::new("grp_1");
+        let created = GroupEvent::Created {
+            id: id.clone(),
+            tenant_id: TenantId::new("ten_1"),
+            name: "web".into(),
+            min_size: 0,
+            max_size: 10,
+            desired_capacity: 1,
+            cooldown_seconds: 0,
+            launch: serde_json::json!({"provider": "simulated"}),
+            metadata: serde_json::Map::new(),
+            metrics_token_hash: String::new(),
+            at: at(0, 1),
+        };
+        append(
+            &journal,
+            &[
+                (at(0, 1), created),
+                change(at(1, 2), 1, 2),
+                change(at(2, 3), 2, 3),
+                change(at(3, 1), 3, 4),
+            ],
+        );
+        let day = |n: i64| (DAY0 + n) * DAY_MS;
+        let (from, to) = (day(3), day(3) + 2 * 3_600_000);
+        let first = read_history(&journal, &id, from, to).unwrap();
+        assert_eq!(desired_at_start(&first), 3);
+        assert_eq!(first.points.last().unwrap().desired, 4);
+
+        // The start of each day the fold crossed is kept, as the state after the day before.
+        let kept = |n: i64| {
+            journal
+                .load_named_snapshot("grp_1", &day_start_name(DAY0 + n))
+                .unwrap()
+                .map(|snapshot| serde_json::from_slice::<DayStart>(&snapshot.state).unwrap())
+        };
+        let starts: Vec<(i64, u64, u32)> = (1..=3)
+            .map(|n| {
+                let start = kept(n).unwrap();
+                let desired = start.resume.state.as_ref().unwrap().desired_capacity;
+                (start.day - DAY0, start.resume.version, desired)
+            })
+            .collect();
+        assert_eq!(starts, [(1, 1, 1), (2, 2, 2), (3, 3, 3)]);
+        assert!(kept(0).is_none() && kept(4).is_none());
+
+        // The next page folds from the start it finds, not from the stream's first record: a
+        // start kept with another capacity shows.
+        let mut altered = kept(3).unwrap();
+        altered.resume.state.as_mut().unwrap().desired_capacity = 9;
+        journal
+            .save_named_snapshot(
+                "grp_1",
+                &day_start_name(DAY0 + 3),
+                3,
+                &serde_json::to_vec(&altered).unwrap(),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(
+            desired_at_start(&read_history(&journal, &id, from, to).unwrap()),
+            9
+        );
+        // A range starting the day before folds from that day's start, and shows the truth.
+        let earlier = read_history(&journal, &id, day(2), to).unwrap();
+        assert_eq!(desired_at_start(&earlier), 2);
+
+        // A start kept under another day's name is not trusted.
+        journal
+            .save_named_snapshot(
+                "grp_1",
+                &day_start_name(DAY0 + 3),
+                2,
+                &serde_json::to_vec(&kept(2).unwrap()).unwrap(),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(
+            desired_at_start(&read_history(&journal, &id, from, to).unwrap()),
+            3
+        );
+    }
+
+    #[test]
+    fn a_quiet_group_keeps_the_start_of_the_day_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let id = GroupId::new("grp_1");
+        let created = GroupEvent::Created {
+            id: id.clone(),
+            tenant_id: TenantId::new("ten_1"),
+            name: "web".into(),
+            min_size: 0,
+            max_size: 10,
+            desired_capacity: 2,
+            cooldown_seconds: 0,
+            launch: serde_json::json!({"provider": "simulated"}),
+            metadata: serde_json::Map::new(),
+            metrics_token_hash: String::new(),
+            at: at(0, 1),
+        };
+        append(&journal, &[(at(0, 1), created), change(at(0, 2), 2, 3)]);
+        // Nothing happened since day 0: no record crosses into day 5, yet its start is kept.
+        let day = |n: i64| (DAY0 + n) * DAY_MS;
+        let history = read_history(&journal, &id, day(5), day(5) + 3_600_000).unwrap();
+        assert_eq!(desired_at_start(&history), 3);
+        let kept: Vec<i64> = (0..=6)
+            .filter(|n| {
+                journal
+                    .load_named_snapshot("grp_1", &day_start_name(DAY0 + n))
+                    .unwrap()
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(kept, [5]);
+    }
 }
