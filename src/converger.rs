@@ -15,8 +15,8 @@
 //!    - the provider is asked about the pending servers and the sweep's share of the active
 //!      ones, and what it says is recorded (`report_servers`), with the pending servers whose
 //!      launch was never recorded (a restart came between) as failed. A provider that cannot
-//!      be asked (an orchestrator down) is asked no more in this pass, and the next pass asks
-//!      about the same servers;
+//!      be reached (an orchestrator down) is asked no more in this pass, and the next pass
+//!      asks about the servers this one did not reach;
 //!    - new slots, and failed ones whose backoff ran out, are asked of the group
 //!      (`launch_servers`), which records each it allows; only those are launched, each with a
 //!      fresh metrics token whose hash the launch event records, and their outcome is
@@ -92,8 +92,8 @@ pub const ACTIVE_CHECKS_PER_PASS: usize = 256;
 pub const CALLS_AT_ONCE: usize = 8;
 
 /// The most servers of one group a pass launches (relaunches first): a group of 10,000 is
-/// launched over 10 passes. A pass's launches are one append and one provider call, and a
-/// group launched at once held every launch's events, reports and handles in memory together:
+/// launched over 10 passes. A pass's launches are one append, then the provider's calls
+/// ([`CALLS_AT_ONCE`] at once), and a group launched at once held every launch's events, reports and handles in memory together:
 /// 100,000 simulated servers peaked at 2 GiB and settled at 0.8 to 0.95 GiB, against 0.63 and
 /// 0.59 GiB in batches of 1,000 (`cargo bench --bench load`, `LOAD_SERVERS`).
 pub const LAUNCHES_PER_PASS: usize = 1_000;
@@ -451,8 +451,8 @@ impl Converger {
 
     /// Asks the provider about the `watch`ed servers, and records what it says, with the
     /// launches a restart interrupted (`resume`) as failed; answers the events recorded. The
-    /// sweep then goes on from `swept_to`, unless the provider could not be asked: the next
-    /// pass asks about the same servers.
+    /// sweep then goes on from `swept_to`; if the provider could not be reached, from the last
+    /// active server it was asked about, so that the next pass asks about those not reached.
     async fn check(
         &self,
         on: &Calls<'_>,
@@ -460,6 +460,14 @@ impl Converger {
         resume: Vec<String>,
         swept_to: Option<String>,
     ) -> Result<usize, Error> {
+        // The active servers watched, by their place in `watch`, in the sweep's order.
+        let active: Vec<(usize, String)> = watch
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, state, _))| *state == ServerState::Active)
+            .map(|(place, (id, _, _))| (place, id.clone()))
+            .collect();
+        let watched = watch.len();
         let (providers, config) = (self.providers.clone(), on.config.clone());
         let checked = self
             .fan_out(on, watch, move |(server_id, state, handle)| {
@@ -491,10 +499,18 @@ impl Converger {
                 .events
                 .len();
         }
-        if halted {
-            tracing::warn!(group = %on.id, "the provider could not be asked about servers; asking again next pass");
-            return Ok(events);
-        }
+        let swept_to = if halted {
+            // Past the servers asked, even the one that halted: an orchestrator that times out
+            // now and then stalls no sweep. The next pass asks from there.
+            let asked = watched - checked.left.len();
+            tracing::warn!(group = %on.id, asked, of = watched, "the provider could not be asked about every server; the next pass goes on");
+            match active.iter().take_while(|(place, _)| *place < asked).last() {
+                Some((_, id)) => Some(id.clone()),
+                None => return Ok(events),
+            }
+        } else {
+            swept_to
+        };
         match swept_to {
             Some(reached) => self.sweeps().insert(on.id.clone(), reached),
             None => self.sweeps().remove(on.id),
@@ -806,7 +822,10 @@ impl<I, W> Shared<I, W> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .pop_front();
             let Some((index, item)) = next else { break };
-            match (self.work)(item) {
+            let halt_on_panic = HaltOnPanic(&self.halted);
+            let answer = (self.work)(item);
+            std::mem::forget(halt_on_panic);
+            match answer {
                 Answer::Go(answer) => answers.push((index, answer)),
                 Answer::Halt(answer) => {
                     answers.push((index, answer));
@@ -815,6 +834,16 @@ impl<I, W> Shared<I, W> {
             }
         }
         answers
+    }
+}
+
+/// Halts a fan-out when dropped, which only a panic in a call does: the pass it belongs to
+/// unwinds, and nothing would record what its other calls went on to do.
+struct HaltOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for HaltOnPanic<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -840,4 +869,26 @@ fn new_server_id() -> String {
 fn uuid_like() -> String {
     let token = token::generate("");
     token::hash(&token)[..32].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_that_panics_halts_the_others_of_its_fan_out() {
+        let shared = Shared {
+            items: Mutex::new((0..10).map(|i| (i, i)).collect()),
+            halted: AtomicBool::new(false),
+            work: |item: usize| {
+                assert!(item != 3, "the provider broke");
+                Answer::Go(item * 10)
+            },
+        };
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.drain()));
+        assert!(panicked.is_err());
+        // The other calls, on other threads, take no more items: nothing would record them.
+        assert!(shared.drain().is_empty());
+        assert_eq!(shared.items.lock().unwrap().len(), 6);
+    }
 }

@@ -541,6 +541,8 @@ enum Mode {
     HoldStatus,
     /// Status requests are answered 503.
     StatusError,
+    /// Status requests are answered 400.
+    StatusRefused,
     /// Creates are refused with 422.
     Reject,
 }
@@ -610,6 +612,9 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
                     ("delete", _) => ("200 OK", json!({})),
                     ("status", Mode::StatusError) => {
                         ("503 Service Unavailable", json!({"error": "busy"}))
+                    }
+                    ("status", Mode::StatusRefused) => {
+                        ("400 Bad Request", json!({"error": "no such handle"}))
                     }
                     ("status", Mode::HoldStatus) => {
                         // Until the test lets go: a real orchestrator slow to answer.
@@ -951,36 +956,56 @@ fn an_orchestrator_slow_to_answer_statuses_delays_no_launch() {
     assert_eq!(servers(&server, &token, &group).len(), 4);
 }
 
+/// The handles of the servers asked about since `since` requests.
+fn asked_since(orchestrator: &Orchestrator, since: usize) -> std::collections::BTreeSet<String> {
+    orchestrator.requests.lock().unwrap()[since..]
+        .iter()
+        .filter(|r| r["action"] == "status")
+        .map(|r| r["handle"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[test]
-fn a_pass_stops_asking_an_orchestrator_that_fails_and_asks_the_same_servers_again() {
+fn a_pass_stops_asking_an_orchestrator_that_is_down_and_the_next_goes_on_from_there() {
     let mode = Arc::new(Mutex::new(Mode::Ok));
     let orchestrator = orchestrator(SECRET, mode.clone());
     let server = server();
     let token = server.tenant("acme");
     let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET,
                         "retries": 0});
-    let group = create(&server, &token, 40, launch);
-    converge_until(&server, "40 active", || {
-        active(&server, &token, &group).len() == 40
+    // More servers than a pass's sweep checks, so that where it goes on from shows.
+    let group = create(&server, &token, 300, launch);
+    converge_until(&server, "300 active", || {
+        active(&server, &token, &group).len() == 300
     });
 
-    // Each pass asks a failing orchestrator once per call at once, not once per server.
+    // Down (5xx): each pass asks once per call at once, not once per server, and the next
+    // pass asks about other servers, not the same ones again.
     *mode.lock().unwrap() = Mode::StatusError;
+    let mut seen = std::collections::BTreeSet::new();
     for _ in 0..3 {
-        let asked = count(&orchestrator, "status");
+        let since = orchestrator.requests.lock().unwrap().len();
         server.tick();
-        let now = count(&orchestrator, "status") - asked;
+        let asked = asked_since(&orchestrator, since);
         assert!(
-            (1..=flotilla::converger::CALLS_AT_ONCE).contains(&now),
-            "{now} status requests in one pass"
+            (1..=flotilla::converger::CALLS_AT_ONCE).contains(&asked.len()),
+            "{} servers asked in one pass",
+            asked.len()
         );
+        assert!(seen.is_disjoint(&asked), "asked again: {asked:?}");
+        seen.extend(asked);
     }
-    // Answering again, it is asked about every server, and none was taken for failed.
-    *mode.lock().unwrap() = Mode::Ok;
-    let asked = count(&orchestrator, "status");
+    // A refusal (4xx) is about its server only: a pass asks about a whole sweep's share.
+    *mode.lock().unwrap() = Mode::StatusRefused;
+    let since = orchestrator.requests.lock().unwrap().len();
     server.tick();
-    assert_eq!(count(&orchestrator, "status") - asked, 40);
-    assert_eq!(active(&server, &token, &group).len(), 40);
+    let asked = asked_since(&orchestrator, since);
+    assert_eq!(asked.len(), flotilla::converger::ACTIVE_CHECKS_PER_PASS);
+    assert!(seen.is_disjoint(&asked));
+    // None was taken for failed.
+    *mode.lock().unwrap() = Mode::Ok;
+    server.tick();
+    assert_eq!(active(&server, &token, &group).len(), 300);
 }
 
 #[test]

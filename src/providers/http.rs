@@ -208,7 +208,10 @@ impl Provider for HttpProvider {
                 Some("exited") => Status::Exited,
                 _ => Status::Unknown,
             },
-            Err(_) => Status::Unreachable,
+            Err(error) if error.unreachable => Status::Unreachable,
+            // A refusal about this server (a 4xx, an answer that is no status): the others
+            // are asked.
+            Err(_) => Status::Unknown,
         }
     }
 }

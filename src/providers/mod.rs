@@ -61,8 +61,8 @@ pub enum Status {
     Exited,
     /// Not known yet (starting, or an answer that says neither).
     Unknown,
-    /// The provider could not be asked (an orchestrator that timed out, could not be reached
-    /// or answered an error): a pass asks it about no more servers.
+    /// The provider could not be reached (an orchestrator that timed out, refused the
+    /// connection or answered 5xx, after its retries): a pass asks it about no more servers.
     Unreachable,
 }
 

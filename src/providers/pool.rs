@@ -11,6 +11,10 @@
 //! tenant holds more than its share of threads at once. A tenant whose orchestrator hangs slows
 //! its own groups only. Threads are started as calls need them, up to the pool's size, and are
 //! kept; a thread blocked in a call does not hold up the service's stop.
+//!
+//! A turn is one call to [`Pool::run`], which may make several provider requests: a pass over
+//! a group hands the pool a few calls that each work through its list of servers (see
+//! `converger::CALLS_AT_ONCE`).
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -114,7 +118,11 @@ impl Pool {
         let lane = state.tenants.entry(tenant.clone()).or_default();
         lane.waiting.push_back(job);
         if lane.queued || lane.running >= shared.per_tenant {
-            // Its turn is already due, or one of its calls running takes it when it ends.
+            // Its turn is already due, or one of its calls running takes it when it ends;
+            // unless no thread could ever be started for a turn: then one is tried again now.
+            if state.started == 0 && !state.turns.is_empty() {
+                shared.dispatch(&mut state);
+            }
             return;
         }
         lane.queued = true;
@@ -265,9 +273,11 @@ mod tests {
         drop((a2.0, a3.0));
         a2.1.join().unwrap();
         a3.1.join().unwrap();
-        let state = pool.shared.lock();
-        assert!(state.tenants.is_empty() && state.turns.is_empty());
-        assert_eq!(state.started, 3);
+        // A caller hears its answer just before its thread takes the end of the call in.
+        until(&pool, |state| {
+            state.tenants.is_empty() && state.turns.is_empty()
+        });
+        assert_eq!(pool.shared.lock().started, 3);
     }
 
     /// Waits until the pool's state is as `expected` says (a call is queued by another
