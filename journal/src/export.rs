@@ -224,6 +224,11 @@ fn read_export(input: impl BufRead, mut each: impl FnMut(Record) -> Result<()>) 
             })
         };
         if trailer.is_some() {
+            // An empty line (an editor's, a copy's) carries nothing; anything else would be
+            // records the trailer does not vouch for.
+            if line.trim().is_empty() {
+                continue;
+            }
             return Err(broken("a line follows the trailer".into()));
         }
         if let Ok(t) = serde_json::from_str::<Trailer>(&line) {

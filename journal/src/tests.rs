@@ -628,6 +628,16 @@ fn an_export_verifies_on_its_own_and_imports_into_an_empty_journal() {
     assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), 11);
     let head = export::verify_export(&bytes[..]).unwrap();
     assert_eq!(head, journal.head().unwrap());
+    // Empty lines after the trailer (an editor's, a copy's) carry nothing and are let be; a
+    // record after it is not.
+    let padded = [&bytes[..], b"\n  \n"].concat();
+    assert_eq!(export::verify_export(&padded[..]).unwrap(), head);
+    let first = bytes.split(|b| *b == b'\n').next().unwrap();
+    let appended = [&bytes[..], first, b"\n"].concat();
+    assert!(matches!(
+        export::verify_export(&appended[..]),
+        Err(Error::BrokenChain(Break { seq: 11, .. }))
+    ));
 
     for place in places("an_export_verifies_on_its_own_and_imports_into_an_empty_journal") {
         let imported = place.open();
