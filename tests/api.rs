@@ -1201,3 +1201,49 @@ fn a_metrics_body_over_2_mib_is_413_as_spec_3_says_by_default() {
         .unwrap();
     assert_error(&common::read(answer), 413, "too_large");
 }
+
+#[test]
+fn a_body_declared_other_than_json_is_refused_with_415_and_none_at_all_is_fine() {
+    let server = Server::start();
+    let token = server.tenant("acme");
+    let group = server.group(&token, 0, 10, 2, 0);
+    let policy = server.policy(
+        &token,
+        &group,
+        json!({"name": "up", "adjustment_type": "change", "adjustment": 1}),
+    );
+    let send = |path: &str, content_type: Option<&str>, body: &str| {
+        let mut request = server
+            .request("POST", path, Some(&token))
+            .body(body.to_owned());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        common::read(request.send().unwrap())
+    };
+    let pause = format!("/v1/groups/{group}/pause");
+    let execute = format!("/v1/groups/{group}/policies/{policy}/execute");
+    let body = r#"{"scale_in": true}"#;
+    for path in [&pause, &execute] {
+        assert_error(
+            &send(path, Some("text/plain"), body),
+            415,
+            "unsupported_media_type",
+        );
+    }
+    // Nothing changed.
+    let (_, view) = server.call("GET", &format!("/v1/groups/{group}"), &token, None);
+    assert_eq!(
+        (view["desired_capacity"].as_u64(), &view["paused"]),
+        (Some(2), &json!(false))
+    );
+    // Declared JSON (or a +json type), or not declared, it is read; an empty body needs no type.
+    let (status, view) = send(&pause, Some("application/json; charset=utf-8"), body);
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["pause"]["scale_in"], true, "{view}");
+    let (status, view) = send(&pause, Some("application/merge-patch+json"), body);
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(send(&pause, None, body).0, 200);
+    let (status, view) = send(&pause, Some("text/plain"), "");
+    assert_eq!((status, &view["paused"]), (200, &json!(true)), "{view}");
+}

@@ -408,11 +408,11 @@ pub async fn pause(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<String>,
-    super::Body(body): super::Body,
+    body: super::Body,
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path).await?;
     // No body, or null, pauses both directions.
-    let body: Option<PauseBody> = super::optional_json::<Option<PauseBody>>(&body)?.flatten();
+    let body: Option<PauseBody> = body.optional_json::<Option<PauseBody>>()?.flatten();
     let pause = body.map_or(Pause::BOTH, |body| Pause {
         scale_in: body.scale_in,
         scale_out: body.scale_out,

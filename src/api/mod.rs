@@ -211,7 +211,12 @@ pub async fn read_body(payload: web::Payload, limit: usize) -> Result<web::Bytes
 /// The raw body of a route that reads it itself (an optional JSON body, Alertmanager's
 /// notification), up to SPEC 3's 2 MiB ([`crate::intake::MAX_BODY`]): `web::Bytes` would stop
 /// at actix's 256 KiB and answer past it in plain text.
-pub struct Body(pub web::Bytes);
+pub struct Body {
+    /// Its bytes.
+    pub bytes: web::Bytes,
+    /// Whether it was declared JSON, or not declared at all.
+    json: bool,
+}
 
 impl actix_web::FromRequest for Body {
     type Error = ApiError;
@@ -221,24 +226,46 @@ impl actix_web::FromRequest for Body {
         req: &actix_web::HttpRequest,
         payload: &mut actix_web::dev::Payload,
     ) -> Self::Future {
+        use actix_web::HttpMessage as _;
+        // `application/json`, or a type with the `+json` suffix, or none said.
+        let json = match req.mime_type() {
+            Ok(None) => true,
+            Ok(Some(mime)) => {
+                mime.subtype() == actix_web::mime::JSON
+                    || mime.suffix() == Some(actix_web::mime::JSON)
+            }
+            Err(_) => false,
+        };
         let payload = web::Payload::from_request(req, payload).into_inner();
         Box::pin(async move {
             let payload =
                 payload.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
-            Ok(Body(read_body(payload, crate::intake::MAX_BODY).await?))
+            Ok(Body {
+                bytes: read_body(payload, crate::intake::MAX_BODY).await?,
+                json,
+            })
         })
     }
 }
 
-/// An optional JSON body: none when the body is empty (or only whitespace); otherwise `T`, or
-/// 400 `invalid_json`.
-pub fn optional_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
+impl Body {
+    /// An optional JSON body: none when the body is empty (or only whitespace); otherwise `T`,
+    /// or 400 `invalid_json`, or 415 when it was declared another type than JSON.
+    pub fn optional_json<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, ApiError> {
+        if self.bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        if !self.json {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send application/json",
+            ));
+        }
+        serde_json::from_slice(&self.bytes)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
     }
-    serde_json::from_slice(body)
-        .map(Some)
-        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
 }
 
 /// `{"items": [...], "next_cursor": ...}`.

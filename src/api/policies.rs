@@ -748,10 +748,10 @@ pub async fn execute(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
-    super::Body(body): super::Body,
+    body: super::Body,
 ) -> Result<HttpResponse, ApiError> {
     let (_, policy) = owned(&state, &tenant, &path.0, &path.1).await?;
-    let breach = match super::optional_json::<Option<ExecuteBody>>(&body)?.flatten() {
+    let breach = match body.optional_json::<Option<ExecuteBody>>()?.flatten() {
         None => None,
         Some(body) => breach_of(body.metric_value.as_ref(), body.breach_threshold.as_ref())
             .map_err(flotilla_actors::error::Error::from)?,

@@ -367,7 +367,7 @@ pub async fn notify(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    super::Body(body): super::Body,
+    super::Body { bytes: body, .. }: super::Body,
 ) -> Result<HttpResponse, ApiError> {
     if !state.is_ready() {
         return Err(ApiError::not_ready());

@@ -149,7 +149,7 @@ pub async fn show(
     request_body = Option<Rotate>,
     responses(
         (status = 200, description = "the webhook with its new secret (shown once)", body = WebhookView),
-        ReadErrors,
+        WriteErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -157,10 +157,11 @@ pub async fn rotate(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<(String, String, String)>,
-    super::Body(body): super::Body,
+    body: super::Body,
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path).await?;
-    let rotate: Rotate = super::optional_json::<Option<Rotate>>(&body)?
+    let rotate: Rotate = body
+        .optional_json::<Option<Rotate>>()?
         .flatten()
         .unwrap_or_default();
     let grace_seconds = rotate.grace_seconds;
