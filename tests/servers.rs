@@ -545,6 +545,8 @@ enum Mode {
     StatusRefused,
     /// Creates are refused with 422.
     Reject,
+    /// Creates are answered 429: too many.
+    Busy,
 }
 
 fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
@@ -592,6 +594,9 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
                         "500 Internal Server Error",
                         json!({"error": "quota exceeded"}),
                     ),
+                    ("create", Mode::Busy) => {
+                        ("429 Too Many Requests", json!({"error": "slow down"}))
+                    }
                     ("create", Mode::Reject) => (
                         "422 Unprocessable Entity",
                         json!({"error": "no such flavor"}),
@@ -1038,6 +1043,17 @@ fn a_pass_stops_launching_through_an_orchestrator_that_is_down_but_not_one_that_
     server.clock.advance_secs(2);
     server.tick();
     assert_eq!(count(&orchestrator, "create"), tried + 20);
+
+    // Asked to slow down (429): as down, a few tried and the rest not.
+    *mode.lock().unwrap() = Mode::Busy;
+    server.clock.advance_secs(5);
+    let before = count(&orchestrator, "create");
+    server.tick();
+    let busy = count(&orchestrator, "create") - before;
+    assert!(
+        (1..=flotilla::converger::CALLS_AT_ONCE).contains(&busy),
+        "{busy} creates"
+    );
 
     // Up again: every slot launches.
     *mode.lock().unwrap() = Mode::Ok;

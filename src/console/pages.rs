@@ -666,15 +666,31 @@ impl GroupPage {
 /// kept. A page shows 7 days at most.
 const KEPT_DAYS: i64 = 8;
 
-/// The name a group's start of day `day` is kept under, a snapshot of its stream.
+/// The name a group's start of day `day` is kept under, a snapshot of its stream: one of
+/// `KEPT_DAYS + 1` slots, each day's start replacing the one that many days older, so a group
+/// keeps at most that many. (A start names its day, which a load checks.)
 fn day_start_name(day: i64) -> String {
-    format!("console-day-{day}")
+    format!("console-day-{}", day.rem_euclid(KEPT_DAYS + 1))
+}
+
+/// The start of day `day` kept for group `id`, if one is and it still matches the journal.
+/// Only a cache: one that cannot be read is as none, and the page folds from further back.
+fn kept_start(journal: &Journal, id: &GroupId, day: i64) -> Option<history::DayStart> {
+    let snapshot = match journal.load_named_snapshot(id.as_str(), &day_start_name(day)) {
+        Ok(snapshot) => snapshot?,
+        Err(error) => {
+            tracing::warn!(group = %id, day, %error, "a kept start of day could not be read");
+            return None;
+        }
+    };
+    let start = serde_json::from_slice::<history::DayStart>(&snapshot.state).ok()?;
+    (start.day == day && start.resume.version == snapshot.version).then_some(start)
 }
 
 /// Group `id`'s history over `[from_ms, to_ms]`, from its stream in the journal: folded from
 /// the latest start of a day at or before the range that the console kept, else from the
-/// stream's first record. The starts of the days that fold crossed, up to [`KEPT_DAYS`] before
-/// `to_ms`, are kept for the next page (and the oldest dropped), so a page folds the records of
+/// stream's first record. The starts of the days that fold went into, up to [`KEPT_DAYS`]
+/// before `to_ms`'s, are kept for the next pages (each once), so a page folds the records of
 /// the days it shows, not of the group's whole life.
 pub fn read_history(
     journal: &Journal,
@@ -683,23 +699,10 @@ pub fn read_history(
     to_ms: i64,
 ) -> Result<History, flotilla_journal::Error> {
     let first_day = from_ms.div_euclid(history::DAY_MS);
-    let mut kept: Option<history::DayStart> = None;
-    for day in (first_day - KEPT_DAYS..=first_day).rev() {
-        let Some(snapshot) = journal.load_named_snapshot(id.as_str(), &day_start_name(day))? else {
-            continue;
-        };
-        match serde_json::from_slice::<history::DayStart>(&snapshot.state) {
-            Ok(start)
-                if start.day == day
-                    && start.resume.version == snapshot.version
-                    && start.resume.at_ms < from_ms =>
-            {
-                kept = Some(start);
-                break;
-            }
-            _ => tracing::warn!(group = %id, day, "ignoring a kept start of day that does not fit"),
-        }
-    }
+    let kept = (first_day - KEPT_DAYS..=first_day)
+        .rev()
+        .filter_map(|day| kept_start(journal, id, day))
+        .find(|start| start.resume.at_ms < from_ms);
     let since = kept.as_ref().map_or(1, |start| start.resume.version + 1);
     let mut records = Vec::new();
     for record in journal.read_stream(id.as_str(), since) {
@@ -714,11 +717,18 @@ pub fn read_history(
         }
     }
     let kept_day = kept.as_ref().map(|start| start.day);
-    let (history, days) =
-        history::fold_from(kept.map(|start| start.resume), records, from_ms, to_ms);
     let last_day = to_ms.div_euclid(history::DAY_MS);
+    let (history, days) = history::fold_from(
+        kept.map(|start| start.resume),
+        records,
+        (from_ms, to_ms),
+        last_day - KEPT_DAYS,
+    );
     for start in days {
-        if kept_day.is_some_and(|kept| start.day <= kept) || start.day < last_day - KEPT_DAYS {
+        // Written once: a start already kept (by an earlier view) is not written again.
+        if kept_day.is_some_and(|kept| start.day <= kept)
+            || kept_start(journal, id, start.day).is_some()
+        {
             continue;
         }
         // Kept as a cache: a page that cannot keep one still shows, and folds more next time.
@@ -729,16 +739,12 @@ pub fn read_history(
                 continue;
             }
         };
-        let older: Vec<String> = (start.day - 2 * KEPT_DAYS..start.day - KEPT_DAYS)
-            .map(day_start_name)
-            .collect();
-        let older: Vec<&str> = older.iter().map(String::as_str).collect();
         if let Err(error) = journal.save_named_snapshot(
             id.as_str(),
             &day_start_name(start.day),
             start.resume.version,
             &state,
-            &older,
+            &[],
         ) {
             tracing::warn!(group = %id, %error, "a start of day could not be kept");
         }
@@ -948,7 +954,7 @@ mod tests {
     use flotilla_actors::clock::Timestamp;
     use flotilla_actors::domain::{Cause, TenantId};
     use flotilla_journal::ExpectedVersion;
-    use history::{DayStart, DAY_MS};
+    use history::DAY_MS;
 
     /// A day well after the epoch, so that the days before it are too.
     const DAY0: i64 = 20_000;
@@ -1016,12 +1022,7 @@ mod tests {
         assert_eq!(first.points.last().unwrap().desired, 4);
 
         // The start of each day the fold crossed is kept, as the state after the day before.
-        let kept = |n: i64| {
-            journal
-                .load_named_snapshot("grp_1", &day_start_name(DAY0 + n))
-                .unwrap()
-                .map(|snapshot| serde_json::from_slice::<DayStart>(&snapshot.state).unwrap())
-        };
+        let kept = |n: i64| kept_start(&journal, &id, DAY0 + n);
         let starts: Vec<(i64, u64, u32)> = (1..=3)
             .map(|n| {
                 let start = kept(n).unwrap();
@@ -1088,18 +1089,23 @@ mod tests {
             at: at(0, 1),
         };
         append(&journal, &[(at(0, 1), created), change(at(0, 2), 2, 3)]);
-        // Nothing happened since day 0: no record crosses into day 5, yet its start is kept.
+        // Nothing happened since day 0: no record goes into days 1 to 5, yet their starts are
+        // kept, the same state each.
         let day = |n: i64| (DAY0 + n) * DAY_MS;
         let history = read_history(&journal, &id, day(5), day(5) + 3_600_000).unwrap();
         assert_eq!(desired_at_start(&history), 3);
-        let kept: Vec<i64> = (0..=6)
-            .filter(|n| {
-                journal
-                    .load_named_snapshot("grp_1", &day_start_name(DAY0 + n))
-                    .unwrap()
-                    .is_some()
-            })
+        let kept: Vec<(i64, u64)> = (0..=6)
+            .filter_map(|n| kept_start(&journal, &id, DAY0 + n))
+            .map(|start| (start.day - DAY0, start.resume.version))
             .collect();
-        assert_eq!(kept, [5]);
+        assert_eq!(kept, [(1, 2), (2, 2), (3, 2), (4, 2), (5, 2)]);
+        // The next day's page folds from yesterday's start, and keeps today's.
+        let history = read_history(&journal, &id, day(5) + 1, day(6) + 1).unwrap();
+        assert_eq!(desired_at_start(&history), 3);
+        assert!(kept_start(&journal, &id, DAY0 + 6).is_some());
+        // At most one start a slot: day 6's replaced nothing, day 10's replaces day 1's.
+        read_history(&journal, &id, day(10), day(10) + 1).unwrap();
+        assert!(kept_start(&journal, &id, DAY0 + 1).is_none());
+        assert!(kept_start(&journal, &id, DAY0 + 10).is_some());
     }
 }

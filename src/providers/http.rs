@@ -15,8 +15,10 @@
 //! - status: `{"action": "status", "handle": <handle>}`, answered 2xx with `{"status":
 //!   "running" | "exited" | anything else (unknown)}`.
 //!
-//! A request that times out, cannot connect or is answered 5xx is retried `retries` times (100
-//! ms, 200 ms, ...); a 4xx is not. An error answer's text becomes the failure's reason.
+//! A request that times out, cannot connect or is answered 5xx, 408 or 429 is retried `retries`
+//! times (100 ms, 200 ms, ...), then the orchestrator counts as unreachable (a pass asks it no
+//! more); another 4xx is not retried, and refuses only its request. The answer's status becomes
+//! the failure's reason.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,8 +142,9 @@ impl HttpProvider {
                     // which carries the server's metrics token.
                     let status = response.status().as_u16();
                     last = format!("orchestrator answered {status}");
-                    if status < 500 {
-                        // A refusal of this request, not an orchestrator down.
+                    if status < 500 && !matches!(status, 408 | 429) {
+                        // A refusal of this request, not an orchestrator down or asking to be
+                        // left alone for a while (408, 429: retried, then unreachable).
                         return Err(ProviderError::new(last));
                     }
                 }
