@@ -207,17 +207,23 @@ fn concurrent_appenders_to_one_stream_never_lose_or_duplicate_a_version() {
     }
 }
 
+/// The journal at `place`, its stream `a` holding events 1, 2 and 3.
+fn three_in_a(place: &Place) -> Journal {
+    let journal = place.open();
+    journal
+        .append(
+            "a",
+            ExpectedVersion::Any,
+            vec![event(1), event(2), event(3)],
+        )
+        .unwrap();
+    journal
+}
+
 #[test]
 fn a_snapshot_is_loaded_only_while_it_matches_the_journal() {
     for place in places("a_snapshot_is_loaded_only_while_it_matches_the_journal") {
-        let journal = place.open();
-        journal
-            .append(
-                "a",
-                ExpectedVersion::Any,
-                vec![event(1), event(2), event(3)],
-            )
-            .unwrap();
+        let journal = three_in_a(&place);
         assert_eq!(journal.load_snapshot("a").unwrap(), None);
         journal.save_snapshot("a", 2, b"state@2").unwrap();
         let snapshot = journal.load_snapshot("a").unwrap().unwrap();
@@ -245,14 +251,7 @@ fn a_snapshot_is_loaded_only_while_it_matches_the_journal() {
 #[test]
 fn a_named_snapshot_is_kept_apart_dropped_on_demand_and_loaded_only_while_it_matches() {
     for place in places("a_named_snapshot_is_kept_apart") {
-        let journal = place.open();
-        journal
-            .append(
-                "a",
-                ExpectedVersion::Any,
-                vec![event(1), event(2), event(3)],
-            )
-            .unwrap();
+        let journal = three_in_a(&place);
         journal.save_snapshot("a", 3, b"own@3").unwrap();
         journal
             .save_named_snapshot("a", "day-1", 1, b"state@1", &[])
@@ -296,14 +295,7 @@ fn a_named_snapshot_is_kept_apart_dropped_on_demand_and_loaded_only_while_it_mat
 #[test]
 fn a_snapshot_in_parts_is_loaded_only_with_every_part_at_the_version_its_head_names() {
     for place in places("a_snapshot_in_parts_is_loaded_only_with_every_part_at_the_version") {
-        let journal = place.open();
-        journal
-            .append(
-                "a",
-                ExpectedVersion::Any,
-                vec![event(1), event(2), event(3)],
-            )
-            .unwrap();
+        let journal = three_in_a(&place);
         assert_eq!(journal.stored_snapshot("a").unwrap(), None);
         let both = [(0, b"zero@1".to_vec()), (1, b"one@1".to_vec())];
         assert!(journal

@@ -984,6 +984,23 @@ mod tests {
         (when, event)
     }
 
+    /// Group grp_1 made on day 0 at 01:00 with `desired`.
+    fn created(desired: u32) -> GroupEvent {
+        GroupEvent::Created {
+            id: GroupId::new("grp_1"),
+            tenant_id: TenantId::new("ten_1"),
+            name: "web".into(),
+            min_size: 0,
+            max_size: 10,
+            desired_capacity: desired,
+            cooldown_seconds: 0,
+            launch: serde_json::json!({"provider": "simulated"}),
+            metadata: serde_json::Map::new(),
+            metrics_token_hash: String::new(),
+            at: at(0, 1),
+        }
+    }
+
     fn desired_at_start(history: &History) -> u32 {
         history.points[0].desired
     }
@@ -993,19 +1010,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path()).unwrap();
         let id = GroupId::new("grp_1");
-        let created = GroupEvent::Created {
-            id: id.clone(),
-            tenant_id: TenantId::new("ten_1"),
-            name: "web".into(),
-            min_size: 0,
-            max_size: 10,
-            desired_capacity: 1,
-            cooldown_seconds: 0,
-            launch: serde_json::json!({"provider": "simulated"}),
-            metadata: serde_json::Map::new(),
-            metrics_token_hash: String::new(),
-            at: at(0, 1),
-        };
+        let created = created(1);
         append(
             &journal,
             &[
@@ -1075,19 +1080,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path()).unwrap();
         let id = GroupId::new("grp_1");
-        let created = GroupEvent::Created {
-            id: id.clone(),
-            tenant_id: TenantId::new("ten_1"),
-            name: "web".into(),
-            min_size: 0,
-            max_size: 10,
-            desired_capacity: 2,
-            cooldown_seconds: 0,
-            launch: serde_json::json!({"provider": "simulated"}),
-            metadata: serde_json::Map::new(),
-            metrics_token_hash: String::new(),
-            at: at(0, 1),
-        };
+        let created = created(2);
         append(&journal, &[(at(0, 1), created), change(at(0, 2), 2, 3)]);
         // Nothing happened since day 0: no record goes into days 1 to 5, yet their starts are
         // kept, the same state each.
