@@ -299,6 +299,10 @@ impl Command {
                         println!("broken {broken}");
                         Ok(ExitCode::from(1))
                     }
+                    Err(unfinished @ JournalError::ImportUnfinished { .. }) => {
+                        println!("unfinished: {unfinished}");
+                        Ok(ExitCode::from(1))
+                    }
                     Err(error) => Err(error.into()),
                 }
             }

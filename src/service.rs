@@ -128,6 +128,20 @@ pub fn start_with(
             )
         })?,
     };
+    // Serving the start of an import would take it for the whole journal, and appends would
+    // make the rest impossible to bring in.
+    if let Some(expected) = journal
+        .unfinished_import()
+        .context("cannot read the journal")?
+    {
+        let head = journal.head().context("cannot read the journal")?;
+        anyhow::bail!(
+            "an import into this journal stopped part way ({} of {} records): run `flotilla \
+             journal import` with the same export again to finish it",
+            head.seq,
+            expected.seq
+        );
+    }
     let token_path = settings.data_dir.join("operator.token");
     // On a shared database the operator token is the cluster's: the first node to start makes
     // it, every node writes it to its own data directory.

@@ -466,3 +466,41 @@ fn piping_into_a_reader_that_stops_early_is_not_an_error() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn a_journal_an_import_left_part_way_is_not_served_and_verify_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    common::seed_journal(dir.path());
+    {
+        // As an import of a 15-record export killed after its first 10.
+        let journal = Journal::open(dir.path()).unwrap();
+        let head = journal.head().unwrap();
+        journal
+            .start_import(flotilla_journal::Head {
+                seq: head.seq + 5,
+                ..head
+            })
+            .unwrap();
+    }
+    let served = flotilla(&[
+        "serve",
+        "--data-dir",
+        arg(dir.path()),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!served.status.success());
+    let stderr = String::from_utf8_lossy(&served.stderr);
+    assert!(
+        stderr.contains("stopped part way (10 of 15 records)"),
+        "{stderr}"
+    );
+    let verify = flotilla(&["audit", "verify", "--data-dir", arg(dir.path())]);
+    assert_eq!(verify.status.code(), Some(1), "{verify:?}");
+    let said = stdout(&verify);
+    assert!(
+        said.starts_with("unfinished: an import stopped part way")
+            && said.contains("10 of the export's 15"),
+        "{said}"
+    );
+}

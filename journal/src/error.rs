@@ -53,6 +53,18 @@ pub enum Error {
     /// An import into a journal that already has records; carries its head's sequence number.
     #[error("the target journal is not empty (head at seq {0})")]
     NotEmpty(u64),
+    /// An import stopped part way (a kill, a lost connection): the journal holds the first
+    /// `head` records of an export of `expected`. The same import, run again, finishes it.
+    #[error(
+        "an import stopped part way: the journal holds {head} of the export's {expected} \
+         records; run the same import again"
+    )]
+    ImportUnfinished {
+        /// The records imported.
+        head: u64,
+        /// The export's records.
+        expected: u64,
+    },
     /// A fenced append whose lease has passed to another holder, or expired.
     #[error("the lease {lease} is no longer held with token {token}")]
     Fenced {
@@ -124,6 +136,10 @@ impl Error {
             },
             Error::BrokenChain(at) => Error::BrokenChain(at.clone()),
             Error::NotEmpty(seq) => Error::NotEmpty(*seq),
+            Error::ImportUnfinished { head, expected } => Error::ImportUnfinished {
+                head: *head,
+                expected: *expected,
+            },
             Error::Held => Error::Held,
             Error::Fenced { lease, token } => Error::Fenced {
                 lease: lease.clone(),

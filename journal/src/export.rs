@@ -264,14 +264,32 @@ fn read_export(input: impl BufRead, mut each: impl FnMut(Record) -> Result<()>) 
 
 /// Imports an export into an empty journal. The export is verified in full first (`open` is
 /// called twice: once to verify, once to write), so a broken chain imports nothing.
+///
+/// The import is marked under way until its last record is in (see
+/// [`Journal::unfinished_import`]): one stopped part way leaves a journal that says so, which
+/// the service refuses to serve and verify reports. The same import, run again, goes on from
+/// where that one stopped; another export is refused as into any journal with records.
 pub fn import<R: BufRead>(journal: &Journal, mut open: impl FnMut() -> Result<R>) -> Result<Head> {
     let head = journal.head()?;
-    if head.seq != 0 {
+    let unfinished = journal.unfinished_import()?;
+    if head.seq != 0 && unfinished.is_none() {
         return Err(Error::NotEmpty(head.seq));
     }
-    verify_export(open()?)?;
+    let expected = verify_export(open()?)?;
+    if head.seq != 0 && unfinished != Some(expected) {
+        return Err(Error::NotEmpty(head.seq));
+    }
+    journal.start_import(expected)?;
     let mut batch = Vec::with_capacity(IMPORT_BATCH);
-    let head = read_export(open()?, |record| {
+    let end = read_export(open()?, |record| {
+        if record.seq <= head.seq {
+            // In already, from the import that stopped: the same record, or this is not the
+            // export it was bringing in.
+            if record.seq == head.seq && record.hash != head.hash {
+                return Err(Error::NotEmpty(head.seq));
+            }
+            return Ok(());
+        }
         batch.push(record);
         if batch.len() == IMPORT_BATCH {
             journal.append_sealed(std::mem::take(&mut batch))?;
@@ -281,7 +299,8 @@ pub fn import<R: BufRead>(journal: &Journal, mut open: impl FnMut() -> Result<R>
     if !batch.is_empty() {
         journal.append_sealed(batch)?;
     }
-    Ok(head)
+    journal.finish_import()?;
+    Ok(end)
 }
 
 const IMPORT_BATCH: usize = 10_000;

@@ -748,7 +748,43 @@ impl Journal {
             let (seq, record) = stored?;
             verifier.check(seq, record).map_err(Error::BrokenChain)?;
         }
-        verifier.finish(self.head()?).map_err(Error::BrokenChain)
+        let head = verifier.finish(self.head()?).map_err(Error::BrokenChain)?;
+        // A whole chain, but only the start of what an import was bringing.
+        if let Some(expected) = self.unfinished_import()? {
+            return Err(Error::ImportUnfinished {
+                head: head.seq,
+                expected: expected.seq,
+            });
+        }
+        Ok(head)
+    }
+
+    /// The head of the export an import was bringing in when it stopped part way, if one did:
+    /// the journal then holds only the export's first records, a whole chain that is not the
+    /// whole journal. (On sled an import into a new directory is staged apart, so only one
+    /// into a directory holding an empty journal can leave this.)
+    pub fn unfinished_import(&self) -> Result<Option<Head>> {
+        let value = self.inner.reads.get(Table::Checkpoints, IMPORT_MARK)?;
+        Ok(value
+            .filter(|value| !value.is_empty())
+            .and_then(|value| layout::decode_checkpoint(&value))
+            .map(|(head, _)| head))
+    }
+
+    /// Marks an import of an export ending at `head` under way, until
+    /// [`Journal::finish_import`]. Public for tests that need a journal an import left part
+    /// way; only [`export::import`] marks one otherwise.
+    #[doc(hidden)]
+    pub fn start_import(&self, head: Head) -> Result<()> {
+        let value = layout::encode_checkpoint(&head, &[]);
+        self.inner.reads.put(Table::Checkpoints, IMPORT_MARK, value)
+    }
+
+    /// Ends what [`Journal::start_import`] marked, once every record is in.
+    pub(crate) fn finish_import(&self) -> Result<()> {
+        self.inner
+            .reads
+            .put(Table::Checkpoints, IMPORT_MARK, Vec::new())
     }
 
     /// The sled tree holding records, index and head (see `layout`), for benches that compare
@@ -784,6 +820,10 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 fn part_key(stream: &str, part: usize) -> String {
     format!("{stream}\u{1f}{part}")
 }
+
+/// Where [`Journal::start_import`] marks an import under way, among the checkpoints: no
+/// checkpoint's name starts with a record separator.
+const IMPORT_MARK: &str = "\u{1e}import";
 
 /// Where a named snapshot of `stream` is stored: apart from its own snapshot and its parts.
 fn named_key(stream: &str, name: &str) -> String {

@@ -649,6 +649,51 @@ fn an_export_verifies_on_its_own_and_imports_into_an_empty_journal() {
 }
 
 #[test]
+fn an_import_stopped_part_way_says_so_and_the_same_import_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = journal_of_ten(dir.path());
+    let bytes = export_bytes(&journal);
+    let head = journal.head().unwrap();
+    let records: Vec<Record> = export::records(&bytes[..]).map(Result::unwrap).collect();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Journal::open(other_dir.path()).unwrap();
+    other
+        .append("odd", ExpectedVersion::Any, vec![event(99)])
+        .unwrap();
+    let other = export_bytes(&other);
+
+    for place in places("an_import_stopped_part_way_says_so") {
+        let imported = place.open();
+        // As an import killed after its first batch left it.
+        imported.start_import(head).unwrap();
+        imported.append_sealed(records[..4].to_vec()).unwrap();
+        assert_eq!(imported.unfinished_import().unwrap(), Some(head));
+        assert!(
+            matches!(
+                imported.verify(),
+                Err(Error::ImportUnfinished {
+                    head: 4,
+                    expected: 10
+                })
+            ),
+            "{:?}",
+            imported.verify()
+        );
+        // Another export is not its rest.
+        let refused = export::import(&imported, || Ok(&other[..])).unwrap_err();
+        assert!(matches!(refused, Error::NotEmpty(4)), "{refused:?}");
+        // The same import goes on from where it stopped.
+        assert_eq!(export::import(&imported, || Ok(&bytes[..])).unwrap(), head);
+        assert_eq!(imported.unfinished_import().unwrap(), None);
+        assert_eq!(imported.verify().unwrap(), head);
+        assert_eq!(payloads(&stream(&imported, "odd", 1)), vec![1, 3, 5, 7, 9]);
+        // And, whole, takes no import again.
+        let again = export::import(&imported, || Ok(&bytes[..])).unwrap_err();
+        assert!(matches!(again, Error::NotEmpty(10)), "{again:?}");
+    }
+}
+
+#[test]
 fn an_export_read_as_records_ends_at_its_trailer_or_says_it_was_cut_short() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, _) = journal_of_ten(dir.path());
