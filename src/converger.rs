@@ -75,6 +75,9 @@ pub struct Converger {
     deletions: Arc<Deletions>,
     /// Per group, the active server its last pass's sweep reached (see [`Sweep`]).
     sweeps: Mutex<HashMap<GroupId, String>>,
+    /// Per group, the server whose status check halted its last pass: asked last in the
+    /// next, so that one server the provider cannot answer about stops no others' checks.
+    suspects: Mutex<HashMap<GroupId, String>>,
     /// Which groups this node converges.
     ownership: Arc<crate::cluster::Ownership>,
     /// Where provider calls that may block are made.
@@ -233,6 +236,7 @@ impl Converger {
             quiet,
             deletions: Arc::default(),
             sweeps: Mutex::default(),
+            suspects: Mutex::default(),
             ownership: Arc::new(crate::cluster::Ownership::sole("local")),
             pool: Pool::new(
                 crate::providers::pool::DEFAULT_THREADS,
@@ -255,6 +259,12 @@ impl Converger {
 
     fn sweeps(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, String>> {
         self.sweeps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn suspects(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, String>> {
+        self.suspects
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -460,6 +470,15 @@ impl Converger {
         resume: Vec<String>,
         swept_to: Option<String>,
     ) -> Result<usize, Error> {
+        // The server whose check halted the last pass is asked last.
+        let mut watch = watch;
+        let suspect = self.suspects().remove(on.id);
+        if let Some(place) =
+            suspect.and_then(|suspect| watch.iter().position(|(id, _, _)| *id == suspect))
+        {
+            let server = watch.remove(place);
+            watch.push(server);
+        }
         // The active servers watched, by their place in `watch`, in the sweep's order.
         let active: Vec<(usize, String)> = watch
             .iter()
@@ -473,20 +492,28 @@ impl Converger {
             .fan_out(on, watch, move |(server_id, state, handle)| {
                 let provider = providers.of(&config).expect("checked by the pass");
                 match provider.status(&config, &handle) {
-                    Status::Unreachable => Answer::Halt(None),
+                    Status::Unreachable => Answer::Halt(Err(server_id)),
                     Status::Running if state == ServerState::Pending => {
-                        Answer::Go(Some(ServerReport::Active { server_id }))
+                        Answer::Go(Ok(Some(ServerReport::Active { server_id })))
                     }
-                    Status::Exited => Answer::Go(Some(ServerReport::Failed {
+                    Status::Exited => Answer::Go(Ok(Some(ServerReport::Failed {
                         server_id,
                         reason: "exited".into(),
-                    })),
-                    Status::Running | Status::Unknown => Answer::Go(None),
+                    }))),
+                    Status::Running | Status::Unknown => Answer::Go(Ok(None)),
                 }
             })
             .await;
         let halted = checked.halted;
-        let mut reports: Vec<ServerReport> = checked.answers.into_iter().flatten().collect();
+        let mut reports = Vec::new();
+        for answer in checked.answers {
+            match answer {
+                Ok(report) => reports.extend(report),
+                Err(halted_at) => {
+                    self.suspects().insert(on.id.clone(), halted_at);
+                }
+            }
+        }
         reports.extend(resume.into_iter().map(|server_id| ServerReport::Failed {
             server_id,
             reason: "launch interrupted by a restart of flotilla".into(),
@@ -529,33 +556,52 @@ impl Converger {
         launch_new: u32,
     ) -> Result<(usize, usize), Error> {
         let id = on.id;
-        // Under the lease (even while the shard drains), the leftovers of failed slots go.
-        let stale: Vec<Value> = relaunch
+        // What is left of a failed slot (an exited process, a server its orchestrator still
+        // lists) is deleted before the slot is launched again, under the lease (even while
+        // the shard drains). The launch records a new handle in place of the old one, so a
+        // slot whose remains could not be deleted waits for the next pass with its handle,
+        // rather than leave a server nothing names.
+        let stale: Vec<(String, Value)> = relaunch
             .iter()
             .filter_map(|sid| group.servers.get(sid.as_str()))
-            .map(|s| s.provider.value())
-            .filter(|h| !h.is_null())
+            .map(|s| (s.id.to_string(), s.provider.value()))
+            .filter(|(_, handle)| !handle.is_null())
             .collect();
-        let leased = self
-            .ownership
-            .acts_for(id.as_str(), self.supervisor.clock().now());
-        if !stale.is_empty() && leased {
-            let (providers, config) = (self.providers.clone(), on.config.clone());
-            let (pool, tenant, blocking) = (self.pool.clone(), on.tenant.clone(), on.blocking);
-            let remains = async move {
-                call((&pool, &tenant), blocking, move || {
+        let mut relaunch = relaunch;
+        if !stale.is_empty() {
+            let leased = self
+                .ownership
+                .acts_for(id.as_str(), self.supervisor.clock().now());
+            let gone: HashSet<String> = if leased {
+                let (providers, config) = (self.providers.clone(), on.config.clone());
+                self.fan_out(on, stale.clone(), move |(server_id, handle)| {
                     let provider = providers.of(&config).expect("checked by the pass");
-                    for handle in stale {
-                        let _ = provider.delete(&config, &handle);
+                    match provider.delete(&config, &handle) {
+                        Ok(()) => Answer::Go(Some(server_id)),
+                        Err(error) => {
+                            tracing::warn!(server = %server_id, %error, "deleting a failed server's remains failed; relaunching it next pass");
+                            if error.unreachable {
+                                Answer::Halt(None)
+                            } else {
+                                Answer::Go(None)
+                            }
+                        }
                     }
                 })
-                .await;
-            };
-            if blocking {
-                actix_web::rt::spawn(remains);
+                .await
+                .answers
+                .into_iter()
+                .flatten()
+                .collect()
             } else {
-                remains.await;
-            }
+                HashSet::new()
+            };
+            let kept: HashSet<&str> = stale
+                .iter()
+                .map(|(sid, _)| sid.as_str())
+                .filter(|sid| !gone.contains(*sid))
+                .collect();
+            relaunch.retain(|sid| !kept.contains(sid.as_str()));
         }
 
         let mut ids = relaunch;

@@ -547,12 +547,16 @@ enum Mode {
     Reject,
     /// Creates are answered 429: too many.
     Busy,
+    /// Every server has exited, and deletes are answered 503.
+    ExitedUndeletable,
+    /// The newest server's status is answered 503; the others have exited.
+    SickNewest,
 }
 
 fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/servers", listener.local_addr().unwrap());
-    let requests = Arc::new(Mutex::new(Vec::new()));
+    let requests: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(Vec::new()));
     let bad_signatures = Arc::new(AtomicUsize::new(0));
     let key = flotilla::signature::key_of(secret).unwrap();
     let (seen, bad) = (requests.clone(), bad_signatures.clone());
@@ -587,7 +591,16 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
                     bad.fetch_add(1, Ordering::SeqCst);
                 }
                 let request: Value = serde_json::from_slice(&body).unwrap();
-                seen.lock().unwrap().push(request.clone());
+                let mut kept = request.clone();
+                kept["_webhook_id"] = json!(headers["webhook-id"]);
+                let newest = seen
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .rev()
+                    .find(|r| r["action"] == "create")
+                    .map(|r| format!("vm-{}", r["server_id"].as_str().unwrap()));
+                seen.lock().unwrap().push(kept);
                 let now = *mode.lock().unwrap();
                 let (status, answer) = match (request["action"].as_str().unwrap(), now) {
                     ("create", Mode::Error) => (
@@ -614,9 +627,20 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
                         "201 Created",
                         json!({"id": format!("vm-{}", request["server_id"].as_str().unwrap())}),
                     ),
+                    ("delete", Mode::ExitedUndeletable) => {
+                        ("503 Service Unavailable", json!({"error": "busy"}))
+                    }
                     ("delete", _) => ("200 OK", json!({})),
                     ("status", Mode::StatusError) => {
                         ("503 Service Unavailable", json!({"error": "busy"}))
+                    }
+                    ("status", Mode::ExitedUndeletable) => ("200 OK", json!({"status": "exited"})),
+                    ("status", Mode::SickNewest) => {
+                        if request["handle"]["id"].as_str() == newest.as_deref() {
+                            ("503 Service Unavailable", json!({"error": "busy"}))
+                        } else {
+                            ("200 OK", json!({"status": "exited"}))
+                        }
                     }
                     ("status", Mode::StatusRefused) => {
                         ("400 Bad Request", json!({"error": "no such handle"}))
@@ -747,6 +771,16 @@ fn the_http_provider_sends_signed_requests_and_surfaces_errors_and_timeouts_as_f
         .filter(|r| r["action"] == "create")
         .count();
     assert_eq!(creates, 2 + 3);
+    // A request's attempts are one message to the orchestrator: one webhook-id.
+    let ids: std::collections::BTreeSet<String> = orchestrator
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "create")
+        .map(|r| r["_webhook_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2 + 1, "{ids:?}");
 
     // A stalled orchestrator: each attempt times out; the failure says so.
     *mode.lock().unwrap() = Mode::Stall;
@@ -1061,4 +1095,80 @@ fn a_pass_stops_launching_through_an_orchestrator_that_is_down_but_not_one_that_
     converge_until(&server, "20 active", || {
         active(&server, &token, &group).len() == 20
     });
+}
+
+#[test]
+fn a_failed_servers_remains_are_deleted_before_its_slot_is_launched_again() {
+    // A probe's orchestrator refused the delete of an exited server once: the slot was
+    // launched again over its handle, and the old server was never deleted.
+    let mode = Arc::new(Mutex::new(Mode::Ok));
+    let orchestrator = orchestrator(SECRET, mode.clone());
+    let server = server();
+    let token = server.tenant("acme");
+    let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET,
+                        "retries": 0});
+    let group = create(&server, &token, 1, launch);
+    converge_until(&server, "1 active", || {
+        active(&server, &token, &group).len() == 1
+    });
+    let first = active(&server, &token, &group)[0]["provider"]["id"].clone();
+
+    *mode.lock().unwrap() = Mode::ExitedUndeletable;
+    server.tick();
+    assert_eq!(servers(&server, &token, &group)[0]["state"], "failed");
+    // Its remains cannot be deleted: it is not launched again, and keeps its handle.
+    for _ in 0..3 {
+        server.clock.advance_secs(70);
+        server.tick();
+    }
+    assert_eq!(count(&orchestrator, "create"), 1);
+    assert!(count(&orchestrator, "delete") >= 3);
+    let failed = servers(&server, &token, &group);
+    assert_eq!(failed[0]["provider"]["id"], first, "{failed:?}");
+
+    // Once they are, it is.
+    *mode.lock().unwrap() = Mode::Ok;
+    server.clock.advance_secs(70);
+    converge_until(&server, "1 active again", || {
+        active(&server, &token, &group).len() == 1
+    });
+    let requests = orchestrator.requests.lock().unwrap().clone();
+    let deleted = requests
+        .iter()
+        .rposition(|r| r["action"] == "delete" && r["handle"]["id"] == first)
+        .unwrap();
+    let relaunched = requests
+        .iter()
+        .rposition(|r| r["action"] == "create")
+        .unwrap();
+    assert!(deleted < relaunched);
+    assert_eq!(count(&orchestrator, "create"), 2);
+}
+
+#[test]
+fn one_server_the_orchestrator_cannot_answer_about_stops_no_others_checks() {
+    // A probe's pending server answered 503 at every status: asked first, it halted every
+    // pass, and three servers that had exited stayed active for good.
+    let mode = Arc::new(Mutex::new(Mode::Ok));
+    let orchestrator = orchestrator(SECRET, mode.clone());
+    // One call at a time, so the pass asks in order.
+    let server = Server::start_with(|s| s.provider_threads_per_tenant = 1);
+    let token = server.tenant("acme");
+    let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET,
+                        "retries": 0});
+    let group = create(&server, &token, 3, launch);
+    converge_until(&server, "3 active", || {
+        active(&server, &token, &group).len() == 3
+    });
+    set_desired(&server, &token, &group, 4);
+    server.tick();
+    assert_eq!(servers(&server, &token, &group).len(), 4);
+
+    *mode.lock().unwrap() = Mode::SickNewest;
+    ticks(&server, 3);
+    let failed = servers(&server, &token, &group)
+        .iter()
+        .filter(|s| s["state"] == "failed")
+        .count();
+    assert_eq!(failed, 3, "{:?}", servers(&server, &token, &group));
 }

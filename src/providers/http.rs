@@ -93,11 +93,12 @@ impl HttpProvider {
             .map_err(|e| ProviderError::new(format!("cannot build an http client: {e}")))?;
         let payload = serde_json::to_vec(body).unwrap_or_default();
         let mut last = String::new();
+        // One message, however many attempts: Standard Webhooks' receivers deduplicate by it.
+        let id = token::generate("msg_");
         for attempt in 0..=retries {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(100 << (attempt - 1).min(6)));
             }
-            let id = token::generate("msg_");
             let timestamp = self.clock.now().as_secs();
             let mut request = client.post(url);
             if let Some(fence) = fence {
