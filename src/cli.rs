@@ -428,14 +428,20 @@ fn import_into<R: std::io::BufRead>(
 ) -> anyhow::Result<flotilla_journal::Head> {
     // `restored/` is `restored`: its staging directory is beside it, not inside.
     let dir: &Path = &dir.components().collect::<PathBuf>();
+    let staging = import_staging(dir);
     let emptied =
         |dir: &Path| std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
     if dir.join("conf").exists() {
         // A journal there: refused unless empty (a serve started on it once), and then
-        // imported in place, as before.
+        // imported in place, as before. What an earlier import left staged is no longer
+        // wanted once this one is in.
         let journal = open(dir)?;
         let head = export::import(&journal, read)?;
         journal.flush()?;
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)
+                .with_context(|| format!("cannot remove {}", staging.display()))?;
+        }
         return Ok(head);
     }
     if dir.exists() && !emptied(dir) {
@@ -444,9 +450,6 @@ fn import_into<R: std::io::BufRead>(
             dir.display()
         );
     }
-    let mut staging = dir.as_os_str().to_owned();
-    staging.push(".importing");
-    let staging = PathBuf::from(staging);
     if staging.exists() {
         std::fs::remove_dir_all(&staging)
             .with_context(|| format!("cannot remove {}", staging.display()))?;
@@ -536,9 +539,26 @@ impl Drop for Staged {
     }
 }
 
+/// Where an import into data directory `dir` is staged until it is whole: `<dir>.importing`,
+/// beside it. One left there means an import into `dir` stopped part way.
+pub fn import_staging(dir: &Path) -> PathBuf {
+    let mut staging = dir.components().collect::<PathBuf>().into_os_string();
+    staging.push(".importing");
+    PathBuf::from(staging)
+}
+
 /// Opens a journal that must already exist (reading commands never create one).
 fn open_existing(dir: &Path) -> anyhow::Result<Journal> {
     if !dir.join("conf").exists() {
+        let staging = import_staging(dir);
+        if staging.exists() {
+            bail!(
+                "no journal in {}, but an import into it stopped part way ({} remains): run \
+                 the import again",
+                dir.display(),
+                staging.display()
+            );
+        }
         bail!("no journal in {}", dir.display());
     }
     open(dir)

@@ -110,6 +110,19 @@ pub fn start_with(
     clock: Arc<dyn Clock>,
     ticks: Ticks,
 ) -> anyhow::Result<Service> {
+    if settings.database_url.is_none() {
+        // Serving would make an empty journal where the import was to go, and take new
+        // appends: the import could then never be finished.
+        let staging = crate::cli::import_staging(&settings.data_dir);
+        anyhow::ensure!(
+            !staging.exists(),
+            "an import into {} stopped part way ({} remains): run `flotilla journal import` \
+             again to finish it, or remove {} to serve without it",
+            settings.data_dir.display(),
+            staging.display(),
+            staging.display()
+        );
+    }
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
     let config = flotilla_journal::Config {

@@ -504,3 +504,54 @@ fn a_journal_an_import_left_part_way_is_not_served_and_verify_says_so() {
         "{said}"
     );
 }
+
+#[test]
+fn an_import_left_staged_blocks_serve_and_verify_until_an_import_finishes() {
+    // A probe killed a first import: only `<dir>.importing` was left, and serve then made an
+    // empty journal in `dir` and served it, while verify said only "no journal".
+    let (_seeded, work, file) = seeded_export();
+    let dir = work.path().join("restored");
+    let staging = work.path().join("restored.importing");
+    std::fs::create_dir(&staging).unwrap();
+    std::fs::write(staging.join("conf"), "left by a killed import").unwrap();
+    let served = flotilla(&["serve", "--data-dir", arg(&dir), "--listen", "127.0.0.1:0"]);
+    assert!(!served.status.success());
+    let said = String::from_utf8_lossy(&served.stderr);
+    assert!(said.contains("stopped part way"), "{said}");
+    assert!(!dir.exists(), "serve made nothing");
+    let verify = flotilla(&["audit", "verify", "--data-dir", arg(&dir)]);
+    assert!(!verify.status.success());
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert!(said.contains("stopped part way"), "{said}");
+
+    // The import again: whole, and nothing left beside it.
+    let import = flotilla(&[
+        "journal",
+        "import",
+        "--data-dir",
+        arg(&dir),
+        "--in",
+        arg(&file),
+    ]);
+    assert!(import.status.success(), "{import:?}");
+    assert!(!staging.exists());
+    let verify = flotilla(&["audit", "verify", "--data-dir", arg(&dir)]);
+    assert!(stdout(&verify).starts_with("ok: 10 records"), "{verify:?}");
+
+    // Into a directory holding an empty journal (in place), a staging directory left beside
+    // it goes too.
+    let empty = work.path().join("empty");
+    drop(Journal::open(&empty).unwrap());
+    let left = work.path().join("empty.importing");
+    std::fs::create_dir(&left).unwrap();
+    let import = flotilla(&[
+        "journal",
+        "import",
+        "--data-dir",
+        arg(&empty),
+        "--in",
+        arg(&file),
+    ]);
+    assert!(import.status.success(), "{import:?}");
+    assert!(!left.exists());
+}

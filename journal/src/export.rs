@@ -276,8 +276,15 @@ pub fn import<R: BufRead>(journal: &Journal, mut open: impl FnMut() -> Result<R>
         return Err(Error::NotEmpty(head.seq));
     }
     let expected = verify_export(open()?)?;
-    if head.seq != 0 && unfinished != Some(expected) {
-        return Err(Error::NotEmpty(head.seq));
+    match unfinished {
+        // Not the export the import that stopped was bringing in: that one is still owed.
+        Some(owed) if owed != expected && head.seq != 0 => {
+            return Err(Error::ImportUnfinished {
+                head: head.seq,
+                expected: owed.seq,
+            })
+        }
+        _ => {}
     }
     journal.start_import(expected)?;
     let mut batch = Vec::with_capacity(IMPORT_BATCH);
