@@ -1243,6 +1243,17 @@ fn a_body_declared_other_than_json_is_refused_with_415_and_none_at_all_is_fine()
     assert_eq!(view["pause"]["scale_in"], true, "{view}");
     let (status, view) = send(&pause, Some("application/merge-patch+json"), body);
     assert_eq!(status, 200, "{view}");
+    // A space before the parameters (RFC 9110 allows it), any case, an empty header.
+    for declared in ["application/json ; charset=utf-8", "Application/JSON", ""] {
+        assert_eq!(send(&pause, Some(declared), body).0, 200, "{declared:?}");
+    }
+    for declared in ["text/json", "image/json", "json", "application/+json"] {
+        assert_error(
+            &send(&pause, Some(declared), body),
+            415,
+            "unsupported_media_type",
+        );
+    }
     assert_eq!(send(&pause, None, body).0, 200);
     let (status, view) = send(&pause, Some("text/plain"), "");
     assert_eq!((status, &view["paused"]), (200, &json!(true)), "{view}");

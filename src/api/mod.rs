@@ -226,16 +226,7 @@ impl actix_web::FromRequest for Body {
         req: &actix_web::HttpRequest,
         payload: &mut actix_web::dev::Payload,
     ) -> Self::Future {
-        use actix_web::HttpMessage as _;
-        // `application/json`, or a type with the `+json` suffix, or none said.
-        let json = match req.mime_type() {
-            Ok(None) => true,
-            Ok(Some(mime)) => {
-                mime.subtype() == actix_web::mime::JSON
-                    || mime.suffix() == Some(actix_web::mime::JSON)
-            }
-            Err(_) => false,
-        };
+        let json = declared_json(req.headers().get(actix_web::http::header::CONTENT_TYPE));
         let payload = web::Payload::from_request(req, payload).into_inner();
         Box::pin(async move {
             let payload =
@@ -246,6 +237,26 @@ impl actix_web::FromRequest for Body {
             })
         })
     }
+}
+
+/// Whether a request's `Content-Type` says JSON: `application/json` or an `application/...+json`
+/// type, in any case, with or without parameters (and spaces before them); or no type at all.
+fn declared_json(value: Option<&actix_web::http::header::HeaderValue>) -> bool {
+    let Some(value) = value else { return true };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence.is_empty()
+        || essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|subtype| subtype.len() > 5 && subtype.ends_with("+json"))
 }
 
 impl Body {
