@@ -435,6 +435,13 @@ fn a_forced_group_deletion_answers_409_rather_than_wait_out_a_long_grace() {
     let path = format!("/v1/groups/{group}?force=true");
     let busy = server.call("DELETE", &path, &token, None);
     assert_error(&busy, 409, "conflict");
+    // The group says it drains, and what it is deleting.
+    let (_, view) = server.call("GET", &format!("/v1/groups/{group}"), &token, None);
+    assert_eq!(
+        (&view["draining"], &view["deleting"], &view["active"]),
+        (&json!(true), &json!(1), &json!(0)),
+        "{view}"
+    );
     // Once its server is gone, the same call deletes the group.
     kill(pid);
     converge_until(&server, "the server deleted", || {

@@ -50,6 +50,12 @@ pub struct GroupView {
     pub active: u32,
     /// Servers starting.
     pub pending: u32,
+    /// Servers being deleted.
+    pub deleting: u32,
+    /// Whether a forced deletion is under way (`DELETE ?force=true` answered 409 while its
+    /// servers were still being deleted): nothing is launched, every server is being deleted,
+    /// and the same request deletes the group once they are gone.
+    pub draining: bool,
     /// When the running cooldown ends (RFC 3339), if one runs.
     pub cooldown_until: Option<String>,
     /// RFC 3339.
@@ -109,6 +115,8 @@ impl From<&Group> for GroupView {
             },
             active: g.count(ServerState::Active),
             pending: g.count(ServerState::Pending),
+            deleting: g.count(ServerState::Deleting),
+            draining: g.draining,
             cooldown_until: g.cooldown_until.map(time),
             created_at: time(g.created_at),
             owner: None,
