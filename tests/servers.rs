@@ -679,15 +679,32 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+/// A tenant's token on `server`, an orchestrator starting in `mode`, and a launch
+/// configuration on it with `fields` besides its URL and secret.
+fn on_orchestrator(
+    mode: Mode,
+    server: Server,
+    fields: Value,
+) -> (Arc<Mutex<Mode>>, Orchestrator, Server, String, Value) {
+    let mode = Arc::new(Mutex::new(mode));
+    let orchestrator = orchestrator(SECRET, mode.clone());
+    let token = server.tenant("acme");
+    let mut launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET});
+    if let (Some(launch), Value::Object(fields)) = (launch.as_object_mut(), fields) {
+        launch.extend(fields);
+    }
+    (mode, orchestrator, server, token, launch)
+}
+
 #[test]
 fn a_server_whose_handle_the_journal_would_refuse_is_deleted_not_left_running() {
     // A probe's orchestrator answered creates with 3 MB: each append of the launch failed, the
     // actor restarted, and every server the orchestrator had made was left, recorded nowhere.
-    let mode = Arc::new(Mutex::new(Mode::Huge));
-    let orchestrator = orchestrator(SECRET, mode.clone());
-    let server = server();
-    let token = server.tenant("acme");
-    let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET, "timeout_ms": 2000, "retries": 0});
+    let (mode, orchestrator, server, token, launch) = on_orchestrator(
+        Mode::Huge,
+        server(),
+        json!({"timeout_ms": 2000, "retries": 0}),
+    );
     let group = create(&server, &token, 1, launch);
     converge_until(&server, "a failed launch", || {
         servers(&server, &token, &group)
@@ -723,11 +740,8 @@ fn a_server_whose_handle_the_journal_would_refuse_is_deleted_not_left_running() 
 
 #[test]
 fn the_http_provider_sends_signed_requests_and_surfaces_errors_and_timeouts_as_failed_launches() {
-    let mode = Arc::new(Mutex::new(Mode::Ok));
-    let orchestrator = orchestrator(SECRET, mode.clone());
-    let server = server();
-    let token = server.tenant("acme");
-    let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET, "timeout_ms": 300, "retries": 2});
+    let (mode, orchestrator, server, token, launch) =
+        on_orchestrator(Mode::Ok, server(), json!({"timeout_ms": 300, "retries": 2}));
     let group = create(&server, &token, 2, launch);
     converge_until(&server, "2 active", || {
         active(&server, &token, &group).len() == 2
@@ -973,12 +987,11 @@ fn count(orchestrator: &Orchestrator, action: &str) -> usize {
 fn an_orchestrator_slow_to_answer_statuses_delays_no_launch() {
     // A pass asked about its servers one after another, then launched: an orchestrator taking
     // seconds per status held a scale-out for minutes.
-    let mode = Arc::new(Mutex::new(Mode::Ok));
-    let orchestrator = orchestrator(SECRET, mode.clone());
-    let server = server();
-    let token = server.tenant("acme");
-    let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET,
-                        "timeout_ms": 60_000, "retries": 0});
+    let (mode, orchestrator, server, token, launch) = on_orchestrator(
+        Mode::Ok,
+        server(),
+        json!({"timeout_ms": 60_000, "retries": 0}),
+    );
     let group = create(&server, &token, 3, launch);
     converge_until(&server, "3 active", || {
         active(&server, &token, &group).len() == 3
@@ -1013,12 +1026,8 @@ fn asked_since(orchestrator: &Orchestrator, since: usize) -> std::collections::B
 
 #[test]
 fn a_pass_stops_asking_an_orchestrator_that_is_down_and_the_next_goes_on_from_there() {
-    let mode = Arc::new(Mutex::new(Mode::Ok));
-    let orchestrator = orchestrator(SECRET, mode.clone());
-    let server = server();
-    let token = server.tenant("acme");
-    let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET,
-                        "retries": 0});
+    let (mode, orchestrator, server, token, launch) =
+        on_orchestrator(Mode::Ok, server(), json!({"retries": 0}));
     // More servers than a pass's sweep checks, so that where it goes on from shows.
     let group = create(&server, &token, 300, launch);
     converge_until(&server, "300 active", || {
@@ -1056,12 +1065,8 @@ fn a_pass_stops_asking_an_orchestrator_that_is_down_and_the_next_goes_on_from_th
 
 #[test]
 fn a_pass_stops_launching_through_an_orchestrator_that_is_down_but_not_one_that_refuses() {
-    let mode = Arc::new(Mutex::new(Mode::Error));
-    let orchestrator = orchestrator(SECRET, mode.clone());
-    let server = server();
-    let token = server.tenant("acme");
-    let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET,
-                        "retries": 0});
+    let (mode, orchestrator, server, token, launch) =
+        on_orchestrator(Mode::Error, server(), json!({"retries": 0}));
     let group = create(&server, &token, 20, launch);
     server.tick();
     // Down (5xx): a few launches tried at once, the rest failed untried, all to be retried.
@@ -1108,12 +1113,8 @@ fn a_pass_stops_launching_through_an_orchestrator_that_is_down_but_not_one_that_
 fn a_failed_servers_remains_are_deleted_before_its_slot_is_launched_again() {
     // A probe's orchestrator refused the delete of an exited server once: the slot was
     // launched again over its handle, and the old server was never deleted.
-    let mode = Arc::new(Mutex::new(Mode::Ok));
-    let orchestrator = orchestrator(SECRET, mode.clone());
-    let server = server();
-    let token = server.tenant("acme");
-    let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET,
-                        "retries": 0});
+    let (mode, orchestrator, server, token, launch) =
+        on_orchestrator(Mode::Ok, server(), json!({"retries": 0}));
     let group = create(&server, &token, 1, launch);
     converge_until(&server, "1 active", || {
         active(&server, &token, &group).len() == 1
@@ -1156,13 +1157,12 @@ fn a_failed_servers_remains_are_deleted_before_its_slot_is_launched_again() {
 fn one_server_the_orchestrator_cannot_answer_about_stops_no_others_checks() {
     // A probe's pending server answered 503 at every status: asked first, it halted every
     // pass, and three servers that had exited stayed active for good.
-    let mode = Arc::new(Mutex::new(Mode::Ok));
-    let orchestrator = orchestrator(SECRET, mode.clone());
     // One call at a time, so the pass asks in order.
-    let server = Server::start_with(|s| s.provider_threads_per_tenant = 1);
-    let token = server.tenant("acme");
-    let launch = json!({"provider": "http", "url": orchestrator.url, "secret": SECRET,
-                        "retries": 0});
+    let (mode, _orchestrator, server, token, launch) = on_orchestrator(
+        Mode::Ok,
+        Server::start_with(|s| s.provider_threads_per_tenant = 1),
+        json!({"retries": 0}),
+    );
     let group = create(&server, &token, 3, launch);
     converge_until(&server, "3 active", || {
         active(&server, &token, &group).len() == 3

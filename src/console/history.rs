@@ -361,7 +361,7 @@ fn marker(record: &Recorded, markers: &mut Vec<Marker>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use flotilla_actors::clock::Timestamp;
     use flotilla_actors::domain::group::Outcome;
@@ -392,7 +392,8 @@ mod tests {
         Timestamp::from_millis(ms)
     }
 
-    fn created(at: i64, desired: u32) -> GroupEvent {
+    /// Group grp_1 of tenant ten_1, 0 to 10 servers, made at `at` with `desired`.
+    pub(crate) fn created(at: i64, desired: u32) -> GroupEvent {
         GroupEvent::Created {
             id: GroupId::new("grp_1"),
             tenant_id: TenantId::new("ten_1"),

@@ -952,7 +952,7 @@ mod tests {
     use super::*;
     use flotilla_actors::aggregate::Groups;
     use flotilla_actors::clock::Timestamp;
-    use flotilla_actors::domain::{Cause, TenantId};
+    use flotilla_actors::domain::Cause;
     use flotilla_journal::ExpectedVersion;
     use history::DAY_MS;
 
@@ -986,19 +986,7 @@ mod tests {
 
     /// Group grp_1 made on day 0 at 01:00 with `desired`.
     fn created(desired: u32) -> GroupEvent {
-        GroupEvent::Created {
-            id: GroupId::new("grp_1"),
-            tenant_id: TenantId::new("ten_1"),
-            name: "web".into(),
-            min_size: 0,
-            max_size: 10,
-            desired_capacity: desired,
-            cooldown_seconds: 0,
-            launch: serde_json::json!({"provider": "simulated"}),
-            metadata: serde_json::Map::new(),
-            metrics_token_hash: String::new(),
-            at: at(0, 1),
-        }
+        history::tests::created(at(0, 1).as_millis(), desired)
     }
 
     fn desired_at_start(history: &History) -> u32 {
