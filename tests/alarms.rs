@@ -297,6 +297,24 @@ fn a_policy_an_alarm_names_is_deleted_only_with_force_which_removes_it_from_the_
 }
 
 #[test]
+fn an_alarm_of_a_deleted_group_can_be_read_and_deleted_but_not_changed() {
+    let server = server();
+    let l = setup(&server, json!({}));
+    let (status, _) = server.call("DELETE", &format!("/v1/groups/{}", l.group), &l.token, None);
+    assert_eq!(status, 204);
+    let path = format!("/v1/alarms/{}", l.alarm);
+    assert_eq!(server.call("GET", &path, &l.token, None).0, 200);
+    let patch = json!({"threshold": 0.5});
+    let refused = server.call("PATCH", &path, &l.token, Some(patch));
+    assert_error(&refused, 409, "conflict");
+    let message = refused.1["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&l.group), "{message}");
+    assert_eq!(alarm_state(&server, &l)["threshold"], 0.8, "unchanged");
+    assert_eq!(server.call("DELETE", &path, &l.token, None).0, 204);
+    assert_eq!(server.call("GET", &path, &l.token, None).0, 404);
+}
+
+#[test]
 fn pausing_scale_in_keeps_an_alarms_scale_out_working() {
     let server = server();
     let l = setup(&server, json!({}));

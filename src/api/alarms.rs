@@ -5,7 +5,7 @@ use flotilla_actors::aggregate::{Alarms, Policies};
 use flotilla_actors::domain::alarm::{
     Alarm, AlarmCommand, AlarmPatch, Comparison, NewAlarm, Statistic, TreatMissing,
 };
-use flotilla_actors::domain::{AlarmId, PolicyId, TenantId};
+use flotilla_actors::domain::{AlarmId, PolicyId, Rejection, TenantId};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -269,12 +269,21 @@ pub async fn update(
     let id = resource::owned::<Alarms>(&state, &tenant, &path, None).await?;
     let body = body.into_inner();
     let current = resource::load::<Alarms>(&state, &id).await?;
+    let group = &current.definition.group_id;
+    if owned_group(&state, &tenant, group.as_str()).await.is_err() {
+        // Nothing feeds it any more (SPEC 5.1): a change would take effect nowhere.
+        return Err(ApiError::from(Rejection::Conflict {
+            reason: format!(
+                "its group {group} was deleted: the alarm can be read and deleted, not changed"
+            ),
+        }));
+    }
     let actions = body
         .alarm_actions
         .iter()
         .flatten()
         .chain(body.ok_actions.iter().flatten());
-    check_actions(&state, &tenant, &current.definition.group_id, actions).await?;
+    check_actions(&state, &tenant, group, actions).await?;
     if body.query.is_some() {
         super::source(&state, body.metric.clone(), body.query.as_deref())?;
     }
