@@ -442,6 +442,12 @@ fn a_forced_group_deletion_answers_409_rather_than_wait_out_a_long_grace() {
         (&json!(true), &json!(1), &json!(0)),
         "{view}"
     );
+    // So does the console, on the group's row and on its page.
+    let stopping = "Being deleted: 1 server still stopping";
+    assert!(server.console_page(&token, "/").contains(stopping));
+    let page = server.console_page(&token, &format!("/console/groups/{group}"));
+    assert!(page.contains(stopping), "{page}");
+    assert!(page.contains(r#"<dd id="deleting">1</dd>"#), "{page}");
     // Once its server is gone, the same call deletes the group.
     kill(pid);
     converge_until(&server, "the server deleted", || {

@@ -109,6 +109,19 @@ pub fn sign_in(error: Option<&str>) -> Markup {
     )
 }
 
+/// What a draining group (a forced deletion that could not finish at once) is doing, for its
+/// row and its page; `None` for any other group.
+fn draining_text(group: &Group) -> Option<String> {
+    group.draining.then(|| {
+        let left = group.servers.len();
+        match left {
+            0 => "Being deleted: no servers left; delete it again to finish".to_owned(),
+            1 => "Being deleted: 1 server still stopping".to_owned(),
+            n => format!("Being deleted: {n} servers still stopping"),
+        }
+    })
+}
+
 fn pause_text(group: &Group) -> &'static str {
     match (group.pause.scale_in, group.pause.scale_out) {
         (true, true) => "scale-in and scale-out",
@@ -167,6 +180,9 @@ pub fn groups(
                                     th scope="row" {
                                         a href={ "/console/groups/" (group.id) } { (group.name) }
                                         br; small.id { (group.id) }
+                                        @if let Some(draining) = draining_text(group) {
+                                            br; strong.draining { (draining) }
+                                        }
                                     }
                                     td.num { (group.min_size) }
                                     td.num.desired { (group.desired_capacity) }
@@ -308,6 +324,7 @@ impl GroupPage {
             .then(|| entries[ENTRIES_PER_PAGE - 1].record.version);
         let active = group.count(flotilla_actors::domain::server::ServerState::Active);
         let pending = group.count(flotilla_actors::domain::server::ServerState::Pending);
+        let deleting = group.count(flotilla_actors::domain::server::ServerState::Deleting);
         layout(
             &group.name,
             Some(session),
@@ -315,10 +332,14 @@ impl GroupPage {
             html! {
                 nav.crumbs aria-label="Breadcrumb" { a href="/" { "Groups" } " / " span { (group.name) } }
                 h1 { (group.name) " " small.id { (group.id) } }
+                @if let Some(draining) = draining_text(group) {
+                    p.draining #draining role="status" { (draining) }
+                }
                 dl.facts {
                     div { dt { "Desired" } dd #desired { (group.desired_capacity) } }
                     div { dt { "Active" } dd #active { (active) } }
                     div { dt { "Pending" } dd { (pending) } }
+                    div { dt { "Deleting" } dd #deleting { (deleting) } }
                     div { dt { "Min" } dd { (group.min_size) } }
                     div { dt { "Max" } dd { (group.max_size) } }
                     div { dt { "Paused" } dd #paused { (pause_text(group)) } }

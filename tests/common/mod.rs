@@ -223,6 +223,27 @@ impl Server {
         read(builder.send().unwrap())
     }
 
+    /// The console's page at `path` as the HTML an operator signed in with `token` gets.
+    pub fn console_page(&self, token: &str, path: &str) -> String {
+        let signed = Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .post(self.url("/console/sign-in"))
+            .header("origin", &self.base)
+            .header("sec-fetch-site", "same-origin")
+            .form(&[("token", token)])
+            .send()
+            .unwrap();
+        assert_eq!(signed.status(), 303, "signing in to the console");
+        let cookie = signed.headers()["set-cookie"].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let page = self.request("GET", path, None).header("cookie", cookie);
+        let page = page.send().unwrap();
+        assert_eq!(page.status(), 200, "{path}");
+        page.text().unwrap()
+    }
+
     pub fn tenant(&self, name: &str) -> String {
         let (status, body) = self.call(
             "POST",
