@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use flotilla_actors::aggregate::Groups;
+use flotilla_actors::clock::Timestamp;
 use flotilla_actors::domain::group::Group;
 use flotilla_actors::domain::group::{GroupCommand, GroupEvent, LaunchRequest, ServerReport};
 use flotilla_actors::domain::server::{plan, Server, ServerState, Sweep};
@@ -73,8 +74,8 @@ pub struct Converger {
     locks: Mutex<HashMap<GroupId, Arc<tokio::sync::Mutex<()>>>>,
     quiet: Arc<Quiet>,
     deletions: Arc<Deletions>,
-    /// Per group, the active server its last pass's sweep reached (see [`Sweep`]).
-    sweeps: Mutex<HashMap<GroupId, String>>,
+    /// Per group, where its sweep stands (see [`Round`]).
+    sweeps: Mutex<HashMap<GroupId, Round>>,
     /// Per group, the server whose status check halted its last pass: asked last in the
     /// next, so that one server the provider cannot answer about stops no others' checks.
     suspects: Mutex<HashMap<GroupId, String>>,
@@ -101,6 +102,44 @@ pub const CALLS_AT_ONCE: usize = 8;
 /// 100,000 simulated servers peaked at 2 GiB and settled at 0.8 to 0.95 GiB, against 0.63 and
 /// 0.59 GiB in batches of 1,000 (`cargo bench --bench load`, `LOAD_SERVERS`).
 pub const LAUNCHES_PER_PASS: usize = 1_000;
+
+/// Where a group's sweep over its active servers stands. A round asks about each once, at most
+/// [`ACTIVE_CHECKS_PER_PASS`] a pass, in id order; the next begins once the provider's
+/// [`Provider::status_interval`] has passed since this one began (on the service's clock), so
+/// that an orchestrator is asked about a group's active servers at a rate it can bear (a group
+/// of 1,000 on `http`'s default of 30 s: 33 a second, not 256).
+///
+/// [`Provider::status_interval`]: crate::providers::Provider::status_interval
+#[derive(Debug, Clone, Default)]
+struct Round {
+    /// The active server the last pass reached; empty between rounds.
+    after: String,
+    /// When the round under way, or the last, began.
+    began: Option<Timestamp>,
+}
+
+impl Round {
+    /// The sweep of a pass at `now`: the round under way goes on; a new one begins only once
+    /// `interval` has passed since the last began. Answers it with the round's beginning.
+    fn sweep(&self, now: Timestamp, interval: std::time::Duration) -> (Sweep, Option<Timestamp>) {
+        if !self.after.is_empty() {
+            let sweep = Sweep {
+                after: self.after.clone(),
+                budget: ACTIVE_CHECKS_PER_PASS,
+            };
+            return (sweep, self.began);
+        }
+        let interval = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+        let due = self
+            .began
+            .is_none_or(|began| now.saturating_sub(began) >= interval);
+        let sweep = Sweep {
+            after: String::new(),
+            budget: if due { ACTIVE_CHECKS_PER_PASS } else { 0 },
+        };
+        (sweep, if due { Some(now) } else { self.began })
+    }
+}
 
 /// The servers whose deletion is under way, per group: a pass starts no second deletion of a
 /// server, and a forced group deletion waits for them to end.
@@ -258,7 +297,7 @@ impl Converger {
         self
     }
 
-    fn sweeps(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, String>> {
+    fn sweeps(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, Round>> {
         self.sweeps
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -383,18 +422,13 @@ impl Converger {
             return Ok(pass);
         }
         let config = group.launch.value();
-        let Some(blocking) = self
-            .providers
-            .of(&config)
-            .map(super::providers::Provider::blocks)
-        else {
+        let Some(provider) = self.providers.of(&config) else {
             return Ok(pass);
         };
+        let blocking = provider.blocks();
         let now = self.supervisor.clock().now();
-        let sweep = Sweep {
-            after: self.sweeps().get(id).cloned().unwrap_or_default(),
-            budget: ACTIVE_CHECKS_PER_PASS,
-        };
+        let round = self.sweeps().get(id).cloned().unwrap_or_default();
+        let (sweep, began) = round.sweep(now, provider.status_interval(&config));
         let mut plan = plan(&group.servers, group.target(), now, &sweep);
         if plan.relaunch.len() > LAUNCHES_PER_PASS {
             // The longest due first (a slot's backoff doubles, so the lowest ids would otherwise
@@ -449,7 +483,7 @@ impl Converger {
             blocking,
         };
         let (checked, launched) = futures_util::future::join(
-            self.check(&on, plan.watch, plan.resume, swept_to),
+            self.check(&on, plan.watch, plan.resume, (swept_to, began)),
             self.launch(&on, &group, plan.relaunch, plan.launch_new),
         )
         .await;
@@ -462,14 +496,15 @@ impl Converger {
 
     /// Asks the provider about the `watch`ed servers, and records what it says, with the
     /// launches a restart interrupted (`resume`) as failed; answers the events recorded. The
-    /// sweep then goes on from `swept_to`; if the provider could not be reached, from the last
-    /// active server it was asked about, so that the next pass asks about those not reached.
+    /// sweep's round, begun at `began`, then goes on from `swept_to`; if the provider could not
+    /// be reached, from the last active server it was asked about, so that the next pass asks
+    /// about those not reached.
     async fn check(
         &self,
         on: &Calls<'_>,
         watch: Vec<(String, ServerState, Value)>,
         resume: Vec<String>,
-        swept_to: Option<String>,
+        (swept_to, began): (Option<String>, Option<Timestamp>),
     ) -> Result<usize, Error> {
         // The server whose check halted the last pass is asked last.
         let mut watch = watch;
@@ -539,10 +574,11 @@ impl Converger {
         } else {
             swept_to
         };
-        match swept_to {
-            Some(reached) => self.sweeps().insert(on.id.clone(), reached),
-            None => self.sweeps().remove(on.id),
+        let round = Round {
+            after: swept_to.unwrap_or_default(),
+            began,
         };
+        self.sweeps().insert(on.id.clone(), round);
         Ok(events)
     }
 
@@ -937,5 +973,48 @@ mod tests {
         // The other calls, on other threads, take no more items: nothing would record them.
         assert!(shared.drain().is_empty());
         assert_eq!(shared.items.lock().unwrap().len(), 6);
+    }
+
+    #[test]
+    fn a_round_of_the_sweep_goes_on_at_each_pass_and_the_next_waits_out_the_interval() {
+        let interval = std::time::Duration::from_secs(30);
+        let t0 = Timestamp::from_secs(1_000);
+        // The first round begins at once.
+        let (sweep, began) = Round::default().sweep(t0, interval);
+        assert_eq!((sweep.budget, began), (ACTIVE_CHECKS_PER_PASS, Some(t0)));
+        // A round under way goes on whatever the time, from where it stood.
+        let under_way = Round {
+            after: "srv_9".into(),
+            began: Some(t0),
+        };
+        let (sweep, began) = under_way.sweep(t0, interval);
+        assert_eq!(
+            (sweep.after.as_str(), sweep.budget),
+            ("srv_9", ACTIVE_CHECKS_PER_PASS)
+        );
+        assert_eq!(began, Some(t0));
+        // Once it ended, the next begins only when the interval has passed since it began.
+        let ended = Round {
+            after: String::new(),
+            began: Some(t0),
+        };
+        let early = t0.plus_millis(29_999);
+        assert_eq!(
+            ended.sweep(early, interval),
+            (
+                Sweep {
+                    after: String::new(),
+                    budget: 0
+                },
+                Some(t0)
+            )
+        );
+        let due = t0.plus_secs(30u64);
+        assert_eq!(ended.sweep(due, interval).1, Some(due));
+        // No interval: a round at every pass.
+        assert_eq!(
+            ended.sweep(t0, std::time::Duration::ZERO).0.budget,
+            ACTIVE_CHECKS_PER_PASS
+        );
     }
 }

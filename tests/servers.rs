@@ -996,7 +996,7 @@ fn an_orchestrator_slow_to_answer_statuses_delays_no_launch() {
     let (mode, orchestrator, server, token, launch) = on_orchestrator(
         Mode::Ok,
         server(),
-        json!({"timeout_ms": 60_000, "retries": 0}),
+        json!({"timeout_ms": 60_000, "retries": 0, "status_interval_seconds": 0}),
     );
     let group = create(&server, &token, 3, launch);
     converge_until(&server, "3 active", || {
@@ -1031,9 +1031,43 @@ fn asked_since(orchestrator: &Orchestrator, since: usize) -> std::collections::B
 }
 
 #[test]
+fn an_orchestrator_is_asked_about_each_active_server_once_a_status_interval() {
+    let fields = json!({"status_interval_seconds": 60});
+    let (_mode, orchestrator, server, token, launch) = on_orchestrator(Mode::Ok, server(), fields);
+    let group = create(&server, &token, 10, launch);
+    converge_until(&server, "10 active", || {
+        active(&server, &token, &group).len() == 10
+    });
+    let handles: std::collections::BTreeSet<String> = active(&server, &token, &group)
+        .iter()
+        .map(|s| s["provider"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    let pass = || {
+        let since = orchestrator.requests.lock().unwrap().len();
+        server.tick();
+        asked_since(&orchestrator, since)
+    };
+    // Past any round begun while the servers were pending: the next pass begins one, and
+    // asks about every active server.
+    server.clock.advance_secs(60);
+    assert_eq!(pass(), handles);
+    // Then none is asked about until the interval has passed since that round began, however
+    // many passes come between.
+    for _ in 0..5 {
+        assert_eq!(pass(), Default::default());
+    }
+    server.clock.advance_secs(59);
+    assert_eq!(pass(), Default::default());
+    server.clock.advance_secs(1);
+    assert_eq!(pass(), handles);
+    assert_eq!(pass(), Default::default());
+}
+
+#[test]
 fn a_pass_stops_asking_an_orchestrator_that_is_down_and_the_next_goes_on_from_there() {
-    let (mode, orchestrator, server, token, launch) =
-        on_orchestrator(Mode::Ok, server(), json!({"retries": 0}));
+    // A round of the sweep at every pass, so that only its halts show.
+    let fields = json!({"retries": 0, "status_interval_seconds": 0});
+    let (mode, orchestrator, server, token, launch) = on_orchestrator(Mode::Ok, server(), fields);
     // More servers than a pass's sweep checks, so that where it goes on from shows.
     let group = create(&server, &token, 300, launch);
     converge_until(&server, "300 active", || {
@@ -1119,8 +1153,8 @@ fn a_pass_stops_launching_through_an_orchestrator_that_is_down_but_not_one_that_
 fn a_failed_servers_remains_are_deleted_before_its_slot_is_launched_again() {
     // A probe's orchestrator refused the delete of an exited server once: the slot was
     // launched again over its handle, and the old server was never deleted.
-    let (mode, orchestrator, server, token, launch) =
-        on_orchestrator(Mode::Ok, server(), json!({"retries": 0}));
+    let fields = json!({"retries": 0, "status_interval_seconds": 0});
+    let (mode, orchestrator, server, token, launch) = on_orchestrator(Mode::Ok, server(), fields);
     let group = create(&server, &token, 1, launch);
     converge_until(&server, "1 active", || {
         active(&server, &token, &group).len() == 1
@@ -1167,7 +1201,7 @@ fn one_server_the_orchestrator_cannot_answer_about_stops_no_others_checks() {
     let (mode, _orchestrator, server, token, launch) = on_orchestrator(
         Mode::Ok,
         Server::start_with(|s| s.provider_threads_per_tenant = 1),
-        json!({"retries": 0}),
+        json!({"retries": 0, "status_interval_seconds": 0}),
     );
     let group = create(&server, &token, 3, launch);
     converge_until(&server, "3 active", || {

@@ -2,7 +2,7 @@
 //! a group.
 //!
 //! Launch configuration: `{"provider": "http", "url": "https://orchestrator/servers",
-//! "secret": "whsec_...", "timeout_ms": 5000, "retries": 2}`; without `secret`, the operator's
+//! "secret": "whsec_...", "timeout_ms": 5000, "retries": 2, "status_interval_seconds": 30}`; without `secret`, the operator's
 //! `--provider-http-secret` signs. Every request is a `POST` to `url` with a JSON body, signed
 //! with Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`), so the
 //! orchestrator verifies it with any library of that standard:
@@ -14,6 +14,9 @@
 //! - delete: `{"action": "delete", "handle": <handle>}`, answered 2xx (404: already gone).
 //! - status: `{"action": "status", "handle": <handle>}`, answered 2xx with `{"status":
 //!   "running" | "exited" | anything else (unknown)}`.
+//!
+//! Each active server's status is asked at most once every `status_interval_seconds` (default
+//! 30; 0 asks at every pass of the converger), each pending server's at every pass.
 //!
 //! A request that times out, cannot connect or is answered 5xx, 408 or 429 is retried `retries`
 //! times (100 ms, 200 ms, ...), then the orchestrator counts as unreachable (a pass asks it no
@@ -33,6 +36,10 @@ use crate::{signature, token};
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 /// The default number of retries after a first failed attempt.
 pub const DEFAULT_RETRIES: u64 = 2;
+
+/// The default `status_interval_seconds`: a group of 1,000 active servers is asked about 33 a
+/// second.
+pub const DEFAULT_STATUS_INTERVAL_SECONDS: u64 = 30;
 
 /// The most of an orchestrator's answer that is read: past it, the answer is refused unread.
 pub const MAX_ANSWER_BYTES: u64 = 1 << 20;
@@ -161,6 +168,14 @@ impl HttpProvider {
 }
 
 impl Provider for HttpProvider {
+    fn status_interval(&self, config: &Value) -> Duration {
+        let seconds = config["status_interval_seconds"]
+            .as_u64()
+            .unwrap_or(DEFAULT_STATUS_INTERVAL_SECONDS)
+            .min(flotilla_actors::domain::group::launch::MAX_STATUS_INTERVAL_SECONDS);
+        Duration::from_secs(seconds)
+    }
+
     fn launch(&self, launch: &Launch) -> Result<Value, ProviderError> {
         let env: serde_json::Map<String, Value> = launch
             .flotilla_env()

@@ -104,6 +104,12 @@ pub trait Provider: Send + Sync {
     fn delete(&self, config: &Value, handle: &Value) -> Result<(), ProviderError>;
     /// What became of the server behind `handle`.
     fn status(&self, config: &Value, handle: &Value) -> Status;
+    /// How long after a round of a group's sweep began the next may begin: each active server
+    /// of the group is asked about at most once in it (pending ones at every pass). An
+    /// orchestrator's API is rate-limited; a local process or a simulated server is not.
+    fn status_interval(&self, _config: &Value) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     /// Whether calls may block (then they run on the [`pool`]'s threads).
     fn blocks(&self) -> bool {
         true

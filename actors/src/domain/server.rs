@@ -147,12 +147,13 @@ pub struct Plan {
     /// and the active ones the [`Sweep`] reaches.
     pub watch: Vec<(String, ServerState, Value)>,
     /// The last active server watched, where the next pass's sweep goes on from; none when
-    /// this pass reached every active server.
+    /// this pass's round reached the last active server.
     pub swept_to: Option<String>,
 }
 
 /// Which active servers a pass asks the provider about: at most `budget`, the first after
-/// `after` in id order, going round to the first id after the last. A pending server is
+/// `after` in id order, up to the last (a round of the sweep; the next begins from the first
+/// id, when the converger says so: see `status_interval_seconds`). A pending server is
 /// watched at every pass (it is changing); an active one is only checked to see whether it
 /// died, so a large group spreads those checks over several passes, and a pass costs the same
 /// whatever the group's size.
@@ -435,10 +436,8 @@ pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Pl
             ServerState::Failed | ServerState::Active => {}
         }
     }
-    let after = || sweep.after.as_str();
     let mut active = servers
-        .range::<_, str>((Bound::Excluded(after()), Bound::Unbounded))
-        .chain(servers.range::<_, str>((Bound::Unbounded, Bound::Included(after()))))
+        .range::<_, str>((Bound::Excluded(sweep.after.as_str()), Bound::Unbounded))
         .map(|(_, server)| server)
         .filter(|s| s.state == ServerState::Active && !removed.contains(&*s.id));
     let mut reached = None;
@@ -748,11 +747,16 @@ mod tests {
             watched("b"),
             (vec!["p".into(), "c".into(), "d".into()], Some("d".into()))
         );
-        // Past the last id it goes round to the first.
-        assert_eq!(
-            watched("d"),
-            (vec!["p".into(), "e".into(), "a".into()], Some("a".into()))
-        );
+        // The round ends at the last id: the next begins from the first, with another sweep.
+        assert_eq!(watched("d"), (vec!["p".into(), "e".into()], None));
+        assert_eq!(watched("e"), (vec!["p".into()], None));
+        // A budget of none asks about the pending servers only.
+        let none = Sweep {
+            after: String::new(),
+            budget: 0,
+        };
+        let plan_none = plan(&servers, 6, T0, &none);
+        assert_eq!((plan_none.watch.len(), plan_none.swept_to), (1, None));
         // A budget that reaches every active server leaves nothing to go on from.
         let all = plan(&servers, 6, T0, &Sweep::ALL);
         assert_eq!((all.watch.len(), all.swept_to), (6, None));
@@ -855,7 +859,7 @@ mod tests {
             .filter(kept)
             .collect();
         let start = ids.partition_point(|s| *s.id <= *sweep.after);
-        let mut round = ids[start..].iter().chain(&ids[..start]);
+        let mut round = ids[start..].iter();
         for server in round.by_ref().take(sweep.budget) {
             plan.watch
                 .push((server.id.to_string(), server.state, server.provider.value()));

@@ -73,6 +73,10 @@ pub fn schema(allow_process: bool, operator_secret: bool) -> Value {
             },
             "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 60_000},
             "retries": {"type": "integer", "minimum": 0, "maximum": 10},
+            "status_interval_seconds": {
+                "type": "integer", "minimum": 0, "maximum": MAX_STATUS_INTERVAL_SECONDS,
+                "description": "each active server's status is asked at most once in this many seconds (default 30)",
+            },
         },
     });
     if !operator_secret {
@@ -98,7 +102,16 @@ pub fn schema(allow_process: bool, operator_secret: bool) -> Value {
 }
 
 /// The integer fields of the providers, which JSON (and the schema) may write as `30.0`.
-const WHOLE_FIELDS: [&str; 4] = ["grace_seconds", "timeout_ms", "retries", "seed"];
+const WHOLE_FIELDS: [&str; 5] = [
+    "grace_seconds",
+    "timeout_ms",
+    "retries",
+    "status_interval_seconds",
+    "seed",
+];
+
+/// The longest `status_interval_seconds` of the http provider: a day.
+pub const MAX_STATUS_INTERVAL_SECONDS: u64 = 86_400;
 
 /// `launch` with its integer fields written as integers (`30.0` as `30`), as the providers read
 /// them; anything else as given, for [`validate`] to judge.
@@ -143,7 +156,14 @@ pub(super) fn validate(launch: &Value) -> Result<(), Rejection> {
     };
     let allowed: &[&str] = match provider {
         "process" => &["provider", "command", "env", "grace_seconds"],
-        "http" => &["provider", "url", "secret", "timeout_ms", "retries"],
+        "http" => &[
+            "provider",
+            "url",
+            "secret",
+            "timeout_ms",
+            "retries",
+            "status_interval_seconds",
+        ],
         _ => &["provider", "start_seconds", "failure_rate", "seed"],
     };
     if let Some(unknown) = fields.keys().find(|key| !allowed.contains(&key.as_str())) {
@@ -242,7 +262,14 @@ fn http(fields: &Map<String, Value>) -> Result<(), Rejection> {
         }
     }
     unsigned(fields, "timeout_ms", "launch.timeout_ms", 1, 60_000)?;
-    unsigned(fields, "retries", "launch.retries", 0, 10)
+    unsigned(fields, "retries", "launch.retries", 0, 10)?;
+    unsigned(
+        fields,
+        "status_interval_seconds",
+        "launch.status_interval_seconds",
+        0,
+        MAX_STATUS_INTERVAL_SECONDS,
+    )
 }
 
 fn simulated(fields: &Map<String, Value>) -> Result<(), Rejection> {
@@ -358,6 +385,14 @@ mod tests {
                 json!({"provider": "http", "url": "https://o.example", "retries": 11}),
                 "launch.retries",
             ),
+            (
+                json!({"provider": "http", "url": "https://o.example", "status_interval_seconds": 86401}),
+                "launch.status_interval_seconds",
+            ),
+            (
+                json!({"provider": "http", "url": "https://o.example", "status_interval_seconds": -1}),
+                "launch.status_interval_seconds",
+            ),
             (json!({"provider": "process"}), "launch.command"),
             (
                 json!({"provider": "process", "command": []}),
@@ -389,7 +424,8 @@ mod tests {
             json!({"provider": "simulated"}),
             json!({"provider": "simulated", "start_seconds": 86400, "failure_rate": 1, "seed": 7}),
             json!({"provider": "http", "url": "https://orchestrator.example:8443/v1/servers",
-                   "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "timeout_ms": 5000, "retries": 2}),
+                   "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "timeout_ms": 5000, "retries": 2,
+                   "status_interval_seconds": 0}),
             json!({"provider": "http", "url": "http://127.0.0.1:9000"}),
             // Schemes are case-insensitive; an IPv6 host.
             json!({"provider": "http", "url": "HTTPS://orchestrator.example/servers"}),
