@@ -64,6 +64,8 @@ pub(crate) trait Reads: Send + Sync {
     /// Saves `value` under `key` in the snapshots' table and removes what is saved under each
     /// of `drop`, in one write (all or none).
     fn put_snapshot_dropping(&self, key: &str, value: Vec<u8>, drop: &[String]) -> Result<()>;
+    /// Removes what is saved under each of `keys` in the snapshots' table, in one write.
+    fn drop_snapshots(&self, keys: &[String]) -> Result<()>;
     /// The value saved under each of `keys` in the snapshots' table, if any, in their order.
     fn get_snapshots(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         keys.iter()

@@ -675,6 +675,13 @@ impl Journal {
             .put_snapshot_dropping(&named_key(stream, name), value, &drop)
     }
 
+    /// Removes `stream`'s snapshots saved under `names` (see [`Journal::save_named_snapshot`]):
+    /// a reader's that it will never read again, a deleted group's, say.
+    pub fn drop_named_snapshots(&self, stream: &str, names: &[&str]) -> Result<()> {
+        let keys: Vec<String> = names.iter().map(|name| named_key(stream, name)).collect();
+        self.inner.reads.drop_snapshots(&keys)
+    }
+
     /// The snapshot of `stream` saved under `name` (see [`Journal::save_named_snapshot`]), if
     /// there is one and it still matches the journal.
     pub fn load_named_snapshot(&self, stream: &str, name: &str) -> Result<Option<Snapshot>> {

@@ -782,6 +782,15 @@ impl Reads for PgReads {
         Ok(())
     }
 
+    fn drop_snapshots(&self, keys: &[String]) -> Result<()> {
+        let connection = self.connection()?;
+        wait(connection.client.execute(
+            "DELETE FROM flotilla_snapshots WHERE stream = ANY($1)",
+            &[&keys],
+        ))?;
+        Ok(())
+    }
+
     fn get_snapshots(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         let connection = self.connection()?;
         let rows = wait(connection.client.query(&connection.get_snapshots, &[&keys]))?;

@@ -1042,6 +1042,15 @@ impl Reads for SledReads {
         })
     }
 
+    fn drop_snapshots(&self, keys: &[String]) -> Result<()> {
+        self.snapshots_transaction(|tx| {
+            for key in keys {
+                tx.remove(key.as_bytes())?;
+            }
+            Ok(())
+        })
+    }
+
     fn flush(&self) -> Result<()> {
         self.published.settle()?;
         self.db.flush()?;

@@ -282,6 +282,17 @@ fn a_named_snapshot_is_kept_apart_dropped_on_demand_and_loaded_only_while_it_mat
         assert_eq!(load("day-1"), None);
         assert_eq!(load("day-3"), Some((3, b"state@3".to_vec())));
 
+        // Dropped on demand, the others and the stream's own snapshot left alone.
+        journal
+            .save_named_snapshot("a", "day-0", 1, b"state@1", &[])
+            .unwrap();
+        journal
+            .drop_named_snapshots("a", &["day-0", "day-7"])
+            .unwrap();
+        assert_eq!(load("day-0"), None);
+        assert_eq!(load("day-3"), Some((3, b"state@3".to_vec())));
+        assert_eq!(journal.load_snapshot("a").unwrap().unwrap().state, b"own@3");
+
         // One whose anchor record was replaced is ignored rather than trusted.
         let mut record = journal.record(2).unwrap().unwrap();
         record.payload = b"99".to_vec();

@@ -301,6 +301,7 @@ pub async fn delete(
     state
         .execute::<Groups>(id.as_str(), GroupCommand::Delete)
         .await?;
+    crate::console::forget_day_starts(state.supervisor.journal(), &id);
     Ok(HttpResponse::NoContent().finish())
 }
 

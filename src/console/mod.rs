@@ -16,6 +16,8 @@
 
 pub mod history;
 mod pages;
+
+pub use pages::forget_day_starts;
 pub mod plot;
 pub mod session;
 

@@ -694,6 +694,16 @@ fn day_start_name(day: i64) -> String {
     format!("console-day-{}", day.rem_euclid(KEPT_DAYS + 1))
 }
 
+/// Forgets the starts of days kept for group `id` (a deleted group's page is never shown
+/// again). Only a cache: one that cannot be removed costs a few small values, and is said.
+pub fn forget_day_starts(journal: &Journal, id: &GroupId) {
+    let names: Vec<String> = (0..=KEPT_DAYS).map(day_start_name).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    if let Err(error) = journal.drop_named_snapshots(id.as_str(), &names) {
+        tracing::warn!(group = %id, %error, "the starts of days kept for a deleted group could not be removed");
+    }
+}
+
 /// The start of day `day` kept for group `id`, if one is and it still matches the journal.
 /// Only a cache: one that cannot be read is as none, and the page folds from further back.
 fn kept_start(journal: &Journal, id: &GroupId, day: i64) -> Option<history::DayStart> {
@@ -1082,6 +1092,13 @@ mod tests {
             desired_at_start(&read_history(&journal, &id, from, to).unwrap()),
             3
         );
+
+        // A deleted group's starts are all forgotten.
+        forget_day_starts(&journal, &id);
+        for slot in 0..=KEPT_DAYS {
+            let name = day_start_name(slot);
+            assert_eq!(journal.load_named_snapshot("grp_1", &name).unwrap(), None);
+        }
     }
 
     #[test]
