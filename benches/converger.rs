@@ -3,7 +3,7 @@
 //!   pass launches them all: two batched appends; a second marks them active);
 //! - `plan_1000`: the pure plan over a converged group of 1,000, every server watched;
 //! - `quiet_pass_N`: one reconcile pass over a converged group of N servers, as a tick makes it
-//!   (a read of the group, the plan, [`ACTIVE_CHECKS_PER_PASS`] status calls, no append), for
+//!   (a read of the group, the plan, up to [`ACTIVE_CHECKS_PER_PASS`] status calls, no append), for
 //!   N = 256 (one sweep's budget: the baseline), 5,000 and 10,000 (the largest group): a pass
 //!   should cost the same whatever the group's size;
 //! - `quiet_plan_N`: the plan of that pass alone;

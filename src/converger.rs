@@ -103,41 +103,74 @@ pub const CALLS_AT_ONCE: usize = 8;
 /// 0.59 GiB in batches of 1,000 (`cargo bench --bench load`, `LOAD_SERVERS`).
 pub const LAUNCHES_PER_PASS: usize = 1_000;
 
-/// Where a group's sweep over its active servers stands. A round asks about each once, at most
-/// [`ACTIVE_CHECKS_PER_PASS`] a pass, in id order; the next begins once the provider's
-/// [`Provider::status_interval`] has passed since this one began (on the service's clock), so
-/// that an orchestrator is asked about a group's active servers at a rate it can bear (a group
-/// of 1,000 on `http`'s default of 30 s: 33 a second, not 256).
+/// Where a group's sweep over its active servers stands. A round asks about each once, in id
+/// order, paced over the provider's [`Provider::status_interval`] on the service's clock: by
+/// `t` into the round, about `active × t / interval` of them (at most [`ACTIVE_CHECKS_PER_PASS`]
+/// a pass), and the next round begins once the interval has passed since this one began. An
+/// orchestrator is then asked about a group's active servers at a steady rate it can bear (a
+/// group of 1,000 on `http`'s default of 30 s: about 33 a second, not bursts of 256). A round
+/// the provider held up (halts) past its interval goes on at the full rate until it ends.
 ///
 /// [`Provider::status_interval`]: crate::providers::Provider::status_interval
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Round {
     /// The active server the last pass reached; empty between rounds.
     after: String,
     /// When the round under way, or the last, began.
     began: Option<Timestamp>,
+    /// How many active servers the round asked about so far.
+    asked: usize,
 }
 
 impl Round {
-    /// The sweep of a pass at `now`: the round under way goes on; a new one begins only once
-    /// `interval` has passed since the last began. Answers it with the round's beginning.
-    fn sweep(&self, now: Timestamp, interval: std::time::Duration) -> (Sweep, Option<Timestamp>) {
-        if !self.after.is_empty() {
-            let sweep = Sweep {
-                after: self.after.clone(),
-                budget: ACTIVE_CHECKS_PER_PASS,
+    /// The sweep of a pass at `now` over a group of `active` active servers, and the round it
+    /// belongs to (a new one when the last ended and its interval passed, or the clock went
+    /// back before it began).
+    fn sweep(
+        &self,
+        now: Timestamp,
+        interval: std::time::Duration,
+        active: usize,
+    ) -> (Sweep, Round) {
+        let interval = interval.as_millis();
+        let since = |began: Timestamp| u128::try_from(now.saturating_sub(began)).ok();
+        let mut round = self.clone();
+        if self.after.is_empty() {
+            let due = self
+                .began
+                .is_none_or(|began| since(began).is_none_or(|since| since >= interval));
+            if !due {
+                let sweep = Sweep {
+                    after: String::new(),
+                    budget: 0,
+                };
+                return (sweep, round);
+            }
+            round = Round {
+                after: String::new(),
+                began: Some(now),
+                asked: 0,
             };
-            return (sweep, self.began);
         }
-        let interval = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
-        let due = self
-            .began
-            .is_none_or(|began| now.saturating_sub(began) >= interval);
-        let sweep = Sweep {
-            after: String::new(),
-            budget: if due { ACTIVE_CHECKS_PER_PASS } else { 0 },
+        // A clock that went back paces the round from now.
+        let since = match round.began.and_then(since) {
+            Some(since) => since,
+            None => {
+                round.began = Some(now);
+                0
+            }
         };
-        (sweep, if due { Some(now) } else { self.began })
+        let due = if since >= interval {
+            usize::MAX
+        } else {
+            let paced = since * active as u128 / interval + 1;
+            usize::try_from(paced).unwrap_or(usize::MAX)
+        };
+        let sweep = Sweep {
+            after: round.after.clone(),
+            budget: due.saturating_sub(round.asked).min(ACTIVE_CHECKS_PER_PASS),
+        };
+        (sweep, round)
     }
 }
 
@@ -428,7 +461,9 @@ impl Converger {
         let blocking = provider.blocks();
         let now = self.supervisor.clock().now();
         let round = self.sweeps().get(id).cloned().unwrap_or_default();
-        let (sweep, began) = round.sweep(now, provider.status_interval(&config));
+        let active = group.count(ServerState::Active) as usize;
+        let (sweep, round) = round.sweep(now, provider.status_interval(&config), active);
+        let budget = sweep.budget;
         let mut plan = plan(&group.servers, group.target(), now, &sweep);
         if plan.relaunch.len() > LAUNCHES_PER_PASS {
             // The longest due first (a slot's backoff doubles, so the lowest ids would otherwise
@@ -483,7 +518,7 @@ impl Converger {
             blocking,
         };
         let (checked, launched) = futures_util::future::join(
-            self.check(&on, plan.watch, plan.resume, (swept_to, began)),
+            self.check(&on, plan.watch, plan.resume, (round, budget, swept_to)),
             self.launch(&on, &group, plan.relaunch, plan.launch_new),
         )
         .await;
@@ -496,15 +531,15 @@ impl Converger {
 
     /// Asks the provider about the `watch`ed servers, and records what it says, with the
     /// launches a restart interrupted (`resume`) as failed; answers the events recorded. The
-    /// sweep's round, begun at `began`, then goes on from `swept_to`; if the provider could not
-    /// be reached, from the last active server it was asked about, so that the next pass asks
-    /// about those not reached.
+    /// sweep's `round` (which gave this pass `budget` active servers) then goes on from
+    /// `swept_to`; if the provider could not be reached, from the last active server it was
+    /// asked about, so that the next pass asks about those not reached.
     async fn check(
         &self,
         on: &Calls<'_>,
         watch: Vec<(String, ServerState, Value)>,
         resume: Vec<String>,
-        (swept_to, began): (Option<String>, Option<Timestamp>),
+        (mut round, budget, swept_to): (Round, usize, Option<String>),
     ) -> Result<usize, Error> {
         // The server whose check halted the last pass is asked last.
         let mut watch = watch;
@@ -562,23 +597,34 @@ impl Converger {
                 .events
                 .len();
         }
-        let swept_to = if halted {
-            // Past the servers asked, even the one that halted: an orchestrator that times out
-            // now and then stalls no sweep. The next pass asks from there.
-            let asked = watched - checked.left.len();
-            tracing::warn!(group = %on.id, asked, of = watched, "the provider could not be asked about every server; the next pass goes on");
-            match active.iter().take_while(|(place, _)| *place < asked).last() {
-                Some((_, id)) => Some(id.clone()),
-                None => return Ok(events),
-            }
-        } else {
-            swept_to
-        };
-        let round = Round {
-            after: swept_to.unwrap_or_default(),
-            began,
-        };
-        self.sweeps().insert(on.id.clone(), round);
+        if budget > 0 {
+            let (swept_to, asked) = if halted {
+                // Past the servers asked, even the one that halted: an orchestrator that times
+                // out now and then stalls no sweep. The next pass asks from there.
+                let asked = watched - checked.left.len();
+                tracing::warn!(group = %on.id, asked, of = watched, "the provider could not be asked about every server; the next pass goes on");
+                let reached: Vec<&String> = active
+                    .iter()
+                    .take_while(|(place, _)| *place < asked)
+                    .map(|(_, id)| id)
+                    .collect();
+                match reached.last() {
+                    Some(id) => (Some((*id).clone()), reached.len()),
+                    None => return Ok(events),
+                }
+            } else {
+                (swept_to, active.len())
+            };
+            round.after = swept_to.unwrap_or_default();
+            round.asked += asked;
+        }
+        // A pass whose round asked nothing yet (paced, or between rounds) leaves it as it
+        // stands.
+        let mut sweeps = self.sweeps();
+        match sweeps.get_mut(on.id) {
+            Some(stands) => *stands = round,
+            None => drop(sweeps.insert(on.id.clone(), round)),
+        }
         Ok(events)
     }
 
@@ -976,45 +1022,68 @@ mod tests {
     }
 
     #[test]
-    fn a_round_of_the_sweep_goes_on_at_each_pass_and_the_next_waits_out_the_interval() {
-        let interval = std::time::Duration::from_secs(30);
+    fn a_round_of_the_sweep_is_paced_over_its_interval_and_the_next_waits_it_out() {
+        let interval = std::time::Duration::from_secs(60);
         let t0 = Timestamp::from_secs(1_000);
-        // The first round begins at once.
-        let (sweep, began) = Round::default().sweep(t0, interval);
-        assert_eq!((sweep.budget, began), (ACTIVE_CHECKS_PER_PASS, Some(t0)));
-        // A round under way goes on whatever the time, from where it stood.
+        let at = |secs: i64| t0.plus_millis(secs * 1000);
+        // The first round begins at once, with the first of its servers.
+        let (sweep, round) = Round::default().sweep(t0, interval, 10);
+        assert_eq!(sweep.budget, 1);
+        assert_eq!((round.began, round.asked), (Some(t0), 0));
+        // Ten servers over 60 s: one more every 6 s, from where the round stands.
         let under_way = Round {
-            after: "srv_9".into(),
+            after: "srv_3".into(),
             began: Some(t0),
+            asked: 4,
         };
-        let (sweep, began) = under_way.sweep(t0, interval);
+        let budget = |round: &Round, now, active| round.sweep(now, interval, active).0.budget;
+        assert_eq!(under_way.sweep(at(23), interval, 10).0.after, "srv_3");
+        assert_eq!(budget(&under_way, at(23), 10), 0);
+        assert_eq!(budget(&under_way, at(24), 10), 1);
+        assert_eq!(budget(&under_way, at(59), 10), 6);
+        // A thousand over 30 s: about 33 a second, never more than a pass's most.
+        let thirty = std::time::Duration::from_secs(30);
+        let begun = Round {
+            after: "srv_0".into(),
+            began: Some(t0),
+            asked: 1,
+        };
+        assert_eq!(begun.sweep(at(1), thirty, 1_000).0.budget, 33);
         assert_eq!(
-            (sweep.after.as_str(), sweep.budget),
-            ("srv_9", ACTIVE_CHECKS_PER_PASS)
+            begun.sweep(at(20), thirty, 1_000).0.budget,
+            ACTIVE_CHECKS_PER_PASS
         );
-        assert_eq!(began, Some(t0));
+        // A round held up past its interval goes on at the full rate, though the group shrank
+        // below what it asked.
+        assert_eq!(budget(&under_way, at(61), 3), ACTIVE_CHECKS_PER_PASS);
         // Once it ended, the next begins only when the interval has passed since it began.
         let ended = Round {
             after: String::new(),
             began: Some(t0),
+            asked: 10,
         };
-        let early = t0.plus_millis(29_999);
         assert_eq!(
-            ended.sweep(early, interval),
+            ended.sweep(at(59), interval, 10),
             (
                 Sweep {
                     after: String::new(),
                     budget: 0
                 },
-                Some(t0)
+                ended.clone()
             )
         );
-        let due = t0.plus_secs(30u64);
-        assert_eq!(ended.sweep(due, interval).1, Some(due));
-        // No interval: a round at every pass.
+        let (sweep, next) = ended.sweep(at(60), interval, 10);
+        assert_eq!((sweep.budget, next.began, next.asked), (1, Some(at(60)), 0));
+        // A clock that went back begins the next round, or paces the one under way, from now.
+        let (sweep, next) = ended.sweep(at(-5), interval, 10);
+        assert_eq!((sweep.budget, next.began), (1, Some(at(-5))));
+        let (sweep, paced) = under_way.sweep(at(-5), interval, 10);
         assert_eq!(
-            ended.sweep(t0, std::time::Duration::ZERO).0.budget,
-            ACTIVE_CHECKS_PER_PASS
+            (sweep.budget, paced.began, paced.asked),
+            (0, Some(at(-5)), 4)
         );
+        // No interval: every active server at every pass, a pass's most at a time.
+        let none = std::time::Duration::ZERO;
+        assert_eq!(ended.sweep(t0, none, 10).0.budget, ACTIVE_CHECKS_PER_PASS);
     }
 }

@@ -271,7 +271,8 @@ pub async fn update(
     let current = resource::load::<Alarms>(&state, &id).await?;
     let group = &current.definition.group_id;
     if owned_group(&state, &tenant, group.as_str()).await.is_err() {
-        // Nothing feeds it any more (SPEC 5.1): a change would take effect nowhere.
+        // No samples feed it any more (its group's tokens are gone): a change would take
+        // effect nowhere.
         return Err(ApiError::from(Rejection::Conflict {
             reason: format!(
                 "its group {group} was deleted: the alarm can be read and deleted, not changed"

@@ -15,8 +15,9 @@
 //! - status: `{"action": "status", "handle": <handle>}`, answered 2xx with `{"status":
 //!   "running" | "exited" | anything else (unknown)}`.
 //!
-//! Each active server's status is asked at most once every `status_interval_seconds` (default
-//! 30; 0 asks at every pass of the converger), each pending server's at every pass.
+//! Each active server's status is asked about once every `status_interval_seconds` (default 30;
+//! 0 asks at every pass of the converger), the group's servers paced over the interval; each
+//! pending server's at every pass.
 //!
 //! A request that times out, cannot connect or is answered 5xx, 408 or 429 is retried `retries`
 //! times (100 ms, 200 ms, ...), then the orchestrator counts as unreachable (a pass asks it no
@@ -37,8 +38,8 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 /// The default number of retries after a first failed attempt.
 pub const DEFAULT_RETRIES: u64 = 2;
 
-/// The default `status_interval_seconds`: a group of 1,000 active servers is asked about 33 a
-/// second.
+/// The default `status_interval_seconds`: a group of 1,000 active servers is asked about at
+/// about 33 a second.
 pub const DEFAULT_STATUS_INTERVAL_SECONDS: u64 = 30;
 
 /// The most of an orchestrator's answer that is read: past it, the answer is refused unread.
@@ -107,6 +108,9 @@ impl HttpProvider {
                 std::thread::sleep(Duration::from_millis(100 << (attempt - 1).min(6)));
             }
             let timestamp = self.clock.now().as_secs();
+            // The attempt's whole time, its answer's body included: the client's timeout
+            // bounds the wait for the answer's head, and each wait for more of its body.
+            let deadline = std::time::Instant::now() + timeout;
             let mut request = client.post(url);
             if let Some(fence) = fence {
                 // The lease a launch is made under: an orchestrator that has seen a higher
@@ -127,20 +131,29 @@ impl HttpProvider {
                 .send();
             match answer {
                 Ok(response) if response.status().is_success() => {
-                    use std::io::Read as _;
-                    let mut text = String::new();
-                    let read = response
-                        .take(MAX_ANSWER_BYTES + 1)
-                        .read_to_string(&mut text);
-                    if read.is_ok_and(|n| n as u64 > MAX_ANSWER_BYTES) {
-                        return Err(ProviderError::new(format!(
-                            "the orchestrator's answer is over {MAX_ANSWER_BYTES} bytes"
-                        )));
-                    }
-                    if text.trim().is_empty() {
+                    let text = match read_answer(response, deadline) {
+                        Ok(body) => body,
+                        Err(Unread::TooLarge) => {
+                            return Err(ProviderError::new(format!(
+                                "the orchestrator's answer is over {MAX_ANSWER_BYTES} bytes"
+                            )))
+                        }
+                        Err(Unread::Late) => {
+                            last =
+                                format!("orchestrator timed out after {} ms", timeout.as_millis());
+                            tracing::warn!(attempt, reason = %last, "orchestrator request failed");
+                            continue;
+                        }
+                        Err(Unread::Broken(error)) => {
+                            last = format!("orchestrator unreachable: {error}");
+                            tracing::warn!(attempt, reason = %last, "orchestrator request failed");
+                            continue;
+                        }
+                    };
+                    if text.trim_ascii().is_empty() {
                         return Ok(Some(Value::Null));
                     }
-                    return serde_json::from_str(&text).map(Some).map_err(|e| {
+                    return serde_json::from_slice(&text).map(Some).map_err(|e| {
                         ProviderError::new(format!("the orchestrator's answer is not JSON: {e}"))
                     });
                 }
@@ -165,6 +178,44 @@ impl HttpProvider {
         }
         Err(ProviderError::unreachable(last))
     }
+}
+
+/// Why an answer's body was not read.
+enum Unread {
+    /// It is over [`MAX_ANSWER_BYTES`].
+    TooLarge,
+    /// It was still coming at the attempt's deadline (an orchestrator that trickles its answer
+    /// is as slow as one that never answers).
+    Late,
+    /// The connection failed while it came.
+    Broken(std::io::Error),
+}
+
+/// Reads an answer's body, at most [`MAX_ANSWER_BYTES`], by `deadline`. Each read waits at
+/// most the client's timeout, so an attempt ends at most that long after its deadline.
+fn read_answer(
+    mut body: impl std::io::Read,
+    deadline: std::time::Instant,
+) -> Result<Vec<u8>, Unread> {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if std::time::Instant::now() > deadline {
+            return Err(Unread::Late);
+        }
+        let read = match body.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => return Err(Unread::Late),
+            Err(error) => return Err(Unread::Broken(error)),
+        };
+        if (bytes.len() + read) as u64 > MAX_ANSWER_BYTES {
+            return Err(Unread::TooLarge);
+        }
+        bytes.extend_from_slice(&chunk[..read]);
+    }
+    Ok(bytes)
 }
 
 impl Provider for HttpProvider {

@@ -5,7 +5,7 @@
 //! - `process`: `command` (1 to 64 non-empty strings, required), `env` (strings by non-empty
 //!   names without `=` or NUL), `grace_seconds` (0 to 3600);
 //! - `http`: `url` (http or https, with a host, required), `secret` (`whsec_` and base64),
-//!   `timeout_ms` (1 to 60000), `retries` (0 to 10);
+//!   `timeout_ms` (1 to 60000), `retries` (0 to 10), `status_interval_seconds` (0 to 86400);
 //! - `simulated`: `start_seconds` (0 to 86400), `failure_rate` (0 to 1), `seed` (an unsigned
 //!   integer).
 //!
@@ -75,7 +75,7 @@ pub fn schema(allow_process: bool, operator_secret: bool) -> Value {
             "retries": {"type": "integer", "minimum": 0, "maximum": 10},
             "status_interval_seconds": {
                 "type": "integer", "minimum": 0, "maximum": MAX_STATUS_INTERVAL_SECONDS,
-                "description": "each active server's status is asked at most once in this many seconds (default 30)",
+                "description": "each active server's status is asked about once every this many seconds, paced over them (default 30; 0: at every pass)",
             },
         },
     });
