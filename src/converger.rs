@@ -49,7 +49,7 @@ use serde_json::Value;
 
 use crate::index::Index;
 use crate::providers::pool::Pool;
-use crate::providers::{Launch, Providers, Status};
+use crate::providers::{Launch, ProviderError, Providers, Status};
 use crate::service::Readiness;
 use crate::ticks::Ticker;
 use crate::token;
@@ -385,8 +385,8 @@ impl Converger {
     }
 
     /// The deletion of the server behind `handle`, which records it when it ends; `None` if one
-    /// is already under way. A deletion that fails leaves the server `deleting`, and the next
-    /// pass tries again.
+    /// is already under way. A deletion that fails leaves the server `deleting`, its reason
+    /// recorded, and a pass tries again once its backoff ran out.
     fn deletion(
         &self,
         (id, tenant): (&GroupId, &TenantId),
@@ -419,22 +419,32 @@ impl Converger {
                 Some(turns) => turns.acquire().await.ok(),
                 None => None,
             };
-            let gone = handle.is_null()
-                || call((&pool, &tenant), blocking, move || {
-                    providers
-                        .of(&config)
-                        .is_some_and(|p| p.delete(&config, &handle).is_ok())
-                })
-                .await;
-            if gone {
-                let report = GroupCommand::ReportServers(vec![ServerReport::Deleted {
-                    server_id: server_id.clone(),
-                }]);
-                if let Err(error) = supervisor.execute::<Groups>(id.as_str(), report).await {
-                    tracing::warn!(group = %id, server = %server_id, %error, "recording a deletion failed; retrying next pass");
-                }
+            let deleted = if handle.is_null() {
+                Ok(())
             } else {
-                tracing::warn!(group = %id, server = %server_id, "delete failed; retrying next pass");
+                call((&pool, &tenant), blocking, move || {
+                    match providers.of(&config) {
+                        Some(provider) => provider.delete(&config, &handle),
+                        None => Err(ProviderError::new("the group's provider is not known")),
+                    }
+                })
+                .await
+            };
+            let report = match deleted {
+                Ok(()) => ServerReport::Deleted {
+                    server_id: server_id.clone(),
+                },
+                Err(error) => {
+                    tracing::warn!(group = %id, server = %server_id, reason = %error.reason, "delete failed; tried again after a backoff");
+                    ServerReport::DeleteFailed {
+                        server_id: server_id.clone(),
+                        reason: format!("delete failed: {}", error.reason),
+                    }
+                }
+            };
+            let report = GroupCommand::ReportServers(vec![report]);
+            if let Err(error) = supervisor.execute::<Groups>(id.as_str(), report).await {
+                tracing::warn!(group = %id, server = %server_id, %error, "recording a deletion's end failed; tried again next pass");
             }
         })
     }

@@ -567,6 +567,8 @@ enum Mode {
     SickNewest,
     /// Creates are answered at once, their body one byte every 50 ms.
     Trickle,
+    /// Deletes are refused with 403.
+    Undeletable,
 }
 
 fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
@@ -646,6 +648,9 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
                     ("delete", Mode::ExitedUndeletable) => {
                         ("503 Service Unavailable", json!({"error": "busy"}))
                     }
+                    ("delete", Mode::Undeletable) => {
+                        ("403 Forbidden", json!({"error": "not yours to delete"}))
+                    }
                     ("delete", _) => ("200 OK", json!({})),
                     ("status", Mode::StatusError) => {
                         ("503 Service Unavailable", json!({"error": "busy"}))
@@ -722,6 +727,60 @@ fn on_orchestrator(
         launch.extend(fields);
     }
     (mode, orchestrator, server, token, launch)
+}
+
+#[test]
+fn a_delete_the_orchestrator_refuses_is_recorded_with_its_reason_and_tried_again_after_a_backoff() {
+    // A probe's stuck deletion said nothing of why, and was asked again at every pass.
+    let (mode, orchestrator, server, token, launch) =
+        on_orchestrator(Mode::Ok, server(), json!({"retries": 0}));
+    let group = create(&server, &token, 1, launch);
+    converge_until(&server, "1 active", || {
+        active(&server, &token, &group).len() == 1
+    });
+    *mode.lock().unwrap() = Mode::Undeletable;
+    set_desired(&server, &token, &group, 0);
+    let refused = || servers(&server, &token, &group)[0]["last_failure"].clone();
+    converge_until(&server, "a refused delete", || !refused().is_null());
+    let deleting = &servers(&server, &token, &group)[0];
+    assert_eq!(deleting["state"], "deleting", "{deleting}");
+    assert_eq!(
+        deleting["last_failure"],
+        "delete failed: orchestrator answered 403"
+    );
+    let (_, activity) = server.call(
+        "GET",
+        &format!("/v1/groups/{group}/activity?limit=1000"),
+        &token,
+        None,
+    );
+    let failed: Vec<&Value> = activity["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "server_delete_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{activity}");
+    // A forced deletion that cannot finish says why.
+    let path = format!("/v1/groups/{group}?force=true");
+    let busy = server.call("DELETE", &path, &token, None);
+    assert_error(&busy, 409, "conflict");
+    let message = busy.1["error"]["message"].as_str().unwrap();
+    assert!(message.contains("orchestrator answered 403"), "{message}");
+    // Not asked again until its backoff (1 s of the clock, then 2 s) has run out.
+    ticks(&server, 3);
+    assert_eq!(count(&orchestrator, "delete"), 1);
+    server.clock.advance_secs(1);
+    converge_until(&server, "a second delete", || {
+        count(&orchestrator, "delete") == 2
+    });
+    *mode.lock().unwrap() = Mode::Ok;
+    ticks(&server, 3);
+    assert_eq!(count(&orchestrator, "delete"), 2);
+    server.clock.advance_secs(2);
+    converge_until(&server, "the server deleted", || {
+        servers(&server, &token, &group).is_empty()
+    });
 }
 
 #[test]

@@ -337,11 +337,27 @@ async fn drain(state: &AppState, id: &GroupId) -> Result<(), ApiError> {
     match actix_web::rt::time::timeout(DRAIN_WAIT, passes).await {
         Ok(Ok(true)) => Ok(()),
         Ok(Err(error)) => Err(error),
-        Ok(Ok(false)) | Err(_) => Err(ApiError::from(
-            flotilla_actors::domain::Rejection::Conflict {
-                reason: "servers are still being deleted; try again".into(),
-            },
-        )),
+        Ok(Ok(false)) | Err(_) => {
+            // Why one of them is not gone yet, if the provider said.
+            let why = resource::load::<Groups>(state, id)
+                .await
+                .ok()
+                .and_then(|group| {
+                    group.servers.unsettled().find_map(|server| {
+                        let failure = server.last_failure.as_ref()?;
+                        (server.delete_failures > 0)
+                            .then(|| format!(" ({}: {})", server.id, failure.0))
+                    })
+                });
+            Err(ApiError::from(
+                flotilla_actors::domain::Rejection::Conflict {
+                    reason: format!(
+                        "servers are still being deleted{}; try again",
+                        why.unwrap_or_default()
+                    ),
+                },
+            ))
+        }
     }
 }
 

@@ -129,7 +129,8 @@ fn server_of(event: &GroupEvent) -> Option<&str> {
         | GroupEvent::ServerActive { server_id, .. }
         | GroupEvent::ServerFailed { server_id, .. }
         | GroupEvent::ServerDeleteRequested { server_id, .. }
-        | GroupEvent::ServerDeleted { server_id, .. } => Some(server_id),
+        | GroupEvent::ServerDeleted { server_id, .. }
+        | GroupEvent::ServerDeleteFailed { server_id, .. } => Some(server_id),
         _ => None,
     }
 }

@@ -501,6 +501,9 @@ impl GroupPage {
                     GroupEvent::ServerFailed { server_id, reason, .. } => {
                         li { span.label { "Server" } (server_id) " failed: " (reason) }
                     }
+                    GroupEvent::ServerDeleteFailed { server_id, reason, .. } => {
+                        li { span.label { "Server" } (server_id) " " (reason) }
+                    }
                     _ => {}
                 }
                 @if !entry.launched.is_empty() {
@@ -909,6 +912,9 @@ pub fn headline(event: &GroupEvent, names: &HashMap<String, String>) -> String {
             format!("Server {server_id} to be deleted")
         }
         GroupEvent::ServerDeleted { server_id, .. } => format!("Server {server_id} deleted"),
+        GroupEvent::ServerDeleteFailed { server_id, .. } => {
+            format!("Server {server_id} could not be deleted")
+        }
         GroupEvent::MetricsTokenRotated { .. } => "Metrics token replaced".to_owned(),
     }
 }

@@ -58,15 +58,33 @@ pub struct Server {
     /// How many times this slot failed.
     #[serde(default)]
     pub failures: u32,
-    /// Why it failed last, and when.
+    /// Why it failed last (its launch, or its deletion), and when.
     #[serde(default)]
     pub last_failure: Option<Box<(String, Timestamp)>>,
+    /// How many times its deletion failed: a server the provider cannot delete is asked again
+    /// after the same backoff as a failed launch, not at every pass.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub delete_failures: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Server {
     /// Whether it counts toward the group's capacity: every slot not being deleted.
     pub fn is_slot(&self) -> bool {
         self.state != ServerState::Deleting
+    }
+
+    /// When a server being deleted may be asked to be deleted again (`None`: at once).
+    pub fn delete_at(&self) -> Option<Timestamp> {
+        match (&self.state, &self.last_failure) {
+            (ServerState::Deleting, Some(failure)) if self.delete_failures > 0 => {
+                Some(failure.1.plus_secs(backoff_seconds(self.delete_failures)))
+            }
+            _ => None,
+        }
     }
 
     /// When a failed slot may be launched again.
@@ -420,7 +438,7 @@ pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Pl
             continue;
         }
         match server.state {
-            ServerState::Deleting => plan
+            ServerState::Deleting if server.delete_at().is_none_or(|at| at <= now) => plan
                 .delete
                 .push((server.id.to_string(), server.provider.value())),
             ServerState::Failed if server.retry_at().is_some_and(|at| at <= now) => {
@@ -433,7 +451,7 @@ pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Pl
                 plan.watch
                     .push((server.id.to_string(), server.state, server.provider.value()));
             }
-            ServerState::Failed | ServerState::Active => {}
+            ServerState::Failed | ServerState::Active | ServerState::Deleting => {}
         }
     }
     let mut active = servers
@@ -488,6 +506,13 @@ pub enum ServerReport {
         /// The server.
         server_id: String,
     },
+    /// The provider could not delete it.
+    DeleteFailed {
+        /// The server.
+        server_id: String,
+        /// Why, in lowercase prose.
+        reason: String,
+    },
 }
 
 /// A launch is allowed for a failed slot whose backoff ran out, or for a new slot while the
@@ -539,7 +564,8 @@ pub(crate) fn decide_reports(
         let (ServerReport::Launched { server_id, .. }
         | ServerReport::Active { server_id }
         | ServerReport::Failed { server_id, .. }
-        | ServerReport::Deleted { server_id }) = report;
+        | ServerReport::Deleted { server_id }
+        | ServerReport::DeleteFailed { server_id, .. }) = report;
         let Some(server) = group.servers.get(server_id.as_str()) else {
             continue;
         };
@@ -560,6 +586,13 @@ pub(crate) fn decide_reports(
             },
             (ServerReport::Deleted { .. }, Deleting) => {
                 GroupEvent::ServerDeleted { server_id, at: now }
+            }
+            (ServerReport::DeleteFailed { reason, .. }, Deleting) => {
+                GroupEvent::ServerDeleteFailed {
+                    server_id,
+                    reason: reason.clone(),
+                    at: now,
+                }
             }
             _ => continue,
         };
@@ -584,6 +617,7 @@ mod tests {
             launched_at: T0.plus_millis(launched * 1000),
             failures: 0,
             last_failure: None,
+            delete_failures: 0,
         }
     }
 
@@ -816,6 +850,21 @@ mod tests {
         assert_eq!(plan.watch.len(), 1);
     }
 
+    #[test]
+    fn a_server_whose_delete_failed_is_asked_again_once_its_backoff_ran_out() {
+        let mut stuck = server("d", ServerState::Deleting, 0);
+        stuck.delete_failures = 2;
+        stuck.last_failure = Some(Box::new(("delete failed: 403".into(), T0)));
+        let servers = map(vec![stuck, server("e", ServerState::Deleting, 0)]);
+        let deleted = |now: Timestamp| -> Vec<String> {
+            let plan = plan(&servers, 0, now, &Sweep::ALL);
+            plan.delete.into_iter().map(|(id, _)| id).collect()
+        };
+        // Two failures: 2 s after the last.
+        assert_eq!(deleted(T0.plus_millis(1_999)), vec!["e"]);
+        assert_eq!(deleted(T0.plus_secs(2u64)), vec!["d", "e"]);
+    }
+
     /// [`plan`] as it was before [`Servers`] kept its unsettled ids, reading every server: the
     /// oracle of the plan that reads only what it needs.
     fn plan_reading_every_server(
@@ -837,7 +886,7 @@ mod tests {
         let kept = |s: &&Server| !removed.contains(&&*s.id);
         for server in servers.values().filter(kept) {
             match server.state {
-                ServerState::Deleting => plan
+                ServerState::Deleting if server.delete_at().is_none_or(|at| at <= now) => plan
                     .delete
                     .push((server.id.to_string(), server.provider.value())),
                 ServerState::Failed if server.retry_at().is_some_and(|at| at <= now) => {
@@ -850,7 +899,7 @@ mod tests {
                     plan.watch
                         .push((server.id.to_string(), server.state, server.provider.value()));
                 }
-                ServerState::Failed | ServerState::Active => {}
+                ServerState::Failed | ServerState::Active | ServerState::Deleting => {}
             }
         }
         let ids: Vec<&Server> = servers
@@ -878,6 +927,7 @@ mod tests {
         Launched(usize, bool),
         State(usize, ServerState),
         Failed(usize, i64),
+        DeleteFailed(usize, i64),
         Remove(usize),
     }
 
@@ -896,6 +946,7 @@ mod tests {
             (0..8usize, any::<bool>()).prop_map(|(i, h)| Change::Launched(i, h)),
             (0..8usize, state()).prop_map(|(i, s)| Change::State(i, s)),
             (0..8usize, 0..10i64).prop_map(|(i, t)| Change::Failed(i, t)),
+            (0..8usize, 0..10i64).prop_map(|(i, t)| Change::DeleteFailed(i, t)),
             (0..8usize).prop_map(Change::Remove),
         ]
     }
@@ -931,6 +982,12 @@ mod tests {
                             s.state = ServerState::Failed;
                             s.failures += 1;
                             s.last_failure = Some(Box::new(("exited".into(), T0.plus_millis(at * 1000))));
+                        });
+                    }
+                    Change::DeleteFailed(i, at) => {
+                        servers.update(&id(i), |s| {
+                            s.delete_failures += 1;
+                            s.last_failure = Some(Box::new(("refused".into(), T0.plus_millis(at * 1000))));
                         });
                     }
                     Change::Remove(i) => {

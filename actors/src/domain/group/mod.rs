@@ -255,13 +255,16 @@ pub enum GroupCommand {
 /// of a shard only once its work there has ended, so a report is refused only from a node
 /// whose lease ran out (paused, or cut off), whose launches the next owner resolves as a
 /// restart does. Deletions are asked for by callers too (a forced delete drains a group through
-/// whichever node it reached), and deleting twice deletes once, so a report of deletions alone
-/// needs no lease.
+/// whichever node it reached), and deleting twice deletes once, so a report of deletions (or
+/// of deletions that failed) alone needs no lease.
 pub fn leased_by(id: &str, _state: &GroupState, command: &GroupCommand) -> Option<String> {
     let owners = match command {
-        GroupCommand::ReportServers(reports) => reports
-            .iter()
-            .any(|report| !matches!(report, ServerReport::Deleted { .. })),
+        GroupCommand::ReportServers(reports) => reports.iter().any(|report| {
+            !matches!(
+                report,
+                ServerReport::Deleted { .. } | ServerReport::DeleteFailed { .. }
+            )
+        }),
         GroupCommand::LaunchServers(_)
         | GroupCommand::Track(_)
         | GroupCommand::RunSchedule { .. } => true,
@@ -467,6 +470,15 @@ pub enum GroupEvent {
         /// When.
         at: Timestamp,
     },
+    /// The provider could not delete a server: it is asked again after a backoff.
+    ServerDeleteFailed {
+        /// The server.
+        server_id: String,
+        /// Why.
+        reason: String,
+        /// When.
+        at: Timestamp,
+    },
 }
 
 impl DomainEvent for GroupEvent {
@@ -490,6 +502,7 @@ impl DomainEvent for GroupEvent {
             GroupEvent::ServerFailed { .. } => "server_failed",
             GroupEvent::ServerDeleteRequested { .. } => "server_delete_requested",
             GroupEvent::ServerDeleted { .. } => "server_deleted",
+            GroupEvent::ServerDeleteFailed { .. } => "server_delete_failed",
         }
     }
 }
@@ -508,7 +521,8 @@ impl GroupEvent {
             | GroupEvent::ServerActive { .. }
             | GroupEvent::ServerFailed { .. }
             | GroupEvent::ServerDeleteRequested { .. }
-            | GroupEvent::ServerDeleted { .. } => true,
+            | GroupEvent::ServerDeleted { .. }
+            | GroupEvent::ServerDeleteFailed { .. } => true,
             GroupEvent::Created { .. }
             | GroupEvent::Updated { .. }
             | GroupEvent::Paused { .. }
@@ -782,6 +796,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
                     launched_at: *at,
                     failures: 0,
                     last_failure: None,
+                    delete_failures: 0,
                 });
             }
         }
@@ -817,6 +832,16 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
         }
         GroupEvent::ServerDeleted { server_id, .. } => {
             group.servers.remove(server_id);
+        }
+        GroupEvent::ServerDeleteFailed {
+            server_id,
+            reason,
+            at,
+        } => {
+            group.servers.update(server_id, |server| {
+                server.delete_failures = server.delete_failures.saturating_add(1);
+                server.last_failure = Some(Box::new((reason.clone(), *at)));
+            });
         }
     }
     Some(group)
