@@ -479,6 +479,51 @@ impl Supervisor {
         self.execute::<A>(id, command).await
     }
 
+    /// [`Self::execute_in`] while group `group` is live: the command's append holds the group's
+    /// stream to the version at which it was read live ([`store::unchanged`]), so a deletion
+    /// of the group in between refuses it, and it is tried again (at most [`CONFLICT_TRIES`]
+    /// times in all, the group read again each time). A group deleted, or never made, is
+    /// `not_found("group")`. A child of a group (its policy, alarm, webhook, schedule or
+    /// receiver) is made or changed this way, so none is ever recorded after its group's
+    /// deletion.
+    pub async fn execute_in_live<A: Aggregate>(
+        &self,
+        group: &GroupId,
+        id: &str,
+        command: A::Command,
+    ) -> Result<Executed<A>, Error> {
+        self.address_near::<A>(id, Some(group))?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let observed = self.get::<Groups>(group.as_str()).await?;
+            if observed.state.as_ref().is_none_or(|g| g.deleted) {
+                return Err(Rejection::not_found("group").into());
+            }
+            let live = store::unchanged(group.as_str(), observed.version);
+            let command = &command;
+            let executed = self
+                .retrying(id, || {
+                    let along = vec![live.clone()];
+                    async move {
+                        self.ask::<A, _>(id, || ExecuteAlong::<A>(command.clone(), along.clone()))
+                            .await?
+                    }
+                })
+                .await;
+            match executed {
+                Err(Error::Journal(flotilla_journal::Error::Conflict {
+                    stream, actual, ..
+                })) if stream == group.as_str() && tries < CONFLICT_TRIES => {
+                    // The group moved since it was read (another node's append, or its own
+                    // work): read again.
+                    self.moved(group.as_str(), actual);
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
     /// Object `id`'s current state.
     pub async fn get<A: Aggregate>(&self, id: &str) -> Result<Observed<A>, Error> {
         self.ask::<A, _>(id, Get::<A>::default).await?

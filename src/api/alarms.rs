@@ -3,7 +3,7 @@
 use actix_web::{web, HttpResponse};
 use flotilla_actors::aggregate::{Alarms, Policies};
 use flotilla_actors::domain::alarm::{
-    Alarm, AlarmCommand, AlarmPatch, Comparison, NewAlarm, Statistic, TreatMissing,
+    AlarmCommand, AlarmPatch, Comparison, NewAlarm, Statistic, TreatMissing,
 };
 use flotilla_actors::domain::{AlarmId, PolicyId, Rejection, TenantId};
 use serde::Deserialize;
@@ -135,10 +135,14 @@ async fn check_actions<'a>(
     Ok(())
 }
 
-/// Runs `command`; answers the alarm after it.
-async fn watch(state: &AppState, id: &AlarmId, command: AlarmCommand) -> Result<Alarm, ApiError> {
-    let executed = state.execute::<Alarms>(id.as_str(), command).await?;
-    executed.state.ok_or_else(|| ApiError::not_found("alarm"))
+/// The 409 of a change to an alarm whose group was deleted: no samples feed it any more (its
+/// group's tokens are gone), so a change would take effect nowhere.
+fn group_deleted(group: &flotilla_actors::domain::GroupId) -> ApiError {
+    ApiError::from(Rejection::Conflict {
+        reason: format!(
+            "its group {group} was deleted: the alarm can be read and deleted, not changed"
+        ),
+    })
 }
 
 /// `POST /v1/alarms`.
@@ -271,13 +275,7 @@ pub async fn update(
     let current = resource::load::<Alarms>(&state, &id).await?;
     let group = &current.definition.group_id;
     if owned_group(&state, &tenant, group.as_str()).await.is_err() {
-        // No samples feed it any more (its group's tokens are gone): a change would take
-        // effect nowhere.
-        return Err(ApiError::from(Rejection::Conflict {
-            reason: format!(
-                "its group {group} was deleted: the alarm can be read and deleted, not changed"
-            ),
-        }));
+        return Err(group_deleted(group));
     }
     let actions = body
         .alarm_actions
@@ -303,7 +301,18 @@ pub async fn update(
         ok_actions: body.ok_actions,
         repeat_actions: body.repeat_actions,
     };
-    let alarm = watch(&state, &id, AlarmCommand::Update(patch)).await?;
+    // While its group is live: a deletion racing the change refuses it as one before it.
+    let executed = state
+        .supervisor
+        .execute_in_live::<Alarms>(group, id.as_str(), AlarmCommand::Update(patch))
+        .await
+        .map_err(|error| match error {
+            flotilla_actors::error::Error::Rejected(Rejection::NotFound { object: "group" }) => {
+                group_deleted(group)
+            }
+            error => ApiError::from(error),
+        })?;
+    let alarm = executed.state.ok_or_else(|| ApiError::not_found("alarm"))?;
     Ok(HttpResponse::Ok().json(AlarmView::from(&alarm)))
 }
 

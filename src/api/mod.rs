@@ -131,7 +131,9 @@ impl AppState {
         Ok(self.supervisor.execute::<A>(id, command).await?)
     }
 
-    /// [`Self::execute`] for a new object of group `group`: its actor is started on its
+    /// [`Self::execute`] for a new object of group `group`, or a change to one, while the group
+    /// is live: a deletion of the group racing it refuses it (404 `not_found`, the group), so
+    /// no object is recorded after its group is gone. A new object's actor is started on its
     /// group's arbiter ([`flotilla_actors::supervisor::Placement`]).
     pub async fn create<A: Aggregate>(
         &self,
@@ -139,7 +141,10 @@ impl AppState {
         id: &str,
         command: A::Command,
     ) -> Result<Executed<A>, ApiError> {
-        Ok(self.supervisor.execute_in::<A>(group, id, command).await?)
+        Ok(self
+            .supervisor
+            .execute_in_live::<A>(group, id, command)
+            .await?)
     }
 
     /// The tenant whose token has sha256 `hash`: one made (or a token given) through another
