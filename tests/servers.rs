@@ -449,6 +449,11 @@ fn a_forced_group_deletion_answers_409_rather_than_wait_out_a_long_grace() {
     let page = server.console_page(&token, &format!("/console/groups/{group}"));
     assert!(page.contains(stopping), "{page}");
     assert!(page.contains(r#"<dd id="deleting">1</dd>"#), "{page}");
+    // It offers no change that would take effect nowhere, and the API refuses one.
+    assert!(!page.contains(r#"id="set-desired""#), "{page}");
+    let patch = json!({"desired_capacity": 2});
+    let refused = server.call("PATCH", &format!("/v1/groups/{group}"), &token, Some(patch));
+    assert_error(&refused, 409, "conflict");
     // Once its server is gone, the same call deletes the group.
     kill(pid);
     converge_until(&server, "the server deleted", || {
@@ -748,19 +753,19 @@ fn a_delete_the_orchestrator_refuses_is_recorded_with_its_reason_and_tried_again
         deleting["last_failure"],
         "delete failed: orchestrator answered 403"
     );
-    let (_, activity) = server.call(
-        "GET",
-        &format!("/v1/groups/{group}/activity?limit=1000"),
-        &token,
-        None,
-    );
-    let failed: Vec<&Value> = activity["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["type"] == "server_delete_failed")
-        .collect();
-    assert_eq!(failed.len(), 1, "{activity}");
+    let failed_deletes = || {
+        let (_, activity) = server.call(
+            "GET",
+            &format!("/v1/groups/{group}/activity?limit=1000"),
+            &token,
+            None,
+        );
+        let items = activity["items"].as_array().unwrap().iter();
+        items
+            .filter(|i| i["type"] == "server_delete_failed")
+            .count()
+    };
+    assert_eq!(failed_deletes(), 1);
     // A forced deletion that cannot finish says why.
     let path = format!("/v1/groups/{group}?force=true");
     let busy = server.call("DELETE", &path, &token, None);
@@ -774,6 +779,8 @@ fn a_delete_the_orchestrator_refuses_is_recorded_with_its_reason_and_tried_again
     converge_until(&server, "a second delete", || {
         count(&orchestrator, "delete") == 2
     });
+    // Its failure recorded (at 1 s of the clock) before the clock moves on.
+    converge_until(&server, "the second failure", || failed_deletes() == 2);
     *mode.lock().unwrap() = Mode::Ok;
     ticks(&server, 3);
     assert_eq!(count(&orchestrator, "delete"), 2);

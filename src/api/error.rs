@@ -138,6 +138,10 @@ error_set!(
     RemoveErrors = 400 404 409
 );
 error_set!(
+    /// Acting on one object without a body, which its state may refuse.
+    ActErrors = 400 404 409
+);
+error_set!(
     /// Creating an object with a JSON body.
     CreateErrors = 400 409 413 415
 );

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Tenant;
-use super::error::{CreateErrors, ListErrors, ReadErrors, RemoveErrors, WriteErrors};
+use super::error::{ActErrors, CreateErrors, ListErrors, ReadErrors, RemoveErrors, WriteErrors};
 use super::resource;
 use super::views::{GroupCreated, GroupView, OutcomeKind, ServerView};
 use super::{ApiError, AppState, List, ListQuery};
@@ -445,7 +445,7 @@ pub async fn pause(
     params(("id" = String, Path, description = "group id")),
     responses(
         (status = 200, description = "the resumed group", body = GroupView),
-        ReadErrors,
+        ActErrors,
     ),
     security(("bearer" = [])),
 )]

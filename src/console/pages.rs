@@ -360,6 +360,7 @@ impl GroupPage {
                     (super::plot::capacity(&self.history))
                 }
 
+                @if !group.draining {
                 section aria-labelledby="actions-h" {
                     h2 #actions-h { "Actions" }
                     p.hint { "Each action is confirmed on the next page before it is done." }
@@ -402,6 +403,7 @@ impl GroupPage {
                             }
                         }
                     }
+                }
                 }
 
                 section aria-labelledby="timeline-h" {

@@ -564,6 +564,21 @@ pub fn decide(
         Some(group) if !group.deleted => group,
         _ => return Err(Rejection::not_found("group")),
     };
+    let capacity = match cmd {
+        GroupCommand::SetDesired { .. } | GroupCommand::Pause(_) | GroupCommand::Resume => true,
+        GroupCommand::Update(patch) => {
+            patch.desired_capacity.is_some() || patch.min_size.is_some() || patch.max_size.is_some()
+        }
+        _ => false,
+    };
+    if group.draining && capacity {
+        // Its servers go whatever its capacity: a change would take effect nowhere. (Its
+        // launch may still change: a provider that cannot delete may be pointed elsewhere.)
+        return Err(Rejection::Conflict {
+            reason: "the group is being deleted: its capacity, bounds and pause no longer change"
+                .into(),
+        });
+    }
     match cmd {
         GroupCommand::Create(_) => Err(Rejection::already_exists("group")),
         GroupCommand::Update(patch) => config::decide_update(group, patch, now),

@@ -914,6 +914,29 @@ fn a_group_with_servers_is_deleted_only_after_draining_them() {
     let (state, _) = when(state, GroupCommand::Drain, T0);
     let (state, events) = when(state, launch(&["b"]), T0);
     assert!(events.is_empty(), "nothing launches while draining");
+    // Its capacity and pause no longer change; its launch still may.
+    for change in [
+        GroupCommand::SetDesired {
+            desired_capacity: 3,
+        },
+        GroupCommand::Pause(Pause {
+            scale_in: true,
+            scale_out: true,
+        }),
+        GroupCommand::Resume,
+        GroupCommand::Update(GroupPatch {
+            max_size: Some(4),
+            ..GroupPatch::default()
+        }),
+    ] {
+        let refused = decide(&state, &change, T0).unwrap_err();
+        assert_eq!(refused.status(), 409, "{change:?}");
+    }
+    let relaunch = GroupPatch {
+        launch: Some(json!({"provider": "simulated"})),
+        ..GroupPatch::default()
+    };
+    assert!(decide(&state, &GroupCommand::Update(relaunch), T0).is_ok());
     let (state, _) = when(state, GroupCommand::DeleteServers(vec!["a".into()]), T0);
     assert_eq!(server_state(&state, "a"), Some(ServerState::Deleting));
     let deleted = ServerReport::Deleted {
