@@ -610,12 +610,7 @@ fn objects_survive_a_restart_and_the_service_reports_ready_after_replay() {
 
 /// The journal's head, read through `GET /v1/journal` (its trailer line).
 fn journal_head(server: &Server) -> u64 {
-    let export = server
-        .request("GET", "/v1/journal", Some(&server.operator_token))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let export = server.journal_export();
     let trailer: serde_json::Value = serde_json::from_str(export.lines().last().unwrap()).unwrap();
     trailer["head"]["seq"].as_u64().unwrap()
 }

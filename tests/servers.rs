@@ -772,8 +772,10 @@ fn a_delete_the_orchestrator_refuses_is_recorded_with_its_reason_and_tried_again
     assert_error(&busy, 409, "conflict");
     let message = busy.1["error"]["message"].as_str().unwrap();
     assert!(message.contains("orchestrator answered 403"), "{message}");
-    // Not asked again until its backoff (1 s of the clock, then 2 s) has run out.
+    // Not asked again until its backoff (1 s of the clock, then 2 s) has run out. (A forced
+    // deletion waits for the deletions its passes start: what the ticks started has ended.)
     ticks(&server, 3);
+    assert_error(&server.call("DELETE", &path, &token, None), 409, "conflict");
     assert_eq!(count(&orchestrator, "delete"), 1);
     server.clock.advance_secs(1);
     converge_until(&server, "a second delete", || {
@@ -783,6 +785,7 @@ fn a_delete_the_orchestrator_refuses_is_recorded_with_its_reason_and_tried_again
     converge_until(&server, "the second failure", || failed_deletes() == 2);
     *mode.lock().unwrap() = Mode::Ok;
     ticks(&server, 3);
+    assert_error(&server.call("DELETE", &path, &token, None), 409, "conflict");
     assert_eq!(count(&orchestrator, "delete"), 2);
     server.clock.advance_secs(2);
     converge_until(&server, "the server deleted", || {

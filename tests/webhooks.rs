@@ -465,12 +465,7 @@ fn a_webhook_whose_policy_was_deleted_is_404_and_records_nothing() {
         404,
         "not_found",
     );
-    let journal = server
-        .request("GET", "/v1/journal", Some(&server.operator_token))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let journal = server.journal_export();
     assert!(journal.contains("nonce_accepted") || journal.contains("\"type\":\"created\""));
     assert!(!journal.contains("after-delete"), "the nonce was recorded");
 }

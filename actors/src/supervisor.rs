@@ -41,6 +41,10 @@ use crate::store;
 /// affinity: 342 of 26,714).
 pub const CONFLICT_TRIES: u32 = 10;
 
+/// How long [`Supervisor::execute_in_live`] goes on trying a command on a group that keeps
+/// moving between its read and the command's append.
+pub const LIVE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How the supervisor runs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -481,9 +485,10 @@ impl Supervisor {
 
     /// [`Self::execute_in`] while group `group` is live: the command's append holds the group's
     /// stream to the version at which it was read live ([`store::unchanged`]), so a deletion
-    /// of the group in between refuses it, and it is tried again (at most [`CONFLICT_TRIES`]
-    /// times in all, the group read again each time). A group deleted, or never made, is
-    /// `not_found("group")`. A child of a group (its policy, alarm, webhook, schedule or
+    /// of the group in between refuses it, and it is tried again, the group read again each
+    /// time. A busy group (a webhook's executions, the converger's reports) moves its stream
+    /// often, so it is tried again for as long as the group is live and moving, for at most
+    /// [`LIVE_PATIENCE`] of real time. A group deleted, or never made, is `not_found("group")`. A child of a group (its policy, alarm, webhook, schedule or
     /// receiver) is made or changed this way, so none is ever recorded after its group's
     /// deletion.
     pub async fn execute_in_live<A: Aggregate>(
@@ -493,9 +498,8 @@ impl Supervisor {
         command: A::Command,
     ) -> Result<Executed<A>, Error> {
         self.address_near::<A>(id, Some(group))?;
-        let mut tries = 0;
+        let patience = std::time::Instant::now() + LIVE_PATIENCE;
         loop {
-            tries += 1;
             let observed = self.get::<Groups>(group.as_str()).await?;
             if observed.state.as_ref().is_none_or(|g| g.deleted) {
                 return Err(Rejection::not_found("group").into());
@@ -514,7 +518,7 @@ impl Supervisor {
             match executed {
                 Err(Error::Journal(flotilla_journal::Error::Conflict {
                     stream, actual, ..
-                })) if stream == group.as_str() && tries < CONFLICT_TRIES => {
+                })) if stream == group.as_str() && std::time::Instant::now() < patience => {
                     // The group moved since it was read (another node's append, or its own
                     // work): read again.
                     self.moved(group.as_str(), actual);

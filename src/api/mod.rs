@@ -147,6 +147,17 @@ impl AppState {
             .await?)
     }
 
+    /// [`Self::create`]'s guard for a change to an object of group `group`: none is recorded
+    /// after the group's deletion.
+    pub async fn change<A: Aggregate>(
+        &self,
+        group: &GroupId,
+        id: &str,
+        command: A::Command,
+    ) -> Result<Executed<A>, ApiError> {
+        self.create::<A>(group, id, command).await
+    }
+
     /// The tenant whose token has sha256 `hash`: one made (or a token given) through another
     /// node a moment ago is known once this node catches up.
     pub async fn tenant_of_token(&self, hash: &str) -> Option<flotilla_actors::domain::TenantId> {

@@ -424,7 +424,7 @@ pub async fn update(
     path: web::Path<(String, String)>,
     body: web::Json<UpdatePolicy>,
 ) -> Result<HttpResponse, ApiError> {
-    let (_, policy) = owned(&state, &tenant, &path.0, &path.1).await?;
+    let (group, policy) = owned(&state, &tenant, &path.0, &path.1).await?;
     let body = body.into_inner();
     if body.query.is_some() {
         super::source(&state, body.metric.clone(), body.query.as_deref())?;
@@ -443,7 +443,7 @@ pub async fn update(
         cooldown_seconds: body.cooldown_seconds,
     };
     let policy = state
-        .execute::<Policies>(policy.as_str(), PolicyCommand::Update(patch))
+        .change::<Policies>(&group, policy.as_str(), PolicyCommand::Update(patch))
         .await?
         .state
         .ok_or_else(|| ApiError::not_found("policy"))?;

@@ -314,8 +314,9 @@ pub async fn update(
         max_size: body.max_size,
         desired_capacity: body.desired_capacity,
     };
+    let group = flotilla_actors::domain::GroupId::new(&path.0);
     let scheduled = state
-        .execute::<Schedules>(id.as_str(), ScheduledCommand::Update(patch))
+        .change::<Schedules>(&group, id.as_str(), ScheduledCommand::Update(patch))
         .await?
         .state
         .ok_or_else(|| ApiError::not_found("schedule"))?;

@@ -169,8 +169,9 @@ pub async fn rotate(
         new_secret: token::generate_secret(),
         grace_seconds,
     };
+    let group = flotilla_actors::domain::GroupId::new(&path.0);
     let webhook = state
-        .execute::<Webhooks>(id.as_str(), command)
+        .change::<Webhooks>(&group, id.as_str(), command)
         .await?
         .state
         .ok_or_else(|| ApiError::not_found("webhook"))?;

@@ -145,7 +145,10 @@ impl HttpProvider {
                             continue;
                         }
                         Err(Unread::Broken(error)) => {
-                            last = format!("orchestrator unreachable: {error}");
+                            // Its kind only: reqwest's text names the URL.
+                            let kind = error.kind();
+                            last =
+                                format!("orchestrator unreachable: its answer broke off ({kind})");
                             tracing::warn!(attempt, reason = %last, "orchestrator request failed");
                             continue;
                         }
@@ -172,7 +175,8 @@ impl HttpProvider {
                 Err(error) if error.is_timeout() => {
                     last = format!("orchestrator timed out after {} ms", timeout.as_millis());
                 }
-                Err(error) => last = format!("orchestrator unreachable: {error}"),
+                // Without its URL, which may carry credentials: the reason is recorded.
+                Err(error) => last = format!("orchestrator unreachable: {}", error.without_url()),
             }
             tracing::warn!(attempt, reason = %last, "orchestrator request failed");
         }
@@ -191,6 +195,16 @@ enum Unread {
     Broken(std::io::Error),
 }
 
+/// Whether a read of an answer's body failed for the client's timeout (reqwest's blocking
+/// reads say so inside an `io::Error` of another kind).
+fn timed_out(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::TimedOut
+        || error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
+            .is_some_and(reqwest::Error::is_timeout)
+}
+
 /// Reads an answer's body, at most [`MAX_ANSWER_BYTES`], by `deadline`. Each read waits at
 /// most the client's timeout, so an attempt ends at most that long after its deadline.
 fn read_answer(
@@ -200,20 +214,25 @@ fn read_answer(
     let mut bytes = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
-        if std::time::Instant::now() > deadline {
-            return Err(Unread::Late);
-        }
         let read = match body.read(&mut chunk) {
             Ok(0) => break,
             Ok(read) => read,
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => return Err(Unread::Late),
+            Err(error) if timed_out(&error) => return Err(Unread::Late),
             Err(error) => return Err(Unread::Broken(error)),
         };
         if (bytes.len() + read) as u64 > MAX_ANSWER_BYTES {
             return Err(Unread::TooLarge);
         }
         bytes.extend_from_slice(&chunk[..read]);
+        // Only once more is to come: an answer whose head came just in time is not thrown
+        // away with its body already there.
+        if std::time::Instant::now() > deadline {
+            match body.read(&mut chunk) {
+                Ok(0) => break,
+                _ => return Err(Unread::Late),
+            }
+        }
     }
     Ok(bytes)
 }

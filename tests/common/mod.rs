@@ -223,6 +223,13 @@ impl Server {
         read(builder.send().unwrap())
     }
 
+    /// The whole journal as `GET /v1/journal` exports it (one JSON record a line, then the
+    /// trailer), read with the operator token.
+    pub fn journal_export(&self) -> String {
+        let export = self.request("GET", "/v1/journal", Some(&self.operator_token));
+        export.send().unwrap().text().unwrap()
+    }
+
     /// The console's page at `path` as the HTML an operator signed in with `token` gets.
     pub fn console_page(&self, token: &str, path: &str) -> String {
         let signed = Client::builder()

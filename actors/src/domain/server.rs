@@ -21,6 +21,11 @@ use crate::clock::Timestamp;
 /// The longest wait before a failed slot is launched again.
 pub const MAX_BACKOFF_SECONDS: u64 = 60;
 
+/// The longest wait before a server whose deletion keeps failing is asked to be deleted again
+/// (1 s doubling up to it): each failure is an event, so a provider refusing the deletes of
+/// 10,000 servers costs the journal about 17 a second, not 167.
+pub const MAX_DELETE_BACKOFF_SECONDS: u64 = 600;
+
 /// A server's state (SPEC 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,7 +67,7 @@ pub struct Server {
     #[serde(default)]
     pub last_failure: Option<Box<(String, Timestamp)>>,
     /// How many times its deletion failed: a server the provider cannot delete is asked again
-    /// after the same backoff as a failed launch, not at every pass.
+    /// after a backoff (1 s doubling, at most [`MAX_DELETE_BACKOFF_SECONDS`]), not at every pass.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub delete_failures: u32,
 }
@@ -81,7 +86,11 @@ impl Server {
     pub fn delete_at(&self) -> Option<Timestamp> {
         match (&self.state, &self.last_failure) {
             (ServerState::Deleting, Some(failure)) if self.delete_failures > 0 => {
-                Some(failure.1.plus_secs(backoff_seconds(self.delete_failures)))
+                let backoff = 1u64
+                    .checked_shl(self.delete_failures - 1)
+                    .unwrap_or(u64::MAX)
+                    .min(MAX_DELETE_BACKOFF_SECONDS);
+                Some(failure.1.plus_secs(backoff))
             }
             _ => None,
         }
@@ -863,6 +872,14 @@ mod tests {
         // Two failures: 2 s after the last.
         assert_eq!(deleted(T0.plus_millis(1_999)), vec!["e"]);
         assert_eq!(deleted(T0.plus_secs(2u64)), vec!["d", "e"]);
+        // Many: at most ten minutes.
+        let mut long = server("d", ServerState::Deleting, 0);
+        long.delete_failures = 40;
+        long.last_failure = Some(Box::new(("delete failed: 403".into(), T0)));
+        assert_eq!(
+            long.delete_at(),
+            Some(T0.plus_secs(MAX_DELETE_BACKOFF_SECONDS))
+        );
     }
 
     /// [`plan`] as it was before [`Servers`] kept its unsettled ids, reading every server: the

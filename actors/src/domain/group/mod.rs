@@ -567,7 +567,12 @@ pub fn decide(
     let capacity = match cmd {
         GroupCommand::SetDesired { .. } | GroupCommand::Pause(_) | GroupCommand::Resume => true,
         GroupCommand::Update(patch) => {
-            patch.desired_capacity.is_some() || patch.min_size.is_some() || patch.max_size.is_some()
+            // Only a value that differs: a client sending the whole group back to change its
+            // launch changes nothing else.
+            let differs = |field: Option<u32>, now: u32| field.is_some_and(|value| value != now);
+            differs(patch.desired_capacity, group.desired_capacity)
+                || differs(patch.min_size, group.min_size)
+                || differs(patch.max_size, group.max_size)
         }
         _ => false,
     };
