@@ -488,9 +488,9 @@ impl Supervisor {
     /// of the group in between refuses it, and it is tried again, the group read again each
     /// time. A busy group (a webhook's executions, the converger's reports) moves its stream
     /// often, so it is tried again for as long as the group is live and moving, for at most
-    /// [`LIVE_PATIENCE`] of real time. A group deleted, or never made, is `not_found("group")`. A child of a group (its policy, alarm, webhook, schedule or
-    /// receiver) is made or changed this way, so none is ever recorded after its group's
-    /// deletion.
+    /// [`LIVE_PATIENCE`] of real time. A group deleted, or never made, is `not_found("group")`.
+    /// A child of a group (its policy, alarm, webhook, schedule or receiver) is made or changed
+    /// this way, so none is ever recorded after its group's deletion.
     pub async fn execute_in_live<A: Aggregate>(
         &self,
         group: &GroupId,
