@@ -432,6 +432,9 @@ fn a_forced_group_deletion_answers_409_rather_than_wait_out_a_long_grace() {
         active(&server, &token, &group).len() == 1
     });
     let pid = pid_of(&active(&server, &token, &group)[0]);
+    let up = json!({"name": "up", "adjustment_type": "change", "adjustment": 1});
+    let policy = server.policy(&token, &group, up);
+    let hook = server.webhook(&token, &group, &policy);
     let path = format!("/v1/groups/{group}?force=true");
     let busy = server.call("DELETE", &path, &token, None);
     assert_error(&busy, 409, "conflict");
@@ -454,6 +457,17 @@ fn a_forced_group_deletion_answers_409_rather_than_wait_out_a_long_grace() {
     let patch = json!({"desired_capacity": 2});
     let refused = server.call("PATCH", &format!("/v1/groups/{group}"), &token, Some(patch));
     assert_error(&refused, 409, "conflict");
+    // Nor do its policies execute, by webhook or on demand; nothing of either is recorded.
+    let now = server.now_secs();
+    let hooked = server.send_hook(&hook, &hook.secret, "n-1", now, b"{}");
+    assert_error(&hooked, 409, "conflict");
+    let execute = format!("/v1/groups/{group}/policies/{policy}/execute");
+    let executed = server.call("POST", &execute, &token, None);
+    assert_error(&executed, 409, "conflict");
+    assert!(
+        !server.journal_export().contains("policy_executed"),
+        "an execution was recorded"
+    );
     // Once its server is gone, the same call deletes the group.
     kill(pid);
     converge_until(&server, "the server deleted", || {

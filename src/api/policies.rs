@@ -731,7 +731,7 @@ fn breach_of(
 }
 
 /// `POST /v1/groups/{id}/policies/{pid}/execute`: runs the policy now; 202 with its outcome. A
-/// step policy needs the breach in the body.
+/// step policy needs the breach in the body; a group being deleted executes nothing (409).
 #[utoipa::path(
     post,
     path = "/v1/groups/{id}/policies/{pid}/execute",

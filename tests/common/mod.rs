@@ -302,17 +302,22 @@ impl Server {
             &group,
             json!({"name": "up", "adjustment_type": "change", "adjustment": 1}),
         );
+        self.webhook(&token, &group, &policy)
+    }
+
+    /// A webhook named `cpu-high` on `policy` of `group`.
+    pub fn webhook(&self, token: &str, group: &str, policy: &str) -> Hook {
         let (status, body) = self.call(
             "POST",
             &format!("/v1/groups/{group}/policies/{policy}/webhooks"),
-            &token,
+            token,
             Some(json!({"name": "cpu-high"})),
         );
         assert_eq!(status, 201, "{body}");
         Hook {
-            token,
-            group,
-            policy,
+            token: token.to_owned(),
+            group: group.to_owned(),
+            policy: policy.to_owned(),
             id: body["id"].as_str().unwrap().to_owned(),
             url: body["url"].as_str().unwrap().to_owned(),
             secret: body["secret"].as_str().unwrap().to_owned(),

@@ -2,7 +2,8 @@
 //! pinned arithmetic ([`scaling::compute`]; a step policy's step and warm-up), then pause,
 //! cooldown and whether capacity moves.
 //! Whatever the outcome, it is recorded as one [`GroupEvent::PolicyExecuted`]; a shadow
-//! policy's, as [`Outcome::Shadow`] wrapping what a live one's would have been.
+//! policy's, as [`Outcome::Shadow`] wrapping what a live one's would have been. A group being
+//! deleted executes nothing: that is a conflict, as a direct change of its capacity is.
 
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +64,12 @@ pub(super) fn decide_execution(
     now: Timestamp,
 ) -> Result<Vec<GroupEvent>, Rejection> {
     let (group, policy) = route::check(route, state)?;
+    if group.draining {
+        // Its servers go whatever its capacity: an execution would take effect nowhere.
+        return Err(Rejection::Conflict {
+            reason: "the group is being deleted: its policies no longer execute".into(),
+        });
+    }
     let definition = &policy.definition;
     // A breach or not, step's is checked below: it is a 400 there.
     definition.on_demand(true)?;

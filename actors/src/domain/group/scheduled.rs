@@ -1,7 +1,8 @@
 //! A scheduled action's occurrence on its group (SPEC 2.2): the bounds and desired capacity
 //! become the values it gives (desired clamped to the resulting bounds), with no cooldown; a
 //! pause of the direction the capacity would move in holds the whole occurrence. Every
-//! occurrence is recorded as one [`GroupEvent::ScheduleRan`], whatever came of it.
+//! occurrence is recorded as one [`GroupEvent::ScheduleRan`], whatever came of it; on a group
+//! being deleted, as refused.
 
 use super::execution::Outcome;
 use super::{GroupEvent, GroupState, Pause};
@@ -27,7 +28,11 @@ pub(super) fn decide_run(
     let min_size = d.min_size.unwrap_or(group.min_size);
     let max_size = d.max_size.unwrap_or(group.max_size);
     let from = group.desired_capacity;
-    let (outcome, refused) = if min_size > max_size {
+    let (outcome, refused) = if group.draining {
+        // Its servers go whatever its capacity: the occurrence would take effect nowhere.
+        let refused = "the group is being deleted".to_string();
+        (Outcome::NoChange { capacity: from }, Some(refused))
+    } else if min_size > max_size {
         // One bound given, beyond the other as the group has it: the occurrence changes nothing.
         let refused = format!("min_size {min_size} would be above max_size {max_size}");
         (Outcome::NoChange { capacity: from }, Some(refused))

@@ -78,6 +78,35 @@ fn shadow_change(value: i64) -> GroupCommand {
     command
 }
 
+/// An occurrence at `T0` of a scheduled action of `grp_1` giving these values.
+fn run_schedule(max_size: Option<u32>, desired_capacity: Option<u32>) -> GroupCommand {
+    let definition = crate::domain::scheduled::ScheduleDefinition {
+        name: "night".into(),
+        at: Some(T0),
+        recurrence: None,
+        time_zone: "UTC".into(),
+        start_time: None,
+        end_time: None,
+        min_size: None,
+        max_size,
+        desired_capacity,
+    };
+    let scheduled = crate::domain::scheduled::Scheduled {
+        id: ScheduleId::new("sch_1"),
+        group_id: GroupId::new("grp_1"),
+        tenant_id: TenantId::new("ten_1"),
+        definition,
+        deleted: false,
+        created_at: T0,
+        since: T0,
+        last_run: None,
+    };
+    GroupCommand::RunSchedule {
+        scheduled: Box::new(scheduled),
+        occurrence: T0,
+    }
+}
+
 fn outcome_of(events: &[GroupEvent]) -> &Outcome {
     match events {
         [GroupEvent::PolicyExecuted { outcome, .. }] => outcome,
@@ -911,6 +940,24 @@ fn a_group_with_servers_is_deleted_only_after_draining_them() {
             .status(),
         409
     );
+    // Before it drains, the same occurrence and execution would move its capacity.
+    let ran = decide(&state, &run_schedule(Some(4), Some(3)), T0).unwrap();
+    assert!(
+        matches!(
+            ran.as_slice(),
+            [GroupEvent::ScheduleRan {
+                outcome: Outcome::Executed { from: 1, to: 3, .. },
+                refused: None,
+                ..
+            }]
+        ),
+        "{ran:?}"
+    );
+    let executed = decide(&state, &change(1, None), T0).unwrap();
+    assert!(matches!(
+        outcome_of(&executed),
+        Outcome::Executed { to: 2, .. }
+    ));
     let (state, _) = when(state, GroupCommand::Drain, T0);
     let (state, events) = when(state, launch(&["b"]), T0);
     assert!(events.is_empty(), "nothing launches while draining");
@@ -932,6 +979,23 @@ fn a_group_with_servers_is_deleted_only_after_draining_them() {
         let refused = decide(&state, &change, T0).unwrap_err();
         assert_eq!(refused.status(), 409, "{change:?}");
     }
+    // Nor do its policies execute, live or shadow: a conflict, recorded nowhere.
+    for execution in [change(1, None), shadow_change(1)] {
+        let refused = decide(&state, &execution, T0).unwrap_err();
+        assert_eq!(refused.status(), 409, "{execution:?}");
+    }
+    // A scheduled action's occurrence is recorded as refused, and changes nothing.
+    let (after, events) = when(state.clone(), run_schedule(Some(4), Some(3)), T0);
+    match events.as_slice() {
+        [GroupEvent::ScheduleRan {
+            outcome, refused, ..
+        }] => {
+            assert_eq!(*outcome, Outcome::NoChange { capacity: 1 });
+            assert_eq!(refused.as_deref(), Some("the group is being deleted"));
+        }
+        other => panic!("expected one schedule_ran, got {other:?}"),
+    }
+    assert_eq!(after, state);
     let group = state.as_ref().unwrap();
     let relaunch = GroupPatch {
         launch: Some(json!({"provider": "simulated"})),
