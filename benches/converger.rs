@@ -125,7 +125,7 @@ fn converger(c: &mut Criterion) {
     });
     let now = supervisor.clock().now();
     group.bench_function("plan_1000", |b| {
-        b.iter(|| plan(&state.servers, state.target(), now, &Sweep::ALL));
+        b.iter(|| plan(&state.servers, state.target(), now, &Sweep::ALL, None));
     });
 
     // A quiet group's pass, as ticks make it once a second, over group sizes: one sweep's
@@ -144,15 +144,15 @@ fn converger(c: &mut Criterion) {
             budget: ACTIVE_CHECKS_PER_PASS,
         };
         group.bench_function(format!("quiet_plan_{size}"), |b| {
-            b.iter(|| plan(&state.servers, state.target(), now, &sweep));
+            b.iter(|| plan(&state.servers, state.target(), now, &sweep, None));
         });
         let fewer = state.target() - SCALE_IN;
         assert_eq!(
-            plan(&state.servers, fewer, now, &sweep).remove.len(),
+            plan(&state.servers, fewer, now, &sweep, None).remove.len(),
             SCALE_IN as usize
         );
         group.bench_function(format!("scale_in_plan_{size}"), |b| {
-            b.iter(|| plan(&state.servers, fewer, now, &sweep));
+            b.iter(|| plan(&state.servers, fewer, now, &sweep, None));
         });
         group.bench_function(format!("scale_in_sort_{size}"), |b| {
             b.iter(|| {

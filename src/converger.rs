@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 
 use flotilla_actors::aggregate::Groups;
 use flotilla_actors::clock::Timestamp;
-use flotilla_actors::domain::group::Group;
+use flotilla_actors::domain::group::{launch, Group};
 use flotilla_actors::domain::group::{GroupCommand, GroupEvent, LaunchRequest, ServerReport};
 use flotilla_actors::domain::server::{plan, Server, ServerState, Sweep};
 use flotilla_actors::domain::{GroupId, TenantId};
@@ -474,7 +474,8 @@ impl Converger {
         let active = group.count(ServerState::Active) as usize;
         let (sweep, round) = round.sweep(now, provider.status_interval(&config), active);
         let budget = sweep.budget;
-        let mut plan = plan(&group.servers, group.target(), now, &sweep);
+        let start_timeout = launch::start_timeout(&config);
+        let mut plan = plan(&group.servers, group.target(), now, &sweep, start_timeout);
         if plan.relaunch.len() > LAUNCHES_PER_PASS {
             // The longest due first (a slot's backoff doubles, so the lowest ids would otherwise
             // come back first each time); the rest wait for the next pass, their remains too.
@@ -519,6 +520,18 @@ impl Converger {
             }
         }
 
+        // Failures known without asking: launches a restart interrupted, and servers that did
+        // not start in time.
+        let mut failed = plan.timed_out;
+        failed.extend(
+            plan.resume
+                .into_iter()
+                .map(|server_id| ServerReport::Failed {
+                    server_id,
+                    reason: "launch interrupted by a restart of flotilla".into(),
+                }),
+        );
+
         // Statuses and launches at once: an orchestrator slow to answer about the servers it
         // runs delays no launch.
         let on = Calls {
@@ -528,7 +541,7 @@ impl Converger {
             blocking,
         };
         let (checked, launched) = futures_util::future::join(
-            self.check(&on, plan.watch, plan.resume, (round, budget, swept_to)),
+            self.check(&on, plan.watch, failed, (round, budget, swept_to)),
             self.launch(&on, &group, plan.relaunch, plan.launch_new),
         )
         .await;
@@ -540,7 +553,7 @@ impl Converger {
     }
 
     /// Asks the provider about the `watch`ed servers, and records what it says, with the
-    /// launches a restart interrupted (`resume`) as failed; answers the events recorded. The
+    /// `failed` ones the plan knew of; answers the events recorded. The
     /// sweep's `round` (which gave this pass `budget` active servers) then goes on from
     /// `swept_to`; if the provider could not be reached, from the last active server it was
     /// asked about, so that the next pass asks about those not reached.
@@ -548,7 +561,7 @@ impl Converger {
         &self,
         on: &Calls<'_>,
         watch: Vec<(String, ServerState, Value)>,
-        resume: Vec<String>,
+        failed: Vec<ServerReport>,
         (mut round, budget, swept_to): (Round, usize, Option<String>),
     ) -> Result<usize, Error> {
         // The server whose check halted the last pass is asked last.
@@ -595,10 +608,7 @@ impl Converger {
                 }
             }
         }
-        reports.extend(resume.into_iter().map(|server_id| ServerReport::Failed {
-            server_id,
-            reason: "launch interrupted by a restart of flotilla".into(),
-        }));
+        reports.extend(failed);
         let mut events = 0;
         if !reports.is_empty() {
             events = self

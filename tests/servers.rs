@@ -588,6 +588,9 @@ enum Mode {
     Trickle,
     /// Deletes are refused with 403.
     Undeletable,
+    /// Every server's status is `pending`: neither running nor exited (an image that never
+    /// pulls).
+    Starting,
 }
 
 fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
@@ -682,6 +685,7 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
                             ("200 OK", json!({"status": "exited"}))
                         }
                     }
+                    ("status", Mode::Starting) => ("200 OK", json!({"status": "pending"})),
                     ("status", Mode::StatusRefused) => {
                         ("400 Bad Request", json!({"error": "no such handle"}))
                     }
@@ -805,6 +809,57 @@ fn a_delete_the_orchestrator_refuses_is_recorded_with_its_reason_and_tried_again
     converge_until(&server, "the server deleted", || {
         servers(&server, &token, &group).is_empty()
     });
+}
+
+#[test]
+fn a_server_that_never_starts_fails_after_its_start_timeout_and_its_slot_launches_again() {
+    // A probe's orchestrator answered "pending" for ever: the server stayed pending, asked
+    // about at every pass, its slot never replaced.
+    let fields = json!({"retries": 0, "start_timeout_seconds": 60});
+    let (mode, orchestrator, server, token, launch) =
+        on_orchestrator(Mode::Starting, server(), fields);
+    let group = create(&server, &token, 1, launch);
+    converge_until(&server, "a launch", || count(&orchestrator, "create") == 1);
+    converge_until(&server, "its handle recorded", || {
+        servers(&server, &token, &group)[0]["provider"]["id"].is_string()
+    });
+    let only = || servers(&server, &token, &group)[0].clone();
+    server.clock.advance_secs(59);
+    ticks(&server, 3);
+    assert_eq!(only()["state"], "pending", "{}", only());
+    assert!(count(&orchestrator, "status") >= 3, "still asked about");
+    server.clock.advance_secs(1);
+    converge_until(&server, "its failure", || only()["state"] == "failed");
+    assert_eq!(
+        only()["last_failure"],
+        "not running 60 s after its launch (launch.start_timeout_seconds)"
+    );
+    let asked = count(&orchestrator, "status");
+    ticks(&server, 3);
+    assert_eq!(
+        count(&orchestrator, "status"),
+        asked,
+        "a failed server is not asked about"
+    );
+    // Once its backoff ran out, its remains are deleted and its slot launched again.
+    *mode.lock().unwrap() = Mode::Ok;
+    server.clock.advance_secs(1);
+    converge_until(&server, "active again", || only()["state"] == "active");
+    assert_eq!(count(&orchestrator, "delete"), 1);
+    assert_eq!(count(&orchestrator, "create"), 2);
+    let (_, activity) = server.call(
+        "GET",
+        &format!("/v1/groups/{group}/activity?limit=1000"),
+        &token,
+        None,
+    );
+    let failed: Vec<&Value> = activity["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "server_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{activity}");
 }
 
 #[test]

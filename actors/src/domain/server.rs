@@ -176,6 +176,10 @@ pub struct Plan {
     /// The last active server watched, where the next pass's sweep goes on from; none when
     /// this pass's round reached the last active server.
     pub swept_to: Option<String>,
+    /// Pending servers with a handle that did not run within the launch's start timeout: each
+    /// a failure to record, not asked about (the provider deletes its remains before the slot
+    /// launches again).
+    pub timed_out: Vec<ServerReport>,
 }
 
 /// Which active servers a pass asks the provider about: at most `budget`, the first after
@@ -427,9 +431,17 @@ pub fn decode_part(servers: &mut Servers, part: usize, bytes: &[u8]) -> serde_js
 }
 
 /// What `servers` need to reach `target` slots at `now`, watching the active servers `sweep`
-/// reaches. It reads the servers not active and the sweep's share of the others, not the whole
-/// group, but for a scale-in, which walks the active ones once (see [`first_to_terminate`]).
-pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Plan {
+/// reaches, and failing the pending ones not running `start_timeout` seconds after their launch
+/// was asked (none: they wait as long as it takes). It reads the servers not active and the
+/// sweep's share of the others, not the whole group, but for a scale-in, which walks the
+/// active ones once (see [`first_to_terminate`]).
+pub fn plan(
+    servers: &Servers,
+    target: u32,
+    now: Timestamp,
+    sweep: &Sweep,
+    start_timeout: Option<u64>,
+) -> Plan {
     let mut plan = Plan::default();
     let slots = servers.slots();
     let excess = slots.saturating_sub(target) as usize;
@@ -456,10 +468,13 @@ pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Pl
             ServerState::Pending if server.provider.is_null() => {
                 plan.resume.push(server.id.to_string());
             }
-            ServerState::Pending => {
-                plan.watch
-                    .push((server.id.to_string(), server.state, server.provider.value()));
-            }
+            ServerState::Pending => match timed_out(server, start_timeout, now) {
+                Some(report) => plan.timed_out.push(report),
+                None => {
+                    plan.watch
+                        .push((server.id.to_string(), server.state, server.provider.value()));
+                }
+            },
             ServerState::Failed | ServerState::Active | ServerState::Deleting => {}
         }
     }
@@ -477,6 +492,16 @@ pub fn plan(servers: &Servers, target: u32, now: Timestamp, sweep: &Sweep) -> Pl
         plan.swept_to = reached;
     }
     plan
+}
+
+/// The failure of a pending `server` still not running `start_timeout` seconds after its launch
+/// was asked, at `now`.
+fn timed_out(server: &Server, start_timeout: Option<u64>, now: Timestamp) -> Option<ServerReport> {
+    let seconds = start_timeout?;
+    (server.launched_at.plus_secs(seconds) <= now).then(|| ServerReport::Failed {
+        server_id: server.id.to_string(),
+        reason: format!("not running {seconds} s after its launch (launch.start_timeout_seconds)"),
+    })
 }
 
 /// One server to launch.
@@ -778,7 +803,7 @@ mod tests {
                 after: after.into(),
                 budget: 2,
             };
-            let plan = plan(&servers, 6, T0, &sweep);
+            let plan = plan(&servers, 6, T0, &sweep, None);
             let ids: Vec<String> = plan.watch.into_iter().map(|(id, _, _)| id).collect();
             (ids, plan.swept_to)
         };
@@ -798,10 +823,10 @@ mod tests {
             after: String::new(),
             budget: 0,
         };
-        let plan_none = plan(&servers, 6, T0, &none);
+        let plan_none = plan(&servers, 6, T0, &none, None);
         assert_eq!((plan_none.watch.len(), plan_none.swept_to), (1, None));
         // A budget that reaches every active server leaves nothing to go on from.
-        let all = plan(&servers, 6, T0, &Sweep::ALL);
+        let all = plan(&servers, 6, T0, &Sweep::ALL, None);
         assert_eq!((all.watch.len(), all.swept_to), (6, None));
     }
 
@@ -826,7 +851,7 @@ mod tests {
             .map(|s| &*s.id)
             .collect();
         assert_eq!(order, vec!["d", "c", "b", "a"]);
-        let plan = plan(&servers, 2, T0, &Sweep::ALL);
+        let plan = plan(&servers, 2, T0, &Sweep::ALL, None);
         assert_eq!(plan.remove, vec!["d", "c"]);
         assert_eq!(plan.launch_new, 0);
         assert_eq!(plan.delete, vec![("e".to_string(), json!({"pid": 1}))]);
@@ -838,9 +863,9 @@ mod tests {
         failed.failures = 3;
         failed.last_failure = Some(Box::new(("exited".into(), T0)));
         let servers = map(vec![failed]);
-        let early = plan(&servers, 1, T0.plus_secs(3u32), &Sweep::ALL);
+        let early = plan(&servers, 1, T0.plus_secs(3u32), &Sweep::ALL, None);
         assert_eq!((early.launch_new, early.relaunch.len()), (0, 0));
-        let due = plan(&servers, 1, T0.plus_secs(4u32), &Sweep::ALL);
+        let due = plan(&servers, 1, T0.plus_secs(4u32), &Sweep::ALL, None);
         assert_eq!(due.relaunch, vec!["a"]);
     }
 
@@ -853,10 +878,47 @@ mod tests {
             4,
             T0,
             &Sweep::ALL,
+            None,
         );
         assert_eq!(plan.launch_new, 2);
         assert_eq!(plan.resume, vec!["a"]);
         assert_eq!(plan.watch.len(), 1);
+    }
+
+    #[test]
+    fn a_pending_server_fails_once_its_start_timeout_ran_out_and_is_no_longer_asked() {
+        // Launched at 0 and at 5 s, with a handle; one without a handle is resumed as before.
+        let mut lost = server("c", ServerState::Pending, 0);
+        lost.provider = Handle::default();
+        let servers = map(vec![
+            server("a", ServerState::Pending, 0),
+            server("b", ServerState::Pending, 5),
+            lost,
+            server("d", ServerState::Active, 0),
+        ]);
+        let at = |seconds: u64, timeout: Option<u64>| {
+            let plan = plan(&servers, 4, T0.plus_secs(seconds), &Sweep::ALL, timeout);
+            let watched: Vec<String> = plan.watch.into_iter().map(|(id, _, _)| id).collect();
+            (plan.timed_out, watched, plan.resume)
+        };
+        let failed = |id: &str| ServerReport::Failed {
+            server_id: id.into(),
+            reason: "not running 10 s after its launch (launch.start_timeout_seconds)".into(),
+        };
+        let (timed_out, watched, resume) = at(9, Some(10));
+        assert!(timed_out.is_empty());
+        assert_eq!(watched, ["a", "b", "d"]);
+        assert_eq!(resume, ["c"]);
+        let (timed_out, watched, _) = at(10, Some(10));
+        assert_eq!(timed_out, [failed("a")]);
+        assert_eq!(watched, ["b", "d"]);
+        let (timed_out, watched, _) = at(15, Some(10));
+        assert_eq!(timed_out, [failed("a"), failed("b")]);
+        assert_eq!(watched, ["d"]);
+        // No timeout: they wait as long as it takes.
+        let (timed_out, watched, _) = at(86_400, None);
+        assert!(timed_out.is_empty());
+        assert_eq!(watched, ["a", "b", "d"]);
     }
 
     #[test]
@@ -866,7 +928,7 @@ mod tests {
         stuck.last_failure = Some(Box::new(("delete failed: 403".into(), T0)));
         let servers = map(vec![stuck, server("e", ServerState::Deleting, 0)]);
         let deleted = |now: Timestamp| -> Vec<String> {
-            let plan = plan(&servers, 0, now, &Sweep::ALL);
+            let plan = plan(&servers, 0, now, &Sweep::ALL, None);
             plan.delete.into_iter().map(|(id, _)| id).collect()
         };
         // Two failures: 2 s after the last.
@@ -889,6 +951,7 @@ mod tests {
         target: u32,
         now: Timestamp,
         sweep: &Sweep,
+        start_timeout: Option<u64>,
     ) -> Plan {
         let mut plan = Plan::default();
         let slots = servers.values().filter(|s| s.is_slot()).count() as u32;
@@ -911,6 +974,18 @@ mod tests {
                 }
                 ServerState::Pending if server.provider.is_null() => {
                     plan.resume.push(server.id.to_string());
+                }
+                ServerState::Pending
+                    if start_timeout
+                        .is_some_and(|seconds| server.launched_at.plus_secs(seconds) <= now) =>
+                {
+                    plan.timed_out.push(ServerReport::Failed {
+                        server_id: server.id.to_string(),
+                        reason: format!(
+                            "not running {} s after its launch (launch.start_timeout_seconds)",
+                            start_timeout.unwrap()
+                        ),
+                    });
                 }
                 ServerState::Pending => {
                     plan.watch
@@ -978,6 +1053,7 @@ mod tests {
             budget in 0usize..5,
             after in 0usize..9,
             now in 0i64..80,
+            timeout in 0u64..12,
         ) {
             let id = |i: usize| format!("srv_{i}");
             let mut servers = Servers::new();
@@ -1020,9 +1096,10 @@ mod tests {
             }
             let sweep = Sweep { after: if after == 8 { String::new() } else { id(after) }, budget };
             let now = T0.plus_millis(now * 1000);
+            let start_timeout = (timeout > 0).then_some(timeout);
             prop_assert_eq!(
-                plan(&servers, target, now, &sweep),
-                plan_reading_every_server(&servers, target, now, &sweep)
+                plan(&servers, target, now, &sweep, start_timeout),
+                plan_reading_every_server(&servers, target, now, &sweep, start_timeout)
             );
             let order: Vec<&str> = termination_order(servers.values()).iter().map(|s| &*s.id).collect();
             for n in 0..=servers.len() + 1 {

@@ -5,7 +5,8 @@
 //! - `process`: `command` (1 to 64 non-empty strings, required), `env` (strings by non-empty
 //!   names without `=` or NUL), `grace_seconds` (0 to 3600);
 //! - `http`: `url` (http or https, with a host, required), `secret` (`whsec_` and base64),
-//!   `timeout_ms` (1 to 60000), `retries` (0 to 10), `status_interval_seconds` (0 to 86400);
+//!   `timeout_ms` (1 to 60000), `retries` (0 to 10), `status_interval_seconds` (0 to 86400),
+//!   `start_timeout_seconds` (0 to 86400; see [`start_timeout`]);
 //! - `simulated`: `start_seconds` (0 to 86400), `failure_rate` (0 to 1), `seed` (an unsigned
 //!   integer).
 //!
@@ -77,6 +78,10 @@ pub fn schema(allow_process: bool, operator_secret: bool) -> Value {
                 "type": "integer", "minimum": 0, "maximum": MAX_STATUS_INTERVAL_SECONDS,
                 "description": "each active server's status is asked about once every this many seconds, paced over them (default 30; 0: at every pass)",
             },
+            "start_timeout_seconds": {
+                "type": "integer", "minimum": 0, "maximum": MAX_START_TIMEOUT_SECONDS,
+                "description": "a server the orchestrator does not say is running this many seconds after its launch was asked fails, and its slot is launched again (default 600; 0: never)",
+            },
         },
     });
     if !operator_secret {
@@ -102,16 +107,41 @@ pub fn schema(allow_process: bool, operator_secret: bool) -> Value {
 }
 
 /// The integer fields of the providers, which JSON (and the schema) may write as `30.0`.
-const WHOLE_FIELDS: [&str; 5] = [
+const WHOLE_FIELDS: [&str; 6] = [
     "grace_seconds",
     "timeout_ms",
     "retries",
     "status_interval_seconds",
+    "start_timeout_seconds",
     "seed",
 ];
 
 /// The longest `status_interval_seconds` of the http provider: a day.
 pub const MAX_STATUS_INTERVAL_SECONDS: u64 = 86_400;
+
+/// The longest `start_timeout_seconds` of the http provider: a day.
+pub const MAX_START_TIMEOUT_SECONDS: u64 = 86_400;
+
+/// An http server's `start_timeout_seconds` when its launch gives none: ten minutes, as a
+/// Kubernetes Deployment's `progressDeadlineSeconds`.
+pub const DEFAULT_START_TIMEOUT_SECONDS: u64 = 600;
+
+/// How long a server of this launch may stay pending once its launch was asked, in seconds
+/// (none: as long as it takes). An `http` orchestrator may answer a status that is neither
+/// running nor exited for ever (an image that never pulls); such a server fails after
+/// `start_timeout_seconds` (default [`DEFAULT_START_TIMEOUT_SECONDS`], 0: never), so that its
+/// slot is launched again. A `process` runs or exits at once, and a `simulated` server runs
+/// after its own `start_seconds`: neither times out.
+pub fn start_timeout(launch: &Value) -> Option<u64> {
+    if launch["provider"] != "http" {
+        return None;
+    }
+    let seconds = match &launch["start_timeout_seconds"] {
+        Value::Null => DEFAULT_START_TIMEOUT_SECONDS,
+        given => given.as_u64()?.min(MAX_START_TIMEOUT_SECONDS),
+    };
+    (seconds > 0).then_some(seconds)
+}
 
 /// `launch` with its integer fields written as integers (`30.0` as `30`), as the providers read
 /// them; anything else as given, for [`validate`] to judge.
@@ -163,6 +193,7 @@ pub(super) fn validate(launch: &Value) -> Result<(), Rejection> {
             "timeout_ms",
             "retries",
             "status_interval_seconds",
+            "start_timeout_seconds",
         ],
         _ => &["provider", "start_seconds", "failure_rate", "seed"],
     };
@@ -269,6 +300,13 @@ fn http(fields: &Map<String, Value>) -> Result<(), Rejection> {
         "launch.status_interval_seconds",
         0,
         MAX_STATUS_INTERVAL_SECONDS,
+    )?;
+    unsigned(
+        fields,
+        "start_timeout_seconds",
+        "launch.start_timeout_seconds",
+        0,
+        MAX_START_TIMEOUT_SECONDS,
     )
 }
 
@@ -393,6 +431,14 @@ mod tests {
                 json!({"provider": "http", "url": "https://o.example", "status_interval_seconds": -1}),
                 "launch.status_interval_seconds",
             ),
+            (
+                json!({"provider": "http", "url": "https://o.example", "start_timeout_seconds": 86401}),
+                "launch.start_timeout_seconds",
+            ),
+            (
+                json!({"provider": "http", "url": "https://o.example", "start_timeout_seconds": "600"}),
+                "launch.start_timeout_seconds",
+            ),
             (json!({"provider": "process"}), "launch.command"),
             (
                 json!({"provider": "process", "command": []}),
@@ -419,13 +465,31 @@ mod tests {
     }
 
     #[test]
+    fn only_an_http_server_times_out_starting_after_ten_minutes_unless_told() {
+        let http = |extra: Value| {
+            let mut launch = json!({"provider": "http", "url": "https://o.example"});
+            launch
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            start_timeout(&launch)
+        };
+        assert_eq!(http(json!({})), Some(600));
+        assert_eq!(http(json!({"start_timeout_seconds": 45})), Some(45));
+        assert_eq!(http(json!({"start_timeout_seconds": 0})), None);
+        assert_eq!(start_timeout(&json!({"provider": "simulated"})), None);
+        let process = json!({"provider": "process", "command": ["sleep", "9"]});
+        assert_eq!(start_timeout(&process), None);
+    }
+
+    #[test]
     fn each_providers_full_configuration_is_accepted() {
         let good = [
             json!({"provider": "simulated"}),
             json!({"provider": "simulated", "start_seconds": 86400, "failure_rate": 1, "seed": 7}),
             json!({"provider": "http", "url": "https://orchestrator.example:8443/v1/servers",
                    "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "timeout_ms": 5000, "retries": 2,
-                   "status_interval_seconds": 0}),
+                   "status_interval_seconds": 0, "start_timeout_seconds": 0}),
             json!({"provider": "http", "url": "http://127.0.0.1:9000"}),
             // Schemes are case-insensitive; an IPv6 host.
             json!({"provider": "http", "url": "HTTPS://orchestrator.example/servers"}),

@@ -907,6 +907,7 @@ fn failures_never_lower_the_desired_capacity_below_min_size() {
         2,
         T0.plus_secs(1u32),
         &crate::domain::server::Sweep::ALL,
+        None,
     );
     assert_eq!(plan.relaunch, vec!["a", "b"]);
 }
