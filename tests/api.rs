@@ -155,6 +155,82 @@ fn another_tenants_objects_answer_404_on_every_endpoint() {
 }
 
 #[test]
+fn a_body_that_is_not_the_type_asked_names_the_field_at_fault() {
+    // A probe's `1e400` in a launch field was a 400 naming no field; so was any mistyped field.
+    let server = Server::start();
+    let token = server.tenant("acme");
+    let post = |path: &str, body: &str| {
+        let response = server
+            .request("POST", path, Some(&token))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .unwrap();
+        common::read(response)
+    };
+    let message = |answer: &(u16, serde_json::Value)| {
+        assert_error(answer, 400, "invalid_json");
+        answer.1["error"]["message"].as_str().unwrap().to_owned()
+    };
+    let group = |fields: &str| {
+        post(
+            "/v1/groups",
+            &format!(r#"{{"name":"w","min_size":0,"max_size":2,{fields}}}"#),
+        )
+    };
+    let cases = [
+        (
+            group(r#""launch":{"provider":"simulated","start_seconds":1e400}"#),
+            "launch.start_seconds: number out of range",
+        ),
+        (
+            group(r#""cooldown_seconds":"60","launch":{"provider":"simulated"}"#),
+            "cooldown_seconds: invalid type: string \"60\"",
+        ),
+        (
+            group(r#""launch":{"provider":"simulated"},"metadata":{"team":{"x":1e999}}"#),
+            "metadata.team.x: number out of range",
+        ),
+    ];
+    for (answer, starts) in &cases {
+        let message = message(answer);
+        assert!(message.starts_with(starts), "{message:?} for {starts:?}");
+    }
+    let id = server.group(&token, 0, 10, 1, 0);
+    let steps = post(
+        &format!("/v1/groups/{id}/policies"),
+        r#"{"name":"s","policy_type":"step","adjustment_type":"change",
+            "steps":[{"lower":0,"upper":null,"adjustment":1},{"lower":"x","adjustment":1}]}"#,
+    );
+    let steps = message(&steps);
+    assert!(
+        steps.starts_with("steps[1].lower: invalid type"),
+        "{steps:?}"
+    );
+    // What is wrong with the whole body names no field; nothing may follow the value.
+    let missing = message(&post(
+        "/v1/groups",
+        r#"{"name":"w","min_size":0,"max_size":2}"#,
+    ));
+    assert!(missing.starts_with("missing field `launch`"), "{missing:?}");
+    let trailing = group(r#""launch":{"provider":"simulated"}} x"#);
+    assert!(message(&trailing).starts_with("trailing characters"));
+    let comma = message(&group(r#""launch":{"provider":"simulated",}"#));
+    assert!(comma.starts_with("launch: trailing comma"), "{comma:?}");
+    // A caller's long key is shown cut short.
+    let long = "k".repeat(100_000);
+    let metadata = format!(r#""launch":{{"provider":"simulated"}},"metadata":{{"{long}":1e400}}"#);
+    let long = message(&group(&metadata));
+    assert!(long.starts_with(&format!(
+        "metadata.{}…: number out of range",
+        "k".repeat(247)
+    )));
+    // None of them made a group.
+    let (_, list) = server.call("GET", "/v1/groups", &token, None);
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+}
+
+#[test]
 fn bad_input_is_400_with_a_code_never_a_500() {
     let server = Server::start();
     let token = server.tenant("acme");

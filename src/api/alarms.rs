@@ -160,7 +160,7 @@ fn group_deleted(group: &flotilla_actors::domain::GroupId) -> ApiError {
 pub async fn create(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
-    body: web::Json<CreateAlarm>,
+    body: super::Json<CreateAlarm>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let group = owned_group(&state, &tenant, &body.group_id)
@@ -268,7 +268,7 @@ pub async fn update(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<String>,
-    body: web::Json<UpdateAlarm>,
+    body: super::Json<UpdateAlarm>,
 ) -> Result<HttpResponse, ApiError> {
     let id = resource::owned::<Alarms>(&state, &tenant, &path, None).await?;
     let body = body.into_inner();

@@ -332,28 +332,6 @@ impl From<flotilla_journal::Error> for ApiError {
     }
 }
 
-/// The extractor errors of actix-web (bad JSON, bad path, bad query, too large) as API errors.
-pub fn json_error(error: actix_web::error::JsonPayloadError) -> actix_web::Error {
-    use actix_web::error::JsonPayloadError;
-    let api = match &error {
-        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                error.to_string(),
-            )
-        }
-        JsonPayloadError::ContentType => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send application/json",
-        ),
-        JsonPayloadError::Deserialize(e) => ApiError::bad_request("invalid_json", e.to_string()),
-        _ => ApiError::bad_request("invalid_json", error.to_string()),
-    };
-    api.into()
-}
-
 /// Bad query strings as API errors.
 pub fn query_error(error: actix_web::error::QueryPayloadError) -> actix_web::Error {
     ApiError::bad_request("invalid_query", error.to_string()).into()

@@ -149,7 +149,7 @@ pub async fn owned(state: &AppState, tenant: &TenantId, id: &str) -> Result<Grou
 pub async fn create(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
-    body: web::Json<CreateGroup>,
+    body: super::Json<CreateGroup>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     check_provider(&state, Some(&body.launch))?;
@@ -246,7 +246,7 @@ pub async fn update(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<String>,
-    body: web::Json<UpdateGroup>,
+    body: super::Json<UpdateGroup>,
 ) -> Result<HttpResponse, ApiError> {
     let id = owned(&state, &tenant, &path).await?;
     let body = body.into_inner();

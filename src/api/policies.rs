@@ -262,7 +262,7 @@ pub async fn create(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<String>,
-    body: web::Json<CreatePolicy>,
+    body: super::Json<CreatePolicy>,
 ) -> Result<HttpResponse, ApiError> {
     let group = owned_group(&state, &tenant, &path).await?;
     resource::load::<Groups>(&state, &group).await?;
@@ -422,7 +422,7 @@ pub async fn update(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
-    body: web::Json<UpdatePolicy>,
+    body: super::Json<UpdatePolicy>,
 ) -> Result<HttpResponse, ApiError> {
     let (group, policy) = owned(&state, &tenant, &path.0, &path.1).await?;
     let body = body.into_inner();

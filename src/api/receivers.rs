@@ -106,7 +106,7 @@ pub async fn create(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<String>,
-    body: web::Json<CreateReceiver>,
+    body: super::Json<CreateReceiver>,
 ) -> Result<HttpResponse, ApiError> {
     let group = owned_group(&state, &tenant, &path).await?;
     resource::load::<Groups>(&state, &group).await?;
@@ -292,8 +292,7 @@ struct Read {
 
 /// Reads a notification's alerts, and how many Alertmanager left out.
 fn alerts_of(body: &[u8]) -> Result<(Vec<Read>, u64), ApiError> {
-    let notification: Notification = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+    let notification: Notification = super::from_json(body)?;
     if notification.version != "4" {
         return Err(ApiError::bad_request(
             "unsupported_version",

@@ -55,8 +55,7 @@ struct Parsed {
 /// Reads a body's samples, each checked (SPEC 5): any bytes give samples or an error naming
 /// what is wrong (and the index of a bad sample), never a panic.
 fn parse(body: &[u8]) -> Result<Vec<Parsed>, ApiError> {
-    let batch: Batch = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+    let batch: Batch = super::from_json(body)?;
     if batch.samples.len() > MAX_SAMPLES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -192,7 +192,7 @@ pub async fn create(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<String>,
-    body: web::Json<CreateSchedule>,
+    body: super::Json<CreateSchedule>,
 ) -> Result<HttpResponse, ApiError> {
     let group = owned_group(&state, &tenant, &path).await?;
     resource::load::<Groups>(&state, &group).await?;
@@ -293,7 +293,7 @@ pub async fn update(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
-    body: web::Json<UpdateSchedule>,
+    body: super::Json<UpdateSchedule>,
 ) -> Result<HttpResponse, ApiError> {
     let id = resource::owned_in_group::<Schedules>(&state, &tenant, &path.0, &path.1).await?;
     let body = body.into_inner();

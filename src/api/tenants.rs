@@ -43,7 +43,7 @@ pub struct CreateTenant {
 pub async fn create(
     state: web::Data<AppState>,
     _: Operator,
-    body: web::Json<CreateTenant>,
+    body: super::Json<CreateTenant>,
 ) -> Result<HttpResponse, ApiError> {
     let id = TenantId::generate();
     let token = token::generate("flo_t_");

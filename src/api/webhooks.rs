@@ -69,7 +69,7 @@ pub async fn create(
     state: web::Data<AppState>,
     Tenant(tenant): Tenant,
     path: web::Path<(String, String)>,
-    body: web::Json<CreateWebhook>,
+    body: super::Json<CreateWebhook>,
 ) -> Result<HttpResponse, ApiError> {
     let (group, policy) = owned_policy(&state, &tenant, &path.0, &path.1).await?;
     // A caller may send the breach a step policy needs; nothing executes target tracking.
