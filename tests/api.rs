@@ -231,6 +231,69 @@ fn a_body_that_is_not_the_type_asked_names_the_field_at_fault() {
 }
 
 #[test]
+fn a_name_with_bidirectional_controls_is_refused_as_it_would_show_reordered() {
+    // A probe named a group "web\u{202E}gpj.exe": the console showed "webexe.jpg".
+    let server = Server::start();
+    let token = server.tenant("acme");
+    let group = server.group(&token, 0, 10, 1, 0);
+    let policy = server.policy(
+        &token,
+        &group,
+        json!({"name": "up", "adjustment_type": "change", "adjustment": 1}),
+    );
+    let bad = "web\u{202E}gpj.exe";
+    let refused = |answer: (u16, serde_json::Value)| {
+        assert_error(&answer, 400, "invalid_input");
+        let message = answer.1["error"]["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains("name") && message.contains("U+202E"),
+            "{message}"
+        );
+    };
+    let launch = json!({"provider": "simulated"});
+    let creates = [
+        (
+            "/v1/groups".to_owned(),
+            json!({"name": bad, "min_size": 0, "max_size": 1, "launch": launch}),
+        ),
+        (
+            format!("/v1/groups/{group}/policies"),
+            json!({"name": bad, "adjustment_type": "change", "adjustment": 1}),
+        ),
+        (
+            format!("/v1/groups/{group}/policies/{policy}/webhooks"),
+            json!({"name": bad}),
+        ),
+        (
+            "/v1/alarms".to_owned(),
+            json!({"name": bad, "group_id": group, "metric": "cpu", "statistic": "avg",
+                   "period_seconds": 60, "evaluation_periods": 1, "comparison": "gt",
+                   "threshold": 1.0, "alarm_actions": [policy]}),
+        ),
+    ];
+    for (path, body) in creates {
+        refused(server.call("POST", &path, &token, Some(body)));
+    }
+    let rename = json!({"name": "up\u{2066}"});
+    let path = format!("/v1/groups/{group}/policies/{policy}");
+    refused(server.call("PATCH", &path, &token, Some(rename)));
+    refused(server.call(
+        "PATCH",
+        &format!("/v1/groups/{group}"),
+        &token,
+        Some(json!({"name": bad})),
+    ));
+    // Right-to-left text is a name.
+    let (status, body) = server.call(
+        "PATCH",
+        &format!("/v1/groups/{group}"),
+        &token,
+        Some(json!({"name": "שרתים"})),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
 fn bad_input_is_400_with_a_code_never_a_500() {
     let server = Server::start();
     let token = server.tenant("acme");

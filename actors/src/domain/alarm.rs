@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{validate_name, AlarmId, DomainEvent, GroupId, PolicyId, Rejection, TenantId};
+use super::{validate_renamed, AlarmId, DomainEvent, GroupId, PolicyId, Rejection, TenantId};
 use crate::clock::Timestamp;
 
 /// The most periods an alarm may evaluate.
@@ -391,7 +391,7 @@ fn updated(
     definition: AlarmDefinition,
     now: Timestamp,
 ) -> Result<Vec<AlarmEvent>, Rejection> {
-    validate(&definition)?;
+    validate(&definition, Some(&alarm.definition.name))?;
     if definition == alarm.definition {
         return Ok(vec![]);
     }
@@ -427,7 +427,7 @@ pub fn decide(
             ok_actions: new.ok_actions.clone(),
             repeat_actions: new.repeat_actions,
         };
-        validate(&definition)?;
+        validate(&definition, None)?;
         return Ok(vec![AlarmEvent::Created {
             id: new.id.clone(),
             tenant_id: new.tenant_id.clone(),
@@ -551,8 +551,8 @@ fn patched(current: &AlarmDefinition, patch: &AlarmPatch) -> AlarmDefinition {
     }
 }
 
-fn validate(definition: &AlarmDefinition) -> Result<(), Rejection> {
-    validate_name("name", &definition.name)?;
+fn validate(definition: &AlarmDefinition, current_name: Option<&str>) -> Result<(), Rejection> {
+    validate_renamed("name", &definition.name, current_name)?;
     validate_source(&definition.metric, definition.query.as_deref())?;
     if !(1..=MAX_PERIOD_SECONDS).contains(&definition.period_seconds) {
         return Err(Rejection::invalid(

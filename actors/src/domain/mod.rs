@@ -483,7 +483,29 @@ pub(crate) fn validate_json_size(
     Ok(())
 }
 
-/// A name is not blank and has at most [`MAX_NAME_CHARS`] characters.
+/// The bidirectional embeddings, overrides and isolates (U+202A to U+202E, U+2066 to U+2069):
+/// in a name, they make the console and a terminal show it in another order than it is read
+/// ("Trojan Source", CVE-2021-42574). A right-to-left name needs none of them.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// [`validate_name`], of a name that replaces `current` (when the object has one): a name sent
+/// back unchanged is not judged again, so a rule added since it was taken refuses no change of
+/// the object's other fields.
+pub(crate) fn validate_renamed(
+    field: &'static str,
+    name: &str,
+    current: Option<&str>,
+) -> Result<(), Rejection> {
+    if current == Some(name) {
+        return Ok(());
+    }
+    validate_name(field, name)
+}
+
+/// A name is not blank, has at most [`MAX_NAME_CHARS`] characters, and neither control
+/// characters nor bidirectional controls.
 pub(crate) fn validate_name(field: &'static str, name: &str) -> Result<(), Rejection> {
     if name.trim().is_empty() {
         return Err(Rejection::invalid(field, "must not be empty"));
@@ -499,6 +521,16 @@ pub(crate) fn validate_name(field: &'static str, name: &str) -> Result<(), Rejec
         return Err(Rejection::invalid(
             field,
             "must not contain control characters",
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| is_bidi_control(*c)) {
+        return Err(Rejection::invalid(
+            field,
+            format!(
+                "must not contain bidirectional controls (U+202A to U+202E, U+2066 to U+2069); \
+                 has U+{:04X}",
+                u32::from(c)
+            ),
         ));
     }
     Ok(())
@@ -666,5 +698,15 @@ mod tests {
         assert!(validate_name("name", &"x".repeat(255)).is_ok());
         assert!(validate_name("name", &"x".repeat(256)).is_err());
         assert!(validate_name("name", "a\nb").is_err());
+        // Right-to-left text is a name; the controls that reorder it are not.
+        assert!(validate_name("name", "שרתים").is_ok());
+        for control in ['\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}'] {
+            let name = format!("web{control}gpj.exe");
+            let refused = validate_name("name", &name).unwrap_err();
+            assert_eq!(refused.status(), 400, "{control:?}");
+            // Sent back unchanged, a name taken before the rule is not judged again.
+            assert!(validate_renamed("name", &name, Some(&name)).is_ok());
+            assert!(validate_renamed("name", &name, Some("web")).is_err());
+        }
     }
 }

@@ -13,7 +13,7 @@ use super::group::MAX_GROUP_SIZE;
 use super::scaling::{Adjustment, AdjustmentType};
 use super::tracking::{MissingData, Target, TargetKind};
 use super::{
-    validate_cooldown, validate_name, DomainEvent, GroupId, PolicyId, Rejection, TenantId,
+    validate_cooldown, validate_renamed, DomainEvent, GroupId, PolicyId, Rejection, TenantId,
 };
 use crate::clock::Timestamp;
 
@@ -487,7 +487,7 @@ pub fn decide(
         if state.is_some() {
             return Err(Rejection::already_exists("policy"));
         }
-        validate(definition)?;
+        validate(definition, None)?;
         return Ok(vec![PolicyEvent::Created {
             id: id.clone(),
             group_id: group_id.clone(),
@@ -539,7 +539,7 @@ pub fn decide(
                     .unwrap_or(current.min_adjustment_step),
                 cooldown_seconds: patch.cooldown_seconds.unwrap_or(current.cooldown_seconds),
             };
-            validate(&definition)?;
+            validate(&definition, Some(&current.name))?;
             if definition == *current {
                 return Ok(vec![]);
             }
@@ -552,8 +552,9 @@ pub fn decide(
     }
 }
 
-fn validate(definition: &PolicyDefinition) -> Result<(), Rejection> {
-    validate_name("name", &definition.name)?;
+/// `definition`, replacing one named `current_name` if any, is valid.
+fn validate(definition: &PolicyDefinition, current_name: Option<&str>) -> Result<(), Rejection> {
+    validate_renamed("name", &definition.name, current_name)?;
     if definition.policy_type != PolicyType::TargetTracking && definition.tracking.is_some() {
         return Err(Rejection::invalid(
             "target",

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::group::MAX_GROUP_SIZE;
 use super::schedule::{self, Recurrence, When};
-use super::{validate_name, DomainEvent, GroupId, Rejection, ScheduleId, TenantId};
+use super::{validate_renamed, DomainEvent, GroupId, Rejection, ScheduleId, TenantId};
 use crate::clock::Timestamp;
 
 /// The time zone of a recurrence that names none.
@@ -225,7 +225,7 @@ pub fn decide(
         if state.is_some() {
             return Err(Rejection::already_exists("schedule"));
         }
-        validate(definition, Some(now))?;
+        validate(definition, Some(now), None)?;
         return Ok(vec![ScheduledEvent::Created {
             id: id.clone(),
             group_id: group_id.clone(),
@@ -268,7 +268,8 @@ pub fn decide(
                 return Ok(vec![]);
             }
             let timing_changed = !same_timing(current, &definition);
-            validate(&definition, timing_changed.then_some(now))?;
+            let new_timing = timing_changed.then_some(now);
+            validate(&definition, new_timing, Some(&current.name))?;
             Ok(vec![ScheduledEvent::Updated {
                 definition,
                 at_time: now,
@@ -288,9 +289,14 @@ pub fn decide(
 /// A definition is valid: a name; exactly one of `at` and `recurrence` (5 fields, with a real
 /// time zone, and a start before its end); at least one value to set, each a group size, and
 /// the bounds in order. With `now` (a new time rule), `at` must be in the future and a
-/// recurrence must have an occurrence left.
-fn validate(definition: &ScheduleDefinition, now: Option<Timestamp>) -> Result<(), Rejection> {
-    validate_name("name", &definition.name)?;
+/// recurrence must have an occurrence left. A name replacing `current_name` unchanged is not
+/// judged again.
+fn validate(
+    definition: &ScheduleDefinition,
+    now: Option<Timestamp>,
+    current_name: Option<&str>,
+) -> Result<(), Rejection> {
+    validate_renamed("name", &definition.name, current_name)?;
     // With a new time rule only: one an older build took stays until its rule changes.
     let times = [
         ("at", definition.at),

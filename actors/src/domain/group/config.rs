@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 use super::{Group, GroupEvent, GroupState};
 use crate::clock::Timestamp;
 use crate::domain::{
-    validate_cooldown, validate_json_size, validate_name, Cause, GroupId, Rejection, TenantId,
+    validate_cooldown, validate_json_size, validate_name, validate_renamed, Cause, GroupId,
+    Rejection, TenantId,
 };
 
 /// The largest `max_size` of a group: a guard against typos that would launch a fleet.
@@ -107,7 +108,7 @@ pub(super) fn decide_update(
     let current = group.launch.value();
     let launch = patched.as_ref().unwrap_or(&current);
     let metadata = patch.metadata.as_ref().unwrap_or(&group.metadata);
-    validate_name("name", name)?;
+    validate_renamed("name", name, Some(&group.name))?;
     validate_bounds(min_size, max_size)?;
     validate_cooldown("cooldown_seconds", cooldown_seconds)?;
     validate_launch(launch)?;
