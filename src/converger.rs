@@ -103,23 +103,31 @@ pub const CALLS_AT_ONCE: usize = 8;
 /// 0.59 GiB in batches of 1,000 (`cargo bench --bench load`, `LOAD_SERVERS`).
 pub const LAUNCHES_PER_PASS: usize = 1_000;
 
+/// The most of a round's pace one pass makes up, in milliseconds: two passes' worth.
+const PACE_CARRIED_MILLIS: i128 = 2_000;
+
 /// Where a group's sweep over its active servers stands. A round asks about each once, in id
-/// order, paced over the provider's [`Provider::status_interval`] on the service's clock: by
-/// `t` into the round, about `active × t / interval` of them (at most [`ACTIVE_CHECKS_PER_PASS`]
-/// a pass), and the next round begins once the interval has passed since this one began. An
-/// orchestrator is then asked about a group's active servers at a steady rate it can bear (a
-/// group of 1,000 on `http`'s default of 30 s: about 33 a second, not bursts of 256). A round
-/// the provider held up (halts) past its interval goes on at the full rate until it ends.
+/// order, paced over the provider's [`Provider::status_interval`] on the service's clock: a pass
+/// asks about `active × t / interval` of them, `t` the time since the pace last stood (the
+/// remainder carried; at most two seconds' worth, or one server, and at most
+/// [`ACTIVE_CHECKS_PER_PASS`]), and the next round begins once the interval has passed since this
+/// one began (a round with no active server to ask ends at once). An orchestrator is then asked about a group's
+/// active servers at a steady rate it can bear (a group of 1,000 on `http`'s default of 30 s:
+/// about 33 a second, not bursts of 256). The pace is that of the pass's own moment: a round the
+/// provider held up (halts), a group that grew mid-round or passes that came late go on at the
+/// group's rate, never in bursts to make up the time; such a round takes longer than its
+/// interval, and the next begins when it ends.
 ///
 /// [`Provider::status_interval`]: crate::providers::Provider::status_interval
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Round {
-    /// The active server the last pass reached; empty between rounds.
-    after: String,
+    /// The round under way: the last active server it asked about (empty before the first);
+    /// none between rounds.
+    after: Option<String>,
     /// When the round under way, or the last, began.
     began: Option<Timestamp>,
-    /// How many active servers the round asked about so far.
-    asked: usize,
+    /// The moment up to which the round's pace was spent.
+    paced_to: Option<Timestamp>,
 }
 
 impl Round {
@@ -132,13 +140,14 @@ impl Round {
         interval: std::time::Duration,
         active: usize,
     ) -> (Sweep, Round) {
-        let interval = interval.as_millis();
-        let since = |began: Timestamp| u128::try_from(now.saturating_sub(began)).ok();
+        let interval = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
         let mut round = self.clone();
-        if self.after.is_empty() {
-            let due = self
-                .began
-                .is_none_or(|began| since(began).is_none_or(|since| since >= interval));
+        if round.after.is_none() {
+            // Due once the interval passed since the last began, or the clock went back.
+            let due = round.began.is_none_or(|began| {
+                let since = now.saturating_sub(began);
+                since < 0 || since >= interval
+            });
             if !due {
                 let sweep = Sweep {
                     after: String::new(),
@@ -147,28 +156,52 @@ impl Round {
                 return (sweep, round);
             }
             round = Round {
-                after: String::new(),
+                after: Some(String::new()),
                 began: Some(now),
-                asked: 0,
+                paced_to: None,
             };
         }
-        // A clock that went back paces the round from now.
-        let since = match round.began.and_then(since) {
-            Some(since) => since,
-            None => {
-                round.began = Some(now);
-                0
-            }
+        if active == 0 {
+            // Nothing to ask about: the round ends, and the next waits out the interval.
+            round.after = None;
+            let sweep = Sweep {
+                after: String::new(),
+                budget: 0,
+            };
+            return (sweep, round);
+        }
+        let after = round.after.clone().unwrap_or_default();
+        if interval == 0 {
+            let sweep = Sweep {
+                after,
+                budget: ACTIVE_CHECKS_PER_PASS,
+            };
+            return (sweep, round);
+        }
+        let (active, span) = (active as i128, i128::from(interval));
+        let paced_to = match round.paced_to {
+            // A clock that went back paces the round from now.
+            Some(paced_to) if paced_to > now => now,
+            Some(paced_to) => paced_to,
+            // A round's first server is due as it begins.
+            None => now.plus_millis(-i64::try_from(span / active.max(1)).unwrap_or(0)),
         };
-        let due = if since >= interval {
-            usize::MAX
+        let elapsed = i128::from(now.saturating_sub(paced_to));
+        let earned = elapsed * active / span;
+        // A pass comes every second: one that came late asks about at most two seconds' worth
+        // (one server, if that is less), and the time past it is not made up.
+        let carried = ((active * PACE_CARRIED_MILLIS + span - 1) / span).max(1);
+        let most = carried.min(ACTIVE_CHECKS_PER_PASS as i128);
+        let (budget, paced_to) = if earned > most {
+            (most, now)
         } else {
-            let paced = since * active as u128 / interval + 1;
-            usize::try_from(paced).unwrap_or(usize::MAX)
+            let spent = i64::try_from(earned * span / active).unwrap_or(i64::MAX);
+            (earned, paced_to.plus_millis(spent))
         };
+        round.paced_to = Some(paced_to);
         let sweep = Sweep {
-            after: round.after.clone(),
-            budget: due.saturating_sub(round.asked).min(ACTIVE_CHECKS_PER_PASS),
+            after,
+            budget: usize::try_from(budget).unwrap_or(0),
         };
         (sweep, round)
     }
@@ -618,28 +651,21 @@ impl Converger {
                 .len();
         }
         if budget > 0 {
-            let (swept_to, asked) = if halted {
+            if halted {
                 // Past the servers asked, even the one that halted: an orchestrator that times
-                // out now and then stalls no sweep. The next pass asks from there.
+                // out now and then stalls no sweep. The next pass asks from there, at the
+                // round's pace: what this pass could not ask is not made up in a burst.
                 let asked = watched - checked.left.len();
                 tracing::warn!(group = %on.id, asked, of = watched, "the provider could not be asked about every server; the next pass goes on");
-                let reached: Vec<&String> = active
-                    .iter()
-                    .take_while(|(place, _)| *place < asked)
-                    .map(|(_, id)| id)
-                    .collect();
-                match reached.last() {
-                    Some(id) => (Some((*id).clone()), reached.len()),
-                    None => return Ok(events),
+                let reached = active.iter().take_while(|(place, _)| *place < asked).last();
+                if let Some((_, id)) = reached {
+                    round.after = Some(id.clone());
                 }
             } else {
-                (swept_to, active.len())
-            };
-            round.after = swept_to.unwrap_or_default();
-            round.asked += asked;
+                // None: the round reached the last active server, and ended.
+                round.after = swept_to;
+            }
         }
-        // A pass whose round asked nothing yet (paced, or between rounds) leaves it as it
-        // stands.
         let mut sweeps = self.sweeps();
         match sweeps.get_mut(on.id) {
             Some(stands) => *stands = round,
@@ -1049,38 +1075,67 @@ mod tests {
         // The first round begins at once, with the first of its servers.
         let (sweep, round) = Round::default().sweep(t0, interval, 10);
         assert_eq!(sweep.budget, 1);
-        assert_eq!((round.began, round.asked), (Some(t0), 0));
-        // Ten servers over 60 s: one more every 6 s, from where the round stands.
+        assert_eq!(round.began, Some(t0));
+        assert_eq!(round.after.as_deref(), Some(""));
+        // Ten servers over 60 s: one more every 6 s of the pace, the rest carried.
         let under_way = Round {
-            after: "srv_3".into(),
+            after: Some("srv_3".into()),
             began: Some(t0),
-            asked: 4,
+            paced_to: Some(at(18)),
         };
         let budget = |round: &Round, now, active| round.sweep(now, interval, active).0.budget;
         assert_eq!(under_way.sweep(at(23), interval, 10).0.after, "srv_3");
         assert_eq!(budget(&under_way, at(23), 10), 0);
-        assert_eq!(budget(&under_way, at(24), 10), 1);
-        assert_eq!(budget(&under_way, at(59), 10), 6);
+        let (sweep, paced) = under_way.sweep(at(25), interval, 10);
+        assert_eq!((sweep.budget, paced.paced_to), (1, Some(at(24))));
+        assert_eq!(budget(&paced, at(29), 10), 0);
+        assert_eq!(budget(&paced, at(30), 10), 1);
         // A thousand over 30 s: about 33 a second, never more than a pass's most.
         let thirty = std::time::Duration::from_secs(30);
         let begun = Round {
-            after: "srv_0".into(),
+            after: Some("srv_0".into()),
             began: Some(t0),
-            asked: 1,
+            paced_to: Some(t0),
         };
-        assert_eq!(begun.sweep(at(1), thirty, 1_000).0.budget, 33);
+        let mut round = begun.clone();
+        let mut asked = Vec::new();
+        for second in 1..=3 {
+            let (sweep, next) = round.sweep(at(second), thirty, 1_000);
+            asked.push(sweep.budget);
+            round = next;
+        }
+        assert_eq!(asked, [33, 33, 34], "a third carried");
+        // A pass that came late, or a round the provider held up, is not made up in a burst:
+        // at most two seconds' worth (67), or one server, or a pass's most; the rest dropped.
+        let (sweep, late) = begun.sweep(at(20), thirty, 1_000);
+        assert_eq!((sweep.budget, late.paced_to), (67, Some(at(20))));
+        assert_eq!(late.sweep(at(21), thirty, 1_000).0.budget, 33);
         assert_eq!(
-            begun.sweep(at(20), thirty, 1_000).0.budget,
-            ACTIVE_CHECKS_PER_PASS
+            budget(&under_way, at(59), 10),
+            1,
+            "a slow pace's one server"
         );
-        // A round held up past its interval goes on at the full rate, though the group shrank
-        // below what it asked.
-        assert_eq!(budget(&under_way, at(61), 3), ACTIVE_CHECKS_PER_PASS);
+        let huge = begun.sweep(at(2), thirty, 100_000).0.budget;
+        assert_eq!(huge, ACTIVE_CHECKS_PER_PASS);
+        // A group that grows mid-round asks at its new rate from then on, not for the time
+        // it was small.
+        let small = Round {
+            after: Some("srv_0".into()),
+            began: Some(t0),
+            paced_to: Some(t0),
+        };
+        let (_, small) = small.sweep(at(10), thirty, 3);
+        assert_eq!(small.sweep(at(11), thirty, 1_000).0.budget, 33);
+        // With nothing active, the round ends; the next waits out the interval.
+        let (sweep, empty) = begun.sweep(at(10), thirty, 0);
+        assert_eq!((sweep.budget, empty.after.as_deref()), (0, None));
+        assert_eq!(empty.sweep(at(11), thirty, 1_000).0.budget, 0);
+        assert_eq!(empty.sweep(at(30), thirty, 1_000).0.budget, 1);
         // Once it ended, the next begins only when the interval has passed since it began.
         let ended = Round {
-            after: String::new(),
+            after: None,
             began: Some(t0),
-            asked: 10,
+            paced_to: Some(at(54)),
         };
         assert_eq!(
             ended.sweep(at(59), interval, 10),
@@ -1093,15 +1148,20 @@ mod tests {
             )
         );
         let (sweep, next) = ended.sweep(at(60), interval, 10);
-        assert_eq!((sweep.budget, next.began, next.asked), (1, Some(at(60)), 0));
+        assert_eq!((sweep.budget, next.began), (1, Some(at(60))));
+        // A round that overran its interval is followed at once.
+        let overran = Round {
+            after: None,
+            began: Some(t0),
+            paced_to: Some(at(90)),
+        };
+        assert_eq!(budget(&overran, at(91), 10), 1);
         // A clock that went back begins the next round, or paces the one under way, from now.
         let (sweep, next) = ended.sweep(at(-5), interval, 10);
         assert_eq!((sweep.budget, next.began), (1, Some(at(-5))));
         let (sweep, paced) = under_way.sweep(at(-5), interval, 10);
-        assert_eq!(
-            (sweep.budget, paced.began, paced.asked),
-            (0, Some(at(-5)), 4)
-        );
+        assert_eq!((sweep.budget, paced.paced_to), (0, Some(at(-5))));
+        assert_eq!(budget(&paced, at(1), 10), 1);
         // No interval: every active server at every pass, a pass's most at a time.
         let none = std::time::Duration::ZERO;
         assert_eq!(ended.sweep(t0, none, 10).0.budget, ACTIVE_CHECKS_PER_PASS);
