@@ -83,6 +83,8 @@ pub struct Converger {
     ownership: Arc<crate::cluster::Ownership>,
     /// Where provider calls that may block are made.
     pool: Pool,
+    /// How often its passes come: a late pass makes up at most two of them of a round's pace.
+    period: std::time::Duration,
 }
 
 /// The most active servers of one group a pass asks the provider about: a group of 5,000 is
@@ -103,13 +105,10 @@ pub const CALLS_AT_ONCE: usize = 8;
 /// 0.59 GiB in batches of 1,000 (`cargo bench --bench load`, `LOAD_SERVERS`).
 pub const LAUNCHES_PER_PASS: usize = 1_000;
 
-/// The most of a round's pace one pass makes up, in milliseconds: two passes' worth.
-const PACE_CARRIED_MILLIS: i128 = 2_000;
-
 /// Where a group's sweep over its active servers stands. A round asks about each once, in id
 /// order, paced over the provider's [`Provider::status_interval`] on the service's clock: a pass
 /// asks about `active × t / interval` of them, `t` the time since the pace last stood (the
-/// remainder carried; at most two seconds' worth, or one server, and at most
+/// remainder carried; at most two passes' worth, or one server, and at most
 /// [`ACTIVE_CHECKS_PER_PASS`]), and the next round begins once the interval has passed since this
 /// one began (a round with no active server to ask ends at once). An orchestrator is then asked about a group's
 /// active servers at a steady rate it can bear (a group of 1,000 on `http`'s default of 30 s:
@@ -133,11 +132,11 @@ struct Round {
 impl Round {
     /// The sweep of a pass at `now` over a group of `active` active servers, and the round it
     /// belongs to (a new one when the last ended and its interval passed, or the clock went
-    /// back before it began).
+    /// back before it began). Passes come every `period`.
     fn sweep(
         &self,
         now: Timestamp,
-        interval: std::time::Duration,
+        (interval, period): (std::time::Duration, std::time::Duration),
         active: usize,
     ) -> (Sweep, Round) {
         let interval = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
@@ -188,9 +187,10 @@ impl Round {
         };
         let elapsed = i128::from(now.saturating_sub(paced_to));
         let earned = elapsed * active / span;
-        // A pass comes every second: one that came late asks about at most two seconds' worth
-        // (one server, if that is less), and the time past it is not made up.
-        let carried = ((active * PACE_CARRIED_MILLIS + span - 1) / span).max(1);
+        // A pass that came late asks about at most two passes' worth (one server, if that is
+        // less), and the time past it is not made up.
+        let carry = 2 * i128::try_from(period.as_millis()).unwrap_or(i128::MAX / 4);
+        let carried = ((active * carry + span - 1) / span).max(1);
         let most = carried.min(ACTIVE_CHECKS_PER_PASS as i128);
         let (budget, paced_to) = if earned > most {
             (most, now)
@@ -348,7 +348,14 @@ impl Converger {
                 crate::providers::pool::DEFAULT_THREADS,
                 crate::providers::pool::DEFAULT_PER_TENANT,
             ),
+            period: std::time::Duration::from_secs(1),
         }
+    }
+
+    /// Passes come every `period` (default a second: see `--converge-tick-ms`).
+    pub fn with_period(mut self, period: std::time::Duration) -> Converger {
+        self.period = period;
+        self
     }
 
     /// Makes provider calls that may block on `pool`.
@@ -505,7 +512,11 @@ impl Converger {
         let now = self.supervisor.clock().now();
         let round = self.sweeps().get(id).cloned().unwrap_or_default();
         let active = group.count(ServerState::Active) as usize;
-        let (sweep, round) = round.sweep(now, provider.status_interval(&config), active);
+        let (sweep, round) = round.sweep(
+            now,
+            (provider.status_interval(&config), self.period),
+            active,
+        );
         let budget = sweep.budget;
         let start_timeout = launch::start_timeout(&config);
         let mut plan = plan(&group.servers, group.target(), now, &sweep, start_timeout);
@@ -1067,13 +1078,16 @@ mod tests {
         assert_eq!(shared.items.lock().unwrap().len(), 6);
     }
 
+    /// Passes a second apart.
+    const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
+
     #[test]
     fn a_round_of_the_sweep_is_paced_over_its_interval_and_the_next_waits_it_out() {
         let interval = std::time::Duration::from_secs(60);
         let t0 = Timestamp::from_secs(1_000);
         let at = |secs: i64| t0.plus_millis(secs * 1000);
         // The first round begins at once, with the first of its servers.
-        let (sweep, round) = Round::default().sweep(t0, interval, 10);
+        let (sweep, round) = Round::default().sweep(t0, (interval, SECOND), 10);
         assert_eq!(sweep.budget, 1);
         assert_eq!(round.began, Some(t0));
         assert_eq!(round.after.as_deref(), Some(""));
@@ -1083,10 +1097,14 @@ mod tests {
             began: Some(t0),
             paced_to: Some(at(18)),
         };
-        let budget = |round: &Round, now, active| round.sweep(now, interval, active).0.budget;
-        assert_eq!(under_way.sweep(at(23), interval, 10).0.after, "srv_3");
+        let budget =
+            |round: &Round, now, active| round.sweep(now, (interval, SECOND), active).0.budget;
+        assert_eq!(
+            under_way.sweep(at(23), (interval, SECOND), 10).0.after,
+            "srv_3"
+        );
         assert_eq!(budget(&under_way, at(23), 10), 0);
-        let (sweep, paced) = under_way.sweep(at(25), interval, 10);
+        let (sweep, paced) = under_way.sweep(at(25), (interval, SECOND), 10);
         assert_eq!((sweep.budget, paced.paced_to), (1, Some(at(24))));
         assert_eq!(budget(&paced, at(29), 10), 0);
         assert_eq!(budget(&paced, at(30), 10), 1);
@@ -1100,22 +1118,28 @@ mod tests {
         let mut round = begun.clone();
         let mut asked = Vec::new();
         for second in 1..=3 {
-            let (sweep, next) = round.sweep(at(second), thirty, 1_000);
+            let (sweep, next) = round.sweep(at(second), (thirty, SECOND), 1_000);
             asked.push(sweep.budget);
             round = next;
         }
         assert_eq!(asked, [33, 33, 34], "a third carried");
         // A pass that came late, or a round the provider held up, is not made up in a burst:
-        // at most two seconds' worth (67), or one server, or a pass's most; the rest dropped.
-        let (sweep, late) = begun.sweep(at(20), thirty, 1_000);
+        // at most two passes' worth (67), or one server, or a pass's most; the rest dropped.
+        let (sweep, late) = begun.sweep(at(20), (thirty, SECOND), 1_000);
         assert_eq!((sweep.budget, late.paced_to), (67, Some(at(20))));
-        assert_eq!(late.sweep(at(21), thirty, 1_000).0.budget, 33);
+        assert_eq!(late.sweep(at(21), (thirty, SECOND), 1_000).0.budget, 33);
         assert_eq!(
             budget(&under_way, at(59), 10),
             1,
             "a slow pace's one server"
         );
-        let huge = begun.sweep(at(2), thirty, 100_000).0.budget;
+        let five = std::time::Duration::from_secs(5);
+        assert_eq!(
+            begun.sweep(at(20), (thirty, five), 100).0.budget,
+            34,
+            "passes 5 s apart"
+        );
+        let huge = begun.sweep(at(2), (thirty, SECOND), 100_000).0.budget;
         assert_eq!(huge, ACTIVE_CHECKS_PER_PASS);
         // A group that grows mid-round asks at its new rate from then on, not for the time
         // it was small.
@@ -1124,13 +1148,13 @@ mod tests {
             began: Some(t0),
             paced_to: Some(t0),
         };
-        let (_, small) = small.sweep(at(10), thirty, 3);
-        assert_eq!(small.sweep(at(11), thirty, 1_000).0.budget, 33);
+        let (_, small) = small.sweep(at(10), (thirty, SECOND), 3);
+        assert_eq!(small.sweep(at(11), (thirty, SECOND), 1_000).0.budget, 33);
         // With nothing active, the round ends; the next waits out the interval.
-        let (sweep, empty) = begun.sweep(at(10), thirty, 0);
+        let (sweep, empty) = begun.sweep(at(10), (thirty, SECOND), 0);
         assert_eq!((sweep.budget, empty.after.as_deref()), (0, None));
-        assert_eq!(empty.sweep(at(11), thirty, 1_000).0.budget, 0);
-        assert_eq!(empty.sweep(at(30), thirty, 1_000).0.budget, 1);
+        assert_eq!(empty.sweep(at(11), (thirty, SECOND), 1_000).0.budget, 0);
+        assert_eq!(empty.sweep(at(30), (thirty, SECOND), 1_000).0.budget, 1);
         // Once it ended, the next begins only when the interval has passed since it began.
         let ended = Round {
             after: None,
@@ -1138,7 +1162,7 @@ mod tests {
             paced_to: Some(at(54)),
         };
         assert_eq!(
-            ended.sweep(at(59), interval, 10),
+            ended.sweep(at(59), (interval, SECOND), 10),
             (
                 Sweep {
                     after: String::new(),
@@ -1147,7 +1171,7 @@ mod tests {
                 ended.clone()
             )
         );
-        let (sweep, next) = ended.sweep(at(60), interval, 10);
+        let (sweep, next) = ended.sweep(at(60), (interval, SECOND), 10);
         assert_eq!((sweep.budget, next.began), (1, Some(at(60))));
         // A round that overran its interval is followed at once.
         let overran = Round {
@@ -1157,13 +1181,16 @@ mod tests {
         };
         assert_eq!(budget(&overran, at(91), 10), 1);
         // A clock that went back begins the next round, or paces the one under way, from now.
-        let (sweep, next) = ended.sweep(at(-5), interval, 10);
+        let (sweep, next) = ended.sweep(at(-5), (interval, SECOND), 10);
         assert_eq!((sweep.budget, next.began), (1, Some(at(-5))));
-        let (sweep, paced) = under_way.sweep(at(-5), interval, 10);
+        let (sweep, paced) = under_way.sweep(at(-5), (interval, SECOND), 10);
         assert_eq!((sweep.budget, paced.paced_to), (0, Some(at(-5))));
         assert_eq!(budget(&paced, at(1), 10), 1);
         // No interval: every active server at every pass, a pass's most at a time.
         let none = std::time::Duration::ZERO;
-        assert_eq!(ended.sweep(t0, none, 10).0.budget, ACTIVE_CHECKS_PER_PASS);
+        assert_eq!(
+            ended.sweep(t0, (none, SECOND), 10).0.budget,
+            ACTIVE_CHECKS_PER_PASS
+        );
     }
 }

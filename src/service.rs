@@ -249,6 +249,7 @@ pub fn start_with(
             quiet,
         )
         .with_ownership(ownership.clone())
+        .with_period(Duration::from_millis(settings.converge_tick_ms))
         .with_pool(crate::providers::pool::Pool::new(
             settings.provider_threads,
             settings.provider_threads_per_tenant,
