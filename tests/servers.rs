@@ -86,6 +86,15 @@ fn set_desired(server: &Server, token: &str, group: &str, to: i64) {
     assert_eq!(status, 202, "{body}");
 }
 
+/// The group's activity items (up to 1,000) of type `kind`.
+fn activity_of(server: &Server, token: &str, group: &str, kind: &str) -> Vec<Value> {
+    let path = format!("/v1/groups/{group}/activity?limit=1000");
+    let (status, activity) = server.call("GET", &path, token, None);
+    assert_eq!(status, 200, "{activity}");
+    let items = activity["items"].as_array().unwrap().iter();
+    items.filter(|i| i["type"] == kind).cloned().collect()
+}
+
 fn pid_of(server: &Value) -> u32 {
     server["provider"]["pid"].as_u64().unwrap() as u32
 }
@@ -297,18 +306,7 @@ fn a_command_that_cannot_start_is_retried_with_backoff_and_its_failures_reported
     converge_until(&server, "5 failures", || failures(&server) == 5);
     ticks(&server, 10);
     assert_eq!(failures(&server), 5);
-    let (_, activity) = server.call(
-        "GET",
-        &format!("/v1/groups/{group}/activity?limit=1000"),
-        &token,
-        None,
-    );
-    let failed: Vec<&Value> = activity["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["type"] == "server_failed")
-        .collect();
+    let failed = activity_of(&server, &token, &group, "server_failed");
     assert_eq!(failed.len(), 5);
     assert!(
         failed[0]["reason"]
@@ -771,18 +769,7 @@ fn a_delete_the_orchestrator_refuses_is_recorded_with_its_reason_and_tried_again
         deleting["last_failure"],
         "delete failed: orchestrator answered 403"
     );
-    let failed_deletes = || {
-        let (_, activity) = server.call(
-            "GET",
-            &format!("/v1/groups/{group}/activity?limit=1000"),
-            &token,
-            None,
-        );
-        let items = activity["items"].as_array().unwrap().iter();
-        items
-            .filter(|i| i["type"] == "server_delete_failed")
-            .count()
-    };
+    let failed_deletes = || activity_of(&server, &token, &group, "server_delete_failed").len();
     assert_eq!(failed_deletes(), 1);
     // A forced deletion that cannot finish says why.
     let path = format!("/v1/groups/{group}?force=true");
@@ -847,19 +834,9 @@ fn a_server_that_never_starts_fails_after_its_start_timeout_and_its_slot_launche
     converge_until(&server, "active again", || only()["state"] == "active");
     assert_eq!(count(&orchestrator, "delete"), 1);
     assert_eq!(count(&orchestrator, "create"), 2);
-    let (_, activity) = server.call(
-        "GET",
-        &format!("/v1/groups/{group}/activity?limit=1000"),
-        &token,
-        None,
-    );
-    let failed: Vec<&Value> = activity["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["type"] == "server_failed")
-        .collect();
-    assert_eq!(failed.len(), 1, "{activity}");
+    let failed = activity_of(&server, &token, &group, "server_failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["server_id"], only()["id"], "{failed:?}");
 }
 
 #[test]
