@@ -568,6 +568,8 @@ enum Mode {
     Stall,
     /// A create answered with a handle over what the journal takes.
     Huge,
+    /// A create answered with a handle 101 levels deep, within what serde_json reads.
+    Deep,
     /// Status requests wait for the mode to change before they are answered.
     HoldStatus,
     /// Status requests are answered 503.
@@ -657,6 +659,16 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
                         json!({"id": format!("vm-{}", request["server_id"].as_str().unwrap()),
                                "pad": "x".repeat(100_000)}),
                     ),
+                    ("create", Mode::Deep) => {
+                        let deep: Value = serde_json::from_str(&format!(
+                            "{}{}",
+                            "[".repeat(100),
+                            "]".repeat(100)
+                        ))
+                        .unwrap();
+                        let id = format!("vm-{}", request["server_id"].as_str().unwrap());
+                        ("201 Created", json!({"id": id, "deep": deep}))
+                    }
                     ("create", Mode::Stall) => {
                         std::thread::sleep(Duration::from_secs(2));
                         ("200 OK", json!({"id": "late"}))
@@ -864,11 +876,24 @@ fn an_answer_that_trickles_in_times_out_as_one_that_never_comes() {
 fn a_server_whose_handle_the_journal_would_refuse_is_deleted_not_left_running() {
     // A probe's orchestrator answered creates with 3 MB: each append of the launch failed, the
     // actor restarted, and every server the orchestrator had made was left, recorded nowhere.
-    let (mode, orchestrator, server, token, launch) = on_orchestrator(
-        Mode::Huge,
-        server(),
-        json!({"timeout_ms": 2000, "retries": 0}),
-    );
+    unkept_handle(Mode::Huge, "bytes of JSON");
+}
+
+#[test]
+fn a_server_whose_handle_the_journal_could_not_read_back_is_deleted_not_recorded() {
+    // Another probe's orchestrator answered 127 levels deep: read within serde_json's limit of
+    // 128, the handle was recorded a level or two deeper, and the group's stream no longer
+    // replayed (every call on it 503, `flotilla replay` refused the whole journal).
+    // Refused well short of that: at 101 here (the delete that follows is read by this fake
+    // orchestrator within the same limit).
+    unkept_handle(Mode::Deep, "101 levels deep, over 32");
+}
+
+/// A create answered in `mode` with a handle the journal cannot keep: the launch fails with a
+/// reason that says `why`, the server made is deleted, and an answer kept then launches it.
+fn unkept_handle(mode: Mode, why: &str) {
+    let (mode, orchestrator, server, token, launch) =
+        on_orchestrator(mode, server(), json!({"timeout_ms": 2000, "retries": 0}));
     let group = create(&server, &token, 1, launch);
     converge_until(&server, "a failed launch", || {
         servers(&server, &token, &group)
@@ -878,7 +903,7 @@ fn a_server_whose_handle_the_journal_would_refuse_is_deleted_not_left_running() 
     let failed = servers(&server, &token, &group);
     let reason = failed[0]["last_failure"].as_str().unwrap();
     assert!(
-        reason.contains("bytes of JSON") && reason.contains("deleted"),
+        reason.contains(why) && reason.contains("its server was deleted"),
         "{reason}"
     );
     let requests = orchestrator.requests.lock().unwrap().clone();

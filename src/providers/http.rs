@@ -50,6 +50,27 @@ pub const MAX_ANSWER_BYTES: u64 = 1 << 20;
 /// made deleted at once.
 pub const MAX_HANDLE_BYTES: usize = flotilla_actors::domain::MAX_FIELD_JSON_BYTES;
 
+/// The deepest server handle kept: arrays and objects within one another. The journal reads a
+/// handle back inside its event and record, within serde_json's limit of 128 levels: an answer
+/// that just fit that limit as read made a record no replay could decode.
+pub const MAX_HANDLE_DEPTH: usize = 32;
+
+/// How many arrays and objects lie within one another in `value` (0 for a scalar).
+fn depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut open = vec![(value, 0)];
+    while let Some((value, above)) = open.pop() {
+        let inner: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(fields) => Box::new(fields.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(above + 1);
+        open.extend(inner.map(|item| (item, above + 1)));
+    }
+    deepest
+}
+
 /// The http provider.
 pub struct HttpProvider {
     clock: Arc<dyn Clock>,
@@ -262,13 +283,21 @@ impl Provider for HttpProvider {
         match self.send(&launch.config, &body, launch.fence.as_ref())? {
             Some(handle) if handle.get("id").is_some() => {
                 let size = serde_json::to_vec(&handle).map_or(usize::MAX, |json| json.len());
-                if size > MAX_HANDLE_BYTES {
-                    // The journal would refuse to record it, so nothing would ever delete the
-                    // server it names: deleted now, and the launch is a failure to retry.
+                let levels = depth(&handle);
+                let unkept = if size > MAX_HANDLE_BYTES {
+                    Some(format!("{size} bytes of JSON, over {MAX_HANDLE_BYTES}"))
+                } else if levels > MAX_HANDLE_DEPTH {
+                    Some(format!("{levels} levels deep, over {MAX_HANDLE_DEPTH}"))
+                } else {
+                    None
+                };
+                if let Some(unkept) = unkept {
+                    // The journal would refuse to record it, or record what it could not read
+                    // back, so nothing would ever delete the server it names: deleted now, and
+                    // the launch is a failure to retry.
                     let deleted = self.delete(&launch.config, &handle);
                     return Err(ProviderError::new(format!(
-                        "the orchestrator's answer to create is {size} bytes of JSON, over \
-                         {MAX_HANDLE_BYTES}; its server was {}",
+                        "the orchestrator's answer to create is {unkept}; its server was {}",
                         if deleted.is_ok() {
                             "deleted"
                         } else {
@@ -302,5 +331,21 @@ impl Provider for HttpProvider {
             // are asked.
             Err(_) => Status::Unknown,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handle_is_as_deep_as_its_arrays_and_objects_lie_within_one_another() {
+        assert_eq!(depth(&json!(7)), 0);
+        assert_eq!(depth(&json!({})), 1);
+        assert_eq!(depth(&json!({"id": "vm-1", "tags": ["a"]})), 2);
+        assert_eq!(depth(&json!([[1], {"a": [{}]}])), 4);
+        let deep: Value =
+            serde_json::from_str(&format!("{}{}", "[".repeat(40), "]".repeat(40))).unwrap();
+        assert_eq!(depth(&deep), 40);
     }
 }
