@@ -572,6 +572,8 @@ enum Mode {
     Deep,
     /// Status requests wait for the mode to change before they are answered.
     HoldStatus,
+    /// Creates wait for the mode to change before they are answered.
+    HoldCreate,
     /// Status requests are answered 503.
     StatusError,
     /// Status requests are answered 400.
@@ -668,6 +670,14 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
                         .unwrap();
                         let id = format!("vm-{}", request["server_id"].as_str().unwrap());
                         ("201 Created", json!({"id": id, "deep": deep}))
+                    }
+                    ("create", Mode::HoldCreate) => {
+                        // Until the test lets go: an orchestrator slow to make a server.
+                        while *mode.lock().unwrap() == Mode::HoldCreate {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        let id = format!("vm-{}", request["server_id"].as_str().unwrap());
+                        ("201 Created", json!({"id": id}))
                     }
                     ("create", Mode::Stall) => {
                         std::thread::sleep(Duration::from_secs(2));
@@ -831,7 +841,7 @@ fn a_server_that_never_starts_fails_after_its_start_timeout_and_its_slot_launche
     converge_until(&server, "its failure", || only()["state"] == "failed");
     assert_eq!(
         only()["last_failure"],
-        "not running 60 s after its launch (launch.start_timeout_seconds)"
+        "not running 60 s after the provider made it (launch.start_timeout_seconds)"
     );
     let asked = count(&orchestrator, "status");
     ticks(&server, 3);
@@ -849,6 +859,30 @@ fn a_server_that_never_starts_fails_after_its_start_timeout_and_its_slot_launche
     let failed = activity_of(&server, &token, &group, "server_failed");
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["server_id"], only()["id"], "{failed:?}");
+}
+
+#[test]
+fn a_server_whose_create_took_longer_than_its_start_timeout_is_timed_from_its_making() {
+    // A probe's orchestrator took 3 s to answer each create, with a start timeout of 2 s: each
+    // server failed before it was asked about once, and its slot launched again for ever.
+    let fields = json!({"retries": 0, "timeout_ms": 60_000, "start_timeout_seconds": 60});
+    let (mode, orchestrator, server, token, launch) =
+        on_orchestrator(Mode::HoldCreate, server(), fields);
+    let group = create(&server, &token, 1, launch);
+    let ticking = std::thread::spawn({
+        let ticks = server.ticks.clone();
+        move || ticks.tick()
+    });
+    wait_for("the create", || count(&orchestrator, "create") == 1);
+    // Made 120 s of the clock after its launch was asked.
+    server.clock.advance_secs(120);
+    *mode.lock().unwrap() = Mode::Ok;
+    ticking.join().unwrap();
+    converge_until(&server, "1 active", || {
+        active(&server, &token, &group).len() == 1
+    });
+    assert!(activity_of(&server, &token, &group, "server_failed").is_empty());
+    assert_eq!(count(&orchestrator, "create"), 1);
 }
 
 #[test]

@@ -60,6 +60,10 @@ pub struct Server {
     pub provider: Handle,
     /// When its latest launch was requested.
     pub launched_at: Timestamp,
+    /// When the provider answered its latest launch with a handle; none before (and in
+    /// snapshots older than this field, where [`Self::launched_at`] stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_at: Option<Timestamp>,
     /// How many times this slot failed.
     #[serde(default)]
     pub failures: u32,
@@ -431,8 +435,8 @@ pub fn decode_part(servers: &mut Servers, part: usize, bytes: &[u8]) -> serde_js
 }
 
 /// What `servers` need to reach `target` slots at `now`, watching the active servers `sweep`
-/// reaches, and failing the pending ones not running `start_timeout` seconds after their launch
-/// was asked (none: they wait as long as it takes). It reads the servers not active and the
+/// reaches, and failing the pending ones not running `start_timeout` seconds after the provider
+/// made them (none: they wait as long as it takes). It reads the servers not active and the
 /// sweep's share of the others, not the whole group, but for a scale-in, which walks the
 /// active ones once (see [`first_to_terminate`]).
 pub fn plan(
@@ -494,13 +498,17 @@ pub fn plan(
     plan
 }
 
-/// The failure of a pending `server` still not running `start_timeout` seconds after its launch
-/// was asked, at `now`.
+/// The failure of a pending `server` still not running `start_timeout` seconds after the
+/// provider made it (answered its launch with a handle: a create may take minutes of retries),
+/// at `now`.
 fn timed_out(server: &Server, start_timeout: Option<u64>, now: Timestamp) -> Option<ServerReport> {
     let seconds = start_timeout?;
-    (server.launched_at.plus_secs(seconds) <= now).then(|| ServerReport::Failed {
+    let made = server.made_at.unwrap_or(server.launched_at);
+    (made.plus_secs(seconds) <= now).then(|| ServerReport::Failed {
         server_id: server.id.to_string(),
-        reason: format!("not running {seconds} s after its launch (launch.start_timeout_seconds)"),
+        reason: format!(
+            "not running {seconds} s after the provider made it (launch.start_timeout_seconds)"
+        ),
     })
 }
 
@@ -649,6 +657,7 @@ mod tests {
             state,
             provider: Handle::new(&json!({"pid": 1})),
             launched_at: T0.plus_millis(launched * 1000),
+            made_at: None,
             failures: 0,
             last_failure: None,
             delete_failures: 0,
@@ -887,38 +896,46 @@ mod tests {
 
     #[test]
     fn a_pending_server_fails_once_its_start_timeout_ran_out_and_is_no_longer_asked() {
-        // Launched at 0 and at 5 s, with a handle; one without a handle is resumed as before.
+        // Launched at 0 and at 5 s, with a handle (kept in a snapshot older than `made_at`);
+        // one launched at 0 that the provider made at 8 s is timed from then. One without a
+        // handle is resumed as before.
         let mut lost = server("c", ServerState::Pending, 0);
         lost.provider = Handle::default();
+        let mut slow = server("e", ServerState::Pending, 0);
+        slow.made_at = Some(T0.plus_secs(8u32));
         let servers = map(vec![
             server("a", ServerState::Pending, 0),
             server("b", ServerState::Pending, 5),
             lost,
             server("d", ServerState::Active, 0),
+            slow,
         ]);
         let at = |seconds: u64, timeout: Option<u64>| {
-            let plan = plan(&servers, 4, T0.plus_secs(seconds), &Sweep::ALL, timeout);
+            let plan = plan(&servers, 5, T0.plus_secs(seconds), &Sweep::ALL, timeout);
             let watched: Vec<String> = plan.watch.into_iter().map(|(id, _, _)| id).collect();
             (plan.timed_out, watched, plan.resume)
         };
         let failed = |id: &str| ServerReport::Failed {
             server_id: id.into(),
-            reason: "not running 10 s after its launch (launch.start_timeout_seconds)".into(),
+            reason: "not running 10 s after the provider made it (launch.start_timeout_seconds)"
+                .into(),
         };
         let (timed_out, watched, resume) = at(9, Some(10));
         assert!(timed_out.is_empty());
-        assert_eq!(watched, ["a", "b", "d"]);
+        assert_eq!(watched, ["a", "b", "e", "d"]);
         assert_eq!(resume, ["c"]);
         let (timed_out, watched, _) = at(10, Some(10));
         assert_eq!(timed_out, [failed("a")]);
-        assert_eq!(watched, ["b", "d"]);
+        assert_eq!(watched, ["b", "e", "d"]);
         let (timed_out, watched, _) = at(15, Some(10));
         assert_eq!(timed_out, [failed("a"), failed("b")]);
-        assert_eq!(watched, ["d"]);
+        assert_eq!(watched, ["e", "d"]);
+        let (timed_out, _, _) = at(18, Some(10));
+        assert_eq!(timed_out, [failed("a"), failed("b"), failed("e")]);
         // No timeout: they wait as long as it takes.
         let (timed_out, watched, _) = at(86_400, None);
         assert!(timed_out.is_empty());
-        assert_eq!(watched, ["a", "b", "d"]);
+        assert_eq!(watched, ["a", "b", "e", "d"]);
     }
 
     #[test]
@@ -976,13 +993,16 @@ mod tests {
                     plan.resume.push(server.id.to_string());
                 }
                 ServerState::Pending
-                    if start_timeout
-                        .is_some_and(|seconds| server.launched_at.plus_secs(seconds) <= now) =>
+                    if start_timeout.is_some_and(|seconds| {
+                        let made = server.made_at.unwrap_or(server.launched_at);
+                        made.plus_secs(seconds) <= now
+                    }) =>
                 {
                     plan.timed_out.push(ServerReport::Failed {
                         server_id: server.id.to_string(),
                         reason: format!(
-                            "not running {} s after its launch (launch.start_timeout_seconds)",
+                            "not running {} s after the provider made it \
+                             (launch.start_timeout_seconds)",
                             start_timeout.unwrap()
                         ),
                     });
@@ -1065,6 +1085,7 @@ mod tests {
                     Change::Launched(i, handle) => {
                         servers.update(&id(i), |s| {
                             s.provider = if handle { Handle::new(&json!({"pid": i})) } else { Handle::default() };
+                            s.made_at = handle.then(|| T0.plus_millis(i as i64 * 1000));
                         });
                     }
                     Change::State(i, state) => {

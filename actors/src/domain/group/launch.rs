@@ -80,7 +80,7 @@ pub fn schema(allow_process: bool, operator_secret: bool) -> Value {
             },
             "start_timeout_seconds": {
                 "type": "integer", "minimum": 0, "maximum": MAX_START_TIMEOUT_SECONDS,
-                "description": "a server the orchestrator does not say is running this many seconds after its launch was asked fails, and its slot is launched again (default 600; 0: never)",
+                "description": "a server the orchestrator does not say is running this many seconds after it answered the server's create fails, and its slot is launched again (default 600; 0: never)",
             },
         },
     });
@@ -126,8 +126,8 @@ pub const MAX_START_TIMEOUT_SECONDS: u64 = 86_400;
 /// Kubernetes Deployment's `progressDeadlineSeconds`.
 pub const DEFAULT_START_TIMEOUT_SECONDS: u64 = 600;
 
-/// How long a server of this launch may stay pending once its launch was asked, in seconds
-/// (none: as long as it takes). An `http` orchestrator may answer a status that is neither
+/// How long a server of this launch may stay pending once the provider made it (answered its
+/// create), in seconds (none: as long as it takes). An `http` orchestrator may answer a status that is neither
 /// running nor exited for ever (an image that never pulls); such a server fails after
 /// `start_timeout_seconds` (default [`DEFAULT_START_TIMEOUT_SECONDS`], 0: never), so that its
 /// slot is launched again. A `process` runs or exits at once, and a `simulated` server runs

@@ -807,6 +807,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
                 server.state = ServerState::Pending;
                 server.provider = Handle::default();
                 server.launched_at = *at;
+                server.made_at = None;
             });
             if !relaunched {
                 group.servers.insert(Server {
@@ -814,6 +815,7 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
                     state: ServerState::Pending,
                     provider: Handle::default(),
                     launched_at: *at,
+                    made_at: None,
                     failures: 0,
                     last_failure: None,
                     delete_failures: 0,
@@ -823,10 +825,11 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
         GroupEvent::ServerLaunched {
             server_id,
             provider,
-            ..
+            at,
         } => {
             group.servers.update(server_id, |server| {
                 server.provider = Handle::new(provider);
+                server.made_at = Some(*at);
             });
         }
         GroupEvent::ServerActive { server_id, .. } => {
