@@ -14,7 +14,8 @@
 //!    no launch:
 //!    - the provider is asked about the pending servers and the sweep's share of the active
 //!      ones, and what it says is recorded (`report_servers`), with the pending servers whose
-//!      launch was never recorded (a restart came between) as failed. A provider that cannot
+//!      launch was never recorded (a restart came between) as failed, and those past their
+//!      start timeout failed unless they now run ([`Watched`]). A provider that cannot
 //!      be reached (an orchestrator down) is asked no more in this pass, and the next pass
 //!      asks about the servers this one did not reach;
 //!    - new slots, and failed ones whose backoff ran out, are asked of the group
@@ -105,6 +106,10 @@ pub const CALLS_AT_ONCE: usize = 8;
 /// 0.59 GiB in batches of 1,000 (`cargo bench --bench load`, `LOAD_SERVERS`).
 pub const LAUNCHES_PER_PASS: usize = 1_000;
 
+/// A server a pass asks the provider about: its id, state and handle, and for a pending one
+/// past its start timeout, the reason it fails unless it now runs.
+type Watched = (String, ServerState, Value, Option<String>);
+
 /// Where a group's sweep over its active servers stands. A round asks about each once, in id
 /// order, paced over the provider's [`Provider::status_interval`] on the service's clock: a pass
 /// asks about `active × t / interval` of them, `t` the time since the pace last stood (the
@@ -127,6 +132,9 @@ struct Round {
     began: Option<Timestamp>,
     /// The moment up to which the round's pace was spent.
     paced_to: Option<Timestamp>,
+    /// How long the group's last pass that reached its provider took, in milliseconds of the
+    /// service's clock: passes over a group come no more often than that.
+    took: i64,
 }
 
 impl Round {
@@ -158,6 +166,7 @@ impl Round {
                 after: Some(String::new()),
                 began: Some(now),
                 paced_to: None,
+                took: round.took,
             };
         }
         if active == 0 {
@@ -182,14 +191,17 @@ impl Round {
             // A clock that went back paces the round from now.
             Some(paced_to) if paced_to > now => now,
             Some(paced_to) => paced_to,
-            // A round's first server is due as it begins.
-            None => now.plus_millis(-i64::try_from(span / active.max(1)).unwrap_or(0)),
+            // A round's first server is due as it begins: one server's share of the interval
+            // ago, rounded up.
+            None => now.plus_millis(-i64::try_from((span + active - 1) / active).unwrap_or(0)),
         };
         let elapsed = i128::from(now.saturating_sub(paced_to));
         let earned = elapsed * active / span;
         // A pass that came late asks about at most two passes' worth (one server, if that is
-        // less), and the time past it is not made up.
-        let carry = 2 * i128::try_from(period.as_millis()).unwrap_or(i128::MAX / 4);
+        // less), and the time past it is not made up. Passes come every period, or as often as
+        // the group's take (a tick skips a group whose pass is under way).
+        let period = i128::try_from(period.as_millis()).unwrap_or(i128::MAX / 4);
+        let carry = 2 * period.max(i128::from(round.took));
         let carried = ((active * carry + span - 1) / span).max(1);
         let most = carried.min(ACTIVE_CHECKS_PER_PASS as i128);
         let (budget, paced_to) = if earned > most {
@@ -564,16 +576,24 @@ impl Converger {
             }
         }
 
-        // Failures known without asking: launches a restart interrupted, and servers that did
-        // not start in time.
-        let mut failed = plan.timed_out;
-        failed.extend(
-            plan.resume
+        // Failures known without asking: launches a restart interrupted.
+        let failed = plan
+            .resume
+            .into_iter()
+            .map(|server_id| ServerReport::Failed {
+                server_id,
+                reason: "launch interrupted by a restart of flotilla".into(),
+            });
+        // Asked about: the servers past their start timeout (that fail unless they now run),
+        // then the plan's others.
+        let expiring = plan.expiring.into_iter();
+        let mut watch: Vec<Watched> = expiring
+            .map(|(id, handle, reason)| (id, ServerState::Pending, handle, Some(reason)))
+            .collect();
+        watch.extend(
+            plan.watch
                 .into_iter()
-                .map(|server_id| ServerReport::Failed {
-                    server_id,
-                    reason: "launch interrupted by a restart of flotilla".into(),
-                }),
+                .map(|(id, state, handle)| (id, state, handle, None)),
         );
 
         // Statuses and launches at once: an orchestrator slow to answer about the servers it
@@ -585,7 +605,7 @@ impl Converger {
             blocking,
         };
         let (checked, launched) = futures_util::future::join(
-            self.check(&on, plan.watch, failed, (round, budget, swept_to)),
+            self.check(&on, watch, failed.collect(), (round, budget, swept_to), now),
             self.launch(&on, &group, plan.relaunch, plan.launch_new),
         )
         .await;
@@ -596,23 +616,25 @@ impl Converger {
         Ok(pass)
     }
 
-    /// Asks the provider about the `watch`ed servers, and records what it says, with the
-    /// `failed` ones the plan knew of; answers the events recorded. The
+    /// Asks the provider about the `watch`ed servers, and records what it says (one past its
+    /// start timeout fails, with the reason given, unless it now runs), with the `failed` ones
+    /// the plan knew of; answers the events recorded. The
     /// sweep's `round` (which gave this pass `budget` active servers) then goes on from
     /// `swept_to`; if the provider could not be reached, from the last active server it was
     /// asked about, so that the next pass asks about those not reached.
     async fn check(
         &self,
         on: &Calls<'_>,
-        watch: Vec<(String, ServerState, Value)>,
+        watch: Vec<Watched>,
         failed: Vec<ServerReport>,
         (mut round, budget, swept_to): (Round, usize, Option<String>),
+        began: Timestamp,
     ) -> Result<usize, Error> {
         // The server whose check halted the last pass is asked last.
         let mut watch = watch;
         let suspect = self.suspects().remove(on.id);
         if let Some(place) =
-            suspect.and_then(|suspect| watch.iter().position(|(id, _, _)| *id == suspect))
+            suspect.and_then(|suspect| watch.iter().position(|(id, ..)| *id == suspect))
         {
             let server = watch.remove(place);
             watch.push(server);
@@ -621,15 +643,16 @@ impl Converger {
         let active: Vec<(usize, String)> = watch
             .iter()
             .enumerate()
-            .filter(|(_, (_, state, _))| *state == ServerState::Active)
-            .map(|(place, (id, _, _))| (place, id.clone()))
+            .filter(|(_, (_, state, ..))| *state == ServerState::Active)
+            .map(|(place, (id, ..))| (place, id.clone()))
             .collect();
         let watched = watch.len();
         let (providers, config) = (self.providers.clone(), on.config.clone());
         let checked = self
-            .fan_out(on, watch, move |(server_id, state, handle)| {
+            .fan_out(on, watch, move |(server_id, state, handle, expired)| {
                 let provider = providers.of(&config).expect("checked by the pass");
                 match provider.status(&config, &handle) {
+                    // Nothing is decided of a server not asked, expired or not.
                     Status::Unreachable => Answer::Halt(Err(server_id)),
                     Status::Running if state == ServerState::Pending => {
                         Answer::Go(Ok(Some(ServerReport::Active { server_id })))
@@ -638,6 +661,10 @@ impl Converger {
                         server_id,
                         reason: "exited".into(),
                     }))),
+                    Status::Unknown if expired.is_some() => {
+                        let reason = expired.unwrap_or_default();
+                        Answer::Go(Ok(Some(ServerReport::Failed { server_id, reason })))
+                    }
                     Status::Running | Status::Unknown => Answer::Go(Ok(None)),
                 }
             })
@@ -676,6 +703,9 @@ impl Converger {
                 // None: the round reached the last active server, and ended.
                 round.after = swept_to;
             }
+        }
+        if !halted {
+            round.took = self.supervisor.clock().now().saturating_sub(began).max(0);
         }
         let mut sweeps = self.sweeps();
         match sweeps.get_mut(on.id) {
@@ -1086,9 +1116,19 @@ mod tests {
         let interval = std::time::Duration::from_secs(60);
         let t0 = Timestamp::from_secs(1_000);
         let at = |secs: i64| t0.plus_millis(secs * 1000);
-        // The first round begins at once, with the first of its servers.
+        // The first round begins at once, with the first of its servers (whatever the
+        // interval's share of each: 7 do not divide 30 s).
         let (sweep, round) = Round::default().sweep(t0, (interval, SECOND), 10);
         assert_eq!(sweep.budget, 1);
+        let thirty = std::time::Duration::from_secs(30);
+        assert_eq!(Round::default().sweep(t0, (thirty, SECOND), 7).0.budget, 1);
+        assert_eq!(
+            Round::default()
+                .sweep(t0, (thirty, SECOND), 40_000)
+                .0
+                .budget,
+            1
+        );
         assert_eq!(round.began, Some(t0));
         assert_eq!(round.after.as_deref(), Some(""));
         // Ten servers over 60 s: one more every 6 s of the pace, the rest carried.
@@ -1096,6 +1136,7 @@ mod tests {
             after: Some("srv_3".into()),
             began: Some(t0),
             paced_to: Some(at(18)),
+            took: 0,
         };
         let budget =
             |round: &Round, now, active| round.sweep(now, (interval, SECOND), active).0.budget;
@@ -1109,11 +1150,11 @@ mod tests {
         assert_eq!(budget(&paced, at(29), 10), 0);
         assert_eq!(budget(&paced, at(30), 10), 1);
         // A thousand over 30 s: about 33 a second, never more than a pass's most.
-        let thirty = std::time::Duration::from_secs(30);
         let begun = Round {
             after: Some("srv_0".into()),
             began: Some(t0),
             paced_to: Some(t0),
+            took: 0,
         };
         let mut round = begun.clone();
         let mut asked = Vec::new();
@@ -1139,6 +1180,13 @@ mod tests {
             34,
             "passes 5 s apart"
         );
+        // So with passes that take 5 s (a tick skips a group whose pass is under way): the
+        // group keeps its rate.
+        let slow = Round {
+            took: 5_000,
+            ..begun.clone()
+        };
+        assert_eq!(slow.sweep(at(5), (thirty, SECOND), 1_000).0.budget, 166);
         let huge = begun.sweep(at(2), (thirty, SECOND), 100_000).0.budget;
         assert_eq!(huge, ACTIVE_CHECKS_PER_PASS);
         // A group that grows mid-round asks at its new rate from then on, not for the time
@@ -1147,6 +1195,7 @@ mod tests {
             after: Some("srv_0".into()),
             began: Some(t0),
             paced_to: Some(t0),
+            took: 0,
         };
         let (_, small) = small.sweep(at(10), (thirty, SECOND), 3);
         assert_eq!(small.sweep(at(11), (thirty, SECOND), 1_000).0.budget, 33);
@@ -1160,6 +1209,7 @@ mod tests {
             after: None,
             began: Some(t0),
             paced_to: Some(at(54)),
+            took: 0,
         };
         assert_eq!(
             ended.sweep(at(59), (interval, SECOND), 10),
@@ -1178,6 +1228,7 @@ mod tests {
             after: None,
             began: Some(t0),
             paced_to: Some(at(90)),
+            took: 0,
         };
         assert_eq!(budget(&overran, at(91), 10), 1);
         // A clock that went back begins the next round, or paces the one under way, from now.

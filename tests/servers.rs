@@ -834,10 +834,21 @@ fn a_server_that_never_starts_fails_after_its_start_timeout_and_its_slot_launche
     });
     let only = || servers(&server, &token, &group)[0].clone();
     server.clock.advance_secs(59);
+    let asked = count(&orchestrator, "status");
     ticks(&server, 3);
     assert_eq!(only()["state"], "pending", "{}", only());
-    assert!(count(&orchestrator, "status") >= 3, "still asked about");
+    assert_eq!(
+        count(&orchestrator, "status"),
+        asked + 3,
+        "asked at every pass"
+    );
+    // Past its timeout while the orchestrator cannot be reached, nothing is decided of it.
+    *mode.lock().unwrap() = Mode::StatusError;
     server.clock.advance_secs(1);
+    ticks(&server, 3);
+    assert_eq!(only()["state"], "pending", "{}", only());
+    // Asked once more, and still not running, it fails.
+    *mode.lock().unwrap() = Mode::Starting;
     converge_until(&server, "its failure", || only()["state"] == "failed");
     assert_eq!(
         only()["last_failure"],
@@ -859,6 +870,33 @@ fn a_server_that_never_starts_fails_after_its_start_timeout_and_its_slot_launche
     let failed = activity_of(&server, &token, &group, "server_failed");
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["server_id"], only()["id"], "{failed:?}");
+
+    // One that runs by the time it is asked past its timeout is active, not failed.
+    *mode.lock().unwrap() = Mode::Starting;
+    let late = create(
+        &server,
+        &token,
+        1,
+        on_orchestrator_launch(&orchestrator, 60),
+    );
+    converge_until(&server, "its handle recorded", || {
+        let servers = servers(&server, &token, &late);
+        servers
+            .first()
+            .is_some_and(|s| s["provider"]["id"].is_string())
+    });
+    server.clock.advance_secs(61);
+    *mode.lock().unwrap() = Mode::Ok;
+    converge_until(&server, "late but active", || {
+        active(&server, &token, &late).len() == 1
+    });
+    assert!(activity_of(&server, &token, &late, "server_failed").is_empty());
+}
+
+/// A launch on `orchestrator` with a start timeout of `seconds`.
+fn on_orchestrator_launch(orchestrator: &Orchestrator, seconds: u64) -> Value {
+    json!({"provider": "http", "url": orchestrator.url, "secret": SECRET, "retries": 0,
+           "start_timeout_seconds": seconds})
 }
 
 #[test]

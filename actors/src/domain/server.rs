@@ -180,10 +180,11 @@ pub struct Plan {
     /// The last active server watched, where the next pass's sweep goes on from; none when
     /// this pass's round reached the last active server.
     pub swept_to: Option<String>,
-    /// Pending servers with a handle that did not run within the launch's start timeout: each
-    /// a failure to record, not asked about (the provider deletes its remains before the slot
-    /// launches again).
-    pub timed_out: Vec<ServerReport>,
+    /// Pending servers with a handle that did not run within the launch's start timeout, with
+    /// the reason they fail for: (id, handle, reason). Each is asked about once more: running,
+    /// it is active; any other answer fails it (its remains are deleted before its slot launches
+    /// again); a provider that cannot be reached decides nothing.
+    pub expiring: Vec<(String, Value, String)>,
 }
 
 /// Which active servers a pass asks the provider about: at most `budget`, the first after
@@ -472,8 +473,11 @@ pub fn plan(
             ServerState::Pending if server.provider.is_null() => {
                 plan.resume.push(server.id.to_string());
             }
-            ServerState::Pending => match timed_out(server, start_timeout, now) {
-                Some(report) => plan.timed_out.push(report),
+            ServerState::Pending => match expired(server, start_timeout, now) {
+                Some(reason) => {
+                    let handle = server.provider.value();
+                    plan.expiring.push((server.id.to_string(), handle, reason));
+                }
                 None => {
                     plan.watch
                         .push((server.id.to_string(), server.state, server.provider.value()));
@@ -498,17 +502,18 @@ pub fn plan(
     plan
 }
 
-/// The failure of a pending `server` still not running `start_timeout` seconds after the
-/// provider made it (answered its launch with a handle: a create may take minutes of retries),
-/// at `now`.
-fn timed_out(server: &Server, start_timeout: Option<u64>, now: Timestamp) -> Option<ServerReport> {
+/// Why a pending `server` fails if it is still not running at `now`, `start_timeout` seconds
+/// or more after the provider made it (answered its launch with a handle: a create may take
+/// minutes of retries); none before.
+pub(crate) fn expired(
+    server: &Server,
+    start_timeout: Option<u64>,
+    now: Timestamp,
+) -> Option<String> {
     let seconds = start_timeout?;
     let made = server.made_at.unwrap_or(server.launched_at);
-    (made.plus_secs(seconds) <= now).then(|| ServerReport::Failed {
-        server_id: server.id.to_string(),
-        reason: format!(
-            "not running {seconds} s after the provider made it (launch.start_timeout_seconds)"
-        ),
+    (made.plus_secs(seconds) <= now).then(|| {
+        format!("not running {seconds} s after the provider made it (launch.start_timeout_seconds)")
     })
 }
 
@@ -895,7 +900,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pending_server_fails_once_its_start_timeout_ran_out_and_is_no_longer_asked() {
+    fn a_pending_server_is_asked_once_more_when_its_start_timeout_ran_out_to_fail_it() {
         // Launched at 0 and at 5 s, with a handle (kept in a snapshot older than `made_at`);
         // one launched at 0 that the provider made at 8 s is timed from then. One without a
         // handle is resumed as before.
@@ -913,28 +918,34 @@ mod tests {
         let at = |seconds: u64, timeout: Option<u64>| {
             let plan = plan(&servers, 5, T0.plus_secs(seconds), &Sweep::ALL, timeout);
             let watched: Vec<String> = plan.watch.into_iter().map(|(id, _, _)| id).collect();
-            (plan.timed_out, watched, plan.resume)
+            (plan.expiring, watched, plan.resume)
         };
-        let failed = |id: &str| ServerReport::Failed {
-            server_id: id.into(),
-            reason: "not running 10 s after the provider made it (launch.start_timeout_seconds)"
-                .into(),
+        let ids = |expiring: &[(String, Value, String)]| -> Vec<String> {
+            expiring.iter().map(|(id, _, _)| id.clone()).collect()
         };
-        let (timed_out, watched, resume) = at(9, Some(10));
-        assert!(timed_out.is_empty());
+        let (expiring, watched, resume) = at(9, Some(10));
+        assert!(expiring.is_empty());
         assert_eq!(watched, ["a", "b", "e", "d"]);
         assert_eq!(resume, ["c"]);
-        let (timed_out, watched, _) = at(10, Some(10));
-        assert_eq!(timed_out, [failed("a")]);
+        let (expiring, watched, _) = at(10, Some(10));
+        assert_eq!(
+            expiring,
+            [(
+                "a".to_string(),
+                json!({"pid": 1}),
+                "not running 10 s after the provider made it (launch.start_timeout_seconds)"
+                    .to_string()
+            )]
+        );
         assert_eq!(watched, ["b", "e", "d"]);
-        let (timed_out, watched, _) = at(15, Some(10));
-        assert_eq!(timed_out, [failed("a"), failed("b")]);
+        let (expiring, watched, _) = at(15, Some(10));
+        assert_eq!(ids(&expiring), ["a", "b"]);
         assert_eq!(watched, ["e", "d"]);
-        let (timed_out, _, _) = at(18, Some(10));
-        assert_eq!(timed_out, [failed("a"), failed("b"), failed("e")]);
+        let (expiring, _, _) = at(18, Some(10));
+        assert_eq!(ids(&expiring), ["a", "b", "e"]);
         // No timeout: they wait as long as it takes.
-        let (timed_out, watched, _) = at(86_400, None);
-        assert!(timed_out.is_empty());
+        let (expiring, watched, _) = at(86_400, None);
+        assert!(expiring.is_empty());
         assert_eq!(watched, ["a", "b", "e", "d"]);
     }
 
@@ -992,20 +1003,10 @@ mod tests {
                 ServerState::Pending if server.provider.is_null() => {
                     plan.resume.push(server.id.to_string());
                 }
-                ServerState::Pending
-                    if start_timeout.is_some_and(|seconds| {
-                        let made = server.made_at.unwrap_or(server.launched_at);
-                        made.plus_secs(seconds) <= now
-                    }) =>
-                {
-                    plan.timed_out.push(ServerReport::Failed {
-                        server_id: server.id.to_string(),
-                        reason: format!(
-                            "not running {} s after the provider made it \
-                             (launch.start_timeout_seconds)",
-                            start_timeout.unwrap()
-                        ),
-                    });
+                ServerState::Pending if expired(server, start_timeout, now).is_some() => {
+                    let reason = expired(server, start_timeout, now).unwrap();
+                    let handle = server.provider.value();
+                    plan.expiring.push((server.id.to_string(), handle, reason));
                 }
                 ServerState::Pending => {
                     plan.watch

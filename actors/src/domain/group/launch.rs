@@ -80,7 +80,7 @@ pub fn schema(allow_process: bool, operator_secret: bool) -> Value {
             },
             "start_timeout_seconds": {
                 "type": "integer", "minimum": 0, "maximum": MAX_START_TIMEOUT_SECONDS,
-                "description": "a server the orchestrator does not say is running this many seconds after it answered the server's create fails, and its slot is launched again (default 600; 0: never)",
+                "description": "a server the orchestrator does not say is running this many seconds after it answered the server's create fails, and its slot is launched again (default 3600; 0: never)",
             },
         },
     });
@@ -122,9 +122,11 @@ pub const MAX_STATUS_INTERVAL_SECONDS: u64 = 86_400;
 /// The longest `start_timeout_seconds` of the http provider: a day.
 pub const MAX_START_TIMEOUT_SECONDS: u64 = 86_400;
 
-/// An http server's `start_timeout_seconds` when its launch gives none: ten minutes, as a
-/// Kubernetes Deployment's `progressDeadlineSeconds`.
-pub const DEFAULT_START_TIMEOUT_SECONDS: u64 = 600;
+/// An http server's `start_timeout_seconds` when its launch gives none: an hour, as an AWS
+/// lifecycle hook's default heartbeat timeout. Orchestrators that take long exist (bare metal,
+/// stacks of resources), and an existing group got this default with no say: one shorter than
+/// their slowest start would fail servers that were about to run, again and again.
+pub const DEFAULT_START_TIMEOUT_SECONDS: u64 = 3_600;
 
 /// How long a server of this launch may stay pending once the provider made it (answered its
 /// create), in seconds (none: as long as it takes). An `http` orchestrator may answer a status that is neither
@@ -465,7 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn only_an_http_server_times_out_starting_after_ten_minutes_unless_told() {
+    fn only_an_http_server_times_out_starting_after_an_hour_unless_told() {
         let http = |extra: Value| {
             let mut launch = json!({"provider": "http", "url": "https://o.example"});
             launch
@@ -474,7 +476,7 @@ mod tests {
                 .extend(extra.as_object().unwrap().clone());
             start_timeout(&launch)
         };
-        assert_eq!(http(json!({})), Some(600));
+        assert_eq!(http(json!({})), Some(3_600));
         assert_eq!(http(json!({"start_timeout_seconds": 45})), Some(45));
         assert_eq!(http(json!({"start_timeout_seconds": 0})), None);
         assert_eq!(start_timeout(&json!({"provider": "simulated"})), None);
