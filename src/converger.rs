@@ -729,8 +729,9 @@ impl Converger {
         // What is left of a failed slot (an exited process, a server its orchestrator still
         // lists) is deleted before the slot is launched again, under the lease (even while
         // the shard drains). The launch records a new handle in place of the old one, so a
-        // slot whose remains could not be deleted waits for the next pass with its handle,
-        // rather than leave a server nothing names.
+        // slot whose remains could not be deleted keeps its handle and waits, rather than leave
+        // a server nothing names: a failed deletion is recorded and backs off; one a halted
+        // pass left untried is tried at the next.
         let stale: Vec<(String, Value)> = relaunch
             .iter()
             .filter_map(|sid| group.servers.get(sid.as_str()))
@@ -738,34 +739,52 @@ impl Converger {
             .filter(|(_, handle)| !handle.is_null())
             .collect();
         let mut relaunch = relaunch;
+        let mut recorded = 0;
         if !stale.is_empty() {
             let leased = self
                 .ownership
                 .acts_for(id.as_str(), self.supervisor.clock().now());
-            let gone: HashSet<String> = if leased {
+            let mut gone = HashSet::new();
+            if leased {
                 let (providers, config) = (self.providers.clone(), on.config.clone());
-                self.fan_out(on, stale.clone(), move |(server_id, handle)| {
-                    let provider = providers.of(&config).expect("checked by the pass");
-                    match provider.delete(&config, &handle) {
-                        Ok(()) => Answer::Go(Some(server_id)),
-                        Err(error) => {
-                            tracing::warn!(server = %server_id, %error, "deleting a failed server's remains failed; relaunching it next pass");
-                            if error.unreachable {
-                                Answer::Halt(None)
-                            } else {
-                                Answer::Go(None)
+                let answers = self
+                    .fan_out(on, stale.clone(), move |(server_id, handle)| {
+                        let provider = providers.of(&config).expect("checked by the pass");
+                        match provider.delete(&config, &handle) {
+                            Ok(()) => Answer::Go(Ok(server_id)),
+                            Err(error) => {
+                                let failed = ServerReport::DeleteFailed {
+                                    server_id,
+                                    reason: format!("delete failed: {}", error.reason),
+                                };
+                                if error.unreachable {
+                                    Answer::Halt(Err(failed))
+                                } else {
+                                    Answer::Go(Err(failed))
+                                }
                             }
                         }
+                    })
+                    .await
+                    .answers;
+                // A failed deletion is recorded, as one of a server being deleted is: the
+                // slot's relaunch then waits out the deletions' backoff, not the next pass.
+                let mut failed = Vec::new();
+                for answer in answers {
+                    match answer {
+                        Ok(server_id) => drop(gone.insert(server_id)),
+                        Err(report) => failed.push(report),
                     }
-                })
-                .await
-                .answers
-                .into_iter()
-                .flatten()
-                .collect()
-            } else {
-                HashSet::new()
-            };
+                }
+                if !failed.is_empty() {
+                    tracing::warn!(group = %id, servers = failed.len(), "deleting failed servers' remains failed; their relaunch waits a backoff");
+                    recorded = self
+                        .execute(id, GroupCommand::ReportServers(failed))
+                        .await?
+                        .events
+                        .len();
+                }
+            }
             let kept: HashSet<&str> = stale
                 .iter()
                 .map(|(sid, _)| sid.as_str())
@@ -780,7 +799,7 @@ impl Converger {
             .min(LAUNCHES_PER_PASS - ids.len());
         ids.extend((0..new).map(|_| new_server_id()));
         if ids.is_empty() {
-            return Ok((0, 0));
+            return Ok((0, recorded));
         }
         let tokens: HashMap<String, String> = ids
             .iter()
@@ -796,7 +815,7 @@ impl Converger {
         let executed = self
             .execute(id, GroupCommand::LaunchServers(requests))
             .await?;
-        let mut events = executed.events.len();
+        let mut events = recorded + executed.events.len();
         // The launches are journaled; the provider is called only under a lease still held.
         // Without one, the shard's next owner finds them pending, as a restart would.
         let Some(fence) = self

@@ -593,6 +593,8 @@ enum Mode {
     /// Every server's status is `pending`: neither running nor exited (an image that never
     /// pulls).
     Starting,
+    /// As `Starting`, and deletes are refused with 403.
+    StartingUndeletable,
 }
 
 fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
@@ -690,7 +692,7 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
                     ("delete", Mode::ExitedUndeletable) => {
                         ("503 Service Unavailable", json!({"error": "busy"}))
                     }
-                    ("delete", Mode::Undeletable) => {
+                    ("delete", Mode::Undeletable | Mode::StartingUndeletable) => {
                         ("403 Forbidden", json!({"error": "not yours to delete"}))
                     }
                     ("delete", _) => ("200 OK", json!({})),
@@ -705,7 +707,9 @@ fn orchestrator(secret: &str, mode: Arc<Mutex<Mode>>) -> Orchestrator {
                             ("200 OK", json!({"status": "exited"}))
                         }
                     }
-                    ("status", Mode::Starting) => ("200 OK", json!({"status": "pending"})),
+                    ("status", Mode::Starting | Mode::StartingUndeletable) => {
+                        ("200 OK", json!({"status": "pending"}))
+                    }
                     ("status", Mode::StatusRefused) => {
                         ("400 Bad Request", json!({"error": "no such handle"}))
                     }
@@ -897,6 +901,48 @@ fn a_server_that_never_starts_fails_after_its_start_timeout_and_its_slot_launche
 fn on_orchestrator_launch(orchestrator: &Orchestrator, seconds: u64) -> Value {
     json!({"provider": "http", "url": orchestrator.url, "secret": SECRET, "retries": 0,
            "start_timeout_seconds": seconds})
+}
+
+#[test]
+fn a_failed_servers_remains_the_orchestrator_will_not_delete_are_recorded_and_back_off() {
+    // A probe's orchestrator refused to delete a timed-out server's remains: the deletion was
+    // asked again at every pass, logged and recorded nowhere.
+    let fields = json!({"retries": 0, "start_timeout_seconds": 60});
+    let (mode, orchestrator, server, token, launch) =
+        on_orchestrator(Mode::StartingUndeletable, server(), fields);
+    let group = create(&server, &token, 1, launch);
+    converge_until(&server, "its handle recorded", || {
+        let servers = servers(&server, &token, &group);
+        servers
+            .first()
+            .is_some_and(|s| s["provider"]["id"].is_string())
+    });
+    let only = || servers(&server, &token, &group)[0].clone();
+    server.clock.advance_secs(60);
+    converge_until(&server, "its failure", || only()["state"] == "failed");
+    // Its relaunch is due 1 s later; its remains' deletion is refused, and recorded.
+    server.clock.advance_secs(1);
+    let refused = || activity_of(&server, &token, &group, "server_delete_failed").len();
+    converge_until(&server, "a refused deletion", || refused() == 1);
+    assert_eq!(only()["state"], "failed", "{}", only());
+    assert_eq!(
+        only()["last_failure"],
+        "delete failed: orchestrator answered 403"
+    );
+    // Not asked again at every pass, but after the backoff (1 s, then 2 s).
+    ticks(&server, 3);
+    assert_eq!(count(&orchestrator, "delete"), 1);
+    server.clock.advance_secs(1);
+    converge_until(&server, "a second refusal", || refused() == 2);
+    ticks(&server, 3);
+    assert_eq!(count(&orchestrator, "delete"), 2);
+    // Deleted at last, the slot launches again with nothing left behind.
+    *mode.lock().unwrap() = Mode::Ok;
+    server.clock.advance_secs(2);
+    converge_until(&server, "active again", || only()["state"] == "active");
+    assert_eq!(count(&orchestrator, "delete"), 3);
+    assert_eq!(count(&orchestrator, "create"), 2);
+    assert_eq!(refused(), 2);
 }
 
 #[test]

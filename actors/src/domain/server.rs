@@ -70,8 +70,9 @@ pub struct Server {
     /// Why it failed last (its launch, or its deletion), and when.
     #[serde(default)]
     pub last_failure: Option<Box<(String, Timestamp)>>,
-    /// How many times its deletion failed: a server the provider cannot delete is asked again
-    /// after a backoff (1 s doubling, at most [`MAX_DELETE_BACKOFF_SECONDS`]), not at every pass.
+    /// How many times its deletion failed (of a server being deleted, or of a failed one's
+    /// remains before its relaunch): a server the provider cannot delete is asked again after a
+    /// backoff (1 s doubling, at most [`MAX_DELETE_BACKOFF_SECONDS`]), not at every pass.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub delete_failures: u32,
 }
@@ -89,26 +90,38 @@ impl Server {
     /// When a server being deleted may be asked to be deleted again (`None`: at once).
     pub fn delete_at(&self) -> Option<Timestamp> {
         match (&self.state, &self.last_failure) {
-            (ServerState::Deleting, Some(failure)) if self.delete_failures > 0 => {
-                let backoff = 1u64
-                    .checked_shl(self.delete_failures - 1)
-                    .unwrap_or(u64::MAX)
-                    .min(MAX_DELETE_BACKOFF_SECONDS);
+            (ServerState::Deleting, Some(failure)) if self.delete_failures > 0 => Some(
+                failure
+                    .1
+                    .plus_secs(delete_backoff_seconds(self.delete_failures)),
+            ),
+            _ => None,
+        }
+    }
+
+    /// When a failed slot may be launched again: after its launches' backoff, or, when the
+    /// deletion of its remains failed last, that of its deletions.
+    pub fn retry_at(&self) -> Option<Timestamp> {
+        match (&self.state, &self.last_failure) {
+            (ServerState::Failed, Some(failure)) => {
+                let backoff = backoff_seconds(self.failures)
+                    .max(delete_backoff_seconds(self.delete_failures));
                 Some(failure.1.plus_secs(backoff))
             }
             _ => None,
         }
     }
+}
 
-    /// When a failed slot may be launched again.
-    pub fn retry_at(&self) -> Option<Timestamp> {
-        match (&self.state, &self.last_failure) {
-            (ServerState::Failed, Some(failure)) => {
-                Some(failure.1.plus_secs(backoff_seconds(self.failures)))
-            }
-            _ => None,
-        }
+/// The wait after the `failures`-th failed deletion of a server: 1 s doubling, at most
+/// [`MAX_DELETE_BACKOFF_SECONDS`].
+fn delete_backoff_seconds(failures: u32) -> u64 {
+    if failures == 0 {
+        return 0;
     }
+    1u64.checked_shl(failures - 1)
+        .unwrap_or(u64::MAX)
+        .min(MAX_DELETE_BACKOFF_SECONDS)
 }
 
 /// The wait after the `failures`-th failure of a slot: 1 s doubling, at most a minute.
@@ -634,7 +647,9 @@ pub(crate) fn decide_reports(
             (ServerReport::Deleted { .. }, Deleting) => {
                 GroupEvent::ServerDeleted { server_id, at: now }
             }
-            (ServerReport::DeleteFailed { reason, .. }, Deleting) => {
+            // A server being deleted, or a failed one whose remains the provider did not
+            // delete before its slot's relaunch.
+            (ServerReport::DeleteFailed { reason, .. }, Deleting | Failed) => {
                 GroupEvent::ServerDeleteFailed {
                     server_id,
                     reason: reason.clone(),
@@ -881,6 +896,13 @@ mod tests {
         assert_eq!((early.launch_new, early.relaunch.len()), (0, 0));
         let due = plan(&servers, 1, T0.plus_secs(4u32), &Sweep::ALL, None);
         assert_eq!(due.relaunch, vec!["a"]);
+        // A slot whose remains the provider refused to delete, three times, waits out the
+        // deletions' backoff (4 s) where its launches' is shorter (1 s).
+        let mut stuck = server("b", ServerState::Failed, 0);
+        stuck.failures = 1;
+        stuck.delete_failures = 3;
+        stuck.last_failure = Some(Box::new(("delete failed: 403".into(), T0)));
+        assert_eq!(stuck.retry_at(), Some(T0.plus_secs(4u32)));
     }
 
     #[test]

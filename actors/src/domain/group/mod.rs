@@ -808,6 +808,8 @@ pub fn apply(state: GroupState, event: &GroupEvent) -> GroupState {
                 server.provider = Handle::default();
                 server.launched_at = *at;
                 server.made_at = None;
+                // Its remains were deleted: the slot starts afresh.
+                server.delete_failures = 0;
             });
             if !relaunched {
                 group.servers.insert(Server {
