@@ -102,7 +102,9 @@ fn an_episode_fires_once_and_resolves_once_whatever_the_repeats_and_restarts() {
         notify(&server, &s, Some(&s.secret), unseen).1["executed"],
         0
     );
-    let again = notification("firing", "1a2b3c4d5e6f7a8b", "2026-11-25T01:00:00Z");
+    let mut again = notification("firing", "1a2b3c4d5e6f7a8b", "2026-11-25T01:00:00Z");
+    // An alertname is shown in the order it is read: a bidirectional override stands as U+FFFD.
+    again["alerts"][0]["labels"]["alertname"] = json!("Queue\u{202E}High");
     assert_eq!(notify(&server, &s, Some(&s.secret), again).1["executed"], 1);
 
     let (_, activity) = server.call(
@@ -120,8 +122,8 @@ fn an_episode_fires_once_and_resolves_once_whatever_the_repeats_and_restarts() {
         .unwrap();
     assert_eq!(
         cause,
-        json!({"type": "alertmanager", "receiver_id": s.receiver, "alertname": "QueueHigh",
-            "fingerprint": "1a2b3c4d5e6f7a8b"})
+        json!({"type": "alertmanager", "receiver_id": s.receiver,
+            "alertname": "Queue\u{FFFD}High", "fingerprint": "1a2b3c4d5e6f7a8b"})
     );
 }
 
@@ -281,6 +283,14 @@ fn bad_notifications_get_their_status_and_execute_nothing() {
         &notify(&server, &s, Some(&s.secret), v3),
         400,
         "unsupported_version",
+    );
+    // A fingerprint is a key kept in the journal and shown: visible ASCII only.
+    let mut reordering = firing.clone();
+    reordering["alerts"][0]["fingerprint"] = json!("f\u{202E}1");
+    assert_error(
+        &notify(&server, &s, Some(&s.secret), reordering),
+        400,
+        "invalid_alert",
     );
     let mut bad_time = firing.clone();
     bad_time["alerts"][0]["startsAt"] = json!("yesterday");

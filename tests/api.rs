@@ -225,6 +225,34 @@ fn a_body_that_is_not_the_type_asked_names_the_field_at_fault() {
         "metadata.{}…: number out of range",
         "k".repeat(247)
     )));
+    // A long value quoted by serde is cut short too.
+    let value = "v".repeat(100_000);
+    let quoted = message(&group(&format!(
+        r#""launch":{{"provider":"simulated"}},"cooldown_seconds":"{value}""#
+    )));
+    assert!(
+        quoted.starts_with("cooldown_seconds: invalid type"),
+        "{quoted:.80}"
+    );
+    assert!(
+        quoted.len() <= 1024 + '…'.len_utf8(),
+        "{} bytes",
+        quoted.len()
+    );
+    // An array is not an object, though serde would read one into a struct's fields.
+    let array = post(
+        "/v1/groups",
+        r#"["web", 0, 1, 0, 300, {"provider": "simulated"}, {}]"#,
+    );
+    assert_eq!(
+        message(&array),
+        "the body must be a JSON object, not an array"
+    );
+    let pause = post(&format!("/v1/groups/{id}/pause"), " [true]");
+    assert_eq!(
+        message(&pause),
+        "the body must be a JSON object, not an array"
+    );
     // None of them made a group.
     let (_, list) = server.call("GET", "/v1/groups", &token, None);
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
@@ -1391,4 +1419,12 @@ fn a_body_declared_other_than_json_is_refused_with_415_and_none_at_all_is_fine()
     assert_eq!(send(&pause, None, body).0, 200);
     let (status, view) = send(&pause, Some("text/plain"), "");
     assert_eq!((status, &view["paused"]), (200, &json!(true)), "{view}");
+    // So for a route whose body is required.
+    let group = r#"{"name":"w","min_size":0,"max_size":1,"launch":{"provider":"simulated"}}"#;
+    assert_error(
+        &send("/v1/groups", Some("text/plain"), group),
+        415,
+        "unsupported_media_type",
+    );
+    assert_eq!(send("/v1/groups", None, group).0, 201);
 }

@@ -459,6 +459,9 @@ fn a_forced_group_deletion_answers_409_rather_than_wait_out_a_long_grace() {
     let now = server.now_secs();
     let hooked = server.send_hook(&hook, &hook.secret, "n-1", now, b"{}");
     assert_error(&hooked, 409, "conflict");
+    // Its nonce was not recorded: the same call is refused for the group again, not replayed.
+    let again = server.send_hook(&hook, &hook.secret, "n-1", now, b"{}");
+    assert_error(&again, 409, "conflict");
     let execute = format!("/v1/groups/{group}/policies/{policy}/execute");
     let executed = server.call("POST", &execute, &token, None);
     assert_error(&executed, 409, "conflict");

@@ -52,7 +52,7 @@ fn refused(refusal: Refusal) -> ActorError {
         (status = 400, description = "malformed headers or body", body = ErrorBody),
         (status = 401, description = "`invalid_signature`, or `timestamp_out_of_window`", body = ErrorBody),
         (status = 404, description = "no such object (another tenant's included)", body = ErrorBody),
-        (status = 409, description = "`replayed`: this nonce was already accepted", body = ErrorBody),
+        (status = 409, description = "`replayed`: this nonce was already accepted; or `conflict`: the policy's group is being deleted and executes nothing (nothing is recorded, the nonce included)", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
         (status = 408, description = "`request_timeout`: the request body did not arrive in time", body = ErrorBody),
         (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
@@ -60,7 +60,7 @@ fn refused(refusal: Refusal) -> ActorError {
         (status = 500, description = "a fault of the service", body = ErrorBody),
         (status = 503, description = "the journal is still being replayed, or the object is restarting", body = ErrorBody),
     ),
-    description = "Standard Webhooks v1 signature over the raw body (SPEC 4). 401 `invalid_signature` or `timestamp_out_of_window`, 409 `replayed`.",
+    description = "Standard Webhooks v1 signature over the raw body (SPEC 4). 401 `invalid_signature` or `timestamp_out_of_window`, 409 `replayed` (or `conflict`, a group being deleted).",
 )]
 pub async fn execute(
     state: web::Data<AppState>,

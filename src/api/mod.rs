@@ -303,6 +303,14 @@ impl Body {
 /// `bytes` as `T`, or a 400 `invalid_json` naming the field at fault, where serde alone names
 /// none. The path is sought only once the plain read failed: a good body costs no more.
 pub fn from_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
+    // Every body of the API is an object; serde would read an array into a struct's fields in
+    // their order (`["web", 0, 1]` a group).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the body must be a JSON object, not an array",
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|error| {
         let mut reader = serde_json::Deserializer::from_slice(bytes);
         let field = match serde_path_to_error::deserialize::<_, T>(&mut reader) {
@@ -310,10 +318,12 @@ pub fn from_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiErr
             // The value read whole: what follows it is at fault, no field.
             Ok(_) => None,
         };
-        let message = match field {
+        let mut message = match field {
             Some(field) => format!("{field}: {error}"),
             None => error.to_string(),
         };
+        // serde's message may quote the caller's value or key whole, up to the body's 2 MiB.
+        cut(&mut message, MAX_MESSAGE_SHOWN);
         ApiError::bad_request("invalid_json", message)
     })
 }
@@ -336,19 +346,27 @@ fn field_of(path: &serde_path_to_error::Path) -> Option<String> {
         }
     }
     // Keys are the caller's, up to the body's 2 MiB: an error names the start of a long one.
-    if field.len() > MAX_FIELD_SHOWN {
-        let end = (0..=MAX_FIELD_SHOWN)
-            .rev()
-            .find(|at| field.is_char_boundary(*at))
-            .unwrap_or(0);
-        field.truncate(end);
-        field.push('…');
-    }
+    cut(&mut field, MAX_FIELD_SHOWN);
     (!field.is_empty()).then_some(field)
+}
+
+/// `text` cut to at most `most` bytes (at a character's start) and an ellipsis, if longer.
+fn cut(text: &mut String, most: usize) {
+    if text.len() > most {
+        let end = (0..=most)
+            .rev()
+            .find(|at| text.is_char_boundary(*at))
+            .unwrap_or(0);
+        text.truncate(end);
+        text.push('…');
+    }
 }
 
 /// The most bytes of a field's path an error shows.
 const MAX_FIELD_SHOWN: usize = 256;
+
+/// The most bytes of a bad body's message.
+const MAX_MESSAGE_SHOWN: usize = 1024;
 
 /// A required JSON body of type `T`, as [`Body::json`] reads it: up to SPEC 3's 2 MiB, JSON
 /// declared or no type at all, and a bad one a 400 that names its field.

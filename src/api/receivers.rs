@@ -37,7 +37,7 @@ pub struct CreateReceiver {
     #[schema(
         min_length = 1,
         max_length = 255,
-        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069]*[^\\s\\x00-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069][^\\x00-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069]*$"
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069]*[^\\s\\x00-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069\\u00ad\\u180e\\u200b-\\u200d\\u2060-\\u2064\\ufeff][^\\x00-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069]*$"
     )]
     name: String,
     /// The policy a firing alert executes (one of the group's).
@@ -260,8 +260,8 @@ pub struct Alert {
     /// When the episode started (RFC 3339).
     #[schema(format = DateTime)]
     starts_at: String,
-    /// A hash of its labels (16 hex digits).
-    #[schema(min_length = 1, max_length = 64)]
+    /// A hash of its labels (16 hex digits; 1 to 64 visible ASCII characters).
+    #[schema(min_length = 1, max_length = 64, pattern = "^[!-~]+$")]
     fingerprint: String,
 }
 
@@ -322,16 +322,31 @@ fn alerts_of(body: &[u8]) -> Result<(Vec<Read>, u64), ApiError> {
                 )))
             }
         };
-        if alert.fingerprint.is_empty() || alert.fingerprint.len() > 64 {
-            return Err(bad("fingerprint must have 1 to 64 characters".into()));
+        // Alertmanager's are 16 hex digits; a key kept in the journal and shown as it is.
+        let visible = alert
+            .fingerprint
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b));
+        if alert.fingerprint.is_empty() || alert.fingerprint.len() > 64 || !visible {
+            return Err(bad(
+                "fingerprint must have 1 to 64 visible ASCII characters".into(),
+            ));
         }
         let starts_at = parse_instant("startsAt", &alert.starts_at)
             .map_err(|rejection| bad(rejection.to_string()))?;
-        // Named in the journal's activity: bounded like every name.
+        // Named in the journal's activity and the console: bounded like every name, and shown
+        // in the order it is read (a control or bidirectional override stands as U+FFFD).
+        let shown = |c: char| {
+            if c.is_control() || flotilla_actors::domain::is_bidi_control(c) {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        };
         let name = alert
             .labels
             .get("alertname")
-            .map(|name| name.chars().take(255).collect())
+            .map(|name| name.chars().take(255).map(shown).collect())
             .unwrap_or_default();
         let key = EpisodeKey {
             fingerprint: alert.fingerprint,

@@ -486,7 +486,7 @@ pub(crate) fn validate_json_size(
 /// The bidirectional embeddings, overrides and isolates (U+202A to U+202E, U+2066 to U+2069):
 /// in a name, they make the console and a terminal show it in another order than it is read
 /// ("Trojan Source", CVE-2021-42574). A right-to-left name needs none of them.
-fn is_bidi_control(c: char) -> bool {
+pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
@@ -504,11 +504,21 @@ pub(crate) fn validate_renamed(
     validate_name(field, name)
 }
 
-/// A name is not blank, has at most [`MAX_NAME_CHARS`] characters, and neither control
-/// characters nor bidirectional controls.
+/// The characters that show nothing: a soft hyphen, zero-width spaces and joiners, word
+/// joiners and invisible operators, the byte-order mark (U+00AD, U+180E, U+200B to U+200D,
+/// U+2060 to U+2064, U+FEFF). A name of nothing else (or spaces) shows as none.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+}
+
+/// A name shows something, has at most [`MAX_NAME_CHARS`] characters, and neither control
+/// characters nor bidirectional embeddings, overrides or isolates.
 pub(crate) fn validate_name(field: &'static str, name: &str) -> Result<(), Rejection> {
-    if name.trim().is_empty() {
-        return Err(Rejection::invalid(field, "must not be empty"));
+    if name.chars().all(|c| c.is_whitespace() || is_invisible(c)) {
+        return Err(Rejection::invalid(
+            field,
+            "must not be empty, or only spaces and invisible characters",
+        ));
     }
     let chars = name.chars().count();
     if chars > MAX_NAME_CHARS {
@@ -527,8 +537,8 @@ pub(crate) fn validate_name(field: &'static str, name: &str) -> Result<(), Rejec
         return Err(Rejection::invalid(
             field,
             format!(
-                "must not contain bidirectional controls (U+202A to U+202E, U+2066 to U+2069); \
-                 has U+{:04X}",
+                "must not contain bidirectional embeddings, overrides or isolates (U+202A to \
+                 U+202E, U+2066 to U+2069); has U+{:04X}",
                 u32::from(c)
             ),
         ));
@@ -698,6 +708,11 @@ mod tests {
         assert!(validate_name("name", &"x".repeat(255)).is_ok());
         assert!(validate_name("name", &"x".repeat(256)).is_err());
         assert!(validate_name("name", "a\nb").is_err());
+        // Nothing visible is no name; a visible character among invisible ones is.
+        for blank in ["\u{FEFF}", " \u{200B} ", "\u{00AD}\u{2060}"] {
+            assert!(validate_name("name", blank).is_err(), "{blank:?}");
+        }
+        assert!(validate_name("name", "\u{FEFF}web").is_ok());
         // Right-to-left text is a name; the controls that reorder it are not.
         assert!(validate_name("name", "שרתים").is_ok());
         for control in ['\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}'] {

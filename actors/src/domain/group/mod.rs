@@ -611,6 +611,15 @@ pub fn decide(
         }]),
         GroupCommand::Resume if !group.pause.any() => Ok(vec![]),
         GroupCommand::Resume => Ok(vec![GroupEvent::Resumed { at: now }]),
+        GroupCommand::Delete if group.draining && !group.servers.is_empty() => {
+            Err(Rejection::Conflict {
+                reason: format!(
+                    "the group is being deleted: {} servers are still stopping; the same \
+                     DELETE deletes it once they are gone",
+                    group.servers.len()
+                ),
+            })
+        }
         GroupCommand::Delete if !group.servers.is_empty() => Err(Rejection::Conflict {
             reason: format!(
                 "the group has {} servers; delete it with force=true to remove them first",

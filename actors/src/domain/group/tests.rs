@@ -960,6 +960,12 @@ fn a_group_with_servers_is_deleted_only_after_draining_them() {
         Outcome::Executed { to: 2, .. }
     ));
     let (state, _) = when(state, GroupCommand::Drain, T0);
+    // A delete says it is under way, not to force it.
+    let refused = decide(&state, &GroupCommand::Delete, T0).unwrap_err();
+    assert!(
+        refused.to_string().contains("is being deleted: 1 servers"),
+        "{refused}"
+    );
     let (state, events) = when(state, launch(&["b"]), T0);
     assert!(events.is_empty(), "nothing launches while draining");
     // Its capacity and pause no longer change; its launch still may.
