@@ -394,6 +394,10 @@ fn servers_slow_to_stop_are_deleted_at_once_and_never_delay_launches() {
     converge_until(&server, "the old servers deleted", || {
         servers(&server, &token, &group).len() == 2
     });
+    // Servers outlive the service, as real ones would: the test's own are not left running.
+    for s in servers(&server, &token, &group) {
+        kill(pid_of(&s));
+    }
 }
 
 #[test]
