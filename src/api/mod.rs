@@ -311,21 +311,36 @@ pub fn from_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiErr
             "the body must be a JSON object, not an array",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|error| {
-        let mut reader = serde_json::Deserializer::from_slice(bytes);
-        let field = match serde_path_to_error::deserialize::<_, T>(&mut reader) {
-            Err(error) => field_of(error.path()),
-            // The value read whole: what follows it is at fault, no field.
-            Ok(_) => None,
-        };
-        let mut message = match field {
-            Some(field) => format!("{field}: {error}"),
-            None => error.to_string(),
-        };
-        // serde's message may quote the caller's value or key whole, up to the body's 2 MiB.
-        cut(&mut message, MAX_MESSAGE_SHOWN);
-        ApiError::bad_request("invalid_json", message)
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|error| ApiError::bad_request("invalid_json", fault::<T>(bytes, &error, "")))
+}
+
+/// What is wrong with `bytes` read as `T`, which failed with `error`: the field at fault
+/// (found by reading them again, tracking the path), within `within` (a path, or none), then
+/// serde's message; cut at 1 KiB, as serde may quote the caller's value or key whole.
+pub fn fault<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
+    error: &serde_json::Error,
+    within: &str,
+) -> String {
+    let mut reader = serde_json::Deserializer::from_slice(bytes);
+    let field = match serde_path_to_error::deserialize::<_, T>(&mut reader) {
+        Err(error) => field_of(error.path()),
+        // The value read whole: what follows it is at fault, no field.
+        Ok(_) => None,
+    };
+    let path = match (within, field) {
+        ("", field) => field,
+        (within, None) => Some(within.to_owned()),
+        (within, Some(field)) if field.starts_with('[') => Some(format!("{within}{field}")),
+        (within, Some(field)) => Some(format!("{within}.{field}")),
+    };
+    let mut message = match path {
+        Some(path) => format!("{path}: {error}"),
+        None => error.to_string(),
+    };
+    cut(&mut message, MAX_MESSAGE_SHOWN);
+    message
 }
 
 /// The field a path names (`launch.seed`, `steps[1].lower`), as far as it is known: a syntax

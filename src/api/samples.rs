@@ -68,8 +68,11 @@ fn parse(body: &[u8]) -> Result<Vec<Parsed>, ApiError> {
     }
     let mut parsed = Vec::with_capacity(batch.samples.len());
     for (index, raw) in batch.samples.iter().enumerate() {
-        let sample: RawSample =
-            serde_json::from_str(raw.get()).map_err(|e| bad_sample(index, e))?;
+        let sample: RawSample = serde_json::from_str(raw.get()).map_err(|error| {
+            let within = format!("samples[{index}]");
+            let why = super::fault::<RawSample>(raw.get().as_bytes(), &error, &within);
+            ApiError::bad_request("invalid_sample", why)
+        })?;
         let checked = validate_sample(&sample.metric, sample.value, sample.timestamp)
             .map_err(|why| bad_sample(index, why))?;
         parsed.push(Parsed {
@@ -252,6 +255,18 @@ mod tests {
                 Err(error) => prop_assert!(error.code() == "invalid_sample" || error.code() == "invalid_json"),
             }
         }
+    }
+
+    #[test]
+    fn a_sample_of_the_wrong_type_is_named_by_its_index_and_field() {
+        let body = br#"{"samples": [{"metric": "cpu", "value": 1, "timestamp": 1}, {"metric": "cpu", "value": "high", "timestamp": 1}]}"#;
+        let error = parse(body).unwrap_err();
+        assert_eq!(error.code(), "invalid_sample");
+        let message = error.to_string();
+        assert!(
+            message.contains("samples[1].value: invalid type"),
+            "{message}"
+        );
     }
 
     #[test]
