@@ -1131,7 +1131,8 @@ impl Evaluator {
             .await;
     }
 
-    /// Takes `policies`, actions of `id`'s transition number `transition`, each exactly once.
+    /// Takes `policies`, actions of `id`'s transition number `transition`, each exactly once
+    /// (one the domain refuses, such as on a group being deleted, is recorded as taken).
     async fn take(&self, id: &AlarmId, transition: u64, policies: &[PolicyId]) {
         for policy in policies {
             let taken = self
@@ -1140,9 +1141,7 @@ impl Evaluator {
                 .await;
             match taken {
                 Ok(_) | Err(ActorError::Rejected(Rejection::Replayed)) => {}
-                Err(error) => {
-                    tracing::warn!(alarm = %id, policy = %policy, %error, "alarm action failed");
-                }
+                Err(error) => refused_or_failed(id, policy, &error),
             }
         }
     }
@@ -1163,7 +1162,7 @@ impl Evaluator {
                 reason: reason.to_owned(),
             };
             if let Err(error) = self.supervisor.execute_policy(&policy, cause, breach).await {
-                tracing::warn!(alarm = %id, policy = %policy, %error, "alarm action failed");
+                refused_or_failed(id, &policy, &error);
             }
         }
     }
@@ -1199,6 +1198,17 @@ fn datapoints_of(
         d.evaluation_periods,
         now,
     )
+}
+
+/// Logs an alarm action that did not execute: a refusal of the domain (a group being deleted,
+/// a policy gone) is the service working, said at debug level, as it may come at every
+/// evaluation of an alarm that repeats its actions; any other error is a warning.
+fn refused_or_failed(alarm: &AlarmId, policy: &PolicyId, error: &ActorError) {
+    if let ActorError::Rejected(rejection) = error {
+        tracing::debug!(alarm = %alarm, policy = %policy, %rejection, "alarm action refused");
+    } else {
+        tracing::warn!(alarm = %alarm, policy = %policy, %error, "alarm action failed");
+    }
 }
 
 #[cfg(test)]
