@@ -474,6 +474,47 @@ mod tests {
     }
 
     #[test]
+    fn one_name_pattern_is_documented_and_it_agrees_with_the_domain() {
+        // The pattern is written out at each name (utoipa takes a literal), so it is checked
+        // here: the same everywhere, and what it accepts the domain accepts.
+        let doc = document_for(&crate::settings::Settings::default());
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        let patterns: std::collections::BTreeSet<String> = schemas
+            .values()
+            .filter_map(|schema| schema["properties"]["name"]["pattern"].as_str())
+            .map(str::to_owned)
+            .collect();
+        let named = schemas
+            .values()
+            .filter(|schema| schema["properties"]["name"].is_object())
+            .count();
+        assert!(named >= 11, "{named} schemas with a name");
+        assert_eq!(patterns.len(), 1, "{patterns:?}");
+        let pattern = regex::Regex::new(patterns.first().unwrap()).unwrap();
+        let names = [
+            "web",
+            " web ",
+            "Web Tier 2",
+            "שרתים",
+            "\u{FEFF}web",
+            "",
+            "   ",
+            "\u{FEFF}",
+            " \u{200B} ",
+            "\u{00AD}\u{2060}",
+            "a\nb",
+            "tab\there",
+            "web\u{202E}gpj.exe",
+            "web\u{2066}",
+            "\u{85}",
+        ];
+        for name in names {
+            let domain = flotilla_actors::domain::validate_name("name", name).is_ok();
+            assert_eq!(pattern.is_match(name), domain, "{name:?}");
+        }
+    }
+
+    #[test]
     fn the_launch_schema_follows_the_operators_settings() {
         let providers = |settings: &crate::settings::Settings| {
             let doc = document_for(settings);

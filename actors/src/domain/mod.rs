@@ -513,7 +513,7 @@ fn is_invisible(c: char) -> bool {
 
 /// A name shows something, has at most [`MAX_NAME_CHARS`] characters, and neither control
 /// characters nor bidirectional embeddings, overrides or isolates.
-pub(crate) fn validate_name(field: &'static str, name: &str) -> Result<(), Rejection> {
+pub fn validate_name(field: &'static str, name: &str) -> Result<(), Rejection> {
     if name.chars().all(|c| c.is_whitespace() || is_invisible(c)) {
         return Err(Rejection::invalid(
             field,
