@@ -1200,14 +1200,17 @@ fn datapoints_of(
     )
 }
 
-/// Logs an alarm action that did not execute: a refusal of the domain (a group being deleted,
-/// a policy gone) is the service working, said at debug level, as it may come at every
+/// Logs an alarm action that did not execute: a conflict or a missing object (a group being
+/// deleted, a policy gone) is the service working, said at debug level, as it may come at every
 /// evaluation of an alarm that repeats its actions; any other error is a warning.
 fn refused_or_failed(alarm: &AlarmId, policy: &PolicyId, error: &ActorError) {
-    if let ActorError::Rejected(rejection) = error {
-        tracing::debug!(alarm = %alarm, policy = %policy, %rejection, "alarm action refused");
-    } else {
-        tracing::warn!(alarm = %alarm, policy = %policy, %error, "alarm action failed");
+    match error {
+        ActorError::Rejected(
+            rejection @ (Rejection::Conflict { .. } | Rejection::NotFound { .. }),
+        ) => {
+            tracing::debug!(alarm = %alarm, policy = %policy, %rejection, "alarm action refused");
+        }
+        _ => tracing::warn!(alarm = %alarm, policy = %policy, %error, "alarm action failed"),
     }
 }
 

@@ -106,6 +106,14 @@ pub const CALLS_AT_ONCE: usize = 8;
 /// 0.59 GiB in batches of 1,000 (`cargo bench --bench load`, `LOAD_SERVERS`).
 pub const LAUNCHES_PER_PASS: usize = 1_000;
 
+/// The report of `server_id`'s deletion the provider failed, with its reason.
+fn delete_failed(server_id: String, error: &ProviderError) -> ServerReport {
+    ServerReport::DeleteFailed {
+        server_id,
+        reason: format!("delete failed: {}", error.reason),
+    }
+}
+
 /// A server a pass asks the provider about: its id, state and handle, and for a pending one
 /// past its start timeout, the reason it fails unless it now runs.
 type Watched = (String, ServerState, Value, Option<String>);
@@ -132,8 +140,9 @@ struct Round {
     began: Option<Timestamp>,
     /// The moment up to which the round's pace was spent.
     paced_to: Option<Timestamp>,
-    /// How long the group's last pass that reached its provider took, in milliseconds of the
-    /// service's clock: passes over a group come no more often than that.
+    /// How long the group's last pass whose checks were not halted took, its launches
+    /// included, in milliseconds of real time: passes over a group come no more often than
+    /// that.
     took: i64,
 }
 
@@ -488,10 +497,7 @@ impl Converger {
                 },
                 Err(error) => {
                     tracing::warn!(group = %id, server = %server_id, reason = %error.reason, "delete failed; tried again after a backoff");
-                    ServerReport::DeleteFailed {
-                        server_id: server_id.clone(),
-                        reason: format!("delete failed: {}", error.reason),
-                    }
+                    delete_failed(server_id.clone(), &error)
                 }
             };
             let report = GroupCommand::ReportServers(vec![report]);
@@ -576,16 +582,18 @@ impl Converger {
             }
         }
 
-        // Failures known without asking: launches a restart interrupted.
-        let failed = plan
+        // Failures known without asking: servers past twice their start timeout, and launches
+        // a restart interrupted.
+        let resumed = plan
             .resume
             .into_iter()
             .map(|server_id| ServerReport::Failed {
                 server_id,
                 reason: "launch interrupted by a restart of flotilla".into(),
             });
-        // Asked about: the servers past their start timeout (that fail unless they now run),
-        // then the plan's others.
+        let failed = plan.timed_out.into_iter().chain(resumed);
+        // Asked about: the servers past their start timeout (that fail unless they now run or
+        // exited), then the plan's others.
         let expiring = plan.expiring.into_iter();
         let mut watch: Vec<Watched> = expiring
             .map(|(id, handle, reason)| (id, ServerState::Pending, handle, Some(reason)))
@@ -604,12 +612,23 @@ impl Converger {
             config: &config,
             blocking,
         };
+        let started = std::time::Instant::now();
         let (checked, launched) = futures_util::future::join(
-            self.check(&on, watch, failed.collect(), (round, budget, swept_to), now),
+            self.check(&on, watch, failed.collect(), (round, budget, swept_to)),
             self.launch(&on, &group, plan.relaunch, plan.launch_new),
         )
         .await;
-        pass.events += checked?;
+        let (events, halted) = checked?;
+        pass.events += events;
+        if !halted {
+            // The next pass over the group comes no sooner than this one ended (a tick skips a
+            // group whose pass is under way): the pace's make-up follows. Real time, as the
+            // calls took; the service's clock may stand still (tests) or jump.
+            let took = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+            if let Some(round) = self.sweeps().get_mut(id) {
+                round.took = took;
+            }
+        }
         let (launched, events) = launched?;
         pass.launched = launched;
         pass.events += events;
@@ -617,19 +636,18 @@ impl Converger {
     }
 
     /// Asks the provider about the `watch`ed servers, and records what it says (one past its
-    /// start timeout fails, with the reason given, unless it now runs), with the `failed` ones
-    /// the plan knew of; answers the events recorded. The
-    /// sweep's `round` (which gave this pass `budget` active servers) then goes on from
-    /// `swept_to`; if the provider could not be reached, from the last active server it was
-    /// asked about, so that the next pass asks about those not reached.
+    /// start timeout that answers neither running nor exited fails with the reason given), with
+    /// the `failed` ones the plan knew of; answers the events recorded, and whether the provider
+    /// halted it. The sweep's `round` (which gave this pass `budget` active servers) then goes
+    /// on from `swept_to`; if the provider could not be reached, from the last active server it
+    /// was asked about, so that the next pass asks about those not reached.
     async fn check(
         &self,
         on: &Calls<'_>,
         watch: Vec<Watched>,
         failed: Vec<ServerReport>,
         (mut round, budget, swept_to): (Round, usize, Option<String>),
-        began: Timestamp,
-    ) -> Result<usize, Error> {
+    ) -> Result<(usize, bool), Error> {
         // The server whose check halted the last pass is asked last.
         let mut watch = watch;
         let suspect = self.suspects().remove(on.id);
@@ -704,15 +722,12 @@ impl Converger {
                 round.after = swept_to;
             }
         }
-        if !halted {
-            round.took = self.supervisor.clock().now().saturating_sub(began).max(0);
-        }
         let mut sweeps = self.sweeps();
         match sweeps.get_mut(on.id) {
             Some(stands) => *stands = round,
             None => drop(sweeps.insert(on.id.clone(), round)),
         }
-        Ok(events)
+        Ok((events, halted))
     }
 
     /// Launches the failed slots `relaunch` again (deleting what is left of them first) and
@@ -753,10 +768,7 @@ impl Converger {
                         match provider.delete(&config, &handle) {
                             Ok(()) => Answer::Go(Ok(server_id)),
                             Err(error) => {
-                                let failed = ServerReport::DeleteFailed {
-                                    server_id,
-                                    reason: format!("delete failed: {}", error.reason),
-                                };
+                                let failed = delete_failed(server_id, &error);
                                 if error.unreachable {
                                     Answer::Halt(Err(failed))
                                 } else {

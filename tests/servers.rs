@@ -341,6 +341,20 @@ fn a_group_with_servers_is_deleted_only_with_force() {
 
 /// A server that ignores SIGTERM for `grace_seconds`, and leaves a mark in `marks` when it is
 /// asked to stop.
+/// Kills a group's processes when dropped, whether the test passed or not: servers outlive
+/// the service, as real ones would, and a stubborn one forks `sleep` 20 times a second.
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in processes_of(&self.0) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
 fn stubborn_launch(marks: &std::path::Path, grace_seconds: u64) -> Value {
     json!({"provider": "process",
            "command": ["sh", "-c", "trap 'touch \"$MARKS/$FLOTILLA_SERVER_ID\"' TERM; while :; do sleep 0.05; done"],
@@ -363,6 +377,7 @@ fn servers_slow_to_stop_are_deleted_at_once_and_never_delay_launches() {
     let token = server.tenant("acme");
     let marks = tempfile::tempdir().unwrap();
     let group = create(&server, &token, 3, stubborn_launch(marks.path(), 30));
+    let _reaper = KillOnDrop(group.clone());
     converge_until(&server, "3 active", || {
         active(&server, &token, &group).len() == 3
     });
@@ -394,10 +409,6 @@ fn servers_slow_to_stop_are_deleted_at_once_and_never_delay_launches() {
     converge_until(&server, "the old servers deleted", || {
         servers(&server, &token, &group).len() == 2
     });
-    // Servers outlive the service, as real ones would: the test's own are not left running.
-    for s in servers(&server, &token, &group) {
-        kill(pid_of(&s));
-    }
 }
 
 #[test]
@@ -406,6 +417,7 @@ fn a_forced_group_deletion_stops_servers_slow_to_stop_together() {
     let token = server.tenant("acme");
     let marks = tempfile::tempdir().unwrap();
     let group = create(&server, &token, 4, stubborn_launch(marks.path(), 1));
+    let _reaper = KillOnDrop(group.clone());
     converge_until(&server, "4 active", || {
         active(&server, &token, &group).len() == 4
     });
@@ -430,6 +442,7 @@ fn a_forced_group_deletion_answers_409_rather_than_wait_out_a_long_grace() {
     let token = server.tenant("acme");
     let marks = tempfile::tempdir().unwrap();
     let group = create(&server, &token, 1, stubborn_launch(marks.path(), 600));
+    let _reaper = KillOnDrop(group.clone());
     converge_until(&server, "1 active", || {
         active(&server, &token, &group).len() == 1
     });

@@ -484,11 +484,23 @@ mod tests {
             .filter_map(|schema| schema["properties"]["name"]["pattern"].as_str())
             .map(str::to_owned)
             .collect();
-        let named = schemas
-            .values()
-            .filter(|schema| schema["properties"]["name"].is_object())
-            .count();
-        assert!(named >= 11, "{named} schemas with a name");
+        // Every request body with a name has the pattern.
+        for schema in [
+            "CreateTenant",
+            "CreateGroup",
+            "UpdateGroup",
+            "CreatePolicy",
+            "UpdatePolicy",
+            "CreateWebhook",
+            "CreateAlarm",
+            "UpdateAlarm",
+            "CreateSchedule",
+            "UpdateSchedule",
+            "CreateReceiver",
+        ] {
+            let name = &schemas[schema]["properties"]["name"];
+            assert!(name["pattern"].is_string(), "{schema}: {name}");
+        }
         assert_eq!(patterns.len(), 1, "{patterns:?}");
         let pattern = regex::Regex::new(patterns.first().unwrap()).unwrap();
         let names = [
@@ -508,9 +520,22 @@ mod tests {
             "web\u{2066}",
             "\u{85}",
         ];
-        for name in names {
+        let agree = |name: &str| {
             let domain = flotilla_actors::domain::validate_name("name", name).is_ok();
             assert_eq!(pattern.is_match(name), domain, "{name:?}");
+        };
+        names.into_iter().for_each(agree);
+        // Every character the rule names, alone and after a visible one.
+        let refused = ('\u{0}'..='\u{A0}')
+            .chain('\u{2000}'..='\u{2070}')
+            .chain([
+                '\u{00AD}', '\u{034F}', '\u{061C}', '\u{115F}', '\u{1160}', '\u{180E}',
+            ])
+            .chain(['\u{3164}', '\u{FEFF}', '\u{FFA0}'])
+            .chain('\u{FE00}'..='\u{FE0F}');
+        for c in refused {
+            agree(&c.to_string());
+            agree(&format!("a{c}"));
         }
     }
 

@@ -504,11 +504,27 @@ pub(crate) fn validate_renamed(
     validate_name(field, name)
 }
 
-/// The characters that show nothing: a soft hyphen, zero-width spaces and joiners, word
-/// joiners and invisible operators, the byte-order mark (U+00AD, U+180E, U+200B to U+200D,
-/// U+2060 to U+2064, U+FEFF). A name of nothing else (or spaces) shows as none.
-fn is_invisible(c: char) -> bool {
-    matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+/// The characters of the Basic Multilingual Plane that show nothing: a soft hyphen, the
+/// combining grapheme joiner, the Arabic letter mark, the Hangul fillers, the Mongolian vowel
+/// separator, zero-width spaces and joiners, the directional marks, word joiners and invisible
+/// operators, variation selectors, the byte-order mark. A name of nothing else (or spaces)
+/// shows as none.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+    )
 }
 
 /// A name shows something, has at most [`MAX_NAME_CHARS`] characters, and neither control

@@ -60,8 +60,9 @@ pub struct Server {
     pub provider: Handle,
     /// When its latest launch was requested.
     pub launched_at: Timestamp,
-    /// When the provider answered its latest launch with a handle; none before (and in
-    /// snapshots older than this field, where [`Self::launched_at`] stands in).
+    /// When the provider's answer to its latest launch, a handle, was recorded (after the pass's
+    /// creates, so a little after the create itself); none before (and in snapshots older than
+    /// this field, where [`Self::launched_at`] stands in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub made_at: Option<Timestamp>,
     /// How many times this slot failed.
@@ -116,22 +117,20 @@ impl Server {
 /// The wait after the `failures`-th failed deletion of a server: 1 s doubling, at most
 /// [`MAX_DELETE_BACKOFF_SECONDS`].
 fn delete_backoff_seconds(failures: u32) -> u64 {
-    if failures == 0 {
-        return 0;
+    doubling(failures, MAX_DELETE_BACKOFF_SECONDS)
+}
+
+/// 0 for no failure, then 1 s doubling with each, at most `most`.
+fn doubling(failures: u32, most: u64) -> u64 {
+    match failures {
+        0 => 0,
+        n => 1u64.checked_shl(n - 1).unwrap_or(u64::MAX).min(most),
     }
-    1u64.checked_shl(failures - 1)
-        .unwrap_or(u64::MAX)
-        .min(MAX_DELETE_BACKOFF_SECONDS)
 }
 
 /// The wait after the `failures`-th failure of a slot: 1 s doubling, at most a minute.
 pub fn backoff_seconds(failures: u32) -> u64 {
-    if failures == 0 {
-        return 0;
-    }
-    1u64.checked_shl(failures - 1)
-        .unwrap_or(u64::MAX)
-        .min(MAX_BACKOFF_SECONDS)
+    doubling(failures, MAX_BACKOFF_SECONDS)
 }
 
 /// The termination order of a scale-in, first removed first: failed slots (they serve
@@ -195,9 +194,14 @@ pub struct Plan {
     pub swept_to: Option<String>,
     /// Pending servers with a handle that did not run within the launch's start timeout, with
     /// the reason they fail for: (id, handle, reason). Each is asked about once more: running,
-    /// it is active; any other answer fails it (its remains are deleted before its slot launches
-    /// again); a provider that cannot be reached decides nothing.
+    /// it is active; exited, it fails as exited; any other answer fails it with the reason (its
+    /// remains are deleted before its slot launches again); a provider that cannot be reached
+    /// decides nothing, until twice the timeout.
     pub expiring: Vec<(String, Value, String)>,
+    /// Pending servers with a handle past twice their start timeout, which the provider could
+    /// not be asked about since the first: they fail without asking (a status call that fails
+    /// for one server, always, would hold its slot for ever).
+    pub timed_out: Vec<ServerReport>,
 }
 
 /// Which active servers a pass asks the provider about: at most `budget`, the first after
@@ -487,10 +491,14 @@ pub fn plan(
                 plan.resume.push(server.id.to_string());
             }
             ServerState::Pending => match expired(server, start_timeout, now) {
-                Some(reason) => {
+                Some(Expired::Ask(reason)) => {
                     let handle = server.provider.value();
                     plan.expiring.push((server.id.to_string(), handle, reason));
                 }
+                Some(Expired::Fail(reason)) => plan.timed_out.push(ServerReport::Failed {
+                    server_id: server.id.to_string(),
+                    reason,
+                }),
                 None => {
                     plan.watch
                         .push((server.id.to_string(), server.state, server.provider.value()));
@@ -515,19 +523,37 @@ pub fn plan(
     plan
 }
 
-/// Why a pending `server` fails if it is still not running at `now`, `start_timeout` seconds
-/// or more after the provider made it (answered its launch with a handle: a create may take
-/// minutes of retries); none before.
-pub(crate) fn expired(
-    server: &Server,
-    start_timeout: Option<u64>,
-    now: Timestamp,
-) -> Option<String> {
+/// A pending server past its start timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Expired {
+    /// Asked once more, it fails for this reason unless it runs.
+    Ask(String),
+    /// Past twice the timeout: it fails for this reason, unasked.
+    Fail(String),
+}
+
+/// Whether a pending `server` is past its start timeout at `now`: `start_timeout` seconds or
+/// more after the provider's making it was recorded (its create answered: a create may take
+/// minutes of retries), or twice that; none before.
+fn expired(server: &Server, start_timeout: Option<u64>, now: Timestamp) -> Option<Expired> {
     let seconds = start_timeout?;
     let made = server.made_at.unwrap_or(server.launched_at);
-    (made.plus_secs(seconds) <= now).then(|| {
-        format!("not running {seconds} s after the provider made it (launch.start_timeout_seconds)")
-    })
+    let reason = |seconds: u64, asked: &str| {
+        format!(
+            "not running {seconds} s after the provider made it{asked} \
+             (launch.start_timeout_seconds)"
+        )
+    };
+    if made.plus_secs(seconds.saturating_mul(2)) <= now {
+        Some(Expired::Fail(reason(
+            seconds.saturating_mul(2),
+            ", and not answered",
+        )))
+    } else if made.plus_secs(seconds) <= now {
+        Some(Expired::Ask(reason(seconds, "")))
+    } else {
+        None
+    }
 }
 
 /// One server to launch.
@@ -965,6 +991,19 @@ mod tests {
         assert_eq!(watched, ["e", "d"]);
         let (expiring, _, _) = at(18, Some(10));
         assert_eq!(ids(&expiring), ["a", "b", "e"]);
+        // Twice the timeout: failed unasked (a status call that always fails for one server
+        // would hold its slot for ever).
+        let plan = plan(&servers, 5, T0.plus_secs(20u32), &Sweep::ALL, Some(10));
+        assert_eq!(ids(&plan.expiring), ["b", "e"]);
+        assert_eq!(
+            plan.timed_out,
+            [ServerReport::Failed {
+                server_id: "a".into(),
+                reason: "not running 20 s after the provider made it, and not answered \
+                         (launch.start_timeout_seconds)"
+                    .into()
+            }]
+        );
         // No timeout: they wait as long as it takes.
         let (expiring, watched, _) = at(86_400, None);
         assert!(expiring.is_empty());
@@ -1025,9 +1064,33 @@ mod tests {
                 ServerState::Pending if server.provider.is_null() => {
                     plan.resume.push(server.id.to_string());
                 }
-                ServerState::Pending if expired(server, start_timeout, now).is_some() => {
-                    let reason = expired(server, start_timeout, now).unwrap();
+                ServerState::Pending
+                    if start_timeout.is_some_and(|seconds| {
+                        let made = server.made_at.unwrap_or(server.launched_at);
+                        made.plus_millis(2_000 * seconds as i64) <= now
+                    }) =>
+                {
+                    let seconds = 2 * start_timeout.unwrap();
+                    plan.timed_out.push(ServerReport::Failed {
+                        server_id: server.id.to_string(),
+                        reason: format!(
+                            "not running {seconds} s after the provider made it, and not \
+                             answered (launch.start_timeout_seconds)"
+                        ),
+                    });
+                }
+                ServerState::Pending
+                    if start_timeout.is_some_and(|seconds| {
+                        let made = server.made_at.unwrap_or(server.launched_at);
+                        made.plus_millis(1_000 * seconds as i64) <= now
+                    }) =>
+                {
+                    let seconds = start_timeout.unwrap();
                     let handle = server.provider.value();
+                    let reason = format!(
+                        "not running {seconds} s after the provider made it \
+                         (launch.start_timeout_seconds)"
+                    );
                     plan.expiring.push((server.id.to_string(), handle, reason));
                 }
                 ServerState::Pending => {

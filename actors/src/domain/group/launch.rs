@@ -80,7 +80,7 @@ pub fn schema(allow_process: bool, operator_secret: bool) -> Value {
             },
             "start_timeout_seconds": {
                 "type": "integer", "minimum": 0, "maximum": MAX_START_TIMEOUT_SECONDS,
-                "description": "a server the orchestrator does not say is running this many seconds after it answered the server's create fails, and its slot is launched again (default 3600; 0: never)",
+                "description": "a server the orchestrator does not say is running this many seconds after its answer to the server's create was recorded fails, and its slot is launched again (default 3600; 0: never)",
             },
         },
     });
