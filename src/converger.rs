@@ -123,9 +123,9 @@ type Watched = (String, ServerState, Value, Option<String>);
 /// asks about `active × t / interval` of them, `t` the time since the pace last stood (the
 /// remainder carried; at most two passes' worth, or one server, and at most
 /// [`ACTIVE_CHECKS_PER_PASS`]), and the next round begins once the interval has passed since this
-/// one began (a round with no active server to ask ends at once). An orchestrator is then asked about a group's
-/// active servers at a steady rate it can bear (a group of 1,000 on `http`'s default of 30 s:
-/// about 33 a second, not bursts of 256). The pace is that of the pass's own moment: a round the
+/// one began (a round with no active server to ask ends at once). An orchestrator is then asked
+/// about a group's active servers at a steady rate it can bear (a group of 1,000 on `http`'s
+/// default of 30 s: about 33 a second, not bursts of 256). The pace is that of the pass's own moment: a round the
 /// provider held up (halts), a group that grew mid-round or passes that came late go on at the
 /// group's rate, never in bursts to make up the time; such a round takes longer than its
 /// interval, and the next begins when it ends.

@@ -875,9 +875,7 @@ fn a_server_that_never_starts_fails_after_its_start_timeout_and_its_slot_launche
         on_orchestrator(Mode::Starting, server(), fields);
     let group = create(&server, &token, 1, launch);
     converge_until(&server, "a launch", || count(&orchestrator, "create") == 1);
-    converge_until(&server, "its handle recorded", || {
-        servers(&server, &token, &group)[0]["provider"]["id"].is_string()
-    });
+    handle_recorded(&server, &token, &group);
     let only = || servers(&server, &token, &group)[0].clone();
     server.clock.advance_secs(59);
     let asked = count(&orchestrator, "status");
@@ -925,18 +923,23 @@ fn a_server_that_never_starts_fails_after_its_start_timeout_and_its_slot_launche
         1,
         on_orchestrator_launch(&orchestrator, 60),
     );
-    converge_until(&server, "its handle recorded", || {
-        let servers = servers(&server, &token, &late);
-        servers
-            .first()
-            .is_some_and(|s| s["provider"]["id"].is_string())
-    });
+    handle_recorded(&server, &token, &late);
     server.clock.advance_secs(61);
     *mode.lock().unwrap() = Mode::Ok;
     converge_until(&server, "late but active", || {
         active(&server, &token, &late).len() == 1
     });
     assert!(activity_of(&server, &token, &late, "server_failed").is_empty());
+}
+
+/// Converges until the group's first server has the orchestrator's handle.
+fn handle_recorded(server: &Server, token: &str, group: &str) {
+    converge_until(server, "its handle recorded", || {
+        let servers = servers(server, token, group);
+        servers
+            .first()
+            .is_some_and(|s| s["provider"]["id"].is_string())
+    });
 }
 
 /// A launch on `orchestrator` with a start timeout of `seconds`.
@@ -953,12 +956,7 @@ fn a_failed_servers_remains_the_orchestrator_will_not_delete_are_recorded_and_ba
     let (mode, orchestrator, server, token, launch) =
         on_orchestrator(Mode::StartingUndeletable, server(), fields);
     let group = create(&server, &token, 1, launch);
-    converge_until(&server, "its handle recorded", || {
-        let servers = servers(&server, &token, &group);
-        servers
-            .first()
-            .is_some_and(|s| s["provider"]["id"].is_string())
-    });
+    handle_recorded(&server, &token, &group);
     let only = || servers(&server, &token, &group)[0].clone();
     server.clock.advance_secs(60);
     converge_until(&server, "its failure", || only()["state"] == "failed");
